@@ -1,0 +1,63 @@
+"""The `shardnet` command: devnet, deploy, compile, model import/fetch, and the client (submit, jobs, cancel).
+
+Each group of subcommands lives in its own module with a `register(subparsers)` function; this module
+only assembles them. Command modules import heavy libraries (torch, web3) inside their handlers so
+that `shardnet --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from shardnet.errors import ShardnetError
+
+# module name -> registers its subcommands; a module that does not exist yet is skipped.
+_COMMAND_MODULES = (
+    "shardnet.cli.chain_cmds",
+    "shardnet.cli.model_cmds",
+    "shardnet.cli.client_cmds",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shardnet",
+        description="shardnet: run language models split into layer blocks across machines, paid and checked on chain.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ShardnetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
