@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test command: installs what is needed (scripts/setup.sh, and a PostgreSQL server for the one
+# PostgreSQL test when running as root on Debian), then runs the whole pytest suite.
+#   bash scripts/test.sh                 # everything
+#   bash scripts/test.sh tests/chain -k watcher   # extra arguments go to pytest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "[test] installing PostgreSQL from Debian packages for the PostgreSQL test" >&2
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+            || echo "[test] could not install PostgreSQL: its test will be skipped" >&2
+    fi
+fi
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+exec .venv/bin/python -m pytest -q -rs --durations=15 "$@"
