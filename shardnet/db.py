@@ -1,0 +1,119 @@
+"""Off-chain state through SQLAlchemy 2: an SQLite file by default, PostgreSQL by URL.
+
+    engine = make_engine(None, default_path="var/worker.db")   # or make_engine("postgresql://...")
+    Base.metadata.create_all(engine)
+    with session_scope(engine) as db:
+        db.add(row)                                              # committed on exit, rolled back on error
+
+SQLite files run in WAL mode with a busy timeout, and every transaction starts with BEGIN IMMEDIATE, so
+several processes (a worker and its CLI) can share one file without "database is locked" surprises.
+The table `chain_cursor` keeps, per event watcher, the last block it fully processed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime, Engine, String, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from shardnet.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every shardnet table (worker, coordinator and the chain cursor)."""
+
+
+class ChainCursor(Base):
+    """The last block an event watcher has fully processed, per watcher name."""
+
+    __tablename__ = "chain_cursor"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    block: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=lambda: datetime.now(UTC))
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" event below emits BEGIN itself
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str | None, default_path: str | Path | None = None, *, echo: bool = False) -> Engine:
+    """An engine for `url` (any SQLAlchemy URL: `postgresql://user@host/db`, `sqlite:///file.db`).
+
+    Without a URL, an SQLite file at `default_path` (its folder is created). Tables are not created:
+    call `Base.metadata.create_all(engine)` once the modules that define them are imported.
+    """
+    if not url:
+        if default_path is None:
+            raise ConfigError("no database given: pass a URL (--db postgresql://… or sqlite:///file.db) or a default path")
+        path = Path(default_path).expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{path}"
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(
+            f"invalid database URL {url!r}: use postgresql://user:password@host/dbname or sqlite:///path/to/file.db"
+        ) from exc
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+    else:
+        try:
+            engine = create_engine(parsed, echo=echo, pool_pre_ping=True)
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                f"the driver for {parsed.get_backend_name()} is not installed ({exc.name}): "
+                "for PostgreSQL run `pip install 'shardnet[postgres]'`"
+            ) from exc
+    log.debug("database engine %s", engine.url.render_as_string(hide_password=True))
+    return engine
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A session in one transaction: committed when the block ends, rolled back if it raises."""
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        yield session
+
+
+def read_cursor(session: Session, name: str) -> int | None:
+    """The last block watcher `name` fully processed, or None if it never ran."""
+    row = session.get(ChainCursor, name)
+    return None if row is None else int(row.block)
+
+
+def write_cursor(session: Session, name: str, block: int) -> None:
+    """Record in `session`'s transaction that watcher `name` fully processed every block up to `block`."""
+    row = session.get(ChainCursor, name)
+    if row is None:
+        session.add(ChainCursor(name=name, block=block, updated_at=datetime.now(UTC)))
+    else:
+        row.block = block
+        row.updated_at = datetime.now(UTC)
