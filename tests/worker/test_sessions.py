@@ -1,0 +1,126 @@
+"""SessionManager bookkeeping: limits, LRU eviction, idle expiry, positions, memory budget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from worker.errors import (
+    PayloadTooLarge,
+    SessionConflict,
+    SessionNotFound,
+    TooManySessions,
+    WorkerUnavailable,
+)
+from worker.sessions import Session, SessionManager
+
+
+class _Cache:
+    """Stands in for a BlockSession: only its cached length matters to the manager."""
+
+    def __init__(self) -> None:
+        self.length = 0
+
+    def step(self, x: Any, start_pos: int) -> Any:
+        self.length += int(x)
+        return x
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _manager(clock: _Clock, closed: list[tuple[str, str]], **kw: Any) -> SessionManager:
+    args: dict[str, Any] = dict(
+        max_sessions=3,
+        max_per_coordinator=2,
+        max_length=100,
+        max_memory_bytes=10_000,
+        kv_bytes_per_token=10,
+        idle_timeout_s=60.0,
+    )
+    args.update(kw)
+    return SessionManager(**args, on_close=lambda s, why: closed.append((s.session_id, why)), clock=clock)
+
+
+def _open(m: SessionManager, sid: str, coordinator: str = "0xA") -> Session:
+    return m.open(
+        session_id=sid, coordinator=coordinator, job_id=1, codec="fp32", next_hop=None, make_compute=_Cache
+    )
+
+
+def test_full_worker_evicts_least_recently_used_idle_session() -> None:
+    clock, closed = _Clock(), []
+    m = _manager(clock, closed)
+    _open(m, "a", "0xA"), _open(m, "b", "0xB"), _open(m, "c", "0xC")
+    clock.now += 1
+    m.get("a")  # a is now the most recently used
+    _open(m, "d", "0xD")
+    assert closed == [("b", "evicted")]
+    assert sorted(s.session_id for s in m.sessions()) == ["a", "c", "d"]
+
+
+def test_full_of_busy_sessions_answers_503() -> None:
+    clock, closed = _Clock(), []
+    m = _manager(clock, closed, max_sessions=2)
+    for sid, c in (("a", "0xA"), ("b", "0xB")):
+        _open(m, sid, c).busy = 1
+    with pytest.raises(WorkerUnavailable, match="full"):
+        _open(m, "c", "0xC")
+    assert closed == []
+
+
+def test_per_coordinator_limit_is_429() -> None:
+    m = _manager(_Clock(), [])
+    _open(m, "a"), _open(m, "b")
+    with pytest.raises(TooManySessions) as err:
+        _open(m, "c")
+    assert err.value.status == 429
+
+
+def test_session_ids_are_single_use() -> None:
+    closed: list[tuple[str, str]] = []
+    m = _manager(_Clock(), closed)
+    _open(m, "a")
+    m.close("a")
+    assert closed == [("a", "closed")]
+    with pytest.raises(SessionConflict):
+        _open(m, "a")
+    with pytest.raises(SessionNotFound):
+        m.get("a")
+
+
+def test_idle_sessions_expire_but_busy_ones_do_not() -> None:
+    clock, closed = _Clock(), []
+    m = _manager(clock, closed)
+    _open(m, "a"), _open(m, "b")
+    m.get("b").busy = 1
+    clock.now += 61
+    assert [s.session_id for s in m.expire_idle()] == ["a"]
+    assert closed == [("a", "expired")] and "b" in m
+
+
+def test_step_checks_position_length_and_memory() -> None:
+    clock, closed = _Clock(), []
+    m = _manager(clock, closed, max_memory_bytes=500)
+    a = _open(m, "a", "0xA")
+    a.compute.step(10, 0)
+    with pytest.raises(SessionConflict, match="send position 10"):
+        m.check_step(a, 3, 1)
+    with pytest.raises(PayloadTooLarge, match="max length 100"):
+        m.check_step(a, 10, 91)
+    m.check_step(a, 10, 40)  # 50 tokens * 10 bytes = 500 bytes: fits exactly
+    b = _open(m, "b", "0xB")
+    b.compute.step(30, 0)  # 300 bytes
+    m.check_step(a, 10, 20)  # 100 cached + 300 (b) + 200 new > 500: evicts b (idle), not a
+    assert closed == [("b", "evicted")]
+    a.busy = 1
+    c = _open(m, "c", "0xC")
+    with pytest.raises(WorkerUnavailable, match="memory budget"):
+        m.check_step(c, 0, 41)  # a (busy) holds 100 bytes, 410 more exceed 500, nothing idle to evict
+    assert "a" in m

@@ -1,0 +1,197 @@
+"""The worker's configuration: one pydantic model, validated once, from a TOML file, the environment and flags.
+
+Precedence (highest first): command-line flags, `SHARDNET_WORKER_<FIELD>` environment variables, the
+TOML file given with `--config`, the defaults below. Every field carries its help text in `description`;
+the CLI builds its `--help` from them, so the two never disagree.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shardnet.errors import ConfigError
+from shardnet.span import LayerSpan
+
+ENV_PREFIX = "SHARDNET_WORKER_"
+PASSWORD_ENV = "SHARDNET_KEY_PASSWORD"
+
+
+class WorkerConfig(BaseModel):
+    """Everything `worker run` needs. Field descriptions are the CLI help."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # -- chain
+    deployment: Path = Field(
+        Path(".shardnet/deployment.json"),
+        description="deployment file (JSON) written by `shardnet devnet` / `shardnet deploy`",
+    )
+    rpc_url: str | None = Field(
+        None, description="JSON-RPC URL of the chain; default: the deployment file's rpc_url"
+    )
+    keystore: Path | None = Field(
+        None,
+        description="encrypted eth-account keystore (JSON) holding the worker's key; see `worker keygen`",
+    )
+    password_file: Path | None = Field(
+        None, description=f"file whose first line is the keystore password (or set {PASSWORD_ENV})"
+    )
+    key_env: str | None = Field(
+        None, description="for development: name of an environment variable holding the hex private key"
+    )
+    stake_wei: int | None = Field(
+        None, ge=0, description="stake to deposit when registering, in wei; default: the registry's minStake"
+    )
+    poll_interval_s: float = Field(1.0, gt=0, description="seconds between polls of the chain for new events")
+    confirmations: int = Field(
+        0, ge=0, description="blocks an event must be buried under before it is handled"
+    )
+
+    # -- model and shard
+    model: str | None = Field(
+        None, description="model to serve: its on-chain id (a number) or its registered name"
+    )
+    layers: str | None = Field(
+        None,
+        description="layers to serve, START:END (END exclusive); default: the span that most raises the "
+        "weakest coverage of the model among live assignments on chain",
+    )
+    num_layers_per_worker: int | None = Field(
+        None,
+        ge=1,
+        description="span length to pick when --layers is not given; default: a third of the model",
+    )
+    store_dir: Path = Field(
+        Path(".shardnet/store"), description="shard store folder (files by CID); fetched files are kept here"
+    )
+    peers: list[str] = Field(
+        default_factory=list,
+        description="URLs of peers (workers or stores) to fetch missing shard files from, comma separated",
+    )
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="dtype of the loaded weights"
+    )
+    threads: int = Field(1, ge=1, description="torch threads for the model's compute")
+
+    # -- HTTP
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8700, ge=0, le=65535, description="TCP port to listen on (0: any free port)")
+    public_url: str | None = Field(
+        None,
+        description="URL other machines reach this worker at (registered on chain); default: http://HOST:PORT",
+    )
+    db_url: str | None = Field(
+        None, description="SQLAlchemy database URL for the worker's state; default: SQLite file in --data-dir"
+    )
+    data_dir: Path = Field(Path(".shardnet/worker"), description="folder for the worker's SQLite database")
+
+    # -- limits
+    max_sessions: int = Field(
+        16, ge=1, description="sessions held at once; when full the least recently used idle one is evicted"
+    )
+    max_sessions_per_coordinator: int = Field(
+        16, ge=1, description="sessions one coordinator may hold at once (429 beyond)"
+    )
+    max_length: int = Field(2048, ge=1, description="most token positions one session may cache")
+    max_cache_mb: float = Field(
+        1024.0, gt=0, description="memory for all sessions' KV caches and kept outputs, in MiB (503 beyond)"
+    )
+    session_timeout_s: float = Field(300.0, gt=0, description="a session idle this long is closed")
+    max_body_mb: float = Field(64.0, gt=0, description="largest request body accepted, in MiB (413 beyond)")
+    drain_grace_s: float = Field(30.0, ge=0, description="on SIGTERM, seconds to let open sessions finish")
+    step_forward_timeout_s: float = Field(
+        60.0, gt=0, description="timeout of a push-mode forward to the next worker"
+    )
+    perturb_outputs: float = Field(
+        0.0,
+        ge=0,
+        description="FOR TESTING THE VERIFIER ONLY: add Gaussian noise of this scale (times each output's "
+        "standard deviation) to every output; an honest worker keeps 0",
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _check_layers(cls, value: str | None) -> str | None:
+        if value is not None:
+            LayerSpan.parse(value)
+        return value
+
+    @field_validator("peers", mode="before")
+    @classmethod
+    def _split_peers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [p.strip().rstrip("/") for p in value.split(",") if p.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_key_source(self) -> WorkerConfig:
+        if self.keystore is not None and self.key_env is not None:
+            raise ValueError("give either keystore or key_env, not both")
+        return self
+
+    # -- derived values
+    @property
+    def span(self) -> LayerSpan | None:
+        return LayerSpan.parse(self.layers) if self.layers else None
+
+    @property
+    def endpoint(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    def database_url(self) -> str:
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{(self.data_dir / 'worker.db').resolve()}"
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+def field_help() -> dict[str, str]:
+    """Field name -> help text, for the CLI."""
+    return {name: info.description or "" for name, info in WorkerConfig.model_fields.items()}
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in WorkerConfig.model_fields:
+        key = ENV_PREFIX + name.upper()
+        if key in environ and environ[key] != "":
+            values[name] = environ[key]
+    return values
+
+
+def load_config(
+    overrides: Mapping[str, Any] | None = None,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> WorkerConfig:
+    """Merge defaults < TOML file < environment < `overrides` (flags; None values are ignored) and validate."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
+        values.update({k.replace("-", "_"): v for k, v in data.items()})
+    values.update(_env_values(os.environ if environ is None else environ))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return WorkerConfig(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(
+            f"invalid worker configuration: {problems} (check flags, {ENV_PREFIX}* variables and --config)"
+        ) from exc

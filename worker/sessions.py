@@ -1,0 +1,231 @@
+"""Inference sessions held by a worker: their KV caches, step hashes, outputs, and the limits on them.
+
+`SessionManager` is plain, synchronous bookkeeping (the aiohttp handlers call it from the event loop):
+it enforces the overall and per-coordinator session limits, the per-session length limit and a memory
+budget, closes sessions idle past the timeout, and evicts the least recently used idle session when
+full. Every session that leaves (closed, evicted, expired, drained) goes through `on_close`, so its
+step hashes are persisted and its job can be committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from worker.errors import (
+    PayloadTooLarge,
+    SessionConflict,
+    SessionNotFound,
+    TooManySessions,
+    WorkerUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ModelSession(Protocol):
+    """What a worker needs from `shardnet.model`'s BlockSession."""
+
+    @property
+    def length(self) -> int: ...
+
+    def step(self, x: Any, start_pos: int) -> Any: ...
+
+
+@dataclass(frozen=True)
+class NextHop:
+    """Push mode: where a session forwards its outputs."""
+
+    url: str
+    session_id: str
+
+
+@dataclass(eq=False)
+class Session:
+    session_id: str
+    coordinator: str
+    job_id: int | None
+    codec: str
+    next_hop: NextHop | None
+    compute: ModelSession
+    opened_at: float
+    last_used: float
+    step_hashes: list[bytes] = field(default_factory=list)
+    output_frames: list[bytes] = field(default_factory=list)
+    output_bytes: int = 0
+    busy: int = 0
+    closed: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def length(self) -> int:
+        return int(self.compute.length)
+
+    @property
+    def steps(self) -> int:
+        return len(self.step_hashes)
+
+
+CloseHook = Callable[[Session, str], None]
+
+
+class SessionManager:
+    """Sessions by id, in least-recently-used order."""
+
+    def __init__(
+        self,
+        *,
+        max_sessions: int,
+        max_per_coordinator: int,
+        max_length: int,
+        max_memory_bytes: int,
+        kv_bytes_per_token: int,
+        idle_timeout_s: float,
+        on_close: CloseHook,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_sessions = max_sessions
+        self.max_per_coordinator = max_per_coordinator
+        self.max_length = max_length
+        self.max_memory_bytes = max_memory_bytes
+        self.kv_bytes_per_token = kv_bytes_per_token
+        self.idle_timeout_s = idle_timeout_s
+        self._on_close = on_close
+        self._clock = clock
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._retired: set[str] = set()  # ids ever used here: a ticket opens its session once
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._sessions
+
+    def sessions(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    def memory_bytes(self, session: Session, extra_tokens: int = 0) -> int:
+        return (session.length + extra_tokens) * self.kv_bytes_per_token + session.output_bytes
+
+    def total_memory_bytes(self) -> int:
+        return sum(self.memory_bytes(s) for s in self._sessions.values())
+
+    # -- opening and closing
+    def open(
+        self,
+        *,
+        session_id: str,
+        coordinator: str,
+        job_id: int | None,
+        codec: str,
+        next_hop: NextHop | None,
+        make_compute: Callable[[], ModelSession],
+    ) -> Session:
+        """Open a session, evicting the least recently used idle one if the worker is full."""
+        if session_id in self._sessions or session_id in self._retired:
+            raise SessionConflict(
+                f"session {session_id!r} was already opened on this worker: ask for a new ticket"
+            )
+        self.expire_idle()
+        held = sum(1 for s in self._sessions.values() if s.coordinator == coordinator)
+        if held >= self.max_per_coordinator:
+            raise TooManySessions(
+                f"coordinator {coordinator} already holds {held} sessions here (limit "
+                f"{self.max_per_coordinator}): close finished sessions first"
+            )
+        if len(self._sessions) >= self.max_sessions and not self._evict_lru(
+            f"full ({self.max_sessions} sessions)"
+        ):
+            raise WorkerUnavailable(
+                f"worker is full: {len(self._sessions)} sessions, all busy; retry later or use another worker"
+            )
+        now = self._clock()
+        session = Session(
+            session_id=session_id,
+            coordinator=coordinator,
+            job_id=job_id,
+            codec=codec,
+            next_hop=next_hop,
+            compute=make_compute(),
+            opened_at=now,
+            last_used=now,
+        )
+        self._sessions[session_id] = session
+        self._retired.add(session_id)
+        return session
+
+    def get(self, session_id: str) -> Session:
+        """The open session `session_id`, marked as just used."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise SessionNotFound(
+                f"no open session {session_id!r} on this worker (never opened, closed, or evicted after "
+                f"{self.idle_timeout_s:g} s idle): open a new session and replay its tokens"
+            )
+        session.last_used = self._clock()
+        self._sessions.move_to_end(session_id)
+        return session
+
+    def close(self, session_id: str, reason: str = "closed") -> Session:
+        session = self.get(session_id)
+        self._remove(session, reason)
+        return session
+
+    def close_all(self, reason: str) -> list[Session]:
+        sessions = list(self._sessions.values())
+        for session in sessions:
+            self._remove(session, reason)
+        return sessions
+
+    def expire_idle(self) -> list[Session]:
+        """Close every session idle for longer than the timeout."""
+        now = self._clock()
+        stale = [s for s in self._sessions.values() if not s.busy and now - s.last_used > self.idle_timeout_s]
+        for session in stale:
+            self._remove(session, "expired")
+        return stale
+
+    # -- per-step checks
+    def check_step(self, session: Session, start_pos: int, n_tokens: int) -> None:
+        """Raise unless a step of `n_tokens` at `start_pos` fits the session's position and the limits."""
+        if start_pos != session.length:
+            raise SessionConflict(
+                f"X-Start-Pos is {start_pos} but session {session.session_id!r} has {session.length} positions "
+                f"cached: send position {session.length} next"
+            )
+        if start_pos + n_tokens > self.max_length:
+            raise PayloadTooLarge(
+                f"session {session.session_id!r} would reach {start_pos + n_tokens} positions, over this "
+                f"worker's max length {self.max_length}: start a new session"
+            )
+        needed = n_tokens * self.kv_bytes_per_token
+        while self.total_memory_bytes() + needed > self.max_memory_bytes:
+            if not self._evict_lru("memory budget", keep=session):
+                raise WorkerUnavailable(
+                    f"worker memory budget ({self.max_memory_bytes / 2**20:.0f} MiB for caches) is used up by "
+                    "busy sessions: retry later or use another worker"
+                )
+
+    # -- internals
+    def _evict_lru(self, why: str, keep: Session | None = None) -> bool:
+        for session in self._sessions.values():  # oldest use first
+            if session is not keep and not session.busy:
+                log.info("evicting session %s (least recently used; %s)", session.session_id, why)
+                self._remove(session, "evicted")
+                return True
+        return False
+
+    def _remove(self, session: Session, reason: str) -> None:
+        self._sessions.pop(session.session_id, None)
+        if session.closed:
+            return
+        session.closed = True
+        try:
+            self._on_close(session, reason)
+        except Exception:  # the hook persists state; a failure there must not wedge the server
+            log.exception("recording the close of session %s failed", session.session_id)
