@@ -1,0 +1,137 @@
+"""A small async client of the worker HTTP API, for the coordinator and for tests.
+
+    async with WorkerClient("http://127.0.0.1:8700") as w:
+        opened = await w.open_session(ticket, "fp16")
+        out, digest = await w.step(opened["session_id"], token_ids, start_pos=0)
+        commitment = await w.close(opened["session_id"])
+
+Every failure raises a `worker.errors.WorkerAPIError` subclass chosen by the HTTP status (`.status`),
+or `WorkerUnreachable` (status 0) when the worker cannot be reached.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import torch
+
+from shardnet.wire.frames import decode_frame, encode_frame
+from worker.errors import WorkerAPIError, WorkerUnreachable, error_for_status
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """A step's output tensor and the hashes that came with it."""
+
+    tensor: torch.Tensor
+    step_hash: bytes  # of the response body (the last hop's output in push mode)
+    step_index: int
+    hop_hashes: list[bytes]  # push mode: one per hop, in route order; else [step_hash]
+
+
+class WorkerClient:
+    """Client of one worker. Use as an async context manager, or call `aclose()`."""
+
+    def __init__(
+        self, url: str, *, timeout_s: float = 120.0, session: aiohttp.ClientSession | None = None
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._own = session is None
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def __aenter__(self) -> WorkerClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._own and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- API
+    async def open_session(
+        self, ticket: dict[str, Any], codec: str = "fp32", next: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Open a session: returns `{"session_id", "span": [a, b], "max_length"}`."""
+        payload = {"ticket": ticket, "codec": codec, "next": next}
+        _, body = await self._request(
+            "POST",
+            "/v1/sessions",
+            data=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        return dict(json.loads(body))
+
+    async def step(
+        self, session_id: str, tensor: torch.Tensor, start_pos: int, codec: str | None = None
+    ) -> tuple[torch.Tensor, bytes]:
+        """Send one step; returns (output tensor, step hash of the response bytes)."""
+        result = await self.step_full(session_id, tensor, start_pos, codec)
+        return result.tensor, result.step_hash
+
+    async def step_full(
+        self, session_id: str, tensor: torch.Tensor, start_pos: int, codec: str | None = None
+    ) -> StepResult:
+        """Like `step`, with the step index and, in push mode, every hop's hash."""
+        if codec is None:
+            codec = "int64" if not tensor.dtype.is_floating_point else "fp32"
+        headers, body = await self._request(
+            "POST",
+            f"/v1/sessions/{session_id}/step",
+            data=encode_frame(tensor, codec),
+            headers={"X-Start-Pos": str(start_pos), "Content-Type": "application/octet-stream"},
+        )
+        digest = bytes.fromhex(headers["X-Step-Hash"].removeprefix("0x"))
+        hops_header = headers.get("X-Hop-Hashes")
+        hops = (
+            [bytes.fromhex(h.removeprefix("0x")) for h in json.loads(hops_header)]
+            if hops_header
+            else [digest]
+        )
+        return StepResult(decode_frame(body), digest, int(headers.get("X-Step-Index") or 0), hops)
+
+    async def outputs(self, session_id: str) -> torch.Tensor:
+        """Every output of the session so far, concatenated along the positions (for failover replay)."""
+        _, body = await self._request("GET", f"/v1/sessions/{session_id}/outputs")
+        return decode_frame(body)
+
+    async def close(self, session_id: str) -> bytes:
+        """Close the session; returns its commitment (the Merkle root of its step hashes)."""
+        _, body = await self._request("DELETE", f"/v1/sessions/{session_id}")
+        return bytes.fromhex(json.loads(body)["commitment"].removeprefix("0x"))
+
+    async def health(self) -> dict[str, Any]:
+        _, body = await self._request("GET", "/health")
+        return dict(json.loads(body))
+
+    # -- internals
+    async def _request(self, method: str, path: str, **kwargs: Any) -> tuple[dict[str, str], bytes]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        url = self.url + path
+        try:
+            async with self._session.request(method, url, **kwargs) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise _error_from(resp.status, body, url)
+                return dict(resp.headers), body
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise WorkerUnreachable(
+                f"cannot reach worker ({type(exc).__name__}: {exc}); route around it", url=url
+            ) from exc
+
+
+def _error_from(status: int, body: bytes, url: str) -> WorkerAPIError:
+    try:
+        data = json.loads(body)
+        message = str(data["error"])
+        failed = data.get("failed_hop")
+    except (ValueError, KeyError, TypeError):
+        message, failed = body[:300].decode(errors="replace"), None
+    return error_for_status(status, message, url=failed or url)

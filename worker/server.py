@@ -1,0 +1,411 @@
+"""The worker's HTTP API (aiohttp), exactly as docs/PROTOCOL.md "Worker HTTP API".
+
+`WorkerServer` owns the loaded block, the sessions and the metrics. Model compute runs on one
+dedicated thread (the event loop stays free to answer /health, other sessions, and new requests);
+database writes run on another, in order. Errors leave as `{"error": "..."}` with the status of the
+`worker.errors` class raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import torch
+from aiohttp import web
+
+from shardnet.span import LayerSpan
+from shardnet.wire.commitment import merkle_root, step_hash
+from shardnet.wire.frames import decode_frame, encode_frame
+from shardnet.wire.tickets import TicketError, verify_ticket
+from worker.errors import (
+    InvalidTensor,
+    NextHopFailed,
+    SessionConflict,
+    TicketRejected,
+    WorkerAPIError,
+    WorkerUnavailable,
+)
+from worker.inputs import decode_step_input, parse_open_request, parse_start_pos
+from worker.metrics import WorkerMetrics
+from worker.sessions import ModelSession, Session, SessionManager
+from worker.state import WorkerState
+
+log = logging.getLogger(__name__)
+
+LOGITS_CODEC = "fp32"  # the last block's logits always travel in full precision
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_sessions: int = 16
+    max_per_coordinator: int = 16
+    max_length: int = 2048
+    max_memory_bytes: int = 1 << 30
+    idle_timeout_s: float = 300.0
+    max_body_bytes: int = 64 << 20
+    forward_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """What the server must know about the block it serves (from `shardnet.model.Block` and the manifest)."""
+
+    span: LayerSpan
+    num_layers: int
+    is_first: bool
+    is_last: bool
+    hidden_size: int
+    vocab_size: int | None
+    kv_bytes_per_token: int
+
+
+class CoordinatorCheck:
+    """`is_coordinator(address)` on chain, cached (a yes for `ttl_s`, a no for a shorter time)."""
+
+    def __init__(
+        self, lookup: Callable[[str], bool], ttl_s: float = 60.0, negative_ttl_s: float = 5.0
+    ) -> None:
+        self._lookup = lookup
+        self._ttl_s = ttl_s
+        self._negative_ttl_s = negative_ttl_s
+        self._cache: dict[str, tuple[bool, float]] = {}
+
+    def __call__(self, address: str) -> bool:
+        hit = self._cache.get(address)
+        now = time.monotonic()
+        if hit is not None and now < hit[1]:
+            return hit[0]
+        ok = bool(self._lookup(address))
+        self._cache[address] = (ok, now + (self._ttl_s if ok else self._negative_ttl_s))
+        return ok
+
+
+class WorkerServer:
+    """One worker's sessions behind the HTTP API. Build with `app()`, stop with `drain()` then `shutdown()`."""
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        model_name: str,
+        model_id: int | None,
+        block: Any,
+        info: BlockInfo,
+        is_coordinator: Callable[[str], bool],
+        state: WorkerState | None = None,
+        limits: ServerLimits | None = None,
+        extra_routes: Iterable[web.AbstractRouteDef] = (),
+        perturb_outputs: float = 0.0,
+        on_session_closed: Callable[[], None] | None = None,
+    ) -> None:
+        self.address = address
+        self.model_name = model_name
+        self.model_id = model_id
+        self.block = block
+        self.info = info
+        self.limits = limits or ServerLimits()
+        self.state = state
+        self.perturb_outputs = perturb_outputs
+        self.draining = False
+        self.metrics = WorkerMetrics()
+        self._is_coordinator = is_coordinator
+        self._on_session_closed = on_session_closed
+        self._extra_routes = list(extra_routes)
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-compute")
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-db")
+        self._http: aiohttp.ClientSession | None = None
+        self._janitor: asyncio.Task[None] | None = None
+        self.sessions = SessionManager(
+            max_sessions=self.limits.max_sessions,
+            max_per_coordinator=self.limits.max_per_coordinator,
+            max_length=self.limits.max_length,
+            max_memory_bytes=self.limits.max_memory_bytes,
+            kv_bytes_per_token=info.kv_bytes_per_token,
+            idle_timeout_s=self.limits.idle_timeout_s,
+            on_close=self._session_closed,
+        )
+
+    # -- application
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.limits.max_body_bytes, middlewares=[self._errors_as_json])
+        app.add_routes(
+            [
+                web.post("/v1/sessions", self.open_session),
+                web.post("/v1/sessions/{session_id}/step", self.step),
+                web.get("/v1/sessions/{session_id}/outputs", self.outputs),
+                web.delete("/v1/sessions/{session_id}", self.close_session),
+                web.get("/health", self.health),
+                web.get("/metrics", self.metrics_page),
+                *self._extra_routes,
+            ]
+        )
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def _on_startup(self, _app: web.Application) -> None:
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.limits.forward_timeout_s))
+        self._janitor = asyncio.create_task(self._expire_loop())
+
+    async def _on_cleanup(self, _app: web.Application) -> None:
+        if self._janitor is not None:
+            self._janitor.cancel()
+        self.sessions.close_all("shutdown")
+        if self._http is not None:
+            await self._http.close()
+        self._compute.shutdown(wait=True)
+        self._db.shutdown(wait=True)
+
+    async def _expire_loop(self) -> None:
+        period = max(0.05, min(5.0, self.limits.idle_timeout_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            self.sessions.expire_idle()
+
+    @web.middleware
+    async def _errors_as_json(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except WorkerAPIError as exc:
+            body: dict[str, Any] = {"error": exc.message}
+            if isinstance(exc, NextHopFailed):
+                body["failed_hop"] = exc.url
+            self.metrics.request_errors.labels(str(exc.status)).inc()
+            return web.json_response(body, status=exc.status)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            self.metrics.request_errors.labels(str(exc.status)).inc()
+            message = {
+                404: f"no such endpoint {request.method} {request.path}; see docs/PROTOCOL.md",
+                405: f"method {request.method} is not allowed on {request.path}",
+                413: f"request body is larger than this worker accepts ({self.limits.max_body_bytes} bytes): "
+                "send fewer tokens per step",
+            }.get(exc.status, exc.reason)
+            return web.json_response({"error": message}, status=exc.status)
+        except Exception:
+            log.exception("internal error in %s %s", request.method, request.path)
+            self.metrics.request_errors.labels("500").inc()
+            return web.json_response({"error": "internal worker error; see the worker's log"}, status=500)
+
+    # -- handlers
+    async def open_session(self, request: web.Request) -> web.Response:
+        if self.draining:
+            raise WorkerUnavailable("worker is shutting down and takes no new sessions: use another worker")
+        req = parse_open_request(await request.read(), is_last=self.info.is_last)
+        loop = asyncio.get_running_loop()
+        try:
+            signer = verify_ticket(req.ticket, worker=self.address)
+        except TicketError as exc:
+            raise TicketRejected(str(exc)) from exc
+        if not await loop.run_in_executor(None, self._is_coordinator, signer):
+            raise TicketRejected(
+                f"ticket is signed by {signer}, which is not an approved coordinator on chain: "
+                "ask the registry owner to approve it with setCoordinator"
+            )
+        span = LayerSpan(*req.ticket["span"])
+        if span != self.info.span:
+            raise InvalidTensor(
+                f"ticket asks for layers {span} but this worker serves layers {self.info.span}"
+            )
+        session_id: str = req.ticket["session_id"]
+        if self.state is not None and await loop.run_in_executor(
+            self._db, self.state.session_known, session_id
+        ):
+            raise SessionConflict(
+                f"session {session_id!r} was already opened on this worker: ask for a new ticket"
+            )
+        session = self.sessions.open(
+            session_id=session_id,
+            coordinator=signer,
+            job_id=int(req.ticket["job_id"]),
+            codec=req.codec,
+            next_hop=req.next_hop,
+            make_compute=self._new_compute_session,
+        )
+        self.metrics.sessions_open.set(len(self.sessions))
+        if self.state is not None:
+            self._db_write(
+                self.state.session_opened, session_id, session.job_id, signer, span.start, span.end
+            )
+        log.info("session %s opened for job %s by %s", session_id, session.job_id, signer)
+        return web.json_response(
+            {"session_id": session_id, "span": [span.start, span.end], "max_length": self.limits.max_length}
+        )
+
+    async def step(self, request: web.Request) -> web.Response:
+        session = self.sessions.get(request.match_info["session_id"])
+        session.busy += 1
+        try:
+            start_pos = parse_start_pos(request.headers.get("X-Start-Pos"))
+            x = decode_step_input(
+                await request.read(),
+                is_first=self.info.is_first,
+                hidden_size=self.info.hidden_size,
+                vocab_size=self.info.vocab_size,
+                max_length=self.limits.max_length,
+            )
+            async with session.lock:
+                if session.closed:
+                    raise SessionConflict(f"session {session.session_id!r} was closed while this step waited")
+                self.sessions.check_step(session, start_pos, int(x.shape[1]))
+                frame, digest, index = await self._compute_step(session, x, start_pos)
+                if session.next_hop is None:
+                    headers = {"X-Step-Hash": "0x" + digest.hex(), "X-Step-Index": str(index)}
+                    return web.Response(body=frame, headers=headers, content_type="application/octet-stream")
+                return await self._forward(session, frame, digest, start_pos)
+        finally:
+            session.busy -= 1
+            session.last_used = time.monotonic()
+
+    async def outputs(self, request: web.Request) -> web.Response:
+        session = self.sessions.get(request.match_info["session_id"])
+        codec = LOGITS_CODEC if self.info.is_last else session.codec
+        frames = list(session.output_frames)
+        if frames:
+            tensor = torch.cat([decode_frame(f) for f in frames], dim=1)
+        else:
+            width = self.info.vocab_size if self.info.is_last else self.info.hidden_size
+            tensor = torch.zeros(1, 0, width or 0)
+        body = encode_frame(tensor, codec)
+        return web.Response(
+            body=body, headers={"X-Steps": str(len(frames))}, content_type="application/octet-stream"
+        )
+
+    async def close_session(self, request: web.Request) -> web.Response:
+        session = self.sessions.get(request.match_info["session_id"])
+        async with session.lock:  # let a step in flight finish first
+            if not session.closed:
+                self.sessions.close(session.session_id, "closed")
+        return web.json_response(
+            {"steps": session.steps, "commitment": "0x" + merkle_root(session.step_hashes).hex()}
+        )
+
+    async def health(self, _request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "address": self.address,
+                "model": self.model_name,
+                "model_id": self.model_id,
+                "span": [self.info.span.start, self.info.span.end],
+                "num_layers": self.info.num_layers,
+                "sessions": len(self.sessions),
+                "max_sessions": self.limits.max_sessions,
+                "max_length": self.limits.max_length,
+                "draining": self.draining,
+            }
+        )
+
+    async def metrics_page(self, _request: web.Request) -> web.Response:
+        body, content_type = self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    # -- draining
+    def begin_drain(self) -> None:
+        self.draining = True
+
+    async def drain(self, grace_s: float) -> int:
+        """Refuse new sessions, wait up to `grace_s` for open ones to close, then close the rest. Returns how many were cut."""
+        self.begin_drain()
+        deadline = time.monotonic() + grace_s
+        while len(self.sessions) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        cut = self.sessions.close_all("drained")
+        if cut:
+            log.warning("closed %d sessions still open after the %.0f s grace period", len(cut), grace_s)
+        await asyncio.get_running_loop().run_in_executor(self._db, lambda: None)  # flush queued writes
+        return len(cut)
+
+    # -- internals
+    def _new_compute_session(self) -> ModelSession:
+        return self.block.new_session()
+
+    async def _compute_step(
+        self, session: Session, x: torch.Tensor, start_pos: int
+    ) -> tuple[bytes, bytes, int]:
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        frame = await loop.run_in_executor(self._compute, self._run_block, session, x, start_pos)
+        self.metrics.step_seconds.observe(time.perf_counter() - t0)
+        self.metrics.tokens_processed.inc(int(x.shape[1]))
+        digest = step_hash(frame)
+        index = len(session.step_hashes)
+        session.step_hashes.append(digest)
+        session.output_frames.append(frame)
+        session.output_bytes += len(frame)
+        if self.state is not None:
+            self._db_write(self.state.step_recorded, session.session_id, index, digest)
+        return frame, digest, index
+
+    def _run_block(self, session: Session, x: torch.Tensor, start_pos: int) -> bytes:
+        with torch.inference_mode():
+            out = session.compute.step(x, start_pos)
+            if self.perturb_outputs > 0:
+                out = out + self.perturb_outputs * out.float().std() * torch.randn_like(out)
+            return encode_frame(out.float(), LOGITS_CODEC if self.info.is_last else session.codec)
+
+    async def _forward(self, session: Session, frame: bytes, digest: bytes, start_pos: int) -> web.Response:
+        hop = session.next_hop
+        assert hop is not None and self._http is not None
+        url = f"{hop.url}/v1/sessions/{hop.session_id}/step"
+        try:
+            async with self._http.post(url, data=frame, headers={"X-Start-Pos": str(start_pos)}) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise _downstream_error(hop.url, resp.status, body)
+                downstream = json.loads(
+                    resp.headers.get("X-Hop-Hashes") or json.dumps([resp.headers["X-Step-Hash"]])
+                )
+                headers = {
+                    "X-Step-Hash": resp.headers["X-Step-Hash"],
+                    "X-Step-Index": resp.headers.get("X-Step-Index", ""),
+                    "X-Hop-Hashes": json.dumps(["0x" + digest.hex(), *downstream]),
+                }
+        except (TimeoutError, aiohttp.ClientError, KeyError, ValueError) as exc:
+            raise NextHopFailed(
+                f"next worker {hop.url} failed ({type(exc).__name__}: {exc}); this hop's output is kept: "
+                f"fetch it from GET /v1/sessions/{session.session_id}/outputs to replay on a replacement",
+                url=hop.url,
+            ) from exc
+        return web.Response(body=body, headers=headers, content_type="application/octet-stream")
+
+    def _session_closed(self, session: Session, reason: str) -> None:
+        self.metrics.sessions_open.set(len(self.sessions))
+        self.metrics.sessions_closed.labels(reason).inc()
+        log.info("session %s %s after %d steps", session.session_id, reason, session.steps)
+        if self.state is not None:
+            root = merkle_root(session.step_hashes) if session.step_hashes else None
+            self._db_write(self.state.session_closed, session.session_id, reason, session.steps, root)
+        if self._on_session_closed is not None:
+            self._db_write(self._on_session_closed)
+
+    def _db_write(self, fn: Callable[..., Any], *args: Any) -> None:
+        future = self._db.submit(fn, *args)
+        future.add_done_callback(_log_failure)
+
+
+def _downstream_error(url: str, status: int, body: bytes) -> WorkerAPIError:
+    try:
+        data = json.loads(body)
+        message, failed = str(data.get("error", "")), data.get("failed_hop") or url
+    except (ValueError, AttributeError):
+        message, failed = body[:200].decode(errors="replace"), url
+    if status == 502:  # a hop further down failed: pass its name on unchanged
+        return NextHopFailed(message, url=failed)
+    return NextHopFailed(f"next worker {url} answered {status}: {message}", url=url)
+
+
+def _log_failure(future: Any) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.error("background database write failed: %s", exc, exc_info=exc)
