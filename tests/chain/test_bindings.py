@@ -1,0 +1,188 @@
+"""Typed registry bindings and revert decoding, on a real anvil node and a real hardhat node."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+
+import pytest
+from eth_abi import encode as abi_encode
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
+
+from shardnet.chain.artifacts import load_artifact
+from shardnet.chain.errors import ContractRevert, RevertDecoder, revert_data_from_rpc_error
+from shardnet.chain.registry import (
+    AssignmentInfo,
+    HopInfo,
+    JobStatus,
+    ModelInfo,
+    NodeInfo,
+    Registry,
+    RegistryParams,
+)
+from shardnet.span import LayerSpan
+
+ETHER = 10**18
+PRICE = 1_000
+
+
+def run_core_flow(registry_for: Callable[[LocalAccount | None], Registry], accounts: list[LocalAccount]) -> dict[str, int]:
+    """register, model, announce, submit, route, commit, finalize, claim; checks each step's effect."""
+    owner, node_a, node_b, client = accounts[0], accounts[1], accounts[2], accounts[3]
+    gov, reg_a, reg_b, cli = (registry_for(a) for a in (owner, node_a, node_b, client))
+
+    gov.set_coordinator(owner.address, "http://127.0.0.1:9000", True)
+    assert gov.is_coordinator(owner.address) and gov.coordinator_endpoint(owner.address) == "http://127.0.0.1:9000"
+
+    for reg, port in ((reg_a, 8101), (reg_b, 8102)):
+        result = reg.register_node(f"http://127.0.0.1:{port}", ETHER)
+        ev = result.event("NodeRegistered")
+        assert ev.args["endpoint"] == f"http://127.0.0.1:{port}" and ev.args["stake"] == ETHER
+        assert result.gas_used > 21_000 and result.block_number > 0 and result.tx_hash.startswith("0x")
+
+    model_id = gov.register_model("tiny", "bafkreitest", 4, PRICE).event("ModelRegistered").args["modelId"]
+    assert gov.get_model(model_id) == ModelInfo(model_id, "tiny", "bafkreitest", 4, PRICE, owner.address)
+    a_id = reg_a.announce_shard(model_id, LayerSpan(0, 2)).event("ShardAnnounced").args["assignmentId"]
+    b_id = reg_b.announce_shard(model_id, LayerSpan(2, 4)).event("ShardAnnounced").args["assignmentId"]
+    assert gov.get_assignment(b_id) == AssignmentInfo(b_id, node_b.address, model_id, 2, 4, True)
+    assert sorted(gov.live_assignments(model_id)) == sorted([a_id, b_id])
+
+    max_tokens = 8
+    price = cli.quote(model_id, max_tokens)
+    job_id = cli.submit_job(model_id, keccak(text="hello"), max_tokens, price).event("JobSubmitted").args["jobId"]
+    job = cli.get_job(job_id)
+    assert (job.client, job.status, job.escrow, job.input_hash) == (client.address, JobStatus.SUBMITTED, price, keccak(text="hello"))
+
+    routed = gov.assign_route(job_id, [(node_a.address, LayerSpan(0, 2)), (node_b.address, LayerSpan(2, 4))])
+    assert routed.event("JobRouted").args["nodes"] == [node_a.address, node_b.address]
+    reg_a.post_commitment(job_id, b"\x11" * 32)
+    reg_b.post_commitment(job_id, "0x" + "22" * 32)
+    hops = gov.get_hops(job_id)
+    assert hops == [
+        HopInfo(0, node_a.address, 0, 2, b"\x11" * 32),
+        HopInfo(1, node_b.address, 2, 4, b"\x22" * 32),
+    ]
+    assert all(h.committed for h in hops) and hops[1].span == LayerSpan(2, 4)
+
+    layer_tokens = [2 * 10, 2 * 10]
+    fin = gov.finalize_job(job_id, keccak(text="world"), layer_tokens).event("JobFinalized")
+    paid = sum(layer_tokens) * PRICE
+    assert fin.args["paidToNodes"] == paid
+    assert fin.args["paidToNodes"] + fin.args["coordinatorFee"] + fin.args["refund"] == price
+    assert gov.get_job(job_id).status == JobStatus.FINALIZED
+
+    assert reg_a.claimable(node_a.address) == 20 * PRICE
+    claimed = reg_a.claim().event("Claimed")
+    assert claimed.args == {"account": node_a.address, "amount": 20 * PRICE}
+    assert reg_a.claimable(node_a.address) == 0
+    totals = gov.total_staked() + gov.total_unbonding() + gov.total_escrow() + gov.total_claimable() + gov.protocol_fees()
+    assert gov.balance() == totals
+    return {"model_id": model_id, "job_id": job_id}
+
+
+def test_core_flow_on_anvil(registry_for: Callable[[LocalAccount | None], Registry], accounts: list[LocalAccount]) -> None:
+    run_core_flow(registry_for, accounts)
+
+
+def test_params_and_views_are_typed(registry: Registry, accounts: list[LocalAccount]) -> None:
+    assert registry.params() == RegistryParams(10**18, 60, 600, 500, 5000, 512)
+    assert registry.owner() == accounts[0].address
+    assert registry.model_count() == 0 and registry.job_count() == 0
+    node = registry.get_node(accounts[5].address)
+    assert node == NodeInfo(accounts[5].address, "", 0, 0, 0, 0, 0, False, False)
+
+
+def test_custom_error_is_decoded_with_named_args(registry_for: Callable[..., Registry], accounts: list[LocalAccount]) -> None:
+    reg = registry_for(accounts[1])
+    before = reg.block_number()
+    with pytest.raises(ContractRevert) as info:
+        reg.register_node("http://x", 1)
+    err = info.value
+    assert err.error == "ShardRegistryInsufficientStake"
+    assert err.args == {"provided": 1, "required": 10**18}
+    assert "ShardRegistryInsufficientStake(provided=1, required=1000000000000000000)" in str(err)
+    assert err.function == "registerNode"
+    assert reg.block_number() == before, "a reverting call must not be sent"
+    clone = pickle.loads(pickle.dumps(err))
+    assert (clone.error, clone.args) == (err.error, err.args)
+
+
+def test_enum_and_address_args_are_converted(registry_for: Callable[..., Registry], accounts: list[LocalAccount]) -> None:
+    reg = registry_for(accounts[3])
+    with pytest.raises(ContractRevert) as info:
+        reg.cancel_job(7)
+    assert info.value.error == "ShardRegistryUnknownJob" and info.value.args == {"jobId": 7}
+    stranger = registry_for(accounts[4])
+    with pytest.raises(ContractRevert) as info:
+        stranger.set_coordinator(accounts[4].address, "http://c", True)
+    assert info.value.error == "ShardRegistryUnauthorized"
+    assert info.value.args == {"account": accounts[4].address}
+
+
+def test_views_decode_reverts_too(registry: Registry) -> None:
+    with pytest.raises(ContractRevert) as info:
+        registry.quote(99, 1)
+    assert info.value.error == "ShardRegistryUnknownModel" and info.value.args == {"modelId": 99}
+
+
+def test_write_without_account_says_what_to_do(registry_for: Callable[..., Registry]) -> None:
+    with pytest.raises(Exception, match="no account"):
+        registry_for(None).claim()
+
+
+def test_decode_logs_accepts_web3_logs_and_skips_foreign_ones(
+    registry: Registry, anvil, accounts: list[LocalAccount]
+) -> None:
+    result = registry.register_model("m", "bafk", 3, 5)
+    receipt = anvil.w3.eth.get_transaction_receipt(result.tx_hash)  # HexBytes topics, int numbers
+    events = registry.decode_logs(receipt["logs"])
+    assert [e.name for e in events] == ["ModelRegistered"]
+    assert events[0].args["numLayers"] == 3 and events[0].position == (result.block_number, 0)
+    foreign = [dict(receipt["logs"][0], address=accounts[9].address)]
+    assert registry.decode_logs(foreign) == []
+    assert [e.name for e in registry.get_logs(result.block_number, result.block_number, ["ModelRegistered"])] == [
+        "ModelRegistered"
+    ]
+    assert registry.get_logs(result.block_number, result.block_number, ["JobSubmitted"]) == []
+
+
+def test_builtin_error_string_and_panic_are_decoded() -> None:
+    decoder = RevertDecoder(load_artifact().abi)
+    err = decoder.decode(bytes.fromhex("08c379a0") + abi_encode(["string"], ["not enough"]))
+    assert (err.error, err.args) == ("Error", {"message": "not enough"})
+    panic = decoder.decode(bytes.fromhex("4e487b71") + abi_encode(["uint256"], [0x11]))
+    assert (panic.error, panic.args) == ("Panic", {"code": 0x11})
+    assert "overflow" in str(panic)
+    unknown = decoder.decode(bytes.fromhex("deadbeef"))
+    assert unknown.error == "UnknownRevert" and unknown.args == {"data": "0xdeadbeef"}
+
+
+@pytest.mark.parametrize(
+    "rpc_error",
+    [
+        {"code": 3, "message": "execution reverted: custom error 0xdeadbeef", "data": "0xdeadbeef"},  # anvil
+        {"code": -32603, "message": "Error: VM Exception while processing transaction: reverted with an "
+         "unrecognized custom error (return data: 0xdeadbeef)"},  # hardhat, message only
+        {"code": -32603, "message": "reverted", "data": {"message": "x", "data": "0xdeadbeef"}},  # nested
+    ],
+)
+def test_revert_data_is_found_in_every_node_dialect(rpc_error: dict[str, object]) -> None:
+    assert revert_data_from_rpc_error(rpc_error) == bytes.fromhex("deadbeef")
+
+
+def test_rpc_errors_without_revert_data_are_not_reverts() -> None:
+    assert revert_data_from_rpc_error({"code": -32000, "message": "insufficient funds for gas"}) is None
+
+
+@pytest.mark.hardhat
+def test_core_flow_and_revert_decoding_on_hardhat(hardhat, accounts: list[LocalAccount]) -> None:
+    run_core_flow(hardhat.registry_for, accounts)
+    reg = hardhat.registry_for(accounts[6])
+    with pytest.raises(ContractRevert) as info:
+        reg.register_node("http://x", 5)
+    assert info.value.error == "ShardRegistryInsufficientStake"
+    assert info.value.args == {"provided": 5, "required": 10**18}
+    with pytest.raises(ContractRevert) as info:
+        reg.cancel_job(12345)
+    assert info.value.args == {"jobId": 12345}
