@@ -79,6 +79,7 @@ class LocalStore:
         expected_cid: str | None = None,
         expected_size: int | None = None,
         label: str = "stream",
+        replace: bool = False,
     ) -> str:
         """Copy a binary stream into the store, verifying its CID before the file becomes visible."""
         with self._incoming() as (f, tmp):
@@ -90,7 +91,7 @@ class LocalStore:
             os.fsync(f.fileno())
             cid = hasher.cid()
             _check_expected(cid, expected_cid, hasher.size, expected_size, label)
-            self._commit(tmp, cid)
+            self.commit(tmp, cid, replace=replace)
         return cid
 
     @contextmanager
@@ -99,9 +100,19 @@ class LocalStore:
         with self._incoming() as pair:
             yield pair
 
-    def commit(self, tmp: Path, cid: str) -> None:
-        """Move a verified temporary file into place as ``<store>/<cid>`` (kept if already there)."""
-        self._commit(tmp, parse_cid(cid))
+    def commit(self, tmp: Path, cid: str, replace: bool = False) -> None:
+        """Move a verified temporary file into place as ``<store>/<cid>``.
+
+        An existing file is kept, unless ``replace`` (used when the existing copy failed verification):
+        then it is swapped by rename, so a process that mapped the old file keeps its own copy.
+        """
+        cid = parse_cid(cid)
+        if replace:
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, self.root / cid)
+            log.warning("replaced the corrupt stored copy of %s", cid)
+            return
+        self._commit(tmp, cid)
 
     @contextmanager
     def _incoming(self) -> Iterator[tuple[BinaryIO, Path]]:

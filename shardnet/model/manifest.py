@@ -1,0 +1,245 @@
+"""The shard manifest: which files make up a published model, by CID (format in docs/PROTOCOL.md).
+
+The manifest's own CID, of its exact canonical JSON bytes, is what goes on chain. ``Manifest`` is a
+frozen value; ``from_json`` checks every field so a malformed manifest fails here with a clear
+message, not later inside a worker.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shardnet.errors import IntegrityError, ShardnetError
+from shardnet.span import LayerSpan
+from shardnet.store.cid import cid_of_bytes, parse_cid, verify_cid
+from shardnet.store.local import LocalStore
+
+MANIFEST_FORMAT = "shardnet-manifest/1"
+PARTS = ("embed", "layer", "head")
+KINDS = ("decoder", "encoder", "vit")
+
+
+class ManifestError(ShardnetError, ValueError):
+    """A manifest is malformed or does not describe the layers asked of it."""
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    """One weight file of a model: the embedding, the head, or layers [start, end)."""
+
+    name: str
+    part: str
+    start: int
+    end: int
+    cid: str
+    size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "part": self.part,
+            "start": self.start,
+            "end": self.end,
+            "cid": self.cid,
+            "size": self.size,
+        }
+
+
+@dataclass(frozen=True)
+class TokenizerFile:
+    """A tokenizer file (tokenizer.json, tokenizer_config.json, …) kept under its own name."""
+
+    name: str
+    cid: str
+    size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "cid": self.cid, "size": self.size}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A published model: its configuration and the CIDs of its files."""
+
+    name: str
+    family: str
+    architecture: str
+    kind: str
+    num_layers: int
+    dtype: str
+    config: dict[str, Any]
+    files: tuple[ShardFile, ...]
+    tokenizer: tuple[TokenizerFile, ...] = field(default=())
+    format: str = MANIFEST_FORMAT
+
+    # ------------------------------------------------------------------ queries
+
+    def file_for_layer(self, layer: int) -> ShardFile:
+        """The layer file holding ``layer``."""
+        for f in self.files:
+            if f.part == "layer" and f.start <= layer < f.end:
+                return f
+        raise ManifestError(
+            f"model {self.name!r} has no file for layer {layer} (it has {self.num_layers} layers)"
+        )
+
+    def part_file(self, part: str) -> ShardFile | None:
+        """The ``embed`` or ``head`` file, or None when the model has none."""
+        return next((f for f in self.files if f.part == part), None)
+
+    def files_for(self, span: LayerSpan) -> list[ShardFile]:
+        """The weight files a worker serving ``span`` needs: its layers, + embed at 0, + head at the end."""
+        if span.end > self.num_layers:
+            raise ManifestError(
+                f"layers {span} are outside model {self.name!r}, which has {self.num_layers} layers (0:{self.num_layers})"
+            )
+        needed = [f for f in self.files if f.part == "layer" and f.start < span.end and f.end > span.start]
+        covered = {i for f in needed for i in range(f.start, f.end)}
+        missing = [i for i in range(span.start, span.end) if i not in covered]
+        if missing:
+            raise ManifestError(f"manifest of {self.name!r} lists no file for layers {missing}")
+        embed, head = self.part_file("embed"), self.part_file("head")
+        if span.is_first() and embed is not None:
+            needed.insert(0, embed)
+        if span.is_last(self.num_layers) and head is not None:
+            needed.append(head)
+        return needed
+
+    def cids_for(self, span: LayerSpan) -> list[str]:
+        """CIDs of everything a worker serving ``span`` fetches: weight files and tokenizer files."""
+        return [f.cid for f in self.files_for(span)] + [t.cid for t in self.tokenizer]
+
+    def hf_config(self) -> Any:
+        """The Hugging Face ``PretrainedConfig`` described by ``config`` (imports transformers)."""
+        from transformers import AutoConfig
+
+        cfg = dict(self.config)
+        model_type = cfg.pop("model_type", None) or self.family
+        return AutoConfig.for_model(model_type, **cfg)
+
+    # ------------------------------------------------------------------ JSON
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "name": self.name,
+            "family": self.family,
+            "architecture": self.architecture,
+            "kind": self.kind,
+            "num_layers": self.num_layers,
+            "dtype": self.dtype,
+            "config": self.config,
+            "files": [f.to_json() for f in self.files],
+            "tokenizer": [t.to_json() for t in self.tokenizer],
+        }
+
+    def to_json_bytes(self) -> bytes:
+        """Canonical bytes: sorted keys, no spaces, ASCII only. The manifest CID is their CID."""
+        return canonical_json(self.to_json())
+
+    @property
+    def cid(self) -> str:
+        return cid_of_bytes(self.to_json_bytes())
+
+    @classmethod
+    def from_json(cls, data: bytes | str | dict[str, Any]) -> Manifest:
+        """Parse and check a manifest; raises ``ManifestError`` naming the first problem found."""
+        if isinstance(data, bytes | str):
+            try:
+                data = json.loads(data)
+            except ValueError as exc:
+                raise ManifestError(f"manifest is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ManifestError("manifest must be a JSON object")
+        try:
+            return _parse(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ManifestError):
+                raise
+            raise ManifestError(f"manifest is malformed: {type(exc).__name__}: {exc}") from exc
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The one canonical JSON encoding shardnet hashes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def _need(cond: bool, message: str) -> None:
+    if not cond:
+        raise ManifestError(message)
+
+
+def _parse(d: dict[str, Any]) -> Manifest:
+    _need(
+        d.get("format") == MANIFEST_FORMAT,
+        f"manifest format is {d.get('format')!r}, expected {MANIFEST_FORMAT!r}",
+    )
+    for key in ("name", "family", "architecture", "kind", "dtype"):
+        _need(
+            isinstance(d.get(key), str) and bool(d[key]), f"manifest field {key!r} must be a non-empty string"
+        )
+    _need(d["kind"] in KINDS, f"manifest kind {d['kind']!r} is not one of {KINDS}")
+    n = d.get("num_layers")
+    _need(type(n) is int and n > 0, "manifest field 'num_layers' must be a positive integer")
+    _need(isinstance(d.get("config"), dict), "manifest field 'config' must be an object")
+    _need(
+        isinstance(d.get("files"), list) and bool(d["files"]),
+        "manifest field 'files' must be a non-empty list",
+    )
+    files = []
+    for f in d["files"]:
+        _need(
+            f.get("part") in PARTS, f"file {f.get('name')!r} has part {f.get('part')!r}, not one of {PARTS}"
+        )
+        sf = ShardFile(
+            str(f["name"]), f["part"], int(f["start"]), int(f["end"]), parse_cid(f["cid"]), int(f["size"])
+        )
+        _need(sf.size >= 0, f"file {sf.name!r} has a negative size")
+        if sf.part == "layer":
+            _need(
+                0 <= sf.start < sf.end <= n,
+                f"layer file {sf.name!r} covers [{sf.start}, {sf.end}) outside 0..{n}",
+            )
+        files.append(sf)
+    tokenizer = []
+    for t in d.get("tokenizer", []):
+        name = str(t["name"])
+        _need(
+            "/" not in name and "\\" not in name and name not in ("", ".", ".."),
+            f"bad tokenizer file name {name!r}",
+        )
+        tokenizer.append(TokenizerFile(name, parse_cid(t["cid"]), int(t["size"])))
+    return Manifest(
+        name=d["name"],
+        family=d["family"],
+        architecture=d["architecture"],
+        kind=d["kind"],
+        num_layers=n,
+        dtype=d["dtype"],
+        config=d["config"],
+        files=tuple(files),
+        tokenizer=tuple(tokenizer),
+    )
+
+
+def load_manifest(store_dir: str | Path, cid: str) -> Manifest:
+    """Read the manifest ``cid`` from a store folder, verifying its bytes against the CID."""
+    store = LocalStore(store_dir)
+    try:
+        path = store.path(cid)
+    except ValueError as exc:
+        raise ManifestError(f"{exc}; a manifest CID looks like bafkrei…") from exc
+    if not path.is_file():
+        raise ManifestError(
+            f"manifest {cid} is not in the store {store.root}; fetch it first "
+            f"(shardnet model fetch {cid} --layers A:B --from SOURCE --store {store.root})"
+        )
+    data = path.read_bytes()
+    try:
+        verify_cid(data, parse_cid(cid))
+    except IntegrityError as exc:
+        raise IntegrityError(f"manifest file {path} is corrupt: {exc}") from exc
+    return Manifest.from_json(data)

@@ -1,0 +1,120 @@
+"""Shard files over HTTP: the routes a worker mounts to serve its files, and the download client.
+
+``GET /v1/shards/{cid}`` answers the file's bytes (``application/octet-stream``), 400 with a JSON error
+for a malformed CID and 404 for a CID the store does not hold. The client streams a download into
+the store's temporary file, hashing as it goes, and moves it into place only when the CID matches.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from aiohttp import web
+from tqdm import tqdm
+
+from shardnet.errors import IntegrityError, ShardnetError
+from shardnet.store.cid import CHUNK_SIZE, CidHasher, parse_cid
+from shardnet.store.local import LocalStore
+
+log = logging.getLogger(__name__)
+
+SHARD_PATH = "/v1/shards/{cid}"
+DEFAULT_TIMEOUT = 30.0
+"""Seconds to wait for a peer to connect or send the next chunk."""
+
+
+class PeerError(ShardnetError):
+    """A peer could not be reached, or does not have the file asked of it."""
+
+
+def make_shard_routes(store_dir: str | Path) -> list[web.RouteDef]:
+    """aiohttp routes serving ``GET /v1/shards/{cid}`` (and HEAD) from the store folder ``store_dir``."""
+    store = LocalStore(store_dir)
+
+    async def get_shard(request: web.Request) -> web.StreamResponse:
+        text = request.match_info["cid"]
+        try:
+            cid = parse_cid(text)
+        except ValueError as exc:
+            return web.json_response({"error": f"{exc}; ask for a CIDv1 such as bafkrei…"}, status=400)
+        path = store.root / cid
+        if not path.is_file():
+            return web.json_response(
+                {"error": f"this node does not hold {cid}; ask another peer that serves this model"},
+                status=404,
+            )
+        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+
+    return [web.get(SHARD_PATH, get_shard)]
+
+
+def shard_url(peer: str, cid: str) -> str:
+    """The URL of ``cid`` at the peer whose base URL is ``peer`` (e.g. http://127.0.0.1:8080)."""
+    return peer.rstrip("/") + SHARD_PATH.format(cid=cid)
+
+
+def download(
+    peer: str,
+    cid: str,
+    store: LocalStore,
+    *,
+    expected_size: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: bool = True,
+    replace: bool = False,
+) -> Path:
+    """Download ``cid`` from ``peer`` into ``store`` and return its path there.
+
+    The body is hashed while it streams into a temporary file; a body longer than ``expected_size``
+    is cut off at once, and one whose size or CID does not match raises ``IntegrityError`` and leaves
+    nothing in the store. An unreachable peer or a missing file raises ``PeerError``.
+    """
+    cid = parse_cid(cid)
+    url = shard_url(peer, cid)
+    try:
+        response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (http(s) only, checked by caller)
+    except urllib.error.HTTPError as exc:
+        raise PeerError(f"{url} answered {exc.code} {exc.reason}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise PeerError(f"cannot reach {peer}: {getattr(exc, 'reason', exc)}") from exc
+    with response, store.incoming() as (f, tmp):
+        hasher = CidHasher()
+        total = expected_size if expected_size is not None else _content_length(response)
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=cid[:16], disable=not progress, leave=False)
+        try:
+            while chunk := response.read(CHUNK_SIZE):
+                hasher.update(chunk)
+                if expected_size is not None and hasher.size > expected_size:
+                    raise IntegrityError(
+                        f"{url} sent more than the {expected_size} bytes the manifest lists; "
+                        "refused, nothing was stored"
+                    )
+                f.write(chunk)
+                bar.update(len(chunk))
+        except (TimeoutError, OSError) as exc:
+            raise PeerError(f"download of {url} broke off after {hasher.size} bytes: {exc}") from exc
+        finally:
+            bar.close()
+        f.flush()
+        if expected_size is not None and hasher.size != expected_size:
+            raise IntegrityError(
+                f"{url} sent {hasher.size} bytes, the manifest lists {expected_size} (truncated); "
+                "refused, nothing was stored"
+            )
+        got = hasher.cid()
+        if got != cid:
+            raise IntegrityError(
+                f"{url} sent content hashing to {got}, not {cid} (corrupt or substituted); "
+                "refused, nothing was stored"
+            )
+        store.commit(tmp, cid, replace=replace)
+    log.info("fetched %s (%d bytes) from %s", cid, hasher.size, peer)
+    return store.root / cid
+
+
+def _content_length(response: object) -> int | None:
+    value = getattr(response, "headers", {}).get("Content-Length")
+    return int(value) if value and value.isdigit() else None
