@@ -103,9 +103,12 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         yield session
 
 
-def read_cursor(session: Session, name: str) -> int | None:
-    """The last block watcher `name` fully processed, or None if it never ran."""
-    row = session.get(ChainCursor, name)
+def read_cursor(session: Session, name: str, *, for_update: bool = False) -> int | None:
+    """The last block watcher `name` fully processed, or None if it never ran.
+
+    `for_update` locks the row until the transaction ends (PostgreSQL; SQLite locks the whole file anyway).
+    """
+    row = session.get(ChainCursor, name, with_for_update=for_update)
     return None if row is None else int(row.block)
 
 

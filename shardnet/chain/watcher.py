@@ -1,0 +1,144 @@
+"""Following registry events into handlers, with a durable cursor.
+
+`EventWatcher` polls `eth_getLogs` over capped block ranges, trails the head by `confirmations`
+blocks, and calls `handlers[event_name](event, session)` in chain order (block, then log index). All
+handler calls of one range and the new cursor (table `chain_cursor`: the last fully processed block)
+are committed in one database transaction, the session passed to the handlers: a crash or a failing
+handler rolls everything back and the range is handled again on the next poll, never half. Handlers
+that act outside the database (sending transactions) must be idempotent by on-chain ids.
+
+    watcher = EventWatcher(registry, engine, "worker", {"JobRouted": on_routed}, confirmations=1)
+    threading.Thread(target=watcher.run_forever, args=(stop_event,)).start()
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from shardnet.chain.errors import ChainError, ChainUnavailable
+from shardnet.chain.tx import DecodedEvent
+from shardnet.db import ChainCursor, read_cursor, session_scope, write_cursor
+
+if TYPE_CHECKING:
+    from shardnet.chain.registry import Registry
+
+log = logging.getLogger(__name__)
+
+#: A handler gets the event and the session of the transaction that also stores the cursor.
+EventHandler = Callable[[DecodedEvent, Session], None]
+
+
+class EventWatcher:
+    """Feeds registry events to handlers from a durable cursor; see the module docstring."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        engine: Engine,
+        name: str,
+        handlers: Mapping[str, EventHandler],
+        *,
+        confirmations: int = 0,
+        max_range: int = 2000,
+        poll_interval: float = 0.5,
+        start_block: int | None = None,
+        max_backoff: float = 30.0,
+    ) -> None:
+        unknown = sorted(set(handlers) - set(registry.event_names))
+        if unknown:
+            raise ChainError(
+                f"watcher {name!r} has handlers for events the registry does not emit: {', '.join(unknown)}; "
+                f"known events: {', '.join(registry.event_names)}"
+            )
+        if confirmations < 0 or max_range < 1 or poll_interval <= 0:
+            raise ValueError("need confirmations >= 0, max_range >= 1 and poll_interval > 0")
+        self.registry = registry
+        self.engine = engine
+        self.name = name
+        self.handlers = dict(handlers)
+        self.confirmations = confirmations
+        self.max_range = max_range
+        self.poll_interval = poll_interval
+        self.start_block = registry.deploy_block if start_block is None else start_block
+        self.max_backoff = max_backoff
+        self.failures = 0  # consecutive failed polls (node unreachable or a handler raised)
+        self.lag = 0  # blocks between the cursor and the confirmed head after the last poll
+        ChainCursor.metadata.create_all(engine, tables=[ChainCursor.__table__])
+
+    def cursor(self) -> int:
+        """The last block fully processed (start_block - 1 before the first poll)."""
+        with Session(self.engine) as session:
+            stored = read_cursor(session, self.name)
+        return self.start_block - 1 if stored is None else stored
+
+    def poll_once(self) -> int:
+        """Process the next range of confirmed blocks (at most `max_range`); returns the events handled.
+
+        Raises ChainUnavailable when the node cannot be reached, and whatever a handler raises (the
+        range is then rolled back and stays unprocessed).
+        """
+        safe_head = self.registry.block_number() - self.confirmations
+        cursor = self.cursor()
+        if safe_head < cursor:
+            log.warning(
+                "watcher %r: the chain's confirmed head %d is behind the cursor %d; was the devnet reset? "
+                "waiting (delete its chain_cursor row to start over)", self.name, safe_head, cursor,
+            )
+            self.lag = 0
+            return 0
+        first, last = cursor + 1, min(safe_head, cursor + self.max_range)
+        if last < first:
+            self.lag = 0
+            return 0
+        events = self.registry.get_logs(first, last, sorted(self.handlers)) if self.handlers else []
+        with session_scope(self.engine) as session:
+            if read_cursor(session, self.name, for_update=True) not in (None, cursor):
+                log.info("watcher %r: another process moved the cursor; skipping this poll", self.name)
+                return 0
+            for event in events:
+                log.debug("watcher %r: %s at %s", self.name, event.name, event.position)
+                self.handlers[event.name](event, session)
+            write_cursor(session, self.name, last)
+        self.lag = safe_head - last
+        if events:
+            log.info("watcher %r: handled %d events in blocks %d-%d", self.name, len(events), first, last)
+        return len(events)
+
+    def catch_up(self) -> int:
+        """Poll until the cursor reaches the confirmed head; returns the events handled."""
+        handled = self.poll_once()
+        while self.lag > 0:
+            handled += self.poll_once()
+        return handled
+
+    def run_forever(self, stop_event: threading.Event) -> None:
+        """Poll until `stop_event` is set, retrying with exponential backoff while polls fail."""
+        log.info("watcher %r following %s from block %d", self.name, self.registry.address, self.cursor() + 1)
+        while not stop_event.is_set():
+            try:
+                self.poll_once()
+            except ChainUnavailable as exc:
+                self._back_off(stop_event, f"chain unreachable ({exc})")
+                continue
+            except Exception as exc:  # a handler failed: the range was rolled back, try it again later
+                log.exception("watcher %r: poll failed", self.name)
+                self._back_off(stop_event, f"{type(exc).__name__}: {exc}")
+                continue
+            if self.failures:
+                log.info("watcher %r: recovered after %d failed polls", self.name, self.failures)
+                self.failures = 0
+            if self.lag == 0:
+                stop_event.wait(self.poll_interval)
+        log.info("watcher %r stopped at block %d", self.name, self.cursor())
+
+    def _back_off(self, stop_event: threading.Event, reason: str) -> None:
+        self.failures += 1
+        delay = min(self.poll_interval * 2 ** (self.failures - 1), self.max_backoff)
+        log.warning("watcher %r: %s; retry %d in %.1f s", self.name, reason, self.failures, delay)
+        stop_event.wait(delay)
