@@ -21,6 +21,7 @@ import aiohttp
 import torch
 from aiohttp import web
 
+from shardnet.model.adapters import ModelError
 from shardnet.span import LayerSpan
 from shardnet.wire.commitment import merkle_root, step_hash
 from shardnet.wire.frames import decode_frame, encode_frame
@@ -335,7 +336,11 @@ class WorkerServer:
     ) -> tuple[bytes, bytes, int]:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        frame = await loop.run_in_executor(self._compute, self._run_block, session, x, start_pos)
+        try:
+            frame = await loop.run_in_executor(self._compute, self._run_block, session, x, start_pos)
+        except ModelError as exc:  # inputs are checked first, so this is rare; the session cannot go on
+            self.sessions.close(session.session_id, "failed")
+            raise InvalidTensor(f"the model refused this step ({exc}); open a new session and replay") from exc
         self.metrics.step_seconds.observe(time.perf_counter() - t0)
         self.metrics.tokens_processed.inc(int(x.shape[1]))
         digest = step_hash(frame)
@@ -380,6 +385,9 @@ class WorkerServer:
         return web.Response(body=body, headers=headers, content_type="application/octet-stream")
 
     def _session_closed(self, session: Session, reason: str) -> None:
+        close = getattr(session.compute, "close", None)
+        if close is not None and not session.busy:
+            close()  # frees the KV cache now rather than at garbage collection
         self.metrics.sessions_open.set(len(self.sessions))
         self.metrics.sessions_closed.labels(reason).inc()
         log.info("session %s %s after %d steps", session.session_id, reason, session.steps)

@@ -143,21 +143,26 @@ class WorkerState:
     def job_routed(self, job_id: int, hop_index: int, start: int, end: int, block: int) -> bool:
         """Record that the chain routed `job_id` to this worker; False if already known (idempotent)."""
         with session_scope(self.engine) as db:
-            if db.get(WorkerJobRow, (self.worker, job_id)) is not None:
-                return False
-            db.add(
-                WorkerJobRow(
-                    worker=self.worker,
-                    job_id=job_id,
-                    hop_index=hop_index,
-                    span_start=start,
-                    span_end=end,
-                    routed_block=block,
-                    commit_status=PENDING,
-                    updated_at=time.time(),
-                )
+            return self.add_route(db, job_id, hop_index, start, end, block)
+
+    def add_route(self, db: Session, job_id: int, hop_index: int, start: int, end: int, block: int) -> bool:
+        """`job_routed` inside the caller's transaction (the event watcher's). One row per job: a second
+        hop of the same job adds nothing, as the worker posts one commitment per job."""
+        if db.get(WorkerJobRow, (self.worker, job_id)) is not None:
+            return False
+        db.add(
+            WorkerJobRow(
+                worker=self.worker,
+                job_id=job_id,
+                hop_index=hop_index,
+                span_start=start,
+                span_end=end,
+                routed_block=block,
+                commit_status=PENDING,
+                updated_at=time.time(),
             )
-            return True
+        )
+        return True
 
     def jobs_to_commit(self) -> list[JobToCommit]:
         """Jobs routed here, not committed, with at least one session and every session of theirs closed."""

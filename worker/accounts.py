@@ -1,0 +1,158 @@
+"""The worker's standing on chain: connecting, registering and staking, and the `status`/`stake`/... commands."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from shardnet.chain.registry import AssignmentInfo, NodeInfo, Registry
+from shardnet.chain.tx import rpc
+from shardnet.errors import ShardnetError
+from worker.config import WorkerConfig
+from worker.keys import load_account
+
+log = logging.getLogger(__name__)
+
+GAS_RESERVE_WEI = 10**16  # kept aside for the transactions a worker sends (announce, commitments, release)
+
+
+class StakeError(ShardnetError):
+    """The worker cannot register or stake (e.g. its balance is too low); the message gives the numbers."""
+
+
+def connect(cfg: WorkerConfig) -> Registry:
+    """The registry of the deployment file, sending with the worker's key."""
+    account = load_account(cfg.keystore, cfg.password_file, cfg.key_env)
+    return Registry.from_deployment(cfg.deployment, account, rpc_url=cfg.rpc_url)
+
+
+def wallet_balance(registry: Registry, address: str) -> int:
+    return int(rpc(registry.w3, "eth_getBalance", [address, "latest"]), 16)
+
+
+def eth(wei: int) -> str:
+    return f"{wei / 10**18:.6f} ETH ({wei} wei)"
+
+
+def _require_balance(registry: Registry, address: str, amount: int, what: str) -> None:
+    have = wallet_balance(registry, address)
+    if have < amount + GAS_RESERVE_WEI:
+        raise StakeError(
+            f"cannot {what}: {address} holds {eth(have)}, needs {eth(amount)} plus about {eth(GAS_RESERVE_WEI)} "
+            f"for gas; send at least {eth(amount + GAS_RESERVE_WEI - have)} more to it"
+        )
+
+
+def ensure_registered(registry: Registry, endpoint: str, stake_wei: int | None) -> NodeInfo:
+    """Register with a stake, top the stake up to minStake, and fix the endpoint, as needed."""
+    assert registry.account is not None
+    me = registry.account.address
+    min_stake = registry.min_stake()
+    node = registry.get_node(me)
+    if not node.registered:
+        stake = max(stake_wei or 0, min_stake)
+        _require_balance(
+            registry, me, stake, f"register with a stake of {eth(stake)} (minStake {eth(min_stake)})"
+        )
+        log.info("registering %s at %s with a stake of %s", me, endpoint, eth(stake))
+        registry.register_node(endpoint, stake)
+    else:
+        if node.stake < min_stake or node.jailed:
+            top_up = max(min_stake - node.stake, 1 if node.jailed else 0)
+            _require_balance(
+                registry, me, top_up, f"top the stake {eth(node.stake)} up to minStake {eth(min_stake)}"
+            )
+            log.info(
+                "adding %s of stake (have %s, minStake %s)", eth(top_up), eth(node.stake), eth(min_stake)
+            )
+            registry.add_stake(top_up)
+        if node.endpoint != endpoint:
+            log.info("updating endpoint %s -> %s", node.endpoint, endpoint)
+            registry.update_endpoint(endpoint)
+    return registry.get_node(me)
+
+
+def my_assignments(registry: Registry, address: str, model_id: int | None = None) -> list[AssignmentInfo]:
+    """Live assignments of `address` (of one model, or of all)."""
+    models = [model_id] if model_id is not None else range(1, registry.model_count() + 1)
+    out = []
+    for mid in models:
+        for aid in registry.live_assignments(mid):
+            info = registry.get_assignment(aid)
+            if info.node == address and info.live:
+                out.append(info)
+    return out
+
+
+@dataclass(frozen=True)
+class Standing:
+    address: str
+    wallet: int
+    node: NodeInfo
+    claimable: int
+    assignments: list[AssignmentInfo]
+
+    def lines(self) -> list[str]:
+        n = self.node
+        out = [
+            f"address      {self.address}",
+            f"wallet       {eth(self.wallet)}",
+            f"registered   {n.registered}" + (f" at {n.endpoint}" if n.registered else ""),
+            f"stake        {eth(n.stake)}" + ("  JAILED: add stake to lift it" if n.jailed else ""),
+            f"unbonding    {eth(n.unbonding)}"
+            + (f" until {n.unbonding_until} (unix time)" if n.unbonding else ""),
+            f"claimable    {eth(self.claimable)}",
+            f"open jobs    {n.open_jobs}",
+            f"assignments  {len(self.assignments)} live",
+        ]
+        out += [
+            f"  #{a.assignment_id}: model {a.model_id} layers {a.start}:{a.end}" for a in self.assignments
+        ]
+        return out
+
+
+def standing(registry: Registry) -> Standing:
+    assert registry.account is not None
+    me = registry.account.address
+    return Standing(
+        me,
+        wallet_balance(registry, me),
+        registry.get_node(me),
+        registry.claimable(me),
+        my_assignments(registry, me),
+    )
+
+
+def print_status(cfg: WorkerConfig) -> int:
+    print("\n".join(standing(connect(cfg)).lines()))
+    return 0
+
+
+def run_action(cfg: WorkerConfig, action: str, amount_wei: int | None) -> int:
+    """`stake`, `unstake`, `withdraw` or `claim`; prints the transaction and the balances after it."""
+    registry = connect(cfg)
+    assert registry.account is not None
+    me = registry.account.address
+    node = registry.get_node(me)
+    if action == "stake":
+        if amount_wei is None or amount_wei <= 0:
+            raise StakeError("--amount-wei must be a positive number of wei")
+        _require_balance(registry, me, amount_wei, f"stake {eth(amount_wei)}")
+        if node.registered:
+            tx = registry.add_stake(amount_wei)
+        else:
+            tx = registry.register_node(cfg.endpoint, amount_wei)
+    elif action == "unstake":
+        amount = node.stake if amount_wei is None else amount_wei
+        if amount <= 0:
+            raise StakeError(f"{me} has no bonded stake to unstake")
+        tx = registry.request_unstake(amount)
+    elif action == "withdraw":
+        tx = registry.withdraw_stake()
+    elif action == "claim":
+        tx = registry.claim()
+    else:  # pragma: no cover - the parser offers only the actions above
+        raise StakeError(f"unknown action {action!r}")
+    print(f"{action}: transaction {tx.tx_hash} (block {tx.block_number})")
+    print("\n".join(standing(registry).lines()))
+    return 0

@@ -1,0 +1,171 @@
+"""Following the chain for this worker: jobs routed to it, and exactly one commitment posted per job served.
+
+`ChainSync` runs an `EventWatcher` (durable cursor) in a thread. `JobRouted` and `HopAdded` naming this
+worker are stored in the worker's database in the watcher's own transaction. After each poll, and when a
+session closes, it posts `postCommitment(jobId, merkle_root(step hashes))` for every job that is both
+routed here and has all its sessions closed. Before sending it reads the job's hops on chain, so a restart
+(even after a crash between the transaction and the database update) never posts twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy.orm import Session
+
+from shardnet.chain.errors import ChainError, ContractRevert
+from shardnet.chain.registry import JobStatus, Registry
+from shardnet.chain.tx import DecodedEvent
+from shardnet.chain.watcher import EventWatcher
+from shardnet.wire.commitment import merkle_root
+from worker.state import ON_CHAIN, POSTED, SKIPPED, WorkerState
+
+log = logging.getLogger(__name__)
+
+
+class ChainSync:
+    """The worker's chain follower and commitment poster (one thread sends all its transactions)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        state: WorkerState,
+        *,
+        poll_interval_s: float = 1.0,
+        confirmations: int = 0,
+        start_block: int | None = None,
+    ) -> None:
+        assert registry.account is not None, "ChainSync sends transactions: give the registry an account"
+        self.registry = registry
+        self.state = state
+        self.me = registry.account.address
+        self.poll_interval_s = poll_interval_s
+        self.watcher = EventWatcher(
+            registry,
+            state.engine,
+            f"worker:{self.me}",
+            {"JobRouted": self._on_job_routed, "HopAdded": self._on_hop_added},
+            confirmations=confirmations,
+            poll_interval=poll_interval_s,
+            start_block=start_block,
+        )
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.tx_lock = threading.Lock()  # the node's other transactions (announce, release) take it too
+
+    # -- event handlers (inside the watcher's transaction)
+    def _on_job_routed(self, event: DecodedEvent, db: Session) -> None:
+        args = event.args
+        for hop_index, node in enumerate(args["nodes"]):
+            if node == self.me:
+                self._record(
+                    db,
+                    int(args["jobId"]),
+                    hop_index,
+                    int(args["starts"][hop_index]),
+                    int(args["ends"][hop_index]),
+                    event.block_number,
+                )
+
+    def _on_hop_added(self, event: DecodedEvent, db: Session) -> None:
+        args = event.args
+        if args["node"] == self.me:
+            self._record(
+                db,
+                int(args["jobId"]),
+                int(args["hopIndex"]),
+                int(args["start"]),
+                int(args["end"]),
+                event.block_number,
+            )
+
+    def _record(self, db: Session, job_id: int, hop_index: int, start: int, end: int, block: int) -> None:
+        if self.state.add_route(db, job_id, hop_index, start, end, block):
+            log.info("job %d routed to this worker (hop %d, layers %d:%d)", job_id, hop_index, start, end)
+
+    # -- commitments
+    def post_pending_commitments(self) -> int:
+        """Post the commitment of every job that is ready; returns how many were sent."""
+        sent = 0
+        for job in self.state.jobs_to_commit():
+            root = merkle_root(job.step_hashes)
+            try:
+                hops = [h for h in self.registry.get_hops(job.job_id) if h.node == self.me]
+                if any(h.committed for h in hops):
+                    log.info("job %d: commitment already on chain", job.job_id)
+                    self.state.commitment_done(
+                        job.job_id, ON_CHAIN, next(h.commitment for h in hops if h.committed)
+                    )
+                    continue
+                status = self.registry.get_job(job.job_id).status
+                if status != JobStatus.ROUTED:
+                    log.warning(
+                        "job %d is %s: its commitment can no longer be posted", job.job_id, status.name
+                    )
+                    self.state.commitment_done(job.job_id, SKIPPED, root, note=f"job {status.name.lower()}")
+                    continue
+                with self.tx_lock:
+                    tx = self.registry.post_commitment(job.job_id, root)
+            except ContractRevert as exc:
+                if exc.error == "ShardRegistryAlreadyCommitted":
+                    self.state.commitment_done(job.job_id, ON_CHAIN, root)
+                    continue
+                log.error("job %d: postCommitment reverted: %s", job.job_id, exc)
+                self.state.commitment_done(job.job_id, SKIPPED, root, note=str(exc))
+                continue
+            except ChainError as exc:  # node unreachable: try again on the next round
+                log.warning("job %d: cannot post the commitment now (%s); will retry", job.job_id, exc)
+                break
+            self.state.commitment_done(job.job_id, POSTED, root, tx.tx_hash)
+            log.info(
+                "job %d: posted commitment 0x%s over %d steps (tx %s)",
+                job.job_id,
+                root.hex(),
+                len(job.step_hashes),
+                tx.tx_hash,
+            )
+            sent += 1
+        return sent
+
+    # -- thread
+    def wake(self) -> None:
+        """Ask for a commitment round soon (a session just closed)."""
+        self._wake.set()
+
+    def sync_once(self) -> None:
+        """Catch up with the chain, then post what is ready."""
+        self.watcher.catch_up()
+        self.post_pending_commitments()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="worker-chain", daemon=True)
+        self._thread.start()
+
+    def stop(self, final_round: bool = True) -> None:
+        """Stop the thread; with `final_round`, catch up and post what is ready one last time."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        if final_round:
+            try:
+                self.sync_once()
+            except Exception:
+                log.exception("final commitment round failed; the next start will post what is missing")
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self.sync_once()
+                failures = 0
+            except Exception as exc:  # keep following the chain; the watcher rolled the range back
+                failures += 1
+                log.warning("chain sync failed (%s: %s); retry %d", type(exc).__name__, exc, failures)
+            delay = (
+                min(self.poll_interval_s * 2 ** min(failures, 5), 30.0) if failures else self.poll_interval_s
+            )
+            self._wake.wait(delay)
+            self._wake.clear()

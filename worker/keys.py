@@ -1,0 +1,88 @@
+"""The worker's key: an encrypted eth-account keystore (or, for development, a hex key in the environment).
+
+The private key is never printed or logged; errors name the file or variable, never its content.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shardnet.errors import ConfigError
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
+PASSWORD_ENV = "SHARDNET_KEY_PASSWORD"
+
+
+def read_password(password_file: Path | None, environ: dict[str, str] | None = None) -> str:
+    """The keystore password: the first line of `password_file`, else $SHARDNET_KEY_PASSWORD."""
+    env = os.environ if environ is None else environ
+    if password_file is not None:
+        try:
+            lines = Path(password_file).read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read password file {password_file}: {exc.strerror}") from exc
+        return lines[0] if lines else ""
+    if PASSWORD_ENV in env:
+        return env[PASSWORD_ENV]
+    raise ConfigError(f"the keystore is encrypted: pass --password-file FILE or set {PASSWORD_ENV}")
+
+
+def load_account(
+    keystore: Path | None,
+    password_file: Path | None,
+    key_env: str | None,
+    environ: dict[str, str] | None = None,
+) -> LocalAccount:
+    """The worker's account from a keystore (with its password) or from the variable named by `key_env`."""
+    from eth_account import Account
+
+    env = os.environ if environ is None else environ
+    if key_env is not None:
+        value = env.get(key_env)
+        if not value:
+            raise ConfigError(f"--key-env names ${key_env}, but that variable is not set or empty")
+        try:
+            return Account.from_key(value.strip())
+        except (ValueError, TypeError):
+            raise ConfigError(f"${key_env} does not hold a valid hex private key (32 bytes)") from None
+    if keystore is None:
+        raise ConfigError(
+            "no key given: pass --keystore FILE (see `worker keygen`) or, for development, --key-env VAR"
+        )
+    try:
+        data = json.loads(Path(keystore).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read keystore {keystore}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"keystore {keystore} is not JSON: is it an eth-account keystore file?") from exc
+    password = read_password(password_file, env)
+    try:
+        key = Account.decrypt(data, password)
+    except ValueError:
+        raise ConfigError(f"cannot decrypt keystore {keystore}: wrong password (or a corrupt file)") from None
+    return Account.from_key(key)
+
+
+def write_keystore(path: Path, password: str, *, overwrite: bool = False) -> str:
+    """Create a new key, write it encrypted to `path` (mode 0600); returns its address."""
+    from eth_account import Account
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path} exists; refusing to overwrite a key (pass --force to replace it)")
+    if not password:
+        raise ConfigError(
+            "refusing an empty keystore password: give a password file with a non-empty first line"
+        )
+    account = Account.create()
+    data = Account.encrypt(account.key, password)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+    return str(account.address)
