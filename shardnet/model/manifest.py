@@ -19,7 +19,8 @@ from shardnet.store.local import LocalStore
 
 MANIFEST_FORMAT = "shardnet-manifest/1"
 PARTS = ("embed", "layer", "head")
-KINDS = ("decoder", "encoder", "vit")
+KINDS = ("decoder", "encoder", "vision")
+"""As ``Adapter.kind``: causal LMs run step by step; encoders and vision transformers in one pass."""
 
 
 class ManifestError(ShardnetError, ValueError):
@@ -111,14 +112,6 @@ class Manifest:
     def cids_for(self, span: LayerSpan) -> list[str]:
         """CIDs of everything a worker serving ``span`` fetches: weight files and tokenizer files."""
         return [f.cid for f in self.files_for(span)] + [t.cid for t in self.tokenizer]
-
-    def hf_config(self) -> Any:
-        """The Hugging Face ``PretrainedConfig`` described by ``config`` (imports transformers)."""
-        from transformers import AutoConfig
-
-        cfg = dict(self.config)
-        model_type = cfg.pop("model_type", None) or self.family
-        return AutoConfig.for_model(model_type, **cfg)
 
     # ------------------------------------------------------------------ JSON
 
@@ -243,3 +236,34 @@ def load_manifest(store_dir: str | Path, cid: str) -> Manifest:
     except IntegrityError as exc:
         raise IntegrityError(f"manifest file {path} is corrupt: {exc}") from exc
     return Manifest.from_json(data)
+
+
+def tokenizer_folder(store_dir: str | Path, manifest: Manifest) -> Path:
+    """A folder holding the manifest's tokenizer files under their own names, ready for ``from_pretrained``.
+
+    The files are copied (once) from the store into ``<store>/.tokenizers/<manifest cid>/``.
+    """
+    store = LocalStore(store_dir)
+    if not manifest.tokenizer:
+        raise ManifestError(f"model {manifest.name!r} was published without tokenizer files")
+    folder = store.root / ".tokenizers" / manifest.cid
+    folder.mkdir(parents=True, exist_ok=True)
+    for t in manifest.tokenizer:
+        target = folder / t.name
+        if target.is_file() and target.stat().st_size == t.size:
+            continue
+        if not store.has(t.cid):
+            raise ManifestError(
+                f"tokenizer file {t.name} ({t.cid}) is not in the store {store.root}; fetch the model"
+            )
+        tmp = folder / f".{t.name}.tmp"
+        store.export_to(t.cid, tmp)
+        tmp.replace(target)
+    return folder
+
+
+def load_tokenizer(store_dir: str | Path, manifest: Manifest) -> Any:
+    """The Hugging Face tokenizer of a published model (imports transformers)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tokenizer_folder(store_dir, manifest)))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from shardnet.errors import IntegrityError
-from shardnet.store.cid import CHUNK_SIZE, CidHasher, cid_of_bytes, parse_cid
+from shardnet.store.cid import CHUNK_SIZE, CidHasher, cid_of_bytes, cid_of_file, parse_cid
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,33 @@ class LocalStore:
                 self._commit(_tmp, cid)
         return cid
 
-    def put_file(self, path: str | Path, expected_cid: str | None = None) -> str:
-        """Copy the file at ``path`` into the store (hashing it while copying) and return its CID."""
-        with open(path, "rb") as src:
-            return self.put_stream(src, expected_cid=expected_cid, label=str(path))
+    def put_file(self, path: str | Path, expected_cid: str | None = None, move: bool = False) -> str:
+        """Put the file at ``path`` into the store and return its CID.
+
+        By default the file is copied (and hashed while copying). With ``move`` it is hashed, then
+        renamed into place, which is free on the same file system (the importer writes its parts in a
+        temporary folder inside the store for this); the source is gone afterwards either way.
+        """
+        if not move:
+            with open(path, "rb") as src:
+                return self.put_stream(src, expected_cid=expected_cid, label=str(path))
+        path = Path(path)
+        cid = cid_of_file(path)
+        _check_expected(cid, expected_cid, path.stat().st_size, None, str(path))
+        self.ensure()
+        if self.has(cid):
+            path.unlink()
+            return cid
+        try:
+            os.chmod(path, 0o444)
+            os.link(path, self.root / cid)
+        except FileExistsError:
+            pass
+        except OSError:  # another file system, or no hard links: copy instead
+            with open(path, "rb") as src:
+                self.put_stream(src, expected_cid=cid, label=str(path))
+        path.unlink()
+        return cid
 
     def put_stream(
         self,

