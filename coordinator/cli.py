@@ -1,0 +1,105 @@
+"""The `coordinator` command.
+
+    coordinator run --key-env COORD_KEY --port 8600 --store-dir .shardnet/store
+    coordinator run --config coordinator.toml --keystore coord-key.json --password-file pw.txt
+
+This module only turns flags into a `CoordinatorConfig` and runs the service; heavy imports (torch, web3)
+happen inside the handler so that `coordinator --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from coordinator.config import ENV_PREFIX, CoordinatorConfig, field_help, load_config
+from shardnet.errors import ShardnetError
+
+_METAVARS = {"key_env": "VAR", "db_url": "URL", "api_key": "KEY", "rpc_url": "URL"}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE",
+        help=f"TOML file of settings (keys as the flags, with _ for -); flags and {ENV_PREFIX}<SETTING> "
+        "environment variables override it",
+    )
+    helps = field_help()
+    for name, info in CoordinatorConfig.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        shown = "" if default is None else f" (default: {default})"
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, default=None, metavar=_METAVARS.get(name, name.upper()),
+            help=helps[name] + shown + f" [env {ENV_PREFIX}{name.upper()}]",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="coordinator",
+        description="A shardnet coordinator: takes paid jobs from the chain (and OpenAI-compatible requests), "
+        "routes them through workers, fails over, verifies a share of the work, and settles on chain.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser(
+        "run", help="serve until SIGTERM/SIGINT",
+        description="Check the account is an approved coordinator on chain, then watch JobSubmitted events, "
+        "take prompts over HTTP, run and settle the jobs. Stops cleanly on SIGTERM/SIGINT.",
+    )
+    _add_config_flags(run)
+    run.set_defaults(func=_cmd_run)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
+    overrides = {name: getattr(args, name, None) for name in CoordinatorConfig.model_fields}
+    return load_config(overrides, getattr(args, "config", None))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from coordinator.service import CoordinatorService
+    from shardnet.chain.registry import Registry
+    from worker.keys import load_account
+
+    cfg = config_from_args(args)
+    account = load_account(cfg.keystore, cfg.password_file, cfg.key_env)
+    registry = Registry.from_deployment(cfg.deployment, account, rpc_url=cfg.rpc_url)
+
+    async def main() -> None:
+        service = CoordinatorService(cfg, registry, account)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, service.stop)
+        await service.run_forever()
+
+    asyncio.run(main())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ShardnetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The coordinator's configuration: one pydantic model, validated once, from a TOML file, the environment and flags.
+
+Precedence (highest first): command-line flags, `SHARDNET_COORDINATOR_<FIELD>` environment variables, the
+TOML file given with `--config`, the defaults below. Every field's `description` is its `--help` text.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shardnet.errors import ConfigError
+
+ENV_PREFIX = "SHARDNET_COORDINATOR_"
+PASSWORD_ENV = "SHARDNET_KEY_PASSWORD"
+
+
+class CoordinatorConfig(BaseModel):
+    """Everything `coordinator run` needs. Field descriptions are the CLI help."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # -- chain
+    deployment: Path = Field(
+        Path(".shardnet/deployment.json"),
+        description="deployment file (JSON) written by `shardnet devnet` / `shardnet deploy`",
+    )
+    rpc_url: str | None = Field(None, description="JSON-RPC URL of the chain; default: the deployment file's rpc_url")
+    keystore: Path | None = Field(
+        None, description="encrypted eth-account keystore (JSON) holding the coordinator's key"
+    )
+    password_file: Path | None = Field(
+        None, description=f"file whose first line is the keystore password (or set {PASSWORD_ENV})"
+    )
+    key_env: str | None = Field(
+        None, description="for development: name of an environment variable holding the hex private key"
+    )
+    poll_interval_s: float = Field(0.2, gt=0, description="seconds between polls of the chain for new events")
+
+    # -- HTTP
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8600, ge=0, le=65535, description="TCP port to listen on (0: any free port)")
+    api_key: str | None = Field(
+        None,
+        description="if set, the OpenAI-compatible endpoints (which the coordinator pays for) require "
+        "`Authorization: Bearer API_KEY`",
+    )
+
+    # -- state and model files
+    db_url: str | None = Field(
+        None, description="SQLAlchemy database URL (sqlite:///… or postgresql://…); default: SQLite in --data-dir"
+    )
+    data_dir: Path = Field(Path(".shardnet/coordinator"), description="folder for the SQLite database")
+    store_dir: Path = Field(
+        Path(".shardnet/store"),
+        description="shard store folder; the coordinator needs only the manifest and tokenizer files, "
+        "fetched from the workers when missing",
+    )
+
+    # -- the data plane
+    step_timeout_s: float = Field(
+        5.0, gt=0, description="a step to one worker that takes longer fails over to a replica"
+    )
+    health_interval_s: float = Field(
+        1.0, gt=0, description="seconds between /health probes of workers (down workers come back this way)"
+    )
+    load_penalty_s: float = Field(
+        0.0, ge=0, description="routing: extra expected latency per session a worker already serves"
+    )
+    commit_wait_s: float = Field(
+        20.0, ge=0, description="how long to wait for the hops' commitments on chain before finalizing"
+    )
+    max_concurrent_jobs: int = Field(4, ge=1, description="jobs generated at the same time")
+
+    # -- verification
+    verify_share: float = Field(
+        0.05, ge=0, le=1, description="share of (hop, step) pairs re-run on a replica and compared (0 disables)"
+    )
+    verify_rel_error: float = Field(
+        1e-3, gt=0, description="hidden states: largest accepted relative error between two workers' outputs"
+    )
+    verify_top_k: int = Field(
+        5, ge=1, description="last hop: the claimed top token must be within the replica's top-k"
+    )
+
+    # -- OpenAI-compatible API
+    api_model_id: int | None = Field(
+        None, description="on-chain model id the OpenAI API serves by default; default: the first registered"
+    )
+    api_max_tokens: int = Field(64, ge=1, description="max_tokens of an API request that gives none")
+
+    @model_validator(mode="after")
+    def _check_key_source(self) -> CoordinatorConfig:
+        if self.keystore is not None and self.key_env is not None:
+            raise ValueError("give either keystore or key_env, not both")
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def database_url(self) -> str:
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{(self.data_dir / 'coordinator.db').resolve()}"
+
+
+def field_help() -> dict[str, str]:
+    """Field name -> help text, for the CLI."""
+    return {name: info.description or "" for name, info in CoordinatorConfig.model_fields.items()}
+
+
+def load_config(
+    overrides: Mapping[str, Any] | None = None,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> CoordinatorConfig:
+    """Merge defaults < TOML file < environment < `overrides` (flags; None values are ignored) and validate."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
+        values.update({k.replace("-", "_"): v for k, v in data.items()})
+    env = os.environ if environ is None else environ
+    for name in CoordinatorConfig.model_fields:
+        key = ENV_PREFIX + name.upper()
+        if env.get(key):
+            values[name] = env[key]
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return CoordinatorConfig(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(
+            f"invalid coordinator configuration: {problems} (check flags, {ENV_PREFIX}* variables and --config)"
+        ) from exc

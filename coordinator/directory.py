@@ -1,0 +1,151 @@
+"""The live workers a coordinator can route through, learned from chain events and kept fresh by probes.
+
+Assignments come from `ShardAnnounced` / `ShardReleased`, endpoints from `NodeRegistered` /
+`EndpointUpdated`, exclusions from `NodeSlashed` (and the coordinator's own slashes). A worker is
+routable when it has a live assignment, is not excluded, and is not down. A failed or timed-out step
+marks a worker down at once; only a successful `/health` probe brings it back. Probes also measure the
+round trip, and step timings measure compute per layer (exponential moving averages); the router reads
+both through `snapshot()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from coordinator.router import DEFAULT_COMPUTE_PER_LAYER_S, DEFAULT_RTT_S, WorkerInfo
+from shardnet.span import LayerSpan
+
+log = logging.getLogger(__name__)
+
+EWMA = 0.3  # weight of a new measurement
+
+
+@dataclass
+class _Assignment:
+    node: str
+    model_id: int
+    span: LayerSpan
+    live: bool = True
+
+
+@dataclass
+class _NodeStats:
+    rtt_s: float = DEFAULT_RTT_S
+    compute_per_layer_s: float = DEFAULT_COMPUTE_PER_LAYER_S
+    load: int = 0
+    down: bool = False
+    probed: bool = False
+
+
+class WorkerDirectory:
+    """Mutable registry of workers; every method is synchronous and cheap (call from the event loop)."""
+
+    def __init__(self) -> None:
+        self._assignments: dict[int, _Assignment] = {}
+        self._endpoints: dict[str, str] = {}
+        self._stats: dict[str, _NodeStats] = {}
+        self._excluded: set[str] = set()
+
+    # -- facts from the chain
+    def set_endpoint(self, node: str, endpoint: str) -> None:
+        self._endpoints[node.lower()] = endpoint.rstrip("/")
+
+    def announce(self, assignment_id: int, node: str, model_id: int, span: LayerSpan) -> None:
+        self._assignments[assignment_id] = _Assignment(node.lower(), model_id, span)
+        self._stats.setdefault(node.lower(), _NodeStats())
+
+    def release(self, assignment_id: int) -> None:
+        a = self._assignments.get(assignment_id)
+        if a is not None:
+            a.live = False
+
+    def exclude(self, node: str) -> None:
+        """Never route through `node` again (slashed / jailed)."""
+        self._excluded.add(node.lower())
+
+    def is_excluded(self, node: str) -> bool:
+        return node.lower() in self._excluded
+
+    # -- liveness and measurements
+    def mark_down(self, node: str, why: str = "") -> None:
+        stats = self._stats.setdefault(node.lower(), _NodeStats())
+        if not stats.down:
+            log.warning("worker %s is down (%s): out of routing until /health answers", node, why or "failed")
+        stats.down = True
+
+    def is_down(self, node: str) -> bool:
+        return self._stats.get(node.lower(), _NodeStats()).down
+
+    def record_health(self, node: str, ok: bool, rtt_s: float | None = None) -> None:
+        stats = self._stats.setdefault(node.lower(), _NodeStats())
+        first, stats.probed = not stats.probed, True
+        if ok:
+            if stats.down:
+                log.info("worker %s answers /health again: back in routing", node)
+            stats.down = False
+            if rtt_s is not None:
+                stats.rtt_s = rtt_s if first else (1 - EWMA) * stats.rtt_s + EWMA * rtt_s
+        else:
+            self.mark_down(node, "no /health answer")
+
+    def record_step(self, node: str, seconds: float, layers: int) -> None:
+        stats = self._stats.setdefault(node.lower(), _NodeStats())
+        per_layer = max(seconds - stats.rtt_s, 0.0) / max(layers, 1)
+        stats.compute_per_layer_s = (1 - EWMA) * stats.compute_per_layer_s + EWMA * per_layer
+
+    def add_load(self, node: str, delta: int) -> None:
+        stats = self._stats.setdefault(node.lower(), _NodeStats())
+        stats.load = max(0, stats.load + delta)
+
+    # -- views
+    def endpoint(self, node: str) -> str | None:
+        return self._endpoints.get(node.lower())
+
+    def nodes(self) -> list[tuple[str, str]]:
+        """(node, endpoint) of every node with a live assignment and a known endpoint."""
+        live = {a.node for a in self._assignments.values() if a.live}
+        return sorted((n, self._endpoints[n]) for n in live if n in self._endpoints)
+
+    def snapshot(self, model_id: int) -> list[WorkerInfo]:
+        """Routable workers of `model_id`: live assignment, known endpoint, not down, not excluded."""
+        out = []
+        for a in self._assignments.values():
+            if not a.live or a.model_id != model_id or a.node in self._excluded:
+                continue
+            endpoint = self._endpoints.get(a.node)
+            stats = self._stats.get(a.node, _NodeStats())
+            if endpoint is None or stats.down:
+                continue
+            out.append(WorkerInfo(a.node, endpoint, a.span, stats.rtt_s, stats.compute_per_layer_s, stats.load))
+        return sorted(out, key=lambda w: (w.span.start, w.span.end, w.address))
+
+    def replicas(self, model_id: int, span: LayerSpan, *, besides: set[str]) -> list[WorkerInfo]:
+        """Routable workers serving exactly `span`, other than `besides`, cheapest first (address breaks ties)."""
+        ws = [w for w in self.snapshot(model_id) if w.span == span and w.address not in besides]
+        return sorted(ws, key=lambda w: (w.rtt_s + len(span) * w.compute_per_layer_s * (1 + w.load), w.address))
+
+
+async def probe_forever(
+    directory: WorkerDirectory, health: Callable[[str, str], asyncio.Future], interval_s: float
+) -> None:
+    """Probe every known worker's /health each `interval_s` seconds (until cancelled).
+
+    `health(node, endpoint)` must return the round trip in seconds or raise on failure.
+    """
+    while True:
+        nodes = directory.nodes()
+
+        async def one(node: str, endpoint: str) -> None:
+            try:
+                rtt = await health(node, endpoint)
+            except Exception as exc:  # noqa: BLE001 - any failure means "not healthy"
+                log.debug("health probe of %s failed: %s", endpoint, exc)
+                directory.record_health(node, False)
+            else:
+                directory.record_health(node, True, rtt)
+
+        await asyncio.gather(*(one(n, e) for n, e in nodes))
+        await asyncio.sleep(interval_s)

@@ -1,0 +1,115 @@
+"""The models a coordinator serves: on-chain record, manifest and tokenizer, loaded once per model id.
+
+The coordinator needs no weights, only the manifest (number of layers, HF config) and the tokenizer
+files, which it takes from its store folder or, when missing, downloads (verified by CID) from the
+workers that serve the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shardnet.chain.registry import ModelInfo
+from shardnet.errors import ShardnetError
+from shardnet.model.manifest import Manifest, load_manifest
+from shardnet.store.http import PeerError, download
+from shardnet.store.local import LocalStore
+
+log = logging.getLogger(__name__)
+
+
+class ModelUnavailable(ShardnetError):
+    """A model's manifest or tokenizer could not be found in the store or at any worker."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    info: ModelInfo
+    manifest: Manifest
+    tokenizer: Any  # a transformers PreTrainedTokenizerBase
+    eos_ids: frozenset[int]
+
+    @property
+    def num_layers(self) -> int:
+        return self.info.num_layers
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """The prompt text for chat `messages`, by the tokenizer's chat template."""
+        if getattr(self.tokenizer, "chat_template", None):
+            return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        return "".join(f"{m.get('role', 'user')}: {m.get('content', '')}\n" for m in messages) + "assistant:"
+
+
+def _ensure_file(store: LocalStore, cid: str, size: int | None, peers: Sequence[str]) -> Path:
+    if store.has(cid):
+        return store.path(cid)
+    problems = []
+    for peer in peers:
+        try:
+            return download(peer, cid, store, expected_size=size, progress=False)
+        except (PeerError, OSError) as exc:
+            problems.append(f"{peer}: {exc}")
+    raise ModelUnavailable(
+        f"file {cid} is neither in the store {store.root} nor at any worker ({'; '.join(problems) or 'no workers'}); "
+        "start a worker of this model or copy its files into --store-dir"
+    )
+
+
+def load_model(info: ModelInfo, store_dir: Path, peers: Sequence[str], work_dir: Path) -> ServedModel:
+    """Load a model's manifest and tokenizer (fetching missing files from `peers`)."""
+    from transformers import AutoTokenizer
+
+    store = LocalStore(store_dir).ensure()
+    _ensure_file(store, info.manifest_cid, None, peers)
+    manifest = load_manifest(store.root, info.manifest_cid)
+    if not manifest.tokenizer:
+        raise ModelUnavailable(
+            f"model {info.name} (manifest {info.manifest_cid}) ships no tokenizer files; re-import it with its tokenizer"
+        )
+    folder = work_dir / "tokenizers" / info.manifest_cid
+    folder.mkdir(parents=True, exist_ok=True)
+    for t in manifest.tokenizer:
+        src = _ensure_file(store, t.cid, t.size, peers)
+        dest = folder / t.name
+        if not dest.is_file() or dest.stat().st_size != t.size:
+            shutil.copyfile(src, dest)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    eos: set[int] = set()
+    for value in (manifest.config.get("eos_token_id"), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            eos.add(value)
+        elif isinstance(value, list):
+            eos.update(int(v) for v in value)
+    log.info("model %d (%s): %d layers, tokenizer %s, eos %s", info.model_id, info.name, info.num_layers,
+             type(tokenizer).__name__, sorted(eos))
+    return ServedModel(info, manifest, tokenizer, frozenset(eos))
+
+
+class ModelCatalog:
+    """ServedModel by on-chain model id, loaded on first use."""
+
+    def __init__(self, fetch_info: Callable[[int], ModelInfo], store_dir: Path, work_dir: Path,
+                 peers: Callable[[], list[str]]) -> None:
+        self._fetch_info = fetch_info
+        self._store_dir = store_dir
+        self._work_dir = work_dir
+        self._peers = peers
+        self._models: dict[int, ServedModel] = {}
+
+    def get(self, model_id: int) -> ServedModel:
+        model = self._models.get(model_id)
+        if model is None:
+            model = load_model(self._fetch_info(model_id), self._store_dir, self._peers(), self._work_dir)
+            self._models[model_id] = model
+        return model

@@ -1,0 +1,360 @@
+"""One generation's sessions along a route: stepping through the hops, failover, and sampled verification.
+
+The coordinator drives every hop itself (no push mode): it sends a step's input to hop 0, that hop's
+output to hop 1, and so on, so it holds each hop's whole input history with positions. That history
+makes both recoveries cheap and exact:
+
+- Failover: when a step to a worker fails or times out, the worker is marked down, a replacement chain
+  for the same span is chosen by the router (and added on chain with `addHop`), the span's past inputs
+  are replayed into it chunk by chunk with their original positions (so its KV cache is computed exactly
+  as the dead worker's was), and the failed step is sent again. The output is identical to a fault-free
+  run; the stall is one timeout (or a refused connection) plus the replay.
+- Verification: for a sampled (hop, step), a replica of the same span runs the hop's inputs up to that
+  step in a "shadow" session (kept open, so each input is computed once) and the outputs are compared
+  within a tolerance (`coordinator.verifier`). On disagreement a third worker referees from scratch; the
+  outlier is slashed on chain, excluded from routing, and, if it was the routed worker, `CheatDetected`
+  tells the caller to run the job again on honest workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import torch
+from eth_account.signers.local import LocalAccount
+
+from coordinator.directory import WorkerDirectory
+from coordinator.router import RouteHop, choose_route
+from coordinator.state import CoordinatorState, StepRecord
+from coordinator.verifier import (
+    Tolerance,
+    compare,
+    evidence_hash,
+    evidence_record,
+    pick_outlier,
+    should_verify,
+)
+from shardnet.errors import ShardnetError
+from shardnet.span import LayerSpan
+from shardnet.wire.commitment import step_hash
+from shardnet.wire.frames import encode_frame
+from shardnet.wire.tickets import sign_ticket
+from worker.client import StepResult, WorkerClient
+from worker.errors import WorkerAPIError
+
+log = logging.getLogger(__name__)
+
+TICKET_TTL_S = 3600
+CLOSE_TIMEOUT_S = 3.0
+
+
+class GenerationError(ShardnetError):
+    """A generation could not go on (no worker left for a span, failover exhausted)."""
+
+
+class CheatDetected(ShardnetError):
+    """A routed worker was proven wrong by a referee and slashed: run the job again without it."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__(f"worker {node} was caught sending wrong outputs and slashed; re-running on honest workers")
+        self.node = node
+
+
+AddHop = Callable[[str, LayerSpan], Awaitable[int]]  # (node, span) -> on-chain hop index
+Slash = Callable[[str, bytes, int], Awaitable[str | None]]  # (node, evidence hash, job id) -> tx hash
+
+
+@dataclass
+class PipelineContext:
+    """What a pipeline needs from the coordinator; shared by every job."""
+
+    account: LocalAccount
+    directory: WorkerDirectory
+    state: CoordinatorState
+    slash: Slash
+    step_timeout_s: float = 5.0
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    verify_share: float = 0.0
+    salt: bytes = b""
+    codec: str = "fp32"
+    max_failovers: int = 4
+
+
+@dataclass
+class HopBook:
+    """The job's hops on chain (index = position in `getHops`) and the positions each computed."""
+
+    job_id: int
+    hops: list[tuple[str, LayerSpan]]
+    add_hop: AddHop
+    positions: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.positions = [0] * len(self.hops)
+
+    async def index_for(self, node: str, span: LayerSpan) -> int:
+        """The hop index of (node, span), added on chain if the job has no such hop yet."""
+        for i, (n, s) in enumerate(self.hops):
+            if n.lower() == node.lower() and s == span:
+                return i
+        index = await self.add_hop(node, span)
+        while len(self.hops) <= index:
+            self.hops.append((node, span))
+            self.positions.append(0)
+        self.hops[index] = (node, span)
+        return index
+
+
+@dataclass(eq=False)
+class _Slot:
+    node: str
+    endpoint: str
+    span: LayerSpan
+    client: WorkerClient
+    session_id: str
+    hop_index: int | None  # None for a verification session (not a hop of the job)
+    history: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (start_pos, input) per step
+    fed: int = 0  # shadow sessions: how many history entries of the verified slot they consumed
+    last: StepResult | None = None
+    shadow: _Slot | None = None
+
+
+class Pipeline:
+    """The open sessions of one generation attempt of one job."""
+
+    def __init__(self, ctx: PipelineContext, book: HopBook, *, model_id: int, num_layers: int) -> None:
+        self.ctx = ctx
+        self.book = book
+        self.model_id = model_id
+        self.num_layers = num_layers
+        self.slots: list[_Slot] = []
+        self.records: list[StepRecord] = []
+        self.step_index = 0
+        self.failovers: list[dict[str, object]] = []  # what happened, for logs and the job record
+        self._extra: list[_Slot] = []  # shadow / referee sessions to close
+
+    # -- sessions
+    async def _open(self, node: str, endpoint: str, span: LayerSpan, hop_index: int | None) -> _Slot:
+        client = WorkerClient(endpoint, timeout_s=self.ctx.step_timeout_s)
+        session_id = uuid.uuid4().hex
+        ticket = sign_ticket(self.ctx.account, worker=node, session_id=session_id, job_id=self.book.job_id,
+                             span=span, expires_at=int(time.time()) + TICKET_TTL_S)
+        try:
+            opened = await client.open_session(ticket, self.ctx.codec)
+        except BaseException:
+            await client.aclose()
+            raise
+        if list(opened.get("span", [])) != [span.start, span.end]:
+            await client.aclose()
+            raise GenerationError(f"worker {endpoint} serves {opened.get('span')}, not {span} as announced on chain")
+        self.ctx.directory.add_load(node, +1)
+        return _Slot(node, endpoint, span, client, str(opened["session_id"]), hop_index)
+
+    async def _close(self, slot: _Slot) -> None:
+        self.ctx.directory.add_load(slot.node, -1)
+        try:
+            await asyncio.wait_for(slot.client.close(slot.session_id), CLOSE_TIMEOUT_S)
+        except (WorkerAPIError, TimeoutError, KeyError, ValueError) as exc:
+            log.debug("closing session on %s: %s", slot.endpoint, exc)
+        finally:
+            await slot.client.aclose()
+
+    async def open(self, route: list[RouteHop]) -> None:
+        """Open a session on every hop of `route` (already recorded on chain); failing hops fail over."""
+        for hop in route:
+            index = await self.book.index_for(hop.address, hop.span)
+            try:
+                self.slots.append(await self._open(hop.address, hop.endpoint, hop.span, index))
+            except WorkerAPIError as exc:
+                self.ctx.directory.mark_down(hop.address, str(exc))
+                self.slots.extend(await self._replacement(hop.span, []))
+
+    async def close(self) -> None:
+        """Close every session (each worker then commits to its steps)."""
+        slots = self.slots + [s.shadow for s in self.slots if s.shadow] + self._extra
+        self.slots, self._extra = [], []
+        await asyncio.gather(*(self._close(s) for s in slots))
+
+    # -- stepping
+    def _codec(self, x: torch.Tensor) -> str | None:
+        return None if not x.dtype.is_floating_point else self.ctx.codec
+
+    async def _step(self, slot: _Slot, x: torch.Tensor, pos: int) -> StepResult:
+        t0 = time.perf_counter()
+        res = await slot.client.step_full(slot.session_id, x, pos, self._codec(x))
+        self.ctx.directory.record_step(slot.node, time.perf_counter() - t0, len(slot.span))
+        return res
+
+    def _record(self, slot: _Slot, x: torch.Tensor, pos: int, res: StepResult, replay: bool) -> None:
+        slot.history.append((pos, x))
+        slot.last = res
+        if slot.hop_index is None:
+            return
+        n = int(x.shape[1])
+        self.book.positions[slot.hop_index] += n
+        input_hash = step_hash(encode_frame(x, self._codec(x) or "int64"))
+        self.records.append(StepRecord(slot.hop_index, self.step_index, pos, n, input_hash, res.step_hash, replay))
+
+    async def forward(self, x: torch.Tensor, pos: int) -> torch.Tensor:
+        """Run one step (token ids at positions pos…pos+n-1) through every hop; returns the last hop's logits."""
+        i = 0
+        while i < len(self.slots):
+            slot = self.slots[i]
+            try:
+                res = await self._step(slot, x, pos)
+            except WorkerAPIError as exc:
+                await self._failover(i, exc)
+                continue
+            self._record(slot, x, pos, res, replay=False)
+            if should_verify(self.ctx.verify_share, job_id=self.book.job_id, hop_index=i,
+                             step_index=self.step_index, salt=self.ctx.salt):
+                await self._verify(slot)
+            x = res.tensor
+            i += 1
+        self.step_index += 1
+        return x
+
+    # -- failover
+    async def _failover(self, i: int, exc: Exception) -> None:
+        old = self.slots[i]
+        t0 = time.perf_counter()
+        log.warning("job %d: step on %s (layers %s) failed: %s; failing over", self.book.job_id, old.endpoint,
+                    old.span, exc)
+        self.ctx.directory.mark_down(old.node, str(exc))
+        asyncio.ensure_future(self._close(old))
+        if old.shadow is not None:
+            self._extra.append(old.shadow)
+        new = await self._replacement(old.span, old.history)
+        self.slots[i : i + 1] = new
+        self.failovers.append({"dead": old.node, "span": str(old.span), "replacement": [s.node for s in new],
+                               "replayed_steps": len(old.history), "seconds": time.perf_counter() - t0})
+        log.info("job %d: layers %s now on %s after replaying %d steps in %.3f s", self.book.job_id, old.span,
+                 ", ".join(s.endpoint for s in new), len(old.history), time.perf_counter() - t0)
+
+    async def _replacement(self, span: LayerSpan, history: list[tuple[int, torch.Tensor]]) -> list[_Slot]:
+        """Open a chain of live workers covering `span` and replay `history` into it."""
+        last_error: Exception | None = None
+        for _ in range(self.ctx.max_failovers):
+            route = choose_route(self.ctx.directory.snapshot(self.model_id), self.num_layers,
+                                 start=span.start, end=span.end)
+            opened: list[_Slot] = []
+            current = route[0].address
+            try:
+                for hop in route:
+                    current = hop.address
+                    index = await self.book.index_for(hop.address, hop.span)
+                    opened.append(await self._open(hop.address, hop.endpoint, hop.span, index))
+                for pos, x in history:
+                    y = x
+                    for slot in opened:
+                        current = slot.node
+                        res = await self._step(slot, y, pos)
+                        self._record(slot, y, pos, res, replay=True)
+                        y = res.tensor
+                return opened
+            except WorkerAPIError as exc:
+                last_error = exc
+                self.ctx.directory.mark_down(current, str(exc))
+                await asyncio.gather(*(self._close(slot) for slot in opened))
+        raise GenerationError(
+            f"job {self.book.job_id}: could not fail over layers {span} after {self.ctx.max_failovers} tries "
+            f"(last error: {last_error}); start another worker for that span"
+        )
+
+    # -- verification
+    async def _catch_up(self, shadow: _Slot, target: _Slot, upto: int) -> StepResult:
+        """Feed the shadow session the target's inputs it has not seen, up to entry `upto` (inclusive)."""
+        res: StepResult | None = None
+        while shadow.fed <= upto:
+            pos, x = target.history[shadow.fed]
+            res = await self._step(shadow, x, pos)
+            shadow.fed += 1
+        assert res is not None
+        return res
+
+    async def _verify(self, slot: _Slot) -> None:
+        k = len(slot.history) - 1
+        claimed = slot.last
+        assert claimed is not None
+        is_logits = slot.span.end == self.num_layers
+        tol = self.ctx.tolerance
+        if slot.shadow is None:
+            replicas = self.ctx.directory.replicas(self.model_id, slot.span, besides={slot.node})
+            if not replicas:
+                log.debug("job %d: no replica of layers %s to verify against", self.book.job_id, slot.span)
+                return
+            try:
+                slot.shadow = await self._open(replicas[0].address, replicas[0].endpoint, slot.span, None)
+            except WorkerAPIError as exc:
+                self.ctx.directory.mark_down(replicas[0].address, str(exc))
+                return
+        shadow = slot.shadow
+        try:
+            ref = await self._catch_up(shadow, slot, k)
+        except WorkerAPIError as exc:
+            self.ctx.directory.mark_down(shadow.node, str(exc))
+            slot.shadow = None
+            self._extra.append(shadow)
+            return
+        verdict = compare(claimed.tensor, ref.tensor, is_logits=is_logits, tol=tol)
+        row = dict(job_id=self.book.job_id, hop_index=slot.hop_index, step_index=self.step_index, node=slot.node,
+                   replica=shadow.node, metric=min(verdict.metric, 1e300), agree=verdict.agree)
+        if verdict.agree:
+            self.ctx.state.add_verification(**row)
+            return
+        log.warning("job %d: %s and %s disagree on layers %s step %d (%s %.3g); asking a referee",
+                    self.book.job_id, slot.node, shadow.node, slot.span, self.step_index, verdict.kind, verdict.metric)
+        referees = self.ctx.directory.replicas(self.model_id, slot.span, besides={slot.node, shadow.node})
+        outlier: str | None = None
+        referee_node: str | None = None
+        for ref_worker in referees:
+            try:
+                referee = await self._open(ref_worker.address, ref_worker.endpoint, slot.span, None)
+            except WorkerAPIError as exc:
+                self.ctx.directory.mark_down(ref_worker.address, str(exc))
+                continue
+            self._extra.append(referee)
+            try:
+                judged = await self._catch_up(referee, slot, k)
+            except WorkerAPIError as exc:
+                self.ctx.directory.mark_down(ref_worker.address, str(exc))
+                continue
+            referee_node = referee.node
+            side = pick_outlier(compare(claimed.tensor, judged.tensor, is_logits=is_logits, tol=tol),
+                                compare(ref.tensor, judged.tensor, is_logits=is_logits, tol=tol))
+            if side is not None:
+                outlier = slot.node if side == "worker" else shadow.node
+                await self._slash(outlier, slot, k, claimed, shadow.node, ref, referee.node, judged, verdict.metric)
+            break
+        self.ctx.state.add_verification(**row, referee=referee_node, outlier=outlier)
+        if outlier is None:
+            log.warning("job %d: no referee could settle the disagreement on layers %s; nobody slashed",
+                        self.book.job_id, slot.span)
+            return
+        if outlier == slot.node:
+            raise CheatDetected(outlier)
+        slot.shadow = None
+        self._extra.append(shadow)
+
+    async def _slash(self, node: str, slot: _Slot, k: int, claimed: StepResult, replica: str, replica_res: StepResult,
+                     referee: str, referee_res: StepResult, metric: float) -> None:
+        pos, x = slot.history[k]
+        record = evidence_record(
+            job_id=self.book.job_id, node=node, hop_index=slot.hop_index or 0, step_index=self.step_index,
+            span=(slot.span.start, slot.span.end), start_pos=pos,
+            input_hash=step_hash(encode_frame(x, self._codec(x) or "int64")),
+            claimed_hash=claimed.step_hash if node == slot.node else replica_res.step_hash,
+            replica=replica if node == slot.node else slot.node,
+            replica_hash=replica_res.step_hash if node == slot.node else claimed.step_hash,
+            referee=referee, referee_hash=referee_res.step_hash, metric=min(metric, 1e300),
+        )
+        digest = evidence_hash(record)
+        self.ctx.directory.exclude(node)
+        tx = await self.ctx.slash(node, digest, self.book.job_id)
+        self.ctx.state.add_slash(job_id=self.book.job_id, node=node, evidence_hash=digest, evidence=record, tx_hash=tx)
+        log.warning("job %d: slashed %s (evidence 0x%s, tx %s)", self.book.job_id, node, digest.hex(), tx)

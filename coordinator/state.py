@@ -1,0 +1,229 @@
+"""The coordinator's durable state (SQLAlchemy, through `shardnet.db`): jobs, prompts, outputs, hops, steps,
+verifications and slashes. The chain event cursor lives in `shardnet.db`'s `chain_cursor` table.
+
+A job row is created when the coordinator first learns of a job (the `JobSubmitted` event, or the prompt
+handed over by the client, whichever comes first) and moves through `STATUSES`. On restart, a job left
+`running` is failed on chain (its workers' caches died with the sessions), while a job whose prompt is
+held but not yet routed is simply run: no work is lost and no transaction is sent twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, Float, Integer, String, Text, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from shardnet.db import Base, session_scope
+
+# job statuses (off chain; the chain has its own JobStatus)
+WAITING = "waiting"  # known from the chain, prompt not handed over yet
+QUEUED = "queued"  # prompt held, not routed yet
+RUNNING = "running"  # routed on chain, generating
+FINALIZING = "finalizing"  # output known, waiting for commitments / finalizeJob
+FINALIZED = "finalized"
+FAILED = "failed"
+CANCELLED = "cancelled"
+STATUSES = (WAITING, QUEUED, RUNNING, FINALIZING, FINALIZED, FAILED, CANCELLED)
+DONE = (FINALIZED, FAILED, CANCELLED)
+
+
+class JobRow(Base):
+    __tablename__ = "coordinator_jobs"
+
+    job_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    client: Mapped[str | None] = mapped_column(String(42), nullable=True)
+    model_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    input_hash: Mapped[str | None] = mapped_column(String(66), nullable=True)
+    max_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    escrow_wei: Mapped[str | None] = mapped_column(String(80), nullable=True)  # decimal string: wei exceeds 64 bits
+    deadline: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default=WAITING, index=True)
+    source: Mapped[str] = mapped_column(String(8), default="chain")  # "chain" (a client) or "api" (paid by us)
+    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    sampling: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON {"temperature", "top_p", "seed"}
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    output: Mapped[str | None] = mapped_column(Text, nullable=True)
+    output_tokens: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list of ids
+    output_hash: Mapped[str | None] = mapped_column(String(66), nullable=True)
+    finish_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    tx_finalize: Mapped[str | None] = mapped_column(String(66), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    updated_at: Mapped[float] = mapped_column(Float, default=time.time, onupdate=time.time)
+
+
+class HopRow(Base):
+    """One on-chain hop of a job (its index in `getHops`), with the work this coordinator saw it do."""
+
+    __tablename__ = "coordinator_hops"
+
+    job_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    hop_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node: Mapped[str] = mapped_column(String(42))
+    endpoint: Mapped[str] = mapped_column(String(256))
+    span_start: Mapped[int] = mapped_column(Integer)
+    span_end: Mapped[int] = mapped_column(Integer)
+    positions: Mapped[int] = mapped_column(Integer, default=0)
+    layer_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    commitment: Mapped[str | None] = mapped_column(String(66), nullable=True)
+    reason: Mapped[str] = mapped_column(String(16), default="route")  # "route", "failover", "rerun"
+
+
+class StepRow(Base):
+    """One step of one hop: where it ran and the hashes of what went in and came out."""
+
+    __tablename__ = "coordinator_steps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    hop_index: Mapped[int] = mapped_column(Integer)
+    step_index: Mapped[int] = mapped_column(Integer)
+    start_pos: Mapped[int] = mapped_column(Integer)
+    n_positions: Mapped[int] = mapped_column(Integer)
+    input_hash: Mapped[str] = mapped_column(String(66))
+    output_hash: Mapped[str] = mapped_column(String(66))
+    replay: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class VerificationRow(Base):
+    __tablename__ = "coordinator_verifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    hop_index: Mapped[int] = mapped_column(Integer)
+    step_index: Mapped[int] = mapped_column(Integer)
+    node: Mapped[str] = mapped_column(String(42))
+    replica: Mapped[str] = mapped_column(String(42))
+    metric: Mapped[float] = mapped_column(Float)
+    agree: Mapped[bool] = mapped_column(Boolean)
+    referee: Mapped[str | None] = mapped_column(String(42), nullable=True)
+    outlier: Mapped[str | None] = mapped_column(String(42), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+class SlashRow(Base):
+    __tablename__ = "coordinator_slashes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    node: Mapped[str] = mapped_column(String(42), index=True)
+    evidence_hash: Mapped[str] = mapped_column(String(66))
+    evidence: Mapped[str] = mapped_column(Text)  # the canonical JSON whose keccak is evidence_hash
+    tx_hash: Mapped[str | None] = mapped_column(String(66), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    hop_index: int
+    step_index: int
+    start_pos: int
+    n_positions: int
+    input_hash: bytes
+    output_hash: bytes
+    replay: bool = False
+
+
+def _hex(b: bytes | None) -> str | None:
+    return None if b is None else "0x" + b.hex()
+
+
+class CoordinatorState:
+    """Typed access to the coordinator's tables. Each method is one short transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        Base.metadata.create_all(engine)
+
+    # -- jobs
+    def get_job(self, job_id: int) -> JobRow | None:
+        with Session(self.engine, expire_on_commit=False) as s:
+            return s.get(JobRow, job_id)
+
+    def upsert_job(self, job_id: int, **fields: Any) -> JobRow:
+        """Create the job row if missing, then set `fields` (None values leave a field as it is)."""
+        with session_scope(self.engine) as s:
+            row = s.get(JobRow, job_id)
+            if row is None:
+                row = JobRow(job_id=job_id)
+                s.add(row)
+            for key, value in fields.items():
+                if value is not None:
+                    setattr(row, key, value)
+            row.updated_at = time.time()
+        return row
+
+    def jobs(self, *, statuses: Sequence[str] | None = None, client: str | None = None) -> list[JobRow]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            q = select(JobRow).order_by(JobRow.job_id)
+            if statuses:
+                q = q.where(JobRow.status.in_(list(statuses)))
+            if client:
+                q = q.where(JobRow.client == client.lower())
+            return list(s.scalars(q))
+
+    # -- hops and steps
+    def save_hop(self, job_id: int, hop_index: int, **fields: Any) -> None:
+        with session_scope(self.engine) as s:
+            row = s.get(HopRow, (job_id, hop_index))
+            if row is None:
+                s.add(HopRow(job_id=job_id, hop_index=hop_index, **fields))
+            else:
+                for key, value in fields.items():
+                    setattr(row, key, value)
+
+    def hops(self, job_id: int) -> list[HopRow]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            return list(s.scalars(select(HopRow).where(HopRow.job_id == job_id).order_by(HopRow.hop_index)))
+
+    def add_steps(self, job_id: int, steps: Sequence[StepRecord]) -> None:
+        with session_scope(self.engine) as s:
+            s.add_all(
+                StepRow(
+                    job_id=job_id,
+                    hop_index=r.hop_index,
+                    step_index=r.step_index,
+                    start_pos=r.start_pos,
+                    n_positions=r.n_positions,
+                    input_hash=_hex(r.input_hash),
+                    output_hash=_hex(r.output_hash),
+                    replay=r.replay,
+                )
+                for r in steps
+            )
+
+    def steps(self, job_id: int) -> list[StepRow]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            return list(s.scalars(select(StepRow).where(StepRow.job_id == job_id).order_by(StepRow.id)))
+
+    # -- verification and slashing
+    def add_verification(self, **fields: Any) -> None:
+        with session_scope(self.engine) as s:
+            s.add(VerificationRow(**fields))
+
+    def verifications(self, job_id: int | None = None) -> list[VerificationRow]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            q = select(VerificationRow).order_by(VerificationRow.id)
+            if job_id is not None:
+                q = q.where(VerificationRow.job_id == job_id)
+            return list(s.scalars(q))
+
+    def add_slash(self, *, job_id: int, node: str, evidence_hash: bytes, evidence: dict[str, Any],
+                  tx_hash: str | None) -> None:
+        with session_scope(self.engine) as s:
+            s.add(SlashRow(job_id=job_id, node=node.lower(), evidence_hash=_hex(evidence_hash),
+                           evidence=json.dumps(evidence, sort_keys=True, separators=(",", ":")),
+                           tx_hash=tx_hash))
+
+    def slashes(self) -> list[SlashRow]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            return list(s.scalars(select(SlashRow).order_by(SlashRow.id)))
+
+    def slashed_nodes(self) -> set[str]:
+        return {r.node for r in self.slashes()}
