@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -108,7 +109,9 @@ def prepare(cfg: WorkerConfig) -> PreparedNode:
     live = [registry.get_assignment(a) for a in registry.live_assignments(model.model_id)]
     span = pick_span(cfg, model, live, me)
     log.info("serving %s (model %d) layers %s of %d", model.name, model.model_id, span, model.num_layers)
-    manifest = fetch_files(model.manifest_cid, span, cfg.peers, cfg.store_dir, progress=False)
+    # without peers the store itself is the only source: every file must already be there (verified)
+    sources: list[str | Path] = [*cfg.peers] or [cfg.store_dir]
+    manifest = fetch_files(model.manifest_cid, span, sources, cfg.store_dir, progress=False)
     block = load_block(cfg.store_dir, manifest.to_json(), span, getattr(torch, cfg.dtype))
     mine = [a for a in live if a.node == me]
     for stale in (a for a in mine if a.span != span):

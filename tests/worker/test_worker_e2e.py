@@ -1,0 +1,351 @@
+"""Two real `worker run` processes (tiny random Llama, layers 0:2 and 2:4) against a real anvil registry."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import torch
+
+from shardnet.chain.registry import Registry
+from shardnet.model.reference import greedy_generate, load_reference
+from shardnet.span import LayerSpan
+from shardnet.store.cid import cid_of_bytes
+from shardnet.wire.commitment import merkle_root
+from shardnet.wire.frames import encode_frame
+from tests.worker.harness import WorkerProc, run, start_worker, submit_and_route, ticket
+from worker.client import WorkerClient
+from worker.errors import SessionNotFound, TicketRejected, TooManySessions, WorkerAPIError
+
+A_SPAN, B_SPAN = LayerSpan(0, 2), LayerSpan(2, 4)
+PROMPT = torch.tensor([[5, 17, 99, 3, 42]], dtype=torch.int64)
+
+
+@dataclass
+class Net:
+    owner: Registry
+    coordinator: Any
+    coordinator2: Any
+    stranger: Any
+    client: Registry
+    coord_registry: Registry
+    model_id: int
+    store: Path
+    manifest: Any
+    a: WorkerProc
+    b: WorkerProc
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store) -> Iterator[Net]:
+    tmp = tmp_path_factory.mktemp("workers")
+    dep_file = module_deployment.save(tmp / "deployment.json")
+    owner = Registry(
+        anvil.w3, module_deployment.registry, accounts[0], deploy_block=module_deployment.deploy_block
+    )
+    store, cid, manifest = tiny_llama_store
+    model_id = int(owner.register_model("tiny-llama", cid, 4, 10**6).event("ModelRegistered").args["modelId"])
+    for coord in (accounts[1], accounts[4]):
+        owner.set_coordinator(coord.address, "http://127.0.0.1:9", True)
+    a = start_worker(
+        tmp,
+        accounts[2],
+        dep_file,
+        "tiny-llama",
+        store,
+        "--layers",
+        "0:2",
+        "--max-sessions",
+        "4",
+        "--max-sessions-per-coordinator",
+        "3",
+        name="a",
+    )
+    b = None
+    try:
+        a.wait_ready()
+        # b picks its span itself (the uncovered 2:4) and fetches its files from a, which holds them all
+        b = start_worker(
+            tmp,
+            accounts[3],
+            dep_file,
+            str(model_id),
+            tmp / "store-b",
+            "--num-layers-per-worker",
+            "2",
+            "--peers",
+            a.url,
+            "--max-body-mb",
+            "0.01",
+            name="b",
+        )
+        b.wait_ready()
+        yield Net(
+            owner,
+            accounts[1],
+            accounts[4],
+            accounts[5],
+            owner.with_account(accounts[6]),
+            owner.with_account(accounts[1]),
+            model_id,
+            store,
+            manifest,
+            a,
+            b,
+        )
+    finally:
+        for w in (a, b):
+            if w is not None:
+                w.stop()
+
+
+def _reference(net: Net, n: int) -> Any:
+    torch.manual_seed(0)
+    return greedy_generate(load_reference(net.store, net.manifest.to_json()), PROMPT, n)
+
+
+def test_workers_serve_their_spans_and_b_chose_and_fetched_its_own(net: Net) -> None:
+    ha, hb = run(WorkerClient(net.a.url).health()), run(WorkerClient(net.b.url).health())
+    assert (ha["span"], hb["span"]) == ([0, 2], [2, 4])
+    assert ha["address"] == net.a.address and hb["model"] == "tiny-llama" and hb["draining"] is False
+    live = {
+        (a.node, a.start, a.end)
+        for a in map(net.owner.get_assignment, net.owner.live_assignments(net.model_id))
+    }
+    assert live == {(net.a.address, 0, 2), (net.b.address, 2, 4)}
+    held = {p.name for p in (net.b.log_path.parent / "store-b").iterdir() if p.is_file()}
+    needed = set(net.manifest.cids_for(B_SPAN))
+    assert needed <= held and net.manifest.file_for_layer(0).cid not in held
+
+
+def test_push_mode_matches_the_unsplit_model_and_commits_to_what_was_sent(net: Net) -> None:
+    ref = _reference(net, 4)
+
+    async def go() -> tuple[list[int], list[torch.Tensor], list[list[bytes]], bytes, bytes]:
+        async with WorkerClient(net.a.url) as a, WorkerClient(net.b.url) as b:
+            sb = (await b.open_session(ticket(net.coordinator, net.b.address, B_SPAN)))["session_id"]
+            sa = (
+                await a.open_session(
+                    ticket(net.coordinator, net.a.address, A_SPAN),
+                    "fp32",
+                    next={"url": net.b.url, "session_id": sb},
+                )
+            )["session_id"]
+            tokens, logits, hops, x, pos = [], [], [], PROMPT, 0
+            for _ in range(4):
+                res = await a.step_full(sa, x, pos)
+                pos += x.shape[1]
+                logits.append(res.tensor[0, -1])
+                hops.append(res.hop_hashes)
+                tokens.append(int(res.tensor[0, -1].argmax()))
+                x = torch.tensor([[tokens[-1]]])
+            replay = await a.outputs(sa)
+            assert replay.shape == (1, pos, 64)
+            return tokens, logits, hops, await a.close(sa), await b.close(sb)
+
+    tokens, logits, hops, commit_a, commit_b = run(go())
+    assert tokens == ref.tokens
+    assert torch.allclose(torch.stack(logits), ref.logits, atol=1e-4)
+    assert all(len(h) == 2 for h in hops)
+    assert commit_a == merkle_root([h[0] for h in hops]) and commit_b == merkle_root([h[1] for h in hops])
+
+
+def test_commitments_of_a_routed_job_are_posted_once_each(net: Net) -> None:
+    job_id = submit_and_route(
+        net.client, net.coord_registry, net.model_id, [(net.a.address, A_SPAN), (net.b.address, B_SPAN)]
+    )
+
+    async def go() -> tuple[bytes, bytes]:
+        async with WorkerClient(net.a.url) as a, WorkerClient(net.b.url) as b:
+            sa = (await a.open_session(ticket(net.coordinator, net.a.address, A_SPAN, job_id)))["session_id"]
+            sb = (await b.open_session(ticket(net.coordinator, net.b.address, B_SPAN, job_id)))["session_id"]
+            hidden, _ = await a.step(sa, PROMPT, 0)
+            await b.step(sb, hidden, 0)
+            return await a.close(sa), await b.close(sb)
+
+    commit_a, commit_b = run(go())
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not all(h.committed for h in net.owner.get_hops(job_id)):
+        time.sleep(0.2)
+    assert [h.commitment for h in net.owner.get_hops(job_id)] == [commit_a, commit_b]
+    posted = [
+        e
+        for e in net.owner.get_logs(0, net.owner.block_number(), ["CommitmentPosted"])
+        if e.args["jobId"] == job_id
+    ]
+    assert sorted(e.args["node"] for e in posted) == sorted([net.a.address, net.b.address])
+
+
+def test_tickets_must_come_from_an_on_chain_coordinator_for_this_worker_and_span(net: Net) -> None:
+    async def status(t: dict[str, Any]) -> int:
+        try:
+            await WorkerClient(net.a.url).open_session(t)
+        except WorkerAPIError as exc:
+            return exc.status
+        return 200
+
+    assert run(status(ticket(net.stranger, net.a.address, A_SPAN))) == 401
+    assert run(status(ticket(net.coordinator, net.b.address, A_SPAN))) == 401  # another worker's ticket
+    forged = {**ticket(net.coordinator, net.a.address, A_SPAN), "job_id": 999}  # altered after signing
+    assert run(status(forged)) == 401
+    assert run(status(ticket(net.coordinator, net.a.address, LayerSpan(0, 1)))) == 422
+    with pytest.raises(TicketRejected, match="not an approved coordinator"):
+        run(WorkerClient(net.a.url).open_session(ticket(net.stranger, net.a.address, A_SPAN)))
+
+
+async def _raw(
+    url: str, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, url + path, data=body, headers=headers or {}) as resp,
+    ):
+        return resp.status, await resp.json(content_type=None)
+
+
+def test_bad_input_gets_a_clear_4xx_and_the_session_still_works(net: Net) -> None:
+    async def go() -> tuple[list[tuple[str, int, int, str]], torch.Tensor, torch.Tensor]:
+        async with WorkerClient(net.a.url) as a, WorkerClient(net.b.url) as b:
+            sa = (await a.open_session(ticket(net.coordinator, net.a.address, A_SPAN)))["session_id"]
+            sb = (await b.open_session(ticket(net.coordinator, net.b.address, B_SPAN)))["session_id"]
+            hidden, _ = await a.step(sa, PROMPT, 0)
+            good = encode_frame(hidden)
+            nan, inf = hidden.clone(), hidden.clone()
+            nan[0, 1, 3], inf[0, 0, 0] = float("nan"), float("inf")
+            step = f"/v1/sessions/{sb}/step"
+            cases = {
+                "garbage frame": ("POST", step, b"\x00garbage", {"X-Start-Pos": "0"}, 400),
+                "truncated frame": ("POST", step, good[:-7], {"X-Start-Pos": "0"}, 400),
+                "empty body": ("POST", step, b"", {"X-Start-Pos": "0"}, 400),
+                "missing position": ("POST", step, good, {}, 400),
+                "bad position": ("POST", step, good, {"X-Start-Pos": "-1"}, 400),
+                "token ids to a middle block": (
+                    "POST",
+                    step,
+                    encode_frame(PROMPT, "int64"),
+                    {"X-Start-Pos": "0"},
+                    422,
+                ),
+                "wrong hidden size": (
+                    "POST",
+                    step,
+                    encode_frame(torch.zeros(1, 5, 65)),
+                    {"X-Start-Pos": "0"},
+                    422,
+                ),
+                "wrong rank": ("POST", step, encode_frame(torch.zeros(5, 64)), {"X-Start-Pos": "0"}, 422),
+                "NaN": ("POST", step, encode_frame(nan), {"X-Start-Pos": "0"}, 422),
+                "inf": ("POST", step, encode_frame(inf), {"X-Start-Pos": "0"}, 422),
+                "wrong start position": ("POST", step, good, {"X-Start-Pos": "3"}, 409),
+                "oversized body": (
+                    "POST",
+                    step,
+                    encode_frame(torch.zeros(1, 60, 64)),
+                    {"X-Start-Pos": "0"},
+                    413,
+                ),
+                "unknown session": ("POST", "/v1/sessions/nope/step", good, {"X-Start-Pos": "0"}, 404),
+                "unknown session outputs": ("GET", "/v1/sessions/nope/outputs", b"", {}, 404),
+                "unknown session close": ("DELETE", "/v1/sessions/nope", b"", {}, 404),
+                "garbage JSON": ("POST", "/v1/sessions", b"{not json", {}, 400),
+                "JSON without ticket": ("POST", "/v1/sessions", b'{"codec": "fp32"}', {}, 400),
+                "unknown codec": ("POST", "/v1/sessions", b'{"ticket": {}, "codec": "mp3"}', {}, 400),
+                "malformed ticket": ("POST", "/v1/sessions", b'{"ticket": {"format": 1}}', {}, 401),
+                "next on the last block": (
+                    "POST",
+                    "/v1/sessions",
+                    b'{"ticket": {}, "next": {"url": "http://x:1", "session_id": "s"}}',
+                    {},
+                    400,
+                ),
+                "unknown endpoint": ("GET", "/v1/nothing", b"", {}, 404),
+            }
+            seen = []
+            for name, (method, path, body, headers, want) in cases.items():
+                got, data = await _raw(net.b.url, method, path, body, headers)
+                seen.append((name, got, want, data.get("error", "") if isinstance(data, dict) else ""))
+            logits, _ = await b.step(sb, hidden, 0)  # the session is untouched by all of the above
+            await a.close(sa), await b.close(sb)
+            return seen, logits, hidden
+
+    seen, logits, _ = run(go())
+    assert [(name, got) for name, got, _, _ in seen] == [(name, want) for name, _, want, _ in seen]
+    assert all(message for *_, message in seen), seen
+    assert torch.allclose(logits[0, -1], _reference(net, 1).logits[0], atol=1e-4)
+
+
+def test_session_limits_429_then_lru_eviction(net: Net) -> None:
+    async def go() -> None:
+        async with WorkerClient(net.a.url) as a:
+            ids = []
+            for _ in range(3):  # the per-coordinator limit is 3
+                ids.append(
+                    (await a.open_session(ticket(net.coordinator, net.a.address, A_SPAN)))["session_id"]
+                )
+                await a.step(ids[-1], PROMPT, 0)
+            with pytest.raises(TooManySessions):
+                await a.open_session(ticket(net.coordinator, net.a.address, A_SPAN))
+            await a.step(ids[0], torch.tensor([[1]]), 5)  # ids[1] is now the least recently used
+            other = [(await a.open_session(ticket(net.coordinator2, net.a.address, A_SPAN)))["session_id"]]
+            assert (await a.health())["sessions"] == 4  # max_sessions: full
+            other.append(
+                (await a.open_session(ticket(net.coordinator2, net.a.address, A_SPAN)))["session_id"]
+            )
+            with pytest.raises(SessionNotFound):
+                await a.step(ids[1], torch.tensor([[1]]), 5)
+            await a.step(ids[0], torch.tensor([[2]]), 6)  # the others live on
+            for sid in (ids[0], ids[2], *other):
+                await a.close(sid)
+            assert (await a.health())["sessions"] == 0
+
+    run(go())
+
+
+def test_metrics_and_shard_files(net: Net) -> None:
+    with urllib.request.urlopen(net.a.url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    assert "shardnet_worker_sessions_open 0.0" in text
+    tokens = float(
+        next(
+            line.split()[1]
+            for line in text.splitlines()
+            if line.startswith("shardnet_worker_tokens_processed_total")
+        )
+    )
+    assert tokens >= len(PROMPT[0])
+    assert "shardnet_worker_step_seconds_bucket" in text
+    cid = net.manifest.file_for_layer(3).cid
+    with urllib.request.urlopen(f"{net.b.url}/v1/shards/{cid}", timeout=5) as resp:
+        assert cid_of_bytes(resp.read()) == cid
+
+
+def test_sigterm_drains_then_releases_the_assignment_and_exits_0(net: Net) -> None:
+    async def go() -> None:
+        async with WorkerClient(net.b.url) as b, WorkerClient(net.a.url) as a:
+            sa = (await a.open_session(ticket(net.coordinator, net.a.address, A_SPAN)))["session_id"]
+            hidden, _ = await a.step(sa, PROMPT, 0)
+            sb = (await b.open_session(ticket(net.coordinator, net.b.address, B_SPAN)))["session_id"]
+            net.b.signal(15)
+            deadline = time.monotonic() + 10
+            while not (await b.health())["draining"]:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            with pytest.raises(WorkerAPIError) as err:
+                await b.open_session(ticket(net.coordinator, net.b.address, B_SPAN))
+            assert err.value.status == 503
+            await b.step(sb, hidden, 0)  # sessions in flight still step
+            await b.close(sb)
+            await a.close(sa)
+
+    run(go())
+    assert net.b.wait(timeout=60) == 0
+    live = [net.owner.get_assignment(i) for i in net.owner.live_assignments(net.model_id)]
+    assert [(x.node, x.start, x.end) for x in live] == [(net.a.address, 0, 2)]
+    assert "released assignment" in net.b.log()
