@@ -2,8 +2,9 @@
 
 - `anvil`: one anvil node for the whole session (`DevChain`: rpc_url, w3, snapshot/revert, time travel).
 - `accounts`: the 10 funded dev accounts (LocalAccount); `accounts[0]` deploys and owns the registry.
-- `deployment`: a registry deployed once per test module; each test runs inside an EVM snapshot that is
-  reverted afterwards, so tests are independent and fast (nonce counters are resynced after the revert).
+- `isolated_anvil`: the same node, inside an EVM snapshot reverted after the test (nonces resynced).
+- `deployment`: a registry deployed once per test module; each test runs inside `isolated_anvil`, so
+  tests are independent and fast.
 - `registry_for(account)`: Registry bindings sending as `account`; `registry`: the owner's bindings.
 - `hardhat`: a hardhat node with its own fresh registry, for tests marked `hardhat`.
 """
@@ -105,13 +106,19 @@ def module_deployment(anvil: DevChain, accounts: list[LocalAccount]) -> Deployme
 
 
 @pytest.fixture
-def deployment(anvil: DevChain, module_deployment: Deployment) -> Iterator[Deployment]:
-    """The module's registry, inside an EVM snapshot reverted after the test."""
+def isolated_anvil(anvil: DevChain) -> Iterator[DevChain]:
+    """The session's anvil inside an EVM snapshot that is reverted after the test."""
     snapshot = anvil.snapshot()
     try:
-        yield module_deployment
+        yield anvil
     finally:
         anvil.revert(snapshot)
+
+
+@pytest.fixture
+def deployment(module_deployment: Deployment, isolated_anvil: DevChain) -> Deployment:
+    """The module's registry; the test runs inside an EVM snapshot reverted afterwards."""
+    return module_deployment
 
 
 @pytest.fixture

@@ -252,17 +252,30 @@ def send_transaction(
     receipt = wait_for_receipt(w3, tx_hash, timeout)
     if int(receipt["status"], 16) != 1:
         block = int(receipt["blockNumber"], 16)
-        try:
-            call_or_revert(w3, {**tx, "gas": gas}, decoder, function, block=max(block - 1, 0))
-        except ContractRevert:
-            raise
-        except ChainError:
-            pass
+        data_out = _revert_data_of_mined(w3, tx_hash)
+        if data_out is not None:
+            raise decoder(data_out, function)
         raise ChainError(
             f"{function or 'transaction'} {tx_hash} reverted on chain in block {block} "
             f"(gas used {int(receipt['gasUsed'], 16)} of {gas}); the chain state changed after simulation"
         )
     return dict(receipt)
+
+
+def _revert_data_of_mined(w3: Web3, tx_hash: str) -> bytes | None:
+    """The revert data of a mined, failed transaction, replayed by `debug_traceTransaction` (anvil, hardhat)."""
+    try:
+        trace = rpc(w3, "debug_traceTransaction", [tx_hash, {"disableStack": True, "disableMemory": True, "disableStorage": True}])
+    except ChainError as exc:
+        log.debug("cannot trace %s for its revert data: %s", tx_hash, exc)
+        return None
+    value = trace.get("returnValue") if isinstance(trace, dict) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        return bytes.fromhex(value.removeprefix("0x"))
+    except ValueError:
+        return None
 
 
 def wait_for_receipt(w3: Web3, tx_hash: str, timeout: float = 120.0, poll: float = 0.01) -> dict[str, Any]:
