@@ -1,0 +1,121 @@
+"""`shardnet submit`, `shardnet jobs` and `shardnet cancel`: the client side of paid jobs.
+
+    shardnet submit "Why is the sky blue?" --model SmolLM2-135M-Instruct --max-tokens 32 --key-env MY_KEY
+    shardnet jobs --mine --key-env MY_KEY
+    shardnet cancel 7 --key-env MY_KEY
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+_DEPLOYMENT_HELP = "deployment file (default: $SHARDNET_DEPLOYMENT or .shardnet/deployment.json)"
+
+
+def _add_chain_flags(p: argparse.ArgumentParser, *, needs_key: bool) -> None:
+    p.add_argument("--deployment", type=Path, help=_DEPLOYMENT_HELP)
+    p.add_argument("--rpc", help="JSON-RPC URL to use instead of the one in the deployment file")
+    need = "" if needs_key else " (only needed with --mine)"
+    p.add_argument("--key-env", metavar="VAR", help=f"environment variable holding your hex private key{need}")
+    p.add_argument("--keystore", type=Path, metavar="FILE", help=f"encrypted keystore holding your key{need}")
+    p.add_argument("--password-file", type=Path, metavar="FILE",
+                   help="file whose first line is the keystore password (or set SHARDNET_KEY_PASSWORD)")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "submit", help="pay for a job, hand its prompt to a coordinator, print the checked output",
+        description="Pay quote() into escrow by contract call, hand the prompt to the coordinator (its endpoint "
+        "from the chain, or --coordinator), wait for the job to be finalized (progress on stderr), and print the "
+        "output once its keccak256 matches the outputHash on chain.",
+    )
+    p.add_argument("prompt", help="the prompt text (its keccak256 goes on chain, the text only to the coordinator)")
+    p.add_argument("--model", required=True, help="the model: its registered name or its on-chain id")
+    p.add_argument("--max-tokens", type=int, default=32, help="most tokens to generate (default 32); sets the escrow")
+    p.add_argument("--coordinator", metavar="URL", help="coordinator URL (default: an approved one's endpoint on chain)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default 0)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0: off)")
+    p.add_argument("--seed", type=int, help="sampling seed, for reproducible sampled output")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the job (default 600)")
+    p.add_argument("--json", action="store_true", help="print a JSON record (job id, output, route, commitments)")
+    _add_chain_flags(p, needs_key=True)
+    p.set_defaults(func=cmd_submit)
+
+    p = subparsers.add_parser("jobs", help="list jobs on chain with their status")
+    p.add_argument("--mine", action="store_true", help="only the jobs submitted by your key")
+    _add_chain_flags(p, needs_key=False)
+    p.set_defaults(func=cmd_jobs)
+
+    p = subparsers.add_parser("cancel", help="cancel your job after its deadline: the whole escrow is refunded")
+    p.add_argument("job_id", type=int, help="the job's on-chain id")
+    _add_chain_flags(p, needs_key=True)
+    p.set_defaults(func=cmd_cancel)
+
+    p = subparsers.add_parser("claim", help="withdraw your claimable balance (refunds of failed or cancelled jobs)")
+    _add_chain_flags(p, needs_key=True)
+    p.set_defaults(func=cmd_claim)
+
+
+def _registry(args: argparse.Namespace, *, needs_key: bool) -> Any:
+    from shardnet.chain.registry import Registry
+    from shardnet.errors import ConfigError
+
+    account = None
+    if args.key_env or args.keystore:
+        from worker.keys import load_account
+
+        account = load_account(args.keystore, args.password_file, args.key_env)
+    elif needs_key:
+        raise ConfigError("this command sends a transaction: pass --key-env VAR or --keystore FILE")
+    return Registry.from_deployment(args.deployment, account, rpc_url=args.rpc)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from shardnet.client import ShardnetClient
+
+    client = ShardnetClient(_registry(args, needs_key=True), coordinator_url=args.coordinator)
+    outcome = client.submit(
+        args.prompt, model=args.model, max_tokens=args.max_tokens, temperature=args.temperature,
+        top_p=args.top_p, seed=args.seed, timeout_s=args.timeout,
+        progress=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    if args.json:
+        print(json.dumps({"job_id": outcome.job_id, "output": outcome.text,
+                          "output_hash": "0x" + outcome.output_hash.hex(), "escrow_wei": outcome.escrow_wei,
+                          "route": outcome.route, "commitments": outcome.commitments,
+                          "seconds": round(outcome.seconds, 3)}))
+    else:
+        print(outcome.text)
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from shardnet.client import ShardnetClient
+
+    registry = _registry(args, needs_key=args.mine)
+    mine = registry.account.address if args.mine else None
+    rows = ShardnetClient(registry).jobs(mine)
+    print(f"{'job':>5}  {'status':<10} {'model':>5} {'max_tokens':>10} {'escrow_wei':>22}  client")
+    for j in rows:
+        print(f"{j.job_id:>5}  {j.status.name:<10} {j.model_id:>5} {j.max_tokens:>10} {j.escrow:>22}  {j.client}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from shardnet.client import ShardnetClient
+
+    tx = ShardnetClient(_registry(args, needs_key=True)).cancel(args.job_id)
+    print(f"job {args.job_id} cancelled (tx {tx}); its escrow is claimable: run `shardnet claim` to withdraw it")
+    return 0
+
+
+def cmd_claim(args: argparse.Namespace) -> int:
+    from shardnet.client import ShardnetClient
+
+    amount, tx = ShardnetClient(_registry(args, needs_key=True)).claim()
+    print(f"claimed {amount} wei (tx {tx})")
+    return 0

@@ -1,0 +1,190 @@
+"""The client library: pay for a job on chain, hand its prompt to a coordinator, get checked text back.
+
+    client = ShardnetClient(Registry.from_deployment(account=me))
+    outcome = client.submit("Hello", model="SmolLM2-135M-Instruct", max_tokens=32)
+    print(outcome.text)          # keccak256(outcome.text) == the outputHash finalized on chain
+
+The prompt never goes on chain, only its keccak256; the coordinator checks the prompt against it. The
+output's keccak256 is checked against the `outputHash` the coordinator finalized on chain, so a
+coordinator cannot serve one text and settle another.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from eth_utils import keccak
+
+from shardnet.chain.registry import JobInfo, JobStatus, Registry
+from shardnet.errors import ShardnetError
+
+log = logging.getLogger(__name__)
+
+
+class ClientError(ShardnetError):
+    """A job could not be submitted, run or checked; the message says what to do."""
+
+
+class OutputMismatch(ClientError):
+    """The text a coordinator served does not hash to the outputHash on chain."""
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    job_id: int
+    text: str
+    output_hash: bytes
+    route: list[dict[str, Any]]
+    commitments: list[dict[str, Any]] | None
+    escrow_wei: int
+    seconds: float
+
+
+def _http(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 10.0) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            payload = json.loads(exc.read() or b"null")
+        except ValueError:
+            payload = None
+        return exc.code, payload
+    except (urllib.error.URLError, OSError) as exc:
+        raise ClientError(f"cannot reach the coordinator at {url}: {exc}; check --coordinator") from exc
+
+
+def _message(payload: Any) -> str:
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        return str(payload["error"].get("message"))
+    return str(payload)
+
+
+class ShardnetClient:
+    """Submits and follows jobs as the registry's account."""
+
+    def __init__(self, registry: Registry, *, coordinator_url: str | None = None) -> None:
+        self.registry = registry
+        self.coordinator_url = coordinator_url.rstrip("/") if coordinator_url else None
+
+    def _need_account(self) -> None:
+        if self.registry.account is None:
+            raise ClientError("this needs your account: pass a key (--key-env VAR or --keystore FILE)")
+
+    def claim(self) -> tuple[int, str]:
+        """Withdraw the account's claimable balance (refunds, fees); returns (wei, tx hash)."""
+        self._need_account()
+        amount = self.registry.claimable(self.registry.account.address)  # type: ignore[union-attr]
+        if amount == 0:
+            raise ClientError("nothing to claim: refunds and payouts become claimable when jobs end")
+        return amount, self.registry.claim().tx_hash
+
+    # -- lookups
+    def model_id(self, model: str | int) -> int:
+        """A model's on-chain id from its id or its registered name."""
+        if isinstance(model, int) or str(model).isdigit():
+            return int(model)
+        names = []
+        for model_id in range(1, self.registry.model_count() + 1):
+            info = self.registry.get_model(model_id)
+            if info.name == model:
+                return model_id
+            names.append(info.name)
+        raise ClientError(f"no model named {model!r} is registered; registered: {', '.join(names) or 'none'}")
+
+    def find_coordinator(self) -> str:
+        """The endpoint of an approved coordinator, from `CoordinatorSet` events and `coordinatorEndpoint`."""
+        if self.coordinator_url:
+            return self.coordinator_url
+        events = self.registry.get_logs(self.registry.deploy_block, self.registry.block_number(), ["CoordinatorSet"])
+        for address in dict.fromkeys(str(e.args["coordinator"]) for e in reversed(events)):
+            if self.registry.is_coordinator(address):
+                endpoint = self.registry.coordinator_endpoint(address)
+                if endpoint:
+                    return endpoint.rstrip("/")
+        raise ClientError("no approved coordinator with an endpoint is registered; pass --coordinator URL")
+
+    # -- jobs
+    def pay(self, prompt: str, model_id: int, max_tokens: int) -> int:
+        """Submit a job paying quote() into escrow; returns its id."""
+        self._need_account()
+        quote = self.registry.quote(model_id, max_tokens)
+        result = self.registry.submit_job(model_id, keccak(prompt.encode("utf-8")), max_tokens, value=quote)
+        return int(result.event("JobSubmitted").args["jobId"])
+
+    def hand_over(self, url: str, job_id: int, prompt: str, sampling: dict[str, Any]) -> None:
+        status, payload = _http("POST", f"{url}/v1/jobs/{job_id}/prompt", {"prompt": prompt, **sampling})
+        if status != 202:
+            raise ClientError(f"the coordinator refused the prompt of job {job_id} (HTTP {status}): {_message(payload)}")
+
+    def wait(self, url: str, job_id: int, *, timeout_s: float, progress: Callable[[str], None] | None = None,
+             poll_s: float = 0.25) -> dict[str, Any]:
+        """Poll the coordinator until the job is done; returns its final view."""
+        deadline = time.monotonic() + timeout_s
+        last = None
+        while True:
+            status, view = _http("GET", f"{url}/v1/jobs/{job_id}")
+            if status == 200 and isinstance(view, dict):
+                if view["status"] != last and progress is not None:
+                    progress(f"job {job_id}: {view['status']}")
+                last = view["status"]
+                if view.get("done"):
+                    return view
+            elif status != 404:
+                raise ClientError(f"the coordinator answered HTTP {status} for job {job_id}: {_message(view)}")
+            if time.monotonic() > deadline:
+                raise ClientError(f"job {job_id} was not finished after {timeout_s:.0f} s (last status {last}); "
+                                  f"`shardnet cancel {job_id}` refunds it once its deadline has passed")
+            time.sleep(poll_s)
+
+    def check(self, job_id: int, view: dict[str, Any]) -> JobInfo:
+        """Check a finished job's output against the chain; returns the chain's record."""
+        job = self.registry.get_job(job_id)
+        if view["status"] != "finalized" or job.status != JobStatus.Finalized:
+            raise ClientError(f"job {job_id} ended {view['status']} (chain: {job.status.name}): "
+                              f"{view.get('error') or 'no output'}; the escrow was refunded")
+        text = view.get("output")
+        if not isinstance(text, str) or keccak(text.encode("utf-8")) != job.output_hash:
+            raise OutputMismatch(
+                f"job {job_id}: the coordinator's text does not hash to the outputHash 0x{job.output_hash.hex()} "
+                "finalized on chain; do not trust it and report the coordinator"
+            )
+        return job
+
+    def submit(self, prompt: str, *, model: str | int, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+               seed: int | None = None, timeout_s: float = 600.0,
+               progress: Callable[[str], None] | None = None) -> JobOutcome:
+        """Pay, hand over, wait, fetch and check: the whole client side of a job."""
+        t0 = time.monotonic()
+        say = progress or (lambda _m: None)
+        url = self.find_coordinator()
+        model_id = self.model_id(model)
+        job_id = self.pay(prompt, model_id, max_tokens)
+        say(f"job {job_id}: paid into escrow, handing the prompt to {url}")
+        self.hand_over(url, job_id, prompt, {"temperature": temperature, "top_p": top_p, "seed": seed})
+        view = self.wait(url, job_id, timeout_s=timeout_s, progress=progress)
+        job = self.check(job_id, view)
+        say(f"job {job_id}: output checked against outputHash 0x{job.output_hash.hex()} on chain")
+        return JobOutcome(job_id, view["output"], job.output_hash, view.get("route") or [], view.get("commitments"),
+                          job.escrow, time.monotonic() - t0)
+
+    def jobs(self, client: str | None = None) -> list[JobInfo]:
+        """Jobs on chain (only `client`'s when given), oldest first."""
+        events = self.registry.get_logs(self.registry.deploy_block, self.registry.block_number(), ["JobSubmitted"])
+        ids = [int(e.args["jobId"]) for e in events
+               if client is None or str(e.args["client"]).lower() == client.lower()]
+        return [self.registry.get_job(i) for i in ids]
+
+    def cancel(self, job_id: int) -> str:
+        """Cancel a job past its deadline (the escrow becomes claimable); returns the transaction hash."""
+        self._need_account()
+        return self.registry.cancel_job(job_id).tx_hash
