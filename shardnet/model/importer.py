@@ -13,6 +13,7 @@ their own layers).
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import shutil
 import tempfile
@@ -22,7 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from shardnet.errors import ShardnetError
-from shardnet.model.manifest import Manifest, ShardFile, TokenizerFile
+from shardnet.model.manifest import Manifest, ShardFile, TokenizerFile, canonical_json
 from shardnet.store.local import LocalStore
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,8 @@ def _manifest_config(config: Any) -> dict[str, Any]:
     from shardnet.model.export import config_dict
 
     data = config_dict(config)
-    return {k: v for k, v in data.items() if not k.startswith("_") and k != "quantization_config"}
+    kept = {k: v for k, v in data.items() if not k.startswith("_") and k != "quantization_config"}
+    return json.loads(canonical_json(kept))  # as it reads back from the manifest (e.g. int keys -> str)
 
 
 def import_model(
