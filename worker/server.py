@@ -236,8 +236,8 @@ class WorkerServer:
         )
         self.metrics.sessions_open.set(len(self.sessions))
         if self.state is not None:
-            self._db_write(
-                self.state.session_opened, session_id, session.job_id, signer, span.start, span.end
+            await loop.run_in_executor(
+                self._db, self.state.session_opened, session_id, session.job_id, signer, span.start, span.end
             )
         log.info("session %s opened for job %s by %s", session_id, session.job_id, signer)
         return web.json_response(
@@ -340,7 +340,9 @@ class WorkerServer:
             frame = await loop.run_in_executor(self._compute, self._run_block, session, x, start_pos)
         except ModelError as exc:  # inputs are checked first, so this is rare; the session cannot go on
             self.sessions.close(session.session_id, "failed")
-            raise InvalidTensor(f"the model refused this step ({exc}); open a new session and replay") from exc
+            raise InvalidTensor(
+                f"the model refused this step ({exc}); open a new session and replay"
+            ) from exc
         self.metrics.step_seconds.observe(time.perf_counter() - t0)
         self.metrics.tokens_processed.inc(int(x.shape[1]))
         digest = step_hash(frame)
@@ -349,7 +351,10 @@ class WorkerServer:
         session.output_frames.append(frame)
         session.output_bytes += len(frame)
         if self.state is not None:
-            self._db_write(self.state.step_recorded, session.session_id, index, digest)
+            # recorded before the output leaves: a crash can never lose a step the commitment must cover
+            await asyncio.get_running_loop().run_in_executor(
+                self._db, self.state.step_recorded, session.session_id, index, digest
+            )
         return frame, digest, index
 
     def _run_block(self, session: Session, x: torch.Tensor, start_pos: int) -> bytes:

@@ -1,0 +1,83 @@
+"""SIGKILL a worker mid-stream with several jobs, restart it: every commitment lands on chain exactly once."""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import torch
+
+from shardnet.chain.registry import Registry
+from shardnet.span import LayerSpan
+from shardnet.wire.commitment import merkle_root
+from tests.worker.harness import run, start_worker, submit_and_route, ticket
+from worker.client import WorkerClient
+
+FULL = LayerSpan(0, 4)
+
+
+def test_sigkill_then_restart_posts_each_commitment_once_and_misses_none(
+    tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store
+) -> None:
+    tmp = tmp_path_factory.mktemp("crash")
+    dep_file = module_deployment.save(tmp / "deployment.json")
+    owner = Registry(
+        anvil.w3, module_deployment.registry, accounts[0], deploy_block=module_deployment.deploy_block
+    )
+    store, cid, _manifest = tiny_llama_store
+    model_id = int(owner.register_model("tiny-llama", cid, 4, 10**6).event("ModelRegistered").args["modelId"])
+    coordinator, client = owner.with_account(accounts[1]), owner.with_account(accounts[6])
+    owner.set_coordinator(accounts[1].address, "http://127.0.0.1:9", True)
+    worker = start_worker(tmp, accounts[7], dep_file, "tiny-llama", store, "--layers", "0:4", name="w")
+    try:
+        worker.wait_ready()
+        me = worker.address
+        routed = [submit_and_route(client, coordinator, model_id, [(me, FULL)]) for _ in range(3)]
+        late = client.submit_job(model_id, b"\x22" * 32, 8, value=client.quote(model_id, 8)).event(
+            "JobSubmitted"
+        )
+        late_job = int(late.args["jobId"])
+        expected: dict[int, bytes] = {}
+
+        async def stream(w: WorkerClient, job_id: int, steps: int, close: bool) -> None:
+            sid = (await w.open_session(ticket(accounts[1], me, FULL, job_id)))["session_id"]
+            x, pos, hashes = torch.tensor([[1, 2, job_id]]), 0, []  # a different stream per job
+            for _ in range(steps):
+                logits, digest = await w.step(sid, x, pos)
+                hashes.append(digest)
+                pos += x.shape[1]
+                x = torch.tensor([[int(logits[0, -1].argmax())]])
+            expected[job_id] = merkle_root(hashes)
+            if close:
+                assert await w.close(sid) == expected[job_id]
+
+        async def before_crash() -> None:
+            async with WorkerClient(worker.url) as w:
+                await stream(w, routed[0], 3, close=True)
+                await stream(
+                    w, late_job, 2, close=True
+                )  # served, but routed on chain only while the worker is down
+                await stream(w, routed[1], 4, close=True)
+                await stream(w, routed[2], 2, close=False)  # mid-stream when the worker dies
+
+        run(before_crash())
+        worker.signal(9)
+        assert worker.wait(timeout=20) == -9
+        coordinator.assign_route(late_job, [(me, FULL)])
+
+        worker.start()  # same data dir and port: resumes from its cursor and its database
+        worker.wait_ready()
+        jobs = [*routed, late_job]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(owner.get_hops(j)[0].committed for j in jobs):
+            time.sleep(0.2)
+        assert {j: owner.get_hops(j)[0].commitment for j in jobs} == expected
+        worker.signal(15)
+        assert worker.wait(timeout=60) == 0
+        posted = owner.get_logs(module_deployment.deploy_block, owner.block_number(), ["CommitmentPosted"])
+        assert collections.Counter(e.args["jobId"] for e in posted if e.args["node"] == me) == {
+            j: 1 for j in jobs
+        }
+        assert "left open by an earlier run" in worker.log()
+    finally:
+        worker.stop()
