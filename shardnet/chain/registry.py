@@ -39,7 +39,8 @@ ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 
 
 class JobStatus(IntEnum):
-    """IShardRegistry.JobStatus."""
+    """IShardRegistry.JobStatus. The UPPER_CASE names are canonical (`.name`); the contract's own
+    spellings (`JobStatus.Submitted`, ...) are aliases of the same members."""
 
     NONE = 0
     SUBMITTED = 1
@@ -47,6 +48,12 @@ class JobStatus(IntEnum):
     FINALIZED = 3
     CANCELLED = 4
     FAILED = 5
+    # aliases in the contract's spelling (`None` cannot be a Python attribute)
+    Submitted = 1
+    Routed = 2
+    Finalized = 3
+    Cancelled = 4
+    Failed = 5
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,7 @@ def test_params_and_views_are_typed(registry: Registry, accounts: list[LocalAcco
     assert registry.model_count() == 0 and registry.job_count() == 0
     node = registry.get_node(accounts[5].address)
     assert node == NodeInfo(accounts[5].address, "", 0, 0, 0, 0, 0, False, False)
+    assert JobStatus.Routed is JobStatus.ROUTED and JobStatus(3).name == "FINALIZED"  # contract spelling = alias
 
 
 def test_custom_error_is_decoded_with_named_args(registry_for: Callable[..., Registry], accounts: list[LocalAccount]) -> None:
