@@ -176,11 +176,10 @@ def cmd_devnet(args: argparse.Namespace) -> int:
         else:
             dep = deploy_registry(w3, owner, params, rpc_url=net.rpc_url)
         path = dep.save(args.deployment)
-        registry = Registry(w3, dep.registry, owner, deploy_block=dep.deploy_block)
-        _approve(registry, coordinators)
         print(f"{args.node} devnet: {net.rpc_url} (chain id {dep.chain_id})")
         print(f"registry:   {dep.registry} (block {dep.deploy_block}, owner {dep.owner})")
         print(f"deployment: {path}  (export SHARDNET_DEPLOYMENT={path.resolve()})")
+        _approve(Registry(w3, dep.registry, owner, deploy_block=dep.deploy_block), coordinators)
         print("funded dev keys (public knowledge: never use them on a real chain):")
         for i, key in enumerate(DEV_KEYS):
             print(f"  [{i}] {Account.from_key(key).address} {key}")
