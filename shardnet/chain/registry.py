@@ -275,7 +275,13 @@ class Registry:
         tx = {"to": self.address, "data": fn.encode(args)}
         if self.account is not None:
             tx["from"] = self.account.address
-        out = fn.decode(call_or_revert(self.w3, tx, self._decoder.decode, name))
+        raw = call_or_revert(self.w3, tx, self._decoder.decode, name)
+        if not raw and fn.outputs:
+            raise ChainError(
+                f"{name} returned nothing: no registry contract at {self.address} on this chain. Was the devnet "
+                "restarted without --state? Redeploy (`shardnet devnet` / `shardnet deploy`) or fix --deployment"
+            )
+        out = fn.decode(raw)
         return out[0] if len(out) == 1 else out
 
     def _send(self, name: str, *args: Any, value: int = 0) -> TxResult:

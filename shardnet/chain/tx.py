@@ -278,7 +278,7 @@ def _revert_data_of_mined(w3: Web3, tx_hash: str) -> bytes | None:
         return None
 
 
-def wait_for_receipt(w3: Web3, tx_hash: str, timeout: float = 120.0, poll: float = 0.01) -> dict[str, Any]:
+def wait_for_receipt(w3: Web3, tx_hash: str, timeout: float = 120.0, poll: float = 0.002) -> dict[str, Any]:
     """Poll until the transaction is mined (devnets mine asynchronously); ChainError after `timeout`."""
     deadline = time.monotonic() + timeout
     delay = poll

@@ -11,7 +11,7 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
 from shardnet.chain.artifacts import load_artifact
-from shardnet.chain.errors import ContractRevert, RevertDecoder, revert_data_from_rpc_error
+from shardnet.chain.errors import ChainError, ContractRevert, RevertDecoder, revert_data_from_rpc_error
 from shardnet.chain.registry import (
     AssignmentInfo,
     HopInfo,
@@ -125,6 +125,11 @@ def test_views_decode_reverts_too(registry: Registry) -> None:
     with pytest.raises(ContractRevert) as info:
         registry.quote(99, 1)
     assert info.value.error == "ShardRegistryUnknownModel" and info.value.args == {"modelId": 99}
+
+
+def test_a_registry_address_without_code_is_a_clear_error(anvil, accounts: list[LocalAccount]) -> None:
+    with pytest.raises(ChainError, match="no registry contract"):
+        Registry(anvil.w3, accounts[8].address).model_count()
 
 
 def test_write_without_account_says_what_to_do(registry_for: Callable[..., Registry]) -> None:
