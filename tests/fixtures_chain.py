@@ -7,19 +7,27 @@
   tests are independent and fast.
 - `registry_for(account)`: Registry bindings sending as `account`; `registry`: the owner's bindings.
 - `hardhat`: a hardhat node with its own fresh registry, for tests marked `hardhat`.
+- `postgres_url`: a throwaway PostgreSQL server for the session (skips when PostgreSQL is not installed),
+  for tests marked `postgres` of the off-chain state (`shardnet.db.make_engine(url)`).
 """
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from shardnet.chain.deploy import Deployment, deploy_registry
-from shardnet.chain.devnet import DEV_KEYS, Devnet, NodeKind
+from shardnet.chain.devnet import DEV_KEYS, Devnet, NodeKind, free_port
 from shardnet.chain.registry import Registry, RegistryParams
 from shardnet.chain.tx import reset_nonce_managers, rpc
 
@@ -153,3 +161,40 @@ def hardhat(tmp_path_factory: pytest.TempPathFactory, accounts: list[LocalAccoun
         hh = HardhatChain(chain.devnet, chain.w3)
         hh.deployment = deploy_registry(hh.w3, accounts[0], TEST_PARAMS)
         yield hh
+
+
+def _postgres_bindir() -> Path | None:
+    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None)
+    return Path(found).resolve().parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a PostgreSQL server started for this session in a temporary folder (trust auth on 127.0.0.1)."""
+    bindir = _postgres_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (no initdb): apt-get install postgresql to run this test")
+    # PostgreSQL refuses to run as root: run it as the `postgres` user then.
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    base = Path(tempfile.mkdtemp(prefix="shardnet-pg-"))
+    if as_user:
+        shutil.chown(base, "postgres")
+    data, port = base / "data", free_port()
+
+    def run(*cmd: str) -> None:
+        done = subprocess.run([*as_user, *cmd], capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {done.stdout}{done.stderr}")
+
+    try:
+        run(str(bindir / "initdb"), "-D", str(data), "-U", "shardnet", "--auth=trust", "-E", "UTF8", "--no-sync")
+        run(
+            str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w", "-t", "60",
+            "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start",
+        )
+        try:
+            yield f"postgresql+psycopg2://shardnet@127.0.0.1:{port}/postgres"
+        finally:
+            run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

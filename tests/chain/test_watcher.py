@@ -21,7 +21,7 @@ from shardnet.chain.errors import ChainError
 from shardnet.chain.registry import Registry
 from shardnet.chain.tx import DecodedEvent
 from shardnet.chain.watcher import EventWatcher
-from shardnet.db import make_engine
+from shardnet.db import ChainCursor, make_engine
 from shardnet.span import LayerSpan
 
 REPO = Path(__file__).resolve().parents[2]
@@ -220,3 +220,21 @@ def test_layer_span_events_decode(registry_for: Callable[..., Registry], account
     )
     watcher.catch_up()
     assert spans == [LayerSpan(1, 3)]
+
+
+@pytest.mark.postgres
+def test_watcher_cursor_in_postgresql(postgres_url: str, registry: Registry) -> None:
+    engine = make_engine(postgres_url)
+    _TestBase.metadata.create_all(engine)
+    try:
+        make_events(registry, 3)
+        assert EventWatcher(registry, engine, "pg", HANDLERS, max_range=2).catch_up() == 3
+        make_events(registry, 1)
+        restarted = make_engine(postgres_url)  # a new engine: as after a process restart
+        assert EventWatcher(registry, restarted, "pg", HANDLERS).catch_up() == 1
+        assert seen(restarted) == on_chain(registry, ["ModelRegistered"])
+        restarted.dispose()
+    finally:
+        _TestBase.metadata.drop_all(engine)
+        ChainCursor.__table__.drop(engine)
+        engine.dispose()
