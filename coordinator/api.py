@@ -4,6 +4,7 @@ Jobs paid by clients on chain:
     POST /v1/jobs/{id}/prompt   {"prompt", "temperature"?, "top_p"?, "seed"?}  -> 202 the job
     GET  /v1/jobs/{id}          status, output (once generated), route, commitments (read from the chain)
     GET  /v1/jobs?client=0x…    the jobs this coordinator knows
+    GET  /v1/workers            the live workers as routing sees them (down, excluded, load, measurements)
     GET  /health
 
 OpenAI-compatible (`/v1/models`, `/v1/completions`, `/v1/chat/completions`, `stream: true` as server-sent
@@ -110,6 +111,10 @@ async def health(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     return web.json_response({"ok": True, "coordinator": service.account.address,
                               "workers": len(service.directory.nodes())})
+
+
+async def list_workers(request: web.Request) -> web.Response:
+    return web.json_response({"workers": request.app[SERVICE].directory.describe()})
 
 
 # ---------------------------------------------------------------- OpenAI-compatible
@@ -264,6 +269,7 @@ def make_app(service: CoordinatorService) -> web.Application:
         web.get("/v1/jobs/{job_id}", get_job),
         web.get("/v1/jobs", list_jobs),
         web.get("/health", health),
+        web.get("/v1/workers", list_workers),
         web.get("/v1/models", list_models),
         web.post("/v1/completions", completions),
         web.post("/v1/chat/completions", chat_completions),

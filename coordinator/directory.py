@@ -109,6 +109,17 @@ class WorkerDirectory:
         live = {a.node for a in self._assignments.values() if a.live}
         return sorted((n, self._endpoints[n]) for n in live if n in self._endpoints)
 
+    def describe(self) -> list[dict[str, object]]:
+        """Every known assignment with its node's state, for GET /v1/workers."""
+        out: list[dict[str, object]] = []
+        for aid, a in sorted(self._assignments.items()):
+            stats = self._stats.get(a.node, _NodeStats())
+            out.append({"assignment_id": aid, "node": a.node, "endpoint": self._endpoints.get(a.node),
+                        "model_id": a.model_id, "span": [a.span.start, a.span.end], "live": a.live,
+                        "down": stats.down, "excluded": a.node in self._excluded, "load": stats.load,
+                        "rtt_s": stats.rtt_s, "compute_per_layer_s": stats.compute_per_layer_s})
+        return out
+
     def snapshot(self, model_id: int) -> list[WorkerInfo]:
         """Routable workers of `model_id`: live assignment, known endpoint, not down, not excluded."""
         out = []

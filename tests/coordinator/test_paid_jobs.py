@@ -1,0 +1,274 @@
+"""A real network on 127.0.0.1: anvil, four `worker run` processes of a tiny chat model (layers 0:2, 2:4
+twice, 4:6) and one `coordinator run`. Paid jobs from contract call to checked text, the OpenAI API,
+failover after SIGKILL, and a coordinator killed mid-job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from eth_utils import keccak
+
+from coordinator.settlement import expected_split
+from shardnet.chain.registry import JobStatus, Registry
+from shardnet.client import ShardnetClient
+from tests.coordinator.harness import (
+    EOS_ID,
+    REPO,
+    CoordinatorProc,
+    build_tiny_chat_model,
+    http_json,
+    start_coordinator,
+    wait_for,
+)
+from tests.worker.harness import WorkerProc, start_worker
+
+PRICE = 10**6
+
+
+@dataclass
+class Net:
+    tmp: Path
+    dep_file: Path
+    owner: Registry
+    client_account: Any
+    client: ShardnetClient
+    coordinator: CoordinatorProc
+    coordinator_address: str
+    model_id: int
+    store: Path
+    hf_dir: Path
+    workers: dict[str, WorkerProc]
+    reference: Any
+
+
+def _reference_text(net: Net, prompt: str, n: int) -> tuple[list[int], str]:
+    """Greedy tokens of the unsplit model (up to EOS) and their text."""
+    from shardnet.model.reference import greedy_generate
+
+    ids = net.reference["tokenizer"](prompt, add_special_tokens=False)["input_ids"]
+    torch.set_num_threads(1)
+    tokens = greedy_generate(net.reference["model"], torch.tensor([ids]), n).tokens
+    if EOS_ID in tokens:
+        tokens = tokens[: tokens.index(EOS_ID)]
+    return tokens, net.reference["tokenizer"].decode(tokens, skip_special_tokens=True)
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory, anvil, accounts, module_deployment) -> Iterator[Net]:
+    from transformers import AutoTokenizer
+
+    from shardnet.model.importer import import_model
+    from shardnet.model.reference import load_reference
+
+    tmp = tmp_path_factory.mktemp("coordnet")
+    dep_file = module_deployment.save(tmp / "deployment.json")
+    owner = Registry(anvil.w3, module_deployment.registry, accounts[0], deploy_block=module_deployment.deploy_block)
+    hf_dir = tmp / "hf"
+    build_tiny_chat_model(hf_dir)
+    store = tmp / "store"
+    cid, manifest = import_model(hf_dir, store, name="tiny-chat", progress=False)
+    model_id = int(owner.register_model("tiny-chat", cid, 6, PRICE).event("ModelRegistered").args["modelId"])
+
+    coord = start_coordinator(tmp, accounts[1].key.hex(), dep_file, tmp / "coord-store", "--verify-share", "0.3")
+    owner.set_coordinator(accounts[1].address, coord.url, True)
+    spans = {"a": (2, "0:2"), "b": (3, "2:4"), "b2": (4, "2:4"), "c": (5, "4:6")}
+    workers: dict[str, WorkerProc] = {}
+    try:
+        for name, (i, span) in spans.items():
+            workers[name] = start_worker(tmp, accounts[i], dep_file, "tiny-chat", store, "--layers", span, name=name)
+        for w in workers.values():
+            w.wait_ready(timeout=300)
+        coord.wait_ready(timeout=300)
+        wait_for(lambda: len(http_json("GET", coord.url + "/v1/workers")[1]["workers"]) == 4, 20, "4 workers routable")
+        client_account = accounts[9]
+        reference = {"model": load_reference(store, manifest.to_json()), "tokenizer": AutoTokenizer.from_pretrained(hf_dir)}
+        yield Net(tmp, dep_file, owner, client_account,
+                  ShardnetClient(owner.with_account(client_account), coordinator_url=None), coord,
+                  accounts[1].address, model_id, store, hf_dir, workers, reference)
+    finally:
+        coord.stop()
+        for w in workers.values():
+            w.stop()
+
+
+def _claimables(reg: Registry, addresses: list[str]) -> dict[str, int]:
+    return {a.lower(): reg.claimable(a) for a in addresses}
+
+
+def test_submit_pays_routes_generates_and_settles(net: Net) -> None:
+    prompt = "hello shardnet"
+    nodes = [w.address for w in net.workers.values()]
+    before = _claimables(net.owner, [*nodes, net.coordinator_address, net.client_account.address])
+    progress: list[str] = []
+    outcome = net.client.submit(prompt, model="tiny-chat", max_tokens=12, progress=progress.append)
+
+    expected_tokens, expected_text = _reference_text(net, prompt, 12)
+    assert outcome.text == expected_text
+    assert outcome.output_hash == keccak(expected_text.encode())
+    assert any("finalized" in p for p in progress)
+    job = net.owner.get_job(outcome.job_id)
+    assert job.status == JobStatus.Finalized and job.output_hash == outcome.output_hash
+    assert job.coordinator.lower() == net.coordinator_address.lower()
+
+    # the route covers [0, 6) and every hop committed on chain
+    hops = net.owner.get_hops(outcome.job_id)
+    assert [(h.start, h.end) for h in hops][:3] == [(0, 2), (2, 4), (4, 6)]
+    assert all(h.committed for h in hops)
+    assert [c["commitment"] for c in outcome.commitments] == ["0x" + h.commitment.hex() for h in hops]
+
+    # the escrow went where finalizeJob says: nodes by layer-tokens, the fee, the rest back to the client
+    layer_tokens = [r["layer_tokens"] for r in outcome.route]
+    positions = len(net.reference["tokenizer"](prompt)["input_ids"]) + len(expected_tokens)
+    if len(expected_tokens) == 12:
+        positions -= 1  # the last token is never fed back
+    assert layer_tokens == [2 * positions] * len(hops)
+    split = expected_split(layer_tokens, [True] * len(hops), price_per_layer_token=PRICE,
+                           coordinator_fee_bps=net.owner.coordinator_fee_bps(), escrow=job.escrow)
+    after = _claimables(net.owner, [*nodes, net.coordinator_address, net.client_account.address])
+    for hop, pay in zip(hops, split.per_hop, strict=True):
+        assert after[hop.node.lower()] - before[hop.node.lower()] == pay
+    assert after[net.coordinator_address.lower()] - before[net.coordinator_address.lower()] == split.coordinator_fee
+    assert after[net.client_account.address.lower()] - before[net.client_account.address.lower()] == split.refund
+
+
+def test_wrong_prompt_is_refused_and_unknown_jobs_are_404(net: Net) -> None:
+    job_id = net.client.pay("the real prompt", net.model_id, 4)
+    status, body = http_json("POST", f"{net.coordinator.url}/v1/jobs/{job_id}/prompt", {"prompt": "another prompt"})
+    assert status == 400 and "inputHash" in body["error"]["message"]
+    status, body = http_json("POST", f"{net.coordinator.url}/v1/jobs/99999/prompt", {"prompt": "x"})
+    assert status == 404
+    status, _ = http_json("GET", f"{net.coordinator.url}/v1/jobs/99999")
+    assert status == 404
+
+
+def test_cli_submit_and_jobs(net: Net) -> None:
+    env = {**os.environ, "CLIENT_KEY": net.client_account.key.hex()}
+    base = ["--deployment", str(net.dep_file), "--key-env", "CLIENT_KEY"]
+    out = subprocess.run(
+        [sys.executable, "-m", "shardnet.cli", "submit", "cli prompt", "--model", "tiny-chat", "--max-tokens", "5",
+         "--json", *base], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    record = json.loads(out.stdout)
+    assert record["output"] == _reference_text(net, "cli prompt", 5)[1]
+    assert "finalized" in out.stderr  # progress on stderr
+    listing = subprocess.run([sys.executable, "-m", "shardnet.cli", "jobs", "--mine", *base], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+    assert any(line.split()[:2] == [str(record["job_id"]), "Finalized"] for line in listing.splitlines())
+
+
+def test_openai_api(net: Net) -> None:
+    import openai
+
+    api = openai.OpenAI(base_url=net.coordinator.url + "/v1", api_key="unused", max_retries=0)
+    assert "tiny-chat" in [m.id for m in api.models.list().data]
+
+    prompt = "The sky is"
+    _, expected = _reference_text(net, prompt, 10)
+    done = api.completions.create(model="tiny-chat", prompt=prompt, max_tokens=10, temperature=0)
+    assert done.choices[0].text == expected
+    streamed = "".join(c.choices[0].text for c in api.completions.create(
+        model="tiny-chat", prompt=prompt, max_tokens=10, temperature=0, stream=True))
+    assert streamed == expected
+
+    messages = [{"role": "user", "content": "hi"}]
+    chat_prompt = net.reference["tokenizer"].apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    _, expected_chat = _reference_text(net, chat_prompt, 8)
+    chat = api.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=8, temperature=0)
+    assert chat.choices[0].message.content == expected_chat
+    chunks = list(api.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=8, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected_chat
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+    # seeded sampling is reproducible through the network
+    a = api.completions.create(model="tiny-chat", prompt=prompt, max_tokens=10, temperature=1.0, top_p=0.9, seed=5)
+    b = api.completions.create(model="tiny-chat", prompt=prompt, max_tokens=10, temperature=1.0, top_p=0.9, seed=5)
+    assert a.choices[0].text == b.choices[0].text
+
+
+def _workers(net: Net) -> dict[str, dict[str, Any]]:
+    return {w["node"]: w for w in http_json("GET", net.coordinator.url + "/v1/workers")[1]["workers"]}
+
+
+def test_failover_after_sigkill_gives_identical_tokens(net: Net) -> None:
+    import openai
+
+    api = openai.OpenAI(base_url=net.coordinator.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    prompt = "failover test"
+    n = 150
+    expected_tokens, expected = _reference_text(net, prompt, n)
+    assert len(expected_tokens) > 40, "the reference stopped too early for a mid-generation kill"
+
+    pieces: list[str] = []
+    arrivals: list[float] = []
+    killed_at = None
+    victim = None
+    stream = api.completions.create(model="tiny-chat", prompt=prompt, max_tokens=n, temperature=0, stream=True)
+    for chunk in stream:
+        pieces.append(chunk.choices[0].text)
+        arrivals.append(time.monotonic())
+        if killed_at is None and len(pieces) == 10:
+            job_id = int(chunk.id.split("-")[1])
+            route = http_json("GET", f"{net.coordinator.url}/v1/jobs/{job_id}")[1]["route"]
+            victim_addr = next(h["node"] for h in route if h["span"] == [2, 4])
+            victim = next(w for w in net.workers.values() if w.address.lower() == victim_addr)
+            assert victim.proc is not None
+            victim.proc.send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+    assert killed_at is not None and victim is not None
+    after_kill = [t for t in arrivals if t > killed_at]
+    stall = after_kill[0] - killed_at
+    print(f"\nfailover stall between SIGKILL and the next token: {stall:.3f} s")
+    assert "".join(pieces) == expected
+    assert stall < 2.0
+
+    # the dead worker is out of routing until it answers /health again
+    down = _workers(net)[victim.address.lower()]
+    assert down["down"] is True
+    victim.proc.wait(timeout=10)
+    restarted = WorkerProc(victim.account, victim.args, victim.log_path, victim.port).start()
+    net.workers[next(k for k, w in net.workers.items() if w is victim)] = restarted
+    restarted.wait_ready()
+    wait_for(lambda: not _workers(net)[victim.address.lower()]["down"], 20, "the restarted worker back in routing")
+
+
+def test_coordinator_killed_mid_job_fails_it_on_chain_after_restart(net: Net) -> None:
+    client_reg = net.owner.with_account(net.client_account)
+    job_id = net.client.pay("kill the coordinator", net.model_id, 400)
+    escrow = net.owner.get_job(job_id).escrow
+    before = client_reg.claimable(net.client_account.address)
+    status, _ = http_json("POST", f"{net.coordinator.url}/v1/jobs/{job_id}/prompt", {"prompt": "kill the coordinator"})
+    assert status == 202
+    wait_for(lambda: http_json("GET", f"{net.coordinator.url}/v1/jobs/{job_id}")[1]["status"] == "running", 20,
+             "the job to run", interval=0.02)
+    net.coordinator.kill()
+    assert net.owner.get_job(job_id).status == JobStatus.Routed
+    restarted = CoordinatorProc(net.coordinator.key_hex, net.coordinator.args, net.coordinator.log_path,
+                                net.coordinator.port).start()
+    net.coordinator = restarted
+    restarted.wait_ready()
+    wait_for(lambda: net.owner.get_job(job_id).status == JobStatus.Failed, 30, "failJob after the restart")
+    assert client_reg.claimable(net.client_account.address) - before == escrow
+    view = http_json("GET", f"{restarted.url}/v1/jobs/{job_id}")[1]
+    assert view["status"] == "failed" and "restarted" in view["error"]
+    # and the restarted coordinator serves new jobs
+    assert net.client.submit("after restart", model="tiny-chat", max_tokens=3).text == \
+        _reference_text(net, "after restart", 3)[1]
+
+
+def test_no_honest_worker_was_slashed(net: Net) -> None:
+    slashed = net.owner.get_logs(0, net.owner.block_number(), ["NodeSlashed"])
+    assert slashed == []
+    verified = [w for w in _workers(net).values() if w["excluded"]]
+    assert verified == []
