@@ -149,7 +149,7 @@ class Manifest:
             raise ManifestError("manifest must be a JSON object")
         try:
             return _parse(data)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ManifestError):
                 raise
             raise ManifestError(f"manifest is malformed: {type(exc).__name__}: {exc}") from exc

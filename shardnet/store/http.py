@@ -7,6 +7,7 @@ the store's temporary file, hashing as it goes, and moves it into place only whe
 
 from __future__ import annotations
 
+import http.client
 import logging
 import urllib.error
 import urllib.request
@@ -78,7 +79,7 @@ def download(
         response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (http(s) only, checked by caller)
     except urllib.error.HTTPError as exc:
         raise PeerError(f"{url} answered {exc.code} {exc.reason}") from exc
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise PeerError(f"cannot reach {peer}: {getattr(exc, 'reason', exc)}") from exc
     with response, store.incoming() as (f, tmp):
         hasher = CidHasher()
@@ -94,11 +95,14 @@ def download(
                     )
                 f.write(chunk)
                 bar.update(len(chunk))
-        except (TimeoutError, OSError) as exc:
-            raise PeerError(f"download of {url} broke off after {hasher.size} bytes: {exc}") from exc
+        except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, short bodies
+            raise PeerError(f"download of {url} broke off after {hasher.size} bytes: {exc!r}") from exc
         finally:
             bar.close()
         f.flush()
+        announced = _content_length(response)
+        if announced is not None and hasher.size < announced:
+            raise PeerError(f"download of {url} broke off after {hasher.size} of {announced} bytes")
         if expected_size is not None and hasher.size != expected_size:
             raise IntegrityError(
                 f"{url} sent {hasher.size} bytes, the manifest lists {expected_size} (truncated); "

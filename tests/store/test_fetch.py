@@ -206,3 +206,32 @@ def test_download_checks_and_lying_content_length(published, tmp_path: Path) -> 
         assert path.read_bytes() == real
     with pytest.raises(PeerError):
         download("http://127.0.0.1:9", mcid, LocalStore(tmp_path / "d"), timeout=2, progress=False)
+
+
+def test_peer_that_breaks_off_mid_body_is_skipped(published, tmp_path: Path) -> None:
+    src, mcid, _, _ = published
+    real = src.path(mcid).read_bytes()
+
+    async def breaks_off(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": str(len(real))})
+        await response.prepare(request)
+        await response.write(real[: len(real) // 2])
+        request.transport.close()  # the connection drops before the promised length
+        return response
+
+    dest = LocalStore(tmp_path / "d")
+    with serve_store(src.root, routes=[web.get("/v1/shards/{cid}", breaks_off)]) as url:
+        with pytest.raises(PeerError, match="broke off"):
+            download(url, mcid, dest, progress=False)
+        assert dest.cids() == []
+        fetch_files(mcid, "0:1", [url, src.root], dest.root, progress=False)
+    assert dest.path(mcid).read_bytes() == real
+
+
+def test_manifest_that_is_not_a_manifest(tmp_path: Path) -> None:
+    from shardnet.model.manifest import ManifestError
+
+    src = LocalStore(tmp_path / "src").ensure()
+    cid = src.put_bytes(b'{"format": "shardnet-manifest/1", "files": [1, 2]}')
+    with pytest.raises(ManifestError):
+        fetch_files(cid, "0:1", src.root, tmp_path / "dest", progress=False)
