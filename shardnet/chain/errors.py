@@ -56,8 +56,8 @@ class ContractRevert(ChainError):
         self.function = function
         super().__init__(self.describe())
 
-    @property  # type: ignore[override]
-    def args(self) -> dict[str, Any]:  # noqa: D401 - the spec names it `.args`
+    @property
+    def args(self) -> dict[str, Any]:  # type: ignore[override]  # the error's args by name, not a tuple
         """The error's arguments by ABI parameter name."""
         return self._error_args
 

@@ -239,7 +239,7 @@ def send_transaction(
     cid = chain_id(w3)
 
     def sign_and_send(nonce: int) -> str:
-        fields = {
+        fields: dict[str, Any] = {
             "type": 2, "chainId": cid, "nonce": nonce, "gas": gas, "value": value, "data": data,
             "maxFeePerGas": max_fee, "maxPriorityFeePerGas": tip,
         }

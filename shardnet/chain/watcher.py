@@ -69,7 +69,7 @@ class EventWatcher:
         self.max_backoff = max_backoff
         self.failures = 0  # consecutive failed polls (node unreachable or a handler raised)
         self.lag = 0  # blocks between the cursor and the confirmed head after the last poll
-        ChainCursor.metadata.create_all(engine, tables=[ChainCursor.__table__])
+        ChainCursor.metadata.create_all(engine, tables=[ChainCursor.metadata.tables[ChainCursor.__tablename__]])
 
     def cursor(self) -> int:
         """The last block fully processed (start_block - 1 before the first poll)."""

@@ -95,7 +95,7 @@ def _params(args: argparse.Namespace) -> RegistryParams:
 def _parse_coordinators(values: list[str]) -> list[tuple[str, str]]:
     from eth_utils import is_address, to_checksum_address
 
-    out = []
+    out: list[tuple[str, str]] = []
     for value in values:
         address, _, endpoint = value.partition("=")
         if not is_address(address):
@@ -119,7 +119,8 @@ def _load_key(key_file: Path | None, key_env: str | None) -> LocalAccount:
             raise ConfigError(f"--key-env names ${key_env}, but that variable is not set or empty")
         source = f"${key_env}"
     try:
-        return Account.from_key(raw)
+        account: LocalAccount = Account.from_key(raw)
+        return account
     except (ValueError, TypeError):
         raise ConfigError(f"{source} does not hold a hex private key (64 hex digits, optionally 0x-prefixed)") from None
 
