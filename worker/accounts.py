@@ -154,5 +154,8 @@ def run_action(cfg: WorkerConfig, action: str, amount_wei: int | None) -> int:
     else:  # pragma: no cover - the parser offers only the actions above
         raise StakeError(f"unknown action {action!r}")
     print(f"{action}: transaction {tx.tx_hash} (block {tx.block_number})")
-    print("\n".join(standing(registry).lines()))
+    after = standing(registry)
+    print("\n".join(after.lines()))
+    if action == "withdraw" and after.claimable:
+        print("the withdrawn stake is now claimable: run `worker claim` to receive it")
     return 0

@@ -1,0 +1,159 @@
+"""The `worker` CLI as a user runs it: help, keygen, status, stake, unstake, withdraw, claim, low balance."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.worker.harness import REPO
+from worker.cli import main
+from worker.config import WorkerConfig
+
+
+def _worker(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`worker ARGS` as a real process."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    """`worker ARGS` through `worker.cli.main` in this process (the same code, without a second torch import)."""
+
+    def call(*args: str, env: dict[str, str] | None = None) -> Result:
+        with monkeypatch.context() as m:
+            for k, v in (env or {}).items():
+                m.setenv(k, v)
+            capsys.readouterr()
+            code = main(list(args))
+            out = capsys.readouterr()
+        return Result(code, out.out, out.err)
+
+    return call
+
+
+def test_run_help_explains_every_setting() -> None:
+    out = _worker("run", "--help")
+    text = " ".join(out.stdout.split())
+    assert out.returncode == 0
+    for name in WorkerConfig.model_fields:
+        assert f"--{name.replace('_', '-')} " in text and f"SHARDNET_WORKER_{name.upper()}" in text, name
+    assert "--perturb-outputs SCALE" in text and "for testing the verifier only" in text.lower()
+
+
+@pytest.mark.parametrize("command", ["keygen", "status", "stake", "unstake", "withdraw", "claim"])
+def test_subcommand_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert done.value.code == 0 and "usage: worker " + command in text
+    assert ("--out FILE" if command == "keygen" else "--deployment") in text
+
+
+def test_keygen_status_stake_unstake_withdraw_claim(cli, tmp_path: Path, anvil, accounts, deployment) -> None:
+    dep_file = deployment.save(tmp_path / "deployment.json")
+    key, pw = tmp_path / "key.json", tmp_path / "pw.txt"
+    pw.write_text("correct horse\n")
+    out = cli("keygen", "--out", str(key), "--password-file", str(pw))
+    assert out.returncode == 0, out.stderr
+    address = re.search(r"0x[0-9a-fA-F]{40}", out.stdout).group(0)  # type: ignore[union-attr]
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert cli("keygen", "--out", str(key), "--password-file", str(pw)).returncode == 1  # no overwrite
+
+    chain = ["--deployment", str(dep_file), "--keystore", str(key)]
+    env = {"SHARDNET_KEY_PASSWORD": "correct horse"}
+    status = cli("status", *chain, env=env)
+    assert status.returncode == 0, status.stderr
+    assert address in status.stdout and "registered   False" in status.stdout
+    wrong = cli("status", *chain, env={"SHARDNET_KEY_PASSWORD": "wrong"})
+    assert wrong.returncode == 1 and "wrong password" in wrong.stderr
+
+    broke = cli("stake", *chain, "--amount-wei", str(10**18), env=env)
+    assert broke.returncode == 1 and "holds 0.000000 ETH" in broke.stderr and "send at least" in broke.stderr
+
+    funder = accounts[9]
+    tx = {
+        "from": funder.address,
+        "to": address,
+        "value": 3 * 10**18,
+        "gas": 21000,
+        "nonce": anvil.w3.eth.get_transaction_count(funder.address),
+        "chainId": anvil.w3.eth.chain_id,
+        "maxFeePerGas": 10**10,
+        "maxPriorityFeePerGas": 10**9,
+    }
+    anvil.w3.eth.wait_for_transaction_receipt(
+        anvil.w3.eth.send_raw_transaction(funder.sign_transaction(tx).raw_transaction)
+    )
+
+    staked = cli(
+        "stake", *chain, "--amount-wei", str(2 * 10**18), "--public-url", "http://10.0.0.5:8700", env=env
+    )
+    assert staked.returncode == 0, staked.stderr
+    assert (
+        "registered   True at http://10.0.0.5:8700" in staked.stdout
+        and "stake        2.000000 ETH" in staked.stdout
+    )
+    unstaked = cli("unstake", *chain, "--amount-wei", str(10**18), env=env)
+    assert unstaked.returncode == 0 and "unbonding    1.000000 ETH" in unstaked.stdout
+    early = cli("withdraw", *chain, env=env)
+    assert early.returncode == 1 and "ShardRegistryStillUnbonding" in early.stderr
+    anvil.advance_time(deployment.params["unbonding_period"] + 1)
+    withdrawn = cli("withdraw", *chain, env=env)
+    assert withdrawn.returncode == 0 and "unbonding    0.000000 ETH" in withdrawn.stdout
+    assert (
+        "claimable    1.000000 ETH" in withdrawn.stdout and "worker claim" in withdrawn.stdout
+    )  # pull payment
+    claimed = cli("claim", *chain, env=env)
+    assert claimed.returncode == 0 and "claimable    0.000000 ETH" in claimed.stdout
+    claim = cli("claim", *chain, env=env)
+    assert claim.returncode == 1 and "ShardRegistryNothingToClaim" in claim.stderr
+    assert "correct horse" not in status.stdout + staked.stdout + claim.stderr
+
+
+def test_run_with_an_unfunded_key_says_why_it_cannot_register(
+    cli, tmp_path: Path, registry, deployment, tiny_llama_store
+) -> None:
+    dep_file = deployment.save(tmp_path / "deployment.json")
+    store, cid, _ = tiny_llama_store
+    args = [
+        "run",
+        "--deployment",
+        str(dep_file),
+        "--key-env",
+        "K",
+        "--store-dir",
+        str(store),
+        "--data-dir",
+        str(tmp_path / "w"),
+    ]
+    key = "0x" + "42" * 32
+    unknown = cli(*args, "--model", "tiny", env={"K": key})
+    assert unknown.returncode == 1 and "no model named 'tiny' on chain (registered: none)" in unknown.stderr
+    registry.register_model("tiny", cid, 4, 1)
+    out = cli(*args, "--model", "tiny", env={"K": key})
+    assert out.returncode == 1
+    assert "cannot register with a stake of 1.000000 ETH" in out.stderr and "holds 0.000000 ETH" in out.stderr
+    assert key[2:] not in out.stdout + out.stderr
