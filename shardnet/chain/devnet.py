@@ -90,6 +90,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
 def rpc_request(url: str, method: str, params: list[object] | None = None, timeout: float = 2.0) -> object:
     """One raw JSON-RPC request; returns `result` or raises DevnetError with the node's error."""
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}).encode()
@@ -147,35 +153,54 @@ class Devnet:
         binary = node_binary(kind)
         if state_file is not None and kind != "anvil":
             raise DevnetError("--state is supported with the anvil node only; drop it or use --node anvil")
-        chosen = port or free_port(host)
         state = Path(state_file).resolve() if state_file is not None else None
+        if state is not None:
+            state.parent.mkdir(parents=True, exist_ok=True)
+        attempts = 1 if port else 3  # a free port can be taken by someone else before the node binds it
+        for attempt in range(1, attempts + 1):
+            chosen = port or free_port(host)
+            if _port_in_use(host, chosen):
+                if port:
+                    raise DevnetError(f"port {port} on {host} is already in use: stop what runs there or pick another --port")
+                continue
+            net = cls._launch(kind, binary, host, chosen, state, Path(log_file) if log_file else None)
+            try:
+                net.wait_ready(startup_timeout)
+            except DevnetError:
+                exited = net.process.poll() is not None
+                net.stop()
+                if attempt == attempts or not exited:
+                    raise
+                log.warning("%s exited on port %d (taken meanwhile?); trying another port", kind, chosen)
+                continue
+            except BaseException:
+                net.stop()
+                raise
+            log.info("%s devnet answering at %s (pid %d)", kind, net.rpc_url, net.process.pid)
+            return net
+        raise DevnetError(f"found no free port for {kind} on {host} after {attempts} tries: pass --port")
+
+    @classmethod
+    def _launch(
+        cls, kind: NodeKind, binary: Path, host: str, port: int, state: Path | None, log_file: Path | None
+    ) -> Devnet:
         if kind == "anvil":
-            cmd = [str(binary), "--host", host, "--port", str(chosen), "--chain-id", str(DEV_CHAIN_ID)]
+            cmd = [str(binary), "--host", host, "--port", str(port), "--chain-id", str(DEV_CHAIN_ID)]
             if state is not None:
-                state.parent.mkdir(parents=True, exist_ok=True)
                 cmd += ["--state", str(state), "--state-interval", "1", "--preserve-historical-states"]
             cwd = _REPO_ROOT
         else:
             config = _hardhat_config()
-            cmd = [str(binary), "--config", str(config), "node", "--hostname", host, "--port", str(chosen)]
-            cwd = config.parent if config.parent != _REPO_ROOT / ".shardnet" else _REPO_ROOT
-        out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
+            cmd = [str(binary), "--config", str(config), "node", "--hostname", host, "--port", str(port)]
+            cwd = _REPO_ROOT
         env = dict(os.environ, HARDHAT_DISABLE_TELEMETRY_PROMPT="true", DO_NOT_TRACK="1")
         log.debug("starting %s: %s", kind, " ".join(cmd))
-        process = subprocess.Popen(
-            cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=env,
-        )
-        if log_file:
-            out.close()  # type: ignore[union-attr]
-        net = cls(kind, host, chosen, process, state, Path(log_file) if log_file else None)
-        try:
-            net.wait_ready(startup_timeout)
-        except BaseException:
-            net.stop()
-            raise
-        log.info("%s devnet answering at %s (pid %d)", kind, net.rpc_url, process.pid)
-        return net
+        with open(log_file or os.devnull, "ab") as out:
+            process = subprocess.Popen(
+                cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, env=env,
+            )
+        return cls(kind, host, port, process, state, log_file)
 
     def wait_ready(self, timeout: float) -> None:
         """Wait until the node answers `eth_chainId`; raise DevnetError if it exits or times out."""
@@ -190,9 +215,12 @@ class Devnet:
                 )
             try:
                 rpc_request(self.rpc_url, "eth_chainId", timeout=1.0)
-                return
             except (OSError, urllib.error.URLError, ValueError, DevnetError):
                 time.sleep(0.05)
+                continue
+            time.sleep(0.05)  # an answer from another node on this port while ours fails to bind: see it exit
+            if self.process.poll() is None:
+                return
         raise DevnetError(f"{self.kind} did not answer JSON-RPC on {self.rpc_url} within {timeout:.0f} s")
 
     def web3(self, timeout: float = 30.0) -> Web3:

@@ -80,6 +80,12 @@ def test_state_file_keeps_the_chain_across_restarts(accounts: list[LocalAccount]
         assert registry.block_number() >= dep.deploy_block + 1
 
 
+def test_a_taken_port_is_refused_not_shared(anvil) -> None:
+    with pytest.raises(DevnetError, match="already in use"):
+        Devnet.start("anvil", port=anvil.devnet.port)
+    assert anvil.devnet.is_running() and anvil.block_number() >= 0
+
+
 def test_missing_node_modules_says_to_run_npm_ci(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SHARDNET_NODE_MODULES", str(tmp_path / "nowhere"))
     with pytest.raises(DevnetError, match="npm ci"):
