@@ -69,6 +69,7 @@ class EventWatcher:
         self.max_backoff = max_backoff
         self.failures = 0  # consecutive failed polls (node unreachable or a handler raised)
         self.lag = 0  # blocks between the cursor and the confirmed head after the last poll
+        self._warned_behind = False
         ChainCursor.metadata.create_all(engine, tables=[ChainCursor.metadata.tables[ChainCursor.__tablename__]])
 
     def cursor(self) -> int:
@@ -85,13 +86,12 @@ class EventWatcher:
         """
         safe_head = self.registry.block_number() - self.confirmations
         cursor = self.cursor()
-        if safe_head < cursor:
+        if safe_head < cursor and cursor >= self.start_block and not self._warned_behind:
             log.warning(
                 "watcher %r: the chain's confirmed head %d is behind the cursor %d; was the devnet reset? "
                 "waiting (delete its chain_cursor row to start over)", self.name, safe_head, cursor,
             )
-            self.lag = 0
-            return 0
+            self._warned_behind = True
         first, last = cursor + 1, min(safe_head, cursor + self.max_range)
         if last < first:
             self.lag = 0
