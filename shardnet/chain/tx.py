@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 #: Revert data -> ContractRevert (see `shardnet.chain.errors.RevertDecoder.decode`).
 DecodeRevert = Callable[[bytes, "str | None"], ContractRevert]
 
-_NONCE_ERROR_MARKERS = ("nonce", "already known", "underpriced", "known transaction")
+_NONCE_ERROR_MARKERS = ("nonce", "underpriced")
+_ALREADY_KNOWN_MARKERS = ("already known", "known transaction", "already imported")
 _SEND_RETRIES = 4
 
 
@@ -246,7 +247,12 @@ def send_transaction(
         if to is not None:
             fields["to"] = to
         signed = account.sign_transaction(fields)
-        return str(rpc(w3, "eth_sendRawTransaction", ["0x" + bytes(signed.raw_transaction).hex()]))
+        try:
+            return str(rpc(w3, "eth_sendRawTransaction", ["0x" + bytes(signed.raw_transaction).hex()]))
+        except RpcError as exc:  # this very transaction reached the node before (a retried send): it counts
+            if any(m in str(exc.rpc_error.get("message", "")).lower() for m in _ALREADY_KNOWN_MARKERS):
+                return "0x" + bytes(signed.hash).hex()
+            raise
 
     tx_hash = nonce_manager(w3, account.address).send_with_nonce(sign_and_send)
     receipt = wait_for_receipt(w3, tx_hash, timeout)

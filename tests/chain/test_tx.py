@@ -100,3 +100,25 @@ def test_sending_to_a_dead_node_raises_chain_unavailable(accounts: list[LocalAcc
     w3 = Web3(HTTPProvider(f"http://127.0.0.1:{free_port()}"))
     with pytest.raises(ChainUnavailable, match="is it running"):
         send_transaction(w3, accounts[5], to=accounts[6].address, value=1)
+
+
+def test_resending_the_same_transaction_does_not_send_it_twice(isolated_anvil, accounts: list[LocalAccount]) -> None:
+    """A retried send (same nonce, same fields) that the node already holds counts as sent, not as a nonce error."""
+    w3, sender, receiver = isolated_anvil.w3, accounts[5], accounts[7]
+    before = w3.eth.get_balance(receiver.address)
+    isolated_anvil.rpc("evm_setAutomine", False)
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            first = pool.submit(send_transaction, w3, sender, to=receiver.address, value=5, gas=21_000)
+            nonce = int(isolated_anvil.rpc("eth_getTransactionCount", sender.address, "latest"), 16)
+            while int(isolated_anvil.rpc("eth_getTransactionCount", sender.address, "pending"), 16) == nonce:
+                threading.Event().wait(0.01)
+            nonce_manager(w3, sender.address)._next = nonce  # as if the reply to the first send had been lost
+            again = pool.submit(send_transaction, w3, sender, to=receiver.address, value=5, gas=21_000)
+            threading.Event().wait(0.3)
+            isolated_anvil.rpc("evm_mine")
+            hashes = {first.result(30)["transactionHash"], again.result(30)["transactionHash"]}
+    finally:
+        isolated_anvil.rpc("evm_setAutomine", True)
+    assert len(hashes) == 1
+    assert w3.eth.get_balance(receiver.address) == before + 5
