@@ -66,8 +66,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _add_coordinator_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--coordinator", action="append", default=[], metavar="ADDR[=URL]",
-        help="approve this coordinator address (optionally with its HTTP endpoint); repeat for several",
+        "--coordinator", action="extend", nargs="+", default=[], metavar="ADDR[=URL]",
+        help="approve these coordinator addresses (each optionally with its HTTP endpoint, ADDR=URL)",
     )
 
 
