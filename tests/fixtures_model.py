@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,3 +164,14 @@ def smollm2_parts(
     parts_dir = tmp_path_factory.mktemp("smollm2-parts")
     save_parts(model, model.config, parts_dir)
     return parts_dir, config_dict(model.config), tokenizer
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run a test with one torch thread (the machine is shared), restoring the count afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -8,13 +8,14 @@ The first block also holds the embedding, the last the final norm and head.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping, Sequence
+import struct
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from shardnet.model.adapters import (
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
     from shardnet.model.session import BlockSession
 
 logger = logging.getLogger(__name__)
-
-_ALIGNMENT = 64  # bytes; torch's CPU allocator aligns every allocation to this
 
 
 class Block:
@@ -195,20 +194,8 @@ def load_tensors(module: nn.Module, paths: Sequence[Path], dtype: torch.dtype) -
     expected = set(module.state_dict().keys())
     state: dict[str, torch.Tensor] = {}
     for path in paths:
-        if not path.is_file():
-            raise ModelError(f"shard file {path} is missing; fetch the model's files into the store first")
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                if key not in expected:
-                    continue
-                tensor = f.get_tensor(key)
-                if tensor.is_floating_point() and tensor.dtype != dtype:
-                    tensor = tensor.to(dtype)
-                elif tensor.data_ptr() % _ALIGNMENT:
-                    # CPU GEMM kernels round differently on misaligned operands: a copy (aligned by the
-                    # allocator) keeps blocks bitwise equal to the unsplit model and to other replicas
-                    tensor = tensor.clone()
-                state[key] = tensor
+        for key, tensor in read_safetensors(path, expected).items():
+            state[key] = tensor.to(dtype) if tensor.is_floating_point() and tensor.dtype != dtype else tensor
     missing = sorted(expected - state.keys())
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
@@ -217,6 +204,47 @@ def load_tensors(module: nn.Module, paths: Sequence[Path], dtype: torch.dtype) -
     left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if left:
         raise ModelError(f"tensors left without data after loading: {left[:5]}")
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def read_safetensors(path: Path, keys: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+    """Read tensors (all, or those named in `keys`) of a safetensors file into fresh memory.
+
+    Not memory-mapped on purpose: each tensor is read into its own allocation, so a block's memory is
+    exactly its tensors, a shard file may be replaced while a worker runs, and every weight has the
+    allocator's 64-byte alignment (CPU GEMM kernels round differently on misaligned operands, and
+    blocks must reproduce the unsplit model bitwise).
+    """
+    if not path.is_file():
+        raise ModelError(f"shard file {path} is missing; fetch the model's files into the store first")
+    with open(path, "rb") as f:
+        try:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(header_len))
+        except (struct.error, ValueError) as exc:
+            raise ModelError(f"{path} is not a safetensors file ({exc}); fetch it again") from exc
+        start = 8 + header_len
+        tensors: dict[str, torch.Tensor] = {}
+        for name, info in header.items():
+            if name == "__metadata__" or (keys is not None and name not in keys):
+                continue
+            dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+            if dtype is None:
+                raise ModelError(f"{path}: tensor {name} has dtype {info['dtype']}, which blocks cannot load")
+            begin, end = info["data_offsets"]
+            tensor = torch.empty(info["shape"], dtype=dtype)
+            raw = tensor.reshape(-1).view(torch.uint8).numpy()
+            f.seek(start + begin)
+            if raw.nbytes != end - begin or f.readinto(raw) != raw.nbytes:
+                raise ModelError(f"{path}: tensor {name} is truncated or inconsistent; fetch the file again")
+            tensors[name] = tensor
+    return tensors
 
 
 def _build(

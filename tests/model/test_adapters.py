@@ -11,7 +11,7 @@ from safetensors import safe_open
 from shardnet.model import ModelError, get_adapter, part_file_name, save_parts
 from tests.fixtures_model import TINY, TINY_LAYERS, TinyModel, build_tiny
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 EXPECTED_PARTS = {
     # family: (an embedding key, a key of layer 4, a head key)

@@ -24,7 +24,7 @@ from shardnet.model import (
 from shardnet.span import LayerSpan
 from tests.fixtures_model import DECODERS, ENCODERS, TINY_LAYERS, TinyModel
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SPLITS = {
     "2 blocks": [(0, 3), (3, 6)],
