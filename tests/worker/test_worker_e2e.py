@@ -41,6 +41,7 @@ class Net:
     manifest: Any
     a: WorkerProc
     b: WorkerProc
+    cheat: WorkerProc  # serves 0:2 like a, with --perturb-outputs
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +69,21 @@ def net(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store) 
         "3",
         name="a",
     )
-    b = None
+    b = cheat = None
     try:
         a.wait_ready()
+        cheat = start_worker(
+            tmp,
+            accounts[7],
+            dep_file,
+            "tiny-llama",
+            store,
+            "--layers",
+            "0:2",
+            "--perturb-outputs",
+            "0.5",
+            name="cheat",
+        )
         # b picks its span itself (the uncovered 2:4) and fetches its files from a, which holds them all
         b = start_worker(
             tmp,
@@ -87,6 +100,7 @@ def net(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store) 
             name="b",
         )
         b.wait_ready()
+        cheat.wait_ready()
         yield Net(
             owner,
             accounts[1],
@@ -99,9 +113,10 @@ def net(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store) 
             manifest,
             a,
             b,
+            cheat,
         )
     finally:
-        for w in (a, b):
+        for w in (a, b, cheat):
             if w is not None:
                 w.stop()
 
@@ -119,7 +134,7 @@ def test_workers_serve_their_spans_and_b_chose_and_fetched_its_own(net: Net) -> 
         (a.node, a.start, a.end)
         for a in map(net.owner.get_assignment, net.owner.live_assignments(net.model_id))
     }
-    assert live == {(net.a.address, 0, 2), (net.b.address, 2, 4)}
+    assert live == {(net.a.address, 0, 2), (net.b.address, 2, 4), (net.cheat.address, 0, 2)}
     held = {p.name for p in (net.b.log_path.parent / "store-b").iterdir() if p.is_file()}
     needed = set(net.manifest.cids_for(B_SPAN))
     assert needed <= held and net.manifest.file_for_layer(0).cid not in held
@@ -308,6 +323,20 @@ def test_session_limits_429_then_lru_eviction(net: Net) -> None:
     run(go())
 
 
+def test_perturb_outputs_adds_noise_an_honest_worker_does_not(net: Net) -> None:
+    async def hidden(w: WorkerProc) -> torch.Tensor:
+        async with WorkerClient(w.url) as c:
+            sid = (await c.open_session(ticket(net.coordinator, w.address, A_SPAN)))["session_id"]
+            out, _ = await c.step(sid, PROMPT, 0)
+            await c.close(sid)
+            return out
+
+    honest, honest_again, noisy = run(hidden(net.a)), run(hidden(net.a)), run(hidden(net.cheat))
+    assert torch.equal(honest, honest_again)
+    rel = float((noisy - honest).norm() / honest.norm())
+    assert 0.2 < rel < 1.0, rel  # scale 0.5 of each output's std
+
+
 def test_metrics_and_shard_files(net: Net) -> None:
     with urllib.request.urlopen(net.a.url + "/metrics", timeout=5) as resp:
         text = resp.read().decode()
@@ -347,5 +376,7 @@ def test_sigterm_drains_then_releases_the_assignment_and_exits_0(net: Net) -> No
     run(go())
     assert net.b.wait(timeout=60) == 0
     live = [net.owner.get_assignment(i) for i in net.owner.live_assignments(net.model_id)]
-    assert [(x.node, x.start, x.end) for x in live] == [(net.a.address, 0, 2)]
+    assert sorted((x.node, x.start, x.end) for x in live) == sorted(
+        [(net.a.address, 0, 2), (net.cheat.address, 0, 2)]
+    )
     assert "released assignment" in net.b.log()
