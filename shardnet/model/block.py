@@ -13,7 +13,7 @@ import logging
 import struct
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import torch
 from torch import nn
@@ -194,8 +194,7 @@ def load_tensors(module: nn.Module, paths: Sequence[Path], dtype: torch.dtype) -
     expected = set(module.state_dict().keys())
     state: dict[str, torch.Tensor] = {}
     for path in paths:
-        for key, tensor in read_safetensors(path, expected).items():
-            state[key] = tensor.to(dtype) if tensor.is_floating_point() and tensor.dtype != dtype else tensor
+        state.update(read_safetensors(path, expected, dtype))
     missing = sorted(expected - state.keys())
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
@@ -213,8 +212,12 @@ _SAFETENSORS_DTYPES = {
 }  # fmt: skip
 
 
-def read_safetensors(path: Path, keys: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+def read_safetensors(
+    path: Path, keys: Collection[str] | None = None, dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
     """Read tensors (all, or those named in `keys`) of a safetensors file into fresh memory.
+
+    Floating tensors are cast to `dtype` if given, a few MB at a time (no full-size temporary copy).
 
     Not memory-mapped on purpose: each tensor is read into its own allocation, so a block's memory is
     exactly its tensors, a shard file may be replaced while a worker runs, and every weight has the
@@ -234,17 +237,37 @@ def read_safetensors(path: Path, keys: Collection[str] | None = None) -> dict[st
         for name, info in header.items():
             if name == "__metadata__" or (keys is not None and name not in keys):
                 continue
-            dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
-            if dtype is None:
+            stored = _SAFETENSORS_DTYPES.get(info["dtype"])
+            if stored is None:
                 raise ModelError(f"{path}: tensor {name} has dtype {info['dtype']}, which blocks cannot load")
             begin, end = info["data_offsets"]
-            tensor = torch.empty(info["shape"], dtype=dtype)
-            raw = tensor.reshape(-1).view(torch.uint8).numpy()
+            wanted = dtype if dtype is not None and stored.is_floating_point else stored
+            tensor = torch.empty(info["shape"], dtype=wanted)
+            if tensor.numel() * stored.itemsize != end - begin:
+                raise ModelError(f"{path}: tensor {name}'s shape does not match its bytes; fetch the file again")
             f.seek(start + begin)
-            if raw.nbytes != end - begin or f.readinto(raw) != raw.nbytes:
-                raise ModelError(f"{path}: tensor {name} is truncated or inconsistent; fetch the file again")
+            _read_into(f, tensor.reshape(-1), stored, f"{path}: tensor {name}")
             tensors[name] = tensor
     return tensors
+
+
+_CHUNK_BYTES = 8 << 20
+
+
+def _read_into(f: BinaryIO, out: torch.Tensor, stored: torch.dtype, what: str) -> None:
+    """Fill the flat tensor `out` from `f`, whose bytes hold `out.numel()` values of dtype `stored`."""
+    if out.dtype == stored:
+        chunks = [(out, out)]
+    else:
+        step = max(1, _CHUNK_BYTES // stored.itemsize)
+        scratch = torch.empty(min(step, out.numel()), dtype=stored)
+        chunks = [(scratch[: len(piece)], piece) for piece in out.split(step)]
+    for buffer, target in chunks:
+        raw = buffer.view(torch.uint8).numpy()
+        if f.readinto(raw) != raw.nbytes:
+            raise ModelError(f"{what} is truncated; fetch the file again")
+        if target is not buffer:
+            target.copy_(buffer)
 
 
 def _build(
