@@ -69,21 +69,21 @@ def net(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store) 
         "3",
         name="a",
     )
-    b = cheat = None
+    b = None
+    cheat = start_worker(
+        tmp,
+        accounts[7],
+        dep_file,
+        "tiny-llama",
+        store,
+        "--layers",
+        "0:2",
+        "--perturb-outputs",
+        "0.5",
+        name="cheat",
+    )
     try:
         a.wait_ready()
-        cheat = start_worker(
-            tmp,
-            accounts[7],
-            dep_file,
-            "tiny-llama",
-            store,
-            "--layers",
-            "0:2",
-            "--perturb-outputs",
-            "0.5",
-            name="cheat",
-        )
         # b picks its span itself (the uncovered 2:4) and fetches its files from a, which holds them all
         b = start_worker(
             tmp,
