@@ -216,3 +216,16 @@ def test_chain_must_cover_the_model(tiny_models: Callable[[str], TinyModel]) -> 
         generate_greedy(_blocks(tiny, [(0, 2), (2, 4)]), ids, 2)
     with pytest.raises(ModelError, match="does not start where the previous one ended"):
         generate_greedy(_blocks(tiny, [(0, 2), (3, 6)]), ids, 2)
+
+
+def test_blocks_from_a_store_written_by_the_importer(tiny_llama_store) -> None:
+    """The importer's real store and manifest (files by CID) load into blocks that match the whole model."""
+    store, _, manifest = tiny_llama_store
+    data = manifest.to_json()
+    blocks = [load_block(store, data, LayerSpan(a, b)) for a, b in [(0, 1), (1, 3), (3, 4)]]
+    assert [b.span for b in blocks] == [LayerSpan(0, 1), LayerSpan(1, 3), LayerSpan(3, 4)]
+    ids = _prompt(data["config"]["vocab_size"])
+    expected = greedy_generate(load_reference(store, data), ids, NEW_TOKENS)
+    got = generate_greedy(blocks, ids, NEW_TOKENS)
+    assert got.tokens == expected.tokens
+    assert torch.equal(got.logits, expected.logits)
