@@ -61,11 +61,11 @@ class LocalStore:
         cid = cid_of_bytes(data)
         _check_expected(cid, expected_cid, len(data), None, "data")
         if not self.has(cid):
-            with self._incoming() as (f, _tmp):
+            with self.incoming() as (f, tmp):
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-                self._commit(_tmp, cid)
+                self._commit(tmp, cid)
         return cid
 
     def put_file(self, path: str | Path, expected_cid: str | None = None, move: bool = False) -> str:
@@ -105,7 +105,7 @@ class LocalStore:
         replace: bool = False,
     ) -> str:
         """Copy a binary stream into the store, verifying its CID before the file becomes visible."""
-        with self._incoming() as (f, tmp):
+        with self.incoming() as (f, tmp):
             hasher = CidHasher()
             while chunk := src.read(CHUNK_SIZE):
                 hasher.update(chunk)
@@ -116,12 +116,6 @@ class LocalStore:
             _check_expected(cid, expected_cid, hasher.size, expected_size, label)
             self.commit(tmp, cid, replace=replace)
         return cid
-
-    @contextmanager
-    def incoming(self) -> Iterator[tuple[BinaryIO, Path]]:
-        """A temporary file in the store for a download; it is removed unless ``commit`` moved it."""
-        with self._incoming() as pair:
-            yield pair
 
     def commit(self, tmp: Path, cid: str, replace: bool = False) -> None:
         """Move a verified temporary file into place as ``<store>/<cid>``.
@@ -138,7 +132,8 @@ class LocalStore:
         self._commit(tmp, cid)
 
     @contextmanager
-    def _incoming(self) -> Iterator[tuple[BinaryIO, Path]]:
+    def incoming(self) -> Iterator[tuple[BinaryIO, Path]]:
+        """A temporary file in the store for incoming content; removed on exit unless committed."""
         self.ensure()
         fd, name = tempfile.mkstemp(prefix=".tmp-", dir=self.root)
         tmp = Path(name)
