@@ -34,6 +34,7 @@ from tests.coordinator.harness import (
 from tests.worker.harness import WorkerProc, start_worker
 
 PRICE = 10**6
+SHARDNET = [str(Path(sys.executable).parent / "shardnet")]  # the installed console script
 
 
 @dataclass
@@ -156,16 +157,16 @@ def test_cli_submit_and_jobs(net: Net) -> None:
     env = {**os.environ, "CLIENT_KEY": net.client_account.key.hex()}
     base = ["--deployment", str(net.dep_file), "--key-env", "CLIENT_KEY"]
     out = subprocess.run(
-        [sys.executable, "-m", "shardnet.cli", "submit", "cli prompt", "--model", "tiny-chat", "--max-tokens", "5",
+        [*SHARDNET, "submit", "cli prompt", "--model", "tiny-chat", "--max-tokens", "5",
          "--json", *base], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
     )
     assert out.returncode == 0, out.stderr
     record = json.loads(out.stdout)
     assert record["output"] == _reference_text(net, "cli prompt", 5)[1]
     assert "finalized" in out.stderr  # progress on stderr
-    listing = subprocess.run([sys.executable, "-m", "shardnet.cli", "jobs", "--mine", *base], cwd=REPO, env=env,
+    listing = subprocess.run([*SHARDNET, "jobs", "--mine", *base], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=60, check=True).stdout
-    assert any(line.split()[:2] == [str(record["job_id"]), "Finalized"] for line in listing.splitlines())
+    assert any(line.split()[:2] == [str(record["job_id"]), "FINALIZED"] for line in listing.splitlines()), listing
 
 
 def test_openai_api(net: Net) -> None:
