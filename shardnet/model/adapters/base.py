@@ -109,7 +109,8 @@ class Adapter(ABC):
         span.check_within(num_layers)
         model = self.build_model(config)
         layers = self.get_module(model, self.layers_name)
-        assert isinstance(layers, nn.ModuleList)
+        if not isinstance(layers, nn.ModuleList) or len(layers) != num_layers:
+            raise ModelError(f"{type(model).__name__}.{self.layers_name} is not a list of {num_layers} layers")
         kept = nn.ModuleDict({str(i): layers[i] for i in range(span.start, span.end)})
         self.set_module(model, self.layers_name, kept)
         dropped = list(self.unused_names)
@@ -164,9 +165,6 @@ class DecoderAdapter(Adapter):
     """A causal LM run step by step with a KV cache."""
 
     kind: ClassVar[Kind] = "decoder"
-
-    def vocab_size(self, config: PretrainedConfig) -> int:
-        return int(config.vocab_size)
 
     def layer_type(self, config: PretrainedConfig, index: int) -> str:
         """"full_attention" or "sliding_attention" for layer `index` (as the HF cache and masks see it)."""
