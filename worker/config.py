@@ -73,7 +73,8 @@ class WorkerConfig(BaseModel):
     )
     peers: list[str] = Field(
         default_factory=list,
-        description="URLs of peers (workers or stores) to fetch missing shard files from, comma separated",
+        description="where to fetch missing shard files from, tried in order, comma separated: peer URLs "
+        "(any worker: http://host:port) or store folders; default: none (the store must hold them)",
     )
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="dtype of the loaded weights"
@@ -82,7 +83,7 @@ class WorkerConfig(BaseModel):
 
     # -- HTTP
     host: str = Field("127.0.0.1", description="address to listen on")
-    port: int = Field(8700, ge=0, le=65535, description="TCP port to listen on (0: any free port)")
+    port: int = Field(8700, ge=1, le=65535, description="TCP port to listen on")
     public_url: str | None = Field(
         None,
         description="URL other machines reach this worker at (registered on chain); default: http://HOST:PORT",
