@@ -229,3 +229,22 @@ def test_blocks_from_a_store_written_by_the_importer(tiny_llama_store) -> None:
     got = generate_greedy(blocks, ids, NEW_TOKENS)
     assert got.tokens == expected.tokens
     assert torch.equal(got.logits, expected.logits)
+
+
+def test_a_new_session_fed_the_same_steps_reproduces_outputs_bitwise(tiny_models: Callable[[str], TinyModel]) -> None:
+    """Failover: a replacement replays the span's past inputs with their original step boundaries."""
+    tiny = tiny_models("llama")
+    first, second = _blocks(tiny, SPLITS["2 blocks"])
+    ids = _prompt(tiny.model.config.vocab_size)
+    steps = [(ids, 0), (ids[:, :1], PROMPT_LEN), (ids[:, 1:2], PROMPT_LEN + 1)]
+    inputs = []  # what the second block received
+    session = first.new_session()
+    for x, pos in steps:
+        inputs.append((session.step(x, pos), pos))
+    original = second.new_session()
+    outputs = [original.step(h, pos) for h, pos in inputs]
+
+    replacement = second.new_session()
+    for (h, pos), out in zip(inputs[:-1], outputs[:-1], strict=True):
+        assert torch.equal(replacement.step(h, pos), out)
+    assert torch.equal(replacement.step(*inputs[-1]), outputs[-1])
