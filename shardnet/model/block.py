@@ -183,7 +183,7 @@ def span_files(files: Sequence[Mapping[str, Any]], span: LayerSpan, num_layers: 
             raise ModelError(f"manifest file {entry.get('name')!r} holds layers [{start}, {end}), across span {span}")
         chosen.append(root / entry["cid"])
         covered.update(range(start, end))
-    missing = [p for p, wanted in parts.items() if wanted] + [str(i) for i in range(span.start, span.end) if i not in covered]
+    missing = [p for p, wanted in parts.items() if wanted] + [f"layer {i}" for i in range(span.start, span.end) if i not in covered]
     if missing:
         raise ModelError(f"the manifest lacks files for {', '.join(missing)} of span {span}; re-import the model")
     return chosen

@@ -3,7 +3,8 @@
 Layout: `embeddings` (word, position and token-type embeddings + LayerNorm), `encoder.layer.N`;
 the `pooler` is stored in the head file but not run. The last block returns the last hidden state
 [batch, n, hidden], i.e. `BertModel(...).last_hidden_state` (sentence embeddings pool it).
-Every block takes the same optional 2D padding mask [batch, n].
+Every block takes the same optional 2D padding mask [batch, n]. Token types are all 0 (single-segment
+inputs, as sentence embeddings use); sentence pairs with token_type_ids are not supported.
 """
 
 from __future__ import annotations
