@@ -7,7 +7,7 @@ and reports:
 
 - bytes per token per hop: the mean frame size (header included) of one decode step's hidden state;
 - token agreement: the share of generated positions whose token equals the fp32 run's;
-- the mean relative L2 error of the decoded hidden states, and the chain's time per token.
+- the mean relative L2 error of the decoded hidden states against those sent.
 
 A last row runs the blocks themselves in bfloat16 (fp32 on the wire). Prints a markdown table, as
 kept in docs/codecs.md:
@@ -22,7 +22,6 @@ import argparse
 import logging
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,8 +55,6 @@ class Run:
     hop_bytes: list[int] = field(default_factory=list)
     rel_errors: list[float] = field(default_factory=list)
     max_abs: float = 0.0
-    decode_seconds: float = 0.0
-    decode_steps: int = 0
 
 
 def generate(blocks: list[Block], ids: torch.Tensor, n: int, codec: str, run: Run) -> list[int]:
@@ -66,7 +63,6 @@ def generate(blocks: list[Block], ids: torch.Tensor, n: int, codec: str, run: Ru
     tokens: list[int] = []
     x, pos = ids, 0
     for step in range(n):
-        t0 = time.perf_counter()
         h = x
         for j, session in enumerate(sessions):
             h = session.step(h, pos)
@@ -80,9 +76,6 @@ def generate(blocks: list[Block], ids: torch.Tensor, n: int, codec: str, run: Ru
             if step > 0:  # decode steps carry one token's hidden state per hop
                 run.hop_bytes.append(len(frame))
             h = decoded
-        if step > 0:
-            run.decode_seconds += time.perf_counter() - t0
-            run.decode_steps += 1
         pos += x.shape[1]
         token = int(torch.argmax(h[0, -1]))
         tokens.append(token)
@@ -154,19 +147,14 @@ def print_table(manifest: Manifest, runs: dict[str, Run], args: argparse.Namespa
         f"{manifest.name} in 3 blocks ({', '.join(map(str, SPANS))}), {args.prompts} prompts x {args.tokens} "
         f"greedy tokens, {args.threads} torch thread(s); agreement is against fp32 wire with fp32 blocks.\n"
     )
-    print(
-        "| configuration | bytes/token/hop | vs fp32 | token agreement | mean rel. error | ms/token (chain) |"
-    )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| configuration | bytes/token/hop | vs fp32 | token agreement | mean rel. error |")
+    print("|---|---:|---:|---:|---:|")
     base = sum(reference.hop_bytes) / len(reference.hop_bytes)
     for label, run in runs.items():
         per_hop = sum(run.hop_bytes) / len(run.hop_bytes)
         err = sum(run.rel_errors) / len(run.rel_errors)
-        ms = 1000 * run.decode_seconds / max(run.decode_steps, 1)
-        print(
-            f"| {label} | {per_hop:.0f} | {per_hop / base:.2f} | {100 * agreement(run.tokens, reference.tokens):.1f}% "
-            f"| {err:.1e} | {ms:.0f} |"
-        )
+        agree = 100 * agreement(run.tokens, reference.tokens)
+        print(f"| {label} | {per_hop:.0f} | {per_hop / base:.2f} | {agree:.1f}% | {err:.1e} |")
     print(f"\nLargest |activation| sent between blocks: {reference.max_abs:.0f}.")
 
 

@@ -26,7 +26,7 @@ import torch
 
 from shardnet.errors import WireError
 
-INT8_BLOCK = 64
+INT8_BLOCK = 32
 """Values per int8 block; each block has one float32 scale."""
 
 OUTLIER_SIGMAS = 6.0
