@@ -198,6 +198,55 @@ def test_commitments_of_a_routed_job_are_posted_once_each(net: Net) -> None:
     assert sorted(e.args["node"] for e in posted) == sorted([net.a.address, net.b.address])
 
 
+def test_failover_replay_from_outputs_and_hop_added_commitment(net: Net) -> None:
+    job_id = submit_and_route(
+        net.client, net.coord_registry, net.model_id, [(net.a.address, A_SPAN), (net.b.address, B_SPAN)]
+    )
+
+    async def go() -> tuple[list[torch.Tensor], torch.Tensor, bytes]:
+        async with (
+            WorkerClient(net.a.url) as a,
+            WorkerClient(net.b.url) as b,
+            WorkerClient(net.cheat.url) as c,
+        ):
+            sa = (await a.open_session(ticket(net.coordinator, net.a.address, A_SPAN, job_id)))["session_id"]
+            sb = (await b.open_session(ticket(net.coordinator, net.b.address, B_SPAN, job_id)))["session_id"]
+            x, pos, seen = PROMPT, 0, []
+            for _ in range(3):  # the client relays: a, then b
+                hidden, _ = await a.step(sa, x, pos)
+                logits, _ = await b.step(sb, hidden, pos)
+                seen.append(logits[0, -1])
+                pos += x.shape[1]
+                x = torch.tensor([[int(logits[0, -1].argmax())]])
+            # b "fails": its replacement (here a fresh session) rebuilds its cache from a's outputs in one step
+            history = await a.outputs(sa)
+            sb2 = (await b.open_session(ticket(net.coordinator, net.b.address, B_SPAN)))["session_id"]
+            replayed, _ = await b.step(sb2, history, 0)
+            await b.close(sb2)
+            # a "fails" too: the coordinator adds the cheat as a replacement hop for layers 0:2
+            net.coord_registry.add_hop(job_id, net.cheat.address, A_SPAN)
+            sc = (await c.open_session(ticket(net.coordinator, net.cheat.address, A_SPAN, job_id)))[
+                "session_id"
+            ]
+            await c.step(sc, PROMPT, 0)
+            for sid, w in ((sa, a), (sb, b)):
+                await w.close(sid)
+            return seen, replayed, await c.close(sc)
+
+    seen, replayed, commit_c = run(go())
+    assert torch.allclose(replayed[0, -1], seen[-1], atol=1e-5)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not all(h.committed for h in net.owner.get_hops(job_id)):
+        time.sleep(0.2)
+    hops = net.owner.get_hops(job_id)
+    assert [(h.node, h.committed) for h in hops] == [
+        (net.a.address, True),
+        (net.b.address, True),
+        (net.cheat.address, True),
+    ]
+    assert hops[2].commitment == commit_c
+
+
 def test_tickets_must_come_from_an_on_chain_coordinator_for_this_worker_and_span(net: Net) -> None:
     async def status(t: dict[str, Any]) -> int:
         try:
