@@ -71,7 +71,7 @@ class CoordinatorService:
         self.state = CoordinatorState(self.engine)
         self.directory = WorkerDirectory()
         self.models = ModelCatalog(registry.get_model, config.store_dir, config.data_dir,
-                                   lambda: [e for _, e in self.directory.nodes()])
+                                   lambda: [e for n, e in self.directory.nodes() if not self.directory.is_down(n)])
         self.ctx = PipelineContext(
             account=account, directory=self.directory, state=self.state, slash=self._slash,
             step_timeout_s=config.step_timeout_s,

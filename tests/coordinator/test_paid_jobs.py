@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -268,8 +269,138 @@ def test_coordinator_killed_mid_job_fails_it_on_chain_after_restart(net: Net) ->
         _reference_text(net, "after restart", 3)[1]
 
 
+def _job_status(net: Net, job_id: int) -> str:
+    return http_json("GET", f"{net.coordinator.url}/v1/jobs/{job_id}")[1]["status"]
+
+
+def test_cheating_worker_is_caught_refereed_slashed_and_excluded(net: Net, accounts) -> None:
+    """A worker started with --perturb-outputs on layers 2:4 is put on the route (the two honest replicas are
+    paused while the job is routed, then resumed); a verified step disagrees with a replica, the third worker
+    referees, the cheat is slashed on chain and excluded, and the job is re-run on honest workers."""
+    import sqlite3
+
+    cheat = start_worker(net.tmp, accounts[8], net.dep_file, "tiny-chat",
+                         net.store, "--layers", "2:4", "--perturb-outputs", "0.5", name="cheat")
+    try:
+        cheat.wait_ready(timeout=300)
+        wait_for(lambda: cheat.address.lower() in _workers(net), 20, "the cheat in the directory")
+        honest = [w for w in net.workers.values() if _workers(net)[w.address.lower()]["span"] == [2, 4]]
+        assert len(honest) == 2
+        prompt = "catch the cheat"
+        n = 300
+        expected_tokens, expected = _reference_text(net, prompt, n)
+        assert len(expected_tokens) > 60
+        stake_before = net.owner.get_node(cheat.address).stake
+
+        for w in honest:  # paused: their /health probes time out, so routing takes the cheat
+            w.signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: all(_workers(net)[w.address.lower()]["down"] for w in honest), 20, "replicas down")
+            job_id = net.client.pay(prompt, net.model_id, n)
+            status, _ = http_json("POST", f"{net.coordinator.url}/v1/jobs/{job_id}/prompt", {"prompt": prompt})
+            assert status == 202
+            wait_for(lambda: _job_status(net, job_id) != "queued", 20, "the job routed", interval=0.02)
+        finally:
+            for w in honest:
+                w.signal(signal.SIGCONT)
+        hops = net.owner.get_hops(job_id)
+        assert (hops[1].node.lower(), hops[1].start, hops[1].end) == (cheat.address.lower(), 2, 4)
+
+        view = net.client.wait(net.coordinator.url, job_id, timeout_s=180)
+        job = net.client.check(job_id, view)
+        assert view["output"] == expected and job.output_hash == keccak(expected.encode())
+
+        slashes = [e for e in net.owner.get_logs(0, net.owner.block_number(), ["NodeSlashed"])
+                   if int(e.args["jobId"]) == job_id]
+        assert [e.args["node"].lower() for e in slashes] == [cheat.address.lower()]
+        node = net.owner.get_node(cheat.address)
+        assert node.jailed and node.stake < stake_before
+        assert _workers(net)[cheat.address.lower()]["excluded"] is True
+        # the evidence behind the slash is in the coordinator's database, and its keccak is on chain
+        db = sqlite3.connect(net.tmp / "coordinator" / "coordinator.db")
+        (evidence, evidence_hash), = db.execute(
+            "SELECT evidence, evidence_hash FROM coordinator_slashes WHERE job_id = ?", (job_id,)).fetchall()
+        db.close()
+        record = json.loads(evidence)
+        assert record["node"] == cheat.address.lower() and record["span"] == [2, 4]
+        assert {record["replica"], record["referee"]} <= {w.address.lower() for w in honest}
+        assert evidence_hash == "0x" + bytes(slashes[0].args["evidenceHash"]).hex()
+        assert evidence_hash == "0x" + keccak(evidence.encode()).hex()
+        # the re-run went through honest workers; the cheat's hop is paid nothing
+        by_node = {(r["node"], tuple(r["span"])): r for r in view["route"]}
+        assert by_node[(cheat.address.lower(), (2, 4))]["layer_tokens"] == 0
+        assert any(node in {w.address.lower() for w in honest} and span == (2, 4) for node, span in by_node)
+        # and the excluded cheat is never routed again
+        again = net.client.submit("after the cheat", model="tiny-chat", max_tokens=4)
+        assert cheat.address.lower() not in {h["node"] for h in again.route}
+        assert again.text == _reference_text(net, "after the cheat", 4)[1]
+    finally:
+        cheat.stop()
+
+
 def test_no_honest_worker_was_slashed(net: Net) -> None:
-    slashed = net.owner.get_logs(0, net.owner.block_number(), ["NodeSlashed"])
-    assert slashed == []
-    verified = [w for w in _workers(net).values() if w["excluded"]]
-    assert verified == []
+    slashed = {e.args["node"].lower() for e in net.owner.get_logs(0, net.owner.block_number(), ["NodeSlashed"])}
+    honest = {w.address.lower() for w in net.workers.values()}
+    assert not slashed & honest
+    assert not any(_workers(net)[a]["excluded"] for a in honest)
+
+
+# ---------------------------------------------------------------- PostgreSQL
+def _pg_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture
+def postgres_url(tmp_path: Path) -> Iterator[str]:
+    """A throwaway PostgreSQL cluster (Debian's initdb / pg_ctl) on 127.0.0.1; yields its URL."""
+    from shardnet.chain.devnet import free_port
+
+    bindir = _pg_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql; scripts/test.sh does it)")
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root: run the cluster as the postgres user
+        as_user = ["runuser", "-u", "postgres", "--"]
+    root = Path(f"/tmp/shardnet-pg-{os.getpid()}-{tmp_path.name}")
+    data = root / "data"
+    root.mkdir(parents=True)
+    if as_user:
+        shutil.chown(root, "postgres", "postgres")
+    port = free_port()
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True, timeout=120)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                    f"-p {port} -h 127.0.0.1 -k {root}", "start"], check=True, capture_output=True, timeout=120)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                       capture_output=True, timeout=60, check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.postgres
+def test_coordinator_on_postgresql(net: Net, accounts, postgres_url: str) -> None:
+    import psycopg2
+
+    sqlalchemy_url = postgres_url.replace("postgresql://", "postgresql+psycopg2://")  # the installed driver
+    coord = start_coordinator(net.tmp, accounts[6].key.hex(), net.dep_file, net.store, "--db-url", sqlalchemy_url,
+                              "--verify-share", "0", name="coordinator-pg")
+    try:
+        net.owner.set_coordinator(accounts[6].address, coord.url, True)
+        coord.wait_ready(timeout=300)
+        client = ShardnetClient(net.owner.with_account(net.client_account), coordinator_url=coord.url)
+        outcome = client.submit("on postgres", model="tiny-chat", max_tokens=6)
+        assert outcome.text == _reference_text(net, "on postgres", 6)[1]
+        assert net.owner.get_job(outcome.job_id).coordinator.lower() == accounts[6].address.lower()
+    finally:
+        coord.stop()
+    with psycopg2.connect(postgres_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT status, output FROM coordinator_jobs WHERE job_id = %s", (outcome.job_id,))
+        assert cur.fetchone() == ("finalized", outcome.text)
+        cur.execute("SELECT count(*) FROM coordinator_steps WHERE job_id = %s", (outcome.job_id,))
+        assert cur.fetchone()[0] >= 6
+        cur.execute("SELECT count(*) FROM chain_cursor")
+        assert cur.fetchone()[0] == 1
+    conn.close()
