@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from shardnet.model.adapters import get_adapter
 from shardnet.model.importer import ModelImportError, import_model, smollm2_gguf_path
-from shardnet.model.manifest import load_manifest, load_tokenizer
+from shardnet.model.manifest import Manifest, load_manifest, load_tokenizer
 from shardnet.span import LayerSpan
 from shardnet.store.cid import cid_of_bytes, cid_of_file
 
@@ -19,6 +19,22 @@ from shardnet.store.cid import cid_of_bytes, cid_of_file
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
     with safe_open(str(path), framework="pt") as f:
         return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def _original_tiny(manifest: Manifest) -> LlamaForCausalLM:
+    """The random model of ``tiny_llama_store``, rebuilt from the same config and seed."""
+    keys = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "max_position_embeddings",
+        "tie_word_embeddings",
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**{k: manifest.config[k] for k in keys})).eval()
 
 
 def test_tiny_llama_import_keeps_every_tensor(tiny_llama_store) -> None:
@@ -52,25 +68,7 @@ def test_tiny_llama_import_keeps_every_tensor(tiny_llama_store) -> None:
         for key in tensors:
             assert adapter.key_part(key) == (f.start if f.part == "layer" else f.part)
         seen.update(tensors)
-    # the same weights as the original random model (seed 0 in the fixture)
-    torch.manual_seed(0)
-    original = LlamaForCausalLM(
-        LlamaConfig(
-            **{
-                k: manifest.config[k]
-                for k in (
-                    "vocab_size",
-                    "hidden_size",
-                    "intermediate_size",
-                    "num_hidden_layers",
-                    "num_attention_heads",
-                    "num_key_value_heads",
-                    "max_position_embeddings",
-                    "tie_word_embeddings",
-                )
-            }
-        )
-    ).state_dict()
+    original = _original_tiny(manifest).state_dict()
     assert set(seen) == set(original)
     for key, value in original.items():
         assert torch.equal(seen[key], value), key
@@ -145,3 +143,20 @@ def test_smollm2_import(smollm2_store) -> None:
     tok = load_tokenizer(store, manifest)
     assert tok.decode(tok("The capital of France is").input_ids) == "The capital of France is"
     assert {t.name for t in manifest.tokenizer} >= {"tokenizer.json", "tokenizer_config.json"}
+
+
+def test_blocks_loaded_from_the_store_match_the_original_model(tiny_llama_store) -> None:
+    from shardnet.model import generate_greedy, load_block
+
+    store, _, manifest = tiny_llama_store
+    original = _original_tiny(manifest)
+    blocks = [load_block(store, manifest.to_json(), span) for span in (LayerSpan(0, 1), LayerSpan(1, 4))]
+    ids = torch.tensor([[5, 17, 42, 99, 3]])
+    result = generate_greedy(blocks, ids, 6)
+    with torch.inference_mode():
+        expected = original.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)[
+            0, ids.shape[1] :
+        ].tolist()
+        first_logits = original(ids).logits[0, -1]
+    assert result.tokens == expected
+    torch.testing.assert_close(result.logits[0], first_logits, rtol=1e-4, atol=1e-4)
