@@ -184,4 +184,3 @@ def import_model(
         manifest_cid,
     )
     return manifest_cid, manifest
-
