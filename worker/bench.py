@@ -208,9 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| figure | value |\n|---|---|")
     print(f"| decode, client relays each hop (median ms/token) | {figures['relay_ms']:.1f} |")
     print(f"| decode, push mode (median ms/token) | {figures['push_ms']:.1f} |")
-    print(
-        f"| model compute in the 3 workers (mean ms per decode step) | {figures['compute_ms']:.1f} |"
-    )
+    print(f"| model compute in the 3 workers (mean ms per decode step) | {figures['compute_ms']:.1f} |")
     print(f"| slowest /health during a 1024-token prefill (ms) | {figures['health_ms']:.1f} |")
     return 0
 

@@ -53,7 +53,6 @@ class ChainSync:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self.tx_lock = threading.Lock()  # the node's other transactions (announce, release) take it too
 
     # -- event handlers (inside the watcher's transaction)
     def _on_job_routed(self, event: DecodedEvent, db: Session) -> None:
@@ -106,8 +105,7 @@ class ChainSync:
                     )
                     self.state.commitment_done(job.job_id, SKIPPED, root, note=f"job {status.name.lower()}")
                     continue
-                with self.tx_lock:
-                    tx = self.registry.post_commitment(job.job_id, root)
+                tx = self.registry.post_commitment(job.job_id, root)
             except ContractRevert as exc:
                 if exc.error == "ShardRegistryAlreadyCommitted":
                     self.state.commitment_done(job.job_id, ON_CHAIN, root)

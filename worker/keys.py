@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 PASSWORD_ENV = "SHARDNET_KEY_PASSWORD"
 
 
-def read_password(password_file: Path | None, environ: dict[str, str] | None = None) -> str:
+def read_password(password_file: Path | None, environ: Mapping[str, str] | None = None) -> str:
     """The keystore password: the first line of `password_file`, else $SHARDNET_KEY_PASSWORD."""
     env = os.environ if environ is None else environ
     if password_file is not None:

@@ -78,9 +78,8 @@ class WorkerState:
     def __init__(self, engine: Engine, worker: str) -> None:
         self.engine = engine
         self.worker = worker
-        Base.metadata.create_all(
-            engine, tables=[t.__table__ for t in (WorkerSessionRow, WorkerStepRow, WorkerJobRow)]
-        )
+        names = (WorkerSessionRow.__tablename__, WorkerStepRow.__tablename__, WorkerJobRow.__tablename__)
+        Base.metadata.create_all(engine, tables=[Base.metadata.tables[n] for n in names])
 
     # -- sessions
     def session_opened(
