@@ -180,6 +180,13 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
         job_id = await service.submit_own_job(model_id, prompt, max_tokens, params)
     except ShardnetError as exc:
         return _error(400, str(exc))
+    # schedule at once (before any await), so the job runs with this request's token callback
+    queue: asyncio.Queue[int] = asyncio.Queue()
+
+    async def on_token(token: int) -> None:
+        queue.put_nowait(token)
+
+    task = service.schedule(job_id, on_token if body.get("stream") else None)
 
     kind = "chat.completion" if chat else "text_completion"
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{job_id}-{uuid.uuid4().hex[:8]}"
@@ -188,7 +195,7 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
 
     if not body.get("stream"):
         try:
-            result: GenerationResult | None = await service.schedule(job_id)
+            result: GenerationResult | None = await task
         except ShardnetError as exc:
             return _error(502, f"job {job_id} failed: {exc}", "server_error")
         assert result is not None
@@ -202,11 +209,6 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         return web.json_response({"id": ident, "object": kind, "created": created, "model": name,
                                   "choices": [choice], "usage": usage, "shardnet_job_id": job_id})
-
-    queue: asyncio.Queue[int] = asyncio.Queue()
-
-    async def on_token(token: int) -> None:
-        queue.put_nowait(token)
 
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
@@ -223,7 +225,6 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
 
     if chat:
         await send(None, None, first=True)
-    task = service.schedule(job_id, on_token)
     tokens: list[int] = []
     sent = ""
     while True:
