@@ -48,9 +48,10 @@ def load_account(
         if not value:
             raise ConfigError(f"--key-env names ${key_env}, but that variable is not set or empty")
         try:
-            return Account.from_key(value.strip())
+            account: LocalAccount = Account.from_key(value.strip())
         except (ValueError, TypeError):
             raise ConfigError(f"${key_env} does not hold a valid hex private key (32 bytes)") from None
+        return account
     if keystore is None:
         raise ConfigError(
             "no key given: pass --keystore FILE (see `worker keygen`) or, for development, --key-env VAR"
@@ -66,7 +67,8 @@ def load_account(
         key = Account.decrypt(data, password)
     except ValueError:
         raise ConfigError(f"cannot decrypt keystore {keystore}: wrong password (or a corrupt file)") from None
-    return Account.from_key(key)
+    unlocked: LocalAccount = Account.from_key(key)
+    return unlocked
 
 
 def write_keystore(path: Path, password: str, *, overwrite: bool = False) -> str:

@@ -329,7 +329,8 @@ class WorkerServer:
 
     # -- internals
     def _new_compute_session(self) -> ModelSession:
-        return self.block.new_session()
+        session: ModelSession = self.block.new_session()
+        return session
 
     async def _compute_step(
         self, session: Session, x: torch.Tensor, start_pos: int
