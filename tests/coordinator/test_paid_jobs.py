@@ -100,6 +100,9 @@ def net(tmp_path_factory, anvil, accounts, module_deployment) -> Iterator[Net]:
                   accounts[1].address, model_id, store, hf_dir, workers, reference)
     finally:
         coord.stop()
+        for w in workers.values():  # SIGTERM all first, so they drain and release in parallel
+            if w.proc is not None and w.proc.poll() is None:
+                w.signal(signal.SIGTERM)
         for w in workers.values():
             w.stop()
 
