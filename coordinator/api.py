@@ -42,7 +42,7 @@ def _sampling(body: dict[str, Any]) -> SamplingParams:
     try:
         return SamplingParams(
             temperature=float(body.get("temperature") or 0.0),
-            top_p=float(body.get("top_p") if body.get("top_p") is not None else 1.0),
+            top_p=float(1.0 if body.get("top_p") is None else body["top_p"]),
             seed=None if body.get("seed") is None else int(body["seed"]),
         )
     except (TypeError, ValueError) as exc:
@@ -172,11 +172,12 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
                 raise ConfigError('send "messages": a non-empty list of {"role", "content"}')
             prompt = model.chat_prompt(messages)
         else:
-            prompt = body.get("prompt")
-            if isinstance(prompt, list) and len(prompt) == 1:
-                prompt = prompt[0]
-            if not isinstance(prompt, str):
+            given = body.get("prompt")
+            if isinstance(given, list) and len(given) == 1:
+                given = given[0]
+            if not isinstance(given, str):
                 raise ConfigError('send "prompt": one string')
+            prompt = given
         job_id = await service.submit_own_job(model_id, prompt, max_tokens, params)
     except ShardnetError as exc:
         return _error(400, str(exc))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from coordinator.router import DEFAULT_COMPUTE_PER_LAYER_S, DEFAULT_RTT_S, WorkerInfo
@@ -140,7 +140,7 @@ class WorkerDirectory:
 
 
 async def probe_forever(
-    directory: WorkerDirectory, health: Callable[[str, str], asyncio.Future], interval_s: float
+    directory: WorkerDirectory, health: Callable[[str, str], Awaitable[float]], interval_s: float
 ) -> None:
     """Probe every known worker's /health each `interval_s` seconds (until cancelled).
 
