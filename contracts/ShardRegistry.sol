@@ -15,6 +15,31 @@ contract ShardRegistry is IShardRegistry {
     /// @dev The constructor was given a parameter outside its range.
     error ShardRegistryInvalidParameter(string name);
 
+    /// @dev Storage layout of an assignment: two slots instead of the five that {Assignment} plus two
+    /// index mappings would take. `nodeIndex`/`modelIndex` locate the id in the live lists.
+    struct AssignmentRecord {
+        address node; // slot 0
+        uint32 start;
+        uint32 end;
+        bool live;
+        uint64 modelId; // slot 1
+        uint32 nodeIndex;
+        uint32 modelIndex;
+    }
+
+    /// @dev Storage layout of a job: five slots instead of the seven of {Job}.
+    struct JobRecord {
+        address client; // slot 0
+        uint32 maxTokens;
+        uint64 deadline;
+        address coordinator; // slot 1
+        JobStatus status;
+        uint64 modelId;
+        bytes32 inputHash; // slot 2
+        uint256 escrow; // slot 3
+        bytes32 outputHash; // slot 4
+    }
+
     uint16 private constant _BPS = 10_000;
 
     address private immutable _owner;
@@ -32,17 +57,15 @@ contract ShardRegistry is IShardRegistry {
     mapping(address => string) private _coordinatorEndpoints;
 
     mapping(address => Node) private _nodes;
-    /// @dev Live assignment ids of each node, and the index of an assignment in that list.
+    /// @dev Live assignment ids of each node.
     mapping(address => uint256[]) private _nodeLive;
-    mapping(uint256 => uint256) private _nodeLiveIndex;
 
     Model[] private _models; // modelId = index + 1
-    Assignment[] private _assignments; // assignmentId = index + 1
-    /// @dev Live assignment ids of each model, and the index of an assignment in that list.
+    AssignmentRecord[] private _assignments; // assignmentId = index + 1
+    /// @dev Live assignment ids of each model.
     mapping(uint256 => uint256[]) private _modelLive;
-    mapping(uint256 => uint256) private _modelLiveIndex;
 
-    Job[] private _jobs; // jobId = index + 1
+    JobRecord[] private _jobs; // jobId = index + 1
     mapping(uint256 => Hop[]) private _hops;
 
     mapping(address => uint256) private _claimable;
@@ -209,24 +232,26 @@ contract ShardRegistry is IShardRegistry {
         if (node.stake < _minStake) revert ShardRegistryInsufficientStake(node.stake, _minStake);
         Model storage model = _model(modelId);
         if (start >= end || end > model.numLayers) revert ShardRegistryInvalidSpan(start, end, model.numLayers);
-        _assignments.push(Assignment(msg.sender, modelId, start, end, true));
+        uint256[] storage byNode = _nodeLive[msg.sender];
+        uint256[] storage byModel = _modelLive[modelId];
+        // The casts cannot truncate: modelId <= _models.length, and a list of 2**32 ids cannot be paid for.
+        _assignments.push(
+            AssignmentRecord(msg.sender, start, end, true, uint64(modelId), uint32(byNode.length), uint32(byModel.length))
+        );
         assignmentId = _assignments.length;
-        _nodeLiveIndex[assignmentId] = _nodeLive[msg.sender].length;
-        _nodeLive[msg.sender].push(assignmentId);
-        _modelLiveIndex[assignmentId] = _modelLive[modelId].length;
-        _modelLive[modelId].push(assignmentId);
+        byNode.push(assignmentId);
+        byModel.push(assignmentId);
         node.liveAssignments += 1;
         emit ShardAnnounced(assignmentId, msg.sender, modelId, start, end);
     }
 
     /// @inheritdoc IShardRegistry
     function releaseShard(uint256 assignmentId) external {
-        Assignment storage assignment = _assignment(assignmentId);
+        AssignmentRecord storage assignment = _assignment(assignmentId);
         if (assignment.node != msg.sender) revert ShardRegistryNotAssignmentOwner(assignmentId, msg.sender);
         if (!assignment.live) revert ShardRegistryAssignmentNotLive(assignmentId);
         assignment.live = false;
-        _removeLive(_nodeLive[msg.sender], _nodeLiveIndex, assignmentId);
-        _removeLive(_modelLive[assignment.modelId], _modelLiveIndex, assignmentId);
+        _unlist(assignment);
         _nodes[msg.sender].liveAssignments -= 1;
         emit ShardReleased(assignmentId, msg.sender, assignment.modelId);
     }
@@ -245,8 +270,9 @@ contract ShardRegistry is IShardRegistry {
         uint256 required = quote(modelId, maxTokens);
         if (msg.value < required) revert ShardRegistryEscrowTooLow(msg.value, required);
         uint64 deadline = uint64(block.timestamp) + _jobTimeout;
+        // uint64(modelId) cannot truncate: quote() checked modelId <= _models.length.
         _jobs.push(
-            Job(msg.sender, modelId, inputHash, maxTokens, msg.value, deadline, JobStatus.Submitted, address(0), bytes32(0))
+            JobRecord(msg.sender, maxTokens, deadline, address(0), JobStatus.Submitted, uint64(modelId), inputHash, msg.value, 0)
         );
         jobId = _jobs.length;
         _totalEscrow += msg.value;
@@ -260,7 +286,7 @@ contract ShardRegistry is IShardRegistry {
         uint32[] calldata starts,
         uint32[] calldata ends
     ) external onlyCoordinator {
-        Job storage job = _job(jobId);
+        JobRecord storage job = _job(jobId);
         if (job.status != JobStatus.Submitted) revert ShardRegistryInvalidJobStatus(jobId, job.status);
         if (starts.length != nodes.length) revert ShardRegistryLengthMismatch(nodes.length, starts.length);
         if (ends.length != nodes.length) revert ShardRegistryLengthMismatch(nodes.length, ends.length);
@@ -284,7 +310,7 @@ contract ShardRegistry is IShardRegistry {
 
     /// @inheritdoc IShardRegistry
     function addHop(uint256 jobId, address node, uint32 start, uint32 end) external onlyCoordinator {
-        Job storage job = _routedJobOf(jobId, msg.sender);
+        JobRecord storage job = _routedJobOf(jobId, msg.sender);
         _checkHop(job.modelId, _models[job.modelId - 1].numLayers, node, start, end);
         Hop[] storage hops = _hops[jobId];
         hops.push(Hop(node, start, end, bytes32(0)));
@@ -296,7 +322,7 @@ contract ShardRegistry is IShardRegistry {
     /// @dev A node routed on several hops of the job posts once per hop; each post fills its first
     /// hop that has no commitment yet.
     function postCommitment(uint256 jobId, bytes32 commitment) external {
-        Job storage job = _job(jobId);
+        JobRecord storage job = _job(jobId);
         if (job.status != JobStatus.Routed) revert ShardRegistryInvalidJobStatus(jobId, job.status);
         if (commitment == bytes32(0)) revert ShardRegistryZeroCommitment();
         Hop[] storage hops = _hops[jobId];
@@ -320,7 +346,7 @@ contract ShardRegistry is IShardRegistry {
         onlyCoordinator
         nonReentrant
     {
-        Job storage job = _routedJobOf(jobId, msg.sender);
+        JobRecord storage job = _routedJobOf(jobId, msg.sender);
         Hop[] storage hops = _hops[jobId];
         if (layerTokens.length != hops.length) revert ShardRegistryLengthMismatch(hops.length, layerTokens.length);
         uint256 price = _models[job.modelId - 1].pricePerLayerToken;
@@ -354,7 +380,7 @@ contract ShardRegistry is IShardRegistry {
 
     /// @inheritdoc IShardRegistry
     function failJob(uint256 jobId, string calldata reason) external onlyCoordinator nonReentrant {
-        Job storage job = _job(jobId);
+        JobRecord storage job = _job(jobId);
         if (job.status == JobStatus.Routed) {
             if (job.coordinator != msg.sender) revert ShardRegistryNotJobCoordinator(jobId, msg.sender);
         } else if (job.status != JobStatus.Submitted) {
@@ -367,7 +393,7 @@ contract ShardRegistry is IShardRegistry {
     /// @inheritdoc IShardRegistry
     /// @dev Possible once `block.timestamp > deadline`.
     function cancelJob(uint256 jobId) external nonReentrant {
-        Job storage job = _job(jobId);
+        JobRecord storage job = _job(jobId);
         if (job.client != msg.sender) revert ShardRegistryNotJobClient(jobId, msg.sender);
         if (job.status != JobStatus.Submitted && job.status != JobStatus.Routed) {
             revert ShardRegistryInvalidJobStatus(jobId, job.status);
@@ -463,7 +489,8 @@ contract ShardRegistry is IShardRegistry {
 
     /// @notice Reverts with {ShardRegistryUnknownAssignment} for an unknown id.
     function getAssignment(uint256 assignmentId) external view returns (Assignment memory) {
-        return _assignment(assignmentId);
+        AssignmentRecord storage a = _assignment(assignmentId);
+        return Assignment(a.node, a.modelId, a.start, a.end, a.live);
     }
 
     /// @notice Number of assignments ever announced; their ids are 1 … assignmentCount().
@@ -480,7 +507,8 @@ contract ShardRegistry is IShardRegistry {
 
     /// @notice Reverts with {ShardRegistryUnknownJob} for an unknown id. `escrow` stays the amount paid in.
     function getJob(uint256 jobId) external view returns (Job memory) {
-        return _job(jobId);
+        JobRecord storage j = _job(jobId);
+        return Job(j.client, j.modelId, j.inputHash, j.maxTokens, j.escrow, j.deadline, j.status, j.coordinator, j.outputHash);
     }
 
     /// @notice The hops of a job in the order they were routed or added.
@@ -537,20 +565,20 @@ contract ShardRegistry is IShardRegistry {
         return _models[modelId - 1];
     }
 
-    function _assignment(uint256 assignmentId) private view returns (Assignment storage) {
+    function _assignment(uint256 assignmentId) private view returns (AssignmentRecord storage) {
         if (assignmentId == 0 || assignmentId > _assignments.length) {
             revert ShardRegistryUnknownAssignment(assignmentId);
         }
         return _assignments[assignmentId - 1];
     }
 
-    function _job(uint256 jobId) private view returns (Job storage) {
+    function _job(uint256 jobId) private view returns (JobRecord storage) {
         if (jobId == 0 || jobId > _jobs.length) revert ShardRegistryUnknownJob(jobId);
         return _jobs[jobId - 1];
     }
 
     /// @dev The job, checked to be routed and coordinated by `account`.
-    function _routedJobOf(uint256 jobId, address account) private view returns (Job storage job) {
+    function _routedJobOf(uint256 jobId, address account) private view returns (JobRecord storage job) {
         job = _job(jobId);
         if (job.status != JobStatus.Routed) revert ShardRegistryInvalidJobStatus(jobId, job.status);
         if (job.coordinator != account) revert ShardRegistryNotJobCoordinator(jobId, account);
@@ -563,14 +591,14 @@ contract ShardRegistry is IShardRegistry {
         if (_nodes[node].jailed) revert ShardRegistryNodeJailed(node);
         uint256[] storage live = _nodeLive[node];
         for (uint256 i = 0; i < live.length; ++i) {
-            Assignment storage a = _assignments[live[i] - 1];
+            AssignmentRecord storage a = _assignments[live[i] - 1];
             if (a.modelId == modelId && a.start <= start && end <= a.end) return;
         }
         revert ShardRegistryNodeNotServing(node, start, end);
     }
 
     /// @dev Ends an open job with a full refund to its client and frees its routed nodes.
-    function _closeWithRefund(uint256 jobId, Job storage job, JobStatus status) private returns (uint256 refund) {
+    function _closeWithRefund(uint256 jobId, JobRecord storage job, JobStatus status) private returns (uint256 refund) {
         refund = job.escrow;
         job.status = status;
         _totalEscrow -= refund;
@@ -586,13 +614,17 @@ contract ShardRegistry is IShardRegistry {
         _totalClaimable += amount;
     }
 
-    /// @dev Swap-and-pop removal of `id` from `list`, keeping `index` in step.
-    function _removeLive(uint256[] storage list, mapping(uint256 => uint256) storage index, uint256 id) private {
-        uint256 i = index[id];
-        uint256 lastId = list[list.length - 1];
-        list[i] = lastId;
-        index[lastId] = i;
-        list.pop();
-        delete index[id];
+    /// @dev Swap-and-pop removal of a released assignment from its node's and its model's live lists.
+    function _unlist(AssignmentRecord storage a) private {
+        uint256[] storage byNode = _nodeLive[a.node];
+        uint256 movedId = byNode[byNode.length - 1];
+        byNode[a.nodeIndex] = movedId;
+        _assignments[movedId - 1].nodeIndex = a.nodeIndex;
+        byNode.pop();
+        uint256[] storage byModel = _modelLive[a.modelId];
+        movedId = byModel[byModel.length - 1];
+        byModel[a.modelIndex] = movedId;
+        _assignments[movedId - 1].modelIndex = a.modelIndex;
+        byModel.pop();
     }
 }

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from eth_account.signers.local import LocalAccount
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -187,12 +187,12 @@ def make_machine(chain: DevChain, accounts: list[LocalAccount], registry_for: Ca
         @rule(data=st.data())
         def withdraw(self, data: st.DataObject) -> None:
             addr, n = self.pick(data, lambda n: n.unbonding > 0)
+            if chain.timestamp() < n.until:
+                return  # the next block's time is not known exactly: no prediction either way
             if n.open_jobs:
                 with reverts_with("ShardRegistryHasOpenJobs"):
                     regs[addr].withdraw_stake()
                 return
-            if chain.timestamp() < n.until:
-                return  # the next block's time is not known exactly: no prediction either way
             regs[addr].withdraw_stake()
             self.m.credit(addr, n.unbonding)
             n.unbonding, n.until = 0, 0
@@ -379,7 +379,9 @@ def test_random_operation_sequences_keep_the_books(
     machine = make_machine(anvil, accounts, registry_for, model_id, snapshot)
     run_state_machine_as_test(
         machine,
+        # No shrinking: on this chain it takes minutes; the failing sequence (<= 40 steps) is printed as found.
         settings=settings(
-            max_examples=15, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+            max_examples=15, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+            phases=[Phase.explicit, Phase.reuse, Phase.generate],
         ),
     )
