@@ -128,7 +128,8 @@ interface IShardRegistry {
     // ---------------------------------------------------------------- governance
     /// @notice The owner approves (or revokes) a coordinator and records its HTTP endpoint. Emits {CoordinatorSet}.
     function setCoordinator(address coordinator, string calldata endpoint, bool approved) external;
-    /// @notice The owner withdraws accumulated protocol fees (slashed stake). Emits {FeesWithdrawn}.
+    /// @notice The owner withdraws accumulated protocol fees (slashed stake), credited to `to`'s claimable
+    /// balance (`to` then calls {claim}). Emits {FeesWithdrawn}.
     function withdrawFees(address payable to) external;
 
     // ---------------------------------------------------------------- nodes
@@ -141,7 +142,9 @@ interface IShardRegistry {
     /// @notice Move `amount` of stake into unbonding for `unbondingPeriod` seconds. If less than `minStake`
     /// would remain, the node must have no live assignments. Emits {UnstakeRequested}.
     function requestUnstake(uint256 amount) external;
-    /// @notice Withdraw unbonded stake after the unbonding period; the node must have no open jobs. Emits {StakeWithdrawn}.
+    /// @notice Withdraw unbonded stake after the unbonding period into the sender's claimable balance (then
+    /// call {claim}); the node must have no open jobs. A node left with no stake and no live assignment is
+    /// deregistered. Emits {StakeWithdrawn}.
     function withdrawStake() external;
 
     // ---------------------------------------------------------------- models and shards

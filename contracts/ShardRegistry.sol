@@ -131,7 +131,6 @@ contract ShardRegistry is IShardRegistry {
     }
 
     /// @inheritdoc IShardRegistry
-    /// @dev Credits the fees to `to`'s claimable balance; `to` then calls {claim}.
     function withdrawFees(address payable to) external onlyOwner nonReentrant {
         uint256 amount = _protocolFees;
         if (amount == 0) revert ShardRegistryZeroAmount();
@@ -192,8 +191,7 @@ contract ShardRegistry is IShardRegistry {
     }
 
     /// @inheritdoc IShardRegistry
-    /// @dev Credits the unbonded stake to the node's claimable balance; the node then calls {claim}.
-    /// A node left with no stake and no live assignment is deregistered (its record is deleted) and may register again.
+    /// @dev A deregistered node's record is deleted, so it may register again.
     function withdrawStake() external nonReentrant {
         Node storage node = _registeredNode(msg.sender);
         uint256 amount = node.unbonding;
@@ -436,38 +434,47 @@ contract ShardRegistry is IShardRegistry {
 
     // ---------------------------------------------------------------- views
 
+    /// @notice The deployer: approves coordinators and withdraws protocol fees.
     function owner() external view returns (address) {
         return _owner;
     }
 
+    /// @notice Least stake (wei) to register and to announce shards.
     function minStake() external view returns (uint256) {
         return _minStake;
     }
 
+    /// @notice Seconds between {requestUnstake} and {withdrawStake}.
     function unbondingPeriod() external view returns (uint64) {
         return _unbondingPeriod;
     }
 
+    /// @notice Seconds after submission until a client may cancel an unfinalized job.
     function jobTimeout() external view returns (uint64) {
         return _jobTimeout;
     }
 
+    /// @notice Coordinator fee in basis points of what the nodes of a job are paid.
     function coordinatorFeeBps() external view returns (uint16) {
         return _coordinatorFeeBps;
     }
 
+    /// @notice Share of stake and unbonding stake taken by {slash}, in basis points.
     function slashBps() external view returns (uint16) {
         return _slashBps;
     }
 
+    /// @notice Prompt positions a job may bill on top of its `maxTokens`.
     function maxPromptTokens() external view returns (uint32) {
         return _maxPromptTokens;
     }
 
+    /// @notice Whether `account` is an approved coordinator.
     function isCoordinator(address account) external view returns (bool) {
         return _coordinators[account];
     }
 
+    /// @notice The HTTP endpoint recorded for coordinator `account` (empty if none).
     function coordinatorEndpoint(address account) external view returns (string memory) {
         return _coordinatorEndpoints[account];
     }
@@ -529,26 +536,32 @@ contract ShardRegistry is IShardRegistry {
         return base + (base * _coordinatorFeeBps) / _BPS;
     }
 
+    /// @notice Wei that `account` can take out with {claim}.
     function claimable(address account) external view returns (uint256) {
         return _claimable[account];
     }
 
+    /// @notice Sum of all nodes' bonded stake.
     function totalStaked() external view returns (uint256) {
         return _totalStaked;
     }
 
+    /// @notice Sum of all nodes' unbonding stake.
     function totalUnbonding() external view returns (uint256) {
         return _totalUnbonding;
     }
 
+    /// @notice Sum of the escrow of all submitted or routed jobs.
     function totalEscrow() external view returns (uint256) {
         return _totalEscrow;
     }
 
+    /// @notice Sum of all claimable balances.
     function totalClaimable() external view returns (uint256) {
         return _totalClaimable;
     }
 
+    /// @notice Slashed stake not yet withdrawn by the owner.
     function protocolFees() external view returns (uint256) {
         return _protocolFees;
     }
