@@ -10,6 +10,7 @@ give the same bytecode. Running shardnet never needs a compiler: the artifacts a
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -162,7 +163,7 @@ def build_artifacts(repo_root: str | os.PathLike[str] | None = None) -> dict[str
                 "bytecode": "0x" + bytecode,
                 "deployedBytecode": "0x" + data["evm"]["deployedBytecode"]["object"],
                 "compiler": output["compilerVersion"],
-                "settings": SETTINGS,
+                "settings": copy.deepcopy(SETTINGS),
                 "sourceSha256": hashes,
             }
     return artifacts
