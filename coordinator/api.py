@@ -199,7 +199,8 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
             result: GenerationResult | None = await task
         except ShardnetError as exc:
             return _error(502, f"job {job_id} failed: {exc}", "server_error")
-        assert result is not None
+        if result is None:
+            return _error(409, f"job {job_id} was already handled", "server_error")
         text = model.decode(result.tokens)
         choice: dict[str, Any] = {"index": 0, "finish_reason": result.finish_reason, "logprobs": None}
         if chat:
@@ -248,7 +249,7 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
         if len(text) > len(sent):
             await send(text[len(sent):], None)
         await send(None, result.finish_reason if result else "stop")
-    except ShardnetError as exc:
+    except Exception as exc:  # noqa: BLE001 - headers are sent: report any failure in the stream
         await resp.write(f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error'}})}\n\n".encode())
     await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()

@@ -137,6 +137,7 @@ class Pipeline:
         self.step_index = 0
         self.failovers: list[dict[str, object]] = []  # what happened, for logs and the job record
         self._extra: list[_Slot] = []  # shadow / referee sessions to close
+        self._closing: set[asyncio.Future[None]] = set()  # closes of failed sessions, in the background
 
     # -- sessions
     async def _open(self, node: str, endpoint: str, span: LayerSpan, hop_index: int | None) -> _Slot:
@@ -226,7 +227,9 @@ class Pipeline:
         log.warning("job %d: step on %s (layers %s) failed: %s; failing over", self.book.job_id, old.endpoint,
                     old.span, exc)
         self.ctx.directory.mark_down(old.node, str(exc))
-        asyncio.ensure_future(self._close(old))
+        closing = asyncio.ensure_future(self._close(old))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
         if old.shadow is not None:
             self._extra.append(old.shadow)
         new = await self._replacement(old.span, old.history)

@@ -50,6 +50,12 @@ WATCHED = ("JobSubmitted", "ShardAnnounced", "ShardReleased", "NodeRegistered", 
            "StakeAdded")
 
 
+def _consume(task: asyncio.Task[Any]) -> None:
+    """Retrieve a job task's exception (it was logged and the job failed on chain already)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("job task ended with %r", task.exception())
+
+
 class NotCoordinatorError(ShardnetError):
     """The coordinator's account is not approved on chain."""
 
@@ -155,20 +161,24 @@ class CoordinatorService:
                 self.schedule(row.job_id)
 
     async def _watch(self) -> None:
+        failures = 0
         while not self._stop.is_set():
             try:
                 await asyncio.to_thread(self.watcher.poll_once)
-            except ShardnetError as exc:
-                log.warning("watcher: %s", exc)
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive a flaky node or a bad event
+                failures += 1
+                log.warning("watcher: %s (retrying)", exc)
             events, self._pending_events = self._pending_events, []
             for event in events:
                 try:
                     await self._apply(event)
                 except ShardnetError as exc:
                     log.warning("event %s: %s", event.name, exc)
-            if self.watcher.lag == 0:
+            if failures or self.watcher.lag == 0:
+                delay = min(self.config.poll_interval_s * 2**failures, 10.0)
                 try:
-                    await asyncio.wait_for(self._stop.wait(), self.config.poll_interval_s)
+                    await asyncio.wait_for(self._stop.wait(), delay)
                 except TimeoutError:
                     pass
 
@@ -208,9 +218,13 @@ class CoordinatorService:
         return row
 
     def schedule(self, job_id: int, on_token: Any = None) -> asyncio.Task[Any]:
+        """Run the job (once: a job already running returns its task)."""
+        for done in [j for j, t in self._tasks.items() if t.done()]:
+            del self._tasks[done]
         task = self._tasks.get(job_id)
-        if task is None or task.done():
+        if task is None:
             task = asyncio.ensure_future(self._run_job(job_id, on_token))
+            task.add_done_callback(_consume)
             self._tasks[job_id] = task
         return task
 

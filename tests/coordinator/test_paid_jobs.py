@@ -86,20 +86,25 @@ def net(tmp_path_factory, anvil, accounts, module_deployment) -> Iterator[Net]:
     owner.set_coordinator(accounts[1].address, coord.url, True)
     spans = {"a": (2, "0:2"), "b": (3, "2:4"), "b2": (4, "2:4"), "c": (5, "4:6")}
     workers: dict[str, WorkerProc] = {}
+    network: Net | None = None
     try:
         for name, (i, span) in spans.items():
-            workers[name] = start_worker(tmp, accounts[i], dep_file, "tiny-chat", store, "--layers", span, name=name)
+            workers[name] = start_worker(tmp, accounts[i], dep_file, "tiny-chat", store, "--layers", span,
+                                         "--drain-grace-s", "2", name=name)
         for w in workers.values():
             w.wait_ready(timeout=300)
         coord.wait_ready(timeout=300)
         wait_for(lambda: len(http_json("GET", coord.url + "/v1/workers")[1]["workers"]) == 4, 20, "4 workers routable")
         client_account = accounts[9]
         reference = {"model": load_reference(store, manifest.to_json()), "tokenizer": AutoTokenizer.from_pretrained(hf_dir)}
-        yield Net(tmp, dep_file, owner, client_account,
-                  ShardnetClient(owner.with_account(client_account), coordinator_url=None), coord,
-                  accounts[1].address, model_id, store, hf_dir, workers, reference)
+        network = Net(tmp, dep_file, owner, client_account,
+                      ShardnetClient(owner.with_account(client_account), coordinator_url=None), coord,
+                      accounts[1].address, model_id, store, hf_dir, workers, reference)
+        yield network
     finally:
         coord.stop()
+        if network is not None:
+            network.coordinator.stop()  # a test may have replaced it with a restarted process
         for w in workers.values():  # SIGTERM all first, so they drain and release in parallel
             if w.proc is not None and w.proc.poll() is None:
                 w.signal(signal.SIGTERM)
@@ -283,7 +288,7 @@ def test_cheating_worker_is_caught_refereed_slashed_and_excluded(net: Net, accou
     import sqlite3
 
     cheat = start_worker(net.tmp, accounts[8], net.dep_file, "tiny-chat",
-                         net.store, "--layers", "2:4", "--perturb-outputs", "0.5", name="cheat")
+                         net.store, "--layers", "2:4", "--perturb-outputs", "0.5", "--drain-grace-s", "2", name="cheat")
     try:
         cheat.wait_ready(timeout=300)
         wait_for(lambda: cheat.address.lower() in _workers(net), 20, "the cheat in the directory")
