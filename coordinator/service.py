@@ -27,6 +27,7 @@ from coordinator.models import ModelCatalog, ServedModel
 from coordinator.pipeline import PipelineContext
 from coordinator.sampling import SamplingParams
 from coordinator.state import (
+    CANCELLED,
     DONE,
     FAILED,
     FINALIZING,
@@ -46,8 +47,8 @@ from shardnet.span import LayerSpan
 
 log = logging.getLogger(__name__)
 
-WATCHED = ("JobSubmitted", "ShardAnnounced", "ShardReleased", "NodeRegistered", "EndpointUpdated", "NodeSlashed",
-           "StakeAdded")
+WATCHED = ("JobSubmitted", "JobCancelled", "ShardAnnounced", "ShardReleased", "NodeRegistered", "EndpointUpdated",
+           "NodeSlashed")
 
 
 def _consume(task: asyncio.Task[Any]) -> None:
@@ -136,6 +137,11 @@ class CoordinatorService:
             row.max_tokens = int(a["maxTokens"])
             row.escrow_wei = str(int(a["escrow"]))
             row.deadline = int(a["deadline"])
+        elif event.name == "JobCancelled":
+            row = session.get(JobRow, int(event.args["jobId"]))
+            if row is not None and row.status not in DONE:
+                row.status = CANCELLED
+                row.error = "cancelled by its client after the deadline"
         self._pending_events.append(event)
 
     async def _apply(self, event: DecodedEvent) -> None:

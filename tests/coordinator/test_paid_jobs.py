@@ -346,6 +346,31 @@ def test_cheating_worker_is_caught_refereed_slashed_and_excluded(net: Net, accou
         cheat.stop()
 
 
+def test_cancel_after_the_deadline_refunds_and_claim_pays_out(net: Net, anvil) -> None:
+    env = {**os.environ, "CLIENT_KEY": net.client_account.key.hex()}
+    base = ["--deployment", str(net.dep_file), "--key-env", "CLIENT_KEY"]
+    job_id = net.client.pay("never handed over", net.model_id, 4)  # the coordinator never gets the prompt
+    escrow = net.owner.get_job(job_id).escrow
+
+    early = subprocess.run([*SHARDNET, "cancel", str(job_id), *base], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=60, check=False)
+    assert early.returncode == 1 and "DeadlineNotReached" in early.stderr
+    anvil.advance_time(net.owner.job_timeout() + 1)
+    before = net.owner.claimable(net.client_account.address)
+    subprocess.run([*SHARDNET, "cancel", str(job_id), *base], cwd=REPO, env=env, capture_output=True, text=True,
+                   timeout=60, check=True)
+    assert net.owner.get_job(job_id).status == JobStatus.Cancelled
+    assert net.owner.claimable(net.client_account.address) - before == escrow
+    wait_for(lambda: _job_status(net, job_id) == "cancelled", 20, "the coordinator to see the cancellation")
+
+    claimed = subprocess.run([*SHARDNET, "claim", *base], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+    assert f"claimed {before + escrow} wei" in claimed
+    assert net.owner.claimable(net.client_account.address) == 0
+    paid_out = net.owner.get_logs(0, net.owner.block_number(), ["Claimed"])[-1].args
+    assert (paid_out["account"].lower(), paid_out["amount"]) == (net.client_account.address.lower(), before + escrow)
+
+
 def test_no_honest_worker_was_slashed(net: Net) -> None:
     slashed = {e.args["node"].lower() for e in net.owner.get_logs(0, net.owner.block_number(), ["NodeSlashed"])}
     honest = {w.address.lower() for w in net.workers.values()}
