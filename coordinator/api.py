@@ -1,14 +1,14 @@
 """The coordinator's HTTP API (aiohttp): paid jobs from the chain, and an OpenAI-compatible surface.
 
 Jobs paid by clients on chain:
-    POST /v1/jobs/{id}/prompt   {"prompt", "temperature"?, "top_p"?, "seed"?}  -> 202 the job
+    POST /v1/jobs/{id}/prompt   {"prompt", "temperature"?, "top_p"?, "seed"?, "ignore_eos"?}  -> 202 the job
     GET  /v1/jobs/{id}          status, output (once generated), route, commitments (read from the chain)
     GET  /v1/jobs?client=0x…    the jobs this coordinator knows
     GET  /v1/workers            the live workers as routing sees them (down, excluded, load, measurements)
     GET  /health
 
 OpenAI-compatible (`/v1/models`, `/v1/completions`, `/v1/chat/completions`, `stream: true` as server-sent
-events). How these are paid: the coordinator submits an on-chain job for each request from its own
+events; `ignore_eos: true`, as in vLLM, generates max_tokens whatever the model says). How these are paid: the coordinator submits an on-chain job for each request from its own
 account, paying `quote()` into escrow, and runs it like any other job; so workers are always paid by the
 contract, and the operator recovers the cost from API users off chain (gate access with --api-key).
 """
@@ -44,6 +44,7 @@ def _sampling(body: dict[str, Any]) -> SamplingParams:
             temperature=float(body.get("temperature") or 0.0),
             top_p=float(1.0 if body.get("top_p") is None else body["top_p"]),
             seed=None if body.get("seed") is None else int(body["seed"]),
+            ignore_eos=bool(body.get("ignore_eos", False)),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad sampling parameters: {exc}") from exc

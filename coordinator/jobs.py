@@ -105,7 +105,7 @@ class JobRunner:
                     logits = await pipe.forward(x, pos)
                     pos += int(x.shape[1])
                     token = sampler(logits)
-                    if token in model.eos_ids:
+                    if token in model.eos_ids and not params.ignore_eos:
                         finish = "stop"
                         break
                     tokens.append(token)

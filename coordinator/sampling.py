@@ -16,11 +16,15 @@ from shardnet.errors import ConfigError
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick tokens. temperature 0 means greedy (argmax; top_p and seed are then unused)."""
+    """How to pick tokens. temperature 0 means greedy (argmax; top_p and seed are then unused).
+
+    ignore_eos (as in vLLM) keeps generating past the end-of-sequence token up to max tokens: for benchmarks.
+    """
 
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.temperature <= 10.0:
@@ -38,7 +42,7 @@ class SamplingParams:
         """These parameters with a seed fixed (a fresh random one if none was given), for a job record."""
         if self.seed is not None or self.greedy:
             return self
-        return SamplingParams(self.temperature, self.top_p, secrets.randbits(62))
+        return SamplingParams(self.temperature, self.top_p, secrets.randbits(62), self.ignore_eos)
 
 
 class Sampler:

@@ -38,8 +38,8 @@ def test_top_p_keeps_only_the_nucleus() -> None:
 
 
 def test_unseeded_sampling_gets_a_recorded_seed() -> None:
-    s = Sampler(SamplingParams(temperature=0.7))
-    assert s.params.seed is not None
+    s = Sampler(SamplingParams(temperature=0.7, ignore_eos=True))
+    assert s.params.seed is not None and s.params.ignore_eos
     assert SamplingParams().with_seed().seed is None  # greedy needs none
 
 
