@@ -166,14 +166,22 @@ class Pipeline:
             await slot.client.aclose()
 
     async def open(self, route: list[RouteHop]) -> None:
-        """Open a session on every hop of `route` (already recorded on chain); failing hops fail over."""
-        for hop in route:
-            index = await self.book.index_for(hop.address, hop.span)
-            try:
-                self.slots.append(await self._open(hop.address, hop.endpoint, hop.span, index))
-            except WorkerAPIError as exc:
-                self.ctx.directory.mark_down(hop.address, str(exc))
+        """Open a session on every hop of `route` (already recorded on chain), all at once; failing hops fail over."""
+        indexes = [await self.book.index_for(hop.address, hop.span) for hop in route]
+        opened = await asyncio.gather(
+            *(self._open(hop.address, hop.endpoint, hop.span, i) for hop, i in zip(route, indexes, strict=True)),
+            return_exceptions=True,
+        )
+        for hop, slot in zip(route, opened, strict=True):
+            if isinstance(slot, _Slot):
+                self.slots.append(slot)
+            elif isinstance(slot, WorkerAPIError):
+                self.ctx.directory.mark_down(hop.address, str(slot))
                 self.slots.extend(await self._replacement(hop.span, []))
+            else:
+                self.slots = []
+                await asyncio.gather(*(self._close(s) for s in opened if isinstance(s, _Slot)))
+                raise slot
 
     async def close(self) -> None:
         """Close every session (each worker then commits to its steps)."""
