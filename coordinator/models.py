@@ -39,7 +39,11 @@ class ServedModel:
         return self.info.num_layers
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        """Token ids of a prompt, with the tokenizer's special tokens (e.g. BOS) unless the text already
+        starts with its BOS token (a chat template's output usually does)."""
+        bos = getattr(self.tokenizer, "bos_token", None)
+        add = not (bos and text.startswith(bos))
+        return list(self.tokenizer(text, add_special_tokens=add)["input_ids"])
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
