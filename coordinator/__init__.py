@@ -1,0 +1,1 @@
+"""The shardnet coordinator: routing, sessions with failover, verification, settlement, HTTP and OpenAI API."""
