@@ -153,11 +153,13 @@ class Pipeline:
         if list(opened.get("span", [])) != [span.start, span.end]:
             await client.aclose()
             raise GenerationError(f"worker {endpoint} serves {opened.get('span')}, not {span} as announced on chain")
-        self.ctx.directory.add_load(node, +1)
+        if hop_index is not None:  # routing load counts routed sessions; verification ones compute now and then
+            self.ctx.directory.add_load(node, +1)
         return _Slot(node, endpoint, span, client, str(opened["session_id"]), hop_index)
 
     async def _close(self, slot: _Slot) -> None:
-        self.ctx.directory.add_load(slot.node, -1)
+        if slot.hop_index is not None:
+            self.ctx.directory.add_load(slot.node, -1)
         try:
             await asyncio.wait_for(slot.client.close(slot.session_id), CLOSE_TIMEOUT_S)
         except (WorkerAPIError, TimeoutError, KeyError, ValueError) as exc:

@@ -82,7 +82,8 @@ def net(tmp_path_factory, anvil, accounts, module_deployment) -> Iterator[Net]:
     cid, manifest = import_model(hf_dir, store, name="tiny-chat", progress=False)
     model_id = int(owner.register_model("tiny-chat", cid, 6, PRICE).event("ModelRegistered").args["modelId"])
 
-    coord = start_coordinator(tmp, accounts[1].key.hex(), dep_file, tmp / "coord-store", "--verify-share", "0.3")
+    coord = start_coordinator(tmp, accounts[1].key.hex(), dep_file, tmp / "coord-store", "--verify-share", "0.3",
+                              "--load-penalty-s", "0.05")
     owner.set_coordinator(accounts[1].address, coord.url, True)
     spans = {"a": (2, "0:2"), "b": (3, "2:4"), "b2": (4, "2:4"), "c": (5, "4:6")}
     workers: dict[str, WorkerProc] = {}
@@ -205,6 +206,42 @@ def test_openai_api(net: Net) -> None:
     a = api.completions.create(model="tiny-chat", prompt=prompt, max_tokens=10, temperature=1.0, top_p=0.9, seed=5)
     b = api.completions.create(model="tiny-chat", prompt=prompt, max_tokens=10, temperature=1.0, top_p=0.9, seed=5)
     assert a.choices[0].text == b.choices[0].text
+
+
+def test_concurrent_jobs_spread_over_replicas(net: Net) -> None:
+    """While one job holds a session on a 2:4 replica, the next job is routed through the other one."""
+    import threading
+
+    import openai
+
+    api = openai.OpenAI(base_url=net.coordinator.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    results: dict[str, Any] = {}
+    started = threading.Event()
+
+    def run(name: str, prompt: str) -> None:
+        pieces = []
+        for chunk in api.completions.create(model="tiny-chat", prompt=prompt, max_tokens=120, temperature=0,
+                                            stream=True):
+            results.setdefault(name + "_job", int(chunk.id.split("-")[1]))
+            pieces.append(chunk.choices[0].text)
+            started.set()
+        results[name] = "".join(pieces)
+
+    first = threading.Thread(target=run, args=("first", "one job"))
+    first.start()
+    assert started.wait(60)
+    second = threading.Thread(target=run, args=("second", "another job"))
+    second.start()
+    first.join(120)
+    second.join(120)
+    assert results["first"] == _reference_text(net, "one job", 120)[1]
+    assert results["second"] == _reference_text(net, "another job", 120)[1]
+
+    def middle(job_id: int) -> str:
+        route = http_json("GET", f"{net.coordinator.url}/v1/jobs/{job_id}")[1]["route"]
+        return next(h["node"] for h in route if h["span"] == [2, 4])
+
+    assert middle(results["first_job"]) != middle(results["second_job"])
 
 
 def _workers(net: Net) -> dict[str, dict[str, Any]]:
