@@ -2,8 +2,10 @@
 
 Jobs paid by clients on chain:
     POST /v1/jobs/{id}/prompt   {"prompt", "temperature"?, "top_p"?, "seed"?, "ignore_eos"?}  -> 202 the job
-    GET  /v1/jobs/{id}          status, output (once generated), route, commitments (read from the chain)
-    GET  /v1/jobs?client=0x…    the jobs this coordinator knows
+    GET  /v1/jobs/{id}          status, route, commitments (read from the chain), and the output once
+                                generated if X-Shardnet-Auth is the job client's signature of
+                                `shardnet.client.output_read_message(id)` (nobody else reads it)
+    GET  /v1/jobs?client=0x…    the jobs this coordinator knows (without outputs)
     GET  /v1/workers            the live workers as routing sees them (down, excluded, load, measurements)
     GET  /health
 
@@ -27,6 +29,7 @@ from aiohttp import web
 from coordinator.jobs import GenerationResult
 from coordinator.sampling import SamplingParams
 from coordinator.service import CoordinatorService, PromptRejected
+from shardnet.client import AUTH_HEADER, output_read_message
 from shardnet.errors import ConfigError, ShardnetError
 
 log = logging.getLogger(__name__)
@@ -91,7 +94,7 @@ async def get_job(request: web.Request) -> web.Response:
     row = service.state.get_job(job_id)
     if row is None:
         return _error(404, f"this coordinator knows no job {job_id}; hand over its prompt first", "not_found")
-    view = service.job_view(row)
+    view = service.job_view(row, reveal=_reader(request, job_id) == (row.client or "").lower())
     try:
         hops = await asyncio.to_thread(service.registry.get_hops, job_id)
         view["commitments"] = [{"hop": h.index, "node": h.node.lower(), "span": [h.start, h.end],
@@ -100,6 +103,21 @@ async def get_job(request: web.Request) -> web.Response:
         view["commitments"] = None
         log.debug("job %d: cannot read hops: %s", job_id, exc)
     return web.json_response(view)
+
+
+def _reader(request: web.Request, job_id: int) -> str | None:
+    """The address that signed this request's X-Shardnet-Auth for `job_id` (lowercase), if any."""
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
+
+    signature = request.headers.get(AUTH_HEADER)
+    if not signature:
+        return None
+    try:
+        signer = Account.recover_message(encode_defunct(text=output_read_message(job_id)), signature=signature)
+    except Exception:  # noqa: BLE001 - a malformed signature simply reads nothing
+        return None
+    return str(signer).lower()
 
 
 async def list_jobs(request: web.Request) -> web.Response:

@@ -94,7 +94,8 @@ class JobRunner:
                 route = choose_route(self.ctx.directory.snapshot(model.info.model_id), model.num_layers,
                                      load_penalty_s=self.load_penalty_s)
             sampler = Sampler(params)
-            pipe = Pipeline(self.ctx, book, model_id=model.info.model_id, num_layers=model.num_layers)
+            pipe = Pipeline(self.ctx, book, model_id=model.info.model_id, num_layers=model.num_layers,
+                            reason="rerun" if rerun else "route")
             tokens: list[int] = []
             try:
                 await pipe.open(route)
@@ -157,7 +158,8 @@ class JobRunner:
         for i, (node, span) in enumerate(book.hops):
             self.ctx.state.save_hop(job.job_id, i, node=node.lower(), endpoint=self.ctx.directory.endpoint(node) or "",
                                     span_start=span.start, span_end=span.end, positions=book.positions[i],
-                                    layer_tokens=tokens[i], commitment="committed" if committed[i] else None)
+                                    layer_tokens=tokens[i], commitment="committed" if committed[i] else None,
+                                    reason=book.reasons[i])
         result = await asyncio.to_thread(self.registry.finalize_job, job.job_id, output_hash(text), tokens)
         return result.tx_hash
 

@@ -93,12 +93,14 @@ class HopBook:
     hops: list[tuple[str, LayerSpan]]
     add_hop: AddHop
     positions: list[int] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # why each hop is there: "route", "failover", "rerun"
 
     def __post_init__(self) -> None:
         self.positions = [0] * len(self.hops)
+        self.reasons = ["route"] * len(self.hops)
 
-    async def index_for(self, node: str, span: LayerSpan) -> int:
-        """The hop index of (node, span), added on chain if the job has no such hop yet."""
+    async def index_for(self, node: str, span: LayerSpan, reason: str = "route") -> int:
+        """The hop index of (node, span), added on chain (addHop) if the job has no such hop yet."""
         for i, (n, s) in enumerate(self.hops):
             if n.lower() == node.lower() and s == span:
                 return i
@@ -106,7 +108,9 @@ class HopBook:
         while len(self.hops) <= index:
             self.hops.append((node, span))
             self.positions.append(0)
+            self.reasons.append(reason)
         self.hops[index] = (node, span)
+        self.reasons[index] = reason
         return index
 
 
@@ -127,8 +131,10 @@ class _Slot:
 class Pipeline:
     """The open sessions of one generation attempt of one job."""
 
-    def __init__(self, ctx: PipelineContext, book: HopBook, *, model_id: int, num_layers: int) -> None:
+    def __init__(self, ctx: PipelineContext, book: HopBook, *, model_id: int, num_layers: int,
+                 reason: str = "route") -> None:
         self.ctx = ctx
+        self.reason = reason  # why this generation's new hops are added: "route", or "rerun" after a cheat
         self.book = book
         self.model_id = model_id
         self.num_layers = num_layers
@@ -169,7 +175,7 @@ class Pipeline:
 
     async def open(self, route: list[RouteHop]) -> None:
         """Open a session on every hop of `route` (already recorded on chain), all at once; failing hops fail over."""
-        indexes = [await self.book.index_for(hop.address, hop.span) for hop in route]
+        indexes = [await self.book.index_for(hop.address, hop.span, self.reason) for hop in route]
         opened = await asyncio.gather(
             *(self._open(hop.address, hop.endpoint, hop.span, i) for hop, i in zip(route, indexes, strict=True)),
             return_exceptions=True,
@@ -260,7 +266,7 @@ class Pipeline:
             try:
                 for hop in route:
                     current = hop.address
-                    index = await self.book.index_for(hop.address, hop.span)
+                    index = await self.book.index_for(hop.address, hop.span, "failover")
                     opened.append(await self._open(hop.address, hop.endpoint, hop.span, index))
                 for pos, x in history:
                     y = x

@@ -30,6 +30,7 @@ from coordinator.state import (
     CANCELLED,
     DONE,
     FAILED,
+    FINALIZED,
     FINALIZING,
     QUEUED,
     RUNNING,
@@ -322,9 +323,10 @@ class CoordinatorService:
             log.error("slashing %s failed: %s", node, exc)
             return None
 
-    def job_view(self, row: JobRow) -> dict[str, Any]:
-        """The public JSON of a job (GET /v1/jobs/{id})."""
+    def job_view(self, row: JobRow, *, reveal: bool = False) -> dict[str, Any]:
+        """The JSON of a job (GET /v1/jobs/{id}); the output only with `reveal` (the job's client asked)."""
         hops = self.state.hops(row.job_id)
+        generated = row.status in (FINALIZING, FINALIZED)
         return {
             "job_id": row.job_id,
             "status": row.status,
@@ -333,7 +335,9 @@ class CoordinatorService:
             "client": row.client,
             "max_tokens": row.max_tokens,
             "prompt_tokens": row.prompt_tokens,
-            "output": row.output if row.status in (FINALIZING, "finalized") else None,
+            "output": row.output if generated and reveal else None,
+            "output_tokens": json.loads(row.output_tokens) if generated and reveal and row.output_tokens else None,
+            "output_hidden": generated and not reveal,
             "output_hash": row.output_hash,
             "finish_reason": row.finish_reason,
             "error": row.error,

@@ -47,9 +47,27 @@ class JobOutcome:
     seconds: float
 
 
-def _http(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 10.0) -> tuple[int, Any]:
+#: Header carrying the client's signature of `output_read_message(job_id)`: only the job's client reads its output.
+AUTH_HEADER = "X-Shardnet-Auth"
+
+
+def output_read_message(job_id: int) -> str:
+    """The text a client signs (EIP-191) to read its job's output from a coordinator."""
+    return f"shardnet: read the output of job {job_id}"
+
+
+def sign_output_read(account: Any, job_id: int) -> str:
+    """The `X-Shardnet-Auth` value for `account` reading job `job_id` (0x-hex signature)."""
+    from eth_account.messages import encode_defunct
+
+    return "0x" + bytes(account.sign_message(encode_defunct(text=output_read_message(job_id))).signature).hex()
+
+
+def _http(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 10.0,
+          headers: dict[str, str] | None = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"null")
@@ -128,11 +146,12 @@ class ShardnetClient:
 
     def wait(self, url: str, job_id: int, *, timeout_s: float, progress: Callable[[str], None] | None = None,
              poll_s: float = 0.25) -> dict[str, Any]:
-        """Poll the coordinator until the job is done; returns its final view."""
+        """Poll the coordinator until the job is done; returns its final view (with the output: it signs as the client)."""
         deadline = time.monotonic() + timeout_s
         last = None
+        auth = {AUTH_HEADER: sign_output_read(self.registry.account, job_id)} if self.registry.account else {}
         while True:
-            status, view = _http("GET", f"{url}/v1/jobs/{job_id}")
+            status, view = _http("GET", f"{url}/v1/jobs/{job_id}", headers=auth)
             if status == 200 and isinstance(view, dict):
                 if view["status"] != last and progress is not None:
                     progress(f"job {job_id}: {view['status']}")

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +154,31 @@ def test_submit_pays_routes_generates_and_settles(net: Net) -> None:
     assert after[net.client_account.address.lower()] - before[net.client_account.address.lower()] == split.refund
 
 
+def test_only_the_jobs_client_reads_its_output(net: Net, accounts) -> None:
+    from shardnet.client import AUTH_HEADER, sign_output_read
+
+    outcome = net.client.submit("private", model="tiny-chat", max_tokens=3)
+    url = f"{net.coordinator.url}/v1/jobs/{outcome.job_id}"
+
+    def read(headers: dict[str, str]) -> dict[str, Any]:
+        req = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return dict(json.loads(resp.read()))
+
+    anonymous = read({})
+    assert anonymous["status"] == "finalized" and anonymous["output"] is None and anonymous["output_hidden"]
+    stranger = read({AUTH_HEADER: sign_output_read(accounts[7], outcome.job_id)})
+    assert stranger["output"] is None
+    wrong_job = read({AUTH_HEADER: sign_output_read(net.client_account, outcome.job_id + 1)})
+    assert wrong_job["output"] is None
+    assert read({AUTH_HEADER: "0xnonsense"})["output"] is None
+    mine = read({AUTH_HEADER: sign_output_read(net.client_account, outcome.job_id)})
+    assert mine["output"] == outcome.text and not mine["output_hidden"]
+    assert mine["output_tokens"] == _reference_text(net, "private", 3)[0]
+    listed = http_json("GET", f"{net.coordinator.url}/v1/jobs?client={net.client_account.address}")[1]["jobs"]
+    assert listed and all(j["output"] is None for j in listed)
+
+
 def test_wrong_prompt_is_refused_and_unknown_jobs_are_404(net: Net) -> None:
     job_id = net.client.pay("the real prompt", net.model_id, 4)
     status, body = http_json("POST", f"{net.coordinator.url}/v1/jobs/{job_id}/prompt", {"prompt": "another prompt"})
@@ -279,6 +305,10 @@ def test_failover_after_sigkill_gives_identical_tokens(net: Net) -> None:
     print(f"\nfailover stall between SIGKILL and the next token: {stall:.3f} s")
     assert "".join(pieces) == expected
     assert stall < 2.0
+    route = http_json("GET", f"{net.coordinator.url}/v1/jobs/{job_id}")[1]["route"]
+    replacement = [h for h in route if h["reason"] == "failover"]
+    assert [(h["span"], h["node"] != victim.address.lower()) for h in replacement] == [([2, 4], True)]
+    assert replacement[0]["positions"] > 0  # it replayed the history and went on
 
     # the dead worker is out of routing until it answers /health again
     down = _workers(net)[victim.address.lower()]
@@ -374,7 +404,8 @@ def test_cheating_worker_is_caught_refereed_slashed_and_excluded(net: Net, accou
         # the re-run went through honest workers; the cheat's hop is paid nothing
         by_node = {(r["node"], tuple(r["span"])): r for r in view["route"]}
         assert by_node[(cheat.address.lower(), (2, 4))]["layer_tokens"] == 0
-        assert any(node in {w.address.lower() for w in honest} and span == (2, 4) for node, span in by_node)
+        assert any(node in {w.address.lower() for w in honest} and span == (2, 4) and r["reason"] == "rerun"
+                   for (node, span), r in by_node.items())
         # and the excluded cheat is never routed again
         again = net.client.submit("after the cheat", model="tiny-chat", max_tokens=4)
         assert cheat.address.lower() not in {h["node"] for h in again.route}
