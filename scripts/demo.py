@@ -37,8 +37,8 @@ def eth(wei: int) -> str:
     return f"{wei / ETH:+.9f} ETH" if wei else "0"
 
 
-def reference_tokens(gguf: Path, prompt: str, max_tokens: int) -> tuple[list[int], list[int]]:
-    """Greedy tokens of the unsplit model in this process (transformers, the same GGUF), and the prompt ids."""
+def reference_tokens(gguf: Path, prompt: str, max_tokens: int) -> tuple[list[int], list[int], set[int]]:
+    """Greedy tokens of the unsplit model in this process (transformers, the same GGUF), the prompt ids, EOS ids."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -59,7 +59,7 @@ def reference_tokens(gguf: Path, prompt: str, max_tokens: int) -> tuple[list[int
             if nxt in eos_ids:
                 break
             x = torch.tensor([[nxt]])
-    return out, ids
+    return out, ids, eos_ids
 
 
 def chat_prompt(gguf: Path, question: str) -> str:
@@ -81,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from shardnet.client import ShardnetClient
+    from eth_account import Account
+
+    from shardnet.chain.devnet import DEV_KEYS
+    from shardnet.client import AUTH_HEADER, ShardnetClient, sign_output_read
     from shardnet.model.importer import smollm2_gguf_path
 
     shutil.rmtree(args.work_dir, ignore_errors=True)
@@ -149,23 +152,19 @@ def main(argv: list[str] | None = None) -> int:
               " (stakes stay bonded)")
 
         say("checking against single-process transformers greedy output of the same model")
-        ref, prompt_ids = reference_tokens(gguf, prompt, args.max_tokens)
-        status, view = http_json("GET", f"{coord.url}/v1/jobs/{outcome.job_id}")
-        got = (view or {}).get("output_tokens")
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        ref_text = tok.decode(ref, skip_special_tokens=True)
-        if got is not None:
-            same = list(got) == ref
-            print(f"    shardnet tokens ({len(got)}): {got}\n    reference tokens ({len(ref)}): {ref}")
-        else:
-            same = outcome.text == ref_text
-            print(f"    reference text: {ref_text!r}")
+        ref, prompt_ids, eos_ids = reference_tokens(gguf, prompt, args.max_tokens)
+        # the job's token ids are revealed only to its client, who signs the request
+        auth = {AUTH_HEADER: sign_output_read(Account.from_key(DEV_KEYS[CLIENT]), outcome.job_id)}
+        _status, view = http_json("GET", f"{coord.url}/v1/jobs/{outcome.job_id}", headers=auth)
+        got = list((view or {}).get("output_tokens") or [])
+        expected = ref[:-1] if ref and ref[-1] in eos_ids else ref  # the EOS token ends the output, not part of it
+        same = got == expected and (view or {}).get("prompt_tokens") == len(prompt_ids)
+        print(f"    shardnet tokens    ({len(got)}): {got}")
+        print(f"    transformers tokens ({len(expected)}): {expected}" + (" + EOS" if len(expected) < len(ref) else ""))
         if not same:
             say("MISMATCH: the distributed output differs from single-process transformers")
             return 1
-        say(f"the tokens equal single-process transformers greedy output ({len(ref)} tokens, prompt of"
+        say(f"the tokens equal single-process transformers greedy output ({len(got)} tokens after a prompt of"
             f" {len(prompt_ids)} tokens); shutting down")
     say(f"done in {time.monotonic() - t_start:.0f} s; every process stopped")
     return 0
