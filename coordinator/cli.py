@@ -65,7 +65,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from coordinator.service import CoordinatorService
     from shardnet.chain.registry import Registry
-    from worker.keys import load_account
+    from shardnet.keys import load_account
 
     cfg = config_from_args(args)
     account = load_account(cfg.keystore, cfg.password_file, cfg.key_env)

@@ -15,9 +15,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shardnet.errors import ConfigError
+from shardnet.keys import PASSWORD_ENV
 
 ENV_PREFIX = "SHARDNET_COORDINATOR_"
-PASSWORD_ENV = "SHARDNET_KEY_PASSWORD"
 
 
 class CoordinatorConfig(BaseModel):

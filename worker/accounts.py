@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from shardnet.chain.registry import AssignmentInfo, NodeInfo, Registry
 from shardnet.chain.tx import rpc
 from shardnet.errors import ShardnetError
+from shardnet.keys import load_account
 from worker.config import WorkerConfig
-from worker.keys import load_account
 
 log = logging.getLogger(__name__)
 

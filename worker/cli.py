@@ -137,7 +137,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from worker.keys import read_password, write_keystore
+    from shardnet.keys import read_password, write_keystore
 
     address = write_keystore(args.out, read_password(args.password_file), overwrite=args.force)
     print(f"wrote keystore {args.out} for address {address}")

@@ -1,8 +1,9 @@
-"""`shardnet submit`, `shardnet jobs` and `shardnet cancel`: the client side of paid jobs.
+"""`shardnet keygen`, `submit`, `jobs`, `cancel` and `claim`: the client side of paid jobs.
 
+    shardnet keygen --out my-key.json --password-file pw.txt     # prints the new address; fund it
     shardnet submit "Why is the sky blue?" --model SmolLM2-135M-Instruct --max-tokens 32 --key-env MY_KEY
     shardnet jobs --mine --key-env MY_KEY
-    shardnet cancel 7 --key-env MY_KEY
+    shardnet cancel 7 --keystore my-key.json --password-file pw.txt
 """
 
 from __future__ import annotations
@@ -27,6 +28,17 @@ def _add_chain_flags(p: argparse.ArgumentParser, *, needs_key: bool) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "keygen", help="create a new key in an encrypted keystore file (for a client, worker or coordinator)",
+        description="Create a new account key, write it encrypted to FILE (mode 0600) and print its address; "
+        "fund the address before sending transactions with --keystore FILE.",
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="FILE", help="keystore file to write (mode 0600)")
+    p.add_argument("--password-file", type=Path, metavar="FILE",
+                   help="file whose first line is the password (or set SHARDNET_KEY_PASSWORD)")
+    p.add_argument("--force", action="store_true", help="overwrite FILE if it exists (the old key is lost)")
+    p.set_defaults(func=cmd_keygen)
+
     p = subparsers.add_parser(
         "submit", help="pay for a job, hand its prompt to a coordinator, print the checked output",
         description="Pay quote() into escrow by contract call, hand the prompt to the coordinator (its endpoint "
@@ -66,12 +78,20 @@ def _registry(args: argparse.Namespace, *, needs_key: bool) -> Any:
 
     account = None
     if args.key_env or args.keystore:
-        from worker.keys import load_account
+        from shardnet.keys import load_account
 
         account = load_account(args.keystore, args.password_file, args.key_env)
     elif needs_key:
         raise ConfigError("this command sends a transaction: pass --key-env VAR or --keystore FILE")
     return Registry.from_deployment(args.deployment, account, rpc_url=args.rpc)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from shardnet.keys import read_password, write_keystore
+
+    address = write_keystore(args.out, read_password(args.password_file), overwrite=args.force)
+    print(f"wrote keystore {args.out} for address {address}")
+    return 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

@@ -1,6 +1,11 @@
-"""The worker's key: an encrypted eth-account keystore (or, for development, a hex key in the environment).
+"""Account keys of every role (client, worker, coordinator): an encrypted eth-account keystore, or, for
+development, a hex private key in an environment variable named by `--key-env`.
 
-The private key is never printed or logged; errors name the file or variable, never its content.
+    account = load_account(Path("key.json"), Path("pw.txt"), None)      # or load_account(None, None, "MY_KEY")
+    address = write_keystore(Path("key.json"), read_password(Path("pw.txt")))
+
+The private key is never printed or logged; errors name the file or the variable, never its content.
+This module imports eth-account only inside its functions, so that commands' `--help` stays fast.
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ from shardnet.errors import ConfigError
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
 
+#: The variable read for the keystore password when no password file is given.
 PASSWORD_ENV = "SHARDNET_KEY_PASSWORD"
+
+#: How a user makes a keystore, for error messages.
+KEYGEN_HINT = "create one with `shardnet keygen --out FILE --password-file PW`"
 
 
 def read_password(password_file: Path | None, environ: Mapping[str, str] | None = None) -> str:
@@ -37,9 +46,9 @@ def load_account(
     keystore: Path | None,
     password_file: Path | None,
     key_env: str | None,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> LocalAccount:
-    """The worker's account from a keystore (with its password) or from the variable named by `key_env`."""
+    """The account in `keystore` (unlocked with its password) or in the variable named by `key_env`."""
     from eth_account import Account
 
     env = os.environ if environ is None else environ
@@ -54,7 +63,7 @@ def load_account(
         return account
     if keystore is None:
         raise ConfigError(
-            "no key given: pass --keystore FILE (see `worker keygen`) or, for development, --key-env VAR"
+            f"no key given: pass --keystore FILE ({KEYGEN_HINT}) or, for development, --key-env VAR"
         )
     try:
         data = json.loads(Path(keystore).read_text())
