@@ -1,12 +1,14 @@
 """Off-chain state through SQLAlchemy 2: an SQLite file by default, PostgreSQL by URL.
 
-    engine = make_engine(None, default_path="var/worker.db")   # or make_engine("postgresql://...")
+    engine = make_engine(None, default_path="var/worker.db")   # or make_engine("postgresql://user@host/db")
     Base.metadata.create_all(engine)
     with session_scope(engine) as db:
         db.add(row)                                              # committed on exit, rolled back on error
 
 SQLite files run in WAL mode with a busy timeout, and every transaction starts with BEGIN IMMEDIATE, so
 several processes (a worker and its CLI) can share one file without "database is locked" surprises.
+A plain `postgresql://` (or `postgres://`) URL uses psycopg2, the driver of the `postgres` extra; name
+another installed synchronous driver to use it instead (e.g. `postgresql+psycopg://` for psycopg 3).
 The table `chain_cursor` keeps, per event watcher, the last block it fully processed.
 """
 
@@ -29,6 +31,11 @@ from shardnet.errors import ConfigError
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+#: URL schemes that mean "PostgreSQL with the default driver"; SQLAlchemy 2.1 would pick psycopg 3 for the
+#: first and rejects the second, while the `postgres` extra installs psycopg2.
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+POSTGRES_DRIVER = "postgresql+psycopg2"
 
 
 class Base(DeclarativeBase):
@@ -59,20 +66,30 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def normalize_url(url: str) -> str:
+    """`url` with a bare `postgresql://` or `postgres://` scheme mapped to `postgresql+psycopg2://`."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in _POSTGRES_SCHEMES:
+        return f"{POSTGRES_DRIVER}://{rest}"
+    return url
+
+
 def make_engine(url: str | None, default_path: str | Path | None = None, *, echo: bool = False) -> Engine:
     """An engine for `url` (any SQLAlchemy URL: `postgresql://user@host/db`, `sqlite:///file.db`).
+
+    `postgresql://` and `postgres://` use psycopg2 (see `normalize_url`).
 
     Without a URL, an SQLite file at `default_path` (its folder is created). Tables are not created:
     call `Base.metadata.create_all(engine)` once the modules that define them are imported.
     """
     if not url:
         if default_path is None:
-            raise ConfigError("no database given: pass a URL (--db postgresql://… or sqlite:///file.db) or a default path")
+            raise ConfigError("no database given: pass a URL (--db-url postgresql://… or sqlite:///file.db) or a default path")
         path = Path(default_path).expanduser().resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{path}"
     try:
-        parsed = make_url(url)
+        parsed = make_url(normalize_url(url))
     except ArgumentError as exc:
         raise ConfigError(
             f"invalid database URL {url!r}: use postgresql://user:password@host/dbname or sqlite:///path/to/file.db"
