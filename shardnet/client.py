@@ -197,7 +197,7 @@ class ShardnetClient:
                           job.escrow, time.monotonic() - t0)
 
     def jobs(self, client: str | None = None) -> list[JobInfo]:
-        """Jobs on chain (only `client`'s when given), oldest first."""
+        """Jobs on chain (only `client`'s when given), oldest first; the events are read in capped block ranges."""
         events = self.registry.get_logs(self.registry.deploy_block, self.registry.block_number(), ["JobSubmitted"])
         ids = [int(e.args["jobId"]) for e in events
                if client is None or str(e.args["client"]).lower() == client.lower()]

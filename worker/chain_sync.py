@@ -99,7 +99,7 @@ class ChainSync:
                     )
                     continue
                 status = self.registry.get_job(job.job_id).status
-                if status != JobStatus.ROUTED:
+                if status != JobStatus.Routed:
                     log.warning(
                         "job %d is %s: its commitment can no longer be posted", job.job_id, status.name
                     )

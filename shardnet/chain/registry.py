@@ -31,24 +31,23 @@ if TYPE_CHECKING:
     from web3 import Web3
 
 __all__ = [
-    "AssignmentInfo", "DecodedEvent", "HopInfo", "JobInfo", "JobStatus", "ModelInfo", "NodeInfo",
+    "LOG_RANGE", "AssignmentInfo", "DecodedEvent", "HopInfo", "JobInfo", "JobStatus", "ModelInfo", "NodeInfo",
     "Registry", "RegistryParams", "TxResult",
 ]
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 
+#: Most blocks one `eth_getLogs` request covers (many public nodes refuse wider ranges, some above 1,000-10,000).
+LOG_RANGE = 2000
+
 
 class JobStatus(IntEnum):
-    """IShardRegistry.JobStatus. The UPPER_CASE names are canonical (`.name`); the contract's own
-    spellings (`JobStatus.Submitted`, ...) are aliases of the same members."""
+    """IShardRegistry.JobStatus, in the contract's spelling (as in its ABI, events and revert messages).
 
-    NONE = 0
-    SUBMITTED = 1
-    ROUTED = 2
-    FINALIZED = 3
-    CANCELLED = 4
-    FAILED = 5
-    # aliases in the contract's spelling (`None` cannot be a Python attribute)
+    The contract's `None` (no such job) cannot be a Python attribute: it is `NoJob` here.
+    """
+
+    NoJob = 0
     Submitted = 1
     Routed = 2
     Finalized = 3
@@ -326,16 +325,34 @@ class Registry:
         events.sort(key=lambda e: e.position)
         return events
 
-    def get_logs(self, from_block: int, to_block: int, event_names: Sequence[str] | None = None) -> list[DecodedEvent]:
-        """The registry's events in blocks [from_block, to_block], optionally only some event names."""
-        query: dict[str, Any] = {"address": self.address, "fromBlock": hex(from_block), "toBlock": hex(to_block)}
+    def get_logs(
+        self,
+        from_block: int,
+        to_block: int,
+        event_names: Sequence[str] | None = None,
+        *,
+        max_range: int = LOG_RANGE,
+    ) -> list[DecodedEvent]:
+        """The registry's events in blocks [from_block, to_block], optionally only some event names, in chain order.
+
+        Asks the node in `eth_getLogs` requests of at most `max_range` blocks each, as public nodes refuse
+        wider ranges; the whole chain can be asked for at once.
+        """
+        if max_range < 1:
+            raise ValueError(f"max_range must be at least 1 block, not {max_range}")
+        query: dict[str, Any] = {"address": self.address}
         if event_names:
             topics = self.event_topics
             unknown = [n for n in event_names if n not in topics]
             if unknown:
                 raise ChainError(f"unknown registry events {unknown}; known: {', '.join(self.event_names)}")
             query["topics"] = [[topics[n] for n in event_names]]
-        return self.decode_logs(rpc(self.w3, "eth_getLogs", [query]))
+        events: list[DecodedEvent] = []
+        for start in range(max(from_block, 0), to_block + 1, max_range):
+            end = min(to_block, start + max_range - 1)
+            chunk = dict(query, fromBlock=hex(start), toBlock=hex(end))
+            events += self.decode_logs(rpc(self.w3, "eth_getLogs", [chunk]))  # chunks come in chain order
+        return events
 
     def block_number(self) -> int:
         return int(rpc(self.w3, "eth_blockNumber", []), 16)

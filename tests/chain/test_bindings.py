@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from eth_abi import encode as abi_encode
@@ -52,7 +54,7 @@ def run_core_flow(registry_for: Callable[[LocalAccount | None], Registry], accou
     price = cli.quote(model_id, max_tokens)
     job_id = cli.submit_job(model_id, keccak(text="hello"), max_tokens, price).event("JobSubmitted").args["jobId"]
     job = cli.get_job(job_id)
-    assert (job.client, job.status, job.escrow, job.input_hash) == (client.address, JobStatus.SUBMITTED, price, keccak(text="hello"))
+    assert (job.client, job.status, job.escrow, job.input_hash) == (client.address, JobStatus.Submitted, price, keccak(text="hello"))
 
     routed = gov.assign_route(job_id, [(node_a.address, LayerSpan(0, 2)), (node_b.address, LayerSpan(2, 4))])
     assert routed.event("JobRouted").args["nodes"] == [node_a.address, node_b.address]
@@ -70,7 +72,7 @@ def run_core_flow(registry_for: Callable[[LocalAccount | None], Registry], accou
     paid = sum(layer_tokens) * PRICE
     assert fin.args["paidToNodes"] == paid
     assert fin.args["paidToNodes"] + fin.args["coordinatorFee"] + fin.args["refund"] == price
-    assert gov.get_job(job_id).status == JobStatus.FINALIZED
+    assert gov.get_job(job_id).status == JobStatus.Finalized
 
     assert reg_a.claimable(node_a.address) == 20 * PRICE
     claimed = reg_a.claim().event("Claimed")
@@ -91,7 +93,7 @@ def test_params_and_views_are_typed(registry: Registry, accounts: list[LocalAcco
     assert registry.model_count() == 0 and registry.job_count() == 0
     node = registry.get_node(accounts[5].address)
     assert node == NodeInfo(accounts[5].address, "", 0, 0, 0, 0, 0, False, False)
-    assert JobStatus.Routed is JobStatus.ROUTED and JobStatus(3).name == "FINALIZED"  # contract spelling = alias
+    assert JobStatus(3) is JobStatus.Finalized and JobStatus(3).name == "Finalized"  # the contract's spelling
 
 
 def test_custom_error_is_decoded_with_named_args(registry_for: Callable[..., Registry], accounts: list[LocalAccount]) -> None:
@@ -151,6 +153,15 @@ def test_decode_logs_accepts_web3_logs_and_skips_foreign_ones(
         "ModelRegistered"
     ]
     assert registry.get_logs(result.block_number, result.block_number, ["JobSubmitted"]) == []
+
+
+def test_job_status_names_are_the_contracts() -> None:
+    source = (Path(__file__).resolve().parents[2] / "contracts" / "IShardRegistry.sol").read_text()
+    found = re.search(r"enum JobStatus \{([^}]*)\}", source)
+    assert found is not None, "enum JobStatus not found in IShardRegistry.sol"
+    solidity = [member.strip() for member in found.group(1).split(",") if member.strip()]
+    assert solidity[0] == "None" and [s.name for s in JobStatus] == ["NoJob", *solidity[1:]]
+    assert [s.value for s in JobStatus] == list(range(len(solidity)))
 
 
 def test_builtin_error_string_and_panic_are_decoded() -> None:

@@ -65,7 +65,7 @@ class NodeModel:
 class JobModel:
     client: str
     escrow: int
-    status: JobStatus = JobStatus.SUBMITTED
+    status: JobStatus = JobStatus.Submitted
     hops: list[tuple[str, int, int, bool]] = field(default_factory=list)  # (node, start, end, committed)
 
 
@@ -94,7 +94,7 @@ class RegistryModel:
             self.nodes[node].open_jobs -= 1
 
     def totals(self) -> tuple[int, int, int, int, int]:
-        open_ = (JobStatus.SUBMITTED, JobStatus.ROUTED)
+        open_ = (JobStatus.Submitted, JobStatus.Routed)
         return (
             sum(n.stake for n in self.nodes.values()),
             sum(n.unbonding for n in self.nodes.values()),
@@ -125,7 +125,7 @@ def make_machine(chain: DevChain, accounts: list[LocalAccount], registry_for: Ca
 
         # ------------------------------------------------------------ helpers
         def open_jobs(self, status: JobStatus | None = None) -> list[int]:
-            wanted = (status,) if status else (JobStatus.SUBMITTED, JobStatus.ROUTED)
+            wanted = (status,) if status else (JobStatus.Submitted, JobStatus.Routed)
             return sorted(j for j, job in self.m.jobs.items() if job.status in wanted)
 
         def servers(self, start: int) -> list[tuple[str, int, int]]:
@@ -257,20 +257,20 @@ def make_machine(chain: DevChain, accounts: list[LocalAccount], registry_for: Ca
                 at = end
             gov.assign_route(job_id, [(node, LayerSpan(s, e)) for node, s, e in hops])
             job = self.m.jobs[job_id]
-            job.status = JobStatus.ROUTED
+            job.status = JobStatus.Routed
             job.hops = [(node, s, e, False) for node, s, e in hops]
             for node, *_ in hops:
                 self.m.nodes[node].open_jobs += 1
 
-        @precondition(lambda self: bool(self.open_jobs(JobStatus.SUBMITTED)) and 0 in self.completable())
+        @precondition(lambda self: bool(self.open_jobs(JobStatus.Submitted)) and 0 in self.completable())
         @rule(data=st.data())
         def route(self, data: st.DataObject) -> None:
-            self.assign(data.draw(st.sampled_from(self.open_jobs(JobStatus.SUBMITTED))), data)
+            self.assign(data.draw(st.sampled_from(self.open_jobs(JobStatus.Submitted))), data)
 
-        @precondition(lambda self: bool(self.open_jobs(JobStatus.ROUTED)))
+        @precondition(lambda self: bool(self.open_jobs(JobStatus.Routed)))
         @rule(data=st.data())
         def add_hop(self, data: st.DataObject) -> None:
-            job_id = data.draw(st.sampled_from(self.open_jobs(JobStatus.ROUTED)))
+            job_id = data.draw(st.sampled_from(self.open_jobs(JobStatus.Routed)))
             choices = self.servers(data.draw(st.integers(0, LAYERS - 1)))
             if not choices:
                 return
@@ -291,16 +291,16 @@ def make_machine(chain: DevChain, accounts: list[LocalAccount], registry_for: Ca
             h = job.hops[pending[0]]
             job.hops[pending[0]] = (h[0], h[1], h[2], True)
 
-        @precondition(lambda self: bool(self.open_jobs(JobStatus.ROUTED)))
+        @precondition(lambda self: bool(self.open_jobs(JobStatus.Routed)))
         @rule(data=st.data())
         def commit(self, data: st.DataObject) -> None:
-            job_id = data.draw(st.sampled_from(self.open_jobs(JobStatus.ROUTED)))
+            job_id = data.draw(st.sampled_from(self.open_jobs(JobStatus.Routed)))
             self.post(job_id, data.draw(st.sampled_from(sorted({h[0] for h in self.m.jobs[job_id].hops}))))
 
-        @precondition(lambda self: bool(self.open_jobs(JobStatus.ROUTED)))
+        @precondition(lambda self: bool(self.open_jobs(JobStatus.Routed)))
         @rule(data=st.data())
         def finalize(self, data: st.DataObject) -> None:
-            job_id = data.draw(st.sampled_from(self.open_jobs(JobStatus.ROUTED)))
+            job_id = data.draw(st.sampled_from(self.open_jobs(JobStatus.Routed)))
             job = self.m.jobs[job_id]
             for node, _, _, committed in list(job.hops):  # most workers commit before settlement
                 if not committed and data.draw(st.integers(0, 3)) > 0:
@@ -318,7 +318,7 @@ def make_machine(chain: DevChain, accounts: list[LocalAccount], registry_for: Ca
                 self.m.credit(node, amount)
             self.m.credit(coordinator.address, fee)
             self.m.credit(job.client, job.escrow - sum(pay) - fee)
-            self.m.close(job, JobStatus.FINALIZED)
+            self.m.close(job, JobStatus.Finalized)
 
         @precondition(lambda self: bool(self.open_jobs()))
         @rule(data=st.data())
@@ -327,7 +327,7 @@ def make_machine(chain: DevChain, accounts: list[LocalAccount], registry_for: Ca
             job = self.m.jobs[job_id]
             assert gov.fail_job(job_id, "random").event("JobFailed").args["refund"] == job.escrow
             self.m.credit(job.client, job.escrow)
-            self.m.close(job, JobStatus.FAILED)
+            self.m.close(job, JobStatus.Failed)
 
         @precondition(lambda self: bool(self.open_jobs()))
         @rule(data=st.data())
@@ -337,7 +337,7 @@ def make_machine(chain: DevChain, accounts: list[LocalAccount], registry_for: Ca
             chain.advance_time(P.job_timeout + 1)
             assert regs[job.client].cancel_job(job_id).event("JobCancelled").args["refund"] == job.escrow
             self.m.credit(job.client, job.escrow)
-            self.m.close(job, JobStatus.CANCELLED)
+            self.m.close(job, JobStatus.Cancelled)
 
         @rule(seconds=st.sampled_from([1, P.unbonding_period]))
         def wait(self, seconds: int) -> None:

@@ -49,7 +49,7 @@ def test_submit_job_escrows_payment(world: World) -> None:
         "maxTokens": MAX_TOKENS, "escrow": value, "deadline": deadline,
     }
     assert world.gov.get_job(1) == JobInfo(
-        1, world.client.address, world.model_id, INPUT, MAX_TOKENS, value, deadline, JobStatus.SUBMITTED, ZERO, bytes(32)
+        1, world.client.address, world.model_id, INPUT, MAX_TOKENS, value, deadline, JobStatus.Submitted, ZERO, bytes(32)
     )
     assert (world.gov.job_count(), world.gov.total_escrow(), world.gov.get_hops(1)) == (1, value, [])
     assert_solvent(world.gov)
@@ -86,7 +86,7 @@ def test_assign_route(world: World) -> None:
         "nodes": [world.node1.address, world.node2.address], "starts": [0, 2], "ends": [2, 4],
     }
     job = world.gov.get_job(job_id)
-    assert (job.status, job.coordinator) == (JobStatus.ROUTED, world.owner.address)
+    assert (job.status, job.coordinator) == (JobStatus.Routed, world.owner.address)
     assert world.gov.get_hops(job_id) == [
         HopInfo(0, world.node1.address, 0, 2, bytes(32)), HopInfo(1, world.node2.address, 2, 4, bytes(32))
     ]
@@ -134,7 +134,7 @@ def test_assign_route_reverts(world: World) -> None:
         gov.assign_route(job_id, [(n1, LayerSpan(0, 2)), (n2, LayerSpan(2, 4))])
     world.reg(world.node3).announce_shard(world.model_id, LayerSpan(0, 4))
     gov.assign_route(job_id, [(n3, LayerSpan(0, 4))])
-    with reverts("ShardRegistryInvalidJobStatus", jobId=job_id, status=JobStatus.ROUTED):
+    with reverts("ShardRegistryInvalidJobStatus", jobId=job_id, status=JobStatus.Routed):
         gov.assign_route(job_id, [(n3, LayerSpan(0, 4))])
 
 
@@ -166,7 +166,7 @@ def test_add_hop_reverts(world: World) -> None:
         world.reg(world.outsider).add_hop(job_id, n3, LayerSpan(2, 4))
     with reverts("ShardRegistryUnknownJob", jobId=99):
         world.gov.add_hop(99, n3, LayerSpan(2, 4))
-    with reverts("ShardRegistryInvalidJobStatus", jobId=submitted, status=JobStatus.SUBMITTED):
+    with reverts("ShardRegistryInvalidJobStatus", jobId=submitted, status=JobStatus.Submitted):
         world.gov.add_hop(submitted, n3, LayerSpan(2, 4))
     with reverts("ShardRegistryNotJobCoordinator", jobId=job_id, account=world.coordinator2.address):
         world.reg(world.coordinator2).add_hop(job_id, n3, LayerSpan(2, 4))
@@ -209,7 +209,7 @@ def test_post_commitment_reverts(world: World) -> None:
     reg1 = world.reg(world.node1)
     with reverts("ShardRegistryUnknownJob", jobId=99):
         reg1.post_commitment(99, C1)
-    with reverts("ShardRegistryInvalidJobStatus", jobId=submitted, status=JobStatus.SUBMITTED):
+    with reverts("ShardRegistryInvalidJobStatus", jobId=submitted, status=JobStatus.Submitted):
         reg1.post_commitment(submitted, C1)
     with reverts("ShardRegistryZeroCommitment"):
         reg1.post_commitment(job_id, bytes(32))
@@ -219,7 +219,7 @@ def test_post_commitment_reverts(world: World) -> None:
     with reverts("ShardRegistryAlreadyCommitted", jobId=job_id, node=world.node1.address):
         reg1.post_commitment(job_id, C1)
     world.gov.finalize_job(job_id, OUTPUT, [0, 0])
-    with reverts("ShardRegistryInvalidJobStatus", jobId=job_id, status=JobStatus.FINALIZED):
+    with reverts("ShardRegistryInvalidJobStatus", jobId=job_id, status=JobStatus.Finalized):
         world.reg(world.node2).post_commitment(job_id, C2)
 
 
@@ -247,7 +247,7 @@ def test_finalize_splits_escrow_and_skips_uncommitted_hops(world: World) -> None
     assert gov.claimable(world.owner.address) == fee
     assert gov.claimable(world.client.address) == escrow - paid - fee
     job = gov.get_job(job_id)
-    assert (job.status, job.output_hash, job.escrow) == (JobStatus.FINALIZED, OUTPUT, escrow)
+    assert (job.status, job.output_hash, job.escrow) == (JobStatus.Finalized, OUTPUT, escrow)
     assert (gov.total_escrow(), gov.total_claimable()) == (0, escrow)
     assert [open_jobs(world, n) for n in (world.node1, world.node2, world.node3)] == [0, 0, 0]
     assert_solvent(gov)
@@ -269,7 +269,7 @@ def test_finalize_reverts(world: World) -> None:
         world.reg(world.outsider).finalize_job(job_id, OUTPUT, [0, 0])
     with reverts("ShardRegistryUnknownJob", jobId=99):
         gov.finalize_job(99, OUTPUT, [0, 0])
-    with reverts("ShardRegistryInvalidJobStatus", jobId=submitted, status=JobStatus.SUBMITTED):
+    with reverts("ShardRegistryInvalidJobStatus", jobId=submitted, status=JobStatus.Submitted):
         gov.finalize_job(submitted, OUTPUT, [])
     with reverts("ShardRegistryNotJobCoordinator", jobId=job_id, account=world.coordinator2.address):
         world.reg(world.coordinator2).finalize_job(job_id, OUTPUT, [0, 0])
@@ -286,7 +286,7 @@ def test_finalize_reverts(world: World) -> None:
     with reverts("ShardRegistryPayoutExceedsEscrow", payout=paid + paid * FEE_BPS // 10_000, escrow=world.quote()):
         gov.finalize_job(job_id, OUTPUT, tokens)
     gov.finalize_job(job_id, OUTPUT, [1, 1, 1])
-    with reverts("ShardRegistryInvalidJobStatus", jobId=job_id, status=JobStatus.FINALIZED):
+    with reverts("ShardRegistryInvalidJobStatus", jobId=job_id, status=JobStatus.Finalized):
         gov.finalize_job(job_id, OUTPUT, [1, 1, 1])
 
 
@@ -299,7 +299,7 @@ def test_fail_routed_job_refunds_everything(world: World) -> None:
     world.reg(world.node1).post_commitment(job_id, C1)
     ev = world.gov.fail_job(job_id, "worker 2 died").event("JobFailed")
     assert ev.args == {"jobId": job_id, "reason": "worker 2 died", "refund": escrow}
-    assert world.gov.get_job(job_id).status == JobStatus.FAILED
+    assert world.gov.get_job(job_id).status == JobStatus.Failed
     assert world.gov.claimable(world.client.address) == escrow
     assert world.gov.claimable(world.node1.address) == 0
     assert (open_jobs(world, world.node1), open_jobs(world, world.node2), world.gov.total_escrow()) == (0, 0, 0)
@@ -321,7 +321,7 @@ def test_fail_job_reverts(world: World) -> None:
     with reverts("ShardRegistryNotJobCoordinator", jobId=job_id, account=world.coordinator2.address):
         world.reg(world.coordinator2).fail_job(job_id, "x")
     world.gov.fail_job(job_id, "x")
-    with reverts("ShardRegistryInvalidJobStatus", jobId=job_id, status=JobStatus.FAILED):
+    with reverts("ShardRegistryInvalidJobStatus", jobId=job_id, status=JobStatus.Failed):
         world.gov.fail_job(job_id, "again")
 
 
@@ -334,13 +334,13 @@ def test_cancel_after_deadline_refunds_and_frees_nodes(world: World) -> None:
     world.chain.advance_time(TEST_PARAMS.job_timeout + 1)
     ev = cli.cancel_job(job_id).event("JobCancelled")
     assert ev.args == {"jobId": job_id, "refund": world.quote()}
-    assert cli.get_job(job_id).status == JobStatus.CANCELLED
+    assert cli.get_job(job_id).status == JobStatus.Cancelled
     assert cli.claimable(world.client.address) == world.quote()
     assert (open_jobs(world, world.node1), open_jobs(world, world.node2)) == (0, 0)
     assert_solvent(cli)
-    with reverts("ShardRegistryInvalidJobStatus", jobId=job_id, status=JobStatus.CANCELLED):
+    with reverts("ShardRegistryInvalidJobStatus", jobId=job_id, status=JobStatus.Cancelled):
         cli.cancel_job(job_id)
-    with reverts("ShardRegistryInvalidJobStatus", jobId=job_id, status=JobStatus.CANCELLED):
+    with reverts("ShardRegistryInvalidJobStatus", jobId=job_id, status=JobStatus.Cancelled):
         world.gov.finalize_job(job_id, OUTPUT, [0, 0])
 
 
@@ -352,5 +352,5 @@ def test_cancel_job_reverts(world: World) -> None:
         world.reg(world.outsider).cancel_job(job_id)
     world.chain.advance_time(TEST_PARAMS.job_timeout + 1)
     world.gov.fail_job(job_id, "expired")  # a coordinator may still fail it first
-    with reverts("ShardRegistryInvalidJobStatus", jobId=job_id, status=JobStatus.FAILED):
+    with reverts("ShardRegistryInvalidJobStatus", jobId=job_id, status=JobStatus.Failed):
         world.reg(world.client).cancel_job(job_id)
