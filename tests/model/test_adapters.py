@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from shardnet.errors import ShardnetError
 from shardnet.model import ModelError, get_adapter, part_file_name, save_parts
 from tests.fixtures_model import TINY, TINY_LAYERS, TinyModel, build_tiny
 
@@ -51,6 +52,9 @@ def test_registry_by_model_type(model_type: str, kind: str, family: str) -> None
 
 
 def test_unknown_model_type_and_unknown_key_say_what_to_do() -> None:
+    # a ShardnetError: the commands print its message instead of a traceback
+    with pytest.raises(ShardnetError, match="no adapter for model type 't5'.*known: .*llama"):
+        get_adapter("t5")
     with pytest.raises(ModelError, match="no adapter for model type 't5'.*known: .*llama"):
         get_adapter("t5")
     with pytest.raises(ModelError, match="belongs to no part"):
