@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, Float, Integer, String, select
+from sqlalchemy import BigInteger, Float, Integer, String, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -80,6 +80,7 @@ class WorkerState:
         self.worker = worker
         names = (WorkerSessionRow.__tablename__, WorkerStepRow.__tablename__, WorkerJobRow.__tablename__)
         Base.metadata.create_all(engine, tables=[Base.metadata.tables[n] for n in names])
+        self._insert_step = insert(WorkerStepRow.__table__)
 
     # -- sessions
     def session_opened(
@@ -104,14 +105,13 @@ class WorkerState:
             return db.get(WorkerSessionRow, (self.worker, session_id)) is not None
 
     def step_recorded(self, session_id: str, step_index: int, step_hash: bytes) -> None:
-        with session_scope(self.engine) as db:
-            db.merge(
-                WorkerStepRow(
-                    worker=self.worker,
-                    session_id=session_id,
-                    step_index=step_index,
-                    step_hash="0x" + step_hash.hex(),
-                )
+        """Durably record one step's hash (called for every step, before its output leaves: kept cheap,
+        one INSERT in its own transaction without the ORM; a step index is recorded once per session)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                self._insert_step,
+                {"worker": self.worker, "session_id": session_id, "step_index": step_index,
+                 "step_hash": "0x" + step_hash.hex()},
             )
 
     def session_closed(self, session_id: str, reason: str, steps: int, commitment: bytes | None) -> None:
