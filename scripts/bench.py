@@ -1,6 +1,7 @@
 """Benchmark: SmolLM2-135M split over 3 workers on loopback against single-process transformers, same run.
 
-Prints, for greedy decoding of the same prompts:
+Prints, for greedy decoding of the same chat prompts (each run on both sides back to back, so that both see the
+same load on a shared machine), whether the outputs are equal, and:
 - median ms per decoded token and time to first token, for both, and their ratios;
 - the stall when a worker is SIGKILLed mid-generation (a replica serves the same span);
 - the gas of one whole job (submit, route, commitments, finalize).
@@ -36,44 +37,66 @@ PROMPTS = [
 ]
 
 
-def baseline(gguf: Path, prompts: list[str], n: int, threads: int) -> tuple[list[float], list[float]]:
-    """Single-process transformers: (ms per decoded token of every step, time to first token per prompt)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def chat_ids(tok: object, text: str) -> list[int]:
+    """The prompt ids the coordinator's chat completions give `text`: chat template, BOS not added twice."""
+    prompt = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,  # type: ignore[attr-defined]
+                                     add_generation_prompt=True)
+    bos = getattr(tok, "bos_token", None)
+    return list(tok(prompt, add_special_tokens=not (bos and prompt.startswith(bos)))["input_ids"])  # type: ignore[operator]
 
-    torch.set_num_threads(threads)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
-    steps: list[float] = []
-    ttfts: list[float] = []
-    with torch.no_grad():
-        for text in prompts:
-            ids = tok(text, add_special_tokens=False)["input_ids"]
+
+class Baseline:
+    """Single-process transformers, greedy, `n` tokens whatever the model says (as ignore_eos)."""
+
+    def __init__(self, gguf: Path, threads: int) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(threads)
+        self.tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        self.model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                          dtype=torch.float32).eval()
+
+    def run(self, text: str, n: int) -> tuple[list[float], float, str]:
+        """(ms per decoded token of every step, time to first token in s, the generated text)."""
+        import torch
+
+        steps: list[float] = []
+        with torch.no_grad():
+            ids = chat_ids(self.tok, text)
             t0 = time.perf_counter()
-            out = model(input_ids=torch.tensor([ids]), use_cache=True)
+            out = self.model(input_ids=torch.tensor([ids]), use_cache=True)
             past, nxt = out.past_key_values, int(out.logits[0, -1].argmax())
-            ttfts.append(time.perf_counter() - t0)
+            ttft = time.perf_counter() - t0
+            tokens = [nxt]
             for _ in range(n - 1):
                 t = time.perf_counter()
-                out = model(input_ids=torch.tensor([[nxt]]), past_key_values=past, use_cache=True)
+                out = self.model(input_ids=torch.tensor([[nxt]]), past_key_values=past, use_cache=True)
                 past, nxt = out.past_key_values, int(out.logits[0, -1].argmax())
                 steps.append((time.perf_counter() - t) * 1000)
-    return steps, ttfts
+                tokens.append(nxt)
+        return steps, ttft, str(self.tok.decode(tokens, skip_special_tokens=True))
 
 
 def stream(api: object, model: str, prompt: str, n: int, on_chunk: object = None) -> tuple[list[float], float, str]:
-    """Stream one completion; returns (arrival times, start time, job id)."""
+    """Stream one chat completion of exactly `n` greedy tokens (ignore_eos, as in vLLM: the model's end of turn does
+    not stop it); returns (arrival time of each chunk that carries text, start time, the whole text)."""
     t0 = time.perf_counter()
     arrivals: list[float] = []
-    job = ""
-    for chunk in api.completions.create(model=model, prompt=prompt, max_tokens=n, temperature=0,  # type: ignore[attr-defined]
-                                        stream=True):
-        if chunk.choices and chunk.choices[0].text:
+    text = ""
+    for chunk in api.chat.completions.create(  # type: ignore[attr-defined]
+        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=n, temperature=0, stream=True,
+        extra_body={"ignore_eos": True},
+    ):
+        delta = chunk.choices[0].delta.content if chunk.choices else None
+        if delta:
             arrivals.append(time.perf_counter())
-            job = chunk.id
+            text += delta
             if on_chunk is not None:
                 on_chunk(len(arrivals), chunk)  # type: ignore[operator]
-    return arrivals, t0, job
+    if not arrivals:
+        raise RuntimeError(f"the coordinator streamed no text for {prompt!r}; see its log")
+    return arrivals, t0, text
 
 
 def job_gas(net: LocalNetwork, from_block: int) -> dict[str, int]:
@@ -112,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(args.work_dir, ignore_errors=True)
 
     print(f"baseline: single-process transformers, {args.threads} threads ...", flush=True)
-    base_steps, base_ttft = baseline(gguf, prompts, args.tokens, args.threads)
+    base = Baseline(gguf, args.threads)
+    base.run("warm up", 4)
 
     print("shardnet: anvil, 3 workers of 10 layers + a replica of layers 10:20, a coordinator ...", flush=True)
     with LocalNetwork.start(args.work_dir) as net:
@@ -129,11 +153,23 @@ def main(argv: list[str] | None = None) -> int:
         name = manifest.name
         stream(api, name, "warm up", 4)  # first request loads the tokenizer on the coordinator
 
+        # each prompt runs on both sides back to back, so both see the same load on a shared machine
         steps: list[float] = []
         ttfts: list[float] = []
+        base_steps: list[float] = []
+        base_ttft: list[float] = []
+        base_texts: list[str] = []
+        same = 0
         first_block = net.devnet.web3().eth.block_number + 1
         for i, text in enumerate(prompts):
-            arrivals, t0, _job = stream(api, name, text, args.tokens)
+            b_steps, b_ttft, b_text = base.run(text, args.tokens)
+            base_steps += b_steps
+            base_ttft.append(b_ttft)
+            base_texts.append(b_text)
+            arrivals, t0, out = stream(api, name, text, args.tokens)
+            same += out == base_texts[i]
+            if out != base_texts[i]:
+                print(f"prompt {i}: output differs from single-process transformers:\n  {out!r}\n  {base_texts[i]!r}")
             ttfts.append(arrivals[0] - t0)
             steps += [(b - a) * 1000 for a, b in zip(arrivals, arrivals[1:], strict=False)]
             if i == 0:
@@ -156,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                     killed["at"] = time.perf_counter()
                     return
 
-        arrivals, _t0, _job = stream(api, name, prompts[0], args.tokens, kill_mid)
+        arrivals, _t0, out = stream(api, name, prompts[0], args.tokens, kill_mid)
+        same_after_kill = out == base_texts[0]
         after = [t for t in arrivals if t > killed.get("at", float("inf"))]
         stall = (after[0] - killed["at"]) if after else float("nan")
         normal_gap = statistics.median(steps) / 1000
@@ -164,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     med_base, med_net = statistics.median(base_steps), statistics.median(steps)
     ttft_base, ttft_net = statistics.median(base_ttft), statistics.median(ttfts)
     print()
-    print(f"SmolLM2-135M-Instruct, fp32, {args.threads} threads, {len(prompts)} prompts x {args.tokens} greedy tokens")
+    print(f"SmolLM2-135M-Instruct, fp32, {args.threads} torch threads in the baseline and in each worker, "
+          f"{len(prompts)} chat prompts x {args.tokens} greedy tokens (ignore_eos)")
+    print(f"outputs equal to single-process transformers: {same}/{len(prompts)}, "
+          f"and {'also' if same_after_kill else 'NOT'} after the SIGKILL")
     print("| figure | single process | shardnet, 3 workers | ratio |")
     print("|---|---:|---:|---:|")
     print(f"| median ms per decoded token | {med_base:.1f} | {med_net:.1f} | {med_net / med_base:.2f}x |")
