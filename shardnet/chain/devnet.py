@@ -1,7 +1,10 @@
 """Local development chains: the anvil binary or a hardhat node, started from the pinned node_modules.
 
 A `Devnet` runs the node on 127.0.0.1 and a free port, in its own process group, waits until JSON-RPC
-answers and stops it cleanly (SIGTERM, then SIGKILL of the whole group): no orphan survives it.
+answers and stops it cleanly (SIGTERM, then SIGKILL of the whole group): no orphan survives it. On Linux
+the node also gets SIGTERM from the kernel when the Python process that started it dies without
+stopping it (SIGKILL, a crash): `PR_SET_PDEATHSIG`, set when the devnet is started from the main thread
+(the signal follows the death of the starting *thread*, so a worker thread's devnet cannot use it).
 
     with Devnet.start() as net:
         w3 = net.web3()
@@ -9,15 +12,19 @@ answers and stops it cleanly (SIGTERM, then SIGKILL of the whole group): no orph
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -105,6 +112,31 @@ def rpc_request(url: str, method: str, params: list[object] | None = None, timeo
     if "error" in reply:
         raise DevnetError(f"{method} failed on {url}: {reply['error']}")
     return reply.get("result")
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child get SIGTERM when this process dies, or None where unsupported.
+
+    Only on Linux and from the main thread: the kernel sends the signal when the thread that forked the
+    child exits, so a devnet started from a short-lived thread would be stopped with that thread.
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:  # runs in the child between fork and exec: keep it to two system calls
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
 
 
 def _hardhat_config() -> Path:
@@ -198,7 +230,7 @@ class Devnet:
         with open(log_file or os.devnull, "ab") as out:
             process = subprocess.Popen(
                 cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, env=env,
+                start_new_session=True, env=env, preexec_fn=_die_with_parent(),
             )
         return cls(kind, host, port, process, state, log_file)
 

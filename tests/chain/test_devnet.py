@@ -187,3 +187,45 @@ def test_deploy_cli_with_a_key_from_the_environment(anvil, tmp_path: Path) -> No
 
     bad = _shardnet("deploy", "--rpc", anvil.rpc_url, "--key-env", "NO_SUCH_VAR_X", "--deployment", str(dep_file))
     assert bad.returncode == 1 and "NO_SUCH_VAR_X" in bad.stderr
+
+
+def _start_devnet_cli(dep_file: Path, *extra: str) -> tuple[subprocess.Popen[str], list[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CLI, "devnet", "--port", "0", "--deployment", str(dep_file), *extra],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 60
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while not any("Ctrl-C" in line for line in lines):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError("devnet did not come up:\n" + "".join(lines))
+        lines.append(proc.stdout.readline())
+    return proc, lines
+
+
+def _wait_gone(text: str, timeout: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := _processes_mentioning(text)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+@pytest.mark.parametrize("node", ["anvil", pytest.param("hardhat", marks=pytest.mark.hardhat)])
+def test_devnet_cli_killed_with_sigkill_leaves_no_orphan_node(node: str, tmp_path: Path) -> None:
+    dep_file = tmp_path / "deployment.json"
+    proc, _ = _start_devnet_cli(dep_file, "--node", node)
+    port = int(load_deployment(dep_file).rpc_url.rsplit(":", 1)[1])
+    nodes = _processes_mentioning(f"--port {port}")
+    assert nodes, f"no {node} process found on port {port}"
+    proc.kill()  # SIGKILL: no finally block, no signal handler runs in the CLI
+    proc.wait(10)
+    left = _wait_gone(f"--port {port}")
+    for pid in left:  # clean up before failing, so a regression leaves nothing running
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"{node} outlived the SIGKILLed `shardnet devnet` (pids {left})"
+    deadline = time.monotonic() + 10  # a dying process closes its sockets just after its command line goes
+    while _port_open(port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _port_open(port)
