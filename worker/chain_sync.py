@@ -5,21 +5,45 @@ worker are stored in the worker's database in the watcher's own transaction. Aft
 session closes, it posts `postCommitment(jobId, merkle_root(step hashes))` for every job that is both
 routed here and has all its sessions closed. Before sending it reads the job's hops on chain, so a restart
 (even after a crash between the transaction and the database update) never posts twice.
+
+A job routed here that this worker never served (no step computed, no session open) expires instead of
+staying pending for ever: as soon as it ends on chain (`JobFinalized`/`JobCancelled`/`JobFailed`, in the
+watcher's transaction), or, checked every `expire_interval_s`, once the chain's clock is past its deadline
+(or the chain says it ended). It is then marked skipped with a note saying why.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shardnet.chain.errors import ChainError, ContractRevert
 from shardnet.chain.registry import JobStatus, Registry
-from shardnet.chain.tx import DecodedEvent
+from shardnet.chain.tx import DecodedEvent, rpc
 from shardnet.chain.watcher import EventWatcher
+from shardnet.db import session_scope
 from shardnet.wire.commitment import merkle_root
-from worker.state import ON_CHAIN, POSTED, SKIPPED, WorkerState
+from worker.state import (
+    ON_CHAIN,
+    PENDING,
+    POSTED,
+    SKIPPED,
+    WorkerJobRow,
+    WorkerSessionRow,
+    WorkerState,
+    WorkerStepRow,
+)
+
+#: Events that end a job on chain: a commitment can no longer be posted for it.
+JOB_END_EVENTS = {
+    "JobFinalized": JobStatus.Finalized,
+    "JobCancelled": JobStatus.Cancelled,
+    "JobFailed": JobStatus.Failed,
+}
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +59,23 @@ class ChainSync:
         poll_interval_s: float = 1.0,
         confirmations: int = 0,
         start_block: int | None = None,
+        expire_interval_s: float = 30.0,
     ) -> None:
         assert registry.account is not None, "ChainSync sends transactions: give the registry an account"
         self.registry = registry
         self.state = state
         self.me = registry.account.address
         self.poll_interval_s = poll_interval_s
+        self.expire_interval_s = expire_interval_s
+        self._next_expiry = 0.0  # time.monotonic() of the next deadline check
+        self._deadlines: dict[int, int] = {}  # job id -> deadline (unix time on the chain's clock), read once
+        handlers = {"JobRouted": self._on_job_routed, "HopAdded": self._on_hop_added}
+        handlers |= {name: self._on_job_ended for name in JOB_END_EVENTS}
         self.watcher = EventWatcher(
             registry,
             state.engine,
             f"worker:{self.me}",
-            {"JobRouted": self._on_job_routed, "HopAdded": self._on_hop_added},
+            handlers,
             confirmations=confirmations,
             poll_interval=poll_interval_s,
             start_block=start_block,
@@ -83,6 +113,74 @@ class ChainSync:
     def _record(self, db: Session, job_id: int, hop_index: int, start: int, end: int, block: int) -> None:
         if self.state.add_route(db, job_id, hop_index, start, end, block):
             log.info("job %d routed to this worker (hop %d, layers %d:%d)", job_id, hop_index, start, end)
+
+    def _on_job_ended(self, event: DecodedEvent, db: Session) -> None:
+        job_id = int(event.args["jobId"])
+        status = JOB_END_EVENTS[event.name]
+        if self._unserved(db, job_id):
+            self._expire(db, job_id, f"job {status.name.lower()} on chain; never served here")
+
+    # -- expiry of jobs routed here but never served
+    def _unserved(self, db: Session, job_id: int) -> bool:
+        """Whether `job_id` is pending here with no session open and no step computed for it."""
+        row = db.get(WorkerJobRow, (self.state.worker, job_id))
+        if row is None or row.commit_status != PENDING:
+            return False
+        sessions = select(WorkerSessionRow.session_id).where(
+            WorkerSessionRow.worker == self.state.worker, WorkerSessionRow.job_id == job_id
+        )
+        open_sessions = db.scalar(
+            select(func.count()).select_from(sessions.where(WorkerSessionRow.closed_at.is_(None)).subquery())
+        )
+        steps = db.scalar(
+            select(func.count()).where(
+                WorkerStepRow.worker == self.state.worker, WorkerStepRow.session_id.in_(sessions)
+            )
+        )
+        return not open_sessions and not steps
+
+    def _expire(self, db: Session, job_id: int, note: str) -> None:
+        row = db.get(WorkerJobRow, (self.state.worker, job_id))
+        assert row is not None
+        row.commit_status = SKIPPED
+        row.note = note[:200]
+        row.updated_at = time.time()
+        self._deadlines.pop(job_id, None)
+        log.info("job %d: %s; no commitment is due", job_id, note)
+
+    def expire_unserved_jobs(self) -> int:
+        """Expire the jobs routed here, never served, that ended on chain or are past their deadline.
+
+        Reads each such job's deadline once (`getJob`) and the chain's clock once per call; returns how
+        many jobs expired. Raises ChainError when the chain cannot be read (they are checked again later).
+        """
+        with session_scope(self.state.engine) as db:
+            pending = db.scalars(
+                select(WorkerJobRow.job_id).where(
+                    WorkerJobRow.worker == self.state.worker, WorkerJobRow.commit_status == PENDING
+                )
+            ).all()
+            unserved = [job_id for job_id in pending if self._unserved(db, job_id)]
+        if not unserved:
+            return 0
+        now = int(rpc(self.registry.w3, "eth_getBlockByNumber", ["latest", False])["timestamp"], 16)
+        expired: dict[int, str] = {}
+        for job_id in unserved:
+            if job_id not in self._deadlines:
+                job = self.registry.get_job(job_id)
+                if job.status not in (JobStatus.Submitted, JobStatus.Routed):
+                    expired[job_id] = f"job {job.status.name.lower()} on chain; never served here"
+                    continue
+                self._deadlines[job_id] = job.deadline
+            if now > self._deadlines[job_id]:
+                expired[job_id] = f"past its deadline {self._deadlines[job_id]} (chain time {now}); never served here"
+        done = 0
+        with session_scope(self.state.engine) as db:
+            for job_id, note in expired.items():
+                if self._unserved(db, job_id):  # a session may have opened meanwhile
+                    self._expire(db, job_id, note)
+                    done += 1
+        return done
 
     # -- commitments
     def post_pending_commitments(self) -> int:
@@ -133,9 +231,12 @@ class ChainSync:
         self._wake.set()
 
     def sync_once(self) -> None:
-        """Catch up with the chain, then post what is ready."""
+        """Catch up with the chain, post what is ready, and (every `expire_interval_s`) expire unserved jobs."""
         self.watcher.catch_up()
         self.post_pending_commitments()
+        if time.monotonic() >= self._next_expiry:
+            self.expire_unserved_jobs()
+            self._next_expiry = time.monotonic() + self.expire_interval_s
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="worker-chain", daemon=True)
