@@ -72,9 +72,9 @@ def chat_prompt(gguf: Path, question: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompt", default="What is the capital of France? Answer in one sentence.",
+    parser.add_argument("--prompt", default="Explain in two sentences why the sky is blue.",
                         help="the user's question (sent with the model's chat template)")
-    parser.add_argument("--max-tokens", type=int, default=32, help="tokens to generate at most (default: 32)")
+    parser.add_argument("--max-tokens", type=int, default=48, help="tokens to generate at most (default: 48)")
     parser.add_argument("--work-dir", type=Path, default=REPO / ".shardnet" / "demo",
                         help="folder for the devnet, stores, databases and logs (wiped first)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per worker (default: 2)")
