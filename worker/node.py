@@ -66,6 +66,17 @@ def pick_span(cfg: WorkerConfig, model: ModelInfo, live: list[AssignmentInfo], m
     return choose_best_span(model.num_layers, [a.span for a in live], length)
 
 
+def fetch_hint(message: str, model: ModelInfo, span: LayerSpan, cfg: WorkerConfig) -> str:
+    """A store fetch failure, told in the worker's own settings (--peers, --store-dir), not the store CLI's."""
+    detail = message.replace("add a source that holds this model (--from)", "").rstrip()
+    where = ", ".join(cfg.peers) if cfg.peers else f"only the store {cfg.store_dir} (no --peers given)"
+    return (
+        f"{detail}\ncannot get layers {span} of {model.name} (manifest {model.manifest_cid}) from {where}: "
+        "add to --peers (or SHARDNET_WORKER_PEERS, or peers in the TOML file) a worker URL (http://host:port) "
+        "that serves these layers, or a store folder that holds the model's files"
+    )
+
+
 def kv_bytes_per_token(hf_config: dict[str, Any], span: LayerSpan, dtype: str) -> int:
     """Bytes of KV cache one token position takes in `span` (keys and values of every layer)."""
     heads = int(hf_config.get("num_attention_heads") or 1)
@@ -93,7 +104,7 @@ def prepare(cfg: WorkerConfig) -> PreparedNode:
 
     from shardnet.db import make_engine
     from shardnet.model.block import load_block
-    from shardnet.store.fetch import fetch_files
+    from shardnet.store.fetch import FetchError, fetch_files
 
     torch.set_num_threads(cfg.threads)
     registry = connect(cfg)
@@ -111,7 +122,10 @@ def prepare(cfg: WorkerConfig) -> PreparedNode:
     log.info("serving %s (model %d) layers %s of %d", model.name, model.model_id, span, model.num_layers)
     # without peers the store itself is the only source: every file must already be there (verified)
     sources: list[str | Path] = [*cfg.peers] or [cfg.store_dir]
-    manifest = fetch_files(model.manifest_cid, span, sources, cfg.store_dir, progress=False)
+    try:
+        manifest = fetch_files(model.manifest_cid, span, sources, cfg.store_dir, progress=False)
+    except FetchError as exc:
+        raise FetchError(fetch_hint(str(exc), model, span, cfg)) from exc
     block = load_block(cfg.store_dir, manifest.to_json(), span, getattr(torch, cfg.dtype))
     mine = [a for a in live if a.node == me]
     for stale in (a for a in mine if a.span != span):
