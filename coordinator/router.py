@@ -105,7 +105,7 @@ def choose_route(
         raise NoRouteError(
             f"no live worker chain covers layers [{start}, {stop}): nothing serves layer {reached} onwards "
             f"from the chain so far; start a worker for a span beginning at layer {reached} "
-            f"(e.g. `worker run --span {reached}:{stop}`) or wait for one to come back"
+            f"(e.g. `worker run --layers {reached}:{stop}`) or wait for one to come back"
         )
     return [RouteHop(w.address, w.endpoint, w.span) for w in best[stop][3]]
 
