@@ -161,6 +161,7 @@ class ChainSync:
                 )
             ).all()
             unserved = [job_id for job_id in pending if self._unserved(db, job_id)]
+        self._deadlines = {j: d for j, d in self._deadlines.items() if j in unserved}  # served ones leave
         if not unserved:
             return 0
         now = int(rpc(self.registry.w3, "eth_getBlockByNumber", ["latest", False])["timestamp"], 16)
