@@ -27,6 +27,8 @@ from typing import Any
 from aiohttp import web
 
 from coordinator.jobs import GenerationResult
+from coordinator.models import ModelUnavailable
+from coordinator.router import NoRouteError, choose_route
 from coordinator.sampling import SamplingParams
 from coordinator.service import CoordinatorService, PromptRejected
 from shardnet.client import AUTH_HEADER, output_read_message
@@ -197,7 +199,12 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
             if not isinstance(given, str):
                 raise ConfigError('send "prompt": one string')
             prompt = given
+        # pay nothing for a request no chain of live workers can serve now
+        choose_route(service.directory.snapshot(model_id), model.num_layers)
         job_id = await service.submit_own_job(model_id, prompt, max_tokens, params)
+    except (NoRouteError, ModelUnavailable) as exc:
+        return _error(503, f"model {body.get('model')!r} cannot be served now (nothing was paid): {exc}",
+                      "service_unavailable")
     except ShardnetError as exc:
         return _error(400, str(exc))
     # schedule at once (before any await), so the job runs with this request's token callback
