@@ -25,7 +25,12 @@ _DEPLOYMENT_HELP = "deployment file (default: $SHARDNET_DEPLOYMENT or .shardnet/
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser("compile", help="compile contracts/*.sol into the committed artifacts")
+    p = subparsers.add_parser(
+        "compile", help="compile contracts/*.sol into the committed artifacts",
+        description="Compile contracts/*.sol with solc 0.8.37 through py-solc-x (a native solc of that version "
+        "on PATH, else solcjs from node_modules/solc behind a wrapper; run `npm ci` first) and write ABI + "
+        "bytecode to shardnet/chain/artifacts/. Commit the result: running shardnet needs no compiler.",
+    )
     p.add_argument("--check", action="store_true", help="write nothing; fail if the committed artifacts are stale")
     p.set_defaults(func=cmd_compile)
 
@@ -45,7 +50,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_param_flags(p)
     p.set_defaults(func=cmd_devnet)
 
-    p = subparsers.add_parser("deploy", help="deploy the registry to any chain and write the deployment file")
+    p = subparsers.add_parser(
+        "deploy", help="deploy the registry to any chain and write the deployment file",
+        description="Deploy the committed ShardRegistry artifact to the chain at --rpc with the given key "
+        "(the deployer becomes the owner, who approves coordinators), approve --coordinator addresses, and "
+        "write the deployment file (chain id, RPC URL, address, deploy block, parameters) that every other "
+        "command reads.",
+    )
     p.add_argument("--rpc", required=True, help="JSON-RPC URL of the chain, e.g. http://127.0.0.1:8545")
     keys = p.add_mutually_exclusive_group(required=True)
     keys.add_argument("--key-file", type=Path, help="file holding the deployer's hex private key (it becomes the owner)")
@@ -57,7 +68,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     chain = subparsers.add_parser("chain", help="inspect the deployed registry")
     chain_sub = chain.add_subparsers(dest="chain_command", metavar="COMMAND", required=True)
-    p = chain_sub.add_parser("status", help="print the registry's parameters, nodes, models, assignments and jobs")
+    p = chain_sub.add_parser(
+        "status", help="print the registry's parameters, nodes, models, assignments and jobs",
+        description="Read the registry named by the deployment file and print its parameters, approved "
+        "coordinators, nodes, models with the spans served, the latest jobs and the ether it holds.",
+    )
     p.add_argument("--deployment", type=Path, help=_DEPLOYMENT_HELP)
     p.add_argument("--rpc", help="JSON-RPC URL to use instead of the one in the deployment file")
     p.add_argument("--jobs", type=int, default=20, help="how many of the latest jobs to list (default 20)")
@@ -80,13 +95,34 @@ def _add_param_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-prompt-tokens", type=int, default=512, help="longest prompt a job may carry, in tokens (default 512)")
 
 
+_BPS = 10_000
+
+# flag -> (attribute, smallest allowed, largest allowed): the constructor's argument types and checks
+_PARAM_RANGES = (
+    ("--unbonding-period", "unbonding_period", 0, 2**64 - 1),
+    ("--job-timeout", "job_timeout", 1, 2**64 - 1),
+    ("--coordinator-fee-bps", "coordinator_fee_bps", 0, _BPS),
+    ("--slash-bps", "slash_bps", 0, _BPS),
+    ("--max-prompt-tokens", "max_prompt_tokens", 1, 2**32 - 1),
+)
+
+
 def _params(args: argparse.Namespace) -> RegistryParams:
+    """The registry parameters from the flags, checked here so a bad value never reaches the chain."""
     from shardnet.chain.registry import RegistryParams
 
     try:
-        min_stake = int(Decimal(args.min_stake) * 10**18)
+        min_stake_ether = Decimal(args.min_stake)
     except InvalidOperation:
-        raise ConfigError(f"--min-stake must be a number of ether, got {args.min_stake!r}") from None
+        raise ConfigError(f"--min-stake must be a number of ether, e.g. 1 or 0.5; got {args.min_stake!r}") from None
+    min_stake = int(min_stake_ether * 10**18) if min_stake_ether.is_finite() else 0
+    if min_stake <= 0 or min_stake >= 2**256:
+        raise ConfigError(f"--min-stake must be a positive amount of ether (at least 1 wei), got {args.min_stake!r}")
+    for flag, attr, low, high in _PARAM_RANGES:
+        value = getattr(args, attr)
+        if not low <= value <= high:
+            unit = " (10000 = 100%)" if attr.endswith("_bps") else ""
+            raise ConfigError(f"{flag} must be between {low} and {high}{unit}, got {value}")
     return RegistryParams(
         min_stake, args.unbonding_period, args.job_timeout, args.coordinator_fee_bps, args.slash_bps, args.max_prompt_tokens
     )

@@ -68,7 +68,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.set_defaults(func=cmd_fetch)
 
-    p = sub.add_parser("show", help="print a stored manifest: model facts and its files")
+    p = sub.add_parser(
+        "show",
+        help="print a stored manifest: model facts and its files",
+        description="Print a manifest from the store (checked against its CID): the model's architecture, "
+        "layer count and dtype, then its files with their layer ranges, sizes, CIDs and whether the store "
+        "holds them. With --layers, only the files a worker serving that span fetches.",
+    )
     p.add_argument("manifest_cid", metavar="MANIFEST_CID", help="CID of the model's manifest (bafkrei…)")
     p.add_argument("--store", type=Path, default=DEFAULT_STORE, help=_STORE_HELP)
     p.add_argument("--layers", metavar="A:B", help="show only the files this layer span needs")
