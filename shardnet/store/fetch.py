@@ -42,11 +42,18 @@ class Source:
 
 
 def as_sources(source: str | Path | Sequence[str | Path]) -> list[Source]:
-    """Normalize one source or a list of them."""
+    """Normalize one source or a list of them; a URL other than http(s):// is refused."""
     items = [source] if isinstance(source, str | Path) else list(source)
     if not items:
         raise FetchError("no source given: pass a store folder or a peer URL (http://host:port)")
-    return [Source(str(s)) for s in items]
+    sources = [Source(str(s)) for s in items]
+    for src in sources:
+        if "://" in src.location and not src.is_http:
+            raise FetchError(
+                f"source {src.location!r} is neither a store folder nor an http(s):// peer URL; "
+                "give a folder holding files by CID or a worker's base URL such as http://host:port"
+            )
+    return sources
 
 
 def _fetch_one(
@@ -58,7 +65,9 @@ def _fetch_one(
     replace: bool,
     progress: bool,
     timeout: float,
+    label: str,
 ) -> Path:
+    what = f"{label} ({cid})"
     failures: list[str] = []
     integrity = False
     for src in sources:
@@ -72,6 +81,7 @@ def _fetch_one(
                     timeout=timeout,
                     progress=progress,
                     replace=replace,
+                    label=label,
                 )
             path = Path(src.location) / cid
             if not path.is_file():
@@ -80,37 +90,45 @@ def _fetch_one(
                 raise PeerError(f"folder {src.location} is the store itself")
             with open(path, "rb") as f:
                 store.put_stream(f, expected_cid=cid, expected_size=size, label=str(path), replace=replace)
-            log.info("copied %s from %s", cid, src)
+            log.info("copied %s from %s", what, src)
             return store.root / cid
         except IntegrityError as exc:
             integrity = True
             failures.append(f"{src}: {exc}")
-            log.warning("refused %s from %s: %s", cid, src, exc)
+            log.warning("refused %s from %s: %s", what, src, exc)
         except (PeerError, OSError) as exc:
             failures.append(f"{src}: {exc}")
-            log.info("%s unavailable from %s: %s", cid, src, exc)
+            log.info("%s unavailable from %s: %s", what, src, exc)
     detail = "\n  ".join(failures)
     if integrity:
         raise IntegrityError(
-            f"no source delivered a verified copy of {cid}; nothing was stored:\n  {detail}\n"
+            f"no source delivered a verified copy of {what}; nothing was stored:\n  {detail}\n"
             "use another peer or republish the model"
         )
     raise FetchError(
-        f"no source could deliver {cid}:\n  {detail}\nadd a source that holds this model (--from)"
+        f"no source could deliver {what}:\n  {detail}\nadd a source that holds this model (--from)"
     )
 
 
 def _ensure(
-    cid: str, size: int | None, sources: list[Source], store: LocalStore, progress: bool, timeout: float
+    cid: str,
+    size: int | None,
+    sources: list[Source],
+    store: LocalStore,
+    progress: bool,
+    timeout: float,
+    label: str,
 ) -> Path:
     path = store.path(cid)
     if path.is_file():
         if (size is None or path.stat().st_size == size) and cid_of_file(path) == cid:
-            log.debug("store already holds a verified %s", cid)
+            log.debug("store already holds a verified %s (%s)", label, cid)
             return path
-        log.warning("stored copy of %s is corrupt; fetching it again", cid)
-        return _fetch_one(cid, size, sources, store, replace=True, progress=progress, timeout=timeout)
-    return _fetch_one(cid, size, sources, store, replace=False, progress=progress, timeout=timeout)
+        log.warning("stored copy of %s (%s) is corrupt; fetching it again", label, cid)
+        return _fetch_one(
+            cid, size, sources, store, replace=True, progress=progress, timeout=timeout, label=label
+        )
+    return _fetch_one(cid, size, sources, store, replace=False, progress=progress, timeout=timeout, label=label)
 
 
 def fetch_files(
@@ -130,16 +148,32 @@ def fetch_files(
     copies were found, ``FetchError`` when no source had a file.
     """
     span = LayerSpan.parse(span) if isinstance(span, str) else span
-    manifest_cid = parse_cid(manifest_cid)
+    try:
+        manifest_cid = parse_cid(manifest_cid)
+    except ValueError as exc:
+        raise FetchError(
+            f"manifest CID: {exc}; give the CID that `shardnet model import` printed "
+            "(or that the model has on chain), e.g. bafkrei…"
+        ) from None
     sources = as_sources(source)
     store = LocalStore(store_dir).ensure()
-    _ensure(manifest_cid, None, sources, store, progress, timeout)
+    _ensure(manifest_cid, None, sources, store, progress, timeout, "manifest")
     manifest = load_manifest(store.root, manifest_cid)
-    wanted = [(f.cid, f.size) for f in manifest.files_for(span)] + [
-        (t.cid, t.size) for t in manifest.tokenizer
+    wanted = [(f.cid, f.size, f.name) for f in manifest.files_for(span)] + [
+        (t.cid, t.size, t.name) for t in manifest.tokenizer
     ]
-    for cid, size in wanted:
-        _ensure(cid, size, sources, store, progress, timeout)
+    missing = [w for w in wanted if not store.has(w[0])]
+    log.info(
+        "%s layers %s needs %d files (%.1f MB), %d not in %s yet",
+        manifest.name,
+        span,
+        len(wanted),
+        sum(w[1] for w in wanted) / 1e6,
+        len(missing),
+        store.root,
+    )
+    for cid, size, name in wanted:
+        _ensure(cid, size, sources, store, progress, timeout, name)
     log.info(
         "store %s holds the %d files of %s layers %s (manifest %s)",
         store.root,

@@ -66,8 +66,11 @@ def download(
     timeout: float = DEFAULT_TIMEOUT,
     progress: bool = True,
     replace: bool = False,
+    label: str | None = None,
 ) -> Path:
     """Download ``cid`` from ``peer`` into ``store`` and return its path there.
+
+    ``label`` (e.g. the file's name in the manifest) names the progress bar; it defaults to the CID.
 
     The body is hashed while it streams into a temporary file; a body longer than ``expected_size``
     is cut off at once, and one whose size or CID does not match raises ``IntegrityError`` and leaves
@@ -84,7 +87,7 @@ def download(
     with response, store.incoming() as (f, tmp):
         hasher = CidHasher()
         total = expected_size if expected_size is not None else _content_length(response)
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc=cid[:16], disable=not progress, leave=False)
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=label or cid[:16], disable=not progress, leave=False)
         try:
             while chunk := response.read(CHUNK_SIZE):
                 hasher.update(chunk)
