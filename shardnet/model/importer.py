@@ -77,17 +77,36 @@ def _torch_dtype(name: str) -> Any:
     return getattr(torch, name)
 
 
+GGUF_MAGIC = b"GGUF"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+"""A checkpoint folder holds at least one of these (single file or sharded with an index)."""
+
+
 def _load_gguf(path: Path, tokenizer_dir: Path) -> tuple[Any, str]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("loading %s (dequantizing GGUF to float32)", path)
+    with open(path, "rb") as f:
+        magic = f.read(len(GGUF_MAGIC))
+    if magic != GGUF_MAGIC:
+        raise ModelImportError(
+            f"{path} is not a GGUF file (it does not start with the bytes {GGUF_MAGIC!r}); "
+            "check that the download is complete, or import a checkpoint folder instead"
+        )
+    log.info("loading %s: reading and dequantizing the GGUF to float32 (the longest step)", path)
     kwargs = {"gguf_file": path.name}
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=torch.float32, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=torch.float32, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelImportError(
+            f"transformers cannot load {path}: {exc}; only GGUF files of architectures transformers "
+            "supports can be imported (e.g. Llama, Mistral, Qwen2, GPT-2)"
+        ) from exc
     # transformers keeps the GGUF quantizer on the model; the weights are plain float32 now
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    log.info("extracting the tokenizer from %s", path.name)
     AutoTokenizer.from_pretrained(str(path.parent), **kwargs).save_pretrained(str(tokenizer_dir))
     name = path.name.split(".")[0]  # "SmolLM2-135M-Instruct.Q4_1.gguf" -> "SmolLM2-135M-Instruct"
     return model, name
@@ -103,10 +122,24 @@ def _load_folder(path: Path, tokenizer_dir: Path) -> tuple[Any, str]:
         raise ModelImportError(
             f"{path} has no config.json; pass a Hugging Face checkpoint folder or a .gguf file"
         )
-    config = AutoConfig.from_pretrained(str(path))
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelImportError(f"{path / 'config.json'} is not a usable Hugging Face config: {exc}") from exc
     cls = get_adapter(config.model_type).model_class(config)
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise ModelImportError(
+            f"{path} has a config.json but no weights (none of {', '.join(WEIGHT_FILES)}); "
+            "copy the checkpoint's weight files into it, or save the model there with save_pretrained"
+        )
     log.info("loading %s as %s", path, cls.__name__)
-    model = cls.from_pretrained(str(path), dtype=torch.float32)
+    try:
+        model = cls.from_pretrained(str(path), dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelImportError(
+            f"cannot load the weights in {path} as {cls.__name__}: {exc}; do config.json and the weights "
+            "belong to the same checkpoint?"
+        ) from exc
     for name in TOKENIZER_FILES:
         if (path / name).is_file():
             shutil.copyfile(path / name, tokenizer_dir / name)
@@ -153,6 +186,12 @@ def import_model(
         if not getattr(config, "architectures", None):
             config.architectures = [architecture]  # GGUF configs name none; blocks are built from it
         adapter = get_adapter(config.model_type)
+        log.info(
+            "writing %d part files (embedding, %d layers, head) in %s",
+            adapter.num_layers(config) + 2,
+            adapter.num_layers(config),
+            dtype,
+        )
         parts = save_parts(model, config, work / "parts", dtype=torch_dtype)
         del model
         files: list[ShardFile] = []

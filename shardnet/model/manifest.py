@@ -14,7 +14,7 @@ from typing import Any
 
 from shardnet.errors import IntegrityError, ShardnetError
 from shardnet.span import LayerSpan
-from shardnet.store.cid import cid_of_bytes, parse_cid, verify_cid
+from shardnet.store.cid import cid_of_bytes, cid_of_file, parse_cid, verify_cid
 from shardnet.store.local import LocalStore
 
 MANIFEST_FORMAT = "shardnet-manifest/1"
@@ -241,7 +241,9 @@ def load_manifest(store_dir: str | Path, cid: str) -> Manifest:
 def tokenizer_folder(store_dir: str | Path, manifest: Manifest) -> Path:
     """A folder holding the manifest's tokenizer files under their own names, ready for ``from_pretrained``.
 
-    The files are copied (once) from the store into ``<store>/.tokenizers/<manifest cid>/``.
+    The files are copied from the store into ``<store>/.tokenizers/<manifest cid>/``; every copy, new or
+    kept from an earlier call, is checked against its CID first (tokenizer files are small), so a corrupt
+    or substituted tokenizer is refused with ``IntegrityError`` instead of being loaded.
     """
     store = LocalStore(store_dir)
     if not manifest.tokenizer:
@@ -250,14 +252,24 @@ def tokenizer_folder(store_dir: str | Path, manifest: Manifest) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for t in manifest.tokenizer:
         target = folder / t.name
-        if target.is_file() and target.stat().st_size == t.size:
+        if target.is_file() and target.stat().st_size == t.size and cid_of_file(target) == t.cid:
             continue
         if not store.has(t.cid):
             raise ManifestError(
-                f"tokenizer file {t.name} ({t.cid}) is not in the store {store.root}; fetch the model"
+                f"tokenizer file {t.name} ({t.cid}) is not in the store {store.root}; fetch the model "
+                f"(shardnet model fetch {manifest.cid} --layers A:B --from SOURCE --store {store.root})"
             )
         tmp = folder / f".{t.name}.tmp"
         store.export_to(t.cid, tmp)
+        try:
+            verify_cid(tmp, t.cid)
+        except IntegrityError as exc:
+            tmp.unlink(missing_ok=True)
+            raise IntegrityError(
+                f"tokenizer file {t.name}: the store's copy is corrupt ({exc}); run "
+                f"`shardnet model fetch {manifest.cid} --layers A:B --from SOURCE --store {store.root}` "
+                "again, which replaces corrupt copies"
+            ) from None
         tmp.replace(target)
     return folder
 
