@@ -7,12 +7,13 @@ Bittensor's Targon validator does). A disagreement is settled by a third worker,
 of the two disagrees with the referee is the outlier. The evidence of a slash is a JSON record of the
 step (job, hop, step, positions, the input's hash and both outputs' hashes), whose keccak goes on chain.
 
-This module holds the decisions (pure functions); `coordinator.generation` runs the re-computations.
+This module holds the decisions (pure functions); `coordinator.pipeline` runs the re-computations.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -121,12 +122,14 @@ def evidence_record(
         "replica_output_hash": "0x" + replica_hash.hex(),
         "referee": referee.lower(),
         "referee_output_hash": "0x" + referee_hash.hex(),
-        "metric": metric,
+        # a shape mismatch or NaN/inf output compares as an infinite metric: JSON has no Infinity, so say it in words
+        "metric": metric if math.isfinite(metric) else str(metric),
     }
 
 
 def canonical_json(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+    """Sorted keys, no spaces, strict JSON (NaN and Infinity are refused: any parser can check the hash)."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
 def evidence_hash(record: dict[str, Any]) -> bytes:
