@@ -10,12 +10,11 @@ happen inside the handler so that `coordinator --help` stays fast.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from coordinator.config import ENV_PREFIX, CoordinatorConfig, field_help, load_config
-from shardnet.errors import ShardnetError
+from shardnet.cli import run_command
 
 _METAVARS = {"key_env": "VAR", "db_url": "URL", "api_key": "KEY", "rpc_url": "URL"}
 
@@ -83,22 +82,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except ShardnetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,11 @@ This module only turns flags into a `WorkerConfig` and calls the code that does 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from shardnet.errors import ShardnetError
+from shardnet.cli import run_command
 from worker.config import ENV_PREFIX, WorkerConfig, field_help, load_config
 
 # settings every chain command takes (the rest are `run` only)
@@ -156,22 +155,7 @@ def _cmd_chain(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except ShardnetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":
