@@ -131,6 +131,40 @@ def _ensure(
     return _fetch_one(cid, size, sources, store, replace=False, progress=progress, timeout=timeout, label=label)
 
 
+def ensure_file(
+    cid: str,
+    source: str | Path | Sequence[str | Path],
+    store_dir: str | Path,
+    *,
+    size: int | None = None,
+    label: str | None = None,
+    progress: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Path:
+    """The path of a verified copy of ``cid`` in ``store_dir``, for a single file (a tokenizer, a manifest).
+
+    A copy already in the store is re-hashed and kept when it matches (then ``source`` may be empty);
+    a missing or corrupt one is fetched from ``source`` (folders and peer URLs, tried in order) and
+    verified before it enters the store. Raises ``IntegrityError`` when only corrupt copies were found,
+    ``FetchError`` when no source had the file.
+    """
+    try:
+        cid = parse_cid(cid)
+    except ValueError as exc:
+        raise FetchError(f"{label or 'file'}: {exc}") from None
+    store = LocalStore(store_dir).ensure()
+    path = store.root / cid
+    if path.is_file() and (size is None or path.stat().st_size == size) and cid_of_file(path) == cid:
+        return path
+    sources = as_sources(source) if (isinstance(source, str | Path) or source) else []
+    if not sources:
+        raise FetchError(
+            f"{label or cid} ({cid}) is not in the store {store.root} (or its copy is corrupt) and no "
+            "source was given: pass a store folder or a peer URL that holds it"
+        )
+    return _ensure(cid, size, sources, store, progress, timeout, label or cid)
+
+
 def fetch_files(
     manifest_cid: str,
     span: LayerSpan | str,
