@@ -276,6 +276,23 @@ class CoordinatorService:
                 status = {JobStatus.Finalized: "finalized", JobStatus.Cancelled: "cancelled"}.get(job.status, FAILED)
                 self.state.upsert_job(row.job_id, status=status)
 
+    async def fail_interrupted(self, job_ids: list[int]) -> None:
+        """On shutdown: fail on chain (full refund now, not at the next start) the jobs stopped mid-generation.
+
+        A job whose prompt is held but that never started stays queued: the next start runs it.
+        """
+        for job_id in job_ids:
+            row = self.state.get_job(job_id)
+            if row is None or row.status not in (RUNNING, FINALIZING):
+                continue
+            reason = "coordinator stopped mid-job; its worker sessions are gone"
+            log.warning("job %d was %s when the coordinator stopped: failing it on chain", job_id, row.status)
+            self.state.upsert_job(job_id, status=FAILED, error=reason)
+            await self.runner.fail_on_chain(job_id, reason)
+            job = await asyncio.to_thread(self.registry.get_job, job_id)
+            if job.status == JobStatus.Finalized:  # its finalizeJob went through just before the stop
+                self.state.upsert_job(job_id, status=FINALIZED, error=None)
+
     # -- lifecycle
     async def run_forever(self, ready: asyncio.Event | None = None) -> None:
         from aiohttp import web
@@ -305,9 +322,11 @@ class CoordinatorService:
         try:
             await self._stop.wait()
         finally:
-            for task in background + list(self._tasks.values()):
+            jobs = dict(self._tasks)
+            for task in background + list(jobs.values()):
                 task.cancel()
-            await asyncio.gather(*background, *self._tasks.values(), return_exceptions=True)
+            await asyncio.gather(*background, *jobs.values(), return_exceptions=True)
+            await self.fail_interrupted(list(jobs))
             await runner.cleanup()
             self.engine.dispose()
 
