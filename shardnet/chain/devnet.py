@@ -74,7 +74,7 @@ def find_node_modules() -> Path:
             return path.resolve()
     where = env or f"{_REPO_ROOT / 'node_modules'} or ./node_modules"
     raise DevnetError(
-        f"node_modules not found at {where}: run `npm ci` in the shardnet repository "
+        f"node_modules not found at {where}: run `bash scripts/setup.sh` (or `npm install`) in the shardnet repository "
         "(or set SHARDNET_NODE_MODULES to a folder that has @foundry-rs/anvil and hardhat installed)"
     )
 
@@ -86,7 +86,10 @@ def node_binary(kind: NodeKind) -> Path:
     modules = find_node_modules()
     path = modules / (_ANVIL_RELATIVE if kind == "anvil" else _HARDHAT_RELATIVE)
     if not path.exists():
-        raise DevnetError(f"{kind} is not installed at {path}: run `npm ci` in the shardnet repository")
+        raise DevnetError(
+            f"{kind} is not installed at {path}: run `bash scripts/setup.sh` (or `npm install`) "
+            "in the shardnet repository"
+        )
     return path
 
 

@@ -86,11 +86,11 @@ def test_a_taken_port_is_refused_not_shared(anvil) -> None:
     assert anvil.devnet.is_running() and anvil.block_number() >= 0
 
 
-def test_missing_node_modules_says_to_run_npm_ci(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_missing_node_modules_says_to_run_npm_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SHARDNET_NODE_MODULES", str(tmp_path / "nowhere"))
-    with pytest.raises(DevnetError, match="npm ci"):
+    with pytest.raises(DevnetError, match="npm install"):
         find_node_modules()
-    with pytest.raises(DevnetError, match="npm ci"):
+    with pytest.raises(DevnetError, match="npm install"):
         Devnet.start("anvil")
 
 
