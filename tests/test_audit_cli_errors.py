@@ -114,12 +114,16 @@ def test_fetch_errors_name_the_file_not_just_its_cid(tmp_path: Path) -> None:
         fetch_files(mcid, "0:1", partial.root, tmp_path / "dest", progress=False)
 
 
-def test_download_progress_is_labelled_with_the_file_name(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("kind", ["http", "folder"])
+def test_fetch_progress_is_labelled_with_the_file_name(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     src, mcid, _, _ = _publish(tmp_path / "published")
-    with serve_store(src.root) as url:
-        fetch_files(mcid, "1:2", url, tmp_path / "dest", progress=True)
+    if kind == "http":
+        with serve_store(src.root) as url:
+            fetch_files(mcid, "1:2", url, tmp_path / "dest", progress=True)
+    else:
+        fetch_files(mcid, "1:2", src.root, tmp_path / "dest", progress=True)
     err = capsys.readouterr().err
     assert "layer-001.safetensors:" in err and "tokenizer.json:" in err, err
 

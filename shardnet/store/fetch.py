@@ -89,7 +89,9 @@ def _fetch_one(
             if path.resolve() == (store.root / cid).resolve():
                 raise PeerError(f"folder {src.location} is the store itself")
             with open(path, "rb") as f:
-                store.put_stream(f, expected_cid=cid, expected_size=size, label=str(path), replace=replace)
+                store.put_stream(
+                    f, expected_cid=cid, expected_size=size, label=label, replace=replace, progress=progress
+                )
             log.info("copied %s from %s", what, src)
             return store.root / cid
         except IntegrityError as exc:

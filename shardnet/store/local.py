@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from tqdm import tqdm
+
 from shardnet.errors import IntegrityError
 from shardnet.store.cid import CHUNK_SIZE, CidHasher, cid_of_bytes, cid_of_file, parse_cid
 
@@ -103,13 +105,22 @@ class LocalStore:
         expected_size: int | None = None,
         label: str = "stream",
         replace: bool = False,
+        progress: bool = False,
     ) -> str:
-        """Copy a binary stream into the store, verifying its CID before the file becomes visible."""
+        """Copy a binary stream into the store, verifying its CID before the file becomes visible.
+
+        With ``progress``, a byte progress bar named ``label`` runs on stderr while it copies.
+        """
         with self.incoming() as (f, tmp):
             hasher = CidHasher()
-            while chunk := src.read(CHUNK_SIZE):
-                hasher.update(chunk)
-                f.write(chunk)
+            bar = tqdm(total=expected_size, unit="B", unit_scale=True, desc=label, disable=not progress, leave=False)
+            try:
+                while chunk := src.read(CHUNK_SIZE):
+                    hasher.update(chunk)
+                    f.write(chunk)
+                    bar.update(len(chunk))
+            finally:
+                bar.close()
             f.flush()
             os.fsync(f.fileno())
             cid = hasher.cid()
