@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from eth_utils import keccak
@@ -120,16 +121,33 @@ class ShardnetClient:
         raise ClientError(f"no model named {model!r} is registered; registered: {', '.join(names) or 'none'}")
 
     def find_coordinator(self) -> str:
-        """The endpoint of an approved coordinator, from `CoordinatorSet` events and `coordinatorEndpoint`."""
+        """The endpoint of an approved coordinator that answers `/health` now (checked before anything is paid),
+        from `CoordinatorSet` events (newest first) and `coordinatorEndpoint`."""
         if self.coordinator_url:
-            return self.coordinator_url
-        events = self.registry.get_logs(self.registry.deploy_block, self.registry.block_number(), ["CoordinatorSet"])
-        for address in dict.fromkeys(str(e.args["coordinator"]) for e in reversed(events)):
-            if self.registry.is_coordinator(address):
-                endpoint = self.registry.coordinator_endpoint(address)
-                if endpoint:
-                    return endpoint.rstrip("/")
-        raise ClientError("no approved coordinator with an endpoint is registered; pass --coordinator URL")
+            candidates = [self.coordinator_url.rstrip("/")]
+        else:
+            events = self.registry.get_logs(self.registry.deploy_block, self.registry.block_number(),
+                                            ["CoordinatorSet"])
+            candidates = []
+            for address in dict.fromkeys(str(e.args["coordinator"]) for e in reversed(events)):
+                if self.registry.is_coordinator(address):
+                    endpoint = self.registry.coordinator_endpoint(address)
+                    if endpoint:
+                        candidates.append(endpoint.rstrip("/"))
+            if not candidates:
+                raise ClientError("no approved coordinator with an endpoint is registered; pass --coordinator URL")
+        problems = []
+        for url in candidates:
+            try:
+                status, _ = _http("GET", f"{url}/health", timeout=5.0)
+            except ClientError as exc:
+                problems.append(f"{url}: {exc}")
+                continue
+            if status == 200:
+                return url
+            problems.append(f"{url}: HTTP {status}")
+        raise ClientError("no coordinator answers, so nothing was paid: " + "; ".join(problems)
+                          + " (start one, or pass --coordinator URL of one that runs)")
 
     # -- jobs
     def pay(self, prompt: str, model_id: int, max_tokens: int) -> int:
@@ -206,4 +224,10 @@ class ShardnetClient:
     def cancel(self, job_id: int) -> str:
         """Cancel a job past its deadline (the escrow becomes claimable); returns the transaction hash."""
         self._need_account()
+        job = self.registry.get_job(job_id)
+        now = int(self.registry.w3.eth.get_block("latest")["timestamp"])
+        if job.status in (JobStatus.Submitted, JobStatus.Routed) and now <= job.deadline:
+            when = datetime.fromtimestamp(job.deadline, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            raise ClientError(f"job {job_id} can be cancelled only after its deadline, {when} "
+                              f"({job.deadline - now + 1} s from the chain's clock); try again then")
         return self.registry.cancel_job(job_id).tx_hash

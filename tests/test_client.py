@@ -1,0 +1,34 @@
+"""The client library against a real anvil: nothing is paid when no coordinator answers, and a cancel
+before the deadline says when it becomes possible."""
+
+from __future__ import annotations
+
+import pytest
+
+from shardnet.chain.devnet import free_port
+from shardnet.client import ClientError, ShardnetClient
+
+
+def test_submit_pays_nothing_when_no_coordinator_answers(registry_for, accounts) -> None:
+    owner, client_acct = registry_for(accounts[0]), registry_for(accounts[5])
+    model_id = owner.register_model("m", "bafkreitest", 3, 10).event("ModelRegistered").args["modelId"]
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    owner.set_coordinator(accounts[1].address, dead, True)
+    jobs_before, balance_before = owner.job_count(), owner.balance()
+
+    with pytest.raises(ClientError, match="nothing was paid") as err:
+        ShardnetClient(client_acct).submit("hello", model=model_id, max_tokens=4)
+    assert dead in str(err.value)
+    assert owner.job_count() == jobs_before
+    assert owner.balance() == balance_before
+
+
+def test_cancel_before_the_deadline_names_the_deadline(registry_for, accounts) -> None:
+    owner, client_acct = registry_for(accounts[0]), registry_for(accounts[5])
+    model_id = owner.register_model("m", "bafkreitest", 3, 10).event("ModelRegistered").args["modelId"]
+    client = ShardnetClient(client_acct)
+    job_id = client.pay("hello", model_id, 4)
+    with pytest.raises(ClientError, match=r"only after its deadline, \d{4}-\d\d-\d\d .* UTC") as err:
+        client.cancel(job_id)
+    assert "s from the chain's clock" in str(err.value)
+    assert owner.get_job(job_id).status.name == "Submitted"
