@@ -6,15 +6,14 @@ TOML file given with `--config`, the defaults below. Every field's `description`
 
 from __future__ import annotations
 
-import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shardnet.errors import ConfigError
+from shardnet.config import field_help as shared_field_help
+from shardnet.config import load_layered
 from shardnet.keys import PASSWORD_ENV
 
 ENV_PREFIX = "SHARDNET_COORDINATOR_"
@@ -112,7 +111,7 @@ class CoordinatorConfig(BaseModel):
 
 def field_help() -> dict[str, str]:
     """Field name -> help text, for the CLI."""
-    return {name: info.description or "" for name, info in CoordinatorConfig.model_fields.items()}
+    return shared_field_help(CoordinatorConfig)
 
 
 def load_config(
@@ -121,28 +120,5 @@ def load_config(
     environ: Mapping[str, str] | None = None,
 ) -> CoordinatorConfig:
     """Merge defaults < TOML file < environment < `overrides` (flags; None values are ignored) and validate."""
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        try:
-            with open(config_file, "rb") as fh:
-                data = tomllib.load(fh)
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
-        values.update({k.replace("-", "_"): v for k, v in data.items()})
-    env = os.environ if environ is None else environ
-    for name in CoordinatorConfig.model_fields:
-        key = ENV_PREFIX + name.upper()
-        if env.get(key):
-            values[name] = env[key]
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return CoordinatorConfig(**values)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(
-            f"invalid coordinator configuration: {problems} (check flags, {ENV_PREFIX}* variables and --config)"
-        ) from exc
+    return load_layered(CoordinatorConfig, role="coordinator", env_prefix=ENV_PREFIX, overrides=overrides, config_file=config_file,
+                        environ=environ)

@@ -7,19 +7,18 @@ the CLI builds its `--help` from them, so the two never disagree.
 
 from __future__ import annotations
 
-import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shardnet.errors import ConfigError
+from shardnet.config import field_help as shared_field_help
+from shardnet.config import load_layered
+from shardnet.keys import PASSWORD_ENV
 from shardnet.span import LayerSpan
 
 ENV_PREFIX = "SHARDNET_WORKER_"
-PASSWORD_ENV = "SHARDNET_KEY_PASSWORD"
 
 
 class WorkerConfig(BaseModel):
@@ -158,16 +157,7 @@ class WorkerConfig(BaseModel):
 
 def field_help() -> dict[str, str]:
     """Field name -> help text, for the CLI."""
-    return {name: info.description or "" for name, info in WorkerConfig.model_fields.items()}
-
-
-def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for name in WorkerConfig.model_fields:
-        key = ENV_PREFIX + name.upper()
-        if key in environ and environ[key] != "":
-            values[name] = environ[key]
-    return values
+    return shared_field_help(WorkerConfig)
 
 
 def load_config(
@@ -176,24 +166,5 @@ def load_config(
     environ: Mapping[str, str] | None = None,
 ) -> WorkerConfig:
     """Merge defaults < TOML file < environment < `overrides` (flags; None values are ignored) and validate."""
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        try:
-            with open(config_file, "rb") as fh:
-                data = tomllib.load(fh)
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
-        values.update({k.replace("-", "_"): v for k, v in data.items()})
-    values.update(_env_values(os.environ if environ is None else environ))
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return WorkerConfig(**values)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(
-            f"invalid worker configuration: {problems} (check flags, {ENV_PREFIX}* variables and --config)"
-        ) from exc
+    return load_layered(WorkerConfig, role="worker", env_prefix=ENV_PREFIX, overrides=overrides, config_file=config_file,
+                        environ=environ)
