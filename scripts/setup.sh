@@ -38,7 +38,7 @@ fi
 
 if [ ! -x node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || [ ! -f node_modules/solc/soljson.js ] || [ ! -d node_modules/hardhat ]; then
     command -v npm >/dev/null || { echo "npm is missing: install Node.js >= 18 (apt-get install nodejs npm)" >&2; exit 1; }
-    say "installing the pinned JavaScript tools (npm ci: solc, anvil, hardhat)"
-    npm ci --no-audit --no-fund --loglevel=error >&2
+    say "installing the pinned JavaScript tools (npm install: solc, anvil, hardhat, as pinned in package-lock.json)"
+    npm install --no-audit --no-fund --loglevel=error >&2  # keeps the lockfile's versions; npm ci wants other platforms' anvil packages in the lock
 fi
 say "ready"
