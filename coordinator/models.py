@@ -8,7 +8,6 @@ workers that serve the model.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,8 @@ from typing import Any
 
 from shardnet.chain.registry import ModelInfo
 from shardnet.errors import ShardnetError
-from shardnet.model.manifest import Manifest, load_manifest
-from shardnet.store.http import PeerError, download
+from shardnet.model.manifest import Manifest, load_manifest, tokenizer_folder
+from shardnet.store.fetch import FetchError, ensure_file
 from shardnet.store.local import LocalStore
 
 log = logging.getLogger(__name__)
@@ -55,40 +54,30 @@ class ServedModel:
         return "".join(f"{m.get('role', 'user')}: {m.get('content', '')}\n" for m in messages) + "assistant:"
 
 
-def _ensure_file(store: LocalStore, cid: str, size: int | None, peers: Sequence[str]) -> Path:
-    if store.has(cid):
-        return store.path(cid)
-    problems = []
-    for peer in peers:
-        try:
-            return download(peer, cid, store, expected_size=size, progress=False)
-        except (PeerError, OSError) as exc:
-            problems.append(f"{peer}: {exc}")
-    raise ModelUnavailable(
-        f"file {cid} is neither in the store {store.root} nor at any worker ({'; '.join(problems) or 'no workers'}); "
-        "start a worker of this model or copy its files into --store-dir"
-    )
+def _ensure_file(store: LocalStore, cid: str, size: int | None, peers: Sequence[str], label: str) -> Path:
+    """A verified copy of `cid` in the store (re-hashed when already there), fetched from the workers if needed."""
+    try:
+        return ensure_file(cid, list(peers), store.root, size=size, label=label)
+    except FetchError as exc:
+        raise ModelUnavailable(
+            f"{exc}; start a worker of this model or copy its files into --store-dir"
+        ) from exc
 
 
-def load_model(info: ModelInfo, store_dir: Path, peers: Sequence[str], work_dir: Path) -> ServedModel:
+def load_model(info: ModelInfo, store_dir: Path, peers: Sequence[str]) -> ServedModel:
     """Load a model's manifest and tokenizer (fetching missing files from `peers`)."""
     from transformers import AutoTokenizer
 
     store = LocalStore(store_dir).ensure()
-    _ensure_file(store, info.manifest_cid, None, peers)
+    _ensure_file(store, info.manifest_cid, None, peers, "manifest")
     manifest = load_manifest(store.root, info.manifest_cid)
     if not manifest.tokenizer:
         raise ModelUnavailable(
             f"model {info.name} (manifest {info.manifest_cid}) ships no tokenizer files; re-import it with its tokenizer"
         )
-    folder = work_dir / "tokenizers" / info.manifest_cid
-    folder.mkdir(parents=True, exist_ok=True)
     for t in manifest.tokenizer:
-        src = _ensure_file(store, t.cid, t.size, peers)
-        dest = folder / t.name
-        if not dest.is_file() or dest.stat().st_size != t.size:
-            shutil.copyfile(src, dest)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        _ensure_file(store, t.cid, t.size, peers, t.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder(store.root, manifest)))
     eos: set[int] = set()
     for value in (manifest.config.get("eos_token_id"), tokenizer.eos_token_id):
         if isinstance(value, int):
@@ -103,17 +92,16 @@ def load_model(info: ModelInfo, store_dir: Path, peers: Sequence[str], work_dir:
 class ModelCatalog:
     """ServedModel by on-chain model id, loaded on first use."""
 
-    def __init__(self, fetch_info: Callable[[int], ModelInfo], store_dir: Path, work_dir: Path,
+    def __init__(self, fetch_info: Callable[[int], ModelInfo], store_dir: Path,
                  peers: Callable[[], list[str]]) -> None:
         self._fetch_info = fetch_info
         self._store_dir = store_dir
-        self._work_dir = work_dir
         self._peers = peers
         self._models: dict[int, ServedModel] = {}
 
     def get(self, model_id: int) -> ServedModel:
         model = self._models.get(model_id)
         if model is None:
-            model = load_model(self._fetch_info(model_id), self._store_dir, self._peers(), self._work_dir)
+            model = load_model(self._fetch_info(model_id), self._store_dir, self._peers())
             self._models[model_id] = model
         return model

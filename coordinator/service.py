@@ -78,7 +78,7 @@ class CoordinatorService:
         self.engine = make_engine(config.database_url())
         self.state = CoordinatorState(self.engine)
         self.directory = WorkerDirectory()
-        self.models = ModelCatalog(registry.get_model, config.store_dir, config.data_dir,
+        self.models = ModelCatalog(registry.get_model, config.store_dir,
                                    lambda: [e for n, e in self.directory.nodes() if not self.directory.is_down(n)])
         self.ctx = PipelineContext(
             account=account, directory=self.directory, state=self.state, slash=self._slash,
