@@ -57,17 +57,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_chain_flags(p, needs_key=True)
     p.set_defaults(func=cmd_submit)
 
-    p = subparsers.add_parser("jobs", help="list jobs on chain with their status")
+    p = subparsers.add_parser("jobs", help="list jobs on chain with their status", description="List jobs on chain with their status.")
     p.add_argument("--mine", action="store_true", help="only the jobs submitted by your key")
     _add_chain_flags(p, needs_key=False)
     p.set_defaults(func=cmd_jobs)
 
-    p = subparsers.add_parser("cancel", help="cancel your job after its deadline: the whole escrow is refunded")
+    p = subparsers.add_parser("cancel", help="cancel your job after its deadline: the whole escrow is refunded", description="Cancel your job after its deadline: the whole escrow is refunded.")
     p.add_argument("job_id", type=int, help="the job's on-chain id")
     _add_chain_flags(p, needs_key=True)
     p.set_defaults(func=cmd_cancel)
 
-    p = subparsers.add_parser("claim", help="withdraw your claimable balance (refunds of failed or cancelled jobs)")
+    p = subparsers.add_parser("claim", help="withdraw your claimable balance (refunds of failed or cancelled jobs)", description="Withdraw your claimable balance (refunds of failed or cancelled jobs).")
     _add_chain_flags(p, needs_key=True)
     p.set_defaults(func=cmd_claim)
 
