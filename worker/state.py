@@ -80,7 +80,7 @@ class WorkerState:
         self.worker = worker
         names = (WorkerSessionRow.__tablename__, WorkerStepRow.__tablename__, WorkerJobRow.__tablename__)
         Base.metadata.create_all(engine, tables=[Base.metadata.tables[n] for n in names])
-        self._insert_step = insert(WorkerStepRow.__table__)
+        self._insert_step = insert(WorkerStepRow)
 
     # -- sessions
     def session_opened(
