@@ -155,7 +155,7 @@ class LocalNetwork:
         name = f"worker{index + 1}"
         args = ["--model", str(model_id), "--layers", str(span), "--public-url", f"http://127.0.0.1:{port}",
                 "--data-dir", str(self.work_dir / name), "--store-dir", str(self.work_dir / name / "store"),
-                "--peers", str(self.store_dir), "--threads", str(threads), "--poll-interval-s", "0.2", *extra]
+                "--peers", str(self.store_dir), "--threads", str(threads), *extra]
         return self._spawn(name, "worker.cli", FIRST_WORKER + index, args, port, threads)
 
     def start_coordinator(self, *, extra: tuple[str, ...] = ()) -> Proc:
@@ -163,7 +163,7 @@ class LocalNetwork:
         url = f"http://127.0.0.1:{port}"
         self.owner.set_coordinator(self.address(COORDINATOR), url, True)
         args = ["--data-dir", str(self.work_dir / "coordinator"), "--store-dir", str(self.work_dir / "coordinator" / "store"),
-                "--poll-interval-s", "0.1", *extra]
+                *extra]
         return self._spawn("coordinator", "coordinator.cli", COORDINATOR, args, port, 1)
 
     def close(self) -> None:

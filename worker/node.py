@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from worker.span_choice import choose_best_span, default_span_length
 from worker.state import WorkerState
 
 log = logging.getLogger(__name__)
+
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -167,6 +170,9 @@ async def serve(node: PreparedNode) -> None:
     from shardnet.store.http import make_shard_routes
 
     cfg = node.cfg
+    # The step thread needs the GIL between torch ops; with the default 5 ms switch interval a chain-polling
+    # or HTTP thread that holds it can delay each layer's Python glue by up to 5 ms.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     sync = ChainSync(
         node.registry, node.state, poll_interval_s=cfg.poll_interval_s, confirmations=cfg.confirmations
     )
