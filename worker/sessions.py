@@ -204,10 +204,18 @@ class SessionManager:
                 f"worker's max length {self.max_length}: start a new session"
             )
         needed = n_tokens * self.kv_bytes_per_token
+        if self.memory_bytes(session) + needed > self.max_memory_bytes:
+            # no eviction can make room: refuse without closing anybody else's session
+            raise PayloadTooLarge(
+                f"this step needs {needed / 2**20:.2f} MiB of cache on top of the session's "
+                f"{self.memory_bytes(session) / 2**20:.2f} MiB, over this worker's whole cache budget of "
+                f"{self.max_memory_bytes / 2**20:.2f} MiB: send fewer tokens per step or use a worker with a "
+                "larger --max-cache-mb"
+            )
         while self.total_memory_bytes() + needed > self.max_memory_bytes:
             if not self._evict_lru("memory budget", keep=session):
                 raise WorkerUnavailable(
-                    f"worker memory budget ({self.max_memory_bytes / 2**20:.0f} MiB for caches) is used up by "
+                    f"worker memory budget ({self.max_memory_bytes / 2**20:.2f} MiB for caches) is used up by "
                     "busy sessions: retry later or use another worker"
                 )
 

@@ -124,3 +124,16 @@ def test_step_checks_position_length_and_memory() -> None:
     with pytest.raises(WorkerUnavailable, match="memory budget"):
         m.check_step(c, 0, 41)  # a (busy) holds 100 bytes, 410 more exceed 500, nothing idle to evict
     assert "a" in m
+
+
+def test_a_step_larger_than_the_whole_budget_is_refused_without_evicting_anyone() -> None:
+    clock, closed = _Clock(), []
+    m = _manager(clock, closed, max_memory_bytes=500)
+    a = _open(m, "a", "0xA")
+    a.compute.step(10, 0)  # 100 bytes, idle
+    b = _open(m, "b", "0xB")
+    with pytest.raises(PayloadTooLarge, match="whole cache budget"):
+        m.check_step(b, 0, 51)  # 510 bytes could never fit, even alone
+    assert closed == [] and "a" in m and "b" in m
+    m.check_step(b, 0, 40)  # 400 + a's 100 = 500: fits exactly, a stays
+    assert closed == []
