@@ -1,7 +1,7 @@
 """The coordinator's HTTP API (aiohttp): paid jobs from the chain, and an OpenAI-compatible surface.
 
 Jobs paid by clients on chain:
-    POST /v1/jobs/{id}/prompt   {"prompt", "temperature"?, "top_p"?, "seed"?, "ignore_eos"?}  -> 202 the job
+    POST /v1/jobs/{id}/prompt   {"prompt", "temperature"?, "top_p"?, "seed"?, "ignore_eos"?, "chat"?}  -> 202 the job
     GET  /v1/jobs/{id}          status, route, commitments (read from the chain), and the output once
                                 generated if X-Shardnet-Auth is the job client's signature of
                                 `shardnet.client.output_read_message(id)` (nobody else reads it)
@@ -50,6 +50,7 @@ def _sampling(body: dict[str, Any]) -> SamplingParams:
             top_p=float(1.0 if body.get("top_p") is None else body["top_p"]),
             seed=None if body.get("seed") is None else int(body["seed"]),
             ignore_eos=bool(body.get("ignore_eos", False)),
+            chat=bool(body.get("chat", False)),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad sampling parameters: {exc}") from exc

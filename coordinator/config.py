@@ -25,9 +25,10 @@ class CoordinatorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # -- chain
-    deployment: Path = Field(
-        Path(".shardnet/deployment.json"),
-        description="deployment file (JSON) written by `shardnet devnet` / `shardnet deploy`",
+    deployment: Path | None = Field(
+        None,
+        description="deployment file (JSON) written by `shardnet devnet` / `shardnet deploy`; "
+        "default: $SHARDNET_DEPLOYMENT, else .shardnet/deployment.json",
     )
     rpc_url: str | None = Field(None, description="JSON-RPC URL of the chain; default: the deployment file's rpc_url")
     keystore: Path | None = Field(

@@ -172,7 +172,8 @@ class JobRunner:
         try:
             if job.status != JobStatus.Submitted:
                 raise JobError(f"job {job_id} is {job.status.name} on chain, not Submitted; nothing to run")
-            prompt_ids = model.encode(prompt)
+            text = model.chat_prompt([{"role": "user", "content": prompt}]) if params.chat else prompt
+            prompt_ids = model.encode(text)
             max_prompt = int(await asyncio.to_thread(self.registry.max_prompt_tokens))
             if not prompt_ids:
                 raise JobError("the prompt is empty after tokenization")

@@ -19,12 +19,15 @@ class SamplingParams:
     """How to pick tokens. temperature 0 means greedy (argmax; top_p and seed are then unused).
 
     ignore_eos (as in vLLM) keeps generating past the end-of-sequence token up to max tokens: for benchmarks.
+    chat wraps a paid job's prompt in the model's chat template (as one user message) before tokenizing; the
+    on-chain inputHash stays the hash of the prompt the client sent.
     """
 
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
     ignore_eos: bool = False
+    chat: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.temperature <= 10.0:
@@ -42,7 +45,7 @@ class SamplingParams:
         """These parameters with a seed fixed (a fresh random one if none was given), for a job record."""
         if self.seed is not None or self.greedy:
             return self
-        return SamplingParams(self.temperature, self.top_p, secrets.randbits(62), self.ignore_eos)
+        return SamplingParams(self.temperature, self.top_p, secrets.randbits(62), self.ignore_eos, self.chat)
 
 
 class Sampler:

@@ -198,7 +198,7 @@ class ShardnetClient:
         return job
 
     def submit(self, prompt: str, *, model: str | int, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-               seed: int | None = None, timeout_s: float = 600.0,
+               seed: int | None = None, chat: bool = False, timeout_s: float = 600.0,
                progress: Callable[[str], None] | None = None) -> JobOutcome:
         """Pay, hand over, wait, fetch and check: the whole client side of a job."""
         t0 = time.monotonic()
@@ -207,7 +207,8 @@ class ShardnetClient:
         model_id = self.model_id(model)
         job_id = self.pay(prompt, model_id, max_tokens)
         say(f"job {job_id}: paid into escrow, handing the prompt to {url}")
-        self.hand_over(url, job_id, prompt, {"temperature": temperature, "top_p": top_p, "seed": seed})
+        self.hand_over(url, job_id, prompt, {"temperature": temperature, "top_p": top_p, "seed": seed,
+                                                  "chat": chat})
         view = self.wait(url, job_id, timeout_s=timeout_s, progress=progress)
         job = self.check(job_id, view)
         say(f"job {job_id}: output checked against outputHash 0x{job.output_hash.hex()} on chain")

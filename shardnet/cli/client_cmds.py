@@ -12,19 +12,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-_DEPLOYMENT_HELP = "deployment file (default: $SHARDNET_DEPLOYMENT or .shardnet/deployment.json)"
-
-
-def _add_chain_flags(p: argparse.ArgumentParser, *, needs_key: bool) -> None:
-    p.add_argument("--deployment", type=Path, help=_DEPLOYMENT_HELP)
-    p.add_argument("--rpc", help="JSON-RPC URL to use instead of the one in the deployment file")
-    need = "" if needs_key else " (only needed with --mine)"
-    p.add_argument("--key-env", metavar="VAR", help=f"environment variable holding your hex private key{need}")
-    p.add_argument("--keystore", type=Path, metavar="FILE", help=f"encrypted keystore holding your key{need}")
-    p.add_argument("--password-file", type=Path, metavar="FILE",
-                   help="file whose first line is the keystore password (or set SHARDNET_KEY_PASSWORD)")
+from shardnet.cli.chain_args import add_chain_flags, registry_from_args
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,38 +41,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default 0)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0: off)")
     p.add_argument("--seed", type=int, help="sampling seed, for reproducible sampled output")
+    p.add_argument("--raw", action="store_true",
+                   help="send the prompt as it is; by default the coordinator wraps it in the model's chat template "
+                   "as one user message (the on-chain inputHash is of your prompt either way)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the job (default 600)")
     p.add_argument("--json", action="store_true", help="print a JSON record (job id, output, route, commitments)")
-    _add_chain_flags(p, needs_key=True)
+    add_chain_flags(p, needs_key=True)
     p.set_defaults(func=cmd_submit)
 
     p = subparsers.add_parser("jobs", help="list jobs on chain with their status", description="List jobs on chain with their status.")
     p.add_argument("--mine", action="store_true", help="only the jobs submitted by your key")
-    _add_chain_flags(p, needs_key=False)
+    add_chain_flags(p, needs_key=False)
     p.set_defaults(func=cmd_jobs)
 
     p = subparsers.add_parser("cancel", help="cancel your job after its deadline: the whole escrow is refunded", description="Cancel your job after its deadline: the whole escrow is refunded.")
     p.add_argument("job_id", type=int, help="the job's on-chain id")
-    _add_chain_flags(p, needs_key=True)
+    add_chain_flags(p, needs_key=True)
     p.set_defaults(func=cmd_cancel)
 
     p = subparsers.add_parser("claim", help="withdraw your claimable balance (refunds of failed or cancelled jobs)", description="Withdraw your claimable balance (refunds of failed or cancelled jobs).")
-    _add_chain_flags(p, needs_key=True)
+    add_chain_flags(p, needs_key=True)
     p.set_defaults(func=cmd_claim)
-
-
-def _registry(args: argparse.Namespace, *, needs_key: bool) -> Any:
-    from shardnet.chain.registry import Registry
-    from shardnet.errors import ConfigError
-
-    account = None
-    if args.key_env or args.keystore:
-        from shardnet.keys import load_account
-
-        account = load_account(args.keystore, args.password_file, args.key_env)
-    elif needs_key:
-        raise ConfigError("this command sends a transaction: pass --key-env VAR or --keystore FILE")
-    return Registry.from_deployment(args.deployment, account, rpc_url=args.rpc)
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -97,10 +75,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from shardnet.client import ShardnetClient
 
-    client = ShardnetClient(_registry(args, needs_key=True), coordinator_url=args.coordinator)
+    client = ShardnetClient(registry_from_args(args, needs_key=True), coordinator_url=args.coordinator)
     outcome = client.submit(
         args.prompt, model=args.model, max_tokens=args.max_tokens, temperature=args.temperature,
-        top_p=args.top_p, seed=args.seed, timeout_s=args.timeout,
+        top_p=args.top_p, seed=args.seed, chat=not args.raw, timeout_s=args.timeout,
         progress=lambda message: print(message, file=sys.stderr, flush=True),
     )
     if args.json:
@@ -116,7 +94,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     from shardnet.client import ShardnetClient
 
-    registry = _registry(args, needs_key=args.mine)
+    registry = registry_from_args(args, needs_key=args.mine)
     mine = registry.account.address if args.mine else None
     rows = ShardnetClient(registry).jobs(mine)
     print(f"{'job':>5}  {'status':<10} {'model':>5} {'max_tokens':>10} {'escrow_wei':>22}  client")
@@ -128,7 +106,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     from shardnet.client import ShardnetClient
 
-    tx = ShardnetClient(_registry(args, needs_key=True)).cancel(args.job_id)
+    tx = ShardnetClient(registry_from_args(args, needs_key=True)).cancel(args.job_id)
     print(f"job {args.job_id} cancelled (tx {tx}); its escrow is claimable: run `shardnet claim` to withdraw it")
     return 0
 
@@ -136,6 +114,6 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_claim(args: argparse.Namespace) -> int:
     from shardnet.client import ShardnetClient
 
-    amount, tx = ShardnetClient(_registry(args, needs_key=True)).claim()
+    amount, tx = ShardnetClient(registry_from_args(args, needs_key=True)).claim()
     print(f"claimed {amount} wei (tx {tx})")
     return 0

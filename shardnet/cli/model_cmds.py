@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shardnet.cli.chain_args import add_chain_flags, registry_from_args
 from shardnet.errors import ConfigError
 from shardnet.span import LayerSpan
 from shardnet.store.local import DEFAULT_STORE
@@ -45,6 +46,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="dtype of the published weights (default float32)",
     )
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser(
+        "register",
+        help="register a stored model on chain (name, manifest CID, layer count, price)",
+        description="Register an imported model on the registry so workers can serve it and clients pay for it. "
+        "The name and layer count are read from the manifest in the store.",
+    )
+    p.add_argument("manifest_cid", metavar="MANIFEST_CID", help="CID printed by `shardnet model import`")
+    p.add_argument("--price-wei", type=int, required=True,
+                   help="price per layer per token position, in wei (e.g. 1000000000000 = 1000 gwei)")
+    p.add_argument("--name", help="name on chain (default: the manifest's name)")
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE, help=_STORE_HELP)
+    add_chain_flags(p, needs_key=True)
+    p.set_defaults(func=cmd_register)
 
     p = sub.add_parser(
         "fetch",
@@ -139,6 +154,21 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     manifest = fetch_files(args.manifest_cid, span, args.sources, args.store, timeout=args.timeout)
     print(f"{manifest.name} layers {span}: verified in {args.store}")
     print(_file_table(args.store, manifest.files_for(span)))
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from shardnet.model.manifest import load_manifest
+
+    if args.price_wei < 0:
+        raise ConfigError("--price-wei must be >= 0")
+    manifest = load_manifest(args.store, args.manifest_cid)
+    name = args.name or manifest.name
+    registry = registry_from_args(args, needs_key=True)
+    tx = registry.register_model(name, args.manifest_cid, manifest.num_layers, args.price_wei)
+    model_id = int(tx.event("ModelRegistered").args["modelId"])
+    print(f"registered model {model_id}: {name}, {manifest.num_layers} layers, {args.price_wei} wei per layer-token, "
+          f"manifest {args.manifest_cid} (tx {tx.tx_hash})")
     return 0
 
 

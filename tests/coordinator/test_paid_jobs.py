@@ -55,10 +55,13 @@ class Net:
     reference: Any
 
 
-def _reference_text(net: Net, prompt: str, n: int) -> tuple[list[int], str]:
-    """Greedy tokens of the unsplit model (up to EOS) and their text."""
+def _reference_text(net: Net, prompt: str, n: int, chat: bool = False) -> tuple[list[int], str]:
+    """Greedy tokens of the unsplit model (up to EOS) and their text; `chat` wraps the prompt in the chat template."""
     from shardnet.model.reference import greedy_generate
 
+    if chat:
+        prompt = net.reference["tokenizer"].apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                                add_generation_prompt=True)
     ids = net.reference["tokenizer"](prompt, add_special_tokens=False)["input_ids"]
     torch.set_num_threads(1)
     tokens = greedy_generate(net.reference["model"], torch.tensor([ids]), n).tokens
@@ -192,14 +195,15 @@ def test_wrong_prompt_is_refused_and_unknown_jobs_are_404(net: Net) -> None:
 def test_cli_submit_and_jobs(net: Net) -> None:
     env = {**os.environ, "CLIENT_KEY": net.client_account.key.hex()}
     base = ["--deployment", str(net.dep_file), "--key-env", "CLIENT_KEY"]
-    out = subprocess.run(
-        [*SHARDNET, "submit", "cli prompt", "--model", "tiny-chat", "--max-tokens", "5",
-         "--json", *base], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    record = json.loads(out.stdout)
-    assert record["output"] == _reference_text(net, "cli prompt", 5)[1]
-    assert "finalized" in out.stderr  # progress on stderr
+    for flags, chat in ((["--raw"], False), ([], True)):  # by default the chat template wraps the prompt
+        out = subprocess.run(
+            [*SHARDNET, "submit", "cli prompt", "--model", "tiny-chat", "--max-tokens", "5",
+             "--json", *flags, *base], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        record = json.loads(out.stdout)
+        assert record["output"] == _reference_text(net, "cli prompt", 5, chat=chat)[1]
+        assert "finalized" in out.stderr  # progress on stderr
     listing = subprocess.run([*SHARDNET, "jobs", "--mine", *base], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=60, check=True).stdout
     assert any(line.split()[:2] == [str(record["job_id"]), "Finalized"] for line in listing.splitlines()), listing
