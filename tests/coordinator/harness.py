@@ -4,22 +4,19 @@ real `worker run` processes and a real `coordinator run` process on 127.0.0.1 ag
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from shardnet.chain.devnet import free_port
+from tests.service_proc import ServiceProc
 
-REPO = Path(__file__).resolve().parents[2]
 EOS_ID = 256
 NUM_LAYERS = 6
 
@@ -60,68 +57,28 @@ def http_json(method: str, url: str, body: dict[str, Any] | None = None, timeout
 
 
 @dataclass
-class CoordinatorProc:
+class CoordinatorProc(ServiceProc):
     """One `python -m coordinator.cli run` subprocess."""
 
-    key_hex: str
+    role: ClassVar[str] = "coordinator"
+    module: ClassVar[str] = "coordinator.cli"
+    key_var: ClassVar[str] = "COORD_TEST_KEY"
+
+    key: str
     args: list[str]
     log_path: Path
     port: int
     proc: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> CoordinatorProc:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-               "COORD_TEST_KEY": self.key_hex, **self.env}
-        cmd = [sys.executable, "-m", "coordinator.cli", "run", "--key-env", "COORD_TEST_KEY", "--host", "127.0.0.1",
-               "--port", str(self.port), *self.args]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"coordinator exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            try:
-                status, body = http_json("GET", self.url + "/health", timeout=2)
-                if status == 200:
-                    return dict(body)
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"coordinator did not serve within {timeout} s:\n{self.log()[-4000:]}")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+    def key_hex(self) -> str:
+        return self.key
 
 
 def start_coordinator(tmp: Path, key_hex: str, deployment_file: Path, store_dir: Path, *extra: str,
                       name: str = "coordinator", port: int | None = None) -> CoordinatorProc:
     return CoordinatorProc(
-        key_hex=key_hex,
+        key=key_hex,
         args=["--deployment", str(deployment_file), "--store-dir", str(store_dir), "--data-dir", str(tmp / name),
               "--poll-interval-s", "0.1", "--health-interval-s", "0.5", "--step-timeout-s", "1.5",
               "--commit-wait-s", "15", *extra],

@@ -26,13 +26,13 @@ from shardnet.chain.registry import JobStatus, Registry
 from shardnet.client import ShardnetClient
 from tests.coordinator.harness import (
     EOS_ID,
-    REPO,
     CoordinatorProc,
     build_tiny_chat_model,
     http_json,
     start_coordinator,
     wait_for,
 )
+from tests.service_proc import REPO
 from tests.worker.harness import WorkerProc, start_worker
 
 PRICE = 10**6
@@ -335,7 +335,7 @@ def test_coordinator_killed_mid_job_fails_it_on_chain_after_restart(net: Net) ->
              "the job to run", interval=0.02)
     net.coordinator.kill()
     assert net.owner.get_job(job_id).status == JobStatus.Routed
-    restarted = CoordinatorProc(net.coordinator.key_hex, net.coordinator.args, net.coordinator.log_path,
+    restarted = CoordinatorProc(net.coordinator.key, net.coordinator.args, net.coordinator.log_path,
                                 net.coordinator.port).start()
     net.coordinator = restarted
     restarted.wait_ready()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.config import CoordinatorConfig, load_config
-from tests.coordinator.harness import REPO
+from tests.service_proc import REPO
 
 
 def test_help_explains_every_setting() -> None:

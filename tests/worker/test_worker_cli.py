@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.worker.harness import REPO
+from tests.service_proc import REPO
 from worker.cli import main
 from worker.config import WorkerConfig
 
