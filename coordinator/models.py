@@ -15,9 +15,9 @@ from typing import Any
 
 from shardnet.chain.registry import ModelInfo
 from shardnet.errors import ShardnetError
-from shardnet.model.manifest import Manifest, load_manifest, tokenizer_folder
 from shardnet.store.fetch import FetchError, ensure_file
 from shardnet.store.local import LocalStore
+from shardnet.store.manifest import Manifest, load_manifest, tokenizer_folder
 
 log = logging.getLogger(__name__)
 

@@ -40,12 +40,12 @@ from coordinator.verifier import (
     should_verify,
 )
 from shardnet.errors import ShardnetError
+from shardnet.peer.client import StepResult, WorkerClient
+from shardnet.peer.errors import WorkerAPIError
 from shardnet.span import LayerSpan
 from shardnet.wire.commitment import step_hash
 from shardnet.wire.frames import encode_frame
 from shardnet.wire.tickets import sign_ticket
-from worker.client import StepResult, WorkerClient
-from worker.errors import WorkerAPIError
 
 log = logging.getLogger(__name__)
 

@@ -132,8 +132,8 @@ def hop_overhead(steps: int, work_dir: Path) -> dict[str, float]:
 
     from shardnet.chain.devnet import DEV_KEYS, free_port
     from shardnet.db import make_engine
+    from shardnet.peer.client import WorkerClient
     from shardnet.wire.tickets import sign_ticket
-    from worker.client import WorkerClient
     from worker.server import BlockInfo, WorkerServer
     from worker.state import WorkerState
 

@@ -31,9 +31,9 @@ import torch  # noqa: E402
 
 from shardnet.model.block import Block, load_block  # noqa: E402
 from shardnet.model.importer import import_model, smollm2_gguf_path  # noqa: E402
-from shardnet.model.manifest import Manifest, load_manifest, load_tokenizer  # noqa: E402
 from shardnet.span import LayerSpan  # noqa: E402
 from shardnet.store.local import DEFAULT_STORE  # noqa: E402
+from shardnet.store.manifest import Manifest, load_manifest, load_tokenizer  # noqa: E402
 from shardnet.wire.frames import decode_frame, encode_frame  # noqa: E402
 
 PROMPTS = (

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from shardnet.model.manifest import Manifest, load_manifest
+from shardnet.store.manifest import Manifest, load_manifest
 
 
 @contextmanager

@@ -13,9 +13,9 @@ import pytest
 
 from shardnet.chain.devnet import DEV_KEYS
 from shardnet.cli import build_parser, main
-from shardnet.model.manifest import Manifest, TokenizerFile, tokenizer_folder
 from shardnet.store.fetch import FetchError, fetch_files
 from shardnet.store.local import LocalStore
+from shardnet.store.manifest import Manifest, TokenizerFile, tokenizer_folder
 from tests.fixtures_store import serve_store
 from tests.store.test_fetch import _publish
 

@@ -19,12 +19,12 @@ from sqlalchemy import select
 from shardnet.chain.devnet import DEV_KEYS, free_port
 from shardnet.db import make_engine
 from shardnet.model import load_block
-from shardnet.model.manifest import Manifest
+from shardnet.peer.client import WorkerClient
 from shardnet.span import LayerSpan
+from shardnet.store.manifest import Manifest
 from shardnet.wire.commitment import merkle_root, step_hash
 from shardnet.wire.frames import encode_frame
 from shardnet.wire.tickets import sign_ticket
-from worker.client import WorkerClient
 from worker.server import BlockInfo, WorkerServer
 from worker.state import WorkerState, WorkerStepRow
 

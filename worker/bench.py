@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
+from shardnet.peer.client import WorkerClient
 from shardnet.span import LayerSpan
-from worker.client import WorkerClient
 
 SPANS = [LayerSpan(0, 10), LayerSpan(10, 20), LayerSpan(20, 30)]
 PROMPT = [1, 9690, 198, 2683, 314, 253, 5356, 30, 2, 198]

@@ -10,9 +10,9 @@ from urllib.parse import urlparse
 import torch
 
 from shardnet.errors import WireError
+from shardnet.peer.errors import BadRequest, InvalidTensor
 from shardnet.wire.codecs import get_codec
 from shardnet.wire.frames import decode_frame
-from worker.errors import BadRequest, InvalidTensor
 from worker.sessions import NextHop
 
 

@@ -3,7 +3,7 @@
 `WorkerServer` owns the loaded block, the sessions and the metrics. Model compute runs on one
 dedicated thread (the event loop stays free to answer /health, other sessions, and new requests);
 database writes run on another, in order. Errors leave as `{"error": "..."}` with the status of the
-`worker.errors` class raised.
+`shardnet.peer.errors` class raised.
 """
 
 from __future__ import annotations
@@ -22,11 +22,7 @@ import torch
 from aiohttp import web
 
 from shardnet.model.adapters import ModelError
-from shardnet.span import LayerSpan
-from shardnet.wire.commitment import merkle_root, step_hash
-from shardnet.wire.frames import decode_frame, encode_frame
-from shardnet.wire.tickets import TicketError, verify_ticket
-from worker.errors import (
+from shardnet.peer.errors import (
     InvalidTensor,
     NextHopFailed,
     SessionConflict,
@@ -34,6 +30,10 @@ from worker.errors import (
     WorkerAPIError,
     WorkerUnavailable,
 )
+from shardnet.span import LayerSpan
+from shardnet.wire.commitment import merkle_root, step_hash
+from shardnet.wire.frames import decode_frame, encode_frame
+from shardnet.wire.tickets import TicketError, verify_ticket
 from worker.inputs import decode_step_input, parse_open_request, parse_start_pos
 from worker.metrics import WorkerMetrics
 from worker.sessions import ModelSession, Session, SessionManager

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from worker.errors import (
+from shardnet.peer.errors import (
     PayloadTooLarge,
     SessionConflict,
     SessionNotFound,

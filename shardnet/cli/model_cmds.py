@@ -13,7 +13,7 @@ from shardnet.span import LayerSpan
 from shardnet.store.local import DEFAULT_STORE
 
 if TYPE_CHECKING:
-    from shardnet.model.manifest import Manifest, ShardFile
+    from shardnet.store.manifest import Manifest, ShardFile
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from shardnet.model.manifest import load_manifest
+    from shardnet.store.manifest import load_manifest
 
     if args.price_wei < 0:
         raise ConfigError("--price-wei must be >= 0")
@@ -173,7 +173,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from shardnet.model.manifest import load_manifest
+    from shardnet.store.manifest import load_manifest
 
     manifest = load_manifest(args.store, args.manifest_cid)
     files = manifest.files_for(_span(args.layers)) if args.layers else list(manifest.files)

@@ -4,8 +4,8 @@
     blocks = [load_block_from_parts("out/", config, LayerSpan(a, b)) for a, b in ((0, 10), (10, 30))]
     result = generate_greedy(blocks, ids, 32)                    # result.tokens, result.logits
 
-The names below are imported on first use (PEP 562), so `import shardnet.model.manifest` or the store
-does not pay for importing torch and transformers.
+The names below are imported on first use (PEP 562), so importing one submodule
+(say `shardnet.model.importer`) does not import all the others.
 """
 
 from __future__ import annotations

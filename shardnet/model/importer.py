@@ -23,8 +23,8 @@ from typing import Any
 from tqdm import tqdm
 
 from shardnet.errors import ShardnetError
-from shardnet.model.manifest import Manifest, ShardFile, TokenizerFile, canonical_json
 from shardnet.store.local import LocalStore
+from shardnet.store.manifest import Manifest, ShardFile, TokenizerFile, canonical_json
 
 log = logging.getLogger(__name__)
 

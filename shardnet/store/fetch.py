@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shardnet.errors import IntegrityError, ShardnetError
-from shardnet.model.manifest import Manifest, load_manifest
 from shardnet.span import LayerSpan
 from shardnet.store.cid import cid_of_file, parse_cid
 from shardnet.store.http import DEFAULT_TIMEOUT, PeerError, download
 from shardnet.store.local import LocalStore
+from shardnet.store.manifest import Manifest, load_manifest
 
 log = logging.getLogger(__name__)
 

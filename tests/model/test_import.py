@@ -11,9 +11,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from shardnet.model.adapters import get_adapter
 from shardnet.model.importer import ModelImportError, import_model, smollm2_gguf_path
-from shardnet.model.manifest import Manifest, load_manifest, load_tokenizer
 from shardnet.span import LayerSpan
 from shardnet.store.cid import cid_of_bytes, cid_of_file
+from shardnet.store.manifest import Manifest, load_manifest, load_tokenizer
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -10,12 +10,12 @@ import pytest
 from aiohttp import web
 
 from shardnet.errors import IntegrityError
-from shardnet.model.manifest import Manifest, ShardFile, TokenizerFile
 from shardnet.span import LayerSpan
 from shardnet.store.cid import cid_of_bytes
 from shardnet.store.fetch import FetchError, fetch_files
 from shardnet.store.http import PeerError, download, make_shard_routes
 from shardnet.store.local import LocalStore
+from shardnet.store.manifest import Manifest, ShardFile, TokenizerFile
 from tests.fixtures_store import serve_store
 
 NUM_LAYERS = 4
@@ -184,7 +184,7 @@ def test_missing_everywhere_is_a_fetch_error(published, tmp_path: Path) -> None:
 
 
 def test_span_beyond_the_model_is_refused(published, tmp_path: Path) -> None:
-    from shardnet.model.manifest import ManifestError
+    from shardnet.store.manifest import ManifestError
 
     src, mcid, _, _ = published
     with pytest.raises(ManifestError, match="outside model"):
@@ -229,7 +229,7 @@ def test_peer_that_breaks_off_mid_body_is_skipped(published, tmp_path: Path) -> 
 
 
 def test_manifest_that_is_not_a_manifest(tmp_path: Path) -> None:
-    from shardnet.model.manifest import ManifestError
+    from shardnet.store.manifest import ManifestError
 
     src = LocalStore(tmp_path / "src").ensure()
     cid = src.put_bytes(b'{"format": "shardnet-manifest/1", "files": [1, 2]}')

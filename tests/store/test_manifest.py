@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from shardnet.errors import IntegrityError
-from shardnet.model.manifest import Manifest, ManifestError, ShardFile, load_manifest
 from shardnet.span import LayerSpan
 from shardnet.store.cid import cid_of_bytes
 from shardnet.store.local import LocalStore
+from shardnet.store.manifest import Manifest, ManifestError, ShardFile, load_manifest
 
 
 def _manifest(num_layers: int = 3, per_file: int = 1) -> Manifest:

@@ -12,9 +12,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from shardnet.cli import main
-from shardnet.model.manifest import load_manifest
 from shardnet.span import LayerSpan
 from shardnet.store.local import LocalStore
+from shardnet.store.manifest import load_manifest
 from tests.fixtures_store import serve_store
 from tests.store.test_fetch import _publish
 

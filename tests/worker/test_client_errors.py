@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from shardnet.chain.devnet import free_port
-from tests.worker.harness import run
-from worker.client import WorkerClient
-from worker.errors import (
+from shardnet.peer.client import WorkerClient
+from shardnet.peer.errors import (
     InvalidTensor,
     NextHopFailed,
     SessionConflict,
@@ -17,6 +16,7 @@ from worker.errors import (
     WorkerUnreachable,
     error_for_status,
 )
+from tests.worker.harness import run
 
 
 def test_error_classes_follow_the_status() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from worker.errors import (
+from shardnet.peer.errors import (
     PayloadTooLarge,
     SessionConflict,
     SessionNotFound,

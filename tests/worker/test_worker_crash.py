@@ -8,10 +8,10 @@ import time
 import torch
 
 from shardnet.chain.registry import Registry
+from shardnet.peer.client import WorkerClient
 from shardnet.span import LayerSpan
 from shardnet.wire.commitment import merkle_root
 from tests.worker.harness import run, start_worker, submit_and_route, ticket
-from worker.client import WorkerClient
 
 FULL = LayerSpan(0, 4)
 

@@ -16,13 +16,13 @@ import torch
 
 from shardnet.chain.registry import Registry
 from shardnet.model.reference import greedy_generate, load_reference
+from shardnet.peer.client import WorkerClient
+from shardnet.peer.errors import SessionNotFound, TicketRejected, TooManySessions, WorkerAPIError
 from shardnet.span import LayerSpan
 from shardnet.store.cid import cid_of_bytes
 from shardnet.wire.commitment import merkle_root
 from shardnet.wire.frames import encode_frame
 from tests.worker.harness import WorkerProc, run, start_worker, submit_and_route, ticket
-from worker.client import WorkerClient
-from worker.errors import SessionNotFound, TicketRejected, TooManySessions, WorkerAPIError
 
 A_SPAN, B_SPAN = LayerSpan(0, 2), LayerSpan(2, 4)
 PROMPT = torch.tensor([[5, 17, 99, 3, 42]], dtype=torch.int64)

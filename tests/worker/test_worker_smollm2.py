@@ -7,9 +7,9 @@ import torch
 
 from shardnet.chain.registry import Registry
 from shardnet.model.reference import greedy_generate, load_reference
+from shardnet.peer.client import WorkerClient
 from shardnet.span import LayerSpan
 from tests.worker.harness import run, start_worker, ticket
-from worker.client import WorkerClient
 
 SPANS = [LayerSpan(0, 10), LayerSpan(10, 20), LayerSpan(20, 30)]
 PROMPT = torch.tensor([[1, 9690, 198, 2683, 314, 253, 5356, 30, 2, 198]], dtype=torch.int64)

@@ -1,6 +1,6 @@
 """Errors of the worker's HTTP API, one class per status code.
 
-The server raises them and turns them into `{"error": message}` responses; `worker.client.WorkerClient`
+The server raises them and turns them into `{"error": message}` responses; `shardnet.peer.client.WorkerClient`
 raises the same classes from the responses it gets, so both sides share one vocabulary.
 """
 

@@ -5,7 +5,7 @@
         out, digest = await w.step(opened["session_id"], token_ids, start_pos=0)
         commitment = await w.close(opened["session_id"])
 
-Every failure raises a `worker.errors.WorkerAPIError` subclass chosen by the HTTP status (`.status`),
+Every failure raises a `shardnet.peer.errors.WorkerAPIError` subclass chosen by the HTTP status (`.status`),
 or `WorkerUnreachable` (status 0) when the worker cannot be reached.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 import torch
 
+from shardnet.peer.errors import WorkerAPIError, WorkerUnreachable, error_for_status
 from shardnet.wire.frames import decode_frame, encode_frame
-from worker.errors import WorkerAPIError, WorkerUnreachable, error_for_status
 
 
 @dataclass(frozen=True)
