@@ -31,6 +31,7 @@ from coordinator.models import ModelUnavailable
 from coordinator.router import NoRouteError, choose_route
 from coordinator.sampling import SamplingParams
 from coordinator.service import CoordinatorService, PromptRejected
+from shardnet.chain.models import resolve_model
 from shardnet.client import AUTH_HEADER, output_read_message
 from shardnet.errors import ConfigError, ShardnetError
 
@@ -165,15 +166,15 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def _resolve_model(service: CoordinatorService, name: Any) -> int:
-    models = await _models(service)
-    if not models:
-        raise ConfigError("no model is registered on chain")
     if name in (None, ""):
-        return service.config.api_model_id or models[0][0]
-    for model_id, model_name in models:
-        if name == model_name or str(name) == str(model_id):
-            return model_id
-    raise ConfigError(f"unknown model {name!r}; GET /v1/models lists {', '.join(n for _, n in models)}")
+        if service.config.api_model_id:
+            return service.config.api_model_id
+        if not await asyncio.to_thread(service.registry.model_count):
+            raise ConfigError("no model is registered on chain")
+        return 1
+    if not isinstance(name, str | int) or isinstance(name, bool):
+        raise ConfigError(f'"model" must be a model name or id, not {name!r}; GET /v1/models lists them')
+    return (await asyncio.to_thread(resolve_model, service.registry, name)).model_id
 
 
 async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:

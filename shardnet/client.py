@@ -23,6 +23,7 @@ from typing import Any
 
 from eth_utils import keccak
 
+from shardnet.chain.models import ModelLookupError, resolve_model
 from shardnet.chain.registry import JobInfo, JobStatus, Registry
 from shardnet.errors import ShardnetError
 
@@ -109,16 +110,11 @@ class ShardnetClient:
 
     # -- lookups
     def model_id(self, model: str | int) -> int:
-        """A model's on-chain id from its id or its registered name."""
-        if isinstance(model, int) or str(model).isdigit():
-            return int(model)
-        names = []
-        for model_id in range(1, self.registry.model_count() + 1):
-            info = self.registry.get_model(model_id)
-            if info.name == model:
-                return model_id
-            names.append(info.name)
-        raise ClientError(f"no model named {model!r} is registered; registered: {', '.join(names) or 'none'}")
+        """A model's on-chain id from its id or its registered name (refused when several models share it)."""
+        try:
+            return resolve_model(self.registry, model).model_id
+        except ModelLookupError as exc:
+            raise ClientError(str(exc)) from exc
 
     def find_coordinator(self) -> str:
         """The endpoint of an approved coordinator that answers `/health` now (checked before anything is paid),

@@ -20,8 +20,8 @@ from typing import Any
 from aiohttp import web
 
 from shardnet.chain.errors import ContractRevert
+from shardnet.chain.models import resolve_model
 from shardnet.chain.registry import AssignmentInfo, ModelInfo, Registry
-from shardnet.errors import ConfigError
 from shardnet.span import LayerSpan
 from worker.accounts import connect, ensure_registered
 from worker.chain_sync import ChainSync
@@ -35,26 +35,6 @@ log = logging.getLogger(__name__)
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
-
-def resolve_model(registry: Registry, model: str | None) -> ModelInfo:
-    """The on-chain model named by id ("3") or by registered name (the newest of that name)."""
-    if not model:
-        raise ConfigError("no model given: pass --model with the on-chain model id or its registered name")
-    count = registry.model_count()
-    if model.isdigit():
-        model_id = int(model)
-        if not 1 <= model_id <= count:
-            raise ConfigError(f"no model {model_id} on chain: model ids run from 1 to {count}")
-        return registry.get_model(model_id)
-    models = [registry.get_model(i) for i in range(1, count + 1)]
-    named = [m for m in models if m.name == model]
-    if not named:
-        known = ", ".join(sorted({m.name for m in models})) or "none"
-        raise ConfigError(
-            f"no model named {model!r} on chain (registered: {known}); register it or fix --model"
-        )
-    return named[-1]
 
 
 def pick_span(cfg: WorkerConfig, model: ModelInfo, live: list[AssignmentInfo], me: str) -> LayerSpan:
