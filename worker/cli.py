@@ -144,14 +144,14 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_chain(args: argparse.Namespace) -> int:
-    from worker import accounts
+    from worker import staking
 
     cfg = config_from_args(args)
     action = args.action
     if action == "status":
-        return accounts.print_status(cfg)
+        return staking.print_status(cfg)
     amount: Any = getattr(args, "amount_wei", None)
-    return accounts.run_action(cfg, action, amount)
+    return staking.run_action(cfg, action, amount)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,11 +23,11 @@ from shardnet.chain.errors import ContractRevert
 from shardnet.chain.models import resolve_model
 from shardnet.chain.registry import AssignmentInfo, ModelInfo, Registry
 from shardnet.span import LayerSpan
-from worker.accounts import connect, ensure_registered
 from worker.chain_sync import ChainSync
 from worker.config import WorkerConfig
 from worker.server import BlockInfo, CoordinatorCheck, ServerLimits, WorkerServer
 from worker.span_choice import choose_best_span, default_span_length
+from worker.staking import connect, ensure_registered
 from worker.state import WorkerState
 
 log = logging.getLogger(__name__)
