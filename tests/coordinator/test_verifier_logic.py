@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from eth_utils import keccak
 
@@ -86,3 +87,34 @@ def test_evidence_hash_is_keccak_of_canonical_json() -> None:
     assert evidence_hash(rec) == keccak(data)
     rec2 = dict(rec, step_index=5)
     assert evidence_hash(rec2) != evidence_hash(rec)
+
+
+@pytest.mark.parametrize("metric", [float("inf"), float("nan")])
+def test_evidence_of_a_non_finite_metric_is_strict_json(metric: float) -> None:
+    """Evidence whose comparison was infinite (shape mismatch, NaN output) still hashes as standard JSON."""
+    import json
+
+    from eth_utils import keccak
+
+    from coordinator.verifier import canonical_json, evidence_hash, evidence_record
+
+
+    record = evidence_record(
+        job_id=1,
+        node="0xA",
+        hop_index=0,
+        step_index=2,
+        span=(0, 2),
+        start_pos=5,
+        input_hash=b"\x01" * 32,
+        claimed_hash=b"\x02" * 32,
+        replica="0xB",
+        replica_hash=b"\x03" * 32,
+        referee="0xC",
+        referee_hash=b"\x04" * 32,
+        metric=metric,
+    )
+    data = canonical_json(record)
+    assert b"Infinity" not in data and b"NaN" not in data
+    assert json.loads(data, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}")) == record
+    assert evidence_hash(record) == keccak(data)

@@ -12,7 +12,7 @@ from aiohttp import web
 from shardnet.errors import IntegrityError
 from shardnet.span import LayerSpan
 from shardnet.store.cid import cid_of_bytes
-from shardnet.store.fetch import FetchError, fetch_files
+from shardnet.store.fetch import FetchError, ensure_file, fetch_files
 from shardnet.store.http import PeerError, download, make_shard_routes
 from shardnet.store.local import LocalStore
 from shardnet.store.manifest import Manifest, ShardFile, TokenizerFile
@@ -235,3 +235,70 @@ def test_manifest_that_is_not_a_manifest(tmp_path: Path) -> None:
     cid = src.put_bytes(b'{"format": "shardnet-manifest/1", "files": [1, 2]}')
     with pytest.raises(ManifestError):
         fetch_files(cid, "0:1", src.root, tmp_path / "dest", progress=False)
+
+
+def test_a_source_that_is_neither_folder_nor_http_is_refused(tmp_path: Path) -> None:
+    src, mcid, _, _ = _publish(tmp_path / "published")
+    with pytest.raises(FetchError, match="neither a store folder nor an http"):
+        fetch_files(mcid, "0:1", [src.root, "ftp://example.org"], tmp_path / "dest", progress=False)
+    assert not (tmp_path / "dest" / mcid).exists()
+
+
+def test_fetch_errors_name_the_file_not_just_its_cid(tmp_path: Path) -> None:
+    src, mcid, manifest, _ = _publish(tmp_path / "published")
+    partial = LocalStore(tmp_path / "partial").ensure()
+    partial.put_bytes(src.path(mcid).read_bytes())  # the manifest, but no weights
+    with pytest.raises(FetchError, match=r"could deliver embed\.safetensors \(bafk"):
+        fetch_files(mcid, "0:1", partial.root, tmp_path / "dest", progress=False)
+
+
+@pytest.mark.parametrize("kind", ["http", "folder"])
+def test_fetch_progress_is_labelled_with_the_file_name(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, mcid, _, _ = _publish(tmp_path / "published")
+    if kind == "http":
+        with serve_store(src.root) as url:
+            fetch_files(mcid, "1:2", url, tmp_path / "dest", progress=True)
+    else:
+        fetch_files(mcid, "1:2", src.root, tmp_path / "dest", progress=True)
+    err = capsys.readouterr().err
+    assert "layer-001.safetensors:" in err and "tokenizer.json:" in err, err
+
+
+# -- ensure_file: the one-file verified fetch for callers that need a manifest or a tokenizer file (the
+# coordinator), so that no caller has to trust a file just because the store has it
+
+
+def test_a_verified_stored_copy_needs_no_source(tmp_path: Path) -> None:
+    src, mcid, manifest, blobs = _publish(tmp_path / "published")
+    tok = manifest.tokenizer[0]
+    assert ensure_file(tok.cid, [], src.root, size=tok.size, label=tok.name).read_bytes() == blobs[tok.name]
+
+
+def test_a_corrupt_stored_copy_is_never_returned(tmp_path: Path) -> None:
+    src, _, manifest, blobs = _publish(tmp_path / "published")
+    tok = manifest.tokenizer[0]
+    dest = LocalStore(tmp_path / "dest").ensure()
+    dest.put_bytes(blobs[tok.name])
+    path = dest.path(tok.cid)
+    path.chmod(0o644)
+    path.write_bytes(blobs[tok.name].upper())  # same size, other content
+    with pytest.raises(FetchError, match=r"tokenizer.json .* its copy is corrupt"):
+        ensure_file(tok.cid, [], dest.root, size=tok.size, label=tok.name)
+    with serve_store(src.root) as url:
+        got = ensure_file(tok.cid, url, dest.root, size=tok.size, label=tok.name)
+    assert got == path and path.read_bytes() == blobs[tok.name]
+
+
+def test_a_substituted_file_from_a_peer_is_refused(tmp_path: Path) -> None:
+    src, mcid, manifest, blobs = _publish(tmp_path / "published")
+    tok = manifest.tokenizer[0]
+    liar = LocalStore(tmp_path / "liar").ensure()
+    (liar.root / tok.cid).write_bytes(blobs["layer-000.safetensors"])
+    with serve_store(liar.root) as url:
+        with pytest.raises(IntegrityError, match="tokenizer.json"):
+            ensure_file(tok.cid, url, tmp_path / "dest", label=tok.name)
+    assert not (tmp_path / "dest" / tok.cid).exists()
+    with pytest.raises(FetchError, match="not a CID"):
+        ensure_file("../../etc/passwd", src.root, tmp_path / "dest")

@@ -11,7 +11,15 @@ from shardnet.errors import IntegrityError
 from shardnet.span import LayerSpan
 from shardnet.store.cid import cid_of_bytes
 from shardnet.store.local import LocalStore
-from shardnet.store.manifest import Manifest, ManifestError, ShardFile, load_manifest
+from shardnet.store.manifest import (
+    Manifest,
+    ManifestError,
+    ShardFile,
+    TokenizerFile,
+    load_manifest,
+    tokenizer_folder,
+)
+from tests.store.test_fetch import _publish
 
 
 def _manifest(num_layers: int = 3, per_file: int = 1) -> Manifest:
@@ -130,3 +138,30 @@ def test_load_manifest_verifies_its_cid(tmp_path: Path) -> None:
     path.write_bytes(m.to_json_bytes().replace(b'"m"', b'"n"'))
     with pytest.raises(IntegrityError, match="corrupt"):
         load_manifest(tmp_path, cid)
+
+
+def _model_with_tokenizer(root: Path) -> tuple[LocalStore, Manifest]:
+    src, _, manifest, _ = _publish(root)
+    return src, manifest
+
+
+def test_a_corrupt_tokenizer_in_the_store_is_refused_not_loaded(tmp_path: Path) -> None:
+    from shardnet.errors import IntegrityError
+
+
+    store, manifest = _model_with_tokenizer(tmp_path / "store")
+    tok: TokenizerFile = manifest.tokenizer[0]
+    path = store.path(tok.cid)
+    path.chmod(0o644)
+    good = path.read_bytes()
+    path.write_bytes(good.replace(b"tokenizer", b"tokenizeR"))  # same size, other bytes
+    with pytest.raises(IntegrityError, match="tokenizer.json: the store's copy is corrupt"):
+        tokenizer_folder(store.root, manifest)
+    assert not (store.root / ".tokenizers" / manifest.cid / tok.name).exists()
+
+
+    path.write_bytes(good)
+    folder = tokenizer_folder(store.root, manifest)
+    assert (folder / tok.name).read_bytes() == good
+    (folder / tok.name).write_bytes(good.replace(b"model", b"MODEL"))  # the cached copy is tampered with
+    assert (tokenizer_folder(store.root, manifest) / tok.name).read_bytes() == good
