@@ -1,6 +1,6 @@
 """A whole shardnet on one machine: an anvil devnet, the registry, a model store, workers and a coordinator
 as separate processes talking HTTP on 127.0.0.1. The main job (scripts/demo.py) and the benchmark
-(scripts/bench.py) build on it; everything it starts is stopped by `close()` (or the `with` block).
+(scripts/bench.py network) build on it; everything it starts is stopped by `close()` (or the `with` block).
 """
 
 from __future__ import annotations

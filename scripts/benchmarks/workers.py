@@ -1,4 +1,4 @@
-"""Worker data-plane figures: SmolLM2-135M over 3 `worker run` processes on loopback, against a fresh anvil.
+"""`scripts/bench.py workers`: worker data-plane figures: SmolLM2-135M over 3 `worker run` processes on loopback, against a fresh anvil.
 
 Prints, for greedy decoding from the same prompt:
 - median ms per decoded token when the client relays each hop itself (3 round trips per token) and in
@@ -6,7 +6,7 @@ Prints, for greedy decoding from the same prompt:
 - the model compute inside the workers per decode step (from their /metrics): the rest is HTTP + framing;
 - the slowest /health answer while a worker computes a long prefill (compute runs off the event loop).
 
-    .venv/bin/python -m worker.bench [--tokens 32] [--threads 1] [--work-dir DIR]
+    .venv/bin/python scripts/bench.py workers [--tokens 32] [--threads 1] [--work-dir DIR]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch
 from shardnet.peer.client import WorkerClient
 from shardnet.span import LayerSpan
 
+REPO = Path(__file__).resolve().parents[2]
 SPANS = [LayerSpan(0, 10), LayerSpan(10, 20), LayerSpan(20, 30)]
 PROMPT = [1, 9690, 198, 2683, 314, 253, 5356, 30, 2, 198]
 
@@ -125,14 +126,15 @@ async def measure(urls: list[str], addresses: list[str], coordinator: Any, token
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worker.bench", description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=int, default=32, help="tokens to decode per mode (default: 32)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (default: 1)")
     parser.add_argument(
         "--work-dir", type=Path, help="folder for the store, logs and databases (default: a temp dir)"
     )
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
 
     from eth_account import Account
 
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 str(args.threads),
             ]
             with open(work / f"w{i}.log", "ab") as log:
-                procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
+                procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
             urls.append(f"http://127.0.0.1:{port}")
             addresses.append(Account.from_key(key).address)
         print("starting 3 workers of 10 layers ...", flush=True)
@@ -228,6 +230,3 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300.0)
             time.sleep(0.3)
     raise SystemExit(f"worker at {url} did not start within {timeout:.0f} s")
 
-
-if __name__ == "__main__":
-    sys.exit(main())
