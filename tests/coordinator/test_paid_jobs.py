@@ -331,7 +331,7 @@ def test_coordinator_killed_mid_job_fails_it_on_chain_after_restart(net: Net) ->
     before = client_reg.claimable(net.client_account.address)
     status, _ = http_json("POST", f"{net.coordinator.url}/v1/jobs/{job_id}/prompt", {"prompt": "kill the coordinator"})
     assert status == 202
-    wait_for(lambda: http_json("GET", f"{net.coordinator.url}/v1/jobs/{job_id}")[1]["status"] == "running", 20,
+    wait_for(lambda: http_json("GET", f"{net.coordinator.url}/v1/jobs/{job_id}")[1]["status"] == "generating", 20,
              "the job to run", interval=0.02)
     net.coordinator.kill()
     assert net.owner.get_job(job_id).status == JobStatus.Routed
@@ -346,6 +346,48 @@ def test_coordinator_killed_mid_job_fails_it_on_chain_after_restart(net: Net) ->
     # and the restarted coordinator serves new jobs
     assert net.client.submit("after restart", model="tiny-chat", max_tokens=3).text == \
         _reference_text(net, "after restart", 3)[1]
+
+
+def test_coordinator_killed_while_settling_finishes_the_settlement_after_restart(net: Net) -> None:
+    """Every hop committed, then the coordinator dies right before finalizeJob (a test hook SIGKILLs it there):
+    the restarted coordinator finalizes the job from its saved state, so the workers are paid, not refunded."""
+    from coordinator.jobs import DIE_BEFORE_FINALIZE_ENV
+
+    base = net.coordinator
+    base.stop()
+    dying = CoordinatorProc(base.key, base.args, base.log_path, base.port, env={DIE_BEFORE_FINALIZE_ENV: "1"}).start()
+    net.coordinator = dying
+    dying.wait_ready()
+    nodes = [w.address for w in net.workers.values()]
+    before = _claimables(net.owner, [*nodes, net.coordinator_address, net.client_account.address])
+    prompt = "settle after a crash"
+    job_id = net.client.pay(prompt, net.model_id, 6)
+    status, _ = http_json("POST", f"{dying.url}/v1/jobs/{job_id}/prompt", {"prompt": prompt})
+    assert status == 202
+    assert dying.wait(timeout=60) == -signal.SIGKILL, dying.log()[-3000:]
+    assert f"dying before finalizeJob of job {job_id}" in dying.log()
+    assert net.owner.get_job(job_id).status == JobStatus.Routed
+    hops = net.owner.get_hops(job_id)
+    assert len(hops) >= 3 and all(h.committed for h in hops)
+
+    restarted = CoordinatorProc(base.key, base.args, base.log_path, base.port).start()
+    net.coordinator = restarted
+    restarted.wait_ready()
+    wait_for(lambda: net.owner.get_job(job_id).status == JobStatus.Finalized, 30, "finalizeJob after the restart")
+    _, expected_text = _reference_text(net, prompt, 6)
+    job = net.owner.get_job(job_id)
+    assert job.output_hash == keccak(expected_text.encode())
+    view = net.client.wait(restarted.url, job_id, timeout_s=30)
+    assert view["status"] == "finalized" and view["output"] == expected_text and view["finalize_tx"]
+    layer_tokens = [r["layer_tokens"] for r in view["route"]]
+    assert len(layer_tokens) == len(hops) and all(t > 0 for t in layer_tokens)
+    split = expected_split(layer_tokens, [True] * len(hops), price_per_layer_token=PRICE,
+                           coordinator_fee_bps=net.owner.coordinator_fee_bps(), escrow=job.escrow)
+    after = _claimables(net.owner, [*nodes, net.coordinator_address, net.client_account.address])
+    for hop, pay in zip(hops, split.per_hop, strict=True):
+        assert pay > 0 and after[hop.node.lower()] - before[hop.node.lower()] == pay
+    assert after[net.coordinator_address.lower()] - before[net.coordinator_address.lower()] == split.coordinator_fee
+    assert after[net.client_account.address.lower()] - before[net.client_account.address.lower()] == split.refund
 
 
 def _job_status(net: Net, job_id: int) -> str:
@@ -378,7 +420,8 @@ def test_cheating_worker_is_caught_refereed_slashed_and_excluded(net: Net, accou
             job_id = net.client.pay(prompt, net.model_id, n)
             status, _ = http_json("POST", f"{net.coordinator.url}/v1/jobs/{job_id}/prompt", {"prompt": prompt})
             assert status == 202
-            wait_for(lambda: _job_status(net, job_id) != "queued", 20, "the job routed", interval=0.02)
+            wait_for(lambda: _job_status(net, job_id) not in ("prompt", "routed"), 20, "the route on chain",
+                     interval=0.02)
         finally:
             for w in honest:
                 w.signal(signal.SIGCONT)
