@@ -8,8 +8,8 @@ import pytest
 
 from coordinator.config import load_config
 from coordinator.directory import WorkerDirectory
-from coordinator.router import choose_route
 from coordinator.lifecycle import JobLifecycle, JobState
+from coordinator.router import choose_route
 from coordinator.state import CoordinatorState, StepRecord
 from shardnet.chain.registry import JobInfo, JobStatus
 from shardnet.db import make_engine, session_scope
