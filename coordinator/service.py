@@ -55,8 +55,7 @@ class CoordinatorService:
         self.state = CoordinatorState(self.engine)
         self.directory = WorkerDirectory()
         self.router = Router(self.directory, load_penalty_s=config.load_penalty_s)
-        self.catalog = ModelCatalog(registry.get_model, config.store_dir,
-                                    lambda: [e for n, e in self.directory.nodes() if not self.directory.is_down(n)])
+        self.catalog = ModelCatalog(registry.get_model, config.store_dir, self.directory.live_endpoints)
         self.lifecycle = JobLifecycle(self.state)
         self.commitments = CommitmentBoard()
         ctx = PipelineContext(
