@@ -109,6 +109,10 @@ class WorkerDirectory:
         live = {a.node for a in self._assignments.values() if a.live}
         return sorted((n, self._endpoints[n]) for n in live if n in self._endpoints)
 
+    def live_endpoints(self) -> list[str]:
+        """Endpoints of the workers with a live assignment that are not down (where to fetch model files)."""
+        return [e for n, e in self.nodes() if not self.is_down(n)]
+
     def describe(self) -> list[dict[str, object]]:
         """Every known assignment with its node's state, for GET /v1/workers."""
         out: list[dict[str, object]] = []

@@ -1,8 +1,11 @@
 """Running one paid job end to end: route on chain, generate through the workers, settle on chain.
 
-    prompt held -> choose_route -> assignRoute -> Pipeline (prefill, decode, failover, verification)
-      -> close sessions (workers commit) -> wait for commitments -> finalizeJob(keccak(output), layer-tokens)
+    prompt held -> Router.route -> assignRoute -> Pipeline (prefill, decode, failover, verification)
+      -> close sessions (workers commit) -> output and layer-tokens saved (settling)
+      -> wait for CommitmentPosted events (bounded) -> finalizeJob(keccak(output), layer-tokens)
 
+Each step moves the job through `coordinator.lifecycle` first, so a restart can finish what was started:
+`finish_settlement` is the same code for a job settled now and one a killed coordinator left settling.
 A generation that loses a routed worker to a proven cheat is run again from the start, on a route
 without it (the seeded sampler makes the re-run produce what an honest run produces); tokens already
 streamed to an API client are not sent twice. Anything that stops a job for good fails it on chain
@@ -14,26 +17,31 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import torch
 from eth_utils import keccak
 
-from coordinator.models import ServedModel
-from coordinator.pipeline import CheatDetected, HopBook, Pipeline, PipelineContext
-from coordinator.router import choose_route
+from coordinator.catalog import ServedModel
+from coordinator.commitments import CommitmentBoard
+from coordinator.hops import JobHops
+from coordinator.lifecycle import TERMINAL, IllegalTransition, JobLifecycle, JobState, mirrored_state
+from coordinator.pipeline import CheatDetected, Pipeline, PipelineContext
+from coordinator.router import RouteHop
 from coordinator.sampling import Sampler, SamplingParams
 from coordinator.settlement import HopWork, layer_tokens
-from coordinator.state import FAILED, FINALIZED, FINALIZING, RUNNING
-from shardnet.chain.registry import JobInfo, JobStatus, Registry
+from shardnet.chain.registry import JobInfo, JobStatus
 from shardnet.errors import ShardnetError
-from shardnet.span import LayerSpan
 
 log = logging.getLogger(__name__)
 
 MAX_RERUNS = 3
-COMMIT_POLL_S = 0.2
+#: Test hook (tests/coordinator): set to 1 and the coordinator SIGKILLs itself right before sending finalizeJob,
+#: so a test can check that a restart finishes the settlement. Never set it in production.
+DIE_BEFORE_FINALIZE_ENV = "SHARDNET_TEST_DIE_BEFORE_FINALIZE"
 
 OnToken = Callable[[int], Awaitable[None]]
 
@@ -58,43 +66,28 @@ def output_hash(text: str) -> bytes:
 class JobRunner:
     """Runs jobs for one coordinator account; chain calls run in threads, everything else on the loop."""
 
-    def __init__(self, registry: Registry, ctx: PipelineContext, *, commit_wait_s: float,
-                 load_penalty_s: float = 0.0) -> None:
-        self.registry = registry
+    def __init__(self, ctx: PipelineContext, lifecycle: JobLifecycle, commitments: CommitmentBoard, *,
+                 commit_wait_s: float) -> None:
         self.ctx = ctx
+        self.registry = ctx.registry
+        self.router = ctx.router
+        self.lifecycle = lifecycle
+        self.commitments = commitments
         self.commit_wait_s = commit_wait_s
-        self.load_penalty_s = load_penalty_s
 
-    # -- chain helpers (blocking calls in threads)
-    async def _chain(self, fn: Callable[..., object], *args: object) -> object:
-        return await asyncio.to_thread(fn, *args)
-
-    async def _add_hop(self, job_id: int, node: str, span: LayerSpan) -> int:
-        result = await asyncio.to_thread(self.registry.add_hop, job_id, node, span)
-        return int(result.event("HopAdded").args["hopIndex"])
-
-    # -- the parts of a job
-    async def generate(
-        self,
-        job_id: int,
-        model: ServedModel,
-        book: HopBook,
-        prompt_ids: list[int],
-        max_tokens: int,
-        params: SamplingParams,
-        on_token: OnToken | None = None,
-        first_route: list | None = None,
-    ) -> GenerationResult:
+    # -- generating
+    async def generate(self, job_id: int, model: ServedModel, job_hops: JobHops, prompt_ids: list[int],
+                       max_tokens: int, params: SamplingParams, on_token: OnToken | None,
+                       first_route: list[RouteHop]) -> GenerationResult:
         """Generate up to `max_tokens` tokens after `prompt_ids` through the job's route."""
         emitted: list[int] = []
         failovers: list[dict[str, object]] = []
-        route = first_route
+        route: list[RouteHop] | None = first_route
         for rerun in range(MAX_RERUNS + 1):
             if route is None:
-                route = choose_route(self.ctx.directory.snapshot(model.info.model_id), model.num_layers,
-                                     load_penalty_s=self.load_penalty_s)
+                route = self.router.route(model.info.model_id, model.num_layers)
             sampler = Sampler(params)
-            pipe = Pipeline(self.ctx, book, model_id=model.info.model_id, num_layers=model.num_layers,
+            pipe = Pipeline(self.ctx, job_hops, model_id=model.info.model_id, num_layers=model.num_layers,
                             reason="rerun" if rerun else "route")
             tokens: list[int] = []
             try:
@@ -128,46 +121,54 @@ class JobRunner:
                 self.ctx.state.add_steps(job_id, pipe.records)
         raise JobError(f"job {job_id}: gave up after {MAX_RERUNS} re-runs caused by cheating workers")
 
-    async def wait_commitments(self, job_id: int, book: HopBook) -> list[bool]:
-        """Poll the hops until every hop that computed something (by a worker not down) committed, or time out."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.commit_wait_s
-        while True:
-            hops = await asyncio.to_thread(self.registry.get_hops, job_id)
-            committed = [h.committed for h in hops]
-            waiting = [
-                i for i, h in enumerate(hops)
-                if not h.committed and book.positions[i] > 0 and not self.ctx.directory.is_down(h.node)
-                and not self.ctx.directory.is_excluded(h.node)
-            ]
-            if not waiting or loop.time() >= deadline:
-                if waiting:
-                    log.warning("job %d: hops %s did not commit within %.0f s; they will not be paid", job_id,
-                                waiting, self.commit_wait_s)
-                return committed
-            await asyncio.sleep(COMMIT_POLL_S)
-
-    async def settle(self, job: JobInfo, model: ServedModel, book: HopBook, text: str) -> str:
-        """Wait for commitments, then finalize with the output hash and each hop's layer-tokens; returns the tx."""
-        committed = await self.wait_commitments(job.job_id, book)
+    # -- settling
+    async def _enter_settling(self, job: JobInfo, job_hops: JobHops, result: GenerationResult, text: str) -> None:
+        """Save what finalizeJob will send (output hash, each hop's layer-tokens), then move to settling."""
         max_prompt = int(await asyncio.to_thread(self.registry.max_prompt_tokens))
-        work = [HopWork(span, book.positions[i]) for i, (_, span) in enumerate(book.hops)]
+        work = [HopWork(span, job_hops.positions[i]) for i, (_, span) in enumerate(job_hops.hops)]
         tokens = layer_tokens(work, max_tokens=job.max_tokens, max_prompt_tokens=max_prompt)
-        # a cheat is paid nothing, even for the work it committed to
-        tokens = [0 if self.ctx.directory.is_excluded(node) else t for t, (node, _) in zip(tokens, book.hops, strict=True)]
-        for i, (node, span) in enumerate(book.hops):
-            self.ctx.state.save_hop(job.job_id, i, node=node.lower(), endpoint=self.ctx.directory.endpoint(node) or "",
-                                    span_start=span.start, span_end=span.end, positions=book.positions[i],
-                                    layer_tokens=tokens[i], commitment="committed" if committed[i] else None,
-                                    reason=book.reasons[i])
-        result = await asyncio.to_thread(self.registry.finalize_job, job.job_id, output_hash(text), tokens)
+        directory = self.router.directory
+        for i, (node, span) in enumerate(job_hops.hops):
+            cheat = directory.is_excluded(node)  # a cheat is paid nothing, even for the work it committed to
+            self.ctx.state.save_hop(job.job_id, i, node=node.lower(), endpoint=directory.endpoint(node) or "",
+                                    span_start=span.start, span_end=span.end, positions=job_hops.positions[i],
+                                    layer_tokens=0 if cheat else tokens[i], commitment=None,
+                                    reason=job_hops.reasons[i])
+        self.lifecycle.advance(job.job_id, JobState.SETTLING, output=text, output_tokens=json.dumps(result.tokens),
+                               output_hash="0x" + output_hash(text).hex(), finish_reason=result.finish_reason)
+
+    async def finish_settlement(self, job_id: int) -> str:
+        """Wait for the commitments, then finalizeJob with what `_enter_settling` saved; returns the tx hash.
+
+        The same for a job settled now and for one a previous run left settling (it reads only the database
+        and the chain), so a coordinator killed here pays the workers at its next start.
+        """
+        row = self.lifecycle.state.get_job(job_id)
+        if row is None or row.status != JobState.SETTLING or row.output_hash is None:
+            raise IllegalTransition(f"job {job_id} is not settling; nothing to finalize")
+        hops = self.lifecycle.state.hops(job_id)
+        directory = self.router.directory
+
+        def expected(i: int) -> bool:
+            return (i < len(hops) and hops[i].positions > 0 and not directory.is_down(hops[i].node)
+                    and not directory.is_excluded(hops[i].node))
+
+        committed = await self.commitments.wait(self.registry, job_id, expected, self.commit_wait_s)
+        for h in hops:
+            self.ctx.state.save_hop(job_id, h.hop_index, commitment="committed" if h.hop_index in committed else None)
+        if os.environ.get(DIE_BEFORE_FINALIZE_ENV) == "1":
+            log.error("test hook %s: dying before finalizeJob of job %d", DIE_BEFORE_FINALIZE_ENV, job_id)
+            os.kill(os.getpid(), signal.SIGKILL)
+        result = await asyncio.to_thread(self.registry.finalize_job, job_id, bytes.fromhex(row.output_hash[2:]),
+                                         [int(h.layer_tokens or 0) for h in hops])
+        self.lifecycle.advance(job_id, JobState.FINALIZED, tx_finalize=result.tx_hash)
+        self.commitments.forget(job_id)
         return result.tx_hash
 
     # -- the whole job
     async def run(self, job_id: int, model: ServedModel, prompt: str, params: SamplingParams,
                   on_token: OnToken | None = None) -> GenerationResult:
         """Route, generate and settle a job whose prompt matches its on-chain inputHash. Fails it on chain on error."""
-        state = self.ctx.state
         job: JobInfo = await asyncio.to_thread(self.registry.get_job, job_id)
         try:
             if job.status != JobStatus.Submitted:
@@ -180,38 +181,48 @@ class JobRunner:
             if len(prompt_ids) > max_prompt:
                 raise JobError(f"the prompt has {len(prompt_ids)} tokens, more than the registry's "
                                f"maxPromptTokens ({max_prompt}); shorten it")
-            route = choose_route(self.ctx.directory.snapshot(model.info.model_id), model.num_layers,
-                                 load_penalty_s=self.load_penalty_s)
+            route = self.router.route(model.info.model_id, model.num_layers)
             hops = [(h.address, h.span) for h in route]
+            self.lifecycle.routed(job_id, len(prompt_ids), [(h.address, h.endpoint, h.span.start, h.span.end)
+                                                            for h in route])
             await asyncio.to_thread(self.registry.assign_route, job_id, hops)
-            state.upsert_job(job_id, status=RUNNING, prompt_tokens=len(prompt_ids),
-                             sampling=json.dumps(params.__dict__))
-            for i, h in enumerate(route):
-                state.save_hop(job_id, i, node=h.address.lower(), endpoint=h.endpoint, span_start=h.span.start,
-                               span_end=h.span.end, positions=0, reason="route")
-            book = HopBook(job_id, list(hops), lambda node, span: self._add_hop(job_id, node, span))
-            result = await self.generate(job_id, model, book, prompt_ids, job.max_tokens, params, on_token, route)
+            self.lifecycle.advance(job_id, JobState.GENERATING)
+            self.commitments.track(job_id)
+            job_hops = JobHops(job_id, self.registry, list(hops))
+            result = await self.generate(job_id, model, job_hops, prompt_ids, job.max_tokens, params, on_token, route)
             text = model.decode(result.tokens)
-            state.upsert_job(job_id, status=FINALIZING, output=text, output_tokens=json.dumps(result.tokens),
-                             output_hash="0x" + output_hash(text).hex(), finish_reason=result.finish_reason)
-            tx = await self.settle(job, model, book, text)
-            state.upsert_job(job_id, status=FINALIZED, tx_finalize=tx)
+            await self._enter_settling(job, job_hops, result, text)
+            tx = await self.finish_settlement(job_id)
             log.info("job %d finalized: %d tokens (%s), %d failovers, %d re-runs, tx %s", job_id,
                      len(result.tokens), result.finish_reason, len(result.failovers), result.reruns, tx)
             return result
         except Exception as exc:
             reason = str(exc) or type(exc).__name__
             log.error("job %d failed: %s", job_id, reason)
-            state.upsert_job(job_id, status=FAILED, error=reason)
-            await self.fail_on_chain(job_id, reason)
+            await self.fail(job_id, reason)
             raise
+        finally:
+            self.commitments.forget(job_id)
 
-    async def fail_on_chain(self, job_id: int, reason: str) -> None:
-        """failJob (full refund) if the job is still open on chain; errors are logged, not raised."""
+    async def fail(self, job_id: int, reason: str) -> None:
+        """Fail the job here (saved first) and on chain with failJob (full refund); errors are logged, not raised.
+
+        A job the chain has already closed (finalized, cancelled, failed) takes the chain's verdict instead.
+        """
         try:
             job = await asyncio.to_thread(self.registry.get_job, job_id)
+            row = self.lifecycle.state.get_job(job_id)
+            if row is not None and JobState(row.status) in TERMINAL:
+                if not row.chain_pending:
+                    return
+            elif job.status not in (JobStatus.Submitted, JobStatus.Routed):
+                self.lifecycle.advance(job_id, mirrored_state(job.status))
+                return
+            else:
+                self.lifecycle.advance(job_id, JobState.FAILED, error=reason)
             if job.status in (JobStatus.Submitted, JobStatus.Routed):
                 await asyncio.to_thread(self.registry.fail_job, job_id, reason[:200])
                 log.info("job %d failed on chain (client refunded): %s", job_id, reason)
+            self.lifecycle.confirmed(job_id)
         except ShardnetError as exc:
             log.error("job %d: could not fail it on chain: %s", job_id, exc)

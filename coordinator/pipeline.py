@@ -22,14 +22,13 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import torch
 from eth_account.signers.local import LocalAccount
 
-from coordinator.directory import WorkerDirectory
-from coordinator.router import RouteHop, choose_route
+from coordinator.hops import JobHops
+from coordinator.router import RouteHop, Router
 from coordinator.state import CoordinatorState, StepRecord
 from coordinator.verifier import (
     Tolerance,
@@ -39,6 +38,7 @@ from coordinator.verifier import (
     pick_outlier,
     should_verify,
 )
+from shardnet.chain.registry import Registry
 from shardnet.errors import ShardnetError
 from shardnet.peer.client import StepResult, WorkerClient
 from shardnet.peer.errors import WorkerAPIError
@@ -65,18 +65,14 @@ class CheatDetected(ShardnetError):
         self.node = node
 
 
-AddHop = Callable[[str, LayerSpan], Awaitable[int]]  # (node, span) -> on-chain hop index
-Slash = Callable[[str, bytes, int], Awaitable[str | None]]  # (node, evidence hash, job id) -> tx hash
-
-
 @dataclass
 class PipelineContext:
-    """What a pipeline needs from the coordinator; shared by every job."""
+    """A pipeline's collaborators and settings, shared by every job: passed in, never called back through closures."""
 
-    account: LocalAccount
-    directory: WorkerDirectory
-    state: CoordinatorState
-    slash: Slash
+    account: LocalAccount  # signs the session tickets
+    router: Router  # route choice, and (its directory) liveness, load and timings
+    registry: Registry  # addHop (through JobHops) and slash
+    state: CoordinatorState  # steps, verifications and slashes
     step_timeout_s: float = 5.0
     tolerance: Tolerance = field(default_factory=Tolerance)
     verify_share: float = 0.0
@@ -85,37 +81,10 @@ class PipelineContext:
     max_failovers: int = 4
 
 
-@dataclass
-class HopBook:
-    """The job's hops on chain (index = position in `getHops`) and the positions each computed."""
-
-    job_id: int
-    hops: list[tuple[str, LayerSpan]]
-    add_hop: AddHop
-    positions: list[int] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)  # why each hop is there: "route", "failover", "rerun"
-
-    def __post_init__(self) -> None:
-        self.positions = [0] * len(self.hops)
-        self.reasons = ["route"] * len(self.hops)
-
-    async def index_for(self, node: str, span: LayerSpan, reason: str = "route") -> int:
-        """The hop index of (node, span), added on chain (addHop) if the job has no such hop yet."""
-        for i, (n, s) in enumerate(self.hops):
-            if n.lower() == node.lower() and s == span:
-                return i
-        index = await self.add_hop(node, span)
-        while len(self.hops) <= index:
-            self.hops.append((node, span))
-            self.positions.append(0)
-            self.reasons.append(reason)
-        self.hops[index] = (node, span)
-        self.reasons[index] = reason
-        return index
-
-
 @dataclass(eq=False)
-class _Slot:
+class OpenSession:
+    """One open worker session: a routed hop of the job, or a verification (shadow / referee) session."""
+
     node: str
     endpoint: str
     span: LayerSpan
@@ -125,31 +94,32 @@ class _Slot:
     history: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (start_pos, input) per step
     fed: int = 0  # shadow sessions: how many history entries of the verified slot they consumed
     last: StepResult | None = None
-    shadow: _Slot | None = None
+    shadow: OpenSession | None = None
 
 
 class Pipeline:
     """The open sessions of one generation attempt of one job."""
 
-    def __init__(self, ctx: PipelineContext, book: HopBook, *, model_id: int, num_layers: int,
+    def __init__(self, ctx: PipelineContext, job_hops: JobHops, *, model_id: int, num_layers: int,
                  reason: str = "route") -> None:
         self.ctx = ctx
+        self.directory = ctx.router.directory
         self.reason = reason  # why this generation's new hops are added: "route", or "rerun" after a cheat
-        self.book = book
+        self.job_hops = job_hops
         self.model_id = model_id
         self.num_layers = num_layers
-        self.slots: list[_Slot] = []
+        self.slots: list[OpenSession] = []
         self.records: list[StepRecord] = []
         self.step_index = 0
         self.failovers: list[dict[str, object]] = []  # what happened, for logs and the job record
-        self._extra: list[_Slot] = []  # shadow / referee sessions to close
+        self._extra: list[OpenSession] = []  # shadow / referee sessions to close
         self._closing: set[asyncio.Future[None]] = set()  # closes of failed sessions, in the background
 
     # -- sessions
-    async def _open(self, node: str, endpoint: str, span: LayerSpan, hop_index: int | None) -> _Slot:
+    async def _open(self, node: str, endpoint: str, span: LayerSpan, hop_index: int | None) -> OpenSession:
         client = WorkerClient(endpoint, timeout_s=self.ctx.step_timeout_s)
         session_id = uuid.uuid4().hex
-        ticket = sign_ticket(self.ctx.account, worker=node, session_id=session_id, job_id=self.book.job_id,
+        ticket = sign_ticket(self.ctx.account, worker=node, session_id=session_id, job_id=self.job_hops.job_id,
                              span=span, expires_at=int(time.time()) + TICKET_TTL_S)
         try:
             opened = await client.open_session(ticket, self.ctx.codec)
@@ -160,12 +130,12 @@ class Pipeline:
             await client.aclose()
             raise GenerationError(f"worker {endpoint} serves {opened.get('span')}, not {span} as announced on chain")
         if hop_index is not None:  # routing load counts routed sessions; verification ones compute now and then
-            self.ctx.directory.add_load(node, +1)
-        return _Slot(node, endpoint, span, client, str(opened["session_id"]), hop_index)
+            self.directory.add_load(node, +1)
+        return OpenSession(node, endpoint, span, client, str(opened["session_id"]), hop_index)
 
-    async def _close(self, slot: _Slot) -> None:
+    async def _close(self, slot: OpenSession) -> None:
         if slot.hop_index is not None:
-            self.ctx.directory.add_load(slot.node, -1)
+            self.directory.add_load(slot.node, -1)
         try:
             await asyncio.wait_for(slot.client.close(slot.session_id), CLOSE_TIMEOUT_S)
         except (WorkerAPIError, TimeoutError, KeyError, ValueError) as exc:
@@ -175,20 +145,20 @@ class Pipeline:
 
     async def open(self, route: list[RouteHop]) -> None:
         """Open a session on every hop of `route` (already recorded on chain), all at once; failing hops fail over."""
-        indexes = [await self.book.index_for(hop.address, hop.span, self.reason) for hop in route]
+        indexes = [await self.job_hops.index_for(hop.address, hop.span, self.reason) for hop in route]
         opened = await asyncio.gather(
             *(self._open(hop.address, hop.endpoint, hop.span, i) for hop, i in zip(route, indexes, strict=True)),
             return_exceptions=True,
         )
         for hop, slot in zip(route, opened, strict=True):
-            if isinstance(slot, _Slot):
+            if isinstance(slot, OpenSession):
                 self.slots.append(slot)
             elif isinstance(slot, WorkerAPIError):
-                self.ctx.directory.mark_down(hop.address, str(slot))
+                self.directory.mark_down(hop.address, str(slot))
                 self.slots.extend(await self._replacement(hop.span, []))
             else:
                 self.slots = []
-                await asyncio.gather(*(self._close(s) for s in opened if isinstance(s, _Slot)))
+                await asyncio.gather(*(self._close(s) for s in opened if isinstance(s, OpenSession)))
                 raise slot
 
     async def close(self) -> None:
@@ -201,19 +171,19 @@ class Pipeline:
     def _codec(self, x: torch.Tensor) -> str | None:
         return None if not x.dtype.is_floating_point else self.ctx.codec
 
-    async def _step(self, slot: _Slot, x: torch.Tensor, pos: int) -> StepResult:
+    async def _step(self, slot: OpenSession, x: torch.Tensor, pos: int) -> StepResult:
         t0 = time.perf_counter()
         res = await slot.client.step_full(slot.session_id, x, pos, self._codec(x))
-        self.ctx.directory.record_step(slot.node, time.perf_counter() - t0, len(slot.span))
+        self.directory.record_step(slot.node, time.perf_counter() - t0, len(slot.span))
         return res
 
-    def _record(self, slot: _Slot, x: torch.Tensor, pos: int, res: StepResult, replay: bool) -> None:
+    def _record(self, slot: OpenSession, x: torch.Tensor, pos: int, res: StepResult, replay: bool) -> None:
         slot.history.append((pos, x))
         slot.last = res
         if slot.hop_index is None:
             return
         n = int(x.shape[1])
-        self.book.positions[slot.hop_index] += n
+        self.job_hops.positions[slot.hop_index] += n
         input_hash = step_hash(encode_frame(x, self._codec(x) or "int64"))
         self.records.append(StepRecord(slot.hop_index, self.step_index, pos, n, input_hash, res.step_hash, replay))
 
@@ -228,7 +198,7 @@ class Pipeline:
                 await self._failover(i, exc)
                 continue
             self._record(slot, x, pos, res, replay=False)
-            if should_verify(self.ctx.verify_share, job_id=self.book.job_id, hop_index=i,
+            if should_verify(self.ctx.verify_share, job_id=self.job_hops.job_id, hop_index=i,
                              step_index=self.step_index, salt=self.ctx.salt):
                 await self._verify(slot)
             x = res.tensor
@@ -240,9 +210,9 @@ class Pipeline:
     async def _failover(self, i: int, exc: Exception) -> None:
         old = self.slots[i]
         t0 = time.perf_counter()
-        log.warning("job %d: step on %s (layers %s) failed: %s; failing over", self.book.job_id, old.endpoint,
+        log.warning("job %d: step on %s (layers %s) failed: %s; failing over", self.job_hops.job_id, old.endpoint,
                     old.span, exc)
-        self.ctx.directory.mark_down(old.node, str(exc))
+        self.directory.mark_down(old.node, str(exc))
         closing = asyncio.ensure_future(self._close(old))
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)
@@ -252,21 +222,20 @@ class Pipeline:
         self.slots[i : i + 1] = new
         self.failovers.append({"dead": old.node, "span": str(old.span), "replacement": [s.node for s in new],
                                "replayed_steps": len(old.history), "seconds": time.perf_counter() - t0})
-        log.info("job %d: layers %s now on %s after replaying %d steps in %.3f s", self.book.job_id, old.span,
+        log.info("job %d: layers %s now on %s after replaying %d steps in %.3f s", self.job_hops.job_id, old.span,
                  ", ".join(s.endpoint for s in new), len(old.history), time.perf_counter() - t0)
 
-    async def _replacement(self, span: LayerSpan, history: list[tuple[int, torch.Tensor]]) -> list[_Slot]:
+    async def _replacement(self, span: LayerSpan, history: list[tuple[int, torch.Tensor]]) -> list[OpenSession]:
         """Open a chain of live workers covering `span` and replay `history` into it."""
         last_error: Exception | None = None
         for _ in range(self.ctx.max_failovers):
-            route = choose_route(self.ctx.directory.snapshot(self.model_id), self.num_layers,
-                                 start=span.start, end=span.end)
-            opened: list[_Slot] = []
+            route = self.ctx.router.cover(self.model_id, self.num_layers, span)
+            opened: list[OpenSession] = []
             current = route[0].address
             try:
                 for hop in route:
                     current = hop.address
-                    index = await self.book.index_for(hop.address, hop.span, "failover")
+                    index = await self.job_hops.index_for(hop.address, hop.span, "failover")
                     opened.append(await self._open(hop.address, hop.endpoint, hop.span, index))
                 for pos, x in history:
                     y = x
@@ -278,15 +247,15 @@ class Pipeline:
                 return opened
             except WorkerAPIError as exc:
                 last_error = exc
-                self.ctx.directory.mark_down(current, str(exc))
+                self.directory.mark_down(current, str(exc))
                 await asyncio.gather(*(self._close(slot) for slot in opened))
         raise GenerationError(
-            f"job {self.book.job_id}: could not fail over layers {span} after {self.ctx.max_failovers} tries "
+            f"job {self.job_hops.job_id}: could not fail over layers {span} after {self.ctx.max_failovers} tries "
             f"(last error: {last_error}); start another worker for that span"
         )
 
     # -- verification
-    async def _catch_up(self, shadow: _Slot, target: _Slot, upto: int) -> StepResult:
+    async def _catch_up(self, shadow: OpenSession, target: OpenSession, upto: int) -> StepResult:
         """Feed the shadow session the target's inputs it has not seen, up to entry `upto` (inclusive)."""
         res: StepResult | None = None
         while shadow.fed <= upto:
@@ -296,52 +265,52 @@ class Pipeline:
         assert res is not None
         return res
 
-    async def _verify(self, slot: _Slot) -> None:
+    async def _verify(self, slot: OpenSession) -> None:
         k = len(slot.history) - 1
         claimed = slot.last
         assert claimed is not None
         is_logits = slot.span.end == self.num_layers
         tol = self.ctx.tolerance
         if slot.shadow is None:
-            replicas = self.ctx.directory.replicas(self.model_id, slot.span, besides={slot.node})
+            replicas = self.ctx.router.replicas(self.model_id, slot.span, besides={slot.node})
             if not replicas:
-                log.debug("job %d: no replica of layers %s to verify against", self.book.job_id, slot.span)
+                log.debug("job %d: no replica of layers %s to verify against", self.job_hops.job_id, slot.span)
                 return
             try:
                 slot.shadow = await self._open(replicas[0].address, replicas[0].endpoint, slot.span, None)
             except WorkerAPIError as exc:
-                self.ctx.directory.mark_down(replicas[0].address, str(exc))
+                self.directory.mark_down(replicas[0].address, str(exc))
                 return
         shadow = slot.shadow
         try:
             ref = await self._catch_up(shadow, slot, k)
         except WorkerAPIError as exc:
-            self.ctx.directory.mark_down(shadow.node, str(exc))
+            self.directory.mark_down(shadow.node, str(exc))
             slot.shadow = None
             self._extra.append(shadow)
             return
         verdict = compare(claimed.tensor, ref.tensor, is_logits=is_logits, tol=tol)
-        row = dict(job_id=self.book.job_id, hop_index=slot.hop_index, step_index=self.step_index, node=slot.node,
+        row = dict(job_id=self.job_hops.job_id, hop_index=slot.hop_index, step_index=self.step_index, node=slot.node,
                    replica=shadow.node, metric=min(verdict.metric, 1e300), agree=verdict.agree)
         if verdict.agree:
             self.ctx.state.add_verification(**row)
             return
         log.warning("job %d: %s and %s disagree on layers %s step %d (%s %.3g); asking a referee",
-                    self.book.job_id, slot.node, shadow.node, slot.span, self.step_index, verdict.kind, verdict.metric)
-        referees = self.ctx.directory.replicas(self.model_id, slot.span, besides={slot.node, shadow.node})
+                    self.job_hops.job_id, slot.node, shadow.node, slot.span, self.step_index, verdict.kind, verdict.metric)
+        referees = self.ctx.router.replicas(self.model_id, slot.span, besides={slot.node, shadow.node})
         outlier: str | None = None
         referee_node: str | None = None
         for ref_worker in referees:
             try:
                 referee = await self._open(ref_worker.address, ref_worker.endpoint, slot.span, None)
             except WorkerAPIError as exc:
-                self.ctx.directory.mark_down(ref_worker.address, str(exc))
+                self.directory.mark_down(ref_worker.address, str(exc))
                 continue
             self._extra.append(referee)
             try:
                 judged = await self._catch_up(referee, slot, k)
             except WorkerAPIError as exc:
-                self.ctx.directory.mark_down(ref_worker.address, str(exc))
+                self.directory.mark_down(ref_worker.address, str(exc))
                 continue
             referee_node = referee.node
             side = pick_outlier(compare(claimed.tensor, judged.tensor, is_logits=is_logits, tol=tol),
@@ -353,18 +322,26 @@ class Pipeline:
         self.ctx.state.add_verification(**row, referee=referee_node, outlier=outlier)
         if outlier is None:
             log.warning("job %d: no referee could settle the disagreement on layers %s; nobody slashed",
-                        self.book.job_id, slot.span)
+                        self.job_hops.job_id, slot.span)
             return
         if outlier == slot.node:
             raise CheatDetected(outlier)
         slot.shadow = None
         self._extra.append(shadow)
 
-    async def _slash(self, node: str, slot: _Slot, k: int, claimed: StepResult, replica: str, replica_res: StepResult,
+    async def _send_slash(self, node: str, digest: bytes) -> str | None:
+        try:
+            result = await asyncio.to_thread(self.ctx.registry.slash, node, digest, self.job_hops.job_id)
+        except ShardnetError as exc:
+            log.error("job %d: slashing %s failed: %s", self.job_hops.job_id, node, exc)
+            return None
+        return result.tx_hash
+
+    async def _slash(self, node: str, slot: OpenSession, k: int, claimed: StepResult, replica: str, replica_res: StepResult,
                      referee: str, referee_res: StepResult, metric: float) -> None:
         pos, x = slot.history[k]
         record = evidence_record(
-            job_id=self.book.job_id, node=node, hop_index=slot.hop_index or 0, step_index=self.step_index,
+            job_id=self.job_hops.job_id, node=node, hop_index=slot.hop_index or 0, step_index=self.step_index,
             span=(slot.span.start, slot.span.end), start_pos=pos,
             input_hash=step_hash(encode_frame(x, self._codec(x) or "int64")),
             claimed_hash=claimed.step_hash if node == slot.node else replica_res.step_hash,
@@ -373,7 +350,7 @@ class Pipeline:
             referee=referee, referee_hash=referee_res.step_hash, metric=min(metric, 1e300),
         )
         digest = evidence_hash(record)
-        self.ctx.directory.exclude(node)
-        tx = await self.ctx.slash(node, digest, self.book.job_id)
-        self.ctx.state.add_slash(job_id=self.book.job_id, node=node, evidence_hash=digest, evidence=record, tx_hash=tx)
-        log.warning("job %d: slashed %s (evidence 0x%s, tx %s)", self.book.job_id, node, digest.hex(), tx)
+        self.directory.exclude(node)
+        tx = await self._send_slash(node, digest)
+        self.ctx.state.add_slash(job_id=self.job_hops.job_id, node=node, evidence_hash=digest, evidence=record, tx_hash=tx)
+        log.warning("job %d: slashed %s (evidence 0x%s, tx %s)", self.job_hops.job_id, node, digest.hex(), tx)

@@ -18,9 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from shardnet.errors import ShardnetError
 from shardnet.span import LayerSpan
+
+if TYPE_CHECKING:
+    from coordinator.directory import WorkerDirectory
 
 #: Assumed figures for a worker that has not been measured yet (seconds).
 DEFAULT_RTT_S = 0.010
@@ -113,3 +117,28 @@ def choose_route(
 def route_spans(route: Sequence[RouteHop]) -> list[tuple[int, int]]:
     """The (start, end) pairs of a route, as the contract's `assignRoute` takes them."""
     return [(h.span.start, h.span.end) for h in route]
+
+
+class Router:
+    """The coordinator's one place for route choice: the directory of live workers and `choose_route` over it.
+
+    The OpenAI API (can a request be served before it is paid?), the jobs (the first route) and the pipeline
+    (replacements after a failure, replicas to verify against) all ask the same object.
+    """
+
+    def __init__(self, directory: WorkerDirectory, *, load_penalty_s: float = 0.0) -> None:
+        self.directory = directory  # liveness, load and measurements, updated by events, probes and steps
+        self.load_penalty_s = load_penalty_s
+
+    def route(self, model_id: int, num_layers: int) -> list[RouteHop]:
+        """The cheapest chain of live workers over all of the model's layers; raises NoRouteError."""
+        return choose_route(self.directory.snapshot(model_id), num_layers, load_penalty_s=self.load_penalty_s)
+
+    def cover(self, model_id: int, num_layers: int, span: LayerSpan) -> list[RouteHop]:
+        """The cheapest chain of live workers over exactly `span` (a replacement for a failed hop)."""
+        return choose_route(self.directory.snapshot(model_id), num_layers, start=span.start, end=span.end,
+                            load_penalty_s=self.load_penalty_s)
+
+    def replicas(self, model_id: int, span: LayerSpan, *, besides: set[str]) -> list[WorkerInfo]:
+        """Live workers serving exactly `span` other than `besides`, cheapest first (to verify against)."""
+        return self.directory.replicas(model_id, span, besides=besides)

@@ -2,44 +2,34 @@
 
 Lifecycle (`setup`, `run_forever`, `stop`): setup checks the account is an approved coordinator on chain,
 opens the database, rebuilds the directory of live workers from the chain's views, and recovers jobs a
-previous run left behind (a job that was generating is failed on chain, so its client is refunded; a job
-whose prompt is held but not yet routed is run). Then the watcher follows events from its durable cursor.
+previous run left behind (`JobScheduler.recover`, by the rules of `coordinator.lifecycle`). Then the watcher
+follows events from its durable cursor: the job events go to the job state machine, `CommitmentPosted` wakes
+settlements, the rest updates the directory behind the one `Router`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
-from typing import Any
 
 import aiohttp
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak
 from sqlalchemy.orm import Session
 
+from coordinator.catalog import ModelCatalog
+from coordinator.commitments import CommitmentBoard
 from coordinator.config import CoordinatorConfig
 from coordinator.directory import WorkerDirectory, probe_forever
 from coordinator.jobs import JobRunner
-from coordinator.models import ModelCatalog, ServedModel
+from coordinator.lifecycle import JobLifecycle
 from coordinator.pipeline import PipelineContext
-from coordinator.sampling import SamplingParams
-from coordinator.state import (
-    CANCELLED,
-    DONE,
-    FAILED,
-    FINALIZED,
-    FINALIZING,
-    QUEUED,
-    RUNNING,
-    WAITING,
-    CoordinatorState,
-    JobRow,
-)
+from coordinator.router import Router
+from coordinator.scheduler import JobScheduler
+from coordinator.state import CoordinatorState
 from coordinator.verifier import Tolerance
-from shardnet.chain.registry import JobStatus, Registry
+from shardnet.chain.registry import Registry
 from shardnet.chain.tx import DecodedEvent
 from shardnet.chain.watcher import EventWatcher
 from shardnet.db import make_engine
@@ -48,26 +38,12 @@ from shardnet.span import LayerSpan
 
 log = logging.getLogger(__name__)
 
-WATCHED = ("JobSubmitted", "JobCancelled", "ShardAnnounced", "ShardReleased", "NodeRegistered", "EndpointUpdated",
+WATCHED = ("JobSubmitted", "JobCancelled", "CommitmentPosted", "ShardAnnounced", "ShardReleased", "NodeRegistered", "EndpointUpdated",
            "NodeSlashed")
-
-
-def _consume(task: asyncio.Task[Any]) -> None:
-    """Retrieve a job task's exception (it was logged and the job failed on chain already)."""
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("job task ended with %r", task.exception())
 
 
 class NotCoordinatorError(ShardnetError):
     """The coordinator's account is not approved on chain."""
-
-
-class PromptRejected(ShardnetError):
-    """A prompt handed over for a job does not match it (unknown job, wrong hash, already handled)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class CoordinatorService:
@@ -78,21 +54,22 @@ class CoordinatorService:
         self.engine = make_engine(config.database_url())
         self.state = CoordinatorState(self.engine)
         self.directory = WorkerDirectory()
-        self.models = ModelCatalog(registry.get_model, config.store_dir,
-                                   lambda: [e for n, e in self.directory.nodes() if not self.directory.is_down(n)])
-        self.ctx = PipelineContext(
-            account=account, directory=self.directory, state=self.state, slash=self._slash,
+        self.router = Router(self.directory, load_penalty_s=config.load_penalty_s)
+        self.catalog = ModelCatalog(registry.get_model, config.store_dir, self.directory.live_endpoints)
+        self.lifecycle = JobLifecycle(self.state)
+        self.commitments = CommitmentBoard()
+        ctx = PipelineContext(
+            account=account, router=self.router, registry=registry, state=self.state,
             step_timeout_s=config.step_timeout_s,
             tolerance=Tolerance(config.verify_rel_error, config.verify_top_k),
             verify_share=config.verify_share, salt=secrets.token_bytes(16),
         )
-        self.runner = JobRunner(registry, self.ctx, commit_wait_s=config.commit_wait_s,
-                                load_penalty_s=config.load_penalty_s)
+        runner = JobRunner(ctx, self.lifecycle, self.commitments, commit_wait_s=config.commit_wait_s)
+        self.jobs = JobScheduler(registry, account, self.lifecycle, runner, self.catalog,
+                                 max_concurrent_jobs=config.max_concurrent_jobs)
         self.watcher = EventWatcher(registry, self.engine, f"coordinator:{account.address.lower()}",
                                     {name: self._on_event for name in WATCHED}, poll_interval=config.poll_interval_s)
         self._pending_events: list[DecodedEvent] = []
-        self._jobs_sem = asyncio.Semaphore(config.max_concurrent_jobs)
-        self._tasks: dict[int, asyncio.Task[Any]] = {}
         self._stop = asyncio.Event()
         self.endpoint = config.endpoint
 
@@ -125,25 +102,16 @@ class CoordinatorService:
 
     # -- events (the watcher's thread collects them; the loop applies them)
     def _on_event(self, event: DecodedEvent, session: Session) -> None:
+        a = event.args
         if event.name == "JobSubmitted":
-            a = event.args
-            job_id = int(a["jobId"])
-            row = session.get(JobRow, job_id)
-            if row is None:
-                row = JobRow(job_id=job_id, status=WAITING)
-                session.add(row)
-            row.client = str(a["client"]).lower()
-            row.model_id = int(a["modelId"])
-            row.input_hash = "0x" + bytes(a["inputHash"]).hex()
-            row.max_tokens = int(a["maxTokens"])
-            row.escrow_wei = str(int(a["escrow"]))
-            row.deadline = int(a["deadline"])
+            self.lifecycle.on_submitted(session, int(a["jobId"]), {
+                "client": str(a["client"]).lower(), "model_id": int(a["modelId"]),
+                "input_hash": "0x" + bytes(a["inputHash"]).hex(), "max_tokens": int(a["maxTokens"]),
+                "escrow_wei": str(int(a["escrow"])), "deadline": int(a["deadline"])})
         elif event.name == "JobCancelled":
-            row = session.get(JobRow, int(event.args["jobId"]))
-            if row is not None and row.status not in DONE:
-                row.status = CANCELLED
-                row.error = "cancelled by its client after the deadline"
-        self._pending_events.append(event)
+            self.lifecycle.on_cancelled(session, int(a["jobId"]))
+        else:
+            self._pending_events.append(event)
 
     async def _apply(self, event: DecodedEvent) -> None:
         """Apply one event to the in-memory directory (on the loop; chain reads in a thread)."""
@@ -162,10 +130,8 @@ class CoordinatorService:
             self.directory.set_endpoint(a["node"], a["endpoint"])
         elif event.name == "NodeSlashed":
             self.directory.exclude(a["node"])
-        elif event.name == "JobSubmitted":
-            row = self.state.get_job(int(a["jobId"]))
-            if row is not None and row.status == QUEUED:
-                self.schedule(row.job_id)
+        elif event.name == "CommitmentPosted":
+            self.commitments.posted(int(a["jobId"]), int(a["hopIndex"]))
 
     async def _watch(self) -> None:
         failures = 0
@@ -198,101 +164,6 @@ class CoordinatorService:
                 raise ShardnetError(f"/health answered {resp.status}")
         return time.perf_counter() - t0
 
-    # -- jobs
-    def model(self, model_id: int) -> ServedModel:
-        return self.models.get(model_id)
-
-    async def accept_prompt(self, job_id: int, prompt: str, params: SamplingParams) -> JobRow:
-        """Take a client's prompt for an on-chain job: it must hash to the job's inputHash."""
-        try:
-            job = await asyncio.to_thread(self.registry.get_job, job_id)
-        except ShardnetError as exc:
-            raise PromptRejected(f"job {job_id} does not exist on chain ({exc}); submit it first", 404) from exc
-        if job.status != JobStatus.Submitted:
-            raise PromptRejected(f"job {job_id} is {job.status.name} on chain; only a Submitted job takes a prompt", 409)
-        if keccak(prompt.encode("utf-8")) != job.input_hash:
-            raise PromptRejected(
-                f"keccak256 of this prompt is not the inputHash of job {job_id} on chain; hand over exactly the "
-                "prompt (UTF-8) whose hash was submitted", 400)
-        row = self.state.get_job(job_id)
-        if row is not None and row.status not in (WAITING, QUEUED):
-            raise PromptRejected(f"job {job_id} is already {row.status}", 409)
-        row = self.state.upsert_job(
-            job_id, status=QUEUED, prompt=prompt, sampling=json.dumps(params.with_seed().__dict__),
-            client=job.client.lower(), model_id=job.model_id, input_hash="0x" + job.input_hash.hex(),
-            max_tokens=job.max_tokens, escrow_wei=str(job.escrow), deadline=job.deadline)
-        self.schedule(job_id)
-        return row
-
-    def schedule(self, job_id: int, on_token: Any = None) -> asyncio.Task[Any]:
-        """Run the job (once: a job already running returns its task)."""
-        for done in [j for j, t in self._tasks.items() if t.done()]:
-            del self._tasks[done]
-        task = self._tasks.get(job_id)
-        if task is None:
-            task = asyncio.ensure_future(self._run_job(job_id, on_token))
-            task.add_done_callback(_consume)
-            self._tasks[job_id] = task
-        return task
-
-    async def _run_job(self, job_id: int, on_token: Any) -> Any:
-        async with self._jobs_sem:
-            row = self.state.get_job(job_id)
-            if row is None or row.status != QUEUED or row.prompt is None:
-                return None
-            params = SamplingParams(**json.loads(row.sampling or "{}"))
-            try:
-                model = await asyncio.to_thread(self.model, int(row.model_id or 0))
-            except ShardnetError as exc:
-                self.state.upsert_job(job_id, status=FAILED, error=str(exc))
-                await self.runner.fail_on_chain(job_id, str(exc))
-                raise
-            return await self.runner.run(job_id, model, row.prompt, params, on_token)
-
-    async def submit_own_job(self, model_id: int, prompt: str, max_tokens: int, params: SamplingParams) -> int:
-        """For the OpenAI API: pay a job into escrow from the coordinator's own account; returns its id."""
-        quote = await asyncio.to_thread(self.registry.quote, model_id, max_tokens)
-        result = await asyncio.to_thread(self.registry.submit_job, model_id, keccak(prompt.encode()), max_tokens, quote)
-        job_id = int(result.event("JobSubmitted").args["jobId"])
-        self.state.upsert_job(job_id, status=QUEUED, source="api", prompt=prompt,
-                              sampling=json.dumps(params.with_seed().__dict__), client=self.account.address.lower(),
-                              model_id=model_id, input_hash="0x" + keccak(prompt.encode()).hex(),
-                              max_tokens=max_tokens, escrow_wei=str(quote))
-        return job_id
-
-    async def recover(self) -> None:
-        """Deal with jobs a previous run left unfinished (see the module docstring)."""
-        for row in self.state.jobs(statuses=[QUEUED, RUNNING, FINALIZING]):
-            job = await asyncio.to_thread(self.registry.get_job, row.job_id)
-            if row.status == QUEUED and job.status == JobStatus.Submitted:
-                log.info("job %d: prompt held, not routed yet: running it", row.job_id)
-                self.schedule(row.job_id)
-            elif job.status in (JobStatus.Submitted, JobStatus.Routed):
-                reason = "coordinator restarted mid-job; its worker sessions are gone"
-                log.warning("job %d was %s when the coordinator stopped: failing it on chain", row.job_id, row.status)
-                self.state.upsert_job(row.job_id, status=FAILED, error=reason)
-                await self.runner.fail_on_chain(row.job_id, reason)
-            else:
-                status = {JobStatus.Finalized: "finalized", JobStatus.Cancelled: "cancelled"}.get(job.status, FAILED)
-                self.state.upsert_job(row.job_id, status=status)
-
-    async def fail_interrupted(self, job_ids: list[int]) -> None:
-        """On shutdown: fail on chain (full refund now, not at the next start) the jobs stopped mid-generation.
-
-        A job whose prompt is held but that never started stays queued: the next start runs it.
-        """
-        for job_id in job_ids:
-            row = self.state.get_job(job_id)
-            if row is None or row.status not in (RUNNING, FINALIZING):
-                continue
-            reason = "coordinator stopped mid-job; its worker sessions are gone"
-            log.warning("job %d was %s when the coordinator stopped: failing it on chain", job_id, row.status)
-            self.state.upsert_job(job_id, status=FAILED, error=reason)
-            await self.runner.fail_on_chain(job_id, reason)
-            job = await asyncio.to_thread(self.registry.get_job, job_id)
-            if job.status == JobStatus.Finalized:  # its finalizeJob went through just before the stop
-                self.state.upsert_job(job_id, status=FINALIZED, error=None)
-
     # -- lifecycle
     async def run_forever(self, ready: asyncio.Event | None = None) -> None:
         from aiohttp import web
@@ -304,8 +175,7 @@ class CoordinatorService:
         await asyncio.to_thread(self.watcher.catch_up)
         events, self._pending_events = self._pending_events, []
         for event in events:
-            if event.name != "JobSubmitted":
-                await self._apply(event)
+            await self._apply(event)
         app = make_app(self)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -316,53 +186,18 @@ class CoordinatorService:
         log.info("coordinator %s listening on %s", self.account.address, self.endpoint)
         background = [asyncio.ensure_future(self._watch()),
                       asyncio.ensure_future(probe_forever(self.directory, self._health, self.config.health_interval_s))]
-        await self.recover()
+        await self.jobs.recover()
         if ready is not None:
             ready.set()
         try:
             await self._stop.wait()
         finally:
-            jobs = dict(self._tasks)
-            for task in background + list(jobs.values()):
+            for task in background:
                 task.cancel()
-            await asyncio.gather(*background, *jobs.values(), return_exceptions=True)
-            await self.fail_interrupted(list(jobs))
+            await asyncio.gather(*background, return_exceptions=True)
+            await self.jobs.stop()
             await runner.cleanup()
             self.engine.dispose()
 
     def stop(self) -> None:
         self._stop.set()
-
-    # -- slashing
-    async def _slash(self, node: str, evidence: bytes, job_id: int) -> str | None:
-        try:
-            result = await asyncio.to_thread(self.registry.slash, node, evidence, job_id)
-            return result.tx_hash
-        except ShardnetError as exc:
-            log.error("slashing %s failed: %s", node, exc)
-            return None
-
-    def job_view(self, row: JobRow, *, reveal: bool = False) -> dict[str, Any]:
-        """The JSON of a job (GET /v1/jobs/{id}); the output only with `reveal` (the job's client asked)."""
-        hops = self.state.hops(row.job_id)
-        generated = row.status in (FINALIZING, FINALIZED)
-        return {
-            "job_id": row.job_id,
-            "status": row.status,
-            "done": row.status in DONE,
-            "model_id": row.model_id,
-            "client": row.client,
-            "max_tokens": row.max_tokens,
-            "prompt_tokens": row.prompt_tokens,
-            "output": row.output if generated and reveal else None,
-            "output_tokens": json.loads(row.output_tokens) if generated and reveal and row.output_tokens else None,
-            "output_hidden": generated and not reveal,
-            "output_hash": row.output_hash,
-            "finish_reason": row.finish_reason,
-            "error": row.error,
-            "finalize_tx": row.tx_finalize,
-            "route": [{"hop": h.hop_index, "node": h.node, "endpoint": h.endpoint, "span": [h.span_start, h.span_end],
-                       "positions": h.positions, "layer_tokens": h.layer_tokens, "reason": h.reason}
-                      for h in hops],
-        }
-

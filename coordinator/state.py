@@ -2,9 +2,8 @@
 verifications and slashes. The chain event cursor lives in `shardnet.db`'s `chain_cursor` table.
 
 A job row is created when the coordinator first learns of a job (the `JobSubmitted` event, or the prompt
-handed over by the client, whichever comes first) and moves through `STATUSES`. On restart, a job left
-`running` is failed on chain (its workers' caches died with the sessions), while a job whose prompt is
-held but not yet routed is simply run: no work is lost and no transaction is sent twice.
+handed over by the client, whichever comes first); its `status` is written only by `coordinator.lifecycle`,
+which owns the job's state machine and what a restart does with each state.
 """
 
 from __future__ import annotations
@@ -21,17 +20,6 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from shardnet.db import Base, session_scope
 
-# job statuses (off chain; the chain has its own JobStatus)
-WAITING = "waiting"  # known from the chain, prompt not handed over yet
-QUEUED = "queued"  # prompt held, not routed yet
-RUNNING = "running"  # routed on chain, generating
-FINALIZING = "finalizing"  # output known, waiting for commitments / finalizeJob
-FINALIZED = "finalized"
-FAILED = "failed"
-CANCELLED = "cancelled"
-STATUSES = (WAITING, QUEUED, RUNNING, FINALIZING, FINALIZED, FAILED, CANCELLED)
-DONE = (FINALIZED, FAILED, CANCELLED)
-
 
 class JobRow(Base):
     __tablename__ = "coordinator_jobs"
@@ -43,7 +31,8 @@ class JobRow(Base):
     max_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     escrow_wei: Mapped[str | None] = mapped_column(String(80), nullable=True)  # decimal string: wei exceeds 64 bits
     deadline: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default=WAITING, index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # a coordinator.lifecycle.JobState
+    chain_pending: Mapped[str | None] = mapped_column(String(16), nullable=True)  # tx the status leads to, unmined
     source: Mapped[str] = mapped_column(String(8), default="chain")  # "chain" (a client) or "api" (paid by us)
     prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
     sampling: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON {"temperature", "top_p", "seed"}
@@ -146,18 +135,24 @@ class CoordinatorState:
         with Session(self.engine, expire_on_commit=False) as s:
             return s.get(JobRow, job_id)
 
-    def upsert_job(self, job_id: int, **fields: Any) -> JobRow:
-        """Create the job row if missing, then set `fields` (None values leave a field as it is)."""
+    def set_job_fields(self, job_id: int, **fields: Any) -> JobRow:
+        """Set `fields` of an existing job row (not its status: `coordinator.lifecycle` moves that)."""
+        if "status" in fields:
+            raise ValueError("a job's status moves only through coordinator.lifecycle.JobLifecycle")
         with session_scope(self.engine) as s:
             row = s.get(JobRow, job_id)
             if row is None:
-                row = JobRow(job_id=job_id)
-                s.add(row)
+                raise KeyError(f"no job {job_id} in the coordinator's database")
             for key, value in fields.items():
-                if value is not None:
-                    setattr(row, key, value)
+                setattr(row, key, value)
             row.updated_at = time.time()
         return row
+
+    def unsettled_jobs(self, terminal: Sequence[str]) -> list[JobRow]:
+        """Jobs not in a `terminal` status, or whose last chain transaction is not known to be mined."""
+        with Session(self.engine, expire_on_commit=False) as s:
+            q = select(JobRow).where(JobRow.status.not_in(list(terminal)) | JobRow.chain_pending.is_not(None))
+            return list(s.scalars(q.order_by(JobRow.job_id)))
 
     def jobs(self, *, statuses: Sequence[str] | None = None, client: str | None = None) -> list[JobRow]:
         with Session(self.engine, expire_on_commit=False) as s:

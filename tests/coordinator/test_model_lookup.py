@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from coordinator.api import _resolve_model
+from coordinator.openai_api import _resolve_model
 from shardnet.chain.registry import Registry
 from shardnet.errors import ConfigError
 

@@ -103,3 +103,22 @@ def test_no_route_error_suggests_a_worker_command_that_parses() -> None:
     assert suggested is not None, str(caught.value)
     args = build_parser().parse_args(shlex.split(suggested.group(1))[1:])
     assert args.command == "run" and args.layers == "10:30"
+
+
+def test_one_router_over_the_directory_routes_covers_and_finds_replicas() -> None:
+    from coordinator.directory import WorkerDirectory
+    from coordinator.router import Router
+
+    directory = WorkerDirectory()
+    for aid, (node, start, end) in enumerate([("0xA", 0, 2), ("0xB", 2, 4), ("0xC", 2, 4), ("0xD", 4, 6)], 1):
+        directory.set_endpoint(node, f"http://{node}")
+        directory.announce(aid, node, 1, LayerSpan(start, end))
+    router = Router(directory, load_penalty_s=1.0)
+    directory.add_load("0xb", 1)  # the penalty steers the route to the idle replica
+    assert [h.address for h in router.route(1, 6)] == ["0xa", "0xc", "0xd"]
+    directory.mark_down("0xc", "test")
+    assert [h.address for h in router.cover(1, 6, LayerSpan(2, 4))] == ["0xb"]
+    assert router.replicas(1, LayerSpan(2, 4), besides={"0xb"}) == []
+    directory.mark_down("0xb", "test")
+    with pytest.raises(NoRouteError, match="layer 2"):
+        router.route(1, 6)

@@ -64,7 +64,7 @@ def test_sigterm_mid_job_fails_it_on_chain_at_once_so_the_client_is_refunded(
         )
         assert status == 202
         wait_for(
-            lambda: http_json("GET", f"{coord.url}/v1/jobs/{job_id}")[1]["status"] == "running",
+            lambda: http_json("GET", f"{coord.url}/v1/jobs/{job_id}")[1]["status"] == "generating",
             30,
             "the job to run",
             interval=0.02,

@@ -8,22 +8,32 @@ import pytest
 
 from coordinator.config import load_config
 from coordinator.directory import WorkerDirectory
+from coordinator.lifecycle import JobLifecycle, JobState
 from coordinator.router import choose_route
-from coordinator.state import FINALIZED, QUEUED, WAITING, CoordinatorState, StepRecord
-from shardnet.db import make_engine
+from coordinator.state import CoordinatorState, StepRecord
+from shardnet.chain.registry import JobInfo, JobStatus
+from shardnet.db import make_engine, session_scope
 from shardnet.errors import ConfigError
 from shardnet.span import LayerSpan
 
 
+def _job(job_id: int, client: str) -> JobInfo:
+    return JobInfo(job_id, client, 1, b"\x05" * 32, 8, 10**30, 0, JobStatus.Submitted, "0x" + "00" * 20, b"\x00" * 32)
+
+
 def test_state_round_trip(tmp_path: Path) -> None:
     state = CoordinatorState(make_engine(f"sqlite:///{tmp_path / 'c.db'}"))
-    state.upsert_job(3, status=WAITING, client="0xabc", max_tokens=8, escrow_wei=str(10**30))
-    state.upsert_job(3, status=QUEUED, prompt="hi", client=None)  # None leaves a field as it is
+    lifecycle = JobLifecycle(state)
+    with session_scope(state.engine) as s:
+        lifecycle.on_submitted(s, 3, {"client": "0xabc", "max_tokens": 8, "escrow_wei": str(10**30)})
+    lifecycle.take_prompt(_job(3, "0xABC"), "hi", {"seed": 1})
     row = state.get_job(3)
-    assert row is not None and row.status == QUEUED and row.client == "0xabc" and int(row.escrow_wei) == 10**30
-    state.upsert_job(4, status=FINALIZED, client="0xdef")
-    assert [r.job_id for r in state.jobs(statuses=[QUEUED])] == [3]
+    assert row is not None and row.status == JobState.PROMPT and row.client == "0xabc" and int(row.escrow_wei) == 10**30
+    lifecycle.take_prompt(_job(4, "0xdef"), "other", {})
+    assert [r.job_id for r in state.jobs(statuses=[JobState.PROMPT])] == [3, 4]
     assert [r.job_id for r in state.jobs(client="0xDEF")] == [4]
+    with pytest.raises(ValueError, match="lifecycle"):
+        state.set_job_fields(3, status="finalized")  # the status moves only through the lifecycle
 
     state.save_hop(3, 0, node="0xn", endpoint="http://n", span_start=0, span_end=2, positions=0)
     state.save_hop(3, 0, positions=7)

@@ -1,0 +1,119 @@
+"""The jobs API: prompts for jobs paid on chain by clients, and what the coordinator knows of each job.
+
+    POST /v1/jobs/{id}/prompt   {"prompt", "temperature"?, "top_p"?, "seed"?, "ignore_eos"?, "chat"?}  -> 202 the job
+    GET  /v1/jobs/{id}          status (a `coordinator.lifecycle.JobState`), route, commitments (read from the
+                                chain), and the output once generated if X-Shardnet-Auth is the job client's
+                                signature of `shardnet.client.output_read_message(id)` (nobody else reads it)
+    GET  /v1/jobs?client=0x…    the jobs this coordinator knows (without outputs)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from coordinator.http_common import SERVICE, error, json_body, sampling
+from coordinator.lifecycle import OUTPUT_KNOWN, TERMINAL, JobState
+from coordinator.scheduler import PromptRejected
+from coordinator.service import CoordinatorService
+from coordinator.state import JobRow
+from shardnet.client import AUTH_HEADER, output_read_message
+from shardnet.errors import ConfigError, ShardnetError
+
+log = logging.getLogger(__name__)
+
+
+def job_view(service: CoordinatorService, row: JobRow, *, reveal: bool = False) -> dict[str, Any]:
+    """The JSON of a job (GET /v1/jobs/{id}); the output only with `reveal` (the job's client asked)."""
+    hops = service.state.hops(row.job_id)
+    generated = JobState(row.status) in OUTPUT_KNOWN
+    return {
+        "job_id": row.job_id,
+        "status": row.status,
+        "done": JobState(row.status) in TERMINAL,
+        "model_id": row.model_id,
+        "client": row.client,
+        "max_tokens": row.max_tokens,
+        "prompt_tokens": row.prompt_tokens,
+        "output": row.output if generated and reveal else None,
+        "output_tokens": json.loads(row.output_tokens) if generated and reveal and row.output_tokens else None,
+        "output_hidden": generated and not reveal,
+        "output_hash": row.output_hash,
+        "finish_reason": row.finish_reason,
+        "error": row.error,
+        "finalize_tx": row.tx_finalize,
+        "route": [{"hop": h.hop_index, "node": h.node, "endpoint": h.endpoint, "span": [h.span_start, h.span_end],
+                   "positions": h.positions, "layer_tokens": h.layer_tokens, "reason": h.reason}
+                  for h in hops],
+    }
+
+
+async def post_prompt(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    try:
+        job_id = int(request.match_info["job_id"])
+    except ValueError:
+        return error(400, "the job id must be an integer")
+    body = await json_body(request)
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str):
+        return error(400, 'send {"prompt": "..."}: the exact prompt whose keccak256 the job carries')
+    try:
+        row = await service.jobs.accept_prompt(job_id, prompt, sampling(body))
+    except PromptRejected as exc:
+        return error(exc.status, str(exc))
+    except ConfigError as exc:
+        return error(400, str(exc))
+    return web.json_response(job_view(service, row), status=202)
+
+
+async def get_job(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    try:
+        job_id = int(request.match_info["job_id"])
+    except ValueError:
+        return error(400, "the job id must be an integer")
+    row = service.state.get_job(job_id)
+    if row is None:
+        return error(404, f"this coordinator knows no job {job_id}; hand over its prompt first", "not_found")
+    view = job_view(service, row, reveal=_reader(request, job_id) == (row.client or "").lower())
+    try:
+        hops = await asyncio.to_thread(service.registry.get_hops, job_id)
+        view["commitments"] = [{"hop": h.index, "node": h.node.lower(), "span": [h.start, h.end],
+                                "commitment": "0x" + h.commitment.hex() if h.committed else None} for h in hops]
+    except ShardnetError as exc:
+        view["commitments"] = None
+        log.debug("job %d: cannot read hops: %s", job_id, exc)
+    return web.json_response(view)
+
+
+def _reader(request: web.Request, job_id: int) -> str | None:
+    """The address that signed this request's X-Shardnet-Auth for `job_id` (lowercase), if any."""
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
+
+    signature = request.headers.get(AUTH_HEADER)
+    if not signature:
+        return None
+    try:
+        signer = Account.recover_message(encode_defunct(text=output_read_message(job_id)), signature=signature)
+    except Exception:  # noqa: BLE001 - a malformed signature simply reads nothing
+        return None
+    return str(signer).lower()
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    rows = service.state.jobs(client=request.query.get("client"))
+    return web.json_response({"jobs": [job_view(service, r) for r in rows]})
+
+
+ROUTES = [
+    web.post("/v1/jobs/{job_id}/prompt", post_prompt),
+    web.get("/v1/jobs/{job_id}", get_job),
+    web.get("/v1/jobs", list_jobs),
+]

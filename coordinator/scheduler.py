@@ -1,0 +1,163 @@
+"""Which jobs run when: prompts in, jobs scheduled (once each, a bounded number at a time), restarts and stops.
+
+A job enters through `accept_prompt` (a client's prompt for an on-chain job) or `submit_own_job` (an OpenAI
+request the coordinator pays itself); both move it to `prompt` in `coordinator.lifecycle`, where the chain's
+`JobSubmitted` event meets it. `recover` replays, at start, what a previous run left unfinished, by
+`lifecycle.recovery_action`: notably a job killed while settling is finalized (its workers are paid), not refunded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
+
+from coordinator.catalog import ModelCatalog
+from coordinator.jobs import JobRunner, OnToken
+from coordinator.lifecycle import (
+    IllegalTransition,
+    JobLifecycle,
+    JobState,
+    Recovery,
+    mirrored_state,
+    recovery_action,
+)
+from coordinator.sampling import SamplingParams
+from coordinator.state import JobRow
+from shardnet.chain.registry import JobStatus, Registry
+from shardnet.errors import ShardnetError
+
+log = logging.getLogger(__name__)
+
+
+class PromptRejected(ShardnetError):
+    """A prompt handed over for a job does not match it (unknown job, wrong hash, already handled)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    """Retrieve a job task's exception (it was logged and the job failed on chain already)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("job task ended with %r", task.exception())
+
+
+class JobScheduler:
+    def __init__(self, registry: Registry, account: LocalAccount, lifecycle: JobLifecycle, runner: JobRunner,
+                 catalog: ModelCatalog, *, max_concurrent_jobs: int) -> None:
+        self.registry = registry
+        self.account = account
+        self.lifecycle = lifecycle
+        self.runner = runner
+        self.catalog = catalog
+        self._slots = asyncio.Semaphore(max_concurrent_jobs)
+        self.tasks: dict[int, asyncio.Task[Any]] = {}
+
+    # -- entering
+    async def accept_prompt(self, job_id: int, prompt: str, params: SamplingParams) -> JobRow:
+        """Take a client's prompt for an on-chain job (it must hash to the job's inputHash) and schedule the job."""
+        try:
+            job = await asyncio.to_thread(self.registry.get_job, job_id)
+        except ShardnetError as exc:
+            raise PromptRejected(f"job {job_id} does not exist on chain ({exc}); submit it first", 404) from exc
+        if job.status != JobStatus.Submitted:
+            raise PromptRejected(f"job {job_id} is {job.status.name} on chain; only a Submitted job takes a prompt", 409)
+        if keccak(prompt.encode("utf-8")) != job.input_hash:
+            raise PromptRejected(
+                f"keccak256 of this prompt is not the inputHash of job {job_id} on chain; hand over exactly the "
+                "prompt (UTF-8) whose hash was submitted", 400)
+        try:
+            row = self.lifecycle.take_prompt(job, prompt, params.with_seed().__dict__)
+        except IllegalTransition as exc:
+            raise PromptRejected(f"job {job_id} already has its prompt ({exc})", 409) from exc
+        self.schedule(job_id)
+        return row
+
+    async def submit_own_job(self, model_id: int, prompt: str, max_tokens: int, params: SamplingParams) -> int:
+        """For the OpenAI API: pay a job into escrow from the coordinator's own account; returns its id."""
+        quote = await asyncio.to_thread(self.registry.quote, model_id, max_tokens)
+        result = await asyncio.to_thread(self.registry.submit_job, model_id, keccak(prompt.encode()), max_tokens, quote)
+        job_id = int(result.event("JobSubmitted").args["jobId"])
+        job = await asyncio.to_thread(self.registry.get_job, job_id)
+        self.lifecycle.take_prompt(job, prompt, params.with_seed().__dict__, source="api")
+        return job_id
+
+    # -- running
+    def schedule(self, job_id: int, on_token: OnToken | None = None) -> asyncio.Task[Any]:
+        """Run the job (once: a job already running returns its task)."""
+        for done in [j for j, t in self.tasks.items() if t.done()]:
+            del self.tasks[done]
+        task = self.tasks.get(job_id)
+        if task is None:
+            task = asyncio.ensure_future(self._run(job_id, on_token))
+            task.add_done_callback(_consume)
+            self.tasks[job_id] = task
+        return task
+
+    async def _run(self, job_id: int, on_token: OnToken | None) -> Any:
+        async with self._slots:
+            row = self.lifecycle.state.get_job(job_id)
+            if row is None or row.status != JobState.PROMPT or row.prompt is None:
+                return None
+            params = SamplingParams(**json.loads(row.sampling or "{}"))
+            try:
+                model = await asyncio.to_thread(self.catalog.get, int(row.model_id or 0))
+            except ShardnetError as exc:
+                await self.runner.fail(job_id, str(exc))
+                raise
+            return await self.runner.run(job_id, model, row.prompt, params, on_token)
+
+    async def _settle(self, job_id: int) -> None:
+        async with self._slots:
+            try:
+                tx = await self.runner.finish_settlement(job_id)
+                log.info("job %d: settlement finished after the restart, tx %s", job_id, tx)
+            except ShardnetError as exc:
+                log.error("job %d: could not finish its settlement: %s", job_id, exc)
+                await self.runner.fail(job_id, f"settlement failed after a restart: {exc}")
+
+    # -- restarts and stops
+    async def recover(self) -> None:
+        """Replay what a previous run left unfinished (see `coordinator.lifecycle.recovery_action`)."""
+        for row in self.lifecycle.needing_recovery():
+            try:
+                job = await asyncio.to_thread(self.registry.get_job, row.job_id)
+                action = recovery_action(JobState(row.status), job.status, row.chain_pending)
+                log.info("job %d: %s here, %s on chain: %s", row.job_id, row.status, job.status.name, action.value)
+                if action == Recovery.RUN:
+                    self.schedule(row.job_id)
+                elif action == Recovery.REROUTE:
+                    self.lifecycle.advance(row.job_id, JobState.PROMPT)
+                    self.schedule(row.job_id)
+                elif action == Recovery.SETTLE:
+                    task = asyncio.ensure_future(self._settle(row.job_id))
+                    task.add_done_callback(_consume)
+                    self.tasks[row.job_id] = task
+                elif action in (Recovery.FAIL, Recovery.RESEND_FAIL):
+                    await self.runner.fail(row.job_id, "coordinator restarted mid-job; its worker sessions are gone")
+                elif action == Recovery.MIRROR:
+                    self.lifecycle.advance(row.job_id, mirrored_state(job.status))
+                    self.lifecycle.confirmed(row.job_id)
+            except ShardnetError as exc:
+                log.error("job %d: recovery failed: %s", row.job_id, exc)
+
+    async def stop(self) -> None:
+        """Cancel the running jobs and fail on chain (full refund now, not at the next start) the ones stopped
+        mid-generation. A job whose prompt is held stays for the next start to run; a job settling stays for the
+        next start to finalize (its workers did the work)."""
+        jobs = dict(self.tasks)
+        for task in jobs.values():
+            task.cancel()
+        await asyncio.gather(*jobs.values(), return_exceptions=True)
+        for job_id in jobs:
+            row = self.lifecycle.state.get_job(job_id)
+            if row is None or row.status not in (JobState.ROUTED, JobState.GENERATING):
+                continue
+            log.warning("job %d was %s when the coordinator stopped: failing it on chain", job_id, row.status)
+            await self.runner.fail(job_id, "coordinator stopped mid-job; its worker sessions are gone")

@@ -1,0 +1,202 @@
+"""Faults through the real network (tests/coordinator/network.py): a worker SIGKILLed mid-generation, the
+coordinator killed mid-job and while settling, and a cheating worker caught, slashed and excluded."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+from eth_utils import keccak
+
+from coordinator.settlement import expected_split
+from shardnet.chain.registry import JobStatus
+from tests.coordinator.harness import CoordinatorProc, http_json, wait_for
+from tests.coordinator.network import PRICE, Net, claimables, job_status, reference_text, workers_view
+from tests.worker.harness import WorkerProc, start_worker
+
+
+def test_failover_after_sigkill_gives_identical_tokens(net: Net) -> None:
+    import openai
+
+    api = openai.OpenAI(base_url=net.coordinator.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    prompt = "failover test"
+    n = 150
+    expected_tokens, expected = reference_text(net, prompt, n)
+    assert len(expected_tokens) > 40, "the reference stopped too early for a mid-generation kill"
+
+    pieces: list[str] = []
+    arrivals: list[float] = []
+    killed_at = None
+    victim = None
+    stream = api.completions.create(model="tiny-chat", prompt=prompt, max_tokens=n, temperature=0, stream=True)
+    for chunk in stream:
+        pieces.append(chunk.choices[0].text)
+        arrivals.append(time.monotonic())
+        if killed_at is None and len(pieces) == 10:
+            job_id = int(chunk.id.split("-")[1])
+            route = http_json("GET", f"{net.coordinator.url}/v1/jobs/{job_id}")[1]["route"]
+            victim_addr = next(h["node"] for h in route if h["span"] == [2, 4])
+            victim = next(w for w in net.workers.values() if w.address.lower() == victim_addr)
+            assert victim.proc is not None
+            victim.proc.send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+    assert killed_at is not None and victim is not None
+    after_kill = [t for t in arrivals if t > killed_at]
+    stall = after_kill[0] - killed_at
+    print(f"\nfailover stall between SIGKILL and the next token: {stall:.3f} s")
+    assert "".join(pieces) == expected
+    assert stall < 2.0
+    route = http_json("GET", f"{net.coordinator.url}/v1/jobs/{job_id}")[1]["route"]
+    replacement = [h for h in route if h["reason"] == "failover"]
+    assert [(h["span"], h["node"] != victim.address.lower()) for h in replacement] == [([2, 4], True)]
+    assert replacement[0]["positions"] > 0  # it replayed the history and went on
+
+    # the dead worker is out of routing until it answers /health again
+    down = workers_view(net)[victim.address.lower()]
+    assert down["down"] is True
+    victim.proc.wait(timeout=10)
+    restarted = WorkerProc(victim.account, victim.args, victim.log_path, victim.port).start()
+    net.workers[next(k for k, w in net.workers.items() if w is victim)] = restarted
+    restarted.wait_ready()
+    wait_for(lambda: not workers_view(net)[victim.address.lower()]["down"], 20, "the restarted worker back in routing")
+
+
+def test_coordinator_killed_mid_job_fails_it_on_chain_after_restart(net: Net) -> None:
+    client_reg = net.owner.with_account(net.client_account)
+    job_id = net.client.pay("kill the coordinator", net.model_id, 400)
+    escrow = net.owner.get_job(job_id).escrow
+    before = client_reg.claimable(net.client_account.address)
+    status, _ = http_json("POST", f"{net.coordinator.url}/v1/jobs/{job_id}/prompt", {"prompt": "kill the coordinator"})
+    assert status == 202
+    wait_for(lambda: http_json("GET", f"{net.coordinator.url}/v1/jobs/{job_id}")[1]["status"] == "generating", 20,
+             "the job to run", interval=0.02)
+    net.coordinator.kill()
+    assert net.owner.get_job(job_id).status == JobStatus.Routed
+    restarted = CoordinatorProc(net.coordinator.key, net.coordinator.args, net.coordinator.log_path,
+                                net.coordinator.port).start()
+    net.coordinator = restarted
+    restarted.wait_ready()
+    wait_for(lambda: net.owner.get_job(job_id).status == JobStatus.Failed, 30, "failJob after the restart")
+    assert client_reg.claimable(net.client_account.address) - before == escrow
+    view = http_json("GET", f"{restarted.url}/v1/jobs/{job_id}")[1]
+    assert view["status"] == "failed" and "restarted" in view["error"]
+    # and the restarted coordinator serves new jobs
+    assert net.client.submit("after restart", model="tiny-chat", max_tokens=3).text == \
+        reference_text(net, "after restart", 3)[1]
+
+
+def test_coordinator_killed_while_settling_finishes_the_settlement_after_restart(net: Net) -> None:
+    """Every hop committed, then the coordinator dies right before finalizeJob (a test hook SIGKILLs it there):
+    the restarted coordinator finalizes the job from its saved state, so the workers are paid, not refunded."""
+    from coordinator.jobs import DIE_BEFORE_FINALIZE_ENV
+
+    base = net.coordinator
+    base.stop()
+    dying = CoordinatorProc(base.key, base.args, base.log_path, base.port, env={DIE_BEFORE_FINALIZE_ENV: "1"}).start()
+    net.coordinator = dying
+    dying.wait_ready()
+    nodes = [w.address for w in net.workers.values()]
+    before = claimables(net.owner, [*nodes, net.coordinator_address, net.client_account.address])
+    prompt = "settle after a crash"
+    job_id = net.client.pay(prompt, net.model_id, 6)
+    status, _ = http_json("POST", f"{dying.url}/v1/jobs/{job_id}/prompt", {"prompt": prompt})
+    assert status == 202
+    assert dying.wait(timeout=60) == -signal.SIGKILL, dying.log()[-3000:]
+    assert f"dying before finalizeJob of job {job_id}" in dying.log()
+    assert net.owner.get_job(job_id).status == JobStatus.Routed
+    hops = net.owner.get_hops(job_id)
+    assert len(hops) >= 3 and all(h.committed for h in hops)
+
+    restarted = CoordinatorProc(base.key, base.args, base.log_path, base.port).start()
+    net.coordinator = restarted
+    restarted.wait_ready()
+    wait_for(lambda: net.owner.get_job(job_id).status == JobStatus.Finalized, 30, "finalizeJob after the restart")
+    _, expected_text = reference_text(net, prompt, 6)
+    job = net.owner.get_job(job_id)
+    assert job.output_hash == keccak(expected_text.encode())
+    view = net.client.wait(restarted.url, job_id, timeout_s=30)
+    assert view["status"] == "finalized" and view["output"] == expected_text and view["finalize_tx"]
+    layer_tokens = [r["layer_tokens"] for r in view["route"]]
+    assert len(layer_tokens) == len(hops) and all(t > 0 for t in layer_tokens)
+    split = expected_split(layer_tokens, [True] * len(hops), price_per_layer_token=PRICE,
+                           coordinator_fee_bps=net.owner.coordinator_fee_bps(), escrow=job.escrow)
+    after = claimables(net.owner, [*nodes, net.coordinator_address, net.client_account.address])
+    for hop, pay in zip(hops, split.per_hop, strict=True):
+        assert pay > 0 and after[hop.node.lower()] - before[hop.node.lower()] == pay
+    assert after[net.coordinator_address.lower()] - before[net.coordinator_address.lower()] == split.coordinator_fee
+    assert after[net.client_account.address.lower()] - before[net.client_account.address.lower()] == split.refund
+
+
+def test_cheating_worker_is_caught_refereed_slashed_and_excluded(net: Net, accounts) -> None:
+    """A worker started with --perturb-outputs on layers 2:4 is put on the route (the two honest replicas are
+    paused while the job is routed, then resumed); a verified step disagrees with a replica, the third worker
+    referees, the cheat is slashed on chain and excluded, and the job is re-run on honest workers."""
+    import sqlite3
+
+    cheat = start_worker(net.tmp, accounts[8], net.dep_file, "tiny-chat",
+                         net.store, "--layers", "2:4", "--perturb-outputs", "0.5", "--drain-grace-s", "2", name="cheat")
+    try:
+        cheat.wait_ready(timeout=300)
+        wait_for(lambda: cheat.address.lower() in workers_view(net), 20, "the cheat in the directory")
+        honest = [w for w in net.workers.values() if workers_view(net)[w.address.lower()]["span"] == [2, 4]]
+        assert len(honest) == 2
+        prompt = "catch the cheat"
+        n = 300
+        expected_tokens, expected = reference_text(net, prompt, n)
+        assert len(expected_tokens) > 60
+        stake_before = net.owner.get_node(cheat.address).stake
+
+        for w in honest:  # paused: their /health probes time out, so routing takes the cheat
+            w.signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: all(workers_view(net)[w.address.lower()]["down"] for w in honest), 20, "replicas down")
+            job_id = net.client.pay(prompt, net.model_id, n)
+            status, _ = http_json("POST", f"{net.coordinator.url}/v1/jobs/{job_id}/prompt", {"prompt": prompt})
+            assert status == 202
+            wait_for(lambda: job_status(net, job_id) not in ("prompt", "routed"), 20, "the route on chain",
+                     interval=0.02)
+        finally:
+            for w in honest:
+                w.signal(signal.SIGCONT)
+        hops = net.owner.get_hops(job_id)
+        assert (hops[1].node.lower(), hops[1].start, hops[1].end) == (cheat.address.lower(), 2, 4)
+
+        view = net.client.wait(net.coordinator.url, job_id, timeout_s=180)
+        job = net.client.check(job_id, view)
+        assert view["output"] == expected and job.output_hash == keccak(expected.encode())
+
+        slashes = [e for e in net.owner.get_logs(0, net.owner.block_number(), ["NodeSlashed"])
+                   if int(e.args["jobId"]) == job_id]
+        assert [e.args["node"].lower() for e in slashes] == [cheat.address.lower()]
+        node = net.owner.get_node(cheat.address)
+        assert node.jailed and node.stake < stake_before
+        assert workers_view(net)[cheat.address.lower()]["excluded"] is True
+        # the evidence behind the slash is in the coordinator's database, and its keccak is on chain
+        db = sqlite3.connect(net.tmp / "coordinator" / "coordinator.db")
+        (evidence, evidence_hash), = db.execute(
+            "SELECT evidence, evidence_hash FROM coordinator_slashes WHERE job_id = ?", (job_id,)).fetchall()
+        db.close()
+        record = json.loads(evidence)
+        assert record["node"] == cheat.address.lower() and record["span"] == [2, 4]
+        assert {record["replica"], record["referee"]} <= {w.address.lower() for w in honest}
+        assert evidence_hash == "0x" + bytes(slashes[0].args["evidenceHash"]).hex()
+        assert evidence_hash == "0x" + keccak(evidence.encode()).hex()
+        # the re-run went through honest workers; the cheat's hop is paid nothing
+        by_node = {(r["node"], tuple(r["span"])): r for r in view["route"]}
+        assert by_node[(cheat.address.lower(), (2, 4))]["layer_tokens"] == 0
+        assert any(node in {w.address.lower() for w in honest} and span == (2, 4) and r["reason"] == "rerun"
+                   for (node, span), r in by_node.items())
+        # and the excluded cheat is never routed again
+        again = net.client.submit("after the cheat", model="tiny-chat", max_tokens=4)
+        assert cheat.address.lower() not in {h["node"] for h in again.route}
+        assert again.text == reference_text(net, "after the cheat", 4)[1]
+    finally:
+        cheat.stop()
+
+
+def test_no_honest_worker_was_slashed(net: Net) -> None:
+    slashed = {e.args["node"].lower() for e in net.owner.get_logs(0, net.owner.block_number(), ["NodeSlashed"])}
+    honest = {w.address.lower() for w in net.workers.values()}
+    assert not slashed & honest
+    assert not any(workers_view(net)[a]["excluded"] for a in honest)
