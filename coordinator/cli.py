@@ -60,11 +60,11 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
-    import signal
 
     from coordinator.service import CoordinatorService
     from shardnet.chain.registry import Registry
     from shardnet.keys import load_account
+    from shardnet.service import run_service
 
     cfg = config_from_args(args)
     account = load_account(cfg.keystore, cfg.password_file, cfg.key_env)
@@ -72,10 +72,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         service = CoordinatorService(cfg, registry, account)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, service.stop)
-        await service.run_forever()
+        await run_service(service, service.lifecycle)  # SIGTERM/SIGINT: drain and stop
 
     asyncio.run(main())
     return 0

@@ -1,6 +1,6 @@
 """The coordinator service: chain watcher, worker directory and probes, job scheduling, HTTP API.
 
-Lifecycle (`setup`, `run_forever`, `stop`): setup checks the account is an approved coordinator on chain,
+Lifecycle (`shardnet.service`: `start`, ready, `drain`, `stop`): start checks the account is an approved coordinator on chain,
 opens the database, rebuilds the directory of live workers from the chain's views, and recovers jobs a
 previous run left behind (a job that was generating is failed on chain, so its client is refunded; a job
 whose prompt is held but not yet routed is run). Then the watcher follows events from its durable cursor.
@@ -44,6 +44,8 @@ from shardnet.chain.tx import DecodedEvent
 from shardnet.chain.watcher import EventWatcher
 from shardnet.db import make_engine
 from shardnet.errors import ShardnetError
+from shardnet.retry import Backoff, aretry_until_stopped
+from shardnet.service import Lifecycle, run_service
 from shardnet.span import LayerSpan
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,10 @@ class CoordinatorService:
         self._pending_events: list[DecodedEvent] = []
         self._jobs_sem = asyncio.Semaphore(config.max_concurrent_jobs)
         self._tasks: dict[int, asyncio.Task[Any]] = {}
-        self._stop = asyncio.Event()
+        self._stop = asyncio.Event()  # set when draining: the watcher and its retries end
+        self._background: list[asyncio.Task[Any]] = []
+        self._runner: Any = None  # aiohttp's AppRunner once started
+        self.lifecycle = Lifecycle("coordinator")
         self.endpoint = config.endpoint
 
     # -- setup
@@ -167,25 +172,26 @@ class CoordinatorService:
             if row is not None and row.status == QUEUED:
                 self.schedule(row.job_id)
 
+    async def _poll_chain(self) -> int:
+        self._pending_events = []  # a failed poll rolled its range back: its events come again
+        return await asyncio.to_thread(self.watcher.poll_once)
+
     async def _watch(self) -> None:
-        failures = 0
+        # the watcher must outlive a flaky node or a bad event: failed polls are retried with back-off
+        backoff = Backoff(first_s=self.config.poll_interval_s, max_s=max(10.0, self.config.poll_interval_s))
         while not self._stop.is_set():
-            try:
-                await asyncio.to_thread(self.watcher.poll_once)
-                failures = 0
-            except Exception as exc:  # noqa: BLE001 - the watcher must outlive a flaky node or a bad event
-                failures += 1
-                log.warning("watcher: %s (retrying)", exc)
+            if await aretry_until_stopped(self._poll_chain, stop=self._stop, backoff=backoff,
+                                          what="watcher: poll") is None:
+                break
             events, self._pending_events = self._pending_events, []
             for event in events:
                 try:
                     await self._apply(event)
                 except ShardnetError as exc:
                     log.warning("event %s: %s", event.name, exc)
-            if failures or self.watcher.lag == 0:
-                delay = min(self.config.poll_interval_s * 2**failures, 10.0)
+            if self.watcher.lag == 0:
                 try:
-                    await asyncio.wait_for(self._stop.wait(), delay)
+                    await asyncio.wait_for(self._stop.wait(), self.config.poll_interval_s)
                 except TimeoutError:
                     pass
 
@@ -293,8 +299,9 @@ class CoordinatorService:
             if job.status == JobStatus.Finalized:  # its finalizeJob went through just before the stop
                 self.state.upsert_job(job_id, status=FINALIZED, error=None)
 
-    # -- lifecycle
-    async def run_forever(self, ready: asyncio.Event | None = None) -> None:
+    # -- lifecycle (shardnet.service: start, ready, drain, stop)
+    async def start(self) -> None:
+        """Check the account, rebuild the directory, catch up with the chain, listen, recover jobs."""
         from aiohttp import web
 
         from coordinator.api import make_app
@@ -306,32 +313,49 @@ class CoordinatorService:
         for event in events:
             if event.name != "JobSubmitted":
                 await self._apply(event)
-        app = make_app(self)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.port)
+        self._runner = web.AppRunner(make_app(self), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
-        port = runner.addresses[0][1]
+        port = self._runner.addresses[0][1]
         self.endpoint = f"http://{self.config.host}:{port}"
         log.info("coordinator %s listening on %s", self.account.address, self.endpoint)
-        background = [asyncio.ensure_future(self._watch()),
-                      asyncio.ensure_future(probe_forever(self.directory, self._health, self.config.health_interval_s))]
+        self._background = [
+            asyncio.ensure_future(self._watch()),
+            asyncio.ensure_future(probe_forever(self.directory, self._health, self.config.health_interval_s)),
+        ]
         await self.recover()
-        if ready is not None:
-            ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            jobs = dict(self._tasks)
-            for task in background + list(jobs.values()):
-                task.cancel()
-            await asyncio.gather(*background, *jobs.values(), return_exceptions=True)
-            await self.fail_interrupted(list(jobs))
-            await runner.cleanup()
-            self.engine.dispose()
 
-    def stop(self) -> None:
+    async def drain(self) -> None:
+        """Stop following the chain and probing; the jobs in flight are stopped by `stop`."""
         self._stop.set()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """Cancel the jobs in flight and fail them on chain (refunds now), close the HTTP server and database."""
+        self._stop.set()
+        jobs = dict(self._tasks)
+        for task in self._background + list(jobs.values()):
+            task.cancel()
+        await asyncio.gather(*self._background, *jobs.values(), return_exceptions=True)
+        await self.fail_interrupted(list(jobs))
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self.engine.dispose()
+
+    async def run_forever(self, ready: asyncio.Event | None = None) -> None:
+        """Run the whole lifecycle until `request_stop` (no signal handlers: the caller owns them)."""
+        lifecycle = self.lifecycle
+        if ready is not None:
+            waiter = asyncio.ensure_future(lifecycle.ready.wait())
+            waiter.add_done_callback(lambda _t: ready.set())
+        await run_service(self, lifecycle, signals=())
+
+    def request_stop(self) -> None:
+        """Ask the service to drain and stop (SIGTERM/SIGINT do the same under `run_service`)."""
+        self.lifecycle.request_stop()
 
     # -- slashing
     async def _slash(self, node: str, evidence: bytes, job_id: int) -> str | None:
