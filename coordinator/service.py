@@ -91,7 +91,8 @@ class CoordinatorService:
         self.runner = JobRunner(registry, self.ctx, commit_wait_s=config.commit_wait_s,
                                 load_penalty_s=config.load_penalty_s)
         self.watcher = EventWatcher(registry, self.engine, f"coordinator:{account.address.lower()}",
-                                    {name: self._on_event for name in WATCHED}, poll_interval=config.poll_interval_s)
+                                    {name: self._on_event for name in WATCHED}, poll_interval=config.poll_interval_s,
+                                    confirmations=config.confirmations)
         self._pending_events: list[DecodedEvent] = []
         self._jobs_sem = asyncio.Semaphore(config.max_concurrent_jobs)
         self._tasks: dict[int, asyncio.Task[Any]] = {}
