@@ -35,7 +35,8 @@ FIRST_WORKER = 3
 def dev_account(index: int) -> LocalAccount:
     from eth_account import Account
 
-    return Account.from_key(DEV_KEYS[index])
+    account: LocalAccount = Account.from_key(DEV_KEYS[index])
+    return account
 
 
 def even_spans(num_layers: int, workers: int) -> list[LayerSpan]:

@@ -80,11 +80,15 @@ def retry_until_stopped(
 
     The wait between attempts ends early when `stop` is set; `what` names the operation in the warnings.
     """
+
+    def sleep(seconds: float) -> None:
+        stop.wait(seconds)
+
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(Exception),
         wait=backoff.wait(),
         stop=lambda _state: stop.is_set(),
-        sleep=stop.wait,
+        sleep=sleep,
         before_sleep=_before_sleep(what, on_failure),
         retry_error_callback=lambda _state: None,
     )
