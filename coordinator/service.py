@@ -45,7 +45,7 @@ from shardnet.chain.watcher import EventWatcher
 from shardnet.db import make_engine
 from shardnet.errors import ShardnetError
 from shardnet.retry import Backoff, aretry_until_stopped
-from shardnet.service import Lifecycle, run_service
+from shardnet.service import Lifecycle
 from shardnet.span import LayerSpan
 
 log = logging.getLogger(__name__)
@@ -345,18 +345,6 @@ class CoordinatorService:
         if self._runner is not None:
             await self._runner.cleanup()
         self.engine.dispose()
-
-    async def run_forever(self, ready: asyncio.Event | None = None) -> None:
-        """Run the whole lifecycle until `request_stop` (no signal handlers: the caller owns them)."""
-        lifecycle = self.lifecycle
-        if ready is not None:
-            waiter = asyncio.ensure_future(lifecycle.ready.wait())
-            waiter.add_done_callback(lambda _t: ready.set())
-        await run_service(self, lifecycle, signals=())
-
-    def request_stop(self) -> None:
-        """Ask the service to drain and stop (SIGTERM/SIGINT do the same under `run_service`)."""
-        self.lifecycle.request_stop()
 
     # -- slashing
     async def _slash(self, node: str, evidence: bytes, job_id: int) -> str | None:
