@@ -86,12 +86,13 @@ class LocalNetwork:
     def address(self, index: int) -> str:
         return str(dev_account(index).address)
 
-    def import_model(self, source: str | Path, *, price_wei: int, name: str | None = None) -> tuple[int, str, Any]:
+    def import_model(self, source: str | Path, *, price_wei: int, name: str | None = None,
+                     progress: bool = True) -> tuple[int, str, Any]:
         """Import a checkpoint into the network's store and register it on chain; returns (model id, CID, manifest)."""
         from shardnet.model.importer import import_model
 
         self.store_dir = self.work_dir / "publisher-store"
-        cid, manifest = import_model(source, self.store_dir, name=name)
+        cid, manifest = import_model(source, self.store_dir, name=name, progress=progress)
         tx = self.owner.register_model(manifest.name, cid, manifest.num_layers, price_wei)
         return int(tx.event("ModelRegistered").args["modelId"]), cid, manifest
 

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="worker-bench-"))
     with LocalNetwork.start(work) as net:
         print(f"importing SmolLM2 into {work} ...", flush=True)
-        model_id, _cid, _manifest = net.import_model(smollm2_gguf_path(), price_wei=1)
+        model_id, _cid, _manifest = net.import_model(smollm2_gguf_path(), price_wei=1, progress=False)
         coordinator = dev_account(COORDINATOR)  # signs the tickets; the bench itself plays the coordinator
         net.owner.set_coordinator(coordinator.address, "http://127.0.0.1:9", True)
         print("starting 3 workers of 10 layers ...", flush=True)
