@@ -11,28 +11,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from coordinator.config import ENV_PREFIX, CoordinatorConfig, field_help, load_config
+from coordinator.config import ENV_PREFIX, CoordinatorConfig, load_config
 from shardnet.cli import run_command
+from shardnet.config import add_settings_flags, flag_overrides
 
-_METAVARS = {"key_env": "VAR", "db_url": "URL", "api_key": "KEY", "rpc_url": "URL"}
+_METAVARS = {"api_key": "KEY"}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", type=Path, metavar="FILE",
-        help=f"TOML file of settings (keys as the flags, with _ for -); flags and {ENV_PREFIX}<SETTING> "
-        "environment variables override it",
+    add_settings_flags(
+        parser, CoordinatorConfig, env_prefix=ENV_PREFIX, metavars=_METAVARS,
+        config_help="TOML file of settings (see coordinator/coordinator.example.toml; keys as the flags, with _ "
+        f"for -); flags and {ENV_PREFIX}<SETTING> environment variables override it",
     )
-    helps = field_help()
-    for name, info in CoordinatorConfig.model_fields.items():
-        default = info.get_default(call_default_factory=True)
-        shown = "" if default is None else f" (default: {default})"
-        parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=None, metavar=_METAVARS.get(name, name.upper()),
-            help=helps[name] + shown + f" [env {ENV_PREFIX}{name.upper()}]",
-        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,17 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
-    overrides = {name: getattr(args, name, None) for name in CoordinatorConfig.model_fields}
-    return load_config(overrides, getattr(args, "config", None))
+    return load_config(flag_overrides(args, CoordinatorConfig), getattr(args, "config", None))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
-    import signal
 
     from coordinator.service import CoordinatorService
     from shardnet.chain.registry import Registry
     from shardnet.keys import load_account
+    from shardnet.service import run_service
 
     cfg = config_from_args(args)
     account = load_account(cfg.keystore, cfg.password_file, cfg.key_env)
@@ -72,10 +63,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         service = CoordinatorService(cfg, registry, account)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, service.stop)
-        await service.run_forever()
+        await run_service(service, service.service_lifecycle)  # SIGTERM/SIGINT: drain and stop
 
     asyncio.run(main())
     return 0

@@ -10,36 +10,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field
 
+from shardnet.config import ChainSettings, load_layered
 from shardnet.config import field_help as shared_field_help
-from shardnet.config import load_layered
-from shardnet.keys import PASSWORD_ENV
 
 ENV_PREFIX = "SHARDNET_COORDINATOR_"
 
 
-class CoordinatorConfig(BaseModel):
+class CoordinatorConfig(ChainSettings):
     """Everything `coordinator run` needs. Field descriptions are the CLI help."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # -- chain
-    deployment: Path | None = Field(
-        None,
-        description="deployment file (JSON) written by `shardnet devnet` / `shardnet deploy`; "
-        "default: $SHARDNET_DEPLOYMENT, else .shardnet/deployment.json",
-    )
-    rpc_url: str | None = Field(None, description="JSON-RPC URL of the chain; default: the deployment file's rpc_url")
-    keystore: Path | None = Field(
-        None, description="encrypted eth-account keystore (JSON) holding the coordinator's key"
-    )
-    password_file: Path | None = Field(
-        None, description=f"file whose first line is the keystore password (or set {PASSWORD_ENV})"
-    )
-    key_env: str | None = Field(
-        None, description="for development: name of an environment variable holding the hex private key"
-    )
+    # -- chain (deployment, rpc_url, keystore, password_file, key_env, confirmations: shared)
     poll_interval_s: float = Field(0.2, gt=0, description="seconds between polls of the chain for new events")
 
     # -- HTTP
@@ -93,12 +75,6 @@ class CoordinatorConfig(BaseModel):
         None, description="on-chain model id the OpenAI API serves by default; default: the first registered"
     )
     api_max_tokens: int = Field(64, ge=1, description="max_tokens of an API request that gives none")
-
-    @model_validator(mode="after")
-    def _check_key_source(self) -> CoordinatorConfig:
-        if self.keystore is not None and self.key_env is not None:
-            raise ValueError("give either keystore or key_env, not both")
-        return self
 
     @property
     def endpoint(self) -> str:

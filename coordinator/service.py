@@ -1,6 +1,6 @@
 """The coordinator service: chain watcher, worker directory and probes, job scheduling, HTTP API.
 
-Lifecycle (`setup`, `run_forever`, `stop`): setup checks the account is an approved coordinator on chain,
+Lifecycle (`shardnet.service`: `start`, ready, `drain`, `stop`): start checks the account is an approved coordinator on chain,
 opens the database, rebuilds the directory of live workers from the chain's views, and recovers jobs a
 previous run left behind (`JobScheduler.recover`, by the rules of `coordinator.lifecycle`). Then the watcher
 follows events from its durable cursor: the job events go to the job state machine, `CommitmentPosted` wakes
@@ -13,6 +13,7 @@ import asyncio
 import logging
 import secrets
 import time
+from typing import Any
 
 import aiohttp
 from eth_account.signers.local import LocalAccount
@@ -34,6 +35,8 @@ from shardnet.chain.tx import DecodedEvent
 from shardnet.chain.watcher import EventWatcher
 from shardnet.db import make_engine
 from shardnet.errors import ShardnetError
+from shardnet.retry import Backoff, aretry_until_stopped
+from shardnet.service import Lifecycle
 from shardnet.span import LayerSpan
 
 log = logging.getLogger(__name__)
@@ -68,9 +71,13 @@ class CoordinatorService:
         self.jobs = JobScheduler(registry, account, self.lifecycle, runner, self.catalog,
                                  max_concurrent_jobs=config.max_concurrent_jobs)
         self.watcher = EventWatcher(registry, self.engine, f"coordinator:{account.address.lower()}",
-                                    {name: self._on_event for name in WATCHED}, poll_interval=config.poll_interval_s)
+                                    {name: self._on_event for name in WATCHED}, poll_interval=config.poll_interval_s,
+                                    confirmations=config.confirmations)
         self._pending_events: list[DecodedEvent] = []
-        self._stop = asyncio.Event()
+        self._stop = asyncio.Event()  # set when draining: the watcher and its retries end
+        self._background: list[asyncio.Task[Any]] = []
+        self._runner: Any = None  # aiohttp's AppRunner once started
+        self.service_lifecycle = Lifecycle("coordinator")  # start, ready, drain, stop (shardnet.service)
         self.endpoint = config.endpoint
 
     # -- setup
@@ -133,25 +140,26 @@ class CoordinatorService:
         elif event.name == "CommitmentPosted":
             self.commitments.posted(int(a["jobId"]), int(a["hopIndex"]))
 
+    async def _poll_chain(self) -> int:
+        self._pending_events = []  # a failed poll rolled its range back: its events come again
+        return await asyncio.to_thread(self.watcher.poll_once)
+
     async def _watch(self) -> None:
-        failures = 0
+        # the watcher must outlive a flaky node or a bad event: failed polls are retried with back-off
+        backoff = Backoff(first_s=self.config.poll_interval_s, max_s=max(10.0, self.config.poll_interval_s))
         while not self._stop.is_set():
-            try:
-                await asyncio.to_thread(self.watcher.poll_once)
-                failures = 0
-            except Exception as exc:  # noqa: BLE001 - the watcher must outlive a flaky node or a bad event
-                failures += 1
-                log.warning("watcher: %s (retrying)", exc)
+            if await aretry_until_stopped(self._poll_chain, stop=self._stop, backoff=backoff,
+                                          what="watcher: poll") is None:
+                break
             events, self._pending_events = self._pending_events, []
             for event in events:
                 try:
                     await self._apply(event)
                 except ShardnetError as exc:
                     log.warning("event %s: %s", event.name, exc)
-            if failures or self.watcher.lag == 0:
-                delay = min(self.config.poll_interval_s * 2**failures, 10.0)
+            if self.watcher.lag == 0:
                 try:
-                    await asyncio.wait_for(self._stop.wait(), delay)
+                    await asyncio.wait_for(self._stop.wait(), self.config.poll_interval_s)
                 except TimeoutError:
                     pass
 
@@ -164,8 +172,9 @@ class CoordinatorService:
                 raise ShardnetError(f"/health answered {resp.status}")
         return time.perf_counter() - t0
 
-    # -- lifecycle
-    async def run_forever(self, ready: asyncio.Event | None = None) -> None:
+    # -- lifecycle (shardnet.service: start, ready, drain, stop)
+    async def start(self) -> None:
+        """Check the account, rebuild the directory, catch up with the chain, listen, recover jobs."""
         from aiohttp import web
 
         from coordinator.api import make_app
@@ -176,28 +185,33 @@ class CoordinatorService:
         events, self._pending_events = self._pending_events, []
         for event in events:
             await self._apply(event)
-        app = make_app(self)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.port)
+        self._runner = web.AppRunner(make_app(self), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
-        port = runner.addresses[0][1]
+        port = self._runner.addresses[0][1]
         self.endpoint = f"http://{self.config.host}:{port}"
         log.info("coordinator %s listening on %s", self.account.address, self.endpoint)
-        background = [asyncio.ensure_future(self._watch()),
-                      asyncio.ensure_future(probe_forever(self.directory, self._health, self.config.health_interval_s))]
+        self._background = [
+            asyncio.ensure_future(self._watch()),
+            asyncio.ensure_future(probe_forever(self.directory, self._health, self.config.health_interval_s)),
+        ]
         await self.jobs.recover()
-        if ready is not None:
-            ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            await self.jobs.stop()
-            await runner.cleanup()
-            self.engine.dispose()
 
-    def stop(self) -> None:
+    async def drain(self) -> None:
+        """Stop following the chain and probing; the jobs in flight are stopped by `stop`."""
         self._stop.set()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """Stop the jobs in flight (by the rules of `coordinator.lifecycle`), close the HTTP server and database."""
+        self._stop.set()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.jobs.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self.engine.dispose()

@@ -18,7 +18,7 @@ SCRIPTS = Path(__file__).resolve().parent
 for folder in (
     SCRIPTS,
     SCRIPTS.parent,
-):  # the benchmarks import localnet (here) and the project (the repo root)
+):  # the benchmarks package (here) and the project (the repo root)
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 

@@ -19,10 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-from localnet import CLIENT, COORDINATOR, FIRST_WORKER, REPO, LocalNetwork, http_json  # noqa: E402
-
+from shardnet.http_json import request_json  # noqa: E402
+from shardnet.localnet import CLIENT, COORDINATOR, FIRST_WORKER, LocalNetwork  # noqa: E402
 from shardnet.span import LayerSpan  # noqa: E402
 
 ETH = 10**18
@@ -108,9 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             health = w.wait_healthy(timeout=600)
             print(f"    {w.name} {health.get('address')} serves layers {health.get('span')} at {w.url}")
         coord.wait_healthy(timeout=120)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (http_json("GET", coord.url + "/health")[1] or {}).get("workers", 0) < 3:
-            time.sleep(0.3)
+        net.wait_for_workers(coord, 3, timeout=60)
         print(f"    coordinator {net.address(COORDINATOR)} at {coord.url}")
 
         parties = {"client": net.address(CLIENT), "coordinator": net.address(COORDINATOR),
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         ref, prompt_ids, eos_ids = reference_tokens(gguf, prompt, args.max_tokens)
         # the job's token ids are revealed only to its client, who signs the request
         auth = {AUTH_HEADER: sign_output_read(Account.from_key(DEV_KEYS[CLIENT]), outcome.job_id)}
-        _status, view = http_json("GET", f"{coord.url}/v1/jobs/{outcome.job_id}", headers=auth)
+        _status, view = request_json("GET", f"{coord.url}/v1/jobs/{outcome.job_id}", headers=auth)
         got = list((view or {}).get("output_tokens") or [])
         expected = ref[:-1] if ref and ref[-1] in eos_ids else ref  # the EOS token ends the output, not part of it
         same = got == expected and (view or {}).get("prompt_tokens") == len(prompt_ids)

@@ -11,11 +11,8 @@ coordinator cannot serve one text and settle another.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +23,7 @@ from eth_utils import keccak
 from shardnet.chain.models import ModelLookupError, resolve_model
 from shardnet.chain.registry import JobInfo, JobStatus, Registry
 from shardnet.errors import ShardnetError
+from shardnet.http_json import HttpUnreachable, request_json
 
 log = logging.getLogger(__name__)
 
@@ -67,20 +65,10 @@ def sign_output_read(account: Any, job_id: int) -> str:
 
 def _http(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 10.0,
           headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        try:
-            payload = json.loads(exc.read() or b"null")
-        except ValueError:
-            payload = None
-        return exc.code, payload
-    except (urllib.error.URLError, OSError) as exc:
-        raise ClientError(f"cannot reach the coordinator at {url}: {exc}; check --coordinator") from exc
+        return request_json(method, url, body, timeout=timeout, headers=headers)
+    except HttpUnreachable as exc:
+        raise ClientError(f"cannot reach the coordinator at {url}: {exc.reason}; check --coordinator") from exc
 
 
 def _message(payload: Any) -> str:

@@ -26,6 +26,7 @@ from shardnet.chain.registry import JobStatus, Registry
 from shardnet.chain.tx import DecodedEvent, rpc
 from shardnet.chain.watcher import EventWatcher
 from shardnet.db import session_scope
+from shardnet.retry import Backoff, retry_until_stopped
 from shardnet.wire.commitment import merkle_root
 from worker.state import (
     ON_CHAIN,
@@ -256,16 +257,14 @@ class ChainSync:
                 log.exception("final commitment round failed; the next start will post what is missing")
 
     def _run(self) -> None:
-        failures = 0
+        # keep following the chain through failures (the watcher rolled a failed range back)
+        backoff = Backoff(first_s=self.poll_interval_s, max_s=max(30.0, self.poll_interval_s))
         while not self._stop.is_set():
-            try:
-                self.sync_once()
-                failures = 0
-            except Exception as exc:  # keep following the chain; the watcher rolled the range back
-                failures += 1
-                log.warning("chain sync failed (%s: %s); retry %d", type(exc).__name__, exc, failures)
-            delay = (
-                min(self.poll_interval_s * 2 ** min(failures, 5), 30.0) if failures else self.poll_interval_s
-            )
-            self._wake.wait(delay)
+            if retry_until_stopped(self._sync_round, stop=self._stop, backoff=backoff, what="chain sync") is None:
+                break
+            self._wake.wait(self.poll_interval_s)
             self._wake.clear()
+
+    def _sync_round(self) -> bool:
+        self.sync_once()
+        return True

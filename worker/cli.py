@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from shardnet.cli import run_command
-from worker.config import ENV_PREFIX, WorkerConfig, field_help, load_config
+from shardnet.config import add_settings_flags, flag_overrides
+from worker.config import ENV_PREFIX, WorkerConfig, load_config
 
 # settings every chain command takes (the rest are `run` only)
 _CHAIN_FIELDS = (
@@ -39,26 +40,11 @@ _METAVARS = {
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="TOML file of settings (see worker/worker.example.toml); flags and "
+    add_settings_flags(
+        parser, WorkerConfig, env_prefix=ENV_PREFIX, metavars=_METAVARS, names=names,
+        config_help="TOML file of settings (see worker/worker.example.toml); flags and "
         f"{ENV_PREFIX}<SETTING> environment variables override it",
     )
-    helps = field_help()
-    for name, info in WorkerConfig.model_fields.items():
-        if names is not None and name not in names:
-            continue
-        default = info.get_default(call_default_factory=True)
-        shown = "" if default is None or default == [] else f" (default: {default})"
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            default=None,
-            metavar=_METAVARS.get(name, name.upper()),
-            help=helps[name] + shown + f" [env {ENV_PREFIX}{name.upper()}]",
-        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,8 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
-    overrides = {name: getattr(args, name, None) for name in WorkerConfig.model_fields}
-    return load_config(overrides, getattr(args, "config", None))
+    return load_config(flag_overrides(args, WorkerConfig), getattr(args, "config", None))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -11,46 +11,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
+from shardnet.config import ChainSettings, load_layered
 from shardnet.config import field_help as shared_field_help
-from shardnet.config import load_layered
-from shardnet.keys import PASSWORD_ENV
 from shardnet.span import LayerSpan
 
 ENV_PREFIX = "SHARDNET_WORKER_"
 
 
-class WorkerConfig(BaseModel):
+class WorkerConfig(ChainSettings):
     """Everything `worker run` needs. Field descriptions are the CLI help."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # -- chain
-    deployment: Path | None = Field(
-        None,
-        description="deployment file (JSON) written by `shardnet devnet` / `shardnet deploy`; "
-        "default: $SHARDNET_DEPLOYMENT, else .shardnet/deployment.json",
-    )
-    rpc_url: str | None = Field(
-        None, description="JSON-RPC URL of the chain; default: the deployment file's rpc_url"
-    )
-    keystore: Path | None = Field(
-        None,
-        description="encrypted eth-account keystore (JSON) holding the worker's key; see `worker keygen`",
-    )
-    password_file: Path | None = Field(
-        None, description=f"file whose first line is the keystore password (or set {PASSWORD_ENV})"
-    )
-    key_env: str | None = Field(
-        None, description="for development: name of an environment variable holding the hex private key"
-    )
+    # -- chain (deployment, rpc_url, keystore, password_file, key_env, poll_interval_s, confirmations: shared)
     stake_wei: int | None = Field(
         None, ge=0, description="stake to deposit when registering, in wei; default: the registry's minStake"
-    )
-    poll_interval_s: float = Field(1.0, gt=0, description="seconds between polls of the chain for new events")
-    confirmations: int = Field(
-        0, ge=0, description="blocks an event must be buried under before it is handled"
     )
 
     # -- model and shard
@@ -129,12 +104,6 @@ class WorkerConfig(BaseModel):
         if isinstance(value, str):
             return [p.strip().rstrip("/") for p in value.split(",") if p.strip()]
         return value
-
-    @model_validator(mode="after")
-    def _check_key_source(self) -> WorkerConfig:
-        if self.keystore is not None and self.key_env is not None:
-            raise ValueError("give either keystore or key_env, not both")
-        return self
 
     # -- derived values
     @property

@@ -3,15 +3,15 @@
 Start: connect with the worker's key, close sessions a crash left open, resolve the model, register and
 stake if needed, pick the span (flag, this worker's live assignment, or `choose_best_span`), fetch and
 verify the span's files by CID, load the block, announce the assignment (or reuse the live one), follow
-the chain and serve. SIGTERM/SIGINT: refuse new sessions (503), let open ones finish for the grace
-period, post the commitments that are due, release the assignment, exit 0.
+the chain and serve (`WorkerService`, run by `shardnet.service.run_service`). SIGTERM/SIGINT: refuse new
+sessions (503), let open ones finish for the grace period, post the commitments that are due, release the
+assignment, exit 0.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ from aiohttp import web
 from shardnet.chain.errors import ContractRevert
 from shardnet.chain.models import resolve_model
 from shardnet.chain.registry import AssignmentInfo, ModelInfo, Registry
+from shardnet.service import Lifecycle, run_service
 from shardnet.span import LayerSpan
 from worker.chain_sync import ChainSync
 from worker.config import WorkerConfig
@@ -145,56 +146,70 @@ def prepare(cfg: WorkerConfig) -> PreparedNode:
     return PreparedNode(cfg, registry, state, model, span, assignment_id, block, info, limits)
 
 
-async def serve(node: PreparedNode) -> None:
-    """Serve until SIGTERM/SIGINT, then drain."""
+class WorkerService:
+    """The serving part of a worker's life (`shardnet.service`): start the HTTP server and the chain
+    follower; drain refuses new sessions (503) and lets open ones finish for `drain_grace_s`; stop
+    closes what is left and posts the commitments that are due."""
+
+    def __init__(self, node: PreparedNode) -> None:
+        self.node = node
+        cfg = node.cfg
+        self.sync = ChainSync(
+            node.registry, node.state, poll_interval_s=cfg.poll_interval_s, confirmations=cfg.confirmations
+        )
+        self.server = WorkerServer(
+            address=node.registry.account.address if node.registry.account else "",
+            model_name=node.model.name,
+            model_id=node.model.model_id,
+            block=node.block,
+            info=node.info,
+            is_coordinator=CoordinatorCheck(node.registry.is_coordinator),
+            state=node.state,
+            limits=node.limits,
+            extra_routes=_shard_routes(cfg.store_dir),
+            perturb_outputs=cfg.perturb_outputs,
+            on_session_closed=self.sync.wake,
+        )
+        self._runner: web.AppRunner | None = None
+        self._sync_started = False
+
+    async def start(self) -> None:
+        cfg = self.node.cfg
+        # The step thread needs the GIL between torch ops; with the default 5 ms switch interval a chain-polling
+        # or HTTP thread that holds it can delay each layer's Python glue by up to 5 ms.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        if cfg.perturb_outputs > 0:
+            log.warning(
+                "--perturb-outputs %g: this worker adds noise to its outputs (for testing the verifier)",
+                cfg.perturb_outputs,
+            )
+        self._runner = web.AppRunner(self.server.app(), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, cfg.host, cfg.port).start()
+        self.sync.start()
+        self._sync_started = True
+        log.info(
+            "worker %s serving %s layers %s at %s",
+            self.server.address, self.node.model.name, self.node.span, cfg.endpoint,
+        )
+
+    async def drain(self) -> None:
+        grace = self.node.cfg.drain_grace_s
+        log.info("stopping: no new sessions; waiting up to %.0f s for %d open sessions", grace,
+                 len(self.server.sessions))
+        await self.server.drain(grace)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()  # closes what is left and flushes the database writes
+        if self._sync_started:
+            await asyncio.to_thread(self.sync.stop, True)
+
+
+def _shard_routes(store_dir: Path) -> Any:
     from shardnet.store.http import make_shard_routes
 
-    cfg = node.cfg
-    # The step thread needs the GIL between torch ops; with the default 5 ms switch interval a chain-polling
-    # or HTTP thread that holds it can delay each layer's Python glue by up to 5 ms.
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    sync = ChainSync(
-        node.registry, node.state, poll_interval_s=cfg.poll_interval_s, confirmations=cfg.confirmations
-    )
-    if cfg.perturb_outputs > 0:
-        log.warning(
-            "--perturb-outputs %g: this worker adds noise to its outputs (for testing the verifier)",
-            cfg.perturb_outputs,
-        )
-    server = WorkerServer(
-        address=node.registry.account.address if node.registry.account else "",
-        model_name=node.model.name,
-        model_id=node.model.model_id,
-        block=node.block,
-        info=node.info,
-        is_coordinator=CoordinatorCheck(node.registry.is_coordinator),
-        state=node.state,
-        limits=node.limits,
-        extra_routes=make_shard_routes(cfg.store_dir),
-        perturb_outputs=cfg.perturb_outputs,
-        on_session_closed=sync.wake,
-    )
-    runner = web.AppRunner(server.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, cfg.host, cfg.port)
-    await site.start()
-    sync.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    log.info("worker %s serving %s layers %s at %s", server.address, node.model.name, node.span, cfg.endpoint)
-    try:
-        await stop.wait()
-        log.info(
-            "stopping: no new sessions; waiting up to %.0f s for %d open sessions",
-            cfg.drain_grace_s,
-            len(server.sessions),
-        )
-        await server.drain(cfg.drain_grace_s)
-    finally:
-        await runner.cleanup()  # closes what is left and flushes the database writes
-        await asyncio.to_thread(sync.stop, True)
+    return make_shard_routes(store_dir)
 
 
 def release(node: PreparedNode) -> None:
@@ -210,7 +225,7 @@ def run_worker(cfg: WorkerConfig) -> int:
     """The `worker run` command: returns the exit status."""
     node = prepare(cfg)
     try:
-        asyncio.run(serve(node))
+        asyncio.run(run_service(WorkerService(node), Lifecycle("worker")))
     finally:
         release(node)
     log.info("worker stopped")

@@ -12,8 +12,7 @@ import statistics
 import time
 from pathlib import Path
 
-from localnet import REPO
-
+from shardnet.role_process import REPO
 from shardnet.span import LayerSpan
 
 WARMUP_STEPS = 5

@@ -21,8 +21,9 @@ import statistics
 import time
 from pathlib import Path
 
-from localnet import REPO, LocalNetwork, http_json
-
+from shardnet.http_json import request_json
+from shardnet.localnet import LocalNetwork
+from shardnet.role_process import REPO
 from shardnet.span import LayerSpan
 
 PROMPTS = [
@@ -145,8 +146,7 @@ def run(args: argparse.Namespace) -> int:
         for w in workers:
             w.wait_healthy(timeout=600)
         coord.wait_healthy(timeout=120)
-        while (http_json("GET", coord.url + "/health")[1] or {}).get("workers", 0) < len(workers):
-            time.sleep(0.3)
+        net.wait_for_workers(coord, len(workers), timeout=120)
         api = openai.OpenAI(base_url=coord.url + "/v1", api_key="unused", max_retries=0, timeout=600)
         name = manifest.name
         stream(api, name, "warm up", 4)  # first request loads the tokenizer on the coordinator
@@ -181,10 +181,10 @@ def run(args: argparse.Namespace) -> int:
             if count != 12 or killed:
                 return
             job_id = int(str(chunk.id).split("-")[1])  # type: ignore[attr-defined]
-            route = http_json("GET", f"{coord.url}/v1/jobs/{job_id}")[1]["route"]
+            route = request_json("GET", f"{coord.url}/v1/jobs/{job_id}")[1]["route"]
             victim = next(h["node"] for h in route if h["span"] == [10, 20])
             for w, _span in zip(workers, spans, strict=True):
-                health = http_json("GET", w.url + "/health")[1] or {}
+                health = request_json("GET", w.url + "/health")[1] or {}
                 if str(health.get("address", "")).lower() == victim.lower():
                     w.popen.send_signal(signal.SIGKILL)
                     killed["at"] = time.perf_counter()

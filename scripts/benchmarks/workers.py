@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -136,74 +133,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
-    from eth_account import Account
-
-    from shardnet.chain.deploy import deploy_registry
-    from shardnet.chain.devnet import DEV_KEYS, Devnet, free_port
-    from shardnet.chain.registry import Registry
-    from shardnet.model.importer import import_model, smollm2_gguf_path
+    from shardnet.localnet import COORDINATOR, FIRST_WORKER, LocalNetwork, dev_account
+    from shardnet.model.importer import smollm2_gguf_path
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="worker-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    print(f"importing SmolLM2 into {work / 'store'} ...", flush=True)
-    cid, manifest = import_model(smollm2_gguf_path(), work / "store", progress=False)
-    devnet = Devnet.start("anvil", log_file=work / "anvil.log")
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        owner, coordinator = Account.from_key(DEV_KEYS[0]), Account.from_key(DEV_KEYS[1])
-        dep = deploy_registry(devnet.web3(), owner, rpc_url=devnet.rpc_url)
-        dep_file = dep.save(work / "deployment.json")
-        registry = Registry(devnet.web3(), dep.registry, owner)
-        registry.register_model(manifest.name, cid, manifest.num_layers, 1)
-        registry.set_coordinator(coordinator.address, "http://127.0.0.1:9", True)
-        urls, addresses = [], []
-        for i, span in enumerate(SPANS):
-            port, key = free_port(), DEV_KEYS[2 + i]
-            env = {
-                **os.environ,
-                "HF_HUB_OFFLINE": "1",
-                "BENCH_KEY": key,
-                "OMP_NUM_THREADS": str(args.threads),
-            }
-            cmd = [
-                sys.executable,
-                "-m",
-                "worker.cli",
-                "run",
-                "--deployment",
-                str(dep_file),
-                "--key-env",
-                "BENCH_KEY",
-                "--model",
-                manifest.name,
-                "--layers",
-                str(span),
-                "--store-dir",
-                str(work / "store"),
-                "--data-dir",
-                str(work / f"w{i}"),
-                "--port",
-                str(port),
-                "--threads",
-                str(args.threads),
-            ]
-            with open(work / f"w{i}.log", "ab") as log:
-                procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
-            urls.append(f"http://127.0.0.1:{port}")
-            addresses.append(Account.from_key(key).address)
+    with LocalNetwork.start(work) as net:
+        print(f"importing SmolLM2 into {work} ...", flush=True)
+        model_id, _cid, _manifest = net.import_model(smollm2_gguf_path(), price_wei=1, progress=False)
+        coordinator = dev_account(COORDINATOR)  # signs the tickets; the bench itself plays the coordinator
+        net.owner.set_coordinator(coordinator.address, "http://127.0.0.1:9", True)
         print("starting 3 workers of 10 layers ...", flush=True)
-        for url, proc in zip(urls, procs, strict=True):
-            _wait_ready(url, proc)
-        figures = asyncio.run(measure(urls, addresses, coordinator, args.tokens))
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        devnet.stop()
+        workers = [net.add_worker(i, model_id, span, threads=args.threads) for i, span in enumerate(SPANS)]
+        for worker in workers:
+            worker.wait_healthy(300)
+        addresses = [net.address(FIRST_WORKER + i) for i in range(len(SPANS))]
+        figures = asyncio.run(measure([w.url for w in workers], addresses, coordinator, args.tokens))
     print(
         f"\nSmolLM2-135M, 3 workers x 10 layers, {args.threads} thread(s) each, {args.tokens} tokens, loopback"
     )
@@ -213,20 +157,4 @@ def run(args: argparse.Namespace) -> int:
     print(f"| model compute in the 3 workers (mean ms per decode step) | {figures['compute_ms']:.1f} |")
     print(f"| slowest /health during a 1024-token prefill (ms) | {figures['health_ms']:.1f} |")
     return 0
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300.0) -> None:
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"a worker exited with {proc.returncode}; see its log")
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2).close()
-            return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.3)
-    raise SystemExit(f"worker at {url} did not start within {timeout:.0f} s")
 

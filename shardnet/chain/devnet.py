@@ -13,7 +13,6 @@ stopping it (SIGKILL, a crash): `PR_SET_PDEATHSIG`, set when the devnet is start
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import os
 import signal
@@ -22,14 +21,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from shardnet.chain.errors import ChainError
+from shardnet.http_json import request_json
 
 if TYPE_CHECKING:
     from web3 import Web3
@@ -107,11 +105,12 @@ def _port_in_use(host: str, port: int) -> bool:
 
 
 def rpc_request(url: str, method: str, params: list[object] | None = None, timeout: float = 2.0) -> object:
-    """One raw JSON-RPC request; returns `result` or raises DevnetError with the node's error."""
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}).encode()
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        reply = json.loads(resp.read())
+    """One raw JSON-RPC request; returns `result` or raises DevnetError with the node's error (HttpUnreachable
+    when the node does not answer)."""
+    status, reply = request_json("POST", url, {"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []},
+                                 timeout=timeout)
+    if status != 200 or not isinstance(reply, dict):
+        raise DevnetError(f"{method} failed on {url}: HTTP {status}, {reply!r}")
     if "error" in reply:
         raise DevnetError(f"{method} failed on {url}: {reply['error']}")
     return reply.get("result")
@@ -250,7 +249,7 @@ class Devnet:
                 )
             try:
                 rpc_request(self.rpc_url, "eth_chainId", timeout=1.0)
-            except (OSError, urllib.error.URLError, ValueError, DevnetError):
+            except (OSError, ValueError, DevnetError):
                 time.sleep(0.05)
                 continue
             time.sleep(0.05)  # an answer from another node on this port while ours fails to bind: see it exit

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from shardnet.chain.errors import ChainError, ChainUnavailable
 from shardnet.chain.tx import DecodedEvent
 from shardnet.db import ChainCursor, read_cursor, session_scope, write_cursor
+from shardnet.retry import Backoff, retry_until_stopped
 
 if TYPE_CHECKING:
     from shardnet.chain.registry import Registry
@@ -120,16 +121,13 @@ class EventWatcher:
     def run_forever(self, stop_event: threading.Event) -> None:
         """Poll until `stop_event` is set, retrying with exponential backoff while polls fail."""
         log.info("watcher %r following %s from block %d", self.name, self.registry.address, self.cursor() + 1)
+        backoff = Backoff(first_s=self.poll_interval, max_s=max(self.max_backoff, self.poll_interval))
         while not stop_event.is_set():
-            try:
-                self.poll_once()
-            except ChainUnavailable as exc:
-                self._back_off(stop_event, f"chain unreachable ({exc})")
-                continue
-            except Exception as exc:  # a handler failed: the range was rolled back, try it again later
-                log.exception("watcher %r: poll failed", self.name)
-                self._back_off(stop_event, f"{type(exc).__name__}: {exc}")
-                continue
+            # a failed poll (node unreachable, or a handler raised: the range was rolled back) is tried again
+            handled = retry_until_stopped(self.poll_once, stop=stop_event, backoff=backoff,
+                                          what=f"watcher {self.name!r}: poll", on_failure=self._count_failure)
+            if handled is None:
+                break
             if self.failures:
                 log.info("watcher %r: recovered after %d failed polls", self.name, self.failures)
                 self.failures = 0
@@ -137,8 +135,7 @@ class EventWatcher:
                 stop_event.wait(self.poll_interval)
         log.info("watcher %r stopped at block %d", self.name, self.cursor())
 
-    def _back_off(self, stop_event: threading.Event, reason: str) -> None:
-        self.failures += 1
-        delay = min(self.poll_interval * 2 ** (self.failures - 1), self.max_backoff)
-        log.warning("watcher %r: %s; retry %d in %.1f s", self.name, reason, self.failures, delay)
-        stop_event.wait(delay)
+    def _count_failure(self, failures: int, exc: BaseException) -> None:
+        self.failures = failures
+        if not isinstance(exc, ChainUnavailable):
+            log.error("watcher %r: a handler failed; the range was rolled back", self.name, exc_info=exc)

@@ -1,4 +1,4 @@
-"""The `shardnet` command: devnet, deploy, compile, model import/fetch, and the client (submit, jobs, cancel).
+"""The `shardnet` command: devnet, deploy, compile, model import/fetch, the client (submit, jobs, cancel), localnet.
 
 Each group of subcommands lives in its own module with a `register(subparsers)` function; this module
 only assembles them. Command modules import heavy libraries (torch, web3) inside their handlers so
@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "shardnet.cli.chain_cmds",
     "shardnet.cli.model_cmds",
     "shardnet.cli.client_cmds",
+    "shardnet.cli.localnet_cmd",
 )
 
 

@@ -11,6 +11,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shardnet.cli.chain_args import add_rpc_url_flag
 from shardnet.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -52,12 +53,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = subparsers.add_parser(
         "deploy", help="deploy the registry to any chain and write the deployment file",
-        description="Deploy the committed ShardRegistry artifact to the chain at --rpc with the given key "
+        description="Deploy the committed ShardRegistry artifact to the chain at --rpc-url with the given key "
         "(the deployer becomes the owner, who approves coordinators), approve --coordinator addresses, and "
         "write the deployment file (chain id, RPC URL, address, deploy block, parameters) that every other "
         "command reads.",
     )
-    p.add_argument("--rpc", required=True, help="JSON-RPC URL of the chain, e.g. http://127.0.0.1:8545")
+    add_rpc_url_flag(p, required=True, help="JSON-RPC URL of the chain, e.g. http://127.0.0.1:8545")
     keys = p.add_mutually_exclusive_group(required=True)
     keys.add_argument("--key-file", type=Path, help="file holding the deployer's hex private key (it becomes the owner)")
     keys.add_argument("--key-env", metavar="VAR", help="environment variable holding the deployer's hex private key")
@@ -74,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "coordinators, nodes, models with the spans served, the latest jobs and the ether it holds.",
     )
     p.add_argument("--deployment", type=Path, help=_DEPLOYMENT_HELP)
-    p.add_argument("--rpc", help="JSON-RPC URL to use instead of the one in the deployment file")
+    add_rpc_url_flag(p)
     p.add_argument("--jobs", type=int, default=20, help="how many of the latest jobs to list (default 20)")
     p.set_defaults(func=cmd_chain_status)
 
@@ -240,8 +241,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     coordinators = _parse_coordinators(args.coordinator)
     account = _load_key(args.key_file, args.key_env)
-    w3 = Web3(HTTPProvider(args.rpc, request_kwargs={"timeout": 60}))
-    dep = deploy_registry(w3, account, _params(args), rpc_url=args.rpc)
+    w3 = Web3(HTTPProvider(args.rpc_url, request_kwargs={"timeout": 60}))
+    dep = deploy_registry(w3, account, _params(args), rpc_url=args.rpc_url)
     path = dep.save(args.deployment)
     _approve(Registry(w3, dep.registry, account, deploy_block=dep.deploy_block), coordinators)
     print(f"registry {dep.registry} deployed on chain {dep.chain_id} in block {dep.deploy_block}; wrote {path}")
@@ -255,7 +256,7 @@ def _ether(wei: int) -> str:
 def cmd_chain_status(args: argparse.Namespace) -> int:
     from shardnet.chain.registry import Registry
 
-    registry = Registry.from_deployment(args.deployment, rpc_url=args.rpc)
+    registry = Registry.from_deployment(args.deployment, rpc_url=args.rpc_url)
     head = registry.block_number()
     p = registry.params()
     print(f"registry {registry.address} at {registry.w3.provider.endpoint_uri} (block {head}), owner {registry.owner()}")  # type: ignore[attr-defined]

@@ -3,11 +3,8 @@ real `worker run` processes and a real `coordinator run` process on 127.0.0.1 ag
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,6 +12,7 @@ from typing import Any, ClassVar
 import torch
 
 from shardnet.chain.devnet import free_port
+from shardnet.http_json import request_json
 from tests.service_proc import ServiceProc
 
 EOS_ID = 256
@@ -47,13 +45,7 @@ def build_tiny_chat_model(folder: Path) -> None:
 
 
 def http_json(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 10) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
+    return request_json(method, url, body, timeout=timeout)
 
 
 @dataclass

@@ -35,3 +35,16 @@ def test_unapproved_account_is_told_to_ask_the_owner(registry_for, accounts, tmp
         service.check_approved()
     finally:
         service.engine.dispose()
+
+
+def test_confirmations_reach_the_coordinators_watcher(registry_for, accounts, tmp_path: Path) -> None:
+    from coordinator.service import CoordinatorService
+
+    cfg = load_config({"data_dir": tmp_path, "store_dir": tmp_path / "store"}, None,
+                      {"SHARDNET_COORDINATOR_CONFIRMATIONS": "3"})
+    service = CoordinatorService(cfg, registry_for(accounts[7]), accounts[7])
+    try:
+        assert cfg.confirmations == 3 and service.watcher.confirmations == 3
+        assert service.service_lifecycle.phase == "created"
+    finally:
+        service.engine.dispose()

@@ -1,0 +1,64 @@
+"""The one small blocking JSON-over-HTTP helper (standard library only) for the client, the devnet's raw
+JSON-RPC calls and the local-network launcher; the roles' own traffic goes through aiohttp.
+
+    status, body = request_json("POST", url + "/v1/jobs/7/prompt", {"prompt": "hi"}, timeout=10)
+
+Any HTTP answer comes back as (status, decoded JSON or None); no answer at all raises `HttpUnreachable`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+from shardnet.errors import ShardnetError
+
+
+class HttpUnreachable(ShardnetError, ConnectionError):
+    """No HTTP answer from a URL (refused, timed out, DNS, connection reset)."""
+
+    def __init__(self, url: str, reason: object) -> None:
+        super().__init__(f"cannot reach {url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:
+        return None
+
+
+def request_json(
+    method: str,
+    url: str,
+    body: Any = None,
+    *,
+    timeout: float = 10.0,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[int, Any]:
+    """Send `body` (JSON-encoded unless None) and return (HTTP status, decoded JSON body or None).
+
+    A 4xx/5xx answer is returned, not raised; raises HttpUnreachable when no answer comes back.
+    """
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (callers give http URLs)
+            return int(response.status), _decode(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            return int(exc.code), _decode(exc.read())
+        finally:
+            exc.close()
+    except urllib.error.URLError as exc:
+        raise HttpUnreachable(url, exc.reason) from exc
+    except (OSError, http.client.HTTPException) as exc:
+        raise HttpUnreachable(url, exc) from exc
