@@ -28,6 +28,7 @@ from aiohttp import web
 
 from coordinator.jobs import GenerationResult
 from coordinator.models import ModelUnavailable
+from coordinator.preflight import preflight_routes
 from coordinator.router import NoRouteError, choose_route
 from coordinator.sampling import SamplingParams
 from coordinator.service import CoordinatorService, PromptRejected
@@ -304,4 +305,5 @@ def make_app(service: CoordinatorService) -> web.Application:
         web.post("/v1/completions", completions),
         web.post("/v1/chat/completions", chat_completions),
     ])
+    app.add_routes(preflight_routes())
     return app

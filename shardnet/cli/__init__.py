@@ -54,7 +54,10 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) 
     try:
         return int(args.func(args) or 0)
     except ShardnetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from shardnet.chain.errors import ContractRevert
+        from shardnet.chain.explain import explain
+
+        print(f"error: {explain(exc) if isinstance(exc, ContractRevert) else exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

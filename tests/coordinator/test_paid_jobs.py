@@ -206,7 +206,7 @@ def test_cli_submit_and_jobs(net: Net) -> None:
         assert "finalized" in out.stderr  # progress on stderr
     listing = subprocess.run([*SHARDNET, "jobs", "--mine", *base], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=60, check=True).stdout
-    assert any(line.split()[:2] == [str(record["job_id"]), "Finalized"] for line in listing.splitlines()), listing
+    assert any(line.split()[:2] == [str(record["job_id"]), "finalized"] for line in listing.splitlines()), listing
 
 
 def test_openai_api(net: Net) -> None:
