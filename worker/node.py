@@ -10,8 +10,10 @@ period, post the commitments that are due, release the assignment, exit 0.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +90,30 @@ def kv_bytes_per_token(hf_config: dict[str, Any], span: LayerSpan, dtype: str) -
     return 2 * len(span) * kv_heads * head_dim * _DTYPE_BYTES[dtype]
 
 
+def bind_port(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port, taken before anything is sent on chain (aiohttp serves on it later)."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on --host {host!r}: {exc.strerror}; nothing was sent on chain") from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is in use (another worker?): pass a free --port, or stop the process "
+                "that holds it; nothing was sent on chain"
+            ) from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; nothing was sent on chain") from exc
+    sock.setblocking(False)
+    return sock
+
+
 @dataclass
 class PreparedNode:
     cfg: WorkerConfig
@@ -99,6 +125,7 @@ class PreparedNode:
     block: Any
     info: BlockInfo
     limits: ServerLimits
+    sock: socket.socket  # bound and listening since before the first transaction
 
 
 def prepare(cfg: WorkerConfig) -> PreparedNode:
@@ -110,26 +137,33 @@ def prepare(cfg: WorkerConfig) -> PreparedNode:
     from shardnet.store.fetch import FetchError, fetch_files
 
     torch.set_num_threads(cfg.threads)
-    registry = connect(cfg)
-    assert registry.account is not None
-    me = registry.account.address
-    state = WorkerState(make_engine(cfg.db_url, default_path=cfg.data_dir / "worker.db"), me)
-    lost = state.close_lost_sessions()
-    if lost:
-        log.warning("closed %d sessions left open by an earlier run: %s", len(lost), ", ".join(lost))
-    model = resolve_model(registry, cfg.model)
-    node = ensure_registered(registry, cfg.endpoint, cfg.stake_wei)
-    log.info("node %s registered at %s with a stake of %d wei", me, node.endpoint, node.stake)
-    live = [registry.get_assignment(a) for a in registry.live_assignments(model.model_id)]
-    span = pick_span(cfg, model, live, me)
-    log.info("serving %s (model %d) layers %s of %d", model.name, model.model_id, span, model.num_layers)
-    # without peers the store itself is the only source: every file must already be there (verified)
-    sources: list[str | Path] = [*cfg.peers] or [cfg.store_dir]
+    # everything that can fail without the chain comes before the first transaction: the port, the key,
+    # the database, the model and its files
+    sock = bind_port(cfg.host, cfg.port)
     try:
-        manifest = fetch_files(model.manifest_cid, span, sources, cfg.store_dir, progress=False)
-    except FetchError as exc:
-        raise FetchError(fetch_hint(str(exc), model, span, cfg)) from exc
-    block = load_block(cfg.store_dir, manifest.to_json(), span, getattr(torch, cfg.dtype))
+        registry = connect(cfg)
+        assert registry.account is not None
+        me = registry.account.address
+        state = WorkerState(make_engine(cfg.db_url, default_path=cfg.data_dir / "worker.db"), me)
+        lost = state.close_lost_sessions()
+        if lost:
+            log.warning("closed %d sessions left open by an earlier run: %s", len(lost), ", ".join(lost))
+        model = resolve_model(registry, cfg.model)
+        live = [registry.get_assignment(a) for a in registry.live_assignments(model.model_id)]
+        span = pick_span(cfg, model, live, me)
+        log.info("serving %s (model %d) layers %s of %d", model.name, model.model_id, span, model.num_layers)
+        # without peers the store itself is the only source: every file must already be there (verified)
+        sources: list[str | Path] = [*cfg.peers] or [cfg.store_dir]
+        try:
+            manifest = fetch_files(model.manifest_cid, span, sources, cfg.store_dir, progress=False)
+        except FetchError as exc:
+            raise FetchError(fetch_hint(str(exc), model, span, cfg)) from exc
+        block = load_block(cfg.store_dir, manifest.to_json(), span, getattr(torch, cfg.dtype))
+        node = ensure_registered(registry, cfg.endpoint, cfg.stake_wei)
+        log.info("node %s registered at %s with a stake of %d wei", me, node.endpoint, node.stake)
+    except BaseException:
+        sock.close()
+        raise
     mine = [a for a in live if a.node == me]
     for stale in (a for a in mine if a.span != span):
         log.info("releasing assignment %d (layers %s): now serving %s", stale.assignment_id, stale.span, span)
@@ -162,7 +196,7 @@ def prepare(cfg: WorkerConfig) -> PreparedNode:
         max_body_bytes=cfg.max_body_bytes,
         forward_timeout_s=cfg.step_forward_timeout_s,
     )
-    return PreparedNode(cfg, registry, state, model, span, assignment_id, block, info, limits)
+    return PreparedNode(cfg, registry, state, model, span, assignment_id, block, info, limits, sock)
 
 
 async def serve(node: PreparedNode) -> None:
@@ -196,7 +230,7 @@ async def serve(node: PreparedNode) -> None:
     )
     runner = web.AppRunner(server.app(), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.host, cfg.port)
+    site = web.SockSite(runner, node.sock)
     await site.start()
     sync.start()
     stop = asyncio.Event()

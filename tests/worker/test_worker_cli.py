@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from shardnet.chain.devnet import free_port
 from tests.service_proc import REPO
 from worker.cli import main
 from worker.config import WorkerConfig
@@ -148,6 +149,8 @@ def test_run_with_an_unfunded_key_says_why_it_cannot_register(
         str(store),
         "--data-dir",
         str(tmp_path / "w"),
+        "--port",
+        str(free_port()),
     ]
     key = "0x" + "42" * 32
     unknown = cli(*args, "--model", "tiny", env={"K": key})
