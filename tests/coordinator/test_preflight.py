@@ -18,7 +18,13 @@ from pathlib import Path
 import pytest
 
 from shardnet.chain.registry import Registry
-from tests.coordinator.harness import CoordinatorProc, build_tiny_chat_model, http_json, start_coordinator, wait_for
+from tests.coordinator.harness import (
+    CoordinatorProc,
+    build_tiny_chat_model,
+    http_json,
+    start_coordinator,
+    wait_for,
+)
 from tests.service_proc import REPO
 from tests.worker.harness import WorkerProc, start_worker
 
