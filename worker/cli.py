@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(--drain-grace-s), releases its assignment on chain and exits 0.",
     )
     _add_config_flags(run)
+    run.add_argument("--reset-state", action="store_true",
+                     help="clear the database's state (sessions, steps, cursor) when it belongs to another chain or "
+                     "registry, e.g. after restarting a devnet (without it such a database is refused)")
     run.set_defaults(func=_cmd_run)
 
     keygen = sub.add_parser("keygen", help="create a new key in an encrypted keystore file")
@@ -132,7 +135,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
 def _cmd_run(args: argparse.Namespace) -> int:
     from worker.node import run_worker
 
-    return run_worker(config_from_args(args))
+    return run_worker(config_from_args(args), reset_state=args.reset_state)
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:

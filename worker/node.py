@@ -128,11 +128,12 @@ class PreparedNode:
     sock: socket.socket  # bound and listening since before the first transaction
 
 
-def prepare(cfg: WorkerConfig) -> PreparedNode:
-    """Everything before serving (blocking calls: chain, downloads, model loading)."""
+def prepare(cfg: WorkerConfig, *, reset_state: bool = False) -> PreparedNode:
+    """Everything before serving (blocking calls: chain, downloads, model loading). `reset_state` clears a
+    database that belongs to another chain (else it is refused)."""
     import torch
 
-    from shardnet.db import make_engine
+    from shardnet.db import check_chain_identity, identity_of, make_engine
     from shardnet.model.block import load_block
     from shardnet.store.fetch import FetchError, fetch_files
 
@@ -144,7 +145,10 @@ def prepare(cfg: WorkerConfig) -> PreparedNode:
         registry = connect(cfg)
         assert registry.account is not None
         me = registry.account.address
-        state = WorkerState(make_engine(cfg.db_url, default_path=cfg.data_dir / "worker.db"), me)
+        engine = make_engine(cfg.db_url, default_path=cfg.data_dir / "worker.db")
+        check_chain_identity(engine, "worker", identity_of(registry), reset=reset_state,
+                             what=f"the worker's database ({engine.url.render_as_string(hide_password=True)})")
+        state = WorkerState(engine, me)
         lost = state.close_lost_sessions()
         if lost:
             log.warning("closed %d sessions left open by an earlier run: %s", len(lost), ", ".join(lost))
@@ -260,9 +264,9 @@ def release(node: PreparedNode) -> None:
         log.warning("could not release assignment %d: %s", node.assignment_id, exc)
 
 
-def run_worker(cfg: WorkerConfig) -> int:
+def run_worker(cfg: WorkerConfig, *, reset_state: bool = False) -> int:
     """The `worker run` command: returns the exit status."""
-    node = prepare(cfg)
+    node = prepare(cfg, reset_state=reset_state)
     try:
         asyncio.run(serve(node))
     finally:
