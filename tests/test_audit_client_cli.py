@@ -101,3 +101,25 @@ def test_cancel_after_the_deadline_on_an_idle_devnet_mines_a_block(anvil, accoun
     assert int(anvil.w3.eth.get_block("latest")["timestamp"]) <= deadline  # the chain's clock stood still
     client.cancel(job_id)
     assert owner.get_job(job_id).status == JobStatus.Cancelled
+
+
+def test_balance_of_any_address_without_a_key(
+    registry_for, accounts, deployment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    owner = registry_for(accounts[0])
+    model_id = owner.register_model("m", "bafkreitest", 3, 10).event("ModelRegistered").args["modelId"]
+    client = ShardnetClient(registry_for(accounts[6]))
+    job_id = client.pay("hello", model_id, 4)
+    escrow = owner.get_job(job_id).escrow
+    dep = deployment.save(tmp_path / "d.json")
+    assert main(["balance", accounts[6].address, "--deployment", str(dep)]) == 0
+    out = capsys.readouterr().out
+    assert f"address    {accounts[6].address}" in out
+    assert f"escrowed   {escrow} wei in 1 open jobs (#{job_id})" in out, out
+    assert "claimable  0 ETH" in out and "wallet     " in out
+    assert main(["jobs", "--deployment", str(dep)]) == 0
+    listing = capsys.readouterr().out
+    assert any(line.split()[:4] == [str(job_id), "submitted", "m", "4"] and f"{escrow} wei" in line
+               for line in listing.splitlines()), listing
+    assert main(["balance", "--deployment", str(dep)]) == 1
+    assert "give an ADDRESS" in capsys.readouterr().err

@@ -29,6 +29,8 @@ _CHAIN_FIELDS = (
     "host",
     "port",
 )
+# settings a read-only command takes
+_READ_FIELDS = ("deployment", "rpc_url", "keystore", "password_file", "key_env")
 _METAVARS = {
     "layers": "START:END",
     "perturb_outputs": "SCALE",
@@ -98,9 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.set_defaults(func=_cmd_keygen)
 
     status = sub.add_parser(
-        "status", help="print stake, unbonding, assignments, claimable balance and open jobs"
+        "status",
+        help="print stake, unbonding, assignments, claimable balance and open jobs",
+        description="Print a worker's standing on chain: wallet, registration and endpoint, stake, unbonding "
+        "stake and when it can be withdrawn (UTC), claimable balance, open jobs and live assignments. "
+        "Of --address without any key, else of the key's account.",
     )
-    _add_config_flags(status, _CHAIN_FIELDS)
+    _add_config_flags(status, _READ_FIELDS)
+    status.add_argument(
+        "--address", metavar="0x...", help="the worker account to show (no key needed); default: the key's account"
+    )
     status.set_defaults(func=_cmd_chain, action="status")
 
     stake = sub.add_parser("stake", help="register with a stake, or add stake if already registered")
@@ -152,7 +161,7 @@ def _cmd_chain(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     action = args.action
     if action == "status":
-        return accounts.print_status(cfg)
+        return accounts.print_status(cfg, args.address)
     amount: Any = getattr(args, "amount_wei", None)
     return accounts.run_action(cfg, action, amount)
 

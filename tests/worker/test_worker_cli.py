@@ -64,6 +64,15 @@ def test_run_help_explains_every_setting() -> None:
     assert "--perturb-outputs SCALE" in text and "for testing the verifier only" in text.lower()
 
 
+def test_status_help_describes_it_and_shows_only_its_own_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["status", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Print a worker's standing on chain" in text and "--address" in text
+    for foreign in ("--port", "--host", "--public-url", "--model", "--layers"):
+        assert f"{foreign} " not in text, foreign
+
+
 @pytest.mark.parametrize("command", ["keygen", "status", "stake", "unstake", "withdraw", "claim"])
 def test_subcommand_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
@@ -119,6 +128,11 @@ def test_keygen_status_stake_unstake_withdraw_claim(cli, tmp_path: Path, anvil, 
     )
     unstaked = cli("unstake", *chain, "--amount-wei", str(10**18), env=env)
     assert unstaked.returncode == 0 and "unbonding    1.000000 ETH" in unstaked.stdout
+    by_address = cli("status", "--deployment", str(dep_file), "--address", address)  # no key at all
+    assert by_address.returncode == 0, by_address.stderr
+    assert address in by_address.stdout and "stake        1.000000 ETH" in by_address.stdout
+    assert re.search(r"unbonding    1\.000000 ETH .*withdrawable from \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC",
+                     by_address.stdout), by_address.stdout
     early = cli("withdraw", *chain, env=env)
     assert early.returncode == 1 and "ShardRegistryStillUnbonding" in early.stderr
     anvil.advance_time(deployment.params["unbonding_period"] + 1)
