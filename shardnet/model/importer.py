@@ -23,6 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from shardnet.errors import ShardnetError
+from shardnet.model.import_cache import cached_import, normalize_tokenizer_config, record_import, source_key
 from shardnet.model.manifest import Manifest, ShardFile, TokenizerFile, canonical_json
 from shardnet.store.local import LocalStore
 
@@ -171,6 +172,12 @@ def import_model(
     if not src.exists():
         raise ModelImportError(f"model source {src} does not exist; pass a checkpoint folder or a .gguf file")
     store = LocalStore(store_dir).ensure()
+    key = source_key(src, dtype, name)
+    cached = cached_import(store, key)
+    if cached is not None:
+        log.info("%s was imported before as manifest %s and the store holds all its files: nothing to do",
+                 src, cached[0])
+        return cached
     with tempfile.TemporaryDirectory(prefix=".tmp-import-", dir=store.root) as tmp:
         work = Path(tmp)
         tok_dir = work / "tokenizer"
@@ -200,6 +207,7 @@ def import_model(
             files.append(ShardFile(part.name, part.part, part.start, part.end, cid, part.size))
         tokenizer = []
         for p in sorted(tok_dir.iterdir()):
+            normalize_tokenizer_config(p)  # no loading options (set by environment variables) in the CID
             size = p.stat().st_size
             tokenizer.append(TokenizerFile(p.name, store.put_file(p, move=True), size))
     manifest = Manifest(
@@ -214,6 +222,7 @@ def import_model(
         tokenizer=tuple(tokenizer),
     )
     manifest_cid = store.put_bytes(manifest.to_json_bytes())
+    record_import(store, key, manifest_cid)
     log.info(
         "imported %s: %d layers, %d files, %.1f MB; manifest %s",
         manifest.name,
