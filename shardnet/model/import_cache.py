@@ -76,7 +76,8 @@ def cached_import(store: LocalStore, key: str) -> tuple[str, Manifest] | None:
         if record.exists():
             log.info("ignoring the import record %s: %s", record.name, exc)
         return None
-    missing = [f.name for f in (*manifest.files, *manifest.tokenizer) if not store.has(f.cid)]
+    named = [(f.name, f.cid) for f in manifest.files] + [(t.name, t.cid) for t in manifest.tokenizer]
+    missing = [name for name, cid in named if not store.has(cid)]
     if missing:
         log.info("the store lacks %d files of the earlier import (%s...): importing again", len(missing), missing[0])
         return None
