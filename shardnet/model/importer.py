@@ -164,11 +164,9 @@ def import_model(
     progress: bool = True,
 ) -> tuple[str, Manifest]:
     """Import ``source`` (checkpoint folder or .gguf file) into ``store_dir``; returns (manifest CID, manifest)."""
-    from shardnet.model.adapters import get_adapter
-    from shardnet.model.export import save_parts
-
     src = Path(source)
-    torch_dtype = _torch_dtype(dtype)
+    if dtype not in DTYPES:
+        _torch_dtype(dtype)  # raises the error that says which dtypes there are
     if not src.exists():
         raise ModelImportError(f"model source {src} does not exist; pass a checkpoint folder or a .gguf file")
     store = LocalStore(store_dir).ensure()
@@ -178,6 +176,11 @@ def import_model(
         log.info("%s was imported before as manifest %s and the store holds all its files: nothing to do",
                  src, cached[0])
         return cached
+    # torch and transformers are imported only now: a cached import needs none of them
+    from shardnet.model.adapters import get_adapter
+    from shardnet.model.export import save_parts
+
+    torch_dtype = _torch_dtype(dtype)
     with tempfile.TemporaryDirectory(prefix=".tmp-import-", dir=store.root) as tmp:
         work = Path(tmp)
         tok_dir = work / "tokenizer"
