@@ -35,9 +35,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = subparsers.add_parser(
         "submit", help="pay for a job, hand its prompt to a coordinator, print the checked output",
-        description="Pay quote() into escrow by contract call, hand the prompt to the coordinator (its endpoint "
-        "from the chain, or --coordinator), wait for the job to be finalized (progress on stderr), and print the "
-        "output once its keccak256 matches the outputHash on chain.",
+        description="Ask the coordinator (its endpoint from the chain, or --coordinator) whether the job can run "
+        "(live workers cover the model, the prompt fits maxPromptTokens, --max-tokens fits the route), show the "
+        "quote, confirm it above --max-escrow, pay it into escrow by contract call, hand the prompt over, wait for "
+        "the job to be finalized (progress on stderr), and print the output once its keccak256 matches the "
+        "outputHash on chain. Nothing is paid when a check fails.",
     )
     p.add_argument("prompt", help="the prompt text (its keccak256 goes on chain, the text only to the coordinator)")
     p.add_argument("--model", required=True, help="the model: its registered name or its on-chain id")
