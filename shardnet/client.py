@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from eth_utils import keccak
@@ -72,10 +73,11 @@ WEI_PER_ETH = 10**18
 
 
 def format_eth(wei: int) -> str:
-    """`0.0172 ETH` (up to 6 significant decimals; exact wei for tiny amounts)."""
+    """`0.016632 ETH`, exact (in wei below 10**12 wei)."""
     if 0 < wei < 10**12:
         return f"{wei} wei"
-    return f"{wei / WEI_PER_ETH:.6g} ETH"
+    text = f"{Decimal(wei) / WEI_PER_ETH:f}"
+    return (text.rstrip("0").rstrip(".") if "." in text else text) + " ETH"
 
 
 def check_max_tokens(max_tokens: int) -> int:
