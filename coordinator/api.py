@@ -11,6 +11,7 @@ from aiohttp import web
 
 from coordinator import jobs_api, openai_api
 from coordinator.http_common import SERVICE
+from coordinator.preflight import preflight_routes
 from coordinator.service import CoordinatorService
 
 
@@ -30,4 +31,5 @@ def make_app(service: CoordinatorService) -> web.Application:
     app.add_routes([web.get("/health", health), web.get("/v1/workers", list_workers)])
     app.add_routes(jobs_api.ROUTES)
     app.add_routes(openai_api.ROUTES)
+    app.add_routes(preflight_routes())
     return app

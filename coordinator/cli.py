@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         "take prompts over HTTP, run and settle the jobs. Stops cleanly on SIGTERM/SIGINT.",
     )
     _add_config_flags(run)
+    run.add_argument("--reset-state", action="store_true",
+                     help="clear the database's state (jobs, cursor) when it belongs to another chain or registry, "
+                     "e.g. after restarting a devnet (without it such a database is refused)")
     run.set_defaults(func=_cmd_run)
     return parser
 
@@ -53,13 +56,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from coordinator.service import CoordinatorService
+    from shardnet.chain.identity import identity_of
     from shardnet.chain.registry import Registry
+    from shardnet.db import check_chain_identity, make_engine
     from shardnet.keys import load_account
     from shardnet.service import run_service
 
     cfg = config_from_args(args)
     account = load_account(cfg.keystore, cfg.password_file, cfg.key_env)
     registry = Registry.from_deployment(cfg.deployment, account, rpc_url=cfg.rpc_url)
+    engine = make_engine(cfg.database_url())
+    try:
+        check_chain_identity(engine, "coordinator", identity_of(registry), reset=args.reset_state,
+                             what=f"the coordinator's database ({engine.url.render_as_string(hide_password=True)})")
+    finally:
+        engine.dispose()
 
     async def main() -> None:
         service = CoordinatorService(cfg, registry, account)

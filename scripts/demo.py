@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import time
@@ -72,6 +73,15 @@ def chat_prompt(gguf: Path, question: str) -> str:
                                        add_generation_prompt=True))
 
 
+#: Worker processes of the demo (10 layers each).
+WORKERS = 3
+
+
+def default_threads(workers: int, cores: int | None = None) -> int:
+    """Torch threads per worker so that `workers` processes share the machine's cores without oversubscribing."""
+    return max(1, (cores if cores is not None else os.cpu_count() or 1) // workers)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompt", default="Explain in two sentences why the sky is blue.",
@@ -79,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=48, help="tokens to generate at most (default: 48)")
     parser.add_argument("--work-dir", type=Path, default=REPO / ".shardnet" / "demo",
                         help="folder for the devnet, stores, databases and logs (wiped first)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads per worker (default: 2)")
+    parser.add_argument("--threads", type=int, default=default_threads(WORKERS),
+                        help=f"torch threads per worker (default: the machine's cores / {WORKERS} workers, at least 1;"
+                        f" here {default_threads(WORKERS)})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -105,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
 
         say("starting a coordinator and 3 workers of 10 layers each (each stakes, fetches and verifies its shard, announces it)")
         coord = net.start_coordinator()
-        workers = [net.add_worker(i, model_id, LayerSpan(10 * i, 10 * i + 10), threads=args.threads) for i in range(3)]
+        workers = [net.add_worker(i, model_id, LayerSpan(10 * i, 10 * i + 10), threads=args.threads)
+                   for i in range(WORKERS)]
         for w in workers:
             health = w.wait_healthy(timeout=600)
             print(f"    {w.name} {health.get('address')} serves layers {health.get('span')} at {w.url}")

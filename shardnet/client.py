@@ -16,12 +16,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from eth_utils import keccak
 
+from shardnet.chain.devnet import DEV_CHAIN_ID
 from shardnet.chain.models import ModelLookupError, resolve_model
 from shardnet.chain.registry import JobInfo, JobStatus, Registry
+from shardnet.chain.tx import chain_id, rpc
 from shardnet.errors import ShardnetError
 from shardnet.http_json import HttpUnreachable, request_json
 
@@ -61,6 +64,27 @@ def sign_output_read(account: Any, job_id: int) -> str:
     from eth_account.messages import encode_defunct
 
     return "0x" + bytes(account.sign_message(encode_defunct(text=output_read_message(job_id))).signature).hex()
+
+
+#: The most tokens a job may ask for (maxTokens is a uint32 on chain).
+MAX_TOKENS_LIMIT = 2**32 - 1
+WEI_PER_ETH = 10**18
+
+
+def format_eth(wei: int) -> str:
+    """`0.016632 ETH`, exact (in wei below 10**12 wei)."""
+    if 0 < wei < 10**12:
+        return f"{wei} wei"
+    text = f"{Decimal(wei) / WEI_PER_ETH:f}"
+    return (text.rstrip("0").rstrip(".") if "." in text else text) + " ETH"
+
+
+def check_max_tokens(max_tokens: int) -> int:
+    """`max_tokens` if the chain can take it; else a ClientError in the user's terms."""
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
+        raise ClientError(f"--max-tokens must be a whole number from 1 to {MAX_TOKENS_LIMIT} (the most tokens "
+                          f"to generate), not {max_tokens}; nothing was paid")
+    return max_tokens
 
 
 def _http(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 10.0,
@@ -134,6 +158,17 @@ class ShardnetClient:
                           + " (start one, or pass --coordinator URL of one that runs)")
 
     # -- jobs
+    def preflight(self, url: str, prompt: str, model_id: int, max_tokens: int, *, chat: bool) -> dict[str, Any]:
+        """Ask the coordinator whether this job can run (route, prompt length, max_tokens) before paying."""
+        status, answer = _http("POST", f"{url}/v1/jobs/preflight",
+                               {"model": model_id, "prompt": prompt, "max_tokens": max_tokens, "chat": chat})
+        if status == 200 and isinstance(answer, dict):
+            return answer
+        if status == 404:
+            raise ClientError(f"the coordinator at {url} cannot check a job before payment (no /v1/jobs/preflight): "
+                              "nothing was paid; use a coordinator of this shardnet version")
+        raise ClientError(f"this job cannot run, so nothing was paid: {_message(answer)}")
+
     def pay(self, prompt: str, model_id: int, max_tokens: int) -> int:
         """Submit a job paying quote() into escrow; returns its id."""
         self._need_account()
@@ -183,12 +218,23 @@ class ShardnetClient:
 
     def submit(self, prompt: str, *, model: str | int, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                seed: int | None = None, chat: bool = False, timeout_s: float = 600.0,
-               progress: Callable[[str], None] | None = None) -> JobOutcome:
-        """Pay, hand over, wait, fetch and check: the whole client side of a job."""
+               progress: Callable[[str], None] | None = None,
+               confirm: Callable[[int, dict[str, Any]], bool] | None = None) -> JobOutcome:
+        """Check, pay, hand over, wait, fetch and check: the whole client side of a job.
+
+        Nothing is paid unless the coordinator's preflight accepts the job and `confirm(quote_wei, preflight)`
+        (when given) returns True."""
         t0 = time.monotonic()
         say = progress or (lambda _m: None)
+        check_max_tokens(max_tokens)
         url = self.find_coordinator()
         model_id = self.model_id(model)
+        answer = self.preflight(url, prompt, model_id, max_tokens, chat=chat)
+        quote = self.registry.quote(model_id, max_tokens)
+        say(f"quote: {format_eth(quote)} into escrow for up to {max_tokens} tokens of {answer.get('model', model)} "
+            f"(prompt {answer.get('prompt_tokens')} tokens; what is not used is refunded)")
+        if confirm is not None and not confirm(quote, answer):
+            raise ClientError("not confirmed, so nothing was paid")
         job_id = self.pay(prompt, model_id, max_tokens)
         say(f"job {job_id}: paid into escrow, handing the prompt to {url}")
         self.hand_over(url, job_id, prompt, {"temperature": temperature, "top_p": top_p, "seed": seed,
@@ -206,13 +252,26 @@ class ShardnetClient:
                if client is None or str(e.args["client"]).lower() == client.lower()]
         return [self.registry.get_job(i) for i in ids]
 
+    def open_jobs(self, client: str) -> list[JobInfo]:
+        """`client`'s jobs whose escrow is still locked (submitted or routed)."""
+        return [j for j in self.jobs(client) if j.status in (JobStatus.Submitted, JobStatus.Routed)]
+
     def cancel(self, job_id: int) -> str:
         """Cancel a job past its deadline (the escrow becomes claimable); returns the transaction hash."""
         self._need_account()
         job = self.registry.get_job(job_id)
-        now = int(self.registry.w3.eth.get_block("latest")["timestamp"])
-        if job.status in (JobStatus.Submitted, JobStatus.Routed) and now <= job.deadline:
+        now = self._chain_time()
+        open_job = job.status in (JobStatus.Submitted, JobStatus.Routed)
+        if open_job and now <= job.deadline and chain_id(self.registry.w3) == DEV_CHAIN_ID:
+            # a devnet's clock moves only with its blocks: mine one so the chain's clock catches up with the wall's
+            rpc(self.registry.w3, "evm_mine", [])
+            now = self._chain_time()
+        if open_job and now <= job.deadline:
             when = datetime.fromtimestamp(job.deadline, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
             raise ClientError(f"job {job_id} can be cancelled only after its deadline, {when} "
-                              f"({job.deadline - now + 1} s from the chain's clock); try again then")
+                              f"({job.deadline - now + 1} s from the chain's clock, the time of its latest block, "
+                              "which moves only when a block is made); try again then")
         return self.registry.cancel_job(job_id).tx_hash
+
+    def _chain_time(self) -> int:
+        return int(self.registry.w3.eth.get_block("latest")["timestamp"])

@@ -9,7 +9,8 @@ SQLite files run in WAL mode with a busy timeout, and every transaction starts w
 several processes (a worker and its CLI) can share one file without "database is locked" surprises.
 A plain `postgresql://` (or `postgres://`) URL uses psycopg2, the driver of the `postgres` extra; name
 another installed synchronous driver to use it instead (e.g. `postgresql+psycopg://` for psycopg 3).
-The table `chain_cursor` keeps, per event watcher, the last block it fully processed.
+The table `chain_cursor` keeps, per event watcher, the last block it fully processed; `chain_identity` the
+chain (id, registry, genesis block) each role's state belongs to, checked at every start.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Engine, String, create_engine, event
+from sqlalchemy import BigInteger, DateTime, Engine, String, create_engine, delete, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -137,3 +139,69 @@ def write_cursor(session: Session, name: str, block: int) -> None:
     else:
         row.block = block
         row.updated_at = datetime.now(UTC)
+
+
+# ---------------------------------------------------------------- which chain a database belongs to
+class ChainIdentityRow(Base):
+    """The chain a role's state belongs to (one row per role: "worker", "coordinator")."""
+
+    __tablename__ = "chain_identity"
+
+    role: Mapped[str] = mapped_column(String(64), primary_key=True)
+    chain_id: Mapped[int] = mapped_column(BigInteger)
+    registry_address: Mapped[str] = mapped_column(String(42))
+    genesis_hash: Mapped[str] = mapped_column(String(66))
+    deploy_block_hash: Mapped[str] = mapped_column(String(66))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=lambda: datetime.now(UTC))
+
+
+@dataclass(frozen=True)
+class ChainIdentity:
+    """A deployment's identity. A devnet restarted from scratch has the same chain id and often the same registry
+    address; anvil's genesis block is even the same on every start, so the hash of the block that deployed the
+    registry (its time differs) is part of it too."""
+
+    chain_id: int
+    registry: str
+    genesis_hash: str
+    deploy_block_hash: str
+
+    def describe(self) -> str:
+        return (f"chain id {self.chain_id}, registry {self.registry}, genesis block {self.genesis_hash[:12]}…, "
+                f"deploy block {self.deploy_block_hash[:12]}…")
+
+
+class ChainMismatch(ConfigError):
+    """A database holds the state of another chain or deployment."""
+
+
+def check_chain_identity(engine: Engine, role: str, identity: ChainIdentity, *, reset: bool = False,
+                         what: str = "the database", reset_flag: str = "--reset-state") -> None:
+    """Record `identity` for `role` in a fresh database; refuse one recorded for another chain, unless `reset`,
+    which first deletes every row of every table but other roles' identities (the role starts from scratch)."""
+    Base.metadata.create_all(engine, tables=[ChainIdentityRow.__table__])  # type: ignore[list-item]
+    with session_scope(engine) as db:
+        row = db.get(ChainIdentityRow, role)
+        if row is not None:
+            recorded = ChainIdentity(int(row.chain_id), row.registry_address, row.genesis_hash,
+                                     row.deploy_block_hash)
+            if recorded == identity:
+                return
+            if not reset:
+                raise ChainMismatch(
+                    f"{what} holds the {role}'s state of another chain ({recorded.describe()}), not of this one "
+                    f"({identity.describe()}): was the devnet restarted? Start with {reset_flag} to clear that "
+                    "state, or give another --data-dir (or --db-url)"
+                )
+    if reset:
+        present = set(inspect(engine).get_table_names())
+        with session_scope(engine) as db:
+            for table in reversed(Base.metadata.sorted_tables):
+                if table.name in present and table.name != ChainIdentityRow.__tablename__:
+                    db.execute(table.delete())
+            db.execute(delete(ChainIdentityRow).where(ChainIdentityRow.role == role))
+        log.warning("%s: cleared the %s's state (%s)", what, role, reset_flag)
+    with session_scope(engine) as db:
+        db.merge(ChainIdentityRow(role=role, chain_id=identity.chain_id, registry_address=identity.registry,
+                                  genesis_hash=identity.genesis_hash,
+                                  deploy_block_hash=identity.deploy_block_hash, recorded_at=datetime.now(UTC)))

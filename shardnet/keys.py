@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,11 @@ if TYPE_CHECKING:
 
 #: The variable read for the keystore password when no password file is given.
 PASSWORD_ENV = "SHARDNET_KEY_PASSWORD"
+
+#: A variable name as a shell accepts it (what --key-env must hold).
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Something that looks like key material: long runs of hex (a private key, with or without 0x).
+_HEXISH = re.compile(r"(0x)?[0-9a-fA-F]{32,}")
 
 #: How a user makes a keystore, for error messages.
 KEYGEN_HINT = "create one with `shardnet keygen --out FILE --password-file PW`"
@@ -42,6 +48,18 @@ def read_password(password_file: Path | None, environ: Mapping[str, str] | None 
     raise ConfigError(f"the keystore is encrypted: pass --password-file FILE or set {PASSWORD_ENV}")
 
 
+def check_key_env_name(key_env: str) -> str:
+    """`key_env` if it is an environment variable's name; refuses, without echoing it, a value that may be the
+    private key itself (or anything else that is not a variable name)."""
+    if _HEXISH.fullmatch(key_env.strip()) or not _VARIABLE_NAME.fullmatch(key_env):
+        raise ConfigError(
+            "--key-env takes the NAME of an environment variable that holds the key, not the key itself "
+            "(the value given is not shown, as it may be secret): run `export MY_KEY=0x...` and pass "
+            "--key-env MY_KEY, or use --keystore FILE"
+        )
+    return key_env
+
+
 def load_account(
     keystore: Path | None,
     password_file: Path | None,
@@ -53,7 +71,7 @@ def load_account(
 
     env = os.environ if environ is None else environ
     if key_env is not None:
-        value = env.get(key_env)
+        value = env.get(check_key_env_name(key_env))
         if not value:
             raise ConfigError(f"--key-env names ${key_env}, but that variable is not set or empty")
         try:

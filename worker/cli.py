@@ -30,6 +30,8 @@ _CHAIN_FIELDS = (
     "host",
     "port",
 )
+# settings a read-only command takes
+_READ_FIELDS = ("deployment", "rpc_url", "keystore", "password_file", "key_env")
 _METAVARS = {
     "layers": "START:END",
     "perturb_outputs": "SCALE",
@@ -63,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(--drain-grace-s), releases its assignment on chain and exits 0.",
     )
     _add_config_flags(run)
+    run.add_argument("--reset-state", action="store_true",
+                     help="clear the database's state (sessions, steps, cursor) when it belongs to another chain or "
+                     "registry, e.g. after restarting a devnet (without it such a database is refused)")
     run.set_defaults(func=_cmd_run)
 
     keygen = sub.add_parser("keygen", help="create a new key in an encrypted keystore file")
@@ -81,9 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.set_defaults(func=_cmd_keygen)
 
     status = sub.add_parser(
-        "status", help="print stake, unbonding, assignments, claimable balance and open jobs"
+        "status",
+        help="print stake, unbonding, assignments, claimable balance and open jobs",
+        description="Print a worker's standing on chain: wallet, registration and endpoint, stake, unbonding "
+        "stake and when it can be withdrawn (UTC), claimable balance, open jobs and live assignments. "
+        "Of --address without any key, else of the key's account.",
     )
-    _add_config_flags(status, _CHAIN_FIELDS)
+    _add_config_flags(status, _READ_FIELDS)
+    status.add_argument(
+        "--address", metavar="0x...", help="the worker account to show (no key needed); default: the key's account"
+    )
     status.set_defaults(func=_cmd_chain, action="status")
 
     stake = sub.add_parser("stake", help="register with a stake, or add stake if already registered")
@@ -117,7 +129,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
 def _cmd_run(args: argparse.Namespace) -> int:
     from worker.node import run_worker
 
-    return run_worker(config_from_args(args))
+    return run_worker(config_from_args(args), reset_state=args.reset_state)
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -134,7 +146,7 @@ def _cmd_chain(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     action = args.action
     if action == "status":
-        return staking.print_status(cfg)
+        return staking.print_status(cfg, args.address)
     amount: Any = getattr(args, "amount_wei", None)
     return staking.run_action(cfg, action, amount)
 

@@ -11,7 +11,9 @@ assignment, exit 0.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +21,9 @@ from typing import Any
 
 from aiohttp import web
 
-from shardnet.chain.errors import ContractRevert
 from shardnet.chain.models import resolve_model
 from shardnet.chain.registry import AssignmentInfo, ModelInfo, Registry
+from shardnet.errors import ConfigError, ShardnetError
 from shardnet.service import Lifecycle, run_service
 from shardnet.span import LayerSpan
 from worker.chain_sync import ChainSync
@@ -69,6 +71,30 @@ def kv_bytes_per_token(hf_config: dict[str, Any], span: LayerSpan, dtype: str) -
     return 2 * len(span) * kv_heads * head_dim * _DTYPE_BYTES[dtype]
 
 
+def bind_port(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port, taken before anything is sent on chain (aiohttp serves on it later)."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on --host {host!r}: {exc.strerror}; nothing was sent on chain") from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is in use (another worker?): pass a free --port, or stop the process "
+                "that holds it; nothing was sent on chain"
+            ) from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; nothing was sent on chain") from exc
+    sock.setblocking(False)
+    return sock
+
+
 @dataclass
 class PreparedNode:
     cfg: WorkerConfig
@@ -80,37 +106,50 @@ class PreparedNode:
     block: Any
     info: BlockInfo
     limits: ServerLimits
+    sock: socket.socket  # bound and listening since before the first transaction
 
 
-def prepare(cfg: WorkerConfig) -> PreparedNode:
-    """Everything before serving (blocking calls: chain, downloads, model loading)."""
+def prepare(cfg: WorkerConfig, *, reset_state: bool = False) -> PreparedNode:
+    """Everything before serving (blocking calls: chain, downloads, model loading). `reset_state` clears a
+    database that belongs to another chain (else it is refused)."""
     import torch
 
-    from shardnet.db import make_engine
+    from shardnet.chain.identity import identity_of
+    from shardnet.db import check_chain_identity, make_engine
     from shardnet.model.block import load_block
     from shardnet.store.fetch import FetchError, fetch_files
 
     torch.set_num_threads(cfg.threads)
-    registry = connect(cfg)
-    assert registry.account is not None
-    me = registry.account.address
-    state = WorkerState(make_engine(cfg.db_url, default_path=cfg.data_dir / "worker.db"), me)
-    lost = state.close_lost_sessions()
-    if lost:
-        log.warning("closed %d sessions left open by an earlier run: %s", len(lost), ", ".join(lost))
-    model = resolve_model(registry, cfg.model)
-    node = ensure_registered(registry, cfg.endpoint, cfg.stake_wei)
-    log.info("node %s registered at %s with a stake of %d wei", me, node.endpoint, node.stake)
-    live = [registry.get_assignment(a) for a in registry.live_assignments(model.model_id)]
-    span = pick_span(cfg, model, live, me)
-    log.info("serving %s (model %d) layers %s of %d", model.name, model.model_id, span, model.num_layers)
-    # without peers the store itself is the only source: every file must already be there (verified)
-    sources: list[str | Path] = [*cfg.peers] or [cfg.store_dir]
+    # everything that can fail without the chain comes before the first transaction: the port, the key,
+    # the database, the model and its files
+    sock = bind_port(cfg.host, cfg.port)
     try:
-        manifest = fetch_files(model.manifest_cid, span, sources, cfg.store_dir, progress=False)
-    except FetchError as exc:
-        raise FetchError(fetch_hint(str(exc), model, span, cfg)) from exc
-    block = load_block(cfg.store_dir, manifest.to_json(), span, getattr(torch, cfg.dtype))
+        registry = connect(cfg)
+        assert registry.account is not None
+        me = registry.account.address
+        engine = make_engine(cfg.db_url, default_path=cfg.data_dir / "worker.db")
+        check_chain_identity(engine, "worker", identity_of(registry), reset=reset_state,
+                             what=f"the worker's database ({engine.url.render_as_string(hide_password=True)})")
+        state = WorkerState(engine, me)
+        lost = state.close_lost_sessions()
+        if lost:
+            log.warning("closed %d sessions left open by an earlier run: %s", len(lost), ", ".join(lost))
+        model = resolve_model(registry, cfg.model)
+        live = [registry.get_assignment(a) for a in registry.live_assignments(model.model_id)]
+        span = pick_span(cfg, model, live, me)
+        log.info("serving %s (model %d) layers %s of %d", model.name, model.model_id, span, model.num_layers)
+        # without peers the store itself is the only source: every file must already be there (verified)
+        sources: list[str | Path] = [*cfg.peers] or [cfg.store_dir]
+        try:
+            manifest = fetch_files(model.manifest_cid, span, sources, cfg.store_dir, progress=False)
+        except FetchError as exc:
+            raise FetchError(fetch_hint(str(exc), model, span, cfg)) from exc
+        block = load_block(cfg.store_dir, manifest.to_json(), span, getattr(torch, cfg.dtype))
+        node = ensure_registered(registry, cfg.endpoint, cfg.stake_wei)
+        log.info("node %s registered at %s with a stake of %d wei", me, node.endpoint, node.stake)
+    except BaseException:
+        sock.close()
+        raise
     mine = [a for a in live if a.node == me]
     for stale in (a for a in mine if a.span != span):
         log.info("releasing assignment %d (layers %s): now serving %s", stale.assignment_id, stale.span, span)
@@ -143,7 +182,7 @@ def prepare(cfg: WorkerConfig) -> PreparedNode:
         max_body_bytes=cfg.max_body_bytes,
         forward_timeout_s=cfg.step_forward_timeout_s,
     )
-    return PreparedNode(cfg, registry, state, model, span, assignment_id, block, info, limits)
+    return PreparedNode(cfg, registry, state, model, span, assignment_id, block, info, limits, sock)
 
 
 class WorkerService:
@@ -185,7 +224,7 @@ class WorkerService:
             )
         self._runner = web.AppRunner(self.server.app(), access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, cfg.host, cfg.port).start()
+        await web.SockSite(self._runner, self.node.sock).start()  # bound before the first transaction
         self.sync.start()
         self._sync_started = True
         log.info(
@@ -217,13 +256,14 @@ def release(node: PreparedNode) -> None:
     try:
         node.registry.release_shard(node.assignment_id)
         log.info("released assignment %d", node.assignment_id)
-    except ContractRevert as exc:
-        log.warning("could not release assignment %d: %s", node.assignment_id, exc)
+    except ShardnetError as exc:  # a revert, or the chain node already gone
+        log.warning("could not release assignment %d: %s (the next start reuses or releases it)",
+                    node.assignment_id, exc)
 
 
-def run_worker(cfg: WorkerConfig) -> int:
+def run_worker(cfg: WorkerConfig, *, reset_state: bool = False) -> int:
     """The `worker run` command: returns the exit status."""
-    node = prepare(cfg)
+    node = prepare(cfg, reset_state=reset_state)
     try:
         asyncio.run(run_service(WorkerService(node), Lifecycle("worker")))
     finally:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from shardnet.chain.registry import AssignmentInfo, NodeInfo, Registry
 from shardnet.chain.tx import rpc
-from shardnet.errors import ShardnetError
+from shardnet.errors import ConfigError, ShardnetError
 from shardnet.keys import load_account
 from worker.config import WorkerConfig
 
@@ -28,6 +29,11 @@ def connect(cfg: WorkerConfig) -> Registry:
 
 def wallet_balance(registry: Registry, address: str) -> int:
     return int(rpc(registry.w3, "eth_getBalance", [address, "latest"]), 16)
+
+
+def utc(timestamp: int) -> str:
+    """A chain timestamp as `2026-11-30 14:05:00 UTC`."""
+    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def eth(wei: int) -> str:
@@ -100,7 +106,7 @@ class Standing:
             f"registered   {n.registered}" + (f" at {n.endpoint}" if n.registered else ""),
             f"stake        {eth(n.stake)}" + ("  JAILED: add stake to lift it" if n.jailed else ""),
             f"unbonding    {eth(n.unbonding)}"
-            + (f" until {n.unbonding_until} (unix time)" if n.unbonding else ""),
+            + (f" withdrawable from {utc(n.unbonding_until)}" if n.unbonding else ""),
             f"claimable    {eth(self.claimable)}",
             f"open jobs    {n.open_jobs}",
             f"assignments  {len(self.assignments)} live",
@@ -111,9 +117,12 @@ class Standing:
         return out
 
 
-def standing(registry: Registry) -> Standing:
-    assert registry.account is not None
-    me = registry.account.address
+def standing(registry: Registry, address: str | None = None) -> Standing:
+    """The standing of `address` (default: the registry's account)."""
+    if address is None:
+        assert registry.account is not None
+        address = str(registry.account.address)
+    me = address
     return Standing(
         me,
         wallet_balance(registry, me),
@@ -123,8 +132,20 @@ def standing(registry: Registry) -> Standing:
     )
 
 
-def print_status(cfg: WorkerConfig) -> int:
-    print("\n".join(standing(connect(cfg)).lines()))
+def print_status(cfg: WorkerConfig, address: str | None = None) -> int:
+    """`worker status`: of `address` without a key, else of the key's account."""
+    if address is None:
+        if cfg.keystore is None and cfg.key_env is None:
+            raise ConfigError("whose status? pass --address 0x... (no key needed), or your key with "
+                              "--keystore FILE or --key-env VAR")
+        print("\n".join(standing(connect(cfg)).lines()))
+        return 0
+    from eth_utils import is_address, to_checksum_address
+
+    if not is_address(address):
+        raise ConfigError(f"--address {address!r} is not an account address (0x and 40 hex digits)")
+    registry = Registry.from_deployment(cfg.deployment, None, rpc_url=cfg.rpc_url)
+    print("\n".join(standing(registry, to_checksum_address(address)).lines()))
     return 0
 
 

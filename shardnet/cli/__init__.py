@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import warnings
 
 from shardnet.errors import ShardnetError
 
@@ -41,10 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_library_noise() -> None:
+    """Keep libraries' noise out of what a command prints and out of role logs: Hugging Face progress bars
+    unless stderr is a terminal, and transformers' FutureWarning about `past_key_values` (the adapters pass it
+    on purpose, for the transformers versions that still need it)."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated", category=FutureWarning)
+
+
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Parse `argv`, set up logging and run the chosen subcommand's `func`: the one entry point of every
     shardnet command (`shardnet`, `worker`, `coordinator`). A ShardnetError becomes `error: ...` and exit 1."""
     args = parser.parse_args(argv)
+    quiet_library_noise()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -55,7 +67,10 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) 
     try:
         return int(args.func(args) or 0)
     except ShardnetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from shardnet.chain.errors import ContractRevert
+        from shardnet.chain.explain import explain
+
+        print(f"error: {explain(exc) if isinstance(exc, ContractRevert) else exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -151,7 +151,9 @@ def _load_key(key_file: Path | None, key_env: str | None) -> LocalAccount:
             raise ConfigError(f"cannot read --key-file {key_file}: {exc.strerror}") from exc
         source = f"--key-file {key_file}"
     else:
-        raw = os.environ.get(key_env or "", "").strip()
+        from shardnet.keys import check_key_env_name
+
+        raw = os.environ.get(check_key_env_name(key_env or ""), "").strip()
         if not raw:
             raise ConfigError(f"--key-env names ${key_env}, but that variable is not set or empty")
         source = f"${key_env}"

@@ -12,8 +12,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from shardnet.cli.chain_args import add_chain_flags, registry_from_args
+from shardnet.errors import ConfigError
+
+#: Escrow (ether) `shardnet submit` pays without asking.
+DEFAULT_MAX_ESCROW_ETH = 0.1
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,9 +35,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = subparsers.add_parser(
         "submit", help="pay for a job, hand its prompt to a coordinator, print the checked output",
-        description="Pay quote() into escrow by contract call, hand the prompt to the coordinator (its endpoint "
-        "from the chain, or --coordinator), wait for the job to be finalized (progress on stderr), and print the "
-        "output once its keccak256 matches the outputHash on chain.",
+        description="Ask the coordinator (its endpoint from the chain, or --coordinator) whether the job can run "
+        "(live workers cover the model, the prompt fits maxPromptTokens, --max-tokens fits the route), show the "
+        "quote, confirm it above --max-escrow, pay it into escrow by contract call, hand the prompt over, wait for "
+        "the job to be finalized (progress on stderr), and print the output once its keccak256 matches the "
+        "outputHash on chain. Nothing is paid when a check fails.",
     )
     p.add_argument("prompt", help="the prompt text (its keccak256 goes on chain, the text only to the coordinator)")
     p.add_argument("--model", required=True, help="the model: its registered name or its on-chain id")
@@ -46,6 +53,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    "as one user message (the on-chain inputHash is of your prompt either way)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the job (default 600)")
     p.add_argument("--json", action="store_true", help="print a JSON record (job id, output, route, commitments)")
+    p.add_argument("--max-escrow", type=float, default=DEFAULT_MAX_ESCROW_ETH, metavar="ETH",
+                   help="pay up to this much escrow (ether) without asking; above it ask on the terminal, or refuse "
+                   f"when stdin is not a terminal (default {DEFAULT_MAX_ESCROW_ETH})")
+    p.add_argument("--yes", action="store_true", help="pay whatever the quote is, without asking (for scripts)")
     add_chain_flags(p, needs_key=True)
     p.set_defaults(func=cmd_submit)
 
@@ -53,6 +64,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--mine", action="store_true", help="only the jobs submitted by your key")
     add_chain_flags(p, needs_key=False)
     p.set_defaults(func=cmd_jobs)
+
+    p = subparsers.add_parser(
+        "balance", help="an account's wallet, claimable balance and escrow in open jobs (no key needed)",
+        description="Print an account's wallet balance, its claimable balance in the registry (refunds, payouts) "
+        "and the escrow locked in its open jobs. Give ADDRESS, or a key (--key-env/--keystore) for your own.",
+    )
+    p.add_argument("address", nargs="?", metavar="ADDRESS", help="the account (0x...); default: your key's address")
+    add_chain_flags(p, needs_key=False, key_note=" (only needed without ADDRESS)")
+    p.set_defaults(func=cmd_balance)
 
     p = subparsers.add_parser("cancel", help="cancel your job after its deadline: the whole escrow is refunded", description="Cancel your job after its deadline: the whole escrow is refunded.")
     p.add_argument("job_id", type=int, help="the job's on-chain id")
@@ -72,14 +92,37 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    from shardnet.client import ShardnetClient
+def confirm_escrow(max_escrow_eth: float, yes: bool) -> Any:
+    """The `confirm(quote_wei, preflight)` of `ShardnetClient.submit` for the --max-escrow and --yes flags."""
+    from shardnet.client import format_eth
 
+    if not max_escrow_eth >= 0:  # also refuses NaN
+        raise ConfigError(f"--max-escrow must be an amount of ether >= 0, not {max_escrow_eth}")
+    limit = int(max_escrow_eth * 10**18)
+
+    def confirm(quote: int, preflight: dict[str, Any]) -> bool:
+        if yes or quote <= limit:
+            return True
+        if not sys.stdin.isatty():
+            raise ConfigError(f"the escrow, {format_eth(quote)}, is above --max-escrow {max_escrow_eth:g} ETH and "
+                              "stdin is not a terminal to ask: nothing was paid; lower --max-tokens, raise "
+                              "--max-escrow, or pass --yes")
+        answer = input(f"pay {format_eth(quote)} into escrow (above --max-escrow {max_escrow_eth:g} ETH)? [y/N] ")
+        return answer.strip().lower() in ("y", "yes")
+
+    return confirm
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from shardnet.client import ShardnetClient, check_max_tokens
+
+    check_max_tokens(args.max_tokens)
+    confirm = confirm_escrow(args.max_escrow, args.yes)
     client = ShardnetClient(registry_from_args(args, needs_key=True), coordinator_url=args.coordinator)
     outcome = client.submit(
         args.prompt, model=args.model, max_tokens=args.max_tokens, temperature=args.temperature,
         top_p=args.top_p, seed=args.seed, chat=not args.raw, timeout_s=args.timeout,
-        progress=lambda message: print(message, file=sys.stderr, flush=True),
+        progress=lambda message: print(message, file=sys.stderr, flush=True), confirm=confirm,
     )
     if args.json:
         print(json.dumps({"job_id": outcome.job_id, "output": outcome.text,
@@ -92,14 +135,38 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from shardnet.client import ShardnetClient
+    from shardnet.client import ShardnetClient, format_eth
 
     registry = registry_from_args(args, needs_key=args.mine)
     mine = registry.account.address if args.mine else None
     rows = ShardnetClient(registry).jobs(mine)
-    print(f"{'job':>5}  {'status':<10} {'model':>5} {'max_tokens':>10} {'escrow_wei':>22}  client")
+    names = {i: registry.get_model(i).name for i in sorted({j.model_id for j in rows})}
+    print(f"{'job':>5}  {'status':<10} {'model':<24} {'max_tokens':>10} {'escrow':>16}  client")
     for j in rows:
-        print(f"{j.job_id:>5}  {j.status.name:<10} {j.model_id:>5} {j.max_tokens:>10} {j.escrow:>22}  {j.client}")
+        print(f"{j.job_id:>5}  {j.status.name.lower():<10} {names[j.model_id]:<24} {j.max_tokens:>10} "
+              f"{format_eth(j.escrow):>16}  {j.client}")
+    return 0
+
+
+def cmd_balance(args: argparse.Namespace) -> int:
+    from eth_utils import is_address, to_checksum_address
+
+    from shardnet.client import ShardnetClient, format_eth
+
+    if args.address is not None and not is_address(args.address):
+        raise ConfigError(f"{args.address!r} is not an account address (0x and 40 hex digits)")
+    registry = registry_from_args(args, needs_key=False)
+    if args.address is None and registry.account is None:
+        raise ConfigError("whose balance? give an ADDRESS, or your key with --key-env VAR or --keystore FILE")
+    address = to_checksum_address(args.address) if args.address else registry.account.address
+    open_jobs = ShardnetClient(registry).open_jobs(address)
+    escrowed = sum(j.escrow for j in open_jobs)
+    print(f"address    {address}")
+    print(f"wallet     {format_eth(registry.w3.eth.get_balance(address))}")
+    print(f"claimable  {format_eth(registry.claimable(address))}" + ("  (`shardnet claim` withdraws it)"
+                                                                     if registry.claimable(address) else ""))
+    print(f"escrowed   {format_eth(escrowed)} in {len(open_jobs)} open jobs"
+          + (f" ({', '.join(f'#{j.job_id}' for j in open_jobs)})" if open_jobs else ""))
     return 0
 
 

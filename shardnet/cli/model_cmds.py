@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -134,11 +135,16 @@ def _describe(cid: str, manifest: Manifest) -> str:
     )
 
 
+def progress_wanted() -> bool:
+    """Progress bars only on a terminal: redirected to a file they are thousands of carriage returns."""
+    return sys.stderr.isatty()
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from shardnet.model.importer import import_model, smollm2_gguf_path
 
     source = smollm2_gguf_path() if args.source == "smollm2" else Path(args.source)
-    cid, manifest = import_model(source, args.store, name=args.name, dtype=args.dtype)
+    cid, manifest = import_model(source, args.store, name=args.name, dtype=args.dtype, progress=progress_wanted())
     print(_describe(cid, manifest))
     print()
     print(_file_table(args.store, list(manifest.files)))
@@ -151,7 +157,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from shardnet.store.fetch import fetch_files
 
     span = _span(args.layers)
-    manifest = fetch_files(args.manifest_cid, span, args.sources, args.store, timeout=args.timeout)
+    manifest = fetch_files(args.manifest_cid, span, args.sources, args.store, timeout=args.timeout,
+                           progress=progress_wanted())
     print(f"{manifest.name} layers {span}: verified in {args.store}")
     print(_file_table(args.store, manifest.files_for(span)))
     return 0

@@ -23,6 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from shardnet.errors import ShardnetError
+from shardnet.model.import_cache import cached_import, normalize_tokenizer_config, record_import, source_key
 from shardnet.store.local import LocalStore
 from shardnet.store.manifest import Manifest, ShardFile, TokenizerFile, canonical_json
 
@@ -163,14 +164,23 @@ def import_model(
     progress: bool = True,
 ) -> tuple[str, Manifest]:
     """Import ``source`` (checkpoint folder or .gguf file) into ``store_dir``; returns (manifest CID, manifest)."""
-    from shardnet.model.adapters import get_adapter
-    from shardnet.model.export import save_parts
-
     src = Path(source)
-    torch_dtype = _torch_dtype(dtype)
+    if dtype not in DTYPES:
+        _torch_dtype(dtype)  # raises the error that says which dtypes there are
     if not src.exists():
         raise ModelImportError(f"model source {src} does not exist; pass a checkpoint folder or a .gguf file")
     store = LocalStore(store_dir).ensure()
+    key = source_key(src, dtype, name)
+    cached = cached_import(store, key)
+    if cached is not None:
+        log.info("%s was imported before as manifest %s and the store holds all its files: nothing to do",
+                 src, cached[0])
+        return cached
+    # torch and transformers are imported only now: a cached import needs none of them
+    from shardnet.model.adapters import get_adapter
+    from shardnet.model.export import save_parts
+
+    torch_dtype = _torch_dtype(dtype)
     with tempfile.TemporaryDirectory(prefix=".tmp-import-", dir=store.root) as tmp:
         work = Path(tmp)
         tok_dir = work / "tokenizer"
@@ -200,6 +210,7 @@ def import_model(
             files.append(ShardFile(part.name, part.part, part.start, part.end, cid, part.size))
         tokenizer = []
         for p in sorted(tok_dir.iterdir()):
+            normalize_tokenizer_config(p)  # no loading options (set by environment variables) in the CID
             size = p.stat().st_size
             tokenizer.append(TokenizerFile(p.name, store.put_file(p, move=True), size))
     manifest = Manifest(
@@ -214,6 +225,7 @@ def import_model(
         tokenizer=tuple(tokenizer),
     )
     manifest_cid = store.put_bytes(manifest.to_json_bytes())
+    record_import(store, key, manifest_cid)
     log.info(
         "imported %s: %d layers, %d files, %.1f MB; manifest %s",
         manifest.name,

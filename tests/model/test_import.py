@@ -160,3 +160,45 @@ def test_blocks_loaded_from_the_store_match_the_original_model(tiny_llama_store)
         first_logits = original(ids).logits[0, -1]
     assert result.tokens == expected
     torch.testing.assert_close(result.logits[0], first_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_loading_options_in_tokenizer_config_do_not_change_the_cid(tmp_path: Path) -> None:
+    """Issue 12 item 10: transformers records how a tokenizer was loaded (HF_HUB_OFFLINE gives local_files_only);
+    such keys are dropped, so the CID depends only on the model."""
+    import json
+    import shutil
+
+    plain = _tiny_checkpoint(tmp_path / "plain")
+    offline = tmp_path / "offline"
+    shutil.copytree(plain, offline)
+    config = json.loads((offline / "tokenizer_config.json").read_text())
+    config.update({"local_files_only": True, "name_or_path": str(offline), "cache_dir": "/root/.cache"})
+    (offline / "tokenizer_config.json").write_text(json.dumps(config))
+    cid_plain, _ = import_model(plain, tmp_path / "s1", name="tiny", progress=False)
+    cid_offline, manifest = import_model(offline, tmp_path / "s2", name="tiny", progress=False)
+    assert cid_plain == cid_offline
+    stored = json.loads((tmp_path / "s2" / manifest.tokenizer[0].cid).read_bytes())
+    assert stored == {"model_max_length": 64}
+
+
+def test_importing_a_model_already_stored_is_incremental(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shardnet.model.importer as importer
+
+    ckpt = _tiny_checkpoint(tmp_path / "ckpt")
+    store = tmp_path / "store"
+    cid, manifest = import_model(ckpt, store, progress=False)
+
+    def no_load(*_args: object) -> None:
+        raise AssertionError("the weights were loaded again")
+
+    with monkeypatch.context() as m:
+        m.setattr(importer, "_load_folder", no_load)
+        assert import_model(ckpt, store, progress=False)[0] == cid  # nothing loaded, nothing written
+        with pytest.raises(AssertionError, match="loaded again"):  # another dtype is another import
+            import_model(ckpt, store, dtype="bfloat16", progress=False)
+    # a file missing from the store makes the import run again and restore it
+    layer = store / manifest.file_for_layer(0).cid
+    layer.chmod(0o644)
+    layer.unlink()
+    assert import_model(ckpt, store, progress=False)[0] == cid
+    assert cid_of_file(layer) == manifest.file_for_layer(0).cid

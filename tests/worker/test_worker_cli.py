@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from shardnet.chain.devnet import free_port
 from tests.service_proc import REPO
 from worker.cli import main
 from worker.config import WorkerConfig
@@ -61,6 +62,15 @@ def test_run_help_explains_every_setting() -> None:
     for name in WorkerConfig.model_fields:
         assert f"--{name.replace('_', '-')} " in text and f"SHARDNET_WORKER_{name.upper()}" in text, name
     assert "--perturb-outputs SCALE" in text and "for testing the verifier only" in text.lower()
+
+
+def test_status_help_describes_it_and_shows_only_its_own_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["status", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Print a worker's standing on chain" in text and "--address" in text
+    for foreign in ("--port", "--host", "--public-url", "--model", "--layers"):
+        assert f"{foreign} " not in text, foreign
 
 
 @pytest.mark.parametrize("command", ["keygen", "status", "stake", "unstake", "withdraw", "claim"])
@@ -118,6 +128,11 @@ def test_keygen_status_stake_unstake_withdraw_claim(cli, tmp_path: Path, anvil, 
     )
     unstaked = cli("unstake", *chain, "--amount-wei", str(10**18), env=env)
     assert unstaked.returncode == 0 and "unbonding    1.000000 ETH" in unstaked.stdout
+    by_address = cli("status", "--deployment", str(dep_file), "--address", address)  # no key at all
+    assert by_address.returncode == 0, by_address.stderr
+    assert address in by_address.stdout and "stake        1.000000 ETH" in by_address.stdout
+    assert re.search(r"unbonding    1\.000000 ETH .*withdrawable from \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC",
+                     by_address.stdout), by_address.stdout
     early = cli("withdraw", *chain, env=env)
     assert early.returncode == 1 and "ShardRegistryStillUnbonding" in early.stderr
     anvil.advance_time(deployment.params["unbonding_period"] + 1)
@@ -148,6 +163,8 @@ def test_run_with_an_unfunded_key_says_why_it_cannot_register(
         str(store),
         "--data-dir",
         str(tmp_path / "w"),
+        "--port",
+        str(free_port()),
     ]
     key = "0x" + "42" * 32
     unknown = cli(*args, "--model", "tiny", env={"K": key})
@@ -204,8 +221,44 @@ def test_missing_shard_files_name_the_workers_own_settings(
         str(tmp_path / "w"),
         "--peers",
         str(empty),
+        "--port",
+        str(free_port()),
     )
     assert code == 1
     assert f"cannot get layers 0:2 of tiny (manifest {cid}) from {empty}" in err
     assert "add to --peers" in err and "--from" not in err
     assert accounts[2].key.hex()[2:] not in err
+
+
+def test_run_on_a_port_in_use_sends_nothing_on_chain(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    registry,
+    accounts,
+    anvil,
+    deployment,
+    tiny_llama_store,
+) -> None:
+    """Issue 12 item 3: the port is taken before any transaction, so a clash registers, stakes and announces nothing."""
+    import socket
+
+    store, cid, _ = tiny_llama_store
+    registry.register_model("tiny", cid, 4, 1)
+    worker = accounts[3]
+    nonce = anvil.w3.eth.get_transaction_count(worker.address)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code, err = _run_worker(
+            monkeypatch, capsys, {"K": worker.key.hex()}, "run", "--deployment",
+            str(deployment.save(tmp_path / "deployment.json")), "--key-env", "K", "--model", "tiny",
+            "--layers", "0:2", "--store-dir", str(store), "--data-dir", str(tmp_path / "w"),
+            "--host", "127.0.0.1", "--port", str(port),
+        )
+    assert code == 1
+    assert f"port {port} on 127.0.0.1 is in use" in err and "nothing was sent on chain" in err, err
+    assert "Traceback" not in err
+    assert anvil.w3.eth.get_transaction_count(worker.address) == nonce
+    assert not registry.get_node(worker.address).registered
