@@ -4,7 +4,8 @@ Jobs paid by clients on chain:
     POST /v1/jobs/{id}/prompt   {"prompt", "temperature"?, "top_p"?, "seed"?, "ignore_eos"?, "chat"?}  -> 202 the job
     GET  /v1/jobs/{id}          status, route, commitments (read from the chain), and the output once
                                 generated if X-Shardnet-Auth is the job client's signature of
-                                `shardnet.client.output_read_message(id)` (nobody else reads it)
+                                `shardnet.client.output_read_message(id, expires_at)`, not expired
+                                (`sign_output_read`; nobody else reads it)
     GET  /v1/jobs?client=0x…    the jobs this coordinator knows (without outputs)
     GET  /v1/workers            the live workers as routing sees them (down, excluded, load, measurements)
     GET  /health
@@ -31,11 +32,14 @@ from coordinator.models import ModelUnavailable
 from coordinator.router import NoRouteError, choose_route
 from coordinator.sampling import SamplingParams
 from coordinator.service import CoordinatorService, PromptRejected
-from shardnet.client import AUTH_HEADER, output_read_message
+from shardnet.client import AUTH_HEADER, output_reader
 from shardnet.errors import ConfigError, ShardnetError
+from shardnet.wire.json_limits import read_json
 
 log = logging.getLogger(__name__)
 
+MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_JSON_DEPTH = 32  # chat messages nest 3 deep; bounded before parsing (a 100,000-deep body used to crash)
 SERVICE: web.AppKey[CoordinatorService] = web.AppKey("service", CoordinatorService)
 
 
@@ -57,11 +61,8 @@ def _sampling(body: dict[str, Any]) -> SamplingParams:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise web.HTTPBadRequest(text=json.dumps({"error": {"message": "the body must be JSON"}}),
-                                 content_type="application/json") from None
+    body = await read_json(request, max_bytes=MAX_BODY_BYTES, max_depth=MAX_JSON_DEPTH,
+                           error_body=lambda message: {"error": {"message": message, "type": "invalid_request_error"}})
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text=json.dumps({"error": {"message": "the body must be a JSON object"}}),
                                  content_type="application/json")
@@ -109,18 +110,8 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 def _reader(request: web.Request, job_id: int) -> str | None:
-    """The address that signed this request's X-Shardnet-Auth for `job_id` (lowercase), if any."""
-    from eth_account import Account
-    from eth_account.messages import encode_defunct
-
-    signature = request.headers.get(AUTH_HEADER)
-    if not signature:
-        return None
-    try:
-        signer = Account.recover_message(encode_defunct(text=output_read_message(job_id)), signature=signature)
-    except Exception:  # noqa: BLE001 - a malformed signature simply reads nothing
-        return None
-    return str(signer).lower()
+    """The address that signed this request's X-Shardnet-Auth for `job_id` (lowercase), if valid now."""
+    return output_reader(request.headers.get(AUTH_HEADER), job_id)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -292,7 +283,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 def make_app(service: CoordinatorService) -> web.Application:
-    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[SERVICE] = service
     app.add_routes([
         web.post("/v1/jobs/{job_id}/prompt", post_prompt),
