@@ -23,10 +23,12 @@ from shardnet.chain.errors import ContractRevert
 from shardnet.chain.registry import AssignmentInfo, ModelInfo, Registry
 from shardnet.errors import ConfigError
 from shardnet.span import LayerSpan
+from shardnet.wire.http_guard import ConnectionGuard
 from worker.accounts import connect, ensure_registered
 from worker.chain_sync import ChainSync
 from worker.config import WorkerConfig
-from worker.server import BlockInfo, CoordinatorCheck, ServerLimits, WorkerServer
+from worker.coordinator_check import CoordinatorCheck
+from worker.server import BlockInfo, ServerLimits, WorkerServer
 from worker.span_choice import choose_best_span, default_span_length
 from worker.state import WorkerState
 
@@ -161,6 +163,7 @@ def prepare(cfg: WorkerConfig) -> PreparedNode:
         idle_timeout_s=cfg.session_timeout_s,
         max_body_bytes=cfg.max_body_bytes,
         forward_timeout_s=cfg.step_forward_timeout_s,
+        body_timeout_s=cfg.body_timeout_s,
     )
     return PreparedNode(cfg, registry, state, model, span, assignment_id, block, info, limits)
 
@@ -173,8 +176,13 @@ async def serve(node: PreparedNode) -> None:
     # The step thread needs the GIL between torch ops; with the default 5 ms switch interval a chain-polling
     # or HTTP thread that holds it can delay each layer's Python glue by up to 5 ms.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    coordinator_check = CoordinatorCheck(node.registry.is_coordinator)
     sync = ChainSync(
-        node.registry, node.state, poll_interval_s=cfg.poll_interval_s, confirmations=cfg.confirmations
+        node.registry,
+        node.state,
+        poll_interval_s=cfg.poll_interval_s,
+        confirmations=cfg.confirmations,
+        on_coordinator_set=lambda address, _approved: coordinator_check.forget(address),
     )
     if cfg.perturb_outputs > 0:
         log.warning(
@@ -187,15 +195,25 @@ async def serve(node: PreparedNode) -> None:
         model_id=node.model.model_id,
         block=node.block,
         info=node.info,
-        is_coordinator=CoordinatorCheck(node.registry.is_coordinator),
+        is_coordinator=coordinator_check,
         state=node.state,
         limits=node.limits,
         extra_routes=make_shard_routes(cfg.store_dir),
         perturb_outputs=cfg.perturb_outputs,
         on_session_closed=sync.wake,
     )
-    runner = web.AppRunner(server.app(), access_log=None)
+    # A connection that sends no whole request head within header_timeout_s is closed (aiohttp arms its
+    # keep-alive timer when a connection opens); a body not sent within body_timeout_s gets 408 from the
+    # handler; after an early answer (408, 413) the unread rest of a body is drained for at most
+    # header_timeout_s (aiohttp's lingering_time), then the connection is closed. So no socket is held for ever.
+    runner = web.AppRunner(
+        server.app(),
+        access_log=None,
+        keepalive_timeout=cfg.header_timeout_s,
+        lingering_time=cfg.header_timeout_s,
+    )
     await runner.setup()
+    ConnectionGuard.install(runner, max_per_ip=cfg.max_connections_per_ip)
     site = web.TCPSite(runner, cfg.host, cfg.port)
     await site.start()
     sync.start()
