@@ -54,15 +54,18 @@ class BodyTimeout(BodyRejected):
     status = 408
 
 
-def nesting_depth(data: bytes, limit: int) -> int:
+def nesting_depth(data: bytes) -> int:
     """The deepest nesting of `[`/`{` in `data` outside strings, in linear time without recursion
-    (strings are cut out by a regex, the brackets left are summed by numpy); at most `limit` + 1 is told."""
-    if data.count(b"[") + data.count(b"{") <= limit:
-        return min(limit, data.count(b"[") + data.count(b"{"))  # cannot be deeper: no need to scan
+    (strings are cut out by a regex, the brackets left are summed by numpy)."""
     brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKET)
     steps = np.frombuffer(brackets, dtype=np.uint8)
     depth = np.cumsum(np.where((steps == ord("[")) | (steps == ord("{")), 1, -1), dtype=np.int64)
-    return min(int(depth.max(initial=0)), limit + 1)
+    return int(depth.max(initial=0))
+
+
+def too_deep(data: bytes, max_depth: int) -> bool:
+    """Whether `data` nests `[`/`{` more than `max_depth` deep (only scanned when it has that many)."""
+    return data.count(b"[") + data.count(b"{") > max_depth and nesting_depth(data) > max_depth
 
 
 def _refuse_constant(name: str) -> Any:
@@ -86,8 +89,7 @@ def loads_limited(
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
     if len(raw) > max_bytes:
         raise BodyTooLarge(f"JSON of {len(raw)} bytes is larger than the {max_bytes} accepted here")
-    depth = nesting_depth(raw, max_depth)
-    if depth > max_depth:
+    if too_deep(raw, max_depth):
         raise JSONRejected(f"JSON nested more than {max_depth} levels deep is refused here")
     try:
         text = raw.decode("utf-8")
@@ -145,6 +147,8 @@ async def read_body_limited(request: web.Request, max_bytes: int, timeout_s: flo
 
     try:
         return await asyncio.wait_for(read(), timeout_s)
+    except ConnectionError as exc:  # the sender went away mid-body: nobody reads the answer
+        raise BodyRejected(f"the connection was lost while the body was read ({exc})") from None
     except TimeoutError:
         raise BodyTimeout(
             f"the request body did not arrive within {timeout_s:g} s: send it at once, or send less"

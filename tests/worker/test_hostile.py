@@ -5,9 +5,11 @@ corrupted store file. Each case ends by checking that the process is alive and s
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import socket
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from shardnet.chain.registry import Registry
 from shardnet.model.reference import greedy_generate, load_reference
 from shardnet.span import LayerSpan
 from shardnet.store.cid import cid_of_file
+from tests.worker.fuzz_requests import FuzzRequest, FuzzTargets, hostile_requests
 from tests.worker.harness import WorkerProc, run, start_worker, ticket
 from worker.client import WorkerClient
 from worker.errors import WorkerAPIError
@@ -247,3 +250,82 @@ def test_a_corrupted_store_file_is_not_served_but_quarantined(net: Net) -> None:
     quarantined = net.store / ".quarantine" / cid
     assert quarantined.exists() and cid_of_file(quarantined) != cid
     assert run(asyncio.wait_for(get(), 10))[0] == 404  # still not served
+
+
+_RAW_GARBAGE = [
+    b"GET / HTTP/9.9\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS hello
+    b"POST /v1/sessions HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+    b"POST /v1/sessions HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+    b"POST /v1/sessions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n",
+    b"GET /health HTTP/1.1\r\nX: " + b"a" * 20_000 + b"\r\n\r\n",
+    b"GET /health HTTP/1.1\r\n" + b"X-H: 1\r\n" * 500 + b"\r\n",
+    b"GET /\x00\xff HTTP/1.1\r\n\r\n",
+    b"\r\n\r\n\r\n",
+]
+
+
+async def _send_raw(port: int, data: bytes) -> int:
+    """Send raw bytes; the status the worker answers (0 when it just closes the connection)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), 15)
+        parts = line.split()
+        return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    except (ConnectionError, TimeoutError):
+        return 0
+    finally:
+        writer.close()
+
+
+async def _fuzz(net: Net, seed: int, count: int) -> Counter[int]:
+    rng = random.Random(seed)
+    tickets = [
+        ticket(net.coordinator, net.worker.address, SPAN, job_id=rng.randrange(2**40)) for _ in range(40)
+    ]
+    statuses: Counter[int] = Counter()
+    async with WorkerClient(net.worker.url) as w:
+        sessions = []
+        for _ in range(4):
+            sid = (await w.open_session(ticket(net.coordinator, net.worker.address, SPAN)))["session_id"]
+            sessions.append((sid, w.session_token(sid)))
+        targets = FuzzTargets(tickets, sessions, hidden_size=64, vocab_size=256)
+        limit = asyncio.Semaphore(16)
+        connector = aiohttp.TCPConnector(limit=16)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
+
+            async def send(req: FuzzRequest) -> None:
+                async with limit:
+                    async with http.request(req.method, net.worker.url + req.path, data=req.body,
+                                            headers=req.headers) as resp:
+                        await resp.read()
+                        statuses[resp.status] += 1
+                        if resp.status >= 500:
+                            raise AssertionError(f"{resp.status} for {req.method} {req.path[:80]} {req.body[:80]!r}")
+
+            await asyncio.gather(*(send(r) for r in hostile_requests(seed, count, targets)))
+        for data in _RAW_GARBAGE * (1 + count // 1000):
+            statuses[await _send_raw(net.worker.port, data)] += 1
+    assert not [s for s in statuses if s >= 500], statuses
+    return statuses
+
+
+def test_ten_thousand_hostile_requests_get_no_5xx_and_a_normal_session_is_served_after(net: Net) -> None:
+    t0 = time.monotonic()
+    statuses = run(_fuzz(net, seed=11, count=10_000))
+    elapsed = time.monotonic() - t0
+    assert sum(statuses.values()) >= 10_000
+    assert {400, 401, 404, 409, 413, 422} <= set(statuses), statuses  # the generator reaches every check
+    assert "internal error" not in net.worker.log()
+    assert_still_serving(net)
+    print(f"fuzz: {sum(statuses.values())} requests in {elapsed:.1f} s: {dict(sorted(statuses.items()))}")
+
+
+@pytest.mark.soak
+def test_soak_a_hundred_thousand_hostile_requests(net: Net) -> None:
+    for seed in range(10):
+        run(_fuzz(net, seed=1000 + seed, count=10_000))
+    assert "internal error" not in net.worker.log()
+    assert_still_serving(net)
