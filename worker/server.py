@@ -9,12 +9,10 @@ database writes run on another, in order. Errors leave as `{"error": "..."}` wit
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -25,7 +23,7 @@ from shardnet.model.adapters import ModelError
 from shardnet.span import LayerSpan
 from shardnet.wire.commitment import merkle_root, step_hash
 from shardnet.wire.frames import decode_frame, encode_frame
-from shardnet.wire.json_limits import BodyRejected, loads_limited, read_body_limited
+from shardnet.wire.json_limits import BodyRejected, read_body_limited
 from shardnet.wire.tickets import TicketError, verify_ticket
 from worker.coordinator_check import CoordinatorCheck
 from worker.errors import (
@@ -36,6 +34,7 @@ from worker.errors import (
     WorkerAPIError,
     WorkerUnavailable,
 )
+from worker.forwarding import SESSION_TOKEN_HEADER, forward_step
 from worker.inputs import (
     MAX_OPEN_JSON_BYTES,
     check_job_id,
@@ -44,6 +43,7 @@ from worker.inputs import (
     parse_open_request,
     parse_start_pos,
 )
+from worker.limits import BlockInfo, ServerLimits
 from worker.metrics import WorkerMetrics
 from worker.sessions import ModelSession, Session, SessionManager
 from worker.state import WorkerState
@@ -51,36 +51,8 @@ from worker.state import WorkerState
 log = logging.getLogger(__name__)
 
 LOGITS_CODEC = "fp32"  # the last block's logits always travel in full precision
-SESSION_TOKEN_HEADER = "X-Session-Token"
-#: JSON a worker reads from the next worker (an error, a list of hop hashes): small and flat
-MAX_PEER_JSON_BYTES, MAX_PEER_JSON_DEPTH = 64 * 1024, 4
 
 __all__ = ["BlockInfo", "CoordinatorCheck", "ServerLimits", "WorkerServer", "SESSION_TOKEN_HEADER"]
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    max_sessions: int = 16
-    max_per_coordinator: int = 16
-    max_length: int = 2048
-    max_memory_bytes: int = 1 << 30
-    idle_timeout_s: float = 300.0
-    max_body_bytes: int = 64 << 20
-    forward_timeout_s: float = 60.0
-    body_timeout_s: float = 30.0  # a request body not fully sent by then gets 408 and frees the connection
-
-
-@dataclass(frozen=True)
-class BlockInfo:
-    """What the server must know about the block it serves (from `shardnet.model.Block` and the manifest)."""
-
-    span: LayerSpan
-    num_layers: int
-    is_first: bool
-    is_last: bool
-    hidden_size: int
-    vocab_size: int | None
-    kv_bytes_per_token: int
 
 
 class WorkerServer:
@@ -388,27 +360,10 @@ class WorkerServer:
         return frame, digest
 
     async def _forward(self, session: Session, frame: bytes, digest: bytes, start_pos: int) -> web.Response:
-        hop = session.next_hop
-        assert hop is not None and self._http is not None
-        url = f"{hop.url}/v1/sessions/{hop.session_id}/step"
-        try:
-            headers = {"X-Start-Pos": str(start_pos), SESSION_TOKEN_HEADER: hop.token}
-            async with self._http.post(url, data=frame, headers=headers) as resp:
-                body = await resp.read()
-                if resp.status != 200:
-                    raise _downstream_error(hop.url, resp.status, body)
-                downstream = _hop_hashes(resp.headers.get("X-Hop-Hashes"), resp.headers["X-Step-Hash"])
-                headers = {
-                    "X-Step-Hash": resp.headers["X-Step-Hash"],
-                    "X-Step-Index": resp.headers.get("X-Step-Index", ""),
-                    "X-Hop-Hashes": json.dumps(["0x" + digest.hex(), *downstream]),
-                }
-        except (TimeoutError, aiohttp.ClientError, KeyError, ValueError) as exc:
-            raise NextHopFailed(
-                f"next worker {hop.url} failed ({type(exc).__name__}: {exc}); this hop's output is kept: "
-                f"fetch it from GET /v1/sessions/{session.session_id}/outputs to replay on a replacement",
-                url=hop.url,
-            ) from exc
+        assert session.next_hop is not None and self._http is not None
+        body, headers = await forward_step(
+            self._http, session.next_hop, frame, digest, start_pos, session_id=session.session_id
+        )
         return web.Response(body=body, headers=headers, content_type="application/octet-stream")
 
     def _session_closed(self, session: Session, reason: str) -> None:
@@ -427,27 +382,6 @@ class WorkerServer:
     def _db_write(self, fn: Callable[..., Any], *args: Any) -> None:
         future = self._db.submit(fn, *args)
         future.add_done_callback(_log_failure)
-
-
-def _hop_hashes(header: str | None, step_hash: str) -> list[str]:
-    """The next worker's `X-Hop-Hashes` (a JSON list of 0x-hex strings), checked, else its own step hash."""
-    if header is None:
-        return [step_hash]
-    hashes = loads_limited(header, max_bytes=MAX_PEER_JSON_BYTES, max_depth=MAX_PEER_JSON_DEPTH)
-    if not isinstance(hashes, list) or not all(isinstance(h, str) for h in hashes):
-        raise ValueError("X-Hop-Hashes is not a JSON list of hex strings")
-    return hashes
-
-
-def _downstream_error(url: str, status: int, body: bytes) -> WorkerAPIError:
-    try:
-        data = loads_limited(body, max_bytes=MAX_PEER_JSON_BYTES, max_depth=MAX_PEER_JSON_DEPTH)
-        message, failed = str(data.get("error", "")), str(data.get("failed_hop") or url)
-    except (ValueError, AttributeError):
-        message, failed = body[:200].decode(errors="replace"), url
-    if status == 502:  # a hop further down failed: pass its name on unchanged
-        return NextHopFailed(message, url=failed)
-    return NextHopFailed(f"next worker {url} answered {status}: {message}", url=url)
 
 
 def _log_failure(future: Any) -> None:
