@@ -45,8 +45,12 @@ from shardnet.chain.watcher import EventWatcher
 from shardnet.db import make_engine
 from shardnet.errors import ShardnetError
 from shardnet.span import LayerSpan
+from shardnet.wire.http_guard import DEFAULT_HEADER_TIMEOUT_S, ConnectionGuard
 
 log = logging.getLogger(__name__)
+
+#: API users may sit behind one proxy address and stream many answers at once: a generous cap
+COORDINATOR_MAX_CONNECTIONS_PER_IP = 256
 
 WATCHED = ("JobSubmitted", "JobCancelled", "ShardAnnounced", "ShardReleased", "NodeRegistered", "EndpointUpdated",
            "NodeSlashed")
@@ -307,8 +311,12 @@ class CoordinatorService:
             if event.name != "JobSubmitted":
                 await self._apply(event)
         app = make_app(self)
-        runner = web.AppRunner(app, access_log=None)
+        # slow peers hold nothing for ever: no whole request head within the timeout closes the connection,
+        # and one IP holds at most COORDINATOR_MAX_CONNECTIONS_PER_IP connections (issue 11)
+        runner = web.AppRunner(app, access_log=None, keepalive_timeout=DEFAULT_HEADER_TIMEOUT_S,
+                               lingering_time=DEFAULT_HEADER_TIMEOUT_S)
         await runner.setup()
+        ConnectionGuard.install(runner, max_per_ip=COORDINATOR_MAX_CONNECTIONS_PER_IP)
         site = web.TCPSite(runner, self.config.host, self.config.port)
         await site.start()
         port = runner.addresses[0][1]
