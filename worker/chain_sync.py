@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from shardnet.chain.errors import ChainError, ContractRevert
 from shardnet.chain.registry import JobStatus, Registry
 from shardnet.chain.tx import DecodedEvent, rpc
-from shardnet.chain.watcher import EventWatcher
+from shardnet.chain.watcher import EventHandler, EventWatcher
 from shardnet.db import session_scope
 from shardnet.wire.commitment import merkle_root
 from worker.state import (
@@ -74,7 +74,7 @@ class ChainSync:
         self.expire_interval_s = expire_interval_s
         self._next_expiry = 0.0  # time.monotonic() of the next deadline check
         self._deadlines: dict[int, int] = {}  # job id -> deadline (unix time on the chain's clock), read once
-        handlers = {"JobRouted": self._on_job_routed, "HopAdded": self._on_hop_added}
+        handlers: dict[str, EventHandler] = {"JobRouted": self._on_job_routed, "HopAdded": self._on_hop_added}
         handlers |= {name: self._on_job_ended for name in JOB_END_EVENTS}
         self._on_coordinator_set = on_coordinator_set
         if on_coordinator_set is not None:
