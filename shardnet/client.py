@@ -25,6 +25,7 @@ from eth_utils import keccak
 
 from shardnet.chain.registry import JobInfo, JobStatus, Registry
 from shardnet.errors import ShardnetError
+from shardnet.wire.json_limits import BodyRejected, loads_limited
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +101,26 @@ def _http(method: str, url: str, body: dict[str, Any] | None = None, timeout: fl
                                  headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
+            return resp.status, _coordinator_json(resp.read(MAX_ANSWER_BYTES + 1) or b"null", url)
     except urllib.error.HTTPError as exc:
         try:
-            payload = json.loads(exc.read() or b"null")
-        except ValueError:
+            payload = _coordinator_json(exc.read(MAX_ANSWER_BYTES + 1) or b"null", url)
+        except ClientError:
             payload = None
         return exc.code, payload
     except (urllib.error.URLError, OSError) as exc:
         raise ClientError(f"cannot reach the coordinator at {url}: {exc}; check --coordinator") from exc
+
+
+#: A coordinator's answers (a job view with its output) are bounded before they are parsed
+MAX_ANSWER_BYTES, MAX_ANSWER_DEPTH = 16 << 20, 32
+
+
+def _coordinator_json(body: bytes, url: str) -> Any:
+    try:
+        return loads_limited(body, max_bytes=MAX_ANSWER_BYTES, max_depth=MAX_ANSWER_DEPTH)
+    except BodyRejected as exc:
+        raise ClientError(f"the coordinator at {url} answered unusable JSON ({exc}); try another one") from exc
 
 
 def _message(payload: Any) -> str:
