@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from coordinator import jobs_api, openai_api
-from coordinator.http_common import SERVICE
+from coordinator.http_common import MAX_BODY_BYTES, SERVICE
 from coordinator.preflight import preflight_routes
 from coordinator.service import CoordinatorService
 
@@ -26,7 +26,7 @@ async def list_workers(request: web.Request) -> web.Response:
 
 
 def make_app(service: CoordinatorService) -> web.Application:
-    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[SERVICE] = service
     app.add_routes([web.get("/health", health), web.get("/v1/workers", list_workers)])
     app.add_routes(jobs_api.ROUTES)

@@ -10,8 +10,13 @@ from aiohttp import web
 from coordinator.sampling import SamplingParams
 from coordinator.service import CoordinatorService
 from shardnet.errors import ConfigError
+from shardnet.wire.json_limits import read_json
 
 SERVICE: web.AppKey[CoordinatorService] = web.AppKey("service", CoordinatorService)
+
+#: Request bodies: bounded in size, and in depth before parsing (a 100,000-deep body used to crash the process)
+MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_JSON_DEPTH = 32  # chat messages nest 3 deep
 
 
 def error(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
@@ -34,12 +39,9 @@ def sampling(body: dict[str, Any]) -> SamplingParams:
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object body, or a 400 answer."""
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise web.HTTPBadRequest(text=json.dumps({"error": {"message": "the body must be JSON"}}),
-                                 content_type="application/json") from None
+    """The request's JSON object body (size and depth bounded before parsing), or a 4xx answer."""
+    body = await read_json(request, max_bytes=MAX_BODY_BYTES, max_depth=MAX_JSON_DEPTH,
+                           error_body=lambda message: {"error": {"message": message, "type": "invalid_request_error"}})
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text=json.dumps({"error": {"message": "the body must be a JSON object"}}),
                                  content_type="application/json")

@@ -3,7 +3,7 @@
     POST /v1/jobs/{id}/prompt   {"prompt", "temperature"?, "top_p"?, "seed"?, "ignore_eos"?, "chat"?}  -> 202 the job
     GET  /v1/jobs/{id}          status (a `coordinator.lifecycle.JobState`), route, commitments (read from the
                                 chain), and the output once generated if X-Shardnet-Auth is the job client's
-                                signature of `shardnet.client.output_read_message(id)` (nobody else reads it)
+                                signature of `shardnet.client.output_read_message(id, expires_at)`, not expired (`sign_output_read`)
     GET  /v1/jobs?client=0x…    the jobs this coordinator knows (without outputs)
 """
 
@@ -21,7 +21,7 @@ from coordinator.lifecycle import OUTPUT_KNOWN, TERMINAL, JobState
 from coordinator.scheduler import PromptRejected
 from coordinator.service import CoordinatorService
 from coordinator.state import JobRow
-from shardnet.client import AUTH_HEADER, output_read_message
+from shardnet.client import AUTH_HEADER, output_reader
 from shardnet.errors import ConfigError, ShardnetError
 
 log = logging.getLogger(__name__)
@@ -92,18 +92,8 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 def _reader(request: web.Request, job_id: int) -> str | None:
-    """The address that signed this request's X-Shardnet-Auth for `job_id` (lowercase), if any."""
-    from eth_account import Account
-    from eth_account.messages import encode_defunct
-
-    signature = request.headers.get(AUTH_HEADER)
-    if not signature:
-        return None
-    try:
-        signer = Account.recover_message(encode_defunct(text=output_read_message(job_id)), signature=signature)
-    except Exception:  # noqa: BLE001 - a malformed signature simply reads nothing
-        return None
-    return str(signer).lower()
+    """The address that signed this request's X-Shardnet-Auth for `job_id` (lowercase), if valid now."""
+    return output_reader(request.headers.get(AUTH_HEADER), job_id)
 
 
 async def list_jobs(request: web.Request) -> web.Response:

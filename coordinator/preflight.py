@@ -22,7 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from coordinator.catalog import ModelUnavailable
-from coordinator.http_common import SERVICE
+from coordinator.http_common import SERVICE, json_body
 from coordinator.router import NoRouteError, RouteHop
 from shardnet.chain.models import resolve_model
 from shardnet.errors import ConfigError, ShardnetError
@@ -128,12 +128,7 @@ async def preflight(service: CoordinatorService, body: dict[str, Any]) -> dict[s
 
 
 async def handle_preflight(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return _refuse("the body must be a JSON object", "bad_request")
-    if not isinstance(body, dict):
-        return _refuse("the body must be a JSON object", "bad_request")
+    body = await json_body(request)  # bounded in size and depth before parsing; 4xx when not a JSON object
     try:
         return web.json_response(await preflight(request.app[SERVICE], body))
     except PreflightRefused as exc:

@@ -38,8 +38,12 @@ from shardnet.errors import ShardnetError
 from shardnet.retry import Backoff, aretry_until_stopped
 from shardnet.service import Lifecycle
 from shardnet.span import LayerSpan
+from shardnet.wire.http_guard import DEFAULT_HEADER_TIMEOUT_S, ConnectionGuard
 
 log = logging.getLogger(__name__)
+
+#: API users may sit behind one proxy address and stream many answers at once: a generous cap
+COORDINATOR_MAX_CONNECTIONS_PER_IP = 256
 
 WATCHED = ("JobSubmitted", "JobCancelled", "CommitmentPosted", "ShardAnnounced", "ShardReleased", "NodeRegistered", "EndpointUpdated",
            "NodeSlashed")
@@ -185,8 +189,12 @@ class CoordinatorService:
         events, self._pending_events = self._pending_events, []
         for event in events:
             await self._apply(event)
-        self._runner = web.AppRunner(make_app(self), access_log=None)
+        # slow peers hold nothing for ever: no whole request head within the timeout closes the connection,
+        # and one IP holds at most COORDINATOR_MAX_CONNECTIONS_PER_IP connections (issue 11)
+        self._runner = web.AppRunner(make_app(self), access_log=None, keepalive_timeout=DEFAULT_HEADER_TIMEOUT_S,
+                                     lingering_time=DEFAULT_HEADER_TIMEOUT_S)
         await self._runner.setup()
+        ConnectionGuard.install(self._runner, max_per_ip=COORDINATOR_MAX_CONNECTIONS_PER_IP)
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
         port = self._runner.addresses[0][1]

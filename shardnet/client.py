@@ -50,20 +50,49 @@ class JobOutcome:
     seconds: float
 
 
-#: Header carrying the client's signature of `output_read_message(job_id)`: only the job's client reads its output.
+#: Header carrying `"<expires_at>:<0x signature>"`: the client's signature of `output_read_message(job_id,
+#: expires_at)`. Only the job's client reads its output, and a header seen once is useless after expires_at.
 AUTH_HEADER = "X-Shardnet-Auth"
+#: How long a signed read is valid by default, and the longest validity a coordinator accepts.
+OUTPUT_READ_VALID_S = 300
+MAX_OUTPUT_READ_VALID_S = 3600
 
 
-def output_read_message(job_id: int) -> str:
-    """The text a client signs (EIP-191) to read its job's output from a coordinator."""
-    return f"shardnet: read the output of job {job_id}"
+def output_read_message(job_id: int, expires_at: int) -> str:
+    """The text a client signs (EIP-191) to read its job's output from a coordinator until `expires_at`."""
+    return f"shardnet: read the output of job {job_id} until {expires_at}"
 
 
-def sign_output_read(account: Any, job_id: int) -> str:
-    """The `X-Shardnet-Auth` value for `account` reading job `job_id` (0x-hex signature)."""
+def sign_output_read(account: Any, job_id: int, *, valid_s: int = OUTPUT_READ_VALID_S, now: float | None = None) -> str:
+    """The `X-Shardnet-Auth` value for `account` reading job `job_id` for the next `valid_s` seconds."""
     from eth_account.messages import encode_defunct
 
-    return "0x" + bytes(account.sign_message(encode_defunct(text=output_read_message(job_id))).signature).hex()
+    expires_at = int(time.time() if now is None else now) + int(valid_s)
+    signed = account.sign_message(encode_defunct(text=output_read_message(job_id, expires_at)))
+    return f"{expires_at}:0x{bytes(signed.signature).hex()}"
+
+
+def output_reader(header: str | None, job_id: int, *, now: float | None = None) -> str | None:
+    """The address (lowercase) that signed `header` to read job `job_id`, or None when the header is
+    missing, malformed, expired, or valid for longer than `MAX_OUTPUT_READ_VALID_S` from `now`."""
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
+
+    if not header or len(header) > 200:
+        return None
+    expires_text, _, signature = header.partition(":")
+    if not expires_text.isascii() or not expires_text.isdigit() or len(expires_text) > 12:
+        return None
+    expires_at, current = int(expires_text), time.time() if now is None else now
+    if not current <= expires_at <= current + MAX_OUTPUT_READ_VALID_S:
+        return None
+    try:
+        signer = Account.recover_message(
+            encode_defunct(text=output_read_message(job_id, expires_at)), signature=signature
+        )
+    except Exception:  # noqa: BLE001 - a malformed signature simply reads nothing
+        return None
+    return str(signer).lower()
 
 
 #: The most tokens a job may ask for (maxTokens is a uint32 on chain).
@@ -89,6 +118,8 @@ def check_max_tokens(max_tokens: int) -> int:
 
 def _http(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 10.0,
           headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    # answers are read through shardnet.wire.json_limits (bounded size and depth): a hostile coordinator
+    # cannot crash the client
     try:
         return request_json(method, url, body, timeout=timeout, headers=headers)
     except HttpUnreachable as exc:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from shardnet.errors import ShardnetError
+from shardnet.wire.json_limits import BodyRejected, loads_limited
 
 
 class HttpUnreachable(ShardnetError, ConnectionError):
@@ -27,10 +28,15 @@ class HttpUnreachable(ShardnetError, ConnectionError):
         self.reason = reason
 
 
+#: The largest and deepest JSON answer read (a hostile peer must not exhaust memory or the C stack).
+MAX_ANSWER_BYTES, MAX_ANSWER_DEPTH = 16 << 20, 32
+
+
 def _decode(raw: bytes) -> Any:
+    """The answer's JSON, or None when it is not JSON or is too large or too deeply nested to be read."""
     try:
-        return json.loads(raw or b"null")
-    except ValueError:
+        return loads_limited(raw or b"null", max_bytes=MAX_ANSWER_BYTES, max_depth=MAX_ANSWER_DEPTH)
+    except (BodyRejected, ValueError):
         return None
 
 
@@ -52,10 +58,10 @@ def request_json(
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (callers give http URLs)
-            return int(response.status), _decode(response.read())
+            return int(response.status), _decode(response.read(MAX_ANSWER_BYTES + 1))
     except urllib.error.HTTPError as exc:
         try:
-            return int(exc.code), _decode(exc.read())
+            return int(exc.code), _decode(exc.read(MAX_ANSWER_BYTES + 1))
         finally:
             exc.close()
     except urllib.error.URLError as exc:

@@ -32,3 +32,20 @@ def test_cancel_before_the_deadline_names_the_deadline(registry_for, accounts) -
         client.cancel(job_id)
     assert "s from the chain's clock" in str(err.value)
     assert owner.get_job(job_id).status.name == "Submitted"
+
+
+def test_an_output_read_header_is_the_signers_until_it_expires_and_never_after(accounts) -> None:
+    from shardnet.client import MAX_OUTPUT_READ_VALID_S, output_reader, sign_output_read
+
+    client, now = accounts[6], 1_800_000_000
+    header = sign_output_read(client, 7, valid_s=300, now=now)
+    assert output_reader(header, 7, now=now) == client.address.lower()
+    assert output_reader(header, 7, now=now + 300) == client.address.lower()
+    assert output_reader(header, 7, now=now + 301) is None  # a header seen once is useless after it expires
+    assert output_reader(header, 8, now=now) != client.address.lower()  # another job's read
+    forever = sign_output_read(client, 7, valid_s=10 * MAX_OUTPUT_READ_VALID_S, now=now)
+    assert output_reader(forever, 7, now=now) is None  # a coordinator refuses long-lived reads
+    expires, _, signature = header.partition(":")
+    assert output_reader(f"{int(expires) + 100}:{signature}", 7, now=now) != client.address.lower()  # moved expiry
+    for bad in (None, "", signature, "x:" + signature, "9" * 40 + ":" + signature, "1:2:3"):
+        assert output_reader(bad, 7, now=now) is None

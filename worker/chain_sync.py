@@ -10,6 +10,9 @@ A job routed here that this worker never served (no step computed, no session op
 staying pending for ever: as soon as it ends on chain (`JobFinalized`/`JobCancelled`/`JobFailed`, in the
 watcher's transaction), or, checked every `expire_interval_s`, once the chain's clock is past its deadline
 (or the chain says it ended). It is then marked skipped with a note saying why.
+
+`CoordinatorSet` (a coordinator approved or revoked) goes to `on_coordinator_set(address, approved)`: the
+server drops its cached approval, so a revoked coordinator's next ticket is refused within one poll.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -24,7 +28,7 @@ from sqlalchemy.orm import Session
 from shardnet.chain.errors import ChainError, ContractRevert
 from shardnet.chain.registry import JobStatus, Registry
 from shardnet.chain.tx import DecodedEvent, rpc
-from shardnet.chain.watcher import EventWatcher
+from shardnet.chain.watcher import EventHandler, EventWatcher
 from shardnet.db import session_scope
 from shardnet.retry import Backoff, retry_until_stopped
 from shardnet.wire.commitment import merkle_root
@@ -61,6 +65,7 @@ class ChainSync:
         confirmations: int = 0,
         start_block: int | None = None,
         expire_interval_s: float = 30.0,
+        on_coordinator_set: Callable[[str, bool], None] | None = None,
     ) -> None:
         assert registry.account is not None, "ChainSync sends transactions: give the registry an account"
         self.registry = registry
@@ -70,8 +75,11 @@ class ChainSync:
         self.expire_interval_s = expire_interval_s
         self._next_expiry = 0.0  # time.monotonic() of the next deadline check
         self._deadlines: dict[int, int] = {}  # job id -> deadline (unix time on the chain's clock), read once
-        handlers = {"JobRouted": self._on_job_routed, "HopAdded": self._on_hop_added}
+        handlers: dict[str, EventHandler] = {"JobRouted": self._on_job_routed, "HopAdded": self._on_hop_added}
         handlers |= {name: self._on_job_ended for name in JOB_END_EVENTS}
+        self._on_coordinator_set = on_coordinator_set
+        if on_coordinator_set is not None:
+            handlers["CoordinatorSet"] = self._coordinator_set
         self.watcher = EventWatcher(
             registry,
             state.engine,
@@ -114,6 +122,13 @@ class ChainSync:
     def _record(self, db: Session, job_id: int, hop_index: int, start: int, end: int, block: int) -> None:
         if self.state.add_route(db, job_id, hop_index, start, end, block):
             log.info("job %d routed to this worker (hop %d, layers %d:%d)", job_id, hop_index, start, end)
+
+    def _coordinator_set(self, event: DecodedEvent, _db: Session) -> None:
+        """A coordinator was approved or revoked: the server's cached answer for it must go at once."""
+        assert self._on_coordinator_set is not None
+        address, approved = str(event.args["coordinator"]), bool(event.args["approved"])
+        log.info("coordinator %s %s on chain", address, "approved" if approved else "revoked")
+        self._on_coordinator_set(address, approved)
 
     def _on_job_ended(self, event: DecodedEvent, db: Session) -> None:
         job_id = int(event.args["jobId"])

@@ -80,6 +80,17 @@ class WorkerConfig(ChainSettings):
     )
     session_timeout_s: float = Field(300.0, gt=0, description="a session idle this long is closed")
     max_body_mb: float = Field(64.0, gt=0, description="largest request body accepted, in MiB (413 beyond)")
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="seconds a request body may take to arrive (408 beyond: slow senders hold nothing)"
+    )
+    header_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="seconds a connection may stay open without sending a whole request head (it is closed)",
+    )
+    max_connections_per_ip: int = Field(
+        64, ge=1, description="open connections one peer IP address may hold (429 and closed beyond)"
+    )
     drain_grace_s: float = Field(30.0, ge=0, description="on SIGTERM, seconds to let open sessions finish")
     step_forward_timeout_s: float = Field(
         60.0, gt=0, description="timeout of a push-mode forward to the next worker"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -10,9 +9,10 @@ from urllib.parse import urlparse
 import torch
 
 from shardnet.errors import WireError
-from shardnet.peer.errors import BadRequest, InvalidTensor
+from shardnet.peer.errors import BadRequest, InvalidTensor, WorkerAPIError
 from shardnet.wire.codecs import get_codec
 from shardnet.wire.frames import decode_frame
+from shardnet.wire.json_limits import BodyRejected, loads_limited
 from worker.sessions import NextHop
 
 
@@ -23,13 +23,20 @@ class OpenRequest:
     next_hop: NextHop | None
 
 
+#: The session-open JSON is small (a ticket is ~400 bytes) and shallow (3 levels): anything far beyond is refused.
+MAX_OPEN_JSON_BYTES = 64 * 1024
+MAX_OPEN_JSON_DEPTH = 8
+#: Job ids the worker's database can hold (signed 64-bit); the chain's ids are far below.
+MAX_JOB_ID = 2**63 - 1
+
+
 def parse_open_request(body: bytes, *, is_last: bool) -> OpenRequest:
-    """Parse `{"ticket": {...}, "codec": "fp32", "next": null | {"url", "session_id"}}`."""
+    """Parse `{"ticket": {...}, "codec": "fp32", "next": null | {"url", "session_id", "token"}}`."""
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(
-            f'request body is not valid JSON ({exc}); send {{"ticket": {{...}}, "codec": "fp32"}}'
+        data = loads_limited(body, max_bytes=MAX_OPEN_JSON_BYTES, max_depth=MAX_OPEN_JSON_DEPTH)
+    except BodyRejected as exc:
+        raise WorkerAPIError(
+            f'{exc}; send {{"ticket": {{...}}, "codec": "fp32"}}', status=exc.status
         ) from exc
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object with a 'ticket'")
@@ -55,15 +62,36 @@ def _parse_next(value: object, is_last: bool) -> NextHop | None:
         return None
     if is_last:
         raise BadRequest("this worker serves the model's last layers: its output (logits) has no next worker")
-    if not isinstance(value, dict) or set(value) != {"url", "session_id"}:
-        raise BadRequest('\'next\' must be null or {"url": "http://…", "session_id": "…"}')
-    url, session_id = value["url"], value["session_id"]
+    if not isinstance(value, dict) or set(value) != {"url", "session_id", "token"}:
+        raise BadRequest(
+            '\'next\' must be null or {"url": "http://…", "session_id": "…", "token": "…"} '
+            "(the session_token the next worker answered when its session was opened)"
+        )
+    url, session_id, token = value["url"], value["session_id"], value["token"]
     parsed = urlparse(url) if isinstance(url, str) else None
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise BadRequest(f"'next.url' must be an http(s) URL of the next worker, got {url!r}")
     if not isinstance(session_id, str) or not session_id:
         raise BadRequest("'next.session_id' must be the session id opened on the next worker")
-    return NextHop(url=url.rstrip("/"), session_id=session_id)
+    if not isinstance(token, str) or not token or not token.isascii() or not token.isalnum():
+        raise BadRequest("'next.token' must be the session_token the next worker answered at its open")
+    return NextHop(url=url.rstrip("/"), session_id=session_id, token=token)
+
+
+def check_session_id(value: str) -> str:
+    """A ticket's session id: 1 to 128 characters of letters, digits, '-', '_' or '.' (it travels in URLs)."""
+    if not 0 < len(value) <= 128 or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in value):
+        raise BadRequest(
+            "ticket session_id must be 1 to 128 characters of letters, digits, '-', '_' or '.' (a uuid4 hex)"
+        )
+    return value
+
+
+def check_job_id(value: int) -> int:
+    """A ticket's job id as this worker stores it: 0 <= id <= 2^63 - 1 (else 400, before any session opens)."""
+    if not 0 <= value <= MAX_JOB_ID:
+        raise BadRequest(f"ticket job_id {value} is out of range: job ids run from 0 to 2^63 - 1")
+    return value
 
 
 def parse_start_pos(header: str | None) -> int:

@@ -26,9 +26,11 @@ from shardnet.chain.registry import AssignmentInfo, ModelInfo, Registry
 from shardnet.errors import ConfigError, ShardnetError
 from shardnet.service import Lifecycle, run_service
 from shardnet.span import LayerSpan
+from shardnet.wire.http_guard import ConnectionGuard
 from worker.chain_sync import ChainSync
 from worker.config import WorkerConfig
-from worker.server import BlockInfo, CoordinatorCheck, ServerLimits, WorkerServer
+from worker.coordinator_check import CoordinatorCheck
+from worker.server import BlockInfo, ServerLimits, WorkerServer
 from worker.span_choice import choose_best_span, default_span_length
 from worker.staking import connect, ensure_registered
 from worker.state import WorkerState
@@ -181,6 +183,7 @@ def prepare(cfg: WorkerConfig, *, reset_state: bool = False) -> PreparedNode:
         idle_timeout_s=cfg.session_timeout_s,
         max_body_bytes=cfg.max_body_bytes,
         forward_timeout_s=cfg.step_forward_timeout_s,
+        body_timeout_s=cfg.body_timeout_s,
     )
     return PreparedNode(cfg, registry, state, model, span, assignment_id, block, info, limits, sock)
 
@@ -193,8 +196,14 @@ class WorkerService:
     def __init__(self, node: PreparedNode) -> None:
         self.node = node
         cfg = node.cfg
+        coordinator_check = CoordinatorCheck(node.registry.is_coordinator)
         self.sync = ChainSync(
-            node.registry, node.state, poll_interval_s=cfg.poll_interval_s, confirmations=cfg.confirmations
+            node.registry,
+            node.state,
+            poll_interval_s=cfg.poll_interval_s,
+            confirmations=cfg.confirmations,
+            # a revoked coordinator's tickets are refused at once, not when the approval cache expires
+            on_coordinator_set=lambda address, _approved: coordinator_check.forget(address),
         )
         self.server = WorkerServer(
             address=node.registry.account.address if node.registry.account else "",
@@ -202,7 +211,7 @@ class WorkerService:
             model_id=node.model.model_id,
             block=node.block,
             info=node.info,
-            is_coordinator=CoordinatorCheck(node.registry.is_coordinator),
+            is_coordinator=coordinator_check,
             state=node.state,
             limits=node.limits,
             extra_routes=_shard_routes(cfg.store_dir),
@@ -222,8 +231,18 @@ class WorkerService:
                 "--perturb-outputs %g: this worker adds noise to its outputs (for testing the verifier)",
                 cfg.perturb_outputs,
             )
-        self._runner = web.AppRunner(self.server.app(), access_log=None)
+        # A connection that sends no whole request head within header_timeout_s is closed (aiohttp arms its
+        # keep-alive timer when a connection opens); a body not sent within body_timeout_s gets 408 from the
+        # handler; after an early answer (408, 413) the unread rest of a body is drained for at most
+        # header_timeout_s (aiohttp's lingering_time), then the connection is closed. No socket is held for ever.
+        self._runner = web.AppRunner(
+            self.server.app(),
+            access_log=None,
+            keepalive_timeout=cfg.header_timeout_s,
+            lingering_time=cfg.header_timeout_s,
+        )
         await self._runner.setup()
+        ConnectionGuard.install(self._runner, max_per_ip=cfg.max_connections_per_ip)
         await web.SockSite(self._runner, self.node.sock).start()  # bound before the first transaction
         self.sync.start()
         self._sync_started = True

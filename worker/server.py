@@ -9,12 +9,10 @@ database writes run on another, in order. Errors leave as `{"error": "..."}` wit
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -33,8 +31,19 @@ from shardnet.peer.errors import (
 from shardnet.span import LayerSpan
 from shardnet.wire.commitment import merkle_root, step_hash
 from shardnet.wire.frames import decode_frame, encode_frame
+from shardnet.wire.json_limits import BodyRejected, read_body_limited
 from shardnet.wire.tickets import TicketError, verify_ticket
-from worker.inputs import decode_step_input, parse_open_request, parse_start_pos
+from worker.coordinator_check import CoordinatorCheck
+from worker.forwarding import SESSION_TOKEN_HEADER, forward_step
+from worker.inputs import (
+    MAX_OPEN_JSON_BYTES,
+    check_job_id,
+    check_session_id,
+    decode_step_input,
+    parse_open_request,
+    parse_start_pos,
+)
+from worker.limits import BlockInfo, ServerLimits
 from worker.metrics import WorkerMetrics
 from worker.sessions import ModelSession, Session, SessionManager
 from worker.state import WorkerState
@@ -43,50 +52,7 @@ log = logging.getLogger(__name__)
 
 LOGITS_CODEC = "fp32"  # the last block's logits always travel in full precision
 
-
-@dataclass(frozen=True)
-class ServerLimits:
-    max_sessions: int = 16
-    max_per_coordinator: int = 16
-    max_length: int = 2048
-    max_memory_bytes: int = 1 << 30
-    idle_timeout_s: float = 300.0
-    max_body_bytes: int = 64 << 20
-    forward_timeout_s: float = 60.0
-
-
-@dataclass(frozen=True)
-class BlockInfo:
-    """What the server must know about the block it serves (from `shardnet.model.Block` and the manifest)."""
-
-    span: LayerSpan
-    num_layers: int
-    is_first: bool
-    is_last: bool
-    hidden_size: int
-    vocab_size: int | None
-    kv_bytes_per_token: int
-
-
-class CoordinatorCheck:
-    """`is_coordinator(address)` on chain, cached (a yes for `ttl_s`, a no for a shorter time)."""
-
-    def __init__(
-        self, lookup: Callable[[str], bool], ttl_s: float = 60.0, negative_ttl_s: float = 5.0
-    ) -> None:
-        self._lookup = lookup
-        self._ttl_s = ttl_s
-        self._negative_ttl_s = negative_ttl_s
-        self._cache: dict[str, tuple[bool, float]] = {}
-
-    def __call__(self, address: str) -> bool:
-        hit = self._cache.get(address)
-        now = time.monotonic()
-        if hit is not None and now < hit[1]:
-            return hit[0]
-        ok = bool(self._lookup(address))
-        self._cache[address] = (ok, now + (self._ttl_s if ok else self._negative_ttl_s))
-        return ok
+__all__ = ["BlockInfo", "CoordinatorCheck", "ServerLimits", "WorkerServer", "SESSION_TOKEN_HEADER"]
 
 
 class WorkerServer:
@@ -203,12 +169,15 @@ class WorkerServer:
     async def open_session(self, request: web.Request) -> web.Response:
         if self.draining:
             raise WorkerUnavailable("worker is shutting down and takes no new sessions: use another worker")
-        req = parse_open_request(await request.read(), is_last=self.info.is_last)
+        req = parse_open_request(
+            await self._read_body(request, MAX_OPEN_JSON_BYTES), is_last=self.info.is_last
+        )
         loop = asyncio.get_running_loop()
         try:
             signer = verify_ticket(req.ticket, worker=self.address)
         except TicketError as exc:
             raise TicketRejected(str(exc)) from exc
+        job_id = check_job_id(req.ticket["job_id"])
         if not await loop.run_in_executor(None, self._is_coordinator, signer):
             raise TicketRejected(
                 f"ticket is signed by {signer}, which is not an approved coordinator on chain: "
@@ -219,7 +188,7 @@ class WorkerServer:
             raise InvalidTensor(
                 f"ticket asks for layers {span} but this worker serves layers {self.info.span}"
             )
-        session_id: str = req.ticket["session_id"]
+        session_id = check_session_id(req.ticket["session_id"])
         if self.state is not None and await loop.run_in_executor(
             self._db, self.state.session_known, session_id
         ):
@@ -229,28 +198,37 @@ class WorkerServer:
         session = self.sessions.open(
             session_id=session_id,
             coordinator=signer,
-            job_id=int(req.ticket["job_id"]),
+            job_id=job_id,
             codec=req.codec,
             next_hop=req.next_hop,
             make_compute=self._new_compute_session,
         )
         self.metrics.sessions_open.set(len(self.sessions))
         if self.state is not None:
-            await loop.run_in_executor(
-                self._db, self.state.session_opened, session_id, session.job_id, signer, span.start, span.end
-            )
+            try:
+                await loop.run_in_executor(
+                    self._db, self.state.session_opened, session_id, job_id, signer, span.start, span.end
+                )
+            except BaseException:  # not recorded: the session must not stay open (nor its memory held)
+                self.sessions.close(session_id, "failed")
+                raise
         log.info("session %s opened for job %s by %s", session_id, session.job_id, signer)
         return web.json_response(
-            {"session_id": session_id, "span": [span.start, span.end], "max_length": self.limits.max_length}
+            {
+                "session_id": session_id,
+                "span": [span.start, span.end],
+                "max_length": self.limits.max_length,
+                "session_token": session.token,
+            }
         )
 
     async def step(self, request: web.Request) -> web.Response:
-        session = self.sessions.get(request.match_info["session_id"])
+        session = self._session(request)
         session.busy += 1
         try:
             start_pos = parse_start_pos(request.headers.get("X-Start-Pos"))
             x = decode_step_input(
-                await request.read(),
+                await self._read_body(request, self.limits.max_body_bytes),
                 is_first=self.info.is_first,
                 hidden_size=self.info.hidden_size,
                 vocab_size=self.info.vocab_size,
@@ -270,7 +248,7 @@ class WorkerServer:
             session.last_used = time.monotonic()
 
     async def outputs(self, request: web.Request) -> web.Response:
-        session = self.sessions.get(request.match_info["session_id"])
+        session = self._session(request)
         codec = LOGITS_CODEC if self.info.is_last else session.codec
         frames = list(session.output_frames)
         if frames:
@@ -284,7 +262,7 @@ class WorkerServer:
         )
 
     async def close_session(self, request: web.Request) -> web.Response:
-        session = self.sessions.get(request.match_info["session_id"])
+        session = self._session(request)
         async with session.lock:  # let a step in flight finish first
             if not session.closed:
                 self.sessions.close(session.session_id, "closed")
@@ -328,6 +306,19 @@ class WorkerServer:
         return len(cut)
 
     # -- internals
+    def _session(self, request: web.Request) -> Session:
+        """The session the path names, if the request carries its token (404 unknown, 401 wrong token)."""
+        return self.sessions.get(
+            request.match_info["session_id"], token=request.headers.get(SESSION_TOKEN_HEADER, "")
+        )
+
+    async def _read_body(self, request: web.Request, max_bytes: int) -> bytes:
+        """The body, or 413 (too large) / 408 (not sent within `body_timeout_s`)."""
+        try:
+            return await read_body_limited(request, max_bytes, self.limits.body_timeout_s)
+        except BodyRejected as exc:
+            raise WorkerAPIError(str(exc), status=exc.status) from exc
+
     def _new_compute_session(self) -> ModelSession:
         session: ModelSession = self.block.new_session()
         return session
@@ -369,28 +360,10 @@ class WorkerServer:
         return frame, digest
 
     async def _forward(self, session: Session, frame: bytes, digest: bytes, start_pos: int) -> web.Response:
-        hop = session.next_hop
-        assert hop is not None and self._http is not None
-        url = f"{hop.url}/v1/sessions/{hop.session_id}/step"
-        try:
-            async with self._http.post(url, data=frame, headers={"X-Start-Pos": str(start_pos)}) as resp:
-                body = await resp.read()
-                if resp.status != 200:
-                    raise _downstream_error(hop.url, resp.status, body)
-                downstream = json.loads(
-                    resp.headers.get("X-Hop-Hashes") or json.dumps([resp.headers["X-Step-Hash"]])
-                )
-                headers = {
-                    "X-Step-Hash": resp.headers["X-Step-Hash"],
-                    "X-Step-Index": resp.headers.get("X-Step-Index", ""),
-                    "X-Hop-Hashes": json.dumps(["0x" + digest.hex(), *downstream]),
-                }
-        except (TimeoutError, aiohttp.ClientError, KeyError, ValueError) as exc:
-            raise NextHopFailed(
-                f"next worker {hop.url} failed ({type(exc).__name__}: {exc}); this hop's output is kept: "
-                f"fetch it from GET /v1/sessions/{session.session_id}/outputs to replay on a replacement",
-                url=hop.url,
-            ) from exc
+        assert session.next_hop is not None and self._http is not None
+        body, headers = await forward_step(
+            self._http, session.next_hop, frame, digest, start_pos, session_id=session.session_id
+        )
         return web.Response(body=body, headers=headers, content_type="application/octet-stream")
 
     def _session_closed(self, session: Session, reason: str) -> None:
@@ -409,17 +382,6 @@ class WorkerServer:
     def _db_write(self, fn: Callable[..., Any], *args: Any) -> None:
         future = self._db.submit(fn, *args)
         future.add_done_callback(_log_failure)
-
-
-def _downstream_error(url: str, status: int, body: bytes) -> WorkerAPIError:
-    try:
-        data = json.loads(body)
-        message, failed = str(data.get("error", "")), data.get("failed_hop") or url
-    except (ValueError, AttributeError):
-        message, failed = body[:200].decode(errors="replace"), url
-    if status == 502:  # a hop further down failed: pass its name on unchanged
-        return NextHopFailed(message, url=failed)
-    return NextHopFailed(f"next worker {url} answered {status}: {message}", url=url)
 
 
 def _log_failure(future: Any) -> None:

@@ -10,7 +10,9 @@ step hashes are persisted and its job can be committed.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from shardnet.peer.errors import (
     PayloadTooLarge,
     SessionConflict,
     SessionNotFound,
+    TicketRejected,
     TooManySessions,
     WorkerUnavailable,
 )
@@ -43,6 +46,7 @@ class NextHop:
 
     url: str
     session_id: str
+    token: str  # the next worker's session token (X-Session-Token), given to the coordinator at its open
 
 
 @dataclass(eq=False)
@@ -61,6 +65,9 @@ class Session:
     busy: int = 0
     closed: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: the session's credential, returned only to the coordinator that opened it: /step, /outputs and
+    #: DELETE need it in X-Session-Token, so a leaked session id alone reads or ends nothing
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
 
     @property
     def length(self) -> int:
@@ -159,13 +166,19 @@ class SessionManager:
         self._retired.add(session_id)
         return session
 
-    def get(self, session_id: str) -> Session:
-        """The open session `session_id`, marked as just used."""
+    def get(self, session_id: str, token: str | None = None) -> Session:
+        """The open session `session_id`, marked as just used. With `token` (what the caller sent), a
+        wrong or missing one raises `TicketRejected` (401) and leaves the session untouched."""
         session = self._sessions.get(session_id)
         if session is None:
             raise SessionNotFound(
                 f"no open session {session_id!r} on this worker (never opened, closed, or evicted after "
                 f"{self.idle_timeout_s:g} s idle): open a new session and replay its tokens"
+            )
+        if token is not None and not hmac.compare_digest(token.encode(), session.token.encode()):
+            raise TicketRejected(
+                f"wrong or missing X-Session-Token for session {session_id!r}: only the coordinator that "
+                "opened it may use it (send the session_token its open answered)"
             )
         session.last_used = self._clock()
         self._sessions.move_to_end(session_id)

@@ -82,8 +82,9 @@ async def measure(urls: list[str], addresses: list[str], coordinator: Any, token
         sids: list[str] = []
         nxt = None
         for i in reversed(range(3)):
-            sids.insert(0, (await clients[i].open_session(ticket(i), next=nxt))["session_id"])
-            nxt = {"url": urls[i], "session_id": sids[0]}
+            opened = await clients[i].open_session(ticket(i), next=nxt)
+            sids.insert(0, opened["session_id"])
+            nxt = {"url": urls[i], "session_id": sids[0], "token": opened["session_token"]}
         x, pos, times = torch.tensor([PROMPT]), 0, []
         for _ in range(tokens):
             t0 = time.perf_counter()

@@ -1,11 +1,12 @@
 """A small async client of the worker HTTP API, for the coordinator and for tests.
 
     async with WorkerClient("http://127.0.0.1:8700") as w:
-        opened = await w.open_session(ticket, "fp16")
+        opened = await w.open_session(ticket, "fp16")   # keeps the session's token for the calls below
         out, digest = await w.step(opened["session_id"], token_ids, start_pos=0)
         commitment = await w.close(opened["session_id"])
 
-Every failure raises a `shardnet.peer.errors.WorkerAPIError` subclass chosen by the HTTP status (`.status`),
+Every JSON read from a worker is bounded in size and depth (`shardnet.wire.json_limits`): a hostile worker
+cannot crash its coordinator with nested brackets. Every failure raises a `shardnet.peer.errors.WorkerAPIError` subclass chosen by the HTTP status (`.status`),
 or `WorkerUnreachable` (status 0) when the worker cannot be reached.
 """
 
@@ -20,6 +21,11 @@ import torch
 
 from shardnet.peer.errors import WorkerAPIError, WorkerUnreachable, error_for_status
 from shardnet.wire.frames import decode_frame, encode_frame
+from shardnet.wire.json_limits import BodyRejected, loads_limited
+
+SESSION_TOKEN_HEADER = "X-Session-Token"
+#: JSON answers of a worker are small (an open, a close, /health, an error): refuse more, and deep nesting
+MAX_ANSWER_JSON_BYTES, MAX_ANSWER_JSON_DEPTH = 256 * 1024, 8
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ class WorkerClient:
         self._own = session is None
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._tokens: dict[str, str] = {}  # session id -> its X-Session-Token, from the open answer
 
     async def __aenter__(self) -> WorkerClient:
         return self
@@ -58,7 +65,11 @@ class WorkerClient:
     async def open_session(
         self, ticket: dict[str, Any], codec: str = "fp32", next: dict[str, str] | None = None
     ) -> dict[str, Any]:
-        """Open a session: returns `{"session_id", "span": [a, b], "max_length"}`."""
+        """Open a session: returns `{"session_id", "span": [a, b], "max_length", "session_token"}`.
+
+        The token is kept for this client's later calls on the session. `next` (push mode) is
+        `{"url", "session_id", "token"}` of the session opened on the next worker (`session_token(id)`
+        of that worker's client)."""
         payload = {"ticket": ticket, "codec": codec, "next": next}
         _, body = await self._request(
             "POST",
@@ -66,7 +77,25 @@ class WorkerClient:
             data=json.dumps(payload).encode(),
             headers={"Content-Type": "application/json"},
         )
-        return dict(json.loads(body))
+        opened = _answer(body, self.url)
+        session_id, token = opened.get("session_id"), opened.get("session_token")
+        if not isinstance(session_id, str) or not isinstance(token, str):
+            raise WorkerAPIError(
+                "worker answered a session open without a session_id and session_token: "
+                "it speaks another protocol version; upgrade it or route around it",
+                status=502,
+                url=self.url,
+            )
+        self._tokens[session_id] = token
+        return opened
+
+    def session_token(self, session_id: str) -> str:
+        """The token of a session this client opened (for the previous hop's `next` in push mode)."""
+        return self._tokens[session_id]
+
+    def _auth(self, session_id: str) -> dict[str, str]:
+        token = self._tokens.get(session_id)
+        return {SESSION_TOKEN_HEADER: token} if token else {}
 
     async def step(
         self, session_id: str, tensor: torch.Tensor, start_pos: int, codec: str | None = None
@@ -85,30 +114,49 @@ class WorkerClient:
             "POST",
             f"/v1/sessions/{session_id}/step",
             data=encode_frame(tensor, codec),
-            headers={"X-Start-Pos": str(start_pos), "Content-Type": "application/octet-stream"},
+            headers={
+                "X-Start-Pos": str(start_pos),
+                "Content-Type": "application/octet-stream",
+                **self._auth(session_id),
+            },
         )
-        digest = bytes.fromhex(headers["X-Step-Hash"].removeprefix("0x"))
-        hops_header = headers.get("X-Hop-Hashes")
-        hops = (
-            [bytes.fromhex(h.removeprefix("0x")) for h in json.loads(hops_header)]
-            if hops_header
-            else [digest]
-        )
-        return StepResult(decode_frame(body), digest, int(headers.get("X-Step-Index") or 0), hops)
+        try:
+            digest = bytes.fromhex(headers["X-Step-Hash"].removeprefix("0x"))
+            hops_header = headers.get("X-Hop-Hashes")
+            hops = [digest]
+            if hops_header:
+                listed = loads_limited(hops_header, max_bytes=MAX_ANSWER_JSON_BYTES, max_depth=2)
+                hops = [bytes.fromhex(h.removeprefix("0x")) for h in listed]
+            index = int(headers.get("X-Step-Index") or 0)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise WorkerAPIError(
+                f"worker answered a step with malformed hash headers ({exc}): route around it",
+                status=502,
+                url=self.url,
+            ) from exc
+        return StepResult(decode_frame(body), digest, index, hops)
 
     async def outputs(self, session_id: str) -> torch.Tensor:
         """Every output of the session so far, concatenated along the positions (for failover replay)."""
-        _, body = await self._request("GET", f"/v1/sessions/{session_id}/outputs")
+        _, body = await self._request(
+            "GET", f"/v1/sessions/{session_id}/outputs", headers=self._auth(session_id)
+        )
         return decode_frame(body)
 
     async def close(self, session_id: str) -> bytes:
         """Close the session; returns its commitment (the Merkle root of its step hashes)."""
-        _, body = await self._request("DELETE", f"/v1/sessions/{session_id}")
-        return bytes.fromhex(json.loads(body)["commitment"].removeprefix("0x"))
+        _, body = await self._request("DELETE", f"/v1/sessions/{session_id}", headers=self._auth(session_id))
+        self._tokens.pop(session_id, None)
+        try:
+            return bytes.fromhex(str(_answer(body, self.url)["commitment"]).removeprefix("0x"))
+        except (KeyError, ValueError) as exc:
+            raise WorkerAPIError(
+                f"worker answered a close without a valid commitment ({exc})", status=502, url=self.url
+            ) from exc
 
     async def health(self) -> dict[str, Any]:
         _, body = await self._request("GET", "/health")
-        return dict(json.loads(body))
+        return _answer(body, self.url)
 
     # -- internals
     async def _request(self, method: str, path: str, **kwargs: Any) -> tuple[dict[str, str], bytes]:
@@ -117,9 +165,9 @@ class WorkerClient:
         url = self.url + path
         try:
             async with self._session.request(method, url, **kwargs) as resp:
+                if resp.status != 200:  # an error is a short JSON: read no more than that
+                    raise _error_from(resp.status, await resp.content.read(MAX_ANSWER_JSON_BYTES), url)
                 body = await resp.read()
-                if resp.status != 200:
-                    raise _error_from(resp.status, body, url)
                 return dict(resp.headers), body
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise WorkerUnreachable(
@@ -127,11 +175,23 @@ class WorkerClient:
             ) from exc
 
 
+def _answer(body: bytes, url: str) -> dict[str, Any]:
+    """A worker's JSON answer (an object), bounded; anything else is a 502 from a broken or hostile worker."""
+    try:
+        data = loads_limited(body, max_bytes=MAX_ANSWER_JSON_BYTES, max_depth=MAX_ANSWER_JSON_DEPTH)
+    except BodyRejected as exc:
+        raise WorkerAPIError(f"worker answered malformed JSON ({exc}): route around it", status=502, url=url) from exc
+    if not isinstance(data, dict):
+        raise WorkerAPIError("worker answered JSON that is not an object: route around it", status=502, url=url)
+    return data
+
+
 def _error_from(status: int, body: bytes, url: str) -> WorkerAPIError:
     try:
-        data = json.loads(body)
+        data = loads_limited(body, max_bytes=MAX_ANSWER_JSON_BYTES, max_depth=MAX_ANSWER_JSON_DEPTH)
         message = str(data["error"])
         failed = data.get("failed_hop")
+        failed = failed if isinstance(failed, str) else None
     except (ValueError, KeyError, TypeError):
         message, failed = body[:300].decode(errors="replace"), None
     return error_for_status(status, message, url=failed or url)

@@ -1,12 +1,14 @@
 """Shard files over HTTP: the routes a worker mounts to serve its files, and the download client.
 
 ``GET /v1/shards/{cid}`` answers the file's bytes (``application/octet-stream``), 400 with a JSON error
-for a malformed CID and 404 for a CID the store does not hold. The client streams a download into
+for a malformed CID and 404 for a CID the store does not hold (or held corrupt: it is checked before
+it is served, and quarantined when it does not match). The client streams a download into
 the store's temporary file, hashing as it goes, and moves it into place only when the CID matches.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import logging
 import urllib.error
@@ -17,7 +19,7 @@ from aiohttp import web
 from tqdm import tqdm
 
 from shardnet.errors import IntegrityError, ShardnetError
-from shardnet.store.cid import CHUNK_SIZE, CidHasher, parse_cid
+from shardnet.store.cid import CHUNK_SIZE, CidHasher, cid_of_file, parse_cid
 from shardnet.store.local import LocalStore
 
 log = logging.getLogger(__name__)
@@ -31,9 +33,63 @@ class PeerError(ShardnetError):
     """A peer could not be reached, or does not have the file asked of it."""
 
 
+QUARANTINE = ".quarantine"
+"""Sub-folder of the store where a file that no longer matches its CID is moved (kept for inspection)."""
+
+
+class VerifiedFiles:
+    """Which store files were hashed and matched their CID, by (size, mtime): a file is re-hashed only when
+    it changed. A mismatching file is moved to the store's `.quarantine` folder, so it is never served."""
+
+    def __init__(self, store: LocalStore) -> None:
+        self.store = store
+        self._seen: dict[str, tuple[int, int]] = {}  # cid -> (size, mtime_ns) when it last matched
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def check(self, cid: str) -> bool:
+        """True when the store holds `cid` and its bytes hash to it (hashing in a thread when needed)."""
+        path = self.store.root / cid
+        lock = self._locks.setdefault(cid, asyncio.Lock())
+        async with lock:  # concurrent requests for one file hash it once
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                self._seen.pop(cid, None)
+                return False
+            key = (stat.st_size, stat.st_mtime_ns)
+            if self._seen.get(cid) == key:
+                return True
+            got = await asyncio.to_thread(cid_of_file, path)
+            if got == cid:
+                self._seen[cid] = key
+                return True
+            self._seen.pop(cid, None)
+            self._quarantine(path, cid, got)
+            return False
+
+    def _quarantine(self, path: Path, cid: str, got: str) -> None:
+        folder = self.store.root / QUARANTINE
+        folder.mkdir(exist_ok=True)
+        try:
+            path.replace(folder / cid)
+        except FileNotFoundError:
+            return
+        log.error(
+            "store file %s hashes to %s (corrupt): moved to %s, no longer served; fetch it again "
+            "(shardnet store fetch or a worker restart)",
+            cid,
+            got,
+            folder / cid,
+        )
+
+
 def make_shard_routes(store_dir: str | Path) -> list[web.RouteDef]:
-    """aiohttp routes serving ``GET /v1/shards/{cid}`` (and HEAD) from the store folder ``store_dir``."""
+    """aiohttp routes serving ``GET /v1/shards/{cid}`` (and HEAD) from the store folder ``store_dir``.
+
+    A file is hashed before it is first served (and again whenever its size or mtime changes); one that
+    does not match its CID is quarantined and answered 404, like a file the store does not hold."""
     store = LocalStore(store_dir)
+    verified = VerifiedFiles(store)
 
     async def get_shard(request: web.Request) -> web.StreamResponse:
         text = request.match_info["cid"]
@@ -45,6 +101,11 @@ def make_shard_routes(store_dir: str | Path) -> list[web.RouteDef]:
         if not path.is_file():
             return web.json_response(
                 {"error": f"this node does not hold {cid}; ask another peer that serves this model"},
+                status=404,
+            )
+        if not await verified.check(cid):
+            return web.json_response(
+                {"error": f"this node's copy of {cid} was corrupt and is dropped; ask another peer"},
                 status=404,
             )
         return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})

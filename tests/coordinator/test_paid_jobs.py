@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,11 +78,26 @@ def test_only_the_jobs_client_reads_its_output(net: Net, accounts) -> None:
     wrong_job = read({AUTH_HEADER: sign_output_read(net.client_account, outcome.job_id + 1)})
     assert wrong_job["output"] is None
     assert read({AUTH_HEADER: "0xnonsense"})["output"] is None
+    expired = read({AUTH_HEADER: sign_output_read(net.client_account, outcome.job_id, valid_s=-1)})
+    assert expired["output"] is None  # a header seen once is useless after it expires
     mine = read({AUTH_HEADER: sign_output_read(net.client_account, outcome.job_id)})
     assert mine["output"] == outcome.text and not mine["output_hidden"]
     assert mine["output_tokens"] == reference_text(net, "private", 3)[0]
     listed = http_json("GET", f"{net.coordinator.url}/v1/jobs?client={net.client_account.address}")[1]["jobs"]
     assert listed and all(j["output"] is None for j in listed)
+
+
+def test_a_json_bomb_gets_4xx_and_the_coordinator_keeps_serving(net: Net) -> None:
+    """100,000 `[` used to overflow the C stack (py_ecc raises the recursion limit): SIGSEGV."""
+    bomb = b"[" * 100_000 + b"]" * 100_000
+    for path in ("/v1/completions", "/v1/chat/completions", "/v1/jobs/1/prompt"):
+        req = urllib.request.Request(net.coordinator.url + path, data=bomb, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=10)
+        assert err.value.code == 400 and "nested" in json.loads(err.value.read())["error"]["message"]
+    assert net.coordinator.proc is not None and net.coordinator.proc.poll() is None
+    assert http_json("GET", f"{net.coordinator.url}/health")[0] == 200
 
 
 def test_wrong_prompt_is_refused_and_unknown_jobs_are_404(net: Net) -> None:

@@ -175,6 +175,14 @@ def test_refuses_absurd_shapes() -> None:
     assert decode_frame(_frame(torch.zeros(1, 10, 576)), max_elements=5760).shape == (1, 10, 576)
 
 
+def test_refuses_an_empty_shape_whose_other_sizes_overflow_the_strides() -> None:
+    """Found by the worker fuzz: 0 elements, so under any limit, but reshape overflowed (a 500)."""
+    dims = (2**32 - 1, 1, 2**32 - 1, 2**31, 0)
+    head = MAGIC + bytes([1, CODECS["fp32"].id, 1, len(dims)]) + struct.pack(f"<{len(dims)}I", *dims)
+    _expect(head + struct.pack("<Q", 0), "too large in its non-empty dimensions", max_elements=1000)
+    assert decode_frame(_frame(torch.zeros(1, 0, 576)), max_elements=1000).shape == (1, 0, 576)
+
+
 def test_refuses_malformed_int8_bodies() -> None:
     data = bytearray(_frame(torch.randn(100) * 0 + 1, "int8"))
     at = header_size(1)  # the body starts with the outlier count

@@ -150,7 +150,7 @@ def test_push_mode_matches_the_unsplit_model_and_commits_to_what_was_sent(net: N
                 await a.open_session(
                     ticket(net.coordinator, net.a.address, A_SPAN),
                     "fp32",
-                    next={"url": net.b.url, "session_id": sb},
+                    next={"url": net.b.url, "session_id": sb, "token": b.session_token(sb)},
                 )
             )["session_id"]
             tokens, logits, hops, x, pos = [], [], [], PROMPT, 0
@@ -284,35 +284,36 @@ def test_bad_input_gets_a_clear_4xx_and_the_session_still_works(net: Net) -> Non
             nan, inf = hidden.clone(), hidden.clone()
             nan[0, 1, 3], inf[0, 0, 0] = float("nan"), float("inf")
             step = f"/v1/sessions/{sb}/step"
+            pos0 = {"X-Start-Pos": "0", "X-Session-Token": b.session_token(sb)}
             cases = {
-                "garbage frame": ("POST", step, b"\x00garbage", {"X-Start-Pos": "0"}, 400),
-                "truncated frame": ("POST", step, good[:-7], {"X-Start-Pos": "0"}, 400),
-                "empty body": ("POST", step, b"", {"X-Start-Pos": "0"}, 400),
-                "missing position": ("POST", step, good, {}, 400),
-                "bad position": ("POST", step, good, {"X-Start-Pos": "-1"}, 400),
+                "garbage frame": ("POST", step, b"\x00garbage", pos0, 400),
+                "truncated frame": ("POST", step, good[:-7], pos0, 400),
+                "empty body": ("POST", step, b"", pos0, 400),
+                "missing position": ("POST", step, good, {"X-Session-Token": b.session_token(sb)}, 400),
+                "bad position": ("POST", step, good, {**pos0, "X-Start-Pos": "-1"}, 400),
                 "token ids to a middle block": (
                     "POST",
                     step,
                     encode_frame(PROMPT, "int64"),
-                    {"X-Start-Pos": "0"},
+                    pos0,
                     422,
                 ),
                 "wrong hidden size": (
                     "POST",
                     step,
                     encode_frame(torch.zeros(1, 5, 65)),
-                    {"X-Start-Pos": "0"},
+                    pos0,
                     422,
                 ),
-                "wrong rank": ("POST", step, encode_frame(torch.zeros(5, 64)), {"X-Start-Pos": "0"}, 422),
-                "NaN": ("POST", step, encode_frame(nan), {"X-Start-Pos": "0"}, 422),
-                "inf": ("POST", step, encode_frame(inf), {"X-Start-Pos": "0"}, 422),
-                "wrong start position": ("POST", step, good, {"X-Start-Pos": "3"}, 409),
+                "wrong rank": ("POST", step, encode_frame(torch.zeros(5, 64)), pos0, 422),
+                "NaN": ("POST", step, encode_frame(nan), pos0, 422),
+                "inf": ("POST", step, encode_frame(inf), pos0, 422),
+                "wrong start position": ("POST", step, good, {**pos0, "X-Start-Pos": "3"}, 409),
                 "oversized body": (
                     "POST",
                     step,
                     encode_frame(torch.zeros(1, 60, 64)),
-                    {"X-Start-Pos": "0"},
+                    pos0,
                     413,
                 ),
                 "unknown session": ("POST", "/v1/sessions/nope/step", good, {"X-Start-Pos": "0"}, 404),
@@ -325,7 +326,7 @@ def test_bad_input_gets_a_clear_4xx_and_the_session_still_works(net: Net) -> Non
                 "next on the last block": (
                     "POST",
                     "/v1/sessions",
-                    b'{"ticket": {}, "next": {"url": "http://x:1", "session_id": "s"}}',
+                    b'{"ticket": {}, "next": {"url": "http://x:1", "session_id": "s", "token": "t"}}',
                     {},
                     400,
                 ),
