@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The quality gates; scripts/test.sh runs them before pytest, and they run alone as `bash scripts/lint.sh`.
 #   .venv/bin/ruff check .            the lint rules of [tool.ruff.lint] over the whole checkout
-#   .venv/bin/ruff format --check .   the layout `ruff format` writes (run `.venv/bin/ruff format .` to apply it)
+#   .venv/bin/ruff format --check --output-format concise .
+#                                     the layout `ruff format` writes, one line per file that differs
+#                                     (`ruff format --diff FILE` shows how; `ruff format .` applies it)
 #   .venv/bin/mypy                    [tool.mypy] in pyproject.toml: strict on shardnet/, clean on worker/
 #                                     and coordinator/
 # Every gate runs even when an earlier one fails, so one run lists every problem; the exit status is 1
@@ -29,7 +31,7 @@ gate() {
 }
 
 gate "ruff check" .venv/bin/ruff check .
-gate "ruff format" .venv/bin/ruff format --check .
+gate "ruff format" .venv/bin/ruff format --check --output-format concise .
 gate "mypy" .venv/bin/mypy
 
 if [ ${#failed[@]} -gt 0 ]; then
