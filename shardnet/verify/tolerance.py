@@ -1,0 +1,50 @@
+"""Tolerances per (worker dtype, verifier dtype), calibrated by scripts/calibrate_verify.py.
+
+Each figure is the largest value measured between honest runs (tiny model and SmolLM2; step-by-step
+worker vs one-pass verifier; 1 vs 2 threads) times `MARGIN`; docs/verification.md has the
+distributions. A verifier always recomputes in float32. A dtype pair not in the table has no
+calibration: refuse it when the worker announces, never guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+MARGIN = 4.0  # chosen tolerance = MARGIN x the largest honest figure measured
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far an honest worker's committed step may be from the verifier's recomputation."""
+
+    distance: float  # fingerprint distance (shardnet.verify.fingerprint), per step
+    tie_margin: float  # greedy last hop: accepted gap (logits) between the reference top logit and the token's
+    cdf_margin: float  # sampled last hop: accepted distance of the job's draw outside the token's interval
+
+
+# measured maxima (see docs/verification.md) x MARGIN; keys: (worker dtype, verifier dtype)
+TOLERANCES: dict[tuple[str, str], Tolerance] = {
+    ("float32", "float32"): Tolerance(distance=4e-3, tie_margin=1e-3, cdf_margin=1e-4),
+    ("bfloat16", "float32"): Tolerance(distance=0.5, tie_margin=1.0, cdf_margin=0.05),
+    ("float16", "float32"): Tolerance(distance=0.05, tie_margin=0.1, cdf_margin=0.01),
+}
+
+
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """'float32', 'bfloat16', ... for a torch dtype or its name."""
+    return str(dtype).removeprefix("torch.")
+
+
+def tolerance_for(worker_dtype: torch.dtype | str, verifier_dtype: torch.dtype | str = "float32") -> Tolerance:
+    """The calibrated tolerance of a worker running `worker_dtype` checked by a verifier in `verifier_dtype`."""
+    key = (dtype_name(worker_dtype), dtype_name(verifier_dtype))
+    try:
+        return TOLERANCES[key]
+    except KeyError:
+        known = ", ".join(f"{w} checked in {v}" for w, v in TOLERANCES)
+        raise ValueError(
+            f"no calibrated tolerance for a {key[0]} worker checked in {key[1]} (calibrated: {known}); "
+            "refuse this dtype at announce, or calibrate it with scripts/calibrate_verify.py"
+        ) from None
