@@ -130,7 +130,8 @@ def run_strategy(
             counts["passes_served"] += len(hop.inputs)
             if not audited(share, job, i):
                 continue
-            verdict = check_hop(verifier, hop.inputs, hop.fingerprints, tol, tokens=trace.tokens, sampling=sampling)
+            verdict = check_hop(verifier, hop.inputs, hop.fingerprints, tol, tokens=trace.tokens, sampling=sampling,
+                                sent=hop.outputs)
             counts["recomputed"] += verdict.positions_recomputed
             counts["passes_checked"] += 1
             if i == strat.hop:

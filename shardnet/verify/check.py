@@ -20,7 +20,7 @@ import torch
 
 from shardnet.model.adapters import DecoderAdapter, ModelError
 from shardnet.model.block import Block
-from shardnet.verify.fingerprint import fingerprint_distance
+from shardnet.verify.fingerprint import FingerprintError, fingerprint_distance, make_fingerprint, parse_fingerprint
 from shardnet.verify.sampler import check_greedy, check_sampled
 from shardnet.verify.tolerance import Tolerance
 
@@ -40,6 +40,7 @@ class StepResult:
     step: int
     positions: int
     distance: float  # fingerprint distance from the recomputation (inf: malformed or non-finite)
+    bound: bool | None  # the fingerprint is exactly that of the output the hop sent (None: not given)
     token_ok: bool | None  # last hop only
     token_margin: float | None  # greedy: reference top logit minus the token's; sampled: draw outside interval
     passed: bool
@@ -96,14 +97,20 @@ def check_hop(
     *,
     tokens: Sequence[int] | None = None,
     sampling: Sampling = Sampling(),
+    sent: Sequence[torch.Tensor] | None = None,
     reference: torch.Tensor | None = None,
 ) -> Verdict:
     """Check every committed step of one hop at once.
 
     `step_inputs[i]` is what the hop received at step i ([1, n_i] ids on the first hop, [1, n_i, hidden]
     otherwise), `fingerprints[i]` what it committed. On the last hop `tokens[i]` is the token the job
-    emitted after step i. `reference` (from `recompute_span`) may be passed to reuse one recomputation.
+    emitted after step i. `sent[i]`, the output the hop sent at step i (what the next hop received, as
+    decoded from the frame whose hash is in the leaf), if given, must have exactly the committed
+    fingerprint: a hop cannot commit the honest fingerprint and send something else.
+    `reference` (from `recompute_span`) may be passed to reuse one recomputation.
     """
+    if sent is not None and len(sent) != len(step_inputs):
+        raise ValueError(f"{len(step_inputs)} steps of inputs but {len(sent)} sent outputs")
     if len(fingerprints) != len(step_inputs):
         raise ValueError(f"{len(step_inputs)} steps of inputs but {len(fingerprints)} fingerprints")
     if block.is_last and (tokens is None or len(tokens) != len(step_inputs)):
@@ -117,6 +124,13 @@ def check_hop(
         offset += n
         dist = fingerprint_distance(fp, rows)
         ok = dist <= tolerance.distance
+        bound: bool | None = None
+        if sent is not None:
+            try:
+                bound = make_fingerprint(sent[i], *_shape(fp)) == bytes(fp)
+            except FingerprintError:
+                bound = False
+            ok = ok and bound
         token_ok: bool | None = None
         margin: float | None = None
         if block.is_last:
@@ -127,5 +141,11 @@ def check_hop(
                 tc = check_sampled(tokens[i], rows[0], sampling.seed, i, sampling.temperature, tolerance.cdf_margin)
             token_ok, margin = tc.ok, tc.margin
             ok = ok and tc.ok
-        results.append(StepResult(i, n, dist, token_ok, margin, ok and not math.isnan(dist)))
+        results.append(StepResult(i, n, dist, bound, token_ok, margin, ok and not math.isnan(dist)))
     return Verdict(all(r.passed for r in results), results, offset)
+
+
+def _shape(fingerprint: bytes) -> tuple[int, int]:
+    """(k, projections) of committed fingerprint bytes, to recompute a fingerprint the same way."""
+    parsed = parse_fingerprint(fingerprint)
+    return int(parsed.indices.shape[1]), int(parsed.projections.shape[1])

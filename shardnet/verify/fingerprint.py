@@ -8,7 +8,9 @@ step, over the output vector h (hidden states, or the last hop's logits):
 - `m` signed projections  p_j = (r_j . h) / sqrt(d), r_j a fixed +-1 vector (seeded by d and j), so
   that noise spread over all coordinates shows even where the top-k coordinates do not move.
 
-Values are stored as IEEE fp16, little endian. Byte layout (deterministic for a given h):
+Values are stored as IEEE fp16, little endian. The bytes are a function of the output tensor alone
+(stable sort, projections summed exactly with math.fsum, one rounding to fp16), so anyone holding the
+bytes a hop sent can recompute its fingerprint bit for bit: `check_hop(..., sent=...)` does. Byte layout (deterministic for a given h):
 
     header  u8 version (1) | u8 k | u8 m | u8 index width (2 or 4 bytes) | u16 positions
     then per position:  k indices | k fp16 values | m fp16 projections
@@ -31,6 +33,7 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import torch
 from eth_utils import keccak
 
@@ -86,10 +89,21 @@ def _top_indices(rows: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _project(rows: torch.Tensor, count: int) -> torch.Tensor:
+    """Projections for comparing (fast, float64 matmul; the last bits may vary by machine)."""
     width = rows.shape[1]
     if count == 0:
         return rows.new_zeros((rows.shape[0], 0))
     return (rows.to(torch.float64) @ projection_matrix(width, count).to(torch.float64) / math.sqrt(width)).float()
+
+
+def _project_exact(rows: torch.Tensor, count: int) -> torch.Tensor:
+    """Projections for committing: each sum exactly rounded (math.fsum of exact float32 +-h_i), so every
+    machine writes the same bytes for the same output, whatever its BLAS or thread count."""
+    width = rows.shape[1]
+    signs = projection_matrix(width, count).T  # [count, width]
+    root = math.sqrt(width)
+    out = [[math.fsum((row * sign).tolist()) / root for sign in signs] for row in rows]
+    return torch.tensor(out, dtype=torch.float64).reshape(rows.shape[0], count)
 
 
 def make_fingerprint(
@@ -105,14 +119,13 @@ def make_fingerprint(
     index_width = 2 if width <= 0xFFFF else 4
     idx = _top_indices(rows, k)
     values = torch.gather(rows, 1, idx)
-    proj = _project(rows, projections)
+    proj = _project_exact(rows, projections)
     # fp16 saturates at 65504: clamp so an honest huge value stays finite; NaN stays NaN (and fails checks)
-    vals16 = values.clamp(-65504.0, 65504.0).to(torch.float16)
-    proj16 = proj.clamp(-65504.0, 65504.0).to(torch.float16)
+    vals16 = values.clamp(-65504.0, 65504.0).to(torch.float16)  # float32 -> fp16: one IEEE rounding
     parts = [_HEADER.pack(FORMAT_VERSION, k, projections, index_width, n)]
     idx_le = idx.numpy().astype("<u2" if index_width == 2 else "<u4")
     v = vals16.numpy().astype("<f2")
-    p = proj16.numpy().astype("<f2")
+    p = np.clip(proj.numpy(), -65504.0, 65504.0).astype("<f2")  # float64 -> fp16: one IEEE rounding
     for row in range(n):
         parts.append(idx_le[row].tobytes() + v[row].tobytes() + p[row].tobytes())
     return b"".join(parts)
@@ -120,8 +133,6 @@ def make_fingerprint(
 
 def parse_fingerprint(data: bytes) -> Fingerprint:
     """Decode fingerprint bytes; raises FingerprintError on a wrong version or length."""
-    import numpy as np
-
     if len(data) < _HEADER.size:
         raise FingerprintError(f"a fingerprint has at least {_HEADER.size} bytes, got {len(data)}")
     version, k, m, index_width, n = _HEADER.unpack_from(data)

@@ -48,7 +48,7 @@ def _check_all(chains: dict[torch.dtype, list[Block]], trace: JobTrace, dtype: t
                sampling: Sampling = Sampling()) -> list[Verdict]:
     tol = tolerance_for(dtype)
     return [
-        check_hop(b, h.inputs, h.fingerprints, tol, tokens=trace.tokens, sampling=sampling)
+        check_hop(b, h.inputs, h.fingerprints, tol, tokens=trace.tokens, sampling=sampling, sent=h.outputs)
         for b, h in zip(chains[torch.float32], trace.hops, strict=True)
     ]
 
@@ -148,3 +148,16 @@ def test_mismatched_inputs_are_refused(chains: dict[torch.dtype, list[Block]]) -
     fps = list(trace.hops[1].fingerprints)
     fps[1], fps[2] = fps[2], fps[1]
     assert check_hop(blocks[1], trace.hops[1].inputs, fps, tol).failed_steps == [1, 2]
+
+
+def test_a_fingerprint_must_be_that_of_the_bytes_sent(chains: dict[torch.dtype, list[Block]]) -> None:
+    blocks = chains[torch.float32]
+    trace = run_job(honest_factories(blocks, MAX_LEN), _prompt(2), 6)
+    hop = trace.hops[1]
+    steered = [o.clone() for o in hop.outputs]
+    steered[3][0, -1, 0] += 5.0  # sent something else than it computed, kept the honest fingerprint
+    tol = tolerance_for("float32")
+    assert check_hop(blocks[1], hop.inputs, hop.fingerprints, tol).passed  # the recomputation alone cannot see it
+    verdict = check_hop(blocks[1], hop.inputs, hop.fingerprints, tol, sent=steered)
+    assert verdict.failed_steps == [3] and verdict.steps[3].bound is False
+    assert all(s.bound for s in check_hop(blocks[1], hop.inputs, hop.fingerprints, tol, sent=hop.outputs).steps)

@@ -32,6 +32,24 @@ def test_same_output_same_bytes_whatever_its_layout_or_dtype_of_storage() -> Non
     assert make_fingerprint(_hidden(3, seed=1)) != fp
 
 
+def test_projections_are_exactly_rounded_sums_so_every_machine_writes_the_same_bytes() -> None:
+    from fractions import Fraction
+
+    h = _hidden(1, d=64, seed=3) * torch.logspace(-8, 3, 64)  # magnitudes far apart: order matters in floats
+    fp = parse_fingerprint(make_fingerprint(h))
+    signs = projection_matrix(64, 2)
+    for j in range(2):
+        exact = sum(Fraction(float(v)) * int(s) for v, s in zip(h[0, 0].tolist(), signs[:, j].tolist(), strict=True))
+        expected = torch.tensor(float(exact) / math.sqrt(64), dtype=torch.float64).numpy().astype("<f2")
+        assert fp.projections[0, j].item() == float(expected)
+    with_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert make_fingerprint(h) == make_fingerprint(h.clone())
+    finally:
+        torch.set_num_threads(with_threads)
+
+
 def test_size_is_a_few_hundred_bytes_per_32_decode_steps() -> None:
     steps = [make_fingerprint(_hidden(1, seed=s)) for s in range(32)]
     assert all(len(fp) == 6 + 12 for fp in steps)  # header + 2 indices, 2 values, 2 projections
