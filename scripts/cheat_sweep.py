@@ -35,7 +35,7 @@ from shardnet.model.block import Block  # noqa: E402
 from shardnet.verify import cheats  # noqa: E402
 from shardnet.verify.check import Sampling, check_hop  # noqa: E402
 from shardnet.verify.sampler import job_seed  # noqa: E402
-from shardnet.verify.simulate import Hop, HonestHop, honest_factories, run_job  # noqa: E402
+from shardnet.verify.simulate import HonestHop, Hop, honest_factories, run_job  # noqa: E402
 from shardnet.verify.tolerance import tolerance_for  # noqa: E402
 
 REGISTRY = "0x" + "5a" * 20
@@ -68,6 +68,9 @@ def strategies(subtle_noise: float) -> list[Strategy]:
         Strategy("half layers", torch.float32, mid,
                  lambda b, n, s: cheats.LayersHop(b[mid], cheats.half_layers(b[mid].span), n)),
         Strategy("int8 weights", torch.float32, mid, lambda b, n, s: HonestHop(_int8(b[mid]), n)),
+        Strategy("half layers, bf16 worker", torch.bfloat16, mid,
+                 lambda b, n, s: cheats.LayersHop(b[mid], cheats.half_layers(b[mid].span), n)),
+        Strategy("int8 weights, bf16 worker", torch.bfloat16, mid, lambda b, n, s: HonestHop(_int8(b[mid]), n)),
         Strategy("logit lens (last hop)", torch.float32, last, lambda b, n, s: cheats.LayersHop(b[last], None, n)),
         Strategy("second-best always", torch.float32, last, lambda b, n, s: cheats.SecondBestHop(HonestHop(b[last], n), seed=s)),
         Strategy("second-best 30%", torch.float32, last,
@@ -113,8 +116,10 @@ def run_strategy(
         if strat.hop is not None and strat.make is not None:
             make = strat.make
 
-            def cheat(_i: int, job: int = job) -> Hop:
-                made.append(make(workers, max_length, job))
+            def cheat(
+                _i: int, job: int = job, make: Callable[..., Hop] = make, made: list[Hop] = made, n: int = max_length
+            ) -> Hop:
+                made.append(make(workers, n, job))
                 return made[-1]
 
             factories[strat.hop] = cheat

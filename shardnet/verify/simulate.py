@@ -17,7 +17,7 @@ import torch
 
 from shardnet.model.block import Block
 from shardnet.model.session import check_chain
-from shardnet.verify.check import Sampling
+from shardnet.verify.check import GREEDY, Sampling
 from shardnet.verify.fingerprint import make_fingerprint
 from shardnet.verify.sampler import sample_token
 
@@ -85,7 +85,7 @@ def run_job(
     hop_factories: Sequence[HopFactory],
     prompt: torch.Tensor,
     steps: int,
-    sampling: Sampling = Sampling(),
+    sampling: Sampling = GREEDY,
 ) -> JobTrace:
     """Generate `steps` tokens after `prompt` [1, p] through the hops; step 0 is the prompt."""
     hops = [make(i) for i, make in enumerate(hop_factories)]
@@ -117,4 +117,8 @@ def run_job(
 def honest_factories(blocks: Sequence[Block], max_length: int, threads: int | None = None) -> list[HopFactory]:
     """One honest hop factory per block of a chain."""
     check_chain(blocks)
-    return [lambda _i, b=b: HonestHop(b, max_length, threads) for b in blocks]
+
+    def factory(block: Block) -> HopFactory:
+        return lambda _i: HonestHop(block, max_length, threads)
+
+    return [factory(b) for b in blocks]

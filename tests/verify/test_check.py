@@ -15,9 +15,9 @@ from shardnet.model import load_block_from_parts
 from shardnet.model.block import Block
 from shardnet.span import LayerSpan
 from shardnet.verify import cheats
-from shardnet.verify.check import Sampling, Verdict, check_hop, recompute_span
+from shardnet.verify.check import GREEDY, Sampling, Verdict, check_hop, recompute_span
 from shardnet.verify.sampler import job_seed
-from shardnet.verify.simulate import Hop, HonestHop, JobTrace, honest_factories, run_job
+from shardnet.verify.simulate import HonestHop, Hop, JobTrace, honest_factories, run_job
 from shardnet.verify.tolerance import tolerance_for
 from tests.fixtures_model import TinyModel
 
@@ -45,7 +45,7 @@ def _prompt(seed: int) -> torch.Tensor:
 
 
 def _check_all(chains: dict[torch.dtype, list[Block]], trace: JobTrace, dtype: torch.dtype,
-               sampling: Sampling = Sampling()) -> list[Verdict]:
+               sampling: Sampling = GREEDY) -> list[Verdict]:
     tol = tolerance_for(dtype)
     return [
         check_hop(b, h.inputs, h.fingerprints, tol, tokens=trace.tokens, sampling=sampling, sent=h.outputs)
