@@ -72,6 +72,15 @@ def test_layout_holds_the_top_k_by_magnitude_ties_to_the_lower_index() -> None:
     assert set(projection_matrix(8, 2).unique().tolist()) <= {-1.0, 1.0}
 
 
+def test_top_indices_equal_a_stable_sort_even_with_many_ties() -> None:
+    from shardnet.verify.fingerprint import _top_indices
+
+    rows = torch.randint(-3, 4, (50, 40), generator=torch.Generator().manual_seed(0)).float()  # ties everywhere
+    for k in (1, 2, 5):
+        expected = torch.sort(rows.abs(), dim=1, descending=True, stable=True).indices[:, :k]
+        assert torch.equal(_top_indices(rows, k), expected)
+
+
 def test_distance_is_small_for_drift_and_large_for_changes() -> None:
     h = _hidden(4)
     fp = make_fingerprint(h)
