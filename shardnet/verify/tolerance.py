@@ -1,8 +1,8 @@
 """Tolerances per (worker dtype, verifier dtype), calibrated by scripts/calibrate_verify.py.
 
-Each figure is the largest value measured between honest runs (tiny model and SmolLM2; step-by-step
-worker vs one-pass verifier; 1 vs 2 threads) times `MARGIN`; docs/verification.md has the
-distributions. A verifier always recomputes in float32. A dtype pair not in the table has no
+Each figure is `MARGIN` x the largest value measured between honest runs (tiny model and SmolLM2;
+step-by-step worker vs one-pass verifier; 1 vs 2 threads): step distance, median step distance of a
+hop's job, twice the logit drift (tie margin), CDF drift; docs/verification.md has the distributions. A verifier always recomputes in float32. A dtype pair not in the table has no
 calibration: refuse it when the worker announces, never guess.
 """
 
