@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # The test command: installs what is needed (scripts/setup.sh, and a PostgreSQL server for the one
-# PostgreSQL test when running as root on Debian), then runs the whole pytest suite.
+# PostgreSQL test when running as root on Debian), runs the quality gates (scripts/lint.sh: ruff check,
+# ruff format --check, mypy) and, when they pass, the whole pytest suite.
 #   bash scripts/test.sh                 # everything
 #   bash scripts/test.sh tests/chain -k watcher   # extra arguments go to pytest
+#   SHARDNET_LINT=0 bash scripts/test.sh tests/chain   # skip the gates while iterating (CI never does)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+
+if [ "${SHARDNET_LINT:-1}" != 0 ]; then
+    bash scripts/lint.sh || { echo "[test] a quality gate failed (listed above): no tests were run" >&2; exit 1; }
+fi
 
 if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

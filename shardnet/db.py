@@ -179,7 +179,7 @@ def check_chain_identity(engine: Engine, role: str, identity: ChainIdentity, *, 
                          what: str = "the database", reset_flag: str = "--reset-state") -> None:
     """Record `identity` for `role` in a fresh database; refuse one recorded for another chain, unless `reset`,
     which first deletes every row of every table but other roles' identities (the role starts from scratch)."""
-    Base.metadata.create_all(engine, tables=[ChainIdentityRow.__table__])  # type: ignore[list-item]
+    Base.metadata.create_all(engine, tables=[Base.metadata.tables[ChainIdentityRow.__tablename__]])
     with session_scope(engine) as db:
         row = db.get(ChainIdentityRow, role)
         if row is not None:

@@ -261,7 +261,8 @@ def cmd_chain_status(args: argparse.Namespace) -> int:
     registry = Registry.from_deployment(args.deployment, rpc_url=args.rpc_url)
     head = registry.block_number()
     p = registry.params()
-    print(f"registry {registry.address} at {registry.w3.provider.endpoint_uri} (block {head}), owner {registry.owner()}")  # type: ignore[attr-defined]
+    endpoint = getattr(registry.w3.provider, "endpoint_uri", None) or "its deployment's RPC"  # HTTPProvider's
+    print(f"registry {registry.address} at {endpoint} (block {head}), owner {registry.owner()}")
     print(
         f"params: min stake {_ether(p.min_stake)}, unbonding {p.unbonding_period} s, job timeout {p.job_timeout} s, "
         f"coordinator fee {p.coordinator_fee_bps} bps, slash {p.slash_bps} bps, max prompt {p.max_prompt_tokens} tokens"

@@ -8,12 +8,13 @@ The first block also holds the embedding, the last the final norm and head.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import struct
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -254,17 +255,17 @@ def read_safetensors(
 _CHUNK_BYTES = 8 << 20
 
 
-def _read_into(f: BinaryIO, out: torch.Tensor, stored: torch.dtype, what: str) -> None:
+def _read_into(f: io.BufferedIOBase, out: torch.Tensor, stored: torch.dtype, what: str) -> None:
     """Fill the flat tensor `out` from `f`, whose bytes hold `out.numel()` values of dtype `stored`."""
     if out.dtype == stored:
         chunks = [(out, out)]
     else:
         step = max(1, _CHUNK_BYTES // stored.itemsize)
         scratch = torch.empty(min(step, out.numel()), dtype=stored)
-        chunks = [(scratch[: len(piece)], piece) for piece in out.split(step)]
+        chunks = [(scratch[: len(piece)], piece) for piece in torch.split(out, step)]
     for buffer, target in chunks:
         raw = buffer.view(torch.uint8).numpy()
-        if f.readinto(raw) != raw.nbytes:
+        if f.readinto(raw.data) != raw.nbytes:  # .data: the memoryview (typed as a buffer)
             raise ModelError(f"{what} is truncated; fetch the file again")
         if target is not buffer:
             target.copy_(buffer)

@@ -104,7 +104,8 @@ def _load_gguf(path: Path, tokenizer_dir: Path) -> tuple[Any, str]:
             "supports can be imported (e.g. Llama, Mistral, Qwen2, GPT-2)"
         ) from exc
     # transformers keeps the GGUF quantizer on the model; the weights are plain float32 now
-    model.hf_quantizer = None
+    # nn.Module types attribute values as Tensor | Module; transformers keeps its quantizer as a plain one
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     log.info("extracting the tokenizer from %s", path.name)
@@ -153,7 +154,8 @@ def _manifest_config(config: Any) -> dict[str, Any]:
 
     data = config_dict(config)
     kept = {k: v for k, v in data.items() if not k.startswith("_") and k != "quantization_config"}
-    return json.loads(canonical_json(kept))  # as it reads back from the manifest (e.g. int keys -> str)
+    reread: dict[str, Any] = json.loads(canonical_json(kept))  # as the manifest reads back (int keys -> str)
+    return reread
 
 
 def import_model(

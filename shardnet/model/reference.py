@@ -24,12 +24,16 @@ def load_reference(
     """The whole HF model (eval mode) from a `save_parts` folder and its config, or from a store folder
     (files by CID) and the model's manifest (a mapping with "files" and "config")."""
     root = Path(parts_dir_or_store)
-    is_manifest = isinstance(manifest_or_config, Mapping) and "files" in manifest_or_config
-    config = config_from_dict(manifest_or_config["config"] if is_manifest else manifest_or_config)  # type: ignore[index]
+    manifest = (
+        manifest_or_config
+        if isinstance(manifest_or_config, Mapping) and "files" in manifest_or_config
+        else None
+    )
+    config = config_from_dict(manifest["config"] if manifest is not None else manifest_or_config)
     adapter = get_adapter(config.model_type)
     num_layers = adapter.num_layers(config)
-    if is_manifest:
-        paths = span_files(manifest_or_config["files"], LayerSpan(0, num_layers), num_layers, root)  # type: ignore[index]
+    if manifest is not None:
+        paths = span_files(manifest["files"], LayerSpan(0, num_layers), num_layers, root)
     else:
         names = [part_file_name("embed"), *(part_file_name("layer", i) for i in range(num_layers)), part_file_name("head")]
         paths = [root / name for name in names]

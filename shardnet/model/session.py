@@ -12,6 +12,8 @@ import torch
 from shardnet.model.adapters import DecoderAdapter, ModelError
 
 if TYPE_CHECKING:
+    from transformers.cache_utils import Cache
+
     from shardnet.model.block import Block
 
 logger = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ class BlockSession:
         self.max_length = max_length
         self.length = 0  # positions cached so far
         self._adapter: DecoderAdapter = block.adapter
-        self._cache = self._adapter.new_cache(block.config)
+        self._cache: Cache | None = self._adapter.new_cache(block.config)  # None once closed
         self._closed = False
         self._failed: str | None = None
 
@@ -47,7 +49,8 @@ class BlockSession:
     def step(self, x: torch.Tensor, start_pos: int) -> torch.Tensor:
         """Run positions `start_pos`.. through the block; returns hidden states or, on the last block,
         float32 logits of the last position [1, 1, vocab]."""
-        if self._closed:
+        cache = self._cache
+        if self._closed or cache is None:
             raise ModelError("this session is closed; open a new one with block.new_session()")
         if self._failed is not None:
             raise ModelError(f"an earlier step failed ({self._failed}); open a new session and replay the inputs")
@@ -70,7 +73,7 @@ class BlockSession:
                     hidden = self._adapter.embed(block.module, x, position_ids)
                 else:
                     hidden = x.to(block.dtype)
-                hidden = self._adapter.run_layers(block.module, hidden, block.span, self._cache, position_ids)
+                hidden = self._adapter.run_layers(block.module, hidden, block.span, cache, position_ids)
                 out = self._adapter.logits(block.module, hidden).float() if block.is_last else hidden
         except Exception as exc:
             self._failed = f"{type(exc).__name__}: {exc}"
@@ -81,7 +84,7 @@ class BlockSession:
     def close(self) -> None:
         """Free the KV cache. Further steps raise."""
         self._closed = True
-        self._cache = None  # type: ignore[assignment]
+        self._cache = None
 
     def __enter__(self) -> BlockSession:
         return self

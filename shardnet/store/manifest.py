@@ -176,7 +176,8 @@ def _parse(d: dict[str, Any]) -> Manifest:
         )
     _need(d["kind"] in KINDS, f"manifest kind {d['kind']!r} is not one of {KINDS}")
     n = d.get("num_layers")
-    _need(type(n) is int and n > 0, "manifest field 'num_layers' must be a positive integer")
+    if type(n) is not int or n <= 0:  # type(), not isinstance: true is not a layer count
+        raise ManifestError("manifest field 'num_layers' must be a positive integer")
     _need(isinstance(d.get("config"), dict), "manifest field 'config' must be an object")
     _need(
         isinstance(d.get("files"), list) and bool(d["files"]),

@@ -10,7 +10,6 @@ Greedy jobs must emit the argmax, unless the top two reference logits are within
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +32,7 @@ def uniform(seed: bytes, step: int) -> float:
         raise ValueError(f"a job seed is 32 bytes, got {len(seed)}")
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
-    (word,) = struct.unpack(">Q", keccak(seed + step.to_bytes(8, "big"))[:8])
+    word = int.from_bytes(keccak(seed + step.to_bytes(8, "big"))[:8], "big")
     return (word >> 11) / float(1 << 53)
 
 

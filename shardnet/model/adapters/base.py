@@ -89,14 +89,21 @@ class Adapter(ABC):
                 f"architecture {chosen} is not supported by the {self.family} adapter "
                 f"(supported: {', '.join(self.architectures)}); set config.architectures to one of them"
             )
-        return getattr(transformers, chosen)
+        model_class = getattr(transformers, chosen, None)
+        if not (isinstance(model_class, type) and issubclass(model_class, PreTrainedModel)):
+            raise ModelError(
+                f"transformers {transformers.__version__} has no model class {chosen}; "
+                "install the transformers version in pyproject.toml"
+            )
+        return model_class
 
     # ------------------------------------------------------------------ building
     def build_model(self, config: PretrainedConfig) -> PreTrainedModel:
         """The whole HF model in eval mode, parameters on the meta device, buffers real."""
         with init_empty_weights(include_buffers=False):
             model = self.model_class(config)(config)
-        return model.eval()
+        model.train(False)  # eval mode (PreTrainedModel.eval is unannotated; train(False) is what it calls)
+        return model
 
     def build_span(self, config: PretrainedConfig, span: LayerSpan) -> PreTrainedModel:
         """The HF model with parameters on the meta device, holding only `span`'s modules.
@@ -157,8 +164,19 @@ class Adapter(ABC):
         parent._modules[attr] = module
 
     def layer(self, model: nn.Module, index: int) -> nn.Module:
+        """Layer `index` of a block built by `build_span` (its layers are an `nn.ModuleDict` by index)."""
         layers = self.get_module(model, self.layers_name)
-        return layers[str(index)]  # type: ignore[index]
+        if not isinstance(layers, nn.ModuleDict):
+            raise ModelError(f"{type(model).__name__}.{self.layers_name} was not built by build_span")
+        return layers[str(index)]
+
+    @staticmethod
+    def config_of(model: nn.Module) -> PretrainedConfig:
+        """The HF config a model carries as `model.config`."""
+        config = getattr(model, "config", None)
+        if not isinstance(config, PretrainedConfig):
+            raise ModelError(f"{type(model).__name__} carries no Hugging Face config; build it with build_span")
+        return config
 
 
 class DecoderAdapter(Adapter):
@@ -251,6 +269,14 @@ class EncoderAdapter(Adapter):
     @abstractmethod
     def output(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """The model's output from the last layer's hidden states (documented per family)."""
+
+
+def run_module(module: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """`module(*args, **kwargs)` for a module that returns one tensor (nn.Module's call is typed Any)."""
+    output = module(*args, **kwargs)
+    if not isinstance(output, torch.Tensor):
+        raise ModelError(f"{type(module).__name__} returned {type(output).__name__}, not a tensor")
+    return output
 
 
 def span_range(span: LayerSpan) -> range:

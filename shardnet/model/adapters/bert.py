@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
-from shardnet.model.adapters.base import EncoderAdapter, register
+from shardnet.model.adapters.base import EncoderAdapter, register, run_module
 from shardnet.span import LayerSpan
 
 
@@ -30,14 +30,17 @@ class BertAdapter(EncoderAdapter):
     unused_names = ("pooler",)
 
     def embed(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return self.get_module(model, "embeddings")(input_ids=x)
+        return run_module(self.get_module(model, "embeddings"), input_ids=x)
 
     def run_layers(
         self, model: nn.Module, hidden: torch.Tensor, span: LayerSpan, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        mask = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        mask = create_bidirectional_mask(
+            config=self.config_of(model), inputs_embeds=hidden, attention_mask=attention_mask
+        )
         for i in range(span.start, span.end):
-            hidden = self.layer(model, i)(hidden, mask, None, encoder_attention_mask=None, past_key_values=None)
+            layer = self.layer(model, i)
+            hidden = run_module(layer, hidden, mask, None, encoder_attention_mask=None, past_key_values=None)
         return hidden
 
     def output(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache
 
-from shardnet.model.adapters.base import DecoderAdapter, register
+from shardnet.model.adapters.base import DecoderAdapter, register, run_module
 from shardnet.span import LayerSpan
 
 
@@ -25,9 +25,9 @@ class GPT2Adapter(DecoderAdapter):
     head_names = ("ln_f", "lm_head")
 
     def embed(self, model: nn.Module, ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        inputs_embeds = self.get_module(model, "wte")(ids)
-        position_embeds = self.get_module(model, "wpe")(position_ids)
-        return self.get_module(model, "drop")(inputs_embeds + position_embeds)
+        inputs_embeds = run_module(self.get_module(model, "wte"), ids)
+        position_embeds = run_module(self.get_module(model, "wpe"), position_ids)
+        return run_module(self.get_module(model, "drop"), inputs_embeds + position_embeds)
 
     def run_layers(
         self,
@@ -37,12 +37,14 @@ class GPT2Adapter(DecoderAdapter):
         cache: Cache,
         position_ids: torch.Tensor,
     ) -> torch.Tensor:
-        masks = self.masks(model.config, hidden, span, cache, position_ids)
+        config = self.config_of(model)
+        masks = self.masks(config, hidden, span, cache, position_ids)
         for i in range(span.start, span.end):
-            hidden = self.layer(model, i)(
+            hidden = run_module(
+                self.layer(model, i),
                 hidden,
                 cache,
-                masks[self.layer_type(model.config, i)],
+                masks[self.layer_type(config, i)],
                 None,  # encoder_hidden_states
                 encoder_attention_mask=None,
                 use_cache=True,
@@ -51,5 +53,5 @@ class GPT2Adapter(DecoderAdapter):
         return hidden
 
     def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-        hidden = self.get_module(model, "ln_f")(hidden)
-        return self.get_module(model, "lm_head")(hidden[:, -1:, :])
+        hidden = run_module(self.get_module(model, "ln_f"), hidden)
+        return run_module(self.get_module(model, "lm_head"), hidden[:, -1:, :])

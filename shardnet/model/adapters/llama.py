@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache
 
-from shardnet.model.adapters.base import DecoderAdapter, register
+from shardnet.model.adapters.base import DecoderAdapter, register, run_module
 from shardnet.span import LayerSpan
 
 
@@ -26,7 +26,7 @@ class LlamaAdapter(DecoderAdapter):
     head_names = ("norm", "lm_head")
 
     def embed(self, model: nn.Module, ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        return self.get_module(model, "embed_tokens")(ids)
+        return run_module(self.get_module(model, "embed_tokens"), ids)
 
     def run_layers(
         self,
@@ -36,11 +36,12 @@ class LlamaAdapter(DecoderAdapter):
         cache: Cache,
         position_ids: torch.Tensor,
     ) -> torch.Tensor:
-        config = model.config
+        config = self.config_of(model)
         masks = self.masks(config, hidden, span, cache, position_ids)
         position_embeddings = self.get_module(model, "rotary_emb")(hidden, position_ids=position_ids)
         for i in range(span.start, span.end):
-            hidden = self.layer(model, i)(
+            hidden = run_module(
+                self.layer(model, i),
                 hidden,
                 attention_mask=masks[self.layer_type(config, i)],
                 position_embeddings=position_embeddings,
@@ -51,5 +52,5 @@ class LlamaAdapter(DecoderAdapter):
         return hidden
 
     def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-        hidden = self.get_module(model, "norm")(hidden)
-        return self.get_module(model, "lm_head")(hidden[:, -1:, :])
+        hidden = run_module(self.get_module(model, "norm"), hidden)
+        return run_module(self.get_module(model, "lm_head"), hidden[:, -1:, :])

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
-from shardnet.model.adapters.base import EncoderAdapter, register
+from shardnet.model.adapters.base import EncoderAdapter, register, run_module
 from shardnet.span import LayerSpan
 
 
@@ -31,19 +31,21 @@ class ViTAdapter(EncoderAdapter):
 
     def embed(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         embeddings = self.get_module(model, "embeddings")
-        pixels = x.to(embeddings.patch_embeddings.projection.weight.dtype)
-        return embeddings(pixels, bool_masked_pos=None, interpolate_pos_encoding=None)
+        pixels = x.to(embeddings.get_parameter("patch_embeddings.projection.weight").dtype)
+        return run_module(embeddings, pixels, bool_masked_pos=None, interpolate_pos_encoding=None)
 
     def run_layers(
         self, model: nn.Module, hidden: torch.Tensor, span: LayerSpan, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        mask = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        mask = create_bidirectional_mask(
+            config=self.config_of(model), inputs_embeds=hidden, attention_mask=attention_mask
+        )
         for i in range(span.start, span.end):
-            hidden = self.layer(model, i)(hidden, mask)
+            hidden = run_module(self.layer(model, i), hidden, mask)
         return hidden
 
     def output(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-        sequence_output = self.get_module(model, "layernorm")(hidden)
+        sequence_output = run_module(self.get_module(model, "layernorm"), hidden)
         if not self.has_module(model, "classifier"):
             return sequence_output
-        return self.get_module(model, "classifier")(sequence_output[:, 0, :])
+        return run_module(self.get_module(model, "classifier"), sequence_output[:, 0, :])
