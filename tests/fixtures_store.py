@@ -5,6 +5,8 @@
   to a folder to keep that import between sessions (the first import takes ~40 s).
 - ``serve_store(store_dir)``: a context manager running ``make_shard_routes`` on 127.0.0.1 in a
   thread; yields the peer's base URL.
+- ``hostile_routes(store_dir)``: routes of a peer that serves whatever bytes its folder holds under a CID,
+  unverified (an honest worker hashes before serving; a hostile one does not): for tests of the fetching side.
 """
 
 from __future__ import annotations
@@ -21,6 +23,17 @@ import pytest
 from aiohttp import web
 
 from shardnet.store.manifest import Manifest, load_manifest
+
+
+def hostile_routes(store_dir: str | Path) -> list[web.RouteDef]:
+    """`GET /v1/shards/{cid}` answering the folder's file as is, without checking it against its CID."""
+    root = Path(store_dir)
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        path = root / request.match_info["cid"]
+        return web.FileResponse(path) if path.is_file() else web.Response(status=404)
+
+    return [web.get("/v1/shards/{cid}", serve)]
 
 
 @contextmanager

@@ -56,7 +56,7 @@ class ConnectionGuard:
             guard._closed(handler)
             lost(handler, exc)
 
-        server.connection_made = connection_made  # type: ignore[method-assign,assignment]
+        server.connection_made = connection_made  # type: ignore[method-assign]
         server.connection_lost = connection_lost  # type: ignore[method-assign,assignment]
         return guard
 

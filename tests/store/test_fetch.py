@@ -16,7 +16,7 @@ from shardnet.store.fetch import FetchError, ensure_file, fetch_files
 from shardnet.store.http import PeerError, download, make_shard_routes
 from shardnet.store.local import LocalStore
 from shardnet.store.manifest import Manifest, ShardFile, TokenizerFile
-from tests.fixtures_store import serve_store
+from tests.fixtures_store import hostile_routes, serve_store
 
 NUM_LAYERS = 4
 
@@ -137,7 +137,7 @@ def test_bad_peer_is_refused_then_the_next_peer_is_used(published, tmp_path: Pat
     }[damage]
     bad = _tampered(src, tmp_path / "bad", target.cid, content)
     dest = LocalStore(tmp_path / "dest")
-    with serve_store(bad.root) as bad_url:
+    with serve_store(bad.root, routes=hostile_routes(bad.root)) as bad_url:
         with pytest.raises(IntegrityError, match="nothing was stored"):
             fetch_files(mcid, "1:2", bad_url, dest.root, progress=False)
         assert not dest.has(target.cid)
@@ -296,7 +296,7 @@ def test_a_substituted_file_from_a_peer_is_refused(tmp_path: Path) -> None:
     tok = manifest.tokenizer[0]
     liar = LocalStore(tmp_path / "liar").ensure()
     (liar.root / tok.cid).write_bytes(blobs["layer-000.safetensors"])
-    with serve_store(liar.root) as url:
+    with serve_store(liar.root, routes=hostile_routes(liar.root)) as url:
         with pytest.raises(IntegrityError, match="tokenizer.json"):
             ensure_file(tok.cid, url, tmp_path / "dest", label=tok.name)
     assert not (tmp_path / "dest" / tok.cid).exists()
