@@ -273,3 +273,34 @@ def test_listening_beyond_loopback_needs_an_api_key_or_an_explicit_no(host: str)
     assert config_from_args(build_parser().parse_args(["run", "--host", host, "--api-key", "k"])).api_key == "k"
     assert config_from_args(build_parser().parse_args(["run", "--host", host, "--no-api-key"])).no_api_key
     assert config_from_args(build_parser().parse_args(["run", "--host", "127.0.0.1"])).api_key is None
+
+
+def test_with_the_chain_node_down_the_api_answers_503_not_400_or_500(tmp_path: Path, accounts) -> None:
+    """Issue 11.2: a coordinator on its own devnet; the node is stopped; every API answer is 502/503."""
+    from shardnet.chain.deploy import deploy_registry
+    from tests.fixtures_chain import TEST_PARAMS, _started_chain
+
+    with _started_chain("anvil", tmp_path) as chain:
+        deployment = deploy_registry(chain.w3, accounts[0], TEST_PARAMS)
+        dep_file = deployment.save(tmp_path / "deployment.json")
+        owner = Registry(chain.w3, deployment.registry, accounts[0], deploy_block=deployment.deploy_block)
+        owner.register_model("tiny-chat", "bafkreinothere", 6, PRICE)
+        owner.set_coordinator(accounts[1].address, "http://127.0.0.1:9", True)
+        coord = start_coordinator(tmp_path, accounts[1].key.hex(), dep_file, tmp_path / "store",
+                                  name="lonely-coordinator")
+        try:
+            coord.wait_ready(timeout=300)
+            chain.devnet.stop()
+            requests = [
+                ("GET", "/v1/models", None),
+                ("POST", "/v1/completions", {"model": "tiny-chat", "prompt": "hi", "max_tokens": 2}),
+                ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+                ("POST", "/v1/jobs/1/prompt", {"prompt": "hi"}),
+                ("POST", "/v1/jobs/preflight", {"model": "tiny-chat", "prompt": "hi", "max_tokens": 2}),
+            ]
+            for method, path, body in requests:
+                status, answer = http_json(method, coord.url + path, body, timeout=60)
+                assert status in (502, 503), (path, status, answer)
+                assert answer["error"]["type"] in ("service_unavailable", "server_error"), answer
+        finally:
+            coord.stop()
