@@ -133,9 +133,11 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
     except PreflightRefused as exc:
         unavailable = exc.code in ("no_route", "model_unavailable")
         _release(place)
-        return error(503 if unavailable else 400, f"{exc} (nothing was paid)",
-                     "service_unavailable" if unavailable else "invalid_request_error", code=exc.code,
-                     param=None if unavailable else ("max_tokens" if "max_tokens" in exc.code else "prompt"))
+        if unavailable:
+            return error(503, f"model {body.model!r} cannot be served now (nothing was paid): {exc.__cause__ or exc}",
+                         "service_unavailable", code=exc.code)
+        return error(400, f"{exc} (nothing was paid)", code=exc.code,
+                     param="max_tokens" if "max_tokens" in exc.code else "prompt")
     except Refused as exc:
         return error(exc.status, str(exc), "rate_limit_exceeded" if exc.status == 429 else "service_unavailable",
                      code="busy" if exc.status == 429 else "no_capacity")
