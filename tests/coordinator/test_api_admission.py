@@ -1,6 +1,8 @@
 """Issues 11 and 12 on the coordinator's API, against a real network on 127.0.0.1: anvil, one `worker run` of the
-tiny chat model (layers 0:6, --max-length 64, at most 2 sessions) and one `coordinator run` that may run more jobs
-at once (6) than the worker has sessions, so only its admission control keeps paid jobs from failing.
+tiny chat model (layers 0:6, --max-length 64, at most 2 sessions, 1 per coordinator) and one `coordinator run` that
+may run more jobs at once (6) than the worker has sessions, so only its admission control keeps paid jobs from
+failing; the worker's /health says 2 sessions but it gives this coordinator 1, so the second admitted job meets
+the worker's 429, which must mean "busy, wait", not "down".
 
 Every refusal must come before payment: the registry's job count counts exactly the requests served.
 """
@@ -58,7 +60,7 @@ def busy_net(tmp_path_factory, anvil, accounts, module_deployment) -> Iterator[B
     owner.set_coordinator(accounts[1].address, coord.url, True)
     worker = start_worker(tmp, accounts[2], dep_file, "tiny-chat", store, "--layers", "0:6",
                           "--max-length", str(MAX_LENGTH), "--max-sessions", str(MAX_SESSIONS),
-                          "--max-sessions-per-coordinator", str(MAX_SESSIONS), name="w")
+                          "--max-sessions-per-coordinator", "1", name="w")
     try:
         worker.wait_ready(timeout=300)
         coord.wait_ready(timeout=300)
@@ -102,7 +104,9 @@ def test_sixteen_first_requests_to_a_fresh_coordinator_get_no_500(busy_net: Busy
             assert "nothing was paid" in answer["error"]["message"], answer
     assert busy_net.owner.job_count() == statuses.count(200) + 4  # the refused ones paid nothing
     _no_failed_jobs(busy_net)
-    assert "Traceback" not in busy_net.coordinator.log()
+    log = busy_net.coordinator.log()
+    assert "Traceback" not in log
+    assert "is busy" in log and " is down " not in log  # the worker's 429 was met, and waited for
 
 
 BAD_BODIES = [
@@ -248,6 +252,7 @@ def soak(net: BusyNet, sessions: int, seconds: float) -> dict[str, Any]:
     assert counts["served"] > 0
     assert net.owner.job_count() - jobs_before == counts["served"]  # refused requests paid nothing
     _no_failed_jobs(net)
+    assert " is down " not in net.coordinator.log()
     for k in pids:  # bounded: no growth per request (the tiny model's processes stay well under these)
         assert peak[k] < rss_before[k] + 300 * 1024, figures
     return figures
