@@ -22,7 +22,8 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def list_workers(request: web.Request) -> web.Response:
-    return web.json_response({"workers": request.app[SERVICE].directory.describe()})
+    return web.json_response({"workers": request.app[SERVICE].directory.describe(),
+                              "admission": request.app[openai_api.ADMISSION].describe()})
 
 
 def make_app(service: CoordinatorService) -> web.Application:
@@ -30,6 +31,6 @@ def make_app(service: CoordinatorService) -> web.Application:
     app[SERVICE] = service
     app.add_routes([web.get("/health", health), web.get("/v1/workers", list_workers)])
     app.add_routes(jobs_api.ROUTES)
-    app.add_routes(openai_api.ROUTES)
+    openai_api.install(app, service)
     app.add_routes(preflight_routes())
     return app

@@ -8,6 +8,7 @@ workers that serve the model.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,9 @@ def load_model(info: ModelInfo, store_dir: Path, peers: Sequence[str]) -> Served
 
 
 class ModelCatalog:
-    """ServedModel by on-chain model id, loaded on first use."""
+    """ServedModel by on-chain model id, loaded on first use: once, under a lock, whatever the number of threads
+    asking at the same time (concurrent first imports of transformers' tokenizer classes fail with ImportError,
+    and 16 concurrent first requests used to get 500 for it); the callers wait for the one load."""
 
     def __init__(self, fetch_info: Callable[[int], ModelInfo], store_dir: Path,
                  peers: Callable[[], list[str]]) -> None:
@@ -98,10 +101,15 @@ class ModelCatalog:
         self._store_dir = store_dir
         self._peers = peers
         self._models: dict[int, ServedModel] = {}
+        self._loading = threading.Lock()  # one load at a time (they share transformers' lazy imports)
 
     def get(self, model_id: int) -> ServedModel:
         model = self._models.get(model_id)
-        if model is None:
-            model = load_model(self._fetch_info(model_id), self._store_dir, self._peers())
-            self._models[model_id] = model
+        if model is not None:
+            return model
+        with self._loading:
+            model = self._models.get(model_id)  # loaded while this thread waited
+            if model is None:
+                model = load_model(self._fetch_info(model_id), self._store_dir, self._peers())
+                self._models[model_id] = model
         return model

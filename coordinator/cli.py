@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from coordinator.config import ENV_PREFIX, CoordinatorConfig, load_config
+from coordinator.config import ENV_PREFIX, CoordinatorConfig, field_help, load_config
 from shardnet.cli import run_command
 from shardnet.config import add_settings_flags, flag_overrides
 
 _METAVARS = {"api_key": "KEY"}
+_SWITCHES = ("no_api_key",)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +25,11 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         parser, CoordinatorConfig, env_prefix=ENV_PREFIX, metavars=_METAVARS,
         config_help="TOML file of settings (see coordinator/coordinator.example.toml; keys as the flags, with _ "
         f"for -); flags and {ENV_PREFIX}<SETTING> environment variables override it",
+        names=[n for n in CoordinatorConfig.model_fields if n not in _SWITCHES],
     )
+    for name in _SWITCHES:  # yes/no settings are switches: given means true
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true", default=None,
+                            help=field_help()[name] + f" [env {ENV_PREFIX}{name.upper()}=true]")
 
 
 def build_parser() -> argparse.ArgumentParser:

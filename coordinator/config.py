@@ -6,16 +6,26 @@ TOML file given with `--config`, the defaults below. Every field's `description`
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shardnet.config import ChainSettings, load_layered
 from shardnet.config import field_help as shared_field_help
 
 ENV_PREFIX = "SHARDNET_COORDINATOR_"
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
 
 
 class CoordinatorConfig(ChainSettings):
@@ -74,7 +84,32 @@ class CoordinatorConfig(ChainSettings):
     api_model_id: int | None = Field(
         None, description="on-chain model id the OpenAI API serves by default; default: the first registered"
     )
-    api_max_tokens: int = Field(64, ge=1, description="max_tokens of an API request that gives none")
+    api_max_tokens: int = Field(
+        64, ge=1, description="max_tokens of an API request that gives none (capped by what the route can hold)"
+    )
+    no_api_key: bool = Field(
+        False, description="serve the paid OpenAI API without a key on a non-loopback --host (anyone who reaches "
+        "it spends this coordinator's ETH); without it such a start is refused"
+    )
+    api_max_running: int | None = Field(
+        None, ge=1, description="OpenAI API requests paid and running at once; default: --max-concurrent-jobs"
+    )
+    api_queue_size: int = Field(
+        32, ge=0, description="OpenAI API requests that may wait for capacity before paying (429 beyond)"
+    )
+    api_queue_wait_s: float = Field(
+        30.0, ge=0, description="how long a waiting OpenAI API request waits for capacity (then 503, nothing paid)"
+    )
+
+    @model_validator(mode="after")
+    def _key_beyond_loopback(self) -> CoordinatorConfig:
+        if not self.api_key and not self.no_api_key and not _is_loopback(self.host):
+            raise ValueError(
+                f"--host {self.host} listens beyond this machine, and the OpenAI API spends the coordinator's ETH "
+                "on every request: set --api-key KEY (clients send `Authorization: Bearer KEY`), or pass "
+                "--no-api-key to serve it to anyone who can reach it"
+            )
+        return self
 
     @property
     def endpoint(self) -> str:

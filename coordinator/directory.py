@@ -16,11 +16,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from coordinator.router import DEFAULT_COMPUTE_PER_LAYER_S, DEFAULT_RTT_S, WorkerInfo
+from shardnet.peer.errors import TooManySessions, WorkerAPIError, WorkerUnavailable
 from shardnet.span import LayerSpan
 
 log = logging.getLogger(__name__)
 
 EWMA = 0.3  # weight of a new measurement
+
+
+def is_busy(exc: BaseException) -> bool:
+    """A worker's refusal that means "busy, try again" (429 session limit, 503 full), not "down" (503 draining)."""
+    if isinstance(exc, TooManySessions):
+        return True
+    return isinstance(exc, WorkerUnavailable) and "shutting down" not in exc.message
+
+
+__all__ = ["WorkerAPIError", "WorkerDirectory", "is_busy", "probe_forever"]
 
 
 @dataclass
@@ -95,6 +106,15 @@ class WorkerDirectory:
         stats = self._stats.setdefault(node.lower(), _NodeStats())
         per_layer = max(seconds - stats.rtt_s, 0.0) / max(layers, 1)
         stats.compute_per_layer_s = (1 - EWMA) * stats.compute_per_layer_s + EWMA * per_layer
+
+    def load(self, node: str) -> int:
+        """Routed sessions this coordinator holds on `node` now."""
+        return self._stats.get(node.lower(), _NodeStats()).load
+
+    def mark_busy(self, node: str, why: str = "") -> None:
+        """A worker answered 429 (its session limit) or 503 "full": it is busy, not dead. It stays routable (a
+        job waits for it or a replica takes the work); it is never marked down for it."""
+        log.info("worker %s is busy (%s): waiting for a session, not marking it down", node, why or "full")
 
     def add_load(self, node: str, delta: int) -> None:
         stats = self._stats.setdefault(node.lower(), _NodeStats())

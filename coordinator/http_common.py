@@ -1,4 +1,4 @@
-"""What the coordinator's two HTTP APIs share: the service key, error bodies, JSON bodies, sampling parameters."""
+"""What the coordinator's two HTTP APIs share: the service key, error bodies, JSON bodies, chain failures."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
-from coordinator.sampling import SamplingParams
 from coordinator.service import CoordinatorService
-from shardnet.errors import ConfigError
+from shardnet.chain.errors import ChainError, ChainUnavailable
 from shardnet.wire.json_limits import read_json
 
 SERVICE: web.AppKey[CoordinatorService] = web.AppKey("service", CoordinatorService)
@@ -19,30 +18,32 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_JSON_DEPTH = 32  # chat messages nest 3 deep
 
 
-def error(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
-    """An error answer in OpenAI's shape: {"error": {"message", "type"}}."""
-    return web.json_response({"error": {"message": message, "type": kind}}, status=status)
+def error_body(message: str, kind: str = "invalid_request_error", *, param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def sampling(body: dict[str, Any]) -> SamplingParams:
-    """The sampling parameters of a request body; raises ConfigError (answered 400) on bad values."""
-    try:
-        return SamplingParams(
-            temperature=float(body.get("temperature") or 0.0),
-            top_p=float(1.0 if body.get("top_p") is None else body["top_p"]),
-            seed=None if body.get("seed") is None else int(body["seed"]),
-            ignore_eos=bool(body.get("ignore_eos", False)),
-            chat=bool(body.get("chat", False)),
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad sampling parameters: {exc}") from exc
+def error(status: int, message: str, kind: str = "invalid_request_error", *, param: str | None = None,
+          code: str | None = None) -> web.Response:
+    """An error answer in OpenAI's shape."""
+    return web.json_response(error_body(message, kind, param=param, code=code), status=status)
+
+
+def chain_error(exc: ChainError) -> web.Response:
+    """A chain node that does not answer is 503 (try again later), one that answers an error 502: never 400/500."""
+    if isinstance(exc, ChainUnavailable):
+        return error(503, f"the chain node does not answer ({exc}); nothing was paid, try again shortly",
+                     "service_unavailable", code="chain_unavailable")
+    return error(502, f"the chain node answered an error ({exc}); nothing was paid", "server_error",
+                 code="chain_error")
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object body (size and depth bounded before parsing), or a 4xx answer."""
     body = await read_json(request, max_bytes=MAX_BODY_BYTES, max_depth=MAX_JSON_DEPTH,
-                           error_body=lambda message: {"error": {"message": message, "type": "invalid_request_error"}})
+                           error_body=lambda message: error_body(message, code="invalid_json"))
     if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text=json.dumps({"error": {"message": "the body must be a JSON object"}}),
+        raise web.HTTPBadRequest(text=json.dumps(error_body("the body must be a JSON object", code="invalid_json")),
                                  content_type="application/json")
     return body

@@ -15,12 +15,15 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from pydantic import ValidationError
 
-from coordinator.http_common import SERVICE, error, json_body, sampling
+from coordinator.api_models import MAX_JOB_ID, PromptHandOver, parse_job_id, validation_error
+from coordinator.http_common import SERVICE, chain_error, error, json_body
 from coordinator.lifecycle import OUTPUT_KNOWN, TERMINAL, JobState
 from coordinator.scheduler import PromptRejected
 from coordinator.service import CoordinatorService
 from coordinator.state import JobRow
+from shardnet.chain.errors import ChainError
 from shardnet.client import AUTH_HEADER, output_reader
 from shardnet.errors import ConfigError, ShardnetError
 
@@ -52,20 +55,27 @@ def job_view(service: CoordinatorService, row: JobRow, *, reveal: bool = False) 
     }
 
 
+def _bad_job_id(text: str) -> web.Response:
+    return error(400, f"the job id must be a whole number from 1 to {MAX_JOB_ID}, not {text[:40]!r}",
+                 param="job_id", code="invalid_job_id")
+
+
 async def post_prompt(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
+    job_id = parse_job_id(request.match_info["job_id"])
+    if job_id is None:
+        return _bad_job_id(request.match_info["job_id"])
+    raw = await json_body(request)
     try:
-        job_id = int(request.match_info["job_id"])
-    except ValueError:
-        return error(400, "the job id must be an integer")
-    body = await json_body(request)
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str):
-        return error(400, 'send {"prompt": "..."}: the exact prompt whose keccak256 the job carries')
+        body = PromptHandOver.model_validate(raw)
+    except ValidationError as exc:
+        return validation_error(exc)
     try:
-        row = await service.jobs.accept_prompt(job_id, prompt, sampling(body))
+        row = await service.jobs.accept_prompt(job_id, body.prompt, body.sampling(chat=body.chat))
     except PromptRejected as exc:
         return error(exc.status, str(exc))
+    except ChainError as exc:
+        return chain_error(exc)
     except ConfigError as exc:
         return error(400, str(exc))
     return web.json_response(job_view(service, row), status=202)
@@ -73,10 +83,9 @@ async def post_prompt(request: web.Request) -> web.Response:
 
 async def get_job(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    try:
-        job_id = int(request.match_info["job_id"])
-    except ValueError:
-        return error(400, "the job id must be an integer")
+    job_id = parse_job_id(request.match_info["job_id"])
+    if job_id is None:
+        return _bad_job_id(request.match_info["job_id"])
     row = service.state.get_job(job_id)
     if row is None:
         return error(404, f"this coordinator knows no job {job_id}; hand over its prompt first", "not_found")

@@ -11,19 +11,44 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from pydantic import ValidationError
 
+from coordinator.admission import Admission, Place, Refused, has_free_session
+from coordinator.api_models import ChatCompletionRequest, CompletionRequest, validation_error
 from coordinator.catalog import ModelUnavailable
-from coordinator.http_common import SERVICE, error, json_body, sampling
+from coordinator.http_common import SERVICE, chain_error, error, json_body
 from coordinator.jobs import GenerationResult
+from coordinator.preflight import JobPlan, PreflightRefused, plan_job
 from coordinator.router import NoRouteError
 from coordinator.service import CoordinatorService
-from shardnet.chain.models import resolve_model
+from shardnet.chain.errors import ChainError
+from shardnet.chain.models import UnknownModel, resolve_model
 from shardnet.errors import ConfigError, ShardnetError
+
+log = logging.getLogger(__name__)
+
+
+def _release(place: Place | None) -> None:
+    if place is not None:
+        place.release()
+
+
+ADMISSION: web.AppKey[Admission[JobPlan]] = web.AppKey("admission", Admission)
+
+
+def install(app: web.Application, service: CoordinatorService) -> None:
+    """Add the OpenAI routes and their admission control (bounded by the config) to `app`."""
+    cfg = service.config
+    app[ADMISSION] = Admission(max_running=cfg.api_max_running or cfg.max_concurrent_jobs,
+                               max_waiting=cfg.api_queue_size, wait_s=cfg.api_queue_wait_s)
+    app.add_routes(ROUTES)
 
 
 def _check_key(request: web.Request) -> web.Response | None:
@@ -45,69 +70,105 @@ async def _models(service: CoordinatorService) -> list[tuple[int, str]]:
 async def list_models(request: web.Request) -> web.Response:
     if (denied := _check_key(request)) is not None:
         return denied
-    models = await _models(request.app[SERVICE])
+    try:
+        models = await _models(request.app[SERVICE])
+    except ChainError as exc:
+        return chain_error(exc)
     return web.json_response({"object": "list", "data": [
         {"id": name, "object": "model", "created": 0, "owned_by": f"shardnet:{model_id}"} for model_id, name in models]})
 
 
-async def _resolve_model(service: CoordinatorService, name: Any) -> int:
-    if name in (None, ""):
+async def _resolve_model(service: CoordinatorService, name: str | int | None) -> int:
+    if name is None:
         if service.config.api_model_id:
             return service.config.api_model_id
         if not await asyncio.to_thread(service.registry.model_count):
             raise ConfigError("no model is registered on chain")
         return 1
-    if not isinstance(name, str | int) or isinstance(name, bool):
-        raise ConfigError(f'"model" must be a model name or id, not {name!r}; GET /v1/models lists them')
     return (await asyncio.to_thread(resolve_model, service.registry, name)).model_id
+
+
+async def _admit(request: web.Request, body: CompletionRequest | ChatCompletionRequest,
+                 chat: bool) -> tuple[JobPlan, Place, str]:
+    """Every check before paying (prompt, cap, route), then a place when the route's workers have room."""
+    service = request.app[SERVICE]
+    model_id = await _resolve_model(service, body.model)
+    model = await asyncio.to_thread(service.catalog.get, model_id)
+    if isinstance(body, ChatCompletionRequest):
+        prompt = model.chat_prompt(body.message_dicts())
+    else:
+        prompt = body.text
+    wanted = body.requested_max_tokens
+    default = service.config.api_max_tokens
+    await plan_job(service, model_id, prompt, wanted, default_max_tokens=default)  # 400 before queueing
+    admission = request.app[ADMISSION]
+    directory = service.directory
+
+    async def check() -> tuple[JobPlan, list[str]] | None:
+        plan = await plan_job(service, model_id, prompt, wanted, default_max_tokens=default)
+        for hop, health in zip(plan.route, plan.health, strict=True):
+            if not has_free_session(health, admission.pending(hop.address), directory.load(hop.address)):
+                return None
+        return plan, [h.address for h in plan.route]
+
+    plan, place = await admission.admit(check)
+    return plan, place, prompt
 
 
 async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
     if (denied := _check_key(request)) is not None:
         return denied
     service = request.app[SERVICE]
-    body = await json_body(request)
+    raw = await json_body(request)
     try:
-        model_id = await _resolve_model(service, body.get("model"))
-        params = sampling(body)
-        max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or service.config.api_max_tokens)
-        if max_tokens < 1:
-            raise ConfigError("max_tokens must be at least 1")
-        model = await asyncio.to_thread(service.catalog.get, model_id)
-        if chat:
-            messages = body.get("messages")
-            if not isinstance(messages, list) or not messages:
-                raise ConfigError('send "messages": a non-empty list of {"role", "content"}')
-            prompt = model.chat_prompt(messages)
-        else:
-            given = body.get("prompt")
-            if isinstance(given, list) and len(given) == 1:
-                given = given[0]
-            if not isinstance(given, str):
-                raise ConfigError('send "prompt": one string')
-            prompt = given
-        # pay nothing for a request no chain of live workers can serve now
-        service.router.route(model_id, model.num_layers)
-        job_id = await service.jobs.submit_own_job(model_id, prompt, max_tokens, params)
+        body = (ChatCompletionRequest if chat else CompletionRequest).model_validate(raw)
+    except ValidationError as exc:
+        return validation_error(exc)
+    place: Place | None = None
+    try:
+        plan, place, prompt = await _admit(request, body, chat)
+        model = plan.model
+        job_id = await service.jobs.submit_own_job(model.info.model_id, prompt, plan.max_tokens,
+                                                   body.sampling(chat=False))
+    except PreflightRefused as exc:
+        unavailable = exc.code in ("no_route", "model_unavailable")
+        _release(place)
+        if unavailable:
+            return error(503, f"model {body.model!r} cannot be served now (nothing was paid): {exc.__cause__ or exc}",
+                         "service_unavailable", code=exc.code)
+        return error(400, f"{exc} (nothing was paid)", code=exc.code,
+                     param="max_tokens" if "max_tokens" in exc.code else "prompt")
+    except Refused as exc:
+        return error(exc.status, str(exc), "rate_limit_exceeded" if exc.status == 429 else "service_unavailable",
+                     code="busy" if exc.status == 429 else "no_capacity")
     except (NoRouteError, ModelUnavailable) as exc:
-        return error(503, f"model {body.get('model')!r} cannot be served now (nothing was paid): {exc}",
-                      "service_unavailable")
+        _release(place)
+        return error(503, f"model {body.model!r} cannot be served now (nothing was paid): {exc}",
+                     "service_unavailable")
+    except ChainError as exc:
+        _release(place)
+        return chain_error(exc)
     except ShardnetError as exc:
-        return error(400, str(exc))
+        _release(place)
+        return error(400, str(exc), code="model_not_found" if isinstance(exc, UnknownModel) else None)
+    except BaseException:
+        _release(place)
+        raise
     # schedule at once (before any await), so the job runs with this request's token callback
     queue: asyncio.Queue[int] = asyncio.Queue()
 
     async def on_token(token: int) -> None:
         queue.put_nowait(token)
 
-    task = service.jobs.schedule(job_id, on_token if body.get("stream") else None)
+    task = service.jobs.schedule(job_id, on_token if body.stream else None)
+    task.add_done_callback(lambda _: _release(place))  # the job is over: its sessions are closed
 
     kind = "chat.completion" if chat else "text_completion"
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{job_id}-{uuid.uuid4().hex[:8]}"
     created = int(time.time())
     name = model.info.name
 
-    if not body.get("stream"):
+    if not body.stream:
         try:
             result: GenerationResult | None = await task
         except ShardnetError as exc:
@@ -120,7 +181,7 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
             choice["message"] = {"role": "assistant", "content": text}
         else:
             choice["text"] = text
-        usage = {"prompt_tokens": len(model.encode(prompt)), "completion_tokens": len(result.tokens)}
+        usage = {"prompt_tokens": plan.prompt_tokens, "completion_tokens": len(result.tokens)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         return web.json_response({"id": ident, "object": kind, "created": created, "model": name,
                                   "choices": [choice], "usage": usage, "shardnet_job_id": job_id})
@@ -138,13 +199,28 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
         payload = {"id": ident, "object": chunk_kind, "created": created, "model": name, "choices": [choice]}
         await resp.write(f"data: {json.dumps(payload)}\n\n".encode())
 
+    try:
+        await _stream(model, task, queue, send, resp, chat)
+    except ConnectionError as exc:  # the client went away: normal, the paid job still runs to its settlement
+        log.info("job %d: the client closed its stream early (%s); the job finishes without it", job_id,
+                 type(exc).__name__)
+    return resp
+
+
+async def _stream(model: Any, task: asyncio.Task[Any], queue: asyncio.Queue[int],
+                  send: Callable[..., Awaitable[None]], resp: web.StreamResponse, chat: bool) -> None:
+    """Relay the job's tokens as server-sent events, then its end (or its failure) and [DONE]."""
     if chat:
         await send(None, None, first=True)
     tokens: list[int] = []
     sent = ""
     while True:
         getter = asyncio.ensure_future(queue.get())
-        done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():
+                getter.cancel()
         if getter in done:
             tokens.append(getter.result())
             text = model.decode(tokens)
@@ -152,7 +228,6 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
                 await send(text[len(sent):], None)
                 sent = text
             continue
-        getter.cancel()
         while not queue.empty():
             tokens.append(queue.get_nowait())
         break
@@ -162,11 +237,12 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
         if len(text) > len(sent):
             await send(text[len(sent):], None)
         await send(None, result.finish_reason if result else "stop")
+    except ConnectionError:
+        raise
     except Exception as exc:  # noqa: BLE001 - headers are sent: report any failure in the stream
         await resp.write(f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error'}})}\n\n".encode())
     await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()
-    return resp
 
 
 async def completions(request: web.Request) -> web.StreamResponse:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from eth_account.signers.local import LocalAccount
 
+from coordinator.directory import is_busy
 from coordinator.hops import JobHops
 from coordinator.router import RouteHop, Router
 from coordinator.state import CoordinatorState, StepRecord
@@ -79,6 +80,7 @@ class PipelineContext:
     salt: bytes = b""
     codec: str = "fp32"
     max_failovers: int = 4
+    busy_wait_s: float = 30.0  # how long a busy worker (429, 503 full) is waited for when opening a session
 
 
 @dataclass(eq=False)
@@ -117,6 +119,20 @@ class Pipeline:
 
     # -- sessions
     async def _open(self, node: str, endpoint: str, span: LayerSpan, hop_index: int | None) -> OpenSession:
+        """Open a session; a busy worker (429, 503 full) is asked again for up to `busy_wait_s`, never marked down."""
+        deadline = time.monotonic() + self.ctx.busy_wait_s
+        delay = 0.05
+        while True:
+            try:
+                return await self._open_once(node, endpoint, span, hop_index)
+            except WorkerAPIError as exc:
+                if not is_busy(exc) or time.monotonic() + delay > deadline:
+                    raise
+                self.directory.mark_busy(node, str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _open_once(self, node: str, endpoint: str, span: LayerSpan, hop_index: int | None) -> OpenSession:
         client = WorkerClient(endpoint, timeout_s=self.ctx.step_timeout_s)
         session_id = uuid.uuid4().hex
         ticket = sign_ticket(self.ctx.account, worker=node, session_id=session_id, job_id=self.job_hops.job_id,
@@ -154,7 +170,8 @@ class Pipeline:
             if isinstance(slot, OpenSession):
                 self.slots.append(slot)
             elif isinstance(slot, WorkerAPIError):
-                self.directory.mark_down(hop.address, str(slot))
+                if not is_busy(slot):
+                    self.directory.mark_down(hop.address, str(slot))
                 self.slots.extend(await self._replacement(hop.span, []))
             else:
                 self.slots = []
@@ -247,7 +264,8 @@ class Pipeline:
                 return opened
             except WorkerAPIError as exc:
                 last_error = exc
-                self.directory.mark_down(current, str(exc))
+                if not is_busy(exc):
+                    self.directory.mark_down(current, str(exc))
                 await asyncio.gather(*(self._close(slot) for slot in opened))
         raise GenerationError(
             f"job {self.job_hops.job_id}: could not fail over layers {span} after {self.ctx.max_failovers} tries "
@@ -277,9 +295,10 @@ class Pipeline:
                 log.debug("job %d: no replica of layers %s to verify against", self.job_hops.job_id, slot.span)
                 return
             try:
-                slot.shadow = await self._open(replicas[0].address, replicas[0].endpoint, slot.span, None)
-            except WorkerAPIError as exc:
-                self.directory.mark_down(replicas[0].address, str(exc))
+                slot.shadow = await self._open_once(replicas[0].address, replicas[0].endpoint, slot.span, None)
+            except WorkerAPIError as exc:  # a busy replica: verify another step
+                if not is_busy(exc):
+                    self.directory.mark_down(replicas[0].address, str(exc))
                 return
         shadow = slot.shadow
         try:

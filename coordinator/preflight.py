@@ -14,16 +14,19 @@ sends no transaction, stores nothing and opens no worker session: it reads the c
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
+from pydantic import ValidationError
 
-from coordinator.catalog import ModelUnavailable
-from coordinator.http_common import SERVICE, json_body
+from coordinator.api_models import MAX_TOKENS_LIMIT, PreflightRequest, validation_error
+from coordinator.catalog import ModelUnavailable, ServedModel
+from coordinator.http_common import SERVICE, chain_error, json_body
 from coordinator.router import NoRouteError, RouteHop
+from shardnet.chain.errors import ChainError
 from shardnet.chain.models import resolve_model
 from shardnet.errors import ConfigError, ShardnetError
 
@@ -33,8 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PATH = "/v1/jobs/preflight"
-#: The largest maxTokens the contract takes (uint32).
-MAX_TOKENS_LIMIT = 2**32 - 1
+__all__ = ["MAX_TOKENS_LIMIT", "JobPlan", "PreflightRefused", "plan_job", "preflight", "route_health",
+           "route_max_length"]
 HEALTH_TIMEOUT_S = 3.0
 
 
@@ -51,59 +54,65 @@ def _refuse(message: str, code: str, status: int = 400) -> web.Response:
                              status=status)
 
 
-def _whole_number(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise PreflightRefused(f"{name} must be a whole number, not {json.dumps(value)[:40]}", "bad_request")
-    return value
-
-
-def _resolve_model(service: CoordinatorService, given: Any) -> int:
-    if not isinstance(given, str | int) or isinstance(given, bool):
-        raise PreflightRefused(f'"model" must be a model name or id, not {json.dumps(given)[:40]}', "unknown_model")
+def _resolve_model(service: CoordinatorService, given: str | int) -> int:
     try:
         return resolve_model(service.registry, given).model_id
     except ConfigError as exc:
         raise PreflightRefused(str(exc), "unknown_model") from exc
 
 
-async def _max_length(endpoint: str) -> int:
-    """A worker's `max_length` (positions per session, prompt included) from its /health."""
-    async with aiohttp.ClientSession() as http, http.get(
-        endpoint.rstrip("/") + "/health", timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)
-    ) as resp:
-        if resp.status != 200:
-            raise ShardnetError(f"/health answered HTTP {resp.status}")
-        body = await resp.json()
-    return int(body["max_length"])
+async def route_health(route: list[RouteHop]) -> list[dict[str, Any]]:
+    """Every hop's /health answer (max_length, sessions, max_sessions, ...), in route order."""
+
+    async def one(endpoint: str) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as http, http.get(
+            endpoint.rstrip("/") + "/health", timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)
+        ) as resp:
+            if resp.status != 200:
+                raise ShardnetError(f"/health answered HTTP {resp.status}")
+            body = await resp.json()
+        if not isinstance(body, dict):
+            raise ShardnetError("/health answered something other than a JSON object")
+        int(body["max_length"])
+        return body
+
+    try:
+        return list(await asyncio.gather(*(one(h.endpoint) for h in route)))
+    except (aiohttp.ClientError, TimeoutError, ShardnetError, KeyError, ValueError, TypeError) as exc:
+        raise PreflightRefused(f"a worker of the route does not answer /health ({exc}); try again shortly",
+                               "no_route") from exc
 
 
 async def route_max_length(route: list[RouteHop]) -> int:
     """The most positions every hop of `route` holds (the smallest of their max_length)."""
-    try:
-        lengths = await asyncio.gather(*(_max_length(h.endpoint) for h in route))
-    except (aiohttp.ClientError, TimeoutError, ShardnetError, KeyError, ValueError) as exc:
-        raise PreflightRefused(f"a worker of the route does not answer /health ({exc}); try again shortly",
-                               "no_route") from exc
-    return min(lengths)
+    return min(int(h["max_length"]) for h in await route_health(route))
 
 
-async def preflight(service: CoordinatorService, body: dict[str, Any]) -> dict[str, Any]:
-    """The checks of the module docstring; returns the 200 answer or raises PreflightRefused."""
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str):
-        raise PreflightRefused('send "prompt": the prompt text (a string)', "bad_request")
-    max_tokens = _whole_number(body.get("max_tokens"), "max_tokens")
-    if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
-        raise PreflightRefused(f"max_tokens must be between 1 and {MAX_TOKENS_LIMIT}, not {max_tokens}",
-                               "bad_max_tokens")
-    model_id = await asyncio.to_thread(_resolve_model, service, body.get("model"))
+@dataclass(frozen=True)
+class JobPlan:
+    """What a job would be: checked before anything is paid."""
+
+    model: ServedModel
+    prompt_tokens: int
+    max_prompt_tokens: int
+    max_tokens: int  # asked for, or (none asked) the default capped by the route
+    max_new_tokens: int  # the most the route can generate after this prompt
+    route: list[RouteHop]
+    route_max_length: int
+    health: list[dict[str, Any]]  # each hop's /health, in route order
+
+
+async def plan_job(service: CoordinatorService, model_id: int, text: str, max_tokens: int | None, *,
+                   default_max_tokens: int = 1) -> JobPlan:
+    """Check a job before paying: the prompt (`text`, chat template applied) is not empty nor longer than the
+    registry's maxPromptTokens, a chain of live workers covers the model, and `max_tokens` fits in what its
+    workers hold (None: `default_max_tokens`, capped by the route). Raises PreflightRefused."""
     try:
         model = await asyncio.to_thread(service.catalog.get, model_id)
     except ModelUnavailable as exc:
         raise PreflightRefused(f"model {model_id} cannot be served now: {exc}", "model_unavailable") from exc
-    text = model.chat_prompt([{"role": "user", "content": prompt}]) if body.get("chat") else prompt
     prompt_tokens = len(model.encode(text))
-    if prompt_tokens == 0 or not prompt.strip():
+    if prompt_tokens == 0 or not text.strip():
         raise PreflightRefused("the prompt is empty (no tokens after tokenization): write a prompt", "empty_prompt")
     max_prompt = int(await asyncio.to_thread(service.registry.max_prompt_tokens))
     if prompt_tokens > max_prompt:
@@ -113,26 +122,54 @@ async def preflight(service: CoordinatorService, body: dict[str, Any]) -> dict[s
         route = service.router.route(model_id, model.num_layers)
     except NoRouteError as exc:
         raise PreflightRefused(f"model {model.info.name} cannot be served now: {exc}", "no_route") from exc
-    length = await route_max_length(route)
+    health = await route_health(route)
+    length = min(int(h["max_length"]) for h in health)
     max_new = max(0, length - prompt_tokens)
+    if max_new < 1:
+        raise PreflightRefused(f"the prompt takes {prompt_tokens} positions, all that this route's workers hold "
+                               f"({length}); shorten it", "prompt_too_long")
+    if max_tokens is None:
+        max_tokens = min(default_max_tokens, max_new)
     if max_tokens > max_new:
         raise PreflightRefused(
             f"max_tokens {max_tokens} is more than this route can generate: its workers hold {length} positions, "
             f"the prompt takes {prompt_tokens}, so at most {max_new} new tokens; ask for {max_new} or fewer",
             "max_tokens_too_large")
-    quote = int(await asyncio.to_thread(service.registry.quote, model_id, max_tokens))
-    return {"model_id": model_id, "model": model.info.name, "prompt_tokens": prompt_tokens,
-            "max_prompt_tokens": max_prompt, "max_tokens": max_tokens, "max_new_tokens": max_new,
-            "route_max_length": length, "quote_wei": quote,
-            "route": [{"node": h.address.lower(), "span": [h.span.start, h.span.end]} for h in route]}
+    return JobPlan(model, prompt_tokens, max_prompt, max_tokens, max_new, route, length, health)
+
+
+async def preflight(service: CoordinatorService, body: PreflightRequest) -> dict[str, Any]:
+    """The checks of the module docstring; returns the 200 answer or raises PreflightRefused."""
+    model_id = await asyncio.to_thread(_resolve_model, service, body.model)
+    model = await _served(service, model_id)
+    text = model.chat_prompt([{"role": "user", "content": body.prompt}]) if body.chat else body.prompt
+    plan = await plan_job(service, model_id, text, body.max_tokens)
+    quote = int(await asyncio.to_thread(service.registry.quote, model_id, plan.max_tokens))
+    return {"model_id": model_id, "model": model.info.name, "prompt_tokens": plan.prompt_tokens,
+            "max_prompt_tokens": plan.max_prompt_tokens, "max_tokens": plan.max_tokens,
+            "max_new_tokens": plan.max_new_tokens, "route_max_length": plan.route_max_length, "quote_wei": quote,
+            "route": [{"node": h.address.lower(), "span": [h.span.start, h.span.end]} for h in plan.route]}
+
+
+async def _served(service: CoordinatorService, model_id: int) -> ServedModel:
+    try:
+        return await asyncio.to_thread(service.catalog.get, model_id)
+    except ModelUnavailable as exc:
+        raise PreflightRefused(f"model {model_id} cannot be served now: {exc}", "model_unavailable") from exc
 
 
 async def handle_preflight(request: web.Request) -> web.Response:
-    body = await json_body(request)  # bounded in size and depth before parsing; 4xx when not a JSON object
+    raw = await json_body(request)  # bounded in size and depth before parsing; 4xx when not a JSON object
+    try:
+        body = PreflightRequest.model_validate(raw)
+    except ValidationError as exc:
+        return validation_error(exc, codes={"max_tokens": "bad_max_tokens"})
     try:
         return web.json_response(await preflight(request.app[SERVICE], body))
     except PreflightRefused as exc:
         return _refuse(str(exc), exc.code)
+    except ChainError as exc:
+        return chain_error(exc)
 
 
 #: Register with `app.add_routes([*preflight_routes()])`.

@@ -28,6 +28,7 @@ from coordinator.lifecycle import (
 )
 from coordinator.sampling import SamplingParams
 from coordinator.state import JobRow
+from shardnet.chain.errors import ChainUnavailable
 from shardnet.chain.registry import JobStatus, Registry
 from shardnet.errors import ShardnetError
 
@@ -64,6 +65,8 @@ class JobScheduler:
         """Take a client's prompt for an on-chain job (it must hash to the job's inputHash) and schedule the job."""
         try:
             job = await asyncio.to_thread(self.registry.get_job, job_id)
+        except ChainUnavailable:
+            raise  # the node is down: the caller answers 503, not "no such job"
         except ShardnetError as exc:
             raise PromptRejected(f"job {job_id} does not exist on chain ({exc}); submit it first", 404) from exc
         if job.status != JobStatus.Submitted:
