@@ -9,8 +9,8 @@ pragma solidity ^0.8.24;
 /// - The owner (OpenZeppelin Ownable2Step) approves coordinators (effective after `approvalDelay`), revokes
 ///   them (at once) and withdraws protocol fees (`protocolFeeBps` of what nodes are paid). It cannot touch a
 ///   stake, an escrow or a claimable balance, and it cannot slash.
-/// - A client's escrow pays only (a) hops whose node signed an EIP-712 {Commitment} for the job, at
-///   `positions x (end - start) x price`, settled by the coordinator the client named in {submitJob} or posted
+/// - A client's escrow pays only (a) hops whose node (registered, unjailed, staked at least `minStake`) signed an
+///   EIP-712 {Commitment} for the job, at `positions x (end - start) x price`, settled by the coordinator the client named in {submitJob} or posted
 ///   by the node itself with that coordinator's signed {Ticket}; (b) the coordinator fee on (a) and the
 ///   protocol fee. The rest goes back to the client. A client cancels after the deadline; anyone may close the
 ///   job of a revoked coordinator after the deadline. Committed work on chain is never voided.
@@ -20,7 +20,9 @@ pragma solidity ^0.8.24;
 /// - Ether leaves only through {claim} (pull payments, guarded against reentrancy).
 /// Bounds: at most `MAX_HOPS` hops per job, `MAX_LIVE_PER_NODE` live assignments per node, `MAX_LIVE_PER_MODEL`
 /// per model, `MAX_STRING` bytes per string; closing a job is O(hops) <= O(MAX_HOPS).
-/// Invariant: address(this).balance == totalStaked + totalUnbonding + totalEscrow + totalClaimable + protocolFees.
+/// Invariant: address(this).balance == totalStaked + totalUnbonding + protocolFees + the sum of every open job's
+/// escrow not yet paid to posted commitments + the sum of every account's claimable balance. (The last two are not
+/// kept as totals: that would cost every job two more storage writes; tests sum them from events and views.)
 interface IShardRegistry {
     // ---------------------------------------------------------------- types
     enum JobStatus {
@@ -67,19 +69,20 @@ interface IShardRegistry {
         uint32 maxTokens;
         uint64 deadline;        // after it: no more posted commitments; the client may cancel
         uint128 escrow;         // wei paid in
+        uint32 numLayers;       // the model's, copied at submission (bounds every hop's span)
+        uint80 price;           // the model's pricePerLayerToken, copied at submission
     }
 
     /// @notice A node's EIP-712 signed commitment for one hop of a job (see {Commitment} in docs/PROTOCOL.md):
     /// Commitment(uint256 jobId,uint32 start,uint32 end,uint32 positions,uint32 steps,bytes32 root).
     /// `positions` token positions computed over layers [start, end); `steps` leaves under the Merkle `root`.
-    /// `assignmentId` names the node's assignment covering the span; (r, vs) is the EIP-2098 compact signature.
+    /// (r, vs) is the EIP-2098 compact signature.
     struct SignedCommitment {
         address node;
         uint32 start;
         uint32 end;
         uint32 positions;
         uint32 steps;
-        uint64 assignmentId;
         bytes32 root;
         bytes32 r;
         bytes32 vs;
@@ -132,7 +135,7 @@ interface IShardRegistry {
     event ModelRegistered(uint256 indexed modelId, address indexed owner, string name, string manifestCid, uint32 numLayers, uint256 pricePerLayerToken);
     event ShardAnnounced(uint256 indexed assignmentId, address indexed node, uint256 indexed modelId, uint32 start, uint32 end);
     event ShardReleased(uint256 indexed assignmentId, address indexed node, uint256 indexed modelId);
-    event JobSubmitted(uint256 indexed jobId, address indexed client, address indexed coordinator, uint64 modelId, bytes32 inputHash, uint32 maxTokens, uint128 escrow, uint64 deadline);
+    event JobSubmitted(uint256 indexed jobId, address indexed client, address indexed coordinator, uint64 modelId, bytes32 inputHash, uint32 maxTokens, uint128 escrow, uint64 deadline, uint32 numLayers, uint80 price);
     /// @dev `paidHops` bit i is set when hop i of the settlement's calldata was paid (the hops are in the calldata).
     event JobSettled(uint256 indexed jobId, bytes32 outputHash, uint256 paidToNodes, uint256 coordinatorFee, uint256 refund, uint16 paidHops);
     event CommitmentPosted(uint256 indexed jobId, address indexed node, uint32 start, uint32 end, uint32 positions, uint32 steps, bytes32 root, uint256 paid);
@@ -164,7 +167,7 @@ interface IShardRegistry {
     error ShardRegistryUnknownAssignment(uint256 assignmentId);
     error ShardRegistryNotAssignmentOwner(uint256 assignmentId, address account);
     error ShardRegistryAssignmentNotLive(uint256 assignmentId);
-    error ShardRegistryAssignmentMismatch(uint256 jobId, uint256 hopIndex, uint256 assignmentId);
+    error ShardRegistryInvalidHopSpan(uint256 jobId, uint256 hopIndex, uint32 start, uint32 end);
     error ShardRegistryUnknownJob(uint256 jobId);
     error ShardRegistryJobRecordMismatch(uint256 jobId);
     error ShardRegistryEscrowTooLow(uint256 provided, uint256 required);
@@ -224,11 +227,12 @@ interface IShardRegistry {
     function releaseShard(uint256 assignmentId) external;
 
     // ---------------------------------------------------------------- jobs
-    /// @notice Submit a job for `coordinator` (an approved, active one), paying at least `quote(modelId, maxTokens)`.
-    /// Emits {JobSubmitted}.
+    /// @notice Submit a job for `coordinator`, paying at least `quote(modelId, maxTokens)`. Only a coordinator that is
+    /// approved and whose approval took effect by now can settle the job (check {isCoordinator} first); otherwise the
+    /// client cancels it after the deadline. Emits {JobSubmitted}.
     function submitJob(uint256 modelId, bytes32 inputHash, uint32 maxTokens, address coordinator) external payable returns (uint256 jobId);
-    /// @notice The jobs' coordinator settles open jobs: each hop with a valid signed commitment of an unjailed,
-    /// staked node whose assignment covers the span is paid `positions x (end - start) x price` (while escrow
+    /// @notice The jobs' coordinator settles open jobs: each hop with a valid signed commitment of a registered,
+    /// unjailed node staked at least `minStake`, over a span inside the model, is paid `positions x (end - start) x price` (while escrow
     /// lasts; hops the node already posted itself are skipped), the coordinator gets `coordinatorFeeBps` and the
     /// protocol `protocolFeeBps` of that, the client the rest. A job already closed is skipped. Emits {JobSettled}
     /// per job.
@@ -287,7 +291,5 @@ interface IShardRegistry {
     function claimable(address account) external view returns (uint256);
     function totalStaked() external view returns (uint256);
     function totalUnbonding() external view returns (uint256);
-    function totalEscrow() external view returns (uint256);
-    function totalClaimable() external view returns (uint256);
     function protocolFees() external view returns (uint256);
 }

@@ -15,14 +15,14 @@ import {ShardEvidence} from "./ShardEvidence.sol";
 /// @dev Ids of models, assignments and jobs start at 1. A job is stored as one slot: the hash of its
 /// {JobRecord} (high 240 bits), a flag "has posted commitments" (bit 8) and its status (low 8 bits); once
 /// closed, the hash also covers the closing block. Ether leaves only through {claim}.
-/// Invariant: address(this).balance == totalStaked + totalUnbonding + totalEscrow + totalClaimable + protocolFees.
+/// Invariant: see {IShardRegistry} (balance == stakes + unbonding + open escrow + claimable + protocol fees).
 contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient, EIP712 {
     /// @dev The hot per-address slot: read and written once per paid hop.
     struct Account {
-        uint96 claimable;
-        uint96 stake;
-        uint40 bondedUntil;
-        uint8 liveAssignments;
+        uint88 claimable;
+        uint88 stake;
+        uint40 bondedUntil; // nodes: stake stays slashable until then
+        uint32 activeFrom; // coordinators: when the approval takes effect
         uint8 flags;
     }
 
@@ -32,10 +32,6 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         string endpoint;
     }
 
-    struct CoordinatorRecord {
-        uint64 activeFrom; // 0: not approved
-        string endpoint;
-    }
 
     struct ModelRecord {
         uint16 numLayers;
@@ -58,11 +54,6 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         uint8 count;
     }
 
-    struct Totals {
-        uint64 jobCount;
-        uint96 escrow;
-        uint96 claimable;
-    }
 
     uint256 public constant MAX_HOPS = 16;
     uint256 public constant MAX_LIVE_PER_NODE = 16;
@@ -94,7 +85,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
 
     mapping(address => Account) private _accounts;
     mapping(address => NodeExtra) private _nodeExtra;
-    mapping(address => CoordinatorRecord) private _coordinators;
+    mapping(address => string) private _coordinatorEndpoints;
     mapping(address => uint256[]) private _nodeLive;
 
     ModelRecord[] private _models; // modelId = index + 1
@@ -107,7 +98,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     mapping(bytes32 => bool) private _postedHop;
     mapping(bytes32 => bool) private _slashed;
 
-    Totals private _totals;
+    uint256 private _jobCount;
     uint128 private _totalStaked;
     uint128 private _totalUnbonding;
     uint256 private _protocolFees;
@@ -132,7 +123,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         uint64 disputeWindow_,
         uint16 protocolFeeBps_
     ) Ownable(msg.sender) EIP712("ShardRegistry", "2") {
-        if (minStake_ == 0 || minStake_ > type(uint96).max) revert ShardRegistryInvalidParameter("minStake");
+        if (minStake_ == 0 || minStake_ > type(uint88).max) revert ShardRegistryInvalidParameter("minStake");
         if (unbondingPeriod_ > 365 days) revert ShardRegistryInvalidParameter("unbondingPeriod");
         if (jobTimeout_ == 0 || jobTimeout_ > 30 days) revert ShardRegistryInvalidParameter("jobTimeout");
         if (coordinatorFeeBps_ > _BPS) revert ShardRegistryInvalidParameter("coordinatorFeeBps");
@@ -157,7 +148,6 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     /// @inheritdoc IShardRegistry
     function setCoordinator(address coordinator, string calldata endpoint, bool approved) external onlyOwner {
         _checkString("endpoint", endpoint);
-        CoordinatorRecord storage record = _coordinators[coordinator];
         Account storage account = _accounts[coordinator];
         uint64 activeFrom = 0;
         if (approved) {
@@ -166,8 +156,8 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         } else {
             account.flags &= ~_COORDINATOR;
         }
-        record.activeFrom = activeFrom;
-        record.endpoint = endpoint;
+        account.activeFrom = uint32(activeFrom);
+        _coordinatorEndpoints[coordinator] = endpoint;
         emit CoordinatorSet(coordinator, endpoint, approved, activeFrom);
     }
 
@@ -177,10 +167,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         uint256 amount = _protocolFees;
         if (amount == 0) revert ShardRegistryZeroAmount();
         _protocolFees = 0;
-        Totals memory t = _totals;
         _credit(to, amount);
-        t.claimable += uint96(amount);
-        _totals = t;
         emit FeesWithdrawn(to, amount);
     }
 
@@ -195,7 +182,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         if (flags & _REGISTERED != 0) revert ShardRegistryAlreadyRegistered(msg.sender);
         if (msg.value < _minStake) revert ShardRegistryInsufficientStake(msg.value, _minStake);
         uint256 stake = _checkedStake(uint256(account.stake) + msg.value);
-        account.stake = uint96(stake);
+        account.stake = uint88(stake);
         account.flags = flags | _REGISTERED | _TOUCHED;
         _nodeExtra[msg.sender].endpoint = endpoint;
         _totalStaked += uint128(msg.value);
@@ -215,7 +202,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         Account storage account = _registered(msg.sender);
         if (msg.value == 0) revert ShardRegistryZeroAmount();
         uint256 newStake = _checkedStake(uint256(account.stake) + msg.value);
-        account.stake = uint96(newStake);
+        account.stake = uint88(newStake);
         _totalStaked += uint128(msg.value);
         emit StakeAdded(msg.sender, msg.value, newStake);
     }
@@ -227,12 +214,11 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         if (amount == 0) revert ShardRegistryZeroAmount();
         uint256 stake = account.stake;
         if (amount > stake) revert ShardRegistryUnstakeTooLarge(amount, stake);
-        if (stake - amount < _minStake && account.liveAssignments != 0) {
-            revert ShardRegistryHasLiveAssignments(msg.sender, account.liveAssignments);
-        }
+        uint256 live = _nodeLive[msg.sender].length;
+        if (stake - amount < _minStake && live != 0) revert ShardRegistryHasLiveAssignments(msg.sender, uint32(live));
         NodeExtra storage extra = _nodeExtra[msg.sender];
         uint64 until = uint64(block.timestamp) + _unbondingPeriod;
-        account.stake = uint96(stake - amount);
+        account.stake = uint88(stake - amount);
         extra.unbonding += uint128(amount);
         extra.unbondingUntil = until;
         _totalStaked -= uint128(amount);
@@ -252,11 +238,8 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         extra.unbonding = 0;
         extra.unbondingUntil = 0;
         _totalUnbonding -= uint128(amount);
-        if (account.stake == 0 && account.liveAssignments == 0) account.flags &= ~_REGISTERED;
-        Totals memory t = _totals;
+        if (account.stake == 0 && _nodeLive[msg.sender].length == 0) account.flags &= ~_REGISTERED;
         _credit(msg.sender, amount);
-        t.claimable += uint96(amount);
-        _totals = t;
         emit StakeWithdrawn(msg.sender, amount);
     }
 
@@ -301,7 +284,6 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         assignmentId = _assignments.length;
         byNode.push(assignmentId);
         byModel.push(assignmentId);
-        account.liveAssignments += 1;
         emit ShardAnnounced(assignmentId, msg.sender, modelId, start, end);
     }
 
@@ -323,38 +305,39 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         returns (uint256 jobId)
     {
         if (maxTokens == 0) revert ShardRegistryZeroAmount();
-        uint64 activeFrom = _coordinators[coordinator].activeFrom;
-        if (activeFrom == 0 || block.timestamp < activeFrom) revert ShardRegistryNotCoordinator(coordinator);
-        uint256 required = quote(modelId, maxTokens);
+        ModelRecord memory model = _model(modelId);
+        uint256 required = _quote(model, maxTokens);
         if (msg.value < required) revert ShardRegistryEscrowTooLow(msg.value, required);
-        if (msg.value > type(uint96).max) revert ShardRegistryAmountTooLarge(msg.value, type(uint96).max);
+        if (msg.value > type(uint88).max) revert ShardRegistryAmountTooLarge(msg.value, type(uint88).max);
         uint64 deadline = uint64(block.timestamp) + _jobTimeout;
-        Totals memory t = _totals;
-        jobId = ++t.jobCount;
-        t.escrow += uint96(msg.value);
-        _totals = t;
-        JobRecord memory job = JobRecord(msg.sender, coordinator, uint64(modelId), maxTokens, deadline, uint128(msg.value));
+        jobId = ++_jobCount;
+        JobRecord memory job = JobRecord(
+            msg.sender, coordinator, uint64(modelId), maxTokens, deadline, uint128(msg.value), model.numLayers, model.price
+        );
         _jobs[jobId] = (uint256(keccak256(abi.encode(jobId, job))) & ~_LOW) | uint8(JobStatus.Open);
-        emit JobSubmitted(jobId, msg.sender, coordinator, uint64(modelId), inputHash, maxTokens, uint128(msg.value), deadline);
+        emit JobSubmitted(
+            jobId, msg.sender, coordinator, uint64(modelId), inputHash, maxTokens, uint128(msg.value), deadline,
+            model.numLayers, model.price
+        );
     }
 
     /// @inheritdoc IShardRegistry
     function settleJobs(Settlement[] calldata settlements) external nonReentrant {
-        if (_accounts[msg.sender].flags & _COORDINATOR == 0) revert ShardRegistryNotCoordinator(msg.sender);
-        Totals memory t = _totals;
+        Account memory coordinator = _accounts[msg.sender];
+        if (coordinator.flags & _COORDINATOR == 0) revert ShardRegistryNotCoordinator(msg.sender);
         uint256 fees = 0;
         uint256 protocol = 0;
         for (uint256 k = 0; k < settlements.length; ++k) {
             Settlement calldata s = settlements[k];
             if (s.job.coordinator != msg.sender) revert ShardRegistryNotJobCoordinator(s.jobId, msg.sender);
+            // a job named this coordinator before its approval took effect: it cannot be settled, only cancelled
+            if (coordinator.activeFrom > s.job.deadline - _jobTimeout) revert ShardRegistryNotCoordinator(msg.sender);
             uint256 slot = _jobs[s.jobId];
             if (uint8(slot) != uint8(JobStatus.Open)) {
                 if (slot == 0) revert ShardRegistryUnknownJob(s.jobId);
                 continue; // closed meanwhile (e.g. cancelled after the deadline): nothing left to settle
             }
-            if (slot & ~_LOW != uint256(keccak256(abi.encode(s.jobId, s.job))) & ~_LOW) {
-                revert ShardRegistryJobRecordMismatch(s.jobId);
-            }
+            if (slot & ~_LOW != _settlementRecordHash(s) & ~_LOW) revert ShardRegistryJobRecordMismatch(s.jobId);
             (uint256 remaining, uint256 paid, uint16 paidHops) = _payHops(s, slot & _HAS_POSTS != 0);
             uint256 fee = _take((paid * _coordinatorFeeBps) / _BPS, remaining);
             remaining -= fee;
@@ -364,15 +347,10 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
             protocol += cut;
             _close(s.jobId, slot, JobStatus.Settled);
             _credit(s.job.client, remaining);
-            // the whole unpaid escrow leaves totalEscrow; all of it but the protocol cut becomes claimable
-            uint256 unpaid = paid + fee + cut + remaining;
-            t.escrow -= uint96(unpaid);
-            t.claimable += uint96(unpaid - cut);
             emit JobSettled(s.jobId, s.outputHash, paid, fee, remaining, paidHops);
         }
         if (fees != 0) _credit(msg.sender, fees);
         if (protocol != 0) _protocolFees += protocol;
-        _totals = t;
     }
 
     /// @inheritdoc IShardRegistry
@@ -403,16 +381,12 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         Account storage account = _accounts[c.node];
         if (account.flags & _JAILED != 0) revert ShardRegistryNodeJailed(c.node);
         if (account.stake < _minStake) revert ShardRegistryInsufficientStake(account.stake, _minStake);
-        uint256 pay = _take(_hopPay(job.modelId, c), job.escrow - posted.paid);
+        uint256 pay = _take(_hopPay(job, c), job.escrow - posted.paid);
         _postedHop[key] = true;
         posted.paid += uint128(pay);
         posted.count += 1;
         _jobs[jobId] = slot | _HAS_POSTS;
         _payNode(account, pay);
-        Totals memory t = _totals;
-        t.escrow -= uint96(pay);
-        t.claimable += uint96(pay);
-        _totals = t;
         emit CommitmentPosted(jobId, c.node, c.start, c.end, c.positions, c.steps, c.root, pay);
     }
 
@@ -452,10 +426,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         if (guilty * 2 <= total) revert ShardRegistryNoMajority(guilty, total);
         _slashed[key] = true;
         uint256 amount = _takeStake(c.node);
-        Totals memory t = _totals;
         _credit(e.job.client, amount);
-        t.claimable += uint96(amount);
-        _totals = t;
         emit NodeSlashed(c.node, e.jobId, e.job.client, amount, c.root, e.leafIndex, guilty, total);
     }
 
@@ -467,7 +438,6 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         uint256 amount = account.claimable;
         if (amount == 0) revert ShardRegistryNothingToClaim(msg.sender);
         account.claimable = 0;
-        _totals.claimable -= uint96(amount);
         emit Claimed(msg.sender, amount);
         (bool ok, ) = payable(msg.sender).call{value: amount}("");
         if (!ok) revert ShardRegistryTransferFailed(msg.sender, amount);
@@ -513,14 +483,14 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
 
     /// @inheritdoc IShardRegistry
     function isCoordinator(address account) external view returns (bool) {
-        uint64 activeFrom = _coordinators[account].activeFrom;
-        return activeFrom != 0 && block.timestamp >= activeFrom;
+        Account storage a = _accounts[account];
+        return a.flags & _COORDINATOR != 0 && block.timestamp >= a.activeFrom;
     }
 
     /// @inheritdoc IShardRegistry
     function coordinatorInfo(address account) external view returns (string memory, uint64) {
-        CoordinatorRecord storage r = _coordinators[account];
-        return (r.endpoint, r.activeFrom);
+        Account storage a = _accounts[account];
+        return (_coordinatorEndpoints[account], a.flags & _COORDINATOR != 0 ? a.activeFrom : 0);
     }
 
     /// @notice The node's record; all fields zero (`registered == false`) for an unknown address.
@@ -528,7 +498,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         Account storage a = _accounts[node];
         NodeExtra storage x = _nodeExtra[node];
         return Node(
-            x.endpoint, a.stake, x.unbonding, x.unbondingUntil, a.bondedUntil, a.liveAssignments,
+            x.endpoint, a.stake, x.unbonding, x.unbondingUntil, a.bondedUntil, uint32(_nodeLive[node].length),
             a.flags & _REGISTERED != 0, a.flags & _JAILED != 0
         );
     }
@@ -567,7 +537,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     }
 
     function jobCount() external view returns (uint256) {
-        return _totals.jobCount;
+        return _jobCount;
     }
 
     /// @inheritdoc IShardRegistry
@@ -576,8 +546,11 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     }
 
     /// @inheritdoc IShardRegistry
-    function quote(uint256 modelId, uint32 maxTokens) public view returns (uint256) {
-        ModelRecord storage model = _model(modelId);
+    function quote(uint256 modelId, uint32 maxTokens) external view returns (uint256) {
+        return _quote(_model(modelId), maxTokens);
+    }
+
+    function _quote(ModelRecord memory model, uint32 maxTokens) private view returns (uint256) {
         uint256 base = uint256(model.numLayers) * (uint256(maxTokens) + _maxPromptTokens) * model.price;
         return base + (base * _coordinatorFeeBps) / _BPS + (base * _protocolFeeBps) / _BPS;
     }
@@ -612,19 +585,21 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         return _totalUnbonding;
     }
 
-    function totalEscrow() external view returns (uint256) {
-        return _totals.escrow;
-    }
-
-    function totalClaimable() external view returns (uint256) {
-        return _totals.claimable;
-    }
-
     function protocolFees() external view returns (uint256) {
         return _protocolFees;
     }
 
     // ---------------------------------------------------------------- internal: jobs
+
+    /// @dev keccak256(abi.encode(jobId, job)) straight from the settlement's calldata, where (jobId, job) are its
+    /// first nine words (dirty high bits hash differently, so they can only fail the comparison).
+    function _settlementRecordHash(Settlement calldata s) private pure returns (uint256 h) {
+        assembly ("memory-safe") {
+            let m := mload(0x40)
+            calldatacopy(m, s, 0x120)
+            h := keccak256(m, 0x120)
+        }
+    }
 
     /// @dev Pays the hops of one settlement; returns the escrow left, what the nodes got and the paid-hop mask.
     function _payHops(Settlement calldata s, bool hasPosts)
@@ -643,47 +618,93 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
             previous = order;
             _checkHop(s.jobId, s.job, c, i);
             if (hasPosts && _postedHop[keccak256(abi.encode(s.jobId, c.node, c.start, c.end))]) continue;
-            Account storage account = _accounts[c.node];
-            // a node jailed (or unstaked) since it served is not paid: its share goes back to the client
-            if (account.flags & _JAILED != 0 || account.stake < _minStake) continue;
-            uint256 pay = _take(_hopPay(s.job.modelId, c), remaining);
+            uint256 pay = _take(_hopPay(s.job, c), remaining);
+            if (!_payHop(c.node, pay)) continue; // jailed, unregistered or unstaked since: the share goes back
             remaining -= pay;
             paid += pay;
             paidHops |= uint16(1 << i);
-            _payNode(account, pay);
         }
     }
 
-    /// @dev Reverts unless the hop's positions are in bounds, its assignment is the node's and covers the span of
-    /// the job's model, and the node signed the commitment.
+    /// @dev Credits `pay` to a registered, unjailed node staked at least `minStake` and keeps its stake bonded for
+    /// the dispute window, with one read and one write of its {Account} slot; false (nothing done) for another node.
+    /// Layout of the slot (Solidity packs from the low bits): claimable 0-87, stake 88-175, bondedUntil 176-215,
+    /// activeFrom 216-247, flags 248-255.
+    function _payHop(address node, uint256 pay) private returns (bool) {
+        uint256 slot;
+        uint256 word;
+        assembly ("memory-safe") {
+            mstore(0, node)
+            mstore(0x20, _accounts.slot)
+            slot := keccak256(0, 0x40)
+            word := sload(slot)
+        }
+        uint256 mask88 = (1 << 88) - 1;
+        if ((word >> 248) & (_JAILED | _REGISTERED) != _REGISTERED || (word >> 88) & mask88 < _minStake) return false;
+        uint256 claimableNow = (word & mask88) + pay;
+        if (claimableNow > mask88) revert ShardRegistryAmountTooLarge(claimableNow, mask88);
+        uint256 bonded = block.timestamp + _disputeWindow; // < 2**40 for millennia: the constructor bounds the window
+        word = (word & ~(mask88 | (((1 << 40) - 1) << 176))) | claimableNow | (bonded << 176);
+        assembly ("memory-safe") {
+            sstore(slot, word)
+        }
+        return true;
+    }
+
+    /// @dev Reverts unless the hop's span lies in the model, its positions are in bounds, and the node signed it.
     function _checkHop(uint256 jobId, JobRecord calldata job, SignedCommitment calldata c, uint256 i) private view {
+        if (c.start >= c.end || c.end > job.numLayers) revert ShardRegistryInvalidHopSpan(jobId, i, c.start, c.end);
         uint256 maximum = uint256(job.maxTokens) + _maxPromptTokens;
         if (c.positions > maximum) revert ShardRegistryPositionsTooHigh(jobId, i, c.positions, maximum);
-        if (c.assignmentId == 0 || c.assignmentId > _assignments.length) {
-            revert ShardRegistryAssignmentMismatch(jobId, i, c.assignmentId);
-        }
-        AssignmentRecord storage a = _assignments[c.assignmentId - 1];
-        if (a.node != c.node || a.modelId != job.modelId || c.start < a.start || c.end > a.end || c.start >= c.end) {
-            revert ShardRegistryAssignmentMismatch(jobId, i, c.assignmentId);
-        }
         _checkSignature(jobId, c, i);
     }
 
     function _checkSignature(uint256 jobId, SignedCommitment calldata c, uint256 i) private view {
-        bytes32 digest = _hashTypedDataV4(
-            ShardEvidence.commitmentHash(jobId, c.start, c.end, c.positions, c.steps, c.root)
-        );
-        (address signer, , ) = ECDSA.tryRecover(digest, c.r, c.vs);
-        if (signer != c.node || signer == address(0)) revert ShardRegistryBadCommitmentSignature(jobId, i, c.node);
+        address node = c.node;
+        if (node == address(0) || _commitmentSigner(_domainSeparatorV4(), jobId, c) != node) {
+            revert ShardRegistryBadCommitmentSignature(jobId, i, node);
+        }
     }
 
-    function _hopPay(uint64 modelId, SignedCommitment calldata c) private view returns (uint256) {
-        return uint256(c.positions) * (c.end - c.start) * _models[modelId - 1].price;
+    /// @dev The signer of an EIP-712 {Commitment} (address(0) if none), hashed straight from calldata: the struct
+    /// hash covers (typehash, jobId, start, end, positions, steps, root), the five words after `node` in `c`. A
+    /// field with dirty high bits hashes differently, so it can only fail the check. (r, vs) is EIP-2098; `s` must
+    /// be in the lower half order (no malleable twin).
+    function _commitmentSigner(bytes32 domainSeparator, uint256 jobId, SignedCommitment calldata c)
+        private
+        view
+        returns (address signer)
+    {
+        bytes32 typehash = ShardEvidence.COMMITMENT_TYPEHASH;
+        bytes32 digest;
+        bytes32 r;
+        bytes32 vs;
+        assembly ("memory-safe") {
+            let m := mload(0x40)
+            mstore(m, typehash)
+            mstore(add(m, 0x20), jobId)
+            calldatacopy(add(m, 0x40), add(c, 0x20), 0xa0)
+            let structHash := keccak256(m, 0xe0)
+            mstore(m, 0x1901)
+            mstore(add(m, 0x20), domainSeparator)
+            mstore(add(m, 0x40), structHash)
+            digest := keccak256(add(m, 0x1e), 0x42)
+            r := calldataload(add(c, 0xc0))
+            vs := calldataload(add(c, 0xe0))
+        }
+        uint256 s = uint256(vs) & ((1 << 255) - 1);
+        if (s > 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0) return address(0);
+        uint8 v = uint8((uint256(vs) >> 255) + 27);
+        signer = ecrecover(digest, v, r, bytes32(s));
+    }
+
+    function _hopPay(JobRecord calldata job, SignedCommitment calldata c) private pure returns (uint256) {
+        return uint256(c.positions) * (c.end - c.start) * job.price;
     }
 
     /// @dev Credits a node's hop pay and keeps its stake bonded for the dispute window.
     function _payNode(Account storage account, uint256 pay) private {
-        account.claimable += uint96(pay);
+        account.claimable += uint88(pay);
         account.bondedUntil = uint40(block.timestamp + _disputeWindow);
     }
 
@@ -717,11 +738,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         refund = job.escrow;
         if (slot & _HAS_POSTS != 0) refund -= _posted[jobId].paid;
         _close(jobId, slot, status);
-        Totals memory t = _totals;
         _credit(job.client, refund);
-        t.escrow -= uint96(refund);
-        t.claimable += uint96(refund);
-        _totals = t;
     }
 
     // ---------------------------------------------------------------- internal: slashing
@@ -749,9 +766,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
             if (a.node == accused || a.start > start || a.end < end) continue;
             Account storage acct = _accounts[a.node];
             if (acct.flags & _JAILED != 0 || acct.stake == 0) continue;
-            bool seen = false;
-            for (uint256 j = 0; j < count && !seen; ++j) seen = candidates[j] == a.node;
-            if (seen) continue;
+            if (_uncountedIndex(candidates, a.node, 0) < count) continue; // a node counts once
             candidates[count] = a.node;
             stakes[count] = acct.stake;
             ++count;
@@ -766,19 +781,38 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         view
         returns (uint256 guilty, uint256 total)
     {
-        for (uint256 j = 0; j < drawn.length; ++j) total += stakes[j];
+        total = _sum(stakes);
         bytes32 digest = _hashTypedDataV4(
             ShardEvidence.verdictHash(e.jobId, e.commitment.node, e.commitment.root, e.leafIndex, e.leaf)
         );
         uint256 counted = 0; // bit j: drawn[j] already counted
         for (uint256 i = 0; i < e.verdicts.length && i < MAX_VERIFIERS; ++i) {
-            (address signer, , ) = ECDSA.tryRecover(digest, e.verdicts[i].r, e.verdicts[i].vs);
-            uint256 j = 0;
-            while (j < drawn.length && (drawn[j] != signer || counted & (1 << j) != 0)) ++j;
-            if (j == drawn.length || signer == address(0)) revert ShardRegistryVerdictNotFromDrawnVerifier(i, signer);
+            uint256 j = _drawnSigner(digest, e.verdicts[i], drawn, counted, i);
             counted |= 1 << j;
             guilty += stakes[j];
         }
+    }
+
+    /// @dev The index in `drawn` of verdict `i`'s signer, not counted before; reverts for anyone else.
+    function _drawnSigner(
+        bytes32 digest,
+        VerdictSignature calldata verdict,
+        address[] memory drawn,
+        uint256 counted,
+        uint256 i
+    ) private pure returns (uint256 j) {
+        (address signer, , ) = ECDSA.tryRecover(digest, verdict.r, verdict.vs);
+        j = _uncountedIndex(drawn, signer, counted);
+        if (j == drawn.length || signer == address(0)) revert ShardRegistryVerdictNotFromDrawnVerifier(i, signer);
+    }
+
+    function _sum(uint256[] memory values) private pure returns (uint256 total) {
+        for (uint256 k = 0; k < values.length; ++k) total += values[k];
+    }
+
+    /// @dev The index of `signer` among `drawn` not yet marked in `counted`, or drawn.length.
+    function _uncountedIndex(address[] memory drawn, address signer, uint256 counted) private pure returns (uint256 j) {
+        while (j < drawn.length && (drawn[j] != signer || counted & (1 << j) != 0)) ++j;
     }
 
     /// @dev Takes `slashBps` of the node's stake and unbonding stake, jails it for good, releases its assignments.
@@ -787,7 +821,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         NodeExtra storage extra = _nodeExtra[node];
         uint256 fromStake = (uint256(account.stake) * _slashBps) / _BPS;
         uint256 fromUnbonding = (uint256(extra.unbonding) * _slashBps) / _BPS;
-        account.stake -= uint96(fromStake);
+        account.stake -= uint88(fromStake);
         extra.unbonding -= uint128(fromUnbonding);
         account.flags |= _JAILED;
         _totalStaked -= uint128(fromStake);
@@ -822,7 +856,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     }
 
     function _checkedStake(uint256 stake) private pure returns (uint256) {
-        if (stake > type(uint96).max) revert ShardRegistryAmountTooLarge(stake, type(uint96).max);
+        if (stake > type(uint88).max) revert ShardRegistryAmountTooLarge(stake, type(uint88).max);
         return stake;
     }
 
@@ -830,11 +864,11 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         return wanted < available ? wanted : available;
     }
 
-    /// @dev Adds to a claimable balance; the caller adds the same amount to `_totals.claimable`.
+    /// @dev Adds to a claimable balance.
     function _credit(address account, uint256 amount) private {
         if (amount == 0) return;
         Account storage a = _accounts[account];
-        a.claimable += uint96(amount);
+        a.claimable += uint88(amount);
         a.flags |= _TOUCHED;
     }
 
@@ -851,7 +885,6 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         byModel[a.modelIndex] = movedId;
         _assignments[movedId - 1].modelIndex = a.modelIndex;
         byModel.pop();
-        _accounts[a.node].liveAssignments -= 1;
         emit ShardReleased(assignmentId, a.node, a.modelId);
     }
 }

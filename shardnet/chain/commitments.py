@@ -7,7 +7,7 @@ contract signs a ``Verdict`` against a wrong leaf (``sign_verdict``); ``Registry
 
     domain = Domain(chain_id, registry_address)
     signed = sign_commitment(worker_key, domain, job_id=7, span=LayerSpan(0, 10), positions=104, steps=64,
-                             root=merkle_root(step_hashes), assignment_id=3)
+                             root=merkle_root(step_hashes))
     assert verify_commitment(signed, domain, job_id=7)
 """
 
@@ -38,7 +38,6 @@ class SignedCommitment:
     end: int
     positions: int
     steps: int
-    assignment_id: int
     root: bytes
     signature: CompactSignature
 
@@ -52,10 +51,10 @@ class SignedCommitment:
         return self.positions * (self.end - self.start)
 
     def as_tuple(self) -> tuple[Any, ...]:
-        """The ABI tuple (node, start, end, positions, steps, assignmentId, root, r, vs)."""
+        """The ABI tuple (node, start, end, positions, steps, root, r, vs)."""
         return (
-            to_checksum_address(self.node), self.start, self.end, self.positions, self.steps, self.assignment_id,
-            self.root, self.signature.r, self.signature.vs,
+            to_checksum_address(self.node), self.start, self.end, self.positions, self.steps, self.root,
+            self.signature.r, self.signature.vs,
         )
 
     def sort_key(self) -> tuple[int, int]:
@@ -65,8 +64,7 @@ class SignedCommitment:
     def to_json(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id, "node": to_checksum_address(self.node), "start": self.start, "end": self.end,
-            "positions": self.positions, "steps": self.steps, "assignment_id": self.assignment_id,
-            "root": "0x" + self.root.hex(), "signature": self.signature.hex(),
+            "positions": self.positions, "steps": self.steps, "root": "0x" + self.root.hex(), "signature": self.signature.hex(),
         }
 
     @classmethod
@@ -76,7 +74,7 @@ class SignedCommitment:
             raise ValueError(f"commitment root must be 32 bytes, got {len(root)}")
         return cls(
             int(data["job_id"]), to_checksum_address(data["node"]), int(data["start"]), int(data["end"]),
-            int(data["positions"]), int(data["steps"]), int(data["assignment_id"]), root,
+            int(data["positions"]), int(data["steps"]), root,
             CompactSignature.from_hex(str(data["signature"])),
         )
 
@@ -96,15 +94,12 @@ def sign_commitment(
     positions: int,
     steps: int,
     root: bytes,
-    assignment_id: int,
 ) -> SignedCommitment:
     """The worker's signed commitment to ``root`` (``steps`` leaves) for ``span`` of job ``job_id``."""
     if positions < 0 or steps < 0:
         raise ValueError("positions and steps count token positions and Merkle leaves: they cannot be negative")
     signature = sign_struct(account, domain, "Commitment", commitment_message(job_id, span, positions, steps, root))
-    return SignedCommitment(
-        job_id, account.address, span.start, span.end, positions, steps, assignment_id, bytes(root), signature
-    )
+    return SignedCommitment(job_id, account.address, span.start, span.end, positions, steps, bytes(root), signature)
 
 
 def verify_commitment(signed: SignedCommitment, domain: Domain, *, job_id: int | None = None) -> bool:

@@ -285,11 +285,34 @@ class Registry(RegistryCore):
     def total_unbonding(self) -> int:
         return int(self._view("totalUnbonding"))
 
-    def total_escrow(self) -> int:
-        return int(self._view("totalEscrow"))
+    def open_escrow(self) -> int:
+        """Escrow of every open job not yet paid to posted commitments (summed from JobSubmitted events and views)."""
+        total = 0
+        for event in self.get_logs(self.deploy_block, self.block_number(), ["JobSubmitted"]):
+            status, posted_paid, _ = self.job_state(int(event.args["jobId"]))
+            if status == JobStatus.Open:
+                total += int(event.args["escrow"]) - posted_paid
+        return total
+
+    def known_accounts(self) -> set[str]:
+        """Every address the registry's events name as a node, client, coordinator or payee."""
+        fields = ("node", "client", "coordinator", "to", "account")
+        return {
+            str(value) for event in self.get_logs(self.deploy_block, self.block_number())
+            for name, value in event.args.items() if name in fields and isinstance(value, str) and value != ZERO_ADDRESS
+        }
 
     def total_claimable(self) -> int:
-        return int(self._view("totalClaimable"))
+        """Sum of the claimable balances of every account the events name."""
+        return sum(self.claimable(a) for a in self.known_accounts())
+
+    def liabilities(self) -> int:
+        """Every wei the registry owes: stakes + unbonding + open escrow + claimable balances + protocol fees. Its
+        balance must equal this (the conservation invariant)."""
+        return (
+            self.total_staked() + self.total_unbonding() + self.open_escrow() + self.total_claimable()
+            + self.protocol_fees()
+        )
 
     def protocol_fees(self) -> int:
         return int(self._view("protocolFees"))

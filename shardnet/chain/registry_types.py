@@ -102,11 +102,13 @@ class JobRecord:
     max_tokens: int
     deadline: int
     escrow: int
+    num_layers: int
+    price: int
 
     def as_tuple(self) -> tuple[Any, ...]:
         return (
             to_checksum_address(self.client), to_checksum_address(self.coordinator), self.model_id, self.max_tokens,
-            self.deadline, self.escrow,
+            self.deadline, self.escrow, self.num_layers, self.price,
         )
 
     @classmethod
@@ -114,7 +116,7 @@ class JobRecord:
         """From the arguments of a JobSubmitted event."""
         return cls(
             args["client"], args["coordinator"], int(args["modelId"]), int(args["maxTokens"]), int(args["deadline"]),
-            int(args["escrow"]),
+            int(args["escrow"]), int(args["numLayers"]), int(args["price"]),
         )
 
     @classmethod
@@ -122,7 +124,7 @@ class JobRecord:
         """From a decoded ABI tuple (a dict by component name)."""
         return cls(
             value["client"], value["coordinator"], int(value["modelId"]), int(value["maxTokens"]),
-            int(value["deadline"]), int(value["escrow"]),
+            int(value["deadline"]), int(value["escrow"]), int(value["numLayers"]), int(value["price"]),
         )
 
 
@@ -187,7 +189,7 @@ class Settlement:
         hops = [
             SignedCommitment(
                 job_id, h["node"], int(h["start"]), int(h["end"]), int(h["positions"]), int(h["steps"]),
-                int(h["assignmentId"]), bytes(h["root"]), CompactSignature(bytes(h["r"]), bytes(h["vs"])),
+                bytes(h["root"]), CompactSignature(bytes(h["r"]), bytes(h["vs"])),
             )
             for h in value["hops"]
         ]

@@ -51,8 +51,7 @@ def reverts(error: str, **args: Any) -> Iterator[pytest.ExceptionInfo[ContractRe
 
 def assert_solvent(reg: Registry) -> None:
     """The contract's invariant: its balance is exactly what it owes."""
-    owed = reg.total_staked() + reg.total_unbonding() + reg.total_escrow() + reg.total_claimable() + reg.protocol_fees()
-    assert reg.balance() == owed
+    assert reg.balance() == reg.liabilities()
 
 
 @dataclass
@@ -126,13 +125,12 @@ class World:
 
     def commit(
         self, node: LocalAccount, job_id: int, span: LayerSpan, positions: int = POSITIONS, *,
-        assignment_id: int | None = None, tag: str | None = None, steps: int = STEPS,
+        tag: str | None = None, steps: int = STEPS,
     ) -> SignedCommitment:
         """`node`'s real EIP-712 signed commitment for `span` of `job_id`."""
         root = merkle_root(leaves(tag or f"{job_id}/{node.address}/{span}", steps))
         return sign_commitment(
-            node, self.domain, job_id=job_id, span=span, positions=positions, steps=steps, root=root,
-            assignment_id=self.shard_of(node) if assignment_id is None else assignment_id,
+            node, self.domain, job_id=job_id, span=span, positions=positions, steps=steps, root=root
         )
 
     def route(self, job_id: int) -> list[SignedCommitment]:
