@@ -223,12 +223,7 @@ class Registry(RegistryCore):
         return JobStatus(status), int(paid), int(count)
 
     def _submitted_event(self, job_id: int) -> DecodedEvent:
-        topic = "0x" + job_id.to_bytes(32, "big").hex()
-        query = {
-            "address": self.address, "topics": [self.event_topics["JobSubmitted"], topic],
-            "fromBlock": hex(self.deploy_block), "toBlock": "latest",
-        }
-        events = self.decode_logs(rpc(self.w3, "eth_getLogs", [query]))
+        events = self.get_logs(self.deploy_block, self.block_number(), ["JobSubmitted"], first_indexed=job_id)
         if not events:
             raise ContractRevert("ShardRegistryUnknownJob", {"jobId": job_id}, b"", "getJob")
         return events[0]

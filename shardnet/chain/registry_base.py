@@ -145,8 +145,10 @@ class RegistryCore:
         event_names: Sequence[str] | None = None,
         *,
         max_range: int = LOG_RANGE,
+        first_indexed: int | None = None,
     ) -> list[DecodedEvent]:
-        """The registry's events in blocks [from_block, to_block], optionally only some event names, in chain order.
+        """The registry's events in blocks [from_block, to_block], optionally only some event names (and only those
+        whose first indexed argument, e.g. a jobId, is `first_indexed`), in chain order.
 
         Asks the node in `eth_getLogs` requests of at most `max_range` blocks each, as public nodes refuse
         wider ranges; the whole chain can be asked for at once.
@@ -160,6 +162,8 @@ class RegistryCore:
             if unknown:
                 raise ChainError(f"unknown registry events {unknown}; known: {', '.join(self.event_names)}")
             query["topics"] = [[topics[n] for n in event_names]]
+        if first_indexed is not None:
+            query["topics"] = [query.get("topics", [None])[0], "0x" + first_indexed.to_bytes(32, "big").hex()]
         events: list[DecodedEvent] = []
         for start in range(max(from_block, 0), to_block + 1, max_range):
             end = min(to_block, start + max_range - 1)
