@@ -400,6 +400,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
 
     /// @inheritdoc IShardRegistry
     function cancelJob(uint256 jobId, JobRecord calldata job) external {
+        _openJob(jobId, job);
         bool revoked = _accounts[job.coordinator].flags & _COORDINATOR == 0;
         if (job.client != msg.sender && !revoked) revert ShardRegistryNotJobClient(jobId, msg.sender);
         if (block.timestamp <= job.deadline) revert ShardRegistryDeadlineNotReached(jobId, job.deadline);
@@ -611,12 +612,22 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         remaining = s.job.escrow;
         if (hasPosts) remaining -= _posted[s.jobId].paid;
         uint256 previous = 0;
+        uint256 maximum = uint256(s.job.maxTokens) + _maxPromptTokens;
+        uint256 numLayers = s.job.numLayers;
+        bytes32 domainSeparator = _domainSeparatorV4();
         for (uint256 i = 0; i < n; ++i) {
             SignedCommitment calldata c = s.hops[i];
-            uint256 order = (uint256(c.start) << 160) | uint160(c.node);
+            address node = c.node;
+            uint256 start = c.start;
+            uint256 end = c.end;
+            uint256 order = (start << 160) | uint160(node);
             if (i != 0 && order <= previous) revert ShardRegistryHopsNotSorted(s.jobId, i);
             previous = order;
-            _checkHop(s.jobId, s.job, c, i);
+            if (start >= end || end > numLayers) revert ShardRegistryInvalidHopSpan(s.jobId, i, c.start, c.end);
+            if (c.positions > maximum) revert ShardRegistryPositionsTooHigh(s.jobId, i, c.positions, maximum);
+            if (node == address(0) || _commitmentSigner(domainSeparator, s.jobId, c) != node) {
+                revert ShardRegistryBadCommitmentSignature(s.jobId, i, node);
+            }
             if (hasPosts && _postedHop[keccak256(abi.encode(s.jobId, c.node, c.start, c.end))]) continue;
             uint256 pay = _take(_hopPay(s.job, c), remaining);
             if (!_payHop(c.node, pay)) continue; // jailed, unregistered or unstaked since: the share goes back
@@ -867,9 +878,22 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     /// @dev Adds to a claimable balance.
     function _credit(address account, uint256 amount) private {
         if (amount == 0) return;
-        Account storage a = _accounts[account];
-        a.claimable += uint88(amount);
-        a.flags |= _TOUCHED;
+        uint256 slot;
+        uint256 word;
+        assembly ("memory-safe") {
+            mstore(0, account)
+            mstore(0x20, _accounts.slot)
+            slot := keccak256(0, 0x40)
+            word := sload(slot)
+        }
+        uint256 mask88 = (1 << 88) - 1;
+        uint256 claimableNow = (word & mask88) + amount;
+        if (claimableNow > mask88) revert ShardRegistryAmountTooLarge(claimableNow, mask88);
+        // same layout as in {_payHop}; the TOUCHED flag keeps the slot non-zero after a claim
+        word = (word & ~mask88) | claimableNow | (uint256(_TOUCHED) << 248);
+        assembly ("memory-safe") {
+            sstore(slot, word)
+        }
     }
 
     /// @dev Marks an assignment released and swap-and-pops it out of its node's and its model's live lists.
