@@ -241,6 +241,11 @@ class Registry(RegistryCore):
             event.block_number,
         )
 
+    def output_hash(self, job_id: int) -> bytes | None:
+        """The outputHash the job was settled with (from JobSettled), or None if it was not settled."""
+        events = self.get_logs(self.deploy_block, self.block_number(), ["JobSettled"], first_indexed=job_id)
+        return bytes(events[0].args["outputHash"]) if events else None
+
     def job_count(self) -> int:
         return int(self._view("jobCount"))
 
