@@ -331,7 +331,8 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
             Settlement calldata s = settlements[k];
             if (s.job.coordinator != msg.sender) revert ShardRegistryNotJobCoordinator(s.jobId, msg.sender);
             // a job named this coordinator before its approval took effect: it cannot be settled, only cancelled
-            if (coordinator.activeFrom > s.job.deadline - _jobTimeout) revert ShardRegistryNotCoordinator(msg.sender);
+            // (deadline - jobTimeout is the submission time; deadline >= jobTimeout by construction)
+            if (uint256(coordinator.activeFrom) + _jobTimeout > s.job.deadline) revert ShardRegistryNotCoordinator(msg.sender);
             uint256 slot = _jobs[s.jobId];
             if (uint8(slot) != uint8(JobStatus.Open)) {
                 if (slot == 0) revert ShardRegistryUnknownJob(s.jobId);
@@ -339,12 +340,17 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
             }
             if (slot & ~_LOW != _settlementRecordHash(s) & ~_LOW) revert ShardRegistryJobRecordMismatch(s.jobId);
             (uint256 remaining, uint256 paid, uint16 paidHops) = _payHops(s, slot & _HAS_POSTS != 0);
-            uint256 fee = _take((paid * _coordinatorFeeBps) / _BPS, remaining);
-            remaining -= fee;
-            uint256 cut = _take((paid * _protocolFeeBps) / _BPS, remaining);
-            remaining -= cut;
-            fees += fee;
-            protocol += cut;
+            uint256 fee;
+            uint256 cut;
+            // cannot overflow: paid, fee and cut are at most the job's escrow (< 2**88), taken from `remaining`
+            unchecked {
+                fee = _take((paid * _coordinatorFeeBps) / _BPS, remaining);
+                remaining -= fee;
+                cut = _take((paid * _protocolFeeBps) / _BPS, remaining);
+                remaining -= cut;
+                fees += fee;
+                protocol += cut;
+            }
             _close(s.jobId, slot, JobStatus.Settled);
             _credit(s.job.client, remaining);
             emit JobSettled(s.jobId, s.outputHash, paid, fee, remaining, paidHops);
@@ -614,6 +620,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         uint256 previous = 0;
         uint256 maximum = uint256(s.job.maxTokens) + _maxPromptTokens;
         uint256 numLayers = s.job.numLayers;
+        uint256 price = s.job.price;
         bytes32 domainSeparator = _domainSeparatorV4();
         for (uint256 i = 0; i < n; ++i) {
             SignedCommitment calldata c = s.hops[i];
@@ -621,19 +628,29 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
             uint256 start = c.start;
             uint256 end = c.end;
             uint256 order = (start << 160) | uint160(node);
-            if (i != 0 && order <= previous) revert ShardRegistryHopsNotSorted(s.jobId, i);
+            // strictly increasing (start, node): no hop twice. (order > 0 for any real node, so hop 0 passes)
+            if (order <= previous) revert ShardRegistryHopsNotSorted(s.jobId, i);
             previous = order;
             if (start >= end || end > numLayers) revert ShardRegistryInvalidHopSpan(s.jobId, i, c.start, c.end);
-            if (c.positions > maximum) revert ShardRegistryPositionsTooHigh(s.jobId, i, c.positions, maximum);
+            uint256 positions = c.positions;
+            if (positions > maximum) revert ShardRegistryPositionsTooHigh(s.jobId, i, positions, maximum);
             if (node == address(0) || _commitmentSigner(domainSeparator, s.jobId, c) != node) {
                 revert ShardRegistryBadCommitmentSignature(s.jobId, i, node);
             }
-            if (hasPosts && _postedHop[keccak256(abi.encode(s.jobId, c.node, c.start, c.end))]) continue;
-            uint256 pay = _take(_hopPay(s.job, c), remaining);
-            if (!_payHop(c.node, pay)) continue; // jailed, unregistered or unstaked since: the share goes back
-            remaining -= pay;
-            paid += pay;
-            paidHops |= uint16(1 << i);
+            if (hasPosts && _postedHop[keccak256(abi.encode(s.jobId, node, start, end))]) continue;
+            uint256 pay;
+            // cannot overflow: positions < 2**32, end - start < 2**32 (checked above), price < 2**80; pay <= remaining
+            // <= escrow < 2**88, so paid <= escrow too; i < MAX_HOPS
+            unchecked {
+                pay = positions * (end - start) * price;
+                if (pay > remaining) pay = remaining;
+            }
+            if (!_payHop(node, pay)) continue; // jailed, unregistered or unstaked since: the share goes back
+            unchecked {
+                remaining -= pay;
+                paid += pay;
+                paidHops |= uint16(1 << i);
+            }
         }
     }
 
@@ -731,8 +748,15 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         _jobs[jobId] = _closedHash(slot, block.number) | uint8(status);
     }
 
-    function _closedHash(uint256 slot, uint256 closeBlock) private pure returns (uint256) {
-        return uint256(keccak256(abi.encode(slot & ~_LOW, closeBlock))) & ~_LOW;
+    /// @dev keccak256(abi.encode(slot & ~_LOW, closeBlock)) & ~_LOW, hashed in scratch space.
+    function _closedHash(uint256 slot, uint256 closeBlock) private pure returns (uint256 h) {
+        uint256 open = slot & ~_LOW;
+        assembly ("memory-safe") {
+            mstore(0, open)
+            mstore(0x20, closeBlock)
+            h := keccak256(0, 0x40)
+        }
+        h &= ~_LOW;
     }
 
     function _checkClosed(uint256 jobId, JobRecord calldata job, uint64 closeBlock) private view {
