@@ -44,6 +44,7 @@ from shardnet.peer.client import StepResult, WorkerClient
 from shardnet.peer.errors import WorkerAPIError
 from shardnet.span import LayerSpan
 from shardnet.wire.commitment import step_hash
+from shardnet.wire.eip712 import Domain
 from shardnet.wire.frames import encode_frame
 from shardnet.wire.tickets import sign_ticket
 
@@ -61,7 +62,7 @@ class CheatDetected(ShardnetError):
     """A routed worker was proven wrong by a referee and slashed: run the job again without it."""
 
     def __init__(self, node: str) -> None:
-        super().__init__(f"worker {node} was caught sending wrong outputs and slashed; re-running on honest workers")
+        super().__init__(f"worker {node} was caught sending wrong outputs (evidence recorded); re-running on honest workers")
         self.node = node
 
 
@@ -71,7 +72,7 @@ class PipelineContext:
 
     account: LocalAccount  # signs the session tickets
     router: Router  # route choice, and (its directory) liveness, load and timings
-    registry: Registry  # addHop (through JobHops) and slash
+    registry: Registry  # reads (the EIP-712 domain); slashing evidence is recorded off chain
     state: CoordinatorState  # steps, verifications and slashes
     step_timeout_s: float = 5.0
     tolerance: Tolerance = field(default_factory=Tolerance)
@@ -79,6 +80,14 @@ class PipelineContext:
     salt: bytes = b""
     codec: str = "fp32"
     max_failovers: int = 4
+    _domain: Domain | None = None
+
+    @property
+    def domain(self) -> Domain:
+        """The registry's EIP-712 domain (tickets are signed in it), read once."""
+        if self._domain is None:
+            self._domain = self.registry.domain()
+        return self._domain
 
 
 @dataclass(eq=False)
@@ -119,8 +128,10 @@ class Pipeline:
     async def _open(self, node: str, endpoint: str, span: LayerSpan, hop_index: int | None) -> OpenSession:
         client = WorkerClient(endpoint, timeout_s=self.ctx.step_timeout_s)
         session_id = uuid.uuid4().hex
+        domain = self.ctx.domain
         ticket = sign_ticket(self.ctx.account, worker=node, session_id=session_id, job_id=self.job_hops.job_id,
-                             span=span, expires_at=int(time.time()) + TICKET_TTL_S)
+                             span=span, expires_at=int(time.time()) + TICKET_TTL_S, chain_id=domain.chain_id,
+                             registry=domain.registry)
         try:
             opened = await client.open_session(ticket, self.ctx.codec)
         except BaseException:
@@ -137,7 +148,9 @@ class Pipeline:
         if slot.hop_index is not None:
             self.directory.add_load(slot.node, -1)
         try:
-            await asyncio.wait_for(slot.client.close(slot.session_id), CLOSE_TIMEOUT_S)
+            closed = await asyncio.wait_for(slot.client.close_session(slot.session_id), CLOSE_TIMEOUT_S)
+            if slot.hop_index is not None:  # verification sessions are not hops of the job: never settled
+                self.job_hops.handed(slot.hop_index, closed.job_commitment)
         except (WorkerAPIError, TimeoutError, KeyError, ValueError) as exc:
             log.debug("closing session on %s: %s", slot.endpoint, exc)
         finally:
@@ -329,14 +342,6 @@ class Pipeline:
         slot.shadow = None
         self._extra.append(shadow)
 
-    async def _send_slash(self, node: str, digest: bytes) -> str | None:
-        try:
-            result = await asyncio.to_thread(self.ctx.registry.slash, node, digest, self.job_hops.job_id)
-        except ShardnetError as exc:
-            log.error("job %d: slashing %s failed: %s", self.job_hops.job_id, node, exc)
-            return None
-        return result.tx_hash
-
     async def _slash(self, node: str, slot: OpenSession, k: int, claimed: StepResult, replica: str, replica_res: StepResult,
                      referee: str, referee_res: StepResult, metric: float) -> None:
         pos, x = slot.history[k]
@@ -350,7 +355,12 @@ class Pipeline:
             referee=referee, referee_hash=referee_res.step_hash, metric=min(metric, 1e300),
         )
         digest = evidence_hash(record)
-        self.directory.exclude(node)
-        tx = await self._send_slash(node, digest)
-        self.ctx.state.add_slash(job_id=self.job_hops.job_id, node=node, evidence_hash=digest, evidence=record, tx_hash=tx)
-        log.warning("job %d: slashed %s (evidence 0x%s, tx %s)", self.job_hops.job_id, node, digest.hex(), tx)
+        self.directory.exclude(node)  # routed around now, and left out of the job's settlement (never paid)
+        # Protocol v2 slashes only on evidence the registry checks itself: the accused's signed commitment, a Merkle
+        # proof of the wrong leaf, and Verdicts signed by verifiers the registry draws after the job closes. This
+        # verifier has the first two but no way to gather drawn verifiers' verdicts, so the evidence is recorded
+        # off chain (tx_hash None) and no slash is sent.
+        self.ctx.state.add_slash(job_id=self.job_hops.job_id, node=node, evidence_hash=digest, evidence=record,
+                                 tx_hash=None)
+        log.warning("job %d: caught %s sending wrong outputs (evidence 0x%s recorded off chain; not slashed on "
+                    "chain: no drawn verifiers' verdicts)", self.job_hops.job_id, node, digest.hex())

@@ -66,8 +66,12 @@ class JobScheduler:
             job = await asyncio.to_thread(self.registry.get_job, job_id)
         except ShardnetError as exc:
             raise PromptRejected(f"job {job_id} does not exist on chain ({exc}); submit it first", 404) from exc
-        if job.status != JobStatus.Submitted:
-            raise PromptRejected(f"job {job_id} is {job.status.name} on chain; only a Submitted job takes a prompt", 409)
+        if job.status != JobStatus.Open:
+            raise PromptRejected(f"job {job_id} is {job.status.name} on chain; only an Open job takes a prompt", 409)
+        if job.coordinator.lower() != self.account.address.lower():
+            raise PromptRejected(
+                f"job {job_id} names the coordinator {job.coordinator}, not this one ({self.account.address}): hand "
+                "its prompt to that coordinator", 409)
         if keccak(prompt.encode("utf-8")) != job.input_hash:
             raise PromptRejected(
                 f"keccak256 of this prompt is not the inputHash of job {job_id} on chain; hand over exactly the "
@@ -82,7 +86,8 @@ class JobScheduler:
     async def submit_own_job(self, model_id: int, prompt: str, max_tokens: int, params: SamplingParams) -> int:
         """For the OpenAI API: pay a job into escrow from the coordinator's own account; returns its id."""
         quote = await asyncio.to_thread(self.registry.quote, model_id, max_tokens)
-        result = await asyncio.to_thread(self.registry.submit_job, model_id, keccak(prompt.encode()), max_tokens, quote)
+        result = await asyncio.to_thread(self.registry.submit_job, model_id, keccak(prompt.encode()), max_tokens,
+                                         self.account.address, quote)  # the job names this coordinator
         job_id = int(result.event("JobSubmitted").args["jobId"])
         job = await asyncio.to_thread(self.registry.get_job, job_id)
         self.lifecycle.take_prompt(job, prompt, params.with_seed().__dict__, source="api")

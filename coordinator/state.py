@@ -60,7 +60,9 @@ class HopRow(Base):
     span_end: Mapped[int] = mapped_column(Integer)
     positions: Mapped[int] = mapped_column(Integer, default=0)
     layer_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    commitment: Mapped[str | None] = mapped_column(String(66), nullable=True)
+    commitment: Mapped[str | None] = mapped_column(String(66), nullable=True)  # root it committed to, if any
+    signed_commitment: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON, as the worker signed it
+    settle_note: Mapped[str | None] = mapped_column(String(200), nullable=True)  # why it is left out, if it is
     reason: Mapped[str] = mapped_column(String(16), default="route")  # "route", "failover", "rerun"
 
 

@@ -194,7 +194,8 @@ class WorkerService:
         self.node = node
         cfg = node.cfg
         self.sync = ChainSync(
-            node.registry, node.state, poll_interval_s=cfg.poll_interval_s, confirmations=cfg.confirmations
+            node.registry, node.state, poll_interval_s=cfg.poll_interval_s, confirmations=cfg.confirmations,
+            settle_window_s=cfg.settle_window_s, domain=node.registry.domain(),
         )
         self.server = WorkerServer(
             address=node.registry.account.address if node.registry.account else "",
@@ -208,6 +209,9 @@ class WorkerService:
             extra_routes=_shard_routes(cfg.store_dir),
             perturb_outputs=cfg.perturb_outputs,
             on_session_closed=self.sync.wake,
+            chain_id=self.sync.domain.chain_id,
+            registry_address=self.sync.domain.registry,
+            signer=self.sync.sign,
         )
         self._runner: web.AppRunner | None = None
         self._sync_started = False

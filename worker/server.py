@@ -21,6 +21,7 @@ import aiohttp
 import torch
 from aiohttp import web
 
+from shardnet.chain.commitments import SignedCommitment
 from shardnet.model.adapters import ModelError
 from shardnet.peer.errors import (
     InvalidTensor,
@@ -42,6 +43,9 @@ from worker.state import WorkerState
 log = logging.getLogger(__name__)
 
 LOGITS_CODEC = "fp32"  # the last block's logits always travel in full precision
+
+#: Signs a job's commitment: (job_id, span, positions, steps, root) -> the EIP-712 signed commitment.
+CommitmentSigner = Callable[[int, LayerSpan, int, int, bytes], SignedCommitment]
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,9 @@ class WorkerServer:
         extra_routes: Iterable[web.AbstractRouteDef] = (),
         perturb_outputs: float = 0.0,
         on_session_closed: Callable[[], None] | None = None,
+        chain_id: int = 0,
+        registry_address: str = "",
+        signer: CommitmentSigner | None = None,
     ) -> None:
         self.address = address
         self.model_name = model_name
@@ -118,6 +125,9 @@ class WorkerServer:
         self.draining = False
         self.metrics = WorkerMetrics()
         self._is_coordinator = is_coordinator
+        self.chain_id = chain_id
+        self.registry_address = registry_address
+        self._signer = signer
         self._on_session_closed = on_session_closed
         self._extra_routes = list(extra_routes)
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-compute")
@@ -206,7 +216,9 @@ class WorkerServer:
         req = parse_open_request(await request.read(), is_last=self.info.is_last)
         loop = asyncio.get_running_loop()
         try:
-            signer = verify_ticket(req.ticket, worker=self.address)
+            signer = verify_ticket(
+                req.ticket, worker=self.address, chain_id=self.chain_id, registry=self.registry_address
+            )
         except TicketError as exc:
             raise TicketRejected(str(exc)) from exc
         if not await loop.run_in_executor(None, self._is_coordinator, signer):
@@ -237,7 +249,8 @@ class WorkerServer:
         self.metrics.sessions_open.set(len(self.sessions))
         if self.state is not None:
             await loop.run_in_executor(
-                self._db, self.state.session_opened, session_id, session.job_id, signer, span.start, span.end
+                self._db, self.state.session_opened, session_id, session.job_id, signer, span.start, span.end,
+                json.dumps(req.ticket),
             )
         log.info("session %s opened for job %s by %s", session_id, session.job_id, signer)
         return web.json_response(
@@ -288,9 +301,27 @@ class WorkerServer:
         async with session.lock:  # let a step in flight finish first
             if not session.closed:
                 self.sessions.close(session.session_id, "closed")
-        return web.json_response(
-            {"steps": session.steps, "commitment": "0x" + merkle_root(session.step_hashes).hex()}
-        )
+        body: dict[str, Any] = {"steps": session.steps, "commitment": "0x" + merkle_root(session.step_hashes).hex()}
+        if self._signer is not None and session.job_id is not None and session.steps:
+            # signed and stored (after the close queued above, on the same database thread) before it leaves
+            signed = await asyncio.get_running_loop().run_in_executor(self._db, self._sign_job, session)
+            if signed is not None:
+                body["job_commitment"] = signed.to_json()
+        return web.json_response(body)
+
+    def _sign_job(self, session: Session, handed_at: float | None = None) -> SignedCommitment | None:
+        """The job's signed commitment over every session of it on this worker (stored first when there is a
+        database); None when nothing was computed for it."""
+        assert self._signer is not None and session.job_id is not None
+        if self.state is None:
+            return self._signer(session.job_id, self.info.span, session.length, session.steps,
+                                merkle_root(session.step_hashes))
+        work = self.state.job_work(session.job_id)
+        if work is None:
+            return None
+        signed = self._signer(work.job_id, work.span, work.positions, len(work.step_hashes), work.root)
+        self.state.save_commitment(signed, work.ticket, time.time() if handed_at is None else handed_at)
+        return signed
 
     async def health(self, _request: web.Request) -> web.Response:
         return web.json_response(
@@ -365,7 +396,7 @@ class WorkerServer:
         digest = step_hash(frame)
         if self.state is not None:
             # recorded before the output leaves: a crash can never lose a step the commitment must cover
-            self.state.step_recorded(session.session_id, index, digest)
+            self.state.step_recorded(session.session_id, index, digest, int(x.shape[1]))
         return frame, digest
 
     async def _forward(self, session: Session, frame: bytes, digest: bytes, start_pos: int) -> web.Response:
@@ -403,6 +434,9 @@ class WorkerServer:
         if self.state is not None:
             root = merkle_root(session.step_hashes) if session.step_hashes else None
             self._db_write(self.state.session_closed, session.session_id, reason, session.steps, root)
+            if reason != "closed" and self._signer is not None and session.job_id is not None and session.steps:
+                # nobody asked for it (expired, drained, evicted, failed): sign it now, due for posting at once
+                self._db_write(self._sign_job, session, 0.0)
         if self._on_session_closed is not None:
             self._db_write(self._on_session_closed)
 

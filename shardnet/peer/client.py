@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import torch
 
+from shardnet.chain.commitments import SignedCommitment
 from shardnet.peer.errors import WorkerAPIError, WorkerUnreachable, error_for_status
 from shardnet.wire.frames import decode_frame, encode_frame
 
@@ -30,6 +31,15 @@ class StepResult:
     step_hash: bytes  # of the response body (the last hop's output in push mode)
     step_index: int
     hop_hashes: list[bytes]  # push mode: one per hop, in route order; else [step_hash]
+
+
+@dataclass(frozen=True)
+class ClosedSession:
+    """A worker's answer to closing a session."""
+
+    steps: int
+    root: bytes  # Merkle root of this session's step hashes
+    job_commitment: SignedCommitment | None  # the worker's signed commitment for the whole job, if it signs
 
 
 class WorkerClient:
@@ -103,8 +113,17 @@ class WorkerClient:
 
     async def close(self, session_id: str) -> bytes:
         """Close the session; returns its commitment (the Merkle root of its step hashes)."""
+        return (await self.close_session(session_id)).root
+
+    async def close_session(self, session_id: str) -> ClosedSession:
+        """Close the session; returns its root and the worker's signed commitment for the job (protocol v2)."""
         _, body = await self._request("DELETE", f"/v1/sessions/{session_id}")
-        return bytes.fromhex(json.loads(body)["commitment"].removeprefix("0x"))
+        data = json.loads(body)
+        signed = data.get("job_commitment")
+        return ClosedSession(
+            int(data["steps"]), bytes.fromhex(data["commitment"].removeprefix("0x")),
+            SignedCommitment.from_json(signed) if isinstance(signed, dict) else None,
+        )
 
     async def health(self) -> dict[str, Any]:
         _, body = await self._request("GET", "/health")
