@@ -149,8 +149,12 @@ class ChainSync:
     def _post(self, row: WorkerJobRow) -> int:
         job_id = row.job_id
         status, _, _ = self.registry.job_state(job_id)
-        if status != JobStatus.Open:
-            return 0  # closed: its event (settled, failed, cancelled) decides what became of it
+        if status == JobStatus.NoJob:
+            self.state.commitment_done(job_id, SKIPPED, note=f"no job {job_id} on chain")
+            return 0
+        if status != JobStatus.Open:  # closed before this commitment could be paid (its event came first)
+            self.state.commitment_done(job_id, SKIPPED, note=f"job {status.name.lower()} on chain before it was paid")
+            return 0
         if row.ticket is None:
             self.state.commitment_done(job_id, SKIPPED, note="no coordinator ticket stored: cannot prove the job")
             return 0

@@ -302,7 +302,7 @@ class WorkerServer:
             if not session.closed:
                 self.sessions.close(session.session_id, "closed")
         body: dict[str, Any] = {"steps": session.steps, "commitment": "0x" + merkle_root(session.step_hashes).hex()}
-        if self._signer is not None and session.job_id is not None and session.steps:
+        if self._signer is not None and session.job_id and session.steps:  # job 0: no job, nothing to be paid
             # signed and stored (after the close queued above, on the same database thread) before it leaves
             signed = await asyncio.get_running_loop().run_in_executor(self._db, self._sign_job, session)
             if signed is not None:
@@ -312,7 +312,7 @@ class WorkerServer:
     def _sign_job(self, session: Session, handed_at: float | None = None) -> SignedCommitment | None:
         """The job's signed commitment over every session of it on this worker (stored first when there is a
         database); None when nothing was computed for it."""
-        assert self._signer is not None and session.job_id is not None
+        assert self._signer is not None and session.job_id
         if self.state is None:
             return self._signer(session.job_id, self.info.span, session.length, session.steps,
                                 merkle_root(session.step_hashes))
@@ -434,7 +434,7 @@ class WorkerServer:
         if self.state is not None:
             root = merkle_root(session.step_hashes) if session.step_hashes else None
             self._db_write(self.state.session_closed, session.session_id, reason, session.steps, root)
-            if reason != "closed" and self._signer is not None and session.job_id is not None and session.steps:
+            if reason != "closed" and self._signer is not None and session.job_id and session.steps:
                 # nobody asked for it (expired, drained, evicted, failed): sign it now, due for posting at once
                 self._db_write(self._sign_job, session, 0.0)
         if self._on_session_closed is not None:

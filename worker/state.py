@@ -183,7 +183,7 @@ class WorkerState:
         with session_scope(self.engine) as db:
             jobs = db.scalars(
                 select(WorkerSessionRow.job_id).where(
-                    WorkerSessionRow.worker == self.worker, WorkerSessionRow.job_id.is_not(None),
+                    WorkerSessionRow.worker == self.worker, WorkerSessionRow.job_id > 0,
                     WorkerSessionRow.closed_at.is_not(None),
                 ).distinct()
             ).all()
