@@ -129,7 +129,9 @@ class Pipeline:
         client = WorkerClient(endpoint, timeout_s=self.ctx.step_timeout_s)
         session_id = uuid.uuid4().hex
         domain = self.ctx.domain
-        ticket = sign_ticket(self.ctx.account, worker=node, session_id=session_id, job_id=self.job_hops.job_id,
+        # a verification session gets a ticket of no job (0): its worker signs no commitment and cannot post one
+        job_id = self.job_hops.job_id if hop_index is not None else 0
+        ticket = sign_ticket(self.ctx.account, worker=node, session_id=session_id, job_id=job_id,
                              span=span, expires_at=int(time.time()) + TICKET_TTL_S, chain_id=domain.chain_id,
                              registry=domain.registry)
         try:

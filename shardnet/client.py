@@ -273,8 +273,8 @@ class ShardnetClient:
         return [self.registry.get_job(i) for i in ids]
 
     def open_jobs(self, client: str) -> list[JobInfo]:
-        """`client`'s jobs whose escrow is still locked (submitted or routed)."""
-        return [j for j in self.jobs(client) if j.status in (JobStatus.Submitted, JobStatus.Routed)]
+        """`client`'s jobs whose escrow is still locked (open on chain)."""
+        return [j for j in self.jobs(client) if j.status == JobStatus.Open]
 
     def cancel(self, job_id: int) -> str:
         """Cancel a job past its deadline (the escrow becomes claimable); returns the transaction hash."""
