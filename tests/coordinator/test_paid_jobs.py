@@ -113,7 +113,7 @@ def test_cli_submit_and_jobs(net: Net) -> None:
         assert "finalized" in out.stderr  # progress on stderr
     listing = subprocess.run([*SHARDNET, "jobs", "--mine", *base], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=60, check=True).stdout
-    assert any(line.split()[:2] == [str(record["job_id"]), "finalized"] for line in listing.splitlines()), listing
+    assert any(line.split()[:2] == [str(record["job_id"]), "settled"] for line in listing.splitlines()), listing
 
 
 def test_cancel_after_the_deadline_refunds_and_claim_pays_out(net: Net, anvil) -> None:
