@@ -34,8 +34,9 @@ from coordinator.pipeline import CheatDetected, Pipeline, PipelineContext
 from coordinator.router import RouteHop
 from coordinator.sampling import Sampler, SamplingParams
 from coordinator.settlement import HopWork, check_commitment, layer_tokens
+from coordinator.state import HopRow
 from shardnet.chain.commitments import SignedCommitment
-from shardnet.chain.registry import JobInfo, JobStatus, Settlement
+from shardnet.chain.registry import JobInfo, JobStatus, Settlement, TxResult
 from shardnet.errors import ShardnetError
 
 log = logging.getLogger(__name__)
@@ -156,24 +157,39 @@ class JobRunner:
         The same for a job settled now and for one a previous run left settling (it reads only the database
         and the chain), so a coordinator killed here pays the workers at its next start.
         """
-        row = self.lifecycle.state.get_job(job_id)
-        if row is None or row.status != JobState.SETTLING or row.output_hash is None:
-            raise IllegalTransition(f"job {job_id} is not settling; nothing to settle")
-        hops = self.lifecycle.state.hops(job_id)
-        held = [(h, SignedCommitment.from_json(json.loads(h.signed_commitment))) for h in hops
-                if h.signed_commitment and not h.settle_note]
-        record = await asyncio.to_thread(self.registry.job_record, job_id)
-        settlement = Settlement(job_id, record, bytes.fromhex(row.output_hash[2:]), [c for _, c in held])
+        return (await self.finish_settlements([job_id]))[job_id]
+
+    async def finish_settlements(self, job_ids: list[int]) -> dict[int, str]:
+        """Settle several settling jobs in one settleJobs transaction (a restart settles what it finds at once);
+        returns the transaction hash per job."""
+        batch: list[tuple[Settlement, list[tuple[HopRow, SignedCommitment]]]] = []
+        for job_id in job_ids:
+            row = self.lifecycle.state.get_job(job_id)
+            if row is None or row.status != JobState.SETTLING or row.output_hash is None:
+                raise IllegalTransition(f"job {job_id} is not settling; nothing to settle")
+            held = [(h, SignedCommitment.from_json(json.loads(h.signed_commitment)))
+                    for h in self.lifecycle.state.hops(job_id) if h.signed_commitment and not h.settle_note]
+            record = await asyncio.to_thread(self.registry.job_record, job_id)
+            batch.append((Settlement(job_id, record, bytes.fromhex(row.output_hash[2:]), [c for _, c in held]), held))
         if os.environ.get(DIE_BEFORE_FINALIZE_ENV) == "1":
-            log.error("test hook %s: dying before settleJobs of job %d", DIE_BEFORE_FINALIZE_ENV, job_id)
+            log.error("test hook %s: dying before settleJobs of job %s", DIE_BEFORE_FINALIZE_ENV,
+                      ", ".join(map(str, job_ids)))
             os.kill(os.getpid(), signal.SIGKILL)
-        result = await asyncio.to_thread(self.registry.settle_jobs, [settlement])
+        result = await asyncio.to_thread(self.registry.settle_jobs, [s for s, _ in batch])
+        for settlement, held in batch:
+            await self._settled(settlement, held, result)
+        return {job_id: result.tx_hash for job_id in job_ids}
+
+    async def _settled(self, settlement: Settlement, held: list[tuple[HopRow, SignedCommitment]],
+                       result: TxResult) -> None:
+        """Record what a mined settleJobs did with one job: which hops were paid, and the job finalized."""
+        job_id = settlement.job_id
         settled = [e for e in result.events if e.name == "JobSettled" and int(e.args["jobId"]) == job_id]
         if not settled:  # the registry skips a job already closed: take the chain's verdict
             status, _, _ = await asyncio.to_thread(self.registry.job_state, job_id)
             self.lifecycle.advance(job_id, mirrored_state(status))
             self.lifecycle.confirmed(job_id)
-            return result.tx_hash
+            return
         paid_bits = int(settled[0].args["paidHops"])
         order = {c.node.lower(): i for i, c in enumerate(settlement.sorted_hops())}
         for h, c in held:
@@ -182,7 +198,6 @@ class JobRunner:
                                     "settled but not paid by the registry (posted already, stake, jail or escrow)")
         self.lifecycle.advance(job_id, JobState.FINALIZED, tx_finalize=result.tx_hash)
         self.commitments.forget(job_id)
-        return result.tx_hash
 
     # -- the whole job
     async def run(self, job_id: int, model: ServedModel, prompt: str, params: SamplingParams,

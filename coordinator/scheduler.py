@@ -118,18 +118,28 @@ class JobScheduler:
                 raise
             return await self.runner.run(job_id, model, row.prompt, params, on_token)
 
-    async def _settle(self, job_id: int) -> None:
+    async def _settle(self, job_ids: list[int]) -> None:
+        """Settle the jobs a previous run left settling, all in one settleJobs (each alone if the batch fails)."""
         async with self._slots:
             try:
-                tx = await self.runner.finish_settlement(job_id)
-                log.info("job %d: settlement finished after the restart, tx %s", job_id, tx)
+                txs = await self.runner.finish_settlements(job_ids)
+                log.info("jobs %s: settlement finished after the restart, tx %s", job_ids, set(txs.values()))
+                return
             except ShardnetError as exc:
-                log.error("job %d: could not finish its settlement: %s", job_id, exc)
-                await self.runner.fail(job_id, f"settlement failed after a restart: {exc}")
+                if len(job_ids) == 1:
+                    log.error("job %d: could not finish its settlement: %s", job_ids[0], exc)
+                    await self.runner.fail(job_ids[0], f"settlement failed after a restart: {exc}")
+                    return
+                log.warning("jobs %s: the batch settlement failed (%s); settling each alone", job_ids, exc)
+        for job_id in job_ids:
+            if (row := self.lifecycle.state.get_job(job_id)) is not None and row.status == JobState.SETTLING:
+                await self._settle([job_id])
 
     # -- restarts and stops
     async def recover(self) -> None:
-        """Replay what a previous run left unfinished (see `coordinator.lifecycle.recovery_action`)."""
+        """Replay what a previous run left unfinished (see `coordinator.lifecycle.recovery_action`); the jobs left
+        settling are settled together in one settleJobs."""
+        to_settle: list[int] = []
         for row in self.lifecycle.needing_recovery():
             try:
                 job = await asyncio.to_thread(self.registry.get_job, row.job_id)
@@ -141,9 +151,7 @@ class JobScheduler:
                     self.lifecycle.advance(row.job_id, JobState.PROMPT)
                     self.schedule(row.job_id)
                 elif action == Recovery.SETTLE:
-                    task = asyncio.ensure_future(self._settle(row.job_id))
-                    task.add_done_callback(_consume)
-                    self.tasks[row.job_id] = task
+                    to_settle.append(row.job_id)
                 elif action in (Recovery.FAIL, Recovery.RESEND_FAIL):
                     await self.runner.fail(row.job_id, "coordinator restarted mid-job; its worker sessions are gone")
                 elif action == Recovery.MIRROR:
@@ -151,6 +159,11 @@ class JobScheduler:
                     self.lifecycle.confirmed(row.job_id)
             except ShardnetError as exc:
                 log.error("job %d: recovery failed: %s", row.job_id, exc)
+        if to_settle:
+            task = asyncio.ensure_future(self._settle(to_settle))
+            task.add_done_callback(_consume)
+            for job_id in to_settle:
+                self.tasks[job_id] = task
 
     async def stop(self) -> None:
         """Cancel the running jobs and fail on chain (full refund now, not at the next start) the ones stopped
