@@ -28,7 +28,8 @@ from shardnet.service import Lifecycle, run_service
 from shardnet.span import LayerSpan
 from worker.chain_sync import ChainSync
 from worker.config import WorkerConfig
-from worker.server import BlockInfo, CoordinatorCheck, ServerLimits, WorkerServer
+from worker.server import BlockInfo, ServerLimits, WorkerServer
+from worker.server_config import CoordinatorCheck
 from worker.span_choice import choose_best_span, default_span_length
 from worker.staking import connect, ensure_registered
 from worker.state import WorkerState

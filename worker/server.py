@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -37,6 +36,7 @@ from shardnet.wire.frames import decode_frame, encode_frame
 from shardnet.wire.tickets import TicketError, verify_ticket
 from worker.inputs import decode_step_input, parse_open_request, parse_start_pos
 from worker.metrics import WorkerMetrics
+from worker.server_config import BlockInfo, ServerLimits
 from worker.sessions import ModelSession, Session, SessionManager
 from worker.state import WorkerState
 
@@ -46,51 +46,6 @@ LOGITS_CODEC = "fp32"  # the last block's logits always travel in full precision
 
 #: Signs a job's commitment: (job_id, span, positions, steps, root) -> the EIP-712 signed commitment.
 CommitmentSigner = Callable[[int, LayerSpan, int, int, bytes], SignedCommitment]
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    max_sessions: int = 16
-    max_per_coordinator: int = 16
-    max_length: int = 2048
-    max_memory_bytes: int = 1 << 30
-    idle_timeout_s: float = 300.0
-    max_body_bytes: int = 64 << 20
-    forward_timeout_s: float = 60.0
-
-
-@dataclass(frozen=True)
-class BlockInfo:
-    """What the server must know about the block it serves (from `shardnet.model.Block` and the manifest)."""
-
-    span: LayerSpan
-    num_layers: int
-    is_first: bool
-    is_last: bool
-    hidden_size: int
-    vocab_size: int | None
-    kv_bytes_per_token: int
-
-
-class CoordinatorCheck:
-    """`is_coordinator(address)` on chain, cached (a yes for `ttl_s`, a no for a shorter time)."""
-
-    def __init__(
-        self, lookup: Callable[[str], bool], ttl_s: float = 60.0, negative_ttl_s: float = 5.0
-    ) -> None:
-        self._lookup = lookup
-        self._ttl_s = ttl_s
-        self._negative_ttl_s = negative_ttl_s
-        self._cache: dict[str, tuple[bool, float]] = {}
-
-    def __call__(self, address: str) -> bool:
-        hit = self._cache.get(address)
-        now = time.monotonic()
-        if hit is not None and now < hit[1]:
-            return hit[0]
-        ok = bool(self._lookup(address))
-        self._cache[address] = (ok, now + (self._ttl_s if ok else self._negative_ttl_s))
-        return ok
 
 
 class WorkerServer:
