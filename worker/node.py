@@ -29,7 +29,7 @@ from shardnet.span import LayerSpan
 from worker.chain_sync import ChainSync
 from worker.config import WorkerConfig
 from worker.server import BlockInfo, ServerLimits, WorkerServer
-from worker.server_config import CoordinatorCheck
+from worker.server_config import CoordinatorCheck, JobCoordinatorCheck
 from worker.span_choice import choose_best_span, default_span_length
 from worker.staking import connect, ensure_registered
 from worker.state import WorkerState
@@ -205,6 +205,7 @@ class WorkerService:
             block=node.block,
             info=node.info,
             is_coordinator=CoordinatorCheck(node.registry.is_coordinator),
+            job_coordinator=JobCoordinatorCheck(lambda job_id: node.registry.job_record(job_id).coordinator),
             state=node.state,
             limits=node.limits,
             extra_routes=_shard_routes(cfg.store_dir),

@@ -68,6 +68,7 @@ class WorkerServer:
         chain_id: int = 0,
         registry_address: str = "",
         signer: CommitmentSigner | None = None,
+        job_coordinator: Callable[[int], str | None] | None = None,
     ) -> None:
         self.address = address
         self.model_name = model_name
@@ -83,6 +84,7 @@ class WorkerServer:
         self.chain_id = chain_id
         self.registry_address = registry_address
         self._signer = signer
+        self._job_coordinator = job_coordinator
         self._on_session_closed = on_session_closed
         self._extra_routes = list(extra_routes)
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-compute")
@@ -181,6 +183,15 @@ class WorkerServer:
                 f"ticket is signed by {signer}, which is not an approved coordinator on chain: "
                 "ask the registry owner to approve it with setCoordinator"
             )
+        job_id = int(req.ticket["job_id"])
+        if job_id and self._job_coordinator is not None:  # job 0: a session outside any job, never paid
+            named = await loop.run_in_executor(None, self._job_coordinator, job_id)
+            if named is None or named.lower() != signer.lower():
+                raise TicketRejected(
+                    f"ticket for job {job_id} is signed by {signer}, but "
+                    + (f"the job names the coordinator {named}" if named else "the job is not on chain")
+                    + ": only the job's own coordinator can hand out its sessions"
+                )
         span = LayerSpan(*req.ticket["span"])
         if span != self.info.span:
             raise InvalidTensor(

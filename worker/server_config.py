@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from shardnet.errors import ShardnetError
 from shardnet.span import LayerSpan
 
 
@@ -53,3 +54,19 @@ class CoordinatorCheck:
         ok = bool(self._lookup(address))
         self._cache[address] = (ok, now + (self._ttl_s if ok else self._negative_ttl_s))
         return ok
+
+
+class JobCoordinatorCheck:
+    """The coordinator a job names on chain (from its JobSubmitted event), cached; None for a job not on chain."""
+
+    def __init__(self, lookup: Callable[[int], str]) -> None:
+        self._lookup = lookup
+        self._cache: dict[int, str] = {}  # a job's coordinator never changes
+
+    def __call__(self, job_id: int) -> str | None:
+        if job_id not in self._cache:
+            try:
+                self._cache[job_id] = self._lookup(job_id)
+            except ShardnetError:  # no such job (yet), or the chain cannot be read now
+                return None
+        return self._cache[job_id]

@@ -285,6 +285,19 @@ def test_tickets_must_come_from_an_on_chain_coordinator_for_this_worker_and_span
     assert run(status(ticket(net.domain, net.coordinator, net.a.address, LayerSpan(0, 1)))) == 422
     with pytest.raises(TicketRejected, match="not an approved coordinator"):
         run(WorkerClient(net.a.url).open_session(ticket(net.domain, net.stranger, net.a.address, A_SPAN)))
+    # a job's sessions come only from the coordinator the job names (another approved one is refused)
+    job_id = submit_for(net.client, net.coordinator.address, net.model_id)
+    with pytest.raises(TicketRejected, match="the job names the coordinator"):
+        run(WorkerClient(net.a.url).open_session(ticket(net.domain, net.coordinator2, net.a.address, A_SPAN, job_id)))
+    with pytest.raises(TicketRejected, match="the job is not on chain"):
+        run(WorkerClient(net.a.url).open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN, 10**9)))
+
+    async def open_and_close() -> int:
+        async with WorkerClient(net.a.url) as a:
+            sid = (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN, job_id)))["session_id"]
+            return (await a.close_session(sid)).steps
+
+    assert run(open_and_close()) == 0  # the job's own coordinator is served
 
 
 async def _raw(
