@@ -3,7 +3,8 @@
     prompt held -> Router.route (saved, nothing on chain) -> Pipeline (prefill, decode, failover, verification)
       -> close sessions (each worker answers with its EIP-712 signed commitment for the job)
       -> commitments checked off chain, saved with the output hash (settling)
-      -> settleJobs([keccak(output), exactly the commitments held])
+      -> settleJobs([keccak(output), exactly the commitments held]), with the other jobs settling within
+         `settle_batch_s` (coordinator.batching)
 
 Each step moves the job through `coordinator.lifecycle` first, so a restart can finish what was started:
 `finish_settlement` is the same code for a job settled now and one a killed coordinator left settling.
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from eth_utils import keccak
 
+from coordinator.batching import SettlementBatcher
 from coordinator.catalog import ServedModel
 from coordinator.commitments import CommitmentBoard
 from coordinator.hops import JobHops
@@ -69,12 +71,14 @@ def output_hash(text: str) -> bytes:
 class JobRunner:
     """Runs jobs for one coordinator account; chain calls run in threads, everything else on the loop."""
 
-    def __init__(self, ctx: PipelineContext, lifecycle: JobLifecycle, commitments: CommitmentBoard) -> None:
+    def __init__(self, ctx: PipelineContext, lifecycle: JobLifecycle, commitments: CommitmentBoard, *,
+                 settle_batch_s: float = 0.0) -> None:
         self.ctx = ctx
         self.registry = ctx.registry
         self.router = ctx.router
         self.lifecycle = lifecycle
         self.commitments = commitments
+        self.batcher = SettlementBatcher(self.finish_settlements, window_s=settle_batch_s)
 
     # -- generating
     async def generate(self, job_id: int, model: ServedModel, job_hops: JobHops, prompt_ids: list[int],
@@ -227,7 +231,7 @@ class JobRunner:
             result = await self.generate(job_id, model, job_hops, prompt_ids, job.max_tokens, params, on_token, route)
             text = model.decode(result.tokens)
             await self._enter_settling(job, job_hops, result, text)
-            tx = await self.finish_settlement(job_id)
+            tx = await self.batcher.settle(job_id)  # with the jobs settling now, in one settleJobs
             log.info("job %d settled: %d tokens (%s), %d failovers, %d re-runs, tx %s", job_id,
                      len(result.tokens), result.finish_reason, len(result.failovers), result.reruns, tx)
             return result

@@ -67,7 +67,7 @@ class CoordinatorService:
             tolerance=Tolerance(config.verify_rel_error, config.verify_top_k),
             verify_share=config.verify_share, salt=secrets.token_bytes(16),
         )
-        runner = JobRunner(ctx, self.lifecycle, self.commitments)
+        runner = JobRunner(ctx, self.lifecycle, self.commitments, settle_batch_s=config.settle_batch_s)
         self.jobs = JobScheduler(registry, account, self.lifecycle, runner, self.catalog,
                                  max_concurrent_jobs=config.max_concurrent_jobs)
         self.watcher = EventWatcher(registry, self.engine, f"coordinator:{account.address.lower()}",
