@@ -116,7 +116,7 @@ def test_coordinator_killed_while_settling_finishes_the_settlement_after_restart
     assert net.owner.output_hash(job_id) == keccak(expected_text.encode())
     view = net.client.wait(restarted.url, job_id, timeout_s=30)
     assert view["status"] == "finalized" and view["output"] == expected_text and view["finalize_tx"]
-    [settlement] = net.owner.settlements_in(view["finalize_tx"])
+    [settlement] = [s for s in net.owner.settlements_in(view["finalize_tx"]) if s.job_id == job_id]
     hops = settlement.sorted_hops()
     assert len(hops) >= 3 and all(c["settled"] for c in view["commitments"])
     layer_tokens = [r["layer_tokens"] for r in view["route"]]
@@ -186,7 +186,7 @@ def test_cheating_worker_is_caught_refereed_excluded_and_left_unpaid(net: Net, a
         assert {record["replica"], record["referee"]} <= {w.address.lower() for w in honest}
         assert evidence_hash == "0x" + keccak(evidence.encode()).hex()
         # the cheat's signed commitment is left out of the settlement
-        [settlement] = net.owner.settlements_in(view["finalize_tx"])
+        [settlement] = [s for s in net.owner.settlements_in(view["finalize_tx"]) if s.job_id == job_id]
         assert cheat.address.lower() not in {h.node.lower() for h in settlement.hops}
         # the re-run went through honest workers; the cheat's hop is paid nothing
         by_node = {(r["node"], tuple(r["span"])): r for r in view["route"]}
