@@ -5,7 +5,7 @@ output to hop 1, and so on, so it holds each hop's whole input history with posi
 makes both recoveries cheap and exact:
 
 - Failover: when a step to a worker fails or times out, the worker is marked down, a replacement chain
-  for the same span is chosen by the router (and added on chain with `addHop`), the span's past inputs
+  for the same span is chosen by the router (a new hop of the job, off chain), the span's past inputs
   are replayed into it chunk by chunk with their original positions (so its KV cache is computed exactly
   as the dead worker's was), and the failed step is sent again. The output is identical to a fault-free
   run; the stall is one timeout (or a refused connection) plus the replay.

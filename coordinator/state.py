@@ -48,7 +48,7 @@ class JobRow(Base):
 
 
 class HopRow(Base):
-    """One on-chain hop of a job (its index in `getHops`), with the work this coordinator saw it do."""
+    """One hop of a job (in the order it joined), the work this coordinator saw it do and its signed commitment."""
 
     __tablename__ = "coordinator_hops"
 
