@@ -12,8 +12,9 @@ makes both recoveries cheap and exact:
 - Verification: for a sampled (hop, step), a replica of the same span runs the hop's inputs up to that
   step in a "shadow" session (kept open, so each input is computed once) and the outputs are compared
   within a tolerance (`coordinator.verifier`). On disagreement a third worker referees from scratch; the
-  outlier is slashed on chain, excluded from routing, and, if it was the routed worker, `CheatDetected`
-  tells the caller to run the job again on honest workers.
+  outlier is excluded from routing and its evidence recorded (not slashed on chain: protocol v2 needs
+  verdicts of verifiers the registry draws), and, if it was the routed worker, `CheatDetected` tells the
+  caller to run the job again on honest workers (the cheat's hop is left out of the settlement).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class GenerationError(ShardnetError):
 
 
 class CheatDetected(ShardnetError):
-    """A routed worker was proven wrong by a referee and slashed: run the job again without it."""
+    """A routed worker was proven wrong by a referee (and excluded): run the job again without it."""
 
     def __init__(self, node: str) -> None:
         super().__init__(f"worker {node} was caught sending wrong outputs (evidence recorded); re-running on honest workers")
