@@ -1,7 +1,7 @@
 // Hardhat 2 configuration for shardnet: an offline devnet (chain id 31337) and an offline compile.
 //
 // `npx hardhat compile` uses the pinned solcjs in node_modules/solc instead of downloading a compiler,
-// with the same settings as shardnet/chain/compile.py (evmVersion cancun, optimizer on, 200 runs), so its
+// with the same settings as shardnet/chain/compile.py (evmVersion cancun, optimizer on, 200 runs, viaIR), so its
 // bytecode equals the committed shardnet/chain/artifacts/ShardRegistry.json. Its outputs (cache/,
 // artifacts-hh/) are git-ignored; shardnet itself reads only the committed artifact.
 const { subtask } = require("hardhat/config");
@@ -29,6 +29,7 @@ module.exports = {
     settings: {
       evmVersion: "cancun",
       optimizer: { enabled: true, runs: 200 },
+      viaIR: true,
     },
   },
   paths: {

@@ -1,42 +1,54 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity ^0.8.24;
 
-/// @title IShardRegistry
-/// @notice The whole on-chain protocol of shardnet: node stakes, models, shard (layer-block)
-/// assignments, paid jobs with escrow, commitments, settlement into claimable balances, slashing.
-/// @dev Trust model: the deployer is the `owner`, who approves coordinators. Approved coordinators
-/// route jobs, finalize them (deciding the split of the escrow, bounded by the job's escrow) and slash
-/// nodes with an evidence hash. Clients can always cancel a job that was not finalized by its deadline
-/// and get the whole escrow back. Nodes are paid only for hops whose commitment is on chain when the
-/// job is finalized. Every transfer of ether is a pull (`claim`), guarded against reentrancy.
-/// Invariant: address(this).balance == totalStaked + totalUnbonding + totalEscrow + totalClaimable + protocolFees.
+/// @title IShardRegistry (protocol v2)
+/// @notice The whole on-chain protocol of shardnet: node stakes, models, shard (layer-block) assignments,
+/// paid jobs with escrow, signed commitments, batched settlement into claimable balances, and slashing on
+/// evidence the contract checks itself.
+/// @dev Trust model (who can do what to whose money):
+/// - The owner (OpenZeppelin Ownable2Step) approves coordinators (effective after `approvalDelay`), revokes
+///   them (at once) and withdraws protocol fees (`protocolFeeBps` of what nodes are paid). It cannot touch a
+///   stake, an escrow or a claimable balance, and it cannot slash.
+/// - A client's escrow pays only (a) hops whose node (registered, unjailed, staked at least `minStake`) signed an
+///   EIP-712 {Commitment} for the job, at `positions x (end - start) x price`, settled by the coordinator the client named in {submitJob} or posted
+///   by the node itself with that coordinator's signed {Ticket}; (b) the coordinator fee on (a) and the
+///   protocol fee. The rest goes back to the client. A client cancels after the deadline; anyone may close the
+///   job of a revoked coordinator after the deadline. Committed work on chain is never voided.
+/// - A node's stake is taken only by {slash}, with the node's own signature over the commitment, a Merkle proof
+///   of the disputed leaf, and signed verdicts of more than half of the stake of verifiers the contract drew at
+///   random among the other nodes staked on that span. The slashed stake goes to the job's client.
+/// - Ether leaves only through {claim} (pull payments, guarded against reentrancy).
+/// Bounds: at most `MAX_HOPS` hops per job, `MAX_LIVE_PER_NODE` live assignments per node, `MAX_LIVE_PER_MODEL`
+/// per model, `MAX_STRING` bytes per string; closing a job is O(hops) <= O(MAX_HOPS).
+/// Invariant: address(this).balance == totalStaked + totalUnbonding + protocolFees + the sum of every open job's
+/// escrow not yet paid to posted commitments + the sum of every account's claimable balance. (The last two are not
+/// kept as totals: that would cost every job two more storage writes; tests sum them from events and views.)
 interface IShardRegistry {
     // ---------------------------------------------------------------- types
     enum JobStatus {
         None,
-        Submitted,
-        Routed,
-        Finalized,
-        Cancelled,
-        Failed
+        Open,
+        Settled,
+        Failed,
+        Cancelled
     }
 
     struct Node {
         string endpoint;
         uint256 stake;          // bonded stake, slashable
         uint256 unbonding;      // requested for withdrawal, still slashable until withdrawn
-        uint64 unbondingUntil;  // when `unbonding` may be withdrawn
-        uint32 liveAssignments; // shards announced and not released
-        uint32 openJobs;        // routed jobs not yet finalized/cancelled/failed
+        uint64 unbondingUntil;  // when `unbonding` may be withdrawn (also not before `bondedUntil`)
+        uint64 bondedUntil;     // the node's last paid hop + disputeWindow: stake stays slashable until then
+        uint32 liveAssignments; // shards announced and not released (at most MAX_LIVE_PER_NODE)
         bool registered;
-        bool jailed;            // slashed: may not announce shards or be routed until it re-registers stake
+        bool jailed;            // slashed: forever (this address never serves again, even after re-staking)
     }
 
     struct Model {
         string name;
         string manifestCid;     // CIDv1 (base32 string) of the shard manifest
-        uint32 numLayers;
-        uint256 pricePerLayerToken; // wei paid per layer per token position computed
+        uint32 numLayers;       // at most 65535
+        uint256 pricePerLayerToken; // wei per layer per token position computed (below 2**80)
         address owner;
     }
 
@@ -48,27 +60,73 @@ interface IShardRegistry {
         bool live;
     }
 
-    struct Hop {
+    /// @notice A job as submitted; only its hash is stored, every field is in {JobSubmitted}. Calls that act on a
+    /// job repeat it (the contract checks it against the stored hash).
+    struct JobRecord {
+        address client;
+        address coordinator;    // chosen by the client; only it settles or fails the job
+        uint64 modelId;
+        uint32 maxTokens;
+        uint64 deadline;        // after it: no more posted commitments; the client may cancel
+        uint128 escrow;         // wei paid in
+        uint32 numLayers;       // the model's, copied at submission (bounds every hop's span)
+        uint80 price;           // the model's pricePerLayerToken, copied at submission
+    }
+
+    /// @notice A node's EIP-712 signed commitment for one hop of a job (see {Commitment} in docs/PROTOCOL.md):
+    /// Commitment(uint256 jobId,uint32 start,uint32 end,uint32 positions,uint32 steps,bytes32 root).
+    /// `positions` token positions computed over layers [start, end); `steps` leaves under the Merkle `root`.
+    /// (r, vs) is the EIP-2098 compact signature.
+    struct SignedCommitment {
         address node;
         uint32 start;
         uint32 end;
-        bytes32 commitment;     // zero until the node posts it
+        uint32 positions;
+        uint32 steps;
+        bytes32 root;
+        bytes32 r;
+        bytes32 vs;
     }
 
-    struct Job {
-        address client;
-        uint256 modelId;
-        bytes32 inputHash;      // keccak256 of the UTF-8 prompt
-        uint32 maxTokens;
-        uint256 escrow;         // wei held for this job
-        uint64 deadline;        // after it, an unfinalized job may be cancelled by its client
-        JobStatus status;
-        address coordinator;    // set by assignRoute
-        bytes32 outputHash;     // keccak256 of the UTF-8 output text, set by finalizeJob
+    /// @notice One job of a {settleJobs} batch: hops sorted by (start, node), strictly increasing.
+    struct Settlement {
+        uint256 jobId;
+        JobRecord job;
+        bytes32 outputHash;     // keccak256 of the UTF-8 output text
+        SignedCommitment[] hops;
+    }
+
+    /// @notice The coordinator's EIP-712 Ticket(address worker,string sessionId,uint256 jobId,uint32 start,uint32 end,
+    /// uint64 expiresAt) that let the worker serve the span; a worker shows it with {postCommitment}.
+    struct TicketProof {
+        string sessionId;
+        uint64 expiresAt;
+        bytes32 r;
+        bytes32 vs;
+    }
+
+    /// @notice A verifier's EIP-2098 signature over Verdict(uint256 jobId,address accused,bytes32 root,uint32 leafIndex,
+    /// bytes32 leaf): "this committed leaf is wrong".
+    struct VerdictSignature {
+        bytes32 r;
+        bytes32 vs;
+    }
+
+    /// @notice What {slash} checks: the closed job, the accused's signed commitment, the disputed leaf and its
+    /// Merkle proof (odd-leaf rule of shardnet.wire.commitment), and the drawn verifiers' verdicts.
+    struct SlashEvidence {
+        uint256 jobId;
+        JobRecord job;
+        uint64 closeBlock;      // block of the job's settlement (from {JobSettled})
+        SignedCommitment commitment;
+        uint32 leafIndex;
+        bytes32 leaf;
+        bytes32[] proof;
+        VerdictSignature[] verdicts;
     }
 
     // ---------------------------------------------------------------- events
-    event CoordinatorSet(address indexed coordinator, string endpoint, bool approved);
+    event CoordinatorSet(address indexed coordinator, string endpoint, bool approved, uint64 activeFrom);
     event NodeRegistered(address indexed node, string endpoint, uint256 stake);
     event EndpointUpdated(address indexed node, string endpoint);
     event StakeAdded(address indexed node, uint256 amount, uint256 newStake);
@@ -77,136 +135,161 @@ interface IShardRegistry {
     event ModelRegistered(uint256 indexed modelId, address indexed owner, string name, string manifestCid, uint32 numLayers, uint256 pricePerLayerToken);
     event ShardAnnounced(uint256 indexed assignmentId, address indexed node, uint256 indexed modelId, uint32 start, uint32 end);
     event ShardReleased(uint256 indexed assignmentId, address indexed node, uint256 indexed modelId);
-    event JobSubmitted(uint256 indexed jobId, address indexed client, uint256 indexed modelId, bytes32 inputHash, uint32 maxTokens, uint256 escrow, uint64 deadline);
-    event JobRouted(uint256 indexed jobId, address indexed coordinator, address[] nodes, uint32[] starts, uint32[] ends);
-    event HopAdded(uint256 indexed jobId, uint256 hopIndex, address indexed node, uint32 start, uint32 end);
-    event CommitmentPosted(uint256 indexed jobId, address indexed node, uint256 hopIndex, bytes32 commitment);
-    event JobFinalized(uint256 indexed jobId, bytes32 outputHash, uint256 paidToNodes, uint256 coordinatorFee, uint256 refund);
-    event JobCancelled(uint256 indexed jobId, uint256 refund);
+    event JobSubmitted(uint256 indexed jobId, address indexed client, address indexed coordinator, uint64 modelId, bytes32 inputHash, uint32 maxTokens, uint128 escrow, uint64 deadline, uint32 numLayers, uint80 price);
+    /// @dev `paidHops` bit i is set when hop i of the settlement's calldata was paid (the hops are in the calldata).
+    event JobSettled(uint256 indexed jobId, bytes32 outputHash, uint256 paidToNodes, uint256 coordinatorFee, uint256 refund, uint16 paidHops);
+    event CommitmentPosted(uint256 indexed jobId, address indexed node, uint32 start, uint32 end, uint32 positions, uint32 steps, bytes32 root, uint256 paid);
+    event JobCancelled(uint256 indexed jobId, address indexed by, uint256 refund);
     event JobFailed(uint256 indexed jobId, string reason, uint256 refund);
-    event NodeSlashed(address indexed node, uint256 amount, bytes32 evidenceHash, uint256 indexed jobId);
+    event NodeSlashed(address indexed node, uint256 indexed jobId, address indexed client, uint256 amount, bytes32 root, uint32 leafIndex, uint256 guiltyStake, uint256 drawnStake);
     event Claimed(address indexed account, uint256 amount);
     event FeesWithdrawn(address indexed to, uint256 amount);
 
     // ---------------------------------------------------------------- errors
-    error ShardRegistryUnauthorized(address account);
+    error ShardRegistryInvalidParameter(string name);
     error ShardRegistryNotCoordinator(address account);
     error ShardRegistryInsufficientStake(uint256 provided, uint256 required);
+    error ShardRegistryAmountTooLarge(uint256 amount, uint256 maximum);
     error ShardRegistryAlreadyRegistered(address node);
     error ShardRegistryNotRegistered(address node);
     error ShardRegistryNodeJailed(address node);
     error ShardRegistryZeroAmount();
+    error ShardRegistryStringTooLong(string field, uint256 length, uint256 maximum);
     error ShardRegistryUnstakeTooLarge(uint256 requested, uint256 available);
     error ShardRegistryHasLiveAssignments(address node, uint32 count);
-    error ShardRegistryHasOpenJobs(address node, uint32 count);
     error ShardRegistryStillUnbonding(uint64 until);
     error ShardRegistryNothingToWithdraw(address node);
     error ShardRegistryUnknownModel(uint256 modelId);
     error ShardRegistryInvalidModel(string reason);
     error ShardRegistryInvalidSpan(uint32 start, uint32 end, uint32 numLayers);
+    error ShardRegistryTooManyAssignments(address node, uint32 count);
+    error ShardRegistryModelFull(uint256 modelId, uint256 count);
     error ShardRegistryUnknownAssignment(uint256 assignmentId);
     error ShardRegistryNotAssignmentOwner(uint256 assignmentId, address account);
     error ShardRegistryAssignmentNotLive(uint256 assignmentId);
+    error ShardRegistryInvalidHopSpan(uint256 jobId, uint256 hopIndex, uint32 start, uint32 end);
     error ShardRegistryUnknownJob(uint256 jobId);
+    error ShardRegistryJobRecordMismatch(uint256 jobId);
     error ShardRegistryEscrowTooLow(uint256 provided, uint256 required);
     error ShardRegistryInvalidJobStatus(uint256 jobId, JobStatus status);
     error ShardRegistryNotJobCoordinator(uint256 jobId, address account);
     error ShardRegistryNotJobClient(uint256 jobId, address account);
-    error ShardRegistryRouteNotCovering(uint256 jobId);
-    error ShardRegistryNodeNotServing(address node, uint32 start, uint32 end);
-    error ShardRegistryNotRoutedNode(uint256 jobId, address account);
+    error ShardRegistryTooManyHops(uint256 jobId, uint256 count, uint256 maximum);
+    error ShardRegistryHopsNotSorted(uint256 jobId, uint256 hopIndex);
+    error ShardRegistryPositionsTooHigh(uint256 jobId, uint256 hopIndex, uint256 positions, uint256 maximum);
+    error ShardRegistryBadCommitmentSignature(uint256 jobId, uint256 hopIndex, address node);
+    error ShardRegistryBadTicket(uint256 jobId, address worker);
+    error ShardRegistryNotHopNode(uint256 jobId, address account);
     error ShardRegistryAlreadyCommitted(uint256 jobId, address node);
-    error ShardRegistryZeroCommitment();
-    error ShardRegistryLengthMismatch(uint256 expected, uint256 got);
-    error ShardRegistryLayerTokensTooHigh(uint256 hopIndex, uint256 layerTokens, uint256 maximum);
-    error ShardRegistryPayoutExceedsEscrow(uint256 payout, uint256 escrow);
+    error ShardRegistryPostWindowClosed(uint256 jobId, uint64 deadline);
     error ShardRegistryDeadlineNotReached(uint256 jobId, uint64 deadline);
+    error ShardRegistryJobNotClosed(uint256 jobId);
+    error ShardRegistryAlreadySlashed(uint256 jobId, address node);
+    error ShardRegistryBadMerkleProof(uint256 jobId, uint32 leafIndex);
+    error ShardRegistryRandomnessUnavailable(uint256 blockNumber);
+    error ShardRegistryNotEnoughVerifiers(uint256 drawn, uint256 required);
+    error ShardRegistryVerdictNotFromDrawnVerifier(uint256 index, address signer);
+    error ShardRegistryNoMajority(uint256 guiltyStake, uint256 drawnStake);
+    error ShardRegistryInvalidRecipient(address to);
     error ShardRegistryNothingToClaim(address account);
     error ShardRegistryTransferFailed(address to, uint256 amount);
-    error ShardRegistryReentrantCall();
 
     // ---------------------------------------------------------------- governance
-    /// @notice The owner approves (or revokes) a coordinator and records its HTTP endpoint. Emits {CoordinatorSet}.
+    /// @notice The owner approves a coordinator (it may be named by new jobs `approvalDelay` seconds later) or
+    /// revokes it (at once: it can no longer settle; its open jobs can be closed by anyone after their deadline).
+    /// Emits {CoordinatorSet}.
     function setCoordinator(address coordinator, string calldata endpoint, bool approved) external;
-    /// @notice The owner withdraws accumulated protocol fees (slashed stake), credited to `to`'s claimable
-    /// balance (`to` then calls {claim}). Emits {FeesWithdrawn}.
-    function withdrawFees(address payable to) external;
+    /// @notice The owner credits the protocol fees to `to` (not address(0), not the registry). Emits {FeesWithdrawn}.
+    function withdrawFees(address to) external;
 
     // ---------------------------------------------------------------- nodes
-    /// @notice Register the sender as a node with an endpoint and a stake of at least `minStake`. Emits {NodeRegistered}.
+    /// @notice Register the sender as a node with an endpoint and a stake of at least `minStake`. A jailed address
+    /// can never register again. Emits {NodeRegistered}.
     function registerNode(string calldata endpoint) external payable;
     /// @notice Change the sender's endpoint. Emits {EndpointUpdated}.
     function updateEndpoint(string calldata endpoint) external;
-    /// @notice Add stake to the sender's node (also lifts a jail when the stake is back to `minStake`). Emits {StakeAdded}.
+    /// @notice Add stake to the sender's node (a jail is never lifted). Emits {StakeAdded}.
     function addStake() external payable;
     /// @notice Move `amount` of stake into unbonding for `unbondingPeriod` seconds. If less than `minStake`
     /// would remain, the node must have no live assignments. Emits {UnstakeRequested}.
     function requestUnstake(uint256 amount) external;
-    /// @notice Withdraw unbonded stake after the unbonding period into the sender's claimable balance (then
-    /// call {claim}); the node must have no open jobs. A node left with no stake and no live assignment is
-    /// deregistered. Emits {StakeWithdrawn}.
+    /// @notice Credit unbonded stake to the sender's claimable balance once both the unbonding period and the
+    /// dispute window after its last paid hop are over. Emits {StakeWithdrawn}.
     function withdrawStake() external;
 
     // ---------------------------------------------------------------- models and shards
     /// @notice Register a model; anyone may. Emits {ModelRegistered}.
     function registerModel(string calldata name, string calldata manifestCid, uint32 numLayers, uint256 pricePerLayerToken) external returns (uint256 modelId);
-    /// @notice A registered, unjailed node with at least `minStake` announces it serves layers [start, end). Emits {ShardAnnounced}.
+    /// @notice A registered, unjailed node with at least `minStake` announces it serves layers [start, end).
+    /// Emits {ShardAnnounced}.
     function announceShard(uint256 modelId, uint32 start, uint32 end) external returns (uint256 assignmentId);
     /// @notice The node releases one of its assignments. Emits {ShardReleased}.
     function releaseShard(uint256 assignmentId) external;
 
     // ---------------------------------------------------------------- jobs
-    /// @notice Submit a job, paying at least `quote(modelId, maxTokens)` into escrow. Emits {JobSubmitted}.
-    function submitJob(uint256 modelId, bytes32 inputHash, uint32 maxTokens) external payable returns (uint256 jobId);
-    /// @notice An approved coordinator routes a submitted job: hops must cover [0, numLayers) contiguously,
-    /// each node must hold a live assignment covering its hop. Emits {JobRouted}.
-    function assignRoute(uint256 jobId, address[] calldata nodes, uint32[] calldata starts, uint32[] calldata ends) external;
-    /// @notice The job's coordinator adds a hop (failover: a replacement node for a span). Emits {HopAdded}.
-    function addHop(uint256 jobId, address node, uint32 start, uint32 end) external;
-    /// @notice A routed node posts its commitment for the job, once per hop it serves. Emits {CommitmentPosted}.
-    function postCommitment(uint256 jobId, bytes32 commitment) external;
-    /// @notice The job's coordinator finalizes: hop i is paid layerTokens[i] * pricePerLayerToken if it committed
-    /// (layerTokens[i] <= (end - start) * (maxTokens + maxPromptTokens)), the coordinator gets `coordinatorFeeBps` of that,
-    /// the client is refunded the rest. Emits {JobFinalized}.
-    function finalizeJob(uint256 jobId, bytes32 outputHash, uint64[] calldata layerTokens) external;
-    /// @notice The job's coordinator (or any approved one, for a job never routed) fails it: full refund. Emits {JobFailed}.
-    function failJob(uint256 jobId, string calldata reason) external;
-    /// @notice The client cancels a job that was not finalized by its deadline: full refund. Emits {JobCancelled}.
-    function cancelJob(uint256 jobId) external;
+    /// @notice Submit a job for `coordinator`, paying at least `quote(modelId, maxTokens)`. Only a coordinator that is
+    /// approved and whose approval took effect by now can settle the job (check {isCoordinator} first); otherwise the
+    /// client cancels it after the deadline. Emits {JobSubmitted}.
+    function submitJob(uint256 modelId, bytes32 inputHash, uint32 maxTokens, address coordinator) external payable returns (uint256 jobId);
+    /// @notice The jobs' coordinator settles open jobs: each hop with a valid signed commitment of a registered,
+    /// unjailed node staked at least `minStake`, over a span inside the model, is paid `positions x (end - start) x price` (while escrow
+    /// lasts; hops the node already posted itself are skipped), the coordinator gets `coordinatorFeeBps` and the
+    /// protocol `protocolFeeBps` of that, the client the rest. A job already closed is skipped. Emits {JobSettled}
+    /// per job.
+    function settleJobs(Settlement[] calldata settlements) external;
+    /// @notice A node's fallback: it posts its own signed commitment, with the coordinator's ticket, before the
+    /// deadline; it is paid at once and no one can void it. Emits {CommitmentPosted}.
+    function postCommitment(uint256 jobId, JobRecord calldata job, SignedCommitment calldata commitment, TicketProof calldata ticket) external;
+    /// @notice The job's coordinator fails an open job: what was not paid to posted commitments goes back to the
+    /// client. Emits {JobFailed}.
+    function failJob(uint256 jobId, JobRecord calldata job, string calldata reason) external;
+    /// @notice After the deadline, the client (or anyone, if the job's coordinator was revoked) closes an open job:
+    /// what posted commitments did not take goes back to the client. Emits {JobCancelled}.
+    function cancelJob(uint256 jobId, JobRecord calldata job) external;
 
     // ---------------------------------------------------------------- slashing and payouts
-    /// @notice An approved coordinator slashes `slashBps` of a node's stake and unbonding stake into protocol
-    /// fees and jails the node, recording the evidence. Emits {NodeSlashed}.
-    function slash(address node, bytes32 evidenceHash, uint256 jobId) external;
+    /// @notice Anyone presents checked evidence against a node; `slashBps` of its stake and unbonding stake go to
+    /// the job's client and the node is jailed forever (its assignments released). Once per (job, node).
+    /// Emits {NodeSlashed}.
+    function slash(SlashEvidence calldata evidence) external;
     /// @notice Pay out the sender's claimable balance. Emits {Claimed}.
     function claim() external;
 
     // ---------------------------------------------------------------- views
-    function owner() external view returns (address);
     function minStake() external view returns (uint256);
     function unbondingPeriod() external view returns (uint64);
     function jobTimeout() external view returns (uint64);
     function coordinatorFeeBps() external view returns (uint16);
     function slashBps() external view returns (uint16);
     function maxPromptTokens() external view returns (uint32);
+    function approvalDelay() external view returns (uint64);
+    function disputeWindow() external view returns (uint64);
+    function protocolFeeBps() external view returns (uint16);
+    /// @notice Whether `account` is approved and its approval delay is over.
     function isCoordinator(address account) external view returns (bool);
-    function coordinatorEndpoint(address account) external view returns (string memory);
+    /// @notice The recorded endpoint and when the approval takes effect (0: not approved).
+    function coordinatorInfo(address account) external view returns (string memory endpoint, uint64 activeFrom);
     function getNode(address node) external view returns (Node memory);
     function getModel(uint256 modelId) external view returns (Model memory);
     function modelCount() external view returns (uint256);
     function getAssignment(uint256 assignmentId) external view returns (Assignment memory);
     function assignmentCount() external view returns (uint256);
-    /// @notice Ids of the live assignments of a model.
+    /// @notice Ids of the live assignments of a model (at most MAX_LIVE_PER_MODEL).
     function liveAssignments(uint256 modelId) external view returns (uint256[] memory);
-    function getJob(uint256 jobId) external view returns (Job memory);
-    function getHops(uint256 jobId) external view returns (Hop[] memory);
+    /// @notice The status of a job and the wei its posted commitments took from the escrow so far.
+    function jobState(uint256 jobId) external view returns (JobStatus status, uint256 postedPaid, uint256 postedHops);
     function jobCount() external view returns (uint256);
-    /// @notice The least escrow a job must carry: numLayers * (maxTokens + maxPromptTokens) * price, plus the coordinator fee on that.
+    /// @notice The hash the registry keeps of an open job (low 16 bits replaced by flags): keccak256(abi.encode(jobId, job)).
+    function jobRecordHash(uint256 jobId, JobRecord calldata job) external pure returns (bytes32);
+    /// @notice The least escrow a job must carry: numLayers * (maxTokens + maxPromptTokens) * price, plus the coordinator
+    /// and protocol fees on that.
     function quote(uint256 modelId, uint32 maxTokens) external view returns (uint256);
+    /// @notice Verifiers the contract draws for a dispute about `node`'s commitment `root` over [start, end) of a
+    /// closed job (see {slash}), with their bonded stake.
+    function drawVerifiers(uint256 jobId, JobRecord calldata job, uint64 closeBlock, address node, uint32 start, uint32 end, bytes32 root) external view returns (address[] memory verifiers, uint256[] memory stakes);
+    function isSlashed(uint256 jobId, address node) external view returns (bool);
     function claimable(address account) external view returns (uint256);
     function totalStaked() external view returns (uint256);
     function totalUnbonding() external view returns (uint256);
-    function totalEscrow() external view returns (uint256);
-    function totalClaimable() external view returns (uint256);
     function protocolFees() external view returns (uint256);
 }

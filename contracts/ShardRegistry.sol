@@ -1,137 +1,169 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity ^0.8.28;
 
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
+import {Ownable2Step} from "@openzeppelin/contracts/access/Ownable2Step.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+
 import {IShardRegistry} from "./IShardRegistry.sol";
+import {ShardEvidence} from "./ShardEvidence.sol";
 
-/// @title ShardRegistry
-/// @notice The on-chain registry of shardnet: node stakes, models, shard assignments, paid jobs with
-/// escrow, commitments, settlement into claimable balances and slashing. See {IShardRegistry}.
-/// @dev Ids of models, assignments and jobs start at 1, so 0 always means "none" (e.g. the `jobId` of a
-/// slash that is not about a job). Ether leaves the contract only through {claim}: settlements, unbonded
-/// stake and protocol fees are first credited to claimable balances (pull payments).
-/// Invariant: address(this).balance == totalStaked + totalUnbonding + totalEscrow + totalClaimable + protocolFees
-/// (ether forced in by `selfdestruct` or as a block reward can only make the balance larger).
-contract ShardRegistry is IShardRegistry {
-    /// @dev The constructor was given a parameter outside its range.
-    error ShardRegistryInvalidParameter(string name);
+/// @title ShardRegistry (protocol v2)
+/// @notice See {IShardRegistry} and docs/PROTOCOL.md.
+/// @dev Ids of models, assignments and jobs start at 1. A job is stored as one slot: the hash of its
+/// {JobRecord} (high 240 bits), a flag "has posted commitments" (bit 8) and its status (low 8 bits); once
+/// closed, the hash also covers the closing block. Ether leaves only through {claim}.
+/// Invariant: see {IShardRegistry} (balance == stakes + unbonding + open escrow + claimable + protocol fees).
+contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient, EIP712 {
+    /// @dev The hot per-address slot: read and written once per paid hop.
+    struct Account {
+        uint88 claimable;
+        uint88 stake;
+        uint40 bondedUntil; // nodes: stake stays slashable until then
+        uint32 activeFrom; // coordinators: when the approval takes effect
+        uint8 flags;
+    }
 
-    /// @dev Storage layout of an assignment: two slots instead of the five that {Assignment} plus two
-    /// index mappings would take. `nodeIndex`/`modelIndex` locate the id in the live lists.
+    struct NodeExtra {
+        uint128 unbonding;
+        uint64 unbondingUntil;
+        string endpoint;
+    }
+
+
+    struct ModelRecord {
+        uint16 numLayers;
+        uint80 price;
+        address owner;
+    }
+
     struct AssignmentRecord {
         address node; // slot 0
-        uint32 start;
-        uint32 end;
+        uint16 start;
+        uint16 end;
         bool live;
-        uint64 modelId; // slot 1
-        uint32 nodeIndex;
+        uint56 modelId;
+        uint32 nodeIndex; // slot 1: positions in the live lists
         uint32 modelIndex;
     }
 
-    /// @dev Storage layout of a job: five slots instead of the seven of {Job}.
-    struct JobRecord {
-        address client; // slot 0
-        uint32 maxTokens;
-        uint64 deadline;
-        address coordinator; // slot 1
-        JobStatus status;
-        uint64 modelId;
-        bytes32 inputHash; // slot 2
-        uint256 escrow; // slot 3
-        bytes32 outputHash; // slot 4
+    struct Posted {
+        uint128 paid;
+        uint8 count;
     }
 
+
+    uint256 public constant MAX_HOPS = 16;
+    uint256 public constant MAX_LIVE_PER_NODE = 16;
+    uint256 public constant MAX_LIVE_PER_MODEL = 64;
+    uint256 public constant MAX_STRING = 256;
+    /// @notice Verifiers drawn per dispute, and the fewest a slash needs.
+    uint256 public constant MAX_VERIFIERS = 5;
+    uint256 public constant MIN_VERIFIERS = 2;
+    /// @notice The dispute randomness is blockhash(closeBlock + DRAW_DELAY): unknown when the work was committed.
+    uint64 public constant DRAW_DELAY = 2;
+
+    uint8 private constant _REGISTERED = 1;
+    uint8 private constant _JAILED = 2;
+    uint8 private constant _COORDINATOR = 4;
+    uint8 private constant _TOUCHED = 8; // keeps the slot non-zero, so later credits cost 2,900 gas, not 20,000
+    uint256 private constant _LOW = 0xFFFF;
+    uint256 private constant _HAS_POSTS = 0x100;
     uint16 private constant _BPS = 10_000;
 
-    address private immutable _owner;
     uint256 private immutable _minStake;
     uint64 private immutable _unbondingPeriod;
     uint64 private immutable _jobTimeout;
     uint16 private immutable _coordinatorFeeBps;
     uint16 private immutable _slashBps;
     uint32 private immutable _maxPromptTokens;
+    uint64 private immutable _approvalDelay;
+    uint64 private immutable _disputeWindow;
+    uint16 private immutable _protocolFeeBps;
 
-    /// @dev Reentrancy lock, in transient storage (EIP-1153): cleared at the end of every transaction.
-    bool private transient _entered;
-
-    mapping(address => bool) private _coordinators;
+    mapping(address => Account) private _accounts;
+    mapping(address => NodeExtra) private _nodeExtra;
     mapping(address => string) private _coordinatorEndpoints;
-
-    mapping(address => Node) private _nodes;
-    /// @dev Live assignment ids of each node.
     mapping(address => uint256[]) private _nodeLive;
 
-    Model[] private _models; // modelId = index + 1
+    ModelRecord[] private _models; // modelId = index + 1
+    mapping(uint256 => string[2]) private _modelText; // name, manifestCid
     AssignmentRecord[] private _assignments; // assignmentId = index + 1
-    /// @dev Live assignment ids of each model.
     mapping(uint256 => uint256[]) private _modelLive;
 
-    JobRecord[] private _jobs; // jobId = index + 1
-    mapping(uint256 => Hop[]) private _hops;
+    mapping(uint256 => uint256) private _jobs;
+    mapping(uint256 => Posted) private _posted;
+    mapping(bytes32 => bool) private _postedHop;
+    mapping(bytes32 => bool) private _slashed;
 
-    mapping(address => uint256) private _claimable;
-
-    uint256 private _totalStaked;
-    uint256 private _totalUnbonding;
-    uint256 private _totalEscrow;
-    uint256 private _totalClaimable;
+    uint256 private _jobCount;
+    uint128 private _totalStaked;
+    uint128 private _totalUnbonding;
     uint256 private _protocolFees;
 
-    /// @dev Rejects a call that re-enters any guarded function.
-    modifier nonReentrant() {
-        if (_entered) revert ShardRegistryReentrantCall();
-        _entered = true;
-        _;
-        _entered = false;
-    }
-
-    modifier onlyOwner() {
-        if (msg.sender != _owner) revert ShardRegistryUnauthorized(msg.sender);
-        _;
-    }
-
-    modifier onlyCoordinator() {
-        if (!_coordinators[msg.sender]) revert ShardRegistryNotCoordinator(msg.sender);
-        _;
-    }
-
-    /// @param minStake_ least stake (wei) of a node that serves shards; must be > 0.
-    /// @param unbondingPeriod_ seconds between {requestUnstake} and {withdrawStake}.
-    /// @param jobTimeout_ seconds after submission until a client may cancel an unfinalized job; must be > 0.
-    /// @param coordinatorFeeBps_ coordinator fee, in basis points of what the nodes are paid; at most 10000.
-    /// @param slashBps_ share of a node's stake and unbonding stake taken by {slash}, in basis points; at most 10000.
-    /// @param maxPromptTokens_ prompt positions a job may use on top of its `maxTokens` (bounds billing).
+    /// @param minStake_ least stake (wei) of a node; > 0 and below 2**96.
+    /// @param unbondingPeriod_ seconds between {requestUnstake} and {withdrawStake}; at most 365 days.
+    /// @param jobTimeout_ seconds from submission to the deadline; 1 s to 30 days.
+    /// @param coordinatorFeeBps_ coordinator fee in basis points of node pay; at most 10000.
+    /// @param slashBps_ share of stake and unbonding stake a slash takes; 1 to 10000.
+    /// @param maxPromptTokens_ prompt positions a job may bill on top of `maxTokens`; at most 1,000,000.
+    /// @param approvalDelay_ seconds before an approved coordinator may be named by jobs; at most 30 days.
+    /// @param disputeWindow_ seconds a node's stake stays bonded after its last paid hop; 1 s to 90 days.
+    /// @param protocolFeeBps_ protocol fee in basis points of node pay; at most 1000.
     constructor(
         uint256 minStake_,
         uint64 unbondingPeriod_,
         uint64 jobTimeout_,
         uint16 coordinatorFeeBps_,
         uint16 slashBps_,
-        uint32 maxPromptTokens_
-    ) {
-        if (minStake_ == 0) revert ShardRegistryInvalidParameter("minStake");
-        if (jobTimeout_ == 0) revert ShardRegistryInvalidParameter("jobTimeout");
+        uint32 maxPromptTokens_,
+        uint64 approvalDelay_,
+        uint64 disputeWindow_,
+        uint16 protocolFeeBps_
+    ) Ownable(msg.sender) EIP712("ShardRegistry", "2") {
+        if (minStake_ == 0 || minStake_ > type(uint88).max) revert ShardRegistryInvalidParameter("minStake");
+        if (unbondingPeriod_ > 365 days) revert ShardRegistryInvalidParameter("unbondingPeriod");
+        if (jobTimeout_ == 0 || jobTimeout_ > 30 days) revert ShardRegistryInvalidParameter("jobTimeout");
         if (coordinatorFeeBps_ > _BPS) revert ShardRegistryInvalidParameter("coordinatorFeeBps");
-        if (slashBps_ > _BPS) revert ShardRegistryInvalidParameter("slashBps");
-        _owner = msg.sender;
+        if (slashBps_ == 0 || slashBps_ > _BPS) revert ShardRegistryInvalidParameter("slashBps");
+        if (maxPromptTokens_ > 1_000_000) revert ShardRegistryInvalidParameter("maxPromptTokens");
+        if (approvalDelay_ > 30 days) revert ShardRegistryInvalidParameter("approvalDelay");
+        if (disputeWindow_ == 0 || disputeWindow_ > 90 days) revert ShardRegistryInvalidParameter("disputeWindow");
+        if (protocolFeeBps_ > 1000) revert ShardRegistryInvalidParameter("protocolFeeBps");
         _minStake = minStake_;
         _unbondingPeriod = unbondingPeriod_;
         _jobTimeout = jobTimeout_;
         _coordinatorFeeBps = coordinatorFeeBps_;
         _slashBps = slashBps_;
         _maxPromptTokens = maxPromptTokens_;
+        _approvalDelay = approvalDelay_;
+        _disputeWindow = disputeWindow_;
+        _protocolFeeBps = protocolFeeBps_;
     }
 
     // ---------------------------------------------------------------- governance
 
     /// @inheritdoc IShardRegistry
     function setCoordinator(address coordinator, string calldata endpoint, bool approved) external onlyOwner {
-        _coordinators[coordinator] = approved;
+        _checkString("endpoint", endpoint);
+        Account storage account = _accounts[coordinator];
+        uint64 activeFrom = 0;
+        if (approved) {
+            activeFrom = uint64(block.timestamp) + _approvalDelay;
+            account.flags |= _COORDINATOR | _TOUCHED;
+        } else {
+            account.flags &= ~_COORDINATOR;
+        }
+        account.activeFrom = uint32(activeFrom);
         _coordinatorEndpoints[coordinator] = endpoint;
-        emit CoordinatorSet(coordinator, endpoint, approved);
+        emit CoordinatorSet(coordinator, endpoint, approved, activeFrom);
     }
 
     /// @inheritdoc IShardRegistry
-    function withdrawFees(address payable to) external onlyOwner nonReentrant {
+    function withdrawFees(address to) external onlyOwner {
+        if (to == address(0) || to == address(this)) revert ShardRegistryInvalidRecipient(to);
         uint256 amount = _protocolFees;
         if (amount == 0) revert ShardRegistryZeroAmount();
         _protocolFees = 0;
@@ -142,66 +174,71 @@ contract ShardRegistry is IShardRegistry {
     // ---------------------------------------------------------------- nodes
 
     /// @inheritdoc IShardRegistry
-    function registerNode(string calldata endpoint) external payable nonReentrant {
-        Node storage node = _nodes[msg.sender];
-        if (node.registered) revert ShardRegistryAlreadyRegistered(msg.sender);
+    function registerNode(string calldata endpoint) external payable {
+        _checkString("endpoint", endpoint);
+        Account storage account = _accounts[msg.sender];
+        uint8 flags = account.flags;
+        if (flags & _JAILED != 0) revert ShardRegistryNodeJailed(msg.sender);
+        if (flags & _REGISTERED != 0) revert ShardRegistryAlreadyRegistered(msg.sender);
         if (msg.value < _minStake) revert ShardRegistryInsufficientStake(msg.value, _minStake);
-        node.endpoint = endpoint;
-        node.stake = msg.value;
-        node.registered = true;
-        _totalStaked += msg.value;
+        uint256 stake = _checkedStake(uint256(account.stake) + msg.value);
+        account.stake = uint88(stake);
+        account.flags = flags | _REGISTERED | _TOUCHED;
+        _nodeExtra[msg.sender].endpoint = endpoint;
+        _totalStaked += uint128(msg.value);
         emit NodeRegistered(msg.sender, endpoint, msg.value);
     }
 
     /// @inheritdoc IShardRegistry
     function updateEndpoint(string calldata endpoint) external {
-        Node storage node = _registeredNode(msg.sender);
-        node.endpoint = endpoint;
+        _checkString("endpoint", endpoint);
+        _registered(msg.sender);
+        _nodeExtra[msg.sender].endpoint = endpoint;
         emit EndpointUpdated(msg.sender, endpoint);
     }
 
     /// @inheritdoc IShardRegistry
-    function addStake() external payable nonReentrant {
-        Node storage node = _registeredNode(msg.sender);
+    function addStake() external payable {
+        Account storage account = _registered(msg.sender);
         if (msg.value == 0) revert ShardRegistryZeroAmount();
-        uint256 newStake = node.stake + msg.value;
-        node.stake = newStake;
-        if (node.jailed && newStake >= _minStake) node.jailed = false;
-        _totalStaked += msg.value;
+        uint256 newStake = _checkedStake(uint256(account.stake) + msg.value);
+        account.stake = uint88(newStake);
+        _totalStaked += uint128(msg.value);
         emit StakeAdded(msg.sender, msg.value, newStake);
     }
 
     /// @inheritdoc IShardRegistry
     /// @dev A new request restarts the unbonding period of everything already unbonding.
-    function requestUnstake(uint256 amount) external nonReentrant {
-        Node storage node = _registeredNode(msg.sender);
+    function requestUnstake(uint256 amount) external {
+        Account storage account = _registered(msg.sender);
         if (amount == 0) revert ShardRegistryZeroAmount();
-        uint256 stake = node.stake;
+        uint256 stake = account.stake;
         if (amount > stake) revert ShardRegistryUnstakeTooLarge(amount, stake);
-        if (stake - amount < _minStake && node.liveAssignments != 0) {
-            revert ShardRegistryHasLiveAssignments(msg.sender, node.liveAssignments);
-        }
+        uint256 live = _nodeLive[msg.sender].length;
+        if (stake - amount < _minStake && live != 0) revert ShardRegistryHasLiveAssignments(msg.sender, uint32(live));
+        NodeExtra storage extra = _nodeExtra[msg.sender];
         uint64 until = uint64(block.timestamp) + _unbondingPeriod;
-        node.stake = stake - amount;
-        node.unbonding += amount;
-        node.unbondingUntil = until;
-        _totalStaked -= amount;
-        _totalUnbonding += amount;
+        account.stake = uint88(stake - amount);
+        extra.unbonding += uint128(amount);
+        extra.unbondingUntil = until;
+        _totalStaked -= uint128(amount);
+        _totalUnbonding += uint128(amount);
         emit UnstakeRequested(msg.sender, amount, until);
     }
 
     /// @inheritdoc IShardRegistry
-    /// @dev A deregistered node's record is deleted, so it may register again.
-    function withdrawStake() external nonReentrant {
-        Node storage node = _registeredNode(msg.sender);
-        uint256 amount = node.unbonding;
+    /// @dev The record of a node left with nothing is kept (unregistered), so a jail is never forgotten.
+    function withdrawStake() external {
+        Account storage account = _registered(msg.sender);
+        NodeExtra storage extra = _nodeExtra[msg.sender];
+        uint256 amount = extra.unbonding;
         if (amount == 0) revert ShardRegistryNothingToWithdraw(msg.sender);
-        if (block.timestamp < node.unbondingUntil) revert ShardRegistryStillUnbonding(node.unbondingUntil);
-        if (node.openJobs != 0) revert ShardRegistryHasOpenJobs(msg.sender, node.openJobs);
-        node.unbonding = 0;
-        node.unbondingUntil = 0;
-        _totalUnbonding -= amount;
-        if (node.stake == 0 && node.liveAssignments == 0) delete _nodes[msg.sender];
+        uint64 until = extra.unbondingUntil > account.bondedUntil ? extra.unbondingUntil : account.bondedUntil;
+        if (block.timestamp < until) revert ShardRegistryStillUnbonding(until);
+        extra.unbonding = 0;
+        extra.unbondingUntil = 0;
+        _totalUnbonding -= uint128(amount);
+        if (account.stake == 0 && _nodeLive[msg.sender].length == 0) account.flags &= ~_REGISTERED;
         _credit(msg.sender, amount);
         emit StakeWithdrawn(msg.sender, amount);
     }
@@ -215,218 +252,199 @@ contract ShardRegistry is IShardRegistry {
         uint32 numLayers,
         uint256 pricePerLayerToken
     ) external returns (uint256 modelId) {
+        _checkString("name", name);
+        _checkString("manifestCid", manifestCid);
         if (bytes(name).length == 0) revert ShardRegistryInvalidModel("empty name");
         if (bytes(manifestCid).length == 0) revert ShardRegistryInvalidModel("empty manifestCid");
-        if (numLayers == 0) revert ShardRegistryInvalidModel("numLayers must be > 0");
-        _models.push(Model(name, manifestCid, numLayers, pricePerLayerToken, msg.sender));
+        if (numLayers == 0 || numLayers > type(uint16).max) revert ShardRegistryInvalidModel("numLayers must be 1..65535");
+        if (pricePerLayerToken > type(uint80).max) revert ShardRegistryInvalidModel("pricePerLayerToken above 2**80");
+        _models.push(ModelRecord(uint16(numLayers), uint80(pricePerLayerToken), msg.sender));
         modelId = _models.length;
+        _modelText[modelId] = [name, manifestCid];
         emit ModelRegistered(modelId, msg.sender, name, manifestCid, numLayers, pricePerLayerToken);
     }
 
     /// @inheritdoc IShardRegistry
     function announceShard(uint256 modelId, uint32 start, uint32 end) external returns (uint256 assignmentId) {
-        Node storage node = _registeredNode(msg.sender);
-        if (node.jailed) revert ShardRegistryNodeJailed(msg.sender);
-        if (node.stake < _minStake) revert ShardRegistryInsufficientStake(node.stake, _minStake);
-        Model storage model = _model(modelId);
+        Account storage account = _registered(msg.sender);
+        if (account.flags & _JAILED != 0) revert ShardRegistryNodeJailed(msg.sender);
+        if (account.stake < _minStake) revert ShardRegistryInsufficientStake(account.stake, _minStake);
+        ModelRecord storage model = _model(modelId);
         if (start >= end || end > model.numLayers) revert ShardRegistryInvalidSpan(start, end, model.numLayers);
         uint256[] storage byNode = _nodeLive[msg.sender];
         uint256[] storage byModel = _modelLive[modelId];
-        // The casts cannot truncate: modelId <= _models.length, and a list of 2**32 ids cannot be paid for.
+        if (byNode.length >= MAX_LIVE_PER_NODE) revert ShardRegistryTooManyAssignments(msg.sender, uint32(byNode.length));
+        if (byModel.length >= MAX_LIVE_PER_MODEL) revert ShardRegistryModelFull(modelId, byModel.length);
+        // No cast truncates: end <= numLayers < 2**16, modelId <= _models.length, the lists are bounded.
         _assignments.push(
-            AssignmentRecord(msg.sender, start, end, true, uint64(modelId), uint32(byNode.length), uint32(byModel.length))
+            AssignmentRecord(
+                msg.sender, uint16(start), uint16(end), true, uint56(modelId), uint32(byNode.length), uint32(byModel.length)
+            )
         );
         assignmentId = _assignments.length;
         byNode.push(assignmentId);
         byModel.push(assignmentId);
-        node.liveAssignments += 1;
         emit ShardAnnounced(assignmentId, msg.sender, modelId, start, end);
     }
 
     /// @inheritdoc IShardRegistry
     function releaseShard(uint256 assignmentId) external {
-        AssignmentRecord storage assignment = _assignment(assignmentId);
-        if (assignment.node != msg.sender) revert ShardRegistryNotAssignmentOwner(assignmentId, msg.sender);
-        if (!assignment.live) revert ShardRegistryAssignmentNotLive(assignmentId);
-        assignment.live = false;
-        _unlist(assignment);
-        _nodes[msg.sender].liveAssignments -= 1;
-        emit ShardReleased(assignmentId, msg.sender, assignment.modelId);
+        AssignmentRecord storage a = _assignment(assignmentId);
+        if (a.node != msg.sender) revert ShardRegistryNotAssignmentOwner(assignmentId, msg.sender);
+        if (!a.live) revert ShardRegistryAssignmentNotLive(assignmentId);
+        _release(assignmentId, a);
     }
 
     // ---------------------------------------------------------------- jobs
 
     /// @inheritdoc IShardRegistry
     /// @dev The whole `msg.value` is escrowed; what the settlement does not pay out is refunded.
-    function submitJob(uint256 modelId, bytes32 inputHash, uint32 maxTokens)
+    function submitJob(uint256 modelId, bytes32 inputHash, uint32 maxTokens, address coordinator)
         external
         payable
-        nonReentrant
         returns (uint256 jobId)
     {
         if (maxTokens == 0) revert ShardRegistryZeroAmount();
-        uint256 required = quote(modelId, maxTokens);
+        ModelRecord memory model = _model(modelId);
+        uint256 required = _quote(model, maxTokens);
         if (msg.value < required) revert ShardRegistryEscrowTooLow(msg.value, required);
+        if (msg.value > type(uint88).max) revert ShardRegistryAmountTooLarge(msg.value, type(uint88).max);
         uint64 deadline = uint64(block.timestamp) + _jobTimeout;
-        // uint64(modelId) cannot truncate: quote() checked modelId <= _models.length.
-        _jobs.push(
-            JobRecord(msg.sender, maxTokens, deadline, address(0), JobStatus.Submitted, uint64(modelId), inputHash, msg.value, 0)
+        jobId = ++_jobCount;
+        JobRecord memory job = JobRecord(
+            msg.sender, coordinator, uint64(modelId), maxTokens, deadline, uint128(msg.value), model.numLayers, model.price
         );
-        jobId = _jobs.length;
-        _totalEscrow += msg.value;
-        emit JobSubmitted(jobId, msg.sender, modelId, inputHash, maxTokens, msg.value, deadline);
+        _jobs[jobId] = (uint256(keccak256(abi.encode(jobId, job))) & ~_LOW) | uint8(JobStatus.Open);
+        emit JobSubmitted(
+            jobId, msg.sender, coordinator, uint64(modelId), inputHash, maxTokens, uint128(msg.value), deadline,
+            model.numLayers, model.price
+        );
     }
 
     /// @inheritdoc IShardRegistry
-    function assignRoute(
+    function settleJobs(Settlement[] calldata settlements) external nonReentrant {
+        Account memory coordinator = _accounts[msg.sender];
+        if (coordinator.flags & _COORDINATOR == 0) revert ShardRegistryNotCoordinator(msg.sender);
+        uint256 fees = 0;
+        uint256 protocol = 0;
+        for (uint256 k = 0; k < settlements.length; ++k) {
+            Settlement calldata s = settlements[k];
+            if (s.job.coordinator != msg.sender) revert ShardRegistryNotJobCoordinator(s.jobId, msg.sender);
+            // a job named this coordinator before its approval took effect: it cannot be settled, only cancelled
+            // (deadline - jobTimeout is the submission time; deadline >= jobTimeout by construction)
+            if (uint256(coordinator.activeFrom) + _jobTimeout > s.job.deadline) revert ShardRegistryNotCoordinator(msg.sender);
+            uint256 slot = _jobs[s.jobId];
+            if (uint8(slot) != uint8(JobStatus.Open)) {
+                if (slot == 0) revert ShardRegistryUnknownJob(s.jobId);
+                continue; // closed meanwhile (e.g. cancelled after the deadline): nothing left to settle
+            }
+            if (slot & ~_LOW != _settlementRecordHash(s) & ~_LOW) revert ShardRegistryJobRecordMismatch(s.jobId);
+            (uint256 remaining, uint256 paid, uint16 paidHops) = _payHops(s, slot & _HAS_POSTS != 0);
+            uint256 fee;
+            uint256 cut;
+            // cannot overflow: paid, fee and cut are at most the job's escrow (< 2**88), taken from `remaining`
+            unchecked {
+                fee = _take((paid * _coordinatorFeeBps) / _BPS, remaining);
+                remaining -= fee;
+                cut = _take((paid * _protocolFeeBps) / _BPS, remaining);
+                remaining -= cut;
+                fees += fee;
+                protocol += cut;
+            }
+            _close(s.jobId, slot, JobStatus.Settled);
+            _credit(s.job.client, remaining);
+            emit JobSettled(s.jobId, s.outputHash, paid, fee, remaining, paidHops);
+        }
+        if (fees != 0) _credit(msg.sender, fees);
+        if (protocol != 0) _protocolFees += protocol;
+    }
+
+    /// @inheritdoc IShardRegistry
+    function postCommitment(
         uint256 jobId,
-        address[] calldata nodes,
-        uint32[] calldata starts,
-        uint32[] calldata ends
-    ) external onlyCoordinator {
-        JobRecord storage job = _job(jobId);
-        if (job.status != JobStatus.Submitted) revert ShardRegistryInvalidJobStatus(jobId, job.status);
-        if (starts.length != nodes.length) revert ShardRegistryLengthMismatch(nodes.length, starts.length);
-        if (ends.length != nodes.length) revert ShardRegistryLengthMismatch(nodes.length, ends.length);
-        uint32 numLayers = _models[job.modelId - 1].numLayers;
-        uint32 covered = 0;
-        for (uint256 i = 0; i < nodes.length; ++i) {
-            if (starts[i] != covered) revert ShardRegistryRouteNotCovering(jobId);
-            _checkHop(job.modelId, numLayers, nodes[i], starts[i], ends[i]);
-            covered = ends[i];
-        }
-        if (covered != numLayers) revert ShardRegistryRouteNotCovering(jobId);
-        job.status = JobStatus.Routed;
-        job.coordinator = msg.sender;
-        Hop[] storage hops = _hops[jobId];
-        for (uint256 i = 0; i < nodes.length; ++i) {
-            hops.push(Hop(nodes[i], starts[i], ends[i], bytes32(0)));
-            _nodes[nodes[i]].openJobs += 1;
-        }
-        emit JobRouted(jobId, msg.sender, nodes, starts, ends);
+        JobRecord calldata job,
+        SignedCommitment calldata c,
+        TicketProof calldata ticket
+    ) external {
+        if (c.node != msg.sender) revert ShardRegistryNotHopNode(jobId, msg.sender);
+        uint256 slot = _openJob(jobId, job);
+        if (block.timestamp > job.deadline) revert ShardRegistryPostWindowClosed(jobId, job.deadline);
+        bytes32 ticketDigest = _hashTypedDataV4(
+            ShardEvidence.ticketHash(msg.sender, ticket.sessionId, jobId, c.start, c.end, ticket.expiresAt)
+        );
+        (address signer, , ) = ECDSA.tryRecover(ticketDigest, ticket.r, ticket.vs);
+        if (signer != job.coordinator) revert ShardRegistryBadTicket(jobId, msg.sender);
+        _checkHop(jobId, job, c, 0);
+        _payPosted(jobId, job, c, slot);
+    }
+
+    /// @dev Pays a node's own posted commitment from the escrow at once and marks the job as having posts.
+    function _payPosted(uint256 jobId, JobRecord calldata job, SignedCommitment calldata c, uint256 slot) private {
+        bytes32 key = keccak256(abi.encode(jobId, c.node, c.start, c.end));
+        if (_postedHop[key]) revert ShardRegistryAlreadyCommitted(jobId, c.node);
+        Posted storage posted = _posted[jobId];
+        if (posted.count >= MAX_HOPS) revert ShardRegistryTooManyHops(jobId, posted.count + 1, MAX_HOPS);
+        Account storage account = _accounts[c.node];
+        if (account.flags & _JAILED != 0) revert ShardRegistryNodeJailed(c.node);
+        if (account.stake < _minStake) revert ShardRegistryInsufficientStake(account.stake, _minStake);
+        uint256 pay = _take(_hopPay(job, c), job.escrow - posted.paid);
+        _postedHop[key] = true;
+        posted.paid += uint128(pay);
+        posted.count += 1;
+        _jobs[jobId] = slot | _HAS_POSTS;
+        _payNode(account, pay);
+        emit CommitmentPosted(jobId, c.node, c.start, c.end, c.positions, c.steps, c.root, pay);
     }
 
     /// @inheritdoc IShardRegistry
-    function addHop(uint256 jobId, address node, uint32 start, uint32 end) external onlyCoordinator {
-        JobRecord storage job = _routedJobOf(jobId, msg.sender);
-        _checkHop(job.modelId, _models[job.modelId - 1].numLayers, node, start, end);
-        Hop[] storage hops = _hops[jobId];
-        hops.push(Hop(node, start, end, bytes32(0)));
-        _nodes[node].openJobs += 1;
-        emit HopAdded(jobId, hops.length - 1, node, start, end);
-    }
-
-    /// @inheritdoc IShardRegistry
-    /// @dev A node routed on several hops of the job posts once per hop; each post fills its first
-    /// hop that has no commitment yet.
-    function postCommitment(uint256 jobId, bytes32 commitment) external {
-        JobRecord storage job = _job(jobId);
-        if (job.status != JobStatus.Routed) revert ShardRegistryInvalidJobStatus(jobId, job.status);
-        if (commitment == bytes32(0)) revert ShardRegistryZeroCommitment();
-        Hop[] storage hops = _hops[jobId];
-        bool routed = false;
-        for (uint256 i = 0; i < hops.length; ++i) {
-            if (hops[i].node != msg.sender) continue;
-            routed = true;
-            if (hops[i].commitment == bytes32(0)) {
-                hops[i].commitment = commitment;
-                emit CommitmentPosted(jobId, msg.sender, i, commitment);
-                return;
-            }
-        }
-        if (routed) revert ShardRegistryAlreadyCommitted(jobId, msg.sender);
-        revert ShardRegistryNotRoutedNode(jobId, msg.sender);
-    }
-
-    /// @inheritdoc IShardRegistry
-    function finalizeJob(uint256 jobId, bytes32 outputHash, uint64[] calldata layerTokens)
-        external
-        onlyCoordinator
-        nonReentrant
-    {
-        JobRecord storage job = _routedJobOf(jobId, msg.sender);
-        Hop[] storage hops = _hops[jobId];
-        if (layerTokens.length != hops.length) revert ShardRegistryLengthMismatch(hops.length, layerTokens.length);
-        uint256 price = _models[job.modelId - 1].pricePerLayerToken;
-        uint256 positions = uint256(job.maxTokens) + _maxPromptTokens;
-        uint256[] memory pay = new uint256[](hops.length);
-        uint256 paidToNodes = 0;
-        for (uint256 i = 0; i < hops.length; ++i) {
-            uint256 maximum = uint256(hops[i].end - hops[i].start) * positions;
-            if (layerTokens[i] > maximum) revert ShardRegistryLayerTokensTooHigh(i, layerTokens[i], maximum);
-            if (hops[i].commitment != bytes32(0)) {
-                pay[i] = layerTokens[i] * price;
-                paidToNodes += pay[i];
-            }
-        }
-        uint256 fee = (paidToNodes * _coordinatorFeeBps) / _BPS;
-        uint256 escrow = job.escrow;
-        if (paidToNodes + fee > escrow) revert ShardRegistryPayoutExceedsEscrow(paidToNodes + fee, escrow);
-        uint256 refund = escrow - paidToNodes - fee;
-
-        job.status = JobStatus.Finalized;
-        job.outputHash = outputHash;
-        _totalEscrow -= escrow;
-        for (uint256 i = 0; i < hops.length; ++i) {
-            _nodes[hops[i].node].openJobs -= 1;
-            if (pay[i] != 0) _credit(hops[i].node, pay[i]);
-        }
-        if (fee != 0) _credit(msg.sender, fee);
-        if (refund != 0) _credit(job.client, refund);
-        emit JobFinalized(jobId, outputHash, paidToNodes, fee, refund);
-    }
-
-    /// @inheritdoc IShardRegistry
-    function failJob(uint256 jobId, string calldata reason) external onlyCoordinator nonReentrant {
-        JobRecord storage job = _job(jobId);
-        if (job.status == JobStatus.Routed) {
-            if (job.coordinator != msg.sender) revert ShardRegistryNotJobCoordinator(jobId, msg.sender);
-        } else if (job.status != JobStatus.Submitted) {
-            revert ShardRegistryInvalidJobStatus(jobId, job.status);
-        }
+    function failJob(uint256 jobId, JobRecord calldata job, string calldata reason) external {
+        _checkString("reason", reason);
+        if (job.coordinator != msg.sender) revert ShardRegistryNotJobCoordinator(jobId, msg.sender);
         uint256 refund = _closeWithRefund(jobId, job, JobStatus.Failed);
         emit JobFailed(jobId, reason, refund);
     }
 
     /// @inheritdoc IShardRegistry
-    /// @dev Possible once `block.timestamp > deadline`.
-    function cancelJob(uint256 jobId) external nonReentrant {
-        JobRecord storage job = _job(jobId);
-        if (job.client != msg.sender) revert ShardRegistryNotJobClient(jobId, msg.sender);
-        if (job.status != JobStatus.Submitted && job.status != JobStatus.Routed) {
-            revert ShardRegistryInvalidJobStatus(jobId, job.status);
-        }
+    function cancelJob(uint256 jobId, JobRecord calldata job) external {
+        _openJob(jobId, job);
+        bool revoked = _accounts[job.coordinator].flags & _COORDINATOR == 0;
+        if (job.client != msg.sender && !revoked) revert ShardRegistryNotJobClient(jobId, msg.sender);
         if (block.timestamp <= job.deadline) revert ShardRegistryDeadlineNotReached(jobId, job.deadline);
         uint256 refund = _closeWithRefund(jobId, job, JobStatus.Cancelled);
-        emit JobCancelled(jobId, refund);
+        emit JobCancelled(jobId, msg.sender, refund);
     }
 
     // ---------------------------------------------------------------- slashing and payouts
 
     /// @inheritdoc IShardRegistry
-    /// @dev `jobId` is 0 when the evidence is not about one job; otherwise it must exist.
-    function slash(address node, bytes32 evidenceHash, uint256 jobId) external onlyCoordinator nonReentrant {
-        Node storage n = _registeredNode(node);
-        if (jobId != 0) _job(jobId);
-        uint256 fromStake = (n.stake * _slashBps) / _BPS;
-        uint256 fromUnbonding = (n.unbonding * _slashBps) / _BPS;
-        n.stake -= fromStake;
-        n.unbonding -= fromUnbonding;
-        n.jailed = true;
-        _totalStaked -= fromStake;
-        _totalUnbonding -= fromUnbonding;
-        _protocolFees += fromStake + fromUnbonding;
-        emit NodeSlashed(node, fromStake + fromUnbonding, evidenceHash, jobId);
+    function slash(SlashEvidence calldata e) external {
+        SignedCommitment calldata c = e.commitment;
+        bytes32 key = keccak256(abi.encode(e.jobId, c.node));
+        if (_slashed[key]) revert ShardRegistryAlreadySlashed(e.jobId, c.node);
+        _checkClosed(e.jobId, e.job, e.closeBlock);
+        _checkSignature(e.jobId, c, 0);
+        if (!ShardEvidence.verifyMerkle(e.leaf, e.proof, c.root, e.leafIndex, c.steps)) {
+            revert ShardRegistryBadMerkleProof(e.jobId, e.leafIndex);
+        }
+        (address[] memory drawn, uint256[] memory stakes) =
+            _draw(e.jobId, e.job.modelId, e.closeBlock, c.node, c.start, c.end, c.root);
+        if (drawn.length < MIN_VERIFIERS) revert ShardRegistryNotEnoughVerifiers(drawn.length, MIN_VERIFIERS);
+        (uint256 guilty, uint256 total) = _countVerdicts(e, drawn, stakes);
+        if (guilty * 2 <= total) revert ShardRegistryNoMajority(guilty, total);
+        _slashed[key] = true;
+        uint256 amount = _takeStake(c.node);
+        _credit(e.job.client, amount);
+        emit NodeSlashed(c.node, e.jobId, e.job.client, amount, c.root, e.leafIndex, guilty, total);
     }
 
     /// @inheritdoc IShardRegistry
     /// @dev Checks, effects, event, then the transfer; reverts with {ShardRegistryTransferFailed} if the
     /// recipient refuses the ether (the balance then stays claimable).
     function claim() external nonReentrant {
-        uint256 amount = _claimable[msg.sender];
+        Account storage account = _accounts[msg.sender];
+        uint256 amount = account.claimable;
         if (amount == 0) revert ShardRegistryNothingToClaim(msg.sender);
-        _claimable[msg.sender] = 0;
-        _totalClaimable -= amount;
+        account.claimable = 0;
         emit Claimed(msg.sender, amount);
         (bool ok, ) = payable(msg.sender).call{value: amount}("");
         if (!ok) revert ShardRegistryTransferFailed(msg.sender, amount);
@@ -434,201 +452,477 @@ contract ShardRegistry is IShardRegistry {
 
     // ---------------------------------------------------------------- views
 
-    /// @notice The deployer: approves coordinators and withdraws protocol fees.
-    function owner() external view returns (address) {
-        return _owner;
-    }
-
-    /// @notice Least stake (wei) to register and to announce shards.
     function minStake() external view returns (uint256) {
         return _minStake;
     }
 
-    /// @notice Seconds between {requestUnstake} and {withdrawStake}.
     function unbondingPeriod() external view returns (uint64) {
         return _unbondingPeriod;
     }
 
-    /// @notice Seconds after submission until a client may cancel an unfinalized job.
     function jobTimeout() external view returns (uint64) {
         return _jobTimeout;
     }
 
-    /// @notice Coordinator fee in basis points of what the nodes of a job are paid.
     function coordinatorFeeBps() external view returns (uint16) {
         return _coordinatorFeeBps;
     }
 
-    /// @notice Share of stake and unbonding stake taken by {slash}, in basis points.
     function slashBps() external view returns (uint16) {
         return _slashBps;
     }
 
-    /// @notice Prompt positions a job may bill on top of its `maxTokens`.
     function maxPromptTokens() external view returns (uint32) {
         return _maxPromptTokens;
     }
 
-    /// @notice Whether `account` is an approved coordinator.
-    function isCoordinator(address account) external view returns (bool) {
-        return _coordinators[account];
+    function approvalDelay() external view returns (uint64) {
+        return _approvalDelay;
     }
 
-    /// @notice The HTTP endpoint recorded for coordinator `account` (empty if none).
-    function coordinatorEndpoint(address account) external view returns (string memory) {
-        return _coordinatorEndpoints[account];
+    function disputeWindow() external view returns (uint64) {
+        return _disputeWindow;
+    }
+
+    function protocolFeeBps() external view returns (uint16) {
+        return _protocolFeeBps;
+    }
+
+    /// @inheritdoc IShardRegistry
+    function isCoordinator(address account) external view returns (bool) {
+        Account storage a = _accounts[account];
+        return a.flags & _COORDINATOR != 0 && block.timestamp >= a.activeFrom;
+    }
+
+    /// @inheritdoc IShardRegistry
+    function coordinatorInfo(address account) external view returns (string memory, uint64) {
+        Account storage a = _accounts[account];
+        return (_coordinatorEndpoints[account], a.flags & _COORDINATOR != 0 ? a.activeFrom : 0);
     }
 
     /// @notice The node's record; all fields zero (`registered == false`) for an unknown address.
     function getNode(address node) external view returns (Node memory) {
-        return _nodes[node];
+        Account storage a = _accounts[node];
+        NodeExtra storage x = _nodeExtra[node];
+        return Node(
+            x.endpoint, a.stake, x.unbonding, x.unbondingUntil, a.bondedUntil, uint32(_nodeLive[node].length),
+            a.flags & _REGISTERED != 0, a.flags & _JAILED != 0
+        );
     }
 
-    /// @notice Reverts with {ShardRegistryUnknownModel} for an unknown id.
     function getModel(uint256 modelId) external view returns (Model memory) {
-        return _model(modelId);
+        ModelRecord storage m = _model(modelId);
+        string[2] storage text = _modelText[modelId];
+        return Model(text[0], text[1], m.numLayers, m.price, m.owner);
     }
 
-    /// @notice Number of models; their ids are 1 … modelCount().
     function modelCount() external view returns (uint256) {
         return _models.length;
     }
 
-    /// @notice Reverts with {ShardRegistryUnknownAssignment} for an unknown id.
     function getAssignment(uint256 assignmentId) external view returns (Assignment memory) {
         AssignmentRecord storage a = _assignment(assignmentId);
         return Assignment(a.node, a.modelId, a.start, a.end, a.live);
     }
 
-    /// @notice Number of assignments ever announced; their ids are 1 … assignmentCount().
     function assignmentCount() external view returns (uint256) {
         return _assignments.length;
     }
 
     /// @inheritdoc IShardRegistry
-    /// @dev In no particular order (releasing one moves the last id into its place).
     function liveAssignments(uint256 modelId) external view returns (uint256[] memory) {
         _model(modelId);
         return _modelLive[modelId];
     }
 
-    /// @notice Reverts with {ShardRegistryUnknownJob} for an unknown id. `escrow` stays the amount paid in.
-    function getJob(uint256 jobId) external view returns (Job memory) {
-        JobRecord storage j = _job(jobId);
-        return Job(j.client, j.modelId, j.inputHash, j.maxTokens, j.escrow, j.deadline, j.status, j.coordinator, j.outputHash);
+    /// @inheritdoc IShardRegistry
+    function jobState(uint256 jobId) external view returns (JobStatus, uint256, uint256) {
+        uint256 slot = _jobs[jobId];
+        if (slot == 0) revert ShardRegistryUnknownJob(jobId);
+        Posted storage p = _posted[jobId];
+        return (JobStatus(uint8(slot)), p.paid, p.count);
     }
 
-    /// @notice The hops of a job in the order they were routed or added.
-    function getHops(uint256 jobId) external view returns (Hop[] memory) {
-        _job(jobId);
-        return _hops[jobId];
-    }
-
-    /// @notice Number of jobs; their ids are 1 … jobCount().
     function jobCount() external view returns (uint256) {
-        return _jobs.length;
+        return _jobCount;
     }
 
     /// @inheritdoc IShardRegistry
-    function quote(uint256 modelId, uint32 maxTokens) public view returns (uint256) {
-        Model storage model = _model(modelId);
-        uint256 base = uint256(model.numLayers) * (uint256(maxTokens) + _maxPromptTokens) * model.pricePerLayerToken;
-        return base + (base * _coordinatorFeeBps) / _BPS;
+    function jobRecordHash(uint256 jobId, JobRecord calldata job) external pure returns (bytes32) {
+        return keccak256(abi.encode(jobId, job));
     }
 
-    /// @notice Wei that `account` can take out with {claim}.
+    /// @inheritdoc IShardRegistry
+    function quote(uint256 modelId, uint32 maxTokens) external view returns (uint256) {
+        return _quote(_model(modelId), maxTokens);
+    }
+
+    function _quote(ModelRecord memory model, uint32 maxTokens) private view returns (uint256) {
+        uint256 base = uint256(model.numLayers) * (uint256(maxTokens) + _maxPromptTokens) * model.price;
+        return base + (base * _coordinatorFeeBps) / _BPS + (base * _protocolFeeBps) / _BPS;
+    }
+
+    /// @inheritdoc IShardRegistry
+    function drawVerifiers(
+        uint256 jobId,
+        JobRecord calldata job,
+        uint64 closeBlock,
+        address node,
+        uint32 start,
+        uint32 end,
+        bytes32 root
+    ) external view returns (address[] memory, uint256[] memory) {
+        _checkClosed(jobId, job, closeBlock);
+        return _draw(jobId, job.modelId, closeBlock, node, start, end, root);
+    }
+
+    function isSlashed(uint256 jobId, address node) external view returns (bool) {
+        return _slashed[keccak256(abi.encode(jobId, node))];
+    }
+
     function claimable(address account) external view returns (uint256) {
-        return _claimable[account];
+        return _accounts[account].claimable;
     }
 
-    /// @notice Sum of all nodes' bonded stake.
     function totalStaked() external view returns (uint256) {
         return _totalStaked;
     }
 
-    /// @notice Sum of all nodes' unbonding stake.
     function totalUnbonding() external view returns (uint256) {
         return _totalUnbonding;
     }
 
-    /// @notice Sum of the escrow of all submitted or routed jobs.
-    function totalEscrow() external view returns (uint256) {
-        return _totalEscrow;
-    }
-
-    /// @notice Sum of all claimable balances.
-    function totalClaimable() external view returns (uint256) {
-        return _totalClaimable;
-    }
-
-    /// @notice Slashed stake not yet withdrawn by the owner.
     function protocolFees() external view returns (uint256) {
         return _protocolFees;
     }
 
-    // ---------------------------------------------------------------- internal
+    // ---------------------------------------------------------------- internal: jobs
 
-    function _registeredNode(address account) private view returns (Node storage node) {
-        node = _nodes[account];
-        if (!node.registered) revert ShardRegistryNotRegistered(account);
+    /// @dev keccak256(abi.encode(jobId, job)) straight from the settlement's calldata, where (jobId, job) are its
+    /// first nine words (dirty high bits hash differently, so they can only fail the comparison).
+    function _settlementRecordHash(Settlement calldata s) private pure returns (uint256 h) {
+        assembly ("memory-safe") {
+            let m := mload(0x40)
+            calldatacopy(m, s, 0x120)
+            h := keccak256(m, 0x120)
+        }
     }
 
-    function _model(uint256 modelId) private view returns (Model storage) {
+    /// @dev Pays the hops of one settlement; returns the escrow left, what the nodes got and the paid-hop mask.
+    function _payHops(Settlement calldata s, bool hasPosts)
+        private
+        returns (uint256 remaining, uint256 paid, uint16 paidHops)
+    {
+        uint256 n = s.hops.length;
+        if (n > MAX_HOPS) revert ShardRegistryTooManyHops(s.jobId, n, MAX_HOPS);
+        remaining = s.job.escrow;
+        if (hasPosts) remaining -= _posted[s.jobId].paid;
+        uint256 previous = 0;
+        uint256 maximum = uint256(s.job.maxTokens) + _maxPromptTokens;
+        uint256 numLayers = s.job.numLayers;
+        uint256 price = s.job.price;
+        bytes32 domainSeparator = _domainSeparatorV4();
+        for (uint256 i = 0; i < n; ++i) {
+            SignedCommitment calldata c = s.hops[i];
+            address node = c.node;
+            uint256 start = c.start;
+            uint256 end = c.end;
+            uint256 order = (start << 160) | uint160(node);
+            // strictly increasing (start, node): no hop twice. (order > 0 for any real node, so hop 0 passes)
+            if (order <= previous) revert ShardRegistryHopsNotSorted(s.jobId, i);
+            previous = order;
+            if (start >= end || end > numLayers) revert ShardRegistryInvalidHopSpan(s.jobId, i, c.start, c.end);
+            uint256 positions = c.positions;
+            if (positions > maximum) revert ShardRegistryPositionsTooHigh(s.jobId, i, positions, maximum);
+            if (node == address(0) || _commitmentSigner(domainSeparator, s.jobId, c) != node) {
+                revert ShardRegistryBadCommitmentSignature(s.jobId, i, node);
+            }
+            if (hasPosts && _postedHop[keccak256(abi.encode(s.jobId, node, start, end))]) continue;
+            uint256 pay;
+            // cannot overflow: positions < 2**32, end - start < 2**32 (checked above), price < 2**80; pay <= remaining
+            // <= escrow < 2**88, so paid <= escrow too; i < MAX_HOPS
+            unchecked {
+                pay = positions * (end - start) * price;
+                if (pay > remaining) pay = remaining;
+            }
+            if (!_payHop(node, pay)) continue; // jailed, unregistered or unstaked since: the share goes back
+            unchecked {
+                remaining -= pay;
+                paid += pay;
+                paidHops |= uint16(1 << i);
+            }
+        }
+    }
+
+    /// @dev Credits `pay` to a registered, unjailed node staked at least `minStake` and keeps its stake bonded for
+    /// the dispute window, with one read and one write of its {Account} slot; false (nothing done) for another node.
+    /// Layout of the slot (Solidity packs from the low bits): claimable 0-87, stake 88-175, bondedUntil 176-215,
+    /// activeFrom 216-247, flags 248-255.
+    function _payHop(address node, uint256 pay) private returns (bool) {
+        uint256 slot;
+        uint256 word;
+        assembly ("memory-safe") {
+            mstore(0, node)
+            mstore(0x20, _accounts.slot)
+            slot := keccak256(0, 0x40)
+            word := sload(slot)
+        }
+        uint256 mask88 = (1 << 88) - 1;
+        if ((word >> 248) & (_JAILED | _REGISTERED) != _REGISTERED || (word >> 88) & mask88 < _minStake) return false;
+        uint256 claimableNow = (word & mask88) + pay;
+        if (claimableNow > mask88) revert ShardRegistryAmountTooLarge(claimableNow, mask88);
+        uint256 bonded = block.timestamp + _disputeWindow; // < 2**40 for millennia: the constructor bounds the window
+        word = (word & ~(mask88 | (((1 << 40) - 1) << 176))) | claimableNow | (bonded << 176);
+        assembly ("memory-safe") {
+            sstore(slot, word)
+        }
+        return true;
+    }
+
+    /// @dev Reverts unless the hop's span lies in the model, its positions are in bounds, and the node signed it.
+    function _checkHop(uint256 jobId, JobRecord calldata job, SignedCommitment calldata c, uint256 i) private view {
+        if (c.start >= c.end || c.end > job.numLayers) revert ShardRegistryInvalidHopSpan(jobId, i, c.start, c.end);
+        uint256 maximum = uint256(job.maxTokens) + _maxPromptTokens;
+        if (c.positions > maximum) revert ShardRegistryPositionsTooHigh(jobId, i, c.positions, maximum);
+        _checkSignature(jobId, c, i);
+    }
+
+    function _checkSignature(uint256 jobId, SignedCommitment calldata c, uint256 i) private view {
+        address node = c.node;
+        if (node == address(0) || _commitmentSigner(_domainSeparatorV4(), jobId, c) != node) {
+            revert ShardRegistryBadCommitmentSignature(jobId, i, node);
+        }
+    }
+
+    /// @dev The signer of an EIP-712 {Commitment} (address(0) if none), hashed straight from calldata: the struct
+    /// hash covers (typehash, jobId, start, end, positions, steps, root), the five words after `node` in `c`. A
+    /// field with dirty high bits hashes differently, so it can only fail the check. (r, vs) is EIP-2098; `s` must
+    /// be in the lower half order (no malleable twin).
+    function _commitmentSigner(bytes32 domainSeparator, uint256 jobId, SignedCommitment calldata c)
+        private
+        view
+        returns (address signer)
+    {
+        bytes32 typehash = ShardEvidence.COMMITMENT_TYPEHASH;
+        bytes32 digest;
+        bytes32 r;
+        bytes32 vs;
+        assembly ("memory-safe") {
+            let m := mload(0x40)
+            mstore(m, typehash)
+            mstore(add(m, 0x20), jobId)
+            calldatacopy(add(m, 0x40), add(c, 0x20), 0xa0)
+            let structHash := keccak256(m, 0xe0)
+            mstore(m, 0x1901)
+            mstore(add(m, 0x20), domainSeparator)
+            mstore(add(m, 0x40), structHash)
+            digest := keccak256(add(m, 0x1e), 0x42)
+            r := calldataload(add(c, 0xc0))
+            vs := calldataload(add(c, 0xe0))
+        }
+        uint256 s = uint256(vs) & ((1 << 255) - 1);
+        if (s > 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0) return address(0);
+        uint8 v = uint8((uint256(vs) >> 255) + 27);
+        signer = ecrecover(digest, v, r, bytes32(s));
+    }
+
+    function _hopPay(JobRecord calldata job, SignedCommitment calldata c) private pure returns (uint256) {
+        return uint256(c.positions) * (c.end - c.start) * job.price;
+    }
+
+    /// @dev Credits a node's hop pay and keeps its stake bonded for the dispute window.
+    function _payNode(Account storage account, uint256 pay) private {
+        account.claimable += uint88(pay);
+        account.bondedUntil = uint40(block.timestamp + _disputeWindow);
+    }
+
+    function _openJob(uint256 jobId, JobRecord calldata job) private view returns (uint256 slot) {
+        slot = _jobs[jobId];
+        if (slot == 0) revert ShardRegistryUnknownJob(jobId);
+        if (uint8(slot) != uint8(JobStatus.Open)) revert ShardRegistryInvalidJobStatus(jobId, JobStatus(uint8(slot)));
+        if (slot & ~_LOW != uint256(keccak256(abi.encode(jobId, job))) & ~_LOW) revert ShardRegistryJobRecordMismatch(jobId);
+    }
+
+    /// @dev Marks the job closed in this block: the stored hash then also covers the block number.
+    function _close(uint256 jobId, uint256 slot, JobStatus status) private {
+        _jobs[jobId] = _closedHash(slot, block.number) | uint8(status);
+    }
+
+    /// @dev keccak256(abi.encode(slot & ~_LOW, closeBlock)) & ~_LOW, hashed in scratch space.
+    function _closedHash(uint256 slot, uint256 closeBlock) private pure returns (uint256 h) {
+        uint256 open = slot & ~_LOW;
+        assembly ("memory-safe") {
+            mstore(0, open)
+            mstore(0x20, closeBlock)
+            h := keccak256(0, 0x40)
+        }
+        h &= ~_LOW;
+    }
+
+    function _checkClosed(uint256 jobId, JobRecord calldata job, uint64 closeBlock) private view {
+        uint256 slot = _jobs[jobId];
+        if (slot == 0) revert ShardRegistryUnknownJob(jobId);
+        uint8 status = uint8(slot);
+        if (status == uint8(JobStatus.Open)) revert ShardRegistryJobNotClosed(jobId);
+        uint256 open = uint256(keccak256(abi.encode(jobId, job)));
+        if (slot & ~_LOW != _closedHash(open, closeBlock)) revert ShardRegistryJobRecordMismatch(jobId);
+    }
+
+    function _closeWithRefund(uint256 jobId, JobRecord calldata job, JobStatus status) private returns (uint256 refund) {
+        uint256 slot = _openJob(jobId, job);
+        refund = job.escrow;
+        if (slot & _HAS_POSTS != 0) refund -= _posted[jobId].paid;
+        _close(jobId, slot, status);
+        _credit(job.client, refund);
+    }
+
+    // ---------------------------------------------------------------- internal: slashing
+
+    /// @dev The candidates: distinct unjailed nodes other than `accused` with a live assignment of the model that
+    /// covers [start, end), weighted by bonded stake; drawn from blockhash(closeBlock + DRAW_DELAY).
+    function _draw(
+        uint256 jobId,
+        uint64 modelId,
+        uint64 closeBlock,
+        address accused,
+        uint32 start,
+        uint32 end,
+        bytes32 root
+    ) private view returns (address[] memory, uint256[] memory) {
+        uint256 at = uint256(closeBlock) + DRAW_DELAY;
+        bytes32 randomness = at < block.number ? blockhash(at) : bytes32(0);
+        if (randomness == bytes32(0)) revert ShardRegistryRandomnessUnavailable(at);
+        uint256[] storage live = _modelLive[modelId];
+        address[] memory candidates = new address[](live.length);
+        uint256[] memory stakes = new uint256[](live.length);
+        uint256 count = 0;
+        for (uint256 i = 0; i < live.length; ++i) {
+            AssignmentRecord storage a = _assignments[live[i] - 1];
+            if (a.node == accused || a.start > start || a.end < end) continue;
+            Account storage acct = _accounts[a.node];
+            if (acct.flags & _JAILED != 0 || acct.stake == 0) continue;
+            if (_uncountedIndex(candidates, a.node, 0) < count) continue; // a node counts once
+            candidates[count] = a.node;
+            stakes[count] = acct.stake;
+            ++count;
+        }
+        bytes32 seed = keccak256(abi.encode(randomness, jobId, accused, root));
+        return ShardEvidence.draw(candidates, stakes, count, MAX_VERIFIERS, seed);
+    }
+
+    /// @dev Stake of the drawn verifiers that signed the verdict (each counted once) and of all drawn verifiers.
+    function _countVerdicts(SlashEvidence calldata e, address[] memory drawn, uint256[] memory stakes)
+        private
+        view
+        returns (uint256 guilty, uint256 total)
+    {
+        total = _sum(stakes);
+        bytes32 digest = _hashTypedDataV4(
+            ShardEvidence.verdictHash(e.jobId, e.commitment.node, e.commitment.root, e.leafIndex, e.leaf)
+        );
+        uint256 counted = 0; // bit j: drawn[j] already counted
+        for (uint256 i = 0; i < e.verdicts.length && i < MAX_VERIFIERS; ++i) {
+            uint256 j = _drawnSigner(digest, e.verdicts[i], drawn, counted, i);
+            counted |= 1 << j;
+            guilty += stakes[j];
+        }
+    }
+
+    /// @dev The index in `drawn` of verdict `i`'s signer, not counted before; reverts for anyone else.
+    function _drawnSigner(
+        bytes32 digest,
+        VerdictSignature calldata verdict,
+        address[] memory drawn,
+        uint256 counted,
+        uint256 i
+    ) private pure returns (uint256 j) {
+        (address signer, , ) = ECDSA.tryRecover(digest, verdict.r, verdict.vs);
+        j = _uncountedIndex(drawn, signer, counted);
+        if (j == drawn.length || signer == address(0)) revert ShardRegistryVerdictNotFromDrawnVerifier(i, signer);
+    }
+
+    function _sum(uint256[] memory values) private pure returns (uint256 total) {
+        for (uint256 k = 0; k < values.length; ++k) total += values[k];
+    }
+
+    /// @dev The index of `signer` among `drawn` not yet marked in `counted`, or drawn.length.
+    function _uncountedIndex(address[] memory drawn, address signer, uint256 counted) private pure returns (uint256 j) {
+        while (j < drawn.length && (drawn[j] != signer || counted & (1 << j) != 0)) ++j;
+    }
+
+    /// @dev Takes `slashBps` of the node's stake and unbonding stake, jails it for good, releases its assignments.
+    function _takeStake(address node) private returns (uint256 amount) {
+        Account storage account = _accounts[node];
+        NodeExtra storage extra = _nodeExtra[node];
+        uint256 fromStake = (uint256(account.stake) * _slashBps) / _BPS;
+        uint256 fromUnbonding = (uint256(extra.unbonding) * _slashBps) / _BPS;
+        account.stake -= uint88(fromStake);
+        extra.unbonding -= uint128(fromUnbonding);
+        account.flags |= _JAILED;
+        _totalStaked -= uint128(fromStake);
+        _totalUnbonding -= uint128(fromUnbonding);
+        uint256[] storage live = _nodeLive[node];
+        while (live.length != 0) {
+            uint256 id = live[live.length - 1];
+            _release(id, _assignments[id - 1]);
+        }
+        amount = fromStake + fromUnbonding;
+    }
+
+    // ---------------------------------------------------------------- internal: helpers
+
+    function _registered(address who) private view returns (Account storage account) {
+        account = _accounts[who];
+        if (account.flags & _REGISTERED == 0) revert ShardRegistryNotRegistered(who);
+    }
+
+    function _model(uint256 modelId) private view returns (ModelRecord storage) {
         if (modelId == 0 || modelId > _models.length) revert ShardRegistryUnknownModel(modelId);
         return _models[modelId - 1];
     }
 
     function _assignment(uint256 assignmentId) private view returns (AssignmentRecord storage) {
-        if (assignmentId == 0 || assignmentId > _assignments.length) {
-            revert ShardRegistryUnknownAssignment(assignmentId);
-        }
+        if (assignmentId == 0 || assignmentId > _assignments.length) revert ShardRegistryUnknownAssignment(assignmentId);
         return _assignments[assignmentId - 1];
     }
 
-    function _job(uint256 jobId) private view returns (JobRecord storage) {
-        if (jobId == 0 || jobId > _jobs.length) revert ShardRegistryUnknownJob(jobId);
-        return _jobs[jobId - 1];
+    function _checkString(string memory field, string calldata value) private pure {
+        if (bytes(value).length > MAX_STRING) revert ShardRegistryStringTooLong(field, bytes(value).length, MAX_STRING);
     }
 
-    /// @dev The job, checked to be routed and coordinated by `account`.
-    function _routedJobOf(uint256 jobId, address account) private view returns (JobRecord storage job) {
-        job = _job(jobId);
-        if (job.status != JobStatus.Routed) revert ShardRegistryInvalidJobStatus(jobId, job.status);
-        if (job.coordinator != account) revert ShardRegistryNotJobCoordinator(jobId, account);
+    function _checkedStake(uint256 stake) private pure returns (uint256) {
+        if (stake > type(uint88).max) revert ShardRegistryAmountTooLarge(stake, type(uint88).max);
+        return stake;
     }
 
-    /// @dev Reverts unless [start, end) is a valid span and `node` is unjailed and holds a live
-    /// assignment of the model that covers it.
-    function _checkHop(uint256 modelId, uint32 numLayers, address node, uint32 start, uint32 end) private view {
-        if (start >= end || end > numLayers) revert ShardRegistryInvalidSpan(start, end, numLayers);
-        if (_nodes[node].jailed) revert ShardRegistryNodeJailed(node);
-        uint256[] storage live = _nodeLive[node];
-        for (uint256 i = 0; i < live.length; ++i) {
-            AssignmentRecord storage a = _assignments[live[i] - 1];
-            if (a.modelId == modelId && a.start <= start && end <= a.end) return;
-        }
-        revert ShardRegistryNodeNotServing(node, start, end);
+    function _take(uint256 wanted, uint256 available) private pure returns (uint256) {
+        return wanted < available ? wanted : available;
     }
 
-    /// @dev Ends an open job with a full refund to its client and frees its routed nodes.
-    function _closeWithRefund(uint256 jobId, JobRecord storage job, JobStatus status) private returns (uint256 refund) {
-        refund = job.escrow;
-        job.status = status;
-        _totalEscrow -= refund;
-        Hop[] storage hops = _hops[jobId];
-        for (uint256 i = 0; i < hops.length; ++i) {
-            _nodes[hops[i].node].openJobs -= 1;
-        }
-        if (refund != 0) _credit(job.client, refund);
-    }
-
+    /// @dev Adds to a claimable balance.
     function _credit(address account, uint256 amount) private {
-        _claimable[account] += amount;
-        _totalClaimable += amount;
+        if (amount == 0) return;
+        uint256 slot;
+        uint256 word;
+        assembly ("memory-safe") {
+            mstore(0, account)
+            mstore(0x20, _accounts.slot)
+            slot := keccak256(0, 0x40)
+            word := sload(slot)
+        }
+        uint256 mask88 = (1 << 88) - 1;
+        uint256 claimableNow = (word & mask88) + amount;
+        if (claimableNow > mask88) revert ShardRegistryAmountTooLarge(claimableNow, mask88);
+        // same layout as in {_payHop}; the TOUCHED flag keeps the slot non-zero after a claim
+        word = (word & ~mask88) | claimableNow | (uint256(_TOUCHED) << 248);
+        assembly ("memory-safe") {
+            sstore(slot, word)
+        }
     }
 
-    /// @dev Swap-and-pop removal of a released assignment from its node's and its model's live lists.
-    function _unlist(AssignmentRecord storage a) private {
+    /// @dev Marks an assignment released and swap-and-pops it out of its node's and its model's live lists.
+    function _release(uint256 assignmentId, AssignmentRecord storage a) private {
+        a.live = false;
         uint256[] storage byNode = _nodeLive[a.node];
         uint256 movedId = byNode[byNode.length - 1];
         byNode[a.nodeIndex] = movedId;
@@ -639,5 +933,6 @@ contract ShardRegistry is IShardRegistry {
         byModel[a.modelIndex] = movedId;
         _assignments[movedId - 1].modelIndex = a.modelIndex;
         byModel.pop();
+        emit ShardReleased(assignmentId, a.node, a.modelId);
     }
 }

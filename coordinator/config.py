@@ -64,10 +64,11 @@ class CoordinatorConfig(ChainSettings):
     load_penalty_s: float = Field(
         0.0, ge=0, description="routing: extra expected latency per session a worker already serves"
     )
-    commit_wait_s: float = Field(
-        20.0, ge=0, description="how long to wait for the hops' commitments on chain before finalizing"
-    )
     max_concurrent_jobs: int = Field(4, ge=1, description="jobs generated at the same time")
+    settle_batch_s: float = Field(
+        0.5, ge=0, description="jobs done within this many seconds of each other are settled in one settleJobs "
+        "transaction (at most 16; less gas per job); 0 settles each job at once",
+    )
 
     # -- verification
     verify_share: float = Field(

@@ -1,8 +1,10 @@
-"""Running one paid job end to end: route on chain, generate through the workers, settle on chain.
+"""Running one paid job end to end (protocol v2): route off chain, generate through the workers, settle on chain.
 
-    prompt held -> Router.route -> assignRoute -> Pipeline (prefill, decode, failover, verification)
-      -> close sessions (workers commit) -> output and layer-tokens saved (settling)
-      -> wait for CommitmentPosted events (bounded) -> finalizeJob(keccak(output), layer-tokens)
+    prompt held -> Router.route (saved, nothing on chain) -> Pipeline (prefill, decode, failover, verification)
+      -> close sessions (each worker answers with its EIP-712 signed commitment for the job)
+      -> commitments checked off chain, saved with the output hash (settling)
+      -> settleJobs([keccak(output), exactly the commitments held]), with the other jobs settling within
+         `settle_batch_s` (coordinator.batching)
 
 Each step moves the job through `coordinator.lifecycle` first, so a restart can finish what was started:
 `finish_settlement` is the same code for a job settled now and one a killed coordinator left settling.
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from eth_utils import keccak
 
+from coordinator.batching import SettlementBatcher
 from coordinator.catalog import ServedModel
 from coordinator.commitments import CommitmentBoard
 from coordinator.hops import JobHops
@@ -32,14 +35,16 @@ from coordinator.lifecycle import TERMINAL, IllegalTransition, JobLifecycle, Job
 from coordinator.pipeline import CheatDetected, Pipeline, PipelineContext
 from coordinator.router import RouteHop
 from coordinator.sampling import Sampler, SamplingParams
-from coordinator.settlement import HopWork, layer_tokens
-from shardnet.chain.registry import JobInfo, JobStatus
+from coordinator.settlement import HopWork, check_commitment, layer_tokens
+from coordinator.state import HopRow
+from shardnet.chain.commitments import SignedCommitment
+from shardnet.chain.registry import JobInfo, JobStatus, Settlement, TxResult
 from shardnet.errors import ShardnetError
 
 log = logging.getLogger(__name__)
 
 MAX_RERUNS = 3
-#: Test hook (tests/coordinator): set to 1 and the coordinator SIGKILLs itself right before sending finalizeJob,
+#: Test hook (tests/coordinator): set to 1 and the coordinator SIGKILLs itself right before sending settleJobs,
 #: so a test can check that a restart finishes the settlement. Never set it in production.
 DIE_BEFORE_FINALIZE_ENV = "SHARDNET_TEST_DIE_BEFORE_FINALIZE"
 
@@ -67,13 +72,13 @@ class JobRunner:
     """Runs jobs for one coordinator account; chain calls run in threads, everything else on the loop."""
 
     def __init__(self, ctx: PipelineContext, lifecycle: JobLifecycle, commitments: CommitmentBoard, *,
-                 commit_wait_s: float) -> None:
+                 settle_batch_s: float = 0.0) -> None:
         self.ctx = ctx
         self.registry = ctx.registry
         self.router = ctx.router
         self.lifecycle = lifecycle
         self.commitments = commitments
-        self.commit_wait_s = commit_wait_s
+        self.batcher = SettlementBatcher(self.finish_settlements, window_s=settle_batch_s)
 
     # -- generating
     async def generate(self, job_id: int, model: ServedModel, job_hops: JobHops, prompt_ids: list[int],
@@ -123,47 +128,80 @@ class JobRunner:
 
     # -- settling
     async def _enter_settling(self, job: JobInfo, job_hops: JobHops, result: GenerationResult, text: str) -> None:
-        """Save what finalizeJob will send (output hash, each hop's layer-tokens), then move to settling."""
+        """Save what settleJobs will send (output hash, each hop's checked signed commitment), then move to settling."""
         max_prompt = int(await asyncio.to_thread(self.registry.max_prompt_tokens))
+        domain = self.ctx.domain
         work = [HopWork(span, job_hops.positions[i]) for i, (_, span) in enumerate(job_hops.hops)]
         tokens = layer_tokens(work, max_tokens=job.max_tokens, max_prompt_tokens=max_prompt)
         directory = self.router.directory
         for i, (node, span) in enumerate(job_hops.hops):
-            cheat = directory.is_excluded(node)  # a cheat is paid nothing, even for the work it committed to
+            signed = job_hops.commitments.get(i)
+            if directory.is_excluded(node):  # a cheat is paid nothing, even for the work it committed to
+                note: str | None = "caught sending wrong outputs: left out of the settlement"
+            elif signed is None:
+                note = "no signed commitment in its close answer (it may post its own)"
+            else:
+                note = check_commitment(signed, job_id=job.job_id, node=node, span=span, domain=domain,
+                                        max_positions=job.max_tokens + max_prompt,
+                                        seen_positions=job_hops.positions[i])
+            if note is not None and job_hops.positions[i] > 0:
+                log.warning("job %d: hop %d (%s, layers %s) is not settled: %s", job.job_id, i, node, span, note)
             self.ctx.state.save_hop(job.job_id, i, node=node.lower(), endpoint=directory.endpoint(node) or "",
                                     span_start=span.start, span_end=span.end, positions=job_hops.positions[i],
-                                    layer_tokens=0 if cheat else tokens[i], commitment=None,
-                                    reason=job_hops.reasons[i])
+                                    layer_tokens=0 if note else tokens[i],
+                                    commitment="0x" + signed.root.hex() if signed else None,
+                                    signed_commitment=json.dumps(signed.to_json()) if signed else None,
+                                    settle_note=note, reason=job_hops.reasons[i])
         self.lifecycle.advance(job.job_id, JobState.SETTLING, output=text, output_tokens=json.dumps(result.tokens),
                                output_hash="0x" + output_hash(text).hex(), finish_reason=result.finish_reason)
 
     async def finish_settlement(self, job_id: int) -> str:
-        """Wait for the commitments, then finalizeJob with what `_enter_settling` saved; returns the tx hash.
+        """settleJobs with exactly the checked signed commitments `_enter_settling` saved; returns the tx hash.
 
         The same for a job settled now and for one a previous run left settling (it reads only the database
         and the chain), so a coordinator killed here pays the workers at its next start.
         """
-        row = self.lifecycle.state.get_job(job_id)
-        if row is None or row.status != JobState.SETTLING or row.output_hash is None:
-            raise IllegalTransition(f"job {job_id} is not settling; nothing to finalize")
-        hops = self.lifecycle.state.hops(job_id)
-        directory = self.router.directory
+        return (await self.finish_settlements([job_id]))[job_id]
 
-        def expected(i: int) -> bool:
-            return (i < len(hops) and hops[i].positions > 0 and not directory.is_down(hops[i].node)
-                    and not directory.is_excluded(hops[i].node))
-
-        committed = await self.commitments.wait(self.registry, job_id, expected, self.commit_wait_s)
-        for h in hops:
-            self.ctx.state.save_hop(job_id, h.hop_index, commitment="committed" if h.hop_index in committed else None)
+    async def finish_settlements(self, job_ids: list[int]) -> dict[int, str]:
+        """Settle several settling jobs in one settleJobs transaction (a restart settles what it finds at once);
+        returns the transaction hash per job."""
+        batch: list[tuple[Settlement, list[tuple[HopRow, SignedCommitment]]]] = []
+        for job_id in job_ids:
+            row = self.lifecycle.state.get_job(job_id)
+            if row is None or row.status != JobState.SETTLING or row.output_hash is None:
+                raise IllegalTransition(f"job {job_id} is not settling; nothing to settle")
+            held = [(h, SignedCommitment.from_json(json.loads(h.signed_commitment)))
+                    for h in self.lifecycle.state.hops(job_id) if h.signed_commitment and not h.settle_note]
+            record = await asyncio.to_thread(self.registry.job_record, job_id)
+            batch.append((Settlement(job_id, record, bytes.fromhex(row.output_hash[2:]), [c for _, c in held]), held))
         if os.environ.get(DIE_BEFORE_FINALIZE_ENV) == "1":
-            log.error("test hook %s: dying before finalizeJob of job %d", DIE_BEFORE_FINALIZE_ENV, job_id)
+            log.error("test hook %s: dying before settleJobs of job %s", DIE_BEFORE_FINALIZE_ENV,
+                      ", ".join(map(str, job_ids)))
             os.kill(os.getpid(), signal.SIGKILL)
-        result = await asyncio.to_thread(self.registry.finalize_job, job_id, bytes.fromhex(row.output_hash[2:]),
-                                         [int(h.layer_tokens or 0) for h in hops])
+        result = await asyncio.to_thread(self.registry.settle_jobs, [s for s, _ in batch])
+        for settlement, held in batch:
+            await self._settled(settlement, held, result)
+        return {job_id: result.tx_hash for job_id in job_ids}
+
+    async def _settled(self, settlement: Settlement, held: list[tuple[HopRow, SignedCommitment]],
+                       result: TxResult) -> None:
+        """Record what a mined settleJobs did with one job: which hops were paid, and the job finalized."""
+        job_id = settlement.job_id
+        settled = [e for e in result.events if e.name == "JobSettled" and int(e.args["jobId"]) == job_id]
+        if not settled:  # the registry skips a job already closed: take the chain's verdict
+            status, _, _ = await asyncio.to_thread(self.registry.job_state, job_id)
+            self.lifecycle.advance(job_id, mirrored_state(status))
+            self.lifecycle.confirmed(job_id)
+            return
+        paid_bits = int(settled[0].args["paidHops"])
+        order = {c.node.lower(): i for i, c in enumerate(settlement.sorted_hops())}
+        for h, c in held:
+            paid = paid_bits >> order[c.node.lower()] & 1
+            self.ctx.state.save_hop(job_id, h.hop_index, settle_note=None if paid else
+                                    "settled but not paid by the registry (posted already, stake, jail or escrow)")
         self.lifecycle.advance(job_id, JobState.FINALIZED, tx_finalize=result.tx_hash)
         self.commitments.forget(job_id)
-        return result.tx_hash
 
     # -- the whole job
     async def run(self, job_id: int, model: ServedModel, prompt: str, params: SamplingParams,
@@ -171,8 +209,10 @@ class JobRunner:
         """Route, generate and settle a job whose prompt matches its on-chain inputHash. Fails it on chain on error."""
         job: JobInfo = await asyncio.to_thread(self.registry.get_job, job_id)
         try:
-            if job.status != JobStatus.Submitted:
-                raise JobError(f"job {job_id} is {job.status.name} on chain, not Submitted; nothing to run")
+            if job.status != JobStatus.Open:
+                raise JobError(f"job {job_id} is {job.status.name} on chain, not Open; nothing to run")
+            if job.coordinator.lower() != self.ctx.account.address.lower():
+                raise JobError(f"job {job_id} names the coordinator {job.coordinator}, not this one")
             text = model.chat_prompt([{"role": "user", "content": prompt}]) if params.chat else prompt
             prompt_ids = model.encode(text)
             max_prompt = int(await asyncio.to_thread(self.registry.max_prompt_tokens))
@@ -185,15 +225,14 @@ class JobRunner:
             hops = [(h.address, h.span) for h in route]
             self.lifecycle.routed(job_id, len(prompt_ids), [(h.address, h.endpoint, h.span.start, h.span.end)
                                                             for h in route])
-            await asyncio.to_thread(self.registry.assign_route, job_id, hops)
-            self.lifecycle.advance(job_id, JobState.GENERATING)
+            self.lifecycle.advance(job_id, JobState.GENERATING)  # no route goes on chain (protocol v2)
             self.commitments.track(job_id)
-            job_hops = JobHops(job_id, self.registry, list(hops))
+            job_hops = JobHops(job_id, list(hops))
             result = await self.generate(job_id, model, job_hops, prompt_ids, job.max_tokens, params, on_token, route)
             text = model.decode(result.tokens)
             await self._enter_settling(job, job_hops, result, text)
-            tx = await self.finish_settlement(job_id)
-            log.info("job %d finalized: %d tokens (%s), %d failovers, %d re-runs, tx %s", job_id,
+            tx = await self.batcher.settle(job_id)  # with the jobs settling now, in one settleJobs
+            log.info("job %d settled: %d tokens (%s), %d failovers, %d re-runs, tx %s", job_id,
                      len(result.tokens), result.finish_reason, len(result.failovers), result.reruns, tx)
             return result
         except Exception as exc:
@@ -215,14 +254,14 @@ class JobRunner:
             if row is not None and JobState(row.status) in TERMINAL:
                 if not row.chain_pending:
                     return
-            elif job.status not in (JobStatus.Submitted, JobStatus.Routed):
+            elif job.status != JobStatus.Open:
                 self.lifecycle.advance(job_id, mirrored_state(job.status))
                 return
             else:
                 self.lifecycle.advance(job_id, JobState.FAILED, error=reason)
-            if job.status in (JobStatus.Submitted, JobStatus.Routed):
-                await asyncio.to_thread(self.registry.fail_job, job_id, reason[:200])
-                log.info("job %d failed on chain (client refunded): %s", job_id, reason)
+            if job.status == JobStatus.Open:
+                await asyncio.to_thread(self.registry.fail_job, job_id, job.record, reason[:200])
+                log.info("job %d failed on chain (client refunded what posted commitments left): %s", job_id, reason)
             self.lifecycle.confirmed(job_id)
         except ShardnetError as exc:
             log.error("job %d: could not fail it on chain: %s", job_id, exc)

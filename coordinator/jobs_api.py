@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from typing import Any
@@ -25,7 +24,7 @@ from coordinator.service import CoordinatorService
 from coordinator.state import JobRow
 from shardnet.chain.errors import ChainError
 from shardnet.client import AUTH_HEADER, output_reader
-from shardnet.errors import ConfigError, ShardnetError
+from shardnet.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +89,13 @@ async def get_job(request: web.Request) -> web.Response:
     if row is None:
         return error(404, f"this coordinator knows no job {job_id}; hand over its prompt first", "not_found")
     view = job_view(service, row, reveal=_reader(request, job_id) == (row.client or "").lower())
-    try:
-        hops = await asyncio.to_thread(service.registry.get_hops, job_id)
-        view["commitments"] = [{"hop": h.index, "node": h.node.lower(), "span": [h.start, h.end],
-                                "commitment": "0x" + h.commitment.hex() if h.committed else None} for h in hops]
-    except ShardnetError as exc:
-        view["commitments"] = None
-        log.debug("job %d: cannot read hops: %s", job_id, exc)
+    posted = service.commitments.posted_by(job_id)
+    view["commitments"] = [
+        {"hop": h.hop_index, "node": h.node, "span": [h.span_start, h.span_end], "commitment": h.commitment,
+         "signed": h.signed_commitment is not None, "settled": h.signed_commitment is not None and not h.settle_note,
+         "posted_by_worker": h.node in posted, "note": h.settle_note}
+        for h in service.state.hops(job_id)
+    ]
     return web.json_response(view)
 
 

@@ -7,15 +7,15 @@ transaction's name is kept in `JobRow.chain_pending` until it is confirmed, so a
 knows exactly what it was doing (`recovery_action`) and repeats it idempotently:
 
     JobSubmitted event ──► submitted ──► prompt ◄── prompt handed over (POST /v1/jobs/{id}/prompt, or an
-                                           │        OpenAI request paid by the coordinator itself)
-                              route chosen │ (write-ahead: assignRoute)
+    (naming this coordinator)              │        OpenAI request paid by the coordinator itself)
+                              route chosen │ (saved; protocol v2 sends nothing on chain for it)
                                            ▼
-                                        routed ──── assignRoute mined ───► generating
-                                                                               │ output known (write-ahead:
-                                                                               ▼ output hash, layer-tokens)
-                            finalized ◄──── finalizeJob mined ──────────── settling ◄─ CommitmentPosted events
-                                                                                         wake the bounded wait
-    any open state ── error, stop, or restart mid-generation ──► failed   (write-ahead: failJob, full refund)
+                                        routed ──── sessions opening ───► generating
+                                                                               │ output known and the workers'
+                                                                               ▼ signed commitments checked
+                            finalized ◄──── settleJobs mined ───────────── settling   (write-ahead: settleJobs)
+    any open state ── error, stop, or restart mid-generation ──► failed   (write-ahead: failJob; the client gets
+                                                                           back what posted commitments left)
     any open state ── JobCancelled event (client, after the deadline) ──► cancelled
 """
 
@@ -42,11 +42,11 @@ log = logging.getLogger(__name__)
 class JobState(enum.StrEnum):
     SUBMITTED = "submitted"  # known from the chain's JobSubmitted; its prompt is not here yet
     PROMPT = "prompt"  # prompt held (hash checked), waiting for a route
-    ROUTED = "routed"  # route chosen and saved; assignRoute sent
-    GENERATING = "generating"  # the route is on chain; tokens are being generated through the workers
-    SETTLING = "settling"  # output and layer-tokens saved; waiting for commitments, then finalizeJob
-    FINALIZED = "finalized"  # finalizeJob mined: workers, coordinator and client paid
-    FAILED = "failed"  # failJob (full refund to the client)
+    ROUTED = "routed"  # route chosen and saved (nothing on chain)
+    GENERATING = "generating"  # tokens are being generated through the workers
+    SETTLING = "settling"  # output hash and the workers' checked signed commitments saved; settleJobs next
+    FINALIZED = "finalized"  # settleJobs mined: workers, coordinator and client paid
+    FAILED = "failed"  # failJob (the client gets back what posted commitments did not take)
     CANCELLED = "cancelled"  # the client cancelled it on chain after its deadline
 
 
@@ -56,7 +56,7 @@ TRANSITIONS: dict[JobState | None, frozenset[JobState]] = {
     None: frozenset({S.SUBMITTED, S.PROMPT}),
     S.SUBMITTED: frozenset({S.PROMPT, S.FAILED, S.CANCELLED}),
     S.PROMPT: frozenset({S.ROUTED, S.FAILED, S.CANCELLED}),
-    S.ROUTED: frozenset({S.GENERATING, S.PROMPT, S.FAILED, S.CANCELLED}),  # -> PROMPT: assignRoute never landed
+    S.ROUTED: frozenset({S.GENERATING, S.PROMPT, S.FAILED, S.CANCELLED}),  # -> PROMPT: no session opened yet
     S.GENERATING: frozenset({S.SETTLING, S.FAILED, S.CANCELLED}),
     S.SETTLING: frozenset({S.FINALIZED, S.FAILED, S.CANCELLED}),
     S.FINALIZED: frozenset(),
@@ -67,7 +67,7 @@ TERMINAL = frozenset({S.FINALIZED, S.FAILED, S.CANCELLED})
 OUTPUT_KNOWN = frozenset({S.SETTLING, S.FINALIZED})
 
 #: The chain transaction each state leads to (kept in `chain_pending` until it is confirmed).
-WRITE_AHEAD = {S.ROUTED: "assignRoute", S.SETTLING: "finalizeJob", S.FAILED: "failJob"}
+WRITE_AHEAD = {S.SETTLING: "settleJobs", S.FAILED: "failJob"}
 
 
 class IllegalTransition(ShardnetError):
@@ -78,17 +78,17 @@ class Recovery(enum.Enum):
     """What a restarted coordinator does with a job it finds in the database (see `recovery_action`)."""
 
     NOTHING = "nothing"  # nothing to do (waiting for its prompt, or already settled)
-    RUN = "run"  # prompt held and the job is still Submitted on chain: run it
-    REROUTE = "reroute"  # the route never reached the chain: back to `prompt`, then run it
+    RUN = "run"  # prompt held and the job is still open on chain: run it
+    REROUTE = "reroute"  # a route was chosen but no session opened: back to `prompt`, then run it
     FAIL = "fail"  # its worker sessions died with the old process: fail it on chain (refund)
     SETTLE = "settle"  # the output was generated and saved: finish the settlement (pay the workers)
     RESEND_FAIL = "resend_fail"  # it was failed here but failJob may not have been mined: send it again
-    MIRROR = "mirror"  # the chain already decided (Finalized / Failed / Cancelled): take its verdict
+    MIRROR = "mirror"  # the chain already decided (Settled / Failed / Cancelled): take its verdict
 
 
 def recovery_action(state: JobState, chain: JobStatus, pending: str | None) -> Recovery:
     """The pure decision a restart makes for one job, from its saved state and its status on chain."""
-    open_on_chain = chain in (JobStatus.Submitted, JobStatus.Routed)
+    open_on_chain = chain == JobStatus.Open
     if state in TERMINAL:
         return Recovery.RESEND_FAIL if state == S.FAILED and pending and open_on_chain else Recovery.NOTHING
     if not open_on_chain:
@@ -96,8 +96,8 @@ def recovery_action(state: JobState, chain: JobStatus, pending: str | None) -> R
     if state == S.SUBMITTED:
         return Recovery.NOTHING
     if state == S.PROMPT:
-        return Recovery.RUN if chain == JobStatus.Submitted else Recovery.FAIL
-    if state == S.ROUTED and chain == JobStatus.Submitted:
+        return Recovery.RUN
+    if state == S.ROUTED:
         return Recovery.REROUTE
     if state == S.SETTLING:
         return Recovery.SETTLE
@@ -106,7 +106,7 @@ def recovery_action(state: JobState, chain: JobStatus, pending: str | None) -> R
 
 def mirrored_state(chain: JobStatus) -> JobState:
     """The local state that matches a job the chain has closed."""
-    return {JobStatus.Finalized: S.FINALIZED, JobStatus.Cancelled: S.CANCELLED}.get(chain, S.FAILED)
+    return {JobStatus.Settled: S.FINALIZED, JobStatus.Cancelled: S.CANCELLED}.get(chain, S.FAILED)
 
 
 def _check(job_id: int, current: str | None, target: JobState) -> None:
@@ -175,7 +175,7 @@ class JobLifecycle:
                 "escrow_wei": str(job.escrow), "deadline": job.deadline or None, "error": None})
 
     def routed(self, job_id: int, prompt_tokens: int, hops: Sequence[tuple[str, str, int, int]]) -> None:
-        """The route is chosen (node, endpoint, start, end per hop): saved before assignRoute is sent."""
+        """The route is chosen (node, endpoint, start, end per hop): saved before any session opens."""
         with self._row(job_id) as (s, row):
             self._move(s, row, job_id, S.ROUTED, {"prompt_tokens": prompt_tokens})
         for i, (node, endpoint, start, end) in enumerate(hops):

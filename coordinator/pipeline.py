@@ -5,15 +5,16 @@ output to hop 1, and so on, so it holds each hop's whole input history with posi
 makes both recoveries cheap and exact:
 
 - Failover: when a step to a worker fails or times out, the worker is marked down, a replacement chain
-  for the same span is chosen by the router (and added on chain with `addHop`), the span's past inputs
+  for the same span is chosen by the router (a new hop of the job, off chain), the span's past inputs
   are replayed into it chunk by chunk with their original positions (so its KV cache is computed exactly
   as the dead worker's was), and the failed step is sent again. The output is identical to a fault-free
   run; the stall is one timeout (or a refused connection) plus the replay.
 - Verification: for a sampled (hop, step), a replica of the same span runs the hop's inputs up to that
   step in a "shadow" session (kept open, so each input is computed once) and the outputs are compared
   within a tolerance (`coordinator.verifier`). On disagreement a third worker referees from scratch; the
-  outlier is slashed on chain, excluded from routing, and, if it was the routed worker, `CheatDetected`
-  tells the caller to run the job again on honest workers.
+  outlier is excluded from routing and its evidence recorded (not slashed on chain: protocol v2 needs
+  verdicts of verifiers the registry draws), and, if it was the routed worker, `CheatDetected` tells the
+  caller to run the job again on honest workers (the cheat's hop is left out of the settlement).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from shardnet.peer.client import StepResult, WorkerClient
 from shardnet.peer.errors import WorkerAPIError
 from shardnet.span import LayerSpan
 from shardnet.wire.commitment import step_hash
+from shardnet.wire.eip712 import Domain
 from shardnet.wire.frames import encode_frame
 from shardnet.wire.tickets import sign_ticket
 
@@ -59,10 +61,10 @@ class GenerationError(ShardnetError):
 
 
 class CheatDetected(ShardnetError):
-    """A routed worker was proven wrong by a referee and slashed: run the job again without it."""
+    """A routed worker was proven wrong by a referee (and excluded): run the job again without it."""
 
     def __init__(self, node: str) -> None:
-        super().__init__(f"worker {node} was caught sending wrong outputs and slashed; re-running on honest workers")
+        super().__init__(f"worker {node} was caught sending wrong outputs (evidence recorded); re-running on honest workers")
         self.node = node
 
 
@@ -72,7 +74,7 @@ class PipelineContext:
 
     account: LocalAccount  # signs the session tickets
     router: Router  # route choice, and (its directory) liveness, load and timings
-    registry: Registry  # addHop (through JobHops) and slash
+    registry: Registry  # reads (the EIP-712 domain); slashing evidence is recorded off chain
     state: CoordinatorState  # steps, verifications and slashes
     step_timeout_s: float = 5.0
     tolerance: Tolerance = field(default_factory=Tolerance)
@@ -81,6 +83,14 @@ class PipelineContext:
     codec: str = "fp32"
     max_failovers: int = 4
     busy_wait_s: float = 30.0  # how long a busy worker (429, 503 full) is waited for when opening a session
+    _domain: Domain | None = None
+
+    @property
+    def domain(self) -> Domain:
+        """The registry's EIP-712 domain (tickets are signed in it), read once."""
+        if self._domain is None:
+            self._domain = self.registry.domain()
+        return self._domain
 
 
 @dataclass(eq=False)
@@ -135,8 +145,12 @@ class Pipeline:
     async def _open_once(self, node: str, endpoint: str, span: LayerSpan, hop_index: int | None) -> OpenSession:
         client = WorkerClient(endpoint, timeout_s=self.ctx.step_timeout_s)
         session_id = uuid.uuid4().hex
-        ticket = sign_ticket(self.ctx.account, worker=node, session_id=session_id, job_id=self.job_hops.job_id,
-                             span=span, expires_at=int(time.time()) + TICKET_TTL_S)
+        domain = self.ctx.domain
+        # a verification session gets a ticket of no job (0): its worker signs no commitment and cannot post one
+        job_id = self.job_hops.job_id if hop_index is not None else 0
+        ticket = sign_ticket(self.ctx.account, worker=node, session_id=session_id, job_id=job_id,
+                             span=span, expires_at=int(time.time()) + TICKET_TTL_S, chain_id=domain.chain_id,
+                             registry=domain.registry)
         try:
             opened = await client.open_session(ticket, self.ctx.codec)
         except BaseException:
@@ -153,7 +167,9 @@ class Pipeline:
         if slot.hop_index is not None:
             self.directory.add_load(slot.node, -1)
         try:
-            await asyncio.wait_for(slot.client.close(slot.session_id), CLOSE_TIMEOUT_S)
+            closed = await asyncio.wait_for(slot.client.close_session(slot.session_id), CLOSE_TIMEOUT_S)
+            if slot.hop_index is not None:  # verification sessions are not hops of the job: never settled
+                self.job_hops.handed(slot.hop_index, closed.job_commitment)
         except (WorkerAPIError, TimeoutError, KeyError, ValueError) as exc:
             log.debug("closing session on %s: %s", slot.endpoint, exc)
         finally:
@@ -348,14 +364,6 @@ class Pipeline:
         slot.shadow = None
         self._extra.append(shadow)
 
-    async def _send_slash(self, node: str, digest: bytes) -> str | None:
-        try:
-            result = await asyncio.to_thread(self.ctx.registry.slash, node, digest, self.job_hops.job_id)
-        except ShardnetError as exc:
-            log.error("job %d: slashing %s failed: %s", self.job_hops.job_id, node, exc)
-            return None
-        return result.tx_hash
-
     async def _slash(self, node: str, slot: OpenSession, k: int, claimed: StepResult, replica: str, replica_res: StepResult,
                      referee: str, referee_res: StepResult, metric: float) -> None:
         pos, x = slot.history[k]
@@ -369,7 +377,12 @@ class Pipeline:
             referee=referee, referee_hash=referee_res.step_hash, metric=min(metric, 1e300),
         )
         digest = evidence_hash(record)
-        self.directory.exclude(node)
-        tx = await self._send_slash(node, digest)
-        self.ctx.state.add_slash(job_id=self.job_hops.job_id, node=node, evidence_hash=digest, evidence=record, tx_hash=tx)
-        log.warning("job %d: slashed %s (evidence 0x%s, tx %s)", self.job_hops.job_id, node, digest.hex(), tx)
+        self.directory.exclude(node)  # routed around now, and left out of the job's settlement (never paid)
+        # Protocol v2 slashes only on evidence the registry checks itself: the accused's signed commitment, a Merkle
+        # proof of the wrong leaf, and Verdicts signed by verifiers the registry draws after the job closes. This
+        # verifier has the first two but no way to gather drawn verifiers' verdicts, so the evidence is recorded
+        # off chain (tx_hash None) and no slash is sent.
+        self.ctx.state.add_slash(job_id=self.job_hops.job_id, node=node, evidence_hash=digest, evidence=record,
+                                 tx_hash=None)
+        log.warning("job %d: caught %s sending wrong outputs (evidence 0x%s recorded off chain; not slashed on "
+                    "chain: no drawn verifiers' verdicts)", self.job_hops.job_id, node, digest.hex())

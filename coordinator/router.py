@@ -115,7 +115,7 @@ def choose_route(
 
 
 def route_spans(route: Sequence[RouteHop]) -> list[tuple[int, int]]:
-    """The (start, end) pairs of a route, as the contract's `assignRoute` takes them."""
+    """The (start, end) pairs of a route (for logs and views)."""
     return [(h.span.start, h.span.end) for h in route]
 
 

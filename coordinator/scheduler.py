@@ -69,8 +69,12 @@ class JobScheduler:
             raise  # the node is down: the caller answers 503, not "no such job"
         except ShardnetError as exc:
             raise PromptRejected(f"job {job_id} does not exist on chain ({exc}); submit it first", 404) from exc
-        if job.status != JobStatus.Submitted:
-            raise PromptRejected(f"job {job_id} is {job.status.name} on chain; only a Submitted job takes a prompt", 409)
+        if job.status != JobStatus.Open:
+            raise PromptRejected(f"job {job_id} is {job.status.name} on chain; only an Open job takes a prompt", 409)
+        if job.coordinator.lower() != self.account.address.lower():
+            raise PromptRejected(
+                f"job {job_id} names the coordinator {job.coordinator}, not this one ({self.account.address}): hand "
+                "its prompt to that coordinator", 409)
         if keccak(prompt.encode("utf-8")) != job.input_hash:
             raise PromptRejected(
                 f"keccak256 of this prompt is not the inputHash of job {job_id} on chain; hand over exactly the "
@@ -85,7 +89,8 @@ class JobScheduler:
     async def submit_own_job(self, model_id: int, prompt: str, max_tokens: int, params: SamplingParams) -> int:
         """For the OpenAI API: pay a job into escrow from the coordinator's own account; returns its id."""
         quote = await asyncio.to_thread(self.registry.quote, model_id, max_tokens)
-        result = await asyncio.to_thread(self.registry.submit_job, model_id, keccak(prompt.encode()), max_tokens, quote)
+        result = await asyncio.to_thread(self.registry.submit_job, model_id, keccak(prompt.encode()), max_tokens,
+                                         self.account.address, quote)  # the job names this coordinator
         job_id = int(result.event("JobSubmitted").args["jobId"])
         job = await asyncio.to_thread(self.registry.get_job, job_id)
         self.lifecycle.take_prompt(job, prompt, params.with_seed().__dict__, source="api")
@@ -116,18 +121,28 @@ class JobScheduler:
                 raise
             return await self.runner.run(job_id, model, row.prompt, params, on_token)
 
-    async def _settle(self, job_id: int) -> None:
+    async def _settle(self, job_ids: list[int]) -> None:
+        """Settle the jobs a previous run left settling, all in one settleJobs (each alone if the batch fails)."""
         async with self._slots:
             try:
-                tx = await self.runner.finish_settlement(job_id)
-                log.info("job %d: settlement finished after the restart, tx %s", job_id, tx)
+                txs = await self.runner.finish_settlements(job_ids)
+                log.info("jobs %s: settlement finished after the restart, tx %s", job_ids, set(txs.values()))
+                return
             except ShardnetError as exc:
-                log.error("job %d: could not finish its settlement: %s", job_id, exc)
-                await self.runner.fail(job_id, f"settlement failed after a restart: {exc}")
+                if len(job_ids) == 1:
+                    log.error("job %d: could not finish its settlement: %s", job_ids[0], exc)
+                    await self.runner.fail(job_ids[0], f"settlement failed after a restart: {exc}")
+                    return
+                log.warning("jobs %s: the batch settlement failed (%s); settling each alone", job_ids, exc)
+        for job_id in job_ids:
+            if (row := self.lifecycle.state.get_job(job_id)) is not None and row.status == JobState.SETTLING:
+                await self._settle([job_id])
 
     # -- restarts and stops
     async def recover(self) -> None:
-        """Replay what a previous run left unfinished (see `coordinator.lifecycle.recovery_action`)."""
+        """Replay what a previous run left unfinished (see `coordinator.lifecycle.recovery_action`); the jobs left
+        settling are settled together in one settleJobs."""
+        to_settle: list[int] = []
         for row in self.lifecycle.needing_recovery():
             try:
                 job = await asyncio.to_thread(self.registry.get_job, row.job_id)
@@ -139,9 +154,7 @@ class JobScheduler:
                     self.lifecycle.advance(row.job_id, JobState.PROMPT)
                     self.schedule(row.job_id)
                 elif action == Recovery.SETTLE:
-                    task = asyncio.ensure_future(self._settle(row.job_id))
-                    task.add_done_callback(_consume)
-                    self.tasks[row.job_id] = task
+                    to_settle.append(row.job_id)
                 elif action in (Recovery.FAIL, Recovery.RESEND_FAIL):
                     await self.runner.fail(row.job_id, "coordinator restarted mid-job; its worker sessions are gone")
                 elif action == Recovery.MIRROR:
@@ -149,6 +162,11 @@ class JobScheduler:
                     self.lifecycle.confirmed(row.job_id)
             except ShardnetError as exc:
                 log.error("job %d: recovery failed: %s", row.job_id, exc)
+        if to_settle:
+            task = asyncio.ensure_future(self._settle(to_settle))
+            task.add_done_callback(_consume)
+            for job_id in to_settle:
+                self.tasks[job_id] = task
 
     async def stop(self) -> None:
         """Cancel the running jobs and fail on chain (full refund now, not at the next start) the ones stopped

@@ -71,7 +71,7 @@ class CoordinatorService:
             tolerance=Tolerance(config.verify_rel_error, config.verify_top_k),
             verify_share=config.verify_share, salt=secrets.token_bytes(16),
         )
-        runner = JobRunner(ctx, self.lifecycle, self.commitments, commit_wait_s=config.commit_wait_s)
+        runner = JobRunner(ctx, self.lifecycle, self.commitments, settle_batch_s=config.settle_batch_s)
         self.jobs = JobScheduler(registry, account, self.lifecycle, runner, self.catalog,
                                  max_concurrent_jobs=config.max_concurrent_jobs)
         self.watcher = EventWatcher(registry, self.engine, f"coordinator:{account.address.lower()}",
@@ -115,6 +115,8 @@ class CoordinatorService:
     def _on_event(self, event: DecodedEvent, session: Session) -> None:
         a = event.args
         if event.name == "JobSubmitted":
+            if str(a["coordinator"]).lower() != self.account.address.lower():
+                return  # bound to another coordinator at submission: not ours to run
             self.lifecycle.on_submitted(session, int(a["jobId"]), {
                 "client": str(a["client"]).lower(), "model_id": int(a["modelId"]),
                 "input_hash": "0x" + bytes(a["inputHash"]).hex(), "max_tokens": int(a["maxTokens"]),
@@ -142,7 +144,7 @@ class CoordinatorService:
         elif event.name == "NodeSlashed":
             self.directory.exclude(a["node"])
         elif event.name == "CommitmentPosted":
-            self.commitments.posted(int(a["jobId"]), int(a["hopIndex"]))
+            self.commitments.posted(int(a["jobId"]), str(a["node"]))
 
     async def _poll_chain(self) -> int:
         self._pending_events = []  # a failed poll rolled its range back: its events come again

@@ -48,7 +48,7 @@ class JobRow(Base):
 
 
 class HopRow(Base):
-    """One on-chain hop of a job (its index in `getHops`), with the work this coordinator saw it do."""
+    """One hop of a job (in the order it joined), the work this coordinator saw it do and its signed commitment."""
 
     __tablename__ = "coordinator_hops"
 
@@ -60,7 +60,9 @@ class HopRow(Base):
     span_end: Mapped[int] = mapped_column(Integer)
     positions: Mapped[int] = mapped_column(Integer, default=0)
     layer_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    commitment: Mapped[str | None] = mapped_column(String(66), nullable=True)
+    commitment: Mapped[str | None] = mapped_column(String(66), nullable=True)  # root it committed to, if any
+    signed_commitment: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON, as the worker signed it
+    settle_note: Mapped[str | None] = mapped_column(String(200), nullable=True)  # why it is left out, if it is
     reason: Mapped[str] = mapped_column(String(16), default="route")  # "route", "failover", "rerun"
 
 

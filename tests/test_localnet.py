@@ -86,7 +86,7 @@ def test_localnet_command_serves_a_paid_job_and_ctrl_c_stops_everything(tmp_path
 
         registry = Registry.from_deployment(Path(deployment.group(1)), dev_account(CLIENT))
         outcome = ShardnetClient(registry).submit("hi", model=int(model_id.group(1)), max_tokens=4, timeout_s=180)
-        assert registry.get_job(outcome.job_id).status == JobStatus.Finalized
+        assert registry.get_job(outcome.job_id).status == JobStatus.Settled
         assert [h["node"].lower() for h in outcome.route] == [dev_account(3 + i).address.lower() for i in range(2)]
 
         launcher.send_signal(signal.SIGINT)

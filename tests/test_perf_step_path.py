@@ -16,6 +16,7 @@ from aiohttp import web
 from eth_account import Account
 from sqlalchemy import select
 
+from shardnet.chain.commitments import SignedCommitment, sign_commitment, verify_commitment
 from shardnet.chain.devnet import DEV_KEYS, free_port
 from shardnet.db import make_engine
 from shardnet.model import load_block
@@ -23,6 +24,7 @@ from shardnet.peer.client import WorkerClient
 from shardnet.span import LayerSpan
 from shardnet.store.manifest import Manifest
 from shardnet.wire.commitment import merkle_root, step_hash
+from shardnet.wire.eip712 import Domain
 from shardnet.wire.frames import encode_frame
 from shardnet.wire.tickets import sign_ticket
 from worker.server import BlockInfo, WorkerServer
@@ -31,6 +33,7 @@ from worker.state import WorkerState, WorkerStepRow
 COORDINATOR = Account.from_key(DEV_KEYS[1])
 WORKER = Account.from_key(DEV_KEYS[3])
 LAST = LayerSpan(2, 4)
+DOMAIN = Domain(31337, "0x" + "ab" * 20)  # tickets and commitments are signed for this (made-up) registry
 
 
 def _durable_hashes(db_file: Path, session_id: str) -> list[bytes]:
@@ -47,6 +50,10 @@ def _durable_hashes(db_file: Path, session_id: str) -> list[bytes]:
         engine.dispose()
 
 
+def _sign(job_id: int, span: LayerSpan, positions: int, steps: int, root: bytes) -> SignedCommitment:
+    return sign_commitment(WORKER, DOMAIN, job_id=job_id, span=span, positions=positions, steps=steps, root=root)
+
+
 def test_each_step_hash_is_durable_when_its_output_arrives_and_hashes_the_bytes_sent(
     tmp_path: Path, tiny_llama_store: tuple[Path, str, Manifest]
 ) -> None:
@@ -57,7 +64,8 @@ def test_each_step_hash_is_durable_when_its_output_arrives_and_hashes_the_bytes_
     db_file = tmp_path / "worker.db"
     state = WorkerState(make_engine(f"sqlite:///{db_file}"), WORKER.address)
     server = WorkerServer(address=WORKER.address, model_name="tiny-llama", model_id=1, block=block, info=info,
-                          is_coordinator=lambda _address: True, state=state)
+                          is_coordinator=lambda _address: True, state=state, chain_id=DOMAIN.chain_id,
+                          registry_address=DOMAIN.registry, signer=_sign)
 
     async def scenario() -> None:
         runner = web.AppRunner(server.app())
@@ -68,7 +76,8 @@ def test_each_step_hash_is_durable_when_its_output_arrives_and_hashes_the_bytes_
             async with WorkerClient(f"http://127.0.0.1:{port}") as client:
                 sid = uuid.uuid4().hex
                 ticket = sign_ticket(COORDINATOR, worker=WORKER.address, session_id=sid, job_id=1, span=LAST,
-                                     expires_at=int(time.time()) + 600)
+                                     expires_at=int(time.time()) + 600, chain_id=DOMAIN.chain_id,
+                                     registry=DOMAIN.registry)
                 await client.open_session(ticket, "fp32")
                 torch.manual_seed(0)
                 x, pos, received = torch.randn(1, 3, block.hidden_size), 0, []
@@ -81,7 +90,15 @@ def test_each_step_hash_is_durable_when_its_output_arrives_and_hashes_the_bytes_
                     assert await asyncio.to_thread(_durable_hashes, db_file, sid) == received
                     pos += int(x.shape[1])
                     x = torch.randn(1, 1, block.hidden_size)
-                assert await client.close(sid) == merkle_root(received)
+                closed = await client.close_session(sid)
+                assert closed.root == merkle_root(received)
+                # the close answer carries the job's signed commitment, stored before it was sent
+                signed = closed.job_commitment
+                assert signed is not None and verify_commitment(signed, DOMAIN, job_id=1)
+                assert (signed.node, signed.span, signed.root, signed.steps, signed.positions) == (
+                    WORKER.address, LAST, merkle_root(received), 4, 3 + 3)
+                stored = WorkerState(make_engine(f"sqlite:///{db_file}"), WORKER.address).job(1)
+                assert stored is not None and stored.signed(WORKER.address) == signed
         finally:
             await runner.cleanup()
 

@@ -95,6 +95,10 @@ class WorkerConfig(ChainSettings):
     step_forward_timeout_s: float = Field(
         60.0, gt=0, description="timeout of a push-mode forward to the next worker"
     )
+    settle_window_s: float = Field(
+        60.0, ge=0, description="seconds after handing a job's signed commitment to its coordinator before this "
+        "worker posts it on chain itself (postCommitment) if the job was not settled with it; 0 posts at once",
+    )
     perturb_outputs: float = Field(
         0.0,
         ge=0,

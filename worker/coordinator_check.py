@@ -8,6 +8,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from shardnet.errors import ShardnetError
+
 log = logging.getLogger(__name__)
 
 
@@ -51,3 +53,19 @@ class CoordinatorCheck:
             else:
                 self._cache.pop(address.lower(), None)
         log.info("coordinator approval cache dropped for %s", address or "every coordinator")
+
+
+class JobCoordinatorCheck:
+    """The coordinator a job names on chain (from its JobSubmitted event), cached; None for a job not on chain."""
+
+    def __init__(self, lookup: Callable[[int], str]) -> None:
+        self._lookup = lookup
+        self._cache: dict[int, str] = {}  # a job's coordinator never changes
+
+    def __call__(self, job_id: int) -> str | None:
+        if job_id not in self._cache:
+            try:
+                self._cache[job_id] = self._lookup(job_id)
+            except ShardnetError:  # no such job (yet), or the chain cannot be read now
+                return None
+        return self._cache[job_id]

@@ -29,7 +29,7 @@ from shardnet.span import LayerSpan
 from shardnet.wire.http_guard import ConnectionGuard
 from worker.chain_sync import ChainSync
 from worker.config import WorkerConfig
-from worker.coordinator_check import CoordinatorCheck
+from worker.coordinator_check import CoordinatorCheck, JobCoordinatorCheck
 from worker.server import BlockInfo, ServerLimits, WorkerServer
 from worker.span_choice import choose_best_span, default_span_length
 from worker.staking import connect, ensure_registered
@@ -202,6 +202,8 @@ class WorkerService:
             node.state,
             poll_interval_s=cfg.poll_interval_s,
             confirmations=cfg.confirmations,
+            settle_window_s=cfg.settle_window_s,
+            domain=node.registry.domain(),
             # a revoked coordinator's tickets are refused at once, not when the approval cache expires
             on_coordinator_set=lambda address, _approved: coordinator_check.forget(address),
         )
@@ -212,11 +214,15 @@ class WorkerService:
             block=node.block,
             info=node.info,
             is_coordinator=coordinator_check,
+            job_coordinator=JobCoordinatorCheck(lambda job_id: node.registry.job_record(job_id).coordinator),
             state=node.state,
             limits=node.limits,
             extra_routes=_shard_routes(cfg.store_dir),
             perturb_outputs=cfg.perturb_outputs,
             on_session_closed=self.sync.wake,
+            chain_id=self.sync.domain.chain_id,
+            registry_address=self.sync.domain.registry,
+            signer=self.sync.sign,
         )
         self._runner: web.AppRunner | None = None
         self._sync_started = False

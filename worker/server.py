@@ -9,6 +9,7 @@ database writes run on another, in order. Errors leave as `{"error": "..."}` wit
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -19,6 +20,7 @@ import aiohttp
 import torch
 from aiohttp import web
 
+from shardnet.chain.commitments import SignedCommitment
 from shardnet.model.adapters import ModelError
 from shardnet.peer.errors import (
     InvalidTensor,
@@ -54,6 +56,9 @@ LOGITS_CODEC = "fp32"  # the last block's logits always travel in full precision
 
 __all__ = ["BlockInfo", "CoordinatorCheck", "ServerLimits", "WorkerServer", "SESSION_TOKEN_HEADER"]
 
+#: Signs a job's commitment: (job_id, span, positions, steps, root) -> the EIP-712 signed commitment.
+CommitmentSigner = Callable[[int, LayerSpan, int, int, bytes], SignedCommitment]
+
 
 class WorkerServer:
     """One worker's sessions behind the HTTP API. Build with `app()`, stop with `drain()` then `shutdown()`."""
@@ -72,6 +77,10 @@ class WorkerServer:
         extra_routes: Iterable[web.AbstractRouteDef] = (),
         perturb_outputs: float = 0.0,
         on_session_closed: Callable[[], None] | None = None,
+        chain_id: int = 0,
+        registry_address: str = "",
+        signer: CommitmentSigner | None = None,
+        job_coordinator: Callable[[int], str | None] | None = None,
     ) -> None:
         self.address = address
         self.model_name = model_name
@@ -84,6 +93,10 @@ class WorkerServer:
         self.draining = False
         self.metrics = WorkerMetrics()
         self._is_coordinator = is_coordinator
+        self.chain_id = chain_id
+        self.registry_address = registry_address
+        self._signer = signer
+        self._job_coordinator = job_coordinator
         self._on_session_closed = on_session_closed
         self._extra_routes = list(extra_routes)
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-compute")
@@ -174,7 +187,9 @@ class WorkerServer:
         )
         loop = asyncio.get_running_loop()
         try:
-            signer = verify_ticket(req.ticket, worker=self.address)
+            signer = verify_ticket(
+                req.ticket, worker=self.address, chain_id=self.chain_id, registry=self.registry_address
+            )
         except TicketError as exc:
             raise TicketRejected(str(exc)) from exc
         job_id = check_job_id(req.ticket["job_id"])
@@ -183,6 +198,14 @@ class WorkerServer:
                 f"ticket is signed by {signer}, which is not an approved coordinator on chain: "
                 "ask the registry owner to approve it with setCoordinator"
             )
+        if job_id and self._job_coordinator is not None:  # job 0: a session outside any job, never paid
+            named = await loop.run_in_executor(None, self._job_coordinator, job_id)
+            if named is None or named.lower() != signer.lower():
+                raise TicketRejected(
+                    f"ticket for job {job_id} is signed by {signer}, but "
+                    + (f"the job names the coordinator {named}" if named else "the job is not on chain")
+                    + ": only the job's own coordinator can hand out its sessions"
+                )
         span = LayerSpan(*req.ticket["span"])
         if span != self.info.span:
             raise InvalidTensor(
@@ -207,7 +230,8 @@ class WorkerServer:
         if self.state is not None:
             try:
                 await loop.run_in_executor(
-                    self._db, self.state.session_opened, session_id, job_id, signer, span.start, span.end
+                    self._db, self.state.session_opened, session_id, session.job_id, signer, span.start, span.end,
+                    json.dumps(req.ticket),
                 )
             except BaseException:  # not recorded: the session must not stay open (nor its memory held)
                 self.sessions.close(session_id, "failed")
@@ -266,9 +290,27 @@ class WorkerServer:
         async with session.lock:  # let a step in flight finish first
             if not session.closed:
                 self.sessions.close(session.session_id, "closed")
-        return web.json_response(
-            {"steps": session.steps, "commitment": "0x" + merkle_root(session.step_hashes).hex()}
-        )
+        body: dict[str, Any] = {"steps": session.steps, "commitment": "0x" + merkle_root(session.step_hashes).hex()}
+        if self._signer is not None and session.job_id and session.steps:  # job 0: no job, nothing to be paid
+            # signed and stored (after the close queued above, on the same database thread) before it leaves
+            signed = await asyncio.get_running_loop().run_in_executor(self._db, self._sign_job, session)
+            if signed is not None:
+                body["job_commitment"] = signed.to_json()
+        return web.json_response(body)
+
+    def _sign_job(self, session: Session, handed_at: float | None = None) -> SignedCommitment | None:
+        """The job's signed commitment over every session of it on this worker (stored first when there is a
+        database); None when nothing was computed for it."""
+        assert self._signer is not None and session.job_id
+        if self.state is None:
+            return self._signer(session.job_id, self.info.span, session.length, session.steps,
+                                merkle_root(session.step_hashes))
+        work = self.state.job_work(session.job_id)
+        if work is None:
+            return None
+        signed = self._signer(work.job_id, work.span, work.positions, len(work.step_hashes), work.root)
+        self.state.save_commitment(signed, work.ticket, time.time() if handed_at is None else handed_at)
+        return signed
 
     async def health(self, _request: web.Request) -> web.Response:
         return web.json_response(
@@ -356,7 +398,7 @@ class WorkerServer:
         digest = step_hash(frame)
         if self.state is not None:
             # recorded before the output leaves: a crash can never lose a step the commitment must cover
-            self.state.step_recorded(session.session_id, index, digest)
+            self.state.step_recorded(session.session_id, index, digest, int(x.shape[1]))
         return frame, digest
 
     async def _forward(self, session: Session, frame: bytes, digest: bytes, start_pos: int) -> web.Response:
@@ -376,6 +418,9 @@ class WorkerServer:
         if self.state is not None:
             root = merkle_root(session.step_hashes) if session.step_hashes else None
             self._db_write(self.state.session_closed, session.session_id, reason, session.steps, root)
+            if reason != "closed" and self._signer is not None and session.job_id and session.steps:
+                # nobody asked for it (expired, drained, evicted, failed): sign it now, due for posting at once
+                self._db_write(self._sign_job, session, 0.0)
         if self._on_session_closed is not None:
             self._db_write(self._on_session_closed)
 

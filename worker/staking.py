@@ -104,11 +104,12 @@ class Standing:
             f"address      {self.address}",
             f"wallet       {eth(self.wallet)}",
             f"registered   {n.registered}" + (f" at {n.endpoint}" if n.registered else ""),
-            f"stake        {eth(n.stake)}" + ("  JAILED: add stake to lift it" if n.jailed else ""),
+            f"stake        {eth(n.stake)}"
+            + ("  JAILED for good: slashed; this address can never serve again" if n.jailed else ""),
             f"unbonding    {eth(n.unbonding)}"
             + (f" withdrawable from {utc(n.unbonding_until)}" if n.unbonding else ""),
             f"claimable    {eth(self.claimable)}",
-            f"open jobs    {n.open_jobs}",
+            f"bonded until {utc(n.bonded_until) if n.bonded_until else '-'} (dispute window after its last paid hop)",
             f"assignments  {len(self.assignments)} live",
         ]
         out += [

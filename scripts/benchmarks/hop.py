@@ -32,6 +32,7 @@ def hop_overhead(steps: int, work_dir: Path) -> dict[str, float]:
     from shardnet.chain.devnet import DEV_KEYS, free_port
     from shardnet.db import make_engine
     from shardnet.peer.client import WorkerClient
+    from shardnet.wire.eip712 import Domain
     from shardnet.wire.tickets import sign_ticket
     from worker.server import BlockInfo, WorkerServer
     from worker.state import WorkerState
@@ -55,6 +56,7 @@ def hop_overhead(steps: int, work_dir: Path) -> dict[str, float]:
 
     coordinator = Account.from_key(DEV_KEYS[1])
     worker = Account.from_key(DEV_KEYS[3])
+    domain = Domain(31337, "0x" + "00" * 19 + "01")  # no chain: tickets are signed for a made-up registry
 
     async def one(kind: str, width: int, is_last: bool) -> float:
         span = LayerSpan(20, 30) if is_last else LayerSpan(10, 20)
@@ -76,6 +78,8 @@ def hop_overhead(steps: int, work_dir: Path) -> dict[str, float]:
             info=info,
             is_coordinator=lambda _a: True,
             state=state,
+            chain_id=domain.chain_id,
+            registry_address=domain.registry,
         )
         runner = web.AppRunner(server.app())
         await runner.setup()
@@ -91,6 +95,8 @@ def hop_overhead(steps: int, work_dir: Path) -> dict[str, float]:
                     job_id=1,
                     span=span,
                     expires_at=int(time.time()) + 600,
+                    chain_id=domain.chain_id,
+                    registry=domain.registry,
                 )
                 await client.open_session(ticket, "fp32")
                 x = torch.randn(1, 1, 576)

@@ -41,7 +41,7 @@ async def _scrape(url: str) -> str:
         return await resp.text()
 
 
-async def measure(urls: list[str], addresses: list[str], coordinator: Any, tokens: int) -> dict[str, float]:
+async def measure(urls: list[str], addresses: list[str], coordinator: Any, tokens: int, domain: Any) -> dict[str, float]:
     from shardnet.wire.tickets import sign_ticket
 
     clients = [WorkerClient(u) for u in urls]
@@ -54,6 +54,8 @@ async def measure(urls: list[str], addresses: list[str], coordinator: Any, token
             job_id=0,
             span=SPANS[i],
             expires_at=int(time.time()) + 3600,
+            chain_id=domain.chain_id,
+            registry=domain.registry,
         )
 
     async def compute_s() -> float:
@@ -148,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
         for worker in workers:
             worker.wait_healthy(300)
         addresses = [net.address(FIRST_WORKER + i) for i in range(len(SPANS))]
-        figures = asyncio.run(measure([w.url for w in workers], addresses, coordinator, args.tokens))
+        figures = asyncio.run(measure([w.url for w in workers], addresses, coordinator, args.tokens,
+                                      net.owner.domain()))
     print(
         f"\nSmolLM2-135M, 3 workers x 10 layers, {args.threads} thread(s) each, {args.tokens} tokens, loopback"
     )

@@ -15,6 +15,8 @@ import hashlib
 import json
 import logging
 import os
+import posixpath
+import re
 import shutil
 import stat
 import sys
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 
 SOLC_VERSION = "0.8.37"
 #: Compiler settings of every artifact (also used by hardhat.config.js): keep the two in step.
-SETTINGS: dict[str, Any] = {"evmVersion": "cancun", "optimizer": {"enabled": True, "runs": 200}}
+SETTINGS: dict[str, Any] = {"evmVersion": "cancun", "optimizer": {"enabled": True, "runs": 200}, "viaIR": True}
 _OUTPUT_SELECTION = {"*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"]}}
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -121,11 +123,39 @@ def solc_binary(repo_root: str | os.PathLike[str] | None = None) -> Iterator[Pat
         yield wrapper
 
 
+_IMPORT = re.compile(r"""^\s*import\s+(?:[^"';]*\s+from\s+)?["']([^"']+)["']""", re.MULTILINE)
+
+
+def resolve_imports(sources: dict[str, str], repo_root: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """``sources`` plus every file they import, transitively: relative imports (``./X.sol``) beside the importer,
+    package imports (``@openzeppelin/contracts/...``) from ``node_modules/``. Raises CompileError for a missing one."""
+    root = _root(repo_root)
+    resolved = dict(sources)
+    pending = list(sources)
+    while pending:
+        name = pending.pop()
+        for target in _IMPORT.findall(resolved[name]):
+            key = posixpath.normpath(posixpath.join(posixpath.dirname(name), target)) if target.startswith(".") else target
+            if key in resolved:
+                continue
+            path = root / key if target.startswith(".") and not name.startswith("@") else root / "node_modules" / key
+            if not path.is_file():
+                raise CompileError(
+                    f"{name} imports {target!r}, not found at {path}: run `npm install` in {root} "
+                    "(it brings @openzeppelin/contracts into node_modules)"
+                )
+            resolved[key] = path.read_text()
+            pending.append(key)
+    return resolved
+
+
 def compile_standard_json(sources: dict[str, str], repo_root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Compile ``{source name: Solidity text}`` with the project's settings; return solc's standard-JSON output.
 
-    Every import must be among ``sources`` (no import callback). Raises CompileError on a compiler error.
+    Imports are resolved first (``resolve_imports``: relative ones beside their importer, packages from
+    ``node_modules``). Raises CompileError on a missing import or a compiler error.
     """
+    sources = resolve_imports(sources, repo_root)
     std_input = {
         "language": "Solidity",
         "sources": {name: {"content": text} for name, text in sorted(sources.items())},
@@ -154,8 +184,8 @@ def build_artifacts(repo_root: str | os.PathLike[str] | None = None) -> dict[str
     for source_name, contracts in sorted(output.get("contracts", {}).items()):
         for name, data in sorted(contracts.items()):
             bytecode = data["evm"]["bytecode"]["object"]
-            if not bytecode:  # interfaces and abstract contracts
-                continue
+            if not bytecode or not data["abi"] or source_name not in sources:
+                continue  # interfaces, abstract contracts, internal libraries, imported packages
             artifacts[name] = {
                 "contractName": name,
                 "sourceName": source_name,

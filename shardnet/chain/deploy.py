@@ -103,7 +103,8 @@ def deploy_registry(
     if len(inputs) != len(args):
         raise ChainError(
             f"the {art.name} constructor takes {len(inputs)} arguments, shardnet passes {len(args)} "
-            "(minStake, unbondingPeriod, jobTimeout, coordinatorFeeBps, slashBps, maxPromptTokens): "
+            "(minStake, unbondingPeriod, jobTimeout, coordinatorFeeBps, slashBps, maxPromptTokens, approvalDelay, "
+            "disputeWindow, protocolFeeBps): "
             "the artifact and this version of shardnet disagree; run `shardnet compile`"
         )
     data = art.bytecode + abi_encode([_canonical_type(p) for p in inputs], args).hex()

@@ -7,7 +7,7 @@ are committed in one database transaction, the session passed to the handlers: a
 handler rolls everything back and the range is handled again on the next poll, never half. Handlers
 that act outside the database (sending transactions) must be idempotent by on-chain ids.
 
-    watcher = EventWatcher(registry, engine, "worker", {"JobRouted": on_routed}, confirmations=1)
+    watcher = EventWatcher(registry, engine, "worker", {"JobSettled": on_settled}, confirmations=1)
     threading.Thread(target=watcher.run_forever, args=(stop_event,)).start()
 """
 

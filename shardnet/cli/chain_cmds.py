@@ -282,7 +282,7 @@ def cmd_chain_status(args: argparse.Namespace) -> int:
         flags = ("jailed " if n.jailed else "") + ("" if n.registered else "left ")
         print(
             f"  {address} {n.endpoint} stake {_ether(n.stake)} unbonding {_ether(n.unbonding)} "
-            f"assignments {n.live_assignments} open jobs {n.open_jobs} {flags}".rstrip()
+            f"assignments {n.live_assignments} bonded until {n.bonded_until} {flags}".rstrip()
         )
     count = registry.model_count()
     print(f"models ({count}):")
@@ -299,7 +299,7 @@ def cmd_chain_status(args: argparse.Namespace) -> int:
         print(f"  #{job_id} {j.status.name.lower()} model {j.model_id} escrow {_ether(j.escrow)} client {j.client}")
     print(
         f"totals: staked {_ether(registry.total_staked())}, unbonding {_ether(registry.total_unbonding())}, "
-        f"escrow {_ether(registry.total_escrow())}, claimable {_ether(registry.total_claimable())}, "
+        f"open escrow {_ether(registry.open_escrow())}, claimable {_ether(registry.total_claimable())}, "
         f"fees {_ether(registry.protocol_fees())}, balance {_ether(registry.balance())}"
     )
     return 0

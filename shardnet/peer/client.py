@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import torch
 
+from shardnet.chain.commitments import SignedCommitment
 from shardnet.peer.errors import WorkerAPIError, WorkerUnreachable, error_for_status
 from shardnet.wire.frames import decode_frame, encode_frame
 from shardnet.wire.json_limits import BodyRejected, loads_limited
@@ -36,6 +37,15 @@ class StepResult:
     step_hash: bytes  # of the response body (the last hop's output in push mode)
     step_index: int
     hop_hashes: list[bytes]  # push mode: one per hop, in route order; else [step_hash]
+
+
+@dataclass(frozen=True)
+class ClosedSession:
+    """A worker's answer to closing a session."""
+
+    steps: int
+    root: bytes  # Merkle root of this session's step hashes
+    job_commitment: SignedCommitment | None  # the worker's signed commitment for the whole job, if it signs
 
 
 class WorkerClient:
@@ -145,11 +155,20 @@ class WorkerClient:
 
     async def close(self, session_id: str) -> bytes:
         """Close the session; returns its commitment (the Merkle root of its step hashes)."""
+        return (await self.close_session(session_id)).root
+
+    async def close_session(self, session_id: str) -> ClosedSession:
+        """Close the session; returns its root and the worker's signed commitment for the job (protocol v2)."""
         _, body = await self._request("DELETE", f"/v1/sessions/{session_id}", headers=self._auth(session_id))
         self._tokens.pop(session_id, None)
+        data = _answer(body, self.url)
+        signed = data.get("job_commitment")
         try:
-            return bytes.fromhex(str(_answer(body, self.url)["commitment"]).removeprefix("0x"))
-        except (KeyError, ValueError) as exc:
+            return ClosedSession(
+                int(data["steps"]), bytes.fromhex(str(data["commitment"]).removeprefix("0x")),
+                SignedCommitment.from_json(signed) if isinstance(signed, dict) else None,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
             raise WorkerAPIError(
                 f"worker answered a close without a valid commitment ({exc})", status=502, url=self.url
             ) from exc

@@ -1,30 +1,31 @@
 """Session tickets: a coordinator's signed permission for a worker to open one inference session.
 
-A ticket is the canonical JSON (sorted keys, no spaces) of these fields, signed with EIP-191
-(``personal_sign``) by the coordinator's key::
+A ticket is a JSON object of these fields::
 
-    {"format": "shardnet-ticket/1", "worker": "0xChecksum…", "session_id": "…", "job_id": 7,
-     "span": [0, 10], "expires_at": 1767225600}
+    {"format": "shardnet-ticket/2", "worker": "0xChecksum…", "session_id": "…", "job_id": 7,
+     "span": [0, 10], "expires_at": 1767225600, "signature": "0x<r><vs>"}
 
-The ``signature`` (0x-hex) is added beside those fields. ``verify_ticket`` recovers the signer; the
-worker then checks on chain that the signer is a registered coordinator.
+The signature is the coordinator's EIP-712 signature (compact, EIP-2098) over the struct
+``Ticket(address worker,string sessionId,uint256 jobId,uint32 start,uint32 end,uint64 expiresAt)`` in the
+registry's domain (chain id + registry address, see ``shardnet.wire.eip712``), so a ticket for one deployment
+never verifies on another. ``verify_ticket`` recovers the signer; the worker then checks on chain that the
+signer is the job's coordinator. The registry checks the same signature when a worker posts its own commitment
+(``ticket_proof`` gives the contract's TicketProof).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
-from eth_account import Account
-from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 from eth_utils import is_address, to_checksum_address
 
 from shardnet.errors import ShardnetError
 from shardnet.span import LayerSpan
+from shardnet.wire.eip712 import CompactSignature, Domain, recover_struct, sign_struct
 
-TICKET_FORMAT = "shardnet-ticket/1"
+TICKET_FORMAT = "shardnet-ticket/2"
 _FIELDS = ("format", "worker", "session_id", "job_id", "span", "expires_at")
 
 
@@ -32,8 +33,12 @@ class TicketError(ShardnetError):
     """A session ticket is malformed, not signed by its signer, meant for another worker, or expired."""
 
 
-def _canonical(fields: dict[str, Any]) -> bytes:
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+def _message(fields: dict[str, Any]) -> dict[str, Any]:
+    start, end = fields["span"]
+    return {
+        "worker": fields["worker"], "sessionId": fields["session_id"], "jobId": fields["job_id"],
+        "start": start, "end": end, "expiresAt": fields["expires_at"],
+    }
 
 
 def _span_list(span: LayerSpan | tuple[int, int] | list[int]) -> list[int]:
@@ -52,8 +57,11 @@ def sign_ticket(
     job_id: int,
     span: LayerSpan | tuple[int, int] | list[int],
     expires_at: int,
+    chain_id: int,
+    registry: str,
 ) -> dict[str, Any]:
-    """A ticket for ``worker`` to serve ``span`` in session ``session_id`` of job ``job_id`` until ``expires_at``."""
+    """A ticket for ``worker`` to serve ``span`` in session ``session_id`` of job ``job_id`` until ``expires_at``,
+    valid only for the registry at ``registry`` on chain ``chain_id``."""
     if not is_address(worker):
         raise TicketError(f"worker {worker!r} is not an Ethereum address")
     fields: dict[str, Any] = {
@@ -64,8 +72,8 @@ def sign_ticket(
         "span": _span_list(span),
         "expires_at": int(expires_at),
     }
-    signed = account.sign_message(encode_defunct(primitive=_canonical(fields)))
-    return {**fields, "signature": "0x" + bytes(signed.signature).hex()}
+    signature = sign_struct(account, Domain(chain_id, registry), "Ticket", _message(fields))
+    return {**fields, "signature": signature.hex()}
 
 
 def ticket_span(ticket: dict[str, Any]) -> LayerSpan:
@@ -106,23 +114,38 @@ def _check_shape(ticket: object) -> dict[str, Any]:
     return ticket
 
 
+def ticket_proof(ticket: dict[str, Any]) -> tuple[str, int, bytes, bytes]:
+    """The contract's TicketProof tuple (sessionId, expiresAt, r, vs) of a ticket."""
+    t = _check_shape(ticket)
+    signature = CompactSignature.from_hex(t["signature"])
+    return t["session_id"], t["expires_at"], signature.r, signature.vs
+
+
 def verify_ticket(
-    ticket: dict[str, Any], *, worker: str, now: float | None = None, expected_signer: str | None = None
+    ticket: dict[str, Any],
+    *,
+    worker: str,
+    chain_id: int,
+    registry: str,
+    now: float | None = None,
+    expected_signer: str | None = None,
 ) -> str:
     """Check ``ticket`` for ``worker`` and return the checksum address of its signer.
 
     Raises ``TicketError`` when the ticket is malformed, its signature does not recover, it names
     another worker, or it expired (``expires_at`` < ``now``, default the current time). A ticket whose
     fields were altered still recovers, to some other address: the caller must check that the signer
-    is a coordinator (on chain), or pass ``expected_signer`` to have it checked here.
+    is a coordinator (on chain), or pass ``expected_signer`` to have it checked here. A ticket signed for another
+    chain or registry recovers to another address too.
     """
     t = _check_shape(ticket)
     fields = {k: t[k] for k in _FIELDS}
+    if not is_address(t["worker"]):
+        raise TicketError(f"ticket worker {t['worker']!r} is not an Ethereum address")
     try:
-        signer = Account.recover_message(
-            encode_defunct(primitive=_canonical(fields)), signature=t["signature"]
-        )
-    except Exception as exc:  # eth-account raises several types for a bad signature
+        signature = CompactSignature.from_hex(t["signature"])
+        signer = recover_struct(Domain(chain_id, registry), "Ticket", _message(fields), signature)
+    except ValueError as exc:
         raise TicketError(
             f"ticket signature is invalid ({exc}); ask the coordinator for a new ticket"
         ) from exc

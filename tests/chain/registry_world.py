@@ -1,7 +1,8 @@
 """Shared set-up of the ShardRegistry contract tests (tests/chain/test_registry_*.py).
 
 A `World` is the test registry of the `deployment` fixture (reverted after each test) with a coordinator,
-three staked nodes, a 4-layer model and live shards: node1 serves [0,2), node2 [2,4), node3 [0,4).
+three staked nodes, a 4-layer model and live shards: node1 serves [0,2), node2 [2,4), node3 [0,4). Jobs name
+the owner as their coordinator; nodes sign real EIP-712 commitments (`commit`) that the owner settles (`settle`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
+from shardnet.chain.commitments import SignedCommitment, sign_commitment
 from shardnet.chain.errors import ContractRevert
-from shardnet.chain.registry import Registry
+from shardnet.chain.registry import JobRecord, Registry, Settlement
 from shardnet.span import LayerSpan
+from shardnet.wire.commitment import merkle_root, step_hash
+from shardnet.wire.eip712 import Domain
 from tests.fixtures_chain import TEST_PARAMS, DevChain
 
 ETHER = 10**18
@@ -27,6 +31,13 @@ MAX_TOKENS = 8
 MIN_STAKE = TEST_PARAMS.min_stake
 INPUT = keccak(text="hello")
 OUTPUT = keccak(text="world")
+STEPS = 5
+POSITIONS = 6  # a 1-token prompt and 5 generated tokens: well under maxTokens + maxPromptTokens
+
+
+def leaves(tag: str, steps: int = STEPS) -> list[bytes]:
+    """The step hashes a node commits to (distinct per tag)."""
+    return [step_hash(f"{tag} step {i}".encode()) for i in range(steps)]
 
 
 @contextmanager
@@ -40,8 +51,7 @@ def reverts(error: str, **args: Any) -> Iterator[pytest.ExceptionInfo[ContractRe
 
 def assert_solvent(reg: Registry) -> None:
     """The contract's invariant: its balance is exactly what it owes."""
-    owed = reg.total_staked() + reg.total_unbonding() + reg.total_escrow() + reg.total_claimable() + reg.protocol_fees()
-    assert reg.balance() == owed
+    assert reg.balance() == reg.liabilities()
 
 
 @dataclass
@@ -97,16 +107,45 @@ class World:
     def quote(self, max_tokens: int = MAX_TOKENS) -> int:
         return self.gov.quote(self.model_id, max_tokens)
 
-    def submit(self, value: int | None = None, max_tokens: int = MAX_TOKENS) -> int:
+    def submit(self, value: int | None = None, max_tokens: int = MAX_TOKENS, coordinator: LocalAccount | None = None) -> int:
         value = self.quote(max_tokens) if value is None else value
-        result = self.reg(self.client).submit_job(self.model_id, INPUT, max_tokens, value)
+        who = (coordinator or self.owner).address
+        result = self.reg(self.client).submit_job(self.model_id, INPUT, max_tokens, who, value)
         return int(result.event("JobSubmitted").args["jobId"])
 
-    def routed_job(self, value: int | None = None) -> int:
-        """A job submitted by the client and routed node1 [0,2) -> node2 [2,4) by the owner."""
-        job_id = self.submit(value)
-        self.gov.assign_route(job_id, [(self.node1.address, LayerSpan(0, 2)), (self.node2.address, LayerSpan(2, 4))])
-        return job_id
+    def record(self, job_id: int) -> JobRecord:
+        return self.gov.job_record(job_id)
+
+    @property
+    def domain(self) -> Domain:
+        return Domain(int(self.chain.rpc("eth_chainId"), 16), self.gov.address)
+
+    def shard_of(self, node: LocalAccount) -> int:
+        return {self.node1.address: self.shard1, self.node2.address: self.shard2, self.node3.address: self.shard3}[node.address]
+
+    def commit(
+        self, node: LocalAccount, job_id: int, span: LayerSpan, positions: int = POSITIONS, *,
+        tag: str | None = None, steps: int = STEPS,
+    ) -> SignedCommitment:
+        """`node`'s real EIP-712 signed commitment for `span` of `job_id`."""
+        root = merkle_root(leaves(tag or f"{job_id}/{node.address}/{span}", steps))
+        return sign_commitment(
+            node, self.domain, job_id=job_id, span=span, positions=positions, steps=steps, root=root
+        )
+
+    def route(self, job_id: int) -> list[SignedCommitment]:
+        """The commitments of node1 [0,2) and node2 [2,4) for a job."""
+        return [self.commit(self.node1, job_id, LayerSpan(0, 2)), self.commit(self.node2, job_id, LayerSpan(2, 4))]
+
+    def settle(
+        self, job_id: int, hops: list[SignedCommitment] | None = None, coordinator: LocalAccount | None = None
+    ) -> Any:
+        hops = self.route(job_id) if hops is None else hops
+        reg = self.reg(coordinator or self.owner)
+        return reg.settle_jobs([Settlement(job_id, self.record(job_id), OUTPUT, hops)])
+
+    def pay_of(self, positions: int = POSITIONS, layers: int = 2) -> int:
+        return positions * layers * PRICE
 
     def balance_of(self, address: str) -> int:
         return int(self.chain.rpc("eth_getBalance", address, "latest"), 16)

@@ -13,17 +13,19 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
 from shardnet.chain.artifacts import load_artifact
+from shardnet.chain.commitments import sign_commitment
 from shardnet.chain.errors import ChainError, ContractRevert, RevertDecoder, revert_data_from_rpc_error
 from shardnet.chain.registry import (
     AssignmentInfo,
-    HopInfo,
     JobStatus,
     ModelInfo,
     NodeInfo,
     Registry,
     RegistryParams,
+    Settlement,
 )
 from shardnet.span import LayerSpan
+from shardnet.wire.commitment import merkle_root, step_hash
 
 ETHER = 10**18
 PRICE = 1_000
@@ -52,34 +54,33 @@ def run_core_flow(registry_for: Callable[[LocalAccount | None], Registry], accou
 
     max_tokens = 8
     price = cli.quote(model_id, max_tokens)
-    job_id = cli.submit_job(model_id, keccak(text="hello"), max_tokens, price).event("JobSubmitted").args["jobId"]
+    submitted = cli.submit_job(model_id, keccak(text="hello"), max_tokens, owner.address, price)
+    job_id = submitted.event("JobSubmitted").args["jobId"]
     job = cli.get_job(job_id)
-    assert (job.client, job.status, job.escrow, job.input_hash) == (client.address, JobStatus.Submitted, price, keccak(text="hello"))
+    assert (job.client, job.coordinator, job.status, job.escrow, job.input_hash) == (
+        client.address, owner.address, JobStatus.Open, price, keccak(text="hello"))
 
-    routed = gov.assign_route(job_id, [(node_a.address, LayerSpan(0, 2)), (node_b.address, LayerSpan(2, 4))])
-    assert routed.event("JobRouted").args["nodes"] == [node_a.address, node_b.address]
-    reg_a.post_commitment(job_id, b"\x11" * 32)
-    reg_b.post_commitment(job_id, "0x" + "22" * 32)
-    hops = gov.get_hops(job_id)
-    assert hops == [
-        HopInfo(0, node_a.address, 0, 2, b"\x11" * 32),
-        HopInfo(1, node_b.address, 2, 4, b"\x22" * 32),
+    domain = gov.domain()
+    assert (domain.chain_id, domain.registry) == (int(gov.w3.eth.chain_id), gov.address)
+    hops = [
+        sign_commitment(node, domain, job_id=job_id, span=span, positions=10, steps=3,
+                        root=merkle_root([step_hash(f"{node.address} {i}".encode()) for i in range(3)]))
+        for node, span in ((node_a, LayerSpan(0, 2)), (node_b, LayerSpan(2, 4)))
     ]
-    assert all(h.committed for h in hops) and hops[1].span == LayerSpan(2, 4)
-
-    layer_tokens = [2 * 10, 2 * 10]
-    fin = gov.finalize_job(job_id, keccak(text="world"), layer_tokens).event("JobFinalized")
-    paid = sum(layer_tokens) * PRICE
-    assert fin.args["paidToNodes"] == paid
+    settled = gov.settle_jobs([Settlement(job_id, job.record, keccak(text="world"), hops)])
+    fin = settled.event("JobSettled")
+    paid = 2 * 2 * 10 * PRICE
+    assert (fin.args["paidToNodes"], fin.args["paidHops"]) == (paid, 0b11)
     assert fin.args["paidToNodes"] + fin.args["coordinatorFee"] + fin.args["refund"] == price
-    assert gov.get_job(job_id).status == JobStatus.Finalized
+    assert gov.get_job(job_id).status == JobStatus.Settled
+    (read_back,) = gov.settlements_in(settled.tx_hash)
+    assert read_back.sorted_hops() == hops and read_back.job == job.record
 
     assert reg_a.claimable(node_a.address) == 20 * PRICE
     claimed = reg_a.claim().event("Claimed")
     assert claimed.args == {"account": node_a.address, "amount": 20 * PRICE}
     assert reg_a.claimable(node_a.address) == 0
-    totals = gov.total_staked() + gov.total_unbonding() + gov.total_escrow() + gov.total_claimable() + gov.protocol_fees()
-    assert gov.balance() == totals
+    assert gov.balance() == gov.liabilities()
     return {"model_id": model_id, "job_id": job_id}
 
 
@@ -88,12 +89,12 @@ def test_core_flow_on_anvil(registry_for: Callable[[LocalAccount | None], Regist
 
 
 def test_params_and_views_are_typed(registry: Registry, accounts: list[LocalAccount]) -> None:
-    assert registry.params() == RegistryParams(10**18, 60, 600, 500, 5000, 512)
+    assert registry.params() == RegistryParams(10**18, 60, 600, 500, 5000, 512, 0, 60, 0)
     assert registry.owner() == accounts[0].address
     assert registry.model_count() == 0 and registry.job_count() == 0
     node = registry.get_node(accounts[5].address)
     assert node == NodeInfo(accounts[5].address, "", 0, 0, 0, 0, 0, False, False)
-    assert JobStatus(3) is JobStatus.Finalized and JobStatus(3).name == "Finalized"  # the contract's spelling
+    assert JobStatus(2) is JobStatus.Settled and JobStatus(2).name == "Settled"  # the contract's spelling
 
 
 def test_custom_error_is_decoded_with_named_args(registry_for: Callable[..., Registry], accounts: list[LocalAccount]) -> None:
@@ -114,12 +115,12 @@ def test_custom_error_is_decoded_with_named_args(registry_for: Callable[..., Reg
 def test_enum_and_address_args_are_converted(registry_for: Callable[..., Registry], accounts: list[LocalAccount]) -> None:
     reg = registry_for(accounts[3])
     with pytest.raises(ContractRevert) as info:
-        reg.cancel_job(7)
+        reg.job_state(7)
     assert info.value.error == "ShardRegistryUnknownJob" and info.value.args == {"jobId": 7}
     stranger = registry_for(accounts[4])
     with pytest.raises(ContractRevert) as info:
         stranger.set_coordinator(accounts[4].address, "http://c", True)
-    assert info.value.error == "ShardRegistryUnauthorized"
+    assert info.value.error == "OwnableUnauthorizedAccount"
     assert info.value.args == {"account": accounts[4].address}
 
 
@@ -201,5 +202,5 @@ def test_core_flow_and_revert_decoding_on_hardhat(hardhat, accounts: list[LocalA
     assert info.value.error == "ShardRegistryInsufficientStake"
     assert info.value.args == {"provided": 5, "required": 10**18}
     with pytest.raises(ContractRevert) as info:
-        reg.cancel_job(12345)
+        reg.job_state(12345)
     assert info.value.args == {"jobId": 12345}

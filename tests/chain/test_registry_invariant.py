@@ -1,9 +1,11 @@
-"""ShardRegistry under random sequences of operations (hypothesis stateful testing on a real anvil).
+"""ShardRegistry (protocol v2) under random sequences of operations (hypothesis stateful testing on a real anvil).
 
-A plain-Python model of the protocol runs beside the contract. After every step the contract's ether
-balance must equal totalStaked + totalUnbonding + totalEscrow + totalClaimable + protocolFees, and every
-total must equal the model's. Every claim must pay exactly what the model says the account is owed, so
-nobody ever receives more ether than they were credited. Each example starts from the same EVM snapshot.
+A plain-Python model of the protocol runs beside the contract. After every step the contract's ether balance must
+equal the stakes + unbonding stakes + open escrow not yet paid out + claimable balances + protocol fees, and each of
+those sums must equal the model's. Settlements carry real EIP-712 signed commitments of random hops (some of nodes
+that unstaked since, some already posted by the node itself); every payout is predicted by the model, including the
+cap at the escrow. Every claim must pay exactly what the model says the account is owed. Each example starts from
+the same EVM snapshot. (Slashing needs drawn verifiers and is covered by test_registry_attacks.py.)
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from shardnet.chain.commitments import sign_commitment
 from shardnet.chain.errors import ContractRevert
-from shardnet.chain.registry import JobStatus, Registry
+from shardnet.chain.registry import JobStatus, Registry, Settlement
 from shardnet.span import LayerSpan
+from shardnet.wire.tickets import sign_ticket, ticket_proof
 from tests.chain.registry_world import INPUT, OUTPUT
 from tests.fixtures_chain import TEST_PARAMS, DevChain
 
@@ -55,18 +59,27 @@ class NodeModel:
     stake: int = 0
     unbonding: int = 0
     until: int = 0
+    bonded_until: int = 0
     live: dict[int, tuple[int, int]] = field(default_factory=dict)  # assignmentId -> (start, end)
-    open_jobs: int = 0
     registered: bool = False
-    jailed: bool = False
+
+    @property
+    def payable(self) -> bool:
+        return self.registered and self.stake >= P.min_stake
 
 
 @dataclass
 class JobModel:
     client: str
     escrow: int
-    status: JobStatus = JobStatus.Submitted
-    hops: list[tuple[str, int, int, bool]] = field(default_factory=list)  # (node, start, end, committed)
+    deadline: int
+    status: JobStatus = JobStatus.Open
+    posted_paid: int = 0
+    posted: set[tuple[str, int, int]] = field(default_factory=set)
+
+    @property
+    def remaining(self) -> int:
+        return self.escrow - self.posted_paid
 
 
 class RegistryModel:
@@ -88,17 +101,11 @@ class RegistryModel:
     def claimable(self, address: str) -> int:
         return self.owed.get(address, 0) - self.received.get(address, 0)
 
-    def close(self, job: JobModel, status: JobStatus) -> None:
-        job.status = status
-        for node, *_ in job.hops:
-            self.nodes[node].open_jobs -= 1
-
-    def totals(self) -> tuple[int, int, int, int, int]:
-        open_ = (JobStatus.Submitted, JobStatus.Routed)
+    def sums(self) -> tuple[int, int, int, int, int]:
         return (
             sum(n.stake for n in self.nodes.values()),
             sum(n.unbonding for n in self.nodes.values()),
-            sum(j.escrow for j in self.jobs.values() if j.status in open_),
+            sum(j.remaining for j in self.jobs.values() if j.status == JobStatus.Open),
             sum(self.claimable(a) for a in self.owed),
             self.fees,
         )
@@ -108,7 +115,9 @@ def make_machine(chain: DevChain, accounts: list[LocalAccount], registry_for: Ca
                  snapshot: list[str]) -> type[RuleBasedStateMachine]:
     coordinator, nodes, clients = accounts[0], accounts[1:5], accounts[5:7]
     regs = {a.address: registry_for(a) for a in accounts[:7]}
+    keys = {a.address: a for a in accounts[:7]}
     gov = regs[coordinator.address]
+    domain = gov.domain()
     addresses = [a.address for a in nodes]
 
     def unstakable(n: NodeModel) -> bool:
@@ -123,17 +132,23 @@ def make_machine(chain: DevChain, accounts: list[LocalAccount], registry_for: Ca
             chain.revert(snapshot[0])
             snapshot[0] = chain.snapshot()
 
-        # ------------------------------------------------------------ helpers
-        def open_jobs(self, status: JobStatus | None = None) -> list[int]:
-            wanted = (status,) if status else (JobStatus.Submitted, JobStatus.Routed)
-            return sorted(j for j, job in self.m.jobs.items() if job.status in wanted)
+        def open_jobs(self) -> list[int]:
+            return sorted(j for j, job in self.m.jobs.items() if job.status == JobStatus.Open)
 
-        def servers(self, start: int) -> list[tuple[str, int, int]]:
-            """Unjailed nodes with a live assignment starting at or before `start` and ending after it."""
-            return sorted(
-                (addr, start, e) for addr, n in self.m.nodes.items() if not n.jailed
-                for s, e in n.live.values() if s <= start < e
-            )
+        def pick(self, data: st.DataObject, ok: Callable[[NodeModel], bool]) -> tuple[str, NodeModel]:
+            addr = data.draw(st.sampled_from([a for a in addresses if ok(self.m.node(a))]))
+            return addr, self.m.nodes[addr]
+
+        def any_node(self, ok: Callable[[NodeModel], bool]) -> bool:
+            return any(ok(self.m.node(a)) for a in addresses)
+
+        def span(self, data: st.DataObject) -> tuple[int, int]:
+            start = data.draw(st.integers(0, LAYERS - 1))
+            return start, data.draw(st.integers(start + 1, LAYERS))
+
+        def pay_node(self, addr: str, amount: int, at: int) -> None:
+            self.m.credit(addr, amount)
+            self.m.nodes[addr].bonded_until = at + P.dispute_window
 
         @initialize()
         def staked_network(self) -> None:
@@ -146,19 +161,12 @@ def make_machine(chain: DevChain, accounts: list[LocalAccount], registry_for: Ca
                 n.live[int(result.event("ShardAnnounced").args["assignmentId"])] = (span.start, span.end)
 
         # ------------------------------------------------------------ nodes
-        def pick(self, data: st.DataObject, ok: Callable[[NodeModel], bool]) -> tuple[str, NodeModel]:
-            addr = data.draw(st.sampled_from([a for a in addresses if ok(self.m.node(a))]))
-            return addr, self.m.nodes[addr]
-
-        def any_node(self, ok: Callable[[NodeModel], bool]) -> bool:
-            return any(ok(self.m.node(a)) for a in addresses)
-
         @precondition(lambda self: self.any_node(lambda n: not n.registered))
         @rule(data=st.data(), extra=st.integers(0, 3))
         def register(self, data: st.DataObject, extra: int) -> None:
             addr, n = self.pick(data, lambda n: not n.registered)
             regs[addr].register_node("http://127.0.0.1:8100", P.min_stake + extra * UNIT)
-            n.registered, n.stake, n.jailed = True, P.min_stake + extra * UNIT, False
+            n.registered, n.stake = True, n.stake + P.min_stake + extra * UNIT
 
         @precondition(lambda self: self.any_node(lambda n: n.registered))
         @rule(data=st.data(), amount=st.integers(1, 4))
@@ -166,13 +174,11 @@ def make_machine(chain: DevChain, accounts: list[LocalAccount], registry_for: Ca
             addr, n = self.pick(data, lambda n: n.registered)
             regs[addr].add_stake(amount * UNIT)
             n.stake += amount * UNIT
-            if n.jailed and n.stake >= P.min_stake:
-                n.jailed = False
 
-        @precondition(lambda self: self.any_node(unstakable))
+        @precondition(lambda self: self.any_node(lambda n: n.registered and unstakable(n)))
         @rule(data=st.data(), amount=st.integers(1, 4))
         def request_unstake(self, data: st.DataObject, amount: int) -> None:
-            addr, n = self.pick(data, unstakable)
+            addr, n = self.pick(data, lambda n: n.registered and unstakable(n))
             amount = min(amount * UNIT, n.stake)
             if n.stake - amount < P.min_stake and n.live:
                 with reverts_with("ShardRegistryHasLiveAssignments"):
@@ -183,28 +189,27 @@ def make_machine(chain: DevChain, accounts: list[LocalAccount], registry_for: Ca
             n.unbonding += amount
             n.until = int(result.event("UnstakeRequested").args["unbondingUntil"])
 
-        @precondition(lambda self: self.any_node(lambda n: n.unbonding > 0))
+        @precondition(lambda self: self.any_node(lambda n: n.registered and n.unbonding > 0))
         @rule(data=st.data())
         def withdraw(self, data: st.DataObject) -> None:
-            addr, n = self.pick(data, lambda n: n.unbonding > 0)
-            if chain.timestamp() < n.until:
-                return  # the next block's time is not known exactly: no prediction either way
-            if n.open_jobs:
-                with reverts_with("ShardRegistryHasOpenJobs"):
-                    regs[addr].withdraw_stake()
-                return
+            addr, n = self.pick(data, lambda n: n.registered and n.unbonding > 0)
+            now = chain.timestamp()
+            if now < max(n.until, n.bonded_until):
+                if now + 5 < max(n.until, n.bonded_until):
+                    with reverts_with("ShardRegistryStillUnbonding"):
+                        regs[addr].withdraw_stake()
+                return  # near the edge the next block's time is not known exactly: no prediction
             regs[addr].withdraw_stake()
             self.m.credit(addr, n.unbonding)
             n.unbonding, n.until = 0, 0
             if n.stake == 0 and not n.live:
-                self.m.nodes[addr] = NodeModel()
+                n.registered = False
 
-        @precondition(lambda self: self.any_node(lambda n: n.registered and not n.jailed and n.stake >= P.min_stake))
+        @precondition(lambda self: self.any_node(lambda n: n.payable and len(n.live) < 16))
         @rule(data=st.data())
         def announce(self, data: st.DataObject) -> None:
-            addr, n = self.pick(data, lambda n: n.registered and not n.jailed and n.stake >= P.min_stake)
-            start = data.draw(st.integers(0, LAYERS - 1))
-            end = data.draw(st.integers(start + 1, LAYERS))
+            addr, n = self.pick(data, lambda n: n.payable and len(n.live) < 16)
+            start, end = self.span(data)
             result = regs[addr].announce_shard(model_id, LayerSpan(start, end))
             n.live[int(result.event("ShardAnnounced").args["assignmentId"])] = (start, end)
 
@@ -216,118 +221,100 @@ def make_machine(chain: DevChain, accounts: list[LocalAccount], registry_for: Ca
             regs[addr].release_shard(assignment_id)
             del n.live[assignment_id]
 
-        @precondition(lambda self: self.any_node(lambda n: n.registered and not n.jailed))
-        @rule(data=st.data())
-        def slash(self, data: st.DataObject) -> None:
-            addr, n = self.pick(data, lambda n: n.registered and not n.jailed)
-            taken_stake, taken_unbonding = n.stake * P.slash_bps // BPS, n.unbonding * P.slash_bps // BPS
-            ev = gov.slash(addr, b"\x0e" * 32, 0).event("NodeSlashed")
-            assert ev.args["amount"] == taken_stake + taken_unbonding
-            n.stake -= taken_stake
-            n.unbonding -= taken_unbonding
-            n.jailed = True
-            self.m.fees += taken_stake + taken_unbonding
-
         # ------------------------------------------------------------ jobs
-        @rule(c=st.integers(0, len(clients) - 1), extra=st.integers(0, 10_000), data=st.data())
-        def submit(self, c: int, extra: int, data: st.DataObject) -> None:
+        @rule(c=st.integers(0, len(clients) - 1), extra=st.integers(0, 10_000))
+        def submit(self, c: int, extra: int) -> None:
             client = clients[c].address
             value = regs[client].quote(model_id, MAX_TOKENS) + extra
-            job_id = int(regs[client].submit_job(model_id, INPUT, MAX_TOKENS, value).event("JobSubmitted").args["jobId"])
-            self.m.jobs[job_id] = JobModel(client, value)
-            if 0 in self.completable() and data.draw(st.booleans()):  # often a coordinator routes at once
-                self.assign(job_id, data)
+            ev = regs[client].submit_job(model_id, INPUT, MAX_TOKENS, coordinator.address, value).event("JobSubmitted")
+            self.m.jobs[int(ev.args["jobId"])] = JobModel(client, value, int(ev.args["deadline"]))
 
-        def completable(self) -> set[int]:
-            """Layer boundaries from which unjailed live assignments chain on to the last layer."""
-            good = {LAYERS}
-            for at in range(LAYERS - 1, -1, -1):
-                if any(e in good for _, _, end in self.servers(at) for e in range(at + 1, end + 1)):
-                    good.add(at)
-            return good
+        def hops(self, data: st.DataObject) -> list[tuple[str, int, int, int]]:
+            """Random (node, start, end, positions) with distinct (start, node), of any node that ever registered."""
+            known = [a for a in addresses if self.m.node(a).registered or self.m.node(a).stake or self.m.node(a).live]
+            chosen: dict[tuple[int, str], tuple[str, int, int, int]] = {}
+            for _ in range(data.draw(st.integers(0, 4)) if known else 0):
+                node = data.draw(st.sampled_from(known))
+                start, end = self.span(data)
+                chosen[(start, node)] = (node, start, end, data.draw(st.integers(0, POSITIONS)))
+            return [chosen[k] for k in sorted(chosen, key=lambda k: (k[0], int(k[1], 16)))]
 
-        def assign(self, job_id: int, data: st.DataObject) -> None:
-            good = self.completable()
-            hops: list[tuple[str, int, int]] = []
-            at = 0
-            while at < LAYERS:
-                choices = [(node, at, e) for node, _, end in self.servers(at) for e in range(at + 1, end + 1) if e in good]
-                node, _, end = data.draw(st.sampled_from(choices))
-                hops.append((node, at, end))
-                at = end
-            gov.assign_route(job_id, [(node, LayerSpan(s, e)) for node, s, e in hops])
-            job = self.m.jobs[job_id]
-            job.status = JobStatus.Routed
-            job.hops = [(node, s, e, False) for node, s, e in hops]
-            for node, *_ in hops:
-                self.m.nodes[node].open_jobs += 1
-
-        @precondition(lambda self: bool(self.open_jobs(JobStatus.Submitted)) and 0 in self.completable())
+        @precondition(lambda self: bool(self.open_jobs()))
         @rule(data=st.data())
-        def route(self, data: st.DataObject) -> None:
-            self.assign(data.draw(st.sampled_from(self.open_jobs(JobStatus.Submitted))), data)
+        def settle(self, data: st.DataObject) -> None:
+            ids = data.draw(st.lists(st.sampled_from(self.open_jobs()), min_size=1, max_size=3, unique=True))
+            plans = {j: self.hops(data) for j in ids}
+            settlements = [
+                Settlement(j, gov.job_record(j), OUTPUT, [
+                    sign_commitment(keys[n], domain, job_id=j, span=LayerSpan(s, e), positions=pos, steps=1,
+                                    root=bytes([j % 256]) * 32)
+                    for n, s, e, pos in plans[j]
+                ])
+                for j in ids
+            ]
+            result = gov.settle_jobs(settlements)
+            at = int(gov.w3.eth.get_block(result.block_number)["timestamp"])
+            events = {int(e.args["jobId"]): e for e in result.events if e.name == "JobSettled"}
+            assert sorted(events) == sorted(ids)
+            fees = 0
+            for j in ids:
+                job, remaining, paid, mask = self.m.jobs[j], self.m.jobs[j].remaining, 0, 0
+                for i, (n, s, e, pos) in enumerate(plans[j]):
+                    if (n, s, e) in job.posted or not self.m.node(n).payable:
+                        continue
+                    pay = min(pos * (e - s) * PRICE, remaining)
+                    remaining -= pay
+                    paid += pay
+                    mask |= 1 << i
+                    self.pay_node(n, pay, at)
+                fee = min(paid * P.coordinator_fee_bps // BPS, remaining)
+                remaining -= fee
+                cut = min(paid * P.protocol_fee_bps // BPS, remaining)
+                remaining -= cut
+                args = events[j].args
+                assert (args["paidToNodes"], args["coordinatorFee"], args["refund"], args["paidHops"]) == (
+                    paid, fee, remaining, mask)
+                fees += fee
+                self.m.fees += cut
+                self.m.credit(job.client, remaining)
+                job.status = JobStatus.Settled
+            self.m.credit(coordinator.address, fees)
 
-        @precondition(lambda self: bool(self.open_jobs(JobStatus.Routed)))
+        @precondition(lambda self: bool(self.open_jobs()) and self.any_node(lambda n: n.payable))
         @rule(data=st.data())
-        def add_hop(self, data: st.DataObject) -> None:
-            job_id = data.draw(st.sampled_from(self.open_jobs(JobStatus.Routed)))
-            choices = self.servers(data.draw(st.integers(0, LAYERS - 1)))
-            if not choices:
-                return
-            node, start, end = data.draw(st.sampled_from(choices))
-            gov.add_hop(job_id, node, LayerSpan(start, end))
-            self.m.jobs[job_id].hops.append((node, start, end, False))
-            self.m.nodes[node].open_jobs += 1
-
-        def post(self, job_id: int, node: str) -> None:
+        def post(self, data: st.DataObject) -> None:
+            job_id = data.draw(st.sampled_from(self.open_jobs()))
             job = self.m.jobs[job_id]
-            pending = [k for k, h in enumerate(job.hops) if h[0] == node and not h[3]]
-            if not pending:
+            addr, n = self.pick(data, lambda n: n.payable)
+            start, end = self.span(data)
+            positions = data.draw(st.integers(0, POSITIONS))
+            c = sign_commitment(keys[addr], domain, job_id=job_id, span=LayerSpan(start, end), positions=positions,
+                                steps=1, root=b"\x07" * 32)
+            ticket = ticket_proof(sign_ticket(coordinator, worker=addr, session_id="s", job_id=job_id,
+                                              span=LayerSpan(start, end), expires_at=2**40, chain_id=domain.chain_id,
+                                              registry=domain.registry))
+            if chain.timestamp() + 5 >= job.deadline:
+                return  # too close to the deadline to predict
+            if (addr, start, end) in job.posted:
                 with reverts_with("ShardRegistryAlreadyCommitted"):
-                    regs[node].post_commitment(job_id, b"\x01" * 32)
+                    regs[addr].post_commitment((job_id, gov.job_record(job_id)), c, ticket)
                 return
-            ev = regs[node].post_commitment(job_id, b"\x01" * 32).event("CommitmentPosted")
-            assert ev.args["hopIndex"] == pending[0]
-            h = job.hops[pending[0]]
-            job.hops[pending[0]] = (h[0], h[1], h[2], True)
-
-        @precondition(lambda self: bool(self.open_jobs(JobStatus.Routed)))
-        @rule(data=st.data())
-        def commit(self, data: st.DataObject) -> None:
-            job_id = data.draw(st.sampled_from(self.open_jobs(JobStatus.Routed)))
-            self.post(job_id, data.draw(st.sampled_from(sorted({h[0] for h in self.m.jobs[job_id].hops}))))
-
-        @precondition(lambda self: bool(self.open_jobs(JobStatus.Routed)))
-        @rule(data=st.data())
-        def finalize(self, data: st.DataObject) -> None:
-            job_id = data.draw(st.sampled_from(self.open_jobs(JobStatus.Routed)))
-            job = self.m.jobs[job_id]
-            for node, _, _, committed in list(job.hops):  # most workers commit before settlement
-                if not committed and data.draw(st.integers(0, 3)) > 0:
-                    self.post(job_id, node)
-            tokens = [data.draw(st.integers(0, (e - s) * POSITIONS)) for _, s, e, _ in job.hops]
-            pay = [t * PRICE if h[3] else 0 for t, h in zip(tokens, job.hops, strict=True)]
-            fee = sum(pay) * P.coordinator_fee_bps // BPS
-            if sum(pay) + fee > job.escrow:
-                with reverts_with("ShardRegistryPayoutExceedsEscrow"):
-                    gov.finalize_job(job_id, OUTPUT, tokens)
-                return
-            ev = gov.finalize_job(job_id, OUTPUT, tokens).event("JobFinalized")
-            assert (ev.args["paidToNodes"], ev.args["coordinatorFee"]) == (sum(pay), fee)
-            for (node, *_), amount in zip(job.hops, pay, strict=True):
-                self.m.credit(node, amount)
-            self.m.credit(coordinator.address, fee)
-            self.m.credit(job.client, job.escrow - sum(pay) - fee)
-            self.m.close(job, JobStatus.Finalized)
+            result = regs[addr].post_commitment((job_id, gov.job_record(job_id)), c, ticket)
+            pay = min(positions * (end - start) * PRICE, job.remaining)
+            assert result.event("CommitmentPosted").args["paid"] == pay
+            job.posted.add((addr, start, end))
+            job.posted_paid += pay
+            self.pay_node(addr, pay, int(gov.w3.eth.get_block(result.block_number)["timestamp"]))
 
         @precondition(lambda self: bool(self.open_jobs()))
         @rule(data=st.data())
         def fail(self, data: st.DataObject) -> None:
             job_id = data.draw(st.sampled_from(self.open_jobs()))
             job = self.m.jobs[job_id]
-            assert gov.fail_job(job_id, "random").event("JobFailed").args["refund"] == job.escrow
-            self.m.credit(job.client, job.escrow)
-            self.m.close(job, JobStatus.Failed)
+            ev = gov.fail_job(job_id, gov.job_record(job_id), "random").event("JobFailed")
+            assert ev.args["refund"] == job.remaining
+            self.m.credit(job.client, job.remaining)
+            job.status = JobStatus.Failed
 
         @precondition(lambda self: bool(self.open_jobs()))
         @rule(data=st.data())
@@ -335,9 +322,9 @@ def make_machine(chain: DevChain, accounts: list[LocalAccount], registry_for: Ca
             job_id = data.draw(st.sampled_from(self.open_jobs()))
             job = self.m.jobs[job_id]
             chain.advance_time(P.job_timeout + 1)
-            assert regs[job.client].cancel_job(job_id).event("JobCancelled").args["refund"] == job.escrow
-            self.m.credit(job.client, job.escrow)
-            self.m.close(job, JobStatus.Cancelled)
+            assert regs[job.client].cancel_job(job_id).event("JobCancelled").args["refund"] == job.remaining
+            self.m.credit(job.client, job.remaining)
+            job.status = JobStatus.Cancelled
 
         @rule(seconds=st.sampled_from([1, P.unbonding_period]))
         def wait(self, seconds: int) -> None:
@@ -361,10 +348,10 @@ def make_machine(chain: DevChain, accounts: list[LocalAccount], registry_for: Ca
         # ------------------------------------------------------------ invariants
         @invariant()
         def balance_is_what_the_contract_owes(self) -> None:
-            totals = (gov.total_staked(), gov.total_unbonding(), gov.total_escrow(), gov.total_claimable(),
-                      gov.protocol_fees())
-            assert gov.balance() == sum(totals)
-            assert totals == self.m.totals()
+            sums = (gov.total_staked(), gov.total_unbonding(), gov.open_escrow(),
+                    sum(gov.claimable(a.address) for a in accounts[:7]), gov.protocol_fees())
+            assert gov.balance() == sum(sums)
+            assert sums == self.m.sums()
 
     return RegistryMachine
 

@@ -63,10 +63,11 @@ def test_jobs_lists_a_chain_longer_than_one_log_range(
     world = build_world(anvil, accounts, registry_for)
     first = world.submit()
     anvil.rpc("anvil_mine", hex(LOG_RANGE + 10))  # a long stretch of empty blocks between the jobs
-    second = world.routed_job()
+    second = world.submit()
+    world.settle(second)
     reader, provider = recording_registry(anvil, deployment)
     jobs = ShardnetClient(reader).jobs()
-    assert [(j.job_id, j.status.name) for j in jobs] == [(first, "Submitted"), (second, "Routed")]
+    assert [(j.job_id, j.status.name) for j in jobs] == [(first, "Open"), (second, "Settled")]
     assert len(provider.log_ranges) >= 2 and all(b - a + 1 <= LOG_RANGE for a, b in provider.log_ranges)
     assert [j.job_id for j in ShardnetClient(reader).jobs(world.client.address.lower())] == [first, second]
     assert ShardnetClient(reader).jobs(world.outsider.address) == []

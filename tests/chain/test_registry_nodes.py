@@ -48,7 +48,9 @@ def test_constructor_rejects_bad_params(
 def test_set_coordinator_approves_and_revokes(registry: Registry, accounts: list[LocalAccount]) -> None:
     coord = accounts[6].address
     ev = registry.set_coordinator(coord, "http://127.0.0.1:9000", True).event("CoordinatorSet")
-    assert ev.args == {"coordinator": coord, "endpoint": "http://127.0.0.1:9000", "approved": True}
+    assert ev.args == {"coordinator": coord, "endpoint": "http://127.0.0.1:9000", "approved": True,
+                       "activeFrom": ev.args["activeFrom"]}
+    assert ev.args["activeFrom"] == int(registry.w3.eth.get_block(ev.block_number)["timestamp"])  # no delay here
     assert registry.is_coordinator(coord) and registry.coordinator_endpoint(coord) == "http://127.0.0.1:9000"
     registry.set_coordinator(coord, "", False)
     assert not registry.is_coordinator(coord) and registry.coordinator_endpoint(coord) == ""
@@ -56,9 +58,9 @@ def test_set_coordinator_approves_and_revokes(registry: Registry, accounts: list
 
 def test_only_owner_governs(registry_for: Callable[..., Registry], accounts: list[LocalAccount]) -> None:
     intruder = registry_for(accounts[7])
-    with reverts("ShardRegistryUnauthorized", account=accounts[7].address):
+    with reverts("OwnableUnauthorizedAccount", account=accounts[7].address):
         intruder.set_coordinator(accounts[7].address, "http://evil", True)
-    with reverts("ShardRegistryUnauthorized", account=accounts[7].address):
+    with reverts("OwnableUnauthorizedAccount", account=accounts[7].address):
         intruder.withdraw_fees(accounts[7].address)
 
 
@@ -160,8 +162,10 @@ def test_unstake_below_min_after_release_then_withdraw_and_claim(world: World) -
     world.chain.advance_time(TEST_PARAMS.unbonding_period)
     ev = reg.withdraw_stake().event("StakeWithdrawn")
     assert ev.args == {"node": world.node1.address, "amount": MIN_STAKE}
-    # nothing left: the node is deregistered and its stake waits in its claimable balance
-    assert reg.get_node(world.node1.address) == NodeInfo(world.node1.address, "", 0, 0, 0, 0, 0, False, False)
+    # nothing left: the node is deregistered (its record, e.g. a jail, is kept) and its stake waits to be claimed
+    assert reg.get_node(world.node1.address) == NodeInfo(
+        world.node1.address, "http://127.0.0.1:8101", 0, 0, 0, 0, 0, False, False
+    )
     assert reg.claimable(world.node1.address) == MIN_STAKE
     assert (reg.total_unbonding(), reg.total_claimable()) == (0, MIN_STAKE)
     assert_solvent(reg)
@@ -191,12 +195,13 @@ def test_withdraw_reverts(world: World) -> None:
         reg.withdraw_stake()
     with reverts("ShardRegistryNotRegistered", node=world.spare.address):
         world.reg(world.spare).withdraw_stake()
-    # with an open job the unbonded stake stays put
+    # within the dispute window after a paid hop the unbonded stake stays put
     reg.add_stake(ETHER)
     reg.request_unstake(ETHER)
-    world.routed_job()
-    world.chain.advance_time(TEST_PARAMS.unbonding_period)
-    with reverts("ShardRegistryHasOpenJobs", node=world.node1.address, count=1):
+    world.settle(world.submit())
+    bonded = reg.get_node(world.node1.address).bonded_until
+    world.chain.advance_time(TEST_PARAMS.unbonding_period - 5)
+    with reverts("ShardRegistryStillUnbonding", until=bonded):
         reg.withdraw_stake()
 
 

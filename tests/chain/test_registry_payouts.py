@@ -1,4 +1,4 @@
-"""ShardRegistry slashing, jail, protocol fees and pull payments, including a re-entrant and a refusing claimant."""
+"""ShardRegistry pull payments, including a re-entrant and a refusing claimant (slashing: test_registry_attacks.py)."""
 
 from __future__ import annotations
 
@@ -15,24 +15,19 @@ from shardnet.chain.compile import compile_standard_json
 from shardnet.chain.registry import Registry
 from shardnet.chain.tx import call_or_revert, send_transaction
 from tests.chain.registry_world import (
-    ETHER,
     MAX_TOKENS,
-    MIN_STAKE,
     World,
     assert_solvent,
     build_world,
     reverts,
 )
-from tests.fixtures_chain import TEST_PARAMS, DevChain
-
-SLASH_BPS = TEST_PARAMS.slash_bps
-EVIDENCE = keccak(text="evidence")
+from tests.fixtures_chain import DevChain
 
 CLAIMANT_SOL = """// SPDX-License-Identifier: Apache-2.0
 pragma solidity ^0.8.28;
 
 interface IRegistryForClaimant {
-    function submitJob(uint256 modelId, bytes32 inputHash, uint32 maxTokens) external payable returns (uint256);
+    function submitJob(uint256 modelId, bytes32 inputHash, uint32 maxTokens, address coordinator) external payable returns (uint256);
     function claim() external;
 }
 
@@ -51,8 +46,8 @@ contract Claimant {
         refuse = value;
     }
 
-    function submit(uint256 modelId, uint32 maxTokens) external payable {
-        _registry.submitJob{value: msg.value}(modelId, bytes32(uint256(1)), maxTokens);
+    function submit(uint256 modelId, uint32 maxTokens, address coordinator) external payable {
+        _registry.submitJob{value: msg.value}(modelId, bytes32(uint256(1)), maxTokens, coordinator);
     }
 
     function claim() external {
@@ -111,65 +106,14 @@ class ClaimantContract:
 def refund_to(world: World, claimant: ClaimantContract) -> int:
     """Make the claimant a client whose failed job leaves it the whole escrow to claim."""
     quote = world.quote()
-    claimant.send("submit(uint256,uint32)", ["uint256", "uint32"], [world.model_id, MAX_TOKENS], value=quote)
-    world.gov.fail_job(world.gov.job_count(), "no route")
+    claimant.send(
+        "submit(uint256,uint32,address)", ["uint256", "uint32", "address"], [world.model_id, MAX_TOKENS, world.owner.address],
+        value=quote,
+    )
+    job_id = world.gov.job_count()
+    world.gov.fail_job(job_id, world.record(job_id), "no route")
     assert world.gov.claimable(claimant.address) == quote
     return quote
-
-
-# ---------------------------------------------------------------- slashing
-
-
-def test_slash_takes_share_of_stake_and_unbonding_and_jails(world: World) -> None:
-    reg1 = world.reg(world.node1)
-    reg1.add_stake(3 * ETHER)
-    reg1.request_unstake(2 * ETHER)
-    job_id = world.routed_job()
-    ev = world.gov.slash(world.node1.address, EVIDENCE, job_id).event("NodeSlashed")
-    stake, unbonding = MIN_STAKE + ETHER, 2 * ETHER
-    taken = stake * SLASH_BPS // 10_000 + unbonding * SLASH_BPS // 10_000
-    assert ev.args == {"node": world.node1.address, "amount": taken, "evidenceHash": EVIDENCE, "jobId": job_id}
-    node = world.gov.get_node(world.node1.address)
-    assert (node.stake, node.unbonding, node.jailed) == (stake - stake * SLASH_BPS // 10_000,
-                                                          unbonding - unbonding * SLASH_BPS // 10_000, True)
-    assert world.gov.protocol_fees() == taken
-    assert_solvent(world.gov)
-    # the node keeps only the unslashed part of its unbonding stake
-    world.gov.fail_job(job_id, "cheat")
-    world.chain.advance_time(TEST_PARAMS.unbonding_period)
-    assert reg1.withdraw_stake().event("StakeWithdrawn").args["amount"] == node.unbonding
-
-
-def test_slash_reverts(world: World) -> None:
-    with reverts("ShardRegistryNotCoordinator", account=world.node2.address):
-        world.reg(world.node2).slash(world.node1.address, EVIDENCE, 0)
-    with reverts("ShardRegistryNotRegistered", node=world.spare.address):
-        world.gov.slash(world.spare.address, EVIDENCE, 0)
-    with reverts("ShardRegistryUnknownJob", jobId=5):
-        world.gov.slash(world.node1.address, EVIDENCE, 5)
-
-
-def test_add_stake_lifts_jail_once_back_at_min_stake(world: World) -> None:
-    world.gov.slash(world.node1.address, EVIDENCE, 0)
-    reg1 = world.reg(world.node1)
-    left = reg1.get_node(world.node1.address).stake
-    reg1.add_stake(MIN_STAKE - left - 1)
-    assert reg1.get_node(world.node1.address).jailed
-    reg1.add_stake(1)
-    node = reg1.get_node(world.node1.address)
-    assert (node.jailed, node.stake) == (False, MIN_STAKE)
-    world.submit()
-    world.gov.assign_route(1, [(world.node3.address, world.gov.get_assignment(world.shard3).span)])
-
-
-def test_withdraw_fees_credits_recipient(world: World) -> None:
-    world.gov.slash(world.node1.address, EVIDENCE, 0)
-    fees = world.gov.protocol_fees()
-    ev = world.gov.withdraw_fees(world.spare.address).event("FeesWithdrawn")
-    assert ev.args == {"to": world.spare.address, "amount": fees}
-    assert (world.gov.protocol_fees(), world.gov.claimable(world.spare.address)) == (0, fees)
-    assert world.reg(world.spare).claim().event("Claimed").args == {"account": world.spare.address, "amount": fees}
-    assert_solvent(world.gov)
 
 
 # ---------------------------------------------------------------- claims
@@ -186,7 +130,7 @@ def test_reentrant_claim_is_stopped_by_the_guard(world: World, claimant_artifact
     result = claimant.send("claim()", [], [])
     assert claimant.view("received()", "uint256") == quote  # paid exactly once
     inner = world.gov.decode_revert(claimant.view("reentryRevertData()", "bytes"))
-    assert (inner.error, inner.args) == ("ShardRegistryReentrantCall", {})
+    assert (inner.error, inner.args) == ("ReentrancyGuardReentrantCall", {})
     assert world.balance_of(claimant.address) == quote
     assert world.gov.claimable(claimant.address) == 0
     assert [e.name for e in world.gov.decode_logs(result["logs"])] == ["Claimed"]

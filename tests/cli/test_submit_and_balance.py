@@ -39,7 +39,7 @@ def test_a_zero_amount_revert_is_told_as_a_sentence(registry_for, accounts) -> N
     owner, client = registry_for(accounts[0]), registry_for(accounts[5])
     model_id = owner.register_model("m", "bafkreitest", 3, 10).event("ModelRegistered").args["modelId"]
     with pytest.raises(ContractRevert) as err:
-        client.submit_job(model_id, b"\x01" * 32, 0, value=0)
+        client.submit_job(model_id, b"\x01" * 32, 0, accounts[1].address, value=0)
     text = explain(err.value)
     assert text.startswith("submitJob was refused: an amount that must be positive is zero"), text
     assert text.endswith("(ShardRegistryZeroAmount())")
@@ -93,7 +93,7 @@ def test_cancel_after_the_deadline_on_an_idle_devnet_mines_a_block(anvil, accoun
     owner = Registry(anvil.w3, dep.registry, accounts[0], deploy_block=dep.deploy_block)
     model_id = owner.register_model("m", "bafkreitest", 3, 10).event("ModelRegistered").args["modelId"]
     client = ShardnetClient(owner.with_account(accounts[6]))
-    job_id = client.pay("hello", model_id, 4)
+    job_id = client.pay("hello", model_id, 4, coordinator=accounts[1].address)
     deadline = owner.get_job(job_id).deadline
     offset = int(anvil.w3.eth.get_block("latest")["timestamp"]) - time.time()  # earlier tests may move the clock
     while time.time() + offset <= deadline + 1:
@@ -109,7 +109,7 @@ def test_balance_of_any_address_without_a_key(
     owner = registry_for(accounts[0])
     model_id = owner.register_model("m", "bafkreitest", 3, 10).event("ModelRegistered").args["modelId"]
     client = ShardnetClient(registry_for(accounts[6]))
-    job_id = client.pay("hello", model_id, 4)
+    job_id = client.pay("hello", model_id, 4, coordinator=accounts[1].address)
     escrow = owner.get_job(job_id).escrow
     dep = deployment.save(tmp_path / "d.json")
     assert main(["balance", accounts[6].address, "--deployment", str(dep)]) == 0
@@ -119,7 +119,7 @@ def test_balance_of_any_address_without_a_key(
     assert "claimable  0 ETH" in out and "wallet     " in out
     assert main(["jobs", "--deployment", str(dep)]) == 0
     listing = capsys.readouterr().out
-    assert any(line.split()[:4] == [str(job_id), "submitted", "m", "4"] and f"{escrow} wei" in line
+    assert any(line.split()[:4] == [str(job_id), "open", "m", "4"] and f"{escrow} wei" in line
                for line in listing.splitlines()), listing
     assert main(["balance", "--deployment", str(dep)]) == 1
     assert "give an ADDRESS" in capsys.readouterr().err

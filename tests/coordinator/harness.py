@@ -73,7 +73,7 @@ def start_coordinator(tmp: Path, key_hex: str, deployment_file: Path, store_dir:
         key=key_hex,
         args=["--deployment", str(deployment_file), "--store-dir", str(store_dir), "--data-dir", str(tmp / name),
               "--poll-interval-s", "0.1", "--health-interval-s", "0.5", "--step-timeout-s", "1.5",
-              "--commit-wait-s", "15", *extra],
+              *extra],
         log_path=tmp / f"{name}.log",
         port=port or free_port(),
     ).start()

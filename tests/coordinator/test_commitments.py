@@ -1,66 +1,55 @@
-"""Waiting for commitments is woken by CommitmentPosted events (not by polling getHops), within its bound."""
+"""The coordinator's off-chain check of a worker's signed commitment before it settles it (protocol v2), and the
+board of commitments workers posted themselves."""
 
 from __future__ import annotations
 
-import asyncio
-import time
+from dataclasses import replace
 
-from coordinator.commitments import RECHECK_S, CommitmentBoard
-from shardnet.chain.registry import HopInfo
+from eth_account import Account
 
+from coordinator.commitments import CommitmentBoard
+from coordinator.settlement import check_commitment
+from shardnet.chain.commitments import sign_commitment
+from shardnet.span import LayerSpan
+from shardnet.wire.commitment import merkle_root, step_hash
+from shardnet.wire.eip712 import Domain
 
-class _HopsOnChain:
-    """The one view `CommitmentBoard.wait` reads (once): `getHops` of a job, counting the reads."""
-
-    def __init__(self, committed: list[bool]) -> None:
-        self.committed = committed
-        self.reads = 0
-
-    def get_hops(self, job_id: int) -> list[HopInfo]:
-        self.reads += 1
-        return [HopInfo(i, f"0x{i:040x}", 2 * i, 2 * i + 2, (b"\x01" if c else b"\x00") * 32)
-                for i, c in enumerate(self.committed)]
+WORKER = Account.create()
+OTHER = Account.create()
+DOMAIN = Domain(31337, "0x" + "12" * 20)
+SPAN = LayerSpan(2, 4)
+ROOT = merkle_root([step_hash(b"a"), step_hash(b"b")])
 
 
-def test_an_event_wakes_the_wait_at_once_and_hops_are_read_once() -> None:
-    async def scenario() -> tuple[set[int], float, int]:
-        board = CommitmentBoard()
-        chain = _HopsOnChain([True, False, False])
-        board.track(5)
-        board.posted(9, 1)  # another coordinator's job: ignored
-
-        async def post_later() -> None:
-            await asyncio.sleep(0.05)
-            board.posted(5, 1)
-            await asyncio.sleep(0.05)
-            board.posted(5, 2)
-
-        t0 = time.perf_counter()
-        poster = asyncio.ensure_future(post_later())
-        committed = await board.wait(chain, 5, lambda i: True, timeout_s=30)  # type: ignore[arg-type]
-        await poster
-        return committed, time.perf_counter() - t0, chain.reads
-
-    committed, seconds, reads = asyncio.run(scenario())
-    assert committed == {0, 1, 2}
-    assert seconds < RECHECK_S / 2  # woken by the events, not by the periodic re-check
-    assert reads == 1
+def _check(signed, **overrides) -> str | None:  # type: ignore[no-untyped-def]
+    args = {"job_id": 5, "node": WORKER.address, "span": SPAN, "domain": DOMAIN, "max_positions": 20,
+            "seen_positions": 7}
+    return check_commitment(signed, **{**args, **overrides})
 
 
-def test_the_wait_is_bounded_and_skips_hops_not_expected() -> None:
-    async def scenario() -> tuple[set[int], float]:
-        board = CommitmentBoard()
-        chain = _HopsOnChain([False, False])
-        t0 = time.perf_counter()
-        committed = await board.wait(chain, 3, lambda i: i == 0, timeout_s=0.3)  # type: ignore[arg-type]
-        return committed, time.perf_counter() - t0
+def test_a_good_commitment_passes_and_every_flaw_is_named() -> None:
+    good = sign_commitment(WORKER, DOMAIN, job_id=5, span=SPAN, positions=7, steps=2, root=ROOT)
+    assert _check(good) is None
+    assert "job 6" in str(_check(sign_commitment(WORKER, DOMAIN, job_id=6, span=SPAN, positions=7, steps=2,
+                                                 root=ROOT)))
+    assert "does not recover" in str(_check(good, node=OTHER.address))  # signed by someone else
+    forged = replace(good, node=OTHER.address)
+    assert "does not recover" in str(_check(forged, node=OTHER.address))
+    other_deployment = sign_commitment(WORKER, Domain(1, DOMAIN.registry), job_id=5, span=SPAN, positions=7, steps=2,
+                                       root=ROOT)
+    assert "does not recover" in str(_check(other_deployment))
+    assert "layers" in str(_check(good, span=LayerSpan(0, 2)))
+    assert "more than the job allows" in str(_check(good, max_positions=6))
+    assert "more than this coordinator saw" in str(_check(good, seen_positions=6))
+    inflated = replace(good, positions=8)  # the positions changed after signing: the signature breaks
+    assert "does not recover" in str(_check(inflated, seen_positions=9))
 
-    committed, seconds = asyncio.run(scenario())
-    assert committed == set() and 0.3 <= seconds < 1.0
 
-    async def nothing_expected() -> float:
-        t0 = time.perf_counter()
-        await CommitmentBoard().wait(_HopsOnChain([False]), 4, lambda i: False, timeout_s=30)  # type: ignore[arg-type]
-        return time.perf_counter() - t0
-
-    assert asyncio.run(nothing_expected()) < 0.1
+def test_the_board_records_self_posted_commitments_of_tracked_jobs_only() -> None:
+    board = CommitmentBoard()
+    board.track(5)
+    board.posted(5, "0xAbC")
+    board.posted(9, "0xdef")  # another coordinator's job: ignored
+    assert board.posted_by(5) == {"0xabc"} and board.posted_by(9) == set()
+    board.forget(5)
+    assert board.posted_by(5) == set()

@@ -16,7 +16,7 @@ from coordinator.lifecycle import (
     recovery_action,
 )
 from coordinator.state import CoordinatorState
-from shardnet.chain.registry import JobInfo, JobStatus
+from shardnet.chain.registry import JobInfo, JobRecord, JobStatus
 from shardnet.db import make_engine, session_scope
 
 S = JobState
@@ -27,7 +27,8 @@ def _lifecycle(tmp_path: Path) -> JobLifecycle:
 
 
 def _job(job_id: int) -> JobInfo:
-    return JobInfo(job_id, "0xC1", 1, b"\x05" * 32, 8, 100, 0, JobStatus.Submitted, "0x" + "00" * 20, b"\x00" * 32)
+    record = JobRecord("0x" + "c1" * 20, "0x" + "c0" * 20, 1, 8, 99, 100, 6, 1)
+    return JobInfo(job_id, record, b"\x05" * 32, JobStatus.Open, 0, 0, 1)
 
 
 def _submitted_event(lc: JobLifecycle, job_id: int) -> None:
@@ -48,7 +49,8 @@ def test_a_job_walks_the_happy_path_with_each_transaction_written_ahead(tmp_path
     seen.append((lc.state.get_job(1).status, lc.state.get_job(1).chain_pending))
     lc.advance(1, S.FINALIZED, tx_finalize="0xtx")
     seen.append((lc.state.get_job(1).status, lc.state.get_job(1).chain_pending))
-    assert seen == [("submitted", None), ("prompt", None), ("routed", "assignRoute"), ("settling", "finalizeJob"),
+    # protocol v2: nothing goes on chain for a route; settleJobs is written ahead of the settlement
+    assert seen == [("submitted", None), ("prompt", None), ("routed", None), ("settling", "settleJobs"),
                     ("finalized", None)]
     assert [(h.node, h.span_start, h.span_end) for h in lc.state.hops(1)] == [("0xa", 0, 3), ("0xb", 3, 6)]
     assert lc.needing_recovery() == []
@@ -87,20 +89,18 @@ def test_the_prompt_may_come_before_the_chain_event_and_events_replay_harmlessly
 
 
 def test_recovery_actions() -> None:
-    Sub, Rt, Fin, Fail, Can = (JobStatus.Submitted, JobStatus.Routed, JobStatus.Finalized, JobStatus.Failed,
-                               JobStatus.Cancelled)
+    Open, Done, Fail, Can = JobStatus.Open, JobStatus.Settled, JobStatus.Failed, JobStatus.Cancelled
     table = {
-        (S.SUBMITTED, Sub, None): Recovery.NOTHING,
-        (S.PROMPT, Sub, None): Recovery.RUN,
-        (S.ROUTED, Sub, "assignRoute"): Recovery.REROUTE,
-        (S.ROUTED, Rt, "assignRoute"): Recovery.FAIL,
-        (S.GENERATING, Rt, None): Recovery.FAIL,
-        (S.SETTLING, Rt, "finalizeJob"): Recovery.SETTLE,  # issue 11 item 8: pay the work, do not refund
-        (S.SETTLING, Fin, "finalizeJob"): Recovery.MIRROR,  # finalizeJob was mined just before the crash
+        (S.SUBMITTED, Open, None): Recovery.NOTHING,
+        (S.PROMPT, Open, None): Recovery.RUN,
+        (S.ROUTED, Open, None): Recovery.REROUTE,  # no session was opened yet: choose a route again
+        (S.GENERATING, Open, None): Recovery.FAIL,
+        (S.SETTLING, Open, "settleJobs"): Recovery.SETTLE,  # issue 11 item 8: pay the work, do not refund
+        (S.SETTLING, Done, "settleJobs"): Recovery.MIRROR,  # settleJobs was mined just before the crash
         (S.GENERATING, Can, None): Recovery.MIRROR,
-        (S.FAILED, Rt, "failJob"): Recovery.RESEND_FAIL,
+        (S.FAILED, Open, "failJob"): Recovery.RESEND_FAIL,
         (S.FAILED, Fail, "failJob"): Recovery.NOTHING,
-        (S.FAILED, Rt, None): Recovery.NOTHING,
-        (S.FINALIZED, Fin, None): Recovery.NOTHING,
+        (S.FAILED, Open, None): Recovery.NOTHING,
+        (S.FINALIZED, Done, None): Recovery.NOTHING,
     }
     assert {k: recovery_action(*k) for k in table} == table

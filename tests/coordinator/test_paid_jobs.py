@@ -36,26 +36,31 @@ def test_submit_pays_routes_generates_and_settles(net: Net) -> None:
     assert outcome.output_hash == keccak(expected_text.encode())
     assert any("finalized" in p for p in progress)
     job = net.owner.get_job(outcome.job_id)
-    assert job.status == JobStatus.Finalized and job.output_hash == outcome.output_hash
+    assert job.status == JobStatus.Settled and net.owner.output_hash(outcome.job_id) == outcome.output_hash
     assert job.coordinator.lower() == net.coordinator_address.lower()
 
-    # the route covers [0, 6) and every hop committed on chain
-    hops = net.owner.get_hops(outcome.job_id)
-    assert [(h.start, h.end) for h in hops][:3] == [(0, 2), (2, 4), (4, 6)]
-    assert all(h.committed for h in hops)
-    assert [c["commitment"] for c in outcome.commitments] == ["0x" + h.commitment.hex() for h in hops]
+    # one settleJobs carried every hop's signed commitment: the route covers [0, 6) and every hop was paid
+    [settled] = net.owner.get_logs(0, net.owner.block_number(), ["JobSettled"], first_indexed=outcome.job_id)
+    [settlement] = [s for s in net.owner.settlements_in(settled.tx_hash) if s.job_id == outcome.job_id]
+    hops = settlement.sorted_hops()
+    assert sorted((h.start, h.end) for h in hops)[:3] == [(0, 2), (2, 4), (4, 6)]
+    assert int(settled.args["paidHops"]) == (1 << len(hops)) - 1
+    signed = {c["node"]: c["commitment"] for c in outcome.commitments or [] if c["settled"]}
+    assert signed == {h.node.lower(): "0x" + h.root.hex() for h in hops}
 
-    # the escrow went where finalizeJob says: nodes by layer-tokens, the fee, the rest back to the client
+    # the escrow went where settleJobs says: nodes by layer-tokens, the fee, the rest back to the client
     layer_tokens = [r["layer_tokens"] for r in outcome.route]
     positions = len(net.reference["tokenizer"](prompt)["input_ids"]) + len(expected_tokens)
     if len(expected_tokens) == 12:
         positions -= 1  # the last token is never fed back
     assert layer_tokens == [2 * positions] * len(hops)
+    assert [h.positions for h in hops] == [positions] * len(hops)  # what each worker signed it computed
     split = expected_split(layer_tokens, [True] * len(hops), price_per_layer_token=PRICE,
                            coordinator_fee_bps=net.owner.coordinator_fee_bps(), escrow=job.escrow)
     after = claimables(net.owner, [*nodes, net.coordinator_address, net.client_account.address])
-    for hop, pay in zip(hops, split.per_hop, strict=True):
-        assert after[hop.node.lower()] - before[hop.node.lower()] == pay
+    by_node = {r["node"]: pay for r, pay in zip(outcome.route, split.per_hop, strict=True)}
+    for h in hops:
+        assert after[h.node.lower()] - before[h.node.lower()] == by_node[h.node.lower()]
     assert after[net.coordinator_address.lower()] - before[net.coordinator_address.lower()] == split.coordinator_fee
     assert after[net.client_account.address.lower()] - before[net.client_account.address.lower()] == split.refund
 
@@ -124,7 +129,7 @@ def test_cli_submit_and_jobs(net: Net) -> None:
         assert "finalized" in out.stderr  # progress on stderr
     listing = subprocess.run([*SHARDNET, "jobs", "--mine", *base], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=60, check=True).stdout
-    assert any(line.split()[:2] == [str(record["job_id"]), "finalized"] for line in listing.splitlines()), listing
+    assert any(line.split()[:2] == [str(record["job_id"]), "settled"] for line in listing.splitlines()), listing
 
 
 def test_cancel_after_the_deadline_refunds_and_claim_pays_out(net: Net, anvil) -> None:

@@ -56,7 +56,7 @@ def test_sigterm_mid_job_fails_it_on_chain_at_once_so_the_client_is_refunded(
         client_account = accounts[9]
         client = ShardnetClient(owner.with_account(client_account), coordinator_url=coord.url)
         prompt = "stop the coordinator"
-        job_id = client.pay(prompt, model_id, 400)
+        job_id = client.pay(prompt, model_id, 400, coordinator=accounts[1].address)
         escrow = owner.get_job(job_id).escrow
         before = owner.claimable(client_account.address)
         status, _ = http_json(

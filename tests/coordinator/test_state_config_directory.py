@@ -11,14 +11,15 @@ from coordinator.directory import WorkerDirectory
 from coordinator.lifecycle import JobLifecycle, JobState
 from coordinator.router import choose_route
 from coordinator.state import CoordinatorState, StepRecord
-from shardnet.chain.registry import JobInfo, JobStatus
+from shardnet.chain.registry import JobInfo, JobRecord, JobStatus
 from shardnet.db import make_engine, session_scope
 from shardnet.errors import ConfigError
 from shardnet.span import LayerSpan
 
 
 def _job(job_id: int, client: str) -> JobInfo:
-    return JobInfo(job_id, client, 1, b"\x05" * 32, 8, 10**30, 0, JobStatus.Submitted, "0x" + "00" * 20, b"\x00" * 32)
+    record = JobRecord(client, "0x" + "c0" * 20, 1, 8, 0, 10**30, 6, 1)
+    return JobInfo(job_id, record, b"\x05" * 32, JobStatus.Open, 0, 0, 1)
 
 
 def test_state_round_trip(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from shardnet.chain.devnet import free_port
 from shardnet.span import LayerSpan
+from shardnet.wire.eip712 import Domain
 from shardnet.wire.tickets import sign_ticket
 from tests.service_proc import ServiceProc
 
@@ -29,8 +30,10 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def ticket(
-    coordinator: LocalAccount, worker: str, span: LayerSpan, job_id: int = 0, session_id: str | None = None
+    domain: Domain, coordinator: LocalAccount, worker: str, span: LayerSpan, job_id: int = 0,
+    session_id: str | None = None,
 ) -> dict[str, Any]:
+    """A ticket of `coordinator` for `worker` in the registry's EIP-712 `domain` (job 0: no job, never paid)."""
     return sign_ticket(
         coordinator,
         worker=worker,
@@ -38,6 +41,8 @@ def ticket(
         job_id=job_id,
         span=span,
         expires_at=int(time.time()) + 600,
+        chain_id=domain.chain_id,
+        registry=domain.registry,
     )
 
 
@@ -99,13 +104,15 @@ def start_worker(
     ).start()
 
 
-def submit_and_route(
-    client: Registry, coordinator: Registry, model_id: int, hops: list[tuple[str, LayerSpan]]
-) -> int:
-    """A paid job routed over `hops`; returns its id."""
+def submit_for(client: Registry, coordinator: str, model_id: int) -> int:
+    """A paid job naming `coordinator` (protocol v2: no route goes on chain); returns its id."""
     quote = client.quote(model_id, 8)
-    job_id = int(
-        client.submit_job(model_id, b"\x11" * 32, 8, value=quote).event("JobSubmitted").args["jobId"]
+    return int(
+        client.submit_job(model_id, b"\x11" * 32, 8, coordinator, value=quote).event("JobSubmitted").args["jobId"]
     )
-    coordinator.assign_route(job_id, hops)
-    return job_id
+
+
+def posted_roots(registry: Registry, job_id: int) -> dict[str, bytes]:
+    """node -> root of every CommitmentPosted of `job_id` (a worker's own fallback posts)."""
+    events = registry.get_logs(registry.deploy_block, registry.block_number(), ["CommitmentPosted"], first_indexed=job_id)
+    return {str(e.args["node"]): bytes(e.args["root"]) for e in events}

@@ -1,5 +1,5 @@
-"""WorkerState on a real database (SQLite file, and PostgreSQL when installed): what makes a job ready to
-commit, and what survives a crash."""
+"""WorkerState on a real database (SQLite file, and PostgreSQL when installed): what a job's commitment covers,
+that it is stored before it is handed out, and what survives a crash."""
 
 from __future__ import annotations
 
@@ -8,10 +8,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from eth_account import Account
 
+from shardnet.chain.commitments import sign_commitment
 from shardnet.db import make_engine
-from shardnet.wire.commitment import step_hash
-from worker.state import ON_CHAIN, POSTED, WorkerState
+from shardnet.span import LayerSpan
+from shardnet.wire.commitment import merkle_root, step_hash
+from shardnet.wire.eip712 import Domain
+from worker.state import POSTED, SIGNED, WorkerState
+
+KEY = Account.create()
+DOMAIN = Domain(31337, "0x" + "cd" * 20)
+SPAN = LayerSpan(0, 2)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -32,52 +40,74 @@ def _h(i: int) -> bytes:
     return step_hash(bytes([i]))
 
 
-def test_job_is_ready_only_when_routed_and_all_its_sessions_closed(
+def _sign(st: WorkerState, job_id: int, handed_at: float = 1.0) -> None:
+    work = st.job_work(job_id)
+    assert work is not None
+    signed = sign_commitment(KEY, DOMAIN, job_id=job_id, span=work.span, positions=work.positions,
+                             steps=len(work.step_hashes), root=work.root)
+    st.save_commitment(signed, work.ticket, handed_at)
+
+
+def test_a_jobs_commitment_covers_all_its_sessions_in_order_with_their_positions(
     new_state: Callable[[], WorkerState],
 ) -> None:
     st = new_state()
-    st.session_opened("s1", 7, "0xC", 0, 2)
-    st.step_recorded("s1", 0, _h(0))
-    st.step_recorded("s1", 1, _h(1))
-    assert st.jobs_to_commit() == []  # not routed yet
-    assert st.job_routed(7, 0, 0, 2, block=5) is True
-    assert st.job_routed(7, 0, 0, 2, block=5) is False  # idempotent by job id
-    assert st.jobs_to_commit() == []  # session still open
-    st.session_opened("s2", 7, "0xC", 0, 2)  # a second session of the same job (opened later)
-    st.step_recorded("s2", 0, _h(9))
-    st.session_closed("s1", "closed", 2, None)
-    assert st.jobs_to_commit() == []  # s2 still open
-    st.session_closed("s2", "closed", 1, None)
-    [ready] = st.jobs_to_commit()
-    assert ready.job_id == 7 and ready.step_hashes == [_h(0), _h(1), _h(9)]
-    st.commitment_done(7, POSTED, b"\x01" * 32, "0xabc")
-    assert st.jobs_to_commit() == []
-    [job] = st.jobs()
-    assert (job.commit_status, job.commit_tx, job.commitment) == (POSTED, "0xabc", "0x" + "01" * 32)
+    st.session_opened("s1", 7, "0xC", 0, 2, '{"t": 1}')
+    st.step_recorded("s1", 0, _h(0), 5)  # the prompt
+    st.step_recorded("s1", 1, _h(1), 1)
+    st.session_opened("s2", 7, "0xC", 0, 2, '{"t": 2}')  # a second session of the same job (a re-run)
+    st.step_recorded("s2", 0, _h(9), 6)
+    st.session_opened("other", 8, "0xC", 0, 2)
+    st.step_recorded("other", 0, _h(4), 1)
+    work = st.job_work(7)
+    assert work is not None
+    assert (work.step_hashes, work.positions, work.ticket, work.span) == ([_h(0), _h(1), _h(9)], 12, '{"t": 2}', SPAN)
+    assert work.root == merkle_root([_h(0), _h(1), _h(9)])
+    assert st.job_work(99) is None
+    _sign(st, 7)
+    row = st.job(7)
+    assert row is not None and (row.commit_status, row.steps, row.positions) == (SIGNED, 3, 12)
+    assert row.signed(KEY.address).root == work.root
+    st.commitment_done(7, POSTED, "0xabc")
+    st.step_recorded("s2", 1, _h(10), 1)
+    _sign(st, 7)  # a commitment posted on chain is never replaced by a later signature
+    row = st.job(7)
+    assert row is not None and (row.commit_status, row.commit_tx, row.steps) == (POSTED, "0xabc", 3)
 
 
-def test_restart_closes_lost_sessions_and_keeps_their_hashes(new_state: Callable[[], WorkerState]) -> None:
+def test_commitments_are_due_after_they_were_handed_out(new_state: Callable[[], WorkerState]) -> None:
+    st = new_state()
+    for job_id, handed in ((1, 10.0), (2, 20.0)):
+        st.session_opened(f"s{job_id}", job_id, "0xC", 0, 2)
+        st.step_recorded(f"s{job_id}", 0, _h(job_id), 1)
+        st.session_closed(f"s{job_id}", "closed", 1, None)
+        _sign(st, job_id, handed)
+    assert [r.job_id for r in st.commitments_due(15.0)] == [1]
+    assert [r.job_id for r in st.commitments_due(25.0)] == [1, 2]
+    st.commitment_done(1, POSTED, "0x1")
+    assert [r.job_id for r in st.commitments_due(25.0)] == [2]
+
+
+def test_restart_closes_lost_sessions_and_their_jobs_need_signing(new_state: Callable[[], WorkerState]) -> None:
     st = new_state()
     st.session_opened("s1", 3, "0xC", 0, 2)
-    st.step_recorded("s1", 0, _h(5))
-    st.job_routed(3, 1, 0, 2, block=9)
+    st.step_recorded("s1", 0, _h(5), 4)
     del st  # the process dies with s1 open
     st = new_state()
     assert st.session_known("s1") and not st.session_known("s2")
     assert st.close_lost_sessions() == ["s1"]
     assert st.close_lost_sessions() == []
-    [ready] = st.jobs_to_commit()
-    assert ready.step_hashes == [_h(5)]
-    st.commitment_done(3, ON_CHAIN, None)
-    assert st.jobs_to_commit() == []
+    assert st.uncommitted_jobs() == [3]
+    _sign(st, 3, 0.0)
+    assert st.uncommitted_jobs() == []
 
 
-def test_sessions_without_steps_or_route_are_never_committed(new_state: Callable[[], WorkerState]) -> None:
+def test_sessions_without_steps_or_job_are_never_signed(new_state: Callable[[], WorkerState]) -> None:
     st = new_state()
     st.session_opened("empty", 1, "0xC", 0, 2)
     st.session_closed("empty", "closed", 0, None)
-    st.job_routed(1, 0, 0, 2, block=1)
-    st.session_opened("unrouted", 2, "0xC", 0, 2)
-    st.step_recorded("unrouted", 0, _h(1))
-    st.session_closed("unrouted", "closed", 1, None)
-    assert st.jobs_to_commit() == []
+    st.session_opened("no-job", 0, "0xC", 0, 2)  # job 0: a session outside any job
+    st.step_recorded("no-job", 0, _h(1), 1)
+    st.session_closed("no-job", "closed", 1, None)
+    assert st.uncommitted_jobs() == []
+    assert st.job_work(1) is None

@@ -14,18 +14,21 @@ import aiohttp
 import pytest
 import torch
 
-from shardnet.chain.registry import Registry
+from shardnet.chain.commitments import verify_commitment
+from shardnet.chain.registry import Registry, Settlement
 from shardnet.model.reference import greedy_generate, load_reference
 from shardnet.peer.client import WorkerClient
 from shardnet.peer.errors import SessionNotFound, TicketRejected, TooManySessions, WorkerAPIError
 from shardnet.span import LayerSpan
 from shardnet.store.cid import cid_of_bytes
 from shardnet.wire.commitment import merkle_root
+from shardnet.wire.eip712 import Domain
 from shardnet.wire.frames import encode_frame
-from tests.worker.harness import WorkerProc, run, start_worker, submit_and_route, ticket
+from tests.worker.harness import WorkerProc, posted_roots, run, start_worker, submit_for, ticket
 
 A_SPAN, B_SPAN = LayerSpan(0, 2), LayerSpan(2, 4)
 PROMPT = torch.tensor([[5, 17, 99, 3, 42]], dtype=torch.int64)
+SETTLE_WINDOW = ("--settle-window-s", "3")  # unpaid signed commitments are posted by the worker after this
 
 
 @dataclass
@@ -42,6 +45,7 @@ class Net:
     a: WorkerProc
     b: WorkerProc
     cheat: WorkerProc  # serves 0:2 like a, with --perturb-outputs
+    domain: Domain  # the registry's EIP-712 domain (tickets and commitments are signed in it)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +71,7 @@ def net(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store) 
         "4",
         "--max-sessions-per-coordinator",
         "3",
+        *SETTLE_WINDOW,
         name="a",
     )
     b = None
@@ -80,6 +85,7 @@ def net(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store) 
         "0:2",
         "--perturb-outputs",
         "0.5",
+        *SETTLE_WINDOW,
         name="cheat",
     )
     try:
@@ -97,6 +103,7 @@ def net(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store) 
             a.url,
             "--max-body-mb",
             "0.01",
+            *SETTLE_WINDOW,
             name="b",
         )
         b.wait_ready()
@@ -114,6 +121,7 @@ def net(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store) 
             a,
             b,
             cheat,
+            owner.domain(),
         )
     finally:
         for w in (a, b, cheat):
@@ -145,10 +153,10 @@ def test_push_mode_matches_the_unsplit_model_and_commits_to_what_was_sent(net: N
 
     async def go() -> tuple[list[int], list[torch.Tensor], list[list[bytes]], bytes, bytes]:
         async with WorkerClient(net.a.url) as a, WorkerClient(net.b.url) as b:
-            sb = (await b.open_session(ticket(net.coordinator, net.b.address, B_SPAN)))["session_id"]
+            sb = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN)))["session_id"]
             sa = (
                 await a.open_session(
-                    ticket(net.coordinator, net.a.address, A_SPAN),
+                    ticket(net.domain, net.coordinator, net.a.address, A_SPAN),
                     "fp32",
                     next={"url": net.b.url, "session_id": sb, "token": b.session_token(sb)},
                 )
@@ -172,36 +180,59 @@ def test_push_mode_matches_the_unsplit_model_and_commits_to_what_was_sent(net: N
     assert commit_a == merkle_root([h[0] for h in hops]) and commit_b == merkle_root([h[1] for h in hops])
 
 
-def test_commitments_of_a_routed_job_are_posted_once_each(net: Net) -> None:
-    job_id = submit_and_route(
-        net.client, net.coord_registry, net.model_id, [(net.a.address, A_SPAN), (net.b.address, B_SPAN)]
-    )
+def _wait_posted(net: Net, job_id: int, nodes: int) -> dict[str, bytes]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(posted_roots(net.owner, job_id)) < nodes:
+        time.sleep(0.2)
+    return posted_roots(net.owner, job_id)
 
-    async def go() -> tuple[bytes, bytes]:
+
+def test_unsettled_signed_commitments_are_posted_by_each_worker_once(net: Net) -> None:
+    job_id = submit_for(net.client, net.coordinator.address, net.model_id)
+
+    async def go() -> tuple[Any, Any]:
         async with WorkerClient(net.a.url) as a, WorkerClient(net.b.url) as b:
-            sa = (await a.open_session(ticket(net.coordinator, net.a.address, A_SPAN, job_id)))["session_id"]
-            sb = (await b.open_session(ticket(net.coordinator, net.b.address, B_SPAN, job_id)))["session_id"]
+            sa = (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN, job_id)))["session_id"]
+            sb = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN, job_id)))["session_id"]
             hidden, _ = await a.step(sa, PROMPT, 0)
             await b.step(sb, hidden, 0)
-            return await a.close(sa), await b.close(sb)
+            return await a.close_session(sa), await b.close_session(sb)
 
-    commit_a, commit_b = run(go())
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not all(h.committed for h in net.owner.get_hops(job_id)):
-        time.sleep(0.2)
-    assert [h.commitment for h in net.owner.get_hops(job_id)] == [commit_a, commit_b]
-    posted = [
-        e
-        for e in net.owner.get_logs(0, net.owner.block_number(), ["CommitmentPosted"])
-        if e.args["jobId"] == job_id
-    ]
+    closed_a, closed_b = run(go())
+    for closed, node, span in ((closed_a, net.a.address, A_SPAN), (closed_b, net.b.address, B_SPAN)):
+        signed = closed.job_commitment
+        assert signed is not None and verify_commitment(signed, net.domain, job_id=job_id)
+        assert (signed.node, signed.span, signed.root, signed.steps) == (node, span, closed.root, 1)
+        assert signed.positions == PROMPT.shape[1]
+    # nobody settles the job: after the window each worker posts its own commitment, once
+    assert _wait_posted(net, job_id, 2) == {net.a.address: closed_a.root, net.b.address: closed_b.root}
+    time.sleep(1.0)
+    posted = net.owner.get_logs(0, net.owner.block_number(), ["CommitmentPosted"], first_indexed=job_id)
     assert sorted(e.args["node"] for e in posted) == sorted([net.a.address, net.b.address])
 
 
-def test_failover_replay_from_outputs_and_hop_added_commitment(net: Net) -> None:
-    job_id = submit_and_route(
-        net.client, net.coord_registry, net.model_id, [(net.a.address, A_SPAN), (net.b.address, B_SPAN)]
-    )
+def test_a_job_settled_with_the_handed_commitments_is_never_posted(net: Net) -> None:
+    job_id = submit_for(net.client, net.coordinator.address, net.model_id)
+
+    async def go() -> list[Any]:
+        async with WorkerClient(net.a.url) as a, WorkerClient(net.b.url) as b:
+            sa = (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN, job_id)))["session_id"]
+            sb = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN, job_id)))["session_id"]
+            hidden, _ = await a.step(sa, PROMPT, 0)
+            await b.step(sb, hidden, 0)
+            return [(await a.close_session(sa)).job_commitment, (await b.close_session(sb)).job_commitment]
+
+    signed = run(go())
+    before = {n: net.owner.claimable(n) for n in (net.a.address, net.b.address)}
+    result = net.coord_registry.settle_jobs([Settlement(job_id, net.owner.job_record(job_id), b"\x01" * 32, signed)])
+    assert int(result.event("JobSettled").args["paidHops"]) == 0b11
+    assert all(net.owner.claimable(n) > before[n] for n in before)
+    time.sleep(5)  # past the window: the workers saw JobSettled with their hops paid and post nothing
+    assert posted_roots(net.owner, job_id) == {}
+
+
+def test_failover_replay_from_outputs_and_every_served_hop_posted(net: Net) -> None:
+    job_id = submit_for(net.client, net.coordinator.address, net.model_id)
 
     async def go() -> tuple[list[torch.Tensor], torch.Tensor, bytes]:
         async with (
@@ -209,8 +240,8 @@ def test_failover_replay_from_outputs_and_hop_added_commitment(net: Net) -> None
             WorkerClient(net.b.url) as b,
             WorkerClient(net.cheat.url) as c,
         ):
-            sa = (await a.open_session(ticket(net.coordinator, net.a.address, A_SPAN, job_id)))["session_id"]
-            sb = (await b.open_session(ticket(net.coordinator, net.b.address, B_SPAN, job_id)))["session_id"]
+            sa = (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN, job_id)))["session_id"]
+            sb = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN, job_id)))["session_id"]
             x, pos, seen = PROMPT, 0, []
             for _ in range(3):  # the client relays: a, then b
                 hidden, _ = await a.step(sa, x, pos)
@@ -220,12 +251,11 @@ def test_failover_replay_from_outputs_and_hop_added_commitment(net: Net) -> None
                 x = torch.tensor([[int(logits[0, -1].argmax())]])
             # b "fails": its replacement (here a fresh session) rebuilds its cache from a's outputs in one step
             history = await a.outputs(sa)
-            sb2 = (await b.open_session(ticket(net.coordinator, net.b.address, B_SPAN)))["session_id"]
+            sb2 = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN)))["session_id"]
             replayed, _ = await b.step(sb2, history, 0)
             await b.close(sb2)
-            # a "fails" too: the coordinator adds the cheat as a replacement hop for layers 0:2
-            net.coord_registry.add_hop(job_id, net.cheat.address, A_SPAN)
-            sc = (await c.open_session(ticket(net.coordinator, net.cheat.address, A_SPAN, job_id)))[
+            # a "fails" too: the coordinator sends layers 0:2 to the cheat as a replacement hop (off chain in v2)
+            sc = (await c.open_session(ticket(net.domain, net.coordinator, net.cheat.address, A_SPAN, job_id)))[
                 "session_id"
             ]
             await c.step(sc, PROMPT, 0)
@@ -235,16 +265,9 @@ def test_failover_replay_from_outputs_and_hop_added_commitment(net: Net) -> None
 
     seen, replayed, commit_c = run(go())
     assert torch.allclose(replayed[0, -1], seen[-1], atol=1e-5)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not all(h.committed for h in net.owner.get_hops(job_id)):
-        time.sleep(0.2)
-    hops = net.owner.get_hops(job_id)
-    assert [(h.node, h.committed) for h in hops] == [
-        (net.a.address, True),
-        (net.b.address, True),
-        (net.cheat.address, True),
-    ]
-    assert hops[2].commitment == commit_c
+    roots = _wait_posted(net, job_id, 3)
+    assert set(roots) == {net.a.address, net.b.address, net.cheat.address}
+    assert roots[net.cheat.address] == commit_c
 
 
 def test_tickets_must_come_from_an_on_chain_coordinator_for_this_worker_and_span(net: Net) -> None:
@@ -255,13 +278,26 @@ def test_tickets_must_come_from_an_on_chain_coordinator_for_this_worker_and_span
             return exc.status
         return 200
 
-    assert run(status(ticket(net.stranger, net.a.address, A_SPAN))) == 401
-    assert run(status(ticket(net.coordinator, net.b.address, A_SPAN))) == 401  # another worker's ticket
-    forged = {**ticket(net.coordinator, net.a.address, A_SPAN), "job_id": 999}  # altered after signing
+    assert run(status(ticket(net.domain, net.stranger, net.a.address, A_SPAN))) == 401
+    assert run(status(ticket(net.domain, net.coordinator, net.b.address, A_SPAN))) == 401  # another worker's ticket
+    forged = {**ticket(net.domain, net.coordinator, net.a.address, A_SPAN), "job_id": 999}  # altered after signing
     assert run(status(forged)) == 401
-    assert run(status(ticket(net.coordinator, net.a.address, LayerSpan(0, 1)))) == 422
+    assert run(status(ticket(net.domain, net.coordinator, net.a.address, LayerSpan(0, 1)))) == 422
     with pytest.raises(TicketRejected, match="not an approved coordinator"):
-        run(WorkerClient(net.a.url).open_session(ticket(net.stranger, net.a.address, A_SPAN)))
+        run(WorkerClient(net.a.url).open_session(ticket(net.domain, net.stranger, net.a.address, A_SPAN)))
+    # a job's sessions come only from the coordinator the job names (another approved one is refused)
+    job_id = submit_for(net.client, net.coordinator.address, net.model_id)
+    with pytest.raises(TicketRejected, match="the job names the coordinator"):
+        run(WorkerClient(net.a.url).open_session(ticket(net.domain, net.coordinator2, net.a.address, A_SPAN, job_id)))
+    with pytest.raises(TicketRejected, match="the job is not on chain"):
+        run(WorkerClient(net.a.url).open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN, 10**9)))
+
+    async def open_and_close() -> int:
+        async with WorkerClient(net.a.url) as a:
+            sid = (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN, job_id)))["session_id"]
+            return (await a.close_session(sid)).steps
+
+    assert run(open_and_close()) == 0  # the job's own coordinator is served
 
 
 async def _raw(
@@ -277,8 +313,8 @@ async def _raw(
 def test_bad_input_gets_a_clear_4xx_and_the_session_still_works(net: Net) -> None:
     async def go() -> tuple[list[tuple[str, int, int, str]], torch.Tensor, torch.Tensor]:
         async with WorkerClient(net.a.url) as a, WorkerClient(net.b.url) as b:
-            sa = (await a.open_session(ticket(net.coordinator, net.a.address, A_SPAN)))["session_id"]
-            sb = (await b.open_session(ticket(net.coordinator, net.b.address, B_SPAN)))["session_id"]
+            sa = (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN)))["session_id"]
+            sb = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN)))["session_id"]
             hidden, _ = await a.step(sa, PROMPT, 0)
             good = encode_frame(hidden)
             nan, inf = hidden.clone(), hidden.clone()
@@ -352,16 +388,16 @@ def test_session_limits_429_then_lru_eviction(net: Net) -> None:
             ids = []
             for _ in range(3):  # the per-coordinator limit is 3
                 ids.append(
-                    (await a.open_session(ticket(net.coordinator, net.a.address, A_SPAN)))["session_id"]
+                    (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN)))["session_id"]
                 )
                 await a.step(ids[-1], PROMPT, 0)
             with pytest.raises(TooManySessions):
-                await a.open_session(ticket(net.coordinator, net.a.address, A_SPAN))
+                await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN))
             await a.step(ids[0], torch.tensor([[1]]), 5)  # ids[1] is now the least recently used
-            other = [(await a.open_session(ticket(net.coordinator2, net.a.address, A_SPAN)))["session_id"]]
+            other = [(await a.open_session(ticket(net.domain, net.coordinator2, net.a.address, A_SPAN)))["session_id"]]
             assert (await a.health())["sessions"] == 4  # max_sessions: full
             other.append(
-                (await a.open_session(ticket(net.coordinator2, net.a.address, A_SPAN)))["session_id"]
+                (await a.open_session(ticket(net.domain, net.coordinator2, net.a.address, A_SPAN)))["session_id"]
             )
             with pytest.raises(SessionNotFound):
                 await a.step(ids[1], torch.tensor([[1]]), 5)
@@ -376,7 +412,7 @@ def test_session_limits_429_then_lru_eviction(net: Net) -> None:
 def test_perturb_outputs_adds_noise_an_honest_worker_does_not(net: Net) -> None:
     async def hidden(w: WorkerProc) -> torch.Tensor:
         async with WorkerClient(w.url) as c:
-            sid = (await c.open_session(ticket(net.coordinator, w.address, A_SPAN)))["session_id"]
+            sid = (await c.open_session(ticket(net.domain, net.coordinator, w.address, A_SPAN)))["session_id"]
             out, _ = await c.step(sid, PROMPT, 0)
             await c.close(sid)
             return out
@@ -408,16 +444,16 @@ def test_metrics_and_shard_files(net: Net) -> None:
 def test_sigterm_drains_then_releases_the_assignment_and_exits_0(net: Net) -> None:
     async def go() -> None:
         async with WorkerClient(net.b.url) as b, WorkerClient(net.a.url) as a:
-            sa = (await a.open_session(ticket(net.coordinator, net.a.address, A_SPAN)))["session_id"]
+            sa = (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN)))["session_id"]
             hidden, _ = await a.step(sa, PROMPT, 0)
-            sb = (await b.open_session(ticket(net.coordinator, net.b.address, B_SPAN)))["session_id"]
+            sb = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN)))["session_id"]
             net.b.signal(15)
             deadline = time.monotonic() + 10
             while not (await b.health())["draining"]:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.05)
             with pytest.raises(WorkerAPIError) as err:
-                await b.open_session(ticket(net.coordinator, net.b.address, B_SPAN))
+                await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN))
             assert err.value.status == 503
             await b.step(sb, hidden, 0)  # sessions in flight still step
             await b.close(sb)

@@ -28,6 +28,7 @@ def test_smollm2_over_three_workers_in_push_mode_matches_the_unsplit_model(
     store, cid, manifest = smollm2_store
     owner.register_model(manifest.name, cid, manifest.num_layers, 10**6)
     owner.set_coordinator(accounts[1].address, "http://127.0.0.1:9", True)
+    domain = owner.domain()
     workers = [
         start_worker(
             tmp, accounts[2 + i], dep_file, manifest.name, store, "--layers", str(span), name=f"w{i}"
@@ -44,7 +45,7 @@ def test_smollm2_over_three_workers_in_push_mode_matches_the_unsplit_model(
                 sessions: list[str] = []
                 nxt = None
                 for w, c, span in reversed(list(zip(workers, clients, SPANS, strict=True))):
-                    opened = await c.open_session(ticket(accounts[1], w.address, span), "fp32", next=nxt)
+                    opened = await c.open_session(ticket(domain, accounts[1], w.address, span), "fp32", next=nxt)
                     sessions.insert(0, opened["session_id"])
                     nxt = {"url": w.url, "session_id": opened["session_id"], "token": opened["session_token"]}
                 tokens, logits, x, pos = [], [], PROMPT, 0
