@@ -80,8 +80,10 @@ class Admission(Generic[T]):
         anything `check` raises goes to the caller."""
         if self.waiting >= self.max_waiting:
             self.refused += 1
-            raise Busy(f"the coordinator is at capacity ({self.running} requests running, {self.waiting} waiting, "
-                       f"the queue's limit): nothing was paid; retry in a few seconds")
+            raise Busy(
+                f"the coordinator is at capacity ({self.running} requests running, {self.waiting} waiting, "
+                f"the queue's limit): nothing was paid; retry in a few seconds"
+            )
         self.waiting += 1
         deadline = asyncio.get_running_loop().time() + self.wait_s
         try:
@@ -100,8 +102,10 @@ class Admission(Generic[T]):
                 left = deadline - asyncio.get_running_loop().time()
                 if left <= 0:
                     self.refused += 1
-                    raise NoCapacity(f"no worker session came free within {self.wait_s:g} s ({self.running} requests "
-                                     "running): nothing was paid; retry later")
+                    raise NoCapacity(
+                        f"no worker session came free within {self.wait_s:g} s ({self.running} requests "
+                        "running): nothing was paid; retry later"
+                    )
                 self._freed.clear()
                 try:
                     await asyncio.wait_for(self._freed.wait(), min(RECHECK_S, left))
@@ -121,8 +125,14 @@ class Admission(Generic[T]):
         self._freed.set()
 
     def describe(self) -> dict[str, int]:
-        return {"running": self.running, "waiting": self.waiting, "max_running": self.max_running,
-                "max_waiting": self.max_waiting, "admitted": self.admitted, "refused": self.refused}
+        return {
+            "running": self.running,
+            "waiting": self.waiting,
+            "max_running": self.max_running,
+            "max_waiting": self.max_waiting,
+            "admitted": self.admitted,
+            "refused": self.refused,
+        }
 
 
 def has_free_session(health: dict[str, object], pending_here: int, open_here: int) -> bool:

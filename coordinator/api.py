@@ -17,13 +17,18 @@ from coordinator.service import CoordinatorService
 
 async def health(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    return web.json_response({"ok": True, "coordinator": service.account.address,
-                              "workers": len(service.directory.nodes())})
+    return web.json_response(
+        {"ok": True, "coordinator": service.account.address, "workers": len(service.directory.nodes())}
+    )
 
 
 async def list_workers(request: web.Request) -> web.Response:
-    return web.json_response({"workers": request.app[SERVICE].directory.describe(),
-                              "admission": request.app[openai_api.ADMISSION].describe()})
+    return web.json_response(
+        {
+            "workers": request.app[SERVICE].directory.describe(),
+            "admission": request.app[openai_api.ADMISSION].describe(),
+        }
+    )
 
 
 def make_app(service: CoordinatorService) -> web.Application:

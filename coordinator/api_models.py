@@ -51,9 +51,13 @@ class _Sampled(_Body):
     ignore_eos: StrictBool = False
 
     def sampling(self, *, chat: bool = False) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature or 0.0,
-                              top_p=1.0 if self.top_p is None else self.top_p,
-                              seed=self.seed, ignore_eos=self.ignore_eos, chat=chat)
+        return SamplingParams(
+            temperature=self.temperature or 0.0,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            seed=self.seed,
+            ignore_eos=self.ignore_eos,
+            chat=chat,
+        )
 
 
 class _OpenAIRequest(_Sampled):
@@ -66,7 +70,9 @@ class _OpenAIRequest(_Sampled):
     n: Literal[1] = Field(1, description="one choice per request: n > 1 is not supported")
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    stop: None = Field(None, description="stop sequences are not supported (the model stops at EOS or max_tokens)")
+    stop: None = Field(
+        None, description="stop sequences are not supported (the model stops at EOS or max_tokens)"
+    )
     logit_bias: None = None
     # accepted and ignored: they do not change the tokens
     user: str | None = None
@@ -132,7 +138,9 @@ class ChatCompletionRequest(_OpenAIRequest):
 class PromptHandOver(_Sampled):
     """`POST /v1/jobs/{id}/prompt`: the exact prompt whose keccak256 the job carries, and how to sample."""
 
-    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)  # the client may sign more (Protocol v2)
+    model_config = ConfigDict(
+        extra="ignore", strict=True, frozen=True
+    )  # the client may sign more (Protocol v2)
 
     prompt: str
     chat: StrictBool = False
@@ -169,10 +177,14 @@ def parse_job_id(text: str) -> int | None:
     return job_id if 1 <= job_id <= MAX_JOB_ID else None
 
 
-def validation_error(exc: ValidationError, status: int = 400, codes: dict[str, str] | None = None) -> web.Response:
+def validation_error(
+    exc: ValidationError, status: int = 400, codes: dict[str, str] | None = None
+) -> web.Response:
     """The first validation failure as OpenAI's error: {"error": {"message", "type", "param", "code"}}."""
     first = exc.errors(include_url=False)[0]
-    param = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-after", "str", "list[")))
+    param = ".".join(
+        str(p) for p in first["loc"] if not str(p).startswith(("function-after", "str", "list["))
+    )
     kind = first["type"]
     if kind == "extra_forbidden":
         message, code = f"{param!r} is not supported by this server; remove it", "unsupported_parameter"
@@ -185,5 +197,14 @@ def validation_error(exc: ValidationError, status: int = 400, codes: dict[str, s
     else:
         message, code = f"{param or 'body'}: {first['msg']}", "invalid_value"
     code = (codes or {}).get(param, code)
-    return web.json_response({"error": {"message": message, "type": "invalid_request_error", "param": param or None,
-                                        "code": code}}, status=status)
+    return web.json_response(
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": param or None,
+                "code": code,
+            }
+        },
+        status=status,
+    )

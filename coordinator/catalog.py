@@ -51,7 +51,9 @@ class ServedModel:
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         """The prompt text for chat `messages`, by the tokenizer's chat template."""
         if getattr(self.tokenizer, "chat_template", None):
-            return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+            return str(
+                self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            )
         return "".join(f"{m.get('role', 'user')}: {m.get('content', '')}\n" for m in messages) + "assistant:"
 
 
@@ -85,8 +87,14 @@ def load_model(info: ModelInfo, store_dir: Path, peers: Sequence[str]) -> Served
             eos.add(value)
         elif isinstance(value, list):
             eos.update(int(v) for v in value)
-    log.info("model %d (%s): %d layers, tokenizer %s, eos %s", info.model_id, info.name, info.num_layers,
-             type(tokenizer).__name__, sorted(eos))
+    log.info(
+        "model %d (%s): %d layers, tokenizer %s, eos %s",
+        info.model_id,
+        info.name,
+        info.num_layers,
+        type(tokenizer).__name__,
+        sorted(eos),
+    )
     return ServedModel(info, manifest, tokenizer, frozenset(eos))
 
 
@@ -95,8 +103,9 @@ class ModelCatalog:
     asking at the same time (concurrent first imports of transformers' tokenizer classes fail with ImportError,
     and 16 concurrent first requests used to get 500 for it); the callers wait for the one load."""
 
-    def __init__(self, fetch_info: Callable[[int], ModelInfo], store_dir: Path,
-                 peers: Callable[[], list[str]]) -> None:
+    def __init__(
+        self, fetch_info: Callable[[int], ModelInfo], store_dir: Path, peers: Callable[[], list[str]]
+    ) -> None:
         self._fetch_info = fetch_info
         self._store_dir = store_dir
         self._peers = peers

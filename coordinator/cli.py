@@ -22,14 +22,22 @@ _SWITCHES = ("no_api_key",)
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     add_settings_flags(
-        parser, CoordinatorConfig, env_prefix=ENV_PREFIX, metavars=_METAVARS,
+        parser,
+        CoordinatorConfig,
+        env_prefix=ENV_PREFIX,
+        metavars=_METAVARS,
         config_help="TOML file of settings (see coordinator/coordinator.example.toml; keys as the flags, with _ "
         f"for -); flags and {ENV_PREFIX}<SETTING> environment variables override it",
         names=[n for n in CoordinatorConfig.model_fields if n not in _SWITCHES],
     )
     for name in _SWITCHES:  # yes/no settings are switches: given means true
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true", default=None,
-                            help=field_help()[name] + f" [env {ENV_PREFIX}{name.upper()}=true]")
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            action="store_true",
+            default=None,
+            help=field_help()[name] + f" [env {ENV_PREFIX}{name.upper()}=true]",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,14 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser(
-        "run", help="serve until SIGTERM/SIGINT",
+        "run",
+        help="serve until SIGTERM/SIGINT",
         description="Check the account is an approved coordinator on chain, then watch JobSubmitted events, "
         "take prompts over HTTP, run and settle the jobs. Stops cleanly on SIGTERM/SIGINT.",
     )
     _add_config_flags(run)
-    run.add_argument("--reset-state", action="store_true",
-                     help="clear the database's state (jobs, cursor) when it belongs to another chain or registry, "
-                     "e.g. after restarting a devnet (without it such a database is refused)")
+    run.add_argument(
+        "--reset-state",
+        action="store_true",
+        help="clear the database's state (jobs, cursor) when it belongs to another chain or registry, "
+        "e.g. after restarting a devnet (without it such a database is refused)",
+    )
     run.set_defaults(func=_cmd_run)
     return parser
 
@@ -72,8 +84,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     registry = Registry.from_deployment(cfg.deployment, account, rpc_url=cfg.rpc_url)
     engine = make_engine(cfg.database_url())
     try:
-        check_chain_identity(engine, "coordinator", identity_of(registry), reset=args.reset_state,
-                             what=f"the coordinator's database ({engine.url.render_as_string(hide_password=True)})")
+        check_chain_identity(
+            engine,
+            "coordinator",
+            identity_of(registry),
+            reset=args.reset_state,
+            what=f"the coordinator's database ({engine.url.render_as_string(hide_password=True)})",
+        )
     finally:
         engine.dispose()
 

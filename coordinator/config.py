@@ -45,7 +45,8 @@ class CoordinatorConfig(ChainSettings):
 
     # -- state and model files
     db_url: str | None = Field(
-        None, description="SQLAlchemy database URL (sqlite:///… or postgresql://…); default: SQLite in --data-dir"
+        None,
+        description="SQLAlchemy database URL (sqlite:///… or postgresql://…); default: SQLite in --data-dir",
     )
     data_dir: Path = Field(Path(".shardnet/coordinator"), description="folder for the SQLite database")
     store_dir: Path = Field(
@@ -66,13 +67,18 @@ class CoordinatorConfig(ChainSettings):
     )
     max_concurrent_jobs: int = Field(4, ge=1, description="jobs generated at the same time")
     settle_batch_s: float = Field(
-        0.5, ge=0, description="jobs done within this many seconds of each other are settled in one settleJobs "
+        0.5,
+        ge=0,
+        description="jobs done within this many seconds of each other are settled in one settleJobs "
         "transaction (at most 16; less gas per job); 0 settles each job at once",
     )
 
     # -- verification
     verify_share: float = Field(
-        0.05, ge=0, le=1, description="share of (hop, step) pairs re-run on a replica and compared (0 disables)"
+        0.05,
+        ge=0,
+        le=1,
+        description="share of (hop, step) pairs re-run on a replica and compared (0 disables)",
     )
     verify_rel_error: float = Field(
         1e-3, gt=0, description="hidden states: largest accepted relative error between two workers' outputs"
@@ -86,11 +92,14 @@ class CoordinatorConfig(ChainSettings):
         None, description="on-chain model id the OpenAI API serves by default; default: the first registered"
     )
     api_max_tokens: int = Field(
-        64, ge=1, description="max_tokens of an API request that gives none (capped by what the route can hold)"
+        64,
+        ge=1,
+        description="max_tokens of an API request that gives none (capped by what the route can hold)",
     )
     no_api_key: bool = Field(
-        False, description="serve the paid OpenAI API without a key on a non-loopback --host (anyone who reaches "
-        "it spends this coordinator's ETH); without it such a start is refused"
+        False,
+        description="serve the paid OpenAI API without a key on a non-loopback --host (anyone who reaches "
+        "it spends this coordinator's ETH); without it such a start is refused",
     )
     api_max_running: int | None = Field(
         None, ge=1, description="OpenAI API requests paid and running at once; default: --max-concurrent-jobs"
@@ -99,7 +108,9 @@ class CoordinatorConfig(ChainSettings):
         32, ge=0, description="OpenAI API requests that may wait for capacity before paying (429 beyond)"
     )
     api_queue_wait_s: float = Field(
-        30.0, ge=0, description="how long a waiting OpenAI API request waits for capacity (then 503, nothing paid)"
+        30.0,
+        ge=0,
+        description="how long a waiting OpenAI API request waits for capacity (then 503, nothing paid)",
     )
 
     @model_validator(mode="after")
@@ -133,5 +144,11 @@ def load_config(
     environ: Mapping[str, str] | None = None,
 ) -> CoordinatorConfig:
     """Merge defaults < TOML file < environment < `overrides` (flags; None values are ignored) and validate."""
-    return load_layered(CoordinatorConfig, role="coordinator", env_prefix=ENV_PREFIX, overrides=overrides, config_file=config_file,
-                        environ=environ)
+    return load_layered(
+        CoordinatorConfig,
+        role="coordinator",
+        env_prefix=ENV_PREFIX,
+        overrides=overrides,
+        config_file=config_file,
+        environ=environ,
+    )

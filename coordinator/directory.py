@@ -138,10 +138,21 @@ class WorkerDirectory:
         out: list[dict[str, object]] = []
         for aid, a in sorted(self._assignments.items()):
             stats = self._stats.get(a.node, _NodeStats())
-            out.append({"assignment_id": aid, "node": a.node, "endpoint": self._endpoints.get(a.node),
-                        "model_id": a.model_id, "span": [a.span.start, a.span.end], "live": a.live,
-                        "down": stats.down, "excluded": a.node in self._excluded, "load": stats.load,
-                        "rtt_s": stats.rtt_s, "compute_per_layer_s": stats.compute_per_layer_s})
+            out.append(
+                {
+                    "assignment_id": aid,
+                    "node": a.node,
+                    "endpoint": self._endpoints.get(a.node),
+                    "model_id": a.model_id,
+                    "span": [a.span.start, a.span.end],
+                    "live": a.live,
+                    "down": stats.down,
+                    "excluded": a.node in self._excluded,
+                    "load": stats.load,
+                    "rtt_s": stats.rtt_s,
+                    "compute_per_layer_s": stats.compute_per_layer_s,
+                }
+            )
         return out
 
     def snapshot(self, model_id: int) -> list[WorkerInfo]:
@@ -154,13 +165,17 @@ class WorkerDirectory:
             stats = self._stats.get(a.node, _NodeStats())
             if endpoint is None or stats.down:
                 continue
-            out.append(WorkerInfo(a.node, endpoint, a.span, stats.rtt_s, stats.compute_per_layer_s, stats.load))
+            out.append(
+                WorkerInfo(a.node, endpoint, a.span, stats.rtt_s, stats.compute_per_layer_s, stats.load)
+            )
         return sorted(out, key=lambda w: (w.span.start, w.span.end, w.address))
 
     def replicas(self, model_id: int, span: LayerSpan, *, besides: set[str]) -> list[WorkerInfo]:
         """Routable workers serving exactly `span`, other than `besides`, cheapest first (address breaks ties)."""
         ws = [w for w in self.snapshot(model_id) if w.span == span and w.address not in besides]
-        return sorted(ws, key=lambda w: (w.rtt_s + len(span) * w.compute_per_layer_s * (1 + w.load), w.address))
+        return sorted(
+            ws, key=lambda w: (w.rtt_s + len(span) * w.compute_per_layer_s * (1 + w.load), w.address)
+        )
 
 
 async def probe_forever(

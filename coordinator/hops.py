@@ -21,7 +21,9 @@ class JobHops:
     hops: list[tuple[str, LayerSpan]]
     positions: list[int] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)  # why each hop is there: "route", "failover", "rerun"
-    commitments: dict[int, SignedCommitment] = field(default_factory=dict)  # hop index -> latest signed commitment
+    commitments: dict[int, SignedCommitment] = field(
+        default_factory=dict
+    )  # hop index -> latest signed commitment
 
     def __post_init__(self) -> None:
         self.positions = [0] * len(self.hops)

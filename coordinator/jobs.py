@@ -71,8 +71,14 @@ def output_hash(text: str) -> bytes:
 class JobRunner:
     """Runs jobs for one coordinator account; chain calls run in threads, everything else on the loop."""
 
-    def __init__(self, ctx: PipelineContext, lifecycle: JobLifecycle, commitments: CommitmentBoard, *,
-                 settle_batch_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        ctx: PipelineContext,
+        lifecycle: JobLifecycle,
+        commitments: CommitmentBoard,
+        *,
+        settle_batch_s: float = 0.0,
+    ) -> None:
         self.ctx = ctx
         self.registry = ctx.registry
         self.router = ctx.router
@@ -81,9 +87,17 @@ class JobRunner:
         self.batcher = SettlementBatcher(self.finish_settlements, window_s=settle_batch_s)
 
     # -- generating
-    async def generate(self, job_id: int, model: ServedModel, job_hops: JobHops, prompt_ids: list[int],
-                       max_tokens: int, params: SamplingParams, on_token: OnToken | None,
-                       first_route: list[RouteHop]) -> GenerationResult:
+    async def generate(
+        self,
+        job_id: int,
+        model: ServedModel,
+        job_hops: JobHops,
+        prompt_ids: list[int],
+        max_tokens: int,
+        params: SamplingParams,
+        on_token: OnToken | None,
+        first_route: list[RouteHop],
+    ) -> GenerationResult:
         """Generate up to `max_tokens` tokens after `prompt_ids` through the job's route."""
         emitted: list[int] = []
         failovers: list[dict[str, object]] = []
@@ -92,8 +106,13 @@ class JobRunner:
             if route is None:
                 route = self.router.route(model.info.model_id, model.num_layers)
             sampler = Sampler(params)
-            pipe = Pipeline(self.ctx, job_hops, model_id=model.info.model_id, num_layers=model.num_layers,
-                            reason="rerun" if rerun else "route")
+            pipe = Pipeline(
+                self.ctx,
+                job_hops,
+                model_id=model.info.model_id,
+                num_layers=model.num_layers,
+                reason="rerun" if rerun else "route",
+            )
             tokens: list[int] = []
             try:
                 await pipe.open(route)
@@ -113,8 +132,11 @@ class JobRunner:
                         if on_token is not None:
                             await on_token(token)
                     elif emitted[len(tokens) - 1] != token:
-                        log.warning("job %d: the re-run differs from tokens already streamed at %d", job_id,
-                                    len(tokens) - 1)
+                        log.warning(
+                            "job %d: the re-run differs from tokens already streamed at %d",
+                            job_id,
+                            len(tokens) - 1,
+                        )
                     x = torch.tensor([[token]], dtype=torch.int64)
                 return GenerationResult(tokens, finish, failovers + pipe.failovers, rerun)
             except CheatDetected as exc:
@@ -127,7 +149,9 @@ class JobRunner:
         raise JobError(f"job {job_id}: gave up after {MAX_RERUNS} re-runs caused by cheating workers")
 
     # -- settling
-    async def _enter_settling(self, job: JobInfo, job_hops: JobHops, result: GenerationResult, text: str) -> None:
+    async def _enter_settling(
+        self, job: JobInfo, job_hops: JobHops, result: GenerationResult, text: str
+    ) -> None:
         """Save what settleJobs will send (output hash, each hop's checked signed commitment), then move to settling."""
         max_prompt = int(await asyncio.to_thread(self.registry.max_prompt_tokens))
         domain = self.ctx.domain
@@ -141,19 +165,41 @@ class JobRunner:
             elif signed is None:
                 note = "no signed commitment in its close answer (it may post its own)"
             else:
-                note = check_commitment(signed, job_id=job.job_id, node=node, span=span, domain=domain,
-                                        max_positions=job.max_tokens + max_prompt,
-                                        seen_positions=job_hops.positions[i])
+                note = check_commitment(
+                    signed,
+                    job_id=job.job_id,
+                    node=node,
+                    span=span,
+                    domain=domain,
+                    max_positions=job.max_tokens + max_prompt,
+                    seen_positions=job_hops.positions[i],
+                )
             if note is not None and job_hops.positions[i] > 0:
-                log.warning("job %d: hop %d (%s, layers %s) is not settled: %s", job.job_id, i, node, span, note)
-            self.ctx.state.save_hop(job.job_id, i, node=node.lower(), endpoint=directory.endpoint(node) or "",
-                                    span_start=span.start, span_end=span.end, positions=job_hops.positions[i],
-                                    layer_tokens=0 if note else tokens[i],
-                                    commitment="0x" + signed.root.hex() if signed else None,
-                                    signed_commitment=json.dumps(signed.to_json()) if signed else None,
-                                    settle_note=note, reason=job_hops.reasons[i])
-        self.lifecycle.advance(job.job_id, JobState.SETTLING, output=text, output_tokens=json.dumps(result.tokens),
-                               output_hash="0x" + output_hash(text).hex(), finish_reason=result.finish_reason)
+                log.warning(
+                    "job %d: hop %d (%s, layers %s) is not settled: %s", job.job_id, i, node, span, note
+                )
+            self.ctx.state.save_hop(
+                job.job_id,
+                i,
+                node=node.lower(),
+                endpoint=directory.endpoint(node) or "",
+                span_start=span.start,
+                span_end=span.end,
+                positions=job_hops.positions[i],
+                layer_tokens=0 if note else tokens[i],
+                commitment="0x" + signed.root.hex() if signed else None,
+                signed_commitment=json.dumps(signed.to_json()) if signed else None,
+                settle_note=note,
+                reason=job_hops.reasons[i],
+            )
+        self.lifecycle.advance(
+            job.job_id,
+            JobState.SETTLING,
+            output=text,
+            output_tokens=json.dumps(result.tokens),
+            output_hash="0x" + output_hash(text).hex(),
+            finish_reason=result.finish_reason,
+        )
 
     async def finish_settlement(self, job_id: int) -> str:
         """settleJobs with exactly the checked signed commitments `_enter_settling` saved; returns the tx hash.
@@ -171,21 +217,30 @@ class JobRunner:
             row = self.lifecycle.state.get_job(job_id)
             if row is None or row.status != JobState.SETTLING or row.output_hash is None:
                 raise IllegalTransition(f"job {job_id} is not settling; nothing to settle")
-            held = [(h, SignedCommitment.from_json(json.loads(h.signed_commitment)))
-                    for h in self.lifecycle.state.hops(job_id) if h.signed_commitment and not h.settle_note]
+            held = [
+                (h, SignedCommitment.from_json(json.loads(h.signed_commitment)))
+                for h in self.lifecycle.state.hops(job_id)
+                if h.signed_commitment and not h.settle_note
+            ]
             record = await asyncio.to_thread(self.registry.job_record, job_id)
-            batch.append((Settlement(job_id, record, bytes.fromhex(row.output_hash[2:]), [c for _, c in held]), held))
+            batch.append(
+                (Settlement(job_id, record, bytes.fromhex(row.output_hash[2:]), [c for _, c in held]), held)
+            )
         if os.environ.get(DIE_BEFORE_FINALIZE_ENV) == "1":
-            log.error("test hook %s: dying before settleJobs of job %s", DIE_BEFORE_FINALIZE_ENV,
-                      ", ".join(map(str, job_ids)))
+            log.error(
+                "test hook %s: dying before settleJobs of job %s",
+                DIE_BEFORE_FINALIZE_ENV,
+                ", ".join(map(str, job_ids)),
+            )
             os.kill(os.getpid(), signal.SIGKILL)
         result = await asyncio.to_thread(self.registry.settle_jobs, [s for s, _ in batch])
         for settlement, held in batch:
             await self._settled(settlement, held, result)
         return {job_id: result.tx_hash for job_id in job_ids}
 
-    async def _settled(self, settlement: Settlement, held: list[tuple[HopRow, SignedCommitment]],
-                       result: TxResult) -> None:
+    async def _settled(
+        self, settlement: Settlement, held: list[tuple[HopRow, SignedCommitment]], result: TxResult
+    ) -> None:
         """Record what a mined settleJobs did with one job: which hops were paid, and the job finalized."""
         job_id = settlement.job_id
         settled = [e for e in result.events if e.name == "JobSettled" and int(e.args["jobId"]) == job_id]
@@ -198,14 +253,25 @@ class JobRunner:
         order = {c.node.lower(): i for i, c in enumerate(settlement.sorted_hops())}
         for h, c in held:
             paid = paid_bits >> order[c.node.lower()] & 1
-            self.ctx.state.save_hop(job_id, h.hop_index, settle_note=None if paid else
-                                    "settled but not paid by the registry (posted already, stake, jail or escrow)")
+            self.ctx.state.save_hop(
+                job_id,
+                h.hop_index,
+                settle_note=None
+                if paid
+                else "settled but not paid by the registry (posted already, stake, jail or escrow)",
+            )
         self.lifecycle.advance(job_id, JobState.FINALIZED, tx_finalize=result.tx_hash)
         self.commitments.forget(job_id)
 
     # -- the whole job
-    async def run(self, job_id: int, model: ServedModel, prompt: str, params: SamplingParams,
-                  on_token: OnToken | None = None) -> GenerationResult:
+    async def run(
+        self,
+        job_id: int,
+        model: ServedModel,
+        prompt: str,
+        params: SamplingParams,
+        on_token: OnToken | None = None,
+    ) -> GenerationResult:
         """Route, generate and settle a job whose prompt matches its on-chain inputHash. Fails it on chain on error."""
         job: JobInfo = await asyncio.to_thread(self.registry.get_job, job_id)
         try:
@@ -219,21 +285,33 @@ class JobRunner:
             if not prompt_ids:
                 raise JobError("the prompt is empty after tokenization")
             if len(prompt_ids) > max_prompt:
-                raise JobError(f"the prompt has {len(prompt_ids)} tokens, more than the registry's "
-                               f"maxPromptTokens ({max_prompt}); shorten it")
+                raise JobError(
+                    f"the prompt has {len(prompt_ids)} tokens, more than the registry's "
+                    f"maxPromptTokens ({max_prompt}); shorten it"
+                )
             route = self.router.route(model.info.model_id, model.num_layers)
             hops = [(h.address, h.span) for h in route]
-            self.lifecycle.routed(job_id, len(prompt_ids), [(h.address, h.endpoint, h.span.start, h.span.end)
-                                                            for h in route])
+            self.lifecycle.routed(
+                job_id, len(prompt_ids), [(h.address, h.endpoint, h.span.start, h.span.end) for h in route]
+            )
             self.lifecycle.advance(job_id, JobState.GENERATING)  # no route goes on chain (protocol v2)
             self.commitments.track(job_id)
             job_hops = JobHops(job_id, list(hops))
-            result = await self.generate(job_id, model, job_hops, prompt_ids, job.max_tokens, params, on_token, route)
+            result = await self.generate(
+                job_id, model, job_hops, prompt_ids, job.max_tokens, params, on_token, route
+            )
             text = model.decode(result.tokens)
             await self._enter_settling(job, job_hops, result, text)
             tx = await self.batcher.settle(job_id)  # with the jobs settling now, in one settleJobs
-            log.info("job %d settled: %d tokens (%s), %d failovers, %d re-runs, tx %s", job_id,
-                     len(result.tokens), result.finish_reason, len(result.failovers), result.reruns, tx)
+            log.info(
+                "job %d settled: %d tokens (%s), %d failovers, %d re-runs, tx %s",
+                job_id,
+                len(result.tokens),
+                result.finish_reason,
+                len(result.failovers),
+                result.reruns,
+                tx,
+            )
             return result
         except Exception as exc:
             reason = str(exc) or type(exc).__name__
@@ -261,7 +339,11 @@ class JobRunner:
                 self.lifecycle.advance(job_id, JobState.FAILED, error=reason)
             if job.status == JobStatus.Open:
                 await asyncio.to_thread(self.registry.fail_job, job_id, job.record, reason[:200])
-                log.info("job %d failed on chain (client refunded what posted commitments left): %s", job_id, reason)
+                log.info(
+                    "job %d failed on chain (client refunded what posted commitments left): %s",
+                    job_id,
+                    reason,
+                )
             self.lifecycle.confirmed(job_id)
         except ShardnetError as exc:
             log.error("job %d: could not fail it on chain: %s", job_id, exc)

@@ -1,10 +1,10 @@
 """The jobs API: prompts for jobs paid on chain by clients, and what the coordinator knows of each job.
 
-    POST /v1/jobs/{id}/prompt   {"prompt", "temperature"?, "top_p"?, "seed"?, "ignore_eos"?, "chat"?}  -> 202 the job
-    GET  /v1/jobs/{id}          status (a `coordinator.lifecycle.JobState`), route, commitments (read from the
-                                chain), and the output once generated if X-Shardnet-Auth is the job client's
-                                signature of `shardnet.client.output_read_message(id, expires_at)`, not expired (`sign_output_read`)
-    GET  /v1/jobs?client=0x…    the jobs this coordinator knows (without outputs)
+POST /v1/jobs/{id}/prompt   {"prompt", "temperature"?, "top_p"?, "seed"?, "ignore_eos"?, "chat"?}  -> 202 the job
+GET  /v1/jobs/{id}          status (a `coordinator.lifecycle.JobState`), route, commitments (read from the
+                            chain), and the output once generated if X-Shardnet-Auth is the job client's
+                            signature of `shardnet.client.output_read_message(id, expires_at)`, not expired (`sign_output_read`)
+GET  /v1/jobs?client=0x…    the jobs this coordinator knows (without outputs)
 """
 
 from __future__ import annotations
@@ -42,21 +42,36 @@ def job_view(service: CoordinatorService, row: JobRow, *, reveal: bool = False) 
         "max_tokens": row.max_tokens,
         "prompt_tokens": row.prompt_tokens,
         "output": row.output if generated and reveal else None,
-        "output_tokens": json.loads(row.output_tokens) if generated and reveal and row.output_tokens else None,
+        "output_tokens": json.loads(row.output_tokens)
+        if generated and reveal and row.output_tokens
+        else None,
         "output_hidden": generated and not reveal,
         "output_hash": row.output_hash,
         "finish_reason": row.finish_reason,
         "error": row.error,
         "finalize_tx": row.tx_finalize,
-        "route": [{"hop": h.hop_index, "node": h.node, "endpoint": h.endpoint, "span": [h.span_start, h.span_end],
-                   "positions": h.positions, "layer_tokens": h.layer_tokens, "reason": h.reason}
-                  for h in hops],
+        "route": [
+            {
+                "hop": h.hop_index,
+                "node": h.node,
+                "endpoint": h.endpoint,
+                "span": [h.span_start, h.span_end],
+                "positions": h.positions,
+                "layer_tokens": h.layer_tokens,
+                "reason": h.reason,
+            }
+            for h in hops
+        ],
     }
 
 
 def _bad_job_id(text: str) -> web.Response:
-    return error(400, f"the job id must be a whole number from 1 to {MAX_JOB_ID}, not {text[:40]!r}",
-                 param="job_id", code="invalid_job_id")
+    return error(
+        400,
+        f"the job id must be a whole number from 1 to {MAX_JOB_ID}, not {text[:40]!r}",
+        param="job_id",
+        code="invalid_job_id",
+    )
 
 
 async def post_prompt(request: web.Request) -> web.Response:
@@ -91,9 +106,16 @@ async def get_job(request: web.Request) -> web.Response:
     view = job_view(service, row, reveal=_reader(request, job_id) == (row.client or "").lower())
     posted = service.commitments.posted_by(job_id)
     view["commitments"] = [
-        {"hop": h.hop_index, "node": h.node, "span": [h.span_start, h.span_end], "commitment": h.commitment,
-         "signed": h.signed_commitment is not None, "settled": h.signed_commitment is not None and not h.settle_note,
-         "posted_by_worker": h.node in posted, "note": h.settle_note}
+        {
+            "hop": h.hop_index,
+            "node": h.node,
+            "span": [h.span_start, h.span_end],
+            "commitment": h.commitment,
+            "signed": h.signed_commitment is not None,
+            "settled": h.signed_commitment is not None and not h.settle_note,
+            "posted_by_worker": h.node in posted,
+            "note": h.settle_note,
+        }
         for h in service.state.hops(job_id)
     ]
     return web.json_response(view)

@@ -113,8 +113,10 @@ def _check(job_id: int, current: str | None, target: JobState) -> None:
     now = None if current is None else JobState(current)
     if target not in TRANSITIONS[now]:
         allowed = ", ".join(sorted(TRANSITIONS[now])) or "nothing (it is over)"
-        raise IllegalTransition(f"job {job_id} cannot go from {now or 'unknown'} to {target}; from "
-                                f"{now or 'unknown'} it may go to {allowed}")
+        raise IllegalTransition(
+            f"job {job_id} cannot go from {now or 'unknown'} to {target}; from "
+            f"{now or 'unknown'} it may go to {allowed}"
+        )
 
 
 class JobLifecycle:
@@ -128,7 +130,9 @@ class JobLifecycle:
         with session_scope(self.state.engine) as s:
             yield s, s.get(JobRow, job_id)
 
-    def _move(self, s: Session, row: JobRow | None, job_id: int, target: JobState, fields: dict[str, Any]) -> JobRow:
+    def _move(
+        self, s: Session, row: JobRow | None, job_id: int, target: JobState, fields: dict[str, Any]
+    ) -> JobRow:
         _check(job_id, None if row is None else row.status, target)
         if row is None:
             row = JobRow(job_id=job_id)
@@ -166,21 +170,47 @@ class JobLifecycle:
         if row is not None and JobState(row.status) not in TERMINAL:
             self._move(s, row, job_id, S.CANCELLED, {"error": "cancelled by its client after the deadline"})
 
-    def take_prompt(self, job: JobInfo, prompt: str, sampling: dict[str, Any], *, source: str = "chain") -> JobRow:
+    def take_prompt(
+        self, job: JobInfo, prompt: str, sampling: dict[str, Any], *, source: str = "chain"
+    ) -> JobRow:
         """The prompt of `job` (its hash already checked against the chain): the job is ready to be routed."""
         with self._row(job.job_id) as (s, row):
-            return self._move(s, row, job.job_id, S.PROMPT, {
-                "prompt": prompt, "sampling": json.dumps(sampling), "source": source, "client": job.client.lower(),
-                "model_id": job.model_id, "input_hash": "0x" + job.input_hash.hex(), "max_tokens": job.max_tokens,
-                "escrow_wei": str(job.escrow), "deadline": job.deadline or None, "error": None})
+            return self._move(
+                s,
+                row,
+                job.job_id,
+                S.PROMPT,
+                {
+                    "prompt": prompt,
+                    "sampling": json.dumps(sampling),
+                    "source": source,
+                    "client": job.client.lower(),
+                    "model_id": job.model_id,
+                    "input_hash": "0x" + job.input_hash.hex(),
+                    "max_tokens": job.max_tokens,
+                    "escrow_wei": str(job.escrow),
+                    "deadline": job.deadline or None,
+                    "error": None,
+                },
+            )
 
     def routed(self, job_id: int, prompt_tokens: int, hops: Sequence[tuple[str, str, int, int]]) -> None:
         """The route is chosen (node, endpoint, start, end per hop): saved before any session opens."""
         with self._row(job_id) as (s, row):
             self._move(s, row, job_id, S.ROUTED, {"prompt_tokens": prompt_tokens})
         for i, (node, endpoint, start, end) in enumerate(hops):
-            self.state.save_hop(job_id, i, node=node.lower(), endpoint=endpoint, span_start=start, span_end=end,
-                                positions=0, layer_tokens=None, commitment=None, reason="route")
+            self.state.save_hop(
+                job_id,
+                i,
+                node=node.lower(),
+                endpoint=endpoint,
+                span_start=start,
+                span_end=end,
+                positions=0,
+                layer_tokens=None,
+                commitment=None,
+                reason="route",
+            )
 
     def rows(self, states: Sequence[JobState] | None = None) -> list[JobRow]:
         return self.state.jobs(statuses=[s.value for s in states] if states else None)

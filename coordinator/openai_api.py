@@ -46,8 +46,11 @@ ADMISSION: web.AppKey[Admission[JobPlan]] = web.AppKey("admission", Admission)
 def install(app: web.Application, service: CoordinatorService) -> None:
     """Add the OpenAI routes and their admission control (bounded by the config) to `app`."""
     cfg = service.config
-    app[ADMISSION] = Admission(max_running=cfg.api_max_running or cfg.max_concurrent_jobs,
-                               max_waiting=cfg.api_queue_size, wait_s=cfg.api_queue_wait_s)
+    app[ADMISSION] = Admission(
+        max_running=cfg.api_max_running or cfg.max_concurrent_jobs,
+        max_waiting=cfg.api_queue_size,
+        wait_s=cfg.api_queue_wait_s,
+    )
     app.add_routes(ROUTES)
 
 
@@ -74,8 +77,15 @@ async def list_models(request: web.Request) -> web.Response:
         models = await _models(request.app[SERVICE])
     except ChainError as exc:
         return chain_error(exc)
-    return web.json_response({"object": "list", "data": [
-        {"id": name, "object": "model", "created": 0, "owned_by": f"shardnet:{model_id}"} for model_id, name in models]})
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": f"shardnet:{model_id}"}
+                for model_id, name in models
+            ],
+        }
+    )
 
 
 async def _resolve_model(service: CoordinatorService, name: str | int | None) -> int:
@@ -88,8 +98,9 @@ async def _resolve_model(service: CoordinatorService, name: str | int | None) ->
     return (await asyncio.to_thread(resolve_model, service.registry, name)).model_id
 
 
-async def _admit(request: web.Request, body: CompletionRequest | ChatCompletionRequest,
-                 chat: bool) -> tuple[JobPlan, Place, str]:
+async def _admit(
+    request: web.Request, body: CompletionRequest | ChatCompletionRequest, chat: bool
+) -> tuple[JobPlan, Place, str]:
     """Every check before paying (prompt, cap, route), then a place when the route's workers have room."""
     service = request.app[SERVICE]
     model_id = await _resolve_model(service, body.model)
@@ -128,23 +139,37 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
     try:
         plan, place, prompt = await _admit(request, body, chat)
         model = plan.model
-        job_id = await service.jobs.submit_own_job(model.info.model_id, prompt, plan.max_tokens,
-                                                   body.sampling(chat=False))
+        job_id = await service.jobs.submit_own_job(
+            model.info.model_id, prompt, plan.max_tokens, body.sampling(chat=False)
+        )
     except PreflightRefused as exc:
         unavailable = exc.code in ("no_route", "model_unavailable")
         _release(place)
         if unavailable:
-            return error(503, f"model {body.model!r} cannot be served now (nothing was paid): {exc.__cause__ or exc}",
-                         "service_unavailable", code=exc.code)
-        return error(400, f"{exc} (nothing was paid)", code=exc.code,
-                     param="max_tokens" if "max_tokens" in exc.code else "prompt")
+            return error(
+                503,
+                f"model {body.model!r} cannot be served now (nothing was paid): {exc.__cause__ or exc}",
+                "service_unavailable",
+                code=exc.code,
+            )
+        return error(
+            400,
+            f"{exc} (nothing was paid)",
+            code=exc.code,
+            param="max_tokens" if "max_tokens" in exc.code else "prompt",
+        )
     except Refused as exc:
-        return error(exc.status, str(exc), "rate_limit_exceeded" if exc.status == 429 else "service_unavailable",
-                     code="busy" if exc.status == 429 else "no_capacity")
+        return error(
+            exc.status,
+            str(exc),
+            "rate_limit_exceeded" if exc.status == 429 else "service_unavailable",
+            code="busy" if exc.status == 429 else "no_capacity",
+        )
     except (NoRouteError, ModelUnavailable) as exc:
         _release(place)
-        return error(503, f"model {body.model!r} cannot be served now (nothing was paid): {exc}",
-                     "service_unavailable")
+        return error(
+            503, f"model {body.model!r} cannot be served now (nothing was paid): {exc}", "service_unavailable"
+        )
     except ChainError as exc:
         _release(place)
         return chain_error(exc)
@@ -183,8 +208,17 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
             choice["text"] = text
         usage = {"prompt_tokens": plan.prompt_tokens, "completion_tokens": len(result.tokens)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        return web.json_response({"id": ident, "object": kind, "created": created, "model": name,
-                                  "choices": [choice], "usage": usage, "shardnet_job_id": job_id})
+        return web.json_response(
+            {
+                "id": ident,
+                "object": kind,
+                "created": created,
+                "model": name,
+                "choices": [choice],
+                "usage": usage,
+                "shardnet_job_id": job_id,
+            }
+        )
 
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
@@ -192,7 +226,11 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
 
     async def send(delta: str | None, finish: str | None, first: bool = False) -> None:
         if chat:
-            d: dict[str, Any] = {"role": "assistant", "content": ""} if first else ({} if delta is None else {"content": delta})
+            d: dict[str, Any] = (
+                {"role": "assistant", "content": ""}
+                if first
+                else ({} if delta is None else {"content": delta})
+            )
             choice = {"index": 0, "delta": d, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
@@ -202,13 +240,22 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
     try:
         await _stream(model, task, queue, send, resp, chat)
     except ConnectionError as exc:  # the client went away: normal, the paid job still runs to its settlement
-        log.info("job %d: the client closed its stream early (%s); the job finishes without it", job_id,
-                 type(exc).__name__)
+        log.info(
+            "job %d: the client closed its stream early (%s); the job finishes without it",
+            job_id,
+            type(exc).__name__,
+        )
     return resp
 
 
-async def _stream(model: Any, task: asyncio.Task[Any], queue: asyncio.Queue[int],
-                  send: Callable[..., Awaitable[None]], resp: web.StreamResponse, chat: bool) -> None:
+async def _stream(
+    model: Any,
+    task: asyncio.Task[Any],
+    queue: asyncio.Queue[int],
+    send: Callable[..., Awaitable[None]],
+    resp: web.StreamResponse,
+    chat: bool,
+) -> None:
     """Relay the job's tokens as server-sent events, then its end (or its failure) and [DONE]."""
     if chat:
         await send(None, None, first=True)
@@ -225,7 +272,7 @@ async def _stream(model: Any, task: asyncio.Task[Any], queue: asyncio.Queue[int]
             tokens.append(getter.result())
             text = model.decode(tokens)
             if not text.endswith("\ufffd") and len(text) > len(sent):
-                await send(text[len(sent):], None)
+                await send(text[len(sent) :], None)
                 sent = text
             continue
         while not queue.empty():
@@ -235,12 +282,14 @@ async def _stream(model: Any, task: asyncio.Task[Any], queue: asyncio.Queue[int]
         result = task.result()
         text = model.decode(tokens)
         if len(text) > len(sent):
-            await send(text[len(sent):], None)
+            await send(text[len(sent) :], None)
         await send(None, result.finish_reason if result else "stop")
     except ConnectionError:
         raise
     except Exception as exc:  # noqa: BLE001 - headers are sent: report any failure in the stream
-        await resp.write(f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error'}})}\n\n".encode())
+        await resp.write(
+            f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error'}})}\n\n".encode()
+        )
     await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()
 

@@ -64,7 +64,9 @@ class CheatDetected(ShardnetError):
     """A routed worker was proven wrong by a referee (and excluded): run the job again without it."""
 
     def __init__(self, node: str) -> None:
-        super().__init__(f"worker {node} was caught sending wrong outputs (evidence recorded); re-running on honest workers")
+        super().__init__(
+            f"worker {node} was caught sending wrong outputs (evidence recorded); re-running on honest workers"
+        )
         self.node = node
 
 
@@ -112,8 +114,15 @@ class OpenSession:
 class Pipeline:
     """The open sessions of one generation attempt of one job."""
 
-    def __init__(self, ctx: PipelineContext, job_hops: JobHops, *, model_id: int, num_layers: int,
-                 reason: str = "route") -> None:
+    def __init__(
+        self,
+        ctx: PipelineContext,
+        job_hops: JobHops,
+        *,
+        model_id: int,
+        num_layers: int,
+        reason: str = "route",
+    ) -> None:
         self.ctx = ctx
         self.directory = ctx.router.directory
         self.reason = reason  # why this generation's new hops are added: "route", or "rerun" after a cheat
@@ -142,15 +151,24 @@ class Pipeline:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    async def _open_once(self, node: str, endpoint: str, span: LayerSpan, hop_index: int | None) -> OpenSession:
+    async def _open_once(
+        self, node: str, endpoint: str, span: LayerSpan, hop_index: int | None
+    ) -> OpenSession:
         client = WorkerClient(endpoint, timeout_s=self.ctx.step_timeout_s)
         session_id = uuid.uuid4().hex
         domain = self.ctx.domain
         # a verification session gets a ticket of no job (0): its worker signs no commitment and cannot post one
         job_id = self.job_hops.job_id if hop_index is not None else 0
-        ticket = sign_ticket(self.ctx.account, worker=node, session_id=session_id, job_id=job_id,
-                             span=span, expires_at=int(time.time()) + TICKET_TTL_S, chain_id=domain.chain_id,
-                             registry=domain.registry)
+        ticket = sign_ticket(
+            self.ctx.account,
+            worker=node,
+            session_id=session_id,
+            job_id=job_id,
+            span=span,
+            expires_at=int(time.time()) + TICKET_TTL_S,
+            chain_id=domain.chain_id,
+            registry=domain.registry,
+        )
         try:
             opened = await client.open_session(ticket, self.ctx.codec)
         except BaseException:
@@ -158,8 +176,12 @@ class Pipeline:
             raise
         if list(opened.get("span", [])) != [span.start, span.end]:
             await client.aclose()
-            raise GenerationError(f"worker {endpoint} serves {opened.get('span')}, not {span} as announced on chain")
-        if hop_index is not None:  # routing load counts routed sessions; verification ones compute now and then
+            raise GenerationError(
+                f"worker {endpoint} serves {opened.get('span')}, not {span} as announced on chain"
+            )
+        if (
+            hop_index is not None
+        ):  # routing load counts routed sessions; verification ones compute now and then
             self.directory.add_load(node, +1)
         return OpenSession(node, endpoint, span, client, str(opened["session_id"]), hop_index)
 
@@ -179,7 +201,10 @@ class Pipeline:
         """Open a session on every hop of `route` (already recorded on chain), all at once; failing hops fail over."""
         indexes = [await self.job_hops.index_for(hop.address, hop.span, self.reason) for hop in route]
         opened = await asyncio.gather(
-            *(self._open(hop.address, hop.endpoint, hop.span, i) for hop, i in zip(route, indexes, strict=True)),
+            *(
+                self._open(hop.address, hop.endpoint, hop.span, i)
+                for hop, i in zip(route, indexes, strict=True)
+            ),
             return_exceptions=True,
         )
         for hop, slot in zip(route, opened, strict=True):
@@ -218,7 +243,9 @@ class Pipeline:
         n = int(x.shape[1])
         self.job_hops.positions[slot.hop_index] += n
         input_hash = step_hash(encode_frame(x, self._codec(x) or "int64"))
-        self.records.append(StepRecord(slot.hop_index, self.step_index, pos, n, input_hash, res.step_hash, replay))
+        self.records.append(
+            StepRecord(slot.hop_index, self.step_index, pos, n, input_hash, res.step_hash, replay)
+        )
 
     async def forward(self, x: torch.Tensor, pos: int) -> torch.Tensor:
         """Run one step (token ids at positions pos…pos+n-1) through every hop; returns the last hop's logits."""
@@ -231,8 +258,13 @@ class Pipeline:
                 await self._failover(i, exc)
                 continue
             self._record(slot, x, pos, res, replay=False)
-            if should_verify(self.ctx.verify_share, job_id=self.job_hops.job_id, hop_index=i,
-                             step_index=self.step_index, salt=self.ctx.salt):
+            if should_verify(
+                self.ctx.verify_share,
+                job_id=self.job_hops.job_id,
+                hop_index=i,
+                step_index=self.step_index,
+                salt=self.ctx.salt,
+            ):
                 await self._verify(slot)
             x = res.tensor
             i += 1
@@ -243,8 +275,13 @@ class Pipeline:
     async def _failover(self, i: int, exc: Exception) -> None:
         old = self.slots[i]
         t0 = time.perf_counter()
-        log.warning("job %d: step on %s (layers %s) failed: %s; failing over", self.job_hops.job_id, old.endpoint,
-                    old.span, exc)
+        log.warning(
+            "job %d: step on %s (layers %s) failed: %s; failing over",
+            self.job_hops.job_id,
+            old.endpoint,
+            old.span,
+            exc,
+        )
         self.directory.mark_down(old.node, str(exc))
         closing = asyncio.ensure_future(self._close(old))
         self._closing.add(closing)
@@ -253,12 +290,27 @@ class Pipeline:
             self._extra.append(old.shadow)
         new = await self._replacement(old.span, old.history)
         self.slots[i : i + 1] = new
-        self.failovers.append({"dead": old.node, "span": str(old.span), "replacement": [s.node for s in new],
-                               "replayed_steps": len(old.history), "seconds": time.perf_counter() - t0})
-        log.info("job %d: layers %s now on %s after replaying %d steps in %.3f s", self.job_hops.job_id, old.span,
-                 ", ".join(s.endpoint for s in new), len(old.history), time.perf_counter() - t0)
+        self.failovers.append(
+            {
+                "dead": old.node,
+                "span": str(old.span),
+                "replacement": [s.node for s in new],
+                "replayed_steps": len(old.history),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        log.info(
+            "job %d: layers %s now on %s after replaying %d steps in %.3f s",
+            self.job_hops.job_id,
+            old.span,
+            ", ".join(s.endpoint for s in new),
+            len(old.history),
+            time.perf_counter() - t0,
+        )
 
-    async def _replacement(self, span: LayerSpan, history: list[tuple[int, torch.Tensor]]) -> list[OpenSession]:
+    async def _replacement(
+        self, span: LayerSpan, history: list[tuple[int, torch.Tensor]]
+    ) -> list[OpenSession]:
         """Open a chain of live workers covering `span` and replay `history` into it."""
         last_error: Exception | None = None
         for _ in range(self.ctx.max_failovers):
@@ -308,10 +360,14 @@ class Pipeline:
         if slot.shadow is None:
             replicas = self.ctx.router.replicas(self.model_id, slot.span, besides={slot.node})
             if not replicas:
-                log.debug("job %d: no replica of layers %s to verify against", self.job_hops.job_id, slot.span)
+                log.debug(
+                    "job %d: no replica of layers %s to verify against", self.job_hops.job_id, slot.span
+                )
                 return
             try:
-                slot.shadow = await self._open_once(replicas[0].address, replicas[0].endpoint, slot.span, None)
+                slot.shadow = await self._open_once(
+                    replicas[0].address, replicas[0].endpoint, slot.span, None
+                )
             except WorkerAPIError as exc:  # a busy replica: verify another step
                 if not is_busy(exc):
                     self.directory.mark_down(replicas[0].address, str(exc))
@@ -325,13 +381,28 @@ class Pipeline:
             self._extra.append(shadow)
             return
         verdict = compare(claimed.tensor, ref.tensor, is_logits=is_logits, tol=tol)
-        row = dict(job_id=self.job_hops.job_id, hop_index=slot.hop_index, step_index=self.step_index, node=slot.node,
-                   replica=shadow.node, metric=min(verdict.metric, 1e300), agree=verdict.agree)
+        row = dict(
+            job_id=self.job_hops.job_id,
+            hop_index=slot.hop_index,
+            step_index=self.step_index,
+            node=slot.node,
+            replica=shadow.node,
+            metric=min(verdict.metric, 1e300),
+            agree=verdict.agree,
+        )
         if verdict.agree:
             self.ctx.state.add_verification(**row)
             return
-        log.warning("job %d: %s and %s disagree on layers %s step %d (%s %.3g); asking a referee",
-                    self.job_hops.job_id, slot.node, shadow.node, slot.span, self.step_index, verdict.kind, verdict.metric)
+        log.warning(
+            "job %d: %s and %s disagree on layers %s step %d (%s %.3g); asking a referee",
+            self.job_hops.job_id,
+            slot.node,
+            shadow.node,
+            slot.span,
+            self.step_index,
+            verdict.kind,
+            verdict.metric,
+        )
         referees = self.ctx.router.replicas(self.model_id, slot.span, besides={slot.node, shadow.node})
         outlier: str | None = None
         referee_node: str | None = None
@@ -348,33 +419,56 @@ class Pipeline:
                 self.directory.mark_down(ref_worker.address, str(exc))
                 continue
             referee_node = referee.node
-            side = pick_outlier(compare(claimed.tensor, judged.tensor, is_logits=is_logits, tol=tol),
-                                compare(ref.tensor, judged.tensor, is_logits=is_logits, tol=tol))
+            side = pick_outlier(
+                compare(claimed.tensor, judged.tensor, is_logits=is_logits, tol=tol),
+                compare(ref.tensor, judged.tensor, is_logits=is_logits, tol=tol),
+            )
             if side is not None:
                 outlier = slot.node if side == "worker" else shadow.node
-                await self._slash(outlier, slot, k, claimed, shadow.node, ref, referee.node, judged, verdict.metric)
+                await self._slash(
+                    outlier, slot, k, claimed, shadow.node, ref, referee.node, judged, verdict.metric
+                )
             break
         self.ctx.state.add_verification(**row, referee=referee_node, outlier=outlier)
         if outlier is None:
-            log.warning("job %d: no referee could settle the disagreement on layers %s; nobody slashed",
-                        self.job_hops.job_id, slot.span)
+            log.warning(
+                "job %d: no referee could settle the disagreement on layers %s; nobody slashed",
+                self.job_hops.job_id,
+                slot.span,
+            )
             return
         if outlier == slot.node:
             raise CheatDetected(outlier)
         slot.shadow = None
         self._extra.append(shadow)
 
-    async def _slash(self, node: str, slot: OpenSession, k: int, claimed: StepResult, replica: str, replica_res: StepResult,
-                     referee: str, referee_res: StepResult, metric: float) -> None:
+    async def _slash(
+        self,
+        node: str,
+        slot: OpenSession,
+        k: int,
+        claimed: StepResult,
+        replica: str,
+        replica_res: StepResult,
+        referee: str,
+        referee_res: StepResult,
+        metric: float,
+    ) -> None:
         pos, x = slot.history[k]
         record = evidence_record(
-            job_id=self.job_hops.job_id, node=node, hop_index=slot.hop_index or 0, step_index=self.step_index,
-            span=(slot.span.start, slot.span.end), start_pos=pos,
+            job_id=self.job_hops.job_id,
+            node=node,
+            hop_index=slot.hop_index or 0,
+            step_index=self.step_index,
+            span=(slot.span.start, slot.span.end),
+            start_pos=pos,
             input_hash=step_hash(encode_frame(x, self._codec(x) or "int64")),
             claimed_hash=claimed.step_hash if node == slot.node else replica_res.step_hash,
             replica=replica if node == slot.node else slot.node,
             replica_hash=replica_res.step_hash if node == slot.node else claimed.step_hash,
-            referee=referee, referee_hash=referee_res.step_hash, metric=min(metric, 1e300),
+            referee=referee,
+            referee_hash=referee_res.step_hash,
+            metric=min(metric, 1e300),
         )
         digest = evidence_hash(record)
         self.directory.exclude(node)  # routed around now, and left out of the job's settlement (never paid)
@@ -382,7 +476,13 @@ class Pipeline:
         # proof of the wrong leaf, and Verdicts signed by verifiers the registry draws after the job closes. This
         # verifier has the first two but no way to gather drawn verifiers' verdicts, so the evidence is recorded
         # off chain (tx_hash None) and no slash is sent.
-        self.ctx.state.add_slash(job_id=self.job_hops.job_id, node=node, evidence_hash=digest, evidence=record,
-                                 tx_hash=None)
-        log.warning("job %d: caught %s sending wrong outputs (evidence 0x%s recorded off chain; not slashed on "
-                    "chain: no drawn verifiers' verdicts)", self.job_hops.job_id, node, digest.hex())
+        self.ctx.state.add_slash(
+            job_id=self.job_hops.job_id, node=node, evidence_hash=digest, evidence=record, tx_hash=None
+        )
+        log.warning(
+            "job %d: caught %s sending wrong outputs (evidence 0x%s recorded off chain; not slashed on "
+            "chain: no drawn verifiers' verdicts)",
+            self.job_hops.job_id,
+            node,
+            digest.hex(),
+        )

@@ -36,8 +36,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PATH = "/v1/jobs/preflight"
-__all__ = ["MAX_TOKENS_LIMIT", "JobPlan", "PreflightRefused", "plan_job", "preflight", "route_health",
-           "route_max_length"]
+__all__ = [
+    "MAX_TOKENS_LIMIT",
+    "JobPlan",
+    "PreflightRefused",
+    "plan_job",
+    "preflight",
+    "route_health",
+    "route_max_length",
+]
 HEALTH_TIMEOUT_S = 3.0
 
 
@@ -50,8 +57,9 @@ class PreflightRefused(ShardnetError):
 
 
 def _refuse(message: str, code: str, status: int = 400) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": "invalid_request_error", "code": code}},
-                             status=status)
+    return web.json_response(
+        {"error": {"message": message, "type": "invalid_request_error", "code": code}}, status=status
+    )
 
 
 def _resolve_model(service: CoordinatorService, given: str | int) -> int:
@@ -65,9 +73,12 @@ async def route_health(route: list[RouteHop]) -> list[dict[str, Any]]:
     """Every hop's /health answer (max_length, sessions, max_sessions, ...), in route order."""
 
     async def one(endpoint: str) -> dict[str, Any]:
-        async with aiohttp.ClientSession() as http, http.get(
-            endpoint.rstrip("/") + "/health", timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                endpoint.rstrip("/") + "/health", timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)
+            ) as resp,
+        ):
             if resp.status != 200:
                 raise ShardnetError(f"/health answered HTTP {resp.status}")
             body = await resp.json()
@@ -79,8 +90,9 @@ async def route_health(route: list[RouteHop]) -> list[dict[str, Any]]:
     try:
         return list(await asyncio.gather(*(one(h.endpoint) for h in route)))
     except (aiohttp.ClientError, TimeoutError, ShardnetError, KeyError, ValueError, TypeError) as exc:
-        raise PreflightRefused(f"a worker of the route does not answer /health ({exc}); try again shortly",
-                               "no_route") from exc
+        raise PreflightRefused(
+            f"a worker of the route does not answer /health ({exc}); try again shortly", "no_route"
+        ) from exc
 
 
 async def route_max_length(route: list[RouteHop]) -> int:
@@ -102,8 +114,14 @@ class JobPlan:
     health: list[dict[str, Any]]  # each hop's /health, in route order
 
 
-async def plan_job(service: CoordinatorService, model_id: int, text: str, max_tokens: int | None, *,
-                   default_max_tokens: int = 1) -> JobPlan:
+async def plan_job(
+    service: CoordinatorService,
+    model_id: int,
+    text: str,
+    max_tokens: int | None,
+    *,
+    default_max_tokens: int = 1,
+) -> JobPlan:
     """Check a job before paying: the prompt (`text`, chat template applied) is not empty nor longer than the
     registry's maxPromptTokens, a chain of live workers covers the model, and `max_tokens` fits in what its
     workers hold (None: `default_max_tokens`, capped by the route). Raises PreflightRefused."""
@@ -113,11 +131,16 @@ async def plan_job(service: CoordinatorService, model_id: int, text: str, max_to
         raise PreflightRefused(f"model {model_id} cannot be served now: {exc}", "model_unavailable") from exc
     prompt_tokens = len(model.encode(text))
     if prompt_tokens == 0 or not text.strip():
-        raise PreflightRefused("the prompt is empty (no tokens after tokenization): write a prompt", "empty_prompt")
+        raise PreflightRefused(
+            "the prompt is empty (no tokens after tokenization): write a prompt", "empty_prompt"
+        )
     max_prompt = int(await asyncio.to_thread(service.registry.max_prompt_tokens))
     if prompt_tokens > max_prompt:
-        raise PreflightRefused(f"the prompt has {prompt_tokens} tokens, more than the registry's maxPromptTokens "
-                               f"({max_prompt}); shorten it", "prompt_too_long")
+        raise PreflightRefused(
+            f"the prompt has {prompt_tokens} tokens, more than the registry's maxPromptTokens "
+            f"({max_prompt}); shorten it",
+            "prompt_too_long",
+        )
     try:
         route = service.router.route(model_id, model.num_layers)
     except NoRouteError as exc:
@@ -126,15 +149,19 @@ async def plan_job(service: CoordinatorService, model_id: int, text: str, max_to
     length = min(int(h["max_length"]) for h in health)
     max_new = max(0, length - prompt_tokens)
     if max_new < 1:
-        raise PreflightRefused(f"the prompt takes {prompt_tokens} positions, all that this route's workers hold "
-                               f"({length}); shorten it", "prompt_too_long")
+        raise PreflightRefused(
+            f"the prompt takes {prompt_tokens} positions, all that this route's workers hold "
+            f"({length}); shorten it",
+            "prompt_too_long",
+        )
     if max_tokens is None:
         max_tokens = min(default_max_tokens, max_new)
     if max_tokens > max_new:
         raise PreflightRefused(
             f"max_tokens {max_tokens} is more than this route can generate: its workers hold {length} positions, "
             f"the prompt takes {prompt_tokens}, so at most {max_new} new tokens; ask for {max_new} or fewer",
-            "max_tokens_too_large")
+            "max_tokens_too_large",
+        )
     return JobPlan(model, prompt_tokens, max_prompt, max_tokens, max_new, route, length, health)
 
 
@@ -145,10 +172,17 @@ async def preflight(service: CoordinatorService, body: PreflightRequest) -> dict
     text = model.chat_prompt([{"role": "user", "content": body.prompt}]) if body.chat else body.prompt
     plan = await plan_job(service, model_id, text, body.max_tokens)
     quote = int(await asyncio.to_thread(service.registry.quote, model_id, plan.max_tokens))
-    return {"model_id": model_id, "model": model.info.name, "prompt_tokens": plan.prompt_tokens,
-            "max_prompt_tokens": plan.max_prompt_tokens, "max_tokens": plan.max_tokens,
-            "max_new_tokens": plan.max_new_tokens, "route_max_length": plan.route_max_length, "quote_wei": quote,
-            "route": [{"node": h.address.lower(), "span": [h.span.start, h.span.end]} for h in plan.route]}
+    return {
+        "model_id": model_id,
+        "model": model.info.name,
+        "prompt_tokens": plan.prompt_tokens,
+        "max_prompt_tokens": plan.max_prompt_tokens,
+        "max_tokens": plan.max_tokens,
+        "max_new_tokens": plan.max_new_tokens,
+        "route_max_length": plan.route_max_length,
+        "quote_wei": quote,
+        "route": [{"node": h.address.lower(), "span": [h.span.start, h.span.end]} for h in plan.route],
+    }
 
 
 async def _served(service: CoordinatorService, model_id: int) -> ServedModel:

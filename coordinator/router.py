@@ -60,9 +60,7 @@ def hop_cost(worker: WorkerInfo, *, load_penalty_s: float = 0.0) -> float:
     """Expected latency of one step through `worker` (see the module docstring)."""
     layers = len(worker.span)
     return (
-        worker.rtt_s
-        + layers * worker.compute_per_layer_s * (1 + worker.load)
-        + load_penalty_s * worker.load
+        worker.rtt_s + layers * worker.compute_per_layer_s * (1 + worker.load) + load_penalty_s * worker.load
     )
 
 
@@ -136,8 +134,13 @@ class Router:
 
     def cover(self, model_id: int, num_layers: int, span: LayerSpan) -> list[RouteHop]:
         """The cheapest chain of live workers over exactly `span` (a replacement for a failed hop)."""
-        return choose_route(self.directory.snapshot(model_id), num_layers, start=span.start, end=span.end,
-                            load_penalty_s=self.load_penalty_s)
+        return choose_route(
+            self.directory.snapshot(model_id),
+            num_layers,
+            start=span.start,
+            end=span.end,
+            load_penalty_s=self.load_penalty_s,
+        )
 
     def replicas(self, model_id: int, span: LayerSpan, *, besides: set[str]) -> list[WorkerInfo]:
         """Live workers serving exactly `span` other than `besides`, cheapest first (to verify against)."""

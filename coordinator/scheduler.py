@@ -50,8 +50,16 @@ def _consume(task: asyncio.Task[Any]) -> None:
 
 
 class JobScheduler:
-    def __init__(self, registry: Registry, account: LocalAccount, lifecycle: JobLifecycle, runner: JobRunner,
-                 catalog: ModelCatalog, *, max_concurrent_jobs: int) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        account: LocalAccount,
+        lifecycle: JobLifecycle,
+        runner: JobRunner,
+        catalog: ModelCatalog,
+        *,
+        max_concurrent_jobs: int,
+    ) -> None:
         self.registry = registry
         self.account = account
         self.lifecycle = lifecycle
@@ -68,17 +76,25 @@ class JobScheduler:
         except ChainUnavailable:
             raise  # the node is down: the caller answers 503, not "no such job"
         except ShardnetError as exc:
-            raise PromptRejected(f"job {job_id} does not exist on chain ({exc}); submit it first", 404) from exc
+            raise PromptRejected(
+                f"job {job_id} does not exist on chain ({exc}); submit it first", 404
+            ) from exc
         if job.status != JobStatus.Open:
-            raise PromptRejected(f"job {job_id} is {job.status.name} on chain; only an Open job takes a prompt", 409)
+            raise PromptRejected(
+                f"job {job_id} is {job.status.name} on chain; only an Open job takes a prompt", 409
+            )
         if job.coordinator.lower() != self.account.address.lower():
             raise PromptRejected(
                 f"job {job_id} names the coordinator {job.coordinator}, not this one ({self.account.address}): hand "
-                "its prompt to that coordinator", 409)
+                "its prompt to that coordinator",
+                409,
+            )
         if keccak(prompt.encode("utf-8")) != job.input_hash:
             raise PromptRejected(
                 f"keccak256 of this prompt is not the inputHash of job {job_id} on chain; hand over exactly the "
-                "prompt (UTF-8) whose hash was submitted", 400)
+                "prompt (UTF-8) whose hash was submitted",
+                400,
+            )
         try:
             row = self.lifecycle.take_prompt(job, prompt, params.with_seed().__dict__)
         except IllegalTransition as exc:
@@ -86,11 +102,19 @@ class JobScheduler:
         self.schedule(job_id)
         return row
 
-    async def submit_own_job(self, model_id: int, prompt: str, max_tokens: int, params: SamplingParams) -> int:
+    async def submit_own_job(
+        self, model_id: int, prompt: str, max_tokens: int, params: SamplingParams
+    ) -> int:
         """For the OpenAI API: pay a job into escrow from the coordinator's own account; returns its id."""
         quote = await asyncio.to_thread(self.registry.quote, model_id, max_tokens)
-        result = await asyncio.to_thread(self.registry.submit_job, model_id, keccak(prompt.encode()), max_tokens,
-                                         self.account.address, quote)  # the job names this coordinator
+        result = await asyncio.to_thread(
+            self.registry.submit_job,
+            model_id,
+            keccak(prompt.encode()),
+            max_tokens,
+            self.account.address,
+            quote,
+        )  # the job names this coordinator
         job_id = int(result.event("JobSubmitted").args["jobId"])
         job = await asyncio.to_thread(self.registry.get_job, job_id)
         self.lifecycle.take_prompt(job, prompt, params.with_seed().__dict__, source="api")
@@ -147,7 +171,9 @@ class JobScheduler:
             try:
                 job = await asyncio.to_thread(self.registry.get_job, row.job_id)
                 action = recovery_action(JobState(row.status), job.status, row.chain_pending)
-                log.info("job %d: %s here, %s on chain: %s", row.job_id, row.status, job.status.name, action.value)
+                log.info(
+                    "job %d: %s here, %s on chain: %s", row.job_id, row.status, job.status.name, action.value
+                )
                 if action == Recovery.RUN:
                     self.schedule(row.job_id)
                 elif action == Recovery.REROUTE:
@@ -156,7 +182,9 @@ class JobScheduler:
                 elif action == Recovery.SETTLE:
                     to_settle.append(row.job_id)
                 elif action in (Recovery.FAIL, Recovery.RESEND_FAIL):
-                    await self.runner.fail(row.job_id, "coordinator restarted mid-job; its worker sessions are gone")
+                    await self.runner.fail(
+                        row.job_id, "coordinator restarted mid-job; its worker sessions are gone"
+                    )
                 elif action == Recovery.MIRROR:
                     self.lifecycle.advance(row.job_id, mirrored_state(job.status))
                     self.lifecycle.confirmed(row.job_id)

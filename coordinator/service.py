@@ -45,8 +45,16 @@ log = logging.getLogger(__name__)
 #: API users may sit behind one proxy address and stream many answers at once: a generous cap
 COORDINATOR_MAX_CONNECTIONS_PER_IP = 256
 
-WATCHED = ("JobSubmitted", "JobCancelled", "CommitmentPosted", "ShardAnnounced", "ShardReleased", "NodeRegistered", "EndpointUpdated",
-           "NodeSlashed")
+WATCHED = (
+    "JobSubmitted",
+    "JobCancelled",
+    "CommitmentPosted",
+    "ShardAnnounced",
+    "ShardReleased",
+    "NodeRegistered",
+    "EndpointUpdated",
+    "NodeSlashed",
+)
 
 
 class NotCoordinatorError(ShardnetError):
@@ -66,17 +74,32 @@ class CoordinatorService:
         self.lifecycle = JobLifecycle(self.state)
         self.commitments = CommitmentBoard()
         ctx = PipelineContext(
-            account=account, router=self.router, registry=registry, state=self.state,
+            account=account,
+            router=self.router,
+            registry=registry,
+            state=self.state,
             step_timeout_s=config.step_timeout_s,
             tolerance=Tolerance(config.verify_rel_error, config.verify_top_k),
-            verify_share=config.verify_share, salt=secrets.token_bytes(16),
+            verify_share=config.verify_share,
+            salt=secrets.token_bytes(16),
         )
         runner = JobRunner(ctx, self.lifecycle, self.commitments, settle_batch_s=config.settle_batch_s)
-        self.jobs = JobScheduler(registry, account, self.lifecycle, runner, self.catalog,
-                                 max_concurrent_jobs=config.max_concurrent_jobs)
-        self.watcher = EventWatcher(registry, self.engine, f"coordinator:{account.address.lower()}",
-                                    {name: self._on_event for name in WATCHED}, poll_interval=config.poll_interval_s,
-                                    confirmations=config.confirmations)
+        self.jobs = JobScheduler(
+            registry,
+            account,
+            self.lifecycle,
+            runner,
+            self.catalog,
+            max_concurrent_jobs=config.max_concurrent_jobs,
+        )
+        self.watcher = EventWatcher(
+            registry,
+            self.engine,
+            f"coordinator:{account.address.lower()}",
+            {name: self._on_event for name in WATCHED},
+            poll_interval=config.poll_interval_s,
+            confirmations=config.confirmations,
+        )
         self._pending_events: list[DecodedEvent] = []
         self._stop = asyncio.Event()  # set when draining: the watcher and its retries end
         self._background: list[asyncio.Task[Any]] = []
@@ -117,10 +140,18 @@ class CoordinatorService:
         if event.name == "JobSubmitted":
             if str(a["coordinator"]).lower() != self.account.address.lower():
                 return  # bound to another coordinator at submission: not ours to run
-            self.lifecycle.on_submitted(session, int(a["jobId"]), {
-                "client": str(a["client"]).lower(), "model_id": int(a["modelId"]),
-                "input_hash": "0x" + bytes(a["inputHash"]).hex(), "max_tokens": int(a["maxTokens"]),
-                "escrow_wei": str(int(a["escrow"])), "deadline": int(a["deadline"])})
+            self.lifecycle.on_submitted(
+                session,
+                int(a["jobId"]),
+                {
+                    "client": str(a["client"]).lower(),
+                    "model_id": int(a["modelId"]),
+                    "input_hash": "0x" + bytes(a["inputHash"]).hex(),
+                    "max_tokens": int(a["maxTokens"]),
+                    "escrow_wei": str(int(a["escrow"])),
+                    "deadline": int(a["deadline"]),
+                },
+            )
         elif event.name == "JobCancelled":
             self.lifecycle.on_cancelled(session, int(a["jobId"]))
         else:
@@ -135,8 +166,12 @@ class CoordinatorService:
                 self.directory.set_endpoint(a["node"], info.endpoint)
             if info.jailed:
                 self.directory.exclude(a["node"])
-            self.directory.announce(int(a["assignmentId"]), a["node"], int(a["modelId"]),
-                                    LayerSpan(int(a["start"]), int(a["end"])))
+            self.directory.announce(
+                int(a["assignmentId"]),
+                a["node"],
+                int(a["modelId"]),
+                LayerSpan(int(a["start"]), int(a["end"])),
+            )
         elif event.name == "ShardReleased":
             self.directory.release(int(a["assignmentId"]))
         elif event.name in ("NodeRegistered", "EndpointUpdated"):
@@ -154,8 +189,12 @@ class CoordinatorService:
         # the watcher must outlive a flaky node or a bad event: failed polls are retried with back-off
         backoff = Backoff(first_s=self.config.poll_interval_s, max_s=max(10.0, self.config.poll_interval_s))
         while not self._stop.is_set():
-            if await aretry_until_stopped(self._poll_chain, stop=self._stop, backoff=backoff,
-                                          what="watcher: poll") is None:
+            if (
+                await aretry_until_stopped(
+                    self._poll_chain, stop=self._stop, backoff=backoff, what="watcher: poll"
+                )
+                is None
+            ):
                 break
             events, self._pending_events = self._pending_events, []
             for event in events:
@@ -171,9 +210,13 @@ class CoordinatorService:
 
     async def _health(self, node: str, endpoint: str) -> float:
         t0 = time.perf_counter()
-        async with aiohttp.ClientSession() as http, http.get(
-            endpoint + "/health", timeout=aiohttp.ClientTimeout(total=min(2.0, self.config.health_interval_s * 2))
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                endpoint + "/health",
+                timeout=aiohttp.ClientTimeout(total=min(2.0, self.config.health_interval_s * 2)),
+            ) as resp,
+        ):
             if resp.status != 200:
                 raise ShardnetError(f"/health answered {resp.status}")
         return time.perf_counter() - t0
@@ -193,8 +236,12 @@ class CoordinatorService:
             await self._apply(event)
         # slow peers hold nothing for ever: no whole request head within the timeout closes the connection,
         # and one IP holds at most COORDINATOR_MAX_CONNECTIONS_PER_IP connections (issue 11)
-        self._runner = web.AppRunner(make_app(self), access_log=None, keepalive_timeout=DEFAULT_HEADER_TIMEOUT_S,
-                                     lingering_time=DEFAULT_HEADER_TIMEOUT_S)
+        self._runner = web.AppRunner(
+            make_app(self),
+            access_log=None,
+            keepalive_timeout=DEFAULT_HEADER_TIMEOUT_S,
+            lingering_time=DEFAULT_HEADER_TIMEOUT_S,
+        )
         await self._runner.setup()
         ConnectionGuard.install(self._runner, max_per_ip=COORDINATOR_MAX_CONNECTIONS_PER_IP)
         site = web.TCPSite(self._runner, self.config.host, self.config.port)

@@ -69,7 +69,13 @@ def expected_split(
 
 
 def check_commitment(
-    signed: SignedCommitment, *, job_id: int, node: str, span: LayerSpan, domain: Domain, max_positions: int,
+    signed: SignedCommitment,
+    *,
+    job_id: int,
+    node: str,
+    span: LayerSpan,
+    domain: Domain,
+    max_positions: int,
     seen_positions: int,
 ) -> str | None:
     """Why the registry would refuse (or this coordinator will not settle) a hop's signed commitment, or None when

@@ -29,11 +29,17 @@ class JobRow(Base):
     model_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     input_hash: Mapped[str | None] = mapped_column(String(66), nullable=True)
     max_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    escrow_wei: Mapped[str | None] = mapped_column(String(80), nullable=True)  # decimal string: wei exceeds 64 bits
+    escrow_wei: Mapped[str | None] = mapped_column(
+        String(80), nullable=True
+    )  # decimal string: wei exceeds 64 bits
     deadline: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     status: Mapped[str] = mapped_column(String(16), index=True)  # a coordinator.lifecycle.JobState
-    chain_pending: Mapped[str | None] = mapped_column(String(16), nullable=True)  # tx the status leads to, unmined
-    source: Mapped[str] = mapped_column(String(8), default="chain")  # "chain" (a client) or "api" (paid by us)
+    chain_pending: Mapped[str | None] = mapped_column(
+        String(16), nullable=True
+    )  # tx the status leads to, unmined
+    source: Mapped[str] = mapped_column(
+        String(8), default="chain"
+    )  # "chain" (a client) or "api" (paid by us)
     prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
     sampling: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON {"temperature", "top_p", "seed"}
     prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -61,8 +67,12 @@ class HopRow(Base):
     positions: Mapped[int] = mapped_column(Integer, default=0)
     layer_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     commitment: Mapped[str | None] = mapped_column(String(66), nullable=True)  # root it committed to, if any
-    signed_commitment: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON, as the worker signed it
-    settle_note: Mapped[str | None] = mapped_column(String(200), nullable=True)  # why it is left out, if it is
+    signed_commitment: Mapped[str | None] = mapped_column(
+        Text, nullable=True
+    )  # JSON, as the worker signed it
+    settle_note: Mapped[str | None] = mapped_column(
+        String(200), nullable=True
+    )  # why it is left out, if it is
     reason: Mapped[str] = mapped_column(String(16), default="route")  # "route", "failover", "rerun"
 
 
@@ -211,12 +221,19 @@ class CoordinatorState:
                 q = q.where(VerificationRow.job_id == job_id)
             return list(s.scalars(q))
 
-    def add_slash(self, *, job_id: int, node: str, evidence_hash: bytes, evidence: dict[str, Any],
-                  tx_hash: str | None) -> None:
+    def add_slash(
+        self, *, job_id: int, node: str, evidence_hash: bytes, evidence: dict[str, Any], tx_hash: str | None
+    ) -> None:
         with session_scope(self.engine) as s:
-            s.add(SlashRow(job_id=job_id, node=node.lower(), evidence_hash=_hex(evidence_hash),
-                           evidence=json.dumps(evidence, sort_keys=True, separators=(",", ":")),
-                           tx_hash=tx_hash))
+            s.add(
+                SlashRow(
+                    job_id=job_id,
+                    node=node.lower(),
+                    evidence_hash=_hex(evidence_hash),
+                    evidence=json.dumps(evidence, sort_keys=True, separators=(",", ":")),
+                    tx_hash=tx_hash,
+                )
+            )
 
     def slashes(self) -> list[SlashRow]:
         with Session(self.engine, expire_on_commit=False) as s:

@@ -41,15 +41,25 @@ VARIANTS = [
 
 def quantiles(values: list[float]) -> dict[str, float]:
     t = torch.tensor(values, dtype=torch.float64)
-    q = torch.quantile(t, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64)).tolist()  # (few jobs: p99 ~ max)
+    q = torch.quantile(
+        t, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64)
+    ).tolist()  # (few jobs: p99 ~ max)
     return {"n": len(values), "p50": q[0], "p90": q[1], "p99": q[2], "max": float(t.max())}
 
 
-def measure(model: VerifyModel, dtype: torch.dtype, threads: int, jobs: int, steps: int) -> dict[str, list[float]]:
+def measure(
+    model: VerifyModel, dtype: torch.dtype, threads: int, jobs: int, steps: int
+) -> dict[str, list[float]]:
     workers = model.blocks(dtype)
     verifiers = model.blocks(torch.float32)
     gen = torch.Generator().manual_seed(1234)
-    out: dict[str, list[float]] = {"distance": [], "job_median": [], "logit_drift": [], "cdf_drift": [], "token_gap": []}
+    out: dict[str, list[float]] = {
+        "distance": [],
+        "job_median": [],
+        "logit_drift": [],
+        "cdf_drift": [],
+        "token_gap": [],
+    }
     for job in range(jobs):
         prompt = model.prompt(job, gen)
         trace = run_job(honest_factories(workers, prompt.shape[1] + steps, threads), prompt, steps)
@@ -68,18 +78,24 @@ def measure(model: VerifyModel, dtype: torch.dtype, threads: int, jobs: int, ste
                     token = int(torch.argmax(w))
                     out["logit_drift"].append(float((w - r).abs()[[*top2, token]].max()))
                     out["token_gap"].append(float(r[top2[0]] - r[token]))
-                    out["cdf_drift"].append(float((cumulative_probs(w, 1.0) - cumulative_probs(r, 1.0)).abs().max()))
+                    out["cdf_drift"].append(
+                        float((cumulative_probs(w, 1.0) - cumulative_probs(r, 1.0)).abs().max())
+                    )
             out["distance"] += hop_distances
             out["job_median"].append(statistics.median(hop_distances))
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="+", default=["tiny"], help="models to measure: tiny, smollm2")
     parser.add_argument("--jobs", type=int, default=4, help="jobs (prompts) per model and pair")
     parser.add_argument("--steps", type=int, default=24, help="generated tokens (steps) per job")
-    parser.add_argument("--variants", nargs="*", type=int, help="indices into the pair list to run (default all)")
+    parser.add_argument(
+        "--variants", nargs="*", type=int, help="indices into the pair list to run (default all)"
+    )
     parser.add_argument("--json", type=Path, help="also write the raw figures to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -91,16 +107,23 @@ def main() -> None:
             figures = measure(model, dtype, threads, args.jobs, args.steps)
             stats = {key: quantiles(vals) for key, vals in figures.items()}
             report.setdefault(label, {})[name] = stats
-            print(f"{name:8s} {label:34s} " + "  ".join(
-                f"{key}: p50 {s['p50']:.2e} p99 {s['p99']:.2e} max {s['max']:.2e}" for key, s in stats.items()
-            ), flush=True)
+            print(
+                f"{name:8s} {label:34s} "
+                + "  ".join(
+                    f"{key}: p50 {s['p50']:.2e} p99 {s['p99']:.2e} max {s['max']:.2e}"
+                    for key, s in stats.items()
+                ),
+                flush=True,
+            )
     print(f"\nchosen tolerances (MARGIN {MARGIN} x the largest over models):")
     for label, per_model in report.items():
         dist = max(s["distance"]["max"] for s in per_model.values())
         median = max(s["job_median"]["max"] for s in per_model.values())
         drift = max(s["logit_drift"]["max"] for s in per_model.values())
         cdf = max(s["cdf_drift"]["max"] for s in per_model.values())
-        print(f"  {label:34s} distance {MARGIN * dist:.3g}  job_median {MARGIN * median:.3g}  tie_margin {MARGIN * 2 * drift:.3g}  cdf_margin {MARGIN * cdf:.3g}")
+        print(
+            f"  {label:34s} distance {MARGIN * dist:.3g}  job_median {MARGIN * median:.3g}  tie_margin {MARGIN * 2 * drift:.3g}  cdf_margin {MARGIN * cdf:.3g}"
+        )
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

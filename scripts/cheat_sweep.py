@@ -46,7 +46,9 @@ class Strategy:
     name: str
     dtype: torch.dtype  # what every worker runs and declares
     hop: int | None  # the cheating hop (None: an honest job)
-    make: Callable[[list[Block], int, int], Hop] | None = None  # (blocks, max_length, job seed) -> cheating hop
+    make: Callable[[list[Block], int, int], Hop] | None = (
+        None  # (blocks, max_length, job seed) -> cheating hop
+    )
     threads: int | None = None
     sampled: bool = False
 
@@ -59,22 +61,56 @@ def strategies(subtle_noise: float) -> list[Strategy]:
         Strategy("honest bf16", torch.bfloat16, None),
         Strategy("honest fp16", torch.float16, None),
         Strategy("honest bf16 sampled", torch.bfloat16, None, sampled=True),
-        Strategy("gross noise", torch.float32, mid, lambda b, n, s: cheats.NoiseHop(HonestHop(b[mid], n), 1.0, seed=s)),
-        Strategy(f"subtle noise ({subtle_noise:.2g})", torch.float32, mid,
-                 lambda b, n, s: cheats.NoiseHop(HonestHop(b[mid], n), subtle_noise, seed=s)),
-        Strategy("sparse 1-in-50 gross", torch.float32, mid,
-                 lambda b, n, s: cheats.NoiseHop(HonestHop(b[mid], n), 1.0, share=1 / 50, seed=s)),
+        Strategy(
+            "gross noise",
+            torch.float32,
+            mid,
+            lambda b, n, s: cheats.NoiseHop(HonestHop(b[mid], n), 1.0, seed=s),
+        ),
+        Strategy(
+            f"subtle noise ({subtle_noise:.2g})",
+            torch.float32,
+            mid,
+            lambda b, n, s: cheats.NoiseHop(HonestHop(b[mid], n), subtle_noise, seed=s),
+        ),
+        Strategy(
+            "sparse 1-in-50 gross",
+            torch.float32,
+            mid,
+            lambda b, n, s: cheats.NoiseHop(HonestHop(b[mid], n), 1.0, share=1 / 50, seed=s),
+        ),
         Strategy("lazy (no layers)", torch.float32, mid, lambda b, n, s: cheats.LayersHop(b[mid], None, n)),
-        Strategy("half layers", torch.float32, mid,
-                 lambda b, n, s: cheats.LayersHop(b[mid], cheats.half_layers(b[mid].span), n)),
+        Strategy(
+            "half layers",
+            torch.float32,
+            mid,
+            lambda b, n, s: cheats.LayersHop(b[mid], cheats.half_layers(b[mid].span), n),
+        ),
         Strategy("int8 weights", torch.float32, mid, lambda b, n, s: HonestHop(_int8(b[mid]), n)),
-        Strategy("half layers, bf16 worker", torch.bfloat16, mid,
-                 lambda b, n, s: cheats.LayersHop(b[mid], cheats.half_layers(b[mid].span), n)),
-        Strategy("int8 weights, bf16 worker", torch.bfloat16, mid, lambda b, n, s: HonestHop(_int8(b[mid]), n)),
-        Strategy("logit lens (last hop)", torch.float32, last, lambda b, n, s: cheats.LayersHop(b[last], None, n)),
-        Strategy("second-best always", torch.float32, last, lambda b, n, s: cheats.SecondBestHop(HonestHop(b[last], n), seed=s)),
-        Strategy("second-best 30%", torch.float32, last,
-                 lambda b, n, s: cheats.SecondBestHop(HonestHop(b[last], n), 0.3, seed=s)),
+        Strategy(
+            "half layers, bf16 worker",
+            torch.bfloat16,
+            mid,
+            lambda b, n, s: cheats.LayersHop(b[mid], cheats.half_layers(b[mid].span), n),
+        ),
+        Strategy(
+            "int8 weights, bf16 worker", torch.bfloat16, mid, lambda b, n, s: HonestHop(_int8(b[mid]), n)
+        ),
+        Strategy(
+            "logit lens (last hop)", torch.float32, last, lambda b, n, s: cheats.LayersHop(b[last], None, n)
+        ),
+        Strategy(
+            "second-best always",
+            torch.float32,
+            last,
+            lambda b, n, s: cheats.SecondBestHop(HonestHop(b[last], n), seed=s),
+        ),
+        Strategy(
+            "second-best 30%",
+            torch.float32,
+            last,
+            lambda b, n, s: cheats.SecondBestHop(HonestHop(b[last], n), 0.3, seed=s),
+        ),
     ]
 
 
@@ -99,14 +135,28 @@ def audited(share: float, job: int, hop: int) -> bool:
 
 
 def run_strategy(
-    model: VerifyModel, strat: Strategy, jobs: int, steps: int, blocks: dict[torch.dtype, list[Block]], share: float
+    model: VerifyModel,
+    strat: Strategy,
+    jobs: int,
+    steps: int,
+    blocks: dict[torch.dtype, list[Block]],
+    share: float,
 ) -> dict[str, float]:
     workers = blocks[strat.dtype]
     verifiers = blocks[torch.float32]
     tol = tolerance_for(strat.dtype)
     gen = torch.Generator().manual_seed(99)
-    counts = {"jobs": 0, "corrupted": 0, "caught": 0, "honest_hops": 0, "honest_flagged": 0,
-              "served": 0, "recomputed": 0, "passes_served": 0, "passes_checked": 0}
+    counts = {
+        "jobs": 0,
+        "corrupted": 0,
+        "caught": 0,
+        "honest_hops": 0,
+        "honest_flagged": 0,
+        "served": 0,
+        "recomputed": 0,
+        "passes_served": 0,
+        "passes_checked": 0,
+    }
     serve_time = check_time = 0.0
     for job in range(jobs):
         prompt = model.prompt(job, gen)
@@ -117,7 +167,11 @@ def run_strategy(
             make = strat.make
 
             def cheat(
-                _i: int, job: int = job, make: Callable[..., Hop] = make, made: list[Hop] = made, n: int = max_length
+                _i: int,
+                job: int = job,
+                make: Callable[..., Hop] = make,
+                made: list[Hop] = made,
+                n: int = max_length,
             ) -> Hop:
                 made.append(make(workers, n, job))
                 return made[-1]
@@ -135,8 +189,15 @@ def run_strategy(
             counts["passes_served"] += len(hop.inputs)
             if not audited(share, job, i):
                 continue
-            verdict = check_hop(verifier, hop.inputs, hop.fingerprints, tol, tokens=trace.tokens, sampling=sampling,
-                                sent=hop.outputs)
+            verdict = check_hop(
+                verifier,
+                hop.inputs,
+                hop.fingerprints,
+                tol,
+                tokens=trace.tokens,
+                sampling=sampling,
+                sent=hop.outputs,
+            )
             counts["recomputed"] += verdict.positions_recomputed
             counts["passes_checked"] += 1
             if i == strat.hop:
@@ -151,19 +212,38 @@ def run_strategy(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="+", default=["tiny"], help="models to sweep: tiny, smollm2")
-    parser.add_argument("--jobs", type=int, nargs="+", default=[50], help="jobs per strategy, one figure per model (or one for all)")
-    parser.add_argument("--steps", type=int, nargs="+", default=[24, 128], help="generated tokens per job; one sweep each")
-    parser.add_argument("--share", type=float, default=1.0,
-                        help="probability that a hop of a job is checked (1: every hop of every job)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        nargs="+",
+        default=[50],
+        help="jobs per strategy, one figure per model (or one for all)",
+    )
+    parser.add_argument(
+        "--steps", type=int, nargs="+", default=[24, 128], help="generated tokens per job; one sweep each"
+    )
+    parser.add_argument(
+        "--share",
+        type=float,
+        default=1.0,
+        help="probability that a hop of a job is checked (1: every hop of every job)",
+    )
     parser.add_argument("--only", nargs="*", help="run only strategies whose name starts with one of these")
     args = parser.parse_args()
     torch.set_num_threads(1)
     subtle = 3 * tolerance_for("float32").distance
-    print(f"share of hops checked: {args.share}; subtle noise = 3 x the fp32 tolerance = {subtle:.3g} relative RMS")
-    print(f"{'model':8s} {'steps':>5s} {'strategy':28s} {'jobs':>5s} {'corrupt':>7s} {'caught%':>7s} {'honestFP%':>9s} "
-          f"{'pos x':>6s} {'passes x':>8s} {'time x':>7s}", flush=True)
+    print(
+        f"share of hops checked: {args.share}; subtle noise = 3 x the fp32 tolerance = {subtle:.3g} relative RMS"
+    )
+    print(
+        f"{'model':8s} {'steps':>5s} {'strategy':28s} {'jobs':>5s} {'corrupt':>7s} {'caught%':>7s} {'honestFP%':>9s} "
+        f"{'pos x':>6s} {'passes x':>8s} {'time x':>7s}",
+        flush=True,
+    )
     for m, name in enumerate(args.models):
         model = load_model(name)
         jobs = args.jobs[min(m, len(args.jobs) - 1)]
@@ -175,9 +255,12 @@ def main() -> None:
                 c = run_strategy(model, strat, jobs, steps, blocks, args.share)
                 caught = f"{100 * c['caught'] / c['corrupted']:.1f}" if c["corrupted"] else "-"
                 fp = 100 * c["honest_flagged"] / max(1, c["honest_hops"])
-                print(f"{name:8s} {steps:5d} {strat.name:28s} {c['jobs']:5d} {c['corrupted']:7d} {caught:>7s} {fp:9.1f} "
-                      f"{c['recomputed'] / c['served']:6.2f} {c['passes_checked'] / c['passes_served']:8.3f} "
-                      f"{c['time_ratio']:7.3f}", flush=True)
+                print(
+                    f"{name:8s} {steps:5d} {strat.name:28s} {c['jobs']:5d} {c['corrupted']:7d} {caught:>7s} {fp:9.1f} "
+                    f"{c['recomputed'] / c['served']:6.2f} {c['passes_checked'] / c['passes_served']:8.3f} "
+                    f"{c['time_ratio']:7.3f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

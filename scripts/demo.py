@@ -46,7 +46,9 @@ def reference_tokens(gguf: Path, prompt: str, max_tokens: int) -> tuple[list[int
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    ).eval()
     ids = tok(prompt, add_special_tokens=False)["input_ids"]
     eos = model.config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
@@ -69,8 +71,11 @@ def chat_prompt(gguf: Path, question: str) -> str:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    return str(tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                       add_generation_prompt=True))
+    return str(
+        tok.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+    )
 
 
 #: Worker processes of the demo (10 layers each).
@@ -83,15 +88,28 @@ def default_threads(workers: int, cores: int | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompt", default="Explain in two sentences why the sky is blue.",
-                        help="the user's question (sent with the model's chat template)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--prompt",
+        default="Explain in two sentences why the sky is blue.",
+        help="the user's question (sent with the model's chat template)",
+    )
     parser.add_argument("--max-tokens", type=int, default=48, help="tokens to generate at most (default: 48)")
-    parser.add_argument("--work-dir", type=Path, default=REPO / ".shardnet" / "demo",
-                        help="folder for the devnet, stores, databases and logs (wiped first)")
-    parser.add_argument("--threads", type=int, default=default_threads(WORKERS),
-                        help=f"torch threads per worker (default: the machine's cores / {WORKERS} workers, at least 1;"
-                        f" here {default_threads(WORKERS)})")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=REPO / ".shardnet" / "demo",
+        help="folder for the devnet, stores, databases and logs (wiped first)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default_threads(WORKERS),
+        help=f"torch threads per worker (default: the machine's cores / {WORKERS} workers, at least 1;"
+        f" here {default_threads(WORKERS)})",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -107,18 +125,28 @@ def main(argv: list[str] | None = None) -> int:
     say("starting anvil and deploying the registry")
     with LocalNetwork.start(args.work_dir) as net:
         dep = net.deployment
-        print(f"    chain {dep.chain_id} at {dep.rpc_url}, ShardRegistry at {dep.registry} (block {dep.deploy_block})")
-        print(f"    min stake {net.owner.min_stake() / ETH:g} ETH, coordinator fee {net.owner.coordinator_fee_bps() / 100:g}%,"
-              f" price {PRICE_WEI} wei per layer-token")
+        print(
+            f"    chain {dep.chain_id} at {dep.rpc_url}, ShardRegistry at {dep.registry} (block {dep.deploy_block})"
+        )
+        print(
+            f"    min stake {net.owner.min_stake() / ETH:g} ETH, coordinator fee {net.owner.coordinator_fee_bps() / 100:g}%,"
+            f" price {PRICE_WEI} wei per layer-token"
+        )
 
         say(f"importing SmolLM2-135M-Instruct from {gguf.name} into a content-addressed store")
         model_id, cid, manifest = net.import_model(gguf, price_wei=PRICE_WEI)
-        print(f"    manifest {cid}: {manifest.num_layers} layers, {len(manifest.files)} shard files; model id {model_id}")
+        print(
+            f"    manifest {cid}: {manifest.num_layers} layers, {len(manifest.files)} shard files; model id {model_id}"
+        )
 
-        say("starting a coordinator and 3 workers of 10 layers each (each stakes, fetches and verifies its shard, announces it)")
+        say(
+            "starting a coordinator and 3 workers of 10 layers each (each stakes, fetches and verifies its shard, announces it)"
+        )
         coord = net.start_coordinator()
-        workers = [net.add_worker(i, model_id, LayerSpan(10 * i, 10 * i + 10), threads=args.threads)
-                   for i in range(WORKERS)]
+        workers = [
+            net.add_worker(i, model_id, LayerSpan(10 * i, 10 * i + 10), threads=args.threads)
+            for i in range(WORKERS)
+        ]
         for w in workers:
             health = w.wait_healthy(timeout=600)
             print(f"    {w.name} {health.get('address')} serves layers {health.get('span')} at {w.url}")
@@ -126,12 +154,17 @@ def main(argv: list[str] | None = None) -> int:
         net.wait_for_workers(coord, 3, timeout=60)
         print(f"    coordinator {net.address(COORDINATOR)} at {coord.url}")
 
-        parties = {"client": net.address(CLIENT), "coordinator": net.address(COORDINATOR),
-                   **{f"worker{i + 1}": net.address(FIRST_WORKER + i) for i in range(3)}}
+        parties = {
+            "client": net.address(CLIENT),
+            "coordinator": net.address(COORDINATOR),
+            **{f"worker{i + 1}": net.address(FIRST_WORKER + i) for i in range(3)},
+        }
         w3 = net.devnet.web3()
 
         def balances() -> dict[str, tuple[int, int]]:
-            return {name: (w3.eth.get_balance(addr), net.owner.claimable(addr)) for name, addr in parties.items()}
+            return {
+                name: (w3.eth.get_balance(addr), net.owner.claimable(addr)) for name, addr in parties.items()
+            }
 
         before = balances()
         contract_before = w3.eth.get_balance(dep.registry)
@@ -139,35 +172,52 @@ def main(argv: list[str] | None = None) -> int:
         prompt = chat_prompt(gguf, args.prompt)
         say(f"client submits a paid job by contract call: {args.prompt!r}, max {args.max_tokens} tokens")
         client = ShardnetClient(net.registry_for(CLIENT), coordinator_url=coord.url)
-        outcome = client.submit(prompt, model=model_id, max_tokens=args.max_tokens,
-                                progress=lambda m: print(f"    {m}", flush=True))
+        outcome = client.submit(
+            prompt,
+            model=model_id,
+            max_tokens=args.max_tokens,
+            progress=lambda m: print(f"    {m}", flush=True),
+        )
         job = net.owner.get_job(outcome.job_id)
         print(f"\n    answer: {outcome.text!r}\n")
-        print(f"    job {outcome.job_id}: escrow {outcome.escrow_wei / ETH:g} ETH, status {job.status.name},"
-              f" outputHash 0x{outcome.output_hash.hex()} ({outcome.seconds:.1f} s from submit to checked output)")
+        print(
+            f"    job {outcome.job_id}: escrow {outcome.escrow_wei / ETH:g} ETH, status {job.status.name},"
+            f" outputHash 0x{outcome.output_hash.hex()} ({outcome.seconds:.1f} s from submit to checked output)"
+        )
 
-        say("the settlement on chain: each worker's signed commitment, in the coordinator's settleJobs calldata")
-        [settled] = net.owner.get_logs(dep.deploy_block, net.owner.block_number(), ["JobSettled"],
-                                       first_indexed=outcome.job_id)
+        say(
+            "the settlement on chain: each worker's signed commitment, in the coordinator's settleJobs calldata"
+        )
+        [settled] = net.owner.get_logs(
+            dep.deploy_block, net.owner.block_number(), ["JobSettled"], first_indexed=outcome.job_id
+        )
         for settlement in net.owner.settlements_in(settled.tx_hash):
             for hop in settlement.sorted_hops():
                 who = next((n for n, a in parties.items() if a.lower() == hop.node.lower()), hop.node)
-                print(f"    layers {hop.start:>2}:{hop.end:<2} {who:<8} {hop.node} positions {hop.positions:>4}"
-                      f" commitment 0x{hop.root.hex()}")
+                print(
+                    f"    layers {hop.start:>2}:{hop.end:<2} {who:<8} {hop.node} positions {hop.positions:>4}"
+                    f" commitment 0x{hop.root.hex()}"
+                )
         print(f"    settleJobs tx {settled.tx_hash}")
 
         say("balances: what the job owed each party on chain, and each wallet after claiming it")
         owed = {name: net.owner.claimable(addr) for name, addr in parties.items()}
         for name, amount in owed.items():
             if amount:
-                index = {"client": CLIENT, "coordinator": COORDINATOR}.get(name) or FIRST_WORKER + int(name[-1]) - 1
+                index = {"client": CLIENT, "coordinator": COORDINATOR}.get(name) or FIRST_WORKER + int(
+                    name[-1]
+                ) - 1
                 net.registry_for(index).claim()
         after = balances()
         print(f"    {'party':<12}{'claimable from the job':>26}{'wallet change (gas included)':>32}")
         for name in parties:
-            print(f"    {name:<12}{eth(owed[name] - before[name][1]):>26}{eth(after[name][0] - before[name][0]):>32}")
-        print(f"    registry contract balance: {contract_before / ETH:g} -> {w3.eth.get_balance(dep.registry) / ETH:g} ETH"
-              " (stakes stay bonded)")
+            print(
+                f"    {name:<12}{eth(owed[name] - before[name][1]):>26}{eth(after[name][0] - before[name][0]):>32}"
+            )
+        print(
+            f"    registry contract balance: {contract_before / ETH:g} -> {w3.eth.get_balance(dep.registry) / ETH:g} ETH"
+            " (stakes stay bonded)"
+        )
 
         say("checking against single-process transformers greedy output of the same model")
         ref, prompt_ids, eos_ids = reference_tokens(gguf, prompt, args.max_tokens)
@@ -175,15 +225,22 @@ def main(argv: list[str] | None = None) -> int:
         auth = {AUTH_HEADER: sign_output_read(Account.from_key(DEV_KEYS[CLIENT]), outcome.job_id)}
         _status, view = request_json("GET", f"{coord.url}/v1/jobs/{outcome.job_id}", headers=auth)
         got = list((view or {}).get("output_tokens") or [])
-        expected = ref[:-1] if ref and ref[-1] in eos_ids else ref  # the EOS token ends the output, not part of it
+        expected = (
+            ref[:-1] if ref and ref[-1] in eos_ids else ref
+        )  # the EOS token ends the output, not part of it
         same = got == expected and (view or {}).get("prompt_tokens") == len(prompt_ids)
         print(f"    shardnet tokens    ({len(got)}): {got}")
-        print(f"    transformers tokens ({len(expected)}): {expected}" + (" + EOS" if len(expected) < len(ref) else ""))
+        print(
+            f"    transformers tokens ({len(expected)}): {expected}"
+            + (" + EOS" if len(expected) < len(ref) else "")
+        )
         if not same:
             say("MISMATCH: the distributed output differs from single-process transformers")
             return 1
-        say(f"the tokens equal single-process transformers greedy output ({len(got)} tokens after a prompt of"
-            f" {len(prompt_ids)} tokens); shutting down")
+        say(
+            f"the tokens equal single-process transformers greedy output ({len(got)} tokens after a prompt of"
+            f" {len(prompt_ids)} tokens); shutting down"
+        )
     say(f"done in {time.monotonic() - t_start:.0f} s; every process stopped")
     return 0
 

@@ -42,8 +42,12 @@ PRICE = 10**9  # wei per layer-token
 MAX_TOKENS = 64
 POSITIONS = 40 + MAX_TOKENS  # a 40-token prompt and the full answer
 BATCH = 16
-PARAMS = RegistryParams()  # the devnet defaults: 1 ether min stake, 60 s unbonding, 600 s job timeout, no protocol fee
-V1_GAS_PER_JOB = 661_000  # protocol v1: submit 152k + route 198k + 3 commitments 175k + finalize 135k (issue 9)
+PARAMS = (
+    RegistryParams()
+)  # the devnet defaults: 1 ether min stake, 60 s unbonding, 600 s job timeout, no protocol fee
+V1_GAS_PER_JOB = (
+    661_000  # protocol v1: submit 152k + route 198k + 3 commitments 175k + finalize 135k (issue 9)
+)
 BLOCK_GAS = 30_000_000
 BLOCK_SECONDS = 2
 
@@ -101,12 +105,21 @@ class Flow:
     def commit(self, worker: LocalAccount, job_id: int, i: int) -> SignedCommitment:
         root = merkle_root(_leaves(f"job {job_id} hop {i}"))
         return sign_commitment(
-            worker, self.domain, job_id=job_id, span=SPANS[i], positions=POSITIONS, steps=MAX_TOKENS, root=root,
+            worker,
+            self.domain,
+            job_id=job_id,
+            span=SPANS[i],
+            positions=POSITIONS,
+            steps=MAX_TOKENS,
+            root=root,
         )
 
     def submit(self, section: str | None) -> int:
         result = self.cli.submit_job(
-            self.model_id, keccak(text="Tell me a story"), MAX_TOKENS, self.gov.account.address,  # type: ignore[union-attr]
+            self.model_id,
+            keccak(text="Tell me a story"),
+            MAX_TOKENS,
+            self.gov.account.address,  # type: ignore[union-attr]
             self.cli.quote(self.model_id, MAX_TOKENS),
         )
         if section:
@@ -139,11 +152,21 @@ def run(log: GasLog) -> dict[str, int]:
         f.rec("setCoordinator", f.gov.set_coordinator(owner.address, "http://127.0.0.1:9000", True), "setup")
         for i, reg in enumerate(f.nodes):
             f.rec("registerNode", reg.register_node(f"http://127.0.0.1:{8101 + i}", PARAMS.min_stake), e2e)
-        f.model_id = int(f.rec(
-            "registerModel", f.gov.register_model("SmolLM2-135M-Instruct", "bafkrei" + "a" * 52, LAYERS, PRICE), e2e
-        ).event("ModelRegistered").args["modelId"])
+        f.model_id = int(
+            f.rec(
+                "registerModel",
+                f.gov.register_model("SmolLM2-135M-Instruct", "bafkrei" + "a" * 52, LAYERS, PRICE),
+                e2e,
+            )
+            .event("ModelRegistered")
+            .args["modelId"]
+        )
         f.shards = [
-            int(f.rec("announceShard", reg.announce_shard(f.model_id, span), e2e).event("ShardAnnounced").args["assignmentId"])
+            int(
+                f.rec("announceShard", reg.announce_shard(f.model_id, span), e2e)
+                .event("ShardAnnounced")
+                .args["assignmentId"]
+            )
             for reg, span in zip(f.nodes, SPANS, strict=True)
         ]
         # the first job of this client and coordinator pays for their fresh balance slots; the second is steady state
@@ -152,7 +175,11 @@ def run(log: GasLog) -> dict[str, int]:
         for reg in (*f.nodes, f.gov, f.cli):
             f.rec("claim", reg.claim(), e2e)
         submit = f.cli.submit_job(
-            f.model_id, keccak(text="Tell me a story"), MAX_TOKENS, owner.address, f.cli.quote(f.model_id, MAX_TOKENS)
+            f.model_id,
+            keccak(text="Tell me a story"),
+            MAX_TOKENS,
+            owner.address,
+            f.cli.quote(f.model_id, MAX_TOKENS),
         )
         f.rec("submitJob", submit, e2e)
         job_id = int(submit.event("JobSubmitted").args["jobId"])
@@ -185,11 +212,22 @@ def _other_functions(f: Flow, log: GasLog, section: str) -> None:
     # a worker's own commitment, with the coordinator's ticket
     posted = f.submit(None)
     ticket = sign_ticket(
-        owner, worker=f.workers[2].address, session_id="s-1", job_id=posted, span=SPANS[2], expires_at=2**40,
-        chain_id=f.domain.chain_id, registry=f.domain.registry,
+        owner,
+        worker=f.workers[2].address,
+        session_id="s-1",
+        job_id=posted,
+        span=SPANS[2],
+        expires_at=2**40,
+        chain_id=f.domain.chain_id,
+        registry=f.domain.registry,
     )
-    f.rec("postCommitment", f.nodes[2].post_commitment(
-        (posted, f.gov.job_record(posted)), f.commit(f.workers[2], posted, 2), ticket_proof(ticket)), section)
+    f.rec(
+        "postCommitment",
+        f.nodes[2].post_commitment(
+            (posted, f.gov.job_record(posted)), f.commit(f.workers[2], posted, 2), ticket_proof(ticket)
+        ),
+        section,
+    )
     f.rec("failJob", f.gov.fail_job(posted, f.gov.job_record(posted), "worker 1 did not answer"), section)
     expired = f.submit(None)
     _mine(w3, seconds=PARAMS.job_timeout + 1)
@@ -210,7 +248,9 @@ def _other_functions(f: Flow, log: GasLog, section: str) -> None:
         sign_verdict(v, f.domain, job_id=disputed, accused=c.node, root=c.root, leaf_index=3, leaf=steps[3])
         for v in verifiers
     ]
-    evidence = SlashEvidence(disputed, settlement.job, close_block, c, 3, steps[3], merkle_proof(steps, 3), verdicts)
+    evidence = SlashEvidence(
+        disputed, settlement.job, close_block, c, 3, steps[3], merkle_proof(steps, 3), verdicts
+    )
     f.rec("slash", f.cli.slash(evidence), section)
     # unbonding: the third worker leaves once the dispute window after its last paid hop is over
     f.rec("releaseShard", f.nodes[2].release_shard(f.shards[2]), section)
@@ -227,11 +267,27 @@ def _governance(w3: object, log: GasLog) -> None:
     section = "governance"
     f.gov.set_coordinator(owner.address, "http://127.0.0.1:9000", True)
     f.nodes[0].register_node("http://127.0.0.1:8101", PARAMS.min_stake)
-    f.model_id = int(f.gov.register_model("m", "bafkreim", 10, PRICE).event("ModelRegistered").args["modelId"])
-    f.shards = [int(f.nodes[0].announce_shard(f.model_id, LayerSpan(0, 10)).event("ShardAnnounced").args["assignmentId"])]
+    f.model_id = int(
+        f.gov.register_model("m", "bafkreim", 10, PRICE).event("ModelRegistered").args["modelId"]
+    )
+    f.shards = [
+        int(
+            f.nodes[0]
+            .announce_shard(f.model_id, LayerSpan(0, 10))
+            .event("ShardAnnounced")
+            .args["assignmentId"]
+        )
+    ]
     job_id = f.submit(None)
-    c = sign_commitment(f.workers[0], f.domain, job_id=job_id, span=LayerSpan(0, 10), positions=POSITIONS,
-                        steps=4, root=merkle_root(_leaves("g", 4)))
+    c = sign_commitment(
+        f.workers[0],
+        f.domain,
+        job_id=job_id,
+        span=LayerSpan(0, 10),
+        positions=POSITIONS,
+        steps=4,
+        root=merkle_root(_leaves("g", 4)),
+    )
     f.gov.settle_jobs([Settlement(job_id, f.gov.job_record(job_id), keccak(text="out"), [c])])
     f.rec("withdrawFees", f.gov.withdraw_fees(heir.address), section)
     f.rec("transferOwnership", f.gov.transfer_ownership(heir.address), section)
@@ -257,42 +313,50 @@ def report(log: GasLog, figures: dict[str, int]) -> str:
     artifact = json.loads(ARTIFACT.read_text())
     size = (len(artifact["deployedBytecode"]) - 2) // 2
     settings = artifact["settings"]
-    return "\n".join([
-        "# ShardRegistry gas report (protocol v2)",
-        "",
-        "Generated by `.venv/bin/python scripts/gas_report.py` (do not edit by hand) on a fresh anvil devnet",
-        f"(`node_modules/@foundry-rs/anvil`), contract compiled with solc {artifact['compiler']}, "
-        f"evmVersion {settings['evmVersion']}, optimizer {settings['optimizer']['runs']} runs, viaIR {settings.get('viaIR', False)}; "
-        f"runtime code {size:,} bytes (EIP-170 limit 24,576).",
-        "",
-        *headline(figures),
-        "",
-        f"A *whole 3-worker job* is `submitJob` + one `settleJobs` carrying the three workers' EIP-712 signed "
-        f"commitments ({figures['submit']:,} + {figures['settle']:,} gas), everything but the claims, measured on the "
-        f"client's and coordinator's second job (their first pays for fresh balance slots: {figures['first_job']:,} gas). "
-        f"The *16 jobs* line is one `settleJobs` of 16 jobs divided by 16, on top of their submissions "
-        f"({figures['batch_submit']:,} gas each).",
-        "",
-        f"The *3-worker job* part runs a {LAYERS}-layer model split {', '.join(f'[{s.start},{s.end})' for s in SPANS)} "
-        f"over three nodes ({MAX_TOKENS} max tokens, {POSITIONS} positions per hop). The *other* part covers a worker's "
-        "own `postCommitment` (with the coordinator's ticket), `failJob`, `cancelJob` after the deadline, a `slash` "
-        "with two drawn verifiers' verdicts and a Merkle proof, and a node leaving after the dispute window; "
-        "*governance* runs on a second registry with a 1 % protocol fee. Gas is the receipt's `gasUsed` (including "
-        "the 21,000 base and calldata).",
-        "",
-        log.table(),
-        "",
-        "Notes: the first `registerNode`/`claim` of an account pays for fresh storage slots, later ones less; a "
-        "`settleJobs` costs one signature check (~3,000 gas plus ~300 bytes of calldata) per hop and two storage "
-        "writes per job; the reentrancy guard (OpenZeppelin `ReentrancyGuardTransient`) uses transient storage (EIP-1153).",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# ShardRegistry gas report (protocol v2)",
+            "",
+            "Generated by `.venv/bin/python scripts/gas_report.py` (do not edit by hand) on a fresh anvil devnet",
+            f"(`node_modules/@foundry-rs/anvil`), contract compiled with solc {artifact['compiler']}, "
+            f"evmVersion {settings['evmVersion']}, optimizer {settings['optimizer']['runs']} runs, viaIR {settings.get('viaIR', False)}; "
+            f"runtime code {size:,} bytes (EIP-170 limit 24,576).",
+            "",
+            *headline(figures),
+            "",
+            f"A *whole 3-worker job* is `submitJob` + one `settleJobs` carrying the three workers' EIP-712 signed "
+            f"commitments ({figures['submit']:,} + {figures['settle']:,} gas), everything but the claims, measured on the "
+            f"client's and coordinator's second job (their first pays for fresh balance slots: {figures['first_job']:,} gas). "
+            f"The *16 jobs* line is one `settleJobs` of 16 jobs divided by 16, on top of their submissions "
+            f"({figures['batch_submit']:,} gas each).",
+            "",
+            f"The *3-worker job* part runs a {LAYERS}-layer model split {', '.join(f'[{s.start},{s.end})' for s in SPANS)} "
+            f"over three nodes ({MAX_TOKENS} max tokens, {POSITIONS} positions per hop). The *other* part covers a worker's "
+            "own `postCommitment` (with the coordinator's ticket), `failJob`, `cancelJob` after the deadline, a `slash` "
+            "with two drawn verifiers' verdicts and a Merkle proof, and a node leaving after the dispute window; "
+            "*governance* runs on a second registry with a 1 % protocol fee. Gas is the receipt's `gasUsed` (including "
+            "the 21,000 base and calldata).",
+            "",
+            log.table(),
+            "",
+            "Notes: the first `registerNode`/`claim` of an account pays for fresh storage slots, later ones less; a "
+            "`settleJobs` costs one signature check (~3,000 gas plus ~300 bytes of calldata) per hop and two storage "
+            "writes per job; the reentrancy guard (OpenZeppelin `ReentrancyGuardTransient`) uses transient storage (EIP-1153).",
+            "",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Measure the gas of every ShardRegistry function on a fresh anvil.")
-    parser.add_argument("--output", type=Path, default=REPO / "docs" / "gas.md",
-                        help="markdown file to write the report to (default: docs/gas.md)")
+    parser = argparse.ArgumentParser(
+        description="Measure the gas of every ShardRegistry function on a fresh anvil."
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=REPO / "docs" / "gas.md",
+        help="markdown file to write the report to (default: docs/gas.md)",
+    )
     parser.add_argument("--no-write", action="store_true", help="only print the report, write no file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

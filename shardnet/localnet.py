@@ -42,7 +42,9 @@ def dev_account(index: int) -> LocalAccount:
 def even_spans(num_layers: int, workers: int) -> list[LayerSpan]:
     """`workers` contiguous spans covering layers 0..num_layers, as equal as can be (the first ones longer)."""
     if not 1 <= workers <= num_layers:
-        raise ConfigError(f"cannot split {num_layers} layers over {workers} workers: give 1 to {num_layers} workers")
+        raise ConfigError(
+            f"cannot split {num_layers} layers over {workers} workers: give 1 to {num_layers} workers"
+        )
     base, extra = divmod(num_layers, workers)
     spans, start = [], 0
     for i in range(workers):
@@ -71,8 +73,9 @@ class LocalNetwork:
         devnet = Devnet.start("anvil", port=port, log_file=work_dir / "anvil.log")
         try:
             owner = dev_account(OWNER)
-            deployment = deploy_registry(devnet.web3(), owner, RegistryParams(job_timeout=job_timeout_s),
-                                         rpc_url=devnet.rpc_url)
+            deployment = deploy_registry(
+                devnet.web3(), owner, RegistryParams(job_timeout=job_timeout_s), rpc_url=devnet.rpc_url
+            )
             deployment_file = deployment.save(work_dir / "deployment.json")
             registry = Registry.from_deployment(deployment_file, account=owner)
         except BaseException:
@@ -86,8 +89,9 @@ class LocalNetwork:
     def address(self, index: int) -> str:
         return str(dev_account(index).address)
 
-    def import_model(self, source: str | Path, *, price_wei: int, name: str | None = None,
-                     progress: bool = True) -> tuple[int, str, Any]:
+    def import_model(
+        self, source: str | Path, *, price_wei: int, name: str | None = None, progress: bool = True
+    ) -> tuple[int, str, Any]:
         """Import a checkpoint into the network's store and register it on chain; returns (model id, CID, manifest)."""
         from shardnet.model.importer import import_model
 
@@ -96,22 +100,56 @@ class LocalNetwork:
         tx = self.owner.register_model(manifest.name, cid, manifest.num_layers, price_wei)
         return int(tx.event("ModelRegistered").args["modelId"]), cid, manifest
 
-    def _spawn(self, name: str, module: str, key_index: int, args: list[str], port: int, threads: int) -> RoleProcess:
-        proc = spawn_role(name, module, DEV_KEYS[key_index], ["--deployment", str(self.deployment_file), *args],
-                          port=port, log_path=self.work_dir / f"{name}.log", threads=threads, new_session=True)
+    def _spawn(
+        self, name: str, module: str, key_index: int, args: list[str], port: int, threads: int
+    ) -> RoleProcess:
+        proc = spawn_role(
+            name,
+            module,
+            DEV_KEYS[key_index],
+            ["--deployment", str(self.deployment_file), *args],
+            port=port,
+            log_path=self.work_dir / f"{name}.log",
+            threads=threads,
+            new_session=True,
+        )
         self.procs.append(proc)
         return proc
 
-    def add_worker(self, index: int, model_id: int, span: LayerSpan, *, threads: int = 2,
-                   extra: tuple[str, ...] = (), port: int | None = None) -> RoleProcess:
+    def add_worker(
+        self,
+        index: int,
+        model_id: int,
+        span: LayerSpan,
+        *,
+        threads: int = 2,
+        extra: tuple[str, ...] = (),
+        port: int | None = None,
+    ) -> RoleProcess:
         """Start worker number `index` (0-based) serving `span`; it stakes, fetches its shard and announces it."""
         if self.store_dir is None:
-            raise ConfigError("import a model first (LocalNetwork.import_model): workers fetch their shards from it")
+            raise ConfigError(
+                "import a model first (LocalNetwork.import_model): workers fetch their shards from it"
+            )
         port = port or free_port()
         name = f"worker{index + 1}"
-        args = ["--model", str(model_id), "--layers", str(span), "--public-url", f"http://127.0.0.1:{port}",
-                "--data-dir", str(self.work_dir / name), "--store-dir", str(self.work_dir / name / "store"),
-                "--peers", str(self.store_dir), "--threads", str(threads), *extra]
+        args = [
+            "--model",
+            str(model_id),
+            "--layers",
+            str(span),
+            "--public-url",
+            f"http://127.0.0.1:{port}",
+            "--data-dir",
+            str(self.work_dir / name),
+            "--store-dir",
+            str(self.work_dir / name / "store"),
+            "--peers",
+            str(self.store_dir),
+            "--threads",
+            str(threads),
+            *extra,
+        ]
         return self._spawn(name, "worker.cli", FIRST_WORKER + index, args, port, threads)
 
     def start_coordinator(self, *, extra: tuple[str, ...] = (), port: int | None = None) -> RoleProcess:
@@ -135,8 +173,10 @@ class LocalNetwork:
             if seen >= count:
                 return
             time.sleep(0.25)
-        raise RoleProcessError(f"the coordinator sees {seen} of {count} workers after {timeout:.0f} s; "
-                               f"see the logs in {self.work_dir}")
+        raise RoleProcessError(
+            f"the coordinator sees {seen} of {count} workers after {timeout:.0f} s; "
+            f"see the logs in {self.work_dir}"
+        )
 
     def close(self) -> None:
         """Stop every process (workers drain and release their shards), then the devnet."""

@@ -45,7 +45,9 @@ class Backoff:
         return float(self.wait()(_state_after(failures)))
 
     def wait(self) -> tenacity.wait.wait_base:
-        return tenacity.wait_exponential(multiplier=self.first_s, exp_base=2, min=self.first_s, max=self.max_s)
+        return tenacity.wait_exponential(
+            multiplier=self.first_s, exp_base=2, min=self.first_s, max=self.max_s
+        )
 
 
 def _state_after(failures: int) -> tenacity.RetryCallState:
@@ -59,8 +61,14 @@ def _before_sleep(what: str, on_failure: FailureHook | None) -> Callable[[tenaci
         exc = state.outcome.exception() if state.outcome is not None else None
         assert exc is not None
         delay = state.next_action.sleep if state.next_action is not None else 0.0
-        log.warning("%s failed (%s: %s); retry %d in %.2f s", what, type(exc).__name__, exc, state.attempt_number,
-                    delay)
+        log.warning(
+            "%s failed (%s: %s); retry %d in %.2f s",
+            what,
+            type(exc).__name__,
+            exc,
+            state.attempt_number,
+            delay,
+        )
         log.debug("%s failure %d", what, state.attempt_number, exc_info=exc)
         if on_failure is not None:
             on_failure(state.attempt_number, exc)

@@ -119,9 +119,28 @@ def spawn_role(
         key_var: key_hex,
         **(env or {}),
     }
-    cmd = [sys.executable, "-m", module, "run", "--key-env", key_var, "--host", host, "--port", str(port), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        module,
+        "run",
+        "--key-env",
+        key_var,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *args,
+    ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        popen = subprocess.Popen(cmd, cwd=REPO, env=child_env, stdout=log, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, start_new_session=new_session)
+        popen = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=child_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=new_session,
+        )
     return RoleProcess(name, f"http://{host}:{port}", popen, log_path)

@@ -140,7 +140,9 @@ def registry_for(anvil: DevChain, deployment: Deployment) -> Callable[[LocalAcco
 
 
 @pytest.fixture
-def registry(registry_for: Callable[[LocalAccount | None], Registry], accounts: list[LocalAccount]) -> Registry:
+def registry(
+    registry_for: Callable[[LocalAccount | None], Registry], accounts: list[LocalAccount]
+) -> Registry:
     """The owner's (accounts[0]) bindings of the test registry."""
     return registry_for(accounts[0])
 
@@ -187,10 +189,29 @@ def postgres_url() -> Iterator[str]:
             raise RuntimeError(f"{' '.join(cmd)} failed: {done.stdout}{done.stderr}")
 
     try:
-        run(str(bindir / "initdb"), "-D", str(data), "-U", "shardnet", "--auth=trust", "-E", "UTF8", "--no-sync")
         run(
-            str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w", "-t", "60",
-            "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start",
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "shardnet",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
+        run(
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(base / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
         )
         try:
             yield f"postgresql+psycopg2://shardnet@127.0.0.1:{port}/postgres"

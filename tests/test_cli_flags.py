@@ -50,13 +50,26 @@ def test_old_rpc_spelling_still_parses_for_shardnet_commands() -> None:
 
 
 def test_worker_and_coordinator_share_the_chain_settings() -> None:
-    chain_flags = ["--rpc-url", "http://127.0.0.1:9", "--key-env", "K", "--confirmations", "2",
-                   "--poll-interval-s", "0.5"]
+    chain_flags = [
+        "--rpc-url",
+        "http://127.0.0.1:9",
+        "--key-env",
+        "K",
+        "--confirmations",
+        "2",
+        "--poll-interval-s",
+        "0.5",
+    ]
     worker = worker_config(worker_parser().parse_args(["run", *chain_flags]))
     coordinator = coordinator_config(coordinator_parser().parse_args(["run", *chain_flags]))
     for cfg in (worker, coordinator):
         assert isinstance(cfg, ChainSettings)
-        assert (cfg.rpc_url, cfg.key_env, cfg.confirmations, cfg.poll_interval_s) == ("http://127.0.0.1:9", "K", 2, 0.5)
+        assert (cfg.rpc_url, cfg.key_env, cfg.confirmations, cfg.poll_interval_s) == (
+            "http://127.0.0.1:9",
+            "K",
+            2,
+            0.5,
+        )
     # each role keeps its own polling default
     assert coordinator_config(coordinator_parser().parse_args(["run"])).poll_interval_s == 0.2
     assert worker_config(worker_parser().parse_args(["run"])).poll_interval_s == 1.0

@@ -46,6 +46,8 @@ def test_an_output_read_header_is_the_signers_until_it_expires_and_never_after(a
     forever = sign_output_read(client, 7, valid_s=10 * MAX_OUTPUT_READ_VALID_S, now=now)
     assert output_reader(forever, 7, now=now) is None  # a coordinator refuses long-lived reads
     expires, _, signature = header.partition(":")
-    assert output_reader(f"{int(expires) + 100}:{signature}", 7, now=now) != client.address.lower()  # moved expiry
+    assert (
+        output_reader(f"{int(expires) + 100}:{signature}", 7, now=now) != client.address.lower()
+    )  # moved expiry
     for bad in (None, "", signature, "x:" + signature, "9" * 40 + ":" + signature, "1:2:3"):
         assert output_reader(bad, 7, now=now) is None

@@ -79,8 +79,13 @@ def test_two_devnets_with_the_same_registry_address_are_told_apart(two_devnets, 
         check_chain_identity(engine, "worker", first)
 
 
-def _cli(main, argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
-         capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+def _cli(
+    main,
+    argv: list[str],
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> tuple[int, str]:
     with monkeypatch.context() as m:
         for key, value in env.items():
             m.setenv(key, value)
@@ -90,7 +95,10 @@ def _cli(main, argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyP
 
 
 def test_worker_and_coordinator_refuse_a_data_dir_of_another_devnet(
-    two_devnets, tmp_path: Path, tiny_llama_store, monkeypatch: pytest.MonkeyPatch,
+    two_devnets,
+    tmp_path: Path,
+    tiny_llama_store,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     store, _, _ = tiny_llama_store
@@ -100,15 +108,56 @@ def test_worker_and_coordinator_refuse_a_data_dir_of_another_devnet(
     deployments = [dep.save(tmp_path / f"{devnet.port}.json") for devnet, dep in two_devnets]
 
     def worker(dep_file: Path, *extra: str) -> tuple[int, str]:
-        return _cli(worker_main, ["run", "--deployment", str(dep_file), "--key-env", "IDENTITY_KEY", "--model", "tiny",
-                                  "--layers", "0:2", "--store-dir", str(store), "--data-dir", str(data / "worker"),
-                                  "--host", "127.0.0.1", "--port", str(free_port()), *extra], env, monkeypatch, capsys)
+        return _cli(
+            worker_main,
+            [
+                "run",
+                "--deployment",
+                str(dep_file),
+                "--key-env",
+                "IDENTITY_KEY",
+                "--model",
+                "tiny",
+                "--layers",
+                "0:2",
+                "--store-dir",
+                str(store),
+                "--data-dir",
+                str(data / "worker"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(free_port()),
+                *extra,
+            ],
+            env,
+            monkeypatch,
+            capsys,
+        )
 
     def coordinator(dep_file: Path, *extra: str) -> tuple[int, str]:
-        return _cli(coordinator_main, ["run", "--deployment", str(dep_file), "--key-env", "IDENTITY_KEY",
-                                       "--data-dir", str(data / "coordinator"), "--store-dir", str(store),
-                                       "--host", "127.0.0.1", "--port", str(free_port()), *extra],
-                    env, monkeypatch, capsys)
+        return _cli(
+            coordinator_main,
+            [
+                "run",
+                "--deployment",
+                str(dep_file),
+                "--key-env",
+                "IDENTITY_KEY",
+                "--data-dir",
+                str(data / "coordinator"),
+                "--store-dir",
+                str(store),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(free_port()),
+                *extra,
+            ],
+            env,
+            monkeypatch,
+            capsys,
+        )
 
     code, err = worker(deployments[0])
     assert code == 1 and "cannot register" in err, err  # the first devnet: the database now records it
@@ -120,6 +169,8 @@ def test_worker_and_coordinator_refuse_a_data_dir_of_another_devnet(
     code, err = coordinator(deployments[0])
     assert code == 1 and "not an approved coordinator" in err, err
     code, err = coordinator(deployments[1])
-    assert code == 1 and "holds the coordinator's state of another chain" in err and "--reset-state" in err, err
+    assert code == 1 and "holds the coordinator's state of another chain" in err and "--reset-state" in err, (
+        err
+    )
     code, err = coordinator(deployments[1], "--reset-state")
     assert code == 1 and "not an approved coordinator" in err, err

@@ -20,7 +20,9 @@ def test_keystore_round_trip_and_errors(tmp_path: Path) -> None:
     address = write_keystore(tmp_path / "k.json", read_password(pw, {}))
     assert stat.S_IMODE((tmp_path / "k.json").stat().st_mode) == 0o600
     assert load_account(tmp_path / "k.json", pw, None, {}).address == address
-    assert load_account(tmp_path / "k.json", None, None, {"SHARDNET_KEY_PASSWORD": "s3cret"}).address == address
+    assert (
+        load_account(tmp_path / "k.json", None, None, {"SHARDNET_KEY_PASSWORD": "s3cret"}).address == address
+    )
     with pytest.raises(ConfigError, match="--password-file FILE or set SHARDNET_KEY_PASSWORD"):
         load_account(tmp_path / "k.json", None, None, {})
     with pytest.raises(ConfigError, match="wrong password"):

@@ -36,8 +36,13 @@ def test_even_spans_cover_every_layer_once() -> None:
 
 def test_localnet_refuses_a_work_dir_that_is_not_empty(tmp_path: Path) -> None:
     (tmp_path / "old.db").write_text("x")
-    done = subprocess.run([sys.executable, "-c", _CLI, "localnet", "--work-dir", str(tmp_path), "--model", "none"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", _CLI, "localnet", "--work-dir", str(tmp_path), "--model", "none"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
     assert "is not empty: give an empty or new folder" in done.stderr
 
@@ -60,9 +65,26 @@ def test_localnet_command_serves_a_paid_job_and_ctrl_c_stops_everything(tmp_path
     build_tiny_chat_model(model_dir)
     work = tmp_path / "net"
     launcher = subprocess.Popen(
-        [sys.executable, "-c", _CLI, "localnet", "--model", str(model_dir), "--workers", "2", "--work-dir", str(work),
-         "--price-wei", "1000000", "--ready-timeout-s", "300"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-c",
+            _CLI,
+            "localnet",
+            "--model",
+            str(model_dir),
+            "--workers",
+            "2",
+            "--work-dir",
+            str(work),
+            "--price-wei",
+            "1000000",
+            "--ready-timeout-s",
+            "300",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines: queue.Queue[str] = queue.Queue()
     reader = threading.Thread(target=_read_lines, args=(launcher.stdout, lines), daemon=True)
@@ -79,15 +101,21 @@ def test_localnet_command_serves_a_paid_job_and_ctrl_c_stops_everything(tmp_path
                 pass
         urls = dict(re.findall(r"^(worker\d|coordinator|devnet)\s+(http://\S+)", output, re.M))
         assert sorted(urls) == ["coordinator", "devnet", "worker1", "worker2"], output
-        assert re.search(r"^worker1 .* layers 0:3", output, re.M) and re.search(r"^worker2 .* layers 3:6", output, re.M)
+        assert re.search(r"^worker1 .* layers 0:3", output, re.M) and re.search(
+            r"^worker2 .* layers 3:6", output, re.M
+        )
         deployment = re.search(r"SHARDNET_DEPLOYMENT=(\S+)", output)
         model_id = re.search(r"^model (\d+)", output, re.M)
         assert deployment and model_id, output
 
         registry = Registry.from_deployment(Path(deployment.group(1)), dev_account(CLIENT))
-        outcome = ShardnetClient(registry).submit("hi", model=int(model_id.group(1)), max_tokens=4, timeout_s=180)
+        outcome = ShardnetClient(registry).submit(
+            "hi", model=int(model_id.group(1)), max_tokens=4, timeout_s=180
+        )
         assert registry.get_job(outcome.job_id).status == JobStatus.Settled
-        assert [h["node"].lower() for h in outcome.route] == [dev_account(3 + i).address.lower() for i in range(2)]
+        assert [h["node"].lower() for h in outcome.route] == [
+            dev_account(3 + i).address.lower() for i in range(2)
+        ]
 
         launcher.send_signal(signal.SIGINT)
         assert launcher.wait(timeout=120) == 0

@@ -51,7 +51,9 @@ def _durable_hashes(db_file: Path, session_id: str) -> list[bytes]:
 
 
 def _sign(job_id: int, span: LayerSpan, positions: int, steps: int, root: bytes) -> SignedCommitment:
-    return sign_commitment(WORKER, DOMAIN, job_id=job_id, span=span, positions=positions, steps=steps, root=root)
+    return sign_commitment(
+        WORKER, DOMAIN, job_id=job_id, span=span, positions=positions, steps=steps, root=root
+    )
 
 
 def test_each_step_hash_is_durable_when_its_output_arrives_and_hashes_the_bytes_sent(
@@ -59,13 +61,29 @@ def test_each_step_hash_is_durable_when_its_output_arrives_and_hashes_the_bytes_
 ) -> None:
     store, _cid, manifest = tiny_llama_store
     block = load_block(store, manifest.to_json(), LAST)
-    info = BlockInfo(span=LAST, num_layers=4, is_first=False, is_last=True, hidden_size=block.hidden_size,
-                     vocab_size=block.vocab_size, kv_bytes_per_token=1)
+    info = BlockInfo(
+        span=LAST,
+        num_layers=4,
+        is_first=False,
+        is_last=True,
+        hidden_size=block.hidden_size,
+        vocab_size=block.vocab_size,
+        kv_bytes_per_token=1,
+    )
     db_file = tmp_path / "worker.db"
     state = WorkerState(make_engine(f"sqlite:///{db_file}"), WORKER.address)
-    server = WorkerServer(address=WORKER.address, model_name="tiny-llama", model_id=1, block=block, info=info,
-                          is_coordinator=lambda _address: True, state=state, chain_id=DOMAIN.chain_id,
-                          registry_address=DOMAIN.registry, signer=_sign)
+    server = WorkerServer(
+        address=WORKER.address,
+        model_name="tiny-llama",
+        model_id=1,
+        block=block,
+        info=info,
+        is_coordinator=lambda _address: True,
+        state=state,
+        chain_id=DOMAIN.chain_id,
+        registry_address=DOMAIN.registry,
+        signer=_sign,
+    )
 
     async def scenario() -> None:
         runner = web.AppRunner(server.app())
@@ -75,9 +93,16 @@ def test_each_step_hash_is_durable_when_its_output_arrives_and_hashes_the_bytes_
         try:
             async with WorkerClient(f"http://127.0.0.1:{port}") as client:
                 sid = uuid.uuid4().hex
-                ticket = sign_ticket(COORDINATOR, worker=WORKER.address, session_id=sid, job_id=1, span=LAST,
-                                     expires_at=int(time.time()) + 600, chain_id=DOMAIN.chain_id,
-                                     registry=DOMAIN.registry)
+                ticket = sign_ticket(
+                    COORDINATOR,
+                    worker=WORKER.address,
+                    session_id=sid,
+                    job_id=1,
+                    span=LAST,
+                    expires_at=int(time.time()) + 600,
+                    chain_id=DOMAIN.chain_id,
+                    registry=DOMAIN.registry,
+                )
                 await client.open_session(ticket, "fp32")
                 torch.manual_seed(0)
                 x, pos, received = torch.randn(1, 3, block.hidden_size), 0, []
@@ -96,7 +121,12 @@ def test_each_step_hash_is_durable_when_its_output_arrives_and_hashes_the_bytes_
                 signed = closed.job_commitment
                 assert signed is not None and verify_commitment(signed, DOMAIN, job_id=1)
                 assert (signed.node, signed.span, signed.root, signed.steps, signed.positions) == (
-                    WORKER.address, LAST, merkle_root(received), 4, 3 + 3)
+                    WORKER.address,
+                    LAST,
+                    merkle_root(received),
+                    4,
+                    3 + 3,
+                )
                 stored = WorkerState(make_engine(f"sqlite:///{db_file}"), WORKER.address).job(1)
                 assert stored is not None and stored.signed(WORKER.address) == signed
         finally:

@@ -30,8 +30,13 @@ def test_retry_returns_once_the_call_succeeds_and_reports_each_failure() -> None
             raise ConnectionError(f"down {len(calls)}")
         return "up"
 
-    result = retry_until_stopped(flaky, stop=threading.Event(), backoff=Backoff(0.01, 0.02), what="t",
-                                 on_failure=lambda n, exc: failures.append((n, str(exc))))
+    result = retry_until_stopped(
+        flaky,
+        stop=threading.Event(),
+        backoff=Backoff(0.01, 0.02),
+        what="t",
+        on_failure=lambda n, exc: failures.append((n, str(exc))),
+    )
     assert result == "up"
     assert failures == [(1, "down 1"), (2, "down 2")]
 

@@ -57,7 +57,9 @@ class ChainSync:
         domain: Domain | None = None,
         on_coordinator_set: Callable[[str, bool], None] | None = None,
     ) -> None:
-        assert registry.account is not None, "ChainSync signs and sends transactions: give the registry an account"
+        assert registry.account is not None, (
+            "ChainSync signs and sends transactions: give the registry an account"
+        )
         self.registry = registry
         self.state = state
         self.account = registry.account
@@ -66,15 +68,21 @@ class ChainSync:
         self.settle_window_s = settle_window_s
         self._domain = domain
         handlers: dict[str, EventHandler] = {
-            "JobSettled": self._on_job_settled, "CommitmentPosted": self._on_commitment_posted,
+            "JobSettled": self._on_job_settled,
+            "CommitmentPosted": self._on_commitment_posted,
         }
         handlers |= {name: self._on_job_ended for name in JOB_END_EVENTS}
         self._on_coordinator_set = on_coordinator_set
         if on_coordinator_set is not None:
             handlers["CoordinatorSet"] = self._coordinator_set
         self.watcher = EventWatcher(
-            registry, state.engine, f"worker:{self.me}", handlers, confirmations=confirmations,
-            poll_interval=poll_interval_s, start_block=start_block,
+            registry,
+            state.engine,
+            f"worker:{self.me}",
+            handlers,
+            confirmations=confirmations,
+            poll_interval=poll_interval_s,
+            start_block=start_block,
         )
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -89,8 +97,9 @@ class ChainSync:
 
     def sign(self, job_id: int, span: LayerSpan, positions: int, steps: int, root: bytes) -> SignedCommitment:
         """This worker's EIP-712 signed commitment (the server's `CommitmentSigner`)."""
-        return sign_commitment(self.account, self.domain, job_id=job_id, span=span, positions=positions,
-                               steps=steps, root=root)
+        return sign_commitment(
+            self.account, self.domain, job_id=job_id, span=span, positions=positions, steps=steps, root=root
+        )
 
     # -- event handlers (inside the watcher's transaction)
     def _mine(self, db: Session, job_id: int) -> WorkerJobRow | None:
@@ -110,8 +119,11 @@ class ChainSync:
             self.state.commitment_done(job_id, SETTLED, event.tx_hash, db=db)
             log.info("job %d: paid in the coordinator's settlement (tx %s)", job_id, event.tx_hash)
         else:
-            note = ("settled with this worker's hop but not paid (stake, jail or escrow)" if mine
-                    else "settled without this worker's commitment: the coordinator left it out")
+            note = (
+                "settled with this worker's hop but not paid (stake, jail or escrow)"
+                if mine
+                else "settled without this worker's commitment: the coordinator left it out"
+            )
             self.state.commitment_done(job_id, SKIPPED, event.tx_hash, note=note, db=db)
             log.warning("job %d: %s", job_id, note)
 
@@ -133,8 +145,9 @@ class ChainSync:
         job_id = int(event.args["jobId"])
         if self._mine(db, job_id) is not None:
             status = JOB_END_EVENTS[event.name]
-            self.state.commitment_done(job_id, SKIPPED, note=f"job {status.name.lower()} on chain before it was paid",
-                                       db=db)
+            self.state.commitment_done(
+                job_id, SKIPPED, note=f"job {status.name.lower()} on chain before it was paid", db=db
+            )
 
     # -- signing what a crash left unsigned
     def sign_uncommitted(self) -> int:
@@ -146,7 +159,9 @@ class ChainSync:
                 continue
             signed = self.sign(job_id, work.span, work.positions, len(work.step_hashes), work.root)
             self.state.save_commitment(signed, work.ticket, 0.0)  # never handed out: post it without waiting
-            log.info("job %d: signed its commitment over %d steps left by an earlier run", job_id, signed.steps)
+            log.info(
+                "job %d: signed its commitment over %d steps left by an earlier run", job_id, signed.steps
+            )
             done += 1
         return done
 
@@ -170,14 +185,20 @@ class ChainSync:
             self.state.commitment_done(job_id, SKIPPED, note=f"no job {job_id} on chain")
             return 0
         if status != JobStatus.Open:  # closed before this commitment could be paid (its event came first)
-            self.state.commitment_done(job_id, SKIPPED, note=f"job {status.name.lower()} on chain before it was paid")
+            self.state.commitment_done(
+                job_id, SKIPPED, note=f"job {status.name.lower()} on chain before it was paid"
+            )
             return 0
         if row.ticket is None:
-            self.state.commitment_done(job_id, SKIPPED, note="no coordinator ticket stored: cannot prove the job")
+            self.state.commitment_done(
+                job_id, SKIPPED, note="no coordinator ticket stored: cannot prove the job"
+            )
             return 0
         try:
             tx = self.registry.post_commitment(
-                (job_id, self.registry.job_record(job_id)), row.signed(self.me), ticket_proof(json.loads(row.ticket))
+                (job_id, self.registry.job_record(job_id)),
+                row.signed(self.me),
+                ticket_proof(json.loads(row.ticket)),
             )
         except ContractRevert as exc:
             if exc.error == "ShardRegistryAlreadyCommitted":
@@ -187,8 +208,13 @@ class ChainSync:
                 self.state.commitment_done(job_id, SKIPPED, note=str(exc))
             return 0
         self.state.commitment_done(job_id, POSTED, tx.tx_hash)
-        log.info("job %d: posted its own commitment 0x%s over %d steps (tx %s)", job_id, row.commitment[2:],
-                 row.steps, tx.tx_hash)
+        log.info(
+            "job %d: posted its own commitment 0x%s over %d steps (tx %s)",
+            job_id,
+            row.commitment[2:],
+            row.steps,
+            tx.tx_hash,
+        )
         return 1
 
     # -- thread
@@ -222,7 +248,10 @@ class ChainSync:
         # keep following the chain through failures (the watcher rolled a failed range back)
         backoff = Backoff(first_s=self.poll_interval_s, max_s=max(30.0, self.poll_interval_s))
         while not self._stop.is_set():
-            if retry_until_stopped(self._sync_round, stop=self._stop, backoff=backoff, what="chain sync") is None:
+            if (
+                retry_until_stopped(self._sync_round, stop=self._stop, backoff=backoff, what="chain sync")
+                is None
+            ):
                 break
             self._wake.wait(self.poll_interval_s)
             self._wake.clear()

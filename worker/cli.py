@@ -43,7 +43,11 @@ _METAVARS = {
 
 def _add_config_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
     add_settings_flags(
-        parser, WorkerConfig, env_prefix=ENV_PREFIX, metavars=_METAVARS, names=names,
+        parser,
+        WorkerConfig,
+        env_prefix=ENV_PREFIX,
+        metavars=_METAVARS,
+        names=names,
         config_help="TOML file of settings (see worker/worker.example.toml); flags and "
         f"{ENV_PREFIX}<SETTING> environment variables override it",
     )
@@ -65,9 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(--drain-grace-s), releases its assignment on chain and exits 0.",
     )
     _add_config_flags(run)
-    run.add_argument("--reset-state", action="store_true",
-                     help="clear the database's state (sessions, steps, cursor) when it belongs to another chain or "
-                     "registry, e.g. after restarting a devnet (without it such a database is refused)")
+    run.add_argument(
+        "--reset-state",
+        action="store_true",
+        help="clear the database's state (sessions, steps, cursor) when it belongs to another chain or "
+        "registry, e.g. after restarting a devnet (without it such a database is refused)",
+    )
     run.set_defaults(func=_cmd_run)
 
     keygen = sub.add_parser("keygen", help="create a new key in an encrypted keystore file")
@@ -94,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_flags(status, _READ_FIELDS)
     status.add_argument(
-        "--address", metavar="0x...", help="the worker account to show (no key needed); default: the key's account"
+        "--address",
+        metavar="0x...",
+        help="the worker account to show (no key needed); default: the key's account",
     )
     status.set_defaults(func=_cmd_chain, action="status")
 

@@ -81,7 +81,9 @@ class WorkerConfig(ChainSettings):
     session_timeout_s: float = Field(300.0, gt=0, description="a session idle this long is closed")
     max_body_mb: float = Field(64.0, gt=0, description="largest request body accepted, in MiB (413 beyond)")
     body_timeout_s: float = Field(
-        30.0, gt=0, description="seconds a request body may take to arrive (408 beyond: slow senders hold nothing)"
+        30.0,
+        gt=0,
+        description="seconds a request body may take to arrive (408 beyond: slow senders hold nothing)",
     )
     header_timeout_s: float = Field(
         15.0,
@@ -96,7 +98,9 @@ class WorkerConfig(ChainSettings):
         60.0, gt=0, description="timeout of a push-mode forward to the next worker"
     )
     settle_window_s: float = Field(
-        60.0, ge=0, description="seconds after handing a job's signed commitment to its coordinator before this "
+        60.0,
+        ge=0,
+        description="seconds after handing a job's signed commitment to its coordinator before this "
         "worker posts it on chain itself (postCommitment) if the job was not settled with it; 0 posts at once",
     )
     perturb_outputs: float = Field(
@@ -150,5 +154,11 @@ def load_config(
     environ: Mapping[str, str] | None = None,
 ) -> WorkerConfig:
     """Merge defaults < TOML file < environment < `overrides` (flags; None values are ignored) and validate."""
-    return load_layered(WorkerConfig, role="worker", env_prefix=ENV_PREFIX, overrides=overrides, config_file=config_file,
-                        environ=environ)
+    return load_layered(
+        WorkerConfig,
+        role="worker",
+        env_prefix=ENV_PREFIX,
+        overrides=overrides,
+        config_file=config_file,
+        environ=environ,
+    )

@@ -78,7 +78,9 @@ def bind_port(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise ConfigError(f"cannot listen on --host {host!r}: {exc.strerror}; nothing was sent on chain") from exc
+        raise ConfigError(
+            f"cannot listen on --host {host!r}: {exc.strerror}; nothing was sent on chain"
+        ) from exc
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -92,7 +94,9 @@ def bind_port(host: str, port: int) -> socket.socket:
                 f"port {port} on {host} is in use (another worker?): pass a free --port, or stop the process "
                 "that holds it; nothing was sent on chain"
             ) from None
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; nothing was sent on chain") from exc
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; nothing was sent on chain"
+        ) from exc
     sock.setblocking(False)
     return sock
 
@@ -130,8 +134,13 @@ def prepare(cfg: WorkerConfig, *, reset_state: bool = False) -> PreparedNode:
         assert registry.account is not None
         me = registry.account.address
         engine = make_engine(cfg.db_url, default_path=cfg.data_dir / "worker.db")
-        check_chain_identity(engine, "worker", identity_of(registry), reset=reset_state,
-                             what=f"the worker's database ({engine.url.render_as_string(hide_password=True)})")
+        check_chain_identity(
+            engine,
+            "worker",
+            identity_of(registry),
+            reset=reset_state,
+            what=f"the worker's database ({engine.url.render_as_string(hide_password=True)})",
+        )
         state = WorkerState(engine, me)
         lost = state.close_lost_sessions()
         if lost:
@@ -254,13 +263,19 @@ class WorkerService:
         self._sync_started = True
         log.info(
             "worker %s serving %s layers %s at %s",
-            self.server.address, self.node.model.name, self.node.span, cfg.endpoint,
+            self.server.address,
+            self.node.model.name,
+            self.node.span,
+            cfg.endpoint,
         )
 
     async def drain(self) -> None:
         grace = self.node.cfg.drain_grace_s
-        log.info("stopping: no new sessions; waiting up to %.0f s for %d open sessions", grace,
-                 len(self.server.sessions))
+        log.info(
+            "stopping: no new sessions; waiting up to %.0f s for %d open sessions",
+            grace,
+            len(self.server.sessions),
+        )
         await self.server.drain(grace)
 
     async def stop(self) -> None:
@@ -282,8 +297,11 @@ def release(node: PreparedNode) -> None:
         node.registry.release_shard(node.assignment_id)
         log.info("released assignment %d", node.assignment_id)
     except ShardnetError as exc:  # a revert, or the chain node already gone
-        log.warning("could not release assignment %d: %s (the next start reuses or releases it)",
-                    node.assignment_id, exc)
+        log.warning(
+            "could not release assignment %d: %s (the next start reuses or releases it)",
+            node.assignment_id,
+            exc,
+        )
 
 
 def run_worker(cfg: WorkerConfig, *, reset_state: bool = False) -> int:

@@ -230,7 +230,13 @@ class WorkerServer:
         if self.state is not None:
             try:
                 await loop.run_in_executor(
-                    self._db, self.state.session_opened, session_id, session.job_id, signer, span.start, span.end,
+                    self._db,
+                    self.state.session_opened,
+                    session_id,
+                    session.job_id,
+                    signer,
+                    span.start,
+                    span.end,
                     json.dumps(req.ticket),
                 )
             except BaseException:  # not recorded: the session must not stay open (nor its memory held)
@@ -290,7 +296,10 @@ class WorkerServer:
         async with session.lock:  # let a step in flight finish first
             if not session.closed:
                 self.sessions.close(session.session_id, "closed")
-        body: dict[str, Any] = {"steps": session.steps, "commitment": "0x" + merkle_root(session.step_hashes).hex()}
+        body: dict[str, Any] = {
+            "steps": session.steps,
+            "commitment": "0x" + merkle_root(session.step_hashes).hex(),
+        }
         if self._signer is not None and session.job_id and session.steps:  # job 0: no job, nothing to be paid
             # signed and stored (after the close queued above, on the same database thread) before it leaves
             signed = await asyncio.get_running_loop().run_in_executor(self._db, self._sign_job, session)
@@ -303,8 +312,13 @@ class WorkerServer:
         database); None when nothing was computed for it."""
         assert self._signer is not None and session.job_id
         if self.state is None:
-            return self._signer(session.job_id, self.info.span, session.length, session.steps,
-                                merkle_root(session.step_hashes))
+            return self._signer(
+                session.job_id,
+                self.info.span,
+                session.length,
+                session.steps,
+                merkle_root(session.step_hashes),
+            )
         work = self.state.job_work(session.job_id)
         if work is None:
             return None
@@ -387,7 +401,9 @@ class WorkerServer:
         session.output_bytes += len(frame)
         return frame, digest, index
 
-    def _run_block(self, session: Session, x: torch.Tensor, start_pos: int, index: int) -> tuple[bytes, bytes]:
+    def _run_block(
+        self, session: Session, x: torch.Tensor, start_pos: int, index: int
+    ) -> tuple[bytes, bytes]:
         """Compute, encode, hash and record one step, all on the compute thread: one executor hop per step,
         and the event loop never waits on hashing (196 KB of logits take ~0.8 ms to keccak) or SQLite."""
         with torch.inference_mode():

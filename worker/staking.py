@@ -137,8 +137,10 @@ def print_status(cfg: WorkerConfig, address: str | None = None) -> int:
     """`worker status`: of `address` without a key, else of the key's account."""
     if address is None:
         if cfg.keystore is None and cfg.key_env is None:
-            raise ConfigError("whose status? pass --address 0x... (no key needed), or your key with "
-                              "--keystore FILE or --key-env VAR")
+            raise ConfigError(
+                "whose status? pass --address 0x... (no key needed), or your key with "
+                "--keystore FILE or --key-env VAR"
+            )
         print("\n".join(standing(connect(cfg)).lines()))
         return 0
     from eth_utils import is_address, to_checksum_address

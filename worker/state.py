@@ -71,7 +71,9 @@ class WorkerJobRow(Base):
     steps: Mapped[int] = mapped_column(Integer)
     commitment: Mapped[str] = mapped_column(String(66))  # Merkle root of the job's step hashes
     signature: Mapped[str] = mapped_column(String(130))  # EIP-2098 compact, hex
-    ticket: Mapped[str | None] = mapped_column(Text, nullable=True)  # a ticket of the job (for postCommitment)
+    ticket: Mapped[str | None] = mapped_column(
+        Text, nullable=True
+    )  # a ticket of the job (for postCommitment)
     handed_at: Mapped[float] = mapped_column(Float)  # when it was signed (and handed out): the window starts
     commit_status: Mapped[str] = mapped_column(String(16), default=SIGNED)
     commit_tx: Mapped[str | None] = mapped_column(String(66), nullable=True)
@@ -80,8 +82,14 @@ class WorkerJobRow(Base):
 
     def signed(self, worker: str) -> SignedCommitment:
         return SignedCommitment(
-            self.job_id, worker, self.span_start, self.span_end, self.positions, self.steps,
-            bytes.fromhex(self.commitment[2:]), CompactSignature.from_hex(self.signature),
+            self.job_id,
+            worker,
+            self.span_start,
+            self.span_end,
+            self.positions,
+            self.steps,
+            bytes.fromhex(self.commitment[2:]),
+            CompactSignature.from_hex(self.signature),
         )
 
 
@@ -112,13 +120,26 @@ class WorkerState:
 
     # -- sessions
     def session_opened(
-        self, session_id: str, job_id: int | None, coordinator: str, start: int, end: int, ticket: str | None = None
+        self,
+        session_id: str,
+        job_id: int | None,
+        coordinator: str,
+        start: int,
+        end: int,
+        ticket: str | None = None,
     ) -> None:
         with session_scope(self.engine) as db:
             db.add(
                 WorkerSessionRow(
-                    session_id=session_id, worker=self.worker, job_id=job_id, coordinator=coordinator,
-                    span_start=start, span_end=end, opened_at=time.time(), steps=0, ticket=ticket,
+                    session_id=session_id,
+                    worker=self.worker,
+                    job_id=job_id,
+                    coordinator=coordinator,
+                    span_start=start,
+                    span_end=end,
+                    opened_at=time.time(),
+                    steps=0,
+                    ticket=ticket,
                 )
             )
 
@@ -132,8 +153,13 @@ class WorkerState:
         with self.engine.begin() as conn:
             conn.execute(
                 self._insert_step,
-                {"worker": self.worker, "session_id": session_id, "step_index": step_index,
-                 "step_hash": "0x" + step_hash.hex(), "positions": positions},
+                {
+                    "worker": self.worker,
+                    "session_id": session_id,
+                    "step_index": step_index,
+                    "step_hash": "0x" + step_hash.hex(),
+                    "positions": positions,
+                },
             )
 
     def session_closed(self, session_id: str, reason: str, steps: int, commitment: bytes | None) -> None:
@@ -174,18 +200,24 @@ class WorkerState:
                 return None
             tickets = [s.ticket for s in sessions if s.ticket]
             return JobWork(
-                job_id, LayerSpan(sessions[-1].span_start, sessions[-1].span_end), [h for h, _ in steps],
-                sum(p for _, p in steps), tickets[-1] if tickets else None,
+                job_id,
+                LayerSpan(sessions[-1].span_start, sessions[-1].span_end),
+                [h for h, _ in steps],
+                sum(p for _, p in steps),
+                tickets[-1] if tickets else None,
             )
 
     def uncommitted_jobs(self) -> list[int]:
         """Jobs with steps in closed sessions and no signed commitment covering all of them (after a crash)."""
         with session_scope(self.engine) as db:
             jobs = db.scalars(
-                select(WorkerSessionRow.job_id).where(
-                    WorkerSessionRow.worker == self.worker, WorkerSessionRow.job_id > 0,
+                select(WorkerSessionRow.job_id)
+                .where(
+                    WorkerSessionRow.worker == self.worker,
+                    WorkerSessionRow.job_id > 0,
                     WorkerSessionRow.closed_at.is_not(None),
-                ).distinct()
+                )
+                .distinct()
             ).all()
             out = []
             for job_id in sorted(j for j in jobs if j is not None):
@@ -226,19 +258,30 @@ class WorkerState:
     def commitments_due(self, before: float) -> list[WorkerJobRow]:
         """Signed commitments handed out before `before` and not yet known paid: the fallback posts them."""
         with session_scope(self.engine) as db:
-            return list(db.scalars(
-                select(WorkerJobRow)
-                .where(WorkerJobRow.worker == self.worker, WorkerJobRow.commit_status == SIGNED,
-                       WorkerJobRow.handed_at <= before)
-                .order_by(WorkerJobRow.job_id)
-            ).all())
+            return list(
+                db.scalars(
+                    select(WorkerJobRow)
+                    .where(
+                        WorkerJobRow.worker == self.worker,
+                        WorkerJobRow.commit_status == SIGNED,
+                        WorkerJobRow.handed_at <= before,
+                    )
+                    .order_by(WorkerJobRow.job_id)
+                ).all()
+            )
 
     def job(self, job_id: int) -> WorkerJobRow | None:
         with session_scope(self.engine) as db:
             return db.get(WorkerJobRow, (self.worker, job_id))
 
-    def commitment_done(self, job_id: int, status: str, tx_hash: str | None = None, note: str | None = None,
-                        db: Session | None = None) -> None:
+    def commitment_done(
+        self,
+        job_id: int,
+        status: str,
+        tx_hash: str | None = None,
+        note: str | None = None,
+        db: Session | None = None,
+    ) -> None:
         """Record what became of a job's commitment (in the caller's transaction `db` if given)."""
         if db is None:
             with session_scope(self.engine) as own:

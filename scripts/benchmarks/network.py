@@ -37,8 +37,11 @@ PROMPTS = [
 
 def chat_ids(tok: object, text: str) -> list[int]:
     """The prompt ids the coordinator's chat completions give `text`: chat template, BOS not added twice."""
-    prompt = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,  # type: ignore[attr-defined]
-                                     add_generation_prompt=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": text}],
+        tokenize=False,  # type: ignore[attr-defined]
+        add_generation_prompt=True,
+    )
     bos = getattr(tok, "bos_token", None)
     return list(tok(prompt, add_special_tokens=not (bos and prompt.startswith(bos)))["input_ids"])  # type: ignore[operator]
 
@@ -52,8 +55,9 @@ class Baseline:
 
         torch.set_num_threads(threads)
         self.tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        self.model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                          dtype=torch.float32).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        ).eval()
 
     def run(self, text: str, n: int) -> tuple[list[float], float, str]:
         """(ms per decoded token of every step, time to first token in s, the generated text)."""
@@ -76,14 +80,20 @@ class Baseline:
         return steps, ttft, str(self.tok.decode(tokens, skip_special_tokens=True))
 
 
-def stream(api: object, model: str, prompt: str, n: int, on_chunk: object = None) -> tuple[list[float], float, str]:
+def stream(
+    api: object, model: str, prompt: str, n: int, on_chunk: object = None
+) -> tuple[list[float], float, str]:
     """Stream one chat completion of exactly `n` greedy tokens (ignore_eos, as in vLLM: the model's end of turn does
     not stop it); returns (arrival time of each chunk that carries text, start time, the whole text)."""
     t0 = time.perf_counter()
     arrivals: list[float] = []
     text = ""
     for chunk in api.chat.completions.create(  # type: ignore[attr-defined]
-        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=n, temperature=0, stream=True,
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=n,
+        temperature=0,
+        stream=True,
         extra_body={"ignore_eos": True},
     ):
         delta = chunk.choices[0].delta.content if chunk.choices else None
@@ -103,7 +113,11 @@ def job_gas(net: LocalNetwork, from_block: int) -> dict[str, int]:
 
     from shardnet.chain.artifacts import load_artifact
 
-    names = {function_abi_to_4byte_selector(e).hex(): e["name"] for e in load_artifact().abi if e.get("type") == "function"}
+    names = {
+        function_abi_to_4byte_selector(e).hex(): e["name"]
+        for e in load_artifact().abi
+        if e.get("type") == "function"
+    }
     w3 = net.devnet.web3()
     gas: dict[str, int] = {}
     for number in range(from_block, w3.eth.block_number + 1):
@@ -120,8 +134,12 @@ def job_gas(net: LocalNetwork, from_block: int) -> dict[str, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=int, default=64, help="tokens decoded per prompt (default: 64)")
     parser.add_argument("--prompts", type=int, default=3, help="number of prompts, at most 5 (default: 3)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads, per worker and baseline (default: 2)")
-    parser.add_argument("--work-dir", type=Path, default=REPO / ".shardnet" / "bench", help="scratch folder (wiped)")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch threads, per worker and baseline (default: 2)"
+    )
+    parser.add_argument(
+        "--work-dir", type=Path, default=REPO / ".shardnet" / "bench", help="scratch folder (wiped)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,7 +155,9 @@ def run(args: argparse.Namespace) -> int:
     base = Baseline(gguf, args.threads)
     base.run("warm up", 4)
 
-    print("shardnet: anvil, 3 workers of 10 layers + a replica of layers 10:20, a coordinator ...", flush=True)
+    print(
+        "shardnet: anvil, 3 workers of 10 layers + a replica of layers 10:20, a coordinator ...", flush=True
+    )
     with LocalNetwork.start(args.work_dir) as net:
         model_id, _cid, manifest = net.import_model(gguf, price_wei=10**9)
         coord = net.start_coordinator(extra=("--verify-share", "0"))
@@ -167,7 +187,9 @@ def run(args: argparse.Namespace) -> int:
             arrivals, t0, out = stream(api, name, text, args.tokens)
             same += out == base_texts[i]
             if out != base_texts[i]:
-                print(f"prompt {i}: output differs from single-process transformers:\n  {out!r}\n  {base_texts[i]!r}")
+                print(
+                    f"prompt {i}: output differs from single-process transformers:\n  {out!r}\n  {base_texts[i]!r}"
+                )
             ttfts.append(arrivals[0] - t0)
             steps += [(b - a) * 1000 for a, b in zip(arrivals, arrivals[1:], strict=False)]
             if i == 0:
@@ -199,15 +221,23 @@ def run(args: argparse.Namespace) -> int:
     med_base, med_net = statistics.median(base_steps), statistics.median(steps)
     ttft_base, ttft_net = statistics.median(base_ttft), statistics.median(ttfts)
     print()
-    print(f"SmolLM2-135M-Instruct, fp32, {args.threads} torch threads in the baseline and in each worker, "
-          f"{len(prompts)} chat prompts x {args.tokens} greedy tokens (ignore_eos)")
-    print(f"outputs equal to single-process transformers: {same}/{len(prompts)}, "
-          f"and {'also' if same_after_kill else 'NOT'} after the SIGKILL")
+    print(
+        f"SmolLM2-135M-Instruct, fp32, {args.threads} torch threads in the baseline and in each worker, "
+        f"{len(prompts)} chat prompts x {args.tokens} greedy tokens (ignore_eos)"
+    )
+    print(
+        f"outputs equal to single-process transformers: {same}/{len(prompts)}, "
+        f"and {'also' if same_after_kill else 'NOT'} after the SIGKILL"
+    )
     print("| figure | single process | shardnet, 3 workers | ratio |")
     print("|---|---:|---:|---:|")
     print(f"| median ms per decoded token | {med_base:.1f} | {med_net:.1f} | {med_net / med_base:.2f}x |")
-    print(f"| time to first token (ms, median) | {ttft_base * 1000:.0f} | {ttft_net * 1000:.0f} | {ttft_net / ttft_base:.2f}x |")
-    print(f"| stall after SIGKILL of a worker mid-generation (s) | - | {stall:.2f} | {stall / normal_gap:.0f}x a normal step |")
+    print(
+        f"| time to first token (ms, median) | {ttft_base * 1000:.0f} | {ttft_net * 1000:.0f} | {ttft_net / ttft_base:.2f}x |"
+    )
+    print(
+        f"| stall after SIGKILL of a worker mid-generation (s) | - | {stall:.2f} | {stall / normal_gap:.0f}x a normal step |"
+    )
     print()
     print("gas of one whole job (registry transactions, by function):")
     print("| function | gas |")
@@ -216,4 +246,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"| {fn} | {g:,} |")
     print(f"| **total** | **{sum(gas.values()):,}** |")
     return 0
-

@@ -41,7 +41,9 @@ async def _scrape(url: str) -> str:
         return await resp.text()
 
 
-async def measure(urls: list[str], addresses: list[str], coordinator: Any, tokens: int, domain: Any) -> dict[str, float]:
+async def measure(
+    urls: list[str], addresses: list[str], coordinator: Any, tokens: int, domain: Any
+) -> dict[str, float]:
     from shardnet.wire.tickets import sign_ticket
 
     clients = [WorkerClient(u) for u in urls]
@@ -150,8 +152,9 @@ def run(args: argparse.Namespace) -> int:
         for worker in workers:
             worker.wait_healthy(300)
         addresses = [net.address(FIRST_WORKER + i) for i in range(len(SPANS))]
-        figures = asyncio.run(measure([w.url for w in workers], addresses, coordinator, args.tokens,
-                                      net.owner.domain()))
+        figures = asyncio.run(
+            measure([w.url for w in workers], addresses, coordinator, args.tokens, net.owner.domain())
+        )
     print(
         f"\nSmolLM2-135M, 3 workers x 10 layers, {args.threads} thread(s) each, {args.tokens} tokens, loopback"
     )
@@ -161,4 +164,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"| model compute in the 3 workers (mean ms per decode step) | {figures['compute_ms']:.1f} |")
     print(f"| slowest /health during a 1024-token prefill (ms) | {figures['health_ms']:.1f} |")
     return 0
-

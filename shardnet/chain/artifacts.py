@@ -46,7 +46,9 @@ def load_artifact(name: str = REGISTRY_CONTRACT) -> ContractArtifact:
     except FileNotFoundError as exc:
         raise ChainError(f"contract artifact {path} is missing: run `shardnet compile` to build it") from exc
     except json.JSONDecodeError as exc:
-        raise ChainError(f"contract artifact {path} is not valid JSON ({exc}): run `shardnet compile`") from exc
+        raise ChainError(
+            f"contract artifact {path} is not valid JSON ({exc}): run `shardnet compile`"
+        ) from exc
     abi = raw.get("abi")
     bytecode = raw.get("bytecode")
     if isinstance(bytecode, dict):  # hardhat / solc layout {"object": "..."}

@@ -23,8 +23,15 @@ from shardnet.span import LayerSpan
 from shardnet.wire.eip712 import CompactSignature, Domain, recover_struct, sign_struct
 
 __all__ = [
-    "CompactSignature", "Domain", "SignedCommitment", "commitment_message", "sign_commitment", "sign_verdict",
-    "verdict_message", "verify_commitment", "verify_verdict",
+    "CompactSignature",
+    "Domain",
+    "SignedCommitment",
+    "commitment_message",
+    "sign_commitment",
+    "sign_verdict",
+    "verdict_message",
+    "verify_commitment",
+    "verify_verdict",
 ]
 
 
@@ -53,8 +60,14 @@ class SignedCommitment:
     def as_tuple(self) -> tuple[Any, ...]:
         """The ABI tuple (node, start, end, positions, steps, root, r, vs)."""
         return (
-            to_checksum_address(self.node), self.start, self.end, self.positions, self.steps, self.root,
-            self.signature.r, self.signature.vs,
+            to_checksum_address(self.node),
+            self.start,
+            self.end,
+            self.positions,
+            self.steps,
+            self.root,
+            self.signature.r,
+            self.signature.vs,
         )
 
     def sort_key(self) -> tuple[int, int]:
@@ -63,8 +76,14 @@ class SignedCommitment:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "job_id": self.job_id, "node": to_checksum_address(self.node), "start": self.start, "end": self.end,
-            "positions": self.positions, "steps": self.steps, "root": "0x" + self.root.hex(), "signature": self.signature.hex(),
+            "job_id": self.job_id,
+            "node": to_checksum_address(self.node),
+            "start": self.start,
+            "end": self.end,
+            "positions": self.positions,
+            "steps": self.steps,
+            "root": "0x" + self.root.hex(),
+            "signature": self.signature.hex(),
         }
 
     @classmethod
@@ -73,16 +92,30 @@ class SignedCommitment:
         if len(root) != 32:
             raise ValueError(f"commitment root must be 32 bytes, got {len(root)}")
         return cls(
-            int(data["job_id"]), to_checksum_address(data["node"]), int(data["start"]), int(data["end"]),
-            int(data["positions"]), int(data["steps"]), root,
+            int(data["job_id"]),
+            to_checksum_address(data["node"]),
+            int(data["start"]),
+            int(data["end"]),
+            int(data["positions"]),
+            int(data["steps"]),
+            root,
             CompactSignature.from_hex(str(data["signature"])),
         )
 
 
-def commitment_message(job_id: int, span: LayerSpan, positions: int, steps: int, root: bytes) -> dict[str, Any]:
+def commitment_message(
+    job_id: int, span: LayerSpan, positions: int, steps: int, root: bytes
+) -> dict[str, Any]:
     if len(root) != 32:
         raise ValueError(f"a commitment root is 32 bytes, got {len(root)}")
-    return {"jobId": job_id, "start": span.start, "end": span.end, "positions": positions, "steps": steps, "root": root}
+    return {
+        "jobId": job_id,
+        "start": span.start,
+        "end": span.end,
+        "positions": positions,
+        "steps": steps,
+        "root": root,
+    }
 
 
 def sign_commitment(
@@ -97,9 +130,15 @@ def sign_commitment(
 ) -> SignedCommitment:
     """The worker's signed commitment to ``root`` (``steps`` leaves) for ``span`` of job ``job_id``."""
     if positions < 0 or steps < 0:
-        raise ValueError("positions and steps count token positions and Merkle leaves: they cannot be negative")
-    signature = sign_struct(account, domain, "Commitment", commitment_message(job_id, span, positions, steps, root))
-    return SignedCommitment(job_id, account.address, span.start, span.end, positions, steps, bytes(root), signature)
+        raise ValueError(
+            "positions and steps count token positions and Merkle leaves: they cannot be negative"
+        )
+    signature = sign_struct(
+        account, domain, "Commitment", commitment_message(job_id, span, positions, steps, root)
+    )
+    return SignedCommitment(
+        job_id, account.address, span.start, span.end, positions, steps, bytes(root), signature
+    )
 
 
 def verify_commitment(signed: SignedCommitment, domain: Domain, *, job_id: int | None = None) -> bool:
@@ -115,18 +154,40 @@ def verify_commitment(signed: SignedCommitment, domain: Domain, *, job_id: int |
 
 
 def verdict_message(job_id: int, accused: str, root: bytes, leaf_index: int, leaf: bytes) -> dict[str, Any]:
-    return {"jobId": job_id, "accused": to_checksum_address(accused), "root": root, "leafIndex": leaf_index, "leaf": leaf}
+    return {
+        "jobId": job_id,
+        "accused": to_checksum_address(accused),
+        "root": root,
+        "leafIndex": leaf_index,
+        "leaf": leaf,
+    }
 
 
 def sign_verdict(
-    account: LocalAccount, domain: Domain, *, job_id: int, accused: str, root: bytes, leaf_index: int, leaf: bytes
+    account: LocalAccount,
+    domain: Domain,
+    *,
+    job_id: int,
+    accused: str,
+    root: bytes,
+    leaf_index: int,
+    leaf: bytes,
 ) -> CompactSignature:
     """A drawn verifier's signature that leaf ``leaf_index`` (= ``leaf``) under ``accused``'s ``root`` is wrong."""
     return sign_struct(account, domain, "Verdict", verdict_message(job_id, accused, root, leaf_index, leaf))
 
 
 def verify_verdict(
-    signature: CompactSignature, domain: Domain, *, job_id: int, accused: str, root: bytes, leaf_index: int, leaf: bytes
+    signature: CompactSignature,
+    domain: Domain,
+    *,
+    job_id: int,
+    accused: str,
+    root: bytes,
+    leaf_index: int,
+    leaf: bytes,
 ) -> str:
     """The address that signed the verdict (raises ``ValueError`` if it does not recover)."""
-    return recover_struct(domain, "Verdict", verdict_message(job_id, accused, root, leaf_index, leaf), signature)
+    return recover_struct(
+        domain, "Verdict", verdict_message(job_id, accused, root, leaf_index, leaf), signature
+    )

@@ -36,7 +36,11 @@ log = logging.getLogger(__name__)
 
 SOLC_VERSION = "0.8.37"
 #: Compiler settings of every artifact (also used by hardhat.config.js): keep the two in step.
-SETTINGS: dict[str, Any] = {"evmVersion": "cancun", "optimizer": {"enabled": True, "runs": 200}, "viaIR": True}
+SETTINGS: dict[str, Any] = {
+    "evmVersion": "cancun",
+    "optimizer": {"enabled": True, "runs": 200},
+    "viaIR": True,
+}
 _OUTPUT_SELECTION = {"*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"]}}
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -79,14 +83,19 @@ def _root(repo_root: str | os.PathLike[str] | None) -> Path:
 def _source_files(root: Path) -> list[Path]:
     files = sorted((root / "contracts").glob("*.sol"))
     if not files:
-        raise CompileError(f"no Solidity sources in {root / 'contracts'}: is repo_root the shardnet checkout?")
+        raise CompileError(
+            f"no Solidity sources in {root / 'contracts'}: is repo_root the shardnet checkout?"
+        )
     return files
 
 
 def source_hashes(repo_root: str | os.PathLike[str] | None = None) -> dict[str, str]:
     """SHA-256 (hex) of every ``contracts/*.sol``, keyed by its path relative to the repository root."""
     root = _root(repo_root)
-    return {f.relative_to(root).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest() for f in _source_files(root)}
+    return {
+        f.relative_to(root).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in _source_files(root)
+    }
 
 
 @contextmanager
@@ -126,7 +135,9 @@ def solc_binary(repo_root: str | os.PathLike[str] | None = None) -> Iterator[Pat
 _IMPORT = re.compile(r"""^\s*import\s+(?:[^"';]*\s+from\s+)?["']([^"']+)["']""", re.MULTILINE)
 
 
-def resolve_imports(sources: dict[str, str], repo_root: str | os.PathLike[str] | None = None) -> dict[str, str]:
+def resolve_imports(
+    sources: dict[str, str], repo_root: str | os.PathLike[str] | None = None
+) -> dict[str, str]:
     """``sources`` plus every file they import, transitively: relative imports (``./X.sol``) beside the importer,
     package imports (``@openzeppelin/contracts/...``) from ``node_modules/``. Raises CompileError for a missing one."""
     root = _root(repo_root)
@@ -135,10 +146,18 @@ def resolve_imports(sources: dict[str, str], repo_root: str | os.PathLike[str] |
     while pending:
         name = pending.pop()
         for target in _IMPORT.findall(resolved[name]):
-            key = posixpath.normpath(posixpath.join(posixpath.dirname(name), target)) if target.startswith(".") else target
+            key = (
+                posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+                if target.startswith(".")
+                else target
+            )
             if key in resolved:
                 continue
-            path = root / key if target.startswith(".") and not name.startswith("@") else root / "node_modules" / key
+            path = (
+                root / key
+                if target.startswith(".") and not name.startswith("@")
+                else root / "node_modules" / key
+            )
             if not path.is_file():
                 raise CompileError(
                     f"{name} imports {target!r}, not found at {path}: run `npm install` in {root} "
@@ -149,7 +168,9 @@ def resolve_imports(sources: dict[str, str], repo_root: str | os.PathLike[str] |
     return resolved
 
 
-def compile_standard_json(sources: dict[str, str], repo_root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def compile_standard_json(
+    sources: dict[str, str], repo_root: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
     """Compile ``{source name: Solidity text}`` with the project's settings; return solc's standard-JSON output.
 
     Imports are resolved first (``resolve_imports``: relative ones beside their importer, packages from
@@ -203,7 +224,9 @@ def _dump(artifact: dict[str, Any]) -> str:
     return json.dumps(artifact, sort_keys=True, indent=2) + "\n"
 
 
-def compile_contracts(repo_root: str | os.PathLike[str] | None = None, check: bool = False) -> dict[str, dict[str, Any]]:
+def compile_contracts(
+    repo_root: str | os.PathLike[str] | None = None, check: bool = False
+) -> dict[str, dict[str, Any]]:
     """Compile the contracts and write ``shardnet/chain/artifacts/<Contract>.json`` (sorted keys, deterministic).
 
     With ``check=True`` nothing is written; ArtifactStaleError is raised if any committed artifact differs
@@ -216,7 +239,8 @@ def compile_contracts(repo_root: str | os.PathLike[str] | None = None, check: bo
         stale = [
             name
             for name, artifact in artifacts.items()
-            if not (out_dir / f"{name}.json").is_file() or (out_dir / f"{name}.json").read_text() != _dump(artifact)
+            if not (out_dir / f"{name}.json").is_file()
+            or (out_dir / f"{name}.json").read_text() != _dump(artifact)
         ]
         if stale:
             raise ArtifactStaleError(

@@ -75,7 +75,9 @@ def load_deployment(path: str | Path | None = None) -> Deployment:
         raise ChainError(f"deployment file {target} is not valid JSON ({exc}): redeploy or fix it") from exc
     missing = [k for k in ("chain_id", "rpc_url", "registry", "deploy_block", "owner") if k not in raw]
     if missing:
-        raise ChainError(f"deployment file {target} lacks {', '.join(missing)}: redeploy with `shardnet deploy`")
+        raise ChainError(
+            f"deployment file {target} lacks {', '.join(missing)}: redeploy with `shardnet deploy`"
+        )
     return Deployment(
         chain_id=int(raw["chain_id"]),
         rpc_url=str(raw["rpc_url"]),
@@ -109,16 +111,27 @@ def deploy_registry(
         )
     data = art.bytecode + abi_encode([_canonical_type(p) for p in inputs], args).hex()
     receipt = send_transaction(
-        w3, account, to=None, data=data, decode=RevertDecoder(art.abi).decode, function=f"{art.name} constructor"
+        w3,
+        account,
+        to=None,
+        data=data,
+        decode=RevertDecoder(art.abi).decode,
+        function=f"{art.name} constructor",
     )
     address = receipt.get("contractAddress")
     if not address:
-        raise ChainError(f"deploying {art.name} produced no contract address (tx {receipt['transactionHash']})")
+        raise ChainError(
+            f"deploying {art.name} produced no contract address (tx {receipt['transactionHash']})"
+        )
     block = int(receipt["blockNumber"], 16)
     url = rpc_url or str(getattr(w3.provider, "endpoint_uri", ""))
     dep = Deployment(
-        chain_id=chain_id(w3), rpc_url=url, registry=to_checksum_address(address), deploy_block=block,
-        owner=account.address, params=asdict(params),
+        chain_id=chain_id(w3),
+        rpc_url=url,
+        registry=to_checksum_address(address),
+        deploy_block=block,
+        owner=account.address,
+        params=asdict(params),
     )
     log.info("deployed %s at %s in block %d (chain %d)", art.name, dep.registry, block, dep.chain_id)
     return dep

@@ -107,8 +107,9 @@ def _port_in_use(host: str, port: int) -> bool:
 def rpc_request(url: str, method: str, params: list[object] | None = None, timeout: float = 2.0) -> object:
     """One raw JSON-RPC request; returns `result` or raises DevnetError with the node's error (HttpUnreachable
     when the node does not answer)."""
-    status, reply = request_json("POST", url, {"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []},
-                                 timeout=timeout)
+    status, reply = request_json(
+        "POST", url, {"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}, timeout=timeout
+    )
     if status != 200 or not isinstance(reply, dict):
         raise DevnetError(f"{method} failed on {url}: HTTP {status}, {reply!r}")
     if "error" in reply:
@@ -195,7 +196,9 @@ class Devnet:
             chosen = port or free_port(host)
             if _port_in_use(host, chosen):
                 if port:
-                    raise DevnetError(f"port {port} on {host} is already in use: stop what runs there or pick another --port")
+                    raise DevnetError(
+                        f"port {port} on {host} is already in use: stop what runs there or pick another --port"
+                    )
                 continue
             net = cls._launch(kind, binary, host, chosen, state, Path(log_file) if log_file else None)
             try:
@@ -231,8 +234,14 @@ class Devnet:
         log.debug("starting %s: %s", kind, " ".join(cmd))
         with open(log_file or os.devnull, "ab") as out:
             process = subprocess.Popen(
-                cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, env=env, preexec_fn=_die_with_parent(),
+                cmd,
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+                preexec_fn=_die_with_parent(),
             )
         return cls(kind, host, port, process, state, log_file)
 
@@ -280,7 +289,9 @@ class Devnet:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing it", self.kind, self.process.pid, timeout)
+                log.warning(
+                    "%s (pid %d) ignored SIGTERM for %.0f s; killing it", self.kind, self.process.pid, timeout
+                )
         if pgid is not None:
             try:  # children that outlived the leader (hardhat's node workers) go too
                 os.killpg(pgid, signal.SIGKILL)

@@ -94,14 +94,16 @@ def _canonical_type(param: Mapping[str, Any]) -> str:
     typ = str(param["type"])
     if typ.startswith("tuple"):
         inner = ",".join(_canonical_type(c) for c in param["components"])
-        return f"({inner}){typ[len('tuple'):]}"
+        return f"({inner}){typ[len('tuple') :]}"
     return typ
 
 
 class RevertDecoder:
     """Maps revert data to (error name, args) using the custom errors of an ABI."""
 
-    def __init__(self, abi: Sequence[Mapping[str, Any]], enums: Mapping[str, type[IntEnum]] | None = None) -> None:
+    def __init__(
+        self, abi: Sequence[Mapping[str, Any]], enums: Mapping[str, type[IntEnum]] | None = None
+    ) -> None:
         self._errors: dict[bytes, tuple[str, list[Mapping[str, Any]]]] = {}
         self._enums = dict(enums or {})
         for item in abi:
@@ -124,7 +126,10 @@ class RevertDecoder:
             if selector in self._errors:
                 name, inputs = self._errors[selector]
                 values = abi_decode([_canonical_type(p) for p in inputs], body)
-                args = {p["name"] or f"arg{i}": self._convert(p, v) for i, (p, v) in enumerate(zip(inputs, values, strict=True))}
+                args = {
+                    p["name"] or f"arg{i}": self._convert(p, v)
+                    for i, (p, v) in enumerate(zip(inputs, values, strict=True))
+                }
                 return ContractRevert(name, args, data, function)
         except Exception:  # malformed data: report it raw below
             pass

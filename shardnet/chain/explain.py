@@ -39,7 +39,7 @@ SENTENCES: dict[str, str] = {
 
 def explain(revert: ContractRevert) -> str:
     """A sentence for `revert`, ending with the decoded error in parentheses."""
-    name = revert.error[len(_PREFIX):] if revert.error.startswith(_PREFIX) else revert.error
+    name = revert.error[len(_PREFIX) :] if revert.error.startswith(_PREFIX) else revert.error
     template = SENTENCES.get(name)
     if template is None:
         return str(revert)

@@ -12,5 +12,9 @@ def identity_of(registry: Any) -> ChainIdentity:
     """The ChainIdentity of a `shardnet.chain.registry.Registry`'s deployment (three reads from its node)."""
     genesis = registry.w3.eth.get_block(0)["hash"]
     deployed = registry.w3.eth.get_block(int(registry.deploy_block))["hash"]
-    return ChainIdentity(chain_id(registry.w3), str(registry.address).lower(), "0x" + bytes(genesis).hex(),
-                         "0x" + bytes(deployed).hex())
+    return ChainIdentity(
+        chain_id(registry.w3),
+        str(registry.address).lower(),
+        "0x" + bytes(genesis).hex(),
+        "0x" + bytes(deployed).hex(),
+    )

@@ -42,12 +42,23 @@ if TYPE_CHECKING:
     pass
 
 __all__ = [
-    "LOG_RANGE", "AssignmentInfo", "DecodedEvent", "JobInfo", "JobRecord", "JobStatus", "ModelInfo", "NodeInfo",
-    "Registry", "RegistryParams", "Settlement", "SlashEvidence", "TxResult", "to_bytes32",
+    "LOG_RANGE",
+    "AssignmentInfo",
+    "DecodedEvent",
+    "JobInfo",
+    "JobRecord",
+    "JobStatus",
+    "ModelInfo",
+    "NodeInfo",
+    "Registry",
+    "RegistryParams",
+    "Settlement",
+    "SlashEvidence",
+    "TxResult",
+    "to_bytes32",
 ]
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
-
 
 
 class Registry(RegistryCore):
@@ -88,7 +99,9 @@ class Registry(RegistryCore):
         return self._send("withdrawStake")
 
     # ------------------------------------------------------------ models and shards
-    def register_model(self, name: str, manifest_cid: str, num_layers: int, price_per_layer_token: int) -> TxResult:
+    def register_model(
+        self, name: str, manifest_cid: str, num_layers: int, price_per_layer_token: int
+    ) -> TxResult:
         return self._send("registerModel", name, manifest_cid, num_layers, price_per_layer_token)
 
     def announce_shard(self, model_id: int, span: LayerSpan) -> TxResult:
@@ -103,15 +116,24 @@ class Registry(RegistryCore):
     ) -> TxResult:
         """Submit a job for `coordinator` (the client's choice: only it settles or fails the job)."""
         return self._send(
-            "submitJob", model_id, to_bytes32(input_hash), max_tokens, to_checksum_address(coordinator), value=value
+            "submitJob",
+            model_id,
+            to_bytes32(input_hash),
+            max_tokens,
+            to_checksum_address(coordinator),
+            value=value,
         )
 
     def settle_jobs(self, settlements: Sequence[Settlement]) -> TxResult:
         """Settle many jobs of this coordinator in one transaction (one JobSettled event each)."""
         return self._send("settleJobs", [s.as_tuple() for s in settlements])
 
-    def post_commitment(self, job: JobInfo | tuple[int, JobRecord], commitment: SignedCommitment,
-                        ticket: tuple[str, int, bytes, bytes]) -> TxResult:
+    def post_commitment(
+        self,
+        job: JobInfo | tuple[int, JobRecord],
+        commitment: SignedCommitment,
+        ticket: tuple[str, int, bytes, bytes],
+    ) -> TxResult:
         """A worker's fallback: post its own signed commitment with the coordinator's ticket
         (`shardnet.wire.tickets.ticket_proof(ticket)`)."""
         job_id, record = (job.job_id, job.record) if isinstance(job, JobInfo) else job
@@ -177,8 +199,14 @@ class Registry(RegistryCore):
 
     def params(self) -> RegistryParams:
         return RegistryParams(
-            self.min_stake(), self.unbonding_period(), self.job_timeout(), self.coordinator_fee_bps(),
-            self.slash_bps(), self.max_prompt_tokens(), self.approval_delay(), self.dispute_window(),
+            self.min_stake(),
+            self.unbonding_period(),
+            self.job_timeout(),
+            self.coordinator_fee_bps(),
+            self.slash_bps(),
+            self.max_prompt_tokens(),
+            self.approval_delay(),
+            self.dispute_window(),
             self.protocol_fee_bps(),
         )
 
@@ -196,13 +224,22 @@ class Registry(RegistryCore):
     def get_node(self, node: str) -> NodeInfo:
         n = self._view("getNode", to_checksum_address(node))
         return NodeInfo(
-            to_checksum_address(node), n["endpoint"], n["stake"], n["unbonding"], n["unbondingUntil"],
-            n["bondedUntil"], n["liveAssignments"], n["registered"], n["jailed"],
+            to_checksum_address(node),
+            n["endpoint"],
+            n["stake"],
+            n["unbonding"],
+            n["unbondingUntil"],
+            n["bondedUntil"],
+            n["liveAssignments"],
+            n["registered"],
+            n["jailed"],
         )
 
     def get_model(self, model_id: int) -> ModelInfo:
         m = self._view("getModel", model_id)
-        return ModelInfo(model_id, m["name"], m["manifestCid"], m["numLayers"], m["pricePerLayerToken"], m["owner"])
+        return ModelInfo(
+            model_id, m["name"], m["manifestCid"], m["numLayers"], m["pricePerLayerToken"], m["owner"]
+        )
 
     def model_count(self) -> int:
         return int(self._view("modelCount"))
@@ -237,7 +274,12 @@ class Registry(RegistryCore):
         event = self._submitted_event(job_id)
         status, paid, count = self.job_state(job_id)
         return JobInfo(
-            job_id, JobRecord.from_event(event.args), bytes(event.args["inputHash"]), status, paid, count,
+            job_id,
+            JobRecord.from_event(event.args),
+            bytes(event.args["inputHash"]),
+            status,
+            paid,
+            count,
             event.block_number,
         )
 
@@ -265,7 +307,13 @@ class Registry(RegistryCore):
     ) -> list[tuple[str, int]]:
         """The verifiers (address, stake) the contract draws for a dispute over `node`'s commitment `root`."""
         verifiers, stakes = self._view(
-            "drawVerifiers", job_id, job.as_tuple(), close_block, to_checksum_address(node), span.start, span.end,
+            "drawVerifiers",
+            job_id,
+            job.as_tuple(),
+            close_block,
+            to_checksum_address(node),
+            span.start,
+            span.end,
             to_bytes32(root),
         )
         return [(str(v), int(s)) for v, s in zip(verifiers, stakes, strict=True)]
@@ -298,8 +346,10 @@ class Registry(RegistryCore):
         """Every address the registry's events name as a node, client, coordinator or payee."""
         fields = ("node", "client", "coordinator", "to", "account")
         return {
-            str(value) for event in self.get_logs(self.deploy_block, self.block_number())
-            for name, value in event.args.items() if name in fields and isinstance(value, str) and value != ZERO_ADDRESS
+            str(value)
+            for event in self.get_logs(self.deploy_block, self.block_number())
+            for name, value in event.args.items()
+            if name in fields and isinstance(value, str) and value != ZERO_ADDRESS
         }
 
     def total_claimable(self) -> int:
@@ -310,7 +360,10 @@ class Registry(RegistryCore):
         """Every wei the registry owes: stakes + unbonding + open escrow + claimable balances + protocol fees. Its
         balance must equal this (the conservation invariant)."""
         return (
-            self.total_staked() + self.total_unbonding() + self.open_escrow() + self.total_claimable()
+            self.total_staked()
+            + self.total_unbonding()
+            + self.open_escrow()
+            + self.total_claimable()
             + self.protocol_fees()
         )
 

@@ -45,7 +45,11 @@ class RegistryCore:
 
     @classmethod
     def from_deployment(
-        cls, path: str | Path | None = None, account: LocalAccount | None = None, *, rpc_url: str | None = None
+        cls,
+        path: str | Path | None = None,
+        account: LocalAccount | None = None,
+        *,
+        rpc_url: str | None = None,
     ) -> Self:
         """Bindings for the registry in a deployment file (default: `SHARDNET_DEPLOYMENT` or .shardnet/deployment.json)."""
         from web3 import HTTPProvider, Web3
@@ -58,7 +62,9 @@ class RegistryCore:
 
     def with_account(self, account: LocalAccount) -> Self:
         """The same registry, sending as `account`."""
-        return type(self)(self.w3, self.address, account, artifact=self.artifact, deploy_block=self.deploy_block)
+        return type(self)(
+            self.w3, self.address, account, artifact=self.artifact, deploy_block=self.deploy_block
+        )
 
     @property
     def event_names(self) -> list[str]:
@@ -98,13 +104,20 @@ class RegistryCore:
 
     def _send(self, name: str, *args: Any, value: int = 0) -> TxResult:
         if self.account is None:
-            raise ChainError(f"cannot send {name}: this Registry has no account; pass account= (a key) to send")
+            raise ChainError(
+                f"cannot send {name}: this Registry has no account; pass account= (a key) to send"
+            )
         fn = self._function(name)
         if value and not fn.payable:
             raise ChainError(f"{name} is not payable but value={value} was given")
         receipt = send_transaction(
-            self.w3, self.account, to=self.address, data=fn.encode(args), value=value,
-            decode=self._decoder.decode, function=name,
+            self.w3,
+            self.account,
+            to=self.address,
+            data=fn.encode(args),
+            value=value,
+            decode=self._decoder.decode,
+            function=name,
         )
         return TxResult(
             tx_hash=str(receipt["transactionHash"]),
@@ -127,14 +140,16 @@ class RegistryCore:
             if event is None:
                 continue
             tx_hash = entry.get("transactionHash")
-            events.append(DecodedEvent(
-                name=event.name,
-                args=event.decode_args(topics, as_bytes(entry.get("data") or b"")),
-                block_number=as_int(entry["blockNumber"]),
-                log_index=as_int(entry["logIndex"]),
-                tx_hash="0x" + as_bytes(tx_hash).hex() if tx_hash is not None else "",
-                address=self.address,
-            ))
+            events.append(
+                DecodedEvent(
+                    name=event.name,
+                    args=event.decode_args(topics, as_bytes(entry.get("data") or b"")),
+                    block_number=as_int(entry["blockNumber"]),
+                    log_index=as_int(entry["logIndex"]),
+                    tx_hash="0x" + as_bytes(tx_hash).hex() if tx_hash is not None else "",
+                    address=self.address,
+                )
+            )
         events.sort(key=lambda e: e.position)
         return events
 

@@ -15,8 +15,16 @@ from shardnet.span import LayerSpan
 from shardnet.wire.eip712 import CompactSignature
 
 __all__ = [
-    "AssignmentInfo", "JobInfo", "JobRecord", "JobStatus", "ModelInfo", "NodeInfo", "RegistryParams", "Settlement",
-    "SlashEvidence", "to_bytes32",
+    "AssignmentInfo",
+    "JobInfo",
+    "JobRecord",
+    "JobStatus",
+    "ModelInfo",
+    "NodeInfo",
+    "RegistryParams",
+    "Settlement",
+    "SlashEvidence",
+    "to_bytes32",
 ]
 
 
@@ -107,24 +115,42 @@ class JobRecord:
 
     def as_tuple(self) -> tuple[Any, ...]:
         return (
-            to_checksum_address(self.client), to_checksum_address(self.coordinator), self.model_id, self.max_tokens,
-            self.deadline, self.escrow, self.num_layers, self.price,
+            to_checksum_address(self.client),
+            to_checksum_address(self.coordinator),
+            self.model_id,
+            self.max_tokens,
+            self.deadline,
+            self.escrow,
+            self.num_layers,
+            self.price,
         )
 
     @classmethod
     def from_event(cls, args: Mapping[str, Any]) -> JobRecord:
         """From the arguments of a JobSubmitted event."""
         return cls(
-            args["client"], args["coordinator"], int(args["modelId"]), int(args["maxTokens"]), int(args["deadline"]),
-            int(args["escrow"]), int(args["numLayers"]), int(args["price"]),
+            args["client"],
+            args["coordinator"],
+            int(args["modelId"]),
+            int(args["maxTokens"]),
+            int(args["deadline"]),
+            int(args["escrow"]),
+            int(args["numLayers"]),
+            int(args["price"]),
         )
 
     @classmethod
     def from_abi(cls, value: Mapping[str, Any]) -> JobRecord:
         """From a decoded ABI tuple (a dict by component name)."""
         return cls(
-            value["client"], value["coordinator"], int(value["modelId"]), int(value["maxTokens"]),
-            int(value["deadline"]), int(value["escrow"]), int(value["numLayers"]), int(value["price"]),
+            value["client"],
+            value["coordinator"],
+            int(value["modelId"]),
+            int(value["maxTokens"]),
+            int(value["deadline"]),
+            int(value["escrow"]),
+            int(value["numLayers"]),
+            int(value["price"]),
         )
 
 
@@ -188,8 +214,14 @@ class Settlement:
         job_id = int(value["jobId"])
         hops = [
             SignedCommitment(
-                job_id, h["node"], int(h["start"]), int(h["end"]), int(h["positions"]), int(h["steps"]),
-                bytes(h["root"]), CompactSignature(bytes(h["r"]), bytes(h["vs"])),
+                job_id,
+                h["node"],
+                int(h["start"]),
+                int(h["end"]),
+                int(h["positions"]),
+                int(h["steps"]),
+                bytes(h["root"]),
+                CompactSignature(bytes(h["r"]), bytes(h["vs"])),
             )
             for h in value["hops"]
         ]
@@ -211,14 +243,24 @@ class SlashEvidence:
 
     def as_tuple(self) -> tuple[Any, ...]:
         return (
-            self.job_id, self.job.as_tuple(), self.close_block, self.commitment.as_tuple(), self.leaf_index,
-            to_bytes32(self.leaf), [to_bytes32(p) for p in self.proof], [(v.r, v.vs) for v in self.verdicts],
+            self.job_id,
+            self.job.as_tuple(),
+            self.close_block,
+            self.commitment.as_tuple(),
+            self.leaf_index,
+            to_bytes32(self.leaf),
+            [to_bytes32(p) for p in self.proof],
+            [(v.r, v.vs) for v in self.verdicts],
         )
 
 
 def to_bytes32(value: bytes | str) -> bytes:
     """A 32-byte hash from bytes or a 0x-hex string."""
-    raw = bytes.fromhex(value[2:] if value.startswith("0x") else value) if isinstance(value, str) else bytes(value)
+    raw = (
+        bytes.fromhex(value[2:] if value.startswith("0x") else value)
+        if isinstance(value, str)
+        else bytes(value)
+    )
     if len(raw) != 32:
         raise ValueError(f"expected a 32-byte hash, got {len(raw)} bytes")
     return raw

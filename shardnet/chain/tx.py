@@ -155,7 +155,12 @@ class NonceManager:
                 except RpcError as exc:
                     message = str(exc.rpc_error.get("message", "")).lower()
                     if attempt + 1 < _SEND_RETRIES and any(m in message for m in _NONCE_ERROR_MARKERS):
-                        log.warning("nonce %d of %s rejected (%s); resyncing from the chain", nonce, self.address, message)
+                        log.warning(
+                            "nonce %d of %s rejected (%s); resyncing from the chain",
+                            nonce,
+                            self.address,
+                            message,
+                        )
                         self._next = None
                         continue
                     raise
@@ -241,8 +246,14 @@ def send_transaction(
 
     def sign_and_send(nonce: int) -> str:
         fields: dict[str, Any] = {
-            "type": 2, "chainId": cid, "nonce": nonce, "gas": gas, "value": value, "data": data,
-            "maxFeePerGas": max_fee, "maxPriorityFeePerGas": tip,
+            "type": 2,
+            "chainId": cid,
+            "nonce": nonce,
+            "gas": gas,
+            "value": value,
+            "data": data,
+            "maxFeePerGas": max_fee,
+            "maxPriorityFeePerGas": tip,
         }
         if to is not None:
             fields["to"] = to
@@ -271,7 +282,11 @@ def send_transaction(
 def _revert_data_of_mined(w3: Web3, tx_hash: str) -> bytes | None:
     """The revert data of a mined, failed transaction, replayed by `debug_traceTransaction` (anvil, hardhat)."""
     try:
-        trace = rpc(w3, "debug_traceTransaction", [tx_hash, {"disableStack": True, "disableMemory": True, "disableStorage": True}])
+        trace = rpc(
+            w3,
+            "debug_traceTransaction",
+            [tx_hash, {"disableStack": True, "disableMemory": True, "disableStorage": True}],
+        )
     except ChainError as exc:
         log.debug("cannot trace %s for its revert data: %s", tx_hash, exc)
         return None

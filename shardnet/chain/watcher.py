@@ -71,7 +71,9 @@ class EventWatcher:
         self.failures = 0  # consecutive failed polls (node unreachable or a handler raised)
         self.lag = 0  # blocks between the cursor and the confirmed head after the last poll
         self._warned_behind = False
-        ChainCursor.metadata.create_all(engine, tables=[ChainCursor.metadata.tables[ChainCursor.__tablename__]])
+        ChainCursor.metadata.create_all(
+            engine, tables=[ChainCursor.metadata.tables[ChainCursor.__tablename__]]
+        )
 
     def cursor(self) -> int:
         """The last block fully processed (start_block - 1 before the first poll)."""
@@ -90,7 +92,10 @@ class EventWatcher:
         if safe_head < cursor and cursor >= self.start_block and not self._warned_behind:
             log.warning(
                 "watcher %r: the chain's confirmed head %d is behind the cursor %d; was the devnet reset? "
-                "waiting (delete its chain_cursor row to start over)", self.name, safe_head, cursor,
+                "waiting (delete its chain_cursor row to start over)",
+                self.name,
+                safe_head,
+                cursor,
             )
             self._warned_behind = True
         first, last = cursor + 1, min(safe_head, cursor + self.max_range)
@@ -124,8 +129,13 @@ class EventWatcher:
         backoff = Backoff(first_s=self.poll_interval, max_s=max(self.max_backoff, self.poll_interval))
         while not stop_event.is_set():
             # a failed poll (node unreachable, or a handler raised: the range was rolled back) is tried again
-            handled = retry_until_stopped(self.poll_once, stop=stop_event, backoff=backoff,
-                                          what=f"watcher {self.name!r}: poll", on_failure=self._count_failure)
+            handled = retry_until_stopped(
+                self.poll_once,
+                stop=stop_event,
+                backoff=backoff,
+                what=f"watcher {self.name!r}: poll",
+                on_failure=self._count_failure,
+            )
             if handled is None:
                 break
             if self.failures:

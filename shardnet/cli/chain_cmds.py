@@ -27,24 +27,36 @@ _DEPLOYMENT_HELP = "deployment file (default: $SHARDNET_DEPLOYMENT or .shardnet/
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
-        "compile", help="compile contracts/*.sol into the committed artifacts",
+        "compile",
+        help="compile contracts/*.sol into the committed artifacts",
         description="Compile contracts/*.sol with solc 0.8.37 through py-solc-x (a native solc of that version "
         "on PATH, else solcjs from node_modules/solc behind a wrapper; run `npm ci` first) and write ABI + "
         "bytecode to shardnet/chain/artifacts/. Commit the result: running shardnet needs no compiler.",
     )
-    p.add_argument("--check", action="store_true", help="write nothing; fail if the committed artifacts are stale")
+    p.add_argument(
+        "--check", action="store_true", help="write nothing; fail if the committed artifacts are stale"
+    )
     p.set_defaults(func=cmd_compile)
 
     p = subparsers.add_parser(
-        "devnet", help="run a local chain with a deployed registry until Ctrl-C",
+        "devnet",
+        help="run a local chain with a deployed registry until Ctrl-C",
         description="Start anvil (or a hardhat node) on 127.0.0.1, deploy the registry, approve coordinators, "
         "write the deployment file, print the funded dev keys, and stop the node on Ctrl-C or SIGTERM.",
     )
-    p.add_argument("--node", choices=("anvil", "hardhat"), default="anvil", help="which devnet node to run (default anvil)")
-    p.add_argument("--port", type=int, default=8545, help="JSON-RPC port on 127.0.0.1 (default 8545; 0 picks a free one)")
+    p.add_argument(
+        "--node",
+        choices=("anvil", "hardhat"),
+        default="anvil",
+        help="which devnet node to run (default anvil)",
+    )
+    p.add_argument(
+        "--port", type=int, default=8545, help="JSON-RPC port on 127.0.0.1 (default 8545; 0 picks a free one)"
+    )
     p.add_argument("--deployment", type=Path, help=_DEPLOYMENT_HELP)
     p.add_argument(
-        "--state", type=Path,
+        "--state",
+        type=Path,
         help="anvil state file: loaded if it exists and saved while running, so a restarted devnet keeps its chain",
     )
     _add_coordinator_flag(p)
@@ -52,7 +64,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=cmd_devnet)
 
     p = subparsers.add_parser(
-        "deploy", help="deploy the registry to any chain and write the deployment file",
+        "deploy",
+        help="deploy the registry to any chain and write the deployment file",
         description="Deploy the committed ShardRegistry artifact to the chain at --rpc-url with the given key "
         "(the deployer becomes the owner, who approves coordinators), approve --coordinator addresses, and "
         "write the deployment file (chain id, RPC URL, address, deploy block, parameters) that every other "
@@ -60,8 +73,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_rpc_url_flag(p, required=True, help="JSON-RPC URL of the chain, e.g. http://127.0.0.1:8545")
     keys = p.add_mutually_exclusive_group(required=True)
-    keys.add_argument("--key-file", type=Path, help="file holding the deployer's hex private key (it becomes the owner)")
-    keys.add_argument("--key-env", metavar="VAR", help="environment variable holding the deployer's hex private key")
+    keys.add_argument(
+        "--key-file", type=Path, help="file holding the deployer's hex private key (it becomes the owner)"
+    )
+    keys.add_argument(
+        "--key-env", metavar="VAR", help="environment variable holding the deployer's hex private key"
+    )
     p.add_argument("--deployment", type=Path, help=_DEPLOYMENT_HELP)
     _add_coordinator_flag(p)
     _add_param_flags(p)
@@ -70,7 +87,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     chain = subparsers.add_parser("chain", help="inspect the deployed registry")
     chain_sub = chain.add_subparsers(dest="chain_command", metavar="COMMAND", required=True)
     p = chain_sub.add_parser(
-        "status", help="print the registry's parameters, nodes, models, assignments and jobs",
+        "status",
+        help="print the registry's parameters, nodes, models, assignments and jobs",
         description="Read the registry named by the deployment file and print its parameters, approved "
         "coordinators, nodes, models with the spans served, the latest jobs and the ether it holds.",
     )
@@ -82,18 +100,44 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _add_coordinator_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--coordinator", action="extend", nargs="+", default=[], metavar="ADDR[=URL]",
+        "--coordinator",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="ADDR[=URL]",
         help="approve these coordinator addresses (each optionally with its HTTP endpoint, ADDR=URL)",
     )
 
 
 def _add_param_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-stake", default="1", help="minimum node stake in ether (default 1)")
-    p.add_argument("--unbonding-period", type=int, default=60, help="seconds before unstaked ether can be withdrawn (default 60)")
-    p.add_argument("--job-timeout", type=int, default=600, help="seconds before a client may cancel a job (default 600)")
-    p.add_argument("--coordinator-fee-bps", type=int, default=500, help="coordinator fee, basis points of node pay (default 500)")
-    p.add_argument("--slash-bps", type=int, default=5000, help="share of stake slashed for a proven cheat, basis points (default 5000)")
-    p.add_argument("--max-prompt-tokens", type=int, default=512, help="longest prompt a job may carry, in tokens (default 512)")
+    p.add_argument(
+        "--unbonding-period",
+        type=int,
+        default=60,
+        help="seconds before unstaked ether can be withdrawn (default 60)",
+    )
+    p.add_argument(
+        "--job-timeout", type=int, default=600, help="seconds before a client may cancel a job (default 600)"
+    )
+    p.add_argument(
+        "--coordinator-fee-bps",
+        type=int,
+        default=500,
+        help="coordinator fee, basis points of node pay (default 500)",
+    )
+    p.add_argument(
+        "--slash-bps",
+        type=int,
+        default=5000,
+        help="share of stake slashed for a proven cheat, basis points (default 5000)",
+    )
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=512,
+        help="longest prompt a job may carry, in tokens (default 512)",
+    )
 
 
 _BPS = 10_000
@@ -115,17 +159,26 @@ def _params(args: argparse.Namespace) -> RegistryParams:
     try:
         min_stake_ether = Decimal(args.min_stake)
     except InvalidOperation:
-        raise ConfigError(f"--min-stake must be a number of ether, e.g. 1 or 0.5; got {args.min_stake!r}") from None
+        raise ConfigError(
+            f"--min-stake must be a number of ether, e.g. 1 or 0.5; got {args.min_stake!r}"
+        ) from None
     min_stake = int(min_stake_ether * 10**18) if min_stake_ether.is_finite() else 0
     if min_stake <= 0 or min_stake >= 2**256:
-        raise ConfigError(f"--min-stake must be a positive amount of ether (at least 1 wei), got {args.min_stake!r}")
+        raise ConfigError(
+            f"--min-stake must be a positive amount of ether (at least 1 wei), got {args.min_stake!r}"
+        )
     for flag, attr, low, high in _PARAM_RANGES:
         value = getattr(args, attr)
         if not low <= value <= high:
             unit = " (10000 = 100%)" if attr.endswith("_bps") else ""
             raise ConfigError(f"{flag} must be between {low} and {high}{unit}, got {value}")
     return RegistryParams(
-        min_stake, args.unbonding_period, args.job_timeout, args.coordinator_fee_bps, args.slash_bps, args.max_prompt_tokens
+        min_stake,
+        args.unbonding_period,
+        args.job_timeout,
+        args.coordinator_fee_bps,
+        args.slash_bps,
+        args.max_prompt_tokens,
     )
 
 
@@ -136,7 +189,9 @@ def _parse_coordinators(values: list[str]) -> list[tuple[str, str]]:
     for value in values:
         address, _, endpoint = value.partition("=")
         if not is_address(address):
-            raise ConfigError(f"--coordinator {value!r}: {address!r} is not an Ethereum address (0x + 40 hex digits)")
+            raise ConfigError(
+                f"--coordinator {value!r}: {address!r} is not an Ethereum address (0x + 40 hex digits)"
+            )
         out.append((to_checksum_address(address), endpoint))
     return out
 
@@ -161,7 +216,9 @@ def _load_key(key_file: Path | None, key_env: str | None) -> LocalAccount:
         account: LocalAccount = Account.from_key(raw)
         return account
     except (ValueError, TypeError):
-        raise ConfigError(f"{source} does not hold a hex private key (64 hex digits, optionally 0x-prefixed)") from None
+        raise ConfigError(
+            f"{source} does not hold a hex private key (64 hex digits, optionally 0x-prefixed)"
+        ) from None
 
 
 def _approve(registry: Registry, coordinators: list[tuple[str, str]]) -> None:
@@ -247,7 +304,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     dep = deploy_registry(w3, account, _params(args), rpc_url=args.rpc_url)
     path = dep.save(args.deployment)
     _approve(Registry(w3, dep.registry, account, deploy_block=dep.deploy_block), coordinators)
-    print(f"registry {dep.registry} deployed on chain {dep.chain_id} in block {dep.deploy_block}; wrote {path}")
+    print(
+        f"registry {dep.registry} deployed on chain {dep.chain_id} in block {dep.deploy_block}; wrote {path}"
+    )
     return 0
 
 
@@ -290,13 +349,17 @@ def cmd_chain_status(args: argparse.Namespace) -> int:
         m = registry.get_model(model_id)
         spans = [registry.get_assignment(a) for a in registry.live_assignments(model_id)]
         served = ", ".join(f"{a.span}@{a.node[:10]}" for a in spans) or "no live shards"
-        print(f"  #{model_id} {m.name} {m.num_layers} layers, {m.price_per_layer_token} wei/layer-token, {m.manifest_cid}")
+        print(
+            f"  #{model_id} {m.name} {m.num_layers} layers, {m.price_per_layer_token} wei/layer-token, {m.manifest_cid}"
+        )
         print(f"      {served}")
     jobs = registry.job_count()
     print(f"jobs ({jobs}, latest {min(jobs, args.jobs)}):")
     for job_id in range(max(1, jobs - args.jobs + 1), jobs + 1):
         j = registry.get_job(job_id)
-        print(f"  #{job_id} {j.status.name.lower()} model {j.model_id} escrow {_ether(j.escrow)} client {j.client}")
+        print(
+            f"  #{job_id} {j.status.name.lower()} model {j.model_id} escrow {_ether(j.escrow)} client {j.client}"
+        )
     print(
         f"totals: staked {_ether(registry.total_staked())}, unbonding {_ether(registry.total_unbonding())}, "
         f"open escrow {_ether(registry.open_escrow())}, claimable {_ether(registry.total_claimable())}, "

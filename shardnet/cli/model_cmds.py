@@ -55,8 +55,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "The name and layer count are read from the manifest in the store.",
     )
     p.add_argument("manifest_cid", metavar="MANIFEST_CID", help="CID printed by `shardnet model import`")
-    p.add_argument("--price-wei", type=int, required=True,
-                   help="price per layer per token position, in wei (e.g. 1000000000000 = 1000 gwei)")
+    p.add_argument(
+        "--price-wei",
+        type=int,
+        required=True,
+        help="price per layer per token position, in wei (e.g. 1000000000000 = 1000 gwei)",
+    )
     p.add_argument("--name", help="name on chain (default: the manifest's name)")
     p.add_argument("--store", type=Path, default=DEFAULT_STORE, help=_STORE_HELP)
     add_chain_flags(p, needs_key=True)
@@ -144,7 +148,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     from shardnet.model.importer import import_model, smollm2_gguf_path
 
     source = smollm2_gguf_path() if args.source == "smollm2" else Path(args.source)
-    cid, manifest = import_model(source, args.store, name=args.name, dtype=args.dtype, progress=progress_wanted())
+    cid, manifest = import_model(
+        source, args.store, name=args.name, dtype=args.dtype, progress=progress_wanted()
+    )
     print(_describe(cid, manifest))
     print()
     print(_file_table(args.store, list(manifest.files)))
@@ -157,8 +163,9 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from shardnet.store.fetch import fetch_files
 
     span = _span(args.layers)
-    manifest = fetch_files(args.manifest_cid, span, args.sources, args.store, timeout=args.timeout,
-                           progress=progress_wanted())
+    manifest = fetch_files(
+        args.manifest_cid, span, args.sources, args.store, timeout=args.timeout, progress=progress_wanted()
+    )
     print(f"{manifest.name} layers {span}: verified in {args.store}")
     print(_file_table(args.store, manifest.files_for(span)))
     return 0
@@ -174,8 +181,10 @@ def cmd_register(args: argparse.Namespace) -> int:
     registry = registry_from_args(args, needs_key=True)
     tx = registry.register_model(name, args.manifest_cid, manifest.num_layers, args.price_wei)
     model_id = int(tx.event("ModelRegistered").args["modelId"])
-    print(f"registered model {model_id}: {name}, {manifest.num_layers} layers, {args.price_wei} wei per layer-token, "
-          f"manifest {args.manifest_cid} (tx {tx.tx_hash})")
+    print(
+        f"registered model {model_id}: {name}, {manifest.num_layers} layers, {args.price_wei} wei per layer-token, "
+        f"manifest {args.manifest_cid} (tx {tx.tx_hash})"
+    )
     return 0
 
 

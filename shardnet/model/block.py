@@ -74,7 +74,9 @@ class Block:
         from shardnet.model.session import BlockSession
 
         if not isinstance(self.adapter, DecoderAdapter):
-            raise ModelError(f"a {self.kind} block runs in one forward pass: call block.forward(x), not sessions")
+            raise ModelError(
+                f"a {self.kind} block runs in one forward pass: call block.forward(x), not sessions"
+            )
         limit = getattr(self.config, "max_position_embeddings", None)
         if max_length is None:
             max_length = limit
@@ -90,7 +92,9 @@ class Block:
         """
         adapter = self.adapter
         if not isinstance(adapter, EncoderAdapter):
-            raise ModelError("a decoder block runs in KV-cache sessions: use block.new_session().step(x, pos)")
+            raise ModelError(
+                "a decoder block runs in KV-cache sessions: use block.new_session().step(x, pos)"
+            )
         self.check_input(x)
         with torch.inference_mode():
             hidden = adapter.embed(self.module, x) if self.is_first else x.to(self.dtype)
@@ -107,14 +111,20 @@ class Block:
             raise ModelError(f"block input must be a torch.Tensor, got {type(x).__name__}")
         if self.is_first and self.kind == "vision":
             if x.dim() != 4 or not x.is_floating_point():
-                raise ModelError(f"the first ViT block takes float pixel values [batch, c, h, w], got {_desc(x)}")
+                raise ModelError(
+                    f"the first ViT block takes float pixel values [batch, c, h, w], got {_desc(x)}"
+                )
         elif self.is_first:
             if x.dim() != 2 or x.dtype != torch.int64 or x.shape[1] == 0:
                 raise ModelError(f"the first block takes int64 token ids [batch, n>0], got {_desc(x)}")
             if self.vocab_size is not None and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size):
-                raise ModelError(f"token ids must lie in [0, {self.vocab_size}), got {int(x.min())}..{int(x.max())}")
+                raise ModelError(
+                    f"token ids must lie in [0, {self.vocab_size}), got {int(x.min())}..{int(x.max())}"
+                )
         elif x.dim() != 3 or not x.is_floating_point() or x.shape[2] != self.hidden_size or x.shape[1] == 0:
-            raise ModelError(f"block {self.span} takes float hidden states [batch, n>0, {self.hidden_size}], got {_desc(x)}")
+            raise ModelError(
+                f"block {self.span} takes float hidden states [batch, n>0, {self.hidden_size}], got {_desc(x)}"
+            )
         if self.kind == "decoder" and x.shape[0] != 1:
             raise ModelError(f"decoder sessions run one sequence: batch must be 1, got {x.shape[0]}")
 
@@ -162,7 +172,9 @@ def load_block_from_parts(
     return _build(adapter, hf_config, span, [Path(parts_dir) / n for n in names], dtype)
 
 
-def span_files(files: Sequence[Mapping[str, Any]], span: LayerSpan, num_layers: int, root: Path) -> list[Path]:
+def span_files(
+    files: Sequence[Mapping[str, Any]], span: LayerSpan, num_layers: int, root: Path
+) -> list[Path]:
     """The paths (`root / cid`) of the manifest files that layers `span` need, checking full coverage."""
     span.check_within(num_layers)
     chosen: list[Path] = []
@@ -181,12 +193,18 @@ def span_files(files: Sequence[Mapping[str, Any]], span: LayerSpan, num_layers: 
         if end <= span.start or start >= span.end:
             continue
         if start < span.start or end > span.end:
-            raise ModelError(f"manifest file {entry.get('name')!r} holds layers [{start}, {end}), across span {span}")
+            raise ModelError(
+                f"manifest file {entry.get('name')!r} holds layers [{start}, {end}), across span {span}"
+            )
         chosen.append(root / entry["cid"])
         covered.update(range(start, end))
-    missing = [p for p, wanted in parts.items() if wanted] + [f"layer {i}" for i in range(span.start, span.end) if i not in covered]
+    missing = [p for p, wanted in parts.items() if wanted] + [
+        f"layer {i}" for i in range(span.start, span.end) if i not in covered
+    ]
     if missing:
-        raise ModelError(f"the manifest lacks files for {', '.join(missing)} of span {span}; re-import the model")
+        raise ModelError(
+            f"the manifest lacks files for {', '.join(missing)} of span {span}; re-import the model"
+        )
     return chosen
 
 
@@ -245,7 +263,9 @@ def read_safetensors(
             wanted = dtype if dtype is not None and stored.is_floating_point else stored
             tensor = torch.empty(info["shape"], dtype=wanted)
             if tensor.numel() * stored.itemsize != end - begin:
-                raise ModelError(f"{path}: tensor {name}'s shape does not match its bytes; fetch the file again")
+                raise ModelError(
+                    f"{path}: tensor {name}'s shape does not match its bytes; fetch the file again"
+                )
             f.seek(start + begin)
             _read_into(f, tensor.reshape(-1), stored, f"{path}: tensor {name}")
             tensors[name] = tensor

@@ -73,7 +73,9 @@ def save_parts(
     for name, tensor in state.items():
         part = adapter.key_part(name)
         if part not in groups:
-            raise ModelError(f"tensor {name!r} belongs to layer {part}, but the config has {num_layers} layers")
+            raise ModelError(
+                f"tensor {name!r} belongs to layer {part}, but the config has {num_layers} layers"
+            )
         groups[part][name] = tensor
     empty = [i for i in range(num_layers) if not groups[i]]
     if empty:

@@ -22,10 +22,23 @@ from shardnet.store.manifest import Manifest, load_manifest
 log = logging.getLogger(__name__)
 
 #: tokenizer_config.json keys that record how a tokenizer was loaded (environment, cache, paths), not what it is.
-LOADING_KEYS = frozenset({
-    "local_files_only", "cache_dir", "token", "use_auth_token", "force_download", "resume_download", "proxies",
-    "revision", "subfolder", "_commit_hash", "name_or_path", "_from_auto", "trust_remote_code",
-})
+LOADING_KEYS = frozenset(
+    {
+        "local_files_only",
+        "cache_dir",
+        "token",
+        "use_auth_token",
+        "force_download",
+        "resume_download",
+        "proxies",
+        "revision",
+        "subfolder",
+        "_commit_hash",
+        "name_or_path",
+        "_from_auto",
+        "trust_remote_code",
+    }
+)
 #: Bump when the way sources become manifests changes, so older records are not reused.
 IMPORT_FORMAT = "shardnet-import-1"
 _CHUNK = 1 << 20
@@ -79,7 +92,11 @@ def cached_import(store: LocalStore, key: str) -> tuple[str, Manifest] | None:
     named = [(f.name, f.cid) for f in manifest.files] + [(t.name, t.cid) for t in manifest.tokenizer]
     missing = [name for name, cid in named if not store.has(cid)]
     if missing:
-        log.info("the store lacks %d files of the earlier import (%s...): importing again", len(missing), missing[0])
+        log.info(
+            "the store lacks %d files of the earlier import (%s...): importing again",
+            len(missing),
+            missing[0],
+        )
         return None
     return cid, manifest
 

@@ -79,7 +79,12 @@ def _torch_dtype(name: str) -> Any:
 
 
 GGUF_MAGIC = b"GGUF"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 """A checkpoint folder holds at least one of these (single file or sharded with an index)."""
 
 
@@ -175,8 +180,11 @@ def import_model(
     key = source_key(src, dtype, name)
     cached = cached_import(store, key)
     if cached is not None:
-        log.info("%s was imported before as manifest %s and the store holds all its files: nothing to do",
-                 src, cached[0])
+        log.info(
+            "%s was imported before as manifest %s and the store holds all its files: nothing to do",
+            src,
+            cached[0],
+        )
         return cached
     # torch and transformers are imported only now: a cached import needs none of them
     from shardnet.model.adapters import get_adapter

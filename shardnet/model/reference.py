@@ -35,7 +35,11 @@ def load_reference(
     if manifest is not None:
         paths = span_files(manifest["files"], LayerSpan(0, num_layers), num_layers, root)
     else:
-        names = [part_file_name("embed"), *(part_file_name("layer", i) for i in range(num_layers)), part_file_name("head")]
+        names = [
+            part_file_name("embed"),
+            *(part_file_name("layer", i) for i in range(num_layers)),
+            part_file_name("head"),
+        ]
         paths = [root / name for name in names]
     model = adapter.build_model(config)
     load_tensors(model, paths, dtype)

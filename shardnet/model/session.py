@@ -53,7 +53,9 @@ class BlockSession:
         if self._closed or cache is None:
             raise ModelError("this session is closed; open a new one with block.new_session()")
         if self._failed is not None:
-            raise ModelError(f"an earlier step failed ({self._failed}); open a new session and replay the inputs")
+            raise ModelError(
+                f"an earlier step failed ({self._failed}); open a new session and replay the inputs"
+            )
         if start_pos != self.length:
             raise SessionPositionError(
                 f"step starts at position {start_pos}, but the session holds {self.length} positions; "

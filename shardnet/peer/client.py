@@ -165,7 +165,8 @@ class WorkerClient:
         signed = data.get("job_commitment")
         try:
             return ClosedSession(
-                int(data["steps"]), bytes.fromhex(str(data["commitment"]).removeprefix("0x")),
+                int(data["steps"]),
+                bytes.fromhex(str(data["commitment"]).removeprefix("0x")),
                 SignedCommitment.from_json(signed) if isinstance(signed, dict) else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -199,9 +200,13 @@ def _answer(body: bytes, url: str) -> dict[str, Any]:
     try:
         data = loads_limited(body, max_bytes=MAX_ANSWER_JSON_BYTES, max_depth=MAX_ANSWER_JSON_DEPTH)
     except BodyRejected as exc:
-        raise WorkerAPIError(f"worker answered malformed JSON ({exc}): route around it", status=502, url=url) from exc
+        raise WorkerAPIError(
+            f"worker answered malformed JSON ({exc}): route around it", status=502, url=url
+        ) from exc
     if not isinstance(data, dict):
-        raise WorkerAPIError("worker answered JSON that is not an object: route around it", status=502, url=url)
+        raise WorkerAPIError(
+            "worker answered JSON that is not an object: route around it", status=502, url=url
+        )
     return data
 
 

@@ -130,7 +130,9 @@ def _ensure(
         return _fetch_one(
             cid, size, sources, store, replace=True, progress=progress, timeout=timeout, label=label
         )
-    return _fetch_one(cid, size, sources, store, replace=False, progress=progress, timeout=timeout, label=label)
+    return _fetch_one(
+        cid, size, sources, store, replace=False, progress=progress, timeout=timeout, label=label
+    )
 
 
 def ensure_file(

@@ -148,7 +148,9 @@ def download(
     with response, store.incoming() as (f, tmp):
         hasher = CidHasher()
         total = expected_size if expected_size is not None else _content_length(response)
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc=label or cid[:16], disable=not progress, leave=False)
+        bar = tqdm(
+            total=total, unit="B", unit_scale=True, desc=label or cid[:16], disable=not progress, leave=False
+        )
         try:
             while chunk := response.read(CHUNK_SIZE):
                 hasher.update(chunk)

@@ -113,7 +113,9 @@ class LocalStore:
         """
         with self.incoming() as (f, tmp):
             hasher = CidHasher()
-            bar = tqdm(total=expected_size, unit="B", unit_scale=True, desc=label, disable=not progress, leave=False)
+            bar = tqdm(
+                total=expected_size, unit="B", unit_scale=True, desc=label, disable=not progress, leave=False
+            )
             try:
                 while chunk := src.read(CHUNK_SIZE):
                     hasher.update(chunk)

@@ -68,7 +68,9 @@ class LayersHop:
         block = self.block
         with torch.inference_mode():
             position_ids = torch.arange(start_pos, start_pos + int(x.shape[1])).unsqueeze(0)
-            hidden = self.adapter.embed(block.module, x, position_ids) if block.is_first else x.to(block.dtype)
+            hidden = (
+                self.adapter.embed(block.module, x, position_ids) if block.is_first else x.to(block.dtype)
+            )
             if self.layers is not None:
                 hidden = self.adapter.run_layers(block.module, hidden, self.layers, self.cache, position_ids)
             return self.adapter.logits(block.module, hidden).float() if block.is_last else hidden

@@ -51,7 +51,9 @@ class StepResult:
     distance: float  # fingerprint distance from the recomputation (inf: malformed or non-finite)
     bound: bool | None  # the fingerprint is exactly that of the output the hop sent (None: not given)
     token_ok: bool | None  # last hop only
-    token_margin: float | None  # greedy: reference top logit minus the token's; sampled: draw outside interval
+    token_margin: (
+        float | None
+    )  # greedy: reference top logit minus the token's; sampled: draw outside interval
     passed: bool
 
 
@@ -150,7 +152,9 @@ def check_hop(
             if sampling.seed is None:
                 tc = check_greedy(tokens[i], rows[0], tolerance.tie_margin)
             else:
-                tc = check_sampled(tokens[i], rows[0], sampling.seed, i, sampling.temperature, tolerance.cdf_margin)
+                tc = check_sampled(
+                    tokens[i], rows[0], sampling.seed, i, sampling.temperature, tolerance.cdf_margin
+                )
             token_ok, margin = tc.ok, tc.margin
             ok = ok and tc.ok
         results.append(StepResult(i, n, dist, bound, token_ok, margin, ok and not math.isnan(dist)))

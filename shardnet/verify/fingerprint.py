@@ -78,7 +78,9 @@ def _rows(output: torch.Tensor) -> torch.Tensor:
     elif output.dim() == 1:
         output = output.unsqueeze(0)
     if output.dim() != 2 or output.shape[0] == 0 or output.shape[1] < 2:
-        raise FingerprintError(f"fingerprints take outputs [1, n, d] with n >= 1, d >= 2, got {list(output.shape)}")
+        raise FingerprintError(
+            f"fingerprints take outputs [1, n, d] with n >= 1, d >= 2, got {list(output.shape)}"
+        )
     return output.to(torch.float32)
 
 
@@ -108,7 +110,9 @@ def _project(rows: torch.Tensor, count: int) -> torch.Tensor:
     width = rows.shape[1]
     if count == 0:
         return rows.new_zeros((rows.shape[0], 0))
-    return (rows.to(torch.float64) @ projection_matrix(width, count).to(torch.float64) / math.sqrt(width)).float()
+    return (
+        rows.to(torch.float64) @ projection_matrix(width, count).to(torch.float64) / math.sqrt(width)
+    ).float()
 
 
 def exact_sum(values: np.ndarray) -> float:
@@ -145,7 +149,9 @@ def make_fingerprint(
     rows = _rows(output)
     n, width = rows.shape
     if not 1 <= k <= min(width, 255) or not 0 <= projections <= 255:
-        raise FingerprintError(f"top-k must lie in 1..{min(width, 255)} and projections in 0..255, got {k}, {projections}")
+        raise FingerprintError(
+            f"top-k must lie in 1..{min(width, 255)} and projections in 0..255, got {k}, {projections}"
+        )
     if n > 0xFFFF:
         raise FingerprintError(f"a step of {n} positions is too long for one fingerprint (at most 65535)")
     index_width = 2 if width <= 0xFFFF else 4
@@ -169,10 +175,14 @@ def parse_fingerprint(data: bytes) -> Fingerprint:
         raise FingerprintError(f"a fingerprint has at least {_HEADER.size} bytes, got {len(data)}")
     version, k, m, index_width, n = _HEADER.unpack_from(data)
     if version != FORMAT_VERSION or index_width not in (2, 4) or k == 0:
-        raise FingerprintError(f"unknown fingerprint format (version {version}, k {k}, index width {index_width})")
+        raise FingerprintError(
+            f"unknown fingerprint format (version {version}, k {k}, index width {index_width})"
+        )
     per = k * index_width + 2 * k + 2 * m
     if len(data) != _HEADER.size + n * per:
-        raise FingerprintError(f"fingerprint of {n} positions must be {_HEADER.size + n * per} bytes, got {len(data)}")
+        raise FingerprintError(
+            f"fingerprint of {n} positions must be {_HEADER.size + n * per} bytes, got {len(data)}"
+        )
     body = np.frombuffer(data, dtype=np.uint8, offset=_HEADER.size).reshape(n, per)
     ib = k * index_width
     idx = body[:, :ib].copy().view("<u2" if index_width == 2 else "<u4").astype(np.int64)
@@ -187,7 +197,9 @@ def position_distances(committed: Fingerprint, reference: torch.Tensor) -> torch
     rows = _rows(reference)
     n, width = rows.shape
     if n != committed.positions:
-        raise FingerprintError(f"the fingerprint covers {committed.positions} positions, the recomputed step {n}")
+        raise FingerprintError(
+            f"the fingerprint covers {committed.positions} positions, the recomputed step {n}"
+        )
     k = committed.indices.shape[1]
     if int(committed.indices.max()) >= width:
         return torch.full((n,), math.inf)

@@ -48,7 +48,9 @@ def sample_token(logits: torch.Tensor, seed: bytes, step: int, temperature: floa
     """The token the job's sampler draws at `step` from these logits (deterministic in seed and step)."""
     cdf = cumulative_probs(logits, temperature)
     u = uniform(seed, step) * float(cdf[-1])
-    return min(int(torch.searchsorted(cdf, torch.tensor([u], dtype=torch.float64), right=True)), cdf.numel() - 1)
+    return min(
+        int(torch.searchsorted(cdf, torch.tensor([u], dtype=torch.float64), right=True)), cdf.numel() - 1
+    )
 
 
 @dataclass(frozen=True)

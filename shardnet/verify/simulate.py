@@ -114,7 +114,9 @@ def run_job(
     return JobTrace(traces, tokens)
 
 
-def honest_factories(blocks: Sequence[Block], max_length: int, threads: int | None = None) -> list[HopFactory]:
+def honest_factories(
+    blocks: Sequence[Block], max_length: int, threads: int | None = None
+) -> list[HopFactory]:
     """One honest hop factory per block of a chain."""
     check_chain(blocks)
 

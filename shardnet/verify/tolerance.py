@@ -21,7 +21,9 @@ class Tolerance:
 
     distance: float  # fingerprint distance (shardnet.verify.fingerprint) of any one step
     job_median: float  # median of the step distances of one hop of one job (catches cheats on every step)
-    tie_margin: float  # greedy last hop: accepted gap (logits) between the reference top logit and the token's
+    tie_margin: (
+        float  # greedy last hop: accepted gap (logits) between the reference top logit and the token's
+    )
     cdf_margin: float  # sampled last hop: accepted distance of the job's draw outside the token's interval
 
 
@@ -38,7 +40,9 @@ def dtype_name(dtype: torch.dtype | str) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def tolerance_for(worker_dtype: torch.dtype | str, verifier_dtype: torch.dtype | str = "float32") -> Tolerance:
+def tolerance_for(
+    worker_dtype: torch.dtype | str, verifier_dtype: torch.dtype | str = "float32"
+) -> Tolerance:
     """The calibrated tolerance of a worker running `worker_dtype` checked by a verifier in `verifier_dtype`."""
     key = (dtype_name(worker_dtype), dtype_name(verifier_dtype))
     try:

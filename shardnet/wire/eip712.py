@@ -104,23 +104,27 @@ class CompactSignature:
 def _signable(domain: Domain, primary: str, message: dict[str, Any]) -> Any:
     if primary not in TYPES:
         raise ValueError(f"unknown EIP-712 struct {primary!r}; known: {', '.join(TYPES)}")
-    return encode_typed_data(full_message={
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
-            primary: TYPES[primary],
-        },
-        "primaryType": primary,
-        "domain": domain.as_dict(),
-        "message": message,
-    })
+    return encode_typed_data(
+        full_message={
+            "types": {
+                "EIP712Domain": [
+                    {"name": "name", "type": "string"},
+                    {"name": "version", "type": "string"},
+                    {"name": "chainId", "type": "uint256"},
+                    {"name": "verifyingContract", "type": "address"},
+                ],
+                primary: TYPES[primary],
+            },
+            "primaryType": primary,
+            "domain": domain.as_dict(),
+            "message": message,
+        }
+    )
 
 
-def sign_struct(account: LocalAccount, domain: Domain, primary: str, message: dict[str, Any]) -> CompactSignature:
+def sign_struct(
+    account: LocalAccount, domain: Domain, primary: str, message: dict[str, Any]
+) -> CompactSignature:
     """Sign ``message`` as the EIP-712 struct ``primary`` of ``domain``."""
     signed = account.sign_message(_signable(domain, primary, message))
     return CompactSignature.from_rsv(signed.r, signed.s, signed.v)

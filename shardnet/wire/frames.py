@@ -113,7 +113,9 @@ def decode_frame(data: bytes | bytearray | memoryview, max_elements: int | None 
         raise WireError(f"frame shape {shape} holds {numel} elements, more than the allowed {limit}")
     spread = math.prod(d for d in shape if d)  # an empty tensor's strides still multiply the other sizes
     if spread > max(limit, 1):
-        raise WireError(f"frame shape {shape} is too large in its non-empty dimensions (over {limit} elements)")
+        raise WireError(
+            f"frame shape {shape} is too large in its non-empty dimensions (over {limit} elements)"
+        )
     (body_len,) = _BODY_LEN.unpack_from(view, size - _BODY_LEN.size)
     body = view[size:]
     if body_len != len(body):

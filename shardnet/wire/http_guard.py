@@ -66,8 +66,12 @@ class ConnectionGuard:
         if self.open[ip] >= self.max_per_ip:
             self.refused += 1
             if self.refused == 1 or self.refused % 1000 == 0:
-                log.warning("refused connections beyond %d from %s (%d refused so far)", self.max_per_ip, ip,
-                            self.refused)
+                log.warning(
+                    "refused connections beyond %d from %s (%d refused so far)",
+                    self.max_per_ip,
+                    ip,
+                    self.refused,
+                )
             body = json.dumps(
                 {"error": f"too many connections from {ip} (limit {self.max_per_ip}): reuse or close some"}
             ).encode()

@@ -28,7 +28,9 @@ DEFAULT_MAX_BYTES = 1 << 20
 DEFAULT_MAX_DEPTH = 32
 DEFAULT_READ_TIMEOUT_S = 30.0
 
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)  # a JSON string (an unclosed one runs to the end)
+_STRING = re.compile(
+    rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL
+)  # a JSON string (an unclosed one runs to the end)
 _NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 
 
@@ -121,7 +123,9 @@ def _check_text(text: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise JSONRejected("a JSON string holds a lone surrogate (\\ud800-\\udfff): send valid Unicode") from None
+        raise JSONRejected(
+            "a JSON string holds a lone surrogate (\\ud800-\\udfff): send valid Unicode"
+        ) from None
 
 
 def _default_error_body(message: str) -> Any:
@@ -173,7 +177,9 @@ async def read_json(
         raise http_error(exc, error_body) from None
 
 
-def http_error(exc: BodyRejected, error_body: Callable[[str], Any] = _default_error_body) -> web.HTTPException:
+def http_error(
+    exc: BodyRejected, error_body: Callable[[str], Any] = _default_error_body
+) -> web.HTTPException:
     """The aiohttp exception answering `exc` with its status and a JSON body."""
     classes: dict[int, type[web.HTTPException]] = {
         413: web.HTTPRequestEntityTooLarge,

@@ -36,8 +36,12 @@ class TicketError(ShardnetError):
 def _message(fields: dict[str, Any]) -> dict[str, Any]:
     start, end = fields["span"]
     return {
-        "worker": fields["worker"], "sessionId": fields["session_id"], "jobId": fields["job_id"],
-        "start": start, "end": end, "expiresAt": fields["expires_at"],
+        "worker": fields["worker"],
+        "sessionId": fields["session_id"],
+        "jobId": fields["job_id"],
+        "start": start,
+        "end": end,
+        "expiresAt": fields["expires_at"],
     }
 
 

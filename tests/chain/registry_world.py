@@ -107,7 +107,9 @@ class World:
     def quote(self, max_tokens: int = MAX_TOKENS) -> int:
         return self.gov.quote(self.model_id, max_tokens)
 
-    def submit(self, value: int | None = None, max_tokens: int = MAX_TOKENS, coordinator: LocalAccount | None = None) -> int:
+    def submit(
+        self, value: int | None = None, max_tokens: int = MAX_TOKENS, coordinator: LocalAccount | None = None
+    ) -> int:
         value = self.quote(max_tokens) if value is None else value
         who = (coordinator or self.owner).address
         result = self.reg(self.client).submit_job(self.model_id, INPUT, max_tokens, who, value)
@@ -121,11 +123,21 @@ class World:
         return Domain(int(self.chain.rpc("eth_chainId"), 16), self.gov.address)
 
     def shard_of(self, node: LocalAccount) -> int:
-        return {self.node1.address: self.shard1, self.node2.address: self.shard2, self.node3.address: self.shard3}[node.address]
+        return {
+            self.node1.address: self.shard1,
+            self.node2.address: self.shard2,
+            self.node3.address: self.shard3,
+        }[node.address]
 
     def commit(
-        self, node: LocalAccount, job_id: int, span: LayerSpan, positions: int = POSITIONS, *,
-        tag: str | None = None, steps: int = STEPS,
+        self,
+        node: LocalAccount,
+        job_id: int,
+        span: LayerSpan,
+        positions: int = POSITIONS,
+        *,
+        tag: str | None = None,
+        steps: int = STEPS,
     ) -> SignedCommitment:
         """`node`'s real EIP-712 signed commitment for `span` of `job_id`."""
         root = merkle_root(leaves(tag or f"{job_id}/{node.address}/{span}", steps))
@@ -135,7 +147,10 @@ class World:
 
     def route(self, job_id: int) -> list[SignedCommitment]:
         """The commitments of node1 [0,2) and node2 [2,4) for a job."""
-        return [self.commit(self.node1, job_id, LayerSpan(0, 2)), self.commit(self.node2, job_id, LayerSpan(2, 4))]
+        return [
+            self.commit(self.node1, job_id, LayerSpan(0, 2)),
+            self.commit(self.node2, job_id, LayerSpan(2, 4)),
+        ]
 
     def settle(
         self, job_id: int, hops: list[SignedCommitment] | None = None, coordinator: LocalAccount | None = None
@@ -164,7 +179,11 @@ def build_world(
         gov.register_model("tiny", "bafkreitiny", NUM_LAYERS, PRICE).event("ModelRegistered").args["modelId"]
     )
     shards = []
-    for node, span in ((world.node1, LayerSpan(0, 2)), (world.node2, LayerSpan(2, 4)), (world.node3, LayerSpan(0, 4))):
+    for node, span in (
+        (world.node1, LayerSpan(0, 2)),
+        (world.node2, LayerSpan(2, 4)),
+        (world.node3, LayerSpan(0, 4)),
+    ):
         result = world.reg(node).announce_shard(world.model_id, span)
         shards.append(int(result.event("ShardAnnounced").args["assignmentId"]))
     world.shard1, world.shard2, world.shard3 = shards

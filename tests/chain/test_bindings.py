@@ -31,13 +31,18 @@ ETHER = 10**18
 PRICE = 1_000
 
 
-def run_core_flow(registry_for: Callable[[LocalAccount | None], Registry], accounts: list[LocalAccount]) -> dict[str, int]:
+def run_core_flow(
+    registry_for: Callable[[LocalAccount | None], Registry], accounts: list[LocalAccount]
+) -> dict[str, int]:
     """register, model, announce, submit, route, commit, finalize, claim; checks each step's effect."""
     owner, node_a, node_b, client = accounts[0], accounts[1], accounts[2], accounts[3]
     gov, reg_a, reg_b, cli = (registry_for(a) for a in (owner, node_a, node_b, client))
 
     gov.set_coordinator(owner.address, "http://127.0.0.1:9000", True)
-    assert gov.is_coordinator(owner.address) and gov.coordinator_endpoint(owner.address) == "http://127.0.0.1:9000"
+    assert (
+        gov.is_coordinator(owner.address)
+        and gov.coordinator_endpoint(owner.address) == "http://127.0.0.1:9000"
+    )
 
     for reg, port in ((reg_a, 8101), (reg_b, 8102)):
         result = reg.register_node(f"http://127.0.0.1:{port}", ETHER)
@@ -58,13 +63,25 @@ def run_core_flow(registry_for: Callable[[LocalAccount | None], Registry], accou
     job_id = submitted.event("JobSubmitted").args["jobId"]
     job = cli.get_job(job_id)
     assert (job.client, job.coordinator, job.status, job.escrow, job.input_hash) == (
-        client.address, owner.address, JobStatus.Open, price, keccak(text="hello"))
+        client.address,
+        owner.address,
+        JobStatus.Open,
+        price,
+        keccak(text="hello"),
+    )
 
     domain = gov.domain()
     assert (domain.chain_id, domain.registry) == (int(gov.w3.eth.chain_id), gov.address)
     hops = [
-        sign_commitment(node, domain, job_id=job_id, span=span, positions=10, steps=3,
-                        root=merkle_root([step_hash(f"{node.address} {i}".encode()) for i in range(3)]))
+        sign_commitment(
+            node,
+            domain,
+            job_id=job_id,
+            span=span,
+            positions=10,
+            steps=3,
+            root=merkle_root([step_hash(f"{node.address} {i}".encode()) for i in range(3)]),
+        )
         for node, span in ((node_a, LayerSpan(0, 2)), (node_b, LayerSpan(2, 4)))
     ]
     settled = gov.settle_jobs([Settlement(job_id, job.record, keccak(text="world"), hops)])
@@ -84,7 +101,9 @@ def run_core_flow(registry_for: Callable[[LocalAccount | None], Registry], accou
     return {"model_id": model_id, "job_id": job_id}
 
 
-def test_core_flow_on_anvil(registry_for: Callable[[LocalAccount | None], Registry], accounts: list[LocalAccount]) -> None:
+def test_core_flow_on_anvil(
+    registry_for: Callable[[LocalAccount | None], Registry], accounts: list[LocalAccount]
+) -> None:
     run_core_flow(registry_for, accounts)
 
 
@@ -97,7 +116,9 @@ def test_params_and_views_are_typed(registry: Registry, accounts: list[LocalAcco
     assert JobStatus(2) is JobStatus.Settled and JobStatus(2).name == "Settled"  # the contract's spelling
 
 
-def test_custom_error_is_decoded_with_named_args(registry_for: Callable[..., Registry], accounts: list[LocalAccount]) -> None:
+def test_custom_error_is_decoded_with_named_args(
+    registry_for: Callable[..., Registry], accounts: list[LocalAccount]
+) -> None:
     reg = registry_for(accounts[1])
     before = reg.block_number()
     with pytest.raises(ContractRevert) as info:
@@ -112,7 +133,9 @@ def test_custom_error_is_decoded_with_named_args(registry_for: Callable[..., Reg
     assert (clone.error, clone.args) == (err.error, err.args)
 
 
-def test_enum_and_address_args_are_converted(registry_for: Callable[..., Registry], accounts: list[LocalAccount]) -> None:
+def test_enum_and_address_args_are_converted(
+    registry_for: Callable[..., Registry], accounts: list[LocalAccount]
+) -> None:
     reg = registry_for(accounts[3])
     with pytest.raises(ContractRevert) as info:
         reg.job_state(7)
@@ -150,9 +173,9 @@ def test_decode_logs_accepts_web3_logs_and_skips_foreign_ones(
     assert events[0].args["numLayers"] == 3 and events[0].position == (result.block_number, 0)
     foreign = [dict(receipt["logs"][0], address=accounts[9].address)]
     assert registry.decode_logs(foreign) == []
-    assert [e.name for e in registry.get_logs(result.block_number, result.block_number, ["ModelRegistered"])] == [
-        "ModelRegistered"
-    ]
+    assert [
+        e.name for e in registry.get_logs(result.block_number, result.block_number, ["ModelRegistered"])
+    ] == ["ModelRegistered"]
     assert registry.get_logs(result.block_number, result.block_number, ["JobSubmitted"]) == []
 
 
@@ -180,8 +203,11 @@ def test_builtin_error_string_and_panic_are_decoded() -> None:
     "rpc_error",
     [
         {"code": 3, "message": "execution reverted: custom error 0xdeadbeef", "data": "0xdeadbeef"},  # anvil
-        {"code": -32603, "message": "Error: VM Exception while processing transaction: reverted with an "
-         "unrecognized custom error (return data: 0xdeadbeef)"},  # hardhat, message only
+        {
+            "code": -32603,
+            "message": "Error: VM Exception while processing transaction: reverted with an "
+            "unrecognized custom error (return data: 0xdeadbeef)",
+        },  # hardhat, message only
         {"code": -32603, "message": "reverted", "data": {"message": "x", "data": "0xdeadbeef"}},  # nested
     ],
 )

@@ -86,7 +86,9 @@ def test_a_taken_port_is_refused_not_shared(anvil) -> None:
     assert anvil.devnet.is_running() and anvil.block_number() >= 0
 
 
-def test_missing_node_modules_says_to_run_npm_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_missing_node_modules_says_to_run_npm_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("SHARDNET_NODE_MODULES", str(tmp_path / "nowhere"))
     with pytest.raises(DevnetError, match="npm install"):
         find_node_modules()
@@ -110,7 +112,14 @@ def test_dev_keys_are_the_default_mnemonic_accounts(anvil) -> None:
 def test_deployment_file_round_trip(
     anvil, accounts: list[LocalAccount], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    params = RegistryParams(min_stake=5, unbonding_period=1, job_timeout=2, coordinator_fee_bps=3, slash_bps=4, max_prompt_tokens=6)
+    params = RegistryParams(
+        min_stake=5,
+        unbonding_period=1,
+        job_timeout=2,
+        coordinator_fee_bps=3,
+        slash_bps=4,
+        max_prompt_tokens=6,
+    )
     dep = deploy_registry(anvil.w3, accounts[0], params)
     path = dep.save(tmp_path / "sub" / "dep.json")
     assert load_deployment(path) == dep
@@ -143,9 +152,24 @@ def test_devnet_cli_deploys_approves_and_stops_cleanly(accounts: list[LocalAccou
     dep_file = tmp_path / "deployment.json"
     coordinator = accounts[7].address
     proc = subprocess.Popen(
-        [sys.executable, "-c", _CLI, "devnet", "--port", "0", "--deployment", str(dep_file),
-         "--coordinator", f"{coordinator}=http://127.0.0.1:9999", "--job-timeout", "30"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-c",
+            _CLI,
+            "devnet",
+            "--port",
+            "0",
+            "--deployment",
+            str(dep_file),
+            "--coordinator",
+            f"{coordinator}=http://127.0.0.1:9999",
+            "--job-timeout",
+            "30",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -163,7 +187,11 @@ def test_devnet_cli_deploys_approves_and_stops_cleanly(accounts: list[LocalAccou
 
         status = _shardnet("chain", "status", "--deployment", str(dep_file))
         assert status.returncode == 0, status.stderr
-        assert coordinator in status.stdout and "models (0)" in status.stdout and "job timeout 30 s" in status.stdout
+        assert (
+            coordinator in status.stdout
+            and "models (0)" in status.stdout
+            and "job timeout 30 s" in status.stdout
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(20)
@@ -176,8 +204,18 @@ def test_devnet_cli_deploys_approves_and_stops_cleanly(accounts: list[LocalAccou
 def test_deploy_cli_with_a_key_from_the_environment(anvil, tmp_path: Path) -> None:
     dep_file = tmp_path / "d.json"
     env = dict(os.environ, DEPLOYER_KEY=DEV_KEYS[4])
-    done = _shardnet("deploy", "--rpc", anvil.rpc_url, "--key-env", "DEPLOYER_KEY", "--deployment", str(dep_file),
-                     "--min-stake", "0.5", env=env)
+    done = _shardnet(
+        "deploy",
+        "--rpc",
+        anvil.rpc_url,
+        "--key-env",
+        "DEPLOYER_KEY",
+        "--deployment",
+        str(dep_file),
+        "--min-stake",
+        "0.5",
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     dep = load_deployment(dep_file)
     from eth_account import Account
@@ -185,14 +223,19 @@ def test_deploy_cli_with_a_key_from_the_environment(anvil, tmp_path: Path) -> No
     assert dep.owner == Account.from_key(DEV_KEYS[4]).address
     assert Registry(anvil.w3, dep.registry).min_stake() == 5 * 10**17
 
-    bad = _shardnet("deploy", "--rpc", anvil.rpc_url, "--key-env", "NO_SUCH_VAR_X", "--deployment", str(dep_file))
+    bad = _shardnet(
+        "deploy", "--rpc", anvil.rpc_url, "--key-env", "NO_SUCH_VAR_X", "--deployment", str(dep_file)
+    )
     assert bad.returncode == 1 and "NO_SUCH_VAR_X" in bad.stderr
 
 
 def _start_devnet_cli(dep_file: Path, *extra: str) -> tuple[subprocess.Popen[str], list[str]]:
     proc = subprocess.Popen(
         [sys.executable, "-c", _CLI, "devnet", "--port", "0", "--deployment", str(dep_file), *extra],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     deadline = time.monotonic() + 60
     assert proc.stdout is not None

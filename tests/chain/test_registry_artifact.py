@@ -41,7 +41,9 @@ def test_committed_artifact_records_current_sources() -> None:
 
 
 def test_recompiling_gives_the_committed_artifact() -> None:
-    assert main(["--check"]) == 0, "the committed artifact differs from a fresh compilation: recompile and commit"
+    assert main(["--check"]) == 0, (
+        "the committed artifact differs from a fresh compilation: recompile and commit"
+    )
 
 
 def test_stale_artifacts_are_detected(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -64,9 +66,14 @@ def test_stale_artifacts_are_detected(tmp_path: Path, caplog: pytest.LogCaptureF
 
 
 def test_solcjs_wrapper_speaks_like_solc(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "solc").exists()))
+    monkeypatch.setenv(
+        "PATH",
+        os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "solc").exists()),
+    )
     with solc_binary() as binary:
-        version = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=True).stdout
+        version = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, check=True
+        ).stdout
         assert f"Version: {SOLC_VERSION}+commit." in version
         bad = subprocess.run([str(binary), "--bin", "x.sol"], capture_output=True, text=True)
         assert bad.returncode == 2 and "--standard-json" in bad.stderr
@@ -78,10 +85,25 @@ def test_solcjs_wrapper_speaks_like_solc(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_hardhat_compiles_offline_to_the_same_bytecode(tmp_path: Path) -> None:
     root = copy_checkout(tmp_path)
     run = subprocess.run(
-        ["node", str(REPO / "node_modules" / "hardhat" / "internal" / "cli" / "bootstrap.js"), "compile", "--quiet"],
-        cwd=root, capture_output=True, text=True, timeout=300, env={**os.environ, "HARDHAT_DISABLE_TELEMETRY_PROMPT": "true"},
+        [
+            "node",
+            str(REPO / "node_modules" / "hardhat" / "internal" / "cli" / "bootstrap.js"),
+            "compile",
+            "--quiet",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HARDHAT_DISABLE_TELEMETRY_PROMPT": "true"},
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    hh = json.loads((root / "artifacts-hh" / "contracts" / "ShardRegistry.sol" / "ShardRegistry.json").read_text())
+    hh = json.loads(
+        (root / "artifacts-hh" / "contracts" / "ShardRegistry.sol" / "ShardRegistry.json").read_text()
+    )
     ours = json.loads(ARTIFACT.read_text())
-    assert (hh["abi"], hh["bytecode"], hh["deployedBytecode"]) == (ours["abi"], ours["bytecode"], ours["deployedBytecode"])
+    assert (hh["abi"], hh["bytecode"], hh["deployedBytecode"]) == (
+        ours["abi"],
+        ours["bytecode"],
+        ours["deployedBytecode"],
+    )

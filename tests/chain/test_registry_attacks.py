@@ -38,11 +38,25 @@ def world(anvil: DevChain, accounts: list[LocalAccount], registry_for: Callable[
     return build_world(anvil, accounts, registry_for)
 
 
-def _ticket(world: World, worker: LocalAccount, job_id: int, span: LayerSpan, signer: LocalAccount | None = None,
-            domain: Domain | None = None) -> tuple[str, int, bytes, bytes]:
+def _ticket(
+    world: World,
+    worker: LocalAccount,
+    job_id: int,
+    span: LayerSpan,
+    signer: LocalAccount | None = None,
+    domain: Domain | None = None,
+) -> tuple[str, int, bytes, bytes]:
     d = domain or world.domain
-    t = sign_ticket(signer or world.owner, worker=worker.address, session_id=f"s{job_id}", job_id=job_id, span=span,
-                    expires_at=2**40, chain_id=d.chain_id, registry=d.registry)
+    t = sign_ticket(
+        signer or world.owner,
+        worker=worker.address,
+        session_id=f"s{job_id}",
+        job_id=job_id,
+        span=span,
+        expires_at=2**40,
+        chain_id=d.chain_id,
+        registry=d.registry,
+    )
     return ticket_proof(t)
 
 
@@ -103,8 +117,14 @@ def test_settlement_pays_exactly_the_signed_hops(world: World) -> None:
     ev = world.settle(job_id).event("JobSettled")
     pay = world.pay_of()
     fee = 2 * pay * TEST_PARAMS.coordinator_fee_bps // BPS
-    assert ev.args == {"jobId": job_id, "outputHash": OUTPUT, "paidToNodes": 2 * pay, "coordinatorFee": fee,
-                       "refund": escrow - 2 * pay - fee, "paidHops": 0b11}
+    assert ev.args == {
+        "jobId": job_id,
+        "outputHash": OUTPUT,
+        "paidToNodes": 2 * pay,
+        "coordinatorFee": fee,
+        "refund": escrow - 2 * pay - fee,
+        "paidHops": 0b11,
+    }
     assert world.gov.claimable(world.node1.address) == pay
     assert world.gov.claimable(world.client.address) == escrow - 2 * pay - fee
     node = world.gov.get_node(world.node1.address)
@@ -116,15 +136,17 @@ def test_forged_or_foreign_commitments_are_refused(world: World, accounts: list[
     job_id = world.submit()
     good = world.commit(world.node1, job_id, LayerSpan(0, 2))
     # node2 signs for node1's address: the signature does not recover to node1
-    forged = sign_commitment(world.node2, world.domain, job_id=job_id, span=LayerSpan(0, 2), positions=6, steps=5,
-                             root=good.root)
+    forged = sign_commitment(
+        world.node2, world.domain, job_id=job_id, span=LayerSpan(0, 2), positions=6, steps=5, root=good.root
+    )
     forged = type(forged)(**{**forged.__dict__, "node": world.node1.address})
     with reverts("ShardRegistryBadCommitmentSignature", jobId=job_id, hopIndex=0, node=world.node1.address):
         world.settle(job_id, [forged])
     # a commitment signed for another registry (same chain, same keys) does not verify here
     other = Domain(world.domain.chain_id, world.spare.address)
-    replayed = sign_commitment(world.node1, other, job_id=job_id, span=LayerSpan(0, 2), positions=6, steps=5,
-                               root=good.root)
+    replayed = sign_commitment(
+        world.node1, other, job_id=job_id, span=LayerSpan(0, 2), positions=6, steps=5, root=good.root
+    )
     with reverts("ShardRegistryBadCommitmentSignature", jobId=job_id, hopIndex=0, node=world.node1.address):
         world.settle(job_id, [replayed])
     # a commitment for another job does not either
@@ -140,7 +162,9 @@ def test_job_record_must_match_and_positions_are_bounded(world: World) -> None:
         world.gov.settle_jobs([Settlement(job_id, inflated, OUTPUT, world.route(job_id))])
     maximum = record.max_tokens + TEST_PARAMS.max_prompt_tokens
     too_many = world.commit(world.node1, job_id, LayerSpan(0, 2), positions=maximum + 1)
-    with reverts("ShardRegistryPositionsTooHigh", jobId=job_id, hopIndex=0, positions=maximum + 1, maximum=maximum):
+    with reverts(
+        "ShardRegistryPositionsTooHigh", jobId=job_id, hopIndex=0, positions=maximum + 1, maximum=maximum
+    ):
         world.settle(job_id, [too_many])
     outside = world.commit(world.node1, job_id, LayerSpan(2, 5))
     with reverts("ShardRegistryInvalidHopSpan", jobId=job_id, hopIndex=0, start=2, end=5):
@@ -181,20 +205,31 @@ def test_posted_work_survives_fail_and_cancel(world: World) -> None:
     job_id = world.submit()
     record = world.record(job_id)
     c = world.commit(world.node2, job_id, LayerSpan(2, 4))
-    ev = world.reg(world.node2).post_commitment((job_id, record), c, _ticket(world, world.node2, job_id, LayerSpan(2, 4)))
+    ev = world.reg(world.node2).post_commitment(
+        (job_id, record), c, _ticket(world, world.node2, job_id, LayerSpan(2, 4))
+    )
     pay = world.pay_of()
     assert ev.event("CommitmentPosted").args["paid"] == pay
     with reverts("ShardRegistryAlreadyCommitted", jobId=job_id, node=world.node2.address):
-        world.reg(world.node2).post_commitment((job_id, record), c, _ticket(world, world.node2, job_id, LayerSpan(2, 4)))
-    assert world.gov.fail_job(job_id, record, "gave up").event("JobFailed").args["refund"] == record.escrow - pay
+        world.reg(world.node2).post_commitment(
+            (job_id, record), c, _ticket(world, world.node2, job_id, LayerSpan(2, 4))
+        )
+    assert (
+        world.gov.fail_job(job_id, record, "gave up").event("JobFailed").args["refund"] == record.escrow - pay
+    )
     assert world.gov.claimable(world.node2.address) == pay
     # and after a cancel after the deadline
     second = world.submit()
     rec2 = world.record(second)
-    world.reg(world.node1).post_commitment((second, rec2), world.commit(world.node1, second, LayerSpan(0, 2)),
-                                           _ticket(world, world.node1, second, LayerSpan(0, 2)))
+    world.reg(world.node1).post_commitment(
+        (second, rec2),
+        world.commit(world.node1, second, LayerSpan(0, 2)),
+        _ticket(world, world.node1, second, LayerSpan(0, 2)),
+    )
     world.chain.advance_time(TEST_PARAMS.job_timeout + 1)
-    assert world.reg(world.client).cancel_job(second).event("JobCancelled").args["refund"] == rec2.escrow - pay
+    assert (
+        world.reg(world.client).cancel_job(second).event("JobCancelled").args["refund"] == rec2.escrow - pay
+    )
     assert world.gov.claimable(world.node1.address) == pay
     assert_solvent(world.gov)
 
@@ -207,26 +242,38 @@ def test_posting_needs_the_jobs_coordinators_ticket_and_the_deadline(world: Worl
     with reverts("ShardRegistryBadTicket", jobId=job_id, worker=world.node2.address):
         world.reg(world.node2).post_commitment((job_id, record), c, bad)
     with reverts("ShardRegistryNotHopNode", jobId=job_id, account=world.node1.address):
-        world.reg(world.node1).post_commitment((job_id, record), c, _ticket(world, world.node2, job_id, LayerSpan(2, 4)))
+        world.reg(world.node1).post_commitment(
+            (job_id, record), c, _ticket(world, world.node2, job_id, LayerSpan(2, 4))
+        )
     world.chain.advance_time(TEST_PARAMS.job_timeout + 1)
     with reverts("ShardRegistryPostWindowClosed", jobId=job_id, deadline=record.deadline):
-        world.reg(world.node2).post_commitment((job_id, record), c, _ticket(world, world.node2, job_id, LayerSpan(2, 4)))
+        world.reg(world.node2).post_commitment(
+            (job_id, record), c, _ticket(world, world.node2, job_id, LayerSpan(2, 4))
+        )
 
 
 def test_settlement_skips_posted_hops_and_closed_jobs_without_reverting(world: World) -> None:
     job_id = world.submit()
     record = world.record(job_id)
     hops = world.route(job_id)
-    world.reg(world.node2).post_commitment((job_id, record), hops[1], _ticket(world, world.node2, job_id, LayerSpan(2, 4)))
+    world.reg(world.node2).post_commitment(
+        (job_id, record), hops[1], _ticket(world, world.node2, job_id, LayerSpan(2, 4))
+    )
     closed = world.submit()
     world.chain.advance_time(TEST_PARAMS.job_timeout + 1)
     world.reg(world.client).cancel_job(closed)
-    result = world.gov.settle_jobs([
-        Settlement(job_id, record, OUTPUT, hops), Settlement(closed, world.record(closed), OUTPUT, world.route(closed)),
-    ])
+    result = world.gov.settle_jobs(
+        [
+            Settlement(job_id, record, OUTPUT, hops),
+            Settlement(closed, world.record(closed), OUTPUT, world.route(closed)),
+        ]
+    )
     (ev,) = [e for e in result.events if e.name == "JobSettled"]
     pay = world.pay_of()
-    assert (ev.args["paidHops"], ev.args["paidToNodes"]) == (0b01, pay)  # node2 was paid once, by its own post
+    assert (ev.args["paidHops"], ev.args["paidToNodes"]) == (
+        0b01,
+        pay,
+    )  # node2 was paid once, by its own post
     assert world.gov.claimable(world.node2.address) == pay
     assert_solvent(world.gov)
 
@@ -234,9 +281,11 @@ def test_settlement_skips_posted_hops_and_closed_jobs_without_reverting(world: W
 def test_payout_is_capped_by_the_escrow_not_reverted(world: World) -> None:
     job_id = world.submit()
     positions = world.record(job_id).max_tokens + TEST_PARAMS.max_prompt_tokens
-    hops = [world.commit(world.node1, job_id, LayerSpan(0, 2), positions),
-            world.commit(world.node3, job_id, LayerSpan(0, 4), positions),
-            world.commit(world.node2, job_id, LayerSpan(2, 4), positions)]
+    hops = [
+        world.commit(world.node1, job_id, LayerSpan(0, 2), positions),
+        world.commit(world.node3, job_id, LayerSpan(0, 4), positions),
+        world.commit(world.node2, job_id, LayerSpan(2, 4), positions),
+    ]
     escrow = world.record(job_id).escrow
     ev = world.settle(job_id, hops).event("JobSettled")
     assert ev.args["paidToNodes"] + ev.args["coordinatorFee"] + ev.args["refund"] == escrow
@@ -265,22 +314,33 @@ def _disputed(world: World) -> tuple[int, Settlement, int]:
     return job_id, settlement, close_block
 
 
-def _evidence(world: World, job_id: int, settlement: Settlement, close_block: int,
-              signers: list[LocalAccount]) -> SlashEvidence:
+def _evidence(
+    world: World, job_id: int, settlement: Settlement, close_block: int, signers: list[LocalAccount]
+) -> SlashEvidence:
     c = settlement.hops[0]  # node1's hop [0, 2)
     steps = leaves(f"{job_id}/{c.node}/{c.span}")
     assert merkle_root(steps) == c.root
-    verdicts = [sign_verdict(v, world.domain, job_id=job_id, accused=c.node, root=c.root, leaf_index=2, leaf=steps[2])
-                for v in signers]
-    return SlashEvidence(job_id, settlement.job, close_block, c, 2, steps[2], merkle_proof(steps, 2), verdicts)
+    verdicts = [
+        sign_verdict(v, world.domain, job_id=job_id, accused=c.node, root=c.root, leaf_index=2, leaf=steps[2])
+        for v in signers
+    ]
+    return SlashEvidence(
+        job_id, settlement.job, close_block, c, 2, steps[2], merkle_proof(steps, 2), verdicts
+    )
 
 
-def test_slash_with_a_drawn_majority_pays_the_client_and_jails(world: World, accounts: list[LocalAccount]) -> None:
+def test_slash_with_a_drawn_majority_pays_the_client_and_jails(
+    world: World, accounts: list[LocalAccount]
+) -> None:
     verifiers = _verifiers(world, accounts, 2)
     job_id, settlement, close_block = _disputed(world)
-    drawn = world.gov.draw_verifiers(job_id, settlement.job, close_block, world.node1.address, LayerSpan(0, 2),
-                                     settlement.hops[0].root)
-    assert {a for a, _ in drawn} == {world.node3.address, *(v.address for v in verifiers)}  # all 3 drawn (<= 5)
+    drawn = world.gov.draw_verifiers(
+        job_id, settlement.job, close_block, world.node1.address, LayerSpan(0, 2), settlement.hops[0].root
+    )
+    assert {a for a, _ in drawn} == {
+        world.node3.address,
+        *(v.address for v in verifiers),
+    }  # all 3 drawn (<= 5)
     by_address = {a.address: a for a in (*verifiers, world.node3)}
     client_before = world.gov.claimable(world.client.address)
     fees_before = world.gov.protocol_fees()
@@ -310,7 +370,9 @@ def test_a_minority_of_stake_cannot_frame(world: World, accounts: list[LocalAcco
     assert not world.gov.get_node(world.node1.address).jailed
 
 
-def test_the_owner_and_coordinators_cannot_slash_on_their_word(world: World, accounts: list[LocalAccount]) -> None:
+def test_the_owner_and_coordinators_cannot_slash_on_their_word(
+    world: World, accounts: list[LocalAccount]
+) -> None:
     _verifiers(world, accounts, 2)
     job_id, settlement, close_block = _disputed(world)
     # the owner (also a coordinator) and the other coordinator sign verdicts: they are not drawn verifiers
@@ -322,7 +384,9 @@ def test_the_owner_and_coordinators_cannot_slash_on_their_word(world: World, acc
         world.gov.slash(_evidence(world, job_id, settlement, close_block, []))
 
 
-def test_slash_evidence_must_be_the_accuseds_own_and_in_its_root(world: World, accounts: list[LocalAccount]) -> None:
+def test_slash_evidence_must_be_the_accuseds_own_and_in_its_root(
+    world: World, accounts: list[LocalAccount]
+) -> None:
     verifiers = _verifiers(world, accounts, 2)
     job_id, settlement, close_block = _disputed(world)
     evidence = _evidence(world, job_id, settlement, close_block, verifiers)
@@ -330,8 +394,9 @@ def test_slash_evidence_must_be_the_accuseds_own_and_in_its_root(world: World, a
     with reverts("ShardRegistryBadMerkleProof", jobId=job_id, leafIndex=2):
         world.gov.slash(wrong_leaf)
     c = evidence.commitment
-    framed = sign_commitment(world.node2, world.domain, job_id=job_id, span=c.span, positions=c.positions,
-                             steps=STEPS, root=c.root)
+    framed = sign_commitment(
+        world.node2, world.domain, job_id=job_id, span=c.span, positions=c.positions, steps=STEPS, root=c.root
+    )
     framed = type(framed)(**{**framed.__dict__, "node": world.node1.address})
     with reverts("ShardRegistryBadCommitmentSignature", jobId=job_id, hopIndex=0, node=world.node1.address):
         world.gov.slash(SlashEvidence(**{**evidence.__dict__, "commitment": framed}))
@@ -342,7 +407,9 @@ def test_slash_evidence_must_be_the_accuseds_own_and_in_its_root(world: World, a
 # ---------------------------------------------------------------- jail and bonding
 
 
-def test_jail_is_not_lifted_by_stake_nor_forgotten_by_exit(world: World, accounts: list[LocalAccount]) -> None:
+def test_jail_is_not_lifted_by_stake_nor_forgotten_by_exit(
+    world: World, accounts: list[LocalAccount]
+) -> None:
     verifiers = _verifiers(world, accounts, 2)
     job_id, settlement, close_block = _disputed(world)
     world.gov.slash(_evidence(world, job_id, settlement, close_block, verifiers))
@@ -404,7 +471,9 @@ def test_withdraw_fees_refuses_zero_and_the_registry(world: World) -> None:
         world.gov.withdraw_fees(world.spare.address)
 
 
-def test_coordinator_approval_takes_effect_after_the_delay(anvil: DevChain, accounts: list[LocalAccount]) -> None:
+def test_coordinator_approval_takes_effect_after_the_delay(
+    anvil: DevChain, accounts: list[LocalAccount]
+) -> None:
     owner, coordinator = accounts[0], accounts[6]
     dep = deploy_registry(anvil.w3, owner, RegistryParams(approval_delay=3600))
     gov = Registry(anvil.w3, dep.registry, owner, deploy_block=dep.deploy_block)
@@ -416,13 +485,28 @@ def test_coordinator_approval_takes_effect_after_the_delay(anvil: DevChain, acco
     assert gov.is_coordinator(coordinator.address)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("job_timeout", 10**12), ("job_timeout", 0), ("unbonding_period", 10**12), ("approval_delay", 10**9),
-    ("dispute_window", 0), ("protocol_fee_bps", 1001), ("slash_bps", 0),
-])
-def test_constructor_bounds_time_and_fee_parameters(anvil: DevChain, accounts: list[LocalAccount], field: str,
-                                                    value: int) -> None:
-    name = {"job_timeout": "jobTimeout", "unbonding_period": "unbondingPeriod", "approval_delay": "approvalDelay",
-            "dispute_window": "disputeWindow", "protocol_fee_bps": "protocolFeeBps", "slash_bps": "slashBps"}[field]
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("job_timeout", 10**12),
+        ("job_timeout", 0),
+        ("unbonding_period", 10**12),
+        ("approval_delay", 10**9),
+        ("dispute_window", 0),
+        ("protocol_fee_bps", 1001),
+        ("slash_bps", 0),
+    ],
+)
+def test_constructor_bounds_time_and_fee_parameters(
+    anvil: DevChain, accounts: list[LocalAccount], field: str, value: int
+) -> None:
+    name = {
+        "job_timeout": "jobTimeout",
+        "unbonding_period": "unbondingPeriod",
+        "approval_delay": "approvalDelay",
+        "dispute_window": "disputeWindow",
+        "protocol_fee_bps": "protocolFeeBps",
+        "slash_bps": "slashBps",
+    }[field]
     with reverts("ShardRegistryInvalidParameter", name=name):
         deploy_registry(anvil.w3, accounts[0], RegistryParams(**{field: value}))

@@ -19,14 +19,23 @@ def test_gas_report_measures_every_state_changing_function(tmp_path: Path) -> No
     out = tmp_path / "gas.md"
     run = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "gas_report.py"), "--output", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     table = out.read_text()
     assert run.stdout == table + "\n"  # printed and written alike
     abi = json.loads((REPO / "shardnet" / "chain" / "artifacts" / "ShardRegistry.json").read_text())["abi"]
-    writes = {e["name"] for e in abi if e["type"] == "function" and e["stateMutability"] in ("nonpayable", "payable")}
-    rows = {line.split("|")[1].strip().strip("`"): line for line in table.splitlines() if line.startswith("| `")}
+    writes = {
+        e["name"]
+        for e in abi
+        if e["type"] == "function" and e["stateMutability"] in ("nonpayable", "payable")
+    }
+    rows = {
+        line.split("|")[1].strip().strip("`"): line for line in table.splitlines() if line.startswith("| `")
+    }
     assert writes | {"deployment", "settleJobs (16 jobs)"} == set(rows)
     for name, line in rows.items():
         calls, low, mean, high = (int(cell.strip().replace(",", "")) for cell in line.split("|")[3:7])
@@ -36,4 +45,6 @@ def test_gas_report_measures_every_state_changing_function(tmp_path: Path) -> No
     assert whole and batch, "the headline lines are missing"
     assert int(whole.group(1)) <= WHOLE_JOB_LIMIT
     assert int(batch.group(1)) <= BATCH_PER_JOB_LIMIT
-    assert re.search(r"^jobs/s a 30M-gas block every 2 s carries: before .* 22\.7; after", table, re.MULTILINE)
+    assert re.search(
+        r"^jobs/s a 30M-gas block every 2 s carries: before .* 22\.7; after", table, re.MULTILINE
+    )

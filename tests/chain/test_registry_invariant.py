@@ -111,8 +111,13 @@ class RegistryModel:
         )
 
 
-def make_machine(chain: DevChain, accounts: list[LocalAccount], registry_for: Callable[..., Registry], model_id: int,
-                 snapshot: list[str]) -> type[RuleBasedStateMachine]:
+def make_machine(
+    chain: DevChain,
+    accounts: list[LocalAccount],
+    registry_for: Callable[..., Registry],
+    model_id: int,
+    snapshot: list[str],
+) -> type[RuleBasedStateMachine]:
     coordinator, nodes, clients = accounts[0], accounts[1:5], accounts[5:7]
     regs = {a.address: registry_for(a) for a in accounts[:7]}
     keys = {a.address: a for a in accounts[:7]}
@@ -226,12 +231,20 @@ def make_machine(chain: DevChain, accounts: list[LocalAccount], registry_for: Ca
         def submit(self, c: int, extra: int) -> None:
             client = clients[c].address
             value = regs[client].quote(model_id, MAX_TOKENS) + extra
-            ev = regs[client].submit_job(model_id, INPUT, MAX_TOKENS, coordinator.address, value).event("JobSubmitted")
+            ev = (
+                regs[client]
+                .submit_job(model_id, INPUT, MAX_TOKENS, coordinator.address, value)
+                .event("JobSubmitted")
+            )
             self.m.jobs[int(ev.args["jobId"])] = JobModel(client, value, int(ev.args["deadline"]))
 
         def hops(self, data: st.DataObject) -> list[tuple[str, int, int, int]]:
             """Random (node, start, end, positions) with distinct (start, node), of any node that ever registered."""
-            known = [a for a in addresses if self.m.node(a).registered or self.m.node(a).stake or self.m.node(a).live]
+            known = [
+                a
+                for a in addresses
+                if self.m.node(a).registered or self.m.node(a).stake or self.m.node(a).live
+            ]
             chosen: dict[tuple[int, str], tuple[str, int, int, int]] = {}
             for _ in range(data.draw(st.integers(0, 4)) if known else 0):
                 node = data.draw(st.sampled_from(known))
@@ -245,11 +258,23 @@ def make_machine(chain: DevChain, accounts: list[LocalAccount], registry_for: Ca
             ids = data.draw(st.lists(st.sampled_from(self.open_jobs()), min_size=1, max_size=3, unique=True))
             plans = {j: self.hops(data) for j in ids}
             settlements = [
-                Settlement(j, gov.job_record(j), OUTPUT, [
-                    sign_commitment(keys[n], domain, job_id=j, span=LayerSpan(s, e), positions=pos, steps=1,
-                                    root=bytes([j % 256]) * 32)
-                    for n, s, e, pos in plans[j]
-                ])
+                Settlement(
+                    j,
+                    gov.job_record(j),
+                    OUTPUT,
+                    [
+                        sign_commitment(
+                            keys[n],
+                            domain,
+                            job_id=j,
+                            span=LayerSpan(s, e),
+                            positions=pos,
+                            steps=1,
+                            root=bytes([j % 256]) * 32,
+                        )
+                        for n, s, e, pos in plans[j]
+                    ],
+                )
                 for j in ids
             ]
             result = gov.settle_jobs(settlements)
@@ -273,7 +298,11 @@ def make_machine(chain: DevChain, accounts: list[LocalAccount], registry_for: Ca
                 remaining -= cut
                 args = events[j].args
                 assert (args["paidToNodes"], args["coordinatorFee"], args["refund"], args["paidHops"]) == (
-                    paid, fee, remaining, mask)
+                    paid,
+                    fee,
+                    remaining,
+                    mask,
+                )
                 fees += fee
                 self.m.fees += cut
                 self.m.credit(job.client, remaining)
@@ -288,11 +317,27 @@ def make_machine(chain: DevChain, accounts: list[LocalAccount], registry_for: Ca
             addr, n = self.pick(data, lambda n: n.payable)
             start, end = self.span(data)
             positions = data.draw(st.integers(0, POSITIONS))
-            c = sign_commitment(keys[addr], domain, job_id=job_id, span=LayerSpan(start, end), positions=positions,
-                                steps=1, root=b"\x07" * 32)
-            ticket = ticket_proof(sign_ticket(coordinator, worker=addr, session_id="s", job_id=job_id,
-                                              span=LayerSpan(start, end), expires_at=2**40, chain_id=domain.chain_id,
-                                              registry=domain.registry))
+            c = sign_commitment(
+                keys[addr],
+                domain,
+                job_id=job_id,
+                span=LayerSpan(start, end),
+                positions=positions,
+                steps=1,
+                root=b"\x07" * 32,
+            )
+            ticket = ticket_proof(
+                sign_ticket(
+                    coordinator,
+                    worker=addr,
+                    session_id="s",
+                    job_id=job_id,
+                    span=LayerSpan(start, end),
+                    expires_at=2**40,
+                    chain_id=domain.chain_id,
+                    registry=domain.registry,
+                )
+            )
             if chain.timestamp() + 5 >= job.deadline:
                 return  # too close to the deadline to predict
             if (addr, start, end) in job.posted:
@@ -348,8 +393,13 @@ def make_machine(chain: DevChain, accounts: list[LocalAccount], registry_for: Ca
         # ------------------------------------------------------------ invariants
         @invariant()
         def balance_is_what_the_contract_owes(self) -> None:
-            sums = (gov.total_staked(), gov.total_unbonding(), gov.open_escrow(),
-                    sum(gov.claimable(a.address) for a in accounts[:7]), gov.protocol_fees())
+            sums = (
+                gov.total_staked(),
+                gov.total_unbonding(),
+                gov.open_escrow(),
+                sum(gov.claimable(a.address) for a in accounts[:7]),
+                gov.protocol_fees(),
+            )
             assert gov.balance() == sum(sums)
             assert sums == self.m.sums()
 
@@ -361,14 +411,19 @@ def test_random_operation_sequences_keep_the_books(
 ) -> None:
     gov = registry_for(accounts[0])
     gov.set_coordinator(accounts[0].address, "http://127.0.0.1:9000", True)
-    model_id = int(gov.register_model("rand", "bafkreirand", LAYERS, PRICE).event("ModelRegistered").args["modelId"])
+    model_id = int(
+        gov.register_model("rand", "bafkreirand", LAYERS, PRICE).event("ModelRegistered").args["modelId"]
+    )
     snapshot = [anvil.snapshot()]
     machine = make_machine(anvil, accounts, registry_for, model_id, snapshot)
     run_state_machine_as_test(
         machine,
         # No shrinking: on this chain it takes minutes; the failing sequence (<= 40 steps) is printed as found.
         settings=settings(
-            max_examples=15, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+            max_examples=15,
+            stateful_step_count=40,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
             phases=[Phase.explicit, Phase.reuse, Phase.generate],
         ),
     )

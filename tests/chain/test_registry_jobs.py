@@ -31,12 +31,27 @@ def test_submit_job_escrows_payment_and_stores_only_a_hash(world: World) -> None
     result = world.reg(world.client).submit_job(world.model_id, INPUT, MAX_TOKENS, world.owner.address, value)
     deadline = world.chain.timestamp() + TEST_PARAMS.job_timeout
     assert result.event("JobSubmitted").args == {
-        "jobId": 1, "client": world.client.address, "coordinator": world.owner.address, "modelId": world.model_id,
-        "inputHash": INPUT, "maxTokens": MAX_TOKENS, "escrow": value, "deadline": deadline, "numLayers": NUM_LAYERS,
+        "jobId": 1,
+        "client": world.client.address,
+        "coordinator": world.owner.address,
+        "modelId": world.model_id,
+        "inputHash": INPUT,
+        "maxTokens": MAX_TOKENS,
+        "escrow": value,
+        "deadline": deadline,
+        "numLayers": NUM_LAYERS,
         "price": PRICE,
     }
-    record = JobRecord(world.client.address, world.owner.address, world.model_id, MAX_TOKENS, deadline, value,
-                       NUM_LAYERS, PRICE)
+    record = JobRecord(
+        world.client.address,
+        world.owner.address,
+        world.model_id,
+        MAX_TOKENS,
+        deadline,
+        value,
+        NUM_LAYERS,
+        PRICE,
+    )
     assert world.gov.get_job(1) == JobInfo(1, record, INPUT, JobStatus.Open, 0, 0, result.block_number)
     assert world.gov.job_record(1) == record
     assert (world.gov.job_count(), world.gov.open_escrow()) == (1, value)

@@ -30,10 +30,13 @@ class RecordingProvider(HTTPProvider):
         return super().make_request(method, params)
 
 
-def recording_registry(chain: DevChain, deployment: Deployment, account: LocalAccount | None = None
-                       ) -> tuple[Registry, RecordingProvider]:
+def recording_registry(
+    chain: DevChain, deployment: Deployment, account: LocalAccount | None = None
+) -> tuple[Registry, RecordingProvider]:
     provider = RecordingProvider(chain.rpc_url)
-    return Registry(Web3(provider), deployment.registry, account, deploy_block=deployment.deploy_block), provider
+    return Registry(
+        Web3(provider), deployment.registry, account, deploy_block=deployment.deploy_block
+    ), provider
 
 
 def test_get_logs_in_capped_ranges_returns_the_same_events_in_order(
@@ -51,13 +54,17 @@ def test_get_logs_in_capped_ranges_returns_the_same_events_in_order(
     assert ranges[0][0] == deployment.deploy_block and ranges[-1][1] == head
     assert all(b - a + 1 <= 2 for a, b in ranges) and all(b + 1 == c for (_, b), (c, _) in pairwise(ranges))
     assert len(ranges) == (head - deployment.deploy_block) // 2 + 1
-    assert reader.get_logs(head + 1, head) == [] and len(provider.log_ranges) == len(ranges)  # empty range: no request
+    assert reader.get_logs(head + 1, head) == [] and len(provider.log_ranges) == len(
+        ranges
+    )  # empty range: no request
     with pytest.raises(ValueError, match="at least 1 block"):
         reader.get_logs(0, head, max_range=0)
 
 
 def test_jobs_lists_a_chain_longer_than_one_log_range(
-    anvil: DevChain, deployment: Deployment, accounts: list[LocalAccount],
+    anvil: DevChain,
+    deployment: Deployment,
+    accounts: list[LocalAccount],
     registry_for: Callable[[LocalAccount | None], Registry],
 ) -> None:
     world = build_world(anvil, accounts, registry_for)

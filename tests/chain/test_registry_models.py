@@ -22,8 +22,12 @@ def test_register_model(registry_for: Callable[..., Registry], accounts: list[Lo
     reg = registry_for(accounts[7])  # anyone may register a model
     ev = reg.register_model("SmolLM2", "bafkreimanifest", 30, 7).event("ModelRegistered")
     assert ev.args == {
-        "modelId": 1, "owner": accounts[7].address, "name": "SmolLM2", "manifestCid": "bafkreimanifest",
-        "numLayers": 30, "pricePerLayerToken": 7,
+        "modelId": 1,
+        "owner": accounts[7].address,
+        "name": "SmolLM2",
+        "manifestCid": "bafkreimanifest",
+        "numLayers": 30,
+        "pricePerLayerToken": 7,
     }
     assert reg.get_model(1) == ModelInfo(1, "SmolLM2", "bafkreimanifest", 30, 7, accounts[7].address)
     second = reg.register_model("other", "bafkreiother", 2, 0).event("ModelRegistered").args["modelId"]
@@ -32,8 +36,12 @@ def test_register_model(registry_for: Callable[..., Registry], accounts: list[Lo
 
 @pytest.mark.parametrize(
     ("name", "cid", "layers", "reason"),
-    [("", "bafk", 4, "empty name"), ("m", "", 4, "empty manifestCid"), ("m", "bafk", 0, "numLayers must be 1..65535"),
-     ("m", "bafk", 65536, "numLayers must be 1..65535")],
+    [
+        ("", "bafk", 4, "empty name"),
+        ("m", "", 4, "empty manifestCid"),
+        ("m", "bafk", 0, "numLayers must be 1..65535"),
+        ("m", "bafk", 65536, "numLayers must be 1..65535"),
+    ],
 )
 def test_register_model_reverts(registry: Registry, name: str, cid: str, layers: int, reason: str) -> None:
     with reverts("ShardRegistryInvalidModel", reason=reason):
@@ -59,7 +67,13 @@ def test_announce_shard(world: World) -> None:
     reg = world.reg(world.spare)
     reg.register_node("http://127.0.0.1:8200", MIN_STAKE)
     ev = reg.announce_shard(world.model_id, LayerSpan(1, 3)).event("ShardAnnounced")
-    assert ev.args == {"assignmentId": 4, "node": world.spare.address, "modelId": world.model_id, "start": 1, "end": 3}
+    assert ev.args == {
+        "assignmentId": 4,
+        "node": world.spare.address,
+        "modelId": world.model_id,
+        "start": 1,
+        "end": 3,
+    }
     assert reg.get_assignment(4) == AssignmentInfo(4, world.spare.address, world.model_id, 1, 3, True)
     assert reg.assignment_count() == 4
     assert sorted(reg.live_assignments(world.model_id)) == [1, 2, 3, 4]
@@ -90,8 +104,14 @@ def test_release_shard(world: World) -> None:
 
 def test_live_index_survives_releases_in_any_order(world: World) -> None:
     reg3 = world.reg(world.node3)
-    extra = [int(reg3.announce_shard(world.model_id, LayerSpan(i, i + 1)).event("ShardAnnounced").args["assignmentId"])
-             for i in range(NUM_LAYERS)]
+    extra = [
+        int(
+            reg3.announce_shard(world.model_id, LayerSpan(i, i + 1))
+            .event("ShardAnnounced")
+            .args["assignmentId"]
+        )
+        for i in range(NUM_LAYERS)
+    ]
     live = {world.shard1, world.shard2, world.shard3, *extra}
     for assignment_id in (extra[1], world.shard3, extra[3], extra[0]):
         reg3.release_shard(assignment_id)

@@ -48,9 +48,15 @@ def test_constructor_rejects_bad_params(
 def test_set_coordinator_approves_and_revokes(registry: Registry, accounts: list[LocalAccount]) -> None:
     coord = accounts[6].address
     ev = registry.set_coordinator(coord, "http://127.0.0.1:9000", True).event("CoordinatorSet")
-    assert ev.args == {"coordinator": coord, "endpoint": "http://127.0.0.1:9000", "approved": True,
-                       "activeFrom": ev.args["activeFrom"]}
-    assert ev.args["activeFrom"] == int(registry.w3.eth.get_block(ev.block_number)["timestamp"])  # no delay here
+    assert ev.args == {
+        "coordinator": coord,
+        "endpoint": "http://127.0.0.1:9000",
+        "approved": True,
+        "activeFrom": ev.args["activeFrom"],
+    }
+    assert ev.args["activeFrom"] == int(
+        registry.w3.eth.get_block(ev.block_number)["timestamp"]
+    )  # no delay here
     assert registry.is_coordinator(coord) and registry.coordinator_endpoint(coord) == "http://127.0.0.1:9000"
     registry.set_coordinator(coord, "", False)
     assert not registry.is_coordinator(coord) and registry.coordinator_endpoint(coord) == ""
@@ -80,7 +86,9 @@ def test_contract_refuses_plain_ether(registry: Registry, accounts: list[LocalAc
 # ---------------------------------------------------------------- registration
 
 
-def test_register_node_records_stake_and_endpoint(registry_for: Callable[..., Registry], accounts: list[LocalAccount]) -> None:
+def test_register_node_records_stake_and_endpoint(
+    registry_for: Callable[..., Registry], accounts: list[LocalAccount]
+) -> None:
     node = accounts[4]
     reg = registry_for(node)
     ev = reg.register_node("http://127.0.0.1:8100", MIN_STAKE + 5).event("NodeRegistered")
@@ -93,7 +101,9 @@ def test_register_node_records_stake_and_endpoint(registry_for: Callable[..., Re
 
 
 def test_unknown_node_reads_as_unregistered(registry: Registry, accounts: list[LocalAccount]) -> None:
-    assert registry.get_node(accounts[8].address) == NodeInfo(accounts[8].address, "", 0, 0, 0, 0, 0, False, False)
+    assert registry.get_node(accounts[8].address) == NodeInfo(
+        accounts[8].address, "", 0, 0, 0, 0, 0, False, False
+    )
 
 
 def test_register_node_reverts(world: World) -> None:
@@ -134,9 +144,17 @@ def test_request_unstake_moves_stake_into_unbonding(world: World) -> None:
     result = reg.request_unstake(ETHER)
     now = world.chain.timestamp()
     ev = result.event("UnstakeRequested")
-    assert ev.args == {"node": world.node1.address, "amount": ETHER, "unbondingUntil": now + TEST_PARAMS.unbonding_period}
+    assert ev.args == {
+        "node": world.node1.address,
+        "amount": ETHER,
+        "unbondingUntil": now + TEST_PARAMS.unbonding_period,
+    }
     node = reg.get_node(world.node1.address)
-    assert (node.stake, node.unbonding, node.unbonding_until) == (MIN_STAKE, ETHER, now + TEST_PARAMS.unbonding_period)
+    assert (node.stake, node.unbonding, node.unbonding_until) == (
+        MIN_STAKE,
+        ETHER,
+        now + TEST_PARAMS.unbonding_period,
+    )
     assert (reg.total_staked(), reg.total_unbonding()) == (3 * MIN_STAKE, ETHER)
     assert_solvent(reg)
 

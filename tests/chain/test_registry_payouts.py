@@ -84,7 +84,9 @@ class ClaimantContract:
         self.world = world
         self.sender = world.accounts[9]
         self.decode = world.gov.decode_revert
-        code = "0x" + artifact["evm"]["bytecode"]["object"] + abi_encode(["address"], [world.gov.address]).hex()
+        code = (
+            "0x" + artifact["evm"]["bytecode"]["object"] + abi_encode(["address"], [world.gov.address]).hex()
+        )
         receipt = send_transaction(world.gov.w3, self.sender, to=None, data=code)
         self.address = to_checksum_address(receipt["contractAddress"])
 
@@ -93,13 +95,22 @@ class ClaimantContract:
 
     def send(self, signature: str, types: list[str], args: list[Any], value: int = 0) -> dict[str, Any]:
         return send_transaction(
-            self.world.gov.w3, self.sender, to=self.address, data=self._data(signature, types, args), value=value,
-            decode=self.decode, function=signature,
+            self.world.gov.w3,
+            self.sender,
+            to=self.address,
+            data=self._data(signature, types, args),
+            value=value,
+            decode=self.decode,
+            function=signature,
         )
 
     def view(self, signature: str, out_type: str) -> Any:
-        raw = call_or_revert(self.world.gov.w3, {"to": self.address, "data": self._data(signature, [], [])},
-                             self.decode, signature)
+        raw = call_or_revert(
+            self.world.gov.w3,
+            {"to": self.address, "data": self._data(signature, [], [])},
+            self.decode,
+            signature,
+        )
         return abi_decode([out_type], raw)[0]
 
 
@@ -107,7 +118,9 @@ def refund_to(world: World, claimant: ClaimantContract) -> int:
     """Make the claimant a client whose failed job leaves it the whole escrow to claim."""
     quote = world.quote()
     claimant.send(
-        "submit(uint256,uint32,address)", ["uint256", "uint32", "address"], [world.model_id, MAX_TOKENS, world.owner.address],
+        "submit(uint256,uint32,address)",
+        ["uint256", "uint32", "address"],
+        [world.model_id, MAX_TOKENS, world.owner.address],
         value=quote,
     )
     job_id = world.gov.job_count()
@@ -137,7 +150,9 @@ def test_reentrant_claim_is_stopped_by_the_guard(world: World, claimant_artifact
     assert_solvent(world.gov)
 
 
-def test_refused_transfer_reverts_and_keeps_the_balance(world: World, claimant_artifact: dict[str, Any]) -> None:
+def test_refused_transfer_reverts_and_keeps_the_balance(
+    world: World, claimant_artifact: dict[str, Any]
+) -> None:
     claimant = ClaimantContract(world, claimant_artifact)
     quote = refund_to(world, claimant)
     claimant.send("setRefuse(bool)", ["bool"], [True])

@@ -38,13 +38,23 @@ def test_twenty_concurrent_sends_from_one_key_all_land_with_distinct_nonces(
     assert isolated_anvil.w3.eth.get_balance(receiver.address) == before + sum(range(1, 21))
 
 
-def test_nonce_manager_resyncs_after_a_send_it_did_not_see(isolated_anvil, accounts: list[LocalAccount]) -> None:
+def test_nonce_manager_resyncs_after_a_send_it_did_not_see(
+    isolated_anvil, accounts: list[LocalAccount]
+) -> None:
     w3, sender = isolated_anvil.w3, accounts[5]
     send_transaction(w3, sender, to=accounts[6].address, value=1)  # the manager now holds a local counter
     # another process sends from the same key behind the manager's back
     nonce = w3.eth.get_transaction_count(sender.address, "pending")
-    fields = {"type": 2, "chainId": 31337, "nonce": nonce, "to": accounts[6].address, "value": 1, "gas": 21_000,
-              "maxFeePerGas": 10**10, "maxPriorityFeePerGas": 10**9}
+    fields = {
+        "type": 2,
+        "chainId": 31337,
+        "nonce": nonce,
+        "to": accounts[6].address,
+        "value": 1,
+        "gas": 21_000,
+        "maxFeePerGas": 10**10,
+        "maxPriorityFeePerGas": 10**9,
+    }
     foreign = w3.eth.send_raw_transaction(sender.sign_transaction(fields).raw_transaction)
     w3.eth.wait_for_transaction_receipt(foreign)
     receipt = send_transaction(w3, sender, to=accounts[6].address, value=2)  # stale nonce: rejected, resynced
@@ -56,10 +66,14 @@ def test_transactions_are_eip1559(isolated_anvil, accounts: list[LocalAccount]) 
     tx = _tx(isolated_anvil, receipt["transactionHash"])
     block = isolated_anvil.rpc("eth_getBlockByNumber", receipt["blockNumber"], False)
     assert tx["type"] == "0x2"
-    assert int(tx["maxFeePerGas"], 16) >= int(block["baseFeePerGas"], 16) + int(tx["maxPriorityFeePerGas"], 16)
+    assert int(tx["maxFeePerGas"], 16) >= int(block["baseFeePerGas"], 16) + int(
+        tx["maxPriorityFeePerGas"], 16
+    )
 
 
-def test_a_reverting_transaction_is_not_sent(registry_for: Callable[..., Registry], accounts: list[LocalAccount]) -> None:
+def test_a_reverting_transaction_is_not_sent(
+    registry_for: Callable[..., Registry], accounts: list[LocalAccount]
+) -> None:
     reg = registry_for(accounts[5])
     pending = nonce_manager(reg.w3, accounts[5].address)._pending_count()
     with pytest.raises(ContractRevert, match="ShardRegistryNotRegistered"):
@@ -102,7 +116,9 @@ def test_sending_to_a_dead_node_raises_chain_unavailable(accounts: list[LocalAcc
         send_transaction(w3, accounts[5], to=accounts[6].address, value=1)
 
 
-def test_resending_the_same_transaction_does_not_send_it_twice(isolated_anvil, accounts: list[LocalAccount]) -> None:
+def test_resending_the_same_transaction_does_not_send_it_twice(
+    isolated_anvil, accounts: list[LocalAccount]
+) -> None:
     """A retried send (same nonce, same fields) that the node already holds counts as sent, not as a nonce error."""
     w3, sender, receiver = isolated_anvil.w3, accounts[5], accounts[7]
     before = w3.eth.get_balance(receiver.address)

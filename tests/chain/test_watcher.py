@@ -57,7 +57,10 @@ def seen(engine: Engine) -> list[tuple[int, int, str]]:
 
 
 def on_chain(registry: Registry, names: list[str]) -> list[tuple[int, int, str]]:
-    return [(e.block_number, e.log_index, e.name) for e in registry.get_logs(registry.deploy_block, registry.block_number(), names)]
+    return [
+        (e.block_number, e.log_index, e.name)
+        for e in registry.get_logs(registry.deploy_block, registry.block_number(), names)
+    ]
 
 
 HANDLERS = {"ModelRegistered": record, "NodeRegistered": record}
@@ -99,10 +102,19 @@ print(EventWatcher(reg, open_db(cfg["db"]), "proc", HANDLERS, max_range=cfg["max
 
 
 def _run_watcher_process(anvil, deployment: Deployment, db: Path) -> int:
-    cfg = {"rpc": anvil.rpc_url, "registry": deployment.registry, "deploy_block": deployment.deploy_block,
-           "db": str(db), "max_range": 3}
+    cfg = {
+        "rpc": anvil.rpc_url,
+        "registry": deployment.registry,
+        "deploy_block": deployment.deploy_block,
+        "db": str(db),
+        "max_range": 3,
+    }
     proc = subprocess.run(
-        [sys.executable, "-c", _WATCH_SCRIPT, json.dumps(cfg)], cwd=REPO, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", _WATCH_SCRIPT, json.dumps(cfg)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     return int(proc.stdout.strip().splitlines()[-1])
@@ -207,14 +219,18 @@ def test_watcher_rides_out_a_node_restart(accounts: list[LocalAccount], tmp_path
     assert thread is not None and not thread.is_alive()
 
 
-def test_layer_span_events_decode(registry_for: Callable[..., Registry], accounts: list[LocalAccount], tmp_path: Path) -> None:
+def test_layer_span_events_decode(
+    registry_for: Callable[..., Registry], accounts: list[LocalAccount], tmp_path: Path
+) -> None:
     owner, node = registry_for(accounts[0]), registry_for(accounts[2])
     node.register_node("http://n", 10**18)
     model_id = owner.register_model("m", "bafk", 4, 1).event("ModelRegistered").args["modelId"]
     node.announce_shard(model_id, LayerSpan(1, 3))
     spans: list[LayerSpan] = []
     watcher = EventWatcher(
-        owner, open_db(tmp_path / "w.db"), "t",
+        owner,
+        open_db(tmp_path / "w.db"),
+        "t",
         {"ShardAnnounced": lambda ev, _s: spans.append(LayerSpan(ev.args["start"], ev.args["end"]))},
     )
     watcher.catch_up()

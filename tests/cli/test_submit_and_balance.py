@@ -26,8 +26,22 @@ def test_max_tokens_out_of_range_is_one_line_in_the_users_terms(
     value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("AUDIT_CLIENT_KEY", DEV_KEYS[7])
-    code = main(["submit", "hi", "--model", "1", "--max-tokens", value, "--key-env", "AUDIT_CLIENT_KEY",
-                 "--rpc", _UNREACHABLE, "--coordinator", _UNREACHABLE])
+    code = main(
+        [
+            "submit",
+            "hi",
+            "--model",
+            "1",
+            "--max-tokens",
+            value,
+            "--key-env",
+            "AUDIT_CLIENT_KEY",
+            "--rpc",
+            _UNREACHABLE,
+            "--coordinator",
+            _UNREACHABLE,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert err.startswith("error: --max-tokens must be a whole number from 1 to 4294967295"), err
@@ -55,7 +69,9 @@ def test_a_zero_amount_revert_is_told_as_a_sentence(registry_for, accounts) -> N
     ],
 )
 @pytest.mark.parametrize("secret", [DEV_KEYS[7], DEV_KEYS[7][2:], "correct horse battery staple"])
-def test_key_env_given_a_key_never_echoes_it(argv: list[str], secret: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_key_env_given_a_key_never_echoes_it(
+    argv: list[str], secret: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main([*argv, "--key-env", secret])
     captured = capsys.readouterr()
     assert code == 1
@@ -73,7 +89,12 @@ def test_worker_key_env_given_a_key_never_echoes_it(capsys: pytest.CaptureFixtur
 
 
 def test_submit_refuses_when_no_coordinator_preflight_answers_and_pays_nothing(
-    registry_for, accounts, anvil, deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    registry_for,
+    accounts,
+    anvil,
+    deployment,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     owner = registry_for(accounts[0])
@@ -81,8 +102,20 @@ def test_submit_refuses_when_no_coordinator_preflight_answers_and_pays_nothing(
     dep = deployment.save(tmp_path / "d.json")
     monkeypatch.setenv("AUDIT_CLIENT_KEY", DEV_KEYS[7])
     nonce = anvil.w3.eth.get_transaction_count(accounts[7].address)
-    code = main(["submit", "hi", "--model", str(model_id), "--deployment", str(dep), "--key-env", "AUDIT_CLIENT_KEY",
-                 "--coordinator", f"http://127.0.0.1:{free_port()}"])
+    code = main(
+        [
+            "submit",
+            "hi",
+            "--model",
+            str(model_id),
+            "--deployment",
+            str(dep),
+            "--key-env",
+            "AUDIT_CLIENT_KEY",
+            "--coordinator",
+            f"http://127.0.0.1:{free_port()}",
+        ]
+    )
     assert code == 1 and "nothing was paid" in capsys.readouterr().err
     assert anvil.w3.eth.get_transaction_count(accounts[7].address) == nonce
 
@@ -95,7 +128,9 @@ def test_cancel_after_the_deadline_on_an_idle_devnet_mines_a_block(anvil, accoun
     client = ShardnetClient(owner.with_account(accounts[6]))
     job_id = client.pay("hello", model_id, 4, coordinator=accounts[1].address)
     deadline = owner.get_job(job_id).deadline
-    offset = int(anvil.w3.eth.get_block("latest")["timestamp"]) - time.time()  # earlier tests may move the clock
+    offset = (
+        int(anvil.w3.eth.get_block("latest")["timestamp"]) - time.time()
+    )  # earlier tests may move the clock
     while time.time() + offset <= deadline + 1:
         time.sleep(0.2)
     assert int(anvil.w3.eth.get_block("latest")["timestamp"]) <= deadline  # the chain's clock stood still
@@ -119,7 +154,9 @@ def test_balance_of_any_address_without_a_key(
     assert "claimable  0 ETH" in out and "wallet     " in out
     assert main(["jobs", "--deployment", str(dep)]) == 0
     listing = capsys.readouterr().out
-    assert any(line.split()[:4] == [str(job_id), "open", "m", "4"] and f"{escrow} wei" in line
-               for line in listing.splitlines()), listing
+    assert any(
+        line.split()[:4] == [str(job_id), "open", "m", "4"] and f"{escrow} wei" in line
+        for line in listing.splitlines()
+    ), listing
     assert main(["balance", "--deployment", str(dep)]) == 1
     assert "give an ADDRESS" in capsys.readouterr().err

@@ -34,9 +34,16 @@ def build_tiny_chat_model(folder: Path) -> None:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|eos|>")
     fast.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>"
     config = LlamaConfig(
-        vocab_size=EOS_ID + 1, hidden_size=64, intermediate_size=128, num_hidden_layers=NUM_LAYERS,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
-        eos_token_id=EOS_ID, bos_token_id=None,
+        vocab_size=EOS_ID + 1,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=NUM_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        eos_token_id=EOS_ID,
+        bos_token_id=None,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
@@ -44,7 +51,9 @@ def build_tiny_chat_model(folder: Path) -> None:
     fast.save_pretrained(folder)
 
 
-def http_json(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 10) -> tuple[int, Any]:
+def http_json(
+    method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 10
+) -> tuple[int, Any]:
     return request_json(method, url, body, timeout=timeout)
 
 
@@ -67,13 +76,32 @@ class CoordinatorProc(ServiceProc):
         return self.key
 
 
-def start_coordinator(tmp: Path, key_hex: str, deployment_file: Path, store_dir: Path, *extra: str,
-                      name: str = "coordinator", port: int | None = None) -> CoordinatorProc:
+def start_coordinator(
+    tmp: Path,
+    key_hex: str,
+    deployment_file: Path,
+    store_dir: Path,
+    *extra: str,
+    name: str = "coordinator",
+    port: int | None = None,
+) -> CoordinatorProc:
     return CoordinatorProc(
         key=key_hex,
-        args=["--deployment", str(deployment_file), "--store-dir", str(store_dir), "--data-dir", str(tmp / name),
-              "--poll-interval-s", "0.1", "--health-interval-s", "0.5", "--step-timeout-s", "1.5",
-              *extra],
+        args=[
+            "--deployment",
+            str(deployment_file),
+            "--store-dir",
+            str(store_dir),
+            "--data-dir",
+            str(tmp / name),
+            "--poll-interval-s",
+            "0.1",
+            "--health-interval-s",
+            "0.5",
+            "--step-timeout-s",
+            "1.5",
+            *extra,
+        ],
         log_path=tmp / f"{name}.log",
         port=port or free_port(),
     ).start()

@@ -52,8 +52,9 @@ def reference_text(net: Net, prompt: str, n: int, chat: bool = False) -> tuple[l
     from shardnet.model.reference import greedy_generate
 
     if chat:
-        prompt = net.reference["tokenizer"].apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                                add_generation_prompt=True)
+        prompt = net.reference["tokenizer"].apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
     ids = net.reference["tokenizer"](prompt, add_special_tokens=False)["input_ids"]
     torch.set_num_threads(1)
     tokens = greedy_generate(net.reference["model"], torch.tensor([ids]), n).tokens
@@ -79,25 +80,61 @@ def start_network(tmp_path_factory: Any, anvil: Any, accounts: Any) -> Iterator[
     cid, manifest = import_model(hf_dir, store, name="tiny-chat", progress=False)
     model_id = int(owner.register_model("tiny-chat", cid, 6, PRICE).event("ModelRegistered").args["modelId"])
 
-    coord = start_coordinator(tmp, accounts[1].key.hex(), dep_file, tmp / "coord-store", "--verify-share", "0.3",
-                              "--load-penalty-s", "0.05")
+    coord = start_coordinator(
+        tmp,
+        accounts[1].key.hex(),
+        dep_file,
+        tmp / "coord-store",
+        "--verify-share",
+        "0.3",
+        "--load-penalty-s",
+        "0.05",
+    )
     owner.set_coordinator(accounts[1].address, coord.url, True)
     spans = {"a": (2, "0:2"), "b": (3, "2:4"), "b2": (4, "2:4"), "c": (5, "4:6")}
     workers: dict[str, WorkerProc] = {}
     network: Net | None = None
     try:
         for name, (i, span) in spans.items():
-            workers[name] = start_worker(tmp, accounts[i], dep_file, "tiny-chat", store, "--layers", span,
-                                         "--drain-grace-s", "2", name=name)
+            workers[name] = start_worker(
+                tmp,
+                accounts[i],
+                dep_file,
+                "tiny-chat",
+                store,
+                "--layers",
+                span,
+                "--drain-grace-s",
+                "2",
+                name=name,
+            )
         for w in workers.values():
             w.wait_ready(timeout=300)
         coord.wait_ready(timeout=300)
-        wait_for(lambda: len(http_json("GET", coord.url + "/v1/workers")[1]["workers"]) == 4, 20, "4 workers routable")
+        wait_for(
+            lambda: len(http_json("GET", coord.url + "/v1/workers")[1]["workers"]) == 4,
+            20,
+            "4 workers routable",
+        )
         client_account = accounts[9]
-        reference = {"model": load_reference(store, manifest.to_json()), "tokenizer": AutoTokenizer.from_pretrained(hf_dir)}
-        network = Net(tmp, dep_file, owner, client_account,
-                      ShardnetClient(owner.with_account(client_account), coordinator_url=None), coord,
-                      accounts[1].address, model_id, store, hf_dir, workers, reference)
+        reference = {
+            "model": load_reference(store, manifest.to_json()),
+            "tokenizer": AutoTokenizer.from_pretrained(hf_dir),
+        }
+        network = Net(
+            tmp,
+            dep_file,
+            owner,
+            client_account,
+            ShardnetClient(owner.with_account(client_account), coordinator_url=None),
+            coord,
+            accounts[1].address,
+            model_id,
+            store,
+            hf_dir,
+            workers,
+            reference,
+        )
         yield network
     finally:
         coord.stop()

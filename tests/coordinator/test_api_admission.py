@@ -50,21 +50,52 @@ def busy_net(tmp_path_factory, anvil, accounts, module_deployment) -> Iterator[B
 
     tmp = tmp_path_factory.mktemp("admission")
     dep_file = module_deployment.save(tmp / "deployment.json")
-    owner = Registry(anvil.w3, module_deployment.registry, accounts[0], deploy_block=module_deployment.deploy_block)
+    owner = Registry(
+        anvil.w3, module_deployment.registry, accounts[0], deploy_block=module_deployment.deploy_block
+    )
     build_tiny_chat_model(tmp / "hf")
     store = tmp / "store"
     cid, _ = import_model(tmp / "hf", store, name="tiny-chat", progress=False)
     model_id = int(owner.register_model("tiny-chat", cid, 6, PRICE).event("ModelRegistered").args["modelId"])
-    coord = start_coordinator(tmp, accounts[1].key.hex(), dep_file, tmp / "coord-store", "--verify-share", "0",
-                              "--max-concurrent-jobs", "6", "--api-queue-size", "8", "--api-queue-wait-s", "20")
+    coord = start_coordinator(
+        tmp,
+        accounts[1].key.hex(),
+        dep_file,
+        tmp / "coord-store",
+        "--verify-share",
+        "0",
+        "--max-concurrent-jobs",
+        "6",
+        "--api-queue-size",
+        "8",
+        "--api-queue-wait-s",
+        "20",
+    )
     owner.set_coordinator(accounts[1].address, coord.url, True)
-    worker = start_worker(tmp, accounts[2], dep_file, "tiny-chat", store, "--layers", "0:6",
-                          "--max-length", str(MAX_LENGTH), "--max-sessions", str(MAX_SESSIONS),
-                          "--max-sessions-per-coordinator", "1", name="w")
+    worker = start_worker(
+        tmp,
+        accounts[2],
+        dep_file,
+        "tiny-chat",
+        store,
+        "--layers",
+        "0:6",
+        "--max-length",
+        str(MAX_LENGTH),
+        "--max-sessions",
+        str(MAX_SESSIONS),
+        "--max-sessions-per-coordinator",
+        "1",
+        name="w",
+    )
     try:
         worker.wait_ready(timeout=300)
         coord.wait_ready(timeout=300)
-        wait_for(lambda: len(http_json("GET", coord.url + "/v1/workers")[1]["workers"]) == 1, 30, "a routable worker")
+        wait_for(
+            lambda: len(http_json("GET", coord.url + "/v1/workers")[1]["workers"]) == 1,
+            30,
+            "a routable worker",
+        )
         yield BusyNet(owner, coord, worker, model_id)
     finally:
         coord.stop()
@@ -72,9 +103,12 @@ def busy_net(tmp_path_factory, anvil, accounts, module_deployment) -> Iterator[B
 
 
 def _complete(net: BusyNet, prompt: str, max_tokens: int = 6, **extra: Any) -> tuple[int, Any]:
-    return http_json("POST", net.coordinator.url + "/v1/completions",
-                     {"model": "tiny-chat", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, **extra},
-                     timeout=120)
+    return http_json(
+        "POST",
+        net.coordinator.url + "/v1/completions",
+        {"model": "tiny-chat", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, **extra},
+        timeout=120,
+    )
 
 
 def _no_failed_jobs(net: BusyNet) -> None:
@@ -84,7 +118,9 @@ def _no_failed_jobs(net: BusyNet) -> None:
 
 
 def _settled(net: BusyNet) -> bool:
-    return all(net.owner.get_job(j).status == JobStatus.Finalized for j in range(1, net.owner.job_count() + 1))
+    return all(
+        net.owner.get_job(j).status == JobStatus.Finalized for j in range(1, net.owner.job_count() + 1)
+    )
 
 
 def test_sixteen_first_requests_to_a_fresh_coordinator_get_no_500(busy_net: BusyNet) -> None:
@@ -138,10 +174,15 @@ def test_bad_bodies_get_400_in_openai_error_shape_and_pay_nothing(busy_net: Busy
         assert answer["error"]["param"] == param, (body, answer)
         assert answer["error"]["code"], answer
     for messages in ([1, 2], [], "hi", [{"role": "user"}], [{"role": "robot", "content": "x"}]):
-        status, answer = http_json("POST", url + "/v1/chat/completions", {"model": "tiny-chat", "messages": messages})
+        status, answer = http_json(
+            "POST", url + "/v1/chat/completions", {"model": "tiny-chat", "messages": messages}
+        )
         assert status == 400 and answer["error"]["type"] == "invalid_request_error", (messages, answer)
-    status, answer = http_json("POST", url + "/v1/chat/completions",
-                               {"model": "tiny-chat", "messages": [{"role": "user", "content": "x"}], "n": 2})
+    status, answer = http_json(
+        "POST",
+        url + "/v1/chat/completions",
+        {"model": "tiny-chat", "messages": [{"role": "user", "content": "x"}], "n": 2},
+    )
     assert status == 400 and answer["error"]["param"] == "n", answer
     for path in ("/v1/completions", "/v1/chat/completions", "/v1/jobs/1/prompt", "/v1/jobs/preflight"):
         conn = http.client.HTTPConnection("127.0.0.1", busy_net.coordinator.port, timeout=10)
@@ -152,7 +193,9 @@ def test_bad_bodies_get_400_in_openai_error_shape_and_pay_nothing(busy_net: Busy
     for body in ({"prompt": 1}, {"prompt": "x", "temperature": "hot"}, {"prompt": "a\ud800"}):
         status, answer = http_json("POST", url + "/v1/jobs/1/prompt", body)
         assert status == 400 and answer["error"]["type"] == "invalid_request_error", (body, answer)
-    status, answer = http_json("POST", url + "/v1/jobs/preflight", {"model": "tiny-chat", "prompt": "x", "max_tokens": 1e11})
+    status, answer = http_json(
+        "POST", url + "/v1/jobs/preflight", {"model": "tiny-chat", "prompt": "x", "max_tokens": 1e11}
+    )
     assert status == 400 and answer["error"]["param"] == "max_tokens", answer
     for job_id in ("-1", str(2**63), str(2**256), "abc", "0", "1.5"):
         for method, path in (("GET", f"/v1/jobs/{job_id}"), ("POST", f"/v1/jobs/{job_id}/prompt")):
@@ -178,8 +221,12 @@ def test_max_tokens_beyond_the_route_and_long_prompts_are_400_before_paying(busy
     assert status == 400 and answer["error"]["code"] == "max_tokens_too_large", answer
     assert busy_net.owner.job_count() == jobs
     # no max_tokens: the default (64) capped by what the route can hold, so the request is served
-    status, answer = http_json("POST", busy_net.coordinator.url + "/v1/completions",
-                               {"model": "tiny-chat", "prompt": "x" * 60, "ignore_eos": True}, timeout=120)
+    status, answer = http_json(
+        "POST",
+        busy_net.coordinator.url + "/v1/completions",
+        {"model": "tiny-chat", "prompt": "x" * 60, "ignore_eos": True},
+        timeout=120,
+    )
     assert status == 200, answer
     assert answer["usage"]["completion_tokens"] == MAX_LENGTH - 60
 
@@ -187,9 +234,20 @@ def test_max_tokens_beyond_the_route_and_long_prompts_are_400_before_paying(busy
 def test_a_client_closing_its_stream_early_logs_one_line_not_a_traceback(busy_net: BusyNet) -> None:
     """Issue 12.8."""
     conn = http.client.HTTPConnection("127.0.0.1", busy_net.coordinator.port, timeout=30)
-    conn.request("POST", "/v1/completions", body=json.dumps(
-        {"model": "tiny-chat", "prompt": "stream me", "max_tokens": 50, "ignore_eos": True, "stream": True}),
-        headers={"Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/completions",
+        body=json.dumps(
+            {
+                "model": "tiny-chat",
+                "prompt": "stream me",
+                "max_tokens": 50,
+                "ignore_eos": True,
+                "stream": True,
+            }
+        ),
+        headers={"Content-Type": "application/json"},
+    )
     resp = conn.getresponse()
     assert resp.status == 200
     assert resp.read(5) == b"data:"
@@ -245,8 +303,14 @@ def soak(net: BusyNet, sessions: int, seconds: float) -> dict[str, Any]:
             peak[k] = max(peak[k], _rss_kib(p))
         time.sleep(1)
     rss_after = {k: _rss_kib(p) for k, p in pids.items()}
-    figures = {"sessions": sessions, "seconds": seconds, **counts, "rss_before_kib": rss_before,
-               "rss_peak_kib": peak, "rss_after_kib": rss_after}
+    figures = {
+        "sessions": sessions,
+        "seconds": seconds,
+        **counts,
+        "rss_before_kib": rss_before,
+        "rss_peak_kib": peak,
+        "rss_after_kib": rss_after,
+    }
     print("soak:", json.dumps(figures))
     assert not wrong, wrong[:3]
     assert counts["served"] > 0
@@ -275,7 +339,9 @@ def test_listening_beyond_loopback_needs_an_api_key_or_an_explicit_no(host: str)
 
     with pytest.raises(ConfigError, match="--no-api-key"):
         config_from_args(build_parser().parse_args(["run", "--host", host]))
-    assert config_from_args(build_parser().parse_args(["run", "--host", host, "--api-key", "k"])).api_key == "k"
+    assert (
+        config_from_args(build_parser().parse_args(["run", "--host", host, "--api-key", "k"])).api_key == "k"
+    )
     assert config_from_args(build_parser().parse_args(["run", "--host", host, "--no-api-key"])).no_api_key
     assert config_from_args(build_parser().parse_args(["run", "--host", "127.0.0.1"])).api_key is None
 
@@ -291,8 +357,9 @@ def test_with_the_chain_node_down_the_api_answers_503_not_400_or_500(tmp_path: P
         owner = Registry(chain.w3, deployment.registry, accounts[0], deploy_block=deployment.deploy_block)
         owner.register_model("tiny-chat", "bafkreinothere", 6, PRICE)
         owner.set_coordinator(accounts[1].address, "http://127.0.0.1:9", True)
-        coord = start_coordinator(tmp_path, accounts[1].key.hex(), dep_file, tmp_path / "store",
-                                  name="lonely-coordinator")
+        coord = start_coordinator(
+            tmp_path, accounts[1].key.hex(), dep_file, tmp_path / "store", name="lonely-coordinator"
+        )
         try:
             coord.wait_ready(timeout=300)
             chain.devnet.stop()

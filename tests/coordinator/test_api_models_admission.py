@@ -18,20 +18,46 @@ def test_max_tokens_is_a_whole_number_the_contract_takes(max_tokens: object) -> 
 
 
 def test_unsupported_fields_are_refused_and_harmless_ones_ignored() -> None:
-    for extra in ({"n": 2}, {"stop": "x"}, {"echo": True}, {"presence_penalty": 0.5}, {"tools": []}, {"x": 1}):
+    for extra in (
+        {"n": 2},
+        {"stop": "x"},
+        {"echo": True},
+        {"presence_penalty": 0.5},
+        {"tools": []},
+        {"x": 1},
+    ):
         with pytest.raises(ValidationError):
             ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "hi"}], **extra})
-    body = CompletionRequest.model_validate({"prompt": ["hi"], "n": 1, "user": "u", "presence_penalty": 0,
-                                             "stream_options": {"include_usage": True}, "max_completion_tokens": 3})
+    body = CompletionRequest.model_validate(
+        {
+            "prompt": ["hi"],
+            "n": 1,
+            "user": "u",
+            "presence_penalty": 0,
+            "stream_options": {"include_usage": True},
+            "max_completion_tokens": 3,
+        }
+    )
     assert body.text == "hi" and body.requested_max_tokens == 3
     with pytest.raises(ValidationError):
         CompletionRequest.model_validate({"prompt": "a\ud800"})
     assert PromptHandOver.model_validate({"prompt": "p", "seed": 3, "signature": "0x"}).sampling().seed == 3
 
 
-@pytest.mark.parametrize("text,expected", [("1", 1), ("-1", None), ("0", None), (str(2**63), None),
-                                           (str(2**63 - 1), 2**63 - 1), (str(2**256), None), ("abc", None),
-                                           ("١", None), ("1.0", None)])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("1", 1),
+        ("-1", None),
+        ("0", None),
+        (str(2**63), None),
+        (str(2**63 - 1), 2**63 - 1),
+        (str(2**256), None),
+        ("abc", None),
+        ("١", None),
+        ("1.0", None),
+    ],
+)
 def test_job_ids_in_paths(text: str, expected: int | None) -> None:
     assert parse_job_id(text) == expected
 

@@ -47,7 +47,8 @@ def test_a_full_batch_goes_at_once_and_a_bad_job_does_not_stall_the_others() -> 
         chain = _Chain(bad=frozenset({2}))
         batcher = SettlementBatcher(chain.settle_many, window_s=30, max_jobs=3)
         results = await asyncio.wait_for(
-            asyncio.gather(*(batcher.settle(j) for j in (1, 2, 3)), return_exceptions=True), 5)
+            asyncio.gather(*(batcher.settle(j) for j in (1, 2, 3)), return_exceptions=True), 5
+        )
         return list(results), chain.calls
 
     results, calls = asyncio.run(scenario())

@@ -22,21 +22,29 @@ ROOT = merkle_root([step_hash(b"a"), step_hash(b"b")])
 
 
 def _check(signed, **overrides) -> str | None:  # type: ignore[no-untyped-def]
-    args = {"job_id": 5, "node": WORKER.address, "span": SPAN, "domain": DOMAIN, "max_positions": 20,
-            "seen_positions": 7}
+    args = {
+        "job_id": 5,
+        "node": WORKER.address,
+        "span": SPAN,
+        "domain": DOMAIN,
+        "max_positions": 20,
+        "seen_positions": 7,
+    }
     return check_commitment(signed, **{**args, **overrides})
 
 
 def test_a_good_commitment_passes_and_every_flaw_is_named() -> None:
     good = sign_commitment(WORKER, DOMAIN, job_id=5, span=SPAN, positions=7, steps=2, root=ROOT)
     assert _check(good) is None
-    assert "job 6" in str(_check(sign_commitment(WORKER, DOMAIN, job_id=6, span=SPAN, positions=7, steps=2,
-                                                 root=ROOT)))
+    assert "job 6" in str(
+        _check(sign_commitment(WORKER, DOMAIN, job_id=6, span=SPAN, positions=7, steps=2, root=ROOT))
+    )
     assert "does not recover" in str(_check(good, node=OTHER.address))  # signed by someone else
     forged = replace(good, node=OTHER.address)
     assert "does not recover" in str(_check(forged, node=OTHER.address))
-    other_deployment = sign_commitment(WORKER, Domain(1, DOMAIN.registry), job_id=5, span=SPAN, positions=7, steps=2,
-                                       root=ROOT)
+    other_deployment = sign_commitment(
+        WORKER, Domain(1, DOMAIN.registry), job_id=5, span=SPAN, positions=7, steps=2, root=ROOT
+    )
     assert "does not recover" in str(_check(other_deployment))
     assert "layers" in str(_check(good, span=LayerSpan(0, 2)))
     assert "more than the job allows" in str(_check(good, max_positions=6))

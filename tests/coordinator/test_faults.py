@@ -29,7 +29,9 @@ def test_failover_after_sigkill_gives_identical_tokens(net: Net) -> None:
     arrivals: list[float] = []
     killed_at = None
     victim = None
-    stream = api.completions.create(model="tiny-chat", prompt=prompt, max_tokens=n, temperature=0, stream=True)
+    stream = api.completions.create(
+        model="tiny-chat", prompt=prompt, max_tokens=n, temperature=0, stream=True
+    )
     for chunk in stream:
         pieces.append(chunk.choices[0].text)
         arrivals.append(time.monotonic())
@@ -59,7 +61,11 @@ def test_failover_after_sigkill_gives_identical_tokens(net: Net) -> None:
     restarted = WorkerProc(victim.account, victim.args, victim.log_path, victim.port).start()
     net.workers[next(k for k, w in net.workers.items() if w is victim)] = restarted
     restarted.wait_ready()
-    wait_for(lambda: not workers_view(net)[victim.address.lower()]["down"], 20, "the restarted worker back in routing")
+    wait_for(
+        lambda: not workers_view(net)[victim.address.lower()]["down"],
+        20,
+        "the restarted worker back in routing",
+    )
 
 
 def test_coordinator_killed_mid_job_fails_it_on_chain_after_restart(net: Net) -> None:
@@ -67,14 +73,21 @@ def test_coordinator_killed_mid_job_fails_it_on_chain_after_restart(net: Net) ->
     job_id = net.client.pay("kill the coordinator", net.model_id, 400)
     escrow = net.owner.get_job(job_id).escrow
     before = client_reg.claimable(net.client_account.address)
-    status, _ = http_json("POST", f"{net.coordinator.url}/v1/jobs/{job_id}/prompt", {"prompt": "kill the coordinator"})
+    status, _ = http_json(
+        "POST", f"{net.coordinator.url}/v1/jobs/{job_id}/prompt", {"prompt": "kill the coordinator"}
+    )
     assert status == 202
-    wait_for(lambda: http_json("GET", f"{net.coordinator.url}/v1/jobs/{job_id}")[1]["status"] == "generating", 20,
-             "the job to run", interval=0.02)
+    wait_for(
+        lambda: http_json("GET", f"{net.coordinator.url}/v1/jobs/{job_id}")[1]["status"] == "generating",
+        20,
+        "the job to run",
+        interval=0.02,
+    )
     net.coordinator.kill()
     assert net.owner.get_job(job_id).status == JobStatus.Open  # nothing of a route goes on chain
-    restarted = CoordinatorProc(net.coordinator.key, net.coordinator.args, net.coordinator.log_path,
-                                net.coordinator.port).start()
+    restarted = CoordinatorProc(
+        net.coordinator.key, net.coordinator.args, net.coordinator.log_path, net.coordinator.port
+    ).start()
     net.coordinator = restarted
     restarted.wait_ready()
     wait_for(lambda: net.owner.get_job(job_id).status == JobStatus.Failed, 30, "failJob after the restart")
@@ -82,8 +95,10 @@ def test_coordinator_killed_mid_job_fails_it_on_chain_after_restart(net: Net) ->
     view = http_json("GET", f"{restarted.url}/v1/jobs/{job_id}")[1]
     assert view["status"] == "failed" and "restarted" in view["error"]
     # and the restarted coordinator serves new jobs
-    assert net.client.submit("after restart", model="tiny-chat", max_tokens=3).text == \
-        reference_text(net, "after restart", 3)[1]
+    assert (
+        net.client.submit("after restart", model="tiny-chat", max_tokens=3).text
+        == reference_text(net, "after restart", 3)[1]
+    )
 
 
 def test_coordinator_killed_while_settling_finishes_the_settlement_after_restart(net: Net) -> None:
@@ -94,7 +109,9 @@ def test_coordinator_killed_while_settling_finishes_the_settlement_after_restart
 
     base = net.coordinator
     base.stop()
-    dying = CoordinatorProc(base.key, base.args, base.log_path, base.port, env={DIE_BEFORE_FINALIZE_ENV: "1"}).start()
+    dying = CoordinatorProc(
+        base.key, base.args, base.log_path, base.port, env={DIE_BEFORE_FINALIZE_ENV: "1"}
+    ).start()
     net.coordinator = dying
     dying.wait_ready()
     nodes = [w.address for w in net.workers.values()]
@@ -110,7 +127,9 @@ def test_coordinator_killed_while_settling_finishes_the_settlement_after_restart
     restarted = CoordinatorProc(base.key, base.args, base.log_path, base.port).start()
     net.coordinator = restarted
     restarted.wait_ready()
-    wait_for(lambda: net.owner.get_job(job_id).status == JobStatus.Settled, 30, "settleJobs after the restart")
+    wait_for(
+        lambda: net.owner.get_job(job_id).status == JobStatus.Settled, 30, "settleJobs after the restart"
+    )
     _, expected_text = reference_text(net, prompt, 6)
     job = net.owner.get_job(job_id)
     assert net.owner.output_hash(job_id) == keccak(expected_text.encode())
@@ -121,14 +140,27 @@ def test_coordinator_killed_while_settling_finishes_the_settlement_after_restart
     assert len(hops) >= 3 and all(c["settled"] for c in view["commitments"])
     layer_tokens = [r["layer_tokens"] for r in view["route"]]
     assert len(layer_tokens) == len(hops) and all(t > 0 for t in layer_tokens)
-    split = expected_split(layer_tokens, [True] * len(hops), price_per_layer_token=PRICE,
-                           coordinator_fee_bps=net.owner.coordinator_fee_bps(), escrow=job.escrow)
+    split = expected_split(
+        layer_tokens,
+        [True] * len(hops),
+        price_per_layer_token=PRICE,
+        coordinator_fee_bps=net.owner.coordinator_fee_bps(),
+        escrow=job.escrow,
+    )
     after = claimables(net.owner, [*nodes, net.coordinator_address, net.client_account.address])
     by_node = {r["node"]: pay for r, pay in zip(view["route"], split.per_hop, strict=True)}
     for h in hops:
-        assert by_node[h.node.lower()] > 0 and after[h.node.lower()] - before[h.node.lower()] == by_node[h.node.lower()]
-    assert after[net.coordinator_address.lower()] - before[net.coordinator_address.lower()] == split.coordinator_fee
-    assert after[net.client_account.address.lower()] - before[net.client_account.address.lower()] == split.refund
+        assert (
+            by_node[h.node.lower()] > 0
+            and after[h.node.lower()] - before[h.node.lower()] == by_node[h.node.lower()]
+        )
+    assert (
+        after[net.coordinator_address.lower()] - before[net.coordinator_address.lower()]
+        == split.coordinator_fee
+    )
+    assert (
+        after[net.client_account.address.lower()] - before[net.client_account.address.lower()] == split.refund
+    )
 
 
 def test_cheating_worker_is_caught_refereed_excluded_and_left_unpaid(net: Net, accounts) -> None:
@@ -139,8 +171,20 @@ def test_cheating_worker_is_caught_refereed_excluded_and_left_unpaid(net: Net, a
     closes, which this coordinator cannot gather: the evidence stays off chain and nobody is slashed on chain.)"""
     import sqlite3
 
-    cheat = start_worker(net.tmp, accounts[8], net.dep_file, "tiny-chat",
-                         net.store, "--layers", "2:4", "--perturb-outputs", "0.5", "--drain-grace-s", "2", name="cheat")
+    cheat = start_worker(
+        net.tmp,
+        accounts[8],
+        net.dep_file,
+        "tiny-chat",
+        net.store,
+        "--layers",
+        "2:4",
+        "--perturb-outputs",
+        "0.5",
+        "--drain-grace-s",
+        "2",
+        name="cheat",
+    )
     try:
         cheat.wait_ready(timeout=300)
         wait_for(lambda: cheat.address.lower() in workers_view(net), 20, "the cheat in the directory")
@@ -155,31 +199,46 @@ def test_cheating_worker_is_caught_refereed_excluded_and_left_unpaid(net: Net, a
         for w in honest:  # paused: their /health probes time out, so routing takes the cheat
             w.signal(signal.SIGSTOP)
         try:
-            wait_for(lambda: all(workers_view(net)[w.address.lower()]["down"] for w in honest), 20, "replicas down")
+            wait_for(
+                lambda: all(workers_view(net)[w.address.lower()]["down"] for w in honest), 20, "replicas down"
+            )
             job_id = net.client.pay(prompt, net.model_id, n)
-            status, _ = http_json("POST", f"{net.coordinator.url}/v1/jobs/{job_id}/prompt", {"prompt": prompt})
+            status, _ = http_json(
+                "POST", f"{net.coordinator.url}/v1/jobs/{job_id}/prompt", {"prompt": prompt}
+            )
             assert status == 202
-            wait_for(lambda: job_status(net, job_id) not in ("prompt", "routed"), 20, "the route chosen",
-                     interval=0.02)
+            wait_for(
+                lambda: job_status(net, job_id) not in ("prompt", "routed"),
+                20,
+                "the route chosen",
+                interval=0.02,
+            )
         finally:
             for w in honest:
                 w.signal(signal.SIGCONT)
         first = http_json("GET", f"{net.coordinator.url}/v1/jobs/{job_id}")[1]["route"]
-        assert [(h["node"], h["span"]) for h in first if h["reason"] == "route"][1] == (cheat.address.lower(), [2, 4])
+        assert [(h["node"], h["span"]) for h in first if h["reason"] == "route"][1] == (
+            cheat.address.lower(),
+            [2, 4],
+        )
 
         view = net.client.wait(net.coordinator.url, job_id, timeout_s=180)
         job = net.client.check(job_id, view)
         assert view["output"] == expected and net.owner.output_hash(job.job_id) == keccak(expected.encode())
 
-        assert not [e for e in net.owner.get_logs(0, net.owner.block_number(), ["NodeSlashed"])
-                    if int(e.args["jobId"]) == job_id]  # no on-chain slash without drawn verifiers' verdicts
+        assert not [
+            e
+            for e in net.owner.get_logs(0, net.owner.block_number(), ["NodeSlashed"])
+            if int(e.args["jobId"]) == job_id
+        ]  # no on-chain slash without drawn verifiers' verdicts
         node = net.owner.get_node(cheat.address)
         assert not node.jailed and node.stake == stake_before
         assert workers_view(net)[cheat.address.lower()]["excluded"] is True
         # the evidence is in the coordinator's database (no slash transaction), its hash the keccak of the record
         db = sqlite3.connect(net.tmp / "coordinator" / "coordinator.db")
-        (evidence, evidence_hash, tx_hash), = db.execute(
-            "SELECT evidence, evidence_hash, tx_hash FROM coordinator_slashes WHERE job_id = ?", (job_id,)).fetchall()
+        ((evidence, evidence_hash, tx_hash),) = db.execute(
+            "SELECT evidence, evidence_hash, tx_hash FROM coordinator_slashes WHERE job_id = ?", (job_id,)
+        ).fetchall()
         db.close()
         record = json.loads(evidence)
         assert record["node"] == cheat.address.lower() and record["span"] == [2, 4] and tx_hash is None
@@ -191,8 +250,10 @@ def test_cheating_worker_is_caught_refereed_excluded_and_left_unpaid(net: Net, a
         # the re-run went through honest workers; the cheat's hop is paid nothing
         by_node = {(r["node"], tuple(r["span"])): r for r in view["route"]}
         assert by_node[(cheat.address.lower(), (2, 4))]["layer_tokens"] == 0
-        assert any(node in {w.address.lower() for w in honest} and span == (2, 4) and r["reason"] == "rerun"
-                   for (node, span), r in by_node.items())
+        assert any(
+            node in {w.address.lower() for w in honest} and span == (2, 4) and r["reason"] == "rerun"
+            for (node, span), r in by_node.items()
+        )
         # and the excluded cheat is never routed again
         again = net.client.submit("after the cheat", model="tiny-chat", max_tokens=4)
         assert cheat.address.lower() not in {h["node"] for h in again.route}
@@ -202,7 +263,9 @@ def test_cheating_worker_is_caught_refereed_excluded_and_left_unpaid(net: Net, a
 
 
 def test_no_honest_worker_was_slashed(net: Net) -> None:
-    slashed = {e.args["node"].lower() for e in net.owner.get_logs(0, net.owner.block_number(), ["NodeSlashed"])}
+    slashed = {
+        e.args["node"].lower() for e in net.owner.get_logs(0, net.owner.block_number(), ["NodeSlashed"])
+    }
     honest = {w.address.lower() for w in net.workers.values()}
     assert not slashed & honest
     assert not any(workers_view(net)[a]["excluded"] for a in honest)

@@ -50,8 +50,13 @@ def test_a_job_walks_the_happy_path_with_each_transaction_written_ahead(tmp_path
     lc.advance(1, S.FINALIZED, tx_finalize="0xtx")
     seen.append((lc.state.get_job(1).status, lc.state.get_job(1).chain_pending))
     # protocol v2: nothing goes on chain for a route; settleJobs is written ahead of the settlement
-    assert seen == [("submitted", None), ("prompt", None), ("routed", None), ("settling", "settleJobs"),
-                    ("finalized", None)]
+    assert seen == [
+        ("submitted", None),
+        ("prompt", None),
+        ("routed", None),
+        ("settling", "settleJobs"),
+        ("finalized", None),
+    ]
     assert [(h.node, h.span_start, h.span_end) for h in lc.state.hops(1)] == [("0xa", 0, 3), ("0xb", 3, 6)]
     assert lc.needing_recovery() == []
 

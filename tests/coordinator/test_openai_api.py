@@ -19,22 +19,34 @@ def test_openai_api(net: Net) -> None:
     _, expected = reference_text(net, prompt, 10)
     done = api.completions.create(model="tiny-chat", prompt=prompt, max_tokens=10, temperature=0)
     assert done.choices[0].text == expected
-    streamed = "".join(c.choices[0].text for c in api.completions.create(
-        model="tiny-chat", prompt=prompt, max_tokens=10, temperature=0, stream=True))
+    streamed = "".join(
+        c.choices[0].text
+        for c in api.completions.create(
+            model="tiny-chat", prompt=prompt, max_tokens=10, temperature=0, stream=True
+        )
+    )
     assert streamed == expected
 
     messages = [{"role": "user", "content": "hi"}]
-    chat_prompt = net.reference["tokenizer"].apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    chat_prompt = net.reference["tokenizer"].apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
     _, expected_chat = reference_text(net, chat_prompt, 8)
     chat = api.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=8, temperature=0)
     assert chat.choices[0].message.content == expected_chat
-    chunks = list(api.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=8, stream=True))
+    chunks = list(
+        api.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=8, stream=True)
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected_chat
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 
     # seeded sampling is reproducible through the network
-    a = api.completions.create(model="tiny-chat", prompt=prompt, max_tokens=10, temperature=1.0, top_p=0.9, seed=5)
-    b = api.completions.create(model="tiny-chat", prompt=prompt, max_tokens=10, temperature=1.0, top_p=0.9, seed=5)
+    a = api.completions.create(
+        model="tiny-chat", prompt=prompt, max_tokens=10, temperature=1.0, top_p=0.9, seed=5
+    )
+    b = api.completions.create(
+        model="tiny-chat", prompt=prompt, max_tokens=10, temperature=1.0, top_p=0.9, seed=5
+    )
     assert a.choices[0].text == b.choices[0].text
 
 
@@ -50,8 +62,9 @@ def test_concurrent_jobs_spread_over_replicas(net: Net) -> None:
 
     def run(name: str, prompt: str) -> None:
         pieces = []
-        for chunk in api.completions.create(model="tiny-chat", prompt=prompt, max_tokens=120, temperature=0,
-                                            stream=True):
+        for chunk in api.completions.create(
+            model="tiny-chat", prompt=prompt, max_tokens=120, temperature=0, stream=True
+        ):
             results.setdefault(name + "_job", int(chunk.id.split("-")[1]))
             pieces.append(chunk.choices[0].text)
             started.set()

@@ -55,14 +55,24 @@ def test_submit_pays_routes_generates_and_settles(net: Net) -> None:
         positions -= 1  # the last token is never fed back
     assert layer_tokens == [2 * positions] * len(hops)
     assert [h.positions for h in hops] == [positions] * len(hops)  # what each worker signed it computed
-    split = expected_split(layer_tokens, [True] * len(hops), price_per_layer_token=PRICE,
-                           coordinator_fee_bps=net.owner.coordinator_fee_bps(), escrow=job.escrow)
+    split = expected_split(
+        layer_tokens,
+        [True] * len(hops),
+        price_per_layer_token=PRICE,
+        coordinator_fee_bps=net.owner.coordinator_fee_bps(),
+        escrow=job.escrow,
+    )
     after = claimables(net.owner, [*nodes, net.coordinator_address, net.client_account.address])
     by_node = {r["node"]: pay for r, pay in zip(outcome.route, split.per_hop, strict=True)}
     for h in hops:
         assert after[h.node.lower()] - before[h.node.lower()] == by_node[h.node.lower()]
-    assert after[net.coordinator_address.lower()] - before[net.coordinator_address.lower()] == split.coordinator_fee
-    assert after[net.client_account.address.lower()] - before[net.client_account.address.lower()] == split.refund
+    assert (
+        after[net.coordinator_address.lower()] - before[net.coordinator_address.lower()]
+        == split.coordinator_fee
+    )
+    assert (
+        after[net.client_account.address.lower()] - before[net.client_account.address.lower()] == split.refund
+    )
 
 
 def test_only_the_jobs_client_reads_its_output(net: Net, accounts) -> None:
@@ -96,8 +106,9 @@ def test_a_json_bomb_gets_4xx_and_the_coordinator_keeps_serving(net: Net) -> Non
     """100,000 `[` used to overflow the C stack (py_ecc raises the recursion limit): SIGSEGV."""
     bomb = b"[" * 100_000 + b"]" * 100_000
     for path in ("/v1/completions", "/v1/chat/completions", "/v1/jobs/1/prompt"):
-        req = urllib.request.Request(net.coordinator.url + path, data=bomb, method="POST",
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            net.coordinator.url + path, data=bomb, method="POST", headers={"Content-Type": "application/json"}
+        )
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req, timeout=10)
         assert err.value.code == 400 and "nested" in json.loads(err.value.read())["error"]["message"]
@@ -107,7 +118,9 @@ def test_a_json_bomb_gets_4xx_and_the_coordinator_keeps_serving(net: Net) -> Non
 
 def test_wrong_prompt_is_refused_and_unknown_jobs_are_404(net: Net) -> None:
     job_id = net.client.pay("the real prompt", net.model_id, 4)
-    status, body = http_json("POST", f"{net.coordinator.url}/v1/jobs/{job_id}/prompt", {"prompt": "another prompt"})
+    status, body = http_json(
+        "POST", f"{net.coordinator.url}/v1/jobs/{job_id}/prompt", {"prompt": "another prompt"}
+    )
     assert status == 400 and "inputHash" in body["error"]["message"]
     status, body = http_json("POST", f"{net.coordinator.url}/v1/jobs/99999/prompt", {"prompt": "x"})
     assert status == 404
@@ -120,16 +133,41 @@ def test_cli_submit_and_jobs(net: Net) -> None:
     base = ["--deployment", str(net.dep_file), "--key-env", "CLIENT_KEY"]
     for flags, chat in ((["--raw"], False), ([], True)):  # by default the chat template wraps the prompt
         out = subprocess.run(
-            [*SHARDNET, "submit", "cli prompt", "--model", "tiny-chat", "--max-tokens", "5",
-             "--json", *flags, *base], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+            [
+                *SHARDNET,
+                "submit",
+                "cli prompt",
+                "--model",
+                "tiny-chat",
+                "--max-tokens",
+                "5",
+                "--json",
+                *flags,
+                *base,
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         assert out.returncode == 0, out.stderr
         record = json.loads(out.stdout)
         assert record["output"] == reference_text(net, "cli prompt", 5, chat=chat)[1]
         assert "finalized" in out.stderr  # progress on stderr
-    listing = subprocess.run([*SHARDNET, "jobs", "--mine", *base], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=60, check=True).stdout
-    assert any(line.split()[:2] == [str(record["job_id"]), "settled"] for line in listing.splitlines()), listing
+    listing = subprocess.run(
+        [*SHARDNET, "jobs", "--mine", *base],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert any(line.split()[:2] == [str(record["job_id"]), "settled"] for line in listing.splitlines()), (
+        listing
+    )
 
 
 def test_cancel_after_the_deadline_refunds_and_claim_pays_out(net: Net, anvil) -> None:
@@ -138,23 +176,41 @@ def test_cancel_after_the_deadline_refunds_and_claim_pays_out(net: Net, anvil) -
     job_id = net.client.pay("never handed over", net.model_id, 4)  # the coordinator never gets the prompt
     escrow = net.owner.get_job(job_id).escrow
 
-    early = subprocess.run([*SHARDNET, "cancel", str(job_id), *base], cwd=REPO, env=env, capture_output=True,
-                           text=True, timeout=60, check=False)
+    early = subprocess.run(
+        [*SHARDNET, "cancel", str(job_id), *base],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert early.returncode == 1 and "only after its deadline" in early.stderr
     anvil.advance_time(net.owner.job_timeout() + 1)
     before = net.owner.claimable(net.client_account.address)
-    subprocess.run([*SHARDNET, "cancel", str(job_id), *base], cwd=REPO, env=env, capture_output=True, text=True,
-                   timeout=60, check=True)
+    subprocess.run(
+        [*SHARDNET, "cancel", str(job_id), *base],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert net.owner.get_job(job_id).status == JobStatus.Cancelled
     assert net.owner.claimable(net.client_account.address) - before == escrow
     wait_for(lambda: job_status(net, job_id) == "cancelled", 20, "the coordinator to see the cancellation")
 
-    claimed = subprocess.run([*SHARDNET, "claim", *base], cwd=REPO, env=env, capture_output=True, text=True,
-                             timeout=60, check=True).stdout
+    claimed = subprocess.run(
+        [*SHARDNET, "claim", *base], cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
     assert f"claimed {before + escrow} wei" in claimed
     assert net.owner.claimable(net.client_account.address) == 0
     paid_out = net.owner.get_logs(0, net.owner.block_number(), ["Claimed"])[-1].args
-    assert (paid_out["account"].lower(), paid_out["amount"]) == (net.client_account.address.lower(), before + escrow)
+    assert (paid_out["account"].lower(), paid_out["amount"]) == (
+        net.client_account.address.lower(),
+        before + escrow,
+    )
 
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -170,7 +226,9 @@ def postgres_url(tmp_path: Path) -> Iterator[str]:
 
     bindir = _pg_bin()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql; scripts/test.sh does it)")
+        pytest.skip(
+            "PostgreSQL server binaries not installed (apt-get install postgresql; scripts/test.sh does it)"
+        )
     as_user: list[str] = []
     if os.geteuid() == 0:  # initdb refuses to run as root: run the cluster as the postgres user
         as_user = ["runuser", "-u", "postgres", "--"]
@@ -180,15 +238,38 @@ def postgres_url(tmp_path: Path) -> Iterator[str]:
     if as_user:
         shutil.chown(root, "postgres", "postgres")
     port = free_port()
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True, timeout=120)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                    f"-p {port} -h 127.0.0.1 -k {root}", "start"], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    subprocess.run(
+        [
+            *as_user,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(root / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -h 127.0.0.1 -k {root}",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                       capture_output=True, timeout=60, check=False)
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -197,8 +278,17 @@ def test_coordinator_on_postgresql(net: Net, accounts, postgres_url: str) -> Non
     import psycopg2
 
     sqlalchemy_url = postgres_url.replace("postgresql://", "postgresql+psycopg2://")  # the installed driver
-    coord = start_coordinator(net.tmp, accounts[6].key.hex(), net.dep_file, net.store, "--db-url", sqlalchemy_url,
-                              "--verify-share", "0", name="coordinator-pg")
+    coord = start_coordinator(
+        net.tmp,
+        accounts[6].key.hex(),
+        net.dep_file,
+        net.store,
+        "--db-url",
+        sqlalchemy_url,
+        "--verify-share",
+        "0",
+        name="coordinator-pg",
+    )
     try:
         net.owner.set_coordinator(accounts[6].address, coord.url, True)
         coord.wait_ready(timeout=300)

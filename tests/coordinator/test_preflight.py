@@ -49,20 +49,38 @@ def small_net(tmp_path_factory, anvil, accounts, module_deployment) -> Iterator[
 
     tmp = tmp_path_factory.mktemp("preflight")
     dep_file = module_deployment.save(tmp / "deployment.json")
-    owner = Registry(anvil.w3, module_deployment.registry, accounts[0], deploy_block=module_deployment.deploy_block)
+    owner = Registry(
+        anvil.w3, module_deployment.registry, accounts[0], deploy_block=module_deployment.deploy_block
+    )
     build_tiny_chat_model(tmp / "hf")
     store = tmp / "store"
     cid, _ = import_model(tmp / "hf", store, name="tiny-chat", progress=False)
     model_id = int(owner.register_model("tiny-chat", cid, 6, PRICE).event("ModelRegistered").args["modelId"])
-    uncovered = int(owner.register_model("nobody-serves", cid, 6, PRICE).event("ModelRegistered").args["modelId"])
+    uncovered = int(
+        owner.register_model("nobody-serves", cid, 6, PRICE).event("ModelRegistered").args["modelId"]
+    )
     coord = start_coordinator(tmp, accounts[1].key.hex(), dep_file, store)
     owner.set_coordinator(accounts[1].address, coord.url, True)
-    worker = start_worker(tmp, accounts[2], dep_file, "tiny-chat", store, "--layers", "0:6",
-                          "--max-length", str(MAX_LENGTH), name="w")
+    worker = start_worker(
+        tmp,
+        accounts[2],
+        dep_file,
+        "tiny-chat",
+        store,
+        "--layers",
+        "0:6",
+        "--max-length",
+        str(MAX_LENGTH),
+        name="w",
+    )
     try:
         worker.wait_ready(timeout=300)
         coord.wait_ready(timeout=300)
-        wait_for(lambda: len(http_json("GET", coord.url + "/v1/workers")[1]["workers"]) == 1, 30, "a routable worker")
+        wait_for(
+            lambda: len(http_json("GET", coord.url + "/v1/workers")[1]["workers"]) == 1,
+            30,
+            "a routable worker",
+        )
         yield SmallNet(dep_file, owner, coord, worker, model_id, uncovered)
     finally:
         coord.stop()
@@ -73,9 +91,25 @@ def small_net(tmp_path_factory, anvil, accounts, module_deployment) -> Iterator[
 def _submit(net: SmallNet, key: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PREFLIGHT_CLIENT_KEY": key}
     return subprocess.run(
-        [*SHARDNET, "submit", *args, "--deployment", str(net.dep_file), "--key-env", "PREFLIGHT_CLIENT_KEY",
-         "--raw", "--timeout", "120"], cwd=REPO, env=env, input=stdin, capture_output=True, text=True,
-        timeout=180, check=False,
+        [
+            *SHARDNET,
+            "submit",
+            *args,
+            "--deployment",
+            str(net.dep_file),
+            "--key-env",
+            "PREFLIGHT_CLIENT_KEY",
+            "--raw",
+            "--timeout",
+            "120",
+        ],
+        cwd=REPO,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
 
 
@@ -84,8 +118,11 @@ def _submit(net: SmallNet, key: str, *args: str, stdin: str = "") -> subprocess.
     [
         ("empty", ["", "--model", "tiny-chat"], "the prompt is empty"),
         ("too long", ["x" * 600, "--model", "tiny-chat"], "more than the registry's maxPromptTokens (512)"),
-        ("beyond max_length", ["hello", "--model", "tiny-chat", "--max-tokens", "100"],
-         f"its workers hold {MAX_LENGTH} positions, the prompt takes 5, so at most {MAX_LENGTH - 5} new tokens"),
+        (
+            "beyond max_length",
+            ["hello", "--model", "tiny-chat", "--max-tokens", "100"],
+            f"its workers hold {MAX_LENGTH} positions, the prompt takes 5, so at most {MAX_LENGTH - 5} new tokens",
+        ),
         ("span not covered", ["hello", "--model", "nobody-serves"], "cannot be served now"),
     ],
 )
@@ -103,15 +140,21 @@ def test_a_job_that_cannot_run_is_refused_before_paying(
 
 
 def test_preflight_answers_the_quote_and_the_cap(small_net: SmallNet) -> None:
-    status, answer = http_json("POST", small_net.coordinator.url + "/v1/jobs/preflight",
-                               {"model": "tiny-chat", "prompt": "hello", "max_tokens": 8})
+    status, answer = http_json(
+        "POST",
+        small_net.coordinator.url + "/v1/jobs/preflight",
+        {"model": "tiny-chat", "prompt": "hello", "max_tokens": 8},
+    )
     assert status == 200, answer
     assert answer["prompt_tokens"] == 5 and answer["max_new_tokens"] == MAX_LENGTH - 5
     assert answer["route_max_length"] == MAX_LENGTH
     assert answer["quote_wei"] == small_net.owner.quote(small_net.model_id, 8)
     assert answer["route"] == [{"node": small_net.worker.address.lower(), "span": [0, 6]}]
-    status, answer = http_json("POST", small_net.coordinator.url + "/v1/jobs/preflight",
-                               {"model": "tiny-chat", "prompt": "hello", "max_tokens": -3})
+    status, answer = http_json(
+        "POST",
+        small_net.coordinator.url + "/v1/jobs/preflight",
+        {"model": "tiny-chat", "prompt": "hello", "max_tokens": -3},
+    )
     assert status == 400 and answer["error"]["code"] == "bad_max_tokens"
 
 
@@ -121,7 +164,15 @@ def test_escrow_above_max_escrow_is_refused_without_a_terminal_and_paid_with_yes
     client = accounts[8]
     nonce = anvil.w3.eth.get_transaction_count(client.address)
     quote = small_net.owner.quote(small_net.model_id, 4)
-    args = ["hello", "--model", "tiny-chat", "--max-tokens", "4", "--max-escrow", f"{quote / 2 / 10**18:.18f}"]
+    args = [
+        "hello",
+        "--model",
+        "tiny-chat",
+        "--max-tokens",
+        "4",
+        "--max-escrow",
+        f"{quote / 2 / 10**18:.18f}",
+    ]
     out = _submit(small_net, client.key.hex(), *args)
     assert out.returncode == 1, out.stderr
     assert "quote: " in out.stderr  # the quote is shown before anything else happens

@@ -58,8 +58,9 @@ def test_layer_tokens_count_positions_and_cap() -> None:
 
 
 def test_expected_split() -> None:
-    split = expected_split([100, 50, 30], [True, False, True], price_per_layer_token=10,
-                           coordinator_fee_bps=500, escrow=5000)
+    split = expected_split(
+        [100, 50, 30], [True, False, True], price_per_layer_token=10, coordinator_fee_bps=500, escrow=5000
+    )
     assert split.per_hop == (1000, 0, 300)
     assert split.paid_to_nodes == 1300
     assert split.coordinator_fee == 65

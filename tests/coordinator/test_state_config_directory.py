@@ -29,7 +29,12 @@ def test_state_round_trip(tmp_path: Path) -> None:
         lifecycle.on_submitted(s, 3, {"client": "0xabc", "max_tokens": 8, "escrow_wei": str(10**30)})
     lifecycle.take_prompt(_job(3, "0xABC"), "hi", {"seed": 1})
     row = state.get_job(3)
-    assert row is not None and row.status == JobState.PROMPT and row.client == "0xabc" and int(row.escrow_wei) == 10**30
+    assert (
+        row is not None
+        and row.status == JobState.PROMPT
+        and row.client == "0xabc"
+        and int(row.escrow_wei) == 10**30
+    )
     lifecycle.take_prompt(_job(4, "0xdef"), "other", {})
     assert [r.job_id for r in state.jobs(statuses=[JobState.PROMPT])] == [3, 4]
     assert [r.job_id for r in state.jobs(client="0xDEF")] == [4]
@@ -39,13 +44,20 @@ def test_state_round_trip(tmp_path: Path) -> None:
     state.save_hop(3, 0, node="0xn", endpoint="http://n", span_start=0, span_end=2, positions=0)
     state.save_hop(3, 0, positions=7)
     assert [(h.hop_index, h.positions) for h in state.hops(3)] == [(0, 7)]
-    state.add_steps(3, [StepRecord(0, 0, 0, 5, b"\x01" * 32, b"\x02" * 32), StepRecord(0, 1, 5, 1, b"\x03" * 32,
-                                                                                       b"\x04" * 32, replay=True)])
+    state.add_steps(
+        3,
+        [
+            StepRecord(0, 0, 0, 5, b"\x01" * 32, b"\x02" * 32),
+            StepRecord(0, 1, 5, 1, b"\x03" * 32, b"\x04" * 32, replay=True),
+        ],
+    )
     steps = state.steps(3)
     assert [(s.start_pos, s.n_positions, s.replay) for s in steps] == [(0, 5, False), (5, 1, True)]
     assert steps[0].input_hash == "0x" + "01" * 32
 
-    state.add_slash(job_id=3, node="0xBAD", evidence_hash=b"\x09" * 32, evidence={"b": 1, "a": 2}, tx_hash="0xt")
+    state.add_slash(
+        job_id=3, node="0xBAD", evidence_hash=b"\x09" * 32, evidence={"b": 1, "a": 2}, tx_hash="0xt"
+    )
     assert state.slashed_nodes() == {"0xbad"}
     assert state.slashes()[0].evidence == '{"a":2,"b":1}'
 
@@ -56,7 +68,7 @@ def test_state_round_trip(tmp_path: Path) -> None:
 
 def test_config_precedence_and_errors(tmp_path: Path) -> None:
     toml = tmp_path / "c.toml"
-    toml.write_text('port = 7000\nverify-share = 0.5\nstep_timeout_s = 2.0\n')
+    toml.write_text("port = 7000\nverify-share = 0.5\nstep_timeout_s = 2.0\n")
     cfg = load_config({"port": 7100}, toml, {"SHARDNET_COORDINATOR_VERIFY_SHARE": "0.25"})
     assert (cfg.port, cfg.verify_share, cfg.step_timeout_s) == (7100, 0.25, 2.0)
     assert cfg.database_url().startswith("sqlite:///") and cfg.database_url().endswith("coordinator.db")

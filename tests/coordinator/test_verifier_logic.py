@@ -41,7 +41,9 @@ def test_shape_mismatch_and_nan_never_agree() -> None:
     nan = ref.clone()
     nan[0, 0, 0] = float("nan")
     assert not compare(nan, ref, is_logits=False, tol=TOL).agree
-    assert not compare(torch.full((1, 1, 8), float("nan")), torch.zeros(1, 1, 8), is_logits=True, tol=TOL).agree
+    assert not compare(
+        torch.full((1, 1, 8), float("nan")), torch.zeros(1, 1, 8), is_logits=True, tol=TOL
+    ).agree
 
 
 def test_logits_agree_when_claimed_top_token_is_in_reference_top_k() -> None:
@@ -67,19 +69,41 @@ def test_should_verify_share() -> None:
     salt = b"s" * 16
     assert all(should_verify(1.0, job_id=1, hop_index=0, step_index=i, salt=salt) for i in range(50))
     assert not any(should_verify(0.0, job_id=1, hop_index=0, step_index=i, salt=salt) for i in range(50))
-    draws = [should_verify(0.3, job_id=1, hop_index=h, step_index=i, salt=salt) for h in range(4) for i in range(250)]
+    draws = [
+        should_verify(0.3, job_id=1, hop_index=h, step_index=i, salt=salt)
+        for h in range(4)
+        for i in range(250)
+    ]
     assert 200 < sum(draws) < 400
-    again = [should_verify(0.3, job_id=1, hop_index=h, step_index=i, salt=salt) for h in range(4) for i in range(250)]
+    again = [
+        should_verify(0.3, job_id=1, hop_index=h, step_index=i, salt=salt)
+        for h in range(4)
+        for i in range(250)
+    ]
     assert draws == again
-    other = [should_verify(0.3, job_id=1, hop_index=h, step_index=i, salt=b"t" * 16) for h in range(4) for i in range(250)]
+    other = [
+        should_verify(0.3, job_id=1, hop_index=h, step_index=i, salt=b"t" * 16)
+        for h in range(4)
+        for i in range(250)
+    ]
     assert draws != other
 
 
 def test_evidence_hash_is_keccak_of_canonical_json() -> None:
     rec = evidence_record(
-        job_id=3, node="0xABC", hop_index=1, step_index=4, span=(2, 4), start_pos=7,
-        input_hash=b"\x01" * 32, claimed_hash=b"\x02" * 32, replica="0xDEF", replica_hash=b"\x03" * 32,
-        referee="0x123", referee_hash=b"\x04" * 32, metric=0.5,
+        job_id=3,
+        node="0xABC",
+        hop_index=1,
+        step_index=4,
+        span=(2, 4),
+        start_pos=7,
+        input_hash=b"\x01" * 32,
+        claimed_hash=b"\x02" * 32,
+        replica="0xDEF",
+        replica_hash=b"\x03" * 32,
+        referee="0x123",
+        referee_hash=b"\x04" * 32,
+        metric=0.5,
     )
     assert rec["node"] == "0xabc" and rec["span"] == [2, 4]
     data = canonical_json(rec)
@@ -97,7 +121,6 @@ def test_evidence_of_a_non_finite_metric_is_strict_json(metric: float) -> None:
     from eth_utils import keccak
 
     from coordinator.verifier import canonical_json, evidence_hash, evidence_record
-
 
     record = evidence_record(
         job_id=1,

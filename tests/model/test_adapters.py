@@ -20,7 +20,11 @@ EXPECTED_PARTS = {
     "mistral": ("model.embed_tokens.weight", "model.layers.4.self_attn.k_proj.weight", "model.norm.weight"),
     "qwen2": ("model.embed_tokens.weight", "model.layers.4.self_attn.q_proj.bias", "lm_head.weight"),
     "gpt2": ("transformer.wpe.weight", "transformer.h.4.attn.c_attn.weight", "transformer.ln_f.bias"),
-    "bert": ("embeddings.word_embeddings.weight", "encoder.layer.4.output.dense.weight", "pooler.dense.weight"),
+    "bert": (
+        "embeddings.word_embeddings.weight",
+        "encoder.layer.4.output.dense.weight",
+        "pooler.dense.weight",
+    ),
     "vit": ("vit.embeddings.cls_token", "vit.layers.4.mlp.fc1.weight", "classifier.weight"),
 }
 
@@ -37,7 +41,9 @@ def test_every_key_has_exactly_the_expected_part(name: str) -> None:
     layers = {p for p in parts.values() if isinstance(p, int)}
     assert layers == set(range(TINY_LAYERS))
     # every layer holds the same tensors, under its own index
-    names_of = [sorted(k.replace(f".{i}.", ".N.", 1) for k, p in parts.items() if p == i) for i in sorted(layers)]
+    names_of = [
+        sorted(k.replace(f".{i}.", ".N.", 1) for k, p in parts.items() if p == i) for i in sorted(layers)
+    ]
     assert all(names == names_of[0] for names in names_of)
 
 
@@ -64,7 +70,9 @@ def test_unknown_model_type_and_unknown_key_say_what_to_do() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_save_parts_writes_one_file_per_part_with_hf_names(name: str, tiny_models: Callable[[str], TinyModel]) -> None:
+def test_save_parts_writes_one_file_per_part_with_hf_names(
+    name: str, tiny_models: Callable[[str], TinyModel]
+) -> None:
     tiny = tiny_models(name)
     files = sorted(tiny.parts_dir.iterdir())
     expected = [part_file_name("embed"), part_file_name("head")]
@@ -102,7 +110,9 @@ def test_save_parts_returns_part_files_in_order_and_is_deterministic(tmp_path) -
 def test_tied_head_gets_its_own_copy_of_the_embedding(tmp_path) -> None:
     model = build_tiny("llama")
     assert model.config.tie_word_embeddings
-    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # as save_pretrained drops it
+    state = {
+        k: v for k, v in model.state_dict().items() if k != "lm_head.weight"
+    }  # as save_pretrained drops it
     save_parts(state, model.config, tmp_path)
     with safe_open(str(tmp_path / "head.safetensors"), framework="pt") as f:
         assert sorted(f.keys()) == ["lm_head.weight", "model.norm.weight"]

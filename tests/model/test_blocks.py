@@ -108,11 +108,14 @@ def test_blocks_hold_only_their_own_tensors(name: str, tiny_models: Callable[[st
     unused = tuple(f"{p}." for p in adapter.unused_names)
     for a, b in SPLITS["3 blocks"]:
         block = load_block_from_parts(tiny.parts_dir, tiny.config, LayerSpan(a, b))
-        wanted = set(range(a, b)) | ({"embed"} if a == 0 else set()) | ({"head"} if b == TINY_LAYERS else set())
+        wanted = (
+            set(range(a, b)) | ({"embed"} if a == 0 else set()) | ({"head"} if b == TINY_LAYERS else set())
+        )
         expected = {
             k
             for k in state
-            if adapter.key_part(k) in wanted and not k.removeprefix(adapter.base_prefix + ".").startswith(unused)
+            if adapter.key_part(k) in wanted
+            and not k.removeprefix(adapter.base_prefix + ".").startswith(unused)
         }
         assert block.parameter_names() == expected
         tensors = dict(block.module.named_parameters()) | dict(block.module.named_buffers())
@@ -152,10 +155,14 @@ def test_session_checks_positions_inputs_and_limits(tiny_models: Callable[[str],
     with pytest.raises(ModelError, match="max_length 1000 exceeds the model's 128 positions"):
         second.new_session(max_length=1000)
     with pytest.raises(ModelError, match="one forward pass"):
-        load_block_from_parts(tiny_models("bert").parts_dir, tiny_models("bert").config, LayerSpan(0, 2)).new_session()
+        load_block_from_parts(
+            tiny_models("bert").parts_dir, tiny_models("bert").config, LayerSpan(0, 2)
+        ).new_session()
 
 
-def test_bf16_blocks_compute_in_bf16_and_return_float32_logits(tiny_models: Callable[[str], TinyModel]) -> None:
+def test_bf16_blocks_compute_in_bf16_and_return_float32_logits(
+    tiny_models: Callable[[str], TinyModel],
+) -> None:
     tiny = tiny_models("qwen2")
     blocks = _blocks(tiny, SPLITS["3 blocks"], dtype=torch.bfloat16)
     assert {p.dtype for b in blocks for p in b.module.parameters()} == {torch.bfloat16}
@@ -164,7 +171,9 @@ def test_bf16_blocks_compute_in_bf16_and_return_float32_logits(tiny_models: Call
     assert hidden.dtype == torch.bfloat16
     got = generate_greedy(blocks, ids, NEW_TOKENS)
     assert got.logits.dtype == torch.float32
-    expected = greedy_generate(load_reference(tiny.parts_dir, tiny.config, dtype=torch.bfloat16), ids, NEW_TOKENS)
+    expected = greedy_generate(
+        load_reference(tiny.parts_dir, tiny.config, dtype=torch.bfloat16), ids, NEW_TOKENS
+    )
     assert got.tokens == expected.tokens
     assert torch.equal(got.logits, expected.logits)
     fp32 = greedy_generate(tiny.model, ids, NEW_TOKENS)
@@ -173,7 +182,9 @@ def test_bf16_blocks_compute_in_bf16_and_return_float32_logits(tiny_models: Call
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2"])
-def test_load_reference_rebuilds_the_unsplit_model(name: str, tiny_models: Callable[[str], TinyModel]) -> None:
+def test_load_reference_rebuilds_the_unsplit_model(
+    name: str, tiny_models: Callable[[str], TinyModel]
+) -> None:
     tiny = tiny_models(name)
     ids = _prompt(tiny.model.config.vocab_size)
     rebuilt = load_reference(tiny.parts_dir, tiny.config)
@@ -190,13 +201,16 @@ def test_load_block_from_a_store_by_manifest(tiny_models: Callable[[str], TinyMo
     for part in save_parts(tiny.model, tiny.config, tmp_path / "parts"):
         digest = hashlib.sha256(part.path.read_bytes()).hexdigest()
         shutil.copy(part.path, store / digest)
-        files.append({"name": part.name, "part": part.part, "start": part.start, "end": part.end, "cid": digest})
+        files.append(
+            {"name": part.name, "part": part.part, "start": part.start, "end": part.end, "cid": digest}
+        )
     manifest = {"family": "llama", "num_layers": TINY_LAYERS, "config": tiny.config, "files": files}
     blocks = [load_block(store, manifest, LayerSpan(a, b)) for a, b in SPLITS["uneven"]]
     ids = _prompt(tiny.model.config.vocab_size)
     assert torch.equal(generate_greedy(blocks, ids, 4).logits, greedy_generate(tiny.model, ids, 4).logits)
     assert torch.equal(
-        greedy_generate(load_reference(store, manifest), ids, 4).logits, greedy_generate(tiny.model, ids, 4).logits
+        greedy_generate(load_reference(store, manifest), ids, 4).logits,
+        greedy_generate(tiny.model, ids, 4).logits,
     )
 
     (store / files[3]["cid"]).unlink()  # layer 2's file
@@ -231,7 +245,9 @@ def test_blocks_from_a_store_written_by_the_importer(tiny_llama_store) -> None:
     assert torch.equal(got.logits, expected.logits)
 
 
-def test_a_new_session_fed_the_same_steps_reproduces_outputs_bitwise(tiny_models: Callable[[str], TinyModel]) -> None:
+def test_a_new_session_fed_the_same_steps_reproduces_outputs_bitwise(
+    tiny_models: Callable[[str], TinyModel],
+) -> None:
     """Failover: a replacement replays the span's past inputs with their original step boundaries."""
     tiny = tiny_models("llama")
     first, second = _blocks(tiny, SPLITS["2 blocks"])

@@ -181,7 +181,9 @@ def test_loading_options_in_tokenizer_config_do_not_change_the_cid(tmp_path: Pat
     assert stored == {"model_max_length": 64}
 
 
-def test_importing_a_model_already_stored_is_incremental(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_importing_a_model_already_stored_is_incremental(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import shardnet.model.importer as importer
 
     ckpt = _tiny_checkpoint(tmp_path / "ckpt")

@@ -29,7 +29,9 @@ def test_three_blocks_generate_32_tokens_bitwise_like_the_unsplit_model(
 
     blocks = [load_block_from_parts(parts_dir, config, LayerSpan(a, a + 10)) for a in (0, 10, 20)]
     middle = blocks[1].parameter_names()
-    assert {int(n.split(".")[2]) for n in middle} == set(range(10, 20))  # only its layers: no embedding, no head
+    assert {int(n.split(".")[2]) for n in middle} == set(
+        range(10, 20)
+    )  # only its layers: no embedding, no head
     assert "lm_head.weight" in blocks[2].parameter_names()
     assert "model.embed_tokens.weight" in blocks[0].parameter_names()
 

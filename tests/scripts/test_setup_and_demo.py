@@ -36,9 +36,23 @@ def test_import_into_a_log_file_has_no_progress_bars(tmp_path: Path) -> None:
     log = tmp_path / "import.log"
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
     with open(log, "w") as stderr:
-        done = subprocess.run([str(Path(sys.executable).parent / "shardnet"), "model", "import", str(ckpt), "--store",
-                               str(tmp_path / "store")], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
-                              stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=300, check=False)
+        done = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "shardnet"),
+                "model",
+                "import",
+                str(ckpt),
+                "--store",
+                str(tmp_path / "store"),
+            ],
+            cwd=REPO,
+            env={**env, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            timeout=300,
+            check=False,
+        )
     text = log.read_text()
     assert done.returncode == 0, text
     assert "\r" not in text and not re.search(r"\d+/\d+ \[", text), text  # no tqdm bar

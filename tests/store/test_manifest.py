@@ -148,7 +148,6 @@ def _model_with_tokenizer(root: Path) -> tuple[LocalStore, Manifest]:
 def test_a_corrupt_tokenizer_in_the_store_is_refused_not_loaded(tmp_path: Path) -> None:
     from shardnet.errors import IntegrityError
 
-
     store, manifest = _model_with_tokenizer(tmp_path / "store")
     tok: TokenizerFile = manifest.tokenizer[0]
     path = store.path(tok.cid)
@@ -158,7 +157,6 @@ def test_a_corrupt_tokenizer_in_the_store_is_refused_not_loaded(tmp_path: Path) 
     with pytest.raises(IntegrityError, match="tokenizer.json: the store's copy is corrupt"):
         tokenizer_folder(store.root, manifest)
     assert not (store.root / ".tokenizers" / manifest.cid / tok.name).exists()
-
 
     path.write_bytes(good)
     folder = tokenizer_folder(store.root, manifest)

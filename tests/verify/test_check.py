@@ -44,8 +44,9 @@ def _prompt(seed: int) -> torch.Tensor:
     return torch.randint(0, 96, (1, 8), generator=torch.Generator().manual_seed(seed))
 
 
-def _check_all(chains: dict[torch.dtype, list[Block]], trace: JobTrace, dtype: torch.dtype,
-               sampling: Sampling = GREEDY) -> list[Verdict]:
+def _check_all(
+    chains: dict[torch.dtype, list[Block]], trace: JobTrace, dtype: torch.dtype, sampling: Sampling = GREEDY
+) -> list[Verdict]:
     tol = tolerance_for(dtype)
     return [
         check_hop(b, h.inputs, h.fingerprints, tol, tokens=trace.tokens, sampling=sampling, sent=h.outputs)
@@ -53,8 +54,9 @@ def _check_all(chains: dict[torch.dtype, list[Block]], trace: JobTrace, dtype: t
     ]
 
 
-def _cheat_job(chains: dict[torch.dtype, list[Block]], hop: int, make: Callable[[list[Block]], Hop],
-               seed: int = 0) -> tuple[JobTrace, list[Verdict]]:
+def _cheat_job(
+    chains: dict[torch.dtype, list[Block]], hop: int, make: Callable[[list[Block]], Hop], seed: int = 0
+) -> tuple[JobTrace, list[Verdict]]:
     blocks = chains[torch.float32]
     factories = honest_factories(blocks, MAX_LEN)
     factories[hop] = lambda _i: make(blocks)
@@ -75,10 +77,18 @@ def test_one_pass_recomputes_what_the_steps_computed(chains: dict[torch.dtype, l
     assert trace.tokens == torch.argmax(last_rows, dim=1).tolist()
 
 
-@pytest.mark.parametrize(("dtype", "threads"), [
-    (torch.float32, None), (torch.float32, 2), (torch.bfloat16, None), (torch.float16, None),
-])
-def test_honest_drift_passes(chains: dict[torch.dtype, list[Block]], dtype: torch.dtype, threads: int | None) -> None:
+@pytest.mark.parametrize(
+    ("dtype", "threads"),
+    [
+        (torch.float32, None),
+        (torch.float32, 2),
+        (torch.bfloat16, None),
+        (torch.float16, None),
+    ],
+)
+def test_honest_drift_passes(
+    chains: dict[torch.dtype, list[Block]], dtype: torch.dtype, threads: int | None
+) -> None:
     for seed in range(3):
         trace = run_job(honest_factories(chains[dtype], MAX_LEN, threads), _prompt(seed), STEPS)
         verdicts = _check_all(chains, trace, dtype)
@@ -86,7 +96,9 @@ def test_honest_drift_passes(chains: dict[torch.dtype, list[Block]], dtype: torc
         assert [v.positions_recomputed for v in verdicts] == [8 + STEPS - 1] * 3
 
 
-def test_honest_sampled_job_passes_and_a_resampled_token_fails(chains: dict[torch.dtype, list[Block]]) -> None:
+def test_honest_sampled_job_passes_and_a_resampled_token_fails(
+    chains: dict[torch.dtype, list[Block]],
+) -> None:
     sampling = Sampling(job_seed(31337, "0x" + "5a" * 20, 4), temperature=0.8)
     trace = run_job(honest_factories(chains[torch.bfloat16], MAX_LEN), _prompt(4), STEPS, sampling)
     assert all(v.passed for v in _check_all(chains, trace, torch.bfloat16, sampling))
@@ -97,7 +109,9 @@ def test_honest_sampled_job_passes_and_a_resampled_token_fails(chains: dict[torc
 CHEATS: dict[str, tuple[int, Callable[[list[Block]], Hop]]] = {
     "gross noise": (1, lambda b: cheats.NoiseHop(HonestHop(b[1], MAX_LEN), 1.0)),
     "subtle noise at 3x tolerance": (
-        1, lambda b: cheats.NoiseHop(HonestHop(b[1], MAX_LEN), 3 * tolerance_for("float32").distance)),
+        1,
+        lambda b: cheats.NoiseHop(HonestHop(b[1], MAX_LEN), 3 * tolerance_for("float32").distance),
+    ),
     "lazy: no layers": (1, lambda b: cheats.LayersHop(b[1], None, MAX_LEN)),
     "lazy first hop: embedding only": (0, lambda b: cheats.LayersHop(b[0], None, MAX_LEN)),
     "half layers": (1, lambda b: cheats.LayersHop(b[1], cheats.half_layers(b[1].span), MAX_LEN)),
@@ -109,7 +123,9 @@ CHEATS: dict[str, tuple[int, Callable[[list[Block]], Hop]]] = {
 
 
 @pytest.mark.parametrize("name", list(CHEATS))
-def test_each_cheat_fails_and_honest_hops_after_it_pass(chains: dict[torch.dtype, list[Block]], name: str) -> None:
+def test_each_cheat_fails_and_honest_hops_after_it_pass(
+    chains: dict[torch.dtype, list[Block]], name: str
+) -> None:
     hop, make = CHEATS[name]
     _, verdicts = _cheat_job(chains, hop, make)
     assert not verdicts[hop].passed, name
@@ -157,7 +173,11 @@ def test_a_fingerprint_must_be_that_of_the_bytes_sent(chains: dict[torch.dtype, 
     steered = [o.clone() for o in hop.outputs]
     steered[3][0, -1, 0] += 5.0  # sent something else than it computed, kept the honest fingerprint
     tol = tolerance_for("float32")
-    assert check_hop(blocks[1], hop.inputs, hop.fingerprints, tol).passed  # the recomputation alone cannot see it
+    assert check_hop(
+        blocks[1], hop.inputs, hop.fingerprints, tol
+    ).passed  # the recomputation alone cannot see it
     verdict = check_hop(blocks[1], hop.inputs, hop.fingerprints, tol, sent=steered)
     assert verdict.failed_steps == [3] and verdict.steps[3].bound is False
-    assert all(s.bound for s in check_hop(blocks[1], hop.inputs, hop.fingerprints, tol, sent=hop.outputs).steps)
+    assert all(
+        s.bound for s in check_hop(blocks[1], hop.inputs, hop.fingerprints, tol, sent=hop.outputs).steps
+    )

@@ -39,7 +39,9 @@ def test_projections_are_exactly_rounded_sums_so_every_machine_writes_the_same_b
     fp = parse_fingerprint(make_fingerprint(h))
     signs = projection_matrix(64, 2)
     for j in range(2):
-        exact = sum(Fraction(float(v)) * int(s) for v, s in zip(h[0, 0].tolist(), signs[:, j].tolist(), strict=True))
+        exact = sum(
+            Fraction(float(v)) * int(s) for v, s in zip(h[0, 0].tolist(), signs[:, j].tolist(), strict=True)
+        )
         expected = torch.tensor(float(exact) / math.sqrt(64), dtype=torch.float64).numpy().astype("<f2")
         assert fp.projections[0, j].item() == float(expected)
     with_threads = torch.get_num_threads()
@@ -75,7 +77,9 @@ def test_layout_holds_the_top_k_by_magnitude_ties_to_the_lower_index() -> None:
 def test_top_indices_equal_a_stable_sort_even_with_many_ties() -> None:
     from shardnet.verify.fingerprint import _top_indices
 
-    rows = torch.randint(-3, 4, (50, 40), generator=torch.Generator().manual_seed(0)).float()  # ties everywhere
+    rows = torch.randint(
+        -3, 4, (50, 40), generator=torch.Generator().manual_seed(0)
+    ).float()  # ties everywhere
     for k in (1, 2, 5):
         expected = torch.sort(rows.abs(), dim=1, descending=True, stable=True).indices[:, :k]
         assert torch.equal(_top_indices(rows, k), expected)

@@ -29,13 +29,18 @@ def _ticket(**kw: object) -> dict:
 def test_valid_ticket_recovers_the_coordinator() -> None:
     t = _ticket()
     assert verify_ticket(t, worker=WORKER, now=NOW, **DOMAIN) == COORD.address
-    assert verify_ticket(t, worker=WORKER.lower(), now=NOW, expected_signer=COORD.address, **DOMAIN) == COORD.address
+    assert (
+        verify_ticket(t, worker=WORKER.lower(), now=NOW, expected_signer=COORD.address, **DOMAIN)
+        == COORD.address
+    )
     assert ticket_span(t) == LayerSpan(0, 10)
     assert t["span"] == [0, 10] and t["worker"] == WORKER
 
 
 def test_span_as_a_pair_and_lowercase_worker() -> None:
-    t = sign_ticket(COORD, worker=WORKER.lower(), session_id="s", job_id=0, span=(3, 5), expires_at=NOW, **DOMAIN)
+    t = sign_ticket(
+        COORD, worker=WORKER.lower(), session_id="s", job_id=0, span=(3, 5), expires_at=NOW, **DOMAIN
+    )
     assert t["worker"] == WORKER and t["span"] == [3, 5]
     assert verify_ticket(t, worker=WORKER, now=NOW, **DOMAIN) == COORD.address
 

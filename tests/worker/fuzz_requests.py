@@ -35,11 +35,42 @@ class FuzzTargets:
 
 
 _WEIRD_STRINGS = [
-    "", " ", "\x00", "\ud800", "\udfff", "\ud83d\ude00", "é" * 50, "../../etc/passwd", "%00", "a" * 5000,
-    "0x" + "f" * 64, "null", "NaN", "-1", "1e309", "\u202e", "\n\r", "{}", "[]", "\\", '"',
+    "",
+    " ",
+    "\x00",
+    "\ud800",
+    "\udfff",
+    "\ud83d\ude00",
+    "é" * 50,
+    "../../etc/passwd",
+    "%00",
+    "a" * 5000,
+    "0x" + "f" * 64,
+    "null",
+    "NaN",
+    "-1",
+    "1e309",
+    "\u202e",
+    "\n\r",
+    "{}",
+    "[]",
+    "\\",
+    '"',
 ]
 _WEIRD_INTS = [0, -1, 1, 2**31, 2**32, 2**53 + 1, 2**63 - 1, 2**63, 2**64, 2**256, -(2**63) - 1, 10**4000]
-_WEIRD_HEADER_VALUES = ["", "-1", "0x10", "1e3", "99999999999999999999999", " 0", "0 ", "\u00bd", "NaN", "1.5", "+3"]
+_WEIRD_HEADER_VALUES = [
+    "",
+    "-1",
+    "0x10",
+    "1e3",
+    "99999999999999999999999",
+    " 0",
+    "0 ",
+    "\u00bd",
+    "NaN",
+    "1.5",
+    "+3",
+]
 
 
 def _weird_scalar(rng: random.Random) -> Any:
@@ -95,7 +126,9 @@ def _open_body(rng: random.Random, targets: FuzzTargets) -> bytes:
     body = _dumps(payload)
     if roll == 8:  # truncated or with a byte flipped
         cut = rng.randrange(len(body))
-        body = body[:cut] if rng.random() < 0.5 else body[:cut] + bytes([rng.randrange(256)]) + body[cut + 1 :]
+        body = (
+            body[:cut] if rng.random() < 0.5 else body[:cut] + bytes([rng.randrange(256)]) + body[cut + 1 :]
+        )
     return body
 
 
@@ -105,14 +138,19 @@ def _frame(rng: random.Random, targets: FuzzTargets) -> bytes:
     if roll == 0:
         good = encode_frame(torch.randint(0, targets.vocab_size, (1, max(n, 1))), "int64")
     elif roll == 1:
-        good = encode_frame(torch.randn(1, max(n, 1), targets.hidden_size), rng.choice(["fp32", "fp16", "int8"]))
+        good = encode_frame(
+            torch.randn(1, max(n, 1), targets.hidden_size), rng.choice(["fp32", "fp16", "int8"])
+        )
     elif roll == 2:  # token ids out of the vocabulary
         good = encode_frame(torch.tensor([[rng.choice(_WEIRD_INTS[:9]) % 2**63]]), "int64")
     elif roll == 3:  # a header announcing a huge shape
         dims = [rng.choice([1, 2**31, 2**32 - 1, 0]) for _ in range(rng.randint(0, 9))]
-        return b"SNTF" + bytes([1, rng.randrange(6), rng.randrange(4), len(dims)]) + b"".join(
-            struct.pack("<I", d) for d in dims
-        ) + struct.pack("<Q", rng.choice([0, 2**63, 2**64 - 1]))
+        return (
+            b"SNTF"
+            + bytes([1, rng.randrange(6), rng.randrange(4), len(dims)])
+            + b"".join(struct.pack("<I", d) for d in dims)
+            + struct.pack("<Q", rng.choice([0, 2**63, 2**64 - 1]))
+        )
     elif roll == 4:
         return rng.randbytes(rng.randint(0, 64))
     else:
@@ -165,4 +203,6 @@ def hostile_requests(seed: int, count: int, targets: FuzzTargets) -> Iterator[Fu
             yield FuzzRequest("POST", f"/v1/sessions/{sid}/step", _frame(rng, targets), step_headers)
         else:
             method, path = _path(rng, targets)
-            yield FuzzRequest(method, path, rng.randbytes(rng.randint(0, 20)) if rng.random() < 0.3 else b"", headers)
+            yield FuzzRequest(
+                method, path, rng.randbytes(rng.randint(0, 20)) if rng.random() < 0.3 else b"", headers
+            )

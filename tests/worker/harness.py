@@ -30,7 +30,11 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def ticket(
-    domain: Domain, coordinator: LocalAccount, worker: str, span: LayerSpan, job_id: int = 0,
+    domain: Domain,
+    coordinator: LocalAccount,
+    worker: str,
+    span: LayerSpan,
+    job_id: int = 0,
     session_id: str | None = None,
 ) -> dict[str, Any]:
     """A ticket of `coordinator` for `worker` in the registry's EIP-712 `domain` (job 0: no job, never paid)."""
@@ -108,11 +112,15 @@ def submit_for(client: Registry, coordinator: str, model_id: int) -> int:
     """A paid job naming `coordinator` (protocol v2: no route goes on chain); returns its id."""
     quote = client.quote(model_id, 8)
     return int(
-        client.submit_job(model_id, b"\x11" * 32, 8, coordinator, value=quote).event("JobSubmitted").args["jobId"]
+        client.submit_job(model_id, b"\x11" * 32, 8, coordinator, value=quote)
+        .event("JobSubmitted")
+        .args["jobId"]
     )
 
 
 def posted_roots(registry: Registry, job_id: int) -> dict[str, bytes]:
     """node -> root of every CommitmentPosted of `job_id` (a worker's own fallback posts)."""
-    events = registry.get_logs(registry.deploy_block, registry.block_number(), ["CommitmentPosted"], first_indexed=job_id)
+    events = registry.get_logs(
+        registry.deploy_block, registry.block_number(), ["CommitmentPosted"], first_indexed=job_id
+    )
     return {str(e.args["node"]): bytes(e.args["root"]) for e in events}

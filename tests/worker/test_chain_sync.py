@@ -23,20 +23,40 @@ from worker.state import POSTED, SETTLED, SIGNED, SKIPPED, WorkerState
 SPAN = LayerSpan(0, 2)
 
 
-def _serve(world: World, state: WorkerState, sync: ChainSync, job_id: int, *, handed_at: float, close: bool = True,
-           coordinator: LocalAccount | None = None) -> None:
+def _serve(
+    world: World,
+    state: WorkerState,
+    sync: ChainSync,
+    job_id: int,
+    *,
+    handed_at: float,
+    close: bool = True,
+    coordinator: LocalAccount | None = None,
+) -> None:
     """node1 serves one 3-step session of `job_id` (3 + 1 + 1 positions); its commitment is signed when closed."""
     sid = f"s{job_id}"
-    ticket = sign_ticket(coordinator or world.owner, worker=world.node1.address, session_id=sid, job_id=job_id,
-                         span=SPAN, expires_at=2**40, chain_id=world.domain.chain_id, registry=world.domain.registry)
-    state.session_opened(sid, job_id, (coordinator or world.owner).address, SPAN.start, SPAN.end, json.dumps(ticket))
+    ticket = sign_ticket(
+        coordinator or world.owner,
+        worker=world.node1.address,
+        session_id=sid,
+        job_id=job_id,
+        span=SPAN,
+        expires_at=2**40,
+        chain_id=world.domain.chain_id,
+        registry=world.domain.registry,
+    )
+    state.session_opened(
+        sid, job_id, (coordinator or world.owner).address, SPAN.start, SPAN.end, json.dumps(ticket)
+    )
     for i, n in enumerate((3, 1, 1)):
         state.step_recorded(sid, i, bytes([job_id, i]) * 16, n)
     if close:
         state.session_closed(sid, "closed", 3, None)
         work = state.job_work(job_id)
         assert work is not None and work.positions == 5
-        state.save_commitment(sync.sign(job_id, work.span, work.positions, 3, work.root), work.ticket, handed_at)
+        state.save_commitment(
+            sync.sign(job_id, work.span, work.positions, 3, work.root), work.ticket, handed_at
+        )
 
 
 def _status(state: WorkerState) -> dict[int, tuple[str, str | None]]:
@@ -44,13 +64,20 @@ def _status(state: WorkerState) -> dict[int, tuple[str, str | None]]:
 
 
 def _posted(reg: Registry, job_id: int) -> list[bytes]:
-    return [bytes(e.args["root"]) for e in reg.get_logs(reg.deploy_block, reg.block_number(), ["CommitmentPosted"],
-                                                          first_indexed=job_id)]
+    return [
+        bytes(e.args["root"])
+        for e in reg.get_logs(
+            reg.deploy_block, reg.block_number(), ["CommitmentPosted"], first_indexed=job_id
+        )
+    ]
 
 
 def test_settled_jobs_are_not_posted_and_unsettled_ones_are_posted_once_after_the_window(
-    anvil: DevChain, deployment: Deployment, accounts: list[LocalAccount],
-    registry_for: Callable[[LocalAccount | None], Registry], tmp_path: Path,
+    anvil: DevChain,
+    deployment: Deployment,
+    accounts: list[LocalAccount],
+    registry_for: Callable[[LocalAccount | None], Registry],
+    tmp_path: Path,
 ) -> None:
     world: World = build_world(anvil, accounts, registry_for)
     state = WorkerState(make_engine(None, tmp_path / "worker.db"), world.node1.address)
@@ -61,13 +88,18 @@ def test_settled_jobs_are_not_posted_and_unsettled_ones_are_posted_once_after_th
     _serve(world, state, sync, recent, handed_at=1e12)  # handed out "now": within the window
     mine = {j: state.job(j) for j in (settled, left_out)}
     world.settle(settled, [mine[settled].signed(world.node1.address)])  # type: ignore[union-attr]
-    world.settle(left_out, [world.commit(world.node2, left_out, LayerSpan(2, 4))])  # the coordinator omits node1
+    world.settle(
+        left_out, [world.commit(world.node2, left_out, LayerSpan(2, 4))]
+    )  # the coordinator omits node1
     world.gov.fail_job(failed, world.record(failed), "coordinator gave up")
 
     sync.sync_once()
     jobs = _status(state)
     assert jobs[settled][0] == SETTLED
-    assert jobs[left_out] == (SKIPPED, "settled without this worker's commitment: the coordinator left it out")
+    assert jobs[left_out] == (
+        SKIPPED,
+        "settled without this worker's commitment: the coordinator left it out",
+    )
     assert jobs[failed] == (SKIPPED, "job failed on chain before it was paid")
     assert jobs[unsettled][0] == POSTED and jobs[recent] == (SIGNED, None)
     assert _posted(world.gov, unsettled) == [state.job(unsettled).signed(world.node1.address).root]  # type: ignore[union-attr]
@@ -84,8 +116,11 @@ def test_settled_jobs_are_not_posted_and_unsettled_ones_are_posted_once_after_th
 
 
 def test_a_restart_signs_what_a_crash_left_and_posts_it_at_once(
-    anvil: DevChain, deployment: Deployment, accounts: list[LocalAccount],
-    registry_for: Callable[[LocalAccount | None], Registry], tmp_path: Path,
+    anvil: DevChain,
+    deployment: Deployment,
+    accounts: list[LocalAccount],
+    registry_for: Callable[[LocalAccount | None], Registry],
+    tmp_path: Path,
 ) -> None:
     world: World = build_world(anvil, accounts, registry_for)
     db = tmp_path / "worker.db"

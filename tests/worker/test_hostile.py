@@ -85,7 +85,9 @@ def net(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store) 
 
 def reference_tokens(net: Net, n: int) -> list[int]:
     torch.manual_seed(0)
-    return list(greedy_generate(load_reference(net.reference_store, net.manifest.to_json()), PROMPT, n).tokens)
+    return list(
+        greedy_generate(load_reference(net.reference_store, net.manifest.to_json()), PROMPT, n).tokens
+    )
 
 
 async def generate(net: Net, n: int) -> list[int]:
@@ -110,9 +112,10 @@ def assert_still_serving(net: Net) -> None:
 async def raw(
     url: str, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
 ) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as http, http.request(
-        method, url + path, data=body, headers=headers or {}
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, url + path, data=body, headers=headers or {}) as resp,
+    ):
         return resp.status, await resp.json(content_type=None)
 
 
@@ -199,7 +202,7 @@ def _half_open(port: int, kind: int) -> socket.socket:
     if kind == 0:  # a request line and half a header, never finished
         s.sendall(b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Le")
     elif kind == 1:  # a whole head announcing a body that never comes in full
-        s.sendall(b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"ticket\"")
+        s.sendall(b'POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"ticket"')
     return s  # kind 2: connected, silent
 
 
@@ -296,13 +299,16 @@ async def _fuzz(net: Net, seed: int, count: int) -> Counter[int]:
         targets = FuzzTargets(tickets, sessions, hidden_size=64, vocab_size=256)
         limit = asyncio.Semaphore(16)
         connector = aiohttp.TCPConnector(limit=16)
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=30)
+        ) as http:
 
             async def send(req: FuzzRequest) -> None:
                 async with limit:
                     try:
-                        async with http.request(req.method, net.worker.url + req.path, data=req.body,
-                                                headers=req.headers) as resp:
+                        async with http.request(
+                            req.method, net.worker.url + req.path, data=req.body, headers=req.headers
+                        ) as resp:
                             await resp.read()
                             status = resp.status
                     except (aiohttp.ClientError, HttpProcessingError):

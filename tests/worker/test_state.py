@@ -43,8 +43,15 @@ def _h(i: int) -> bytes:
 def _sign(st: WorkerState, job_id: int, handed_at: float = 1.0) -> None:
     work = st.job_work(job_id)
     assert work is not None
-    signed = sign_commitment(KEY, DOMAIN, job_id=job_id, span=work.span, positions=work.positions,
-                             steps=len(work.step_hashes), root=work.root)
+    signed = sign_commitment(
+        KEY,
+        DOMAIN,
+        job_id=job_id,
+        span=work.span,
+        positions=work.positions,
+        steps=len(work.step_hashes),
+        root=work.root,
+    )
     st.save_commitment(signed, work.ticket, handed_at)
 
 
@@ -61,7 +68,12 @@ def test_a_jobs_commitment_covers_all_its_sessions_in_order_with_their_positions
     st.step_recorded("other", 0, _h(4), 1)
     work = st.job_work(7)
     assert work is not None
-    assert (work.step_hashes, work.positions, work.ticket, work.span) == ([_h(0), _h(1), _h(9)], 12, '{"t": 2}', SPAN)
+    assert (work.step_hashes, work.positions, work.ticket, work.span) == (
+        [_h(0), _h(1), _h(9)],
+        12,
+        '{"t": 2}',
+        SPAN,
+    )
     assert work.root == merkle_root([_h(0), _h(1), _h(9)])
     assert st.job_work(99) is None
     _sign(st, 7)
@@ -88,7 +100,9 @@ def test_commitments_are_due_after_they_were_handed_out(new_state: Callable[[], 
     assert [r.job_id for r in st.commitments_due(25.0)] == [2]
 
 
-def test_restart_closes_lost_sessions_and_their_jobs_need_signing(new_state: Callable[[], WorkerState]) -> None:
+def test_restart_closes_lost_sessions_and_their_jobs_need_signing(
+    new_state: Callable[[], WorkerState],
+) -> None:
     st = new_state()
     st.session_opened("s1", 3, "0xC", 0, 2)
     st.step_recorded("s1", 0, _h(5), 4)

@@ -131,8 +131,10 @@ def test_keygen_status_stake_unstake_withdraw_claim(cli, tmp_path: Path, anvil, 
     by_address = cli("status", "--deployment", str(dep_file), "--address", address)  # no key at all
     assert by_address.returncode == 0, by_address.stderr
     assert address in by_address.stdout and "stake        1.000000 ETH" in by_address.stdout
-    assert re.search(r"unbonding    1\.000000 ETH .*withdrawable from \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC",
-                     by_address.stdout), by_address.stdout
+    assert re.search(
+        r"unbonding    1\.000000 ETH .*withdrawable from \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC",
+        by_address.stdout,
+    ), by_address.stdout
     early = cli("withdraw", *chain, env=env)
     assert early.returncode == 1 and "ShardRegistryStillUnbonding" in early.stderr
     anvil.advance_time(deployment.params["unbonding_period"] + 1)
@@ -252,10 +254,26 @@ def test_run_on_a_port_in_use_sends_nothing_on_chain(
         taken.listen(1)
         port = taken.getsockname()[1]
         code, err = _run_worker(
-            monkeypatch, capsys, {"K": worker.key.hex()}, "run", "--deployment",
-            str(deployment.save(tmp_path / "deployment.json")), "--key-env", "K", "--model", "tiny",
-            "--layers", "0:2", "--store-dir", str(store), "--data-dir", str(tmp_path / "w"),
-            "--host", "127.0.0.1", "--port", str(port),
+            monkeypatch,
+            capsys,
+            {"K": worker.key.hex()},
+            "run",
+            "--deployment",
+            str(deployment.save(tmp_path / "deployment.json")),
+            "--key-env",
+            "K",
+            "--model",
+            "tiny",
+            "--layers",
+            "0:2",
+            "--store-dir",
+            str(store),
+            "--data-dir",
+            str(tmp_path / "w"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
         )
     assert code == 1
     assert f"port {port} on 127.0.0.1 is in use" in err and "nothing was sent on chain" in err, err

@@ -29,8 +29,9 @@ def test_sigkill_then_restart_posts_each_commitment_once_and_misses_none(
     model_id = int(owner.register_model("tiny-llama", cid, 4, 10**6).event("ModelRegistered").args["modelId"])
     client = owner.with_account(accounts[6])
     owner.set_coordinator(accounts[1].address, "http://127.0.0.1:9", True)
-    worker = start_worker(tmp, accounts[7], dep_file, "tiny-llama", store, "--layers", "0:4",
-                          "--settle-window-s", "1", name="w")
+    worker = start_worker(
+        tmp, accounts[7], dep_file, "tiny-llama", store, "--layers", "0:4", "--settle-window-s", "1", name="w"
+    )
     domain = owner.domain()
     try:
         worker.wait_ready()

@@ -153,7 +153,9 @@ def test_push_mode_matches_the_unsplit_model_and_commits_to_what_was_sent(net: N
 
     async def go() -> tuple[list[int], list[torch.Tensor], list[list[bytes]], bytes, bytes]:
         async with WorkerClient(net.a.url) as a, WorkerClient(net.b.url) as b:
-            sb = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN)))["session_id"]
+            sb = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN)))[
+                "session_id"
+            ]
             sa = (
                 await a.open_session(
                     ticket(net.domain, net.coordinator, net.a.address, A_SPAN),
@@ -192,8 +194,12 @@ def test_unsettled_signed_commitments_are_posted_by_each_worker_once(net: Net) -
 
     async def go() -> tuple[Any, Any]:
         async with WorkerClient(net.a.url) as a, WorkerClient(net.b.url) as b:
-            sa = (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN, job_id)))["session_id"]
-            sb = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN, job_id)))["session_id"]
+            sa = (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN, job_id)))[
+                "session_id"
+            ]
+            sb = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN, job_id)))[
+                "session_id"
+            ]
             hidden, _ = await a.step(sa, PROMPT, 0)
             await b.step(sb, hidden, 0)
             return await a.close_session(sa), await b.close_session(sb)
@@ -216,15 +222,21 @@ def test_a_job_settled_with_the_handed_commitments_is_never_posted(net: Net) -> 
 
     async def go() -> list[Any]:
         async with WorkerClient(net.a.url) as a, WorkerClient(net.b.url) as b:
-            sa = (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN, job_id)))["session_id"]
-            sb = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN, job_id)))["session_id"]
+            sa = (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN, job_id)))[
+                "session_id"
+            ]
+            sb = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN, job_id)))[
+                "session_id"
+            ]
             hidden, _ = await a.step(sa, PROMPT, 0)
             await b.step(sb, hidden, 0)
             return [(await a.close_session(sa)).job_commitment, (await b.close_session(sb)).job_commitment]
 
     signed = run(go())
     before = {n: net.owner.claimable(n) for n in (net.a.address, net.b.address)}
-    result = net.coord_registry.settle_jobs([Settlement(job_id, net.owner.job_record(job_id), b"\x01" * 32, signed)])
+    result = net.coord_registry.settle_jobs(
+        [Settlement(job_id, net.owner.job_record(job_id), b"\x01" * 32, signed)]
+    )
     assert int(result.event("JobSettled").args["paidHops"]) == 0b11
     assert all(net.owner.claimable(n) > before[n] for n in before)
     time.sleep(5)  # past the window: the workers saw JobSettled with their hops paid and post nothing
@@ -240,8 +252,12 @@ def test_failover_replay_from_outputs_and_every_served_hop_posted(net: Net) -> N
             WorkerClient(net.b.url) as b,
             WorkerClient(net.cheat.url) as c,
         ):
-            sa = (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN, job_id)))["session_id"]
-            sb = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN, job_id)))["session_id"]
+            sa = (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN, job_id)))[
+                "session_id"
+            ]
+            sb = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN, job_id)))[
+                "session_id"
+            ]
             x, pos, seen = PROMPT, 0, []
             for _ in range(3):  # the client relays: a, then b
                 hidden, _ = await a.step(sa, x, pos)
@@ -251,13 +267,15 @@ def test_failover_replay_from_outputs_and_every_served_hop_posted(net: Net) -> N
                 x = torch.tensor([[int(logits[0, -1].argmax())]])
             # b "fails": its replacement (here a fresh session) rebuilds its cache from a's outputs in one step
             history = await a.outputs(sa)
-            sb2 = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN)))["session_id"]
+            sb2 = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN)))[
+                "session_id"
+            ]
             replayed, _ = await b.step(sb2, history, 0)
             await b.close(sb2)
             # a "fails" too: the coordinator sends layers 0:2 to the cheat as a replacement hop (off chain in v2)
-            sc = (await c.open_session(ticket(net.domain, net.coordinator, net.cheat.address, A_SPAN, job_id)))[
-                "session_id"
-            ]
+            sc = (
+                await c.open_session(ticket(net.domain, net.coordinator, net.cheat.address, A_SPAN, job_id))
+            )["session_id"]
             await c.step(sc, PROMPT, 0)
             for sid, w in ((sa, a), (sb, b)):
                 await w.close(sid)
@@ -279,8 +297,13 @@ def test_tickets_must_come_from_an_on_chain_coordinator_for_this_worker_and_span
         return 200
 
     assert run(status(ticket(net.domain, net.stranger, net.a.address, A_SPAN))) == 401
-    assert run(status(ticket(net.domain, net.coordinator, net.b.address, A_SPAN))) == 401  # another worker's ticket
-    forged = {**ticket(net.domain, net.coordinator, net.a.address, A_SPAN), "job_id": 999}  # altered after signing
+    assert (
+        run(status(ticket(net.domain, net.coordinator, net.b.address, A_SPAN))) == 401
+    )  # another worker's ticket
+    forged = {
+        **ticket(net.domain, net.coordinator, net.a.address, A_SPAN),
+        "job_id": 999,
+    }  # altered after signing
     assert run(status(forged)) == 401
     assert run(status(ticket(net.domain, net.coordinator, net.a.address, LayerSpan(0, 1)))) == 422
     with pytest.raises(TicketRejected, match="not an approved coordinator"):
@@ -288,13 +311,23 @@ def test_tickets_must_come_from_an_on_chain_coordinator_for_this_worker_and_span
     # a job's sessions come only from the coordinator the job names (another approved one is refused)
     job_id = submit_for(net.client, net.coordinator.address, net.model_id)
     with pytest.raises(TicketRejected, match="the job names the coordinator"):
-        run(WorkerClient(net.a.url).open_session(ticket(net.domain, net.coordinator2, net.a.address, A_SPAN, job_id)))
+        run(
+            WorkerClient(net.a.url).open_session(
+                ticket(net.domain, net.coordinator2, net.a.address, A_SPAN, job_id)
+            )
+        )
     with pytest.raises(TicketRejected, match="the job is not on chain"):
-        run(WorkerClient(net.a.url).open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN, 10**9)))
+        run(
+            WorkerClient(net.a.url).open_session(
+                ticket(net.domain, net.coordinator, net.a.address, A_SPAN, 10**9)
+            )
+        )
 
     async def open_and_close() -> int:
         async with WorkerClient(net.a.url) as a:
-            sid = (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN, job_id)))["session_id"]
+            sid = (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN, job_id)))[
+                "session_id"
+            ]
             return (await a.close_session(sid)).steps
 
     assert run(open_and_close()) == 0  # the job's own coordinator is served
@@ -313,8 +346,12 @@ async def _raw(
 def test_bad_input_gets_a_clear_4xx_and_the_session_still_works(net: Net) -> None:
     async def go() -> tuple[list[tuple[str, int, int, str]], torch.Tensor, torch.Tensor]:
         async with WorkerClient(net.a.url) as a, WorkerClient(net.b.url) as b:
-            sa = (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN)))["session_id"]
-            sb = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN)))["session_id"]
+            sa = (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN)))[
+                "session_id"
+            ]
+            sb = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN)))[
+                "session_id"
+            ]
             hidden, _ = await a.step(sa, PROMPT, 0)
             good = encode_frame(hidden)
             nan, inf = hidden.clone(), hidden.clone()
@@ -388,16 +425,24 @@ def test_session_limits_429_then_lru_eviction(net: Net) -> None:
             ids = []
             for _ in range(3):  # the per-coordinator limit is 3
                 ids.append(
-                    (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN)))["session_id"]
+                    (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN)))[
+                        "session_id"
+                    ]
                 )
                 await a.step(ids[-1], PROMPT, 0)
             with pytest.raises(TooManySessions):
                 await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN))
             await a.step(ids[0], torch.tensor([[1]]), 5)  # ids[1] is now the least recently used
-            other = [(await a.open_session(ticket(net.domain, net.coordinator2, net.a.address, A_SPAN)))["session_id"]]
+            other = [
+                (await a.open_session(ticket(net.domain, net.coordinator2, net.a.address, A_SPAN)))[
+                    "session_id"
+                ]
+            ]
             assert (await a.health())["sessions"] == 4  # max_sessions: full
             other.append(
-                (await a.open_session(ticket(net.domain, net.coordinator2, net.a.address, A_SPAN)))["session_id"]
+                (await a.open_session(ticket(net.domain, net.coordinator2, net.a.address, A_SPAN)))[
+                    "session_id"
+                ]
             )
             with pytest.raises(SessionNotFound):
                 await a.step(ids[1], torch.tensor([[1]]), 5)
@@ -444,9 +489,13 @@ def test_metrics_and_shard_files(net: Net) -> None:
 def test_sigterm_drains_then_releases_the_assignment_and_exits_0(net: Net) -> None:
     async def go() -> None:
         async with WorkerClient(net.b.url) as b, WorkerClient(net.a.url) as a:
-            sa = (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN)))["session_id"]
+            sa = (await a.open_session(ticket(net.domain, net.coordinator, net.a.address, A_SPAN)))[
+                "session_id"
+            ]
             hidden, _ = await a.step(sa, PROMPT, 0)
-            sb = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN)))["session_id"]
+            sb = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN)))[
+                "session_id"
+            ]
             net.b.signal(15)
             deadline = time.monotonic() + 10
             while not (await b.health())["draining"]:

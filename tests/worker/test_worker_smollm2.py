@@ -45,7 +45,9 @@ def test_smollm2_over_three_workers_in_push_mode_matches_the_unsplit_model(
                 sessions: list[str] = []
                 nxt = None
                 for w, c, span in reversed(list(zip(workers, clients, SPANS, strict=True))):
-                    opened = await c.open_session(ticket(domain, accounts[1], w.address, span), "fp32", next=nxt)
+                    opened = await c.open_session(
+                        ticket(domain, accounts[1], w.address, span), "fp32", next=nxt
+                    )
                     sessions.insert(0, opened["session_id"])
                     nxt = {"url": w.url, "session_id": opened["session_id"], "token": opened["session_token"]}
                 tokens, logits, x, pos = [], [], PROMPT, 0

@@ -117,7 +117,9 @@ class Adapter(ABC):
         model = self.build_model(config)
         layers = self.get_module(model, self.layers_name)
         if not isinstance(layers, nn.ModuleList) or len(layers) != num_layers:
-            raise ModelError(f"{type(model).__name__}.{self.layers_name} is not a list of {num_layers} layers")
+            raise ModelError(
+                f"{type(model).__name__}.{self.layers_name} is not a list of {num_layers} layers"
+            )
         kept = nn.ModuleDict({str(i): layers[i] for i in range(span.start, span.end)})
         self.set_module(model, self.layers_name, kept)
         dropped = list(self.unused_names)
@@ -142,7 +144,9 @@ class Adapter(ABC):
                 continue
             if attr in parent._modules:
                 return parent, attr
-        raise ModelError(f"the {self.family} adapter expects a module {name!r}; {type(model).__name__} has none")
+        raise ModelError(
+            f"the {self.family} adapter expects a module {name!r}; {type(model).__name__} has none"
+        )
 
     def has_module(self, model: nn.Module, name: str) -> bool:
         """Whether `model` (a task model or a base model) has a module slot `name`, held or dropped."""
@@ -175,7 +179,9 @@ class Adapter(ABC):
         """The HF config a model carries as `model.config`."""
         config = getattr(model, "config", None)
         if not isinstance(config, PretrainedConfig):
-            raise ModelError(f"{type(model).__name__} carries no Hugging Face config; build it with build_span")
+            raise ModelError(
+                f"{type(model).__name__} carries no Hugging Face config; build it with build_span"
+            )
         return config
 
 
@@ -185,11 +191,13 @@ class DecoderAdapter(Adapter):
     kind: ClassVar[Kind] = "decoder"
 
     def layer_type(self, config: PretrainedConfig, index: int) -> str:
-        """"full_attention" or "sliding_attention" for layer `index` (as the HF cache and masks see it)."""
+        """ "full_attention" or "sliding_attention" for layer `index` (as the HF cache and masks see it)."""
         types = getattr(config, "layer_types", None)
         if types:
             return str(types[index])
-        return "sliding_attention" if getattr(config, "sliding_window", None) is not None else "full_attention"
+        return (
+            "sliding_attention" if getattr(config, "sliding_window", None) is not None else "full_attention"
+        )
 
     def new_cache(self, config: PretrainedConfig) -> Cache:
         """A cache for all layers of the model; a block fills only its span's (layer_idx is absolute)."""
@@ -241,7 +249,9 @@ class DecoderAdapter(Adapter):
             if kind in masks:
                 continue
             if kind not in makers:
-                raise ModelError(f"layer {i} has attention type {kind!r}, which the {self.family} adapter cannot run")
+                raise ModelError(
+                    f"layer {i} has attention type {kind!r}, which the {self.family} adapter cannot run"
+                )
             masks[kind] = makers[kind](
                 config=config,
                 inputs_embeds=hidden,
@@ -321,5 +331,7 @@ def config_from_dict(config: Mapping[str, Any] | PretrainedConfig) -> Pretrained
     try:
         config_cls = transformers.CONFIG_MAPPING[model_type]
     except KeyError:
-        raise ModelError(f"transformers {transformers.__version__} knows no model type {model_type!r}") from None
+        raise ModelError(
+            f"transformers {transformers.__version__} knows no model type {model_type!r}"
+        ) from None
     return config_cls.from_dict(data)
