@@ -260,12 +260,3 @@ def test_cheating_worker_is_caught_refereed_excluded_and_left_unpaid(net: Net, a
         assert again.text == reference_text(net, "after the cheat", 4)[1]
     finally:
         cheat.stop()
-
-
-def test_no_honest_worker_was_slashed(net: Net) -> None:
-    slashed = {
-        e.args["node"].lower() for e in net.owner.get_logs(0, net.owner.block_number(), ["NodeSlashed"])
-    }
-    honest = {w.address.lower() for w in net.workers.values()}
-    assert not slashed & honest
-    assert not any(workers_view(net)[a]["excluded"] for a in honest)
