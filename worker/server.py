@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,23 +20,15 @@ import aiohttp
 import torch
 from aiohttp import web
 
-from shardnet.chain.commitments import SignedCommitment
 from shardnet.model.adapters import ModelError
-from shardnet.peer.errors import (
-    InvalidTensor,
-    NextHopFailed,
-    SessionConflict,
-    TicketRejected,
-    WorkerAPIError,
-    WorkerUnavailable,
-)
+from shardnet.peer.errors import InvalidTensor, SessionConflict, TicketRejected, WorkerUnavailable
 from shardnet.span import LayerSpan
 from shardnet.wire.commitment import merkle_root, step_hash
 from shardnet.wire.frames import decode_frame, encode_frame
-from shardnet.wire.json_limits import BodyRejected, read_body_limited
 from shardnet.wire.tickets import TicketError, verify_ticket
 from worker.coordinator_check import CoordinatorCheck
 from worker.forwarding import SESSION_TOKEN_HEADER, forward_step
+from worker.http_errors import errors_as_json, read_body
 from worker.inputs import (
     MAX_OPEN_JSON_BYTES,
     check_job_id,
@@ -45,6 +37,7 @@ from worker.inputs import (
     parse_open_request,
     parse_start_pos,
 )
+from worker.job_commitment import CommitmentSigner, JobCommitments
 from worker.limits import BlockInfo, ServerLimits
 from worker.metrics import WorkerMetrics
 from worker.sessions import ModelSession, Session, SessionManager
@@ -55,9 +48,6 @@ log = logging.getLogger(__name__)
 LOGITS_CODEC = "fp32"  # the last block's logits always travel in full precision
 
 __all__ = ["BlockInfo", "CoordinatorCheck", "ServerLimits", "WorkerServer", "SESSION_TOKEN_HEADER"]
-
-#: Signs a job's commitment: (job_id, span, positions, steps, root) -> the EIP-712 signed commitment.
-CommitmentSigner = Callable[[int, LayerSpan, int, int, bytes], SignedCommitment]
 
 
 class WorkerServer:
@@ -95,7 +85,7 @@ class WorkerServer:
         self._is_coordinator = is_coordinator
         self.chain_id = chain_id
         self.registry_address = registry_address
-        self._signer = signer
+        self.commitments = JobCommitments(signer, state, info.span)
         self._job_coordinator = job_coordinator
         self._on_session_closed = on_session_closed
         self._extra_routes = list(extra_routes)
@@ -115,7 +105,10 @@ class WorkerServer:
 
     # -- application
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.limits.max_body_bytes, middlewares=[self._errors_as_json])
+        app = web.Application(
+            client_max_size=self.limits.max_body_bytes,
+            middlewares=[errors_as_json(self.metrics, self.limits.max_body_bytes)],
+        )
         app.add_routes(
             [
                 web.post("/v1/sessions", self.open_session),
@@ -149,34 +142,6 @@ class WorkerServer:
         while True:
             await asyncio.sleep(period)
             self.sessions.expire_idle()
-
-    @web.middleware
-    async def _errors_as_json(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except WorkerAPIError as exc:
-            body: dict[str, Any] = {"error": exc.message}
-            if isinstance(exc, NextHopFailed):
-                body["failed_hop"] = exc.url
-            self.metrics.request_errors.labels(str(exc.status)).inc()
-            return web.json_response(body, status=exc.status)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            self.metrics.request_errors.labels(str(exc.status)).inc()
-            message = {
-                404: f"no such endpoint {request.method} {request.path}; see docs/PROTOCOL.md",
-                405: f"method {request.method} is not allowed on {request.path}",
-                413: f"request body is larger than this worker accepts ({self.limits.max_body_bytes} bytes): "
-                "send fewer tokens per step",
-            }.get(exc.status, exc.reason)
-            return web.json_response({"error": message}, status=exc.status)
-        except Exception:
-            log.exception("internal error in %s %s", request.method, request.path)
-            self.metrics.request_errors.labels("500").inc()
-            return web.json_response({"error": "internal worker error; see the worker's log"}, status=500)
 
     # -- handlers
     async def open_session(self, request: web.Request) -> web.Response:
@@ -300,31 +265,14 @@ class WorkerServer:
             "steps": session.steps,
             "commitment": "0x" + merkle_root(session.step_hashes).hex(),
         }
-        if self._signer is not None and session.job_id and session.steps:  # job 0: no job, nothing to be paid
+        if self.commitments.due(session):
             # signed and stored (after the close queued above, on the same database thread) before it leaves
-            signed = await asyncio.get_running_loop().run_in_executor(self._db, self._sign_job, session)
+            signed = await asyncio.get_running_loop().run_in_executor(
+                self._db, self.commitments.sign, session
+            )
             if signed is not None:
                 body["job_commitment"] = signed.to_json()
         return web.json_response(body)
-
-    def _sign_job(self, session: Session, handed_at: float | None = None) -> SignedCommitment | None:
-        """The job's signed commitment over every session of it on this worker (stored first when there is a
-        database); None when nothing was computed for it."""
-        assert self._signer is not None and session.job_id
-        if self.state is None:
-            return self._signer(
-                session.job_id,
-                self.info.span,
-                session.length,
-                session.steps,
-                merkle_root(session.step_hashes),
-            )
-        work = self.state.job_work(session.job_id)
-        if work is None:
-            return None
-        signed = self._signer(work.job_id, work.span, work.positions, len(work.step_hashes), work.root)
-        self.state.save_commitment(signed, work.ticket, time.time() if handed_at is None else handed_at)
-        return signed
 
     async def health(self, _request: web.Request) -> web.Response:
         return web.json_response(
@@ -370,10 +318,7 @@ class WorkerServer:
 
     async def _read_body(self, request: web.Request, max_bytes: int) -> bytes:
         """The body, or 413 (too large) / 408 (not sent within `body_timeout_s`)."""
-        try:
-            return await read_body_limited(request, max_bytes, self.limits.body_timeout_s)
-        except BodyRejected as exc:
-            raise WorkerAPIError(str(exc), status=exc.status) from exc
+        return await read_body(request, max_bytes, self.limits.body_timeout_s)
 
     def _new_compute_session(self) -> ModelSession:
         session: ModelSession = self.block.new_session()
@@ -434,9 +379,9 @@ class WorkerServer:
         if self.state is not None:
             root = merkle_root(session.step_hashes) if session.step_hashes else None
             self._db_write(self.state.session_closed, session.session_id, reason, session.steps, root)
-            if reason != "closed" and self._signer is not None and session.job_id and session.steps:
+            if reason != "closed" and self.commitments.due(session):
                 # nobody asked for it (expired, drained, evicted, failed): sign it now, due for posting at once
-                self._db_write(self._sign_job, session, 0.0)
+                self._db_write(self.commitments.sign, session, 0.0)
         if self._on_session_closed is not None:
             self._db_write(self._on_session_closed)
 
