@@ -151,6 +151,9 @@ class WorkerServer:
             await self._read_body(request, MAX_OPEN_JSON_BYTES), is_last=self.info.is_last
         )
         loop = asyncio.get_running_loop()
+        raw_job_id = req.ticket.get("job_id")
+        if isinstance(raw_job_id, int) and not isinstance(raw_job_id, bool):
+            check_job_id(raw_job_id)  # before the signature: an id beyond uint256 must not reach the encoder
         try:
             signer = verify_ticket(
                 req.ticket, worker=self.address, chain_id=self.chain_id, registry=self.registry_address

@@ -93,7 +93,9 @@ def reference_tokens(net: Net, n: int) -> list[int]:
 async def generate(net: Net, n: int) -> list[int]:
     """A normal session: greedy tokens from the worker (all layers), then closed."""
     async with WorkerClient(net.worker.url) as w:
-        sid = (await w.open_session(ticket(net.coordinator, net.worker.address, SPAN)))["session_id"]
+        sid = (await w.open_session(ticket(net.owner.domain(), net.coordinator, net.worker.address, SPAN)))[
+            "session_id"
+        ]
         x, pos, tokens = PROMPT, 0, []
         for _ in range(n):
             logits, _ = await w.step(sid, x, pos)
@@ -143,9 +145,10 @@ def test_a_ticket_with_an_out_of_range_or_non_integer_job_id_is_refused_and_open
             return exc.status
         return 200
 
-    for job_id in (2**63, 2**64, 2**256, -1):
-        assert open_status(ticket(net.coordinator, net.worker.address, SPAN, job_id=job_id)) == 400, job_id
-    as_string = {**ticket(net.coordinator, net.worker.address, SPAN), "job_id": "7"}
+    signed = ticket(net.owner.domain(), net.coordinator, net.worker.address, SPAN, job_id=1)
+    for job_id in (2**63, 2**64, 2**256, -1):  # ids no ticket can be signed for: forged into a signed one
+        assert open_status({**signed, "job_id": job_id}) == 400, job_id
+    as_string = {**ticket(net.owner.domain(), net.coordinator, net.worker.address, SPAN), "job_id": "7"}
     assert open_status(as_string) == 401
     assert run(WorkerClient(net.worker.url).health())["sessions"] == 0
     assert "internal error" not in net.worker.log()
@@ -155,7 +158,9 @@ def test_a_ticket_with_an_out_of_range_or_non_integer_job_id_is_refused_and_open
 def test_a_leaked_session_id_alone_reads_steps_and_closes_nothing(net: Net) -> None:
     async def go() -> list[int]:
         async with WorkerClient(net.worker.url) as w:
-            sid = (await w.open_session(ticket(net.coordinator, net.worker.address, SPAN)))["session_id"]
+            sid = (
+                await w.open_session(ticket(net.owner.domain(), net.coordinator, net.worker.address, SPAN))
+            )["session_id"]
             await w.step(sid, PROMPT, 0)
             path = f"/v1/sessions/{sid}"
             statuses = []
@@ -178,7 +183,9 @@ def test_a_revoked_coordinator_is_refused_within_a_second(net: Net) -> None:
     async def open_and_close() -> int:
         async with WorkerClient(net.worker.url) as w:
             try:
-                sid = (await w.open_session(ticket(other, net.worker.address, SPAN)))["session_id"]
+                sid = (await w.open_session(ticket(net.owner.domain(), other, net.worker.address, SPAN)))[
+                    "session_id"
+                ]
             except WorkerAPIError as exc:
                 return exc.status
             await w.close(sid)
@@ -288,13 +295,16 @@ async def _send_raw(port: int, data: bytes) -> int:
 async def _fuzz(net: Net, seed: int, count: int) -> Counter[int]:
     rng = random.Random(seed)
     tickets = [
-        ticket(net.coordinator, net.worker.address, SPAN, job_id=rng.randrange(2**40)) for _ in range(40)
+        ticket(net.owner.domain(), net.coordinator, net.worker.address, SPAN, job_id=rng.randrange(2**40))
+        for _ in range(40)
     ]
     statuses: Counter[int] = Counter()
     async with WorkerClient(net.worker.url) as w:
         sessions = []
         for _ in range(4):
-            sid = (await w.open_session(ticket(net.coordinator, net.worker.address, SPAN)))["session_id"]
+            sid = (
+                await w.open_session(ticket(net.owner.domain(), net.coordinator, net.worker.address, SPAN))
+            )["session_id"]
             sessions.append((sid, w.session_token(sid)))
         targets = FuzzTargets(tickets, sessions, hidden_size=64, vocab_size=256)
         limit = asyncio.Semaphore(16)
