@@ -30,13 +30,15 @@ from eth_utils import keccak
 from coordinator.batching import SettlementBatcher
 from coordinator.catalog import ServedModel
 from coordinator.commitments import CommitmentBoard
+from coordinator.hop_sessions import PipelineContext
 from coordinator.hops import JobHops
 from coordinator.lifecycle import TERMINAL, IllegalTransition, JobLifecycle, JobState, mirrored_state
-from coordinator.pipeline import CheatDetected, Pipeline, PipelineContext
+from coordinator.pipeline import Pipeline
 from coordinator.router import RouteHop
 from coordinator.sampling import Sampler, SamplingParams
 from coordinator.settlement import HopWork, check_commitment, layer_tokens
 from coordinator.state import HopRow
+from coordinator.verification_runs import CheatDetected
 from shardnet.chain.commitments import SignedCommitment
 from shardnet.chain.registry import JobInfo, JobStatus, Settlement, TxResult
 from shardnet.errors import ShardnetError

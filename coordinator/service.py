@@ -23,9 +23,9 @@ from coordinator.catalog import ModelCatalog
 from coordinator.commitments import CommitmentBoard
 from coordinator.config import CoordinatorConfig
 from coordinator.directory import WorkerDirectory, probe_forever
+from coordinator.hop_sessions import PipelineContext
 from coordinator.jobs import JobRunner
 from coordinator.lifecycle import JobLifecycle
-from coordinator.pipeline import PipelineContext
 from coordinator.router import Router
 from coordinator.scheduler import JobScheduler
 from coordinator.state import CoordinatorState
