@@ -7,7 +7,7 @@ Bittensor's Targon validator does). A disagreement is settled by a third worker,
 of the two disagrees with the referee is the outlier. The evidence of a slash is a JSON record of the
 step (job, hop, step, positions, the input's hash and both outputs' hashes), whose keccak goes on chain.
 
-This module holds the decisions (pure functions); `coordinator.pipeline` runs the re-computations.
+This module holds the decisions (pure functions); `coordinator.verification_runs` runs the re-computations.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Following the chain for this worker (protocol v2): is each job it served paid, and if not, post it itself.
 
-The worker signs its commitment for a job when the coordinator closes a session of it (worker/server.py) and
+The worker signs its commitment for a job when the coordinator closes a session of it (worker/job_commitment.py, called by worker/server.py) and
 stores it before handing it out. `ChainSync` runs an `EventWatcher` (durable cursor) in a thread and, in the
 watcher's transaction, records what the chain did with each such job: `JobSettled` with this worker's hop paid
 (read from the settlement's calldata and `paidHops`) -> settled; `CommitmentPosted` by this worker -> on chain;
