@@ -19,6 +19,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
 from coordinator.sampling import SamplingParams
+from shardnet.job_auth import handover_body
 
 #: The largest maxTokens the contract takes (uint32).
 MAX_TOKENS_LIMIT = 2**32 - 1
@@ -149,6 +150,17 @@ class PromptHandOver(_Sampled):
     @classmethod
     def _text(cls, value: str) -> str:
         return _utf8(value)
+
+    def signed_body(self) -> dict[str, Any]:
+        """What the job's client must have signed (`shardnet.job_auth.handover_digest`): prompt and sampling."""
+        return handover_body(
+            self.prompt,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+            ignore_eos=self.ignore_eos,
+            chat=self.chat,
+        )
 
 
 class PreflightRequest(_Body):

@@ -1,9 +1,12 @@
 """The jobs API: prompts for jobs paid on chain by clients, and what the coordinator knows of each job.
 
-POST /v1/jobs/{id}/prompt   {"prompt", "temperature"?, "top_p"?, "seed"?, "ignore_eos"?, "chat"?}  -> 202 the job
+POST /v1/jobs/{id}/prompt   {"prompt", "temperature"?, "top_p"?, "seed"?, "ignore_eos"?, "chat"?}  -> 202 the job,
+                            only if X-Shardnet-Auth is the job client's signature of exactly this prompt and these
+                            sampling parameters for this job, not expired (`shardnet.job_auth.sign_prompt_handover`);
+                            else 401
 GET  /v1/jobs/{id}          status (a `coordinator.lifecycle.JobState`), route, commitments (read from the
                             chain), and the output once generated if X-Shardnet-Auth is the job client's
-                            signature of `shardnet.client.output_read_message(id, expires_at)`, not expired (`sign_output_read`)
+                            signature of `shardnet.job_auth.output_read_message(id, expires_at)`, not expired (`sign_output_read`)
 GET  /v1/jobs?client=0x…    the jobs this coordinator knows (without outputs)
 """
 
@@ -23,8 +26,8 @@ from coordinator.scheduler import PromptRejected
 from coordinator.service import CoordinatorService
 from coordinator.state import JobRow
 from shardnet.chain.errors import ChainError
-from shardnet.client import AUTH_HEADER, output_reader
 from shardnet.errors import ConfigError
+from shardnet.job_auth import AUTH_HEADER, output_reader, prompt_handover_signer
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +87,11 @@ async def post_prompt(request: web.Request) -> web.Response:
         body = PromptHandOver.model_validate(raw)
     except ValidationError as exc:
         return validation_error(exc)
+    signer = prompt_handover_signer(request.headers.get(AUTH_HEADER), job_id, body.signed_body())
     try:
-        row = await service.jobs.accept_prompt(job_id, body.prompt, body.sampling(chat=body.chat))
+        row = await service.jobs.accept_prompt(
+            job_id, body.prompt, body.sampling(chat=body.chat), signer=signer
+        )
     except PromptRejected as exc:
         return error(exc.status, str(exc))
     except ChainError as exc:

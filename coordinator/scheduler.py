@@ -1,6 +1,6 @@
 """Which jobs run when: prompts in, jobs scheduled (once each, a bounded number at a time), restarts and stops.
 
-A job enters through `accept_prompt` (a client's prompt for an on-chain job) or `submit_own_job` (an OpenAI
+A job enters through `accept_prompt` (a client's prompt for an on-chain job, signed by that client) or `submit_own_job` (an OpenAI
 request the coordinator pays itself); both move it to `prompt` in `coordinator.lifecycle`, where the chain's
 `JobSubmitted` event meets it. `recover` replays, at start, what a previous run left unfinished, by
 `lifecycle.recovery_action`: notably a job killed while settling is finalized (its workers are paid), not refunded.
@@ -31,6 +31,7 @@ from coordinator.state import JobRow
 from shardnet.chain.errors import ChainUnavailable
 from shardnet.chain.registry import JobStatus, Registry
 from shardnet.errors import ShardnetError
+from shardnet.job_auth import AUTH_HEADER, MAX_HANDOVER_VALID_S
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,19 @@ class PromptRejected(ShardnetError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+def _not_the_client(job_id: int, client: str, signer: str | None) -> str:
+    why = (
+        f"{AUTH_HEADER} is missing, malformed or expired (or valid for more than {MAX_HANDOVER_VALID_S} s)"
+        if signer is None
+        else f"{AUTH_HEADER} was signed by another key, or for another prompt or other sampling parameters"
+    )
+    return (
+        f"only the client of job {job_id} ({client}) may hand over its prompt, and {why}: send {AUTH_HEADER}: "
+        "'<expires_at>:<0x signature>', its EIP-191 signature of exactly this job id, prompt and these sampling "
+        "parameters (shardnet.job_auth.sign_prompt_handover; `shardnet submit` signs it), before expires_at"
+    )
 
 
 def _consume(task: asyncio.Task[Any]) -> None:
@@ -69,8 +83,12 @@ class JobScheduler:
         self.tasks: dict[int, asyncio.Task[Any]] = {}
 
     # -- entering
-    async def accept_prompt(self, job_id: int, prompt: str, params: SamplingParams) -> JobRow:
-        """Take a client's prompt for an on-chain job (it must hash to the job's inputHash) and schedule the job."""
+    async def accept_prompt(
+        self, job_id: int, prompt: str, params: SamplingParams, *, signer: str | None
+    ) -> JobRow:
+        """Take a client's prompt for an on-chain job and schedule the job. `signer` is the address whose
+        X-Shardnet-Auth signed exactly this prompt and `params` for this job (None: no valid signature); it must be
+        the job's client on chain, and the prompt must hash to the job's inputHash."""
         try:
             job = await asyncio.to_thread(self.registry.get_job, job_id)
         except ChainUnavailable:
@@ -79,6 +97,8 @@ class JobScheduler:
             raise PromptRejected(
                 f"job {job_id} does not exist on chain ({exc}); submit it first", 404
             ) from exc
+        if signer is None or signer.lower() != job.client.lower():
+            raise PromptRejected(_not_the_client(job_id, job.client, signer), 401)
         if job.status != JobStatus.Open:
             raise PromptRejected(
                 f"job {job_id} is {job.status.name} on chain; only an Open job takes a prompt", 409

@@ -4,7 +4,8 @@
     outcome = client.submit("Hello", model="SmolLM2-135M-Instruct", max_tokens=32)
     print(outcome.text)          # keccak256(outcome.text) == the outputHash finalized on chain
 
-The prompt never goes on chain, only its keccak256; the coordinator checks the prompt against it. The
+The prompt never goes on chain, only its keccak256; the coordinator checks the prompt against it, and takes it
+only signed by the job's client with the sampling parameters (`shardnet.job_auth`). The
 output's keccak256 is checked against the `outputHash` the coordinator finalized on chain, so a
 coordinator cannot serve one text and settle another.
 """
@@ -27,6 +28,12 @@ from shardnet.chain.registry import JobInfo, JobStatus, Registry
 from shardnet.chain.tx import chain_id, rpc
 from shardnet.errors import ShardnetError
 from shardnet.http_json import HttpUnreachable, request_json
+from shardnet.job_auth import AUTH_HEADER as AUTH_HEADER
+from shardnet.job_auth import MAX_OUTPUT_READ_VALID_S as MAX_OUTPUT_READ_VALID_S
+from shardnet.job_auth import OUTPUT_READ_VALID_S as OUTPUT_READ_VALID_S
+from shardnet.job_auth import handover_body, sign_output_read, sign_prompt_handover
+from shardnet.job_auth import output_read_message as output_read_message
+from shardnet.job_auth import output_reader as output_reader
 
 log = logging.getLogger(__name__)
 
@@ -48,53 +55,6 @@ class JobOutcome:
     commitments: list[dict[str, Any]] | None
     escrow_wei: int
     seconds: float
-
-
-#: Header carrying `"<expires_at>:<0x signature>"`: the client's signature of `output_read_message(job_id,
-#: expires_at)`. Only the job's client reads its output, and a header seen once is useless after expires_at.
-AUTH_HEADER = "X-Shardnet-Auth"
-#: How long a signed read is valid by default, and the longest validity a coordinator accepts.
-OUTPUT_READ_VALID_S = 300
-MAX_OUTPUT_READ_VALID_S = 3600
-
-
-def output_read_message(job_id: int, expires_at: int) -> str:
-    """The text a client signs (EIP-191) to read its job's output from a coordinator until `expires_at`."""
-    return f"shardnet: read the output of job {job_id} until {expires_at}"
-
-
-def sign_output_read(
-    account: Any, job_id: int, *, valid_s: int = OUTPUT_READ_VALID_S, now: float | None = None
-) -> str:
-    """The `X-Shardnet-Auth` value for `account` reading job `job_id` for the next `valid_s` seconds."""
-    from eth_account.messages import encode_defunct
-
-    expires_at = int(time.time() if now is None else now) + int(valid_s)
-    signed = account.sign_message(encode_defunct(text=output_read_message(job_id, expires_at)))
-    return f"{expires_at}:0x{bytes(signed.signature).hex()}"
-
-
-def output_reader(header: str | None, job_id: int, *, now: float | None = None) -> str | None:
-    """The address (lowercase) that signed `header` to read job `job_id`, or None when the header is
-    missing, malformed, expired, or valid for longer than `MAX_OUTPUT_READ_VALID_S` from `now`."""
-    from eth_account import Account
-    from eth_account.messages import encode_defunct
-
-    if not header or len(header) > 200:
-        return None
-    expires_text, _, signature = header.partition(":")
-    if not expires_text.isascii() or not expires_text.isdigit() or len(expires_text) > 12:
-        return None
-    expires_at, current = int(expires_text), time.time() if now is None else now
-    if not current <= expires_at <= current + MAX_OUTPUT_READ_VALID_S:
-        return None
-    try:
-        signer = Account.recover_message(
-            encode_defunct(text=output_read_message(job_id, expires_at)), signature=signature
-        )
-    except Exception:  # noqa: BLE001 - a malformed signature simply reads nothing
-        return None
-    return str(signer).lower()
 
 
 #: The most tokens a job may ask for (maxTokens is a uint32 on chain).
@@ -255,7 +215,12 @@ class ShardnetClient:
         return int(result.event("JobSubmitted").args["jobId"])
 
     def hand_over(self, url: str, job_id: int, prompt: str, sampling: dict[str, Any]) -> None:
-        status, payload = _http("POST", f"{url}/v1/jobs/{job_id}/prompt", {"prompt": prompt, **sampling})
+        """Hand the prompt and `sampling` (temperature, top_p, seed, ignore_eos, chat) of job `job_id` to the
+        coordinator at `url`, signed by the job's client (`shardnet.job_auth.sign_prompt_handover`)."""
+        self._need_account()
+        body = handover_body(prompt, **sampling)
+        auth = {AUTH_HEADER: sign_prompt_handover(self.registry.account, job_id, body)}
+        status, payload = _http("POST", f"{url}/v1/jobs/{job_id}/prompt", body, headers=auth)
         if status != 202:
             raise ClientError(
                 f"the coordinator refused the prompt of job {job_id} (HTTP {status}): {_message(payload)}"

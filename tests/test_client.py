@@ -51,3 +51,33 @@ def test_an_output_read_header_is_the_signers_until_it_expires_and_never_after(a
     )  # moved expiry
     for bad in (None, "", signature, "x:" + signature, "9" * 40 + ":" + signature, "1:2:3"):
         assert output_reader(bad, 7, now=now) is None
+
+
+def test_a_prompt_handover_header_binds_job_prompt_and_sampling_until_it_expires(accounts) -> None:
+    from shardnet.job_auth import (
+        MAX_HANDOVER_VALID_S,
+        handover_body,
+        output_reader,
+        prompt_handover_signer,
+        sign_prompt_handover,
+    )
+
+    client, now = accounts[6], 1_800_000_000
+    body = handover_body("hi", temperature=0.7, seed=3, chat=True)
+    header = sign_prompt_handover(client, 7, body, valid_s=300, now=now)
+    assert prompt_handover_signer(header, 7, body, now=now) == client.address.lower()
+    assert prompt_handover_signer(header, 7, body, now=now + 301) is None  # expired
+    assert prompt_handover_signer(header, 8, body, now=now) != client.address.lower()  # another job
+    for changed in ({"temperature": 0.8}, {"top_p": 0.9}, {"seed": 4}, {"ignore_eos": True}, {"chat": False}):
+        assert prompt_handover_signer(header, 7, {**body, **changed}, now=now) != client.address.lower()
+    assert prompt_handover_signer(header, 7, {**body, "prompt": "hi!"}, now=now) != client.address.lower()
+    assert output_reader(header, 7, now=now) != client.address.lower()  # not an output read either
+    # absent parameters sign as the values sampled with: {"prompt"} alone is greedy, top_p 1, no seed, raw
+    bare = sign_prompt_handover(client, 7, {"prompt": "hi"}, now=now)
+    assert prompt_handover_signer(bare, 7, handover_body("hi", temperature=0, top_p=1), now=now) == (
+        client.address.lower()
+    )
+    forever = sign_prompt_handover(client, 7, body, valid_s=10 * MAX_HANDOVER_VALID_S, now=now)
+    assert prompt_handover_signer(forever, 7, body, now=now) is None
+    for bad in (None, "", "x:0x00", "1:2:3"):
+        assert prompt_handover_signer(bad, 7, body, now=now) is None

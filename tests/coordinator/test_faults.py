@@ -73,10 +73,7 @@ def test_coordinator_killed_mid_job_fails_it_on_chain_after_restart(net: Net) ->
     job_id = net.client.pay("kill the coordinator", net.model_id, 400)
     escrow = net.owner.get_job(job_id).escrow
     before = client_reg.claimable(net.client_account.address)
-    status, _ = http_json(
-        "POST", f"{net.coordinator.url}/v1/jobs/{job_id}/prompt", {"prompt": "kill the coordinator"}
-    )
-    assert status == 202
+    net.client.hand_over(net.coordinator.url, job_id, "kill the coordinator", {})  # 202, or ClientError
     wait_for(
         lambda: http_json("GET", f"{net.coordinator.url}/v1/jobs/{job_id}")[1]["status"] == "generating",
         20,
@@ -118,8 +115,7 @@ def test_coordinator_killed_while_settling_finishes_the_settlement_after_restart
     before = claimables(net.owner, [*nodes, net.coordinator_address, net.client_account.address])
     prompt = "settle after a crash"
     job_id = net.client.pay(prompt, net.model_id, 6)
-    status, _ = http_json("POST", f"{dying.url}/v1/jobs/{job_id}/prompt", {"prompt": prompt})
-    assert status == 202
+    net.client.hand_over(dying.url, job_id, prompt, {})
     assert dying.wait(timeout=60) == -signal.SIGKILL, dying.log()[-3000:]
     assert f"dying before settleJobs of job {job_id}" in dying.log()
     assert net.owner.get_job(job_id).status == JobStatus.Open
@@ -203,10 +199,7 @@ def test_cheating_worker_is_caught_refereed_excluded_and_left_unpaid(net: Net, a
                 lambda: all(workers_view(net)[w.address.lower()]["down"] for w in honest), 20, "replicas down"
             )
             job_id = net.client.pay(prompt, net.model_id, n)
-            status, _ = http_json(
-                "POST", f"{net.coordinator.url}/v1/jobs/{job_id}/prompt", {"prompt": prompt}
-            )
-            assert status == 202
+            net.client.hand_over(net.coordinator.url, job_id, prompt, {})
             wait_for(
                 lambda: job_status(net, job_id) not in ("prompt", "routed"),
                 20,

@@ -19,6 +19,8 @@ from eth_utils import keccak
 from coordinator.settlement import expected_split
 from shardnet.chain.registry import JobStatus
 from shardnet.client import ShardnetClient
+from shardnet.http_json import request_json
+from shardnet.job_auth import AUTH_HEADER, handover_body, sign_prompt_handover
 from tests.coordinator.harness import http_json, start_coordinator, wait_for
 from tests.coordinator.network import PRICE, SHARDNET, Net, claimables, job_status, reference_text
 from tests.service_proc import REPO
@@ -118,10 +120,12 @@ def test_a_json_bomb_gets_4xx_and_the_coordinator_keeps_serving(net: Net) -> Non
 
 def test_wrong_prompt_is_refused_and_unknown_jobs_are_404(net: Net) -> None:
     job_id = net.client.pay("the real prompt", net.model_id, 4)
-    status, body = http_json(
-        "POST", f"{net.coordinator.url}/v1/jobs/{job_id}/prompt", {"prompt": "another prompt"}
+    body = handover_body("another prompt")
+    auth = {AUTH_HEADER: sign_prompt_handover(net.client_account, job_id, body)}  # the client's, wrong prompt
+    status, answer = request_json(
+        "POST", f"{net.coordinator.url}/v1/jobs/{job_id}/prompt", body, headers=auth
     )
-    assert status == 400 and "inputHash" in body["error"]["message"]
+    assert status == 400 and "inputHash" in answer["error"]["message"]
     status, body = http_json("POST", f"{net.coordinator.url}/v1/jobs/99999/prompt", {"prompt": "x"})
     assert status == 404
     status, _ = http_json("GET", f"{net.coordinator.url}/v1/jobs/99999")

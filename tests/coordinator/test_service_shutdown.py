@@ -59,10 +59,7 @@ def test_sigterm_mid_job_fails_it_on_chain_at_once_so_the_client_is_refunded(
         job_id = client.pay(prompt, model_id, 400, coordinator=accounts[1].address)
         escrow = owner.get_job(job_id).escrow
         before = owner.claimable(client_account.address)
-        status, _ = http_json(
-            "POST", f"{coord.url}/v1/jobs/{job_id}/prompt", {"prompt": prompt, "ignore_eos": True}
-        )
-        assert status == 202
+        client.hand_over(coord.url, job_id, prompt, {"ignore_eos": True})
         wait_for(
             lambda: http_json("GET", f"{coord.url}/v1/jobs/{job_id}")[1]["status"] == "generating",
             30,
