@@ -89,12 +89,14 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def _resolve_model(service: CoordinatorService, name: str | int | None) -> int:
-    if name is None:
+    if name is None or name == "":  # no model named: the configured default, else model 1
         if service.config.api_model_id:
             return service.config.api_model_id
         if not await asyncio.to_thread(service.registry.model_count):
             raise ConfigError("no model is registered on chain")
         return 1
+    if not isinstance(name, str | int) or isinstance(name, bool):  # the body model checks it too
+        raise ConfigError(f'"model" must be a model name or id, not {name!r}; GET /v1/models lists them')
     return (await asyncio.to_thread(resolve_model, service.registry, name)).model_id
 
 
