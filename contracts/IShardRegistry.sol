@@ -171,6 +171,8 @@ interface IShardRegistry {
     error ShardRegistryUnknownJob(uint256 jobId);
     error ShardRegistryJobRecordMismatch(uint256 jobId);
     error ShardRegistryEscrowTooLow(uint256 provided, uint256 required);
+    /// @notice {submitJob} asked for more tokens than the registry's `maxJobTokens`.
+    error ShardRegistryMaxTokensTooLarge(uint32 maxTokens, uint32 limit);
     error ShardRegistryInvalidJobStatus(uint256 jobId, JobStatus status);
     error ShardRegistryNotJobCoordinator(uint256 jobId, address account);
     error ShardRegistryNotJobClient(uint256 jobId, address account);
@@ -227,7 +229,8 @@ interface IShardRegistry {
     function releaseShard(uint256 assignmentId) external;
 
     // ---------------------------------------------------------------- jobs
-    /// @notice Submit a job for `coordinator`, paying at least `quote(modelId, maxTokens)`. Only a coordinator that is
+    /// @notice Submit a job for `coordinator`, paying at least `quote(modelId, maxTokens)`;
+    /// `maxTokens` must be 1 to `maxJobTokens` (else {ShardRegistryZeroAmount} or {ShardRegistryMaxTokensTooLarge}). Only a coordinator that is
     /// approved and whose approval took effect by now can settle the job (check {isCoordinator} first); otherwise the
     /// client cancels it after the deadline. Emits {JobSubmitted}.
     function submitJob(uint256 modelId, bytes32 inputHash, uint32 maxTokens, address coordinator) external payable returns (uint256 jobId);
@@ -265,6 +268,8 @@ interface IShardRegistry {
     function approvalDelay() external view returns (uint64);
     function disputeWindow() external view returns (uint64);
     function protocolFeeBps() external view returns (uint16);
+    /// @notice The largest `maxTokens` {submitJob} accepts: it caps what one job can escrow.
+    function maxJobTokens() external view returns (uint32);
     /// @notice Whether `account` is approved and its approval delay is over.
     function isCoordinator(address account) external view returns (bool);
     /// @notice The recorded endpoint and when the approval takes effect (0: not approved).

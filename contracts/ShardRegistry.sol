@@ -82,6 +82,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     uint64 private immutable _approvalDelay;
     uint64 private immutable _disputeWindow;
     uint16 private immutable _protocolFeeBps;
+    uint32 private immutable _maxJobTokens;
 
     mapping(address => Account) private _accounts;
     mapping(address => NodeExtra) private _nodeExtra;
@@ -112,6 +113,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     /// @param approvalDelay_ seconds before an approved coordinator may be named by jobs; at most 30 days.
     /// @param disputeWindow_ seconds a node's stake stays bonded after its last paid hop; 1 s to 90 days.
     /// @param protocolFeeBps_ protocol fee in basis points of node pay; at most 1000.
+    /// @param maxJobTokens_ largest `maxTokens` a job may ask for (caps its escrow); 1 to 1,000,000.
     constructor(
         uint256 minStake_,
         uint64 unbondingPeriod_,
@@ -121,7 +123,8 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         uint32 maxPromptTokens_,
         uint64 approvalDelay_,
         uint64 disputeWindow_,
-        uint16 protocolFeeBps_
+        uint16 protocolFeeBps_,
+        uint32 maxJobTokens_
     ) Ownable(msg.sender) EIP712("ShardRegistry", "2") {
         if (minStake_ == 0 || minStake_ > type(uint88).max) revert ShardRegistryInvalidParameter("minStake");
         if (unbondingPeriod_ > 365 days) revert ShardRegistryInvalidParameter("unbondingPeriod");
@@ -132,6 +135,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         if (approvalDelay_ > 30 days) revert ShardRegistryInvalidParameter("approvalDelay");
         if (disputeWindow_ == 0 || disputeWindow_ > 90 days) revert ShardRegistryInvalidParameter("disputeWindow");
         if (protocolFeeBps_ > 1000) revert ShardRegistryInvalidParameter("protocolFeeBps");
+        if (maxJobTokens_ == 0 || maxJobTokens_ > 1_000_000) revert ShardRegistryInvalidParameter("maxJobTokens");
         _minStake = minStake_;
         _unbondingPeriod = unbondingPeriod_;
         _jobTimeout = jobTimeout_;
@@ -141,6 +145,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         _approvalDelay = approvalDelay_;
         _disputeWindow = disputeWindow_;
         _protocolFeeBps = protocolFeeBps_;
+        _maxJobTokens = maxJobTokens_;
     }
 
     // ---------------------------------------------------------------- governance
@@ -305,6 +310,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         returns (uint256 jobId)
     {
         if (maxTokens == 0) revert ShardRegistryZeroAmount();
+        if (maxTokens > _maxJobTokens) revert ShardRegistryMaxTokensTooLarge(maxTokens, _maxJobTokens);
         ModelRecord memory model = _model(modelId);
         uint256 required = _quote(model, maxTokens);
         if (msg.value < required) revert ShardRegistryEscrowTooLow(msg.value, required);
@@ -486,6 +492,10 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
 
     function protocolFeeBps() external view returns (uint16) {
         return _protocolFeeBps;
+    }
+
+    function maxJobTokens() external view returns (uint32) {
+        return _maxJobTokens;
     }
 
     /// @inheritdoc IShardRegistry

@@ -6,8 +6,8 @@
     400 {"error": {"message", "type": "invalid_request_error", "code"}}   nothing would run: do not pay
 
 It checks what a job would otherwise fail on after its escrow is paid: a model no chain of live workers
-covers, a prompt that is empty after tokenization or longer than the registry's maxPromptTokens, and a
-`max_tokens` beyond what the route's workers can hold (their `max_length` positions, prompt included). It
+covers, a prompt that is empty after tokenization or longer than the registry's maxPromptTokens, a
+`max_tokens` above the registry's maxJobTokens, and a `max_tokens` beyond what the route's workers can hold (their `max_length` positions, prompt included). It
 sends no transaction, stores nothing and opens no worker session: it reads the chain and the workers' /health.
 """
 
@@ -123,8 +123,8 @@ async def plan_job(
     default_max_tokens: int = 1,
 ) -> JobPlan:
     """Check a job before paying: the prompt (`text`, chat template applied) is not empty nor longer than the
-    registry's maxPromptTokens, a chain of live workers covers the model, and `max_tokens` fits in what its
-    workers hold (None: `default_max_tokens`, capped by the route). Raises PreflightRefused."""
+    registry's maxPromptTokens, `max_tokens` is not above the registry's maxJobTokens, a chain of live workers
+    covers the model, and `max_tokens` fits in what its workers hold (None: `default_max_tokens`, capped by the route). Raises PreflightRefused."""
     try:
         model = await asyncio.to_thread(service.catalog.get, model_id)
     except ModelUnavailable as exc:
@@ -141,6 +141,13 @@ async def plan_job(
             f"({max_prompt}); shorten it",
             "prompt_too_long",
         )
+    max_job = int(await asyncio.to_thread(service.registry.max_job_tokens))
+    if max_tokens is not None and max_tokens > max_job:
+        raise PreflightRefused(
+            f"max_tokens {max_tokens} is more than the registry's maxJobTokens ({max_job}); "
+            f"ask for {max_job} or fewer",
+            "max_tokens_too_large",
+        )
     try:
         route = service.router.route(model_id, model.num_layers)
     except NoRouteError as exc:
@@ -155,7 +162,7 @@ async def plan_job(
             "prompt_too_long",
         )
     if max_tokens is None:
-        max_tokens = min(default_max_tokens, max_new)
+        max_tokens = min(default_max_tokens, max_new, max_job)
     if max_tokens > max_new:
         raise PreflightRefused(
             f"max_tokens {max_tokens} is more than this route can generate: its workers hold {length} positions, "

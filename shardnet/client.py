@@ -200,10 +200,21 @@ class ShardnetClient:
             )
         raise ClientError(f"this job cannot run, so nothing was paid: {_message(answer)}")
 
+    def check_registry_max_tokens(self, max_tokens: int) -> int:
+        """`max_tokens` if the registry's maxJobTokens allows it; else a ClientError (nothing is paid)."""
+        limit = self.registry.max_job_tokens()
+        if max_tokens > limit:
+            raise ClientError(
+                f"--max-tokens {max_tokens} is more than this registry allows ({limit}, its maxJobTokens): "
+                f"ask for {limit} or fewer; nothing was paid"
+            )
+        return max_tokens
+
     def pay(self, prompt: str, model_id: int, max_tokens: int, coordinator: str | None = None) -> int:
         """Submit a job for `coordinator` (default: the one `find_coordinator` chose) paying quote() into escrow;
         returns its id."""
         self._need_account()
+        self.check_registry_max_tokens(max_tokens)
         coordinator = coordinator or self.coordinator_address
         if coordinator is None:
             self.find_coordinator()
@@ -296,6 +307,7 @@ class ShardnetClient:
         t0 = time.monotonic()
         say = progress or (lambda _m: None)
         check_max_tokens(max_tokens)
+        self.check_registry_max_tokens(max_tokens)
         url = self.find_coordinator()
         model_id = self.model_id(model)
         answer = self.preflight(url, prompt, model_id, max_tokens, chat=chat)

@@ -16,6 +16,7 @@ _PREFIX = "ShardRegistry"
 SENTENCES: dict[str, str] = {
     "ZeroAmount": "an amount that must be positive is zero (e.g. --max-tokens 0 or a zero stake): give at least 1",
     "EscrowTooLow": "the payment {provided} wei is below the quote {required} wei",
+    "MaxTokensTooLarge": "max tokens {maxTokens} is more than this registry allows ({limit})",
     "InsufficientStake": "the stake {provided} wei is below the registry's minimum {required} wei",
     "UnknownModel": "no model {modelId} is registered; `shardnet chain status` lists the models",
     "UnknownJob": "no job {jobId} exists on this chain; `shardnet jobs` lists them",

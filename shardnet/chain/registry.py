@@ -193,6 +193,10 @@ class Registry(RegistryCore):
     def protocol_fee_bps(self) -> int:
         return int(self._view("protocolFeeBps"))
 
+    def max_job_tokens(self) -> int:
+        """The largest `maxTokens` submitJob accepts (the registry refuses a larger job before any escrow)."""
+        return int(self._view("maxJobTokens"))
+
     def constant(self, name: str) -> int:
         """A public constant of the contract, e.g. MAX_HOPS, MAX_LIVE_PER_NODE, DRAW_DELAY."""
         return int(self._view(name))
@@ -208,6 +212,7 @@ class Registry(RegistryCore):
             self.approval_delay(),
             self.dispute_window(),
             self.protocol_fee_bps(),
+            self.max_job_tokens(),
         )
 
     def is_coordinator(self, account: str) -> bool:

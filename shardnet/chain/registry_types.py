@@ -58,6 +58,7 @@ class RegistryParams:
     approval_delay: int = 0
     dispute_window: int = 60
     protocol_fee_bps: int = 0
+    max_job_tokens: int = 4096
 
     def as_args(self) -> list[int]:
         return [getattr(self, f.name) for f in fields(self)]

@@ -138,6 +138,12 @@ def _add_param_flags(p: argparse.ArgumentParser) -> None:
         default=512,
         help="longest prompt a job may carry, in tokens (default 512)",
     )
+    p.add_argument(
+        "--max-job-tokens",
+        type=int,
+        default=4096,
+        help="largest --max-tokens a job may ask for, 1 to 1000000; caps one job's escrow (default 4096)",
+    )
 
 
 _BPS = 10_000
@@ -149,6 +155,7 @@ _PARAM_RANGES = (
     ("--coordinator-fee-bps", "coordinator_fee_bps", 0, _BPS),
     ("--slash-bps", "slash_bps", 0, _BPS),
     ("--max-prompt-tokens", "max_prompt_tokens", 1, 2**32 - 1),
+    ("--max-job-tokens", "max_job_tokens", 1, 1_000_000),
 )
 
 
@@ -179,6 +186,7 @@ def _params(args: argparse.Namespace) -> RegistryParams:
         args.coordinator_fee_bps,
         args.slash_bps,
         args.max_prompt_tokens,
+        max_job_tokens=args.max_job_tokens,
     )
 
 
@@ -324,7 +332,8 @@ def cmd_chain_status(args: argparse.Namespace) -> int:
     print(f"registry {registry.address} at {endpoint} (block {head}), owner {registry.owner()}")
     print(
         f"params: min stake {_ether(p.min_stake)}, unbonding {p.unbonding_period} s, job timeout {p.job_timeout} s, "
-        f"coordinator fee {p.coordinator_fee_bps} bps, slash {p.slash_bps} bps, max prompt {p.max_prompt_tokens} tokens"
+        f"coordinator fee {p.coordinator_fee_bps} bps, slash {p.slash_bps} bps, max prompt {p.max_prompt_tokens} tokens, "
+        f"max job tokens {p.max_job_tokens}"
     )
     events = []
     for start in range(registry.deploy_block, head + 1, 2000):

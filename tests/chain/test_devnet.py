@@ -119,6 +119,7 @@ def test_deployment_file_round_trip(
         coordinator_fee_bps=3,
         slash_bps=4,
         max_prompt_tokens=6,
+        max_job_tokens=7,
     )
     dep = deploy_registry(anvil.w3, accounts[0], params)
     path = dep.save(tmp_path / "sub" / "dep.json")

@@ -71,6 +71,21 @@ def test_submit_job_reverts(world: World) -> None:
         cli.submit_job(world.model_id, INPUT, 0, owner, quote)
 
 
+def test_submit_job_caps_max_tokens_at_max_job_tokens(world: World) -> None:
+    cli = world.reg(world.client)
+    limit = world.gov.max_job_tokens()
+    assert limit == TEST_PARAMS.max_job_tokens == 4096
+    owner = world.owner.address
+    with reverts("ShardRegistryMaxTokensTooLarge", maxTokens=limit + 1, limit=limit):
+        cli.submit_job(world.model_id, INPUT, limit + 1, owner, world.quote(limit + 1))
+    with reverts("ShardRegistryMaxTokensTooLarge", maxTokens=2**32 - 1, limit=limit):
+        cli.submit_job(world.model_id, INPUT, 2**32 - 1, owner, world.quote(limit))
+    assert world.gov.job_count() == 0
+    result = cli.submit_job(world.model_id, INPUT, limit, owner, world.quote(limit))
+    assert result.event("JobSubmitted").args["maxTokens"] == limit
+    assert world.gov.job_count() == 1
+
+
 @pytest.mark.parametrize("job_id", [0, 1])
 def test_unknown_job_views_revert(world: World, job_id: int) -> None:
     with reverts("ShardRegistryUnknownJob", jobId=job_id):

@@ -36,6 +36,8 @@ def test_constructor_sets_owner_and_params(registry: Registry, accounts: list[Lo
         (RegistryParams(job_timeout=0), "jobTimeout"),
         (RegistryParams(coordinator_fee_bps=10_001), "coordinatorFeeBps"),
         (RegistryParams(slash_bps=10_001), "slashBps"),
+        (RegistryParams(max_job_tokens=0), "maxJobTokens"),
+        (RegistryParams(max_job_tokens=1_000_001), "maxJobTokens"),
     ],
 )
 def test_constructor_rejects_bad_params(

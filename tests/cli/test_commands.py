@@ -30,6 +30,8 @@ _UNREACHABLE = (
         (["--slash-bps", "10001"], "--slash-bps must be between 0 and 10000"),
         (["--job-timeout", "0"], "--job-timeout must be between 1 and"),
         (["--max-prompt-tokens", str(2**32)], "--max-prompt-tokens must be between 1 and 4294967295"),
+        (["--max-job-tokens", "0"], "--max-job-tokens must be between 1 and 1000000"),
+        (["--max-job-tokens", "1000001"], "--max-job-tokens must be between 1 and 1000000"),
         (["--min-stake", "0"], "--min-stake must be a positive amount of ether"),
         (["--min-stake", "1e-30"], "--min-stake must be a positive amount of ether"),
         (["--min-stake", "NaN"], "--min-stake must be a positive amount of ether"),

@@ -49,6 +49,56 @@ def test_max_tokens_out_of_range_is_one_line_in_the_users_terms(
     assert "Traceback" not in err and "eth_abi" not in err and "ZeroAmount" not in err
 
 
+def test_submit_above_the_registrys_max_job_tokens_is_refused_before_paying(
+    registry_for,
+    accounts,
+    anvil,
+    deployment,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    owner = registry_for(accounts[0])
+    model_id = owner.register_model("m", "bafkreitest", 3, 10).event("ModelRegistered").args["modelId"]
+    limit = owner.max_job_tokens()
+    dep = deployment.save(tmp_path / "d.json")
+    monkeypatch.setenv("AUDIT_CLIENT_KEY", DEV_KEYS[7])
+    nonce = anvil.w3.eth.get_transaction_count(accounts[7].address)
+    code = main(
+        [
+            "submit",
+            "hi",
+            "--model",
+            str(model_id),
+            "--max-tokens",
+            str(limit + 1),
+            "--deployment",
+            str(dep),
+            "--key-env",
+            "AUDIT_CLIENT_KEY",
+            "--coordinator",
+            f"http://127.0.0.1:{free_port()}",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"--max-tokens {limit + 1} is more than this registry allows ({limit}" in err, err
+    assert "nothing was paid" in err and "Traceback" not in err
+    assert anvil.w3.eth.get_transaction_count(accounts[7].address) == nonce
+
+
+def test_a_max_tokens_revert_is_told_as_a_sentence(registry_for, accounts) -> None:
+    owner, client = registry_for(accounts[0]), registry_for(accounts[5])
+    model_id = owner.register_model("m", "bafkreitest", 3, 10).event("ModelRegistered").args["modelId"]
+    limit = owner.max_job_tokens()
+    with pytest.raises(ContractRevert) as err:
+        client.submit_job(model_id, b"\x01" * 32, limit + 1, accounts[1].address, value=0)
+    text = explain(err.value)
+    assert text.startswith(
+        f"submitJob was refused: max tokens {limit + 1} is more than this registry allows ({limit})"
+    ), text
+
+
 def test_a_zero_amount_revert_is_told_as_a_sentence(registry_for, accounts) -> None:
     owner, client = registry_for(accounts[0]), registry_for(accounts[5])
     model_id = owner.register_model("m", "bafkreitest", 3, 10).event("ModelRegistered").args["modelId"]

@@ -158,6 +158,17 @@ def test_preflight_answers_the_quote_and_the_cap(small_net: SmallNet) -> None:
     assert status == 400 and answer["error"]["code"] == "bad_max_tokens"
 
 
+def test_preflight_refuses_max_tokens_above_the_registrys_max_job_tokens(small_net: SmallNet) -> None:
+    limit = small_net.owner.max_job_tokens()
+    status, answer = http_json(
+        "POST",
+        small_net.coordinator.url + "/v1/jobs/preflight",
+        {"model": "tiny-chat", "prompt": "hello", "max_tokens": limit + 1},
+    )
+    assert status == 400 and answer["error"]["code"] == "max_tokens_too_large", answer
+    assert f"more than the registry's maxJobTokens ({limit})" in answer["error"]["message"]
+
+
 def test_escrow_above_max_escrow_is_refused_without_a_terminal_and_paid_with_yes(
     small_net: SmallNet, accounts, anvil
 ) -> None:
