@@ -73,6 +73,7 @@ def _parse_next(value: object, is_last: bool) -> NextHop | None:
         raise BadRequest(f"'next.url' must be an http(s) URL of the next worker, got {url!r}")
     if not isinstance(session_id, str) or not session_id:
         raise BadRequest("'next.session_id' must be the session id opened on the next worker")
+    check_session_id(session_id)  # it goes into the next worker's URL: no '/', '?' or '..'
     if not isinstance(token, str) or not token or not token.isascii() or not token.isalnum():
         raise BadRequest("'next.token' must be the session_token the next worker answered at its open")
     return NextHop(url=url.rstrip("/"), session_id=session_id, token=token)
@@ -80,7 +81,11 @@ def _parse_next(value: object, is_last: bool) -> NextHop | None:
 
 def check_session_id(value: str) -> str:
     """A ticket's session id: 1 to 128 characters of letters, digits, '-', '_' or '.' (it travels in URLs)."""
-    if not 0 < len(value) <= 128 or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in value):
+    if (
+        not 0 < len(value) <= 128
+        or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in value)
+        or set(value) == {"."}  # "." and ".." are path segments, not ids
+    ):
         raise BadRequest(
             "ticket session_id must be 1 to 128 characters of letters, digits, '-', '_' or '.' (a uuid4 hex)"
         )
