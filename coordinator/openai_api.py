@@ -113,12 +113,18 @@ async def _admit(
         prompt = body.text
     wanted = body.requested_max_tokens
     default = service.config.api_max_tokens
-    await plan_job(service, model_id, prompt, wanted, default_max_tokens=default)  # 400 before queueing
+    # 400 before queueing; the first admission check reuses this plan (its /health answers were just read),
+    # a check after waiting plans again with fresh ones: the route and its workers are read once, not twice
+    first: list[JobPlan] = [await plan_job(service, model_id, prompt, wanted, default_max_tokens=default)]
     admission = request.app[ADMISSION]
     directory = service.directory
 
     async def check() -> tuple[JobPlan, list[str]] | None:
-        plan = await plan_job(service, model_id, prompt, wanted, default_max_tokens=default)
+        plan = (
+            first.pop()
+            if first
+            else await plan_job(service, model_id, prompt, wanted, default_max_tokens=default)
+        )
         for hop, health in zip(plan.route, plan.health, strict=True):
             if not has_free_session(health, admission.pending(hop.address), directory.load(hop.address)):
                 return None
