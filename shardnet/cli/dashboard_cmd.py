@@ -40,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for everyone)"
     )
-    p.add_argument("--port", type=int, default=8700, help="port to listen on (default 8700; 0 picks a free one)")
+    p.add_argument(
+        "--port", type=int, default=8700, help="port to listen on (default 8700; 0 picks a free one)"
+    )
     p.add_argument(
         "--refresh-s",
         type=float,

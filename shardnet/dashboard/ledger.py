@@ -211,7 +211,9 @@ class Ledger:
         if job is not None:
             job.posted_paid += paid
             job.hops.append(
-                HopView(node, int(a["start"]), int(a["end"]), int(a["positions"]), int(a["steps"]), paid, "posted")
+                HopView(
+                    node, int(a["start"]), int(a["end"]), int(a["positions"]), int(a["steps"]), paid, "posted"
+                )
             )
 
     def _on_JobSettled(self, event: DecodedEvent, a: dict[str, Any]) -> None:
@@ -248,7 +250,9 @@ class Ledger:
             return []
         posted = job.posted_paid if job is not None else self.facts.posted_paid(job_id)
         remaining = settlement.job.escrow - posted
-        posted_spans = {(h.node.lower(), h.start, h.end) for h in (job.hops if job else []) if h.how == "posted"}
+        posted_spans = {
+            (h.node.lower(), h.start, h.end) for h in (job.hops if job else []) if h.how == "posted"
+        }
         out: list[HopView] = []
         for i, c in enumerate(settlement.sorted_hops()):
             pay: int | None = 0

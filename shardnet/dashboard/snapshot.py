@@ -188,7 +188,8 @@ class ChainSnapshot:
             "models": [self._model_json(m) for m in self.models.values()],
             "nodes": [self._node_json(n) for n in self.nodes.values()],
             "coordinators": [
-                {"address": a, "endpoint": e, "approved": ok} for a, (e, ok) in self.ledger.coordinators.items()
+                {"address": a, "endpoint": e, "approved": ok}
+                for a, (e, ok) in self.ledger.coordinators.items()
             ],
             "jobs": [j.as_json() for j in reversed(self.ledger.jobs.values())],
             "totals": self.ledger.totals.as_json(),

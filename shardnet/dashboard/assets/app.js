@@ -1,5 +1,5 @@
 // shardnet dashboard: polls /dashboard/api/snapshot and draws it. Every value goes into the page as text
-// (textContent, never innerHTML), so a model name or endpoint holding HTML shows as text.
+// (textContent and text nodes, never parsed as markup), so a model name or endpoint holding HTML shows as text.
 "use strict";
 
 const POLL_MS = 1500;
