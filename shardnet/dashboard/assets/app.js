@@ -21,13 +21,20 @@ function el(tag, props, ...children) {
   return node;
 }
 
+function decimals(w, unitExp, digits) {
+  const unit = 10n ** BigInt(unitExp);
+  const frac = (w % unit).toString().padStart(unitExp, "0").slice(0, digits).replace(/0+$/, "");
+  return frac ? `${w / unit}.${frac}` : `${w / unit}`;
+}
+
+// an amount of wei as ETH, gwei or wei, whichever reads best (exact BigInt arithmetic, no float rounding)
 function eth(wei) {
   if (wei === null || wei === undefined) return "?";
   const w = BigInt(wei);
-  const unit = 10n ** 18n;
-  const whole = w / unit;
-  const frac = (w % unit).toString().padStart(18, "0").slice(0, 6).replace(/0+$/, "");
-  return (frac ? `${whole}.${frac}` : `${whole}`) + " ETH";
+  if (w === 0n) return "0";
+  if (w < 10n ** 6n) return `${w} wei`;
+  if (w < 10n ** 15n) return `${decimals(w, 9, 6)} gwei`;
+  return `${decimals(w, 18, 6)} ETH`;
 }
 
 function short(addr) {
