@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from coordinator.lifecycle import OUTPUT_KNOWN, TERMINAL, JobState
 from coordinator.router import DEFAULT_COMPUTE_PER_LAYER_S
 from coordinator.service import CoordinatorService
-from coordinator.state import JobRow
+from coordinator.state import HopRow, JobRow
 from shardnet.dashboard.snapshot import ChainSnapshot, add_coverage
 from shardnet.dashboard.web import install
 
@@ -76,6 +76,10 @@ class CoordinatorDashboard:
         state = self.service.state
         with Session(state.engine, expire_on_commit=False) as s:
             rows = list(s.scalars(select(JobRow).order_by(JobRow.job_id.desc()).limit(RECENT_JOBS)))
+            ids = [r.job_id for r in rows]
+            hops: dict[int, list[HopRow]] = {}
+            for h in s.scalars(select(HopRow).where(HopRow.job_id.in_(ids)).order_by(HopRow.hop_index)):
+                hops.setdefault(h.job_id, []).append(h)
         out = []
         for row in rows:
             status = JobState(row.status)
@@ -92,7 +96,7 @@ class CoordinatorDashboard:
                     "latency_s": round(row.updated_at - row.created_at, 3) if done else None,
                     "route": [
                         {"node": h.node, "span": [h.span_start, h.span_end], "reason": h.reason}
-                        for h in state.hops(row.job_id)
+                        for h in hops.get(row.job_id, [])
                     ],
                 }
             )
