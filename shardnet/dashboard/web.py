@@ -89,10 +89,13 @@ def install(app: web.Application, source: SnapshotSource) -> None:
 
 
 def chain_source(snapshot: Any) -> SnapshotSource:
-    """A source reading a `ChainSnapshot` in a thread (its chain reads block)."""
+    """A source reading a `ChainSnapshot` in a thread (its chain reads block), one request at a time: however many
+    pages poll, and however slow the chain node, the dashboard holds at most one worker thread."""
+    lock = asyncio.Lock()
 
     async def read() -> dict[str, Any]:
-        doc: dict[str, Any] = await asyncio.to_thread(snapshot.current)
+        async with lock:
+            doc: dict[str, Any] = await asyncio.to_thread(snapshot.current)
         return doc
 
     return read

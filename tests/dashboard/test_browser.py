@@ -10,6 +10,7 @@ The JSON the page polls is checked without a browser too (so this module tests s
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import subprocess
@@ -115,6 +116,9 @@ def test_the_coordinators_snapshot_adds_health_and_its_own_jobs(net: DashNet) ->
     hostile = next(m for m in doc["models"] if m["model_id"] == net.hostile_model_id)
     assert hostile["name"] == HOSTILE_MODEL and hostile["uncovered"] == [[0, 4]]
     assert any(n["endpoint"] == HOSTILE_ENDPOINT for n in doc["nodes"])
+    text = json.dumps(doc).lower()
+    keys = [net.coordinator.key_hex(), *(w.key_hex() for w in net.workers.values())]
+    assert not any(k.lower().removeprefix("0x") in text for k in keys)  # no key ever on the page
 
 
 def test_dashboard_in_a_real_browser(net: DashNet, browser: Any) -> None:

@@ -13,7 +13,7 @@ from shardnet.dashboard.coverage import replicas_per_layer, uncovered_ranges
 from shardnet.dashboard.snapshot import ChainSnapshot
 from shardnet.span import LayerSpan
 from tests.chain.registry_world import MIN_STAKE, POSITIONS, STEPS, World, build_world
-from tests.fixtures_chain import DevChain
+from tests.fixtures_chain import TEST_PARAMS, DevChain
 
 
 @pytest.fixture
@@ -140,3 +140,27 @@ def test_names_and_endpoints_are_carried_verbatim_for_the_page_to_show_as_text(w
     assert model_doc(doc, model_id)["uncovered"] == [[0, 2]]
     nodes = {n["address"]: n for n in doc["nodes"]}
     assert nodes[world.spare.address]["endpoint"] == "http://h/<script>alert(1)</script>"
+
+
+def test_failed_and_cancelled_jobs_show_their_refunds(world: World) -> None:
+    snapshot = snapshot_of(world)
+    failed = world.submit()
+    cancelled = world.submit()
+    failing = world.gov.fail_job(failed, world.record(failed), "no route <b>today</b>")
+    world.chain.advance_time(TEST_PARAMS.job_timeout + 1)
+    world.reg(world.client).cancel_job(cancelled)
+    doc = snapshot.current()
+    jobs = {j["job_id"]: j for j in doc["jobs"]}
+    assert jobs[failed]["status"] == "failed" and jobs[failed]["fail_reason"] == "no route <b>today</b>"
+    assert (
+        jobs[failed]["refund_wei"]
+        == str(failing.event("JobFailed").args["refund"])
+        == jobs[failed]["escrow_wei"]
+    )
+    assert (
+        jobs[cancelled]["status"] == "cancelled"
+        and jobs[cancelled]["refund_wei"] == jobs[cancelled]["escrow_wei"]
+    )
+    totals = doc["totals"]
+    assert (totals["failed"], totals["cancelled"], totals["open"], totals["paid_wei"]) == (1, 1, 0, "0")
+    assert totals["refunded_wei"] == str(2 * world.quote())
