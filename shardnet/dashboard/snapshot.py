@@ -1,6 +1,6 @@
 """The dashboard's view of the chain: the registry's events folded incrementally (from the block after the last
-one read, at most `max_blocks` blocks a refresh) and the views that change with them (nodes, live assignments),
-turned into one JSON document. Refreshes are throttled (`min_interval_s`): any number of page views cost at
+one read, at most `max_blocks` blocks and `max_events` events a refresh) and the views that change with them
+(nodes, live assignments), turned into one JSON document. Refreshes are throttled (`min_interval_s`): any number of page views cost at
 most one round of chain reads a second, and every cache is bounded.
 
     snapshot = ChainSnapshot(Registry.from_deployment())
@@ -23,6 +23,8 @@ from shardnet.dashboard.ledger import Ledger
 
 #: Most blocks one refresh reads the logs of (a dashboard started late catches up over several refreshes)
 MAX_BLOCKS_PER_REFRESH = 20_000
+#: Most events one refresh folds (each may cost a few reads: block time, receipt, settlement calldata)
+MAX_EVENTS_PER_REFRESH = 500
 #: Most models and nodes a snapshot lists (the registry bounds live assignments; ids are append-only)
 MAX_MODELS = 64
 MAX_NODES = 512
@@ -61,11 +63,13 @@ class ChainSnapshot:
         *,
         min_interval_s: float = 1.0,
         max_blocks: int = MAX_BLOCKS_PER_REFRESH,
+        max_events: int = MAX_EVENTS_PER_REFRESH,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
         self.min_interval_s = min_interval_s
         self.max_blocks = max_blocks
+        self.max_events = max(max_events, 1)
         self._clock = clock
         self.next_block = registry.deploy_block  # the first block whose logs were not read yet
         self.head = 0
@@ -113,18 +117,26 @@ class ChainSnapshot:
 
     # ------------------------------------------------------------ reading
     def refresh(self) -> None:
-        """Fold the events of the blocks not read yet (at most `max_blocks`), then read the views they touched."""
+        """Fold the events of the blocks not read yet (at most `max_blocks` blocks and `max_events` events), then
+        read the views they touched."""
         reg = self.registry
         head = reg.block_number()
         to_block = min(head, self.next_block + self.max_blocks - 1)
         if to_block >= self.next_block:
+            folded, read_to = 0, to_block
             for event in reg.get_logs(self.next_block, to_block):
                 if event.position <= self._applied:
-                    continue  # folded by a refresh that failed after it
+                    continue  # folded by an earlier refresh that stopped inside this block
+                if folded == self.max_events:
+                    read_to = (
+                        event.block_number - 1
+                    )  # the rest next time (this block's folded events skipped)
+                    break
                 self.ledger.apply(event)
                 self._applied = event.position
-            self.log_ranges = [*self.log_ranges[-99:], (self.next_block, to_block)]
-            self.next_block = to_block + 1
+                folded += 1
+            self.log_ranges = [*self.log_ranges[-99:], (self.next_block, read_to)]
+            self.next_block = read_to + 1
         self.head, self.head_time = head, self.block_time(head)
         if self._min_stake is None:
             self._min_stake = reg.min_stake()

@@ -164,3 +164,18 @@ def test_failed_and_cancelled_jobs_show_their_refunds(world: World) -> None:
     totals = doc["totals"]
     assert (totals["failed"], totals["cancelled"], totals["open"], totals["paid_wei"]) == (1, 1, 0, "0")
     assert totals["refunded_wei"] == str(2 * world.quote())
+
+
+def test_a_refresh_folds_a_bounded_number_of_events_and_resumes_inside_a_block(world: World) -> None:
+    first, second = world.submit(), world.submit()
+    world.settle(second)
+    whole = snapshot_of(world).current()
+    snapshot = ChainSnapshot(world.registry_for(None), min_interval_s=0, max_events=1)
+    refreshes = 1
+    while snapshot.current()["chain"]["syncing"]:
+        refreshes += 1
+        assert refreshes < 200
+    doc = snapshot.current()
+    assert refreshes >= 10  # the world's set-up alone emits more than ten events
+    assert doc["totals"] == whole["totals"] and doc["jobs"] == whole["jobs"]
+    assert [j["job_id"] for j in doc["jobs"]] == [second, first]
