@@ -121,7 +121,7 @@ def test_the_coordinators_snapshot_adds_health_and_its_own_jobs(net: DashNet) ->
     assert not any(k.lower().removeprefix("0x") in text for k in keys)  # no key ever on the page
 
 
-def test_dashboard_in_a_real_browser(net: DashNet, browser: Any) -> None:
+def test_dashboard_in_a_real_browser(browser: Any, net: DashNet) -> None:
     driver = browser
     driver.get(net.coordinator.url + "/")  # / redirects to the dashboard
     assert driver.current_url.endswith("/dashboard")
@@ -217,7 +217,7 @@ def test_dashboard_in_a_real_browser(net: DashNet, browser: Any) -> None:
     assert errors == [], f"errors in the browser's console: {errors}"
 
 
-def test_standalone_dashboard_in_a_real_browser(net: DashNet, browser: Any) -> None:
+def test_standalone_dashboard_in_a_real_browser(browser: Any, net: DashNet) -> None:
     """`shardnet dashboard` from chain data alone: the same spans, no health made up, no console error."""
     port = free_port()
     log = (net.tmp / "standalone-dashboard.log").open("wb")
