@@ -3,13 +3,14 @@
 
     GET  /v1/workers            the live workers as routing sees them (down, excluded, load, measurements)
     GET  /health
+    GET  /dashboard             the network dashboard (`coordinator.dashboard`), and / redirecting to it
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from coordinator import jobs_api, openai_api
+from coordinator import dashboard, jobs_api, openai_api
 from coordinator.http_common import MAX_BODY_BYTES, SERVICE
 from coordinator.preflight import preflight_routes
 from coordinator.service import CoordinatorService
@@ -38,4 +39,5 @@ def make_app(service: CoordinatorService) -> web.Application:
     app.add_routes(jobs_api.ROUTES)
     openai_api.install(app, service)
     app.add_routes(preflight_routes())
+    dashboard.mount(app, service)  # GET /dashboard (and / when free): read-only, see coordinator.dashboard
     return app

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs what is needed (scripts/setup.sh, and a PostgreSQL server for the one
-# PostgreSQL test when running as root on Debian), runs the quality gates (scripts/lint.sh: ruff check,
+# PostgreSQL test and chromium for the dashboard's browser test when running as root on Debian), runs the quality gates (scripts/lint.sh: ruff check,
 # ruff format --check, mypy) and, when they pass, the whole pytest suite.
 #   bash scripts/test.sh                 # everything
 #   bash scripts/test.sh tests/chain -k watcher   # extra arguments go to pytest
@@ -18,6 +18,18 @@ if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev
         echo "[test] installing PostgreSQL from Debian packages for the PostgreSQL test" >&2
         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
             || echo "[test] could not install PostgreSQL: its test will be skipped" >&2
+    fi
+fi
+
+# the dashboard's browser test (tests/dashboard/test_browser.py) drives Debian's chromium through chromium-driver;
+# elsewhere it is skipped with the reason
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "[test] installing chromium and chromium-driver from Debian packages for the dashboard's browser test" >&2
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+            || echo "[test] could not install chromium: the dashboard's browser test will be skipped" >&2
+    else
+        echo "[test] no chromium/chromedriver and not root: the dashboard's browser test will be skipped" >&2
     fi
 fi
 

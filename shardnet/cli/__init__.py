@@ -1,4 +1,5 @@
-"""The `shardnet` command: devnet, deploy, compile, model import/fetch, the client (submit, jobs, cancel), localnet.
+"""The `shardnet` command: devnet, deploy, compile, model import/fetch, the client (submit, jobs, cancel), localnet,
+dashboard.
 
 Each group of subcommands lives in its own module with a `register(subparsers)` function; this module
 only assembles them. Command modules import heavy libraries (torch, web3) inside their handlers so
@@ -22,6 +23,7 @@ _COMMAND_MODULES = (
     "shardnet.cli.model_cmds",
     "shardnet.cli.client_cmds",
     "shardnet.cli.localnet_cmd",
+    "shardnet.cli.dashboard_cmd",
 )
 
 
