@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "shardnet.cli.client_cmds",
     "shardnet.cli.localnet_cmd",
     "shardnet.cli.store_cmds",
+    "shardnet.cli.keyholder_cmd",
 )
 
 

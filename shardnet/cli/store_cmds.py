@@ -7,8 +7,12 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shardnet.store.local import DEFAULT_STORE
+
+if TYPE_CHECKING:
+    from shardnet.store.private.keyfile import FileKeys
 
 _STORE_HELP = f"local store folder holding files by CID (default: {DEFAULT_STORE})"
 
@@ -58,11 +62,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "checked against its CID, and each file against its plaintext hash before it is written.",
     )
     p.add_argument("manifest_cid", metavar="MANIFEST_CID", help="CID printed by `shardnet store put`")
+    keys = p.add_mutually_exclusive_group(required=True)
+    keys.add_argument("--keys", type=Path, help="the owner's key file `shardnet store put` wrote")
+    keys.add_argument(
+        "--keyholder", metavar="URL", help="ask this keyholder for the keys, wrapped to --key-env's key"
+    )
+    p.add_argument("--model-id", type=int, help="with --keyholder: the model whose shard you serve")
     p.add_argument(
-        "--keys",
-        type=Path,
-        required=True,
-        help="the key file `shardnet store put` wrote (or one unwrapped from a keyholder)",
+        "--key-env", metavar="VAR", help="with --keyholder: environment variable holding your node's hex key"
     )
     p.add_argument("--out", type=Path, required=True, help="folder the files are written into")
     p.add_argument(
@@ -127,7 +134,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     from shardnet.store.private.get import get_private, load_private_manifest
     from shardnet.store.private.keyfile import load_keys
 
-    keys = load_keys(args.keys)
+    keys = load_keys(args.keys) if args.keys else _keys_from_keyholder(args)
     manifest = load_private_manifest(args.manifest_cid, args.sources, args.store, args.timeout)
     with _bar(sum(f.size for f in manifest.files), "restore") as update:
         _, written = get_private(
@@ -142,6 +149,20 @@ def cmd_get(args: argparse.Namespace) -> int:
     for path in written:
         print(f"restored {path}")
     return 0
+
+
+def _keys_from_keyholder(args: argparse.Namespace) -> FileKeys:
+    import os
+
+    from shardnet.errors import ConfigError
+    from shardnet.store.private.keyholder import request_keys
+
+    if args.model_id is None or not args.key_env or not os.environ.get(args.key_env):
+        raise ConfigError(
+            "--keyholder needs --model-id and --key-env VAR naming a set variable with your node's key"
+        )
+    key = bytes.fromhex(os.environ[args.key_env].removeprefix("0x"))
+    return request_keys(args.keyholder, key, args.manifest_cid, args.model_id, timeout=args.timeout)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
