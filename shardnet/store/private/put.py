@@ -90,11 +90,27 @@ def put_private(
     on_bytes: Callable[[int], None] | None = None,
 ) -> tuple[PrivateManifest, FileKeys]:
     """Seal ``source`` (a file or folder) into ``store_dir``, place the pieces, and return manifest and keys."""
+    return put_files(
+        files_of(source), store_dir, n=n, k=k, nodes=nodes, name=name or source.name, on_bytes=on_bytes
+    )
+
+
+def put_files(
+    files: Sequence[tuple[str, Path]],
+    store_dir: Path,
+    *,
+    n: int,
+    k: int,
+    nodes: Sequence[str],
+    name: str,
+    on_bytes: Callable[[int], None] | None = None,
+) -> tuple[PrivateManifest, FileKeys]:
+    """Seal each (name, path), place the pieces on ``nodes`` (piece j on node j), publish the manifest there."""
     nodes = check_nodes(nodes, n)
     store = LocalStore(store_dir).ensure()
     entries: list[PrivateFile] = []
     keys: dict[str, bytes] = {}
-    for rel, path in files_of(source):
+    for rel, path in files:
         sealed, key = seal_file(path, store, n, k, on_bytes=on_bytes)
         holders = {p.index: (nodes[p.index],) for p in sealed.pieces} if nodes else {}
         if nodes:
@@ -112,7 +128,7 @@ def put_private(
             sealed.pieces[0].size,
             k,
         )
-    manifest = PrivateManifest(name or source.name, tuple(entries))
+    manifest = PrivateManifest(name, tuple(entries))
     cid = store.put_bytes(manifest.to_json_bytes())
     for node in nodes:
         upload_piece(node, cid, store.root / cid)
