@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aiohttp import web
+
 from shardnet.chain.devnet import free_port
+from tests.fixtures_store import hostile_routes
 
 SHARDNET = str(Path(sys.executable).parent / "shardnet")
 
@@ -61,3 +68,23 @@ def start_nodes(root: Path, count: int) -> list[StorageNode]:
     for node in nodes:
         node.start()
     return nodes
+
+
+@contextmanager
+def hostile_node(store: Path, port: int) -> Iterator[str]:
+    """A node on `port` that answers every CID with whatever bytes its folder holds, unverified (a lying node)."""
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.add_routes(hostile_routes(store))
+    runner = web.AppRunner(app, access_log=None)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, name="hostile-node", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from shardnet.store.private.manifest import PrivateManifest
-from tests.store.storage_nodes import StorageNode, run_cli, start_nodes
+from tests.store.storage_nodes import StorageNode, hostile_node, run_cli, start_nodes
 
 
 @pytest.fixture
@@ -63,26 +63,28 @@ def test_two_nodes_killed_or_corrupt_still_bit_exact_three_gone_named(
                 sum(1 for q in f.pieces if (node.store / q.cid).is_file()) == 1
             )  # no node holds two pieces of a file
 
-    # node 0 killed, node 1 serves corrupted bytes for every piece it holds (bypassing its own hash check:
-    # the file is rewritten with the same size and mtime-change, so it must be caught by the reader or quarantined)
+    # node 0 killed; node 1 replaced by a lying node on the same address that serves corrupted bytes for every
+    # piece it holds without checking them (an honest node would quarantine them)
     nodes[0].kill()
+    nodes[1].kill()
     for f in manifest.files:
         path = nodes[1].store / f.pieces[1].cid
         path.chmod(0o644)
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0xFF
         path.write_bytes(bytes(data))
-    done = _get(tmp_path, cid, keys, nodes[2].url)
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "out" / "weights.bin").read_bytes() == (payload / "weights.bin").read_bytes()
-    assert (tmp_path / "out" / "sub" / "notes.txt").read_bytes() == (
-        payload / "sub" / "notes.txt"
-    ).read_bytes()
+    with hostile_node(nodes[1].store, nodes[1].port):
+        done = _get(tmp_path, cid, keys, nodes[2].url)
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "out" / "weights.bin").read_bytes() == (payload / "weights.bin").read_bytes()
+        notes = (tmp_path / "out" / "sub" / "notes.txt").read_bytes()
+        assert notes == (payload / "sub" / "notes.txt").read_bytes()
 
-    nodes[2].kill()
-    done = _get(tmp_path, cid, keys, nodes[3].url, out="out2")
+        nodes[2].kill()  # three of six gone: the lying node must now be tried, and is refused
+        done = _get(tmp_path, cid, keys, nodes[3].url, out="out2")
     assert done.returncode == 1
     assert "only 3 of the 4 pieces needed" in done.stderr
+    assert "corrupt or substituted" in done.stderr  # what the lying node sent
     first = manifest.files[0]  # files are restored in name order; the first one already fails
     for i in (0, 1, 2):
         assert f"piece {i} ({first.pieces[i].cid})" in done.stderr
