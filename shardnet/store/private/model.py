@@ -35,14 +35,19 @@ def seal_model(
     n: int = 6,
     k: int = 4,
     nodes: Sequence[str] = (),
+    piece_dir: Path | None = None,
     on_bytes: Callable[[int], None] | None = None,
 ) -> tuple[PrivateManifest, FileKeys]:
-    """Seal the imported model ``manifest_cid`` (in ``store_dir``) into a private manifest; returns it and the keys."""
+    """Seal the imported model ``manifest_cid`` (in ``store_dir``) into a private manifest; returns it and the keys.
+
+    Pieces and the private manifest go to ``piece_dir`` (default: ``store_dir`` itself)."""
     store = LocalStore(store_dir)
     model = load_manifest(store_dir, manifest_cid)
     cids = list(dict.fromkeys([f.cid for f in model.files] + [t.cid for t in model.tokenizer]))
     files = [(MODEL_MANIFEST_NAME, store.path(manifest_cid))] + [(cid, store.path(cid)) for cid in cids]
-    return put_files(files, store_dir, n=n, k=k, nodes=nodes, name=f"model {model.name}")
+    return put_files(
+        files, piece_dir or store_dir, n=n, k=k, nodes=nodes, name=f"model {model.name}", on_bytes=on_bytes
+    )
 
 
 def _restore_into_store(
