@@ -48,20 +48,27 @@ def restore_private_span(
     assert registry.account is not None
     me = registry.account.address
     ensure_registered(registry, cfg.endpoint, cfg.stake_wei)
+    announced: int | None = None
     if not any(a.node == me and a.span == span for a in live):
-        assignment = int(
+        announced = int(
             registry.announce_shard(model.model_id, span).event("ShardAnnounced").args["assignmentId"]
         )
         log.info(
             "announced assignment %d (layers %s) to get the keys of private model %s",
-            assignment,
+            announced,
             span,
             model.name,
         )
         live = [registry.get_assignment(a) for a in registry.live_assignments(model.model_id)]
-    keys = request_keys(cfg.keyholder, bytes(registry.account.key), model.manifest_cid, model.model_id)
-    model_cid, _ = restore_model(
-        model.manifest_cid, keys, span, cfg.store_dir, sources=[str(p) for p in cfg.peers]
-    )
+    try:
+        keys = request_keys(cfg.keyholder, bytes(registry.account.key), model.manifest_cid, model.model_id)
+        model_cid, _ = restore_model(
+            model.manifest_cid, keys, span, cfg.store_dir, sources=[str(p) for p in cfg.peers]
+        )
+    except BaseException:
+        if announced is not None:  # no files, no service: do not leave a live shard behind
+            log.warning("releasing assignment %d: the private model's files could not be restored", announced)
+            registry.release_shard(announced)
+        raise
     log.info("restored layers %s of private model %s (model manifest %s)", span, model.name, model_cid)
     return model_cid, live

@@ -112,3 +112,30 @@ def test_keys_wrapped_to_one_worker_open_for_no_one_else(tmp_path: Path, account
     with pytest.raises(DecryptError):
         get_private(keys.manifest_cid, guess, tmp_path / "out", tmp_path / "store")
     assert not (tmp_path / "out" / "f.bin").exists()
+
+
+def test_a_worker_that_cannot_get_the_keys_releases_the_shard_it_announced(
+    tmp_path: Path, deployment, registry_for, accounts
+) -> None:
+    from worker.config import WorkerConfig
+    from worker.private_model import restore_private_span
+
+    src = tmp_path / "f.bin"
+    src.write_bytes(os.urandom(10_000))
+    _, keys = put_private(src, tmp_path / "owner", n=6, k=4)
+    model_id = int(
+        registry_for(accounts[0])
+        .register_model("private", keys.manifest_cid, 4, 1)
+        .event("ModelRegistered")
+        .args["modelId"]
+    )
+    worker = registry_for(accounts[4])
+    cfg = WorkerConfig(
+        store_dir=tmp_path / "w", keyholder="http://127.0.0.1:9", port=18999, stake_wei=TEST_PARAMS.min_stake
+    )
+    model = worker.get_model(model_id)
+    with pytest.raises(KeyAccessError, match="cannot reach keyholder"):
+        restore_private_span(cfg, worker, model, LayerSpan(0, 4), [])
+    assert worker.get_node(accounts[4].address).registered
+    assert worker.live_assignments(model_id) == []  # announced, then released
+    assert worker.assignment_count() >= 1
