@@ -54,7 +54,10 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--mb", type=int, default=650, help="input size in MiB (default 650 MiB = 682 MB, about the fp32 SmolLM2 import)"
+        "--mb",
+        type=int,
+        default=650,
+        help="input size in MiB (default 650 MiB = 682 MB, about the fp32 SmolLM2 import)",
     )
     parser.add_argument("--n", type=int, default=6, help="pieces per file (default 6)")
     parser.add_argument("--k", type=int, default=4, help="pieces that rebuild it (default 4)")
