@@ -61,7 +61,10 @@ def test_node_holding_its_piece_is_paid_one_that_lost_it_is_not(
     ):
         rewards.challenge(deal_kept)
 
-    answer_challenge(rewards.with_account(holder), deal_kept, holder_store / kept.cid)
+    answered = answer_challenge(rewards.with_account(holder), deal_kept, holder_store / kept.cid)
+    # a 1 KiB segment and a proof of ceil(log2(leaves)) hashes: cheap enough to answer every epoch
+    print(f"respond gas: {answered.gas_used} for a piece of {kept.leaves} leaves")
+    assert answered.gas_used < 120_000
     (
         loser_store / lost.cid
     ).unlink()  # the loser lost its piece; the best it can send is another piece's bytes
