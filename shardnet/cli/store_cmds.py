@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shardnet.cli.chain_args import add_chain_flags, registry_from_args
 from shardnet.store.local import DEFAULT_STORE
 
 if TYPE_CHECKING:
@@ -46,6 +47,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="URL",
         help="a storage node's base URL; repeat, at least n distinct (none: pieces stay in --store)",
     )
+    p.add_argument(
+        "--registered-only",
+        action="store_true",
+        help="refuse a --node that is not the endpoint of a registered, unjailed node on the registry "
+        "(reads --deployment / --rpc-url)",
+    )
+    add_chain_flags(p, needs_key=False, key_note=" (not needed: put only reads the chain)")
     p.add_argument("--name", help="name recorded in the manifest (default: the file or folder name)")
     p.add_argument(
         "--keys-out",
@@ -117,6 +125,12 @@ def cmd_put(args: argparse.Namespace) -> int:
     from shardnet.store.private.keyfile import save_keys
     from shardnet.store.private.put import files_of, put_private
 
+    if args.registered_only:
+        from shardnet.store.private.placement import check_registered
+
+        placed = check_registered(registry_from_args(args, needs_key=False), args.nodes)
+        for url, address in placed.items():
+            print(f"node {url}: registered as {address}")
     total = sum(p.stat().st_size for _, p in files_of(args.source))
     with _bar(total, "seal") as update:
         manifest, keys = put_private(

@@ -108,3 +108,29 @@ def test_wrong_key_refused_and_nothing_written(tmp_path: Path, nodes: list[Stora
     assert done.returncode == 1
     assert "failed authentication" in done.stderr and "not this file's key" in done.stderr
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+def test_registered_only_places_pieces_only_on_registered_nodes(
+    tmp_path: Path, nodes: list[StorageNode], deployment, registry_for, accounts
+) -> None:
+    from tests.fixtures_chain import TEST_PARAMS
+
+    dep_file = deployment.save(tmp_path / "deployment.json")
+    for account, node in zip(accounts[2:7], nodes[:5], strict=True):  # the sixth node is not registered
+        registry_for(account).register_node(node.url, TEST_PARAMS.min_stake)
+    payload = tmp_path / "f.bin"
+    payload.write_bytes(os.urandom(100_000))
+    args = ["store", "put", str(payload), "--encrypt", "--registered-only", "--deployment", str(dep_file)]
+    args += ["--store", str(tmp_path / "owner"), "--keys-out", str(tmp_path / "k.json")]
+    for node in nodes:
+        args += ["--node", node.url]
+    refused = run_cli(*args)
+    assert refused.returncode == 1
+    assert (
+        f"storage nodes {nodes[5].url} are not the endpoint of a registered, unjailed node" in refused.stderr
+    )
+    assert not any(p.is_file() for p in nodes[0].store.iterdir())  # nothing placed
+    registry_for(accounts[7]).register_node(nodes[5].url, TEST_PARAMS.min_stake)
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert f"node {nodes[5].url}: registered as {accounts[7].address}" in done.stdout
