@@ -81,6 +81,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="price per layer per token position, in wei (e.g. 1000000000000 = 1000 gwei)",
     )
     p.add_argument("--name", help="name on chain (default: the manifest's name)")
+    p.add_argument(
+        "--model-manifest",
+        metavar="CID",
+        help="for a private manifest: the model manifest CID `model import --private` printed (name, layers)",
+    )
     p.add_argument("--store", type=Path, default=DEFAULT_STORE, help=_STORE_HELP)
     add_chain_flags(p, needs_key=True)
     p.set_defaults(func=cmd_register)
@@ -184,7 +189,8 @@ def cmd_import(args: argparse.Namespace) -> int:
             f"model manifest {cid} sealed: {len(private.files)} files, n={args.n}, k={args.k}; keys in {path}"
         )
         print(
-            "register the private manifest below; run `shardnet keyholder run` so assigned workers get the keys"
+            f"register the private manifest below (shardnet model register CID --model-manifest {cid} ...); "
+            "run `shardnet keyholder run` so assigned workers get the keys"
         )
         cid = keys.manifest_cid
     print(cid)
@@ -208,7 +214,12 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     if args.price_wei < 0:
         raise ConfigError("--price-wei must be >= 0")
-    manifest = load_manifest(args.store, args.manifest_cid)
+    if args.model_manifest:
+        from shardnet.store.private.model import model_of_private
+
+        manifest = model_of_private(args.store, args.manifest_cid, args.model_manifest)
+    else:
+        manifest = load_manifest(args.store, args.manifest_cid)
     name = args.name or manifest.name
     registry = registry_from_args(args, needs_key=True)
     tx = registry.register_model(name, args.manifest_cid, manifest.num_layers, args.price_wei)

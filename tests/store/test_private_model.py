@@ -26,7 +26,7 @@ def _block_output(store: Path, manifest, span: LayerSpan) -> torch.Tensor:
 
 
 def test_private_import_restores_the_public_files_for_an_assigned_worker_only(
-    tmp_path: Path, tiny_llama_store, deployment, registry_for, accounts
+    tmp_path: Path, tiny_llama_store, deployment, registry_for, accounts, monkeypatch
 ) -> None:
     public_store, public_cid, public_manifest = tiny_llama_store
     checkpoint = public_store.parent.parent / "hf"
@@ -45,10 +45,17 @@ def test_private_import_restores_the_public_files_for_an_assigned_worker_only(
 
     keys = load_keys(keys_path)
     assert keys.manifest_cid == private_cid
-    gov = registry_for(accounts[0])
-    model_id = int(
-        gov.register_model("tiny-private", private_cid, 4, 1).event("ModelRegistered").args["modelId"]
-    )
+    monkeypatch.setenv("S15_OWNER_KEY", accounts[0].key.hex())
+    dep_file = deployment.save(tmp_path / "deployment.json")
+    register = ["model", "register", private_cid, "--price-wei", "1", "--name", "tiny-private"]
+    register += ["--store", str(owner_store), "--deployment", str(dep_file), "--key-env", "S15_OWNER_KEY"]
+    wrong = run_cli(*register, "--model-manifest", private_cid)  # not the model manifest sealed in it
+    assert wrong.returncode == 1 and "format" in wrong.stderr, wrong.stderr
+    done = run_cli(*register, "--model-manifest", public_cid)
+    assert done.returncode == 0, done.stderr
+    assert "4 layers" in done.stdout and f"manifest {private_cid}" in done.stdout
+    model_id = int(done.stdout.split("registered model ")[1].split(":")[0])
+    assert registry_for(None).get_model(model_id).manifest_cid == private_cid
     worker = accounts[4]
     registry_for(worker).register_node("http://127.0.0.1:1", TEST_PARAMS.min_stake)
     registry_for(worker).announce_shard(model_id, LayerSpan(0, 2))
@@ -77,4 +84,6 @@ def test_private_import_restores_the_public_files_for_an_assigned_worker_only(
     assert needed <= held
     other = {f.cid for f in public_manifest.files} - needed
     assert other and not other & held  # only the span's files were rebuilt
-    assert torch.equal(_block_output(worker_store, model, span), _block_output(public_store, public_manifest, span))
+    assert torch.equal(
+        _block_output(worker_store, model, span), _block_output(public_store, public_manifest, span)
+    )

@@ -106,3 +106,27 @@ def restore_model(
         tmp = _restore_into_store(private, cid, keys, store, peers, timeout)
         _commit(store, tmp, cid)
     return model_cid, model
+
+
+def model_of_private(store_dir: Path, private_cid: str, model_cid: str) -> Manifest:
+    """The model manifest ``model_cid`` (in the owner's store), checked to be the one sealed in ``private_cid``.
+
+    ``model register`` reads the name and layer count from it: the private manifest itself does not say them.
+    """
+    import hashlib
+
+    private = load_private_manifest(private_cid, [], store_dir)
+    model = load_manifest(store_dir, model_cid)
+    sealed = private.file(MODEL_MANIFEST_NAME)
+    if hashlib.sha256(model.to_json_bytes()).hexdigest() != sealed.sha256:
+        raise ManifestError(
+            f"model manifest {model_cid} is not the one sealed in {private_cid}: pass the model manifest CID "
+            "that `shardnet model import --private` printed with it"
+        )
+    names = {f.name for f in private.files}
+    missing = [c for c in [f.cid for f in model.files] + [t.cid for t in model.tokenizer] if c not in names]
+    if missing:
+        raise ManifestError(
+            f"private manifest {private_cid} lacks {len(missing)} files of the model, e.g. {missing[0]}"
+        )
+    return model
