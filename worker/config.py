@@ -50,6 +50,11 @@ class WorkerConfig(ChainSettings):
         description="where to fetch missing shard files from, tried in order, comma separated: peer URLs "
         "(any worker: http://host:port) or store folders; default: none (the store must hold them)",
     )
+    keyholder: str | None = Field(
+        None,
+        description="for a private model: the owner's keyholder URL (`shardnet keyholder run`) that wraps the "
+        "file keys to this node once its shard is announced",
+    )
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="dtype of the loaded weights"
     )

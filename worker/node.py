@@ -124,6 +124,7 @@ def prepare(cfg: WorkerConfig, *, reset_state: bool = False) -> PreparedNode:
     from shardnet.db import check_chain_identity, make_engine
     from shardnet.model.block import load_block
     from shardnet.store.fetch import FetchError, fetch_files
+    from worker.private_model import is_private, restore_private_span
 
     torch.set_num_threads(cfg.threads)
     # everything that can fail without the chain comes before the first transaction: the port, the key,
@@ -152,7 +153,10 @@ def prepare(cfg: WorkerConfig, *, reset_state: bool = False) -> PreparedNode:
         # without peers the store itself is the only source: every file must already be there (verified)
         sources: list[str | Path] = [*cfg.peers] or [cfg.store_dir]
         try:
-            manifest = fetch_files(model.manifest_cid, span, sources, cfg.store_dir, progress=False)
+            manifest_cid = model.manifest_cid
+            if cfg.keyholder or is_private(cfg, manifest_cid):  # private: announce, get keys, restore
+                manifest_cid, live = restore_private_span(cfg, registry, model, span, live)
+            manifest = fetch_files(manifest_cid, span, sources, cfg.store_dir, progress=False)
         except FetchError as exc:
             raise FetchError(fetch_hint(str(exc), model, span, cfg)) from exc
         block = load_block(cfg.store_dir, manifest.to_json(), span, getattr(torch, cfg.dtype))

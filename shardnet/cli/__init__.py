@@ -24,6 +24,8 @@ _COMMAND_MODULES = (
     "shardnet.cli.client_cmds",
     "shardnet.cli.localnet_cmd",
     "shardnet.cli.dashboard_cmd",
+    "shardnet.cli.store_cmds",
+    "shardnet.cli.keyholder_cmd",
 )
 
 

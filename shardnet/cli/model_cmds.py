@@ -46,6 +46,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         choices=("float32", "float16", "bfloat16"),
         help="dtype of the published weights (default float32)",
     )
+    p.add_argument(
+        "--private",
+        action="store_true",
+        help="also seal every file (AES-256-GCM, erasure-coded, see `shardnet store put`); print the private "
+        "manifest CID to register, and write the keys to --keys-out",
+    )
+    p.add_argument("--n", type=int, default=6, help="with --private: pieces per file (default 6)")
+    p.add_argument("--k", type=int, default=4, help="with --private: pieces that rebuild a file (default 4)")
+    p.add_argument(
+        "--node",
+        dest="nodes",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="with --private: a storage node; repeat, n distinct",
+    )
+    p.add_argument(
+        "--keys-out", type=Path, help="with --private: key file (default: <private manifest cid>.keys.json)"
+    )
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser(
@@ -62,6 +81,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="price per layer per token position, in wei (e.g. 1000000000000 = 1000 gwei)",
     )
     p.add_argument("--name", help="name on chain (default: the manifest's name)")
+    p.add_argument(
+        "--model-manifest",
+        metavar="CID",
+        help="for a private manifest: the model manifest CID `model import --private` printed (name, layers)",
+    )
     p.add_argument("--store", type=Path, default=DEFAULT_STORE, help=_STORE_HELP)
     add_chain_flags(p, needs_key=True)
     p.set_defaults(func=cmd_register)
@@ -155,6 +179,20 @@ def cmd_import(args: argparse.Namespace) -> int:
     print()
     print(_file_table(args.store, list(manifest.files)))
     print()
+    if args.private:
+        from shardnet.store.private.keyfile import save_keys
+        from shardnet.store.private.model import seal_model
+
+        private, keys = seal_model(args.store, cid, n=args.n, k=args.k, nodes=args.nodes)
+        path = save_keys(keys, args.keys_out or Path(f"{keys.manifest_cid}.keys.json"))
+        print(
+            f"model manifest {cid} sealed: {len(private.files)} files, n={args.n}, k={args.k}; keys in {path}"
+        )
+        print(
+            f"register the private manifest below (shardnet model register CID --model-manifest {cid} ...); "
+            "run `shardnet keyholder run` so assigned workers get the keys"
+        )
+        cid = keys.manifest_cid
     print(cid)
     return 0
 
@@ -176,7 +214,12 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     if args.price_wei < 0:
         raise ConfigError("--price-wei must be >= 0")
-    manifest = load_manifest(args.store, args.manifest_cid)
+    if args.model_manifest:
+        from shardnet.store.private.model import model_of_private
+
+        manifest = model_of_private(args.store, args.manifest_cid, args.model_manifest)
+    else:
+        manifest = load_manifest(args.store, args.manifest_cid)
     name = args.name or manifest.name
     registry = registry_from_args(args, needs_key=True)
     tx = registry.register_model(name, args.manifest_cid, manifest.num_layers, args.price_wei)

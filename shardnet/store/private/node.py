@@ -1,0 +1,110 @@
+"""A storage node's HTTP routes: hold pieces by CID, accept uploads, answer spot checks.
+
+- ``GET /v1/shards/{cid}``: the piece's bytes (the same route and checks as a worker's shard files).
+- ``PUT /v1/pieces/{cid}``: store an uploaded piece; the body streams into a temporary file, is hashed,
+  and becomes visible only when it matches the CID (400 otherwise). Bodies over ``max_bytes`` are refused.
+- ``GET /v1/pieces/{cid}/segment/{index}``: Merkle leaf ``index`` of the piece with its proof, as JSON
+  (``segment`` and ``proof`` in hex), for spot checks and on-chain challenge answers.
+
+A worker mounts the same routes (``make_piece_routes``); ``shardnet store serve`` runs them alone for nodes
+that store but do not compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from aiohttp import web
+
+from shardnet.store.cid import CHUNK_SIZE, CidHasher, parse_cid
+from shardnet.store.http import make_shard_routes
+from shardnet.store.local import LocalStore
+from shardnet.store.private.merkle import leaf_hashes, merkle_proof, read_segment
+
+log = logging.getLogger(__name__)
+
+PIECE_PATH = "/v1/pieces/{cid}"
+SEGMENT_PATH = "/v1/pieces/{cid}/segment/{index}"
+DEFAULT_MAX_PIECE_BYTES = 4 << 30
+
+
+def _error(message: str, status: int) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def make_piece_routes(store_dir: str | Path, max_bytes: int = DEFAULT_MAX_PIECE_BYTES) -> list[web.RouteDef]:
+    """Routes of a storage node over the store folder ``store_dir`` (the shard GET route included)."""
+    store = LocalStore(store_dir).ensure()
+    leaf_cache: dict[str, list[bytes]] = {}
+
+    async def put_piece(request: web.Request) -> web.Response:
+        try:
+            cid = parse_cid(request.match_info["cid"])
+        except ValueError as exc:
+            return _error(f"{exc}; upload under the piece's CID (bafkrei…)", 400)
+        if store.has(cid):
+            await request.release()
+            return web.json_response({"cid": cid, "stored": "already held"})
+        length = request.content_length
+        if length is not None and length > max_bytes:
+            return _error(f"piece of {length} bytes exceeds this node's limit of {max_bytes}", 413)
+        with store.incoming() as (f, tmp):
+            hasher = CidHasher()
+            while chunk := await request.content.read(CHUNK_SIZE):
+                hasher.update(chunk)
+                if hasher.size > max_bytes:
+                    return _error(f"piece exceeds this node's limit of {max_bytes} bytes", 413)
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+            got = hasher.cid()
+            if got != cid:
+                return _error(f"uploaded bytes hash to {got}, not {cid}: refused, nothing stored", 400)
+            store.commit(tmp, cid)
+        log.info("stored piece %s (%d bytes)", cid, hasher.size)
+        return web.json_response({"cid": cid, "stored": hasher.size})
+
+    async def get_segment(request: web.Request) -> web.Response:
+        try:
+            cid = parse_cid(request.match_info["cid"])
+            index = int(request.match_info["index"])
+        except ValueError as exc:
+            return _error(f"bad request: {exc}", 400)
+        path = store.root / cid
+        if not path.is_file():
+            return _error(f"this node does not hold {cid}", 404)
+        leaves = leaf_cache.get(cid)
+        if leaves is None:
+            leaves = await asyncio.to_thread(leaf_hashes, path)
+            leaf_cache[cid] = leaves
+        if not 0 <= index < len(leaves):
+            return _error(f"segment {index} is outside 0..{len(leaves) - 1}", 400)
+        segment = await asyncio.to_thread(read_segment, path, index)
+        proof = merkle_proof(leaves, index)
+        return web.json_response(
+            {"cid": cid, "index": index, "segment": segment.hex(), "proof": [p.hex() for p in proof]}
+        )
+
+    return [
+        *make_shard_routes(store.root),
+        web.put(PIECE_PATH, put_piece),
+        web.get(SEGMENT_PATH, get_segment),
+    ]
+
+
+def run_storage_node(
+    store_dir: str | Path, host: str, port: int, max_bytes: int = DEFAULT_MAX_PIECE_BYTES
+) -> None:
+    """Serve the store folder as a storage node until interrupted (``shardnet store serve``)."""
+    app = web.Application(client_max_size=1 << 20)
+    app.add_routes(make_piece_routes(store_dir, max_bytes))
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"role": "storage", "store": str(store_dir)})
+
+    app.add_routes([web.get("/health", health)])
+    log.info("storage node serving %s on http://%s:%d", store_dir, host, port)
+    web.run_app(app, host=host, port=port, print=None, handle_signals=True)
