@@ -17,6 +17,8 @@ from shardnet.chain.tx import DecodedEvent
 
 #: Jobs kept in the recent-jobs window (older ones still count in the totals, earnings and chart)
 MAX_RECENT_JOBS = 200
+#: The events whose handlers read the chain (block time, receipt, settlement calldata)
+_READS_BEFORE_FOLDING = frozenset({"JobSubmitted", "JobSettled", "JobFailed", "JobCancelled"})
 #: The chart: one bucket a minute over the last hour
 BUCKET_S = 60
 BUCKETS = 60
@@ -162,8 +164,12 @@ class Ledger:
 
     # ------------------------------------------------------------ folding
     def apply(self, event: DecodedEvent) -> None:
+        """Fold one event: all or nothing. Every chain read it needs is made before anything changes, so a read
+        that fails (a flaky node) leaves the ledger as it was and the event is folded again, once, later."""
         a = event.args
         handler = getattr(self, "_on_" + event.name, None)
+        if event.name in _READS_BEFORE_FOLDING:
+            self._read_facts(event, a)
         if handler is not None:
             handler(event, a)
         for key in ("node", "account"):  # any event naming a node changes its views (stake, claimable, ...)
@@ -171,6 +177,13 @@ class Ledger:
                 self.touched_nodes.add(str(a[key]).lower())
         if "modelId" in a and event.name in ("ModelRegistered", "ShardAnnounced", "ShardReleased"):
             self.touched_models.add(int(a["modelId"]))
+
+    def _read_facts(self, event: DecodedEvent, a: dict[str, Any]) -> None:
+        """The reads a job event's handler makes (the facts cache them, so the handler's own reads then hit)."""
+        self.facts.block_time(event.block_number)
+        self.facts.gas_used(event.tx_hash)
+        if event.name == "JobSettled":
+            self.facts.settlements(event.tx_hash)
 
     def _on_CoordinatorSet(self, event: DecodedEvent, a: dict[str, Any]) -> None:
         self.coordinators[str(a["coordinator"]).lower()] = (str(a["endpoint"]), bool(a["approved"]))
