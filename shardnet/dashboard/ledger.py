@@ -124,6 +124,7 @@ class Totals:
     escrowed_wei: int = 0
     paid_to_nodes_wei: int = 0
     coordinator_fees_wei: int = 0
+    protocol_fees_wei: int = 0
     refunded_wei: int = 0
     slashes: int = 0
     slashed_wei: int = 0
@@ -140,6 +141,7 @@ class Totals:
             "paid_wei": str(self.paid_to_nodes_wei + self.coordinator_fees_wei),
             "paid_to_nodes_wei": str(self.paid_to_nodes_wei),
             "coordinator_fees_wei": str(self.coordinator_fees_wei),
+            "protocol_fees_wei": str(self.protocol_fees_wei),
             "refunded_wei": str(self.refunded_wei),
             "slashes": self.slashes,
             "slashed_wei": str(self.slashed_wei),
@@ -235,11 +237,22 @@ class Ledger:
         settlement = next((s for s in settlements if s.job_id == job_id), None)
         job = self.jobs.get(job_id)
         hops = self._settled_hops(job_id, job, settlement, int(a["paidHops"]), int(a["paidToNodes"]))
+        # the protocol's cut is in no event: what the escrow left after posts, hop pay, the fee and the refund
+        cut = 0
+        escrow = (
+            job.escrow if job is not None else (settlement.job.escrow if settlement is not None else None)
+        )
+        if escrow is not None:
+            posted = job.posted_paid if job is not None else self.facts.posted_paid(job_id)
+            cut = max(
+                escrow - posted - int(a["paidToNodes"]) - int(a["coordinatorFee"]) - int(a["refund"]), 0
+            )
         for hop in hops:
             self.touched_nodes.add(hop.node.lower())  # its claimable balance changed
             if hop.paid_wei:
                 self.earned[hop.node.lower()] = self.earned.get(hop.node.lower(), 0) + hop.paid_wei
         self.totals.settled += 1
+        self.totals.protocol_fees_wei += cut
         self.totals.paid_to_nodes_wei += int(a["paidToNodes"])
         self.totals.coordinator_fees_wei += int(a["coordinatorFee"])
         self.totals.refunded_wei += int(a["refund"])

@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import HTTPProvider, Web3
 
+from shardnet.chain.deploy import deploy_registry
 from shardnet.chain.devnet import free_port
 from shardnet.chain.registry import Registry
 from shardnet.dashboard.snapshot import MAX_IDLE_MODELS, MAX_MODELS, ChainSnapshot
+from shardnet.dashboard.web import EncodedSnapshot
 from shardnet.span import LayerSpan
 from tests.chain.registry_world import World, build_world
 from tests.dashboard.flaky_rpc import flaky_relay
-from tests.fixtures_chain import DevChain
+from tests.fixtures_chain import TEST_PARAMS, DevChain
 
 
 @pytest.fixture
@@ -98,3 +101,34 @@ def test_a_settlement_not_sent_as_a_direct_settle_call_does_not_wedge_the_reader
         if e.name == "JobSubmitted"
     )
     assert snapshot.settlements(submitted.tx_hash) == []
+
+
+def test_totals_account_for_every_wei_escrowed_with_a_protocol_fee(
+    isolated_anvil: DevChain, accounts: list[LocalAccount]
+) -> None:
+    anvil = isolated_anvil
+    deployment = deploy_registry(anvil.w3, accounts[0], replace(TEST_PARAMS, protocol_fee_bps=1000))
+
+    def registry_for(account: LocalAccount | None) -> Registry:
+        return Registry(anvil.w3, deployment.registry, account, deploy_block=deployment.deploy_block)
+
+    world = build_world(anvil, accounts, registry_for)
+    snapshot = ChainSnapshot(world.registry_for(None), min_interval_s=0)
+    settled, failed, still_open = world.submit(), world.submit(), world.submit()
+    world.settle(settled)
+    world.gov.fail_job(failed, world.record(failed), "no route")
+    totals = snapshot.current()["totals"]
+    protocol = world.gov.protocol_fees()
+    assert protocol > 0 and totals["protocol_fees_wei"] == str(protocol)
+    open_escrow = world.gov.open_escrow()
+    assert open_escrow == world.quote() and still_open
+    accounted = int(totals["paid_wei"]) + protocol + int(totals["refunded_wei"]) + open_escrow
+    assert int(totals["escrowed_wei"]) == accounted
+
+
+def test_the_snapshot_json_is_encoded_once_per_document() -> None:
+    encoded = EncodedSnapshot()
+    doc = {"jobs": [{"escrow_wei": str(2**200)}]}
+    first = encoded.of(doc)
+    assert encoded.of(doc) is first and json.loads(first) == doc
+    assert encoded.of(dict(doc)) is not first  # a new document (a refresh) is encoded again

@@ -68,6 +68,7 @@ function drawTotals(doc) {
     card("tokens (settled positions)", `${t.tokens}`, "tokens"),
     card("escrowed", eth(t.escrowed_wei), "escrowed"),
     card("paid (nodes + coordinators)", eth(t.paid_wei), "paid"),
+    card("protocol fees", eth(t.protocol_fees_wei), "protocol"),
     card("refunded", eth(t.refunded_wei), "refunded"),
     card("slashes", `${t.slashes} (${eth(t.slashed_wei)})`, "slashes"),
   );
