@@ -110,17 +110,32 @@ def install(app: web.Application, source: SnapshotSource) -> None:
     app.add_routes(routes)
 
 
-def chain_source(snapshot: Any) -> SnapshotSource:
-    """A source reading a `ChainSnapshot` in a thread (its chain reads block), one request at a time: however many
-    pages poll, and however slow the chain node, the dashboard holds at most one worker thread."""
+def one_refresh_at_a_time(build: SnapshotSource) -> SnapshotSource:
+    """`build` run by one request at a time; the others meanwhile get the last document built at once (a slow or
+    dead chain node delays one refresh, never the pages: only the very first request waits for a document)."""
     lock = asyncio.Lock()
+    last: list[dict[str, Any]] = []
 
     async def read() -> dict[str, Any]:
+        if lock.locked() and last:
+            return last[0]
         async with lock:
-            doc: dict[str, Any] = await asyncio.to_thread(snapshot.current)
+            doc = await build()
+            last[:] = [doc]
         return doc
 
     return read
+
+
+def chain_source(snapshot: Any) -> SnapshotSource:
+    """A source reading a `ChainSnapshot` in a thread (its chain reads block), one refresh at a time: however many
+    pages poll, and however slow the chain node, the dashboard holds at most one worker thread."""
+
+    async def build() -> dict[str, Any]:
+        doc: dict[str, Any] = await asyncio.to_thread(snapshot.current)
+        return doc
+
+    return one_refresh_at_a_time(build)
 
 
 async def serve(source: SnapshotSource, host: str, port: int, *, on_ready: Callable[[str], None]) -> None:

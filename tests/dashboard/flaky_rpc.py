@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ class FlakyRelay:
         self.upstream = upstream
         self.failures: dict[str, int] = {}  # method -> how many more times it fails
         self.failed: list[str] = []  # the methods that were answered with an error
+        self.delay_s = 0.0  # every answer is this late (a slow node)
         self._lock = threading.Lock()
 
     def fail(self, method: str, times: int = 1) -> None:
@@ -32,6 +34,7 @@ class FlakyRelay:
             return True
 
     def answer(self, body: bytes) -> bytes:
+        time.sleep(self.delay_s)
         request = json.loads(body)
         if isinstance(request, dict) and self._should_fail(str(request.get("method"))):
             error = {"code": -32000, "message": "flaky node: try again"}

@@ -5,7 +5,9 @@ not a direct settleJobs call."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -17,10 +19,10 @@ from shardnet.chain.deploy import deploy_registry
 from shardnet.chain.devnet import free_port
 from shardnet.chain.registry import Registry
 from shardnet.dashboard.snapshot import MAX_IDLE_MODELS, MAX_MODELS, ChainSnapshot
-from shardnet.dashboard.web import EncodedSnapshot
+from shardnet.dashboard.web import EncodedSnapshot, SnapshotSource, chain_source
 from shardnet.span import LayerSpan
 from tests.chain.registry_world import World, build_world
-from tests.dashboard.flaky_rpc import flaky_relay
+from tests.dashboard.flaky_rpc import FlakyRelay, flaky_relay
 from tests.fixtures_chain import TEST_PARAMS, DevChain
 
 
@@ -132,3 +134,24 @@ def test_the_snapshot_json_is_encoded_once_per_document() -> None:
     first = encoded.of(doc)
     assert encoded.of(doc) is first and json.loads(first) == doc
     assert encoded.of(dict(doc)) is not first  # a new document (a refresh) is encoded again
+
+
+def test_a_slow_chain_node_delays_one_refresh_not_the_pages(world: World, anvil: DevChain) -> None:
+    async def polls(source: SnapshotSource, relay: FlakyRelay) -> list[float]:
+        await source()  # the first document
+        relay.delay_s = 0.5  # the node turns slow: every refresh now takes seconds
+        world.submit()
+        refreshing = asyncio.create_task(source())
+        await asyncio.sleep(0.3)
+        waits = []
+        for _ in range(5):
+            start = time.monotonic()
+            await source()
+            waits.append(time.monotonic() - start)
+        doc = await refreshing
+        assert doc["totals"]["jobs"] == 1  # the slow refresh still lands
+        return waits
+
+    with flaky_relay(anvil.rpc_url) as (relay, url):
+        waits = asyncio.run(polls(chain_source(reader_at(world, url)), relay))
+    assert max(waits) < 0.2, waits  # the last document, at once, while the slow refresh runs
