@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from shardnet.chain.errors import ChainError, ChainUnavailable, ContractRevert, RpcError
 from shardnet.chain.registry import AssignmentInfo, ModelInfo, NodeInfo, Registry, Settlement
+from shardnet.chain.registry_base import LOG_RANGE
 from shardnet.chain.tx import rpc
 from shardnet.dashboard.coverage import replicas_per_layer, uncovered_ranges
 from shardnet.dashboard.ledger import Ledger
@@ -122,6 +123,7 @@ class ChainSnapshot:
         self._settlements: BoundedCache[str, list[Settlement]] = BoundedCache(64)
         self._applied: tuple[int, int] = (-1, -1)  # position of the last event folded (exactly once)
         self._seeded = False  # the models registered before the first block read were looked at
+        self._chunk = LOG_RANGE  # blocks per eth_getLogs request (see _fold_logs)
 
     # ------------------------------------------------------------ ChainFacts (what the ledger asks)
     def block_time(self, block: int) -> int:
@@ -187,18 +189,7 @@ class ChainSnapshot:
             self._reset()
         to_block = min(head, self.next_block + self.max_blocks - 1)
         if to_block >= self.next_block:
-            folded, read_to = 0, to_block
-            for event in reg.get_logs(self.next_block, to_block):
-                if event.position <= self._applied:
-                    continue  # folded by an earlier refresh that stopped inside this block
-                if folded == self.max_events:
-                    read_to = (
-                        event.block_number - 1
-                    )  # the rest next time (this block's folded events skipped)
-                    break
-                self.ledger.apply(event)
-                self._applied = event.position
-                folded += 1
+            read_to = self._fold_logs(to_block)
             if read_to >= self.next_block:
                 self.synced_hash = self._block_hash(read_to)
             self.log_ranges = [*self.log_ranges[-99:], (self.next_block, read_to)]
@@ -208,6 +199,30 @@ class ChainSnapshot:
             self._min_stake = reg.min_stake()
         self._read_models()
         self._read_nodes()
+
+    def _fold_logs(self, to_block: int) -> int:
+        """Fold the events from `next_block` on, asking for the logs a chunk of blocks at a time and stopping at
+        `max_events`; returns the last block whose events were all folded. The chunk shrinks where blocks are
+        full of events (a stranger can emit many cheaply) and grows back where they are not, so that a refresh
+        never decodes many more events than it folds."""
+        folded, start = 0, self.next_block
+        while start <= to_block:
+            end = min(to_block, start + self._chunk - 1)
+            events = self.registry.get_logs(start, end)
+            if len(events) > 2 * self.max_events:  # as many blocks as hold about max_events at this density
+                self._chunk = max(1, (end - start + 1) * self.max_events // len(events))
+            elif len(events) < self.max_events // 2:
+                self._chunk = min(self._chunk * 2, LOG_RANGE)
+            for event in events:
+                if event.position <= self._applied:
+                    continue  # folded by an earlier refresh that stopped inside this block
+                if folded == self.max_events:
+                    return event.block_number - 1  # the rest next time (this block's folded events skipped)
+                self.ledger.apply(event)
+                self._applied = event.position
+                folded += 1
+            start = end + 1
+        return to_block
 
     def _read_models(self) -> None:
         """Re-read the live assignments of the models whose events were folded; list every model that has some,

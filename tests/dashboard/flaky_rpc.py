@@ -18,6 +18,7 @@ class FlakyRelay:
         self.failures: dict[str, int] = {}  # method -> how many more times it fails
         self.failed: list[str] = []  # the methods that were answered with an error
         self.delay_s = 0.0  # every answer is this late (a slow node)
+        self.logs_answered: list[int] = []  # how many logs each eth_getLogs answer held
         self._lock = threading.Lock()
 
     def fail(self, method: str, times: int = 1) -> None:
@@ -41,7 +42,10 @@ class FlakyRelay:
             return json.dumps({"jsonrpc": "2.0", "id": request.get("id"), "error": error}).encode()
         upstream = urllib.request.Request(self.upstream, body, {"Content-Type": "application/json"})
         with urllib.request.urlopen(upstream, timeout=30) as resp:
-            return bytes(resp.read())
+            reply = bytes(resp.read())
+        if isinstance(request, dict) and request.get("method") == "eth_getLogs":
+            self.logs_answered.append(len(json.loads(reply).get("result") or []))
+        return reply
 
 
 @contextmanager

@@ -155,3 +155,20 @@ def test_a_slow_chain_node_delays_one_refresh_not_the_pages(world: World, anvil:
     with flaky_relay(anvil.rpc_url) as (relay, url):
         waits = asyncio.run(polls(chain_source(reader_at(world, url)), relay))
     assert max(waits) < 0.2, waits  # the last document, at once, while the slow refresh runs
+
+
+def test_catching_up_a_chain_full_of_events_decodes_each_about_once(world: World, anvil: DevChain) -> None:
+    for i in range(30):
+        world.reg(world.outsider).register_model(f"spam-{i}", "bafkspam", 2, 1)
+    total = len(world.gov.get_logs(world.gov.deploy_block, world.chain.block_number()))
+    with flaky_relay(anvil.rpc_url) as (relay, url):
+        w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": 10}))
+        registry = Registry(w3, world.gov.address, deploy_block=world.gov.deploy_block)
+        snapshot = ChainSnapshot(registry, min_interval_s=0, max_events=4)
+        refreshes = 1
+        while snapshot.current()["chain"]["syncing"]:
+            refreshes += 1
+            assert refreshes < 100
+    assert refreshes >= total // 4
+    # every refresh used to ask for (and decode) all the logs from where it stopped to the head again
+    assert sum(relay.logs_answered) <= 3 * total, (total, relay.logs_answered)
