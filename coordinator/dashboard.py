@@ -23,7 +23,7 @@ from coordinator.router import DEFAULT_COMPUTE_PER_LAYER_S
 from coordinator.service import CoordinatorService
 from coordinator.state import HopRow, JobRow
 from shardnet.dashboard.snapshot import ChainSnapshot, add_coverage
-from shardnet.dashboard.web import install
+from shardnet.dashboard.web import install, one_refresh_at_a_time
 
 #: Jobs of this coordinator's database shown (newest first)
 RECENT_JOBS = 200
@@ -105,4 +105,4 @@ class CoordinatorDashboard:
 
 def mount(app: web.Application, service: CoordinatorService) -> None:
     """Mount the dashboard on the coordinator's app (GET only)."""
-    install(app, CoordinatorDashboard(service).document)
+    install(app, one_refresh_at_a_time(CoordinatorDashboard(service).document))

@@ -17,6 +17,8 @@ from shardnet.chain.tx import DecodedEvent
 
 #: Jobs kept in the recent-jobs window (older ones still count in the totals, earnings and chart)
 MAX_RECENT_JOBS = 200
+#: The events whose handlers read the chain (block time, receipt, settlement calldata)
+_READS_BEFORE_FOLDING = frozenset({"JobSubmitted", "JobSettled", "JobFailed", "JobCancelled"})
 #: The chart: one bucket a minute over the last hour
 BUCKET_S = 60
 BUCKETS = 60
@@ -122,6 +124,7 @@ class Totals:
     escrowed_wei: int = 0
     paid_to_nodes_wei: int = 0
     coordinator_fees_wei: int = 0
+    protocol_fees_wei: int = 0
     refunded_wei: int = 0
     slashes: int = 0
     slashed_wei: int = 0
@@ -138,6 +141,7 @@ class Totals:
             "paid_wei": str(self.paid_to_nodes_wei + self.coordinator_fees_wei),
             "paid_to_nodes_wei": str(self.paid_to_nodes_wei),
             "coordinator_fees_wei": str(self.coordinator_fees_wei),
+            "protocol_fees_wei": str(self.protocol_fees_wei),
             "refunded_wei": str(self.refunded_wei),
             "slashes": self.slashes,
             "slashed_wei": str(self.slashed_wei),
@@ -162,8 +166,12 @@ class Ledger:
 
     # ------------------------------------------------------------ folding
     def apply(self, event: DecodedEvent) -> None:
+        """Fold one event: all or nothing. Every chain read it needs is made before anything changes, so a read
+        that fails (a flaky node) leaves the ledger as it was and the event is folded again, once, later."""
         a = event.args
         handler = getattr(self, "_on_" + event.name, None)
+        if event.name in _READS_BEFORE_FOLDING:
+            self._read_facts(event, a)
         if handler is not None:
             handler(event, a)
         for key in ("node", "account"):  # any event naming a node changes its views (stake, claimable, ...)
@@ -171,6 +179,13 @@ class Ledger:
                 self.touched_nodes.add(str(a[key]).lower())
         if "modelId" in a and event.name in ("ModelRegistered", "ShardAnnounced", "ShardReleased"):
             self.touched_models.add(int(a["modelId"]))
+
+    def _read_facts(self, event: DecodedEvent, a: dict[str, Any]) -> None:
+        """The reads a job event's handler makes (the facts cache them, so the handler's own reads then hit)."""
+        self.facts.block_time(event.block_number)
+        self.facts.gas_used(event.tx_hash)
+        if event.name == "JobSettled":
+            self.facts.settlements(event.tx_hash)
 
     def _on_CoordinatorSet(self, event: DecodedEvent, a: dict[str, Any]) -> None:
         self.coordinators[str(a["coordinator"]).lower()] = (str(a["endpoint"]), bool(a["approved"]))
@@ -222,11 +237,22 @@ class Ledger:
         settlement = next((s for s in settlements if s.job_id == job_id), None)
         job = self.jobs.get(job_id)
         hops = self._settled_hops(job_id, job, settlement, int(a["paidHops"]), int(a["paidToNodes"]))
+        # the protocol's cut is in no event: what the escrow left after posts, hop pay, the fee and the refund
+        cut = 0
+        escrow = (
+            job.escrow if job is not None else (settlement.job.escrow if settlement is not None else None)
+        )
+        if escrow is not None:
+            posted = job.posted_paid if job is not None else self.facts.posted_paid(job_id)
+            cut = max(
+                escrow - posted - int(a["paidToNodes"]) - int(a["coordinatorFee"]) - int(a["refund"]), 0
+            )
         for hop in hops:
             self.touched_nodes.add(hop.node.lower())  # its claimable balance changed
             if hop.paid_wei:
                 self.earned[hop.node.lower()] = self.earned.get(hop.node.lower(), 0) + hop.paid_wei
         self.totals.settled += 1
+        self.totals.protocol_fees_wei += cut
         self.totals.paid_to_nodes_wei += int(a["paidToNodes"])
         self.totals.coordinator_fees_wei += int(a["coordinatorFee"])
         self.totals.refunded_wei += int(a["refund"])

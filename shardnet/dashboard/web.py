@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,25 @@ log = logging.getLogger(__name__)
 SnapshotSource = Callable[[], Awaitable[dict[str, Any]]]
 
 DASHBOARD_SOURCE: web.AppKey[SnapshotSource] = web.AppKey("dashboard_source")
+
+
+class EncodedSnapshot:
+    """The JSON of the source's latest document, encoded once per document: a large snapshot (many models,
+    nodes and jobs) costs tens of milliseconds to encode, and encoding it for every poll would stall the event
+    loop the coordinator's inference API runs on, however many pages poll."""
+
+    def __init__(self) -> None:
+        self.doc: dict[str, Any] | None = None
+        self.body = b""
+
+    def of(self, doc: dict[str, Any]) -> bytes:
+        if doc is not self.doc:
+            self.body = json.dumps(doc, separators=(",", ":")).encode()
+            self.doc = doc
+        return self.body
+
+
+DASHBOARD_BODY: web.AppKey[EncodedSnapshot] = web.AppKey("dashboard_body")
 
 _ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
 
@@ -64,7 +84,8 @@ async def _asset(request: web.Request) -> web.Response:
 
 async def _snapshot(request: web.Request) -> web.Response:
     doc = await request.app[DASHBOARD_SOURCE]()
-    return _secured(web.json_response(doc))
+    body = request.app[DASHBOARD_BODY].of(doc)
+    return _secured(web.Response(body=body, content_type="application/json"))
 
 
 async def _to_dashboard(request: web.Request) -> web.Response:
@@ -78,6 +99,7 @@ def _root_is_free(app: web.Application) -> bool:
 def install(app: web.Application, source: SnapshotSource) -> None:
     """Mount the dashboard's routes (GET only) on `app`, fed by `source`; `/` redirects to it if nothing has `/`."""
     app[DASHBOARD_SOURCE] = source
+    app[DASHBOARD_BODY] = EncodedSnapshot()
     routes = [
         web.get("/dashboard", _page),
         web.get("/dashboard/assets/{name}", _asset),
@@ -88,17 +110,32 @@ def install(app: web.Application, source: SnapshotSource) -> None:
     app.add_routes(routes)
 
 
-def chain_source(snapshot: Any) -> SnapshotSource:
-    """A source reading a `ChainSnapshot` in a thread (its chain reads block), one request at a time: however many
-    pages poll, and however slow the chain node, the dashboard holds at most one worker thread."""
+def one_refresh_at_a_time(build: SnapshotSource) -> SnapshotSource:
+    """`build` run by one request at a time; the others meanwhile get the last document built at once (a slow or
+    dead chain node delays one refresh, never the pages: only the very first request waits for a document)."""
     lock = asyncio.Lock()
+    last: list[dict[str, Any]] = []
 
     async def read() -> dict[str, Any]:
+        if lock.locked() and last:
+            return last[0]
         async with lock:
-            doc: dict[str, Any] = await asyncio.to_thread(snapshot.current)
+            doc = await build()
+            last[:] = [doc]
         return doc
 
     return read
+
+
+def chain_source(snapshot: Any) -> SnapshotSource:
+    """A source reading a `ChainSnapshot` in a thread (its chain reads block), one refresh at a time: however many
+    pages poll, and however slow the chain node, the dashboard holds at most one worker thread."""
+
+    async def build() -> dict[str, Any]:
+        doc: dict[str, Any] = await asyncio.to_thread(snapshot.current)
+        return doc
+
+    return one_refresh_at_a_time(build)
 
 
 async def serve(source: SnapshotSource, host: str, port: int, *, on_ready: Callable[[str], None]) -> None:

@@ -68,6 +68,7 @@ function drawTotals(doc) {
     card("tokens (settled positions)", `${t.tokens}`, "tokens"),
     card("escrowed", eth(t.escrowed_wei), "escrowed"),
     card("paid (nodes + coordinators)", eth(t.paid_wei), "paid"),
+    card("protocol fees", eth(t.protocol_fees_wei), "protocol"),
     card("refunded", eth(t.refunded_wei), "refunded"),
     card("slashes", `${t.slashes} (${eth(t.slashed_wei)})`, "slashes"),
   );
@@ -82,16 +83,34 @@ function nodeHealth(a) {
   return badge("ok");
 }
 
+// runs of layers with the same replica count: how a model with more layers than cells is drawn
+function runs(counts) {
+  const out = [];
+  counts.forEach((count, layer) => {
+    const last = out[out.length - 1];
+    if (last && last.count === count) last.end = layer + 1;
+    else out.push({ start: layer, end: layer + 1, count });
+  });
+  return out;
+}
+
+// a model of up to this many layers gets one cell a layer; a larger one (anyone may register a model of 65535
+// layers) one cell a run of equal counts, so that no model costs the page more than a few hundred elements
+const MAX_LAYER_CELLS = 256;
+
 function drawModel(m) {
   const n = m.num_layers;
-  const columns = `repeat(${Math.max(n, 1)}, minmax(0, 1fr))`;
+  const perLayer = n <= MAX_LAYER_CELLS;
+  const cells = perLayer ? m.replicas.map((count, layer) => ({ start: layer, end: layer + 1, count })) : runs(m.replicas);
+  const columns = perLayer ? `repeat(${Math.max(n, 1)}, minmax(0, 1fr))` : cells.map((c) => `minmax(0, ${c.end - c.start}fr)`).join(" ");
   const layers = el("div", { class: "layers" });
   layers.style.gridTemplateColumns = columns;
-  m.replicas.forEach((count, layer) => {
+  cells.forEach(({ start, end, count }) => {
+    const what = end - start === 1 ? `layer ${start}` : `layers ${start}:${end}`;
     layers.append(el("div", {
       class: count === 0 ? "layer uncovered" : "layer",
-      title: `layer ${layer}: ${count} serving replica${count === 1 ? "" : "s"}`,
-      "data-layer": layer, "data-replicas": count,
+      title: `${what}: ${count} serving replica${count === 1 ? "" : "s"}`,
+      "data-layer": end - start === 1 ? start : `${start}:${end}`, "data-replicas": count,
     }, `${count}`));
   });
   const box = el("div", { class: "model", "data-model-id": m.model_id, "data-uncovered": m.uncovered.map((r) => r.join(":")).join(",") },
@@ -99,10 +118,15 @@ function drawModel(m) {
       m.uncovered.length ? el("span", { class: "error" }, `uncovered: ${m.uncovered.map((r) => `${r[0]}:${r[1]}`).join(", ")}`) : "fully covered"),
     el("div", { class: "layers-row" }, el("div", { class: "who muted" }, "replicas per layer"), layers));
   for (const a of m.assignments) {
-    const track = el("div", { class: "track" });
-    track.style.gridTemplateColumns = columns;
+    const track = el("div", { class: perLayer ? "track" : "track linear" });
     const bar = el("div", { class: "bar", title: `layers ${a.span[0]}:${a.span[1]}` });
-    bar.style.gridColumn = `${a.span[0] + 1} / ${a.span[1] + 1}`;
+    if (perLayer) {
+      track.style.gridTemplateColumns = columns;
+      bar.style.gridColumn = `${a.span[0] + 1} / ${a.span[1] + 1}`;
+    } else {
+      bar.style.marginLeft = `${(100 * a.span[0]) / n}%`;
+      bar.style.width = `${(100 * (a.span[1] - a.span[0])) / n}%`;
+    }
     track.append(bar);
     const h = a.health;
     const step = h && h.step_s !== null ? ` · step ${seconds(h.step_s)}` : "";
@@ -156,7 +180,7 @@ function drawJobs(doc) {
       return el("tr", { "data-job-id": j.job_id, "data-status": j.status },
         el("td", {}, `#${j.job_id}`, el("br"), el("span", { class: "muted" }, `model ${j.model_id}`)),
         el("td", {}, badge(j.status), c ? el("span", { class: "muted" }, ` coord.: ${c.status}`) : null,
-          j.fail_reason ? el("div", { class: "muted" }, j.fail_reason) : null),
+          j.fail_reason ? el("div", { class: "muted fail-reason" }, j.fail_reason) : null),
         el("td", {}, ...route.map((h) => el("div", { class: "mono" }, `${short(h.node)} [${h.span[0]}:${h.span[1]}]`,
           h.paid_wei !== null ? ` ${eth(h.paid_wei)}` : "", h.how && h.how !== "settled" ? ` (${h.how})` : ""))),
         el("td", {}, j.tokens ? `${j.tokens}` : c && c.output_token_count !== null ? `${c.output_token_count} out` : "–"),
