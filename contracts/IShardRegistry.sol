@@ -148,8 +148,8 @@ interface IShardRegistry {
     event CommitmentPosted(uint256 indexed jobId, address indexed node, uint32 start, uint32 end, uint32 positions, uint32 steps, bytes32 root, uint256 paid, uint64 payableAt);
     /// @dev A provisional post replaced by the coordinator's settlement of the same hop; its reserve went back.
     event PostedCommitmentVoided(uint256 indexed jobId, address indexed node, uint32 start, uint32 end, uint256 reserved);
-    /// @dev A posted commitment paid after its window: to the node, or back to the client if the node was jailed,
-    /// unregistered or understaked by then.
+    /// @dev A posted commitment paid after its window: to the node (even if it left since), or back to the client
+    /// if the node was jailed (slashed) by then.
     event PostedCommitmentPaid(uint256 indexed jobId, address indexed node, uint32 start, uint32 end, address to, uint256 amount);
     event JobCancelled(uint256 indexed jobId, address indexed by, uint256 refund);
     event JobFailed(uint256 indexed jobId, string reason, uint256 refund);
@@ -265,8 +265,8 @@ interface IShardRegistry {
     /// {collectPosted}, and cancel or fail cannot void it.
     /// Emits {CommitmentPosted}.
     function postCommitment(uint256 jobId, JobRecord calldata job, SignedCommitment calldata commitment, TicketProof calldata ticket) external;
-    /// @notice Anyone pays a posted commitment whose window is over (to the node; to the job's client if the node
-    /// was jailed, unregistered or understaked since). Emits {PostedCommitmentPaid}.
+    /// @notice Anyone pays a posted commitment whose window is over (to the node, even if it left since; to the
+    /// job's client if the node was jailed since). Emits {PostedCommitmentPaid}.
     function collectPosted(uint256 jobId, address node, uint32 start, uint32 end) external;
     /// @notice The job's coordinator fails an open job: what was not paid to posted commitments goes back to the
     /// client. Emits {JobFailed}.

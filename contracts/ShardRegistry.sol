@@ -451,11 +451,15 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         uint256 amount = uint128(record);
         _postedHop[key] = (record & ((1 << 192) - 1)) | (_POST_PAID << 192);
         _pendingPosted -= amount;
+        // committed work is paid even if the node left since; a node jailed since (slashed) forfeits it to the client
         address to = node;
-        if (!_payHop(node, amount)) {
-            to = _posted[jobId].client; // jailed, unregistered or understaked since: back to the client
-            _credit(to, amount);
+        Account storage account = _accounts[node];
+        if (account.flags & _JAILED != 0) {
+            to = _posted[jobId].client;
+        } else {
+            account.bondedUntil = uint40(block.timestamp + _disputeWindow);
         }
+        _credit(to, amount);
         emit PostedCommitmentPaid(jobId, node, start, end, to, amount);
     }
 

@@ -318,3 +318,60 @@ def test_changing_an_approved_coordinators_endpoint_keeps_its_jobs_settleable(
     gov.set_coordinator(owner.address, "http://new", False)
     again = gov.set_coordinator(owner.address, "http://new", True).event("CoordinatorSet").args["activeFrom"]
     assert again >= anvil.timestamp() + 3600 - 1 and not gov.is_coordinator(owner.address)
+
+
+def test_a_posted_hop_is_paid_to_a_node_that_left_but_not_to_one_jailed_since(
+    world: World, accounts: list[LocalAccount]
+) -> None:
+    verifiers = [accounts[4], accounts[7]]
+    for v in verifiers:
+        world.reg(v).register_node("http://127.0.0.1:8400", MIN_STAKE)
+        world.reg(v).announce_shard(world.model_id, LayerSpan(0, 4))
+    left, jailed = world.submit(), world.submit()
+    # node2 posts for `left`, then leaves the network (shard released, all stake unstaked)
+    c2 = world.commit(world.node2, left, LayerSpan(2, 4))
+    world.reg(world.node2).post_commitment(
+        (left, world.record(left)), c2, _ticket(world, world.node2, left, LayerSpan(2, 4))
+    )
+    world.reg(world.node2).release_shard(world.shard2)
+    world.reg(world.node2).request_unstake(MIN_STAKE)
+    # node1 posts for `jailed`, then is slashed over another job (a majority of the drawn stake signs)
+    c1 = world.commit(world.node1, jailed, LayerSpan(0, 2))
+    world.reg(world.node1).post_commitment(
+        (jailed, world.record(jailed)), c1, _ticket(world, world.node1, jailed, LayerSpan(0, 2))
+    )
+    disputed = world.submit()
+    settlement = Settlement(disputed, world.record(disputed), OUTPUT, world.route(disputed)[:1])
+    close_block = world.gov.settle_jobs([settlement]).block_number
+    world.chain.mine(world.gov.constant("DRAW_DELAY") + 1)
+    c = settlement.hops[0]
+    steps = leaves(f"{disputed}/{c.node}/{c.span}")
+    signers = {a.address: a for a in (*verifiers, world.node3)}
+    drawn = world.gov.draw_verifiers(disputed, settlement.job, close_block, c.node, c.span, c.root)
+    verdicts = [
+        sign_verdict(
+            signers[a],
+            world.domain,
+            job_id=disputed,
+            accused=c.node,
+            root=c.root,
+            leaf_index=0,
+            leaf=steps[0],
+        )
+        for a, _ in drawn
+    ]
+    world.reg(world.outsider).slash(
+        SlashEvidence(disputed, settlement.job, close_block, c, 0, steps[0], merkle_proof(steps, 0), verdicts)
+    )
+    assert world.gov.get_node(world.node1.address).jailed
+    world.chain.advance_time(TEST_PARAMS.dispute_window + 1)
+    paid = world.reg(world.outsider).collect_posted(left, world.node2.address, LayerSpan(2, 4))
+    assert paid.event("PostedCommitmentPaid").args["to"] == world.node2.address
+    assert world.gov.claimable(world.node2.address) == world.pay_of()
+    client_before = world.gov.claimable(world.client.address)
+    node1_before = world.gov.claimable(world.node1.address)  # its pay for the disputed job, settled before the slash
+    forfeited = world.reg(world.outsider).collect_posted(jailed, world.node1.address, LayerSpan(0, 2))
+    assert forfeited.event("PostedCommitmentPaid").args["to"] == world.client.address
+    assert world.gov.claimable(world.client.address) == client_before + world.pay_of()
+    assert world.gov.claimable(world.node1.address) == node1_before
+    assert_solvent(world.gov)
