@@ -320,7 +320,7 @@ interface IShardRegistry {
     /// and protocol fees on that.
     function quote(uint256 modelId, uint32 maxTokens) external view returns (uint256);
     /// @notice Verifiers the contract draws for a dispute about `node`'s commitment `root` over [start, end) of a
-    /// closed job (see {slash}), with their bonded stake.
+    /// closed job (see {slash}), with their weight (stake + unbonding stake, as of the close).
     function drawVerifiers(uint256 jobId, JobRecord calldata job, uint64 closeBlock, address node, uint32 start, uint32 end, bytes32 root) external view returns (address[] memory verifiers, uint256[] memory stakes);
     function isSlashed(uint256 jobId, address node) external view returns (bool);
     function claimable(address account) external view returns (uint256);

@@ -29,7 +29,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     struct NodeExtra {
         uint128 unbonding;
         uint64 unbondingUntil;
-        uint64 stakeChangedAt; // block of the last stake change: a later one keeps the node out of older draws
+        uint64 stakeChangedAt; // block stake + unbonding last changed: a later one keeps the node out of older draws
         string endpoint;
     }
 
@@ -240,8 +240,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         uint64 until = uint64(block.timestamp) + _unbondingPeriod;
         account.stake = uint88(stake - amount);
         extra.unbonding += uint128(amount);
-        extra.unbondingUntil = until;
-        extra.stakeChangedAt = uint64(block.number);
+        extra.unbondingUntil = until; // stake + unbonding (a draw's weight) is unchanged: no stakeChangedAt
         _totalStaked -= uint128(amount);
         _totalUnbonding += uint128(amount);
         emit UnstakeRequested(msg.sender, amount, until);
@@ -258,6 +257,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         if (block.timestamp < until) revert ShardRegistryStillUnbonding(until);
         extra.unbonding = 0;
         extra.unbondingUntil = 0;
+        extra.stakeChangedAt = uint64(block.number);
         _totalUnbonding -= uint128(amount);
         if (account.stake == 0 && _nodeLive[msg.sender].length == 0) account.flags &= ~_REGISTERED;
         _credit(msg.sender, amount);
@@ -879,8 +879,8 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     // ---------------------------------------------------------------- internal: slashing
 
     /// @dev The candidates: distinct unjailed nodes other than `accused` with a live assignment of the model that
-    /// covers [start, end), announced at or before `closeBlock`, whose stake last changed at or before `closeBlock`,
-    /// weighted by that stake; drawn from blockhash(closeBlock + DRAW_DELAY).
+    /// covers [start, end), announced at or before `closeBlock`, whose stake + unbonding stake last changed (register,
+    /// addStake, withdrawStake) at or before `closeBlock`, weighted by that sum; drawn from blockhash(closeBlock + DRAW_DELAY).
     function _draw(
         uint256 jobId,
         uint64 modelId,
@@ -901,16 +901,23 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
             AssignmentRecord storage a = _assignments[live[i] - 1];
             // only what was bonded when the job closed: the randomness is public two blocks later
             if (a.node == accused || a.start > start || a.end < end || a.announcedAt > closeBlock) continue;
-            Account storage acct = _accounts[a.node];
-            if (acct.flags & _JAILED != 0 || acct.stake == 0) continue;
-            if (_nodeExtra[a.node].stakeChangedAt > closeBlock) continue;
-            if (_uncountedIndex(candidates, a.node, 0) < count) continue; // a node counts once
+            uint256 weight = _drawWeight(a.node, closeBlock);
+            if (weight == 0 || _uncountedIndex(candidates, a.node, 0) < count) continue; // a node counts once
             candidates[count] = a.node;
-            stakes[count] = acct.stake;
+            stakes[count] = weight;
             ++count;
         }
         bytes32 seed = keccak256(abi.encode(randomness, jobId, accused, root));
         return ShardEvidence.draw(candidates, stakes, count, MAX_VERIFIERS, seed);
+    }
+
+    /// @dev A candidate's weight in a draw: what a slash would take (stake + unbonding: unstaking after the close
+    /// changes nothing), or 0 for a jailed or unstaked node and one whose stake + unbonding changed after the close.
+    function _drawWeight(address node, uint64 closeBlock) private view returns (uint256) {
+        Account storage account = _accounts[node];
+        NodeExtra storage extra = _nodeExtra[node];
+        if (account.flags & _JAILED != 0 || account.stake == 0 || extra.stakeChangedAt > closeBlock) return 0;
+        return uint256(account.stake) + extra.unbonding;
     }
 
     /// @dev Stake of the drawn verifiers that signed the verdict (each counted once) and of all drawn verifiers.

@@ -259,7 +259,7 @@ def test_sybils_staked_after_the_close_are_never_drawn_and_cannot_frame(
 def test_nodes_bonded_before_the_close_are_still_drawn(world: World, accounts: list[LocalAccount]) -> None:
     verifiers = [accounts[4], accounts[7]]
     for v in verifiers:
-        world.reg(v).register_node("http://127.0.0.1:8400", MIN_STAKE)
+        world.reg(v).register_node("http://127.0.0.1:8400", 2 * MIN_STAKE)
         world.reg(v).announce_shard(world.model_id, LayerSpan(0, 4))
     job_id = world.submit()
     settlement = Settlement(job_id, world.record(job_id), OUTPUT, world.route(job_id))
@@ -268,11 +268,15 @@ def test_nodes_bonded_before_the_close_are_still_drawn(world: World, accounts: l
     late = accounts[9]
     world.reg(late).register_node("http://127.0.0.1:8401", 100 * MIN_STAKE)
     world.reg(late).announce_shard(world.model_id, LayerSpan(0, 4))
+    # a drawn node cannot reshape the draw by unstaking once the seed is known: its weight is stake + unbonding
+    world.reg(verifiers[0]).request_unstake(MIN_STAKE)
     c = settlement.hops[0]
-    drawn = {
-        a for a, _ in world.gov.draw_verifiers(job_id, settlement.job, close_block, c.node, c.span, c.root)
+    drawn = dict(world.gov.draw_verifiers(job_id, settlement.job, close_block, c.node, c.span, c.root))
+    assert drawn == {
+        world.node3.address: MIN_STAKE,
+        verifiers[0].address: 2 * MIN_STAKE,
+        verifiers[1].address: 2 * MIN_STAKE,
     }
-    assert drawn == {world.node3.address, *(v.address for v in verifiers)}
 
 
 # ---------------------------------------------------------------- 3. endpoint change
@@ -369,7 +373,9 @@ def test_a_posted_hop_is_paid_to_a_node_that_left_but_not_to_one_jailed_since(
     assert paid.event("PostedCommitmentPaid").args["to"] == world.node2.address
     assert world.gov.claimable(world.node2.address) == world.pay_of()
     client_before = world.gov.claimable(world.client.address)
-    node1_before = world.gov.claimable(world.node1.address)  # its pay for the disputed job, settled before the slash
+    node1_before = world.gov.claimable(
+        world.node1.address
+    )  # its pay for the disputed job, settled before the slash
     forfeited = world.reg(world.outsider).collect_posted(jailed, world.node1.address, LayerSpan(0, 2))
     assert forfeited.event("PostedCommitmentPaid").args["to"] == world.client.address
     assert world.gov.claimable(world.client.address) == client_before + world.pay_of()
