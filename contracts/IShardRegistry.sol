@@ -11,17 +11,19 @@ pragma solidity ^0.8.24;
 ///   stake, an escrow or a claimable balance, and it cannot slash.
 /// - A client's escrow pays only (a) hops whose node (registered, unjailed, staked at least `minStake`) signed an
 ///   EIP-712 {Commitment} for the job, at `positions x (end - start) x price`, settled by the coordinator the client named in {submitJob} or posted
-///   by the node itself with that coordinator's signed {Ticket}; (b) the coordinator fee on (a) and the
+///   by the node itself with that coordinator's signed {Ticket} (bounded by its `maxPositions`; the coordinator's
+///   settlement of the same hop replaces the post within `disputeWindow`); (b) the coordinator fee on (a) and the
 ///   protocol fee. The rest goes back to the client. A client cancels after the deadline; anyone may close the
-///   job of a revoked coordinator after the deadline. Committed work on chain is never voided.
+///   job of a revoked coordinator after the deadline. Posted work is voided only by the coordinator's settlement of the same hop.
 /// - A node's stake is taken only by {slash}, with the node's own signature over the commitment, a Merkle proof
 ///   of the disputed leaf, and signed verdicts of more than half of the stake of verifiers the contract drew at
-///   random among the other nodes staked on that span. The slashed stake goes to the job's client.
+///   random among the other nodes staked on that span whose stake and assignment date from the job's close block
+///   or before (its randomness is public only later). The slashed stake goes to the job's client.
 /// - Ether leaves only through {claim} (pull payments, guarded against reentrancy).
 /// Bounds: at most `MAX_HOPS` hops per job, `MAX_LIVE_PER_NODE` live assignments per node, `MAX_LIVE_PER_MODEL`
 /// per model, `MAX_STRING` bytes per string; closing a job is O(hops) <= O(MAX_HOPS).
-/// Invariant: address(this).balance == totalStaked + totalUnbonding + protocolFees + the sum of every open job's
-/// escrow not yet paid to posted commitments + the sum of every account's claimable balance. (The last two are not
+/// Invariant: address(this).balance == totalStaked + totalUnbonding + protocolFees + pendingPosted + the sum of every
+/// open job's escrow not reserved by posted commitments + the sum of every account's claimable balance. (The last two are not
 /// kept as totals: that would cost every job two more storage writes; tests sum them from events and views.)
 interface IShardRegistry {
     // ---------------------------------------------------------------- types
@@ -88,7 +90,8 @@ interface IShardRegistry {
         bytes32 vs;
     }
 
-    /// @notice One job of a {settleJobs} batch: hops sorted by (start, node), strictly increasing.
+    /// @notice One job of a {settleJobs} batch: hops in layer order with disjoint spans (each starts at or after
+    /// the previous one's end, all inside [0, numLayers)), so no layer of a job is paid twice.
     struct Settlement {
         uint256 jobId;
         JobRecord job;
@@ -97,9 +100,11 @@ interface IShardRegistry {
     }
 
     /// @notice The coordinator's EIP-712 Ticket(address worker,string sessionId,uint256 jobId,uint32 start,uint32 end,
-    /// uint64 expiresAt) that let the worker serve the span; a worker shows it with {postCommitment}.
+    /// uint32 maxPositions,uint64 expiresAt) that let the worker serve the span; a worker shows it with
+    /// {postCommitment}. `maxPositions` bounds the positions a posted commitment may bill (prompt + max tokens).
     struct TicketProof {
         string sessionId;
+        uint32 maxPositions;
         uint64 expiresAt;
         bytes32 r;
         bytes32 vs;
@@ -138,7 +143,14 @@ interface IShardRegistry {
     event JobSubmitted(uint256 indexed jobId, address indexed client, address indexed coordinator, uint64 modelId, bytes32 inputHash, uint32 maxTokens, uint128 escrow, uint64 deadline, uint32 numLayers, uint80 price);
     /// @dev `paidHops` bit i is set when hop i of the settlement's calldata was paid (the hops are in the calldata).
     event JobSettled(uint256 indexed jobId, bytes32 outputHash, uint256 paidToNodes, uint256 coordinatorFee, uint256 refund, uint16 paidHops);
-    event CommitmentPosted(uint256 indexed jobId, address indexed node, uint32 start, uint32 end, uint32 positions, uint32 steps, bytes32 root, uint256 paid);
+    /// @dev `paid` is reserved from the escrow, provisionally: the job's coordinator's settlement with the node's hop
+    /// voids it until `payableAt` ({PostedCommitmentVoided}); from then on anyone may pay it ({collectPosted}).
+    event CommitmentPosted(uint256 indexed jobId, address indexed node, uint32 start, uint32 end, uint32 positions, uint32 steps, bytes32 root, uint256 paid, uint64 payableAt);
+    /// @dev A provisional post replaced by the coordinator's settlement of the same hop; its reserve went back.
+    event PostedCommitmentVoided(uint256 indexed jobId, address indexed node, uint32 start, uint32 end, uint256 reserved);
+    /// @dev A posted commitment paid after its window: to the node (even if it left since), or back to the client
+    /// if the node was jailed (slashed) by then.
+    event PostedCommitmentPaid(uint256 indexed jobId, address indexed node, uint32 start, uint32 end, address to, uint256 amount);
     event JobCancelled(uint256 indexed jobId, address indexed by, uint256 refund);
     event JobFailed(uint256 indexed jobId, string reason, uint256 refund);
     event NodeSlashed(address indexed node, uint256 indexed jobId, address indexed client, uint256 amount, bytes32 root, uint32 leafIndex, uint256 guiltyStake, uint256 drawnStake);
@@ -184,6 +196,12 @@ interface IShardRegistry {
     error ShardRegistryNotHopNode(uint256 jobId, address account);
     error ShardRegistryAlreadyCommitted(uint256 jobId, address node);
     error ShardRegistryPostWindowClosed(uint256 jobId, uint64 deadline);
+    /// @notice The ticket expired more than `disputeWindow` seconds ago: it can no longer back a post.
+    error ShardRegistryTicketExpired(uint256 jobId, uint64 expiresAt);
+    /// @notice No provisional posted commitment of (job, node, start, end) is waiting to be paid.
+    error ShardRegistryNothingToCollect(uint256 jobId, address node);
+    /// @notice The posted commitment can still be voided by the coordinator's settlement until `payableAt`.
+    error ShardRegistryPostProvisional(uint256 jobId, address node, uint64 payableAt);
     error ShardRegistryDeadlineNotReached(uint256 jobId, uint64 deadline);
     error ShardRegistryJobNotClosed(uint256 jobId);
     error ShardRegistryAlreadySlashed(uint256 jobId, address node);
@@ -235,14 +253,21 @@ interface IShardRegistry {
     /// client cancels it after the deadline. Emits {JobSubmitted}.
     function submitJob(uint256 modelId, bytes32 inputHash, uint32 maxTokens, address coordinator) external payable returns (uint256 jobId);
     /// @notice The jobs' coordinator settles open jobs: each hop with a valid signed commitment of a registered,
-    /// unjailed node staked at least `minStake`, over a span inside the model, is paid `positions x (end - start) x price` (while escrow
-    /// lasts; hops the node already posted itself are skipped), the coordinator gets `coordinatorFeeBps` and the
+    /// unjailed node staked at least `minStake`, the hops' spans disjoint, in layer order and inside the model, is paid `positions x (end - start) x price` (while escrow lasts; a
+    /// hop the node posted itself replaces the post while the post is provisional, and is skipped after), the coordinator gets `coordinatorFeeBps` and the
     /// protocol `protocolFeeBps` of that, the client the rest. A job already closed is skipped. Emits {JobSettled}
     /// per job.
     function settleJobs(Settlement[] calldata settlements) external;
-    /// @notice A node's fallback: it posts its own signed commitment, with the coordinator's ticket, before the
-    /// deadline; it is paid at once and no one can void it. Emits {CommitmentPosted}.
+    /// @notice A node's fallback: it posts its own signed commitment, with the coordinator's ticket (positions at
+    /// most the ticket's `maxPositions`, not later than `disputeWindow` after the ticket's expiry), before the
+    /// deadline. Its pay is reserved from the escrow at once; for `disputeWindow` seconds the job's coordinator's
+    /// settlement carrying the node's own commitment for the same span replaces it; after that anyone pays it with
+    /// {collectPosted}, and cancel or fail cannot void it.
+    /// Emits {CommitmentPosted}.
     function postCommitment(uint256 jobId, JobRecord calldata job, SignedCommitment calldata commitment, TicketProof calldata ticket) external;
+    /// @notice Anyone pays a posted commitment whose window is over (to the node, even if it left since; to the
+    /// job's client if the node was jailed since). Emits {PostedCommitmentPaid}.
+    function collectPosted(uint256 jobId, address node, uint32 start, uint32 end) external;
     /// @notice The job's coordinator fails an open job: what was not paid to posted commitments goes back to the
     /// client. Emits {JobFailed}.
     function failJob(uint256 jobId, JobRecord calldata job, string calldata reason) external;
@@ -283,6 +308,11 @@ interface IShardRegistry {
     function liveAssignments(uint256 modelId) external view returns (uint256[] memory);
     /// @notice The status of a job and the wei its posted commitments took from the escrow so far.
     function jobState(uint256 jobId) external view returns (JobStatus status, uint256 postedPaid, uint256 postedHops);
+    /// @notice A posted commitment: its reserved pay, when it becomes payable, and its state (0 none, 1 provisional,
+    /// 2 paid, 3 voided by the coordinator's settlement).
+    function postedCommitment(uint256 jobId, address node, uint32 start, uint32 end) external view returns (uint256 amount, uint64 payableAt, uint8 state);
+    /// @notice Pay reserved by provisional posted commitments not yet paid or voided (part of the invariant).
+    function pendingPosted() external view returns (uint256);
     function jobCount() external view returns (uint256);
     /// @notice The hash the registry keeps of an open job (low 16 bits replaced by flags): keccak256(abi.encode(jobId, job)).
     function jobRecordHash(uint256 jobId, JobRecord calldata job) external pure returns (bytes32);
@@ -290,7 +320,7 @@ interface IShardRegistry {
     /// and protocol fees on that.
     function quote(uint256 modelId, uint32 maxTokens) external view returns (uint256);
     /// @notice Verifiers the contract draws for a dispute about `node`'s commitment `root` over [start, end) of a
-    /// closed job (see {slash}), with their bonded stake.
+    /// closed job (see {slash}), with their weight (stake + unbonding stake, as of the close).
     function drawVerifiers(uint256 jobId, JobRecord calldata job, uint64 closeBlock, address node, uint32 start, uint32 end, bytes32 root) external view returns (address[] memory verifiers, uint256[] memory stakes);
     function isSlashed(uint256 jobId, address node) external view returns (bool);
     function claimable(address account) external view returns (uint256);

@@ -8,7 +8,7 @@ library ShardEvidence {
     bytes32 internal constant COMMITMENT_TYPEHASH =
         keccak256("Commitment(uint256 jobId,uint32 start,uint32 end,uint32 positions,uint32 steps,bytes32 root)");
     bytes32 internal constant TICKET_TYPEHASH = keccak256(
-        "Ticket(address worker,string sessionId,uint256 jobId,uint32 start,uint32 end,uint64 expiresAt)"
+        "Ticket(address worker,string sessionId,uint256 jobId,uint32 start,uint32 end,uint32 maxPositions,uint64 expiresAt)"
     );
     bytes32 internal constant VERDICT_TYPEHASH =
         keccak256("Verdict(uint256 jobId,address accused,bytes32 root,uint32 leafIndex,bytes32 leaf)");
@@ -30,10 +30,11 @@ library ShardEvidence {
         uint256 jobId,
         uint32 start,
         uint32 end,
+        uint32 maxPositions,
         uint64 expiresAt
     ) internal pure returns (bytes32) {
         return keccak256(
-            abi.encode(TICKET_TYPEHASH, worker, keccak256(bytes(sessionId)), jobId, start, end, expiresAt)
+            abi.encode(TICKET_TYPEHASH, worker, keccak256(bytes(sessionId)), jobId, start, end, maxPositions, expiresAt)
         );
     }
 

@@ -29,6 +29,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     struct NodeExtra {
         uint128 unbonding;
         uint64 unbondingUntil;
+        uint64 stakeChangedAt; // block stake + unbonding last changed: a later one keeps the node out of older draws
         string endpoint;
     }
 
@@ -47,11 +48,14 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         uint56 modelId;
         uint32 nodeIndex; // slot 1: positions in the live lists
         uint32 modelIndex;
+        uint64 announcedAt; // block: an assignment announced after a job closed is not drawn for its disputes
     }
 
+    /// @dev Per job with posted commitments: the escrow they reserved (pending or paid), how many, whose job.
     struct Posted {
-        uint128 paid;
+        uint88 paid;
         uint8 count;
+        address client;
     }
 
 
@@ -71,6 +75,10 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     uint8 private constant _TOUCHED = 8; // keeps the slot non-zero, so later credits cost 2,900 gas, not 20,000
     uint256 private constant _LOW = 0xFFFF;
     uint256 private constant _HAS_POSTS = 0x100;
+    // states of a posted commitment (bits 192-199 of its record; amount in bits 0-127, payableAt in 128-191)
+    uint256 private constant _POST_PENDING = 1;
+    uint256 private constant _POST_PAID = 2;
+    uint256 private constant _POST_VOIDED = 3;
     uint16 private constant _BPS = 10_000;
 
     uint256 private immutable _minStake;
@@ -89,20 +97,22 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     mapping(address => string) private _coordinatorEndpoints;
     mapping(address => uint256[]) private _nodeLive;
 
-    ModelRecord[] private _models; // modelId = index + 1
+    mapping(uint256 => ModelRecord) private _models; // modelId => record (numLayers 0: no such model)
+    uint256 private _modelCount;
     mapping(uint256 => string[2]) private _modelText; // name, manifestCid
     AssignmentRecord[] private _assignments; // assignmentId = index + 1
     mapping(uint256 => uint256[]) private _modelLive;
 
     mapping(uint256 => uint256) private _jobs;
     mapping(uint256 => Posted) private _posted;
-    mapping(bytes32 => bool) private _postedHop;
+    mapping(bytes32 => uint256) private _postedHop; // keccak(jobId, node, start, end) => amount | payableAt | state
     mapping(bytes32 => bool) private _slashed;
 
     uint256 private _jobCount;
     uint128 private _totalStaked;
     uint128 private _totalUnbonding;
     uint256 private _protocolFees;
+    uint256 private _pendingPosted;
 
     /// @param minStake_ least stake (wei) of a node; > 0 and below 2**96.
     /// @param unbondingPeriod_ seconds between {requestUnstake} and {withdrawStake}; at most 365 days.
@@ -155,7 +165,9 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         _checkString("endpoint", endpoint);
         Account storage account = _accounts[coordinator];
         uint64 activeFrom = 0;
-        if (approved) {
+        if (approved && account.flags & _COORDINATOR != 0) {
+            activeFrom = account.activeFrom; // a new endpoint of an approved coordinator: its jobs stay settleable
+        } else if (approved) {
             activeFrom = uint64(block.timestamp) + _approvalDelay;
             account.flags |= _COORDINATOR | _TOUCHED;
         } else {
@@ -189,7 +201,9 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         uint256 stake = _checkedStake(uint256(account.stake) + msg.value);
         account.stake = uint88(stake);
         account.flags = flags | _REGISTERED | _TOUCHED;
-        _nodeExtra[msg.sender].endpoint = endpoint;
+        NodeExtra storage extra = _nodeExtra[msg.sender];
+        extra.endpoint = endpoint;
+        extra.stakeChangedAt = uint64(block.number);
         _totalStaked += uint128(msg.value);
         emit NodeRegistered(msg.sender, endpoint, msg.value);
     }
@@ -208,6 +222,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         if (msg.value == 0) revert ShardRegistryZeroAmount();
         uint256 newStake = _checkedStake(uint256(account.stake) + msg.value);
         account.stake = uint88(newStake);
+        _nodeExtra[msg.sender].stakeChangedAt = uint64(block.number);
         _totalStaked += uint128(msg.value);
         emit StakeAdded(msg.sender, msg.value, newStake);
     }
@@ -225,7 +240,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         uint64 until = uint64(block.timestamp) + _unbondingPeriod;
         account.stake = uint88(stake - amount);
         extra.unbonding += uint128(amount);
-        extra.unbondingUntil = until;
+        extra.unbondingUntil = until; // stake + unbonding (a draw's weight) is unchanged: no stakeChangedAt
         _totalStaked -= uint128(amount);
         _totalUnbonding += uint128(amount);
         emit UnstakeRequested(msg.sender, amount, until);
@@ -242,6 +257,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         if (block.timestamp < until) revert ShardRegistryStillUnbonding(until);
         extra.unbonding = 0;
         extra.unbondingUntil = 0;
+        extra.stakeChangedAt = uint64(block.number);
         _totalUnbonding -= uint128(amount);
         if (account.stake == 0 && _nodeLive[msg.sender].length == 0) account.flags &= ~_REGISTERED;
         _credit(msg.sender, amount);
@@ -263,8 +279,8 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         if (bytes(manifestCid).length == 0) revert ShardRegistryInvalidModel("empty manifestCid");
         if (numLayers == 0 || numLayers > type(uint16).max) revert ShardRegistryInvalidModel("numLayers must be 1..65535");
         if (pricePerLayerToken > type(uint80).max) revert ShardRegistryInvalidModel("pricePerLayerToken above 2**80");
-        _models.push(ModelRecord(uint16(numLayers), uint80(pricePerLayerToken), msg.sender));
-        modelId = _models.length;
+        modelId = ++_modelCount;
+        _models[modelId] = ModelRecord(uint16(numLayers), uint80(pricePerLayerToken), msg.sender);
         _modelText[modelId] = [name, manifestCid];
         emit ModelRegistered(modelId, msg.sender, name, manifestCid, numLayers, pricePerLayerToken);
     }
@@ -280,10 +296,17 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         uint256[] storage byModel = _modelLive[modelId];
         if (byNode.length >= MAX_LIVE_PER_NODE) revert ShardRegistryTooManyAssignments(msg.sender, uint32(byNode.length));
         if (byModel.length >= MAX_LIVE_PER_MODEL) revert ShardRegistryModelFull(modelId, byModel.length);
-        // No cast truncates: end <= numLayers < 2**16, modelId <= _models.length, the lists are bounded.
+        // No cast truncates: end <= numLayers < 2**16, modelId <= _modelCount, the lists are bounded.
         _assignments.push(
             AssignmentRecord(
-                msg.sender, uint16(start), uint16(end), true, uint56(modelId), uint32(byNode.length), uint32(byModel.length)
+                msg.sender,
+                uint16(start),
+                uint16(end),
+                true,
+                uint56(modelId),
+                uint32(byNode.length),
+                uint32(byModel.length),
+                uint64(block.number)
             )
         );
         assignmentId = _assignments.length;
@@ -328,7 +351,8 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     }
 
     /// @inheritdoc IShardRegistry
-    function settleJobs(Settlement[] calldata settlements) external nonReentrant {
+    /// @dev No reentrancy guard: it makes no external call (ecrecover is a precompile) and sends no ether.
+    function settleJobs(Settlement[] calldata settlements) external {
         Account memory coordinator = _accounts[msg.sender];
         if (coordinator.flags & _COORDINATOR == 0) revert ShardRegistryNotCoordinator(msg.sender);
         uint256 fees = 0;
@@ -375,31 +399,68 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         if (c.node != msg.sender) revert ShardRegistryNotHopNode(jobId, msg.sender);
         uint256 slot = _openJob(jobId, job);
         if (block.timestamp > job.deadline) revert ShardRegistryPostWindowClosed(jobId, job.deadline);
+        if (block.timestamp > uint256(ticket.expiresAt) + _disputeWindow) {
+            revert ShardRegistryTicketExpired(jobId, ticket.expiresAt);
+        }
         bytes32 ticketDigest = _hashTypedDataV4(
-            ShardEvidence.ticketHash(msg.sender, ticket.sessionId, jobId, c.start, c.end, ticket.expiresAt)
+            ShardEvidence.ticketHash(
+                msg.sender, ticket.sessionId, jobId, c.start, c.end, ticket.maxPositions, ticket.expiresAt
+            )
         );
         (address signer, , ) = ECDSA.tryRecover(ticketDigest, ticket.r, ticket.vs);
         if (signer != job.coordinator) revert ShardRegistryBadTicket(jobId, msg.sender);
+        if (c.positions > ticket.maxPositions) {
+            revert ShardRegistryPositionsTooHigh(jobId, 0, c.positions, ticket.maxPositions);
+        }
         _checkHop(jobId, job, c, 0);
-        _payPosted(jobId, job, c, slot);
+        _reservePosted(jobId, job, c, slot);
     }
 
-    /// @dev Pays a node's own posted commitment from the escrow at once and marks the job as having posts.
-    function _payPosted(uint256 jobId, JobRecord calldata job, SignedCommitment calldata c, uint256 slot) private {
+    /// @dev Reserves a node's own posted commitment's pay from the escrow, provisionally for `disputeWindow`
+    /// seconds (the job's coordinator's settlement of the same hop replaces it until then), and marks the job as
+    /// having posts. Posts of different nodes may overlap (a failover's replacement serves the same layers): each
+    /// needs its own ticket from the job's coordinator.
+    function _reservePosted(uint256 jobId, JobRecord calldata job, SignedCommitment calldata c, uint256 slot) private {
         bytes32 key = keccak256(abi.encode(jobId, c.node, c.start, c.end));
-        if (_postedHop[key]) revert ShardRegistryAlreadyCommitted(jobId, c.node);
+        if (_postedHop[key] != 0) revert ShardRegistryAlreadyCommitted(jobId, c.node);
         Posted storage posted = _posted[jobId];
-        if (posted.count >= MAX_HOPS) revert ShardRegistryTooManyHops(jobId, posted.count + 1, MAX_HOPS);
+        uint256 count = posted.count;
+        if (count >= MAX_HOPS) revert ShardRegistryTooManyHops(jobId, count + 1, MAX_HOPS);
         Account storage account = _accounts[c.node];
         if (account.flags & _JAILED != 0) revert ShardRegistryNodeJailed(c.node);
         if (account.stake < _minStake) revert ShardRegistryInsufficientStake(account.stake, _minStake);
         uint256 pay = _take(_hopPay(job, c), job.escrow - posted.paid);
-        _postedHop[key] = true;
-        posted.paid += uint128(pay);
-        posted.count += 1;
+        uint64 payableAt = uint64(block.timestamp + _disputeWindow);
+        _postedHop[key] = pay | (uint256(payableAt) << 128) | (_POST_PENDING << 192);
+        posted.paid += uint88(pay); // cannot overflow: at most the escrow (< 2**88)
+        posted.count = uint8(count + 1);
+        posted.client = job.client;
+        _pendingPosted += pay;
         _jobs[jobId] = slot | _HAS_POSTS;
-        _payNode(account, pay);
-        emit CommitmentPosted(jobId, c.node, c.start, c.end, c.positions, c.steps, c.root, pay);
+        account.bondedUntil = uint40(block.timestamp + _disputeWindow);
+        emit CommitmentPosted(jobId, c.node, c.start, c.end, c.positions, c.steps, c.root, pay, payableAt);
+    }
+
+    /// @inheritdoc IShardRegistry
+    function collectPosted(uint256 jobId, address node, uint32 start, uint32 end) external {
+        bytes32 key = keccak256(abi.encode(jobId, node, start, end));
+        uint256 record = _postedHop[key];
+        if (record >> 192 != _POST_PENDING) revert ShardRegistryNothingToCollect(jobId, node);
+        uint64 payableAt = uint64(record >> 128);
+        if (block.timestamp < payableAt) revert ShardRegistryPostProvisional(jobId, node, payableAt);
+        uint256 amount = uint128(record);
+        _postedHop[key] = (record & ((1 << 192) - 1)) | (_POST_PAID << 192);
+        _pendingPosted -= amount;
+        // committed work is paid even if the node left since; a node jailed since (slashed) forfeits it to the client
+        address to = node;
+        Account storage account = _accounts[node];
+        if (account.flags & _JAILED != 0) {
+            to = _posted[jobId].client;
+        } else {
+            account.bondedUntil = uint40(block.timestamp + _disputeWindow);
+        }
+        _credit(to, amount);
+        emit PostedCommitmentPaid(jobId, node, start, end, to, amount);
     }
 
     /// @inheritdoc IShardRegistry
@@ -527,7 +588,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     }
 
     function modelCount() external view returns (uint256) {
-        return _models.length;
+        return _modelCount;
     }
 
     function getAssignment(uint256 assignmentId) external view returns (Assignment memory) {
@@ -551,6 +612,21 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         if (slot == 0) revert ShardRegistryUnknownJob(jobId);
         Posted storage p = _posted[jobId];
         return (JobStatus(uint8(slot)), p.paid, p.count);
+    }
+
+    /// @inheritdoc IShardRegistry
+    function postedCommitment(uint256 jobId, address node, uint32 start, uint32 end)
+        external
+        view
+        returns (uint256 amount, uint64 payableAt, uint8 state)
+    {
+        uint256 record = _postedHop[keccak256(abi.encode(jobId, node, start, end))];
+        return (uint128(record), uint64(record >> 128), uint8(record >> 192));
+    }
+
+    /// @inheritdoc IShardRegistry
+    function pendingPosted() external view returns (uint256) {
+        return _pendingPosted;
     }
 
     function jobCount() external view returns (uint256) {
@@ -627,7 +703,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         if (n > MAX_HOPS) revert ShardRegistryTooManyHops(s.jobId, n, MAX_HOPS);
         remaining = s.job.escrow;
         if (hasPosts) remaining -= _posted[s.jobId].paid;
-        uint256 previous = 0;
+        uint256 previousEnd = 0;
         uint256 maximum = uint256(s.job.maxTokens) + _maxPromptTokens;
         uint256 numLayers = s.job.numLayers;
         uint256 price = s.job.price;
@@ -637,17 +713,20 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
             address node = c.node;
             uint256 start = c.start;
             uint256 end = c.end;
-            uint256 order = (start << 160) | uint160(node);
-            // strictly increasing (start, node): no hop twice. (order > 0 for any real node, so hop 0 passes)
-            if (order <= previous) revert ShardRegistryHopsNotSorted(s.jobId, i);
-            previous = order;
+            // disjoint spans in layer order: no layer is paid twice, no hop appears twice
+            if (start < previousEnd) revert ShardRegistryHopsNotSorted(s.jobId, i);
             if (start >= end || end > numLayers) revert ShardRegistryInvalidHopSpan(s.jobId, i, c.start, c.end);
+            previousEnd = end;
             uint256 positions = c.positions;
             if (positions > maximum) revert ShardRegistryPositionsTooHigh(s.jobId, i, positions, maximum);
             if (node == address(0) || _commitmentSigner(domainSeparator, s.jobId, c) != node) {
                 revert ShardRegistryBadCommitmentSignature(s.jobId, i, node);
             }
-            if (hasPosts && _postedHop[keccak256(abi.encode(s.jobId, node, start, end))]) continue;
+            if (hasPosts) {
+                (bool final_, uint256 back) = _voidPosted(s.jobId, node, start, end);
+                if (final_) continue; // the node's own post pays this hop
+                remaining += back;
+            }
             uint256 pay;
             // cannot overflow: positions < 2**32, end - start < 2**32 (checked above), price < 2**80; pay <= remaining
             // <= escrow < 2**88, so paid <= escrow too; i < MAX_HOPS
@@ -662,6 +741,23 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
                 paidHops |= uint16(1 << i);
             }
         }
+    }
+
+    /// @dev For a settled hop the node also posted: a provisional post is voided (its reserve comes back: `back`)
+    /// and the settlement pays the hop; a post past its window (or paid) stands and the hop is skipped (`final_`).
+    function _voidPosted(uint256 jobId, address node, uint256 start, uint256 end)
+        private
+        returns (bool final_, uint256 back)
+    {
+        bytes32 key = keccak256(abi.encode(jobId, node, start, end));
+        uint256 record = _postedHop[key];
+        if (record == 0) return (false, 0);
+        if (record >> 192 != _POST_PENDING || block.timestamp >= uint64(record >> 128)) return (true, 0);
+        back = uint128(record);
+        _postedHop[key] = (record & ((1 << 192) - 1)) | (_POST_VOIDED << 192);
+        _posted[jobId].paid -= uint88(back);
+        _pendingPosted -= back;
+        emit PostedCommitmentVoided(jobId, node, uint32(start), uint32(end), back);
     }
 
     /// @dev Credits `pay` to a registered, unjailed node staked at least `minStake` and keeps its stake bonded for
@@ -740,12 +836,6 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         return uint256(c.positions) * (c.end - c.start) * job.price;
     }
 
-    /// @dev Credits a node's hop pay and keeps its stake bonded for the dispute window.
-    function _payNode(Account storage account, uint256 pay) private {
-        account.claimable += uint88(pay);
-        account.bondedUntil = uint40(block.timestamp + _disputeWindow);
-    }
-
     function _openJob(uint256 jobId, JobRecord calldata job) private view returns (uint256 slot) {
         slot = _jobs[jobId];
         if (slot == 0) revert ShardRegistryUnknownJob(jobId);
@@ -789,7 +879,8 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     // ---------------------------------------------------------------- internal: slashing
 
     /// @dev The candidates: distinct unjailed nodes other than `accused` with a live assignment of the model that
-    /// covers [start, end), weighted by bonded stake; drawn from blockhash(closeBlock + DRAW_DELAY).
+    /// covers [start, end), announced at or before `closeBlock`, whose stake + unbonding stake last changed (register,
+    /// addStake, withdrawStake) at or before `closeBlock`, weighted by that sum; drawn from blockhash(closeBlock + DRAW_DELAY).
     function _draw(
         uint256 jobId,
         uint64 modelId,
@@ -808,16 +899,25 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         uint256 count = 0;
         for (uint256 i = 0; i < live.length; ++i) {
             AssignmentRecord storage a = _assignments[live[i] - 1];
-            if (a.node == accused || a.start > start || a.end < end) continue;
-            Account storage acct = _accounts[a.node];
-            if (acct.flags & _JAILED != 0 || acct.stake == 0) continue;
-            if (_uncountedIndex(candidates, a.node, 0) < count) continue; // a node counts once
+            // only what was bonded when the job closed: the randomness is public two blocks later
+            if (a.node == accused || a.start > start || a.end < end || a.announcedAt > closeBlock) continue;
+            uint256 weight = _drawWeight(a.node, closeBlock);
+            if (weight == 0 || _uncountedIndex(candidates, a.node, 0) < count) continue; // a node counts once
             candidates[count] = a.node;
-            stakes[count] = acct.stake;
+            stakes[count] = weight;
             ++count;
         }
         bytes32 seed = keccak256(abi.encode(randomness, jobId, accused, root));
         return ShardEvidence.draw(candidates, stakes, count, MAX_VERIFIERS, seed);
+    }
+
+    /// @dev A candidate's weight in a draw: what a slash would take (stake + unbonding: unstaking after the close
+    /// changes nothing), or 0 for a jailed or unstaked node and one whose stake + unbonding changed after the close.
+    function _drawWeight(address node, uint64 closeBlock) private view returns (uint256) {
+        Account storage account = _accounts[node];
+        NodeExtra storage extra = _nodeExtra[node];
+        if (account.flags & _JAILED != 0 || account.stake == 0 || extra.stakeChangedAt > closeBlock) return 0;
+        return uint256(account.stake) + extra.unbonding;
     }
 
     /// @dev Stake of the drawn verifiers that signed the verdict (each counted once) and of all drawn verifiers.
@@ -887,8 +987,9 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     }
 
     function _model(uint256 modelId) private view returns (ModelRecord storage) {
-        if (modelId == 0 || modelId > _models.length) revert ShardRegistryUnknownModel(modelId);
-        return _models[modelId - 1];
+        ModelRecord storage model = _models[modelId]; // one slot read: a registered model has numLayers >= 1
+        if (model.numLayers == 0) revert ShardRegistryUnknownModel(modelId);
+        return model;
     }
 
     function _assignment(uint256 assignmentId) private view returns (AssignmentRecord storage) {

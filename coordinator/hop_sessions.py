@@ -122,6 +122,7 @@ async def open_session_once(
         session_id=session_id,
         job_id=job_id,
         span=span,
+        max_positions=job_hops.max_positions,  # a worker's commitment (and post) bills at most this
         expires_at=int(time.time()) + TICKET_TTL_S,
         chain_id=domain.chain_id,
         registry=domain.registry,

@@ -36,7 +36,7 @@ from coordinator.lifecycle import TERMINAL, IllegalTransition, JobLifecycle, Job
 from coordinator.pipeline import Pipeline
 from coordinator.router import RouteHop
 from coordinator.sampling import Sampler, SamplingParams
-from coordinator.settlement import HopWork, check_commitment, layer_tokens
+from coordinator.settlement import HopWork, check_commitment, layer_tokens, overlapping_hops
 from coordinator.state import HopRow
 from coordinator.verification_runs import CheatDetected
 from shardnet.chain.commitments import SignedCommitment
@@ -160,10 +160,22 @@ class JobRunner:
         work = [HopWork(span, job_hops.positions[i]) for i, (_, span) in enumerate(job_hops.hops)]
         tokens = layer_tokens(work, max_tokens=job.max_tokens, max_prompt_tokens=max_prompt)
         directory = self.router.directory
+        overlapping = overlapping_hops(
+            work,
+            [
+                i
+                for i, (n, _) in enumerate(job_hops.hops)
+                if i in job_hops.commitments and not directory.is_excluded(n)
+            ],
+        )
         for i, (node, span) in enumerate(job_hops.hops):
             signed = job_hops.commitments.get(i)
             if directory.is_excluded(node):  # a cheat is paid nothing, even for the work it committed to
                 note: str | None = "caught sending wrong outputs: left out of the settlement"
+            elif (
+                i in overlapping
+            ):  # the registry pays no layer twice: a failover's overlapping hop posts its own
+                note = "its layers overlap a settled hop's: left out of the settlement (it may post its own)"
             elif signed is None:
                 note = "no signed commitment in its close answer (it may post its own)"
             else:
@@ -298,7 +310,7 @@ class JobRunner:
             )
             self.lifecycle.advance(job_id, JobState.GENERATING)  # no route goes on chain (protocol v2)
             self.commitments.track(job_id)
-            job_hops = JobHops(job_id, list(hops))
+            job_hops = JobHops(job_id, list(hops), max_positions=len(prompt_ids) + job.max_tokens)
             result = await self.generate(
                 job_id, model, job_hops, prompt_ids, job.max_tokens, params, on_token, route
             )

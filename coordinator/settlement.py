@@ -92,3 +92,17 @@ def check_commitment(
     if signed.positions > seen_positions:
         return f"{signed.positions} positions, more than this coordinator saw it compute ({seen_positions})"
     return None
+
+
+def overlapping_hops(hops: Sequence[HopWork], candidates: Sequence[int]) -> set[int]:
+    """Indices among `candidates` to leave out so the settled spans are disjoint (the registry pays no layer of a
+    job twice): in layer order, a hop overlapping one kept before is dropped; of hops starting together, the one
+    that computed more positions is kept. A dropped hop's worker can still post its own commitment."""
+    kept_end = 0
+    dropped: set[int] = set()
+    for i in sorted(candidates, key=lambda i: (hops[i].span.start, -hops[i].positions, i)):
+        if hops[i].span.start < kept_end:
+            dropped.add(i)
+        else:
+            kept_end = hops[i].span.end
+    return dropped

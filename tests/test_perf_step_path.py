@@ -99,6 +99,7 @@ def test_each_step_hash_is_durable_when_its_output_arrives_and_hashes_the_bytes_
                     session_id=sid,
                     job_id=1,
                     span=LAST,
+                    max_positions=4096,
                     expires_at=int(time.time()) + 600,
                     chain_id=DOMAIN.chain_id,
                     registry=DOMAIN.registry,

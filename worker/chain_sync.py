@@ -8,7 +8,8 @@ watcher's transaction, records what the chain did with each such job: `JobSettle
 
 Fallback (committed work is paid): a commitment still unpaid `settle_window_s` after it was handed out is posted
 by the worker itself with `postCommitment` and the coordinator's ticket, while the job is open and before its
-deadline. At start, jobs whose sessions a crash cut are signed from the stored step hashes and are due at once
+deadline. A post is provisional for the registry's dispute window (the coordinator's settlement of the same hop
+replaces it); after that this worker collects it (`collectPosted`). At start, jobs whose sessions a crash cut are signed from the stored step hashes and are due at once
 (the coordinator never got them). A restart resumes from the cursor and the database, so nothing is posted twice.
 
 `CoordinatorSet` (a coordinator approved or revoked) goes to `on_coordinator_set(address, approved)`: the
@@ -34,7 +35,10 @@ from shardnet.retry import Backoff, retry_until_stopped
 from shardnet.span import LayerSpan
 from shardnet.wire.eip712 import Domain
 from shardnet.wire.tickets import ticket_proof
-from worker.state import ON_CHAIN, POSTED, SETTLED, SIGNED, SKIPPED, WorkerJobRow, WorkerState
+from worker.state import ON_CHAIN, PAID, POSTED, SETTLED, SIGNED, SKIPPED, WorkerJobRow, WorkerState
+
+#: States of a posted commitment in the registry (postedCommitment): provisional, paid, voided by the settlement.
+POST_PENDING, POST_PAID, POST_VOIDED = 1, 2, 3
 
 #: Events that close a job on chain without paying this worker's hop (JobSettled is checked hop by hop).
 JOB_END_EVENTS = {"JobCancelled": JobStatus.Cancelled, "JobFailed": JobStatus.Failed}
@@ -157,7 +161,7 @@ class ChainSync:
             work = self.state.job_work(job_id)
             if work is None:
                 continue
-            signed = self.sign(job_id, work.span, work.positions, len(work.step_hashes), work.root)
+            signed = self.sign(job_id, work.span, work.billable_positions, len(work.step_hashes), work.root)
             self.state.save_commitment(signed, work.ticket, 0.0)  # never handed out: post it without waiting
             log.info(
                 "job %d: signed its commitment over %d steps left by an earlier run", job_id, signed.steps
@@ -217,6 +221,30 @@ class ChainSync:
         )
         return 1
 
+    def collect_due_posts(self) -> int:
+        """Collect this worker's posted commitments whose provisional window is over; returns how many were paid."""
+        paid = 0
+        for row in self.state.posts_awaiting_pay():
+            span = LayerSpan(row.span_start, row.span_end)
+            try:
+                _, payable_at, state = self.registry.posted_commitment(row.job_id, self.me, span)
+                if state == POST_VOIDED:
+                    note = "the coordinator's settlement paid this hop and replaced the post"
+                    self.state.commitment_done(row.job_id, SETTLED, note=note)
+                elif state == POST_PAID:
+                    self.state.commitment_done(row.job_id, PAID)
+                elif (
+                    state == POST_PENDING and max(time.time(), self.registry.latest_timestamp()) >= payable_at
+                ):
+                    tx = self.registry.collect_posted(row.job_id, self.me, span)
+                    self.state.commitment_done(row.job_id, PAID, tx.tx_hash)
+                    log.info("job %d: collected its posted commitment (tx %s)", row.job_id, tx.tx_hash)
+                    paid += 1
+            except ChainError as exc:  # node unreachable or a race: try again on the next round
+                log.warning("job %d: cannot collect the posted commitment now (%s)", row.job_id, exc)
+                break
+        return paid
+
     # -- thread
     def wake(self) -> None:
         """Ask for a round soon (a session just closed)."""
@@ -226,6 +254,7 @@ class ChainSync:
         """Catch up with the chain, then post the commitments whose settlement window passed."""
         self.watcher.catch_up()
         self.post_due_commitments()
+        self.collect_due_posts()
 
     def start(self) -> None:
         self.sign_uncommitted()

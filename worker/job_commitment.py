@@ -49,6 +49,8 @@ class JobCommitments:
         work = self._state.job_work(session.job_id)
         if work is None:
             return None
-        signed = self._signer(work.job_id, work.span, work.positions, len(work.step_hashes), work.root)
+        signed = self._signer(
+            work.job_id, work.span, work.billable_positions, len(work.step_hashes), work.root
+        )
         self._state.save_commitment(signed, work.ticket, time.time() if handed_at is None else handed_at)
         return signed

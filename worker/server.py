@@ -25,7 +25,7 @@ from shardnet.peer.errors import InvalidTensor, SessionConflict, TicketRejected,
 from shardnet.span import LayerSpan
 from shardnet.wire.commitment import merkle_root, step_hash
 from shardnet.wire.frames import decode_frame, encode_frame
-from shardnet.wire.tickets import TicketError, verify_ticket
+from shardnet.wire.tickets import TicketError, ticket_max_positions, verify_ticket
 from worker.coordinator_check import CoordinatorCheck
 from worker.forwarding import SESSION_TOKEN_HEADER, forward_step
 from worker.http_errors import errors_as_json, read_body
@@ -193,6 +193,7 @@ class WorkerServer:
             codec=req.codec,
             next_hop=req.next_hop,
             make_compute=self._new_compute_session,
+            max_positions=ticket_max_positions(req.ticket),
         )
         self.metrics.sessions_open.set(len(self.sessions))
         if self.state is not None:

@@ -59,6 +59,8 @@ class Session:
     compute: ModelSession
     opened_at: float
     last_used: float
+    #: the ticket's bound on positions (prompt + max tokens): no step may go beyond it (0: no job, no bound)
+    max_positions: int = 0
     step_hashes: list[bytes] = field(default_factory=list)
     output_frames: list[bytes] = field(default_factory=list)
     output_bytes: int = 0
@@ -132,6 +134,7 @@ class SessionManager:
         codec: str,
         next_hop: NextHop | None,
         make_compute: Callable[[], ModelSession],
+        max_positions: int = 0,
     ) -> Session:
         """Open a session, evicting the least recently used idle one if the worker is full."""
         if session_id in self._sessions or session_id in self._retired:
@@ -161,6 +164,7 @@ class SessionManager:
             compute=make_compute(),
             opened_at=now,
             last_used=now,
+            max_positions=max_positions,
         )
         self._sessions[session_id] = session
         self._retired.add(session_id)
@@ -210,6 +214,11 @@ class SessionManager:
             raise SessionConflict(
                 f"X-Start-Pos is {start_pos} but session {session.session_id!r} has {session.length} positions "
                 f"cached: send position {session.length} next"
+            )
+        if session.max_positions and start_pos + n_tokens > session.max_positions:
+            raise PayloadTooLarge(
+                f"session {session.session_id!r} would reach {start_pos + n_tokens} positions, over its ticket's "
+                f"max_positions {session.max_positions}: the coordinator bounded this job's positions"
             )
         if start_pos + n_tokens > self.max_length:
             raise PayloadTooLarge(

@@ -8,6 +8,7 @@ coordinator, posted by this worker, or skipped). On restart, sessions left open 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ SIGNED = "signed"  # signed and stored; handed to the coordinator (or due for th
 SETTLED = "settled"  # paid in the coordinator's settleJobs (JobSettled with this worker's hop paid)
 POSTED = "posted"  # this worker posted it itself (postCommitment, commit_tx)
 ON_CHAIN = "on_chain"  # found already posted on chain (e.g. posted before a crash)
+PAID = "paid"  # posted and paid after its provisional window (collectPosted)
+AWAITING_PAY = (POSTED, ON_CHAIN)  # posted: provisional until the registry's window passes, then collected
 SKIPPED = "skipped"  # can no longer be paid (job closed without it, or past its deadline); see note
 OPEN_STATUSES = (SIGNED,)
 
@@ -102,6 +105,15 @@ class JobWork:
     step_hashes: list[bytes]
     positions: int
     ticket: str | None  # the ticket (JSON) of the job's last session
+
+    @property
+    def billable_positions(self) -> int:
+        """The positions to commit to: what was computed, at most the ticket's max_positions (the registry refuses
+        a post above it, and the coordinator bounded the job so)."""
+        if self.ticket is None:
+            return self.positions
+        bound = json.loads(self.ticket).get("max_positions")
+        return min(self.positions, bound) if isinstance(bound, int) and bound > 0 else self.positions
 
     @property
     def root(self) -> bytes:
@@ -254,6 +266,17 @@ class WorkerState:
             row.handed_at = handed_at
             row.commit_status = SIGNED
             row.updated_at = time.time()
+
+    def posts_awaiting_pay(self) -> list[WorkerJobRow]:
+        """This worker's posted commitments not yet known paid (or replaced by the coordinator's settlement)."""
+        with session_scope(self.engine) as db:
+            return list(
+                db.scalars(
+                    select(WorkerJobRow)
+                    .where(WorkerJobRow.worker == self.worker, WorkerJobRow.commit_status.in_(AWAITING_PAY))
+                    .order_by(WorkerJobRow.job_id)
+                ).all()
+            )
 
     def commitments_due(self, before: float) -> list[WorkerJobRow]:
         """Signed commitments handed out before `before` and not yet known paid: the fallback posts them."""

@@ -94,6 +94,7 @@ def hop_overhead(steps: int, work_dir: Path) -> dict[str, float]:
                     session_id=sid,
                     job_id=1,
                     span=span,
+                    max_positions=2**20,
                     expires_at=int(time.time()) + 600,
                     chain_id=domain.chain_id,
                     registry=domain.registry,

@@ -55,6 +55,7 @@ async def measure(
             session_id=uuid.uuid4().hex,
             job_id=0,
             span=SPANS[i],
+            max_positions=2**20,
             expires_at=int(time.time()) + 3600,
             chain_id=domain.chain_id,
             registry=domain.registry,

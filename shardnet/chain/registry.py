@@ -132,12 +132,26 @@ class Registry(RegistryCore):
         self,
         job: JobInfo | tuple[int, JobRecord],
         commitment: SignedCommitment,
-        ticket: tuple[str, int, bytes, bytes],
+        ticket: tuple[str, int, int, bytes, bytes],
     ) -> TxResult:
         """A worker's fallback: post its own signed commitment with the coordinator's ticket
         (`shardnet.wire.tickets.ticket_proof(ticket)`)."""
         job_id, record = (job.job_id, job.record) if isinstance(job, JobInfo) else job
         return self._send("postCommitment", job_id, record.as_tuple(), commitment.as_tuple(), tuple(ticket))
+
+    def collect_posted(self, job_id: int, node: str, span: LayerSpan) -> TxResult:
+        """Pay a posted commitment whose provisional window is over (anyone may)."""
+        return self._send("collectPosted", job_id, to_checksum_address(node), span.start, span.end)
+
+    def posted_commitment(self, job_id: int, node: str, span: LayerSpan) -> tuple[int, int, int]:
+        """(reserved wei, payableAt, state: 0 none, 1 provisional, 2 paid, 3 voided) of a posted commitment."""
+        amount, payable_at, state = self._view(
+            "postedCommitment", job_id, to_checksum_address(node), span.start, span.end
+        )
+        return int(amount), int(payable_at), int(state)
+
+    def pending_posted(self) -> int:
+        return int(self._view("pendingPosted"))
 
     def fail_job(self, job_id: int, job: JobRecord, reason: str) -> TxResult:
         return self._send("failJob", job_id, job.as_tuple(), reason)
@@ -362,7 +376,8 @@ class Registry(RegistryCore):
         return sum(self.claimable(a) for a in self.known_accounts())
 
     def liabilities(self) -> int:
-        """Every wei the registry owes: stakes + unbonding + open escrow + claimable balances + protocol fees. Its
+        """Every wei the registry owes: stakes + unbonding + open escrow + claimable balances + protocol fees +
+        provisional posted pay. Its
         balance must equal this (the conservation invariant)."""
         return (
             self.total_staked()
@@ -370,6 +385,7 @@ class Registry(RegistryCore):
             + self.open_escrow()
             + self.total_claimable()
             + self.protocol_fees()
+            + self.pending_posted()
         )
 
     def protocol_fees(self) -> int:

@@ -189,6 +189,10 @@ class RegistryCore:
     def block_number(self) -> int:
         return int(rpc(self.w3, "eth_blockNumber", []), 16)
 
+    def latest_timestamp(self) -> int:
+        """The timestamp of the latest block (a devnet mines only on demand: it may lag the wall clock)."""
+        return int(rpc(self.w3, "eth_getBlockByNumber", ["latest", False])["timestamp"], 16)
+
     def balance(self) -> int:
         """The contract's ether balance (wei): always totalStaked + totalUnbonding + totalEscrow + totalClaimable + protocolFees."""
         return int(rpc(self.w3, "eth_getBalance", [self.address, "latest"]), 16)

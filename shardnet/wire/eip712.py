@@ -7,7 +7,7 @@ signature made for one chain or one registry never verifies on another.
 - ``Commitment`` (signed by a worker): its Merkle ``root`` over ``steps`` leaves for layers [start, end) of job
   ``jobId``, having computed ``positions`` token positions (what it is paid for).
 - ``Ticket`` (signed by a coordinator): permission for ``worker`` to serve [start, end) of ``jobId`` in session
-  ``sessionId`` until ``expiresAt``.
+  ``sessionId`` until ``expiresAt``, billing at most ``maxPositions`` token positions (prompt + max tokens).
 - ``Verdict`` (signed by a verifier the contract drew): "leaf ``leafIndex`` = ``leaf`` under ``accused``'s ``root``
   is wrong".
 
@@ -43,6 +43,7 @@ TYPES: dict[str, list[dict[str, str]]] = {
         {"name": "jobId", "type": "uint256"},
         {"name": "start", "type": "uint32"},
         {"name": "end", "type": "uint32"},
+        {"name": "maxPositions", "type": "uint32"},
         {"name": "expiresAt", "type": "uint64"},
     ],
     "Verdict": [

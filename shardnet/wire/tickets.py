@@ -2,14 +2,17 @@
 
 A ticket is a JSON object of these fields::
 
-    {"format": "shardnet-ticket/2", "worker": "0xChecksum…", "session_id": "…", "job_id": 7,
-     "span": [0, 10], "expires_at": 1767225600, "signature": "0x<r><vs>"}
+    {"format": "shardnet-ticket/3", "worker": "0xChecksum…", "session_id": "…", "job_id": 7,
+     "span": [0, 10], "max_positions": 600, "expires_at": 1767225600, "signature": "0x<r><vs>"}
 
 The signature is the coordinator's EIP-712 signature (compact, EIP-2098) over the struct
-``Ticket(address worker,string sessionId,uint256 jobId,uint32 start,uint32 end,uint64 expiresAt)`` in the
+``Ticket(address worker,string sessionId,uint256 jobId,uint32 start,uint32 end,uint32 maxPositions,uint64 expiresAt)``
+in the
 registry's domain (chain id + registry address, see ``shardnet.wire.eip712``), so a ticket for one deployment
 never verifies on another. ``verify_ticket`` recovers the signer; the worker then checks on chain that the
-signer is the job's coordinator. The registry checks the same signature when a worker posts its own commitment
+signer is the job's coordinator. ``max_positions`` bounds the token positions the worker may compute and bill for
+the job (the coordinator sets it to prompt length + max tokens); a ticket without it is refused. The registry checks
+the same signature, the bound and the expiry (plus its dispute window) when a worker posts its own commitment
 (``ticket_proof`` gives the contract's TicketProof).
 """
 
@@ -25,8 +28,9 @@ from shardnet.errors import ShardnetError
 from shardnet.span import LayerSpan
 from shardnet.wire.eip712 import CompactSignature, Domain, recover_struct, sign_struct
 
-TICKET_FORMAT = "shardnet-ticket/2"
-_FIELDS = ("format", "worker", "session_id", "job_id", "span", "expires_at")
+TICKET_FORMAT = "shardnet-ticket/3"
+_FIELDS = ("format", "worker", "session_id", "job_id", "span", "max_positions", "expires_at")
+MAX_POSITIONS_LIMIT = 2**32 - 1  # uint32 in the EIP-712 struct
 
 
 class TicketError(ShardnetError):
@@ -41,6 +45,7 @@ def _message(fields: dict[str, Any]) -> dict[str, Any]:
         "jobId": fields["job_id"],
         "start": start,
         "end": end,
+        "maxPositions": fields["max_positions"],
         "expiresAt": fields["expires_at"],
     }
 
@@ -60,20 +65,25 @@ def sign_ticket(
     session_id: str,
     job_id: int,
     span: LayerSpan | tuple[int, int] | list[int],
+    max_positions: int,
     expires_at: int,
     chain_id: int,
     registry: str,
 ) -> dict[str, Any]:
     """A ticket for ``worker`` to serve ``span`` in session ``session_id`` of job ``job_id`` until ``expires_at``,
-    valid only for the registry at ``registry`` on chain ``chain_id``."""
+    computing (and billing) at most ``max_positions`` token positions, valid only for the registry at ``registry``
+    on chain ``chain_id``."""
     if not is_address(worker):
         raise TicketError(f"worker {worker!r} is not an Ethereum address")
+    if not 1 <= int(max_positions) <= MAX_POSITIONS_LIMIT:
+        raise TicketError(f"max_positions {max_positions} must be 1 to {MAX_POSITIONS_LIMIT}")
     fields: dict[str, Any] = {
         "format": TICKET_FORMAT,
         "worker": to_checksum_address(worker),
         "session_id": str(session_id),
         "job_id": int(job_id),
         "span": _span_list(span),
+        "max_positions": int(max_positions),
         "expires_at": int(expires_at),
     }
     signature = sign_struct(account, Domain(chain_id, registry), "Ticket", _message(fields))
@@ -101,6 +111,8 @@ def _check_shape(ticket: object) -> dict[str, Any]:
         and isinstance(ticket["session_id"], str)
         and type(ticket["job_id"]) is int
         and type(ticket["expires_at"]) is int
+        and type(ticket["max_positions"]) is int
+        and 1 <= ticket["max_positions"] <= MAX_POSITIONS_LIMIT
         and isinstance(ticket["signature"], str)
         and isinstance(span, list)
         and len(span) == 2
@@ -109,7 +121,7 @@ def _check_shape(ticket: object) -> dict[str, Any]:
     if not ok:
         raise TicketError(
             "ticket fields have wrong types (worker, session_id, signature: strings; "
-            "job_id, expires_at: integers; span: [start, end])"
+            f"job_id, expires_at: integers; max_positions: 1 to {MAX_POSITIONS_LIMIT}; span: [start, end])"
         )
     try:
         ticket_span(ticket)
@@ -118,11 +130,16 @@ def _check_shape(ticket: object) -> dict[str, Any]:
     return ticket
 
 
-def ticket_proof(ticket: dict[str, Any]) -> tuple[str, int, bytes, bytes]:
-    """The contract's TicketProof tuple (sessionId, expiresAt, r, vs) of a ticket."""
+def ticket_proof(ticket: dict[str, Any]) -> tuple[str, int, int, bytes, bytes]:
+    """The contract's TicketProof tuple (sessionId, maxPositions, expiresAt, r, vs) of a ticket."""
     t = _check_shape(ticket)
     signature = CompactSignature.from_hex(t["signature"])
-    return t["session_id"], t["expires_at"], signature.r, signature.vs
+    return t["session_id"], t["max_positions"], t["expires_at"], signature.r, signature.vs
+
+
+def ticket_max_positions(ticket: dict[str, Any]) -> int:
+    """The token positions a (verified) ticket lets its worker compute and bill for the job."""
+    return int(ticket["max_positions"])
 
 
 def verify_ticket(

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from coordinator.sampling import Sampler, SamplingParams
-from coordinator.settlement import HopWork, expected_split, layer_tokens
+from coordinator.settlement import HopWork, expected_split, layer_tokens, overlapping_hops
 from shardnet.errors import ConfigError
 from shardnet.span import LayerSpan
 
@@ -67,3 +67,18 @@ def test_expected_split() -> None:
     assert split.refund == 5000 - 1365
     with pytest.raises(ValueError, match="exceeds"):
         expected_split([100], [True], price_per_layer_token=10, coordinator_fee_bps=0, escrow=999)
+
+
+def test_overlapping_hops_are_left_out_so_no_layer_is_settled_twice() -> None:
+    # route [0,2) + [2,4); a failover replacement [2,4) that computed more; a [1,3) hop; a hop without commitment
+    hops = [
+        HopWork(LayerSpan(0, 2), 10),
+        HopWork(LayerSpan(2, 4), 4),
+        HopWork(LayerSpan(2, 4), 10),
+        HopWork(LayerSpan(1, 3), 10),
+        HopWork(LayerSpan(0, 4), 10),
+    ]
+    assert overlapping_hops(hops, [0, 1, 2, 3]) == {1, 3}  # the replacement (more positions) is kept
+    assert overlapping_hops(hops, [0, 2]) == set()
+    assert overlapping_hops(hops, [4, 0]) == {4}  # same start: more positions first, then hop order
+    assert overlapping_hops(hops, []) == set()

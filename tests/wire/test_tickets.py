@@ -20,7 +20,12 @@ DOMAIN = {"chain_id": 31337, "registry": REGISTRY}
 
 def _ticket(**kw: object) -> dict:
     args: dict = dict(
-        worker=WORKER, session_id="sess-1", job_id=7, span=LayerSpan(0, 10), expires_at=NOW + 60
+        worker=WORKER,
+        session_id="sess-1",
+        job_id=7,
+        span=LayerSpan(0, 10),
+        max_positions=600,
+        expires_at=NOW + 60,
     )
     args.update(kw)
     return sign_ticket(COORD, **args, **DOMAIN)
@@ -39,7 +44,14 @@ def test_valid_ticket_recovers_the_coordinator() -> None:
 
 def test_span_as_a_pair_and_lowercase_worker() -> None:
     t = sign_ticket(
-        COORD, worker=WORKER.lower(), session_id="s", job_id=0, span=(3, 5), expires_at=NOW, **DOMAIN
+        COORD,
+        worker=WORKER.lower(),
+        session_id="s",
+        job_id=0,
+        span=(3, 5),
+        max_positions=64,
+        expires_at=NOW,
+        **DOMAIN,
     )
     assert t["worker"] == WORKER and t["span"] == [3, 5]
     assert verify_ticket(t, worker=WORKER, now=NOW, **DOMAIN) == COORD.address
@@ -57,6 +69,7 @@ def test_altered_fields_recover_someone_else() -> None:
         ("span", [0, 30]),
         ("session_id", "sess-2"),
         ("expires_at", NOW + 10**6),
+        ("max_positions", 10**6),
     ]:
         forged = {**t, field: value}
         assert verify_ticket(forged, worker=WORKER, now=NOW, **DOMAIN) != COORD.address
@@ -65,7 +78,16 @@ def test_altered_fields_recover_someone_else() -> None:
 
 
 def test_foreign_signer_is_reported() -> None:
-    t = sign_ticket(OTHER, worker=WORKER, session_id="s", job_id=1, span=(0, 1), expires_at=NOW + 5, **DOMAIN)
+    t = sign_ticket(
+        OTHER,
+        worker=WORKER,
+        session_id="s",
+        job_id=1,
+        span=(0, 1),
+        max_positions=64,
+        expires_at=NOW + 5,
+        **DOMAIN,
+    )
     assert verify_ticket(t, worker=WORKER, now=NOW, **DOMAIN) == OTHER.address
     with pytest.raises(TicketError, match="not by the coordinator"):
         verify_ticket(t, worker=WORKER, now=NOW, expected_signer=COORD.address, **DOMAIN)
@@ -91,6 +113,11 @@ def test_wrong_worker_and_expiry() -> None:
         (lambda t: t.update(span=[1]), "wrong types"),
         (lambda t: t.update(signature="0x1234"), "signature is invalid"),
         (lambda t: t.update(signature="nothex"), "signature is invalid"),
+        (lambda t: t.pop("max_positions"), "missing fields"),  # a ticket must bound the positions billed
+        (lambda t: t.update(max_positions=0), "wrong types"),
+        (lambda t: t.update(max_positions=2**32), "wrong types"),
+        (lambda t: t.update(max_positions=True), "wrong types"),
+        (lambda t: t.update(format="shardnet-ticket/2"), "format"),
     ],
 )
 def test_malformed_tickets(mutate, match: str) -> None:  # type: ignore[no-untyped-def]
@@ -105,9 +132,24 @@ def test_not_a_dict() -> None:
         verify_ticket([1, 2], worker=WORKER, now=NOW, **DOMAIN)  # type: ignore[arg-type]
 
 
+def test_sign_refuses_an_unbounded_ticket() -> None:
+    for bad in (0, -1, 2**32):
+        with pytest.raises(TicketError, match="max_positions"):
+            _ticket(max_positions=bad)
+
+
 def test_sign_refuses_a_bad_worker_address() -> None:
     with pytest.raises(TicketError, match="not an Ethereum address"):
-        sign_ticket(COORD, worker="nobody", session_id="s", job_id=1, span=(0, 1), expires_at=NOW, **DOMAIN)
+        sign_ticket(
+            COORD,
+            worker="nobody",
+            session_id="s",
+            job_id=1,
+            span=(0, 1),
+            max_positions=64,
+            expires_at=NOW,
+            **DOMAIN,
+        )
 
 
 def test_a_ticket_for_another_chain_or_registry_recovers_someone_else() -> None:
@@ -122,6 +164,6 @@ def test_a_ticket_for_another_chain_or_registry_recovers_someone_else() -> None:
 
 def test_ticket_proof_is_the_contract_tuple() -> None:
     t = _ticket()
-    session_id, expires_at, r, vs = ticket_proof(t)
-    assert (session_id, expires_at) == ("sess-1", NOW + 60)
+    session_id, max_positions, expires_at, r, vs = ticket_proof(t)
+    assert (session_id, max_positions, expires_at) == ("sess-1", 600, NOW + 60)
     assert "0x" + (r + vs).hex() == t["signature"] and len(r) == len(vs) == 32

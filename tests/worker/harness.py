@@ -44,6 +44,7 @@ def ticket(
         session_id=session_id or uuid.uuid4().hex,
         job_id=job_id,
         span=span,
+        max_positions=4096,
         expires_at=int(time.time()) + 600,
         chain_id=domain.chain_id,
         registry=domain.registry,

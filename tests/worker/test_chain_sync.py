@@ -18,7 +18,7 @@ from shardnet.wire.tickets import sign_ticket
 from tests.chain.registry_world import World, build_world
 from tests.fixtures_chain import TEST_PARAMS, DevChain
 from worker.chain_sync import ChainSync
-from worker.state import POSTED, SETTLED, SIGNED, SKIPPED, WorkerState
+from worker.state import PAID, POSTED, SETTLED, SIGNED, SKIPPED, WorkerState
 
 SPAN = LayerSpan(0, 2)
 
@@ -41,6 +41,7 @@ def _serve(
         session_id=sid,
         job_id=job_id,
         span=SPAN,
+        max_positions=4096,
         expires_at=2**40,
         chain_id=world.domain.chain_id,
         registry=world.domain.registry,
@@ -103,12 +104,18 @@ def test_settled_jobs_are_not_posted_and_unsettled_ones_are_posted_once_after_th
     assert jobs[failed] == (SKIPPED, "job failed on chain before it was paid")
     assert jobs[unsettled][0] == POSTED and jobs[recent] == (SIGNED, None)
     assert _posted(world.gov, unsettled) == [state.job(unsettled).signed(world.node1.address).root]  # type: ignore[union-attr]
-    assert world.gov.claimable(world.node1.address) == 2 * world.pay_of(positions=5)  # settled + posted
+    assert world.gov.claimable(world.node1.address) == world.pay_of(
+        positions=5
+    )  # settled; the post is provisional
 
     sync.sync_once()  # the CommitmentPosted event confirms it; nothing is posted twice
     assert _status(state)[unsettled][0] == POSTED
     assert len(_posted(world.gov, unsettled)) == 1
     assert _posted(world.gov, settled) == []
+    anvil.advance_time(TEST_PARAMS.dispute_window + 1)  # the post's window passes: the worker collects it
+    sync.sync_once()
+    assert _status(state)[unsettled][0] == PAID
+    assert world.gov.claimable(world.node1.address) == 2 * world.pay_of(positions=5)  # settled + posted
 
     anvil.advance_time(TEST_PARAMS.job_timeout + 1)  # past the deadline: the registry refuses a post
     assert sync.post_due_commitments(now=2e12) == 0
@@ -137,3 +144,6 @@ def test_a_restart_signs_what_a_crash_left_and_posts_it_at_once(
     assert _status(state)[job_id][0] == POSTED
     sync.sync_once()
     assert _status(state)[job_id][0] == POSTED and len(_posted(world.gov, job_id)) == 1
+    anvil.advance_time(TEST_PARAMS.dispute_window + 1)
+    sync.sync_once()  # committed work is paid: collected once the registry's window is over
+    assert _status(state)[job_id][0] == PAID and world.gov.claimable(world.node1.address) > 0

@@ -137,3 +137,25 @@ def test_a_step_larger_than_the_whole_budget_is_refused_without_evicting_anyone(
     assert closed == [] and "a" in m and "b" in m
     m.check_step(b, 0, 40)  # 400 + a's 100 = 500: fits exactly, a stays
     assert closed == []
+
+
+def test_a_step_beyond_the_tickets_max_positions_is_refused() -> None:
+    m = _manager(_Clock(), [])
+    s = m.open(
+        session_id="bounded",
+        coordinator="0xA",
+        job_id=1,
+        codec="fp32",
+        next_hop=None,
+        make_compute=_Cache,
+        max_positions=12,  # the coordinator bounded the job: prompt + max tokens
+    )
+    m.check_step(s, 0, 12)  # exactly the bound
+    with pytest.raises(PayloadTooLarge, match="max_positions 12"):
+        m.check_step(s, 0, 13)
+    assert (
+        m.open(
+            session_id="job0", coordinator="0xB", job_id=0, codec="fp32", next_hop=None, make_compute=_Cache
+        ).max_positions
+        == 0
+    )  # no bound given: only the worker's max length applies

@@ -3,6 +3,7 @@ that it is stored before it is handed out, and what survives a crash."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from shardnet.db import make_engine
 from shardnet.span import LayerSpan
 from shardnet.wire.commitment import merkle_root, step_hash
 from shardnet.wire.eip712 import Domain
-from worker.state import POSTED, SIGNED, WorkerState
+from worker.state import POSTED, SIGNED, JobWork, WorkerState
 
 KEY = Account.create()
 DOMAIN = Domain(31337, "0x" + "cd" * 20)
@@ -125,3 +126,10 @@ def test_sessions_without_steps_or_job_are_never_signed(new_state: Callable[[], 
     st.session_closed("no-job", "closed", 1, None)
     assert st.uncommitted_jobs() == []
     assert st.job_work(1) is None
+
+
+def test_a_commitment_never_bills_more_positions_than_its_ticket() -> None:
+    ticket = json.dumps({"max_positions": 7})
+    assert JobWork(1, LayerSpan(0, 2), [b"\x01" * 32], 9, ticket).billable_positions == 7
+    assert JobWork(1, LayerSpan(0, 2), [b"\x01" * 32], 5, ticket).billable_positions == 5
+    assert JobWork(1, LayerSpan(0, 2), [b"\x01" * 32], 9, None).billable_positions == 9
