@@ -122,7 +122,7 @@ class TrainingAPI:
             raise BadRequest("the forward body needs a tensor 'hidden' [batch, n, hidden] besides the adapters")
         self._check_hidden(hidden, "hidden")
         try:
-            check_adapters(self.server.block, tensors)
+            check_adapters(self.server.block, tensors, seq_len=int(hidden.shape[1]))
         except ModelError as exc:
             raise InvalidTensor(str(exc)) from exc
         async with session.lock:

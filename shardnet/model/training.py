@@ -53,9 +53,9 @@ def lora_targets(block: Block) -> tuple[str, ...]:
     return targets
 
 
-def check_adapters(block: Block, adapters: Mapping[str, torch.Tensor]) -> None:
+def check_adapters(block: Block, adapters: Mapping[str, torch.Tensor], seq_len: int | None = None) -> None:
     """Raise ModelError unless every tensor is a LoRA half or deep prompt of one of `block`'s layers,
-    shaped for it, finite, and LoRA halves come in pairs of one rank."""
+    shaped for it, finite, and LoRA halves come in pairs of one rank; deep prompts no longer than `seq_len`."""
     span, hidden = block.span, block.hidden_size
     ranks: dict[tuple[int, str], dict[str, int]] = {}
     prompt_len: int | None = None
@@ -81,6 +81,8 @@ def check_adapters(block: Block, adapters: Mapping[str, torch.Tensor]) -> None:
             if prompt_len is not None and tensor.shape[0] != prompt_len:
                 raise ModelError(f"deep prompts must all have one length, got {prompt_len} and {tensor.shape[0]}")
             prompt_len = int(tensor.shape[0])
+            if seq_len is not None and prompt_len > seq_len:
+                raise ModelError(f"{name} covers {prompt_len} positions but the step has only {seq_len}")
         else:
             raise ModelError(
                 f"unknown adapter tensor {name!r}: send lora.<layer>.<proj>.A/B or prompt.<layer>"
