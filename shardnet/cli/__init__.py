@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "shardnet.cli.model_cmds",
     "shardnet.cli.client_cmds",
     "shardnet.cli.localnet_cmd",
+    "shardnet.cli.finetune_cmd",
 )
 
 
