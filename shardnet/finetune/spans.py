@@ -12,6 +12,7 @@ from shardnet.model.block import Block
 from shardnet.model.training import span_backward, span_forward
 from shardnet.peer.errors import WorkerUnreachable, error_for_status
 from shardnet.span import LayerSpan
+from shardnet.wire.commitment import step_hash
 from shardnet.wire.json_limits import loads_limited
 from shardnet.wire.tensor_dict import decode_tensors, encode_tensors
 
@@ -61,7 +62,7 @@ class RemoteSpan:
         self.span = span
         self.session_id = session_id
         self._token = token
-        self.step_hashes: list[bytes] = []
+        self.step_hashes: list[bytes] = []  # keccak of every answer received: the leaves of its commitment
 
     @classmethod
     async def open(cls, http: aiohttp.ClientSession, url: str, ticket: dict[str, Any]) -> RemoteSpan:
@@ -89,7 +90,9 @@ class RemoteSpan:
     async def _post(self, what: str, step_id: int, tensors: dict[str, torch.Tensor]) -> bytes:
         step = str(step_id) if step_id >= 0 else "eval"  # a negative id: an evaluation forward
         headers = {SESSION_TOKEN_HEADER: self._token, "X-Step-Id": step}
-        return await _call(self._http, "POST", self._path(what), data=encode_tensors(tensors), headers=headers)
+        body = await _call(self._http, "POST", self._path(what), data=encode_tensors(tensors), headers=headers)
+        self.step_hashes.append(step_hash(body))  # what the worker's commitment must cover, in order
+        return body
 
 
 async def _call(http: aiohttp.ClientSession, method: str, url: str, **kwargs: Any) -> bytes:

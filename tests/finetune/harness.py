@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ from shardnet.model import load_block_from_parts
 from shardnet.span import LayerSpan
 from shardnet.wire.eip712 import Domain
 from shardnet.wire.tickets import sign_ticket
+from worker.job_commitment import CommitmentSigner
 from worker.server import BlockInfo, WorkerServer
 from worker.training import TrainingAPI, TrainingLimits
 
@@ -38,7 +39,9 @@ class ServedWorker:
     training: TrainingAPI
 
 
-def ticket(worker: ServedWorker, signer: Any = COORDINATOR, job_id: int = 0) -> dict[str, Any]:
+def ticket(
+    worker: ServedWorker, signer: Any = COORDINATOR, job_id: int = 0, domain: Domain = DOMAIN
+) -> dict[str, Any]:
     return sign_ticket(
         signer,
         worker=worker.address,
@@ -46,8 +49,8 @@ def ticket(worker: ServedWorker, signer: Any = COORDINATOR, job_id: int = 0) -> 
         job_id=job_id,
         span=worker.span,
         expires_at=int(time.time()) + 600,
-        chain_id=DOMAIN.chain_id,
-        registry=DOMAIN.registry,
+        chain_id=domain.chain_id,
+        registry=domain.registry,
     )
 
 
@@ -57,12 +60,21 @@ async def serve_workers(
     config: dict[str, Any],
     spans: Sequence[tuple[int, int]],
     limits: TrainingLimits | None = None,
+    *,
+    keys: Sequence[str] = WORKER_KEYS,
+    domain: Domain = DOMAIN,
+    is_coordinator: Callable[[str], bool] | None = None,
+    job_coordinator: Callable[[int], str | None] | None = None,
+    signer_for: Callable[[Any], CommitmentSigner] | None = None,
 ) -> AsyncIterator[list[ServedWorker]]:
-    """One worker server per span, each with its block and a training API; only COORDINATOR is approved."""
+    """One worker server per span, each with its block and a training API. By default only COORDINATOR is
+    approved, tickets are for the made-up DOMAIN and workers sign no job commitments; a test on a real
+    registry passes its domain, its coordinator checks and `signer_for(worker account)`."""
     runners: list[web.AppRunner] = []
     served: list[ServedWorker] = []
+    approved = is_coordinator or (lambda signer: signer.lower() == COORDINATOR.address.lower())
     try:
-        for key, (a, b) in zip(WORKER_KEYS, spans, strict=False):
+        for key, (a, b) in zip(keys, spans, strict=False):
             span = LayerSpan(a, b)
             block = load_block_from_parts(parts_dir, config, span)
             info = BlockInfo(span, block.num_layers, block.is_first, block.is_last, block.hidden_size,
@@ -75,10 +87,12 @@ async def serve_workers(
                 model_id=1,
                 block=block,
                 info=info,
-                is_coordinator=lambda signer: signer.lower() == COORDINATOR.address.lower(),
+                is_coordinator=approved,
+                job_coordinator=job_coordinator,
                 extra_routes=training.routes(),
-                chain_id=DOMAIN.chain_id,
-                registry_address=DOMAIN.registry,
+                chain_id=domain.chain_id,
+                registry_address=domain.registry,
+                signer=signer_for(Account.from_key(key)) if signer_for is not None else None,
             )
             training.bind(server)
             runner = web.AppRunner(server.app())
@@ -93,5 +107,11 @@ async def serve_workers(
             await runner.cleanup()
 
 
-async def open_route(http: aiohttp.ClientSession, workers: Sequence[ServedWorker]) -> list[RemoteSpan]:
-    return [await RemoteSpan.open(http, w.url, ticket(w)) for w in workers]
+async def open_route(
+    http: aiohttp.ClientSession,
+    workers: Sequence[ServedWorker],
+    signer: Any = COORDINATOR,
+    job_id: int = 0,
+    domain: Domain = DOMAIN,
+) -> list[RemoteSpan]:
+    return [await RemoteSpan.open(http, w.url, ticket(w, signer, job_id, domain)) for w in workers]
