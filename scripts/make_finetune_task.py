@@ -24,7 +24,9 @@ def examples() -> list[dict[str, str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out_dir", type=Path, help="folder to write train.jsonl and test.jsonl into")
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/test shuffle (default 0)")
     args = parser.parse_args()

@@ -105,7 +105,9 @@ class TrainingAPI:
         if server.state is not None and await asyncio.get_running_loop().run_in_executor(
             server._db, server.state.session_known, session_id
         ):
-            raise SessionConflict(f"session {session_id!r} was already opened on this worker: ask for a new ticket")
+            raise SessionConflict(
+                f"session {session_id!r} was already opened on this worker: ask for a new ticket"
+            )
         session = self.sessions.open(session_id, signer, job_id)
         span = server.info.span
         return web.json_response(
@@ -119,7 +121,9 @@ class TrainingAPI:
         tensors = decode_body(await self._body(request))
         hidden = tensors.pop("hidden", None)
         if hidden is None:
-            raise BadRequest("the forward body needs a tensor 'hidden' [batch, n, hidden] besides the adapters")
+            raise BadRequest(
+                "the forward body needs a tensor 'hidden' [batch, n, hidden] besides the adapters"
+            )
         self._check_hidden(hidden, "hidden")
         try:
             check_adapters(self.server.block, tensors, seq_len=int(hidden.shape[1]))
@@ -144,7 +148,9 @@ class TrainingAPI:
         step_id = _step_id(request)
         tensors = decode_body(await self._body(request))
         if set(tensors) != {"grad"}:
-            raise BadRequest(f"the backward body holds one tensor 'grad' (d loss / d output), got {sorted(tensors)}")
+            raise BadRequest(
+                f"the backward body holds one tensor 'grad' (d loss / d output), got {sorted(tensors)}"
+            )
         grad = tensors["grad"]
         async with session.lock:
             self._check_open(session)
@@ -155,7 +161,9 @@ class TrainingAPI:
                     f"{list(step.output_shape)}: send d loss / d output of that step"
                 )
             _check_finite(grad, "grad")
-            grad_in, grads = await self._compute(span_backward, self.server.block, step.hidden, step.adapters, grad)
+            grad_in, grads = await self._compute(
+                span_backward, self.server.block, step.hidden, step.adapters, grad
+            )
             self.sessions.finish(session, step_id)
             body = encode_tensors({"grad_hidden": grad_in, **{f"grad.{k}": v for k, v in grads.items()}})
             session.backward_positions += int(step.hidden.shape[0] * step.hidden.shape[1])
@@ -211,23 +219,36 @@ class TrainingAPI:
                     f"({named or 'job not on chain'})"
                 )
         if LayerSpan(*ticket["span"]) != server.info.span:
-            raise InvalidTensor(f"ticket asks for layers {ticket['span']} but this worker serves {server.info.span}")
+            raise InvalidTensor(
+                f"ticket asks for layers {ticket['span']} but this worker serves {server.info.span}"
+            )
         return signer, job_id
 
     def _session(self, request: web.Request) -> TrainingSession:
-        return self.sessions.get(request.match_info["session_id"], request.headers.get(SESSION_TOKEN_HEADER, ""))
+        return self.sessions.get(
+            request.match_info["session_id"], request.headers.get(SESSION_TOKEN_HEADER, "")
+        )
 
     def _check_open(self, session: TrainingSession) -> None:
         if session.closed:
-            raise SessionConflict(f"training session {session.session_id!r} was closed while this call waited")
+            raise SessionConflict(
+                f"training session {session.session_id!r} was closed while this call waited"
+            )
 
     async def _body(self, request: web.Request) -> bytes:
         return await read_body(request, self.server.limits.max_body_bytes, self.server.limits.body_timeout_s)
 
     def _check_hidden(self, hidden: torch.Tensor, name: str) -> None:
         info, limits = self.server.info, self.server.limits
-        if hidden.dim() != 3 or hidden.shape[2] != info.hidden_size or hidden.shape[1] < 1 or hidden.shape[0] < 1:
-            raise InvalidTensor(f"{name} must have shape [batch, n, {info.hidden_size}], got {list(hidden.shape)}")
+        if (
+            hidden.dim() != 3
+            or hidden.shape[2] != info.hidden_size
+            or hidden.shape[1] < 1
+            or hidden.shape[0] < 1
+        ):
+            raise InvalidTensor(
+                f"{name} must have shape [batch, n, {info.hidden_size}], got {list(hidden.shape)}"
+            )
         if hidden.shape[0] > self.limits.max_batch or hidden.shape[1] > limits.max_length:
             raise InvalidTensor(
                 f"{name} has {hidden.shape[0]} sequences of {hidden.shape[1]} positions; this worker takes at "

@@ -40,7 +40,9 @@ class TrainingLimits:
     max_kept_bytes: int = 256 << 20  # inputs and adapters kept for backward passes, per session
     max_kept_steps: int = 64  # forwards awaiting their backward, per session
     max_batch: int = 64  # sequences per step
-    backward_factor: int = 2  # a backward position counts as this many forward positions (see docs/finetune.md)
+    backward_factor: int = (
+        2  # a backward position counts as this many forward positions (see docs/finetune.md)
+    )
 
 
 @dataclass
@@ -92,7 +94,9 @@ class TrainingSessions:
 
     def open(self, session_id: str, coordinator: str, job_id: int) -> TrainingSession:
         if session_id in self._retired:
-            raise SessionConflict(f"session {session_id!r} was already opened on this worker: ask for a new ticket")
+            raise SessionConflict(
+                f"session {session_id!r} was already opened on this worker: ask for a new ticket"
+            )
         self.expire_idle()
         if len(self._sessions) >= self.limits.max_sessions:
             raise TooManySessions(

@@ -18,8 +18,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "embeddings, the head and the trainable parameters; the workers of --worker run the frozen layers "
         "forward and backward. See docs/finetune.md.",
     )
-    p.add_argument("--model", type=Path, required=True, help="folder of the model's part files and config.json")
-    p.add_argument("--data", type=Path, required=True, help="JSONL of {prompt, completion} or {prompt_ids, completion_ids}")
+    p.add_argument(
+        "--model", type=Path, required=True, help="folder of the model's part files and config.json"
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="JSONL of {prompt, completion} or {prompt_ids, completion_ids}",
+    )
     p.add_argument("--method", choices=("prompt", "lora"), required=True, help="deep prompt tuning or LoRA")
     p.add_argument("--steps", type=int, required=True, help="optimizer steps to take")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
@@ -28,14 +35,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--prompt-len", type=int, default=8, help="deep prompt length in positions (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the trainable parameters' initialisation")
     p.add_argument("--tokenizer", type=Path, help="folder of the model's tokenizer (needed for text data)")
-    p.add_argument("--eval", type=Path, help="JSONL of held-out examples: exact-match accuracy before and after")
+    p.add_argument(
+        "--eval", type=Path, help="JSONL of held-out examples: exact-match accuracy before and after"
+    )
     p.add_argument("--out", type=Path, default=Path("adapter.safetensors"), help="where to save the adapter")
     p.add_argument(
         "--worker", action="append", default=[], metavar="URL",
         help="a worker's URL, once per span in route order; none: train in this process (loads every layer)",
     )  # fmt: skip
     p.add_argument("--job-id", type=int, default=0, help="the paid job the tickets name (default 0: unpaid)")
-    add_chain_flags(p, needs_key=False, key_note=" (the ticket signer: an approved coordinator's key, with --worker)")
+    add_chain_flags(
+        p, needs_key=False, key_note=" (the ticket signer: an approved coordinator's key, with --worker)"
+    )
     p.set_defaults(func=cmd_finetune)
 
 
@@ -59,7 +70,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         from shardnet.finetune.run import open_route
 
         if not args.worker:
-            return await finetune(trainer, local_route(settings, trainer.ends.num_layers), settings, train, test), []
+            return await finetune(
+                trainer, local_route(settings, trainer.ends.num_layers), settings, train, test
+            ), []
         registry = _registry(args)
         async with aiohttp.ClientSession() as http:
             spans = await open_route(http, args.worker, registry.account, registry.domain(), args.job_id)
@@ -89,7 +102,9 @@ def _registry(args: argparse.Namespace) -> Any:
 
     registry = registry_from_args(args, needs_key=False)
     if registry.account is None:
-        raise ConfigError("--worker needs tickets: pass --key-env VAR or --keystore FILE of an approved coordinator")
+        raise ConfigError(
+            "--worker needs tickets: pass --key-env VAR or --keystore FILE of an approved coordinator"
+        )
     return registry
 
 

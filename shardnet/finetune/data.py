@@ -44,10 +44,15 @@ def load_examples(path: str | Path, tokenizer: Any | None = None) -> list[Exampl
         try:
             row = json.loads(line)
             if "prompt_ids" in row:
-                prompt, completion = [int(t) for t in row["prompt_ids"]], [int(t) for t in row["completion_ids"]]
+                prompt, completion = (
+                    [int(t) for t in row["prompt_ids"]],
+                    [int(t) for t in row["completion_ids"]],
+                )
             else:
                 if tokenizer is None:
-                    raise DataError(f"{path}:{number}: text examples need the model's tokenizer (--tokenizer DIR)")
+                    raise DataError(
+                        f"{path}:{number}: text examples need the model's tokenizer (--tokenizer DIR)"
+                    )
                 prompt = list(tokenizer(row["prompt"], add_special_tokens=False)["input_ids"])
                 completion = list(tokenizer(row["completion"], add_special_tokens=False)["input_ids"])
         except (ValueError, KeyError, TypeError) as exc:

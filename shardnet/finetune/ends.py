@@ -30,7 +30,9 @@ class ModelEnds:
         module = adapter.build_span(self.config, LayerSpan(0, self.num_layers))
         adapter.set_module(module, adapter.layers_name, nn.ModuleDict())  # the layers stay on the workers
         folder = Path(parts_dir)
-        load_tensors(module, [folder / part_file_name("embed"), folder / part_file_name("head")], torch.float32)
+        load_tensors(
+            module, [folder / part_file_name("embed"), folder / part_file_name("head")], torch.float32
+        )
         for p in module.parameters():
             p.requires_grad_(False)
         self.module = module

@@ -52,7 +52,9 @@ class TrainableParams:
         if method == "lora":
             targets = LORA_TARGETS.get(family)
             if targets is None:
-                raise ModelError(f"LoRA is supported for the {', '.join(LORA_TARGETS)} family; use --method prompt")
+                raise ModelError(
+                    f"LoRA is supported for the {', '.join(LORA_TARGETS)} family; use --method prompt"
+                )
             heads = int(config.num_attention_heads)
             head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
             kv = int(getattr(config, "num_key_value_heads", heads)) * head_dim
@@ -88,7 +90,9 @@ class TrainableParams:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("shardnet-adapter", "{}"))
         if meta.get("method") not in ("prompt", "lora"):
-            raise ModelError(f"{path} is not an adapter saved by shardnet finetune (no method in its metadata)")
+            raise ModelError(
+                f"{path} is not an adapter saved by shardnet finetune (no method in its metadata)"
+            )
         return cls(meta["method"], load_file(str(path)), meta)
 
 

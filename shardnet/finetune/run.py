@@ -49,7 +49,9 @@ class FinetuneReport:
 def read_config(parts_dir: Path) -> dict[str, Any]:
     path = parts_dir / "config.json"
     if not path.is_file():
-        raise ConfigError(f"{path} is missing: --model names the folder of a model's part files and its config.json")
+        raise ConfigError(
+            f"{path} is missing: --model names the folder of a model's part files and its config.json"
+        )
     config: dict[str, Any] = json.loads(path.read_text())
     return config
 

@@ -23,7 +23,9 @@ Grads = tuple[torch.Tensor, dict[str, torch.Tensor]]
 class SpanRunner(Protocol):
     span: LayerSpan
 
-    async def forward(self, step_id: int, hidden: torch.Tensor, adapters: dict[str, torch.Tensor]) -> torch.Tensor: ...
+    async def forward(
+        self, step_id: int, hidden: torch.Tensor, adapters: dict[str, torch.Tensor]
+    ) -> torch.Tensor: ...
 
     async def backward(self, step_id: int, grad: torch.Tensor) -> Grads: ...
 
@@ -38,7 +40,9 @@ class LocalSpan:
         self.span = block.span
         self._kept: dict[int, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
 
-    async def forward(self, step_id: int, hidden: torch.Tensor, adapters: dict[str, torch.Tensor]) -> torch.Tensor:
+    async def forward(
+        self, step_id: int, hidden: torch.Tensor, adapters: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         if step_id >= 0:  # a negative id: an evaluation forward, no backward follows
             self._kept[step_id] = (hidden, adapters)
         with torch.no_grad():
@@ -56,7 +60,9 @@ class LocalSpan:
 class RemoteSpan:
     """A training session on one worker (`worker/training.py`), opened with a coordinator's ticket."""
 
-    def __init__(self, http: aiohttp.ClientSession, url: str, span: LayerSpan, session_id: str, token: str) -> None:
+    def __init__(
+        self, http: aiohttp.ClientSession, url: str, span: LayerSpan, session_id: str, token: str
+    ) -> None:
         self._http = http
         self.url = url.rstrip("/")
         self.span = span
@@ -70,7 +76,9 @@ class RemoteSpan:
         data = loads_limited(answer, max_bytes=65536, max_depth=4)
         return cls(http, url, LayerSpan(*data["span"]), str(data["session_id"]), str(data["session_token"]))
 
-    async def forward(self, step_id: int, hidden: torch.Tensor, adapters: dict[str, torch.Tensor]) -> torch.Tensor:
+    async def forward(
+        self, step_id: int, hidden: torch.Tensor, adapters: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         body = await self._post("forward", step_id, {"hidden": hidden, **adapters})
         return decode_tensors(body)["hidden"]
 
@@ -80,7 +88,9 @@ class RemoteSpan:
         return out["grad_hidden"], grads
 
     async def close(self) -> dict[str, Any]:
-        answer = await _call(self._http, "DELETE", self._path(""), headers={SESSION_TOKEN_HEADER: self._token})
+        answer = await _call(
+            self._http, "DELETE", self._path(""), headers={SESSION_TOKEN_HEADER: self._token}
+        )
         result: dict[str, Any] = loads_limited(answer, max_bytes=65536, max_depth=6)
         return result
 
@@ -90,7 +100,9 @@ class RemoteSpan:
     async def _post(self, what: str, step_id: int, tensors: dict[str, torch.Tensor]) -> bytes:
         step = str(step_id) if step_id >= 0 else "eval"  # a negative id: an evaluation forward
         headers = {SESSION_TOKEN_HEADER: self._token, "X-Step-Id": step}
-        body = await _call(self._http, "POST", self._path(what), data=encode_tensors(tensors), headers=headers)
+        body = await _call(
+            self._http, "POST", self._path(what), data=encode_tensors(tensors), headers=headers
+        )
         self.step_hashes.append(step_hash(body))  # what the worker's commitment must cover, in order
         return body
 

@@ -38,7 +38,9 @@ class Trainer:
 
     def _loss(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
         logits = self.ends.logits(hidden)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1), ignore_index=IGNORE)
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1), ignore_index=IGNORE
+        )
 
     async def step(self, spans: Sequence[SpanRunner], batch: Batch) -> float:
         """One training step through `spans` (in route order); returns the loss before the update."""
@@ -49,7 +51,7 @@ class Trainer:
             hidden = await runner.forward(step_id, hidden, self.params.for_span(runner.span))
         last = hidden.detach().requires_grad_(True)
         loss = self._loss(last, batch)
-        loss.backward()
+        torch.autograd.backward(loss)
         grad = last.grad
         assert grad is not None
         for runner in reversed(spans):
@@ -58,7 +60,7 @@ class Trainer:
                 param = self.params.params[name]
                 param.grad = g.clone() if param.grad is None else param.grad + g
         if h0.requires_grad:
-            h0.backward(grad)
+            torch.autograd.backward(h0, grad)
         self._update()
         return float(loss.detach())
 
@@ -66,7 +68,7 @@ class Trainer:
         """The same step in one process: `block` holds every layer, autograd runs end to end."""
         hidden = span_forward(block, self._inputs(batch), self.params.params)
         loss = self._loss(hidden, batch)
-        loss.backward()
+        torch.autograd.backward(loss)
         self._update()
         return float(loss.detach())
 
@@ -79,7 +81,9 @@ class Trainer:
                 hidden = await runner.forward(-1, hidden, self.params.for_span(runner.span))
             predicted = self.ends.logits(hidden).argmax(-1)
         scored = batch.labels != IGNORE
-        return [bool((predicted[i][scored[i]] == batch.labels[i][scored[i]]).all()) for i in range(len(predicted))]
+        return [
+            bool((predicted[i][scored[i]] == batch.labels[i][scored[i]]).all()) for i in range(len(predicted))
+        ]
 
     def _update(self) -> None:
         self.optimizer.step()

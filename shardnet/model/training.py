@@ -79,7 +79,9 @@ def check_adapters(block: Block, adapters: Mapping[str, torch.Tensor], seq_len: 
             if tensor.dim() != 2 or tensor.shape[1] != hidden or tensor.shape[0] < 1:
                 raise ModelError(f"{name} must have shape [p, {hidden}], got {list(tensor.shape)}")
             if prompt_len is not None and tensor.shape[0] != prompt_len:
-                raise ModelError(f"deep prompts must all have one length, got {prompt_len} and {tensor.shape[0]}")
+                raise ModelError(
+                    f"deep prompts must all have one length, got {prompt_len} and {tensor.shape[0]}"
+                )
             prompt_len = int(tensor.shape[0])
             if seq_len is not None and prompt_len > seq_len:
                 raise ModelError(f"{name} covers {prompt_len} positions but the step has only {seq_len}")
@@ -142,7 +144,9 @@ def _lora_hook(layer: int, proj: str) -> Any:
         if pair is None:
             return None
         a, b = pair
-        return output + (args[0] @ a.to(output.dtype).T) @ b.to(output.dtype).T
+        x: torch.Tensor = args[0]
+        delta: torch.Tensor = torch.matmul(torch.matmul(x, a.to(output.dtype).T), b.to(output.dtype).T)
+        return output + delta
 
     return hook
 

@@ -24,7 +24,11 @@ def test_finetune_command_trains_and_saves_the_adapter(
         (model_dir / part.name).symlink_to(part)
     (model_dir / "config.json").write_text(json.dumps(tiny.config))
     data = tmp_path / "train.jsonl"
-    data.write_text("\n".join(json.dumps({"prompt_ids": e.prompt, "completion_ids": e.completion}) for e in tiny_examples()))
+    data.write_text(
+        "\n".join(
+            json.dumps({"prompt_ids": e.prompt, "completion_ids": e.completion}) for e in tiny_examples()
+        )
+    )
     out = tmp_path / "adapter.safetensors"
     argv = ["finetune", "--model", str(model_dir), "--data", str(data), "--method", "prompt", "--steps", "6",
             "--batch-size", "4", "--lr", "0.01", "--prompt-len", "3", "--eval", str(data), "--out", str(out)]  # fmt: skip
@@ -36,8 +40,13 @@ def test_finetune_command_trains_and_saves_the_adapter(
     assert TrainableParams.load(out).method == "prompt"
 
 
-def test_finetune_refuses_a_model_folder_without_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_finetune_refuses_a_model_folder_without_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "train.jsonl"
     data.write_text(json.dumps({"prompt_ids": [1], "completion_ids": [2]}))
-    assert main(["finetune", "--model", str(tmp_path), "--data", str(data), "--method", "lora", "--steps", "1"]) == 1
+    assert (
+        main(["finetune", "--model", str(tmp_path), "--data", str(data), "--method", "lora", "--steps", "1"])
+        == 1
+    )
     assert "config.json is missing" in capsys.readouterr().err

@@ -71,10 +71,16 @@ def test_finetune_job_is_escrowed_committed_and_settled_by_layer_tokens(
 
     async def run() -> list[dict[str, object]]:
         async with (
-            serve_workers(parts, config, [(0, 2), (2, 4)], keys=keys, domain=world.domain,
-                          is_coordinator=gov.is_coordinator,
-                          job_coordinator=lambda j: gov.job_record(j).coordinator,
-                          signer_for=_signer_for(world)) as workers,  # fmt: skip
+            serve_workers(
+                parts,
+                config,
+                [(0, 2), (2, 4)],
+                keys=keys,
+                domain=world.domain,
+                is_coordinator=gov.is_coordinator,
+                job_coordinator=lambda j: gov.job_record(j).coordinator,
+                signer_for=_signer_for(world),
+            ) as workers,  # fmt: skip
             aiohttp.ClientSession() as http,
         ):
             spans = await open_route(http, workers, world.owner, job_id, world.domain)
@@ -93,7 +99,11 @@ def test_finetune_job_is_escrowed_committed_and_settled_by_layer_tokens(
         assert answer["steps"] == 2 * STEPS  # one hash per forward answer and per backward answer
         signed = SignedCommitment.from_json(answer["job_commitment"])  # type: ignore[arg-type]
         assert verify_commitment(signed, world.domain, job_id=job_id)
-        assert (signed.span, signed.positions, "0x" + signed.root.hex()) == (span, answer["positions"], answer["commitment"])
+        assert (signed.span, signed.positions, "0x" + signed.root.hex()) == (
+            span,
+            answer["positions"],
+            answer["commitment"],
+        )
         assert signed.root == answer["received_root"]
         hops.append(signed)
     adapter = tmp_path / "adapter.safetensors"

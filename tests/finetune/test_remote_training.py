@@ -28,14 +28,18 @@ def tiny_examples(seed: int = 0, count: int = 12) -> list[Example]:
     gen = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(count):
-        prompt = torch.randint(1, 90, (int(torch.randint(3, 7, (1,), generator=gen)),), generator=gen).tolist()
+        prompt = torch.randint(
+            1, 90, (int(torch.randint(3, 7, (1,), generator=gen)),), generator=gen
+        ).tolist()
         out.append(Example(prompt, [t + 1 for t in reversed(prompt[:3])]))
     return out
 
 
 def _params(tiny: TinyModel, method: str) -> TrainableParams:
     ends = ModelEnds(tiny.parts_dir, tiny.config)
-    return TrainableParams.create(ends.config, method, family="llama", num_layers=6, rank=4, prompt_len=3, seed=0)  # type: ignore[arg-type]
+    return TrainableParams.create(
+        ends.config, method, family="llama", num_layers=6, rank=4, prompt_len=3, seed=0
+    )  # type: ignore[arg-type]
 
 
 def train_remote(tiny: TinyModel, method: str) -> list[float]:
@@ -44,7 +48,10 @@ def train_remote(tiny: TinyModel, method: str) -> list[float]:
     data = batches(tiny_examples(), 4, STEPS, params.prompt_len)
 
     async def run() -> list[float]:
-        async with serve_workers(tiny.parts_dir, tiny.config, SPANS) as workers, aiohttp.ClientSession() as http:
+        async with (
+            serve_workers(tiny.parts_dir, tiny.config, SPANS) as workers,
+            aiohttp.ClientSession() as http,
+        ):
             spans = await open_route(http, workers)
             losses = [await trainer.step(spans, batch) for batch in data]
             closed = [await s.close() for s in spans]
@@ -60,7 +67,10 @@ def train_one_process(tiny: TinyModel, method: str) -> list[float]:
     params = _params(tiny, method)
     trainer = Trainer(ModelEnds(tiny.parts_dir, tiny.config), params, lr=1e-2)
     block = load_block_from_parts(tiny.parts_dir, tiny.config, LayerSpan(0, 6))
-    return [trainer.reference_step(block, batch) for batch in batches(tiny_examples(), 4, STEPS, params.prompt_len)]
+    return [
+        trainer.reference_step(block, batch)
+        for batch in batches(tiny_examples(), 4, STEPS, params.prompt_len)
+    ]
 
 
 @pytest.mark.parametrize("method", ["lora", "prompt"])
@@ -76,7 +86,9 @@ def test_loss_curve_over_three_workers_equals_one_process(
     assert local[-1] < local[0] - 0.5, f"training did not learn: {local}"
 
 
-def test_first_lora_loss_is_the_unsplit_models_loss(tiny_models: Callable[[str], TinyModel], one_thread: None) -> None:
+def test_first_lora_loss_is_the_unsplit_models_loss(
+    tiny_models: Callable[[str], TinyModel], one_thread: None
+) -> None:
     """LoRA starts with B = 0: the first loss is the HF model's own loss on the completion tokens."""
     tiny = tiny_models("llama")
     batch = batches(tiny_examples(), 4, 1)[0]
@@ -86,11 +98,15 @@ def test_first_lora_loss_is_the_unsplit_models_loss(tiny_models: Callable[[str],
     loss = trainer.reference_step(block, batch)
     with torch.no_grad():
         logits = tiny.model(batch.ids).logits
-    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1))
+    expected = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1)
+    )
     assert abs(loss - float(expected)) < 1e-5
 
 
-def test_adapter_saved_as_safetensors_loads_back(tmp_path: Path, tiny_models: Callable[[str], TinyModel]) -> None:
+def test_adapter_saved_as_safetensors_loads_back(
+    tmp_path: Path, tiny_models: Callable[[str], TinyModel]
+) -> None:
     params = _params(tiny_models("llama"), "lora")
     params.save(tmp_path / "adapter.safetensors")
     loaded = TrainableParams.load(tmp_path / "adapter.safetensors")

@@ -26,12 +26,17 @@ async def _expect(status: int, words: str, call: object) -> None:
     assert words in info.value.message, info.value.message
 
 
-def test_bad_training_input_is_refused_and_other_sessions_go_on(tiny_models: Callable[[str], TinyModel]) -> None:
+def test_bad_training_input_is_refused_and_other_sessions_go_on(
+    tiny_models: Callable[[str], TinyModel],
+) -> None:
     tiny = tiny_models("llama")
     limits = TrainingLimits(max_kept_bytes=12_000, max_kept_steps=8)
 
     async def scenario() -> None:
-        async with serve_workers(tiny.parts_dir, tiny.config, [(2, 4)], limits) as (worker,), aiohttp.ClientSession() as http:
+        async with (
+            serve_workers(tiny.parts_dir, tiny.config, [(2, 4)], limits) as (worker,),
+            aiohttp.ClientSession() as http,
+        ):
             span, other = await open_route(http, [worker, worker])
             x = torch.randn(2, 5, H)
             lora = {"lora.2.q_proj.A": torch.randn(4, H) * 0.1, "lora.2.q_proj.B": torch.randn(32, 4) * 0.1}
@@ -65,14 +70,20 @@ def test_bad_training_input_is_refused_and_other_sessions_go_on(tiny_models: Cal
 
             # a malformed body, and no token
             headers = {"X-Session-Token": span._token, "X-Step-Id": "20"}
-            async with http.post(f"{worker.url}/v1/train/{span.session_id}/forward", data=b"junk", headers=headers) as r:
+            async with http.post(
+                f"{worker.url}/v1/train/{span.session_id}/forward", data=b"junk", headers=headers
+            ) as r:
                 assert r.status == 400 and "safetensors" in (await r.json())["error"]
             body = encode_tensors({"hidden": x})
             async with http.post(f"{worker.url}/v1/train/{span.session_id}/forward", data=body,
                                  headers={"X-Step-Id": "20"}) as r:  # fmt: skip
                 assert r.status == 401
             # a ticket of an unapproved signer opens nothing
-            await _expect(401, "not an approved coordinator", RemoteSpan.open(http, worker.url, ticket(worker, STRANGER)))
+            await _expect(
+                401,
+                "not an approved coordinator",
+                RemoteSpan.open(http, worker.url, ticket(worker, STRANGER)),
+            )
 
             # the other session was unaffected: its step's backward still works and matches a fresh forward
             g, _ = await other.backward(0, torch.ones_like(out_other))
