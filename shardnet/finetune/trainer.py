@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from shardnet.finetune.data import IGNORE, Batch
 from shardnet.finetune.ends import ModelEnds
 from shardnet.finetune.params import INPUT_PROMPT, TrainableParams
+from shardnet.finetune.replica import ReplicaCheck
 from shardnet.finetune.spans import SpanRunner
 from shardnet.model.block import Block
 from shardnet.model.training import span_forward
@@ -42,20 +43,30 @@ class Trainer:
             logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1), ignore_index=IGNORE
         )
 
-    async def step(self, spans: Sequence[SpanRunner], batch: Batch) -> float:
-        """One training step through `spans` (in route order); returns the loss before the update."""
+    async def step(
+        self, spans: Sequence[SpanRunner], batch: Batch, check: ReplicaCheck | None = None
+    ) -> float:
+        """One training step through `spans` (in route order); returns the loss before the update.
+        With `check`, the passes of the spans it has replicas of are re-run there on its share of steps."""
         step_id = self.steps
         h0 = self._inputs(batch)
         hidden = h0.detach()
         for runner in spans:
-            hidden = await runner.forward(step_id, hidden, self.params.for_span(runner.span))
+            adapters = self.params.for_span(runner.span)
+            out = await runner.forward(step_id, hidden, adapters)
+            if check is not None and check.due(runner.span, step_id):
+                await check.forward(runner, step_id, hidden, adapters, out)
+            hidden = out
         last = hidden.detach().requires_grad_(True)
         loss = self._loss(last, batch)
         torch.autograd.backward(loss)
         grad = last.grad
         assert grad is not None
         for runner in reversed(spans):
-            grad, grads = await runner.backward(step_id, grad)
+            answer = await runner.backward(step_id, grad)
+            if check is not None:
+                await check.backward(runner, step_id, grad, answer)
+            grad, grads = answer
             for name, g in grads.items():
                 param = self.params.params[name]
                 param.grad = g.clone() if param.grad is None else param.grad + g
