@@ -109,6 +109,7 @@ class TrainingSessions:
         return session
 
     def get(self, session_id: str, token: str) -> TrainingSession:
+        self.expire_idle()  # an abandoned session frees what it kept at the next call of anyone
         session = self._sessions.get(session_id)
         if session is None:
             raise SessionNotFound(

@@ -13,6 +13,7 @@ import torch
 from shardnet.finetune.data import Example, batches
 from shardnet.finetune.ends import ModelEnds
 from shardnet.finetune.params import TrainableParams
+from shardnet.finetune.spans import LocalSpan
 from shardnet.finetune.trainer import Trainer
 from shardnet.model import load_block_from_parts
 from shardnet.span import LayerSpan
@@ -113,3 +114,30 @@ def test_adapter_saved_as_safetensors_loads_back(
     assert loaded.method == "lora" and loaded.meta["rank"] == 4
     assert set(loaded.params) == set(params.params)
     assert all(torch.equal(loaded.params[k], params.params[k]) for k in params.params)
+
+
+def test_evaluation_forwards_keep_nothing_and_match_one_process(
+    tiny_models: Callable[[str], TinyModel],
+) -> None:
+    tiny = tiny_models("llama")
+    params = _params(tiny, "prompt")
+    trainer = Trainer(ModelEnds(tiny.parts_dir, tiny.config), params, lr=1e-2)
+    batch = batches(tiny_examples(), 8, 1, params.prompt_len)[0]
+    block = load_block_from_parts(tiny.parts_dir, tiny.config, LayerSpan(0, 6))
+    with torch.no_grad():
+        params.params["prompt.input"].normal_()  # something to recognise
+    local = asyncio.run(trainer.exact_match([LocalSpan(block)], batch))
+
+    async def remote() -> list[bool]:
+        async with (
+            serve_workers(tiny.parts_dir, tiny.config, SPANS) as workers,
+            aiohttp.ClientSession() as http,
+        ):
+            spans = await open_route(http, workers)
+            hits = await trainer.exact_match(spans, batch)
+            for worker in workers:  # an evaluation forward keeps nothing for a backward
+                (session,) = worker.training.sessions._sessions.values()
+                assert not session.kept and session.forward_positions == batch.ids.numel() + 8 * 3
+            return hits
+
+    assert asyncio.run(remote()) == local
