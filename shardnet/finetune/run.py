@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,7 @@ async def finetune(
     settings: FinetuneSettings,
     train: list[Example],
     test: list[Example] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> FinetuneReport:
     """Train `settings.steps` steps through `spans`; exact-match accuracy on `test` before and after."""
     report = FinetuneReport()
@@ -121,6 +122,8 @@ async def finetune(
     t0 = time.perf_counter()
     for batch in data:
         report.losses.append(await trainer.step(spans, batch))
+        if on_step is not None:
+            on_step(len(report.losses) - 1, report.losses[-1])
     report.seconds_per_step = (time.perf_counter() - t0) / max(1, settings.steps)
     if test:
         report.accuracy_after = await accuracy(trainer, spans, test)
