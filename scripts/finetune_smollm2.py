@@ -18,7 +18,6 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -29,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.make_finetune_task import examples  # noqa: E402
 from shardnet.finetune.data import Example, batches  # noqa: E402
-from shardnet.finetune.run import FinetuneSettings, accuracy, finetune, local_route, new_trainer  # noqa: E402
+from shardnet.finetune.run import FinetuneSettings, accuracy, local_route, new_trainer  # noqa: E402
+from shardnet.finetune.spans import LocalSpan  # noqa: E402
 from shardnet.model import config_dict, save_parts  # noqa: E402
 from tests.finetune.harness import open_route, serve_workers  # noqa: E402
 
@@ -81,46 +81,40 @@ async def main(args: argparse.Namespace) -> None:
         train, test = tokenized(rows[:cut], tokenizer), tokenized(rows[cut:], tokenizer)
         settings = FinetuneSettings(parts, args.method, args.steps, args.batch_size, args.lr, args.rank,
                                     args.prompt_len, seed=0)  # fmt: skip
-        remote_trainer = new_trainer(settings)
+        remote_trainer, local_trainer = new_trainer(settings), new_trainer(settings)
+        block = local_route(settings, 30)[0].block  # type: ignore[attr-defined]
+        data = batches(train, settings.batch_size, settings.steps, remote_trainer.params.prompt_len)
+        remote: list[float] = []
+        local: list[float] = []
+        remote_s = local_s = 0.0
         async with serve_workers(parts, config, SPANS) as workers, aiohttp.ClientSession() as http:
             spans = await open_route(http, workers)
-            remote = await finetune(
-                remote_trainer, spans, settings, train, test, on_step=_progress("network")
-            )
+            before = await accuracy(remote_trainer, spans, test)
+            print(f"exact match before fine-tuning, over the network: {before:.3f}", flush=True)
+            for step, batch in enumerate(data):  # one step of each in turn: both see the same machine load
+                t0 = time.perf_counter()
+                remote.append(await remote_trainer.step(spans, batch))
+                t1 = time.perf_counter()
+                local.append(local_trainer.reference_step(block, batch))
+                t2 = time.perf_counter()
+                remote_s, local_s = remote_s + t1 - t0, local_s + t2 - t1
+                print(f"  step {step}: loss {remote[-1]:.4f} over the network ({t1 - t0:.1f} s), "
+                      f"{local[-1]:.4f} in one process ({t2 - t1:.1f} s)", flush=True)  # fmt: skip
+            after = await accuracy(remote_trainer, spans, test)
             closed = [await s.close() for s in spans]
-        local_trainer = new_trainer(settings)
-        block = local_route(settings, 30)[0].block  # type: ignore[attr-defined]
-        t0 = time.perf_counter()
-        data = batches(train, settings.batch_size, settings.steps, local_trainer.params.prompt_len)
-        progress, local = _progress("one process"), []
-        for b in data:
-            local.append(local_trainer.reference_step(block, b))
-            progress(len(local) - 1, local[-1])
-        local_s = (time.perf_counter() - t0) / settings.steps
-        local_acc = await accuracy(local_trainer, local_route(settings, 30), test)
-    diff = max(abs(a - b) for a, b in zip(remote.losses, local, strict=True))
+        local_after = await accuracy(local_trainer, [LocalSpan(block)], test)
+    diff = max(abs(a - b) for a, b in zip(remote, local, strict=True))
+    print(f"task: {len(train)} training, {len(test)} held-out examples; {args.method}, "
+          f"{args.steps} steps of {args.batch_size}")  # fmt: skip
     print(
-        f"task: {len(train)} training, {len(test)} held-out examples; {args.method}, {args.steps} steps of {args.batch_size}"
+        f"exact match over the network: {before:.3f} before, {after:.3f} after (one process after: {local_after:.3f})"
     )
-    print(f"exact match over the network: {remote.accuracy_before:.3f} before, {remote.accuracy_after:.3f} after "
-          f"(single process after: {local_acc:.3f})")  # fmt: skip
-    print("losses over the network:  " + " ".join(f"{x:.4f}" for x in remote.losses))
-    print("losses in one process:    " + " ".join(f"{x:.4f}" for x in local))
-    print(f"largest loss difference: {diff:.2e}")
+    print(f"largest loss difference (network vs one process): {diff:.2e}")
     print(
-        f"wall time per step: {remote.seconds_per_step:.2f} s over 3 workers, {local_s:.2f} s in one process"
+        f"wall time per step: {remote_s / args.steps:.2f} s over 3 workers, {local_s / args.steps:.2f} s in one process"
     )
     for answer in closed:
         print(f"worker close: {answer}")
-
-
-def _progress(where: str) -> Callable[[int, float], None]:
-    start = time.perf_counter()
-
-    def show(step: int, loss: float) -> None:
-        print(f"  {where} step {step}: loss {loss:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
-
-    return show
 
 
 if __name__ == "__main__":
