@@ -34,6 +34,7 @@ from worker.server import BlockInfo, ServerLimits, WorkerServer
 from worker.span_choice import choose_best_span, default_span_length
 from worker.staking import connect, ensure_registered
 from worker.state import WorkerState
+from worker.training import TrainingAPI
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +221,7 @@ class WorkerService:
             # a revoked coordinator's tickets are refused at once, not when the approval cache expires
             on_coordinator_set=lambda address, _approved: coordinator_check.forget(address),
         )
+        self.training = TrainingAPI()  # fine-tuning sessions (/v1/train/..., docs/finetune.md)
         self.server = WorkerServer(
             address=node.registry.account.address if node.registry.account else "",
             model_name=node.model.name,
@@ -230,13 +232,14 @@ class WorkerService:
             job_coordinator=JobCoordinatorCheck(lambda job_id: node.registry.job_record(job_id).coordinator),
             state=node.state,
             limits=node.limits,
-            extra_routes=_shard_routes(cfg.store_dir),
+            extra_routes=[*_shard_routes(cfg.store_dir), *self.training.routes()],
             perturb_outputs=cfg.perturb_outputs,
             on_session_closed=self.sync.wake,
             chain_id=self.sync.domain.chain_id,
             registry_address=self.sync.domain.registry,
             signer=self.sync.sign,
         )
+        self.training.bind(self.server)
         self._runner: web.AppRunner | None = None
         self._sync_started = False
 

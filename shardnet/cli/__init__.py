@@ -26,6 +26,7 @@ _COMMAND_MODULES = (
     "shardnet.cli.dashboard_cmd",
     "shardnet.cli.store_cmds",
     "shardnet.cli.keyholder_cmd",
+    "shardnet.cli.finetune_cmd",
 )
 
 
