@@ -232,6 +232,7 @@ class WorkerService:
             chain_id=self.sync.domain.chain_id,
             registry_address=self.sync.domain.registry,
             signer=self.sync.sign,
+            verdict_signer=self.sync.sign_verdict,
         )
         self._runner: web.AppRunner | None = None
         self._sync_started = False

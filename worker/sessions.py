@@ -59,7 +59,9 @@ class Session:
     compute: ModelSession
     opened_at: float
     last_used: float
-    step_hashes: list[bytes] = field(default_factory=list)
+    step_hashes: list[bytes] = field(default_factory=list)  # of the frames sent (X-Step-Hash)
+    leaves: list[bytes] = field(default_factory=list)  # committed per step (worker.verification.commit_step)
+    committed: list[tuple[bytes, bytes]] = field(default_factory=list)  # (input hash, fingerprint) per step
     output_frames: list[bytes] = field(default_factory=list)
     output_bytes: int = 0
     busy: int = 0
