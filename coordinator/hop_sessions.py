@@ -50,6 +50,9 @@ class PipelineContext:
     step_timeout_s: float = 5.0
     tolerance: Tolerance = field(default_factory=Tolerance)
     verify_share: float = 0.0
+    check_jobs: bool = (
+        True  # every settled job's hops judged by verifiers the registry draws (coordinator.job_checks)
+    )
     salt: bytes = b""
     codec: str = "fp32"
     max_failovers: int = 4

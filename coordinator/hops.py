@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from shardnet.chain.commitments import SignedCommitment
 from shardnet.span import LayerSpan
+from shardnet.verify.package import StepWork
 
 
 @dataclass
@@ -24,6 +25,8 @@ class JobHops:
     commitments: dict[int, SignedCommitment] = field(
         default_factory=dict
     )  # hop index -> latest signed commitment
+    #: hop index -> each step as relayed (input frame, output hash, fingerprint): the after-the-fact checks' packages
+    work: dict[int, list[StepWork]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.positions = [0] * len(self.hops)

@@ -32,6 +32,7 @@ from coordinator.catalog import ServedModel
 from coordinator.commitments import CommitmentBoard
 from coordinator.hop_sessions import PipelineContext
 from coordinator.hops import JobHops
+from coordinator.job_checks import JobChecks, relayed_root_mismatch
 from coordinator.lifecycle import TERMINAL, IllegalTransition, JobLifecycle, JobState, mirrored_state
 from coordinator.pipeline import Pipeline
 from coordinator.router import RouteHop
@@ -87,6 +88,7 @@ class JobRunner:
         self.lifecycle = lifecycle
         self.commitments = commitments
         self.batcher = SettlementBatcher(self.finish_settlements, window_s=settle_batch_s)
+        self.checks = JobChecks(ctx, enabled=ctx.check_jobs)  # every settled job's hops, by drawn verifiers
 
     # -- generating
     async def generate(
@@ -166,6 +168,8 @@ class JobRunner:
                 note: str | None = "caught sending wrong outputs: left out of the settlement"
             elif signed is None:
                 note = "no signed commitment in its close answer (it may post its own)"
+            elif relayed_root_mismatch(job_hops, i):
+                note = "its signed root is not that of the steps it received and sent: not paid"
             else:
                 note = check_commitment(
                     signed,
@@ -305,6 +309,7 @@ class JobRunner:
             text = model.decode(result.tokens)
             await self._enter_settling(job, job_hops, result, text)
             tx = await self.batcher.settle(job_id)  # with the jobs settling now, in one settleJobs
+            self.checks.start(job_id, model.info.model_id, job_hops, tx)
             log.info(
                 "job %d settled: %d tokens (%s), %d failovers, %d re-runs, tx %s",
                 job_id,

@@ -25,6 +25,7 @@ import time
 import torch
 
 from coordinator.directory import is_busy
+from coordinator.disputes import hop_step_work
 from coordinator.hop_sessions import (
     GenerationError,
     OpenSession,
@@ -40,8 +41,6 @@ from coordinator.verifier import should_verify
 from shardnet.peer.client import StepResult
 from shardnet.peer.errors import WorkerAPIError
 from shardnet.span import LayerSpan
-from shardnet.wire.commitment import step_hash
-from shardnet.wire.frames import encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +122,9 @@ class Pipeline:
             return
         n = int(x.shape[1])
         self.job_hops.positions[slot.hop_index] += n
-        input_hash = step_hash(encode_frame(x, self.codec_of(x) or "int64"))
+        work = hop_step_work(x, self.codec_of(x), res.tensor, res.step_hash)
+        self.job_hops.work.setdefault(slot.hop_index, []).append(work)
+        input_hash = work.input_hash
         self.records.append(
             StepRecord(slot.hop_index, self.step_index, pos, n, input_hash, res.step_hash, replay)
         )
