@@ -47,11 +47,15 @@ DRAW_DELAY = 2  # ShardRegistry.DRAW_DELAY
 LOOSEST_DTYPE = "bfloat16"  # the tolerance used when the accused's dtype cannot be read: never slash drift
 
 
+def input_frame(x: torch.Tensor, codec: str | None) -> bytes:
+    """The frame a hop is sent for input `x` (the same bytes `WorkerClient.step_full` encodes)."""
+    return encode_frame(x, codec or ("int64" if not x.dtype.is_floating_point else "fp32"))
+
+
 def hop_step_work(x: torch.Tensor, codec: str | None, output: torch.Tensor, output_hash: bytes) -> StepWork:
-    """One step of a hop as the coordinator relayed it: the frame sent to the hop (the same bytes the client
-    encodes), the hash of the frame it answered and the fingerprint of the decoded answer."""
-    frame = encode_frame(x, codec or ("int64" if not x.dtype.is_floating_point else "fp32"))
-    return StepWork(frame, output_hash, make_fingerprint(output))
+    """One step of a hop as the coordinator relayed it: the frame sent to the hop, the hash of the frame it
+    answered and the fingerprint of the decoded answer (`JobHops.relay` computes it off the event loop)."""
+    return StepWork(input_frame(x, codec), output_hash, make_fingerprint(output))
 
 
 @dataclass(frozen=True)

@@ -40,12 +40,14 @@ async def worker_dtype(endpoint: str | None, timeout_s: float = 5.0) -> str | No
     return dtype if isinstance(dtype, str) else None
 
 
-def relayed_root_mismatch(job_hops: JobHops, hop_index: int) -> bool:
+async def relayed_root_mismatch(job_hops: JobHops, hop_index: int) -> bool:
     """True when the hop's signed commitment covers as many steps as were relayed but not their leaves: it committed
     to something other than what it received and sent (its settlement is refused)."""
     signed = job_hops.commitments.get(hop_index)
-    work = job_hops.work.get(hop_index, [])
-    if signed is None or len(work) != signed.steps:
+    if signed is None or len(job_hops.relayed.get(hop_index, [])) != signed.steps:
+        return False
+    work = await job_hops.step_work(hop_index)
+    if not work:
         return False
     return merkle_root([w.leaf() for w in work]) != signed.root
 
@@ -82,8 +84,7 @@ class JobChecks:
         todo = []
         for i, (node, span) in enumerate(job_hops.hops):
             signed = job_hops.commitments.get(i)
-            work = job_hops.work.get(i, [])
-            if signed is None or len(work) != signed.steps or not work:
+            if signed is None or not 0 < len(job_hops.relayed.get(i, [])) == signed.steps:
                 continue
             if len(self.ctx.router.replicas(model_id, span, besides={node})) < MIN_VERIFIERS:
                 log.info(
@@ -95,7 +96,7 @@ class JobChecks:
                     span,
                 )
                 continue
-            todo.append((i, signed, work))
+            todo.append((i, signed, await job_hops.step_work(i)))
         if not todo:
             return []
         registry = self.disputes.registry

@@ -168,7 +168,7 @@ class JobRunner:
                 note: str | None = "caught sending wrong outputs: left out of the settlement"
             elif signed is None:
                 note = "no signed commitment in its close answer (it may post its own)"
-            elif relayed_root_mismatch(job_hops, i):
+            elif await relayed_root_mismatch(job_hops, i):
                 note = "its signed root is not that of the steps it received and sent: not paid"
             else:
                 note = check_commitment(

@@ -25,7 +25,7 @@ import time
 import torch
 
 from coordinator.directory import is_busy
-from coordinator.disputes import hop_step_work
+from coordinator.disputes import input_frame
 from coordinator.hop_sessions import (
     GenerationError,
     OpenSession,
@@ -41,6 +41,7 @@ from coordinator.verifier import should_verify
 from shardnet.peer.client import StepResult
 from shardnet.peer.errors import WorkerAPIError
 from shardnet.span import LayerSpan
+from shardnet.wire.commitment import step_hash
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +123,9 @@ class Pipeline:
             return
         n = int(x.shape[1])
         self.job_hops.positions[slot.hop_index] += n
-        work = hop_step_work(x, self.codec_of(x), res.tensor, res.step_hash)
-        self.job_hops.work.setdefault(slot.hop_index, []).append(work)
-        input_hash = work.input_hash
+        frame = input_frame(x, self.codec_of(x))
+        self.job_hops.relay(slot.hop_index, frame, res.tensor, res.step_hash, self.ctx.fingerprint_pool)
+        input_hash = step_hash(frame)
         self.records.append(
             StepRecord(slot.hop_index, self.step_index, pos, n, input_hash, res.step_hash, replay)
         )
