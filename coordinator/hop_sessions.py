@@ -51,8 +51,8 @@ class PipelineContext:
     step_timeout_s: float = 5.0
     tolerance: Tolerance = field(default_factory=Tolerance)
     verify_share: float = 0.0
-    #: every settled job's hops judged by verifiers the registry draws (coordinator.job_checks)
-    check_jobs: bool = True
+    #: share of settled jobs whose hops are judged by verifiers the registry draws (coordinator.job_checks)
+    check_share: float = 1.0
     #: one thread fingerprinting relayed outputs (coordinator.hops.JobHops.relay)
     fingerprint_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="fingerprints")

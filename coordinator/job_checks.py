@@ -13,8 +13,16 @@ import asyncio
 import logging
 
 import aiohttp
+from eth_utils import keccak
 
-from coordinator.disputes import MIN_VERIFIERS, DisputeOutcome, DisputeRunner, outcome_record, record_hash
+from coordinator.disputes import (
+    DRAW_DELAY,
+    MIN_VERIFIERS,
+    DisputeOutcome,
+    DisputeRunner,
+    outcome_record,
+    record_hash,
+)
 from coordinator.hop_sessions import PipelineContext
 from coordinator.hops import JobHops
 from shardnet.chain.tx import wait_for_receipt
@@ -52,12 +60,22 @@ async def relayed_root_mismatch(job_hops: JobHops, hop_index: int) -> bool:
     return merkle_root([w.leaf() for w in work]) != signed.root
 
 
-class JobChecks:
-    """Starts the after-the-fact check of each settled job; `enabled=False` turns them off."""
+def job_drawn(randomness: bytes, job_id: int, share: float) -> bool:
+    """Whether a settled job is checked: keccak(blockhash(closeBlock + 2) || jobId) below `share` of 2**256 (the
+    randomness the registry draws verifiers from: unknown when the work was committed)."""
+    if share >= 1.0:
+        return True
+    word = int.from_bytes(keccak(bytes(randomness) + job_id.to_bytes(32, "big")), "big")
+    return word < int(share * 2**256)
 
-    def __init__(self, ctx: PipelineContext, *, enabled: bool = True) -> None:
+
+class JobChecks:
+    """Starts the after-the-fact check of a `share` of the settled jobs (0 turns them off)."""
+
+    def __init__(self, ctx: PipelineContext, *, share: float = 1.0) -> None:
         self.ctx = ctx
-        self.enabled = enabled
+        self.share = share
+        self.enabled = share > 0
         directory = ctx.router.directory
         self.disputes = DisputeRunner(
             ctx.registry, ctx.account, directory.endpoint, on_fault=self._fault, on_slashed=directory.exclude
@@ -106,6 +124,10 @@ class JobChecks:
             record = await asyncio.to_thread(registry.job_record, job_id)
             if not await self.disputes.wait_for_draw(close_block):
                 log.warning("job %d: no block %d yet; its hops are not checked", job_id, close_block + 2)
+                return []
+            block = await asyncio.to_thread(registry.w3.eth.get_block, close_block + DRAW_DELAY)
+            if not job_drawn(bytes(block["hash"]), job_id, self.share):
+                log.info("job %d: not among the %.0f%% of jobs checked", job_id, 100 * self.share)
                 return []
             outcomes = []
             for i, signed, work in todo:

@@ -88,7 +88,7 @@ class JobRunner:
         self.lifecycle = lifecycle
         self.commitments = commitments
         self.batcher = SettlementBatcher(self.finish_settlements, window_s=settle_batch_s)
-        self.checks = JobChecks(ctx, enabled=ctx.check_jobs)  # every settled job's hops, by drawn verifiers
+        self.checks = JobChecks(ctx, share=ctx.check_share)  # settled jobs' hops, judged by drawn verifiers
 
     # -- generating
     async def generate(

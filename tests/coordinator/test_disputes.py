@@ -264,3 +264,17 @@ def test_a_cheat_and_its_sybil_cannot_shield_the_cheat(setup: Setup, blocks: dic
     outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32")
     assert outcome.slashed and s.owner.get_node(accused.address).jailed
     assert sorted(bool(a.guilty) for a in outcome.answers) == [False, True, True, True]
+
+
+def test_the_share_of_jobs_checked_is_drawn_from_the_close_randomness() -> None:
+    from coordinator.job_checks import job_drawn
+
+    randomness = keccak(text="blockhash(closeBlock + 2)")
+    assert all(job_drawn(randomness, j, 1.0) for j in range(50))
+    assert not any(job_drawn(randomness, j, 0.0) for j in range(50))
+    drawn = sum(job_drawn(randomness, j, 0.25) for j in range(2000))
+    assert 420 < drawn < 580  # 500 expected; binomial sd ~19
+    other = keccak(text="another block")
+    assert [job_drawn(other, j, 0.25) for j in range(64)] != [
+        job_drawn(randomness, j, 0.25) for j in range(64)
+    ]
