@@ -31,6 +31,8 @@ from shardnet.wire.json_limits import loads_limited
 
 log = logging.getLogger(__name__)
 
+MAX_FAULTS = 3  # refused or timed-out checks before a verifier is excluded from routing
+
 
 async def worker_dtype(endpoint: str | None, timeout_s: float = 5.0) -> str | None:
     """The dtype a worker's /health reports, or None when it cannot be read."""
@@ -81,6 +83,7 @@ class JobChecks:
             ctx.registry, ctx.account, directory.endpoint, on_fault=self._fault, on_slashed=directory.exclude
         )
         self._tasks: set[asyncio.Task[list[DisputeOutcome]]] = set()
+        self.faults: dict[str, int] = {}  # verifier (lower case) -> packages it refused or let time out
 
     def start(self, job_id: int, model_id: int, job_hops: JobHops, settle_tx: str) -> None:
         """Check the job's hops in the background (nothing to wait for: the client has its answer)."""
@@ -120,7 +123,8 @@ class JobChecks:
         registry = self.disputes.registry
         try:
             receipt = await asyncio.to_thread(wait_for_receipt, registry.w3, settle_tx)
-            close_block = int(receipt["blockNumber"])
+            raw = receipt["blockNumber"]  # a raw JSON-RPC receipt: hex
+            close_block = int(raw, 16) if isinstance(raw, str) else int(raw)
             record = await asyncio.to_thread(registry.job_record, job_id)
             if not await self.disputes.wait_for_draw(close_block):
                 log.warning("job %d: no block %d yet; its hops are not checked", job_id, close_block + 2)
@@ -141,8 +145,15 @@ class JobChecks:
             return []
 
     def _fault(self, verifier: str, why: str) -> None:
-        log.warning("verifier %s did not judge a package (%s): a fault, marked down", verifier, why)
-        self.ctx.router.directory.mark_down(verifier, f"verification refused or timed out: {why}")
+        """A drawn verifier that refused or timed out: marked down (out of routing until its /health answers);
+        after MAX_FAULTS of them, excluded from routing for good."""
+        count = self.faults[verifier.lower()] = self.faults.get(verifier.lower(), 0) + 1
+        log.warning("verifier %s did not judge a package (%s): fault %d", verifier, why, count)
+        directory = self.ctx.router.directory
+        directory.mark_down(verifier, f"verification refused or timed out: {why}")
+        if count >= MAX_FAULTS:
+            log.warning("verifier %s refused %d checks: excluded from routing", verifier, count)
+            directory.exclude(verifier)
 
     def _record(self, job_id: int, hop_index: int, outcome: DisputeOutcome) -> None:
         state = self.ctx.state

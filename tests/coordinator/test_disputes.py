@@ -199,14 +199,20 @@ def _dispute(
             ).block_number
             s.chain.mine(3)
             runner = DisputeRunner(
-                s.owner, s.coordinator, lambda a: f"http://127.0.0.1:{s.ports[a]}", verify_timeout_s=60
+                s.owner,
+                s.coordinator,
+                lambda a: f"http://127.0.0.1:{s.ports[a]}",
+                on_fault=lambda node, why: faults.append(node),
+                verify_timeout_s=60,
             )
             return await runner.check_hop(job_id, record, close, signed, work, dtype)
         finally:
             for runner in runners:
                 await runner.cleanup()
 
+    faults: list[str] = []
     outcome = asyncio.run(go())
+    assert sorted(faults) == sorted(a.verifier for a in outcome.answers if a.fault)
     return outcome, job_id, s.owner.job_record(job_id)
 
 
@@ -278,3 +284,16 @@ def test_the_share_of_jobs_checked_is_drawn_from_the_close_randomness() -> None:
     assert [job_drawn(other, j, 0.25) for j in range(64)] != [
         job_drawn(randomness, j, 0.25) for j in range(64)
     ]
+
+
+def test_a_verifier_that_does_not_answer_is_a_fault_and_cannot_shield(
+    setup: Setup, blocks: dict[torch.dtype, Any]
+) -> None:
+    s = setup
+    accused, silent, honest = s.nodes[0], s.nodes[1], s.nodes[2:]
+    servers = {accused.address: _server(s, accused, blocks[torch.float32], perturb=0.05).app()}
+    servers |= _apps(s, blocks, honest)  # `silent` serves nothing on its registered endpoint
+    outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32")
+    [fault] = [a for a in outcome.answers if a.fault]
+    assert fault.verifier == silent.address and fault.guilty is None
+    assert outcome.slashed and s.owner.get_node(accused.address).jailed  # 3 of 4 drawn stake: a majority
