@@ -64,6 +64,8 @@ class GenerationResult:
     finish_reason: str  # "stop" (EOS) or "length" (max tokens)
     failovers: list[dict[str, object]] = field(default_factory=list)
     reruns: int = 0
+    #: tokens already streamed that a re-run after a caught cheat replaced: (index, streamed, correct)
+    replaced: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 def output_hash(text: str) -> bytes:
@@ -104,6 +106,7 @@ class JobRunner:
     ) -> GenerationResult:
         """Generate up to `max_tokens` tokens after `prompt_ids` through the job's route."""
         emitted: list[int] = []
+        replaced: dict[int, tuple[int, int, int]] = {}  # index -> (index, streamed, correct)
         failovers: list[dict[str, object]] = []
         route: list[RouteHop] | None = first_route
         for rerun in range(MAX_RERUNS + 1):
@@ -136,13 +139,18 @@ class JobRunner:
                         if on_token is not None:
                             await on_token(token)
                     elif emitted[len(tokens) - 1] != token:
+                        index = len(tokens) - 1
                         log.warning(
-                            "job %d: the re-run differs from tokens already streamed at %d",
-                            job_id,
-                            len(tokens) - 1,
+                            "job %d: the re-run differs from tokens already streamed at %d", job_id, index
                         )
+                        replaced[index] = (index, emitted[index], token)
+                    else:  # this (later) run agrees with what was streamed here
+                        replaced.pop(len(tokens) - 1, None)
                     x = torch.tensor([[token]], dtype=torch.int64)
-                return GenerationResult(tokens, finish, failovers + pipe.failovers, rerun)
+                # streamed tokens this run did not make (it stopped earlier): "correct" is -1
+                gone = [(i, emitted[i], -1) for i in range(len(tokens), len(emitted))]
+                fixes = sorted(replaced.values()) + gone
+                return GenerationResult(tokens, finish, failovers + pipe.failovers, rerun, fixes)
             except CheatDetected as exc:
                 log.warning("job %d: %s", job_id, exc)
                 route = None
