@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 VerdictSigner = Callable[[int, str, bytes, int, bytes], CompactSignature]
 
 KEPT_JOBS = 1024  # jobs whose committed steps are kept for disputes
+KEPT_STEPS = 1 << 18  # and at most this many steps in all (~100 bytes each: ~25 MiB)
 DISPUTE_WINDOW_S = 24 * 3600.0
 
 
@@ -53,21 +54,29 @@ def commit_step(input_hash: bytes, frame: bytes) -> tuple[bytes, bytes, bytes]:
 
 
 class CommittedSteps:
-    """Per job, the input hashes and fingerprints this worker committed to, for `window_s` (at most `max_jobs`)."""
+    """Per job, the input hashes and fingerprints this worker committed to, for `window_s` (at most `max_jobs`
+    jobs and `max_steps` steps in all; the oldest job goes first)."""
 
-    def __init__(self, max_jobs: int = KEPT_JOBS, window_s: float = DISPUTE_WINDOW_S) -> None:
+    def __init__(
+        self, max_jobs: int = KEPT_JOBS, window_s: float = DISPUTE_WINDOW_S, max_steps: int = KEPT_STEPS
+    ) -> None:
         self.max_jobs = max_jobs
         self.window_s = window_s
+        self.max_steps = max_steps
+        self._steps = 0
         self._jobs: OrderedDict[int, tuple[float, list[tuple[bytes, bytes]]]] = OrderedDict()
 
     def add(self, job_id: int, steps: list[tuple[bytes, bytes]], now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         _, kept = self._jobs.pop(job_id, (now, []))
         self._jobs[job_id] = (now, kept + steps)
-        while len(self._jobs) > self.max_jobs:
-            self._jobs.popitem(last=False)
-        while self._jobs and now - next(iter(self._jobs.values()))[0] > self.window_s:
-            self._jobs.popitem(last=False)
+        self._steps += len(steps)
+        while self._jobs and (
+            len(self._jobs) > self.max_jobs
+            or self._steps > self.max_steps
+            or now - next(iter(self._jobs.values()))[0] > self.window_s
+        ):
+            self._steps -= len(self._jobs.popitem(last=False)[1][1])
 
     def get(self, job_id: int) -> list[tuple[bytes, bytes]] | None:
         """(input hash, fingerprint) per committed step of the job, or None when never held or evicted."""

@@ -139,6 +139,11 @@ def test_the_dispute_store_is_bounded_in_jobs_and_time() -> None:
     assert kept.get(2) is None and kept.get(1) == [(b"a", b"x"), (b"c", b"z")] and len(kept) == 2
     kept.add(4, [], now=14.0)  # jobs older than the window are dropped
     assert kept.get(1) is None and kept.get(3) is None and kept.get(4) == []
+    few = CommittedSteps(max_jobs=10, window_s=10.0, max_steps=3)
+    few.add(1, [(b"a", b"x"), (b"b", b"y")], now=0.0)
+    few.add(2, [(b"c", b"z")], now=0.0)
+    few.add(3, [(b"d", b"w")], now=0.0)  # 4 steps in all: job 1, the oldest, goes
+    assert few.get(1) is None and few.get(2) == [(b"c", b"z")] and len(few) == 2
 
 
 def test_a_slash_needs_more_than_half_of_the_drawn_stake_on_one_leaf() -> None:
