@@ -74,6 +74,14 @@ class CoordinatorConfig(ChainSettings):
     )
 
     # -- verification
+    check_share: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="share of settled jobs whose hops are judged after the fact by verifiers the registry draws "
+        "(chosen from blockhash(closeBlock + 2), unknown to the workers when they commit; a cheat is caught in "
+        "about this share of the jobs it corrupts); 0 disables",
+    )
     verify_share: float = Field(
         0.05,
         ge=0,

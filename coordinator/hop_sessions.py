@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -50,6 +51,12 @@ class PipelineContext:
     step_timeout_s: float = 5.0
     tolerance: Tolerance = field(default_factory=Tolerance)
     verify_share: float = 0.0
+    #: share of settled jobs whose hops are judged by verifiers the registry draws (coordinator.job_checks)
+    check_share: float = 1.0
+    #: one thread fingerprinting relayed outputs (coordinator.hops.JobHops.relay)
+    fingerprint_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="fingerprints")
+    )
     salt: bytes = b""
     codec: str = "fp32"
     max_failovers: int = 4

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
+
+import torch
 
 from shardnet.chain.commitments import SignedCommitment
 from shardnet.span import LayerSpan
+from shardnet.verify.fingerprint import make_fingerprint
+from shardnet.verify.package import StepWork
 
 
 @dataclass
@@ -25,6 +31,9 @@ class JobHops:
     commitments: dict[int, SignedCommitment] = field(
         default_factory=dict
     )  # hop index -> latest signed commitment
+    #: hop index -> each step as relayed (input frame, output hash, fingerprint being computed): the after-the-fact
+    #: checks' packages (`step_work`)
+    relayed: dict[int, list[tuple[bytes, bytes, asyncio.Future[bytes]]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.positions = [0] * len(self.hops)
@@ -39,6 +48,20 @@ class JobHops:
         self.positions.append(0)
         self.reasons.append(reason)
         return len(self.hops) - 1
+
+    def relay(
+        self, hop_index: int, frame: bytes, output: torch.Tensor, output_hash: bytes, pool: Executor
+    ) -> None:
+        """Record a relayed step; the fingerprint of the output (~ms for a vocabulary of logits) is computed on
+        `pool`, off the event loop and off the token's critical path."""
+        future = asyncio.get_running_loop().run_in_executor(pool, make_fingerprint, output)
+        self.relayed.setdefault(hop_index, []).append((frame, output_hash, future))
+
+    async def step_work(self, hop_index: int) -> list[StepWork]:
+        """The hop's relayed steps with their fingerprints (in relay order)."""
+        steps = self.relayed.get(hop_index, [])
+        fingerprints = await asyncio.gather(*(f for _, _, f in steps))
+        return [StepWork(frame, out, fp) for (frame, out, _), fp in zip(steps, fingerprints, strict=True)]
 
     def handed(self, hop_index: int, signed: SignedCommitment | None) -> None:
         """A worker's close answer carried its signed commitment for the job (a later one covers more sessions)."""

@@ -32,6 +32,7 @@ from coordinator.catalog import ServedModel
 from coordinator.commitments import CommitmentBoard
 from coordinator.hop_sessions import PipelineContext
 from coordinator.hops import JobHops
+from coordinator.job_checks import JobChecks, relayed_root_mismatch
 from coordinator.lifecycle import TERMINAL, IllegalTransition, JobLifecycle, JobState, mirrored_state
 from coordinator.pipeline import Pipeline
 from coordinator.router import RouteHop
@@ -63,6 +64,8 @@ class GenerationResult:
     finish_reason: str  # "stop" (EOS) or "length" (max tokens)
     failovers: list[dict[str, object]] = field(default_factory=list)
     reruns: int = 0
+    #: tokens already streamed that a re-run after a caught cheat replaced: (index, streamed, correct)
+    replaced: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 def output_hash(text: str) -> bytes:
@@ -87,6 +90,7 @@ class JobRunner:
         self.lifecycle = lifecycle
         self.commitments = commitments
         self.batcher = SettlementBatcher(self.finish_settlements, window_s=settle_batch_s)
+        self.checks = JobChecks(ctx, share=ctx.check_share)  # settled jobs' hops, judged by drawn verifiers
 
     # -- generating
     async def generate(
@@ -102,6 +106,7 @@ class JobRunner:
     ) -> GenerationResult:
         """Generate up to `max_tokens` tokens after `prompt_ids` through the job's route."""
         emitted: list[int] = []
+        replaced: dict[int, tuple[int, int, int]] = {}  # index -> (index, streamed, correct)
         failovers: list[dict[str, object]] = []
         route: list[RouteHop] | None = first_route
         for rerun in range(MAX_RERUNS + 1):
@@ -134,13 +139,18 @@ class JobRunner:
                         if on_token is not None:
                             await on_token(token)
                     elif emitted[len(tokens) - 1] != token:
+                        index = len(tokens) - 1
                         log.warning(
-                            "job %d: the re-run differs from tokens already streamed at %d",
-                            job_id,
-                            len(tokens) - 1,
+                            "job %d: the re-run differs from tokens already streamed at %d", job_id, index
                         )
+                        replaced[index] = (index, emitted[index], token)
+                    else:  # this (later) run agrees with what was streamed here
+                        replaced.pop(len(tokens) - 1, None)
                     x = torch.tensor([[token]], dtype=torch.int64)
-                return GenerationResult(tokens, finish, failovers + pipe.failovers, rerun)
+                # streamed tokens this run did not make (it stopped earlier): "correct" is -1
+                gone = [(i, emitted[i], -1) for i in range(len(tokens), len(emitted))]
+                fixes = sorted(replaced.values()) + gone
+                return GenerationResult(tokens, finish, failovers + pipe.failovers, rerun, fixes)
             except CheatDetected as exc:
                 log.warning("job %d: %s", job_id, exc)
                 route = None
@@ -178,6 +188,8 @@ class JobRunner:
                 note = "its layers overlap a settled hop's: left out of the settlement (it may post its own)"
             elif signed is None:
                 note = "no signed commitment in its close answer (it may post its own)"
+            elif await relayed_root_mismatch(job_hops, i):
+                note = "its signed root is not that of the steps it received and sent: not paid"
             else:
                 note = check_commitment(
                     signed,
@@ -317,6 +329,7 @@ class JobRunner:
             text = model.decode(result.tokens)
             await self._enter_settling(job, job_hops, result, text)
             tx = await self.batcher.settle(job_id)  # with the jobs settling now, in one settleJobs
+            self.checks.start(job_id, model.info.model_id, job_hops, tx)
             log.info(
                 "job %d settled: %d tokens (%s), %d failovers, %d re-runs, tx %s",
                 job_id,

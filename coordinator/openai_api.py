@@ -291,6 +291,10 @@ async def _stream(
         text = model.decode(tokens)
         if len(text) > len(sent):
             await send(text[len(sent) :], None)
+        if (
+            result is not None and result.replaced
+        ):  # streamed before a cheat was caught: say so, never silently
+            await resp.write(f"data: {json.dumps(replaced_event(model, result))}\n\n".encode())
         await send(None, result.finish_reason if result else "stop")
     except ConnectionError:
         raise
@@ -300,6 +304,21 @@ async def _stream(
         )
     await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()
+
+
+def replaced_event(model: Any, result: GenerationResult) -> dict[str, Any]:
+    """The stream's error event when tokens it carried were replaced by a re-run after a caught cheat."""
+    first = result.replaced[0][0]
+    return {
+        "error": {
+            "message": f"a worker was caught sending wrong outputs and the job was re-run on honest workers: "
+            f"{len(result.replaced)} streamed tokens from token {first} on were wrong; the correct completion "
+            "is in 'text' (the replaced tokens in 'replaced'; correct -1: not part of the answer)",
+            "type": "cheat_detected",
+            "replaced": [{"index": i, "streamed": a, "correct": b} for i, a, b in result.replaced],
+            "text": model.decode(result.tokens),
+        }
+    }
 
 
 async def completions(request: web.Request) -> web.StreamResponse:

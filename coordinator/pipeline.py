@@ -25,6 +25,7 @@ import time
 import torch
 
 from coordinator.directory import is_busy
+from coordinator.disputes import input_frame
 from coordinator.hop_sessions import (
     GenerationError,
     OpenSession,
@@ -41,7 +42,6 @@ from shardnet.peer.client import StepResult
 from shardnet.peer.errors import WorkerAPIError
 from shardnet.span import LayerSpan
 from shardnet.wire.commitment import step_hash
-from shardnet.wire.frames import encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,9 @@ class Pipeline:
             return
         n = int(x.shape[1])
         self.job_hops.positions[slot.hop_index] += n
-        input_hash = step_hash(encode_frame(x, self.codec_of(x) or "int64"))
+        frame = input_frame(x, self.codec_of(x))
+        self.job_hops.relay(slot.hop_index, frame, res.tensor, res.step_hash, self.ctx.fingerprint_pool)
+        input_hash = step_hash(frame)
         self.records.append(
             StepRecord(slot.hop_index, self.step_index, pos, n, input_hash, res.step_hash, replay)
         )

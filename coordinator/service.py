@@ -81,6 +81,7 @@ class CoordinatorService:
             step_timeout_s=config.step_timeout_s,
             tolerance=Tolerance(config.verify_rel_error, config.verify_top_k),
             verify_share=config.verify_share,
+            check_share=config.check_share,
             salt=secrets.token_bytes(16),
         )
         runner = JobRunner(ctx, self.lifecycle, self.commitments, settle_batch_s=config.settle_batch_s)

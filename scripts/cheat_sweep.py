@@ -12,6 +12,13 @@ forward passes (one per hop checked vs one per step served), and as measured tim
 serving, one thread). Example (a few minutes on one core):
 
     python scripts/cheat_sweep.py --models tiny --jobs 100 --steps 24 128
+
+`--wired` checks each hop the way the wired network does (worker/verification.py, coordinator/disputes.py):
+a `VerificationPackage` of the frames the hop received, the hashes of the frames it sent and its
+fingerprints, under a commitment signed with a dev key, judged by `shardnet.verify.package.judge` (leaves
+rebuilt and matched to the signed root; fingerprints only: the token is the coordinator's pick, not
+checked). The sweep stays in process: the real processes' path is the same library calls, tested
+end to end in tests/coordinator/test_disputes.py and test_faults.py.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,12 +39,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from verify_models import VerifyModel, load_model  # noqa: E402
 
+from shardnet.chain.commitments import sign_commitment  # noqa: E402
+from shardnet.chain.devnet import DEV_KEYS  # noqa: E402
 from shardnet.model.block import Block  # noqa: E402
 from shardnet.verify import cheats  # noqa: E402
 from shardnet.verify.check import Sampling, check_hop  # noqa: E402
+from shardnet.verify.package import StepWork, VerificationPackage, judge  # noqa: E402
 from shardnet.verify.sampler import job_seed  # noqa: E402
 from shardnet.verify.simulate import HonestHop, Hop, honest_factories, run_job  # noqa: E402
 from shardnet.verify.tolerance import tolerance_for  # noqa: E402
+from shardnet.wire.commitment import merkle_root, step_hash  # noqa: E402
+from shardnet.wire.eip712 import Domain  # noqa: E402
+from shardnet.wire.frames import encode_frame  # noqa: E402
 
 REGISTRY = "0x" + "5a" * 20
 
@@ -134,6 +148,33 @@ def audited(share: float, job: int, hop: int) -> bool:
     return share >= 1.0 or random.Random(f"audit:{job}:{hop}").random() < share
 
 
+def wired_check(verifier: Block, hop: Any, job: int, dtype: torch.dtype) -> Any:
+    """Judge a hop as the network does: a signed package of what it received, sent and committed."""
+    from eth_account import Account
+
+    steps = [
+        StepWork(
+            encode_frame(x, "int64" if not x.dtype.is_floating_point else "fp32"),
+            step_hash(encode_frame(out.float(), "fp32")),
+            fp,
+        )
+        for x, out, fp in zip(hop.inputs, hop.outputs, hop.fingerprints, strict=True)
+    ]
+    domain = Domain(31337, REGISTRY)
+    root = merkle_root([s.leaf() for s in steps])
+    signed = sign_commitment(
+        Account.from_key(DEV_KEYS[3]),
+        domain,
+        job_id=job + 1,
+        span=verifier.span,
+        positions=hop.positions,
+        steps=len(steps),
+        root=root,
+    )
+    package = VerificationPackage(signed, steps, str(dtype).removeprefix("torch."))
+    return judge(package, domain, verifier).verdict
+
+
 def run_strategy(
     model: VerifyModel,
     strat: Strategy,
@@ -141,6 +182,7 @@ def run_strategy(
     steps: int,
     blocks: dict[torch.dtype, list[Block]],
     share: float,
+    wired: bool = False,
 ) -> dict[str, float]:
     workers = blocks[strat.dtype]
     verifiers = blocks[torch.float32]
@@ -189,15 +231,18 @@ def run_strategy(
             counts["passes_served"] += len(hop.inputs)
             if not audited(share, job, i):
                 continue
-            verdict = check_hop(
-                verifier,
-                hop.inputs,
-                hop.fingerprints,
-                tol,
-                tokens=trace.tokens,
-                sampling=sampling,
-                sent=hop.outputs,
-            )
+            if wired:
+                verdict = wired_check(verifier, hop, job, strat.dtype)
+            else:
+                verdict = check_hop(
+                    verifier,
+                    hop.inputs,
+                    hop.fingerprints,
+                    tol,
+                    tokens=trace.tokens,
+                    sampling=sampling,
+                    sent=hop.outputs,
+                )
             counts["recomputed"] += verdict.positions_recomputed
             counts["passes_checked"] += 1
             if i == strat.hop:
@@ -233,6 +278,11 @@ def main() -> None:
         help="probability that a hop of a job is checked (1: every hop of every job)",
     )
     parser.add_argument("--only", nargs="*", help="run only strategies whose name starts with one of these")
+    parser.add_argument(
+        "--wired",
+        action="store_true",
+        help="check as the network does: signed packages judged by shardnet.verify.package.judge (no token check)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     subtle = 3 * tolerance_for("float32").distance
@@ -252,7 +302,7 @@ def main() -> None:
             for strat in strategies(subtle):
                 if args.only and not any(strat.name.startswith(p) for p in args.only):
                     continue
-                c = run_strategy(model, strat, jobs, steps, blocks, args.share)
+                c = run_strategy(model, strat, jobs, steps, blocks, args.share, args.wired)
                 caught = f"{100 * c['caught'] / c['corrupted']:.1f}" if c["corrupted"] else "-"
                 fp = 100 * c["honest_flagged"] / max(1, c["honest_hops"])
                 print(

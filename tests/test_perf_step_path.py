@@ -29,6 +29,7 @@ from shardnet.wire.frames import encode_frame
 from shardnet.wire.tickets import sign_ticket
 from worker.server import BlockInfo, WorkerServer
 from worker.state import WorkerState, WorkerStepRow
+from worker.verification import commit_step
 
 COORDINATOR = Account.from_key(DEV_KEYS[1])
 WORKER = Account.from_key(DEV_KEYS[3])
@@ -109,9 +110,11 @@ def test_each_step_hash_is_durable_when_its_output_arrives_and_hashes_the_bytes_
                 x, pos, received = torch.randn(1, 3, block.hidden_size), 0, []
                 for _ in range(4):
                     logits, digest = await client.step(sid, x, pos)
-                    received.append(digest)
                     # the hash is of exactly the frame sent (fp32 logits re-encode to the same bytes)
                     assert digest == step_hash(encode_frame(logits, "fp32"))
+                    # the leaf binds the frame received, the frame sent and the fingerprint of what was sent
+                    sent_in = step_hash(encode_frame(x, "fp32"))
+                    received.append(commit_step(sent_in, encode_frame(logits, "fp32"))[1])
                     # and durable before the caller could act on the output
                     assert await asyncio.to_thread(_durable_hashes, db_file, sid) == received
                     pos += int(x.shape[1])

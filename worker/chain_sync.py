@@ -26,14 +26,14 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session
 
-from shardnet.chain.commitments import SignedCommitment, sign_commitment
+from shardnet.chain.commitments import SignedCommitment, sign_commitment, sign_verdict
 from shardnet.chain.errors import ChainError, ContractRevert
 from shardnet.chain.registry import JobStatus, Registry
 from shardnet.chain.tx import DecodedEvent
 from shardnet.chain.watcher import EventHandler, EventWatcher
 from shardnet.retry import Backoff, retry_until_stopped
 from shardnet.span import LayerSpan
-from shardnet.wire.eip712 import Domain
+from shardnet.wire.eip712 import CompactSignature, Domain
 from shardnet.wire.tickets import ticket_proof
 from worker.state import ON_CHAIN, PAID, POSTED, SETTLED, SIGNED, SKIPPED, WorkerJobRow, WorkerState
 
@@ -103,6 +103,20 @@ class ChainSync:
         """This worker's EIP-712 signed commitment (the server's `CommitmentSigner`)."""
         return sign_commitment(
             self.account, self.domain, job_id=job_id, span=span, positions=positions, steps=steps, root=root
+        )
+
+    def sign_verdict(
+        self, job_id: int, accused: str, root: bytes, leaf_index: int, leaf: bytes
+    ) -> CompactSignature:
+        """This worker's EIP-712 guilty verdict on another node's leaf (the server's `VerdictSigner`)."""
+        return sign_verdict(
+            self.account,
+            self.domain,
+            job_id=job_id,
+            accused=accused,
+            root=root,
+            leaf_index=leaf_index,
+            leaf=leaf,
         )
 
     # -- event handlers (inside the watcher's transaction)

@@ -1,6 +1,6 @@
 """Protocol v2 at session close: the worker's signed commitment for a job, built from its sessions.
 
-When the coordinator closes a session of a job, the worker signs its EIP-712 `Commitment` for the job over
+Each leaf binds a step's input, output and fingerprint (`worker.verification.commit_step`). When the coordinator closes a session of a job, the worker signs its EIP-712 `Commitment` for the job over
 every session of it on this worker (stored first when there is a database) and hands it back in the close
 answer. A session that ends without a close (expired, drained, evicted, failed) is signed at once and due at
 once. Signing and storing run on the server's database thread, after the session's close is queued there.
@@ -44,7 +44,7 @@ class JobCommitments:
                 self._span,
                 session.length,
                 session.steps,
-                merkle_root(session.step_hashes),
+                merkle_root(session.leaves),
             )
         work = self._state.job_work(session.job_id)
         if work is None:

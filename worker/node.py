@@ -160,6 +160,9 @@ def prepare(cfg: WorkerConfig, *, reset_state: bool = False) -> PreparedNode:
             manifest = fetch_files(manifest_cid, span, sources, cfg.store_dir, progress=False)
         except FetchError as exc:
             raise FetchError(fetch_hint(str(exc), model, span, cfg)) from exc
+        manifest.check_worker_dtype(
+            cfg.dtype
+        )  # before anything goes on chain: refused at announce, not slashed
         block = load_block(cfg.store_dir, manifest.to_json(), span, getattr(torch, cfg.dtype))
         node = ensure_registered(registry, cfg.endpoint, cfg.stake_wei)
         log.info("node %s registered at %s with a stake of %d wei", me, node.endpoint, node.stake)
@@ -238,6 +241,7 @@ class WorkerService:
             chain_id=self.sync.domain.chain_id,
             registry_address=self.sync.domain.registry,
             signer=self.sync.sign,
+            verdict_signer=self.sync.sign_verdict,
         )
         self.training.bind(self.server)
         self._runner: web.AppRunner | None = None

@@ -1,10 +1,7 @@
 """The worker's HTTP API (aiohttp), exactly as docs/PROTOCOL.md "Worker HTTP API".
 
-`WorkerServer` owns the loaded block, the sessions and the metrics. Model compute runs on one
-dedicated thread (the event loop stays free to answer /health, other sessions, and new requests);
-database writes run on another, in order. Errors leave as `{"error": "..."}` with the status of the
-`shardnet.peer.errors` class raised.
-"""
+`WorkerServer` owns the block, sessions and metrics. Compute (steps; checks of others' work: `worker.verification`)
+runs on one thread, database writes on another, in order. Errors leave as `{"error": "..."}` (`shardnet.peer.errors`)."""
 
 from __future__ import annotations
 
@@ -24,10 +21,10 @@ from shardnet.model.adapters import ModelError
 from shardnet.peer.errors import InvalidTensor, SessionConflict, TicketRejected, WorkerUnavailable
 from shardnet.span import LayerSpan
 from shardnet.wire.commitment import merkle_root, step_hash
-from shardnet.wire.frames import decode_frame, encode_frame
+from shardnet.wire.frames import encode_frame
 from shardnet.wire.tickets import TicketError, ticket_max_positions, verify_ticket
 from worker.coordinator_check import CoordinatorCheck
-from worker.forwarding import SESSION_TOKEN_HEADER, forward_step
+from worker.forwarding import SESSION_TOKEN_HEADER, concatenated_outputs, forward_step
 from worker.http_errors import errors_as_json, read_body
 from worker.inputs import (
     MAX_OPEN_JSON_BYTES,
@@ -42,6 +39,7 @@ from worker.limits import BlockInfo, ServerLimits
 from worker.metrics import WorkerMetrics
 from worker.sessions import ModelSession, Session, SessionManager
 from worker.state import WorkerState
+from worker.verification import CommittedSteps, VerdictSigner, VerifyEndpoint, commit_step
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +69,7 @@ class WorkerServer:
         registry_address: str = "",
         signer: CommitmentSigner | None = None,
         job_coordinator: Callable[[int], str | None] | None = None,
+        verdict_signer: VerdictSigner | None = None,
     ) -> None:
         self.address = address
         self.model_name = model_name
@@ -87,6 +86,8 @@ class WorkerServer:
         self.registry_address = registry_address
         self.commitments = JobCommitments(signer, state, info.span)
         self._job_coordinator = job_coordinator
+        self.committed = CommittedSteps()  # each closed job's input hashes and fingerprints, for disputes
+        self._verify = VerifyEndpoint(self, verdict_signer)
         self._on_session_closed = on_session_closed
         self._extra_routes = list(extra_routes)
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-compute")
@@ -117,6 +118,7 @@ class WorkerServer:
                 web.delete("/v1/sessions/{session_id}", self.close_session),
                 web.get("/health", self.health),
                 web.get("/metrics", self.metrics_page),
+                *self._verify.routes(),
                 *self._extra_routes,
             ]
         )
@@ -226,8 +228,9 @@ class WorkerServer:
         session.busy += 1
         try:
             start_pos = parse_start_pos(request.headers.get("X-Start-Pos"))
+            body = await self._read_body(request, self.limits.max_body_bytes)
             x = decode_step_input(
-                await self._read_body(request, self.limits.max_body_bytes),
+                body,
                 is_first=self.info.is_first,
                 hidden_size=self.info.hidden_size,
                 vocab_size=self.info.vocab_size,
@@ -237,7 +240,7 @@ class WorkerServer:
                 if session.closed:
                     raise SessionConflict(f"session {session.session_id!r} was closed while this step waited")
                 self.sessions.check_step(session, start_pos, int(x.shape[1]))
-                frame, digest, index = await self._compute_step(session, x, start_pos)
+                frame, digest, index = await self._compute_step(session, x, start_pos, step_hash(body))
                 if session.next_hop is None:
                     headers = {"X-Step-Hash": "0x" + digest.hex(), "X-Step-Index": str(index)}
                     return web.Response(body=frame, headers=headers, content_type="application/octet-stream")
@@ -249,16 +252,10 @@ class WorkerServer:
     async def outputs(self, request: web.Request) -> web.Response:
         session = self._session(request)
         codec = LOGITS_CODEC if self.info.is_last else session.codec
-        frames = list(session.output_frames)
-        if frames:
-            tensor = torch.cat([decode_frame(f) for f in frames], dim=1)
-        else:
-            width = self.info.vocab_size if self.info.is_last else self.info.hidden_size
-            tensor = torch.zeros(1, 0, width or 0)
-        body = encode_frame(tensor, codec)
-        return web.Response(
-            body=body, headers={"X-Steps": str(len(frames))}, content_type="application/octet-stream"
-        )
+        width = (self.info.vocab_size if self.info.is_last else self.info.hidden_size) or 0
+        body = concatenated_outputs(session.output_frames, codec, width)
+        headers = {"X-Steps": str(len(session.output_frames))}
+        return web.Response(body=body, headers=headers, content_type="application/octet-stream")
 
     async def close_session(self, request: web.Request) -> web.Response:
         session = self._session(request)
@@ -267,7 +264,7 @@ class WorkerServer:
                 self.sessions.close(session.session_id, "closed")
         body: dict[str, Any] = {
             "steps": session.steps,
-            "commitment": "0x" + merkle_root(session.step_hashes).hex(),
+            "commitment": "0x" + merkle_root(session.leaves).hex(),
         }
         if self.commitments.due(session):
             # signed and stored (after the close queued above, on the same database thread) before it leaves
@@ -290,6 +287,7 @@ class WorkerServer:
                 "max_sessions": self.limits.max_sessions,
                 "max_length": self.limits.max_length,
                 "draining": self.draining,
+                "dtype": str(getattr(self.block, "dtype", "float32")).removeprefix("torch."),
             }
         )
 
@@ -297,7 +295,6 @@ class WorkerServer:
         body, content_type = self.metrics.render()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
-    # -- draining
     def begin_drain(self) -> None:
         self.draining = True
 
@@ -329,14 +326,14 @@ class WorkerServer:
         return session
 
     async def _compute_step(
-        self, session: Session, x: torch.Tensor, start_pos: int
+        self, session: Session, x: torch.Tensor, start_pos: int, input_hash: bytes
     ) -> tuple[bytes, bytes, int]:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         index = len(session.step_hashes)  # the session's lock is held: no other step of it runs meanwhile
         try:
-            frame, digest = await loop.run_in_executor(
-                self._compute, self._run_block, session, x, start_pos, index
+            frame, digest, step_leaf, fingerprint = await loop.run_in_executor(
+                self._compute, self._run_block, session, x, start_pos, index, input_hash
             )
         except ModelError as exc:  # inputs are checked first, so this is rare; the session cannot go on
             self.sessions.close(session.session_id, "failed")
@@ -346,13 +343,15 @@ class WorkerServer:
         self.metrics.step_seconds.observe(time.perf_counter() - t0)
         self.metrics.tokens_processed.inc(int(x.shape[1]))
         session.step_hashes.append(digest)
+        session.leaves.append(step_leaf)
+        session.committed.append((input_hash, fingerprint))
         session.output_frames.append(frame)
         session.output_bytes += len(frame)
         return frame, digest, index
 
     def _run_block(
-        self, session: Session, x: torch.Tensor, start_pos: int, index: int
-    ) -> tuple[bytes, bytes]:
+        self, session: Session, x: torch.Tensor, start_pos: int, index: int, input_hash: bytes
+    ) -> tuple[bytes, bytes, bytes, bytes]:
         """Compute, encode, hash and record one step, all on the compute thread: one executor hop per step,
         and the event loop never waits on hashing (196 KB of logits take ~0.8 ms to keccak) or SQLite."""
         with torch.inference_mode():
@@ -360,11 +359,11 @@ class WorkerServer:
             if self.perturb_outputs > 0:
                 out = out + self.perturb_outputs * out.float().std() * torch.randn_like(out)
             frame = encode_frame(out.float(), LOGITS_CODEC if self.info.is_last else session.codec)
-        digest = step_hash(frame)
+        digest, step_leaf, fingerprint = commit_step(input_hash, frame)
         if self.state is not None:
             # recorded before the output leaves: a crash can never lose a step the commitment must cover
-            self.state.step_recorded(session.session_id, index, digest, int(x.shape[1]))
-        return frame, digest
+            self.state.step_recorded(session.session_id, index, step_leaf, int(x.shape[1]))
+        return frame, digest, step_leaf, fingerprint
 
     async def _forward(self, session: Session, frame: bytes, digest: bytes, start_pos: int) -> web.Response:
         assert session.next_hop is not None and self._http is not None
@@ -380,8 +379,10 @@ class WorkerServer:
         self.metrics.sessions_open.set(len(self.sessions))
         self.metrics.sessions_closed.labels(reason).inc()
         log.info("session %s %s after %d steps", session.session_id, reason, session.steps)
+        if session.job_id:
+            self.committed.add(session.job_id, session.committed)
         if self.state is not None:
-            root = merkle_root(session.step_hashes) if session.step_hashes else None
+            root = merkle_root(session.leaves) if session.leaves else None
             self._db_write(self.state.session_closed, session.session_id, reason, session.steps, root)
             if reason != "closed" and self.commitments.due(session):
                 # nobody asked for it (expired, drained, evicted, failed): sign it now, due for posting at once
@@ -395,6 +396,5 @@ class WorkerServer:
 
 
 def _log_failure(future: Any) -> None:
-    exc = future.exception()
-    if exc is not None:
+    if (exc := future.exception()) is not None:
         log.error("background database write failed: %s", exc, exc_info=exc)

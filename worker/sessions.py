@@ -61,7 +61,9 @@ class Session:
     last_used: float
     #: the ticket's bound on positions (prompt + max tokens): no step may go beyond it (0: no job, no bound)
     max_positions: int = 0
-    step_hashes: list[bytes] = field(default_factory=list)
+    step_hashes: list[bytes] = field(default_factory=list)  # of the frames sent (X-Step-Hash)
+    leaves: list[bytes] = field(default_factory=list)  # committed per step (worker.verification.commit_step)
+    committed: list[tuple[bytes, bytes]] = field(default_factory=list)  # (input hash, fingerprint) per step
     output_frames: list[bytes] = field(default_factory=list)
     output_bytes: int = 0
     busy: int = 0

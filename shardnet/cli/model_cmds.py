@@ -65,6 +65,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--keys-out", type=Path, help="with --private: key file (default: <private manifest cid>.keys.json)"
     )
+    p.add_argument(
+        "--worker-dtypes",
+        nargs="+",
+        choices=("float32", "float16", "bfloat16"),
+        default=(),
+        help="dtypes workers may compute the model in (default: any); a worker with another --dtype refuses "
+        "to announce. Verifiers accept the drift of the worker's dtype, so allow only those you trust",
+    )
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser(
@@ -173,7 +181,12 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     source = smollm2_gguf_path() if args.source == "smollm2" else Path(args.source)
     cid, manifest = import_model(
-        source, args.store, name=args.name, dtype=args.dtype, progress=progress_wanted()
+        source,
+        args.store,
+        name=args.name,
+        dtype=args.dtype,
+        progress=progress_wanted(),
+        worker_dtypes=args.worker_dtypes,
     )
     print(_describe(cid, manifest))
     print()

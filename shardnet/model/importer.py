@@ -12,11 +12,13 @@ their own layers).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,8 +171,17 @@ def import_model(
     name: str | None = None,
     dtype: str = "float32",
     progress: bool = True,
+    worker_dtypes: Sequence[str] = (),
 ) -> tuple[str, Manifest]:
-    """Import ``source`` (checkpoint folder or .gguf file) into ``store_dir``; returns (manifest CID, manifest)."""
+    """Import ``source`` (checkpoint folder or .gguf file) into ``store_dir``; returns (manifest CID, manifest).
+
+    ``worker_dtypes`` restricts the dtypes workers may compute the model in (the manifest's ``worker_dtypes``;
+    empty: any); it is a manifest of its own, with the same files."""
+    if worker_dtypes:
+        _cid, plain = import_model(source, store_dir, name, dtype, progress)
+        restricted = dataclasses.replace(plain, worker_dtypes=tuple(dict.fromkeys(worker_dtypes)))
+        restricted = Manifest.from_json(restricted.to_json())  # checks the names
+        return LocalStore(store_dir).put_bytes(restricted.to_json_bytes()), restricted
     src = Path(source)
     if dtype not in DTYPES:
         _torch_dtype(dtype)  # raises the error that says which dtypes there are

@@ -20,6 +20,7 @@ from shardnet.store.local import LocalStore
 MANIFEST_FORMAT = "shardnet-manifest/1"
 PARTS = ("embed", "layer", "head")
 KINDS = ("decoder", "encoder", "vision")
+WORKER_DTYPES = ("float32", "float16", "bfloat16")  # what a worker can compute in (worker --dtype)
 """As ``Adapter.kind``: causal LMs run step by step; encoders and vision transformers in one pass."""
 
 
@@ -75,8 +76,24 @@ class Manifest:
     files: tuple[ShardFile, ...]
     tokenizer: tuple[TokenizerFile, ...] = field(default=())
     format: str = MANIFEST_FORMAT
+    #: dtypes a worker may compute this model in (empty: any of WORKER_DTYPES). A security setting, not only a
+    #: quality one: verifiers accept the drift of the worker's dtype, so a loose dtype hides small cheats (int8
+    #: weights inside bf16 drift); workers refuse a dtype the manifest does not list before they announce.
+    worker_dtypes: tuple[str, ...] = field(default=())
 
     # ------------------------------------------------------------------ queries
+
+    def allowed_worker_dtypes(self) -> tuple[str, ...]:
+        return self.worker_dtypes or WORKER_DTYPES
+
+    def check_worker_dtype(self, dtype: str) -> None:
+        """Raise ManifestError unless a worker may compute this model in ``dtype``."""
+        allowed = self.allowed_worker_dtypes()
+        if dtype not in allowed:
+            raise ManifestError(
+                f"model {self.name!r} allows workers in {', '.join(allowed)} only (its manifest's worker_dtypes), "
+                f"not {dtype}: start the worker with --dtype {allowed[0]}"
+            )
 
     def file_for_layer(self, layer: int) -> ShardFile:
         """The layer file holding ``layer``."""
@@ -127,6 +144,8 @@ class Manifest:
             "config": self.config,
             "files": [f.to_json() for f in self.files],
             "tokenizer": [t.to_json() for t in self.tokenizer],
+            # only when set: manifests without it keep their CIDs
+            **({"worker_dtypes": list(self.worker_dtypes)} if self.worker_dtypes else {}),
         }
 
     def to_json_bytes(self) -> bytes:
@@ -206,6 +225,11 @@ def _parse(d: dict[str, Any]) -> Manifest:
             f"bad tokenizer file name {name!r}",
         )
         tokenizer.append(TokenizerFile(name, parse_cid(t["cid"]), int(t["size"])))
+    worker_dtypes = d.get("worker_dtypes", [])
+    _need(
+        isinstance(worker_dtypes, list) and all(w in WORKER_DTYPES for w in worker_dtypes),
+        f"manifest field 'worker_dtypes' must be a list of {', '.join(WORKER_DTYPES)}",
+    )
     return Manifest(
         name=d["name"],
         family=d["family"],
@@ -216,6 +240,7 @@ def _parse(d: dict[str, Any]) -> Manifest:
         config=d["config"],
         files=tuple(files),
         tokenizer=tuple(tokenizer),
+        worker_dtypes=tuple(worker_dtypes),
     )
 
 

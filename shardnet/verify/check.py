@@ -113,6 +113,7 @@ def check_hop(
     sampling: Sampling = GREEDY,
     sent: Sequence[torch.Tensor] | None = None,
     reference: torch.Tensor | None = None,
+    check_tokens: bool = True,
 ) -> Verdict:
     """Check every committed step of one hop at once.
 
@@ -121,13 +122,16 @@ def check_hop(
     emitted after step i. `sent[i]`, the output the hop sent at step i (what the next hop received, as
     decoded from the frame whose hash is in the leaf), if given, must have exactly the committed
     fingerprint: a hop cannot commit the honest fingerprint and send something else.
-    `reference` (from `recompute_span`) may be passed to reuse one recomputation.
+    `reference` (from `recompute_span`) may be passed to reuse one recomputation. `check_tokens=False`
+    checks a last hop on its committed logits only (a dispute over a worker's leaves: the token is the
+    coordinator's pick, not the worker's work).
     """
     if sent is not None and len(sent) != len(step_inputs):
         raise ValueError(f"{len(step_inputs)} steps of inputs but {len(sent)} sent outputs")
     if len(fingerprints) != len(step_inputs):
         raise ValueError(f"{len(step_inputs)} steps of inputs but {len(fingerprints)} fingerprints")
-    if block.is_last and (tokens is None or len(tokens) != len(step_inputs)):
+    check_tokens = check_tokens and block.is_last
+    if check_tokens and (tokens is None or len(tokens) != len(step_inputs)):
         raise ValueError("the last hop is checked on its tokens: pass one emitted token per step")
     ref = recompute_span(block, step_inputs) if reference is None else reference
     results: list[StepResult] = []
@@ -147,7 +151,7 @@ def check_hop(
             ok = ok and bound
         token_ok: bool | None = None
         margin: float | None = None
-        if block.is_last:
+        if check_tokens:
             assert tokens is not None
             if sampling.seed is None:
                 tc = check_greedy(tokens[i], rows[0], tolerance.tie_margin)

@@ -233,10 +233,20 @@ def fingerprint_hash(data: bytes) -> bytes:
     return keccak(bytes(data))
 
 
+def io_hash(input_hash: bytes, output_hash: bytes) -> bytes:
+    """keccak256(input_hash || output_hash): one step's received and sent frames (their step hashes), so that a
+    worker's leaf binds what it was given as well as what it sent; a verifier handed the inputs rebuilds the
+    leaves and knows they are the accused's own (nobody can frame it with other inputs)."""
+    if len(input_hash) != 32 or len(output_hash) != 32:
+        raise ValueError(f"step hashes are 32 bytes, got {len(input_hash)} and {len(output_hash)}")
+    return keccak(bytes(input_hash) + bytes(output_hash))
+
+
 def leaf(step_bytes_hash: bytes, fingerprint: bytes) -> bytes:
     """The Merkle leaf of one step: keccak256(step_hash || keccak256(fingerprint)), 32 bytes.
 
-    `step_bytes_hash` is `shardnet.wire.commitment.step_hash` of the frame sent; the leaves go into
+    `step_bytes_hash` is `shardnet.wire.commitment.step_hash` of the frame sent (a worker passes `io_hash` of
+    the frame received and the frame sent); the leaves go into
     `shardnet.wire.commitment.merkle_root` in step order. A proof of one step reveals the step hash and
     the fingerprint, whose hash the verifier recomputes.
     """

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import signal
 import time
+from typing import Any
 
 from eth_utils import keccak
 
 from coordinator.settlement import expected_split
 from shardnet.chain.registry import JobStatus
+from shardnet.chain.tx import rpc
 from tests.coordinator.harness import CoordinatorProc, http_json, wait_for
 from tests.coordinator.network import PRICE, Net, claimables, job_status, reference_text, workers_view
 from tests.worker.harness import WorkerProc, start_worker
@@ -159,12 +161,13 @@ def test_coordinator_killed_while_settling_finishes_the_settlement_after_restart
     )
 
 
-def test_cheating_worker_is_caught_refereed_excluded_and_left_unpaid(net: Net, accounts) -> None:
+def test_cheating_worker_is_caught_refereed_excluded_left_unpaid_and_slashed(net: Net, accounts) -> None:
     """A worker started with --perturb-outputs on layers 2:4 is put on the route (the two honest replicas are
     paused while the job is routed, then resumed); a verified step disagrees with a replica, the third worker
     referees, the cheat is excluded, its evidence recorded, its hop left out of the settlement, and the job is
-    re-run on honest workers. (Protocol v2 slashes only with verdicts of verifiers the registry draws after the job
-    closes, which this coordinator cannot gather: the evidence stays off chain and nobody is slashed on chain.)"""
+    re-run on honest workers. After the settlement the registry draws the two honest replicas as verifiers of
+    the cheat's committed hop; both find it guilty (POST /v1/verify) and the coordinator slashes it on chain: its
+    stake goes to the job's client."""
     import sqlite3
 
     cheat = start_worker(
@@ -219,20 +222,33 @@ def test_cheating_worker_is_caught_refereed_excluded_and_left_unpaid(net: Net, a
         job = net.client.check(job_id, view)
         assert view["output"] == expected and net.owner.output_hash(job.job_id) == keccak(expected.encode())
 
-        assert not [
-            e
-            for e in net.owner.get_logs(0, net.owner.block_number(), ["NodeSlashed"])
-            if int(e.args["jobId"]) == job_id
-        ]  # no on-chain slash without drawn verifiers' verdicts
-        node = net.owner.get_node(cheat.address)
-        assert not node.jailed and node.stake == stake_before
         assert workers_view(net)[cheat.address.lower()]["excluded"] is True
-        # the evidence is in the coordinator's database (no slash transaction), its hash the keccak of the record
+
+        def slashes() -> list[Any]:
+            events = net.owner.get_logs(0, net.owner.block_number(), ["NodeSlashed"])
+            return [e for e in events if int(e.args["jobId"]) == job_id]
+
+        # the draw needs blockhash(closeBlock + 2): mine past it, then the coordinator's check slashes the cheat
+        for _ in range(3):
+            rpc(net.owner.w3, "evm_mine", [])
+        wait_for(lambda: bool(slashes()), 120, "the cheat slashed on chain by the drawn verifiers' verdicts")
+        [slashed] = slashes()
+        assert slashed.args["node"] == cheat.address and slashed.args["client"] == net.client_account.address
+        node = net.owner.get_node(cheat.address)
+        assert node.jailed and node.stake < stake_before
+        assert int(slashed.args["guiltyStake"]) == int(slashed.args["drawnStake"])  # both honest replicas
+        # the live evidence is in the coordinator's database (no transaction of its own), its hash the keccak of
+        # the record; the dispute's record carries the slash transaction
         db = sqlite3.connect(net.tmp / "coordinator" / "coordinator.db")
         ((evidence, evidence_hash, tx_hash),) = db.execute(
-            "SELECT evidence, evidence_hash, tx_hash FROM coordinator_slashes WHERE job_id = ?", (job_id,)
+            "SELECT evidence, evidence_hash, tx_hash FROM coordinator_slashes WHERE job_id = ? AND tx_hash IS NULL",
+            (job_id,),
+        ).fetchall()
+        disputed = db.execute(
+            "SELECT tx_hash FROM coordinator_slashes WHERE job_id = ? AND tx_hash IS NOT NULL", (job_id,)
         ).fetchall()
         db.close()
+        assert disputed == [(slashed.tx_hash,)]
         record = json.loads(evidence)
         assert record["node"] == cheat.address.lower() and record["span"] == [2, 4] and tx_hash is None
         assert {record["replica"], record["referee"]} <= {w.address.lower() for w in honest}

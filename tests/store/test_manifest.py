@@ -163,3 +163,18 @@ def test_a_corrupt_tokenizer_in_the_store_is_refused_not_loaded(tmp_path: Path) 
     assert (folder / tok.name).read_bytes() == good
     (folder / tok.name).write_bytes(good.replace(b"model", b"MODEL"))  # the cached copy is tampered with
     assert (tokenizer_folder(store.root, manifest) / tok.name).read_bytes() == good
+
+
+def test_worker_dtypes_restrict_workers_and_leave_other_manifests_cids_alone() -> None:
+    plain = _manifest()
+    assert "worker_dtypes" not in plain.to_json()  # manifests without it keep their bytes and CID
+    assert plain.allowed_worker_dtypes() == ("float32", "float16", "bfloat16")
+    plain.check_worker_dtype("bfloat16")
+    strict = Manifest.from_json({**plain.to_json(), "worker_dtypes": ["float32", "float16"]})
+    assert strict.worker_dtypes == ("float32", "float16") and strict.cid != plain.cid
+    assert Manifest.from_json(strict.to_json_bytes()) == strict
+    strict.check_worker_dtype("float16")
+    with pytest.raises(ManifestError, match="allows workers in float32, float16 only.*--dtype float32"):
+        strict.check_worker_dtype("bfloat16")
+    with pytest.raises(ManifestError, match="worker_dtypes"):
+        Manifest.from_json({**plain.to_json(), "worker_dtypes": ["int8"]})

@@ -280,3 +280,56 @@ def test_run_on_a_port_in_use_sends_nothing_on_chain(
     assert "Traceback" not in err
     assert anvil.w3.eth.get_transaction_count(worker.address) == nonce
     assert not registry.get_node(worker.address).registered
+
+
+def test_a_dtype_the_manifest_does_not_allow_is_refused_before_anything_goes_on_chain(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    registry,
+    accounts,
+    anvil,
+    deployment,
+    tiny_llama_store,
+) -> None:
+    """Issue 10 item 3: a model whose manifest allows only float32 workers is refused in bfloat16 at announce (the
+    worker stops before registering), rather than slashed for bf16 drift later."""
+    from shardnet.chain.devnet import free_port
+    from shardnet.store.local import LocalStore
+    from shardnet.store.manifest import Manifest, load_manifest
+
+    store, cid, _ = tiny_llama_store
+    strict = Manifest.from_json({**load_manifest(store, cid).to_json(), "worker_dtypes": ["float32"]})
+    strict_cid = LocalStore(store).put_bytes(strict.to_json_bytes())
+    registry.register_model("tiny-strict", strict_cid, 4, 1)
+    worker = accounts[3]
+    nonce = anvil.w3.eth.get_transaction_count(worker.address)
+    code, err = _run_worker(
+        monkeypatch,
+        capsys,
+        {"K": worker.key.hex()},
+        "run",
+        "--deployment",
+        str(deployment.save(tmp_path / "deployment.json")),
+        "--key-env",
+        "K",
+        "--model",
+        "tiny-strict",
+        "--layers",
+        "0:2",
+        "--dtype",
+        "bfloat16",
+        "--store-dir",
+        str(store),
+        "--data-dir",
+        str(tmp_path / "w"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(free_port()),
+    )
+    assert code == 1
+    assert "allows workers in float32 only" in err and "--dtype float32" in err, err
+    assert "Traceback" not in err
+    assert anvil.w3.eth.get_transaction_count(worker.address) == nonce
+    assert not registry.get_node(worker.address).registered

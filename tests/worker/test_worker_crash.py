@@ -11,8 +11,10 @@ import torch
 from shardnet.chain.registry import Registry
 from shardnet.peer.client import WorkerClient
 from shardnet.span import LayerSpan
-from shardnet.wire.commitment import merkle_root
+from shardnet.wire.commitment import merkle_root, step_hash
+from shardnet.wire.frames import encode_frame
 from tests.worker.harness import posted_roots, run, start_worker, submit_for, ticket
+from worker.verification import commit_step
 
 FULL = LayerSpan(0, 4)
 
@@ -45,7 +47,10 @@ def test_sigkill_then_restart_posts_each_commitment_once_and_misses_none(
             x, pos, hashes = torch.tensor([[1, 2, job_id]]), 0, []  # a different stream per job
             for _ in range(steps):
                 logits, digest = await w.step(sid, x, pos)
-                hashes.append(digest)
+                assert digest == step_hash(encode_frame(logits, "fp32"))
+                hashes.append(
+                    commit_step(step_hash(encode_frame(x, "int64")), encode_frame(logits, "fp32"))[1]
+                )
                 pos += x.shape[1]
                 x = torch.tensor([[int(logits[0, -1].argmax())]])
             expected[job_id] = merkle_root(hashes)

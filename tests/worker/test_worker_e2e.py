@@ -21,7 +21,8 @@ from shardnet.peer.client import WorkerClient
 from shardnet.peer.errors import SessionNotFound, TicketRejected, TooManySessions, WorkerAPIError
 from shardnet.span import LayerSpan
 from shardnet.store.cid import cid_of_bytes
-from shardnet.wire.commitment import merkle_root
+from shardnet.verify.fingerprint import io_hash, leaf, make_fingerprint
+from shardnet.wire.commitment import merkle_root, step_hash
 from shardnet.wire.eip712 import Domain
 from shardnet.wire.frames import encode_frame
 from tests.worker.harness import WorkerProc, posted_roots, run, start_worker, submit_for, ticket
@@ -151,7 +152,7 @@ def test_workers_serve_their_spans_and_b_chose_and_fetched_its_own(net: Net) -> 
 def test_push_mode_matches_the_unsplit_model_and_commits_to_what_was_sent(net: Net) -> None:
     ref = _reference(net, 4)
 
-    async def go() -> tuple[list[int], list[torch.Tensor], list[list[bytes]], bytes, bytes]:
+    async def go() -> tuple[list[int], list[torch.Tensor], list[list[bytes]], bytes, bytes, list[bytes]]:
         async with WorkerClient(net.a.url) as a, WorkerClient(net.b.url) as b:
             sb = (await b.open_session(ticket(net.domain, net.coordinator, net.b.address, B_SPAN)))[
                 "session_id"
@@ -163,8 +164,9 @@ def test_push_mode_matches_the_unsplit_model_and_commits_to_what_was_sent(net: N
                     next={"url": net.b.url, "session_id": sb, "token": b.session_token(sb)},
                 )
             )["session_id"]
-            tokens, logits, hops, x, pos = [], [], [], PROMPT, 0
+            tokens, logits, hops, x, pos, inputs = [], [], [], PROMPT, 0, []
             for _ in range(4):
+                inputs.append(step_hash(encode_frame(x, "int64")))
                 res = await a.step_full(sa, x, pos)
                 pos += x.shape[1]
                 logits.append(res.tensor[0, -1])
@@ -173,13 +175,24 @@ def test_push_mode_matches_the_unsplit_model_and_commits_to_what_was_sent(net: N
                 x = torch.tensor([[tokens[-1]]])
             replay = await a.outputs(sa)
             assert replay.shape == (1, pos, 64)
-            return tokens, logits, hops, await a.close(sa), await b.close(sb)
+            # what hop a sent at each step: the prompt's positions, then one position a step
+            sent_a = [replay[:, : PROMPT.shape[1]]] + [
+                replay[:, p : p + 1] for p in range(PROMPT.shape[1], pos)
+            ]
+            fps_a = [make_fingerprint(t) for t in sent_a]
+            return tokens, logits, hops, await a.close(sa), await b.close(sb), fps_a + inputs
 
-    tokens, logits, hops, commit_a, commit_b = run(go())
+    tokens, logits, hops, commit_a, commit_b, extra = run(go())
+    fps_a, inputs = extra[:4], extra[4:]
     assert tokens == ref.tokens
     assert torch.allclose(torch.stack(logits), ref.logits, atol=1e-4)
     assert all(len(h) == 2 for h in hops)
-    assert commit_a == merkle_root([h[0] for h in hops]) and commit_b == merkle_root([h[1] for h in hops])
+    # each leaf binds the frame received, the frame sent (the hop hashes) and the fingerprint of what was sent
+    assert commit_a == merkle_root(
+        [leaf(io_hash(i, h[0]), f) for i, h, f in zip(inputs, hops, fps_a, strict=True)]
+    )
+    fps_b = [make_fingerprint(t.reshape(1, 1, -1)) for t in logits]
+    assert commit_b == merkle_root([leaf(io_hash(h[0], h[1]), f) for h, f in zip(hops, fps_b, strict=True)])
 
 
 def _wait_posted(net: Net, job_id: int, nodes: int) -> dict[str, bytes]:

@@ -1,0 +1,269 @@
+"""After-the-fact checks of a closed job's hops by verifiers the registry draws, and the slash on a guilty majority.
+
+The coordinator relays every hop's input and output (pull mode), so for each hop it holds, per step, the frame
+the hop received, the hash of the frame it sent and the fingerprint of what it sent (`hop_step_work`, computed
+here from the received tensor: a worker that commits another fingerprint than that of what it sent does not
+rebuild its root and is not settled). When the job is settled (its close block known):
+
+1. wait until blockhash(closeBlock + DRAW_DELAY) exists, then ask the registry whom it draws (`drawVerifiers`,
+   stake-weighted among the other nodes staked on the span);
+2. POST each drawn verifier the hop's `VerificationPackage` with a ticket of this job (POST /v1/verify; there
+   is no session, so a check looks like nothing else); each answers guilty (an EIP-712 Verdict on one leaf)
+   or innocent. A verifier that refuses or times out is a fault: recorded and marked down;
+3. when the verdicts on one leaf carry more than half of the drawn stake, send `slash` with the accused's own
+   signed commitment, the leaf's Merkle proof and those verdicts: its stake goes to the job's client and it
+   is excluded from routing. A minority (fewer than half the stake) can neither frame nor shield.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+import torch
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
+
+from shardnet.chain.commitments import SignedCommitment, verify_verdict
+from shardnet.chain.registry import JobRecord, Registry, SlashEvidence
+from shardnet.verify.fingerprint import make_fingerprint
+from shardnet.verify.package import StepWork, VerificationPackage
+from shardnet.wire.commitment import merkle_proof, merkle_root
+from shardnet.wire.eip712 import CompactSignature, Domain
+from shardnet.wire.frames import encode_frame
+from shardnet.wire.json_limits import loads_limited
+from shardnet.wire.tickets import sign_ticket
+
+log = logging.getLogger(__name__)
+
+MIN_VERIFIERS = 2  # ShardRegistry.MIN_VERIFIERS
+DRAW_DELAY = 2  # ShardRegistry.DRAW_DELAY
+LOOSEST_DTYPE = "bfloat16"  # the tolerance used when the accused's dtype cannot be read: never slash drift
+
+
+def input_frame(x: torch.Tensor, codec: str | None) -> bytes:
+    """The frame a hop is sent for input `x` (the same bytes `WorkerClient.step_full` encodes)."""
+    return encode_frame(x, codec or ("int64" if not x.dtype.is_floating_point else "fp32"))
+
+
+def hop_step_work(x: torch.Tensor, codec: str | None, output: torch.Tensor, output_hash: bytes) -> StepWork:
+    """One step of a hop as the coordinator relayed it: the frame sent to the hop, the hash of the frame it
+    answered and the fingerprint of the decoded answer (`JobHops.relay` computes it off the event loop)."""
+    return StepWork(input_frame(x, codec), output_hash, make_fingerprint(output))
+
+
+@dataclass(frozen=True)
+class VerifierAnswer:
+    """One drawn verifier's answer (`guilty` None: no verdict: refused, timed out, or could not check)."""
+
+    verifier: str
+    stake: int
+    guilty: bool | None
+    leaf_index: int | None = None
+    signature: CompactSignature | None = None
+    note: str = ""
+    fault: bool = False
+
+
+@dataclass(frozen=True)
+class DisputeOutcome:
+    """What the check of one hop came to."""
+
+    node: str
+    answers: list[VerifierAnswer]
+    slashed: bool
+    tx_hash: str | None = None
+    note: str = ""
+
+
+def tally(answers: Sequence[VerifierAnswer]) -> tuple[int | None, list[VerifierAnswer]]:
+    """The leaf whose guilty verdicts carry more than half of the drawn stake, and those verdicts; (None, [])
+    when no leaf has such a majority."""
+    total = sum(a.stake for a in answers)
+    by_leaf: dict[int, list[VerifierAnswer]] = {}
+    for a in answers:
+        if a.guilty and a.leaf_index is not None and a.signature is not None:
+            by_leaf.setdefault(a.leaf_index, []).append(a)
+    if not by_leaf:
+        return None, []
+    index, group = max(by_leaf.items(), key=lambda kv: sum(a.stake for a in kv[1]))
+    return (index, group) if 2 * sum(a.stake for a in group) > total else (None, [])
+
+
+class DisputeRunner:
+    """Runs the after-the-fact checks of one coordinator's settled jobs (see the module docstring)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        account: LocalAccount,
+        endpoint_of: Callable[[str], str | None],
+        *,
+        on_fault: Callable[[str, str], None] = lambda _node, _why: None,
+        on_slashed: Callable[[str], None] = lambda _node: None,
+        verify_timeout_s: float = 120.0,
+        draw_wait_s: float = 300.0,
+        poll_s: float = 0.5,
+    ) -> None:
+        self.registry = registry
+        self.account = account
+        self.endpoint_of = endpoint_of
+        self.on_fault = on_fault
+        self.on_slashed = on_slashed
+        self.verify_timeout_s = verify_timeout_s
+        self.draw_wait_s = draw_wait_s
+        self.poll_s = poll_s
+        self._domain: Domain | None = None
+
+    @property
+    def domain(self) -> Domain:
+        if self._domain is None:
+            self._domain = self.registry.domain()
+        return self._domain
+
+    async def wait_for_draw(self, close_block: int) -> bool:
+        """Wait until the draw's randomness (blockhash(closeBlock + DRAW_DELAY)) can be read; False on time-out."""
+        deadline = time.monotonic() + self.draw_wait_s
+        while await asyncio.to_thread(self.registry.block_number) <= close_block + DRAW_DELAY:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(self.poll_s)
+        return True
+
+    async def check_hop(
+        self,
+        job_id: int,
+        record: JobRecord,
+        close_block: int,
+        signed: SignedCommitment,
+        steps: Sequence[StepWork],
+        worker_dtype: str | None = None,
+    ) -> DisputeOutcome:
+        """Have the drawn verifiers judge one hop; slash on a guilty majority of their stake."""
+        package = VerificationPackage(signed, list(steps), worker_dtype or LOOSEST_DTYPE)
+        leaves = package.leaves()
+        if len(leaves) != signed.steps or merkle_root(leaves) != signed.root:
+            return DisputeOutcome(signed.node, [], False, note="the relayed steps do not rebuild its root")
+        drawn = await asyncio.to_thread(
+            self.registry.draw_verifiers, job_id, record, close_block, signed.node, signed.span, signed.root
+        )
+        if len(drawn) < MIN_VERIFIERS:
+            return DisputeOutcome(signed.node, [], False, note=f"{len(drawn)} verifiers drawn, too few")
+        body = package.to_json()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.verify_timeout_s)) as http:
+            answers = await asyncio.gather(
+                *(self._ask(http, address, stake, job_id, signed, body) for address, stake in drawn)
+            )
+        for a in answers:
+            if a.fault:
+                self.on_fault(a.verifier, a.note)
+        index, group = tally(answers)
+        if index is None:
+            return DisputeOutcome(signed.node, list(answers), False, note="no guilty majority")
+        evidence = SlashEvidence(
+            job_id,
+            record,
+            close_block,
+            signed,
+            index,
+            leaves[index],
+            merkle_proof(leaves, index),
+            [a.signature for a in group if a.signature is not None],
+        )
+        result = await asyncio.to_thread(self.registry.slash, evidence)
+        self.on_slashed(signed.node)
+        log.warning(
+            "job %d: %s slashed for leaf %d (guilty verdicts of %s), tx %s",
+            job_id,
+            signed.node,
+            index,
+            ", ".join(a.verifier for a in group),
+            result.tx_hash,
+        )
+        return DisputeOutcome(signed.node, list(answers), True, result.tx_hash)
+
+    async def _ask(
+        self,
+        http: aiohttp.ClientSession,
+        verifier: str,
+        stake: int,
+        job_id: int,
+        signed: SignedCommitment,
+        package: dict[str, object],
+    ) -> VerifierAnswer:
+        endpoint = self.endpoint_of(verifier)
+        if not endpoint:
+            return VerifierAnswer(verifier, stake, None, note="no endpoint known", fault=True)
+        domain = self.domain
+        ticket = sign_ticket(
+            self.account,
+            worker=verifier,
+            session_id="v" + uuid.uuid4().hex,
+            job_id=job_id,
+            span=signed.span,
+            max_positions=max(1, signed.positions),  # the check recomputes the positions the hop committed to
+            expires_at=int(time.time()) + 3600,
+            chain_id=domain.chain_id,
+            registry=domain.registry,
+        )
+        try:
+            async with http.post(
+                endpoint.rstrip("/") + "/v1/verify", json={"ticket": ticket, "package": package}
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return VerifierAnswer(verifier, stake, None, note=f"no answer: {exc!r}", fault=True)
+        try:
+            data = loads_limited(raw, max_bytes=64 * 1024, max_depth=4)
+        except ValueError:
+            data = {}
+        if status != 200 or not isinstance(data, dict):
+            # 401/422: it cannot check this hop (another span, say); anything else is a refusal
+            cannot = status in (401, 422)
+            why = str(data.get("error", "")) if isinstance(data, dict) else ""
+            return VerifierAnswer(verifier, stake, None, note=f"HTTP {status} {why}"[:300], fault=not cannot)
+        if not data.get("guilty"):
+            return VerifierAnswer(verifier, stake, False, note=str(data.get("reason", ""))[:300])
+        try:
+            index = int(data["leaf_index"])
+            leaf = bytes.fromhex(str(data["leaf"]).removeprefix("0x"))
+            signature = CompactSignature.from_hex(str(data["signature"]))
+            signer = verify_verdict(
+                signature,
+                domain,
+                job_id=job_id,
+                accused=signed.node,
+                root=signed.root,
+                leaf_index=index,
+                leaf=leaf,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            return VerifierAnswer(verifier, stake, None, note=f"malformed verdict ({exc})", fault=True)
+        if signer.lower() != verifier.lower():
+            return VerifierAnswer(verifier, stake, None, note=f"verdict signed by {signer}", fault=True)
+        return VerifierAnswer(verifier, stake, True, index, signature, str(data.get("reason", ""))[:300])
+
+
+def outcome_record(job_id: int, hop_index: int, outcome: DisputeOutcome) -> dict[str, object]:
+    """The JSON-able record of a slash (what the coordinator's database keeps beside the transaction)."""
+    return {
+        "format": "shardnet-dispute/1",
+        "job_id": job_id,
+        "hop_index": hop_index,
+        "node": outcome.node.lower(),
+        "verdicts": [
+            {"verifier": a.verifier.lower(), "guilty": a.guilty, "leaf_index": a.leaf_index, "note": a.note}
+            for a in outcome.answers
+        ],
+    }
+
+
+def record_hash(record: dict[str, object]) -> bytes:
+    return keccak(json.dumps(record, sort_keys=True, separators=(",", ":")).encode())

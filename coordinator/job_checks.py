@@ -1,0 +1,186 @@
+"""Every settled job's hops checked after the fact (`coordinator.disputes`), in the background of the job runner.
+
+A hop is checked when the coordinator relayed all its steps (its packages rebuild the worker's signed root) and
+at least `MIN_VERIFIERS` other live workers serve its span (else the registry could not draw enough verifiers
+and no slash could follow). The accused's dtype (its /health) picks the tolerance; one that cannot be read is
+checked at the loosest calibrated tolerance, so honest drift never slashes. Faults (a verifier refusing or
+timing out) mark the verifier down and are recorded; a slash excludes the node from routing for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+from eth_utils import keccak
+
+from coordinator.disputes import (
+    DRAW_DELAY,
+    MIN_VERIFIERS,
+    DisputeOutcome,
+    DisputeRunner,
+    outcome_record,
+    record_hash,
+)
+from coordinator.hop_sessions import PipelineContext
+from coordinator.hops import JobHops
+from shardnet.chain.tx import wait_for_receipt
+from shardnet.wire.commitment import merkle_root
+from shardnet.wire.json_limits import loads_limited
+
+log = logging.getLogger(__name__)
+
+MAX_FAULTS = 3  # refused or timed-out checks before a verifier is excluded from routing
+
+
+async def worker_dtype(endpoint: str | None, timeout_s: float = 5.0) -> str | None:
+    """The dtype a worker's /health reports, or None when it cannot be read."""
+    if not endpoint:
+        return None
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http,
+            http.get(endpoint.rstrip("/") + "/health") as resp,
+        ):
+            data = loads_limited(await resp.read(), max_bytes=64 * 1024, max_depth=4)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+    dtype = data.get("dtype") if isinstance(data, dict) else None
+    return dtype if isinstance(dtype, str) else None
+
+
+async def relayed_root_mismatch(job_hops: JobHops, hop_index: int) -> bool:
+    """True when the hop's signed commitment covers as many steps as were relayed but not their leaves: it committed
+    to something other than what it received and sent (its settlement is refused)."""
+    signed = job_hops.commitments.get(hop_index)
+    if signed is None or len(job_hops.relayed.get(hop_index, [])) != signed.steps:
+        return False
+    work = await job_hops.step_work(hop_index)
+    if not work:
+        return False
+    return merkle_root([w.leaf() for w in work]) != signed.root
+
+
+def job_drawn(randomness: bytes, job_id: int, share: float) -> bool:
+    """Whether a settled job is checked: keccak(blockhash(closeBlock + 2) || jobId) below `share` of 2**256 (the
+    randomness the registry draws verifiers from: unknown when the work was committed)."""
+    if share >= 1.0:
+        return True
+    word = int.from_bytes(keccak(bytes(randomness) + job_id.to_bytes(32, "big")), "big")
+    return word < int(share * 2**256)
+
+
+class JobChecks:
+    """Starts the after-the-fact check of a `share` of the settled jobs (0 turns them off)."""
+
+    def __init__(self, ctx: PipelineContext, *, share: float = 1.0) -> None:
+        self.ctx = ctx
+        self.share = share
+        self.enabled = share > 0
+        directory = ctx.router.directory
+        self.disputes = DisputeRunner(
+            ctx.registry, ctx.account, directory.endpoint, on_fault=self._fault, on_slashed=directory.exclude
+        )
+        self._tasks: set[asyncio.Task[list[DisputeOutcome]]] = set()
+        self.faults: dict[str, int] = {}  # verifier (lower case) -> packages it refused or let time out
+
+    def start(self, job_id: int, model_id: int, job_hops: JobHops, settle_tx: str) -> None:
+        """Check the job's hops in the background (nothing to wait for: the client has its answer)."""
+        if not self.enabled:
+            return
+        task = asyncio.ensure_future(self.run(job_id, model_id, job_hops, settle_tx))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def wait(self) -> None:
+        """Wait for the checks started so far (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def run(
+        self, job_id: int, model_id: int, job_hops: JobHops, settle_tx: str
+    ) -> list[DisputeOutcome]:
+        directory = self.ctx.router.directory
+        todo = []
+        for i, (node, span) in enumerate(job_hops.hops):
+            signed = job_hops.commitments.get(i)
+            if signed is None or not 0 < len(job_hops.relayed.get(i, [])) == signed.steps:
+                continue
+            if len(self.ctx.router.replicas(model_id, span, besides={node})) < MIN_VERIFIERS:
+                log.info(
+                    "job %d: hop %d (%s) not checked: fewer than %d other workers serve %s",
+                    job_id,
+                    i,
+                    node,
+                    MIN_VERIFIERS,
+                    span,
+                )
+                continue
+            todo.append((i, signed, await job_hops.step_work(i)))
+        if not todo:
+            return []
+        registry = self.disputes.registry
+        try:
+            receipt = await asyncio.to_thread(wait_for_receipt, registry.w3, settle_tx)
+            raw = receipt["blockNumber"]  # a raw JSON-RPC receipt: hex
+            close_block = int(raw, 16) if isinstance(raw, str) else int(raw)
+            record = await asyncio.to_thread(registry.job_record, job_id)
+            if not await self.disputes.wait_for_draw(close_block):
+                log.warning("job %d: no block %d yet; its hops are not checked", job_id, close_block + 2)
+                return []
+            block = await asyncio.to_thread(registry.w3.eth.get_block, close_block + DRAW_DELAY)
+            if not job_drawn(bytes(block["hash"]), job_id, self.share):
+                log.info("job %d: not among the %.0f%% of jobs checked", job_id, 100 * self.share)
+                return []
+            outcomes = []
+            for i, signed, work in todo:
+                dtype = await worker_dtype(directory.endpoint(signed.node))
+                outcome = await self.disputes.check_hop(job_id, record, close_block, signed, work, dtype)
+                self._record(job_id, i, outcome)
+                outcomes.append(outcome)
+            return outcomes
+        except Exception:
+            log.exception("job %d: the after-the-fact check failed", job_id)
+            return []
+
+    def _fault(self, verifier: str, why: str) -> None:
+        """A drawn verifier that refused or timed out: marked down (out of routing until its /health answers);
+        after MAX_FAULTS of them, excluded from routing for good."""
+        count = self.faults[verifier.lower()] = self.faults.get(verifier.lower(), 0) + 1
+        log.warning("verifier %s did not judge a package (%s): fault %d", verifier, why, count)
+        directory = self.ctx.router.directory
+        directory.mark_down(verifier, f"verification refused or timed out: {why}")
+        if count >= MAX_FAULTS:
+            log.warning("verifier %s refused %d checks: excluded from routing", verifier, count)
+            directory.exclude(verifier)
+
+    def _record(self, job_id: int, hop_index: int, outcome: DisputeOutcome) -> None:
+        state = self.ctx.state
+        for a in outcome.answers:
+            state.add_verification(
+                job_id=job_id,
+                hop_index=hop_index,
+                step_index=-1 if a.leaf_index is None else a.leaf_index,
+                node=outcome.node.lower(),
+                replica=a.verifier.lower(),
+                metric=0.0,
+                agree=a.guilty is False,
+                outlier=outcome.node.lower() if a.guilty else None,
+            )
+        if outcome.slashed:
+            record = outcome_record(job_id, hop_index, outcome)
+            state.add_slash(
+                job_id=job_id,
+                node=outcome.node,
+                evidence_hash=record_hash(record),
+                evidence=record,
+                tx_hash=outcome.tx_hash,
+            )
+        log.info(
+            "job %d: hop %d (%s) checked: %s",
+            job_id,
+            hop_index,
+            outcome.node,
+            "slashed" if outcome.slashed else outcome.note or "innocent",
+        )

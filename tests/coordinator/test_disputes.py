@@ -1,0 +1,300 @@
+"""After-the-fact checks end to end on a real anvil registry: five nodes staked on layers 0:2 of the tiny Llama,
+each a real worker server (in process, on its own port) with its own key; the accused serves a real job through
+its HTTP API, the job is settled, the registry draws the verifiers, they judge the package on POST /v1/verify,
+and the coordinator's `DisputeRunner` slashes on a guilty majority of their stake.
+
+- a worker adding noise to its outputs (the --perturb-outputs cheat) is slashed; its stake goes to the client;
+- an honest bf16 worker checked by fp32 verifiers is never found guilty;
+- 2 colluding identities of 5 can neither frame an honest node nor shield their own cheat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from aiohttp import web
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
+
+from coordinator.disputes import DisputeOutcome, DisputeRunner, hop_step_work
+from shardnet.chain.commitments import SignedCommitment, sign_commitment, sign_verdict
+from shardnet.chain.devnet import free_port
+from shardnet.chain.registry import JobRecord, Registry, Settlement
+from shardnet.model import load_block
+from shardnet.peer.client import WorkerClient
+from shardnet.span import LayerSpan
+from shardnet.store.manifest import Manifest
+from shardnet.verify.package import StepWork, VerificationPackage
+from shardnet.wire.eip712 import Domain
+from shardnet.wire.tickets import sign_ticket
+from tests.fixtures_chain import TEST_PARAMS, DevChain
+from worker.server import BlockInfo, WorkerServer
+
+SPAN = LayerSpan(0, 2)
+PRICE = 1_000
+MAX_TOKENS = 8
+MIN_STAKE = TEST_PARAMS.min_stake
+
+
+@dataclass
+class Setup:
+    chain: DevChain
+    owner: Registry  # sends as the owner, also the jobs' coordinator
+    coordinator: LocalAccount
+    domain: Domain
+    model_id: int
+    nodes: list[LocalAccount]  # 5 nodes staked on SPAN
+    client: LocalAccount
+    ports: dict[str, int]
+    registry_for: Callable[[LocalAccount | None], Registry]
+
+
+@pytest.fixture(scope="module")
+def blocks(tiny_llama_store: tuple[Path, str, Manifest]) -> dict[torch.dtype, Any]:
+    store, _cid, manifest = tiny_llama_store
+    return {d: load_block(store, manifest.to_json(), SPAN, d) for d in (torch.float32, torch.bfloat16)}
+
+
+@pytest.fixture
+def setup(
+    anvil: DevChain,
+    accounts: list[LocalAccount],
+    registry_for: Callable[[LocalAccount | None], Registry],
+    tiny_llama_store: tuple[Path, str, Manifest],
+) -> Iterator[Setup]:
+    owner = registry_for(accounts[0])
+    owner.set_coordinator(accounts[0].address, "http://127.0.0.1:9", True)
+    _store, cid, _manifest = tiny_llama_store
+    model_id = int(owner.register_model("tiny", cid, 4, PRICE).event("ModelRegistered").args["modelId"])
+    nodes = accounts[1:6]
+    ports = {}
+    for node in nodes:
+        ports[node.address] = free_port()
+        reg = registry_for(node)
+        reg.register_node(f"http://127.0.0.1:{ports[node.address]}", MIN_STAKE)
+        reg.announce_shard(model_id, SPAN)
+    yield Setup(anvil, owner, accounts[0], owner.domain(), model_id, nodes, accounts[9], ports, registry_for)
+
+
+def _server(s: Setup, node: LocalAccount, block: Any, perturb: float = 0.0) -> WorkerServer:
+    info = BlockInfo(
+        span=SPAN,
+        num_layers=4,
+        is_first=True,
+        is_last=False,
+        hidden_size=block.hidden_size,
+        vocab_size=block.vocab_size,
+        kv_bytes_per_token=1,
+    )
+    views = s.registry_for(None)
+
+    def commit(job_id: int, span: LayerSpan, positions: int, steps: int, root: bytes) -> SignedCommitment:
+        return sign_commitment(
+            node, s.domain, job_id=job_id, span=span, positions=positions, steps=steps, root=root
+        )
+
+    def verdict(job_id: int, accused: str, root: bytes, index: int, leaf: bytes) -> Any:
+        return sign_verdict(
+            node, s.domain, job_id=job_id, accused=accused, root=root, leaf_index=index, leaf=leaf
+        )
+
+    return WorkerServer(
+        address=node.address,
+        model_name="tiny",
+        model_id=s.model_id,
+        block=block,
+        info=info,
+        is_coordinator=views.is_coordinator,
+        job_coordinator=lambda job_id: views.job_record(job_id).coordinator,
+        chain_id=s.domain.chain_id,
+        registry_address=s.domain.registry,
+        signer=commit,
+        verdict_signer=verdict,
+        perturb_outputs=perturb,
+    )
+
+
+def _colluder(s: Setup, node: LocalAccount, guilty: bool) -> web.Application:
+    """A sybil's /v1/verify: always guilty (framing: a verdict on leaf 1) or always innocent (shielding)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        data = await request.json()
+        package = VerificationPackage.from_json(data["package"], max_steps=1000)
+        c = package.commitment
+        if not guilty:
+            return web.json_response({"guilty": False, "reason": "looks fine to me"})
+        leaf = package.leaves()[1]
+        sig = sign_verdict(
+            node, s.domain, job_id=c.job_id, accused=c.node, root=c.root, leaf_index=1, leaf=leaf
+        )
+        return web.json_response(
+            {"guilty": True, "leaf_index": 1, "leaf": "0x" + leaf.hex(), "signature": sig.hex()}
+        )
+
+    app = web.Application(client_max_size=64 << 20)
+    app.add_routes([web.post("/v1/verify", handle)])
+    return app
+
+
+async def _serve_job(s: Setup, accused: LocalAccount, job_id: int) -> tuple[SignedCommitment, list[StepWork]]:
+    """Run a prompt and 6 decode steps through the accused's session of the job, as the coordinator relays them."""
+    url = f"http://127.0.0.1:{s.ports[accused.address]}"
+    ticket = sign_ticket(
+        s.coordinator,
+        worker=accused.address,
+        session_id=uuid.uuid4().hex,
+        job_id=job_id,
+        span=SPAN,
+        max_positions=64,
+        expires_at=int(time.time()) + 600,
+        chain_id=s.domain.chain_id,
+        registry=s.domain.registry,
+    )
+    work: list[StepWork] = []
+    async with WorkerClient(url) as client:
+        sid = (await client.open_session(ticket, "fp32"))["session_id"]
+        gen = torch.Generator().manual_seed(job_id)
+        x, pos = torch.randint(0, 256, (1, 6), generator=gen), 0
+        for _ in range(7):
+            res = await client.step_full(sid, x, pos)
+            work.append(hop_step_work(x, None, res.tensor, res.step_hash))
+            pos += int(x.shape[1])
+            x = torch.randint(0, 256, (1, 1), generator=gen)
+        closed = await client.close_session(sid)
+    assert closed.job_commitment is not None
+    return closed.job_commitment, work
+
+
+def _dispute(
+    s: Setup, blocks: dict[torch.dtype, Any], accused: LocalAccount, servers: dict[str, Any], dtype: str
+) -> tuple[DisputeOutcome, int, JobRecord]:
+    """Serve a job on the accused, settle it, mine past the draw delay and run the dispute; returns the outcome."""
+    client_reg = s.registry_for(s.client)
+    quote = s.owner.quote(s.model_id, MAX_TOKENS)
+    job_id = int(
+        client_reg.submit_job(s.model_id, keccak(text="prompt"), MAX_TOKENS, s.coordinator.address, quote)
+        .event("JobSubmitted")
+        .args["jobId"]
+    )
+
+    async def go() -> DisputeOutcome:
+        runners = []
+        for address, app in servers.items():
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", s.ports[address]).start()
+            runners.append(runner)
+        try:
+            signed, work = await _serve_job(s, accused, job_id)
+            record = s.owner.job_record(job_id)
+            close = s.owner.settle_jobs(
+                [Settlement(job_id, record, keccak(text="out"), [signed])]
+            ).block_number
+            s.chain.mine(3)
+            runner = DisputeRunner(
+                s.owner,
+                s.coordinator,
+                lambda a: f"http://127.0.0.1:{s.ports[a]}",
+                on_fault=lambda node, why: faults.append(node),
+                verify_timeout_s=60,
+            )
+            return await runner.check_hop(job_id, record, close, signed, work, dtype)
+        finally:
+            for runner in runners:
+                await runner.cleanup()
+
+    faults: list[str] = []
+    outcome = asyncio.run(go())
+    assert sorted(faults) == sorted(a.verifier for a in outcome.answers if a.fault)
+    return outcome, job_id, s.owner.job_record(job_id)
+
+
+def _apps(s: Setup, blocks: dict[torch.dtype, Any], honest: list[LocalAccount]) -> dict[str, Any]:
+    return {n.address: _server(s, n, blocks[torch.float32]).app() for n in honest}
+
+
+def test_a_cheating_worker_is_slashed_and_its_stake_goes_to_the_client(
+    setup: Setup, blocks: dict[torch.dtype, Any]
+) -> None:
+    s = setup
+    accused, others = s.nodes[0], s.nodes[1:]
+    servers = {accused.address: _server(s, accused, blocks[torch.float32], perturb=0.05).app()}
+    servers |= _apps(s, blocks, others)
+    outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32")
+    assert outcome.slashed, outcome
+    assert sorted(a.guilty for a in outcome.answers) == [True] * 4
+    assert s.owner.get_node(accused.address).jailed and s.owner.is_slashed(job_id, accused.address)
+    taken = MIN_STAKE * s.owner.slash_bps() // 10_000
+    [event] = s.owner.get_logs(0, s.owner.block_number(), ["NodeSlashed"])
+    assert (event.args["node"], event.args["client"], event.args["amount"]) == (
+        accused.address,
+        s.client.address,
+        taken,
+    )
+    assert event.tx_hash == outcome.tx_hash
+
+
+def test_an_honest_bf16_worker_is_never_slashed(setup: Setup, blocks: dict[torch.dtype, Any]) -> None:
+    s = setup
+    accused, others = s.nodes[0], s.nodes[1:]
+    servers = {accused.address: _server(s, accused, blocks[torch.bfloat16]).app()} | _apps(s, blocks, others)
+    outcome, job_id, _ = _dispute(s, blocks, accused, servers, "bfloat16")
+    assert not outcome.slashed and [a.guilty for a in outcome.answers] == [False] * 4, outcome
+    assert not s.owner.get_node(accused.address).jailed
+
+
+def test_two_colluders_of_five_cannot_frame_an_honest_node(
+    setup: Setup, blocks: dict[torch.dtype, Any]
+) -> None:
+    s = setup
+    accused, colluders, honest = s.nodes[0], s.nodes[1:3], s.nodes[3:]
+    servers = {accused.address: _server(s, accused, blocks[torch.float32]).app()} | _apps(s, blocks, honest)
+    servers |= {c.address: _colluder(s, c, guilty=True) for c in colluders}
+    outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32")
+    assert sorted(bool(a.guilty) for a in outcome.answers) == [False, False, True, True]
+    assert not outcome.slashed and not s.owner.get_node(accused.address).jailed
+
+
+def test_a_cheat_and_its_sybil_cannot_shield_the_cheat(setup: Setup, blocks: dict[torch.dtype, Any]) -> None:
+    s = setup
+    accused, sybil, honest = s.nodes[0], s.nodes[1], s.nodes[2:]
+    servers = {accused.address: _server(s, accused, blocks[torch.float32], perturb=0.05).app()}
+    servers |= _apps(s, blocks, honest) | {sybil.address: _colluder(s, sybil, guilty=False)}
+    outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32")
+    assert outcome.slashed and s.owner.get_node(accused.address).jailed
+    assert sorted(bool(a.guilty) for a in outcome.answers) == [False, True, True, True]
+
+
+def test_the_share_of_jobs_checked_is_drawn_from_the_close_randomness() -> None:
+    from coordinator.job_checks import job_drawn
+
+    randomness = keccak(text="blockhash(closeBlock + 2)")
+    assert all(job_drawn(randomness, j, 1.0) for j in range(50))
+    assert not any(job_drawn(randomness, j, 0.0) for j in range(50))
+    drawn = sum(job_drawn(randomness, j, 0.25) for j in range(2000))
+    assert 420 < drawn < 580  # 500 expected; binomial sd ~19
+    other = keccak(text="another block")
+    assert [job_drawn(other, j, 0.25) for j in range(64)] != [
+        job_drawn(randomness, j, 0.25) for j in range(64)
+    ]
+
+
+def test_a_verifier_that_does_not_answer_is_a_fault_and_cannot_shield(
+    setup: Setup, blocks: dict[torch.dtype, Any]
+) -> None:
+    s = setup
+    accused, silent, honest = s.nodes[0], s.nodes[1], s.nodes[2:]
+    servers = {accused.address: _server(s, accused, blocks[torch.float32], perturb=0.05).app()}
+    servers |= _apps(s, blocks, honest)  # `silent` serves nothing on its registered endpoint
+    outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32")
+    [fault] = [a for a in outcome.answers if a.fault]
+    assert fault.verifier == silent.address and fault.guilty is None
+    assert outcome.slashed and s.owner.get_node(accused.address).jailed  # 3 of 4 drawn stake: a majority
