@@ -19,6 +19,9 @@ class JobHops:
 
     job_id: int
     hops: list[tuple[str, LayerSpan]]
+    max_positions: int = (
+        0  # prompt plus max_tokens: what each session reserves on its worker at open (0: none)
+    )
     positions: list[int] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)  # why each hop is there: "route", "failover", "rerun"
     commitments: dict[int, SignedCommitment] = field(

@@ -298,7 +298,7 @@ class JobRunner:
             )
             self.lifecycle.advance(job_id, JobState.GENERATING)  # no route goes on chain (protocol v2)
             self.commitments.track(job_id)
-            job_hops = JobHops(job_id, list(hops))
+            job_hops = JobHops(job_id, list(hops), max_positions=len(prompt_ids) + job.max_tokens)
             result = await self.generate(
                 job_id, model, job_hops, prompt_ids, job.max_tokens, params, on_token, route
             )

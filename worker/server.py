@@ -21,11 +21,12 @@ import torch
 from aiohttp import web
 
 from shardnet.model.adapters import ModelError
-from shardnet.peer.errors import InvalidTensor, SessionConflict, TicketRejected, WorkerUnavailable
+from shardnet.peer.errors import DRAINING, InvalidTensor, SessionConflict, TicketRejected, WorkerUnavailable
 from shardnet.span import LayerSpan
 from shardnet.wire.commitment import merkle_root, step_hash
-from shardnet.wire.frames import decode_frame, encode_frame
+from shardnet.wire.frames import encode_frame
 from shardnet.wire.tickets import TicketError, verify_ticket
+from worker import memory
 from worker.coordinator_check import CoordinatorCheck
 from worker.forwarding import SESSION_TOKEN_HEADER, forward_step
 from worker.http_errors import errors_as_json, read_body
@@ -44,8 +45,6 @@ from worker.sessions import ModelSession, Session, SessionManager
 from worker.state import WorkerState
 
 log = logging.getLogger(__name__)
-
-LOGITS_CODEC = "fp32"  # the last block's logits always travel in full precision
 
 __all__ = ["BlockInfo", "CoordinatorCheck", "ServerLimits", "WorkerServer", "SESSION_TOKEN_HEADER"]
 
@@ -99,9 +98,11 @@ class WorkerServer:
             max_length=self.limits.max_length,
             max_memory_bytes=self.limits.max_memory_bytes,
             kv_bytes_per_token=info.kv_bytes_per_token,
+            output_bytes_per_position=memory.kept_bytes_per_position(info),
             idle_timeout_s=self.limits.idle_timeout_s,
             on_close=self._session_closed,
         )
+        self._trimmer = memory.MemoryTrimmer()
 
     # -- application
     def app(self) -> web.Application:
@@ -146,7 +147,7 @@ class WorkerServer:
     # -- handlers
     async def open_session(self, request: web.Request) -> web.Response:
         if self.draining:
-            raise WorkerUnavailable("worker is shutting down and takes no new sessions: use another worker")
+            raise WorkerUnavailable("worker is shutting down (draining): use another worker", code=DRAINING)
         req = parse_open_request(
             await self._read_body(request, MAX_OPEN_JSON_BYTES), is_last=self.info.is_last
         )
@@ -193,6 +194,7 @@ class WorkerServer:
             codec=req.codec,
             next_hop=req.next_hop,
             make_compute=self._new_compute_session,
+            max_positions=req.max_positions,
         )
         self.metrics.sessions_open.set(len(self.sessions))
         if self.state is not None:
@@ -247,17 +249,8 @@ class WorkerServer:
 
     async def outputs(self, request: web.Request) -> web.Response:
         session = self._session(request)
-        codec = LOGITS_CODEC if self.info.is_last else session.codec
-        frames = list(session.output_frames)
-        if frames:
-            tensor = torch.cat([decode_frame(f) for f in frames], dim=1)
-        else:
-            width = self.info.vocab_size if self.info.is_last else self.info.hidden_size
-            tensor = torch.zeros(1, 0, width or 0)
-        body = encode_frame(tensor, codec)
-        return web.Response(
-            body=body, headers={"X-Steps": str(len(frames))}, content_type="application/octet-stream"
-        )
+        body, headers = memory.outputs_answer(list(session.output_frames), self.info, session.codec)
+        return web.Response(body=body, headers=headers, content_type="application/octet-stream")
 
     async def close_session(self, request: web.Request) -> web.Response:
         session = self._session(request)
@@ -289,6 +282,7 @@ class WorkerServer:
                 "max_sessions": self.limits.max_sessions,
                 "max_length": self.limits.max_length,
                 "draining": self.draining,
+                "memory": memory.memory_health(self.sessions),
             }
         )
 
@@ -334,7 +328,7 @@ class WorkerServer:
         t0 = time.perf_counter()
         index = len(session.step_hashes)  # the session's lock is held: no other step of it runs meanwhile
         try:
-            frame, digest = await loop.run_in_executor(
+            frame, kept, digest = await loop.run_in_executor(
                 self._compute, self._run_block, session, x, start_pos, index
             )
         except ModelError as exc:  # inputs are checked first, so this is rare; the session cannot go on
@@ -345,25 +339,27 @@ class WorkerServer:
         self.metrics.step_seconds.observe(time.perf_counter() - t0)
         self.metrics.tokens_processed.inc(int(x.shape[1]))
         session.step_hashes.append(digest)
-        session.output_frames.append(frame)
-        session.output_bytes += len(frame)
+        session.output_frames.append(kept)
+        session.output_bytes += len(kept) + memory.OBJECT_OVERHEAD
         return frame, digest, index
 
     def _run_block(
         self, session: Session, x: torch.Tensor, start_pos: int, index: int
-    ) -> tuple[bytes, bytes]:
+    ) -> tuple[bytes, bytes, bytes]:
         """Compute, encode, hash and record one step, all on the compute thread: one executor hop per step,
-        and the event loop never waits on hashing (196 KB of logits take ~0.8 ms to keccak) or SQLite."""
+        and the event loop never waits on hashing (196 KB of logits take ~0.8 ms to keccak) or SQLite.
+        Returns the frame sent, what the session keeps of it (`worker.memory.kept_output`) and its hash."""
         with torch.inference_mode():
             out = session.compute.step(x, start_pos)
             if self.perturb_outputs > 0:
                 out = out + self.perturb_outputs * out.float().std() * torch.randn_like(out)
-            frame = encode_frame(out.float(), LOGITS_CODEC if self.info.is_last else session.codec)
+            frame = encode_frame(out.float(), memory.LOGITS_CODEC if self.info.is_last else session.codec)
+            kept = memory.kept_output(out, frame, is_last=self.info.is_last)
         digest = step_hash(frame)
         if self.state is not None:
             # recorded before the output leaves: a crash can never lose a step the commitment must cover
             self.state.step_recorded(session.session_id, index, digest, int(x.shape[1]))
-        return frame, digest
+        return frame, kept, digest
 
     async def _forward(self, session: Session, frame: bytes, digest: bytes, start_pos: int) -> web.Response:
         assert session.next_hop is not None and self._http is not None
@@ -376,7 +372,10 @@ class WorkerServer:
         close = getattr(session.compute, "close", None)
         if close is not None and not session.busy:
             close()  # frees the KV cache now rather than at garbage collection
-        self.metrics.sessions_open.set(len(self.sessions))
+        session.output_frames = []  # nothing reads them after the close
+        self._trimmer.after_close(
+            len(self.sessions)
+        )  # and hand what was freed back to the system        self.metrics.sessions_open.set(len(self.sessions))
         self.metrics.sessions_closed.labels(reason).inc()
         log.info("session %s %s after %d steps", session.session_id, reason, session.steps)
         if self.state is not None:
