@@ -373,9 +373,8 @@ class WorkerServer:
         if close is not None and not session.busy:
             close()  # frees the KV cache now rather than at garbage collection
         session.output_frames = []  # nothing reads them after the close
-        self._trimmer.after_close(
-            len(self.sessions)
-        )  # and hand what was freed back to the system        self.metrics.sessions_open.set(len(self.sessions))
+        self._trimmer.after_close(len(self.sessions))  # hand what was freed back to the system
+        self.metrics.sessions_open.set(len(self.sessions))
         self.metrics.sessions_closed.labels(reason).inc()
         log.info("session %s %s after %d steps", session.session_id, reason, session.steps)
         if self.state is not None:
