@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from itertools import count
 from typing import Any, Generic, TypeVar
 
 from shardnet.errors import ShardnetError
@@ -86,7 +85,6 @@ class Admission(Generic[T]):
         self.refused = 0
         self._pending: dict[str, int] = {}  # node -> admitted jobs routed through it
         self._places: set[Place] = set()
-        self._ids = count()
         self._decide = asyncio.Lock()  # one admission decision at a time, so two cannot take the same session
         self._freed = asyncio.Event()
 

@@ -65,7 +65,14 @@ class PreflightRefused(ShardnetError):
 
 def _refuse(message: str, code: str, status: int = 400) -> web.Response:
     return web.json_response(
-        {"error": {"message": message, "type": "invalid_request_error", "code": code}}, status=status
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error" if status == 400 else "service_unavailable",
+                "code": code,
+            }
+        },
+        status=status,
     )
 
 
@@ -224,9 +231,10 @@ def positions_held(health: dict[str, Any]) -> int:
     memory = health.get("memory")
     try:
         per_position = int(memory["bytes_per_position"])  # type: ignore[index]
-        return min(length, int(memory["budget_bytes"]) // per_position)  # type: ignore[index]
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        budget = int(memory["budget_bytes"])  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
         return length
+    return min(length, budget // per_position) if per_position > 0 else length
 
 
 def check_memory_free(plan: JobPlan) -> None:
@@ -235,7 +243,7 @@ def check_memory_free(plan: JobPlan) -> None:
         needed = memory_needed(health, plan.prompt_tokens + plan.max_tokens)
         if not has_free_memory(health, needed, 0):
             raise PreflightRefused(
-                f"worker {hop.address} has not the free cache memory for this job now ({needed} bytes for "
+                f"worker {hop.address} does not have the free cache memory for this job now ({needed} bytes for "
                 f"{plan.prompt_tokens + plan.max_tokens} positions): nothing was paid; retry in a few seconds",
                 "no_capacity",
                 status=503,

@@ -134,3 +134,27 @@ def test_concurrent_long_requests_are_served_or_refused_before_paying_never_paid
     log = mem_net.coordinator.log()
     assert " is down " not in log and "failed" not in log.lower().replace("failed over", ""), log[-3000:]
     assert "evicting" not in mem_net.worker.log()
+
+
+def test_preflight_answers_503_while_the_workers_memory_is_taken_and_200_after(mem_net: MemNet) -> None:
+    """A client-paid job asks first: while two long API requests hold the worker's cache memory, a job needing
+    as much is refused 503 no_capacity (nothing paid; retry), and accepted once they are done."""
+    url = mem_net.coordinator.url
+    body = {"model": "tiny-chat", "prompt": "p" * PROMPT_CHARS, "max_tokens": NEW_TOKENS}
+    per_job = None
+    with ThreadPoolExecutor(2) as pool:
+        running = [pool.submit(_complete, mem_net, f"{i}" * PROMPT_CHARS) for i in range(2)]
+
+        def held() -> bool:
+            memory = http_json("GET", mem_net.worker.url + "/health")[1]["memory"]
+            nonlocal per_job
+            per_job = (PROMPT_CHARS + NEW_TOKENS) * memory["bytes_per_position"]
+            return memory["free_bytes"] < per_job
+
+        wait_for(held, 60, "both requests' sessions holding the worker's memory", interval=0.02)
+        status, answer = http_json("POST", url + "/v1/jobs/preflight", body)
+        assert status == 503 and answer["error"]["code"] == "no_capacity", answer
+        assert "nothing was paid" in answer["error"]["message"]
+        assert all(f.result()[0] == 200 for f in running)
+    status, answer = http_json("POST", url + "/v1/jobs/preflight", body)
+    assert status == 200 and answer["max_tokens"] == NEW_TOKENS, answer

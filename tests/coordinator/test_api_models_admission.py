@@ -151,3 +151,14 @@ def test_memory_admission_counts_what_was_admitted_but_not_opened_at_the_health_
         assert admission.unopened_bytes("0xa", opened_by, 0) == 0
 
     asyncio.run(scenario())
+
+
+def test_positions_a_worker_holds_are_capped_by_its_whole_cache_budget() -> None:
+    from coordinator.preflight import positions_held
+
+    assert positions_held({"max_length": 2048}) == 2048  # no memory reported: no limit known
+    memory = {"budget_bytes": 1000, "bytes_per_position": 10}
+    assert positions_held({"max_length": 2048, "memory": memory}) == 100
+    assert positions_held({"max_length": 64, "memory": memory}) == 64
+    liar = {"budget_bytes": 1000, "bytes_per_position": -5}  # a worker stating nonsense: its max_length only
+    assert positions_held({"max_length": 64, "memory": liar}) == 64
