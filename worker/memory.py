@@ -9,7 +9,7 @@ for `GET /v1/sessions/{id}/outputs`:
   (there is no next hop), the coordinator samples from the logits each step answered, and the step hash (the
   commitment) is taken over the full logits frame before it leaves; the top-k serve a coordinator that lost a
   step's answer and wants its greedy token back. Full fp32 logits cost vocab x 4 bytes a position (196,636 on
-  SmolLM2): the top 16 cost 156.
+  SmolLM2): the top 16 and their ids cost 156 (220 with Python's bookkeeping).
 
 `bytes_per_position` (KV cache plus the most a position's kept output takes, one-token steps in fp32, frame
 header and Python object included) is what `/health` reports, and what a session opened with `max_positions`

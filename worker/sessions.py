@@ -5,7 +5,8 @@ it enforces the overall and per-coordinator session limits, the per-session leng
 budget, closes sessions idle past the timeout, and evicts the least recently used idle session when
 full. A session opened with `max_positions` reserves its worst case (`max_positions x bytes_per_position`)
 up front: it is refused at open (503 `memory_full`, busy) rather than failing mid-generation, its steps
-within the reservation always find room, and it is never evicted to make room for another. Every session that leaves (closed, evicted, expired, drained) goes through `on_close`, so its
+within the reservation always find room, and it is never evicted to make room for another. Every session
+that leaves (closed, evicted, expired, drained) goes through `on_close`, so its
 step hashes are persisted and its job can be committed.
 """
 
