@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from coordinator.router import DEFAULT_COMPUTE_PER_LAYER_S, DEFAULT_RTT_S, WorkerInfo
-from shardnet.peer.errors import TooManySessions, WorkerAPIError, WorkerUnavailable
+from shardnet.peer.errors import BUSY_CODES, TooManySessions, WorkerAPIError, WorkerUnavailable
 from shardnet.span import LayerSpan
 
 log = logging.getLogger(__name__)
@@ -25,10 +25,12 @@ EWMA = 0.3  # weight of a new measurement
 
 
 def is_busy(exc: BaseException) -> bool:
-    """A worker's refusal that means "busy, try again" (429 session limit, 503 full), not "down" (503 draining)."""
+    """A worker's refusal that means "busy, try again", not "down": a 429 (its session limit for us, or our
+    connections) or a 503 whose machine-readable code is `memory_full` or `sessions_full`. A 503 `draining` (or
+    one without a code) means the worker takes no new work."""
     if isinstance(exc, TooManySessions):
         return True
-    return isinstance(exc, WorkerUnavailable) and "shutting down" not in exc.message
+    return isinstance(exc, WorkerUnavailable) and exc.code in BUSY_CODES
 
 
 __all__ = ["WorkerAPIError", "WorkerDirectory", "is_busy", "probe_forever"]
@@ -59,6 +61,8 @@ class WorkerDirectory:
         self._endpoints: dict[str, str] = {}
         self._stats: dict[str, _NodeStats] = {}
         self._excluded: set[str] = set()
+        self._tick = 0  # counts session opens of watched jobs
+        self._opened: dict[int, dict[str, int]] = {}  # watched job -> node -> tick its first session opened
 
     # -- facts from the chain
     def set_endpoint(self, node: str, endpoint: str) -> None:
@@ -119,6 +123,28 @@ class WorkerDirectory:
     def add_load(self, node: str, delta: int) -> None:
         stats = self._stats.setdefault(node.lower(), _NodeStats())
         stats.load = max(0, stats.load + delta)
+
+    # -- which sessions of admitted jobs are open (admission control reads it; see coordinator.admission)
+    def watch_job(self, job_id: int) -> None:
+        self._opened.setdefault(job_id, {})
+
+    def forget_job(self, job_id: int) -> None:
+        self._opened.pop(job_id, None)
+
+    def session_opened(self, node: str, job_id: int) -> None:
+        """A routed session of `job_id` opened on `node` (it reserved its memory there)."""
+        opened = self._opened.get(job_id)
+        if opened is not None:
+            self._tick += 1
+            opened.setdefault(node.lower(), self._tick)
+
+    def tick(self) -> int:
+        return self._tick
+
+    def opened_by(self, job_id: int, node: str, tick: int) -> bool:
+        """Whether a session of watched job `job_id` had opened on `node` at `tick`."""
+        at = self._opened.get(job_id, {}).get(node.lower())
+        return at is not None and at <= tick
 
     # -- views
     def endpoint(self, node: str) -> str | None:

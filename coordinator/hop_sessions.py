@@ -135,7 +135,8 @@ async def open_session_once(
         registry=domain.registry,
     )
     try:
-        opened = await client.open_session(ticket, ctx.codec)
+        # the job's worst case is reserved on the worker at open: it refuses (busy) rather than running out later
+        opened = await client.open_session(ticket, ctx.codec, max_positions=job_hops.max_positions)
     except BaseException:
         await client.aclose()
         raise
@@ -146,6 +147,7 @@ async def open_session_once(
         )
     if hop_index is not None:  # routing load counts routed sessions; verification ones compute now and then
         ctx.router.directory.add_load(node, +1)
+        ctx.router.directory.session_opened(node, job_hops.job_id)
     return OpenSession(node, endpoint, span, client, str(opened["session_id"]), hop_index)
 
 

@@ -25,7 +25,7 @@ class JobHops:
 
     job_id: int
     hops: list[tuple[str, LayerSpan]]
-    max_positions: int  # prompt tokens + max tokens: what each hop's ticket lets it compute and bill
+    max_positions: int  # prompt tokens + max tokens: what each hop's ticket lets it compute and bill, and what its session reserves at open
     positions: list[int] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)  # why each hop is there: "route", "failover", "rerun"
     commitments: dict[int, SignedCommitment] = field(

@@ -20,12 +20,12 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from coordinator.admission import Admission, Place, Refused, has_free_session
+from coordinator.admission import Admission, Place, Refused, has_free_memory, has_free_session, memory_needed
 from coordinator.api_models import ChatCompletionRequest, CompletionRequest, validation_error
 from coordinator.catalog import ModelUnavailable
 from coordinator.http_common import SERVICE, chain_error, error, json_body
 from coordinator.jobs import GenerationResult
-from coordinator.preflight import JobPlan, PreflightRefused, plan_job
+from coordinator.preflight import JobPlan, PreflightRefused, close_health_client, plan_job
 from coordinator.router import NoRouteError
 from coordinator.service import CoordinatorService
 from shardnet.chain.errors import ChainError
@@ -52,6 +52,7 @@ def install(app: web.Application, service: CoordinatorService) -> None:
         wait_s=cfg.api_queue_wait_s,
     )
     app.add_routes(ROUTES)
+    app.on_cleanup.append(close_health_client)  # the /health client preflight and admission share
 
 
 def _check_key(request: web.Request) -> web.Response | None:
@@ -115,20 +116,29 @@ async def _admit(
     default = service.config.api_max_tokens
     # 400 before queueing; the first admission check reuses this plan (its /health answers were just read),
     # a check after waiting plans again with fresh ones: the route and its workers are read once, not twice
-    first: list[JobPlan] = [await plan_job(service, model_id, prompt, wanted, default_max_tokens=default)]
     admission = request.app[ADMISSION]
     directory = service.directory
+    # (tick, plan): sessions of admitted jobs opened after the tick are not in the plan's /health: still unopened
+    first = [
+        (directory.tick(), await plan_job(service, model_id, prompt, wanted, default_max_tokens=default))
+    ]
 
-    async def check() -> tuple[JobPlan, list[str]] | None:
-        plan = (
-            first.pop()
-            if first
-            else await plan_job(service, model_id, prompt, wanted, default_max_tokens=default)
-        )
+    async def check() -> tuple[JobPlan, dict[str, int]] | None:
+        if first:
+            tick, plan = first.pop()
+        else:
+            tick = directory.tick()
+            plan = await plan_job(service, model_id, prompt, wanted, default_max_tokens=default)
+        memory: dict[str, int] = {}
         for hop, health in zip(plan.route, plan.health, strict=True):
             if not has_free_session(health, admission.pending(hop.address), directory.load(hop.address)):
                 return None
-        return plan, [h.address for h in plan.route]
+            needed = memory_needed(health, plan.prompt_tokens + plan.max_tokens)
+            unopened = admission.unopened_bytes(hop.address, directory.opened_by, tick)
+            if not has_free_memory(health, needed, unopened):
+                return None
+            memory[hop.address] = memory.get(hop.address, 0) + (needed or 0)
+        return plan, memory
 
     plan, place = await admission.admit(check)
     return plan, place, prompt
@@ -150,6 +160,8 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
         job_id = await service.jobs.submit_own_job(
             model.info.model_id, prompt, plan.max_tokens, body.sampling(chat=False)
         )
+        place.bind(job_id)  # before its sessions open: admission control then sees which are open
+        service.directory.watch_job(job_id)
     except PreflightRefused as exc:
         unavailable = exc.code in ("no_route", "model_unavailable")
         _release(place)
@@ -195,6 +207,7 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
 
     task = service.jobs.schedule(job_id, on_token if body.stream else None)
     task.add_done_callback(lambda _: _release(place))  # the job is over: its sessions are closed
+    task.add_done_callback(lambda _: service.directory.forget_job(job_id))
 
     kind = "chat.completion" if chat else "text_completion"
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{job_id}-{uuid.uuid4().hex[:8]}"

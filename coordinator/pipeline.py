@@ -165,7 +165,10 @@ class Pipeline:
             old.span,
             exc,
         )
-        self.directory.mark_down(old.node, str(exc))
+        if is_busy(exc):  # e.g. 503 memory_full on a session without a reservation: busy, not down
+            self.directory.mark_busy(old.node, str(exc))
+        else:
+            self.directory.mark_down(old.node, str(exc))
         closing = asyncio.ensure_future(self._close(old))
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)

@@ -7,8 +7,12 @@
 
 It checks what a job would otherwise fail on after its escrow is paid: a model no chain of live workers
 covers, a prompt that is empty after tokenization or longer than the registry's maxPromptTokens, a
-`max_tokens` above the registry's maxJobTokens, and a `max_tokens` beyond what the route's workers can hold (their `max_length` positions, prompt included). It
-sends no transaction, stores nothing and opens no worker session: it reads the chain and the workers' /health.
+`max_tokens` above the registry's maxJobTokens, and a `max_tokens` beyond what the route's workers can hold (their
+`max_length` positions, prompt included, and the positions their whole cache memory holds). A job whose worst-case
+cache memory (its positions x each worker's /health `memory.bytes_per_position`) does not fit in a worker's free
+memory now is refused with 503 `no_capacity` (retry shortly). It sends no transaction, stores nothing and opens no
+worker session: it reads the chain (maxPromptTokens and maxJobTokens once: they are immutable) and the workers'
+/health (over one HTTP client session, kept open).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import aiohttp
 from aiohttp import web
 from pydantic import ValidationError
 
+from coordinator.admission import has_free_memory, memory_needed
 from coordinator.api_models import MAX_TOKENS_LIMIT, PreflightRequest, validation_error
 from coordinator.catalog import ModelUnavailable, ServedModel
 from coordinator.http_common import SERVICE, chain_error, json_body
@@ -49,16 +54,25 @@ HEALTH_TIMEOUT_S = 3.0
 
 
 class PreflightRefused(ShardnetError):
-    """The job would not run: the message says why and what to change; `code` names the check."""
+    """The job would not run: the message says why and what to change; `code` names the check, `status` is the
+    HTTP answer (400: change the job; 503: not now)."""
 
-    def __init__(self, message: str, code: str) -> None:
+    def __init__(self, message: str, code: str, status: int = 400) -> None:
         super().__init__(message)
         self.code = code
+        self.status = status
 
 
 def _refuse(message: str, code: str, status: int = 400) -> web.Response:
     return web.json_response(
-        {"error": {"message": message, "type": "invalid_request_error", "code": code}}, status=status
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error" if status == 400 else "service_unavailable",
+                "code": code,
+            }
+        },
+        status=status,
     )
 
 
@@ -69,16 +83,33 @@ def _resolve_model(service: CoordinatorService, given: str | int) -> int:
         raise PreflightRefused(str(exc), "unknown_model") from exc
 
 
+_http: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+
+
+def _health_client() -> aiohttp.ClientSession:
+    """One HTTP client session per event loop, kept open (a new one per request cost a connection each time)."""
+    loop = asyncio.get_running_loop()
+    http = _http.get(loop)
+    if http is None or http.closed:
+        for other in [lp for lp in _http if lp.is_closed()]:
+            del _http[other]
+        http = _http[loop] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S))
+    return http
+
+
+async def close_health_client(_app: web.Application | None = None) -> None:
+    """Close this event loop's /health client (an aiohttp `on_cleanup` hook of the coordinator's app)."""
+    http = _http.pop(asyncio.get_running_loop(), None)
+    if http is not None:
+        await http.close()
+
+
 async def route_health(route: list[RouteHop]) -> list[dict[str, Any]]:
-    """Every hop's /health answer (max_length, sessions, max_sessions, ...), in route order."""
+    """Every hop's /health answer (max_length, sessions, max_sessions, memory, ...), in route order."""
+    http = _health_client()
 
     async def one(endpoint: str) -> dict[str, Any]:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(
-                endpoint.rstrip("/") + "/health", timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)
-            ) as resp,
-        ):
+        async with http.get(endpoint.rstrip("/") + "/health") as resp:
             if resp.status != 200:
                 raise ShardnetError(f"/health answered HTTP {resp.status}")
             body = await resp.json()
@@ -134,7 +165,7 @@ async def plan_job(
         raise PreflightRefused(
             "the prompt is empty (no tokens after tokenization): write a prompt", "empty_prompt"
         )
-    max_prompt = int(await asyncio.to_thread(service.registry.max_prompt_tokens))
+    max_prompt = int(await asyncio.to_thread(service.registry.max_prompt_tokens))  # read from the chain once
     if prompt_tokens > max_prompt:
         raise PreflightRefused(
             f"the prompt has {prompt_tokens} tokens, more than the registry's maxPromptTokens "
@@ -153,7 +184,7 @@ async def plan_job(
     except NoRouteError as exc:
         raise PreflightRefused(f"model {model.info.name} cannot be served now: {exc}", "no_route") from exc
     health = await route_health(route)
-    length = min(int(h["max_length"]) for h in health)
+    length = min(positions_held(h) for h in health)
     max_new = max(0, length - prompt_tokens)
     if max_new < 1:
         raise PreflightRefused(
@@ -178,6 +209,7 @@ async def preflight(service: CoordinatorService, body: PreflightRequest) -> dict
     model = await _served(service, model_id)
     text = model.chat_prompt([{"role": "user", "content": body.prompt}]) if body.chat else body.prompt
     plan = await plan_job(service, model_id, text, body.max_tokens)
+    check_memory_free(plan)
     quote = int(await asyncio.to_thread(service.registry.quote, model_id, plan.max_tokens))
     return {
         "model_id": model_id,
@@ -190,6 +222,32 @@ async def preflight(service: CoordinatorService, body: PreflightRequest) -> dict
         "quote_wei": quote,
         "route": [{"node": h.address.lower(), "span": [h.span.start, h.span.end]} for h in plan.route],
     }
+
+
+def positions_held(health: dict[str, Any]) -> int:
+    """The most positions one session can hold on a worker: its max_length, and what its whole cache budget holds
+    (its /health `memory`; a worker without one states no memory limit)."""
+    length = int(health["max_length"])
+    memory = health.get("memory")
+    try:
+        per_position = int(memory["bytes_per_position"])  # type: ignore[index]
+        budget = int(memory["budget_bytes"])  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        return length
+    return min(length, budget // per_position) if per_position > 0 else length
+
+
+def check_memory_free(plan: JobPlan) -> None:
+    """Raise PreflightRefused (503 no_capacity) unless the job's worst case fits in each worker's free memory now."""
+    for hop, health in zip(plan.route, plan.health, strict=True):
+        needed = memory_needed(health, plan.prompt_tokens + plan.max_tokens)
+        if not has_free_memory(health, needed, 0):
+            raise PreflightRefused(
+                f"worker {hop.address} does not have the free cache memory for this job now ({needed} bytes for "
+                f"{plan.prompt_tokens + plan.max_tokens} positions): nothing was paid; retry in a few seconds",
+                "no_capacity",
+                status=503,
+            )
 
 
 async def _served(service: CoordinatorService, model_id: int) -> ServedModel:
@@ -208,7 +266,7 @@ async def handle_preflight(request: web.Request) -> web.Response:
     try:
         return web.json_response(await preflight(request.app[SERVICE], body))
     except PreflightRefused as exc:
-        return _refuse(str(exc), exc.code)
+        return _refuse(str(exc), exc.code, exc.status)
     except ChainError as exc:
         return chain_error(exc)
 

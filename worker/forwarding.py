@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 
 import aiohttp
-import torch
 
 from shardnet.peer.errors import NextHopFailed, WorkerAPIError
-from shardnet.wire.frames import decode_frame, encode_frame
 from shardnet.wire.json_limits import loads_limited
 from worker.sessions import NextHop
 
@@ -63,12 +61,3 @@ def _downstream_error(url: str, status: int, body: bytes) -> WorkerAPIError:
     if status == 502:  # a hop further down failed: pass its name on unchanged
         return NextHopFailed(message, url=failed)
     return NextHopFailed(f"next worker {url} answered {status}: {message}", url=url)
-
-
-def concatenated_outputs(frames: list[bytes], codec: str, width: int) -> bytes:
-    """Every output frame of a session as one frame along the positions (GET .../outputs, failover replay)."""
-    if frames:
-        tensor = torch.cat([decode_frame(f) for f in frames], dim=1)
-    else:
-        tensor = torch.zeros(1, 0, width)
-    return encode_frame(tensor, codec)

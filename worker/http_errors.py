@@ -27,6 +27,8 @@ def errors_as_json(metrics: WorkerMetrics, max_body_bytes: int) -> Middleware:
             return await handler(request)
         except WorkerAPIError as exc:
             body: dict[str, Any] = {"error": exc.message}
+            if exc.code is not None:
+                body["code"] = exc.code  # machine-readable: memory_full, sessions_full, draining
             if isinstance(exc, NextHopFailed):
                 body["failed_hop"] = exc.url
             metrics.request_errors.labels(str(exc.status)).inc()

@@ -21,6 +21,9 @@ class OpenRequest:
     ticket: dict[str, Any]
     codec: str
     next_hop: NextHop | None
+    max_positions: int = (
+        0  # the most positions the session will hold: its memory is reserved at open (0: none)
+    )
 
 
 #: The session-open JSON is small (a ticket is ~400 bytes) and shallow (3 levels): anything far beyond is refused.
@@ -31,7 +34,8 @@ MAX_JOB_ID = 2**63 - 1
 
 
 def parse_open_request(body: bytes, *, is_last: bool) -> OpenRequest:
-    """Parse `{"ticket": {...}, "codec": "fp32", "next": null | {"url", "session_id", "token"}}`."""
+    """Parse `{"ticket": {...}, "codec": "fp32", "next": null | {"url", "session_id", "token"},
+    "max_positions"?: n}`."""
     try:
         data = loads_limited(body, max_bytes=MAX_OPEN_JSON_BYTES, max_depth=MAX_OPEN_JSON_DEPTH)
     except BodyRejected as exc:
@@ -40,9 +44,19 @@ def parse_open_request(body: bytes, *, is_last: bool) -> OpenRequest:
         ) from exc
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object with a 'ticket'")
-    unknown = sorted(set(data) - {"ticket", "codec", "next"})
+    unknown = sorted(set(data) - {"ticket", "codec", "next", "max_positions"})
     if unknown:
-        raise BadRequest(f"unknown fields {unknown}; allowed: ticket, codec, next")
+        raise BadRequest(f"unknown fields {unknown}; allowed: ticket, codec, next, max_positions")
+    max_positions = data.get("max_positions", 0)
+    if (
+        not isinstance(max_positions, int)
+        or isinstance(max_positions, bool)
+        or not 0 <= max_positions < 2**32
+    ):
+        raise BadRequest(
+            "'max_positions' must be an integer from 0 (no reservation) to 2^32 - 1: the most positions the "
+            "session will hold (prompt plus new tokens)"
+        )
     ticket = data.get("ticket")
     if not isinstance(ticket, dict):
         raise BadRequest("'ticket' must be the JSON object the coordinator signed")
@@ -54,7 +68,7 @@ def parse_open_request(body: bytes, *, is_last: bool) -> OpenRequest:
         raise BadRequest(
             f"'codec' must name a float codec for hidden states (fp32, fp16, bf16, int8), got {codec!r}"
         ) from exc
-    return OpenRequest(ticket=ticket, codec=codec, next_hop=_parse_next(data.get("next"), is_last))
+    return OpenRequest(ticket, codec, _parse_next(data.get("next"), is_last), max_positions)
 
 
 def _parse_next(value: object, is_last: bool) -> NextHop | None:

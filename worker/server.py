@@ -18,13 +18,14 @@ import torch
 from aiohttp import web
 
 from shardnet.model.adapters import ModelError
-from shardnet.peer.errors import InvalidTensor, SessionConflict, TicketRejected, WorkerUnavailable
+from shardnet.peer.errors import DRAINING, InvalidTensor, SessionConflict, TicketRejected, WorkerUnavailable
 from shardnet.span import LayerSpan
 from shardnet.wire.commitment import merkle_root, step_hash
 from shardnet.wire.frames import encode_frame
 from shardnet.wire.tickets import TicketError, ticket_max_positions, verify_ticket
+from worker import memory
 from worker.coordinator_check import CoordinatorCheck
-from worker.forwarding import SESSION_TOKEN_HEADER, concatenated_outputs, forward_step
+from worker.forwarding import SESSION_TOKEN_HEADER, forward_step
 from worker.http_errors import errors_as_json, read_body
 from worker.inputs import (
     MAX_OPEN_JSON_BYTES,
@@ -37,13 +38,11 @@ from worker.inputs import (
 from worker.job_commitment import CommitmentSigner, JobCommitments
 from worker.limits import BlockInfo, ServerLimits
 from worker.metrics import WorkerMetrics
-from worker.sessions import ModelSession, Session, SessionManager
+from worker.sessions import ModelSession, Session
 from worker.state import WorkerState
 from worker.verification import CommittedSteps, VerdictSigner, VerifyEndpoint, commit_step
 
 log = logging.getLogger(__name__)
-
-LOGITS_CODEC = "fp32"  # the last block's logits always travel in full precision
 
 __all__ = ["BlockInfo", "CoordinatorCheck", "ServerLimits", "WorkerServer", "SESSION_TOKEN_HEADER"]
 
@@ -94,15 +93,8 @@ class WorkerServer:
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-db")
         self._http: aiohttp.ClientSession | None = None
         self._janitor: asyncio.Task[None] | None = None
-        self.sessions = SessionManager(
-            max_sessions=self.limits.max_sessions,
-            max_per_coordinator=self.limits.max_per_coordinator,
-            max_length=self.limits.max_length,
-            max_memory_bytes=self.limits.max_memory_bytes,
-            kv_bytes_per_token=info.kv_bytes_per_token,
-            idle_timeout_s=self.limits.idle_timeout_s,
-            on_close=self._session_closed,
-        )
+        self.sessions = memory.session_manager(self.limits, info, on_close=self._session_closed)
+        self._trimmer = memory.MemoryTrimmer()
 
     # -- application
     def app(self) -> web.Application:
@@ -148,7 +140,7 @@ class WorkerServer:
     # -- handlers
     async def open_session(self, request: web.Request) -> web.Response:
         if self.draining:
-            raise WorkerUnavailable("worker is shutting down and takes no new sessions: use another worker")
+            raise WorkerUnavailable("worker is shutting down (draining): use another worker", code=DRAINING)
         req = parse_open_request(
             await self._read_body(request, MAX_OPEN_JSON_BYTES), is_last=self.info.is_last
         )
@@ -196,6 +188,7 @@ class WorkerServer:
             next_hop=req.next_hop,
             make_compute=self._new_compute_session,
             max_positions=ticket_max_positions(req.ticket),
+            reserve_positions=req.max_positions,
         )
         self.metrics.sessions_open.set(len(self.sessions))
         if self.state is not None:
@@ -251,10 +244,7 @@ class WorkerServer:
 
     async def outputs(self, request: web.Request) -> web.Response:
         session = self._session(request)
-        codec = LOGITS_CODEC if self.info.is_last else session.codec
-        width = (self.info.vocab_size if self.info.is_last else self.info.hidden_size) or 0
-        body = concatenated_outputs(session.output_frames, codec, width)
-        headers = {"X-Steps": str(len(session.output_frames))}
+        body, headers = memory.outputs_answer(list(session.output_frames), self.info, session.codec)
         return web.Response(body=body, headers=headers, content_type="application/octet-stream")
 
     async def close_session(self, request: web.Request) -> web.Response:
@@ -288,6 +278,7 @@ class WorkerServer:
                 "max_length": self.limits.max_length,
                 "draining": self.draining,
                 "dtype": str(getattr(self.block, "dtype", "float32")).removeprefix("torch."),
+                "memory": memory.memory_health(self.sessions),
             }
         )
 
@@ -332,7 +323,7 @@ class WorkerServer:
         t0 = time.perf_counter()
         index = len(session.step_hashes)  # the session's lock is held: no other step of it runs meanwhile
         try:
-            frame, digest, step_leaf, fingerprint = await loop.run_in_executor(
+            frame, kept, digest, step_leaf, fingerprint = await loop.run_in_executor(
                 self._compute, self._run_block, session, x, start_pos, index, input_hash
             )
         except ModelError as exc:  # inputs are checked first, so this is rare; the session cannot go on
@@ -345,25 +336,27 @@ class WorkerServer:
         session.step_hashes.append(digest)
         session.leaves.append(step_leaf)
         session.committed.append((input_hash, fingerprint))
-        session.output_frames.append(frame)
-        session.output_bytes += len(frame)
+        session.output_frames.append(kept)
+        session.output_bytes += len(kept) + memory.OBJECT_OVERHEAD
         return frame, digest, index
 
     def _run_block(
         self, session: Session, x: torch.Tensor, start_pos: int, index: int, input_hash: bytes
-    ) -> tuple[bytes, bytes, bytes, bytes]:
+    ) -> tuple[bytes, bytes, bytes, bytes, bytes]:
         """Compute, encode, hash and record one step, all on the compute thread: one executor hop per step,
-        and the event loop never waits on hashing (196 KB of logits take ~0.8 ms to keccak) or SQLite."""
+        and the event loop never waits on hashing (196 KB of logits take ~0.8 ms to keccak) or SQLite.
+        Returns the frame sent, what the session keeps of it (`worker.memory.kept_output`) and its hash."""
         with torch.inference_mode():
             out = session.compute.step(x, start_pos)
             if self.perturb_outputs > 0:
                 out = out + self.perturb_outputs * out.float().std() * torch.randn_like(out)
-            frame = encode_frame(out.float(), LOGITS_CODEC if self.info.is_last else session.codec)
+            frame = encode_frame(out.float(), memory.LOGITS_CODEC if self.info.is_last else session.codec)
+            kept = memory.kept_output(out, frame, is_last=self.info.is_last)
         digest, step_leaf, fingerprint = commit_step(input_hash, frame)
         if self.state is not None:
             # recorded before the output leaves: a crash can never lose a step the commitment must cover
             self.state.step_recorded(session.session_id, index, step_leaf, int(x.shape[1]))
-        return frame, digest, step_leaf, fingerprint
+        return frame, kept, digest, step_leaf, fingerprint
 
     async def _forward(self, session: Session, frame: bytes, digest: bytes, start_pos: int) -> web.Response:
         assert session.next_hop is not None and self._http is not None
@@ -376,6 +369,8 @@ class WorkerServer:
         close = getattr(session.compute, "close", None)
         if close is not None and not session.busy:
             close()  # frees the KV cache now rather than at garbage collection
+        session.output_frames = []  # nothing reads them after the close
+        self._trimmer.after_close(len(self.sessions))  # hand what was freed back to the system
         self.metrics.sessions_open.set(len(self.sessions))
         self.metrics.sessions_closed.labels(reason).inc()
         log.info("session %s %s after %d steps", session.session_id, reason, session.steps)

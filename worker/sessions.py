@@ -3,7 +3,10 @@
 `SessionManager` is plain, synchronous bookkeeping (the aiohttp handlers call it from the event loop):
 it enforces the overall and per-coordinator session limits, the per-session length limit and a memory
 budget, closes sessions idle past the timeout, and evicts the least recently used idle session when
-full. Every session that leaves (closed, evicted, expired, drained) goes through `on_close`, so its
+full. A session opened with `max_positions` reserves its worst case (`max_positions x bytes_per_position`)
+up front: it is refused at open (503 `memory_full`, busy) rather than failing mid-generation, its steps
+within the reservation always find room, and it is never evicted to make room for another. Every session
+that leaves (closed, evicted, expired, drained) goes through `on_close`, so its
 step hashes are persisted and its job can be committed.
 """
 
@@ -20,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shardnet.peer.errors import (
+    MEMORY_FULL,
+    SESSIONS_FULL,
     PayloadTooLarge,
     SessionConflict,
     SessionNotFound,
@@ -66,6 +71,7 @@ class Session:
     committed: list[tuple[bytes, bytes]] = field(default_factory=list)  # (input hash, fingerprint) per step
     output_frames: list[bytes] = field(default_factory=list)
     output_bytes: int = 0
+    reserved_bytes: int = 0  # the worst case reserved at open (max_positions x bytes_per_position), or 0
     busy: int = 0
     closed: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -99,12 +105,15 @@ class SessionManager:
         idle_timeout_s: float,
         on_close: CloseHook,
         clock: Callable[[], float] = time.monotonic,
+        output_bytes_per_position: int = 0,
     ) -> None:
         self.max_sessions = max_sessions
         self.max_per_coordinator = max_per_coordinator
         self.max_length = max_length
         self.max_memory_bytes = max_memory_bytes
         self.kv_bytes_per_token = kv_bytes_per_token
+        self.output_bytes_per_position = output_bytes_per_position  # the most a position's kept output takes
+        self.bytes_per_position = kv_bytes_per_token + output_bytes_per_position
         self.idle_timeout_s = idle_timeout_s
         self._on_close = on_close
         self._clock = clock
@@ -121,10 +130,17 @@ class SessionManager:
         return list(self._sessions.values())
 
     def memory_bytes(self, session: Session, extra_tokens: int = 0) -> int:
-        return (session.length + extra_tokens) * self.kv_bytes_per_token + session.output_bytes
+        """What `session` holds (after `extra_tokens` more positions): its cache and kept outputs, or its
+        reservation while that is larger."""
+        used = (session.length + extra_tokens) * self.kv_bytes_per_token + session.output_bytes
+        used += extra_tokens * self.output_bytes_per_position
+        return max(used, session.reserved_bytes)
 
     def total_memory_bytes(self) -> int:
         return sum(self.memory_bytes(s) for s in self._sessions.values())
+
+    def free_memory_bytes(self) -> int:
+        return max(0, self.max_memory_bytes - self.total_memory_bytes())
 
     # -- opening and closing
     def open(
@@ -137,8 +153,11 @@ class SessionManager:
         next_hop: NextHop | None,
         make_compute: Callable[[], ModelSession],
         max_positions: int = 0,
+        reserve_positions: int = 0,
     ) -> Session:
-        """Open a session, evicting the least recently used idle one if the worker is full."""
+        """Open a session, evicting the least recently used idle one if the worker is full. `max_positions` is the
+        ticket's bound (no step goes beyond it); with `reserve_positions` (capped by it), reserve the worst-case
+        memory (503 `memory_full` when it does not fit now)."""
         if session_id in self._sessions or session_id in self._retired:
             raise SessionConflict(
                 f"session {session_id!r} was already opened on this worker: ask for a new ticket"
@@ -148,13 +167,29 @@ class SessionManager:
         if held >= self.max_per_coordinator:
             raise TooManySessions(
                 f"coordinator {coordinator} already holds {held} sessions here (limit "
-                f"{self.max_per_coordinator}): close finished sessions first"
+                f"{self.max_per_coordinator}): close finished sessions first",
+                code=SESSIONS_FULL,
+            )
+        if max_positions:
+            reserve_positions = min(reserve_positions, max_positions)
+        reserve = min(reserve_positions, self.max_length) * self.bytes_per_position
+        if reserve > self.max_memory_bytes:
+            raise PayloadTooLarge(
+                f"{reserve_positions} positions need {reserve / 2**20:.2f} MiB of cache, more than this worker's "
+                f"whole budget of {self.max_memory_bytes / 2**20:.2f} MiB: ask for fewer tokens"
+            )
+        if reserve and self.total_memory_bytes() + reserve > self.max_memory_bytes:
+            raise WorkerUnavailable(
+                f"this worker's cache memory is taken: {self.free_memory_bytes() / 2**20:.2f} MiB free, "
+                f"{reserve_positions} positions need {reserve / 2**20:.2f} MiB; retry when a session closes",
+                code=MEMORY_FULL,
             )
         if len(self._sessions) >= self.max_sessions and not self._evict_lru(
             f"full ({self.max_sessions} sessions)"
         ):
             raise WorkerUnavailable(
-                f"worker is full: {len(self._sessions)} sessions, all busy; retry later or use another worker"
+                f"worker is full: {len(self._sessions)} sessions, all busy; retry later or use another worker",
+                code=SESSIONS_FULL,
             )
         now = self._clock()
         session = Session(
@@ -167,6 +202,7 @@ class SessionManager:
             opened_at=now,
             last_used=now,
             max_positions=max_positions,
+            reserved_bytes=reserve,
         )
         self._sessions[session_id] = session
         self._retired.add(session_id)
@@ -227,8 +263,9 @@ class SessionManager:
                 f"session {session.session_id!r} would reach {start_pos + n_tokens} positions, over this "
                 f"worker's max length {self.max_length}: start a new session"
             )
-        needed = n_tokens * self.kv_bytes_per_token
-        if self.memory_bytes(session) + needed > self.max_memory_bytes:
+        before, after = self.memory_bytes(session), self.memory_bytes(session, n_tokens)
+        needed = after - before  # 0 while the session stays within its reservation
+        if after > self.max_memory_bytes:
             # no eviction can make room: refuse without closing anybody else's session
             raise PayloadTooLarge(
                 f"this step needs {needed / 2**20:.2f} MiB of cache on top of the session's "
@@ -236,17 +273,18 @@ class SessionManager:
                 f"{self.max_memory_bytes / 2**20:.2f} MiB: send fewer tokens per step or use a worker with a "
                 "larger --max-cache-mb"
             )
-        while self.total_memory_bytes() + needed > self.max_memory_bytes:
+        while needed and self.total_memory_bytes() + needed > self.max_memory_bytes:
             if not self._evict_lru("memory budget", keep=session):
                 raise WorkerUnavailable(
                     f"worker memory budget ({self.max_memory_bytes / 2**20:.2f} MiB for caches) is used up by "
-                    "busy sessions: retry later or use another worker"
+                    "busy or reserved sessions: retry later or use another worker",
+                    code=MEMORY_FULL,
                 )
 
     # -- internals
     def _evict_lru(self, why: str, keep: Session | None = None) -> bool:
         for session in self._sessions.values():  # oldest use first
-            if session is not keep and not session.busy:
+            if session is not keep and not session.busy and not session.reserved_bytes:  # a reservation holds
                 log.info("evicting session %s (least recently used; %s)", session.session_id, why)
                 self._remove(session, "evicted")
                 return True

@@ -196,7 +196,8 @@ class Registry(RegistryCore):
         return int(self._view("slashBps"))
 
     def max_prompt_tokens(self) -> int:
-        return int(self._view("maxPromptTokens"))
+        """Fixed at deployment: read from the chain once."""
+        return self._immutable("maxPromptTokens")
 
     def approval_delay(self) -> int:
         return int(self._view("approvalDelay"))
@@ -208,8 +209,9 @@ class Registry(RegistryCore):
         return int(self._view("protocolFeeBps"))
 
     def max_job_tokens(self) -> int:
-        """The largest `maxTokens` submitJob accepts (the registry refuses a larger job before any escrow)."""
-        return int(self._view("maxJobTokens"))
+        """The largest `maxTokens` submitJob accepts (the registry refuses a larger job before any escrow); fixed
+        at deployment: read from the chain once."""
+        return self._immutable("maxJobTokens")
 
     def constant(self, name: str) -> int:
         """A public constant of the contract, e.g. MAX_HOPS, MAX_LIVE_PER_NODE, DRAW_DELAY."""

@@ -42,6 +42,7 @@ class RegistryCore:
         self._functions = {e["name"]: AbiFunction(e) for e in self.artifact.entries("function")}
         self._events = {ev.topic: ev for ev in (AbiEvent(e) for e in self.artifact.entries("event"))}
         self._decoder = RevertDecoder(self.artifact.abi, enums={"JobStatus": JobStatus})
+        self._immutables: dict[str, int] = {}
 
     @classmethod
     def from_deployment(
@@ -87,6 +88,12 @@ class RegistryCore:
             raise ChainError(
                 f"the registry ABI has no function {name!r}: the artifact is out of date, run `shardnet compile`"
             ) from None
+
+    def _immutable(self, name: str) -> int:
+        """A parameter the contract fixes at deployment (a Solidity `immutable`): read from the chain once."""
+        if name not in self._immutables:
+            self._immutables[name] = int(self._view(name))
+        return self._immutables[name]
 
     def _view(self, name: str, *args: Any) -> Any:
         fn = self._function(name)

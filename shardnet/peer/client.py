@@ -73,14 +73,21 @@ class WorkerClient:
 
     # -- API
     async def open_session(
-        self, ticket: dict[str, Any], codec: str = "fp32", next: dict[str, str] | None = None
+        self,
+        ticket: dict[str, Any],
+        codec: str = "fp32",
+        next: dict[str, str] | None = None,
+        max_positions: int = 0,
     ) -> dict[str, Any]:
         """Open a session: returns `{"session_id", "span": [a, b], "max_length", "session_token"}`.
 
         The token is kept for this client's later calls on the session. `next` (push mode) is
         `{"url", "session_id", "token"}` of the session opened on the next worker (`session_token(id)`
-        of that worker's client)."""
-        payload = {"ticket": ticket, "codec": codec, "next": next}
+        of that worker's client). `max_positions` > 0 reserves the session's worst-case cache memory at
+        open: a worker without room answers 503 with code `memory_full` (busy) instead of failing later."""
+        payload: dict[str, Any] = {"ticket": ticket, "codec": codec, "next": next}
+        if max_positions:
+            payload["max_positions"] = max_positions
         _, body = await self._request(
             "POST",
             "/v1/sessions",
@@ -147,7 +154,9 @@ class WorkerClient:
         return StepResult(decode_frame(body), digest, index, hops)
 
     async def outputs(self, session_id: str) -> torch.Tensor:
-        """Every output of the session so far, concatenated along the positions (for failover replay)."""
+        """Every output of the session so far, concatenated along the positions (for failover replay). The
+        last hop keeps only the top k logits of each position: its tensor is [1, n, 2k], the k largest
+        logits (descending) then their token ids (`X-Top-K` says k)."""
         _, body = await self._request(
             "GET", f"/v1/sessions/{session_id}/outputs", headers=self._auth(session_id)
         )
@@ -216,6 +225,8 @@ def _error_from(status: int, body: bytes, url: str) -> WorkerAPIError:
         message = str(data["error"])
         failed = data.get("failed_hop")
         failed = failed if isinstance(failed, str) else None
-    except (ValueError, KeyError, TypeError):
-        message, failed = body[:300].decode(errors="replace"), None
-    return error_for_status(status, message, url=failed or url)
+        code = data.get("code")
+        code = code if isinstance(code, str) and len(code) <= 64 else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        message, failed, code = body[:300].decode(errors="replace"), None, None
+    return error_for_status(status, message, url=failed or url, code=code)

@@ -1,25 +1,37 @@
 """Errors of the worker's HTTP API, one class per status code.
 
-The server raises them and turns them into `{"error": message}` responses; `shardnet.peer.client.WorkerClient`
-raises the same classes from the responses it gets, so both sides share one vocabulary.
+The server raises them and turns them into `{"error": message, "code"?: code}` responses;
+`shardnet.peer.client.WorkerClient` raises the same classes from the responses it gets, so both sides share one
+vocabulary. `code` is the machine-readable reason where a status has several (a 503 is `memory_full`,
+`sessions_full` or `draining`): callers decide on it, never on the message's words.
 """
 
 from __future__ import annotations
 
 from shardnet.errors import ShardnetError
 
+#: The machine-readable reasons of a refusal (the `code` of a worker's JSON error).
+MEMORY_FULL = "memory_full"  # 503: the cache budget cannot hold this session's positions now (busy, retry)
+SESSIONS_FULL = "sessions_full"  # 503 / 429: every session slot (or this coordinator's share) is taken (busy)
+DRAINING = "draining"  # 503: the worker is shutting down and takes no new sessions (down for new work)
+BUSY_CODES = frozenset({MEMORY_FULL, SESSIONS_FULL})
+
 
 class WorkerAPIError(ShardnetError):
-    """An HTTP API error: `status` is the HTTP status, the message says what to do next."""
+    """An HTTP API error: `status` is the HTTP status, the message says what to do next, `code` (or None) the
+    machine-readable reason."""
 
     status: int = 500
 
-    def __init__(self, message: str, *, status: int | None = None, url: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, url: str | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message)
         if status is not None:
             self.status = status
         self.message = message
         self.url = url
+        self.code = code
 
     def __str__(self) -> str:
         where = f" ({self.url})" if self.url else ""
@@ -102,7 +114,9 @@ _BY_STATUS: dict[int, type[WorkerAPIError]] = {
 }
 
 
-def error_for_status(status: int, message: str, url: str | None = None) -> WorkerAPIError:
+def error_for_status(
+    status: int, message: str, url: str | None = None, code: str | None = None
+) -> WorkerAPIError:
     """The typed error for an HTTP status (WorkerAPIError itself for statuses without a class)."""
     cls = _BY_STATUS.get(status, WorkerAPIError)
-    return cls(message, status=status, url=url)
+    return cls(message, status=status, url=url, code=code)

@@ -139,6 +139,57 @@ def test_a_step_larger_than_the_whole_budget_is_refused_without_evicting_anyone(
     assert closed == []
 
 
+def _reserve(m: SessionManager, sid: str, positions: int, coordinator: str = "0xA") -> Session:
+    return m.open(
+        session_id=sid,
+        coordinator=coordinator,
+        job_id=1,
+        codec="fp32",
+        next_hop=None,
+        make_compute=_Cache,
+        max_positions=positions,
+        reserve_positions=positions,
+    )
+
+
+def test_a_reservation_is_the_sessions_worst_case_refused_at_open_as_busy_when_it_does_not_fit() -> None:
+    clock, closed = _Clock(), []
+    m = _manager(clock, closed, max_memory_bytes=1000, output_bytes_per_position=10)  # 20 bytes a position
+    assert m.bytes_per_position == 20
+    a = _reserve(m, "a", 30)  # 600 bytes held from the open on
+    assert m.total_memory_bytes() == 600 and m.free_memory_bytes() == 400
+    with pytest.raises(WorkerUnavailable, match="retry when a session closes") as refused:
+        _reserve(m, "b", 30, "0xB")  # 600 more do not fit: refused before anything runs
+    assert refused.value.code == "memory_full" and refused.value.status == 503
+    with pytest.raises(PayloadTooLarge, match="whole budget"):
+        _reserve(m, "c", 51, "0xC")  # more than the whole budget can ever hold
+    a.compute.step(10, 0)
+    m.check_step(a, 10, 20)  # within its reservation: needs nothing more
+    assert m.total_memory_bytes() == 600
+    b = _reserve(m, "b2", 20, "0xB")  # 400: fits exactly
+    clock.now += 1
+    other = _open(m, "x", "0xC")  # no reservation
+    with pytest.raises(WorkerUnavailable, match="busy or reserved") as full:
+        m.check_step(other, 0, 1)  # reserved sessions are never evicted to make room
+    assert full.value.code == "memory_full" and closed == []
+    m.close(b.session_id)
+    m.check_step(other, 0, 1)
+    assert m.free_memory_bytes() == 400  # b's reservation given back; x has computed nothing yet
+
+
+def test_the_session_limits_name_their_code() -> None:
+    m = _manager(_Clock(), [], max_sessions=1)
+    _reserve(m, "a", 1)
+    with pytest.raises(WorkerUnavailable) as full:
+        _open(m, "b", "0xB")  # the reserved session is not evicted
+    assert full.value.code == "sessions_full"
+    m2 = _manager(_Clock(), [], max_per_coordinator=1)
+    _open(m2, "a")
+    with pytest.raises(TooManySessions) as mine:
+        _open(m2, "b")
+    assert mine.value.code == "sessions_full"
+
+
 def test_a_step_beyond_the_tickets_max_positions_is_refused() -> None:
     m = _manager(_Clock(), [])
     s = m.open(
