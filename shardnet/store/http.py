@@ -98,7 +98,7 @@ def make_shard_routes(store_dir: str | Path) -> list[web.RouteDef]:
         except ValueError as exc:
             return web.json_response({"error": f"{exc}; ask for a CIDv1 such as bafkrei…"}, status=400)
         path = store.root / cid
-        if not path.is_file():
+        if not path.is_file() or store.is_private(cid):  # a private model's plaintext is never served
             return web.json_response(
                 {"error": f"this node does not hold {cid}; ask another peer that serves this model"},
                 status=404,
