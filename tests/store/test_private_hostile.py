@@ -134,3 +134,13 @@ def test_bad_command_line_input_is_a_sentence_not_a_traceback(
     )
     assert done.returncode != 0
     assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("name", [".", "./a", "a/./b", "a/", "a//b", "a\x00b", "../a", "/etc/x"])
+def test_a_manifest_file_name_that_is_not_a_plain_relative_path_is_refused(tmp_path: Path, name: str) -> None:
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"x" * 100)
+    sealed, _ = seal_file(src, LocalStore(tmp_path / "s"), 2, 1)
+    hostile = PrivateManifest("x", (PrivateFile.from_sealed(name, sealed, {}),)).to_json()
+    with pytest.raises(ManifestError, match="relative path"):  # '.' would write over the --out folder itself
+        PrivateManifest.from_json(hostile)

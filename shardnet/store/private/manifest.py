@@ -122,8 +122,13 @@ def _safe_name(name: Any) -> str:
     _need(isinstance(name, str) and bool(name), f"file name {name!r} must be a non-empty string")
     path = PurePosixPath(name)
     _need(
-        not path.is_absolute() and ".." not in path.parts and "\\" not in name and "" not in path.parts,
-        f"file name {name!r} must be a relative path without '..'",
+        not path.is_absolute()
+        and ".." not in path.parts
+        and "\\" not in name
+        and "\x00" not in name
+        and bool(path.parts)
+        and str(path) == name,  # canonical: no '.', '//' or trailing '/' (two names, one file)
+        f"file name {name!r} must be a canonical relative path without '..', '.', '//' or NUL",
     )
     return str(name)
 
