@@ -105,6 +105,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--max-piece-mb", type=int, default=4096, help="largest piece accepted, in MB (default 4096)"
     )
+    p.add_argument(
+        "--max-store-mb",
+        type=int,
+        help="most bytes the store may hold, uploads in flight included, in MB; beyond it uploads get 507 "
+        "(default: the disk's free space at start minus 1024 MB)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -175,12 +181,30 @@ def _keys_from_keyholder(args: argparse.Namespace) -> FileKeys:
         raise ConfigError(
             "--keyholder needs --model-id and --key-env VAR naming a set variable with your node's key"
         )
-    key = bytes.fromhex(os.environ[args.key_env].removeprefix("0x"))
+    try:
+        key = bytes.fromhex(os.environ[args.key_env].removeprefix("0x"))
+    except ValueError:
+        raise ConfigError(f"${args.key_env} is not a hex private key (64 hex digits, 0x optional)") from None
     return request_keys(args.keyholder, key, args.manifest_cid, args.model_id, timeout=args.timeout)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from shardnet.store.private.node import run_storage_node
+    import shutil
 
-    run_storage_node(args.store, args.host, args.port, args.max_piece_mb << 20)
+    from shardnet.errors import ConfigError
+    from shardnet.store.private.node import held_bytes, run_storage_node
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port} is not a TCP port (0..65535)")
+    if args.max_piece_mb < 1 or (args.max_store_mb is not None and args.max_store_mb < 1):
+        raise ConfigError("--max-piece-mb and --max-store-mb must be at least 1")
+    args.store.mkdir(parents=True, exist_ok=True)
+    if args.max_store_mb is not None:
+        quota = args.max_store_mb << 20
+    else:  # what is held now plus the free space, leaving 1 GiB free on the disk
+        quota = held_bytes(args.store) + max(0, shutil.disk_usage(args.store).free - (1 << 30))
+    try:
+        run_storage_node(args.store, args.host, args.port, args.max_piece_mb << 20, quota)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc}; pick another --port") from None
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import logging
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 SHARD_PATH = "/v1/shards/{cid}"
 DEFAULT_TIMEOUT = 30.0
 """Seconds to wait for a peer to connect or send the next chunk."""
+MIN_RATE = 64 << 10
+"""Bytes per second below which a download of known size is given up (a peer dripping bytes cannot hold it)."""
 
 
 class PeerError(ShardnetError):
@@ -98,7 +101,7 @@ def make_shard_routes(store_dir: str | Path) -> list[web.RouteDef]:
         except ValueError as exc:
             return web.json_response({"error": f"{exc}; ask for a CIDv1 such as bafkrei…"}, status=400)
         path = store.root / cid
-        if not path.is_file():
+        if not path.is_file() or store.is_private(cid):  # a private model's plaintext is never served
             return web.json_response(
                 {"error": f"this node does not hold {cid}; ask another peer that serves this model"},
                 status=404,
@@ -128,8 +131,12 @@ def download(
     progress: bool = True,
     replace: bool = False,
     label: str | None = None,
+    min_rate: float = MIN_RATE,
 ) -> Path:
     """Download ``cid`` from ``peer`` into ``store`` and return its path there.
+
+    A download of known size (``expected_size`` or the peer's Content-Length) must finish within
+    ``timeout + size / min_rate`` seconds, or it is given up with ``PeerError`` (a slow drip is not a hang).
 
     ``label`` (e.g. the file's name in the manifest) names the progress bar; it defaults to the CID.
 
@@ -139,6 +146,7 @@ def download(
     """
     cid = parse_cid(cid)
     url = shard_url(peer, cid)
+    started = time.monotonic()
     try:
         response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (http(s) only, checked by caller)
     except urllib.error.HTTPError as exc:
@@ -151,8 +159,14 @@ def download(
         bar = tqdm(
             total=total, unit="B", unit_scale=True, desc=label or cid[:16], disable=not progress, leave=False
         )
+        deadline = None if total is None else started + timeout + total / min_rate
         try:
-            while chunk := response.read(CHUNK_SIZE):
+            while chunk := response.read1(CHUNK_SIZE):  # what has arrived: a drip is seen, not waited on
+                if deadline is not None and time.monotonic() > deadline:
+                    raise PeerError(
+                        f"{url} sent {hasher.size + len(chunk)} of {total} bytes in "
+                        f"{time.monotonic() - started:.0f} s, slower than {min_rate / 1024:.0f} KiB/s: given up"
+                    )
                 hasher.update(chunk)
                 if expected_size is not None and hasher.size > expected_size:
                     raise IntegrityError(

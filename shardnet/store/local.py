@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STORE = Path(".shardnet/store")
 """Store folder used by the command line when ``--store`` is not given."""
+PRIVATE_MARKS = ".private"
+"""Sub-folder of the store with an empty file per CID that is a private model's plaintext (never served)."""
 
 
 class LocalStore:
@@ -170,6 +172,16 @@ class LocalStore:
         except OSError:
             os.replace(tmp, final)  # file systems without hard links
         log.debug("stored %s", cid)
+
+    def mark_private(self, cid: str) -> None:
+        """Mark ``cid`` as the plaintext of a private file: the shard routes never serve it (``is_private``)."""
+        folder = self.root / PRIVATE_MARKS
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / parse_cid(cid)).touch()
+
+    def is_private(self, cid: str) -> bool:
+        """True when ``cid`` was marked as a private plaintext (``mark_private``)."""
+        return (self.root / PRIVATE_MARKS / cid).exists()
 
     def export_to(self, cid: str, dest: str | Path) -> Path:
         """Copy a stored file out to ``dest`` (e.g. to give a tokenizer file its name)."""

@@ -5,8 +5,11 @@ files, and they are byte for byte (by CID) the public import's, so its block com
 from __future__ import annotations
 
 import shutil
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import pytest
 import torch
 
 from shardnet.model.block import load_block
@@ -87,3 +90,14 @@ def test_private_import_restores_the_public_files_for_an_assigned_worker_only(
     assert torch.equal(
         _block_output(worker_store, model, span), _block_output(public_store, public_manifest, span)
     )
+    # the worker serves its store (GET /v1/shards/{cid}) to anyone; the private manifest names every plaintext
+    # file by its CID (and the model manifest's sha256 is its CID's digest): none of them may be served in the clear
+    for store_dir in (worker_store, owner_store):
+        with serve_store(store_dir) as url:
+            for cid in sorted(needed | {model_cid}):
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    urllib.request.urlopen(f"{url}/v1/shards/{cid}", timeout=10)
+                assert refused.value.code == 404, cid
+            for p in private.files[0].pieces[:4]:  # ciphertext pieces still are
+                with urllib.request.urlopen(f"{url}/v1/shards/{p.cid}", timeout=10) as answer:
+                    assert len(answer.read()) == p.size

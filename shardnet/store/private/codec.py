@@ -93,8 +93,11 @@ def block_sizes(size: int, k: int, chunk_size: int = CHUNK_SIZE) -> list[tuple[i
 
 
 def piece_size(size: int, k: int, chunk_size: int = CHUNK_SIZE) -> int:
-    """Bytes of every piece of a ``size``-byte file."""
-    return sum(b for _, b in block_sizes(size, k, chunk_size))
+    """Bytes of every piece of a ``size``-byte file (computed, not summed: a manifest's size may be huge)."""
+    full, rest = divmod(size, chunk_size)
+    if rest == 0 and full > 0:
+        return full * -(-(chunk_size + TAG_SIZE) // k)
+    return full * -(-(chunk_size + TAG_SIZE) // k) + -(-(rest + TAG_SIZE) // k)
 
 
 def seal_file(

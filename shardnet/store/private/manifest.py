@@ -21,6 +21,8 @@ from shardnet.store.private.codec import CHUNK_SIZE, SealedFile, check_params, p
 from shardnet.store.private.merkle import LEAF_SIZE
 
 PRIVATE_FORMAT = "shardnet-private/1"
+MAX_FILE_SIZE = 1 << 44
+"""Largest plaintext a manifest may list (16 TiB): a larger size is a hostile manifest, refused before any download."""
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,13 @@ def _safe_name(name: Any) -> str:
     _need(isinstance(name, str) and bool(name), f"file name {name!r} must be a non-empty string")
     path = PurePosixPath(name)
     _need(
-        not path.is_absolute() and ".." not in path.parts and "\\" not in name and "" not in path.parts,
-        f"file name {name!r} must be a relative path without '..'",
+        not path.is_absolute()
+        and ".." not in path.parts
+        and "\\" not in name
+        and "\x00" not in name
+        and bool(path.parts)
+        and str(path) == name,  # canonical: no '.', '//' or trailing '/' (two names, one file)
+        f"file name {name!r} must be a canonical relative path without '..', '.', '//' or NUL",
     )
     return str(name)
 
@@ -133,7 +140,10 @@ def _parse_file(f: dict[str, Any]) -> PrivateFile:
         check_params(n, k)
     except Exception as exc:
         raise ManifestError(f"file {name!r}: {exc}") from None
-    _need(size >= 0 and chunk > 0, f"file {name!r}: size and chunk_size must be non-negative / positive")
+    _need(
+        0 <= size <= MAX_FILE_SIZE and chunk > 0,
+        f"file {name!r}: size must be within 0..{MAX_FILE_SIZE} and chunk_size positive",
+    )
     _need(chunk == CHUNK_SIZE, f"file {name!r}: chunk size {chunk} is not this version's {CHUNK_SIZE}")
     sha = str(f["sha256"])
     _need(

@@ -44,6 +44,8 @@ def seal_model(
     store = LocalStore(store_dir)
     model = load_manifest(store_dir, manifest_cid)
     cids = list(dict.fromkeys([f.cid for f in model.files] + [t.cid for t in model.tokenizer]))
+    for cid in [manifest_cid, *cids]:  # the store serves its files by CID: never these plaintexts
+        store.mark_private(cid)
     files = [(MODEL_MANIFEST_NAME, store.path(manifest_cid))] + [(cid, store.path(cid)) for cid in cids]
     return put_files(
         files, piece_dir or store_dir, n=n, k=k, nodes=nodes, name=f"model {model.name}", on_bytes=on_bytes
@@ -70,8 +72,10 @@ def _restore_into_store(
 
 
 def _commit(store: LocalStore, tmp: Path, expected_cid: str | None) -> str:
-    """Move a restored plaintext into the store under its CID (checked against ``expected_cid``); never leave it behind."""
+    """Move a restored plaintext into the store under its CID (checked against ``expected_cid``), marked private
+    before it is visible so the store's shard route never serves it; never leave the temporary file behind."""
     try:
+        store.mark_private(expected_cid or cid_of_file(tmp))
         return store.put_file(tmp, expected_cid=expected_cid, move=True)
     finally:
         tmp.unlink(missing_ok=True)
@@ -96,6 +100,7 @@ def restore_model(
     for cid in model.cids_for(span):
         path = store.root / cid
         if path.is_file() and cid_of_file(path) == cid:
+            store.mark_private(cid)  # restored by an earlier start
             continue
         try:
             private.file(cid)

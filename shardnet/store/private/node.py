@@ -35,10 +35,32 @@ def _error(message: str, status: int) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def make_piece_routes(store_dir: str | Path, max_bytes: int = DEFAULT_MAX_PIECE_BYTES) -> list[web.RouteDef]:
-    """Routes of a storage node over the store folder ``store_dir`` (the shard GET route included)."""
+def held_bytes(store_dir: str | Path) -> int:
+    """Bytes of the files directly in the store folder (pieces, manifests, unfinished uploads)."""
+    return sum(p.stat().st_size for p in Path(store_dir).iterdir() if p.is_file())
+
+
+def make_piece_routes(
+    store_dir: str | Path,
+    max_bytes: int = DEFAULT_MAX_PIECE_BYTES,
+    max_store_bytes: int | None = None,
+) -> list[web.RouteDef]:
+    """Routes of a storage node over the store folder ``store_dir`` (the shard GET route included).
+
+    Uploads are unauthenticated, so with ``max_store_bytes`` the bytes held plus the bytes of uploads in
+    flight never exceed it (507 otherwise): a stranger cannot fill the disk."""
     store = LocalStore(store_dir).ensure()
     leaf_cache: dict[str, list[bytes]] = {}
+    used = [held_bytes(store.root)]  # held + in flight, counted as they arrive
+
+    def full(extra: int) -> web.Response | None:
+        if max_store_bytes is not None and used[0] + extra > max_store_bytes:
+            return _error(
+                f"this node's store is full ({used[0]} of {max_store_bytes} bytes held or arriving): "
+                "place the piece on another node",
+                507,
+            )
+        return None
 
     async def put_piece(request: web.Request) -> web.Response:
         try:
@@ -51,19 +73,32 @@ def make_piece_routes(store_dir: str | Path, max_bytes: int = DEFAULT_MAX_PIECE_
         length = request.content_length
         if length is not None and length > max_bytes:
             return _error(f"piece of {length} bytes exceeds this node's limit of {max_bytes}", 413)
-        with store.incoming() as (f, tmp):
-            hasher = CidHasher()
-            while chunk := await request.content.read(CHUNK_SIZE):
-                hasher.update(chunk)
-                if hasher.size > max_bytes:
-                    return _error(f"piece exceeds this node's limit of {max_bytes} bytes", 413)
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-            got = hasher.cid()
-            if got != cid:
-                return _error(f"uploaded bytes hash to {got}, not {cid}: refused, nothing stored", 400)
-            store.commit(tmp, cid)
+        if (refused := full(length or 0)) is not None:
+            return refused
+        hasher = CidHasher()
+        stored = False
+        try:
+            with store.incoming() as (f, tmp):
+                while chunk := await request.content.read(CHUNK_SIZE):
+                    if (refused := full(len(chunk))) is not None:
+                        return refused
+                    used[0] += len(chunk)
+                    hasher.update(chunk)
+                    if hasher.size > max_bytes:
+                        return _error(f"piece exceeds this node's limit of {max_bytes} bytes", 413)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+                got = hasher.cid()
+                if got != cid:
+                    return _error(f"uploaded bytes hash to {got}, not {cid}: refused, nothing stored", 400)
+                if store.has(cid):  # an upload of the same piece finished meanwhile
+                    return web.json_response({"cid": cid, "stored": "already held"})
+                store.commit(tmp, cid)
+                stored = True
+        finally:
+            if not stored:  # nothing kept: its bytes no longer count
+                used[0] -= hasher.size
         log.info("stored piece %s (%d bytes)", cid, hasher.size)
         return web.json_response({"cid": cid, "stored": hasher.size})
 
@@ -96,11 +131,15 @@ def make_piece_routes(store_dir: str | Path, max_bytes: int = DEFAULT_MAX_PIECE_
 
 
 def run_storage_node(
-    store_dir: str | Path, host: str, port: int, max_bytes: int = DEFAULT_MAX_PIECE_BYTES
+    store_dir: str | Path,
+    host: str,
+    port: int,
+    max_bytes: int = DEFAULT_MAX_PIECE_BYTES,
+    max_store_bytes: int | None = None,
 ) -> None:
     """Serve the store folder as a storage node until interrupted (``shardnet store serve``)."""
     app = web.Application(client_max_size=1 << 20)
-    app.add_routes(make_piece_routes(store_dir, max_bytes))
+    app.add_routes(make_piece_routes(store_dir, max_bytes, max_store_bytes))
 
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"role": "storage", "store": str(store_dir)})
