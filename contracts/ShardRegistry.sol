@@ -29,6 +29,8 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     struct NodeExtra {
         uint128 unbonding;
         uint64 unbondingUntil;
+        uint32 released; // assignments released since the draw reach last passed without a release: they hold
+        uint32 releasedUntil; // model slots until block releasedUntil, so they count against MAX_LIVE_PER_NODE
         string endpoint;
     }
 
@@ -301,7 +303,9 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         uint256[] storage byNode = _nodeLive[msg.sender];
         uint256[] storage byModel = _modelLive[modelId];
         _prune(byModel);
-        if (byNode.length >= MAX_LIVE_PER_NODE) revert ShardRegistryTooManyAssignments(msg.sender, uint32(byNode.length));
+        NodeExtra storage extra = _nodeExtra[msg.sender];
+        uint256 held = byNode.length + (block.number < extra.releasedUntil ? extra.released : 0);
+        if (held >= MAX_LIVE_PER_NODE) revert ShardRegistryTooManyAssignments(msg.sender, uint32(held));
         if (byModel.length >= MAX_LIVE_PER_MODEL) revert ShardRegistryModelFull(modelId, byModel.length);
         // No cast truncates: end <= numLayers < 2**16, modelId <= _modelCount, the lists are bounded.
         _assignments.push(
@@ -1085,6 +1089,9 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     function _release(uint256 assignmentId, AssignmentRecord storage a) private {
         a.live = false;
         a.releasedAt = uint64(block.number);
+        NodeExtra storage extra = _nodeExtra[a.node];
+        extra.released = block.number < extra.releasedUntil ? extra.released + 1 : 1;
+        extra.releasedUntil = uint32(block.number + _DRAW_REACH);
         uint256[] storage byNode = _nodeLive[a.node];
         uint256 movedId = byNode[byNode.length - 1];
         byNode[a.nodeIndex] = movedId;

@@ -122,8 +122,26 @@ def test_a_released_shard_holds_its_model_slot_until_no_draw_can_reach_it(
     assert released not in world.gov.live_assignments(world.model_id)
     assert len(world.gov.live_assignments(world.model_id)) == maximum - 1
     # a job closed before the release may still draw it for BLOCKHASH_REACH + DRAW_DELAY blocks
+    other = extra[1]  # a node with room under its own cap
+    assert other.address != owner.address and world.gov.get_node(other.address).live_assignments == 0
     with reverts("ShardRegistryModelFull", modelId=world.model_id, count=maximum):
-        world.reg(owner).announce_shard(world.model_id, LayerSpan(0, 1))
+        world.reg(other).announce_shard(world.model_id, LayerSpan(0, 1))
     world.chain.mine(BLOCKHASH_REACH + world.gov.constant("DRAW_DELAY"))
-    world.reg(owner).announce_shard(world.model_id, LayerSpan(0, 1))
+    world.reg(other).announce_shard(world.model_id, LayerSpan(0, 1))
     assert len(world.gov.live_assignments(world.model_id)) == maximum
+
+
+def test_a_node_churning_shards_holds_no_more_model_slots_than_its_cap(world: World) -> None:
+    # released assignments keep their model slots for the draw, so they count against the node's cap too: one
+    # staked node cannot fill a model by announcing and releasing
+    cap = world.gov.constant("MAX_LIVE_PER_NODE")
+    reg = world.reg(world.node1)
+    for _ in range(cap - 1):
+        reg.announce_shard(world.model_id, LayerSpan(0, 1))
+    reg.release_shard(world.shard1)
+    with reverts("ShardRegistryTooManyAssignments", node=world.node1.address, count=cap):
+        reg.announce_shard(world.model_id, LayerSpan(0, 1))
+    assert world.gov.get_node(world.node1.address).live_assignments == cap - 1
+    world.chain.mine(BLOCKHASH_REACH + world.gov.constant("DRAW_DELAY"))
+    reg.announce_shard(world.model_id, LayerSpan(0, 1))
+    assert world.gov.get_node(world.node1.address).live_assignments == cap
