@@ -29,7 +29,8 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     struct NodeExtra {
         uint128 unbonding;
         uint64 unbondingUntil;
-        uint64 stakeChangedAt; // block stake + unbonding last changed: a later one keeps the node out of older draws
+        uint32 released; // assignments released since the draw reach last passed without a release: they hold
+        uint32 releasedUntil; // model slots until block releasedUntil, so they count against MAX_LIVE_PER_NODE
         string endpoint;
     }
 
@@ -49,6 +50,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         uint32 nodeIndex; // slot 1: positions in the live lists
         uint32 modelIndex;
         uint64 announcedAt; // block: an assignment announced after a job closed is not drawn for its disputes
+        uint64 releasedAt; // block (0: live): one released after a job closed is still drawn for its disputes
     }
 
     /// @dev Per job with posted commitments: the escrow they reserved (pending or paid), how many, whose job.
@@ -68,6 +70,9 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     uint256 public constant MIN_VERIFIERS = 2;
     /// @notice The dispute randomness is blockhash(closeBlock + DRAW_DELAY): unknown when the work was committed.
     uint64 public constant DRAW_DELAY = 2;
+    /// @dev blockhash reaches 256 blocks back: a job closed more than this many blocks ago can no longer be disputed,
+    /// so an assignment released that long ago is in no draw any more and leaves its model's list.
+    uint256 private constant _DRAW_REACH = DRAW_DELAY + 256;
 
     uint8 private constant _REGISTERED = 1;
     uint8 private constant _JAILED = 2;
@@ -96,12 +101,15 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     mapping(address => NodeExtra) private _nodeExtra;
     mapping(address => string) private _coordinatorEndpoints;
     mapping(address => uint256[]) private _nodeLive;
+    /// @dev Per node, checkpoints of stake + unbonding stake (block << 208 | weight, blocks ascending): a draw weighs
+    /// each candidate as of the job's close.
+    mapping(address => uint256[]) private _weights;
 
     mapping(uint256 => ModelRecord) private _models; // modelId => record (numLayers 0: no such model)
     uint256 private _modelCount;
     mapping(uint256 => string[2]) private _modelText; // name, manifestCid
     AssignmentRecord[] private _assignments; // assignmentId = index + 1
-    mapping(uint256 => uint256[]) private _modelLive;
+    mapping(uint256 => uint256[]) private _modelLive; // live assignments and those released within _DRAW_REACH
 
     mapping(uint256 => uint256) private _jobs;
     mapping(uint256 => Posted) private _posted;
@@ -203,7 +211,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         account.flags = flags | _REGISTERED | _TOUCHED;
         NodeExtra storage extra = _nodeExtra[msg.sender];
         extra.endpoint = endpoint;
-        extra.stakeChangedAt = uint64(block.number);
+        _recordWeight(msg.sender, stake + extra.unbonding);
         _totalStaked += uint128(msg.value);
         emit NodeRegistered(msg.sender, endpoint, msg.value);
     }
@@ -222,7 +230,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         if (msg.value == 0) revert ShardRegistryZeroAmount();
         uint256 newStake = _checkedStake(uint256(account.stake) + msg.value);
         account.stake = uint88(newStake);
-        _nodeExtra[msg.sender].stakeChangedAt = uint64(block.number);
+        _recordWeight(msg.sender, newStake + _nodeExtra[msg.sender].unbonding);
         _totalStaked += uint128(msg.value);
         emit StakeAdded(msg.sender, msg.value, newStake);
     }
@@ -240,7 +248,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         uint64 until = uint64(block.timestamp) + _unbondingPeriod;
         account.stake = uint88(stake - amount);
         extra.unbonding += uint128(amount);
-        extra.unbondingUntil = until; // stake + unbonding (a draw's weight) is unchanged: no stakeChangedAt
+        extra.unbondingUntil = until; // stake + unbonding (a draw's weight) is unchanged
         _totalStaked -= uint128(amount);
         _totalUnbonding += uint128(amount);
         emit UnstakeRequested(msg.sender, amount, until);
@@ -257,7 +265,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         if (block.timestamp < until) revert ShardRegistryStillUnbonding(until);
         extra.unbonding = 0;
         extra.unbondingUntil = 0;
-        extra.stakeChangedAt = uint64(block.number);
+        _recordWeight(msg.sender, account.stake);
         _totalUnbonding -= uint128(amount);
         if (account.stake == 0 && _nodeLive[msg.sender].length == 0) account.flags &= ~_REGISTERED;
         _credit(msg.sender, amount);
@@ -294,7 +302,10 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         if (start >= end || end > model.numLayers) revert ShardRegistryInvalidSpan(start, end, model.numLayers);
         uint256[] storage byNode = _nodeLive[msg.sender];
         uint256[] storage byModel = _modelLive[modelId];
-        if (byNode.length >= MAX_LIVE_PER_NODE) revert ShardRegistryTooManyAssignments(msg.sender, uint32(byNode.length));
+        _prune(byModel);
+        NodeExtra storage extra = _nodeExtra[msg.sender];
+        uint256 held = byNode.length + (block.number < extra.releasedUntil ? extra.released : 0);
+        if (held >= MAX_LIVE_PER_NODE) revert ShardRegistryTooManyAssignments(msg.sender, uint32(held));
         if (byModel.length >= MAX_LIVE_PER_MODEL) revert ShardRegistryModelFull(modelId, byModel.length);
         // No cast truncates: end <= numLayers < 2**16, modelId <= _modelCount, the lists are bounded.
         _assignments.push(
@@ -306,7 +317,8 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
                 uint56(modelId),
                 uint32(byNode.length),
                 uint32(byModel.length),
-                uint64(block.number)
+                uint64(block.number),
+                0
             )
         );
         assignmentId = _assignments.length;
@@ -603,7 +615,16 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     /// @inheritdoc IShardRegistry
     function liveAssignments(uint256 modelId) external view returns (uint256[] memory) {
         _model(modelId);
-        return _modelLive[modelId];
+        uint256[] storage listed = _modelLive[modelId];
+        uint256[] memory live = new uint256[](listed.length);
+        uint256 count = 0;
+        for (uint256 i = 0; i < listed.length; ++i) {
+            if (_assignments[listed[i] - 1].live) live[count++] = listed[i];
+        }
+        assembly ("memory-safe") {
+            mstore(live, count)
+        }
+        return live;
     }
 
     /// @inheritdoc IShardRegistry
@@ -878,9 +899,10 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
 
     // ---------------------------------------------------------------- internal: slashing
 
-    /// @dev The candidates: distinct unjailed nodes other than `accused` with a live assignment of the model that
-    /// covers [start, end), announced at or before `closeBlock`, whose stake + unbonding stake last changed (register,
-    /// addStake, withdrawStake) at or before `closeBlock`, weighted by that sum; drawn from blockhash(closeBlock + DRAW_DELAY).
+    /// @dev The candidates: distinct nodes other than `accused` that held, at the end of block `closeBlock`, an
+    /// assignment of the model covering [start, end) (announced by then, not released by then), weighted by their
+    /// stake + unbonding stake at that block; drawn from blockhash(closeBlock + DRAW_DELAY). Nothing done once the
+    /// randomness is public (stake moves, releases, jails, new nodes) adds, removes or reweighs a candidate.
     function _draw(
         uint256 jobId,
         uint64 modelId,
@@ -901,7 +923,8 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
             AssignmentRecord storage a = _assignments[live[i] - 1];
             // only what was bonded when the job closed: the randomness is public two blocks later
             if (a.node == accused || a.start > start || a.end < end || a.announcedAt > closeBlock) continue;
-            uint256 weight = _drawWeight(a.node, closeBlock);
+            if (!a.live && a.releasedAt <= closeBlock) continue; // released before the close
+            uint256 weight = _weightAt(a.node, closeBlock);
             if (weight == 0 || _uncountedIndex(candidates, a.node, 0) < count) continue; // a node counts once
             candidates[count] = a.node;
             stakes[count] = weight;
@@ -911,13 +934,42 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         return ShardEvidence.draw(candidates, stakes, count, MAX_VERIFIERS, seed);
     }
 
-    /// @dev A candidate's weight in a draw: what a slash would take (stake + unbonding: unstaking after the close
-    /// changes nothing), or 0 for a jailed or unstaked node and one whose stake + unbonding changed after the close.
-    function _drawWeight(address node, uint64 closeBlock) private view returns (uint256) {
-        Account storage account = _accounts[node];
-        NodeExtra storage extra = _nodeExtra[node];
-        if (account.flags & _JAILED != 0 || account.stake == 0 || extra.stakeChangedAt > closeBlock) return 0;
-        return uint256(account.stake) + extra.unbonding;
+    /// @dev Checkpoints a node's stake + unbonding stake (its weight in draws of jobs closed from this block on).
+    function _recordWeight(address node, uint256 weight) private {
+        uint256[] storage history = _weights[node];
+        uint256 entry = (block.number << 208) | weight; // weight < 2**89, block numbers < 2**48
+        uint256 n = history.length;
+        if (n != 0 && history[n - 1] >> 208 == block.number) history[n - 1] = entry;
+        else history.push(entry);
+    }
+
+    /// @dev A node's stake + unbonding stake at the end of block `at` (0 before it registered): a binary search.
+    function _weightAt(address node, uint256 at) private view returns (uint256) {
+        uint256[] storage history = _weights[node];
+        uint256 low = 0;
+        uint256 high = history.length;
+        while (low < high) {
+            uint256 mid = (low + high) / 2;
+            if (history[mid] >> 208 > at) high = mid;
+            else low = mid + 1;
+        }
+        return low == 0 ? 0 : uint208(history[low - 1]);
+    }
+
+    /// @dev Drops from a model's list the assignments released more than _DRAW_REACH blocks ago.
+    function _prune(uint256[] storage byModel) private {
+        uint256 i = 0;
+        while (i < byModel.length) {
+            AssignmentRecord storage a = _assignments[byModel[i] - 1];
+            if (a.live || block.number < a.releasedAt + _DRAW_REACH) {
+                ++i;
+                continue;
+            }
+            uint256 movedId = byModel[byModel.length - 1];
+            byModel[i] = movedId;
+            _assignments[movedId - 1].modelIndex = uint32(i);
+            byModel.pop();
+        }
     }
 
     /// @dev Stake of the drawn verifiers that signed the verdict (each counted once) and of all drawn verifiers.
@@ -969,6 +1021,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         account.stake -= uint88(fromStake);
         extra.unbonding -= uint128(fromUnbonding);
         account.flags |= _JAILED;
+        _recordWeight(node, uint256(account.stake) + extra.unbonding);
         _totalStaked -= uint128(fromStake);
         _totalUnbonding -= uint128(fromUnbonding);
         uint256[] storage live = _nodeLive[node];
@@ -1031,19 +1084,19 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         }
     }
 
-    /// @dev Marks an assignment released and swap-and-pops it out of its node's and its model's live lists.
+    /// @dev Marks an assignment released (in this block) and swap-and-pops it out of its node's live list; it stays in
+    /// its model's list, drawn for the disputes of jobs closed before, until {_prune} drops it.
     function _release(uint256 assignmentId, AssignmentRecord storage a) private {
         a.live = false;
+        a.releasedAt = uint64(block.number);
+        NodeExtra storage extra = _nodeExtra[a.node];
+        extra.released = block.number < extra.releasedUntil ? extra.released + 1 : 1;
+        extra.releasedUntil = uint32(block.number + _DRAW_REACH);
         uint256[] storage byNode = _nodeLive[a.node];
         uint256 movedId = byNode[byNode.length - 1];
         byNode[a.nodeIndex] = movedId;
         _assignments[movedId - 1].nodeIndex = a.nodeIndex;
         byNode.pop();
-        uint256[] storage byModel = _modelLive[a.modelId];
-        movedId = byModel[byModel.length - 1];
-        byModel[a.modelIndex] = movedId;
-        _assignments[movedId - 1].modelIndex = a.modelIndex;
-        byModel.pop();
         emit ShardReleased(assignmentId, a.node, a.modelId);
     }
 }

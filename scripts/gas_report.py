@@ -346,7 +346,11 @@ def report(log: GasLog, figures: dict[str, int]) -> str:
             "Notes: the first `registerNode`/`claim` of an account pays for fresh storage slots, later ones less; a "
             "`settleJobs` costs one signature check (~3,000 gas plus ~300 bytes of calldata) per hop and two storage "
             "writes per job (`settleJobs` has no reentrancy guard: it makes no external call); the guard of `claim` "
-            "(OpenZeppelin `ReentrancyGuardTransient`) uses transient storage (EIP-1153). A per-hop check of the node's "
+            "(OpenZeppelin `ReentrancyGuardTransient`) uses transient storage (EIP-1153). The verifier draw's stake "
+            "checkpoints cost each stake change one more storage write (`registerNode`, `addStake`, `withdrawStake`, "
+            "`slash`), `releaseShard` writes the node's count of recent releases (they hold model slots while a draw "
+            "can reach them) and a `slash` binary-searches each candidate's checkpoints; settlement reads none of it. "
+            "A per-hop check of the node's "
             "live assignment was measured and left out: one more cold storage read per hop put a whole job at 151,893 "
             "gas and a 16-job batch at 43,079 gas per job, over both targets.",
             "",
