@@ -120,7 +120,9 @@ class TrainingAPI:
         session = self.sessions.open(session_id, signer, job_id)
         session.max_positions = ticket_max_positions(ticket)
         span = server.info.span
-        if server.state is not None:  # recorded with its ticket: the fallback post needs it, also after a crash
+        if (
+            server.state is not None
+        ):  # recorded with its ticket: the fallback post needs it, also after a crash
             try:
                 await asyncio.get_running_loop().run_in_executor(
                     server._db, server.state.session_opened, session_id, job_id, signer, span.start,
@@ -234,7 +236,9 @@ class TrainingAPI:
         if server is None or server.state is None:
             return
         root = merkle_root(session.step_hashes) if session.step_hashes else None
-        server._db_write(server.state.session_closed, session.session_id, reason, len(session.step_hashes), root)
+        server._db_write(
+            server.state.session_closed, session.session_id, reason, len(session.step_hashes), root
+        )
         if reason != "closed" and session.job_id and session.step_hashes:
             server._db_write(server.commitments.sign_job, session.job_id, 0.0)
         if server._on_session_closed is not None:

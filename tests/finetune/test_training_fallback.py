@@ -56,10 +56,15 @@ def test_unsettled_finetune_job_is_posted_by_its_workers_and_paid_after_the_wind
     async def run() -> dict[str, object]:
         async with (
             serve_workers(
-                parts, config, [(0, 2), (2, 4)], keys=[n.key.hex() for n in nodes], domain=world.domain,
+                parts,
+                config,
+                [(0, 2), (2, 4)],
+                keys=[n.key.hex() for n in nodes],
+                domain=world.domain,
                 is_coordinator=world.gov.is_coordinator,
                 job_coordinator=lambda j: world.gov.job_record(j).coordinator,
-                signer_for=lambda account: syncs[account.address].sign, states=states,
+                signer_for=lambda account: syncs[account.address].sign,
+                states=states,
             ) as workers,  # fmt: skip
             aiohttp.ClientSession() as http,
         ):
