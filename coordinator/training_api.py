@@ -1,7 +1,7 @@
 """Fine-tuning jobs through the coordinator (issue 16): a client needs no coordinator key of its own.
 
-    POST /v1/train/jobs/{id}/route   {}  -> {"job_id", "max_positions", "hops": [{"url", "address", "span",
-                                     "ticket"}]}: a route over the job's model and one ticket per hop, signed by
+    POST /v1/train/jobs/{id}/route   {}  -> {"job_id", "max_positions", "backward_factor", "hops": [{"url",
+                                     "address", "span", "ticket"}]}: a route over the job's model and one ticket per hop, signed by
                                      this coordinator for the job, bounding each worker's billed positions
                                      (forward + backward_factor x backward) by the job's budget
                                      (maxTokens + maxPromptTokens, what the registry lets one hop bill)
@@ -36,6 +36,7 @@ from shardnet.chain.commitments import SignedCommitment
 from shardnet.chain.errors import ChainError
 from shardnet.chain.registry import JobStatus, Settlement
 from shardnet.chain.registry_types import JobRecord
+from shardnet.errors import ShardnetError
 from shardnet.job_auth import AUTH_HEADER, training_signer
 from shardnet.wire.tickets import sign_ticket
 
@@ -122,8 +123,11 @@ async def post_route(request: web.Request) -> web.Response:
         try:
             max_prompt = int(await asyncio.to_thread(service.registry.max_prompt_tokens))
             domain = await asyncio.to_thread(service.registry.domain)
+            model = await asyncio.to_thread(service.catalog.get, job.model_id)
         except ChainError as exc:
             return chain_error(exc)
+        except ShardnetError as exc:  # the manifest cannot be fetched now
+            return error(503, f"the job's model is not available here now ({exc}); try again later")
         max_positions = job.max_tokens + max_prompt
         expires_at = max(int(time.time()) + 60, int(job.deadline))  # the fallback post needs it until then
         answer = []
@@ -142,7 +146,10 @@ async def post_route(request: web.Request) -> web.Response:
                 }
             )
         desk.routes[job_id] = TicketedRoute(list(hops), max_positions)
-    return web.json_response({"job_id": job_id, "max_positions": max_positions, "hops": answer})
+    factor = model.manifest.backward_factor  # what each worker bills a backward position as
+    return web.json_response(
+        {"job_id": job_id, "max_positions": max_positions, "backward_factor": factor, "hops": answer}
+    )
 
 
 async def post_settle(request: web.Request) -> web.Response:

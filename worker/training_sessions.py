@@ -41,9 +41,7 @@ class TrainingLimits:
     max_kept_bytes: int = 256 << 20  # inputs and adapters kept for backward passes, per session
     max_kept_steps: int = 64  # forwards awaiting their backward, per session
     max_batch: int = 64  # sequences per step
-    backward_factor: int = (
-        2  # a backward position counts as this many forward positions (see docs/finetune.md)
-    )
+    backward_factor: int = 2  # a backward position is paid as this many forward ones: the model manifest's
 
 
 @dataclass
