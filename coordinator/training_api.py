@@ -29,6 +29,7 @@ from aiohttp import web
 
 from coordinator.api_models import MAX_JOB_ID, parse_job_id
 from coordinator.http_common import SERVICE, chain_error, error, json_body
+from coordinator.lifecycle import JobState
 from coordinator.router import NoRouteError, RouteHop
 from coordinator.service import CoordinatorService
 from coordinator.settlement import check_commitment
@@ -112,6 +113,13 @@ async def post_route(request: web.Request) -> web.Response:
     async with desk.lock:
         if job_id in desk.routes:
             return error(409, f"job {job_id} was already routed: train under its tickets, or pay a new job")
+        row = service.state.get_job(job_id)
+        if (
+            row is not None and row.status != JobState.SUBMITTED.value
+        ):  # its prompt was handed over: inference
+            return error(
+                409, f"job {job_id} is an inference job here ({row.status}): pay a new job to fine-tune"
+            )
         try:
             hops = service.router.route(job.model_id, job.num_layers)
         except NoRouteError as exc:

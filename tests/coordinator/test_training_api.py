@@ -15,7 +15,7 @@ from eth_utils import keccak
 from shardnet.chain.commitments import SignedCommitment
 from shardnet.finetune.paid import CoordinatorRefused, open_paid_route, settle_paid_job
 from shardnet.http_json import request_json
-from shardnet.job_auth import AUTH_HEADER, sign_training
+from shardnet.job_auth import AUTH_HEADER, handover_body, sign_prompt_handover, sign_training
 from tests.coordinator.network import PRICE, Net
 
 BATCH, SEQ, HIDDEN = 1, 4, 64
@@ -52,6 +52,12 @@ def test_a_client_routes_trains_and_settles_its_paid_finetune_job_through_the_co
                 raise AssertionError("a second route of the same job was ticketed")
             except CoordinatorRefused as exc:
                 assert "already routed" in str(exc)
+            body = handover_body("a prompt")  # the escrow is the fine-tuning's: no inference on it
+            status, answer = request_json(
+                "POST", f"{net.coordinator.url}/v1/jobs/{job_id}/prompt", body, timeout=30,
+                headers={AUTH_HEADER: sign_prompt_handover(client, job_id, body)},
+            )  # fmt: skip
+            assert status == 409 and "fine-tuning" in answer["error"]["message"], (status, answer)
             torch.manual_seed(0)
             for step in range(2):
                 hidden = torch.randn(BATCH, SEQ, HIDDEN)
