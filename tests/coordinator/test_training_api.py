@@ -6,17 +6,24 @@ settles the job on chain by layer-tokens (backward counted twice)."""
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import torch
 from eth_utils import keccak
 
 from shardnet.chain.commitments import SignedCommitment
+from shardnet.chain.registry import JobStatus
+from shardnet.cli import main
 from shardnet.finetune.paid import CoordinatorRefused, open_paid_route, settle_paid_job
 from shardnet.http_json import request_json
 from shardnet.job_auth import AUTH_HEADER, handover_body, sign_prompt_handover, sign_training
-from tests.coordinator.network import PRICE, Net
+from shardnet.model import config_dict, save_parts
+from tests.coordinator.network import PRICE, Net, claimables
+from tests.finetune.test_remote_training import tiny_examples
 
 BATCH, SEQ, HIDDEN = 1, 4, 64
 
@@ -89,3 +96,29 @@ def test_a_client_routes_trains_and_settles_its_paid_finetune_job_through_the_co
     assert net.owner.claimable(hops[0].node) == before[hops[0].node.lower()]  # left out: its own post pays it
     status, answer = _ask(net, job_id, "route", {}, sign_training(client, job_id, "route", {}))
     assert status == 409 and "settled" in answer["error"]["message"], (status, answer)
+
+
+def test_finetune_command_pays_routes_and_settles_through_the_coordinator(
+    net: Net, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`shardnet finetune --coordinator URL --job-id N --key-env CLIENT_KEY`: the client's own key only."""
+    model = net.reference["model"]
+    parts = tmp_path / "parts"
+    save_parts(model, model.config, parts)
+    (parts / "config.json").write_text(json.dumps(config_dict(model.config)))
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt_ids": e.prompt, "completion_ids": e.completion})
+                              for e in tiny_examples()))  # fmt: skip
+    job_id = net.client.pay("fine-tune", net.model_id, 64)
+    monkeypatch.setenv("FINETUNE_CLIENT_KEY", net.client_account.key.hex())
+    before = claimables(net.owner, [w.address for w in net.workers.values()])
+    out = tmp_path / "adapter.safetensors"
+    argv = ["finetune", "--model", str(parts), "--data", str(data), "--method", "lora", "--steps", "2",
+            "--batch-size", "2", "--deployment", str(net.dep_file), "--key-env", "FINETUNE_CLIENT_KEY",
+            "--coordinator", net.coordinator.url, "--job-id", str(job_id), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"job {job_id} settled in tx" in printed and "3 workers paid" in printed, printed
+    after = claimables(net.owner, [w.address for w in net.workers.values()])
+    assert sum(after[a] > before[a] for a in after) == 3  # the three hops of the route were paid
+    assert net.owner.job_state(job_id)[0] == JobStatus.Settled
