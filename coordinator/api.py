@@ -1,5 +1,6 @@
 """The coordinator's HTTP app: the jobs API (`coordinator.jobs_api`), the OpenAI-compatible API
-(`coordinator.openai_api`), and two service endpoints:
+(`coordinator.openai_api`), fine-tuning routes and settlements (`coordinator.training_api`), and two service
+endpoints:
 
     GET  /v1/workers            the live workers as routing sees them (down, excluded, load, measurements)
     GET  /health
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from coordinator import dashboard, jobs_api, openai_api
+from coordinator import dashboard, jobs_api, openai_api, training_api
 from coordinator.http_common import MAX_BODY_BYTES, SERVICE
 from coordinator.preflight import preflight_routes
 from coordinator.service import CoordinatorService
@@ -39,5 +40,6 @@ def make_app(service: CoordinatorService) -> web.Application:
     app.add_routes(jobs_api.ROUTES)
     openai_api.install(app, service)
     app.add_routes(preflight_routes())
+    training_api.install(app)  # POST /v1/train/jobs/{id}/route|settle: fine-tuning jobs (docs/finetune.md)
     dashboard.mount(app, service)  # GET /dashboard (and / when free): read-only, see coordinator.dashboard
     return app

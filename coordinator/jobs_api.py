@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from coordinator import training_api
 from coordinator.api_models import MAX_JOB_ID, PromptHandOver, parse_job_id, validation_error
 from coordinator.http_common import SERVICE, chain_error, error, json_body
 from coordinator.lifecycle import OUTPUT_KNOWN, TERMINAL, JobState
@@ -88,6 +89,9 @@ async def post_prompt(request: web.Request) -> web.Response:
     except ValidationError as exc:
         return validation_error(exc)
     signer = prompt_handover_signer(request.headers.get(AUTH_HEADER), job_id, body.signed_body())
+    desk = request.app.get(training_api.DESK)
+    if desk is not None and job_id in desk.routes:  # one job, one use of its escrow
+        return error(409, f"job {job_id} was routed for fine-tuning: pay a new job for this prompt")
     try:
         row = await service.jobs.accept_prompt(
             job_id, body.prompt, body.sampling(chat=body.chat), signer=signer

@@ -143,3 +143,40 @@ def prompt_handover_signer(
     other than the one signed recovers another address."""
     digest = handover_digest(body)
     return _signer(header, lambda t: prompt_handover_message(job_id, digest, t), MAX_HANDOVER_VALID_S, now)
+
+
+def body_digest(body: dict[str, Any]) -> bytes:
+    """keccak256 of the canonical JSON (sorted keys, no spaces, ASCII) of a request body."""
+    return keccak(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("ascii"))
+
+
+def training_message(job_id: int, action: str, digest: bytes, expires_at: int) -> str:
+    """The text a client signs (EIP-191) to ask a coordinator to `action` ("route" or "settle") its fine-tuning job
+    with the request body of keccak256 `digest` (POST /v1/train/jobs/{id}/{action}, coordinator/training_api.py)."""
+    return (
+        f"shardnet: {action} the fine-tuning of job {job_id} with the body of keccak256 0x{digest.hex()} "
+        f"until {expires_at}"
+    )
+
+
+def sign_training(
+    account: Any,
+    job_id: int,
+    action: str,
+    body: dict[str, Any],
+    *,
+    valid_s: int = HANDOVER_VALID_S,
+    now: float | None = None,
+) -> str:
+    """The `X-Shardnet-Auth` value for `account` asking to `action` its fine-tuning job `job_id` with `body`."""
+    expires_at = _expiry(valid_s, now)
+    return _sign(account, training_message(job_id, action, body_digest(body), expires_at), expires_at)
+
+
+def training_signer(
+    header: str | None, job_id: int, action: str, body: dict[str, Any], *, now: float | None = None
+) -> str | None:
+    """The address (lowercase) whose signature in `header` asks to `action` fine-tuning job `job_id` with exactly
+    `body`, or None when missing, malformed, expired, or valid for longer than `MAX_HANDOVER_VALID_S`."""
+    digest = body_digest(body)
+    return _signer(header, lambda t: training_message(job_id, action, digest, t), MAX_HANDOVER_VALID_S, now)

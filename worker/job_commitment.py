@@ -3,7 +3,7 @@
 Each leaf binds a step's input, output and fingerprint (`worker.verification.commit_step`). When the coordinator closes a session of a job, the worker signs its EIP-712 `Commitment` for the job over
 every session of it on this worker (stored first when there is a database) and hands it back in the close
 answer. A session that ends without a close (expired, drained, evicted, failed) is signed at once and due at
-once. Signing and storing run on the server's database thread, after the session's close is queued there.
+once. Training sessions (worker/training.py) record their steps in the same tables and sign through `sign_job`. Signing and storing run on the server's database thread, after the session's close is queued there.
 """
 
 from __future__ import annotations
@@ -46,7 +46,15 @@ class JobCommitments:
                 session.steps,
                 merkle_root(session.leaves),
             )
-        work = self._state.job_work(session.job_id)
+        return self.sign_job(session.job_id, handed_at)
+
+    def sign_job(self, job_id: int, handed_at: float | None = None) -> SignedCommitment | None:
+        """Sign and store the job's commitment over every session of it recorded in the database (inference and
+        training alike), before it is handed out; `handed_at` 0 makes it due for the fallback post at once.
+        None when nothing was computed for the job (or there is no signer or database)."""
+        if self._signer is None or self._state is None or not job_id:
+            return None
+        work = self._state.job_work(job_id)
         if work is None:
             return None
         signed = self._signer(

@@ -26,6 +26,7 @@ from shardnet.chain.registry import AssignmentInfo, ModelInfo, Registry
 from shardnet.errors import ConfigError, ShardnetError
 from shardnet.service import Lifecycle, run_service
 from shardnet.span import LayerSpan
+from shardnet.store.manifest import DEFAULT_BACKWARD_FACTOR
 from shardnet.wire.http_guard import ConnectionGuard
 from worker.chain_sync import ChainSync
 from worker.config import WorkerConfig
@@ -34,7 +35,7 @@ from worker.server import BlockInfo, ServerLimits, WorkerServer
 from worker.span_choice import choose_best_span, default_span_length
 from worker.staking import connect, ensure_registered
 from worker.state import WorkerState
-from worker.training import TrainingAPI
+from worker.training import TrainingAPI, TrainingLimits
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class PreparedNode:
     info: BlockInfo
     limits: ServerLimits
     sock: socket.socket  # bound and listening since before the first transaction
+    backward_factor: int = DEFAULT_BACKWARD_FACTOR  # the manifest's price of a fine-tuning backward position
 
 
 def prepare(cfg: WorkerConfig, *, reset_state: bool = False) -> PreparedNode:
@@ -202,7 +204,9 @@ def prepare(cfg: WorkerConfig, *, reset_state: bool = False) -> PreparedNode:
         forward_timeout_s=cfg.step_forward_timeout_s,
         body_timeout_s=cfg.body_timeout_s,
     )
-    return PreparedNode(cfg, registry, state, model, span, assignment_id, block, info, limits, sock)
+    return PreparedNode(
+        cfg, registry, state, model, span, assignment_id, block, info, limits, sock, manifest.backward_factor
+    )
 
 
 class WorkerService:
@@ -224,7 +228,8 @@ class WorkerService:
             # a revoked coordinator's tickets are refused at once, not when the approval cache expires
             on_coordinator_set=lambda address, _approved: coordinator_check.forget(address),
         )
-        self.training = TrainingAPI()  # fine-tuning sessions (/v1/train/..., docs/finetune.md)
+        # fine-tuning sessions (/v1/train/..., docs/finetune.md), backward priced as the model's manifest says
+        self.training = TrainingAPI(TrainingLimits(backward_factor=node.backward_factor))
         self.server = WorkerServer(
             address=node.registry.account.address if node.registry.account else "",
             model_name=node.model.name,

@@ -16,6 +16,7 @@ positions to be paid: forward positions + backward_factor x backward positions (
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +75,7 @@ class TrainingAPI:
     def bind(self, server: WorkerServer) -> TrainingAPI:
         self._server = server
         self.sessions.idle_timeout_s = server.limits.idle_timeout_s
+        self.sessions.on_close = self._session_ended
         return self
 
     @property
@@ -118,6 +120,17 @@ class TrainingAPI:
         session = self.sessions.open(session_id, signer, job_id)
         session.max_positions = ticket_max_positions(ticket)
         span = server.info.span
+        if (
+            server.state is not None
+        ):  # recorded with its ticket: the fallback post needs it, also after a crash
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    server._db, server.state.session_opened, session_id, job_id, signer, span.start,
+                    span.end, json.dumps(ticket),
+                )  # fmt: skip
+            except BaseException:
+                self.sessions.close(session, "failed")
+                raise
         return web.json_response(
             {"session_id": session_id, "span": [span.start, span.end], "session_token": session.token}
         )
@@ -149,8 +162,10 @@ class TrainingAPI:
                 session.kept.pop(step_id, None)  # nothing to pull back through: the step may be sent again
                 raise
             body = encode_tensors({"hidden": out})
-            session.forward_positions += int(hidden.shape[0] * hidden.shape[1])
-            return self._answer(session, body)
+            positions = int(hidden.shape[0] * hidden.shape[1])
+            answer = await self._answer(session, body, positions)
+            session.forward_positions += positions
+            return answer
 
     async def backward(self, request: web.Request) -> web.Response:
         session = self._session(request)
@@ -179,8 +194,10 @@ class TrainingAPI:
             )
             self.sessions.finish(session, step_id)
             body = encode_tensors({"grad_hidden": grad_in, **{f"grad.{k}": v for k, v in grads.items()}})
-            session.backward_positions += int(step.hidden.shape[0] * step.hidden.shape[1])
-            return self._answer(session, body)
+            positions = int(step.hidden.shape[0] * step.hidden.shape[1])
+            answer = await self._answer(session, body, self.limits.backward_factor * positions)
+            session.backward_positions += positions
+            return answer
 
     async def close_session(self, request: web.Request) -> web.Response:
         session = self._session(request)
@@ -197,13 +214,36 @@ class TrainingAPI:
             "positions": positions,
             "commitment": "0x" + root.hex(),
         }
-        signer = self.server.commitments._signer  # the server's EIP-712 commitment signer, if it signs
+        server = self.server
+        signer = server.commitments._signer  # the server's EIP-712 commitment signer, if it signs
         if signer is not None and session.job_id and session.step_hashes:
-            signed = signer(session.job_id, self.server.info.span, positions, len(session.step_hashes), root)
+            if server.state is None:
+                signed = signer(session.job_id, server.info.span, positions, len(session.step_hashes), root)
+            else:  # stored before it leaves, over every session of the job here (the fallback posts it)
+                found = await asyncio.get_running_loop().run_in_executor(
+                    server._db, server.commitments.sign_job, session.job_id
+                )
+                assert found is not None  # this session's steps are recorded
+                signed = found
             answer["job_commitment"] = signed.to_json()
         return web.json_response(answer)
 
     # -- internals
+    def _session_ended(self, session: TrainingSession, reason: str) -> None:
+        """Record a session's end; one that ends without the client's close (expired, failed) is signed at once,
+        due for the fallback post at once (nobody was handed its commitment)."""
+        server = self._server
+        if server is None or server.state is None:
+            return
+        root = merkle_root(session.step_hashes) if session.step_hashes else None
+        server._db_write(
+            server.state.session_closed, session.session_id, reason, len(session.step_hashes), root
+        )
+        if reason != "closed" and session.job_id and session.step_hashes:
+            server._db_write(server.commitments.sign_job, session.job_id, 0.0)
+        if server._on_session_closed is not None:
+            server._db_write(server._on_session_closed)
+
     def _check_budget(self, session: TrainingSession, more: int) -> None:
         """Refuse a pass that would bill more positions than the ticket's `max_positions` allows."""
         billed = session.forward_positions + self.limits.backward_factor * session.backward_positions
@@ -285,8 +325,15 @@ class TrainingAPI:
         except ModelError as exc:
             raise InvalidTensor(f"the block refused this step: {exc}") from exc
 
-    def _answer(self, session: TrainingSession, body: bytes) -> web.Response:
+    async def _answer(self, session: TrainingSession, body: bytes, positions: int) -> web.Response:
+        """The step's answer, its hash recorded (durably, with the positions it bills) before it leaves."""
         digest = step_hash(body)
+        state = self.server.state
+        if state is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                self.server._db, state.step_recorded, session.session_id, len(session.step_hashes), digest,
+                positions,
+            )  # fmt: skip
         session.step_hashes.append(digest)
         session.last_used = time.monotonic()
         headers = {"X-Step-Hash": "0x" + digest.hex(), "X-Step-Index": str(len(session.step_hashes) - 1)}

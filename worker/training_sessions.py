@@ -14,6 +14,7 @@ import hmac
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -40,9 +41,7 @@ class TrainingLimits:
     max_kept_bytes: int = 256 << 20  # inputs and adapters kept for backward passes, per session
     max_kept_steps: int = 64  # forwards awaiting their backward, per session
     max_batch: int = 64  # sequences per step
-    backward_factor: int = (
-        2  # a backward position counts as this many forward positions (see docs/finetune.md)
-    )
+    backward_factor: int = 2  # a backward position is paid as this many forward ones: the model manifest's
 
 
 @dataclass
@@ -84,9 +83,15 @@ class TrainingSession:
 class TrainingSessions:
     """Training sessions by id, with the per-session budget for kept steps."""
 
-    def __init__(self, limits: TrainingLimits, idle_timeout_s: float) -> None:
+    def __init__(
+        self,
+        limits: TrainingLimits,
+        idle_timeout_s: float,
+        on_close: Callable[[TrainingSession, str], None] | None = None,
+    ) -> None:
         self.limits = limits
         self.idle_timeout_s = idle_timeout_s
+        self.on_close = on_close  # (session, reason: closed | expired | shutdown), after it is removed
         self._sessions: dict[str, TrainingSession] = {}
         self._retired: set[str] = set()
 
@@ -125,20 +130,24 @@ class TrainingSessions:
         session.last_used = time.monotonic()
         return session
 
-    def close(self, session: TrainingSession) -> None:
+    def close(self, session: TrainingSession, reason: str = "closed") -> None:
+        if session.closed:
+            return
         session.closed = True
         session.kept.clear()
         self._sessions.pop(session.session_id, None)
+        if self.on_close is not None:
+            self.on_close(session, reason)
 
-    def close_all(self) -> None:
+    def close_all(self, reason: str = "shutdown") -> None:
         for session in list(self._sessions.values()):
-            self.close(session)
+            self.close(session, reason)
 
     def expire_idle(self) -> None:
         now = time.monotonic()
         for session in list(self._sessions.values()):
             if not session.lock.locked() and now - session.last_used > self.idle_timeout_s:
-                self.close(session)
+                self.close(session, "expired")
 
     # -- kept steps
     def keep(self, session: TrainingSession, step_id: int, step: KeptStep) -> None:

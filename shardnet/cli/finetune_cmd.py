@@ -44,8 +44,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="a worker's URL, once per span in route order; none: train in this process (loads every layer)",
     )  # fmt: skip
     p.add_argument("--job-id", type=int, default=0, help="the paid job the tickets name (default 0: unpaid)")
+    p.add_argument(
+        "--coordinator", metavar="URL",
+        help="the paid job's coordinator: it routes and tickets the job (--job-id, your client key) and settles it "
+        "from the workers' signed commitments after training; no coordinator key needed",
+    )  # fmt: skip
     add_chain_flags(
-        p, needs_key=False, key_note=" (the ticket signer: an approved coordinator's key, with --worker)"
+        p,
+        needs_key=False,
+        key_note=" (with --worker: an approved coordinator's key, the ticket signer; with --coordinator: the job's "
+        "client key)",
     )
     p.set_defaults(func=cmd_finetune)
 
@@ -69,6 +77,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
         from shardnet.finetune.run import open_route
 
+        if args.coordinator:
+            return await _paid(args, settings, trainer, train, test)
         if not args.worker:
             return await finetune(
                 trainer, local_route(settings, trainer.ends.num_layers), settings, train, test
@@ -93,18 +103,62 @@ def cmd_finetune(args: argparse.Namespace) -> int:
               f"backward {answer.get('backward_positions')} x {answer.get('backward_factor')})")  # fmt: skip
     trainer.params.save(args.out)
     print(f"adapter saved to {args.out}")
+    if args.coordinator:
+        return _settle(args, closed)
     return 0
 
 
-def _registry(args: argparse.Namespace) -> Any:
+async def _paid(args: argparse.Namespace, settings: Any, trainer: Any, train: Any, test: Any) -> Any:
+    """Train a paid job on the route and tickets its coordinator hands out (the adapter is settled after saving)."""
+    import aiohttp
+
+    from shardnet.errors import ConfigError
+    from shardnet.finetune.paid import open_paid_route
+    from shardnet.finetune.run import finetune
+
+    if args.job_id < 1 or args.worker:
+        raise ConfigError(
+            "--coordinator needs --job-id N of a paid job (shardnet submit/pay) and no --worker"
+        )
+    account = _registry(args, "--coordinator needs the job's client key").account
+    async with aiohttp.ClientSession() as http:
+        spans = await open_paid_route(http, args.coordinator, account, args.job_id)
+        try:
+            report = await finetune(trainer, spans, settings, train, test)
+        finally:
+            closed = [await s.close() for s in spans]
+    return report, closed
+
+
+def _settle(args: argparse.Namespace, closed: list[dict[str, Any]]) -> int:
+    import aiohttp
+    from eth_utils import keccak
+
+    from shardnet.finetune.paid import settle_paid_job
+
+    account = _registry(args, "--coordinator needs the job's client key").account
+
+    async def settle() -> dict[str, Any]:
+        async with aiohttp.ClientSession() as http:
+            output = keccak(args.out.read_bytes())
+            return await settle_paid_job(http, args.coordinator, account, args.job_id, closed, output)
+
+    answer = asyncio.run(settle())
+    print(f"job {args.job_id} settled in tx {answer['tx']}: {len(answer['settled'])} workers paid")
+    for hop in answer["left_out"]:
+        print(f"left out {hop['node']}: {hop['reason']} (it may post its own commitment)")
+    return 0
+
+
+def _registry(
+    args: argparse.Namespace, need: str = "--worker needs tickets: pass the key of an approved coordinator"
+) -> Any:
     from shardnet.cli.chain_args import registry_from_args
     from shardnet.errors import ConfigError
 
     registry = registry_from_args(args, needs_key=False)
     if registry.account is None:
-        raise ConfigError(
-            "--worker needs tickets: pass --key-env VAR or --keystore FILE of an approved coordinator"
-        )
+        raise ConfigError(f"{need} (--key-env VAR or --keystore FILE)")
     return registry
 
 

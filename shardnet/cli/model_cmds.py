@@ -47,6 +47,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="dtype of the published weights (default float32)",
     )
     p.add_argument(
+        "--backward-factor",
+        type=int,
+        default=2,
+        help="fine-tuning: a backward position is paid as this many forward positions (manifest field "
+        "backward_factor, 1..16; default 2, which leaves the manifest and its CID as without it)",
+    )
+    p.add_argument(
         "--private",
         action="store_true",
         help="also seal every file (AES-256-GCM, erasure-coded, see `shardnet store put`); print the private "
@@ -188,6 +195,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         progress=progress_wanted(),
         worker_dtypes=args.worker_dtypes,
     )
+    if args.backward_factor != manifest.backward_factor:
+        from shardnet.store.manifest import with_backward_factor
+
+        cid, manifest = with_backward_factor(args.store, manifest, args.backward_factor)
     print(_describe(cid, manifest))
     print()
     print(_file_table(args.store, list(manifest.files)))

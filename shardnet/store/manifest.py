@@ -20,8 +20,12 @@ from shardnet.store.local import LocalStore
 MANIFEST_FORMAT = "shardnet-manifest/1"
 PARTS = ("embed", "layer", "head")
 KINDS = ("decoder", "encoder", "vision")
-WORKER_DTYPES = ("float32", "float16", "bfloat16")  # what a worker can compute in (worker --dtype)
 """As ``Adapter.kind``: causal LMs run step by step; encoders and vision transformers in one pass."""
+WORKER_DTYPES = ("float32", "float16", "bfloat16")  # what a worker can compute in (worker --dtype)
+DEFAULT_BACKWARD_FACTOR = 2
+"""A fine-tuning backward position is paid as this many forward positions unless the manifest says otherwise
+(the optional field ``backward_factor``, written only when it differs, so manifests without it keep their CID)."""
+MAX_BACKWARD_FACTOR = 16
 
 
 class ManifestError(ShardnetError, ValueError):
@@ -80,6 +84,7 @@ class Manifest:
     #: quality one: verifiers accept the drift of the worker's dtype, so a loose dtype hides small cheats (int8
     #: weights inside bf16 drift); workers refuse a dtype the manifest does not list before they announce.
     worker_dtypes: tuple[str, ...] = field(default=())
+    backward_factor: int = DEFAULT_BACKWARD_FACTOR  # billed positions per fine-tuning backward position
 
     # ------------------------------------------------------------------ queries
 
@@ -133,7 +138,13 @@ class Manifest:
     # ------------------------------------------------------------------ JSON
 
     def to_json(self) -> dict[str, Any]:
+        extra = (
+            {}
+            if self.backward_factor == DEFAULT_BACKWARD_FACTOR
+            else {"backward_factor": self.backward_factor}
+        )
         return {
+            **extra,
             "format": self.format,
             "name": self.name,
             "family": self.family,
@@ -230,6 +241,13 @@ def _parse(d: dict[str, Any]) -> Manifest:
         isinstance(worker_dtypes, list) and all(w in WORKER_DTYPES for w in worker_dtypes),
         f"manifest field 'worker_dtypes' must be a list of {', '.join(WORKER_DTYPES)}",
     )
+    factor = d.get("backward_factor", DEFAULT_BACKWARD_FACTOR)
+    _need(
+        type(factor) is int and 1 <= factor <= MAX_BACKWARD_FACTOR,
+        f"manifest field 'backward_factor' must be a whole number from 1 to {MAX_BACKWARD_FACTOR} (the forward "
+        f"positions a fine-tuning backward position is paid as), not {factor!r}; leave it out for "
+        f"{DEFAULT_BACKWARD_FACTOR}",
+    )
     return Manifest(
         name=d["name"],
         family=d["family"],
@@ -241,7 +259,17 @@ def _parse(d: dict[str, Any]) -> Manifest:
         files=tuple(files),
         tokenizer=tuple(tokenizer),
         worker_dtypes=tuple(worker_dtypes),
+        backward_factor=factor,
     )
+
+
+def with_backward_factor(store_dir: str | Path, manifest: Manifest, factor: int) -> tuple[str, Manifest]:
+    """The same model with fine-tuning backward positions paid `factor` times (a new manifest, stored in
+    `store_dir`; its CID is what to register). Returns (manifest CID, manifest)."""
+    changed = Manifest.from_json(
+        {**manifest.to_json(), "backward_factor": factor}
+    )  # checked like any manifest
+    return LocalStore(store_dir).ensure().put_bytes(changed.to_json_bytes()), changed
 
 
 def load_manifest(store_dir: str | Path, cid: str) -> Manifest:

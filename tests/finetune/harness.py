@@ -22,6 +22,7 @@ from shardnet.wire.eip712 import Domain
 from shardnet.wire.tickets import sign_ticket
 from worker.job_commitment import CommitmentSigner
 from worker.server import BlockInfo, WorkerServer
+from worker.state import WorkerState
 from worker.training import TrainingAPI, TrainingLimits
 
 COORDINATOR = Account.from_key(DEV_KEYS[1])
@@ -71,15 +72,17 @@ async def serve_workers(
     is_coordinator: Callable[[str], bool] | None = None,
     job_coordinator: Callable[[int], str | None] | None = None,
     signer_for: Callable[[Any], CommitmentSigner] | None = None,
+    states: Sequence[WorkerState] | None = None,
 ) -> AsyncIterator[list[ServedWorker]]:
     """One worker server per span, each with its block and a training API. By default only COORDINATOR is
     approved, tickets are for the made-up DOMAIN and workers sign no job commitments; a test on a real
-    registry passes its domain, its coordinator checks and `signer_for(worker account)`."""
+    registry passes its domain, its coordinator checks and `signer_for(worker account)`; `states` (one per span)
+    give the workers their databases."""
     runners: list[web.AppRunner] = []
     served: list[ServedWorker] = []
     approved = is_coordinator or (lambda signer: signer.lower() == COORDINATOR.address.lower())
     try:
-        for key, (a, b) in zip(keys, spans, strict=False):
+        for i, (key, (a, b)) in enumerate(zip(keys, spans, strict=False)):
             span = LayerSpan(a, b)
             block = load_block_from_parts(parts_dir, config, span)
             info = BlockInfo(span, block.num_layers, block.is_first, block.is_last, block.hidden_size,
@@ -98,6 +101,7 @@ async def serve_workers(
                 chain_id=domain.chain_id,
                 registry_address=domain.registry,
                 signer=signer_for(Account.from_key(key)) if signer_for is not None else None,
+                state=states[i] if states is not None else None,
             )
             training.bind(server)
             runner = web.AppRunner(server.app())
