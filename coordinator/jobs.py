@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import signal
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -156,7 +157,7 @@ class JobRunner:
                 # streamed tokens this run did not make (it stopped earlier): "correct" is -1
                 gone = [(i, emitted[i], -1) for i in range(len(tokens), len(emitted))]
                 fixes = sorted(replaced.values()) + gone
-                job_hops.shown(drawn, {r.hop_index for r in pipe.records}, params.__dict__)
+                job_hops.shown(drawn, Counter(r.hop_index for r in pipe.records), params.__dict__)
                 return GenerationResult(tokens, finish, failovers + pipe.failovers, rerun, fixes)
             except CheatDetected as exc:
                 log.warning("job %d: %s", job_id, exc)

@@ -199,3 +199,21 @@ def test_the_last_hop_is_judged_on_the_tokens_the_client_saw(
         assert all(a.guilty is False for a in outcome.answers)
         assert outcome.tokens_flagged == [a.verifier for a in outcome.answers]
         assert all(t is not None and t["by_hop"] == [] for t in flagged)
+
+
+def test_only_a_last_hop_of_the_finished_run_is_checked_on_the_tokens() -> None:
+    """`JobHops.shown` (what `JobRunner.generate` records) -> `shown_tokens` (what `JobChecks` sends)."""
+    from coordinator.hops import JobHops
+    from coordinator.job_checks import shown_tokens
+
+    hops = JobHops(5, [("0xa", LayerSpan(0, 2)), ("0xb", LayerSpan(2, 4)), ("0xc", LayerSpan(2, 4))], 64)
+    for hop, steps in ((0, 4), (1, 2), (2, 4)):  # 0xb failed over to 0xc after 2 steps (0xc replayed them)
+        hops.relayed[hop] = [(b"", b"", None)] * steps  # type: ignore[list-item]
+    hops.shown([7, 8, 9, 2], {0: 4, 1: 2, 2: 4}, {"temperature": 0.7, "top_p": 0.9, "seed": 3, "chat": False})
+    assert shown_tokens(hops, 0) is None  # not a last hop
+    assert shown_tokens(hops, 1) == ShownTokens([7, 8], 0.7, 0.9, 3)
+    assert shown_tokens(hops, 2) == ShownTokens([7, 8, 9, 2], 0.7, 0.9, 3)
+    hops.shown([7, 8, 9, 2], {0: 4, 1: 4}, {})  # 0xc served an earlier, aborted run only
+    assert shown_tokens(hops, 2) is None and shown_tokens(hops, 1) is None  # 0xb: 2 steps relayed, not 4
+    hops.shown([7, 8, 9, 2], {0: 4, 1: 1, 2: 4}, {})  # 0xb did 1 of its 2 steps in an aborted run
+    assert shown_tokens(hops, 1) is None and shown_tokens(hops, 2) == ShownTokens([7, 8, 9, 2])
