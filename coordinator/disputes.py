@@ -9,7 +9,10 @@ rebuild its root and is not settled). When the job is settled (its close block k
    stake-weighted among the other nodes staked on the span);
 2. POST each drawn verifier the hop's `VerificationPackage` with a ticket of this job (POST /v1/verify; there
    is no session, so a check looks like nothing else); each answers guilty (an EIP-712 Verdict on one leaf)
-   or innocent. A verifier that refuses or times out is a fault: recorded and marked down;
+   or innocent. A verifier that refuses or times out is a fault: recorded and marked down. The last hop's
+   package also carries the tokens the client was shown (`ShownTokens`): a token its own logits made and the
+   recomputation does not support makes it guilty; one its logits did not make flags this coordinator
+   (`DisputeOutcome.tokens_flagged`), and slashes nobody;
 3. when the verdicts on one leaf carry more than half of the drawn stake, send `slash` with the accused's own
    signed commitment, the leaf's Merkle proof and those verdicts: its stake goes to the job's client and it
    is excluded from routing. A minority (fewer than half the stake) can neither frame nor shield.
@@ -34,6 +37,7 @@ from shardnet.chain.commitments import SignedCommitment, verify_verdict
 from shardnet.chain.registry import JobRecord, Registry, SlashEvidence
 from shardnet.verify.fingerprint import make_fingerprint
 from shardnet.verify.package import StepWork, VerificationPackage
+from shardnet.verify.tokens import ShownTokens
 from shardnet.wire.commitment import merkle_proof, merkle_root
 from shardnet.wire.eip712 import CompactSignature, Domain
 from shardnet.wire.frames import encode_frame
@@ -69,6 +73,7 @@ class VerifierAnswer:
     signature: CompactSignature | None = None
     note: str = ""
     fault: bool = False
+    tokens: dict[str, object] | None = None  # last hop: the verifier's check of the shown tokens
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,11 @@ class DisputeOutcome:
     slashed: bool
     tx_hash: str | None = None
     note: str = ""
+
+    @property
+    def tokens_flagged(self) -> list[str]:
+        """The verifiers that found tokens shown to the client that the recomputed logits do not support."""
+        return [a.verifier for a in self.answers if a.tokens and a.tokens.get("unsupported")]
 
 
 def tally(answers: Sequence[VerifierAnswer]) -> tuple[int | None, list[VerifierAnswer]]:
@@ -144,9 +154,11 @@ class DisputeRunner:
         signed: SignedCommitment,
         steps: Sequence[StepWork],
         worker_dtype: str | None = None,
+        shown: ShownTokens | None = None,
     ) -> DisputeOutcome:
-        """Have the drawn verifiers judge one hop; slash on a guilty majority of their stake."""
-        package = VerificationPackage(signed, list(steps), worker_dtype or LOOSEST_DTYPE)
+        """Have the drawn verifiers judge one hop (the last one also on the `shown` tokens); slash on a guilty
+        majority of their stake."""
+        package = VerificationPackage(signed, list(steps), worker_dtype or LOOSEST_DTYPE, shown)
         leaves = package.leaves()
         if len(leaves) != signed.steps or merkle_root(leaves) != signed.root:
             return DisputeOutcome(signed.node, [], False, note="the relayed steps do not rebuild its root")
@@ -163,6 +175,14 @@ class DisputeRunner:
         for a in answers:
             if a.fault:
                 self.on_fault(a.verifier, a.note)
+            if a.tokens and a.tokens.get("unsupported"):
+                log.warning(
+                    "job %d: verifier %s: tokens shown to the client are not supported by the last hop's "
+                    "recomputed logits (%s)",
+                    job_id,
+                    a.verifier,
+                    a.note,
+                )
         index, group = tally(answers)
         if index is None:
             return DisputeOutcome(signed.node, list(answers), False, note="no guilty majority")
@@ -229,8 +249,12 @@ class DisputeRunner:
             cannot = status in (401, 422)
             why = str(data.get("error", "")) if isinstance(data, dict) else ""
             return VerifierAnswer(verifier, stake, None, note=f"HTTP {status} {why}"[:300], fault=not cannot)
+        raw_tokens = data.get("tokens")
+        tokens = raw_tokens if isinstance(raw_tokens, dict) else None
         if not data.get("guilty"):
-            return VerifierAnswer(verifier, stake, False, note=str(data.get("reason", ""))[:300])
+            return VerifierAnswer(
+                verifier, stake, False, note=str(data.get("reason", ""))[:300], tokens=tokens
+            )
         try:
             index = int(data["leaf_index"])
             leaf = bytes.fromhex(str(data["leaf"]).removeprefix("0x"))
@@ -248,7 +272,9 @@ class DisputeRunner:
             return VerifierAnswer(verifier, stake, None, note=f"malformed verdict ({exc})", fault=True)
         if signer.lower() != verifier.lower():
             return VerifierAnswer(verifier, stake, None, note=f"verdict signed by {signer}", fault=True)
-        return VerifierAnswer(verifier, stake, True, index, signature, str(data.get("reason", ""))[:300])
+        return VerifierAnswer(
+            verifier, stake, True, index, signature, str(data.get("reason", ""))[:300], tokens=tokens
+        )
 
 
 def outcome_record(job_id: int, hop_index: int, outcome: DisputeOutcome) -> dict[str, object]:
@@ -259,7 +285,13 @@ def outcome_record(job_id: int, hop_index: int, outcome: DisputeOutcome) -> dict
         "hop_index": hop_index,
         "node": outcome.node.lower(),
         "verdicts": [
-            {"verifier": a.verifier.lower(), "guilty": a.guilty, "leaf_index": a.leaf_index, "note": a.note}
+            {
+                "verifier": a.verifier.lower(),
+                "guilty": a.guilty,
+                "leaf_index": a.leaf_index,
+                "note": a.note,
+                "tokens": a.tokens,
+            }
             for a in outcome.answers
         ],
     }

@@ -34,6 +34,11 @@ class JobHops:
     #: hop index -> each step as relayed (input frame, output hash, fingerprint being computed): the after-the-fact
     #: checks' packages (`step_work`)
     relayed: dict[int, list[tuple[bytes, bytes, asyncio.Future[bytes]]]] = field(default_factory=dict)
+    #: the tokens the finished run drew (step s of a last hop made token s; an end-of-sequence included), how many
+    #: steps each hop did in that run, and its sampling parameters: the last hop's check also checks these tokens
+    drawn: list[int] = field(default_factory=list)
+    final_steps: dict[int, int] = field(default_factory=dict)
+    sampling: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.positions = [0] * len(self.hops)
@@ -67,3 +72,19 @@ class JobHops:
         """A worker's close answer carried its signed commitment for the job (a later one covers more sessions)."""
         if signed is not None:
             self.commitments[hop_index] = signed
+
+    def shown(self, drawn: list[int], final_steps: dict[int, int], sampling: dict[str, object]) -> None:
+        """The finished run drew `drawn` (the client was shown them); hop i did `final_steps[i]` steps in it."""
+        self.drawn, self.final_steps, self.sampling = list(drawn), dict(final_steps), dict(sampling)
+
+    def tokens_of(self, hop_index: int, last_layer: int) -> list[int] | None:
+        """The tokens drawn from a last hop's steps (step s made token s), or None when the hop is not a last
+        hop of the finished run or also served another run (its steps are then not one token each)."""
+        steps = len(self.relayed.get(hop_index, []))
+        if (
+            self.hops[hop_index][1].end != last_layer
+            or self.final_steps.get(hop_index) != steps
+            or not 0 < steps <= len(self.drawn)
+        ):
+            return None
+        return self.drawn[:steps]

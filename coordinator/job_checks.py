@@ -3,7 +3,8 @@
 A hop is checked when the coordinator relayed all its steps (its packages rebuild the worker's signed root) and
 at least `MIN_VERIFIERS` other live workers serve its span (else the registry could not draw enough verifiers
 and no slash could follow). The accused's dtype (its /health) picks the tolerance; one that cannot be read is
-checked at the loosest calibrated tolerance, so honest drift never slashes. Faults (a verifier refusing or
+checked at the loosest calibrated tolerance, so honest drift never slashes. The last hop of the finished run
+is also checked on the tokens it made the client see (`shown_tokens`). Faults (a verifier refusing or
 timing out) mark the verifier down and are recorded; a slash excludes the node from routing for good.
 """
 
@@ -26,6 +27,7 @@ from coordinator.disputes import (
 from coordinator.hop_sessions import PipelineContext
 from coordinator.hops import JobHops
 from shardnet.chain.tx import wait_for_receipt
+from shardnet.verify.tokens import ShownTokens
 from shardnet.wire.commitment import merkle_root
 from shardnet.wire.json_limits import loads_limited
 
@@ -60,6 +62,27 @@ async def relayed_root_mismatch(job_hops: JobHops, hop_index: int) -> bool:
     if not work:
         return False
     return merkle_root([w.leaf() for w in work]) != signed.root
+
+
+def shown_tokens(job_hops: JobHops, hop_index: int) -> ShownTokens | None:
+    """The tokens a last hop of the finished run made the client see, with how they were drawn (None for
+    another hop, or a last hop that also served an earlier run: its steps are not one token each)."""
+    last_layer = max(span.end for _, span in job_hops.hops)
+    tokens = job_hops.tokens_of(hop_index, last_layer)
+    if tokens is None:
+        return None
+    p = job_hops.sampling
+    seed = p.get("seed")
+    return ShownTokens(
+        tokens,
+        _number(p.get("temperature"), 0.0),
+        _number(p.get("top_p"), 1.0),
+        seed if isinstance(seed, int) else None,
+    )
+
+
+def _number(value: object, default: float) -> float:
+    return float(value) if isinstance(value, int | float) else default
 
 
 def job_drawn(randomness: bytes, job_id: int, share: float) -> bool:
@@ -117,7 +140,7 @@ class JobChecks:
                     span,
                 )
                 continue
-            todo.append((i, signed, await job_hops.step_work(i)))
+            todo.append((i, signed, await job_hops.step_work(i), shown_tokens(job_hops, i)))
         if not todo:
             return []
         registry = self.disputes.registry
@@ -134,9 +157,11 @@ class JobChecks:
                 log.info("job %d: not among the %.0f%% of jobs checked", job_id, 100 * self.share)
                 return []
             outcomes = []
-            for i, signed, work in todo:
+            for i, signed, work, shown in todo:
                 dtype = await worker_dtype(directory.endpoint(signed.node))
-                outcome = await self.disputes.check_hop(job_id, record, close_block, signed, work, dtype)
+                outcome = await self.disputes.check_hop(
+                    job_id, record, close_block, signed, work, dtype, shown
+                )
                 self._record(job_id, i, outcome)
                 outcomes.append(outcome)
             return outcomes

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import signal
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -43,6 +44,7 @@ from coordinator.verification_runs import CheatDetected
 from shardnet.chain.commitments import SignedCommitment
 from shardnet.chain.registry import JobInfo, JobStatus, Settlement, TxResult
 from shardnet.errors import ShardnetError
+from shardnet.verify.sampler import sampling_seed
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +114,10 @@ class JobRunner:
         for rerun in range(MAX_RERUNS + 1):
             if route is None:
                 route = self.router.route(model.info.model_id, model.num_layers)
-            sampler = Sampler(params)
+            domain = self.ctx.domain
+            sampler = Sampler(
+                params, seed=sampling_seed(domain.chain_id, domain.registry, job_id, params.seed)
+            )
             pipe = Pipeline(
                 self.ctx,
                 job_hops,
@@ -121,6 +126,7 @@ class JobRunner:
                 reason="rerun" if rerun else "route",
             )
             tokens: list[int] = []
+            drawn: list[int] = []  # every token drawn in this run, a final end-of-sequence included
             try:
                 await pipe.open(route)
                 x = torch.tensor([prompt_ids], dtype=torch.int64)
@@ -130,6 +136,7 @@ class JobRunner:
                     logits = await pipe.forward(x, pos)
                     pos += int(x.shape[1])
                     token = sampler(logits)
+                    drawn.append(token)
                     if token in model.eos_ids and not params.ignore_eos:
                         finish = "stop"
                         break
@@ -150,6 +157,7 @@ class JobRunner:
                 # streamed tokens this run did not make (it stopped earlier): "correct" is -1
                 gone = [(i, emitted[i], -1) for i in range(len(tokens), len(emitted))]
                 fixes = sorted(replaced.values()) + gone
+                job_hops.shown(drawn, Counter(r.hop_index for r in pipe.records), params.__dict__)
                 return GenerationResult(tokens, finish, failovers + pipe.failovers, rerun, fixes)
             except CheatDetected as exc:
                 log.warning("job %d: %s", job_id, exc)

@@ -1,7 +1,15 @@
 """Choosing the next token from the last hop's logits: greedy, or seeded temperature / top-p sampling.
 
-Sampling is reproducible: a `Sampler` owns a `torch.Generator` seeded once per job, so the same seed,
-prompt and logits give the same tokens, after a failover as well as in a re-run of the whole job.
+A paid job's tokens are drawn by `shardnet.verify.sampler` from the job's seed (`Sampler(params, seed=
+sampling_seed(chain id, registry, job id, params.seed))`): token s is a function of the last hop's logits
+at step s and a seed any verifier recomputes, so the after-the-fact check can tell whether the tokens the
+client was shown are what the logits support (greedy: the argmax, up to the tie margin). How a caller's
+seed enters: none given, the job's seed rules (`job_seed(chain id, registry, job id)`); one given, the
+draws come from `caller_seed(chain id, registry, seed)`, so the same seed and prompt give the same tokens
+in every job of the deployment, and the seed travels in the verification package. Either way a re-run or
+a restart draws the same tokens.
+
+Without a seed (no job: tests, tools) a `torch.Generator` seeded from `params.seed` draws instead.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from shardnet.errors import ConfigError
+from shardnet.verify.sampler import sample_token
 
 
 @dataclass(frozen=True)
@@ -49,19 +58,30 @@ class SamplingParams:
 
 
 class Sampler:
-    """Picks tokens one after the other for one generation."""
+    """Picks tokens one after the other for one generation (token s from the s-th logits it is given).
 
-    def __init__(self, params: SamplingParams) -> None:
-        self.params = params if params.greedy else params.with_seed()
+    `seed` (32 bytes, `shardnet.verify.sampler.sampling_seed`): draw each token from it, as a verifier
+    recomputes; None: from a `torch.Generator` seeded by `params.seed` (a fresh random one if None).
+    """
+
+    def __init__(self, params: SamplingParams, *, seed: bytes | None = None) -> None:
+        if seed is not None and len(seed) != 32:
+            raise ValueError(f"a sampling seed is 32 bytes, got {len(seed)}")
+        self.seed = seed
+        self.step = 0
+        self.params = params if params.greedy or seed is not None else params.with_seed()
         self._generator = torch.Generator(device="cpu")
         if self.params.seed is not None:
             self._generator.manual_seed(self.params.seed)
 
     def __call__(self, logits: torch.Tensor) -> int:
         """Return the next token id from logits of shape [vocab] (or [1, 1, vocab])."""
+        step, self.step = self.step, self.step + 1
         scores = logits.reshape(-1).to(torch.float32)
         if self.params.greedy:
             return int(torch.argmax(scores).item())
+        if self.seed is not None:
+            return sample_token(scores, self.seed, step, self.params.temperature, self.params.top_p)
         probs = torch.softmax(scores / self.params.temperature, dim=-1)
         if self.params.top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True)

@@ -116,7 +116,7 @@ class JobScheduler:
                 400,
             )
         try:
-            row = self.lifecycle.take_prompt(job, prompt, params.with_seed().__dict__)
+            row = self.lifecycle.take_prompt(job, prompt, params.__dict__)
         except IllegalTransition as exc:
             raise PromptRejected(f"job {job_id} already has its prompt ({exc})", 409) from exc
         self.schedule(job_id)
@@ -137,7 +137,7 @@ class JobScheduler:
         )  # the job names this coordinator
         job_id = int(result.event("JobSubmitted").args["jobId"])
         job = await asyncio.to_thread(self.registry.get_job, job_id)
-        self.lifecycle.take_prompt(job, prompt, params.with_seed().__dict__, source="api")
+        self.lifecycle.take_prompt(job, prompt, params.__dict__, source="api")
         return job_id
 
     # -- running

@@ -28,7 +28,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from shardnet.verify.check import Sampling, check_hop  # noqa: E402
 from shardnet.verify.package import StepWork, VerificationPackage, judge  # noqa: E402
 from shardnet.verify.sampler import job_seed  # noqa: E402
 from shardnet.verify.simulate import HonestHop, Hop, honest_factories, run_job  # noqa: E402
+from shardnet.verify.tokens import ShownTokens  # noqa: E402
 from shardnet.verify.tolerance import tolerance_for  # noqa: E402
 from shardnet.wire.commitment import merkle_root, step_hash  # noqa: E402
 from shardnet.wire.eip712 import Domain  # noqa: E402
@@ -125,6 +126,12 @@ def strategies(subtle_noise: float) -> list[Strategy]:
             last,
             lambda b, n, s: cheats.SecondBestHop(HonestHop(b[last], n), 0.3, seed=s),
         ),
+        Strategy(
+            "second-best always, bf16 worker",
+            torch.bfloat16,
+            last,
+            lambda b, n, s: cheats.SecondBestHop(HonestHop(b[last], n), seed=s),
+        ),
     ]
 
 
@@ -148,8 +155,11 @@ def audited(share: float, job: int, hop: int) -> bool:
     return share >= 1.0 or random.Random(f"audit:{job}:{hop}").random() < share
 
 
-def wired_check(verifier: Block, hop: Any, job: int, dtype: torch.dtype) -> Any:
-    """Judge a hop as the network does: a signed package of what it received, sent and committed."""
+def wired_check(
+    verifier: Block, hop: Any, job: int, dtype: torch.dtype, shown: ShownTokens | None = None
+) -> Any:
+    """Judge a hop as the network does: a signed package of what it received, sent and committed (and, on the
+    last hop, the tokens the client saw, drawn from the seed of job id job + 1)."""
     from eth_account import Account
 
     steps = [
@@ -171,8 +181,11 @@ def wired_check(verifier: Block, hop: Any, job: int, dtype: torch.dtype) -> Any:
         steps=len(steps),
         root=root,
     )
-    package = VerificationPackage(signed, steps, str(dtype).removeprefix("torch."))
-    return judge(package, domain, verifier).verdict
+    package = VerificationPackage(signed, steps, str(dtype).removeprefix("torch."), shown)
+    found = judge(package, domain, verifier)
+    if found.tokens is not None and found.tokens.unsupported and not found.guilty:
+        return replace(found.verdict, passed=False)  # tokens flagged: the client was shown unsupported text
+    return found.verdict
 
 
 def run_strategy(
@@ -219,7 +232,8 @@ def run_strategy(
                 return made[-1]
 
             factories[strat.hop] = cheat
-        sampling = Sampling(job_seed(31337, REGISTRY, job), 0.8) if strat.sampled else Sampling()
+        # the seed of the job id the wired check signs (job + 1)
+        sampling = Sampling(job_seed(31337, REGISTRY, job + 1), 0.8) if strat.sampled else Sampling()
         t0 = time.perf_counter()
         trace = run_job(factories, prompt, steps, sampling)
         t1 = time.perf_counter()
@@ -232,7 +246,11 @@ def run_strategy(
             if not audited(share, job, i):
                 continue
             if wired:
-                verdict = wired_check(verifier, hop, job, strat.dtype)
+                shown = None
+                if verifier.is_last:
+                    temperature = 0.0 if sampling.seed is None else sampling.temperature
+                    shown = ShownTokens(trace.tokens, temperature)
+                verdict = wired_check(verifier, hop, job, strat.dtype, shown)
             else:
                 verdict = check_hop(
                     verifier,

@@ -8,7 +8,8 @@ oldest evicted first).
 POST /v1/verify checks a hop of a closed job that another node served, after the fact: the body is
 `{"ticket": <the job's coordinator's ticket for this worker, its span and the job>, "package": {...}}`. The
 worker judges the package in one prefill-style pass on its compute thread and answers
-`{"guilty": bool, "leaf_index", "leaf", "signature" (an EIP-712 Verdict when guilty), "reason", ...}`; a
+`{"guilty": bool, "leaf_index", "leaf", "signature" (an EIP-712 Verdict when guilty), "reason", "tokens"
+(last hop: the shown tokens' check, `shardnet.verify.tokens`), ...}`; a
 package that is not what its accused signed is refused (422) without a verdict. There is no session: a
 check of committed work looks like nothing else a worker does, and cannot be told apart by its job.
 """
@@ -135,6 +136,10 @@ class VerifyEndpoint:
             "positions": found.verdict.positions_recomputed,
             "max_distance": min(found.verdict.max_distance, 1e300),
         }
+        if (
+            found.tokens is not None
+        ):  # the last hop's shown tokens: which the logits do not support, and whose
+            answer["tokens"] = found.tokens.to_json()
         if found.guilty:
             assert found.leaf_index is not None and found.leaf is not None
             signature = self.signer(c.job_id, c.node, c.root, found.leaf_index, found.leaf)

@@ -13,8 +13,12 @@ the fingerprint it committed, plus its signed commitment. The verifier (`judge`)
    accused signed to have received, and nobody can frame it with other inputs or fingerprints;
 2. recomputes the span once over all positions (`check_hop`) and compares every committed fingerprint at
    the calibrated tolerance of the accused's dtype;
-3. answers guilty with the leaf to dispute (the first failed step; with only the job median failing, the
-   step of largest distance), or innocent.
+3. on the last hop, when the package carries the tokens the client was shown (`ShownTokens`), checks each
+   against the recomputed logits (`shardnet.verify.tokens`): a token the hop's own committed logits made
+   and the recomputation does not support makes the hop guilty; one its logits did not make is the
+   coordinator's, flagged in the answer (`Judgement.tokens`), and slashes nobody;
+4. answers guilty with the leaf to dispute (the first failed step; with only the job median failing, the
+   step of largest distance; else the first token the hop made and the logits do not support), or innocent.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ from typing import Any
 
 from shardnet.chain.commitments import SignedCommitment, verify_commitment
 from shardnet.model.block import Block
-from shardnet.verify.check import Verdict, check_hop
+from shardnet.verify.check import Verdict, check_hop, recompute_span
 from shardnet.verify.fingerprint import io_hash, leaf
+from shardnet.verify.sampler import sampling_seed
+from shardnet.verify.tokens import ShownTokens, TokenFindings, TokensError, check_shown_tokens
 from shardnet.verify.tolerance import tolerance_for
 from shardnet.wire.commitment import merkle_root, step_hash
 from shardnet.wire.eip712 import Domain
@@ -64,12 +70,14 @@ class VerificationPackage:
     commitment: SignedCommitment
     steps: Sequence[StepWork]
     worker_dtype: str = "float32"
+    shown: ShownTokens | None = None  # last hop: the tokens its steps made the client see
 
     def leaves(self) -> list[bytes]:
         return [s.leaf() for s in self.steps]
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        shown = {} if self.shown is None else {"shown": self.shown.to_json()}
+        return shown | {
             "format": FORMAT,
             "commitment": self.commitment.to_json(),
             "worker_dtype": self.worker_dtype,
@@ -98,11 +106,13 @@ class VerificationPackage:
                 for i, o, f in (_triple(x) for x in raw)
             ]
             dtype = str(data.get("worker_dtype", "float32"))
+            raw_shown = data.get("shown")
+            shown = None if raw_shown is None else ShownTokens.from_json(raw_shown, max_steps=max_steps)
         except PackageError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
             raise PackageError(f"malformed verification package ({exc})") from exc
-        return cls(commitment, steps, dtype)
+        return cls(commitment, steps, dtype, shown)
 
 
 def _triple(value: Any) -> tuple[str, str, str]:
@@ -130,16 +140,24 @@ class Judgement:
     leaf_index: int | None  # the leaf to dispute (guilty only)
     leaf: bytes | None
     verdict: Verdict
+    tokens: TokenFindings | None = None  # the shown tokens' check (last hop, when the package carries them)
 
     @property
     def reason(self) -> str:
-        v = self.verdict
-        if not self.guilty:
-            return f"every step within tolerance (largest distance {v.max_distance:.3g})"
-        return (
+        v, t = self.verdict, self.tokens
+        said = (
             f"steps {v.failed_steps[:8]} out of tolerance (largest distance {v.max_distance:.3g}, "
             f"median {v.median_distance:.3g})"
+            if not v.passed
+            else f"every step within tolerance (largest distance {v.max_distance:.3g})"
         )
+        if t is not None and t.by_hop:
+            said += f"; its logits made tokens the recomputed logits do not support at steps {t.by_hop[:8]}"
+        if t is not None and t.not_sent:
+            said += f"; the client was shown tokens its logits did not make at steps {t.not_sent[:8]}"
+        if t is not None and t.unattributed:
+            said += f"; shown tokens not supported by the logits at steps {t.unattributed[:8]} (unattributed)"
+        return said
 
 
 def check_package(package: VerificationPackage, domain: Domain, block: Block) -> None:
@@ -169,15 +187,30 @@ def judge(package: VerificationPackage, domain: Domain, block: Block) -> Judgeme
         raise PackageError(
             f"the inputs hold {positions} positions, the commitment {package.commitment.positions}"
         )
-    verdict = check_hop(
-        block,
-        inputs,
-        [s.fingerprint for s in package.steps],
-        tolerance_for(package.worker_dtype),
-        check_tokens=False,
-    )
-    if verdict.passed:
-        return Judgement(False, None, None, verdict)
+    if package.shown is not None and not block.is_last:
+        raise PackageError("shown tokens come with the last hop's package only")
+    fingerprints = [s.fingerprint for s in package.steps]
+    tolerance = tolerance_for(package.worker_dtype)
+    reference = recompute_span(block, inputs)
+    verdict = check_hop(block, inputs, fingerprints, tolerance, check_tokens=False, reference=reference)
+    tokens: TokenFindings | None = None
+    if package.shown is not None:
+        ends = [int(x.shape[1]) for x in inputs]
+        rows = [sum(ends[: i + 1]) - 1 for i in range(len(ends))]  # each step's last position
+        c = package.commitment
+        seed = sampling_seed(domain.chain_id, domain.registry, c.job_id, package.shown.seed)
+        try:
+            tokens = check_shown_tokens(package.shown, reference[rows], fingerprints, tolerance, seed)
+        except TokensError as exc:
+            raise PackageError(str(exc)) from exc
+    if verdict.passed and not (tokens and tokens.by_hop):
+        return Judgement(False, None, None, verdict, tokens)
     failed = verdict.failed_steps
-    index = failed[0] if failed else max(range(len(verdict.steps)), key=lambda i: verdict.steps[i].distance)
-    return Judgement(True, index, package.steps[index].leaf(), verdict)
+    if failed:
+        index = failed[0]
+    elif not verdict.passed:
+        index = max(range(len(verdict.steps)), key=lambda i: verdict.steps[i].distance)
+    else:
+        assert tokens is not None
+        index = tokens.by_hop[0]
+    return Judgement(True, index, package.steps[index].leaf(), verdict, tokens)

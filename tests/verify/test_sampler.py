@@ -56,3 +56,51 @@ def test_sampled_token_must_be_the_seeded_draw_within_the_cdf_margin() -> None:
         other = (token + 1) % 50
         result = check_sampled(other, logits, seed, step, 0.8, margin)
         assert not result.ok and result.expected == token
+
+
+def test_a_caller_seed_is_bound_to_the_deployment_not_the_job() -> None:
+    from shardnet.verify.sampler import caller_seed, sampling_seed
+
+    assert sampling_seed(31337, REGISTRY, 7, None) == job_seed(31337, REGISTRY, 7)
+    mine = sampling_seed(31337, REGISTRY, 7, 5)
+    assert mine == caller_seed(31337, REGISTRY, 5) == sampling_seed(31337, REGISTRY, 8, 5)  # any job
+    assert mine not in (job_seed(31337, REGISTRY, 7), caller_seed(31337, REGISTRY, 6))
+    assert mine != caller_seed(1, REGISTRY, 5) and mine != caller_seed(31337, "0x" + "22" * 20, 5)
+    with pytest.raises(ValueError, match="63-bit"):
+        caller_seed(31337, REGISTRY, -1)
+
+
+def test_top_p_draws_only_from_the_nucleus_and_is_checked_with_it() -> None:
+    seed = job_seed(31337, REGISTRY, 4)
+    logits = torch.log(torch.tensor([0.05, 0.5, 0.15, 0.3]))
+    draws = [sample_token(logits, seed, s, 1.0, top_p=0.75) for s in range(600)]
+    assert set(draws) == {1, 3}  # 0.5 + 0.3 reach 0.75
+    assert draws.count(1) / 600 == pytest.approx(0.5 / 0.8, abs=0.06)  # renormalized in the nucleus
+    margin = tolerance_for("float32").cdf_margin
+    for step, token in enumerate(draws[:50]):
+        assert check_sampled(token, logits, seed, step, 1.0, margin, top_p=0.75).ok
+        assert not check_sampled(2, logits, seed, step, 1.0, margin, top_p=0.75).ok  # outside the nucleus
+        assert not check_sampled(4 - token, logits, seed, step, 1.0, margin, top_p=0.75).ok
+    # a nucleus edge moved by honest drift: top_p 0.8 sits exactly on 0.5 + 0.3; a token of either nucleus passes
+    edge = [sample_token(logits, seed, s, 1.0, top_p=0.8 + 1e-6) for s in range(200)]
+    assert all(check_sampled(t, logits, seed, s, 1.0, 1e-5, top_p=0.8).ok for s, t in enumerate(edge))
+
+
+def test_the_coordinator_draws_what_a_verifier_recomputes() -> None:
+    from coordinator.sampling import Sampler, SamplingParams
+    from shardnet.verify.sampler import sampling_seed
+
+    logits = [torch.randn(1, 1, 60, generator=torch.Generator().manual_seed(i)) for i in range(30)]
+    for params in (SamplingParams(temperature=0.8), SamplingParams(temperature=1.2, top_p=0.9, seed=5)):
+        seed = sampling_seed(31337, REGISTRY, 9, params.seed)
+        sampler = Sampler(params, seed=seed)
+        drawn = [sampler(x) for x in logits]
+        assert drawn == [
+            sample_token(x, seed, s, params.temperature, params.top_p) for s, x in enumerate(logits)
+        ]
+        assert (
+            Sampler(params, seed=seed).params.seed == params.seed
+        )  # no random seed recorded: the job's rules
+        assert drawn != [Sampler(params, seed=job_seed(31337, REGISTRY, 10))(x) for x in logits]
+    greedy = Sampler(SamplingParams(), seed=job_seed(31337, REGISTRY, 9))
+    assert [greedy(x) for x in logits] == [int(torch.argmax(x)) for x in logits]
