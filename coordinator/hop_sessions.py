@@ -148,6 +148,7 @@ async def open_session_once(
     if hop_index is not None:  # routing load counts routed sessions; verification ones compute now and then
         ctx.router.directory.add_load(node, +1)
         ctx.router.directory.session_opened(node, job_hops.job_id)
+        job_hops.sessions[hop_index] = job_hops.sessions.get(hop_index, 0) + 1
     return OpenSession(node, endpoint, span, client, str(opened["session_id"]), hop_index)
 
 

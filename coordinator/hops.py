@@ -37,6 +37,8 @@ class JobHops:
     #: the tokens the finished run drew (step s of a last hop made token s; an end-of-sequence included), how many
     #: steps each hop did in that run, and its sampling parameters: the last hop's check also checks these tokens
     drawn: list[int] = field(default_factory=list)
+    #: hop index -> sessions opened on it for this job (a failover or re-run may come back to the same hop)
+    sessions: dict[int, int] = field(default_factory=dict)
     final_steps: dict[int, int] = field(default_factory=dict)
     sampling: dict[str, object] = field(default_factory=dict)
 

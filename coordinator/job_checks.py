@@ -81,6 +81,23 @@ def shown_tokens(job_hops: JobHops, hop_index: int) -> ShownTokens | None:
     )
 
 
+def unjudgeable(job_hops: JobHops, hop_index: int) -> str | None:
+    """Why hop `hop_index` cannot be judged from what was relayed (None: it can). A hop must have handed over its
+    signed commitment, every step it signed must have been relayed, and all of them must belong to ONE session:
+    steps of several sessions (a failover or re-run that came back to the same hop) each ran on their own cache,
+    which one pass cannot replay, and judging them as one sequence could find an honest node guilty."""
+    signed = job_hops.commitments.get(hop_index)
+    relayed = len(job_hops.relayed.get(hop_index, []))
+    if signed is None:
+        return "no signed commitment was handed over"
+    if not 0 < relayed == signed.steps:
+        return f"{relayed} steps relayed, {signed.steps} signed"
+    sessions = job_hops.sessions.get(hop_index, 0)
+    if sessions != 1:
+        return f"its steps belong to {sessions} sessions"
+    return None
+
+
 def _number(value: object, default: float) -> float:
     return float(value) if isinstance(value, int | float) else default
 
@@ -128,8 +145,11 @@ class JobChecks:
         todo = []
         for i, (node, span) in enumerate(job_hops.hops):
             signed = job_hops.commitments.get(i)
-            if signed is None or not 0 < len(job_hops.relayed.get(i, [])) == signed.steps:
+            why_not = unjudgeable(job_hops, i)
+            if why_not:
+                log.info("job %d: hop %d (%s) not checked: %s", job_id, i, node, why_not)
                 continue
+            assert signed is not None
             if len(self.ctx.router.replicas(model_id, span, besides={node})) < MIN_VERIFIERS:
                 log.info(
                     "job %d: hop %d (%s) not checked: fewer than %d other workers serve %s",
