@@ -743,10 +743,12 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
             if (node == address(0) || _commitmentSigner(domainSeparator, s.jobId, c) != node) {
                 revert ShardRegistryBadCommitmentSignature(s.jobId, i, node);
             }
+            bool voided = false;
             if (hasPosts) {
-                (bool final_, uint256 back) = _voidPosted(s.jobId, node, start, end);
+                (bool final_, bool wasPending, uint256 back) = _voidPosted(s.jobId, node, start, end);
                 if (final_) continue; // the node's own post pays this hop
                 remaining += back;
+                voided = wasPending;
             }
             uint256 pay;
             // cannot overflow: positions < 2**32, end - start < 2**32 (checked above), price < 2**80; pay <= remaining
@@ -755,7 +757,13 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
                 pay = positions * (end - start) * price;
                 if (pay > remaining) pay = remaining;
             }
-            if (!_payHop(node, pay)) continue; // jailed, unregistered or unstaked since: the share goes back
+            if (!_payHop(node, pay)) {
+                // jailed, unregistered or unstaked since: the share goes back, unless the node posted this hop and
+                // is not jailed (its post, now replaced, would have paid it: committed work is paid; it stays
+                // bonded until the post's payableAt, which is after now)
+                if (!voided || _accounts[node].flags & _JAILED != 0) continue;
+                _credit(node, pay);
+            }
             unchecked {
                 remaining -= pay;
                 paid += pay;
@@ -764,16 +772,17 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         }
     }
 
-    /// @dev For a settled hop the node also posted: a provisional post is voided (its reserve comes back: `back`)
-    /// and the settlement pays the hop; a post past its window (or paid) stands and the hop is skipped (`final_`).
+    /// @dev For a settled hop the node also posted: a provisional post is voided (`voided`; its reserve comes back:
+    /// `back`) and the settlement pays the hop; a post past its window (or paid) stands and the hop is skipped (`final_`).
     function _voidPosted(uint256 jobId, address node, uint256 start, uint256 end)
         private
-        returns (bool final_, uint256 back)
+        returns (bool final_, bool voided, uint256 back)
     {
         bytes32 key = keccak256(abi.encode(jobId, node, start, end));
         uint256 record = _postedHop[key];
-        if (record == 0) return (false, 0);
-        if (record >> 192 != _POST_PENDING || block.timestamp >= uint64(record >> 128)) return (true, 0);
+        if (record == 0) return (false, false, 0);
+        if (record >> 192 != _POST_PENDING || block.timestamp >= uint64(record >> 128)) return (true, false, 0);
+        voided = true;
         back = uint128(record);
         _postedHop[key] = (record & ((1 << 192) - 1)) | (_POST_VOIDED << 192);
         _posted[jobId].paid -= uint88(back);

@@ -307,20 +307,26 @@ def make_machine(
                 job, remaining, paid, mask = self.m.jobs[j], self.m.jobs[j].remaining, 0, 0
                 for i, (n, s, e, pos) in enumerate(plans[j]):
                     post = job.posted.get((n, s, e))
+                    voided = False
                     if post is not None and post[2] == 1 and at < post[1]:  # provisional: the settlement wins
                         post[2] = 3
                         remaining += post[0]
                         job.posted_paid -= post[0]
                         self.m.pending -= post[0]
+                        voided = True
                     elif post is not None:
                         continue
-                    if not self.m.node(n).payable:
+                    # a node that posted this hop is paid even if it unstaked since (it stays bonded by its post)
+                    if not self.m.node(n).payable and not voided:
                         continue
                     pay = min(pos * (e - s) * PRICE, remaining)
                     remaining -= pay
                     paid += pay
                     mask |= 1 << i
-                    self.pay_node(n, pay, at)
+                    if self.m.node(n).payable:
+                        self.pay_node(n, pay, at)
+                    else:
+                        self.m.credit(n, pay)
                 fee = min(paid * P.coordinator_fee_bps // BPS, remaining)
                 remaining -= fee
                 cut = min(paid * P.protocol_fee_bps // BPS, remaining)
