@@ -24,6 +24,8 @@ from transformers.cache_utils import DynamicLayer
 from shardnet.model.adapters import DecoderAdapter, ModelError
 
 if TYPE_CHECKING:
+    from transformers.cache_utils import Cache
+
     from shardnet.model.block import Block
     from shardnet.model.session import BlockSession
 
@@ -103,7 +105,7 @@ def decode_batch(sessions: Sequence[BlockSession], inputs: Sequence[torch.Tensor
         padded = adapter.new_cache(block.config)
         for layer_idx in range(block.span.start, block.span.end):
             keys, values = _gather(sessions, layer_idx, longest)
-            layer = padded.layers[layer_idx]
+            layer = _dynamic_layer(padded, layer_idx)
             layer.lazy_initialization(keys, values)
             layer.keys, layer.values = keys, values
         mask = torch.zeros(count, longest + 1, dtype=torch.long)
@@ -115,8 +117,7 @@ def decode_batch(sessions: Sequence[BlockSession], inputs: Sequence[torch.Tensor
         hidden = adapter.run_layers(block.module, hidden, block.span, padded, position_ids, mask)
         out = adapter.logits(block.module, hidden).float() if block.is_last else hidden
         new_columns = [
-            (padded.layers[i].keys[:, :, -1:, :], padded.layers[i].values[:, :, -1:, :])
-            for i in range(block.span.start, block.span.end)
+            _last_column(_dynamic_layer(padded, i)) for i in range(block.span.start, block.span.end)
         ]
         for row, session in enumerate(sessions):
             session.extend(
@@ -143,10 +144,19 @@ def _gather(
     return keys, values
 
 
+def _last_column(layer: DynamicLayer) -> tuple[torch.Tensor, torch.Tensor]:
+    assert layer.keys is not None and layer.values is not None
+    return layer.keys[:, :, -1:, :], layer.values[:, :, -1:, :]
+
+
 def _layer(session: BlockSession, layer_idx: int) -> DynamicLayer:
     cache = session.cache
     if cache is None:
         raise ModelError("a session in the batch was closed; open a new one")
+    return _dynamic_layer(cache, layer_idx)
+
+
+def _dynamic_layer(cache: Cache, layer_idx: int) -> DynamicLayer:
     layer = cache.layers[layer_idx]
     if not isinstance(layer, DynamicLayer):
         raise ModelError(f"layer {layer_idx}'s cache is a {type(layer).__name__}, which cannot batch")
