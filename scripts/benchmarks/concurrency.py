@@ -39,6 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-batch", type=int, default=16, help="the workers' --max-batch (default: 16)")
     parser.add_argument(
+        "--step-timeout-s",
+        type=float,
+        default=120.0,
+        help="the coordinator's --step-timeout-s (default: 120; at its own default of 5 s, 64 prefills queued "
+        "on one worker's compute thread time out and the worker is routed around as down)",
+    )
+    parser.add_argument(
         "--work-dir",
         type=Path,
         default=REPO / ".shardnet" / "bench-concurrency",
@@ -83,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         room = str(top + 8)
         coord = net.start_coordinator(
             extra=("--verify-share", "0", "--max-concurrent-jobs", room, "--api-queue-size", room,
-                   "--api-queue-wait-s", "600")
+                   "--api-queue-wait-s", "600", "--step-timeout-s", str(args.step_timeout_s))
         )  # fmt: skip
         spans = [LayerSpan(0, 10), LayerSpan(10, 20), LayerSpan(20, 30)]
         worker_flags = ("--max-sessions", room, "--max-sessions-per-coordinator", room,
