@@ -3,6 +3,7 @@
     .venv/bin/python scripts/bench.py network    # 3 workers + coordinator vs single-process transformers, gas
     .venv/bin/python scripts/bench.py workers    # the worker data plane: relay vs push, compute share, /health
     .venv/bin/python scripts/bench.py hop        # one hop's data-plane cost, the model left out
+    .venv/bin/python scripts/bench.py concurrency --levels 1,4,16,64   # batched sessions through the API
 
 `scripts/bench.py NAME --help` lists each one's flags.
 """
@@ -26,6 +27,7 @@ BENCHMARKS = {
     "network": "SmolLM2 over 3 workers and a coordinator vs single-process transformers: speed, a kill, gas",
     "workers": "the worker data plane: client relay vs push mode, compute share, /health during a prefill",
     "hop": "one hop's data-plane cost through a worker server whose block answers at once",
+    "concurrency": "SmolLM2 over 3 batching workers, N API requests at once: tokens/s, per-token p50/p95, RSS",
 }
 
 

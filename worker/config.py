@@ -84,6 +84,19 @@ class WorkerConfig(ChainSettings):
         1024.0, gt=0, description="memory for all sessions' KV caches and kept outputs, in MiB (503 beyond)"
     )
     session_timeout_s: float = Field(300.0, gt=0, description="a session idle this long is closed")
+    batch_window_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="milliseconds a decode step waits for other sessions' steps to run with it as one "
+        "batched forward (docs/batching.md); 0 batches only steps that queue behind a running one",
+    )
+    max_batch: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="most sessions' decode steps in one batched forward; 1 turns batching off",
+    )
     max_body_mb: float = Field(64.0, gt=0, description="largest request body accepted, in MiB (413 beyond)")
     body_timeout_s: float = Field(
         30.0,

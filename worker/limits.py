@@ -17,6 +17,8 @@ class ServerLimits:
     max_body_bytes: int = 64 << 20
     forward_timeout_s: float = 60.0
     body_timeout_s: float = 30.0  # a request body not fully sent by then gets 408 and frees the connection
+    batch_window_s: float = 0.002  # a decode step waits this long for others to batch with (worker.batching)
+    max_batch: int = 16  # most decode steps in one batched forward; 1 turns batching off
 
 
 @dataclass(frozen=True)

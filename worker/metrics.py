@@ -31,6 +31,12 @@ class WorkerMetrics:
             buckets=STEP_BUCKETS,
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "shardnet_worker_batch_size",
+            "Sessions' decode steps per batched forward (worker.batching; lone steps are not counted)",
+            buckets=(2, 4, 8, 16, 32, 64, 128, 256, 1024),
+            registry=self.registry,
+        )
         self.request_errors = Counter(
             "shardnet_worker_request_errors",
             "Requests answered with an error, by status",

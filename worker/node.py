@@ -203,6 +203,8 @@ def prepare(cfg: WorkerConfig, *, reset_state: bool = False) -> PreparedNode:
         max_body_bytes=cfg.max_body_bytes,
         forward_timeout_s=cfg.step_forward_timeout_s,
         body_timeout_s=cfg.body_timeout_s,
+        batch_window_s=cfg.batch_window_ms / 1000,
+        max_batch=cfg.max_batch,
     )
     return PreparedNode(
         cfg, registry, state, model, span, assignment_id, block, info, limits, sock, manifest.backward_factor

@@ -24,6 +24,7 @@ from shardnet.wire.commitment import merkle_root, step_hash
 from shardnet.wire.frames import encode_frame
 from shardnet.wire.tickets import TicketError, ticket_max_positions, verify_ticket
 from worker import memory
+from worker.batching import StepBatcher
 from worker.coordinator_check import CoordinatorCheck
 from worker.forwarding import SESSION_TOKEN_HEADER, forward_step
 from worker.http_errors import errors_as_json, read_body
@@ -91,6 +92,7 @@ class WorkerServer:
         self._extra_routes = list(extra_routes)
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-compute")
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-db")
+        self.batcher = StepBatcher(self._compute, self._finish_step, limits=self.limits, metrics=self.metrics)
         self._http: aiohttp.ClientSession | None = None
         self._janitor: asyncio.Task[None] | None = None
         self.sessions = memory.session_manager(self.limits, info, on_close=self._session_closed)
@@ -319,12 +321,11 @@ class WorkerServer:
     async def _compute_step(
         self, session: Session, x: torch.Tensor, start_pos: int, input_hash: bytes
     ) -> tuple[bytes, bytes, int]:
-        loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         index = len(session.step_hashes)  # the session's lock is held: no other step of it runs meanwhile
         try:
-            frame, kept, digest, step_leaf, fingerprint = await loop.run_in_executor(
-                self._compute, self._run_block, session, x, start_pos, index, input_hash
+            frame, kept, digest, step_leaf, fingerprint = await self.batcher.run(
+                session, x, start_pos, index, input_hash
             )
         except ModelError as exc:  # inputs are checked first, so this is rare; the session cannot go on
             self.sessions.close(session.session_id, "failed")
@@ -340,14 +341,12 @@ class WorkerServer:
         session.output_bytes += len(kept) + memory.OBJECT_OVERHEAD
         return frame, digest, index
 
-    def _run_block(
-        self, session: Session, x: torch.Tensor, start_pos: int, index: int, input_hash: bytes
+    def _finish_step(
+        self, session: Session, out: torch.Tensor, n_tokens: int, index: int, input_hash: bytes
     ) -> tuple[bytes, bytes, bytes, bytes, bytes]:
-        """Compute, encode, hash and record one step, all on the compute thread: one executor hop per step,
-        and the event loop never waits on hashing (196 KB of logits take ~0.8 ms to keccak) or SQLite.
-        Returns the frame sent, what the session keeps of it (`worker.memory.kept_output`) and its hash."""
+        """Encode, hash, record a computed step on the compute thread (no keccak or SQLite on the event loop);
+        returns the frame sent, what the session keeps of it (`worker.memory.kept_output`), hash, leaf, fingerprint."""
         with torch.inference_mode():
-            out = session.compute.step(x, start_pos)
             if self.perturb_outputs > 0:
                 out = out + self.perturb_outputs * out.float().std() * torch.randn_like(out)
             frame = encode_frame(out.float(), memory.LOGITS_CODEC if self.info.is_last else session.codec)
@@ -355,7 +354,7 @@ class WorkerServer:
         digest, step_leaf, fingerprint = commit_step(input_hash, frame)
         if self.state is not None:
             # recorded before the output leaves: a crash can never lose a step the commitment must cover
-            self.state.step_recorded(session.session_id, index, step_leaf, int(x.shape[1]))
+            self.state.step_recorded(session.session_id, index, step_leaf, n_tokens)
         return frame, kept, digest, step_leaf, fingerprint
 
     async def _forward(self, session: Session, frame: bytes, digest: bytes, start_pos: int) -> web.Response:

@@ -49,25 +49,9 @@ class BlockSession:
     def step(self, x: torch.Tensor, start_pos: int) -> torch.Tensor:
         """Run positions `start_pos`.. through the block; returns hidden states or, on the last block,
         float32 logits of the last position [1, 1, vocab]."""
-        cache = self._cache
-        if self._closed or cache is None:
-            raise ModelError("this session is closed; open a new one with block.new_session()")
-        if self._failed is not None:
-            raise ModelError(
-                f"an earlier step failed ({self._failed}); open a new session and replay the inputs"
-            )
-        if start_pos != self.length:
-            raise SessionPositionError(
-                f"step starts at position {start_pos}, but the session holds {self.length} positions; "
-                f"send the inputs from position {self.length}"
-            )
+        cache = self.check_step(x, start_pos)
         block = self.block
-        block.check_input(x)
         n = int(x.shape[1])
-        if self.max_length is not None and self.length + n > self.max_length:
-            raise ModelError(
-                f"{self.length} + {n} positions exceed this session's max_length {self.max_length}"
-            )
         try:
             with torch.inference_mode():
                 position_ids = torch.arange(start_pos, start_pos + n).unsqueeze(0)
@@ -82,6 +66,46 @@ class BlockSession:
             raise
         self.length += n
         return out
+
+    def check_step(self, x: torch.Tensor, start_pos: int) -> Cache:
+        """Raise ModelError unless `step(x, start_pos)` may run; returns the session's cache."""
+        cache = self._cache
+        if self._closed or cache is None:
+            raise ModelError("this session is closed; open a new one with block.new_session()")
+        if self._failed is not None:
+            raise ModelError(
+                f"an earlier step failed ({self._failed}); open a new session and replay the inputs"
+            )
+        if start_pos != self.length:
+            raise SessionPositionError(
+                f"step starts at position {start_pos}, but the session holds {self.length} positions; "
+                f"send the inputs from position {self.length}"
+            )
+        self.block.check_input(x)
+        n = int(x.shape[1])
+        if self.max_length is not None and self.length + n > self.max_length:
+            raise ModelError(
+                f"{self.length} + {n} positions exceed this session's max_length {self.max_length}"
+            )
+        return cache
+
+    def extend(self, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
+        """Append one position computed in a batch (`shardnet.model.batched`): for each span layer,
+        in order, its keys and values [1, kv_heads, 1, head_dim]. The cache then holds exactly what
+        `step` of the same position would have left (a DynamicCache appends with the same cat)."""
+        cache = self._cache
+        if cache is None:
+            raise ModelError("this session is closed; open a new one with block.new_session()")
+        for layer_idx, k, v in zip(
+            range(self.block.span.start, self.block.span.end), keys, values, strict=True
+        ):
+            cache.update(k, v, layer_idx)
+        self.length += 1
+
+    @property
+    def cache(self) -> Cache | None:
+        """The session's KV cache (None once closed); `shardnet.model.batched` reads it."""
+        return self._cache
 
     def close(self) -> None:
         """Free the KV cache. Further steps raise."""

@@ -217,8 +217,12 @@ class DecoderAdapter(Adapter):
         span: LayerSpan,
         cache: Cache,
         position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Run the span's layers over hidden [1, n, hidden] at `position_ids`, updating `cache`."""
+        """Run the span's layers over hidden [batch, n, hidden] at `position_ids`, updating `cache`.
+
+        `attention_mask` is the HF 2D padding mask [batch, cached + n] of a padded batch
+        (`shardnet.model.batched`); None for one sequence."""
 
     @abstractmethod
     def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -231,6 +235,7 @@ class DecoderAdapter(Adapter):
         span: LayerSpan,
         cache: Cache,
         position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
     ) -> dict[str, Any]:
         """The attention masks of the span's layer types, sized on the first span layer of each type.
 
@@ -255,7 +260,7 @@ class DecoderAdapter(Adapter):
             masks[kind] = makers[kind](
                 config=config,
                 inputs_embeds=hidden,
-                attention_mask=None,
+                attention_mask=attention_mask,
                 past_key_values=cache,
                 position_ids=position_ids,
                 layer_idx=i,

@@ -36,9 +36,10 @@ class GPT2Adapter(DecoderAdapter):
         span: LayerSpan,
         cache: Cache,
         position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         config = self.config_of(model)
-        masks = self.masks(config, hidden, span, cache, position_ids)
+        masks = self.masks(config, hidden, span, cache, position_ids, attention_mask)
         for i in range(span.start, span.end):
             hidden = run_module(
                 self.layer(model, i),

@@ -35,9 +35,10 @@ class LlamaAdapter(DecoderAdapter):
         span: LayerSpan,
         cache: Cache,
         position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         config = self.config_of(model)
-        masks = self.masks(config, hidden, span, cache, position_ids)
+        masks = self.masks(config, hidden, span, cache, position_ids, attention_mask)
         position_embeddings = self.get_module(model, "rotary_emb")(hidden, position_ids=position_ids)
         for i in range(span.start, span.end):
             hidden = run_module(

@@ -1,0 +1,167 @@
+"""`scripts/bench.py concurrency`: many OpenAI API requests at once through SmolLM2 over 3 batching workers.
+
+At each concurrency level, that many chat completions (each a real paid job on anvil, `stream: true`,
+exactly --tokens greedy tokens) run at once through the coordinator; prints the aggregate generated
+tokens/s, p50/p95 per-token latency (gaps between a stream's chunks) and the workers' batch sizes, then
+single-process transformers generating the same prompts one after another in the same run, and the
+RSS (current and peak) of every process.
+
+    .venv/bin/python scripts/bench.py concurrency [--levels 1,4,16,64] [--tokens 32] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from benchmarks.network import PROMPTS, Baseline, stream
+from shardnet.localnet import LocalNetwork
+from shardnet.role_process import REPO
+from shardnet.span import LayerSpan
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--levels", default="1,4,16,64", help="comma-separated concurrency levels (default: 1,4,16,64)"
+    )
+    parser.add_argument("--tokens", type=int, default=32, help="tokens generated per request (default: 32)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads per worker and baseline (default: 1)"
+    )
+    parser.add_argument(
+        "--batch-window-ms", type=float, default=2.0, help="the workers' --batch-window-ms (default: 2)"
+    )
+    parser.add_argument("--max-batch", type=int, default=16, help="the workers' --max-batch (default: 16)")
+    parser.add_argument(
+        "--step-timeout-s",
+        type=float,
+        default=120.0,
+        help="the coordinator's --step-timeout-s (default: 120; at its own default of 5 s, 64 prefills queued "
+        "on one worker's compute thread time out and the worker is routed around as down)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=REPO / ".shardnet" / "bench-concurrency",
+        help="scratch folder (wiped)",
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of process `pid` in MiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    found = {k: int(v) / 1024 for k, v in re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", status, re.M)}
+    return found.get("VmRSS", 0.0), found.get("VmHWM", 0.0)
+
+
+def batch_metrics(url: str) -> tuple[int, float]:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    count = re.search(r"^shardnet_worker_batch_size_count (\S+)$", text, re.M)
+    total = re.search(r"^shardnet_worker_batch_size_sum (\S+)$", text, re.M)
+    return (int(float(count.group(1))) if count else 0), (float(total.group(1)) if total else 0.0)
+
+
+def run(args: argparse.Namespace) -> int:
+    import openai
+
+    from shardnet.model.importer import smollm2_gguf_path
+
+    levels = [int(v) for v in args.levels.split(",") if v.strip()]
+    top = max(levels)
+    gguf = smollm2_gguf_path()
+    shutil.rmtree(args.work_dir, ignore_errors=True)
+    print(f"baseline: single-process transformers, {args.threads} threads ...", flush=True)
+    base = Baseline(gguf, args.threads)
+    base.run("warm up", 4)
+    with LocalNetwork.start(args.work_dir) as net:
+        model_id, _cid, manifest = net.import_model(gguf, price_wei=10**9)
+        room = str(top + 8)
+        coord = net.start_coordinator(
+            extra=("--verify-share", "0", "--max-concurrent-jobs", room, "--api-queue-size", room,
+                   "--api-queue-wait-s", "600", "--step-timeout-s", str(args.step_timeout_s))
+        )  # fmt: skip
+        spans = [LayerSpan(0, 10), LayerSpan(10, 20), LayerSpan(20, 30)]
+        worker_flags = ("--max-sessions", room, "--max-sessions-per-coordinator", room,
+                        "--batch-window-ms", str(args.batch_window_ms), "--max-batch", str(args.max_batch))  # fmt: skip
+        workers = [
+            net.add_worker(i, model_id, s, threads=args.threads, extra=worker_flags)
+            for i, s in enumerate(spans)
+        ]
+        for w in workers:
+            w.wait_healthy(timeout=600)
+        coord.wait_healthy(timeout=120)
+        net.wait_for_workers(coord, len(workers), timeout=120)
+        api = openai.OpenAI(base_url=coord.url + "/v1", api_key="unused", max_retries=0, timeout=1200)
+        stream(api, manifest.name, "warm up", 4)
+
+        rows = []
+        for level in levels:
+            before = [batch_metrics(w.url) for w in workers]
+            prompts = [PROMPTS[i % len(PROMPTS)] for i in range(level)]
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=level) as pool:
+                futures = [pool.submit(stream, api, manifest.name, p, args.tokens) for p in prompts]
+                results, errors = [], []
+                for f in futures:
+                    try:
+                        results.append(f.result())
+                    except Exception as exc:  # counted and shown: a level must run without errors
+                        errors.append(f"{type(exc).__name__}: {exc}")
+            wall = time.perf_counter() - t0
+            gaps = [
+                (b - a) * 1000
+                for arrivals, _, _ in results
+                for a, b in zip(arrivals, arrivals[1:], strict=False)
+            ]
+            after = [batch_metrics(w.url) for w in workers]
+            batches = [(a[0] - b[0], a[1] - b[1]) for a, b in zip(after, before, strict=True)]
+            mean_batch = [f"{s / c:.1f}" if c else "-" for c, s in batches]
+            tps = len(results) * args.tokens / wall
+            rows.append((level, tps, percentile(gaps, 0.5), percentile(gaps, 0.95), len(errors), wall))
+            print(
+                f"concurrency {level:3d}: {tps:7.2f} tokens/s aggregate, per-token p50 {rows[-1][2]:7.1f} ms "
+                f"p95 {rows[-1][3]:7.1f} ms, {len(errors)} errors, {wall:.1f} s; mean batch per worker "
+                f"{', '.join(mean_batch)}",
+                flush=True,
+            )
+            for e in errors[:3]:
+                print(f"  error: {e}")
+
+        base_steps: list[float] = []
+        t0 = time.perf_counter()
+        for p in PROMPTS[: min(top, len(PROMPTS))]:
+            steps, _ttft, _text = base.run(p, args.tokens)
+            base_steps += steps
+        base_wall = time.perf_counter() - t0
+        n_base = min(top, len(PROMPTS))
+        print(
+            f"single-process transformers, {n_base} prompts one after another: "
+            f"{n_base * args.tokens / base_wall:.2f} tokens/s, per-token p50 {percentile(base_steps, 0.5):.1f} ms "
+            f"p95 {percentile(base_steps, 0.95):.1f} ms"
+        )
+        one = next((r for r in rows if r[0] == 1), None)
+        if one is not None:
+            for level, tps, p50, _p95, _errs, _wall in rows:
+                print(
+                    f"aggregate throughput at {level} concurrent sessions: {tps / one[1]:.1f}x one session "
+                    f"(p50 per-token latency {p50 / one[2]:.1f}x)"
+                )
+        procs = [("coordinator", coord), *[(f"worker {s}", w) for s, w in zip(spans, workers, strict=True)]]
+        for name, proc in procs:
+            now, peak = rss_mb(proc.popen.pid)
+            print(f"RSS {name}: {now:.0f} MiB now, {peak:.0f} MiB peak")
+        now, peak = rss_mb(os.getpid())
+        print(f"RSS this process (baseline model + clients): {now:.0f} MiB now, {peak:.0f} MiB peak")
+    return 0

@@ -1,0 +1,125 @@
+"""Batched decoding across sessions (shardnet.model.batched): every session's greedy tokens equal the
+same prompt run alone, a lone step is the exact single-sequence path, a bad step fails alone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytest
+import torch
+
+from shardnet.model import Block, ModelError, batched, generate_greedy, load_block_from_parts
+from shardnet.model.batched import step_many
+from shardnet.model.session import BlockSession
+from shardnet.span import LayerSpan
+from tests.fixtures_model import DECODERS, TinyModel
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SPANS = [(0, 2), (2, 5), (5, 6)]
+PROMPT_LENGTHS = [1, 3, 9, 4, 12, 2, 7, 5]  # 8 sessions, ragged
+NEW_TOKENS = [6, 9, 4, 8, 5, 10, 3, 7]
+
+
+def _blocks(tiny: TinyModel) -> list[Block]:
+    return [load_block_from_parts(tiny.parts_dir, tiny.config, LayerSpan(a, b)) for a, b in SPANS]
+
+
+def _prompts(vocab: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(11)
+    return [torch.randint(0, vocab, (1, n), generator=gen) for n in PROMPT_LENGTHS]
+
+
+def _run_together(
+    blocks: Sequence[Block], prompts: Sequence[torch.Tensor], wanted: Sequence[int]
+) -> tuple[list[list[int]], list[list[torch.Tensor]]]:
+    """All sessions step in lockstep; each block runs every live session's step in one `step_many`."""
+    chains = [[b.new_session() for b in blocks] for _ in prompts]
+    tokens: list[list[int]] = [[] for _ in prompts]
+    logits: list[list[torch.Tensor]] = [[] for _ in prompts]
+    inputs = list(prompts)
+    positions = [0] * len(prompts)
+    while live := [i for i in range(len(prompts)) if len(tokens[i]) < wanted[i]]:
+        hidden = [inputs[i] for i in live]
+        for depth in range(len(blocks)):
+            outs = step_many([chains[i][depth] for i in live], hidden, [positions[i] for i in live])
+            assert all(isinstance(o, torch.Tensor) for o in outs), outs
+            hidden = [o for o in outs if isinstance(o, torch.Tensor)]
+        for i, out in zip(live, hidden, strict=True):
+            positions[i] += int(inputs[i].shape[1])
+            token = int(torch.argmax(out[0, -1]))
+            tokens[i].append(token)
+            logits[i].append(out[0, -1])
+            inputs[i] = torch.tensor([[token]])
+    return tokens, logits
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_batched_sessions_decode_the_same_tokens_as_each_alone(
+    name: str, tiny_models: Callable[[str], TinyModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny = tiny_models(name)
+    blocks = _blocks(tiny)
+    prompts = _prompts(tiny.model.config.vocab_size)
+    batch_sizes: list[int] = []
+    real_decode_batch = batched.decode_batch
+
+    def counted(sessions: Sequence[BlockSession], inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        batch_sizes.append(len(sessions))  # a spy: the real batched forward runs
+        return real_decode_batch(sessions, inputs)
+
+    monkeypatch.setattr(batched, "decode_batch", counted)
+    got_tokens, got_logits = _run_together(blocks, prompts, NEW_TOKENS)
+    if name == "mistral":  # sliding-window layers keep a window, not every position: each runs alone
+        assert batch_sizes == []
+    else:
+        # every decode round with 2+ sessions live batches (in each block without sliding-window layers)
+        assert max(batch_sizes) == len(PROMPT_LENGTHS)
+        assert len(batch_sizes) >= sorted(NEW_TOKENS)[-2] - 1
+    worst = 0.0
+    for prompt, n, tokens, logits in zip(prompts, NEW_TOKENS, got_tokens, got_logits, strict=True):
+        alone = generate_greedy(blocks, prompt, n)
+        assert tokens == alone.tokens  # token by token
+        # batched matrix products may round the last bits differently from batch 1: close, not bitwise
+        diff = float((torch.stack(logits) - alone.logits).abs().max())
+        worst = max(worst, diff)
+        assert diff < 1e-4
+    print(f"{name}: largest |batched - alone| logit difference {worst:.3g}")
+
+
+def test_a_lone_step_is_the_exact_single_session_path(tiny_models: Callable[[str], TinyModel]) -> None:
+    tiny = tiny_models("llama")
+    block = load_block_from_parts(tiny.parts_dir, tiny.config, LayerSpan(0, 6))
+    ids = _prompts(tiny.model.config.vocab_size)[2]
+    a, b = block.new_session(), block.new_session()
+    for pos, x in [(0, ids), (ids.shape[1], torch.tensor([[5]])), (ids.shape[1] + 1, torch.tensor([[7]]))]:
+        (out,) = step_many([a], [x], [pos])
+        assert isinstance(out, torch.Tensor)
+        assert torch.equal(out, b.step(x, pos))
+
+
+def test_one_bad_step_fails_alone_and_the_batch_goes_on(tiny_models: Callable[[str], TinyModel]) -> None:
+    tiny = tiny_models("llama")
+    block = load_block_from_parts(tiny.parts_dir, tiny.config, LayerSpan(0, 6))
+    prompts = _prompts(tiny.model.config.vocab_size)[:4]
+    sessions: list[BlockSession] = [block.new_session() for _ in prompts]
+    refs = [block.new_session() for _ in prompts]
+    for s, r, p in zip(sessions, refs, prompts, strict=True):
+        s.step(p, 0)
+        r.step(p, 0)
+    vocab = tiny.model.config.vocab_size
+    inputs = [torch.tensor([[3]]), torch.tensor([[vocab + 5]]), torch.tensor([[4]]), torch.tensor([[6]])]
+    positions = [int(p.shape[1]) for p in prompts]
+    positions[3] += 1  # a wrong position: refused, its session untouched
+    outs = step_many(sessions, inputs, positions)
+    assert isinstance(outs[1], ModelError) and "token ids must lie in" in str(outs[1])
+    assert isinstance(outs[3], ModelError) and "send the inputs from position" in str(outs[3])
+    for i in (0, 2):
+        out = outs[i]
+        assert isinstance(out, torch.Tensor)
+        expected = refs[i].step(inputs[i], positions[i])
+        assert torch.allclose(out, expected, atol=1e-5)
+        assert int(torch.argmax(out[0, -1])) == int(torch.argmax(expected[0, -1]))
+    assert sessions[3].length == positions[3] - 1  # and it can still go on from the right position
+    again = sessions[3].step(inputs[3], positions[3] - 1)
+    assert torch.allclose(again, refs[3].step(inputs[3], positions[3] - 1), atol=1e-5)

@@ -1,0 +1,145 @@
+"""Steps reach the worker's one compute thread here; decode steps of concurrent sessions run batched.
+
+A decode step (one new position) waits up to `window_s` for others; those that gathered (at most
+`max_batch`) run as one batched forward of the block (`shardnet.model.batched.step_many`), each session
+keeping its own KV cache, and each result is then encoded, hashed, committed and recorded per session by
+`finish`, exactly as a step run alone. Steps that arrive while a batch computes form the next batch,
+which leaves as soon as the compute thread is free (they have waited already). Prefills, and every step
+when `max_batch` is 1, go straight to the compute thread. One session's failure is its own: the others'
+results stand. See docs/batching.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from shardnet.model.batched import step_many
+from shardnet.model.session import BlockSession
+from shardnet.peer.errors import WorkerUnavailable
+from worker.limits import ServerLimits
+from worker.metrics import WorkerMetrics
+from worker.sessions import Session
+
+log = logging.getLogger(__name__)
+
+#: (frame sent, what the session keeps of it, step hash, Merkle leaf, fingerprint) of one step
+StepOutput = tuple[bytes, bytes, bytes, bytes, bytes]
+#: encode, hash, commit and record one computed step: (session, output, n_tokens, index, input hash)
+FinishStep = Callable[[Session, torch.Tensor, int, int, bytes], StepOutput]
+
+
+@dataclass
+class PendingStep:
+    session: Session
+    x: torch.Tensor
+    start_pos: int
+    index: int
+    input_hash: bytes
+    future: asyncio.Future[StepOutput]
+
+
+class StepBatcher:
+    """Runs every inference step of a worker on `executor` (its single compute thread)."""
+
+    def __init__(
+        self, executor: Executor, finish: FinishStep, *, limits: ServerLimits, metrics: WorkerMetrics
+    ) -> None:
+        self.executor = executor
+        self.metrics = metrics
+        self.finish = finish
+        self.window_s = limits.batch_window_s
+        self.max_batch = limits.max_batch
+        self.batches = 0  # batched forwards run (2+ sessions)
+        self.batched_steps = 0  # steps that ran in them
+        self._pending: list[PendingStep] = []
+        self._full = asyncio.Event()
+        self._dispatcher: asyncio.Task[None] | None = None
+
+    async def run(
+        self, session: Session, x: torch.Tensor, start_pos: int, index: int, input_hash: bytes
+    ) -> StepOutput:
+        """Compute one step of `session` and return its frame, step hash, leaf and fingerprint."""
+        loop = asyncio.get_running_loop()
+        if self.max_batch <= 1 or int(x.shape[1]) != 1:
+            return await loop.run_in_executor(
+                self.executor, self.run_alone, session, x, start_pos, index, input_hash
+            )
+        future: asyncio.Future[StepOutput] = loop.create_future()
+        self._pending.append(PendingStep(session, x, start_pos, index, input_hash, future))
+        if self._dispatcher is None or self._dispatcher.done():
+            self._dispatcher = asyncio.create_task(self._dispatch())
+        elif len(self._pending) >= self.max_batch:
+            self._full.set()
+        return await future
+
+    def run_alone(
+        self, session: Session, x: torch.Tensor, start_pos: int, index: int, input_hash: bytes
+    ) -> StepOutput:
+        """The single-sequence path (compute thread): the session's own `step`, then `finish`."""
+        with torch.inference_mode():
+            out = session.compute.step(x, start_pos)
+        return self.finish(session, out, int(x.shape[1]), index, input_hash)
+
+    async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        waited = False  # steps left over from a batch have waited already
+        while self._pending:
+            if not waited and self.window_s > 0 and len(self._pending) < self.max_batch:
+                self._full.clear()
+                try:
+                    await asyncio.wait_for(self._full.wait(), self.window_s)
+                except TimeoutError:
+                    pass
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            try:
+                results = await loop.run_in_executor(self.executor, self._run_batch, batch)
+            except asyncio.CancelledError:
+                _deliver(
+                    batch, [WorkerUnavailable("the worker is shutting down: retry on another")] * len(batch)
+                )
+                raise
+            except Exception as exc:  # the executor was shut down
+                results = [exc] * len(batch)
+            _deliver(batch, results)
+            waited = True
+
+    def _run_batch(self, batch: Sequence[PendingStep]) -> list[StepOutput | BaseException]:
+        """On the compute thread: one batched forward of the steps, then each one's `finish`."""
+        if len(batch) == 1 or not all(isinstance(p.session.compute, BlockSession) for p in batch):
+            return [_catch(self.run_alone, p.session, p.x, p.start_pos, p.index, p.input_hash) for p in batch]
+        computes = [p.session.compute for p in batch if isinstance(p.session.compute, BlockSession)]
+        outputs = step_many(computes, [p.x for p in batch], [p.start_pos for p in batch])
+        self.batches += 1
+        self.batched_steps += len(batch)
+        self.metrics.batch_size.observe(len(batch))
+        results: list[StepOutput | BaseException] = []
+        for p, out in zip(batch, outputs, strict=True):
+            if isinstance(out, BaseException):
+                results.append(out)
+            else:
+                results.append(_catch(self.finish, p.session, out, int(p.x.shape[1]), p.index, p.input_hash))
+        return results
+
+
+def _catch(fn: Callable[..., StepOutput], *args: Any) -> StepOutput | BaseException:
+    try:
+        return fn(*args)
+    except Exception as exc:
+        return exc
+
+
+def _deliver(batch: Sequence[PendingStep], results: Sequence[StepOutput | BaseException]) -> None:
+    for pending, result in zip(batch, results, strict=True):
+        if pending.future.done():  # its request was cancelled meanwhile
+            continue
+        if isinstance(result, BaseException):
+            pending.future.set_exception(result)
+        else:
+            pending.future.set_result(result)
