@@ -17,6 +17,8 @@ from aiohttp import web
 
 from shardnet.finetune.adapter_file import AdapterError, AdapterFile
 
+__all__ = ["AdapterError", "AdapterFile", "AdapterStore", "split_model_name", "upload"]
+
 MAX_ADAPTER_BYTES = 64 * 1024 * 1024
 MAX_ADAPTERS = 16
 

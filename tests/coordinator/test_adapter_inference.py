@@ -130,3 +130,52 @@ def test_bad_adapters_refused_before_paying(net: Net) -> None:
     assert status == 400 and "POST /v1/adapters" in answer["error"]["message"], answer
     if jobs_before is not None:
         assert net.owner.job_count() == jobs_before  # nothing was paid
+
+
+def test_submit_with_adapter_signed_into_the_handover(net: Net) -> None:
+    """`ShardnetClient.submit(adapter=...)` (what `shardnet submit --adapter` calls) uploads the file, signs its CID
+    into the prompt hand-over, and the settled output is the adapter's; a hand-over whose adapter differs from the
+    signed one is 401, an unknown adapter 400, and the job stays unstarted."""
+    from shardnet.client import ClientError
+    from shardnet.job_auth import AUTH_HEADER, handover_body, sign_prompt_handover
+
+    config = net.reference["model"].config
+    lora = _lora(config, seed=11)
+    data = save_safetensors(lora)
+    prompt, n = "Once upon", 10
+    expected = _reference_with_lora(net, lora, prompt, n)
+    assert expected != reference_text(net, prompt, n)[1]
+    outcome = net.client.submit(prompt, model="tiny-chat", max_tokens=n, adapter=data)
+    assert outcome.text == expected
+
+    other = save_safetensors(_lora(config, seed=12))
+    other_cid = net.client.upload_adapter(net.coordinator.url, other)
+    job_id = net.client.pay("swap", net.model_id, 4)
+    signed = handover_body("swap", adapter=other_cid)
+    auth = {AUTH_HEADER: sign_prompt_handover(net.client.registry.account, job_id, signed)}
+    swapped = {**signed, "adapter": outcome_cid(data)}
+    url = f"{net.coordinator.url}/v1/jobs/{job_id}/prompt"
+    status, answer = http_json_auth(url, swapped, auth)
+    assert status == 401, answer
+    unknown = handover_body("swap", adapter="0x" + "cd" * 32)
+    auth = {AUTH_HEADER: sign_prompt_handover(net.client.registry.account, job_id, unknown)}
+    status, answer = http_json_auth(url, unknown, auth)
+    assert status == 400 and "POST /v1/adapters" in str(answer), answer
+    try:
+        net.client.upload_adapter(net.coordinator.url, b"\x00" * 64)
+        raise AssertionError("a file that is no adapter was taken")
+    except ClientError as exc:
+        assert "refused the adapter" in str(exc)
+    net.client.hand_over(net.coordinator.url, job_id, "swap", {"adapter": other_cid})  # the signed one: taken
+
+
+def outcome_cid(data: bytes) -> str:
+    from eth_utils import keccak
+
+    return "0x" + keccak(data).hex()
+
+
+def http_json_auth(url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, Any]:
+    from shardnet.http_json import request_json
+
+    return request_json("POST", url, body, timeout=30, headers=headers)
