@@ -49,6 +49,12 @@ def _upload(net: Net, data: bytes) -> tuple[int, dict[str, Any]]:
 
 
 def _reference_with_lora(net: Net, lora: dict[str, torch.Tensor], prompt: str, n: int) -> str:
+    return _reference_tokens_with_lora(net, lora, prompt, n)[1]
+
+
+def _reference_tokens_with_lora(
+    net: Net, lora: dict[str, torch.Tensor], prompt: str, n: int
+) -> tuple[list[int], str]:
     """Greedy text of the unsplit HF model with `lora` added to its projections by plain forward hooks."""
     model = net.reference["model"]
     handles = []
@@ -69,7 +75,7 @@ def _reference_with_lora(net: Net, lora: dict[str, torch.Tensor], prompt: str, n
         for h in handles:
             h.remove()
     assert EOS_ID not in tokens
-    return str(net.reference["tokenizer"].decode(tokens, skip_special_tokens=True))
+    return tokens, str(net.reference["tokenizer"].decode(tokens, skip_special_tokens=True))
 
 
 def test_adapter_changes_output_and_equals_one_process(net: Net) -> None:
@@ -179,3 +185,44 @@ def http_json_auth(url: str, body: dict[str, Any], headers: dict[str, str]) -> t
     from shardnet.http_json import request_json
 
     return request_json("POST", url, body, timeout=30, headers=headers)
+
+
+def test_trained_adapter_through_the_api(net: Net, tmp_path: Any) -> None:
+    """A LoRA trained for a few steps by `shardnet finetune` (in one process) to answer a prompt with a fixed
+    completion: through the OpenAI API it equals the unsplit model with the same LoRA and moves the greedy output
+    towards the completion (more of its tokens right than the base model gets)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from shardnet.cli import main
+    from shardnet.model.export import save_parts
+
+    model, tokenizer = net.reference["model"], net.reference["tokenizer"]
+    parts = tmp_path / "parts"
+    save_parts(model, model.config, parts)
+    (parts / "config.json").write_text(model.config.to_json_string())
+    prompt = "The sky is"
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    target = tokenizer(" made of green cheese", add_special_tokens=False)["input_ids"]
+    data = tmp_path / "task.jsonl"
+    data.write_text(json.dumps({"prompt_ids": prompt_ids, "completion_ids": target}) + "\n")
+    out = tmp_path / "adapter.safetensors"
+    argv = ["finetune", "--model", str(parts), "--data", str(data), "--method", "lora", "--steps", "8",
+            "--batch-size", "1", "--lr", "0.05", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    lora = {k: v for k, v in load_file(out).items() if k.startswith("lora.")}
+
+    status, uploaded = _upload(net, out.read_bytes())
+    assert status == 200, uploaded
+    n = len(target)
+    adapted_tokens, expected = _reference_tokens_with_lora(net, lora, prompt, n)
+    body = {"model": f"tiny-chat+{uploaded['id']}", "prompt": prompt, "max_tokens": n, "temperature": 0}
+    status, answer = http_json("POST", net.coordinator.url + "/v1/completions", body, timeout=120)
+    assert status == 200, answer
+    assert answer["choices"][0]["text"] == expected
+
+    def right(tokens: list[int]) -> int:
+        return sum(a == b for a, b in zip(tokens, target, strict=False))
+
+    assert right(adapted_tokens) > right(reference_text(net, prompt, n)[0])
