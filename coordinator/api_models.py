@@ -13,6 +13,7 @@ silently ignored. Harmless fields OpenAI clients send (`user`, `stream_options`)
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -145,11 +146,19 @@ class PromptHandOver(_Sampled):
 
     prompt: str
     chat: StrictBool = False
+    adapter: str | None = None  # "0x<keccak of a LoRA file uploaded by POST /v1/adapters>"
 
     @field_validator("prompt")
     @classmethod
     def _text(cls, value: str) -> str:
         return _utf8(value)
+
+    @field_validator("adapter")
+    @classmethod
+    def _cid(cls, value: str | None) -> str | None:
+        if value is not None and re.fullmatch(r"0x[0-9a-fA-F]{64}", value) is None:
+            raise ValueError("adapter must be 0x and 64 hex digits (the id POST /v1/adapters answered)")
+        return None if value is None else value.lower()
 
     def signed_body(self) -> dict[str, Any]:
         """What the job's client must have signed (`shardnet.job_auth.handover_digest`): prompt and sampling."""
@@ -160,6 +169,7 @@ class PromptHandOver(_Sampled):
             seed=self.seed,
             ignore_eos=self.ignore_eos,
             chat=self.chat,
+            adapter=self.adapter,
         )
 
 

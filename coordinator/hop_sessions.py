@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from eth_account.signers.local import LocalAccount
 
+from coordinator.adapters import AdapterStore
 from coordinator.directory import is_busy
 from coordinator.hops import JobHops
 from coordinator.router import Router
@@ -61,6 +62,8 @@ class PipelineContext:
     codec: str = "fp32"
     max_failovers: int = 4
     busy_wait_s: float = 30.0  # how long a busy worker (429, 503 full) is waited for when opening a session
+    #: LoRA adapters of jobs: every session of such a job gets its span's part right after the open
+    adapters: AdapterStore = field(default_factory=AdapterStore)
     _domain: Domain | None = None
 
     @property
@@ -145,6 +148,14 @@ async def open_session_once(
         raise GenerationError(
             f"worker {endpoint} serves {opened.get('span')}, not {span} as announced on chain"
         )
+    adapter = ctx.adapters.for_job(job_hops.job_id)
+    part = adapter.part(span) if adapter is not None else b""
+    if part:  # before any step; a worker that refuses it or states another hash fails like a failed open
+        try:
+            await client.load_adapter(str(opened["session_id"]), part)
+        except BaseException:
+            await client.aclose()
+            raise
     if hop_index is not None:  # routing load counts routed sessions; verification ones compute now and then
         ctx.router.directory.add_load(node, +1)
         ctx.router.directory.session_opened(node, job_hops.job_id)

@@ -129,6 +129,9 @@ class JobChecks:
         """Check the job's hops in the background (nothing to wait for: the client has its answer)."""
         if not self.enabled:
             return
+        if self.ctx.adapters.for_job(job_id) is not None:  # verifiers would replay without it: never framed
+            log.info("job %d ran with a LoRA adapter: not checked after the fact (verifiers lack it)", job_id)
+            return
         task = asyncio.ensure_future(self.run(job_id, model_id, job_hops, settle_tx))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -12,6 +12,7 @@ GET  /v1/jobs?client=0x…    the jobs this coordinator knows (without outputs)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -20,14 +21,16 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from coordinator import training_api
+from coordinator.adapters import AdapterFile
 from coordinator.api_models import MAX_JOB_ID, PromptHandOver, parse_job_id, validation_error
 from coordinator.http_common import SERVICE, chain_error, error, json_body
 from coordinator.lifecycle import OUTPUT_KNOWN, TERMINAL, JobState
 from coordinator.scheduler import PromptRejected
 from coordinator.service import CoordinatorService
 from coordinator.state import JobRow
-from shardnet.chain.errors import ChainError
-from shardnet.errors import ConfigError
+from shardnet.chain.errors import ChainError, ChainUnavailable
+from shardnet.errors import ConfigError, ShardnetError
+from shardnet.finetune.adapter_file import AdapterError
 from shardnet.job_auth import AUTH_HEADER, output_reader, prompt_handover_signer
 
 log = logging.getLogger(__name__)
@@ -93,9 +96,14 @@ async def post_prompt(request: web.Request) -> web.Response:
     if desk is not None and job_id in desk.routes:  # one job, one use of its escrow
         return error(409, f"job {job_id} was routed for fine-tuning: pay a new job for this prompt")
     try:
+        adapter = await _job_adapter(service, job_id, body.adapter) if signer else None
         row = await service.jobs.accept_prompt(
             job_id, body.prompt, body.sampling(chat=body.chat), signer=signer
         )
+        if adapter is not None:  # the job's task has not run yet: its sessions all get their span's part
+            service.adapters.bind(job_id, adapter)
+    except AdapterError as exc:
+        return error(400, f"{exc} (the job stays unstarted)")
     except PromptRejected as exc:
         return error(exc.status, str(exc))
     except ChainError as exc:
@@ -103,6 +111,25 @@ async def post_prompt(request: web.Request) -> web.Response:
     except ConfigError as exc:
         return error(400, str(exc))
     return web.json_response(job_view(service, row), status=202)
+
+
+async def _job_adapter(service: CoordinatorService, job_id: int, cid: str | None) -> AdapterFile | None:
+    """The uploaded adapter `cid` (signed by the job's client), checked against the job's model; None: none."""
+    if cid is None:
+        return None
+    adapter = service.adapters.get(cid)
+    try:
+        job = await asyncio.to_thread(service.registry.get_job, job_id)
+    except ChainUnavailable:
+        raise
+    except ShardnetError as exc:
+        raise PromptRejected(f"job {job_id} does not exist on chain ({exc}); submit it first", 404) from exc
+    try:
+        model = await asyncio.to_thread(service.catalog.get, job.model_id)
+    except ShardnetError as exc:
+        raise AdapterError(f"the job's model cannot be read to check the adapter ({exc})") from exc
+    adapter.check_model(model.manifest.config, model.num_layers)
+    return adapter
 
 
 async def get_job(request: web.Request) -> web.Response:

@@ -20,6 +20,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from coordinator import adapters
+from coordinator.adapters import split_model_name
 from coordinator.admission import Admission, Place, Refused, has_free_memory, has_free_session, memory_needed
 from coordinator.api_models import ChatCompletionRequest, CompletionRequest, validation_error
 from coordinator.catalog import ModelUnavailable
@@ -51,8 +53,14 @@ def install(app: web.Application, service: CoordinatorService) -> None:
         max_waiting=cfg.api_queue_size,
         wait_s=cfg.api_queue_wait_s,
     )
-    app.add_routes(ROUTES)
+    app.add_routes([*ROUTES, web.post("/v1/adapters", upload_adapter)])
     app.on_cleanup.append(close_health_client)  # the /health client preflight and admission share
+
+
+async def upload_adapter(request: web.Request) -> web.Response:
+    if (denied := _check_key(request)) is not None:
+        return denied
+    return await adapters.upload(request.app[SERVICE].adapters, request)
 
 
 def _check_key(request: web.Request) -> web.Response | None:
@@ -106,8 +114,13 @@ async def _admit(
 ) -> tuple[JobPlan, Place, str]:
     """Every check before paying (prompt, cap, route), then a place when the route's workers have room."""
     service = request.app[SERVICE]
-    model_id = await _resolve_model(service, body.model)
+    base, cid = split_model_name(body.model)
+    model_id = await _resolve_model(service, base)
     model = await asyncio.to_thread(service.catalog.get, model_id)
+    if cid is not None:  # "<base>+<adapter id>": checked against the base model before anything is paid
+        adapter = service.adapters.get(cid)
+        adapter.check_model(model.manifest.config, model.num_layers)
+        request["adapter"] = adapter
     if isinstance(body, ChatCompletionRequest):
         prompt = model.chat_prompt(body.message_dicts())
     else:
@@ -160,6 +173,8 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
         job_id = await service.jobs.submit_own_job(
             model.info.model_id, prompt, plan.max_tokens, body.sampling(chat=False)
         )
+        if (adapter := request.get("adapter")) is not None:
+            service.adapters.bind(job_id, adapter)  # before its sessions open: each gets its span's part
         place.bind(job_id)  # before its sessions open: admission control then sees which are open
         service.directory.watch_job(job_id)
     except PreflightRefused as exc:

@@ -19,6 +19,7 @@ import aiohttp
 from eth_account.signers.local import LocalAccount
 from sqlalchemy.orm import Session
 
+from coordinator.adapters import AdapterStore
 from coordinator.catalog import ModelCatalog
 from coordinator.commitments import CommitmentBoard
 from coordinator.config import CoordinatorConfig
@@ -73,8 +74,10 @@ class CoordinatorService:
         self.catalog = ModelCatalog(registry.get_model, config.store_dir, self.directory.live_endpoints)
         self.lifecycle = JobLifecycle(self.state)
         self.commitments = CommitmentBoard()
+        self.adapters = AdapterStore()  # LoRA adapters of API requests (coordinator.adapters)
         ctx = PipelineContext(
             account=account,
+            adapters=self.adapters,
             router=self.router,
             registry=registry,
             state=self.state,

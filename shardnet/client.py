@@ -87,7 +87,7 @@ def check_max_tokens(max_tokens: int) -> int:
 def _http(
     method: str,
     url: str,
-    body: dict[str, Any] | None = None,
+    body: dict[str, Any] | bytes | None = None,
     timeout: float = 10.0,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
@@ -237,6 +237,14 @@ class ShardnetClient:
                 f"the coordinator refused the prompt of job {job_id} (HTTP {status}): {_message(payload)}"
             )
 
+    def upload_adapter(self, url: str, data: bytes) -> str:
+        """Upload a LoRA adapter file to the coordinator; returns its CID (0x + keccak of the bytes), checked."""
+        status, payload = _http("POST", f"{url}/v1/adapters", data, timeout=60.0)
+        cid = "0x" + keccak(data).hex()
+        if status != 200 or not isinstance(payload, dict) or payload.get("id") != cid:
+            raise ClientError(f"the coordinator refused the adapter (HTTP {status}): {_message(payload)}")
+        return cid
+
     def wait(
         self,
         url: str,
@@ -299,17 +307,23 @@ class ShardnetClient:
         timeout_s: float = 600.0,
         progress: Callable[[str], None] | None = None,
         confirm: Callable[[int, dict[str, Any]], bool] | None = None,
+        adapter: bytes | None = None,
     ) -> JobOutcome:
         """Check, pay, hand over, wait, fetch and check: the whole client side of a job.
 
         Nothing is paid unless the coordinator's preflight accepts the job and `confirm(quote_wei, preflight)`
-        (when given) returns True."""
+        (when given) returns True. `adapter` (a LoRA file as `shardnet finetune` saves it) is uploaded first and
+        its CID signed into the prompt hand-over: the coordinator runs the job with exactly that adapter."""
         t0 = time.monotonic()
         say = progress or (lambda _m: None)
         check_max_tokens(max_tokens)
         self.check_registry_max_tokens(max_tokens)
         url = self.find_coordinator()
         model_id = self.model_id(model)
+        sampling: dict[str, Any] = {"temperature": temperature, "top_p": top_p, "seed": seed, "chat": chat}
+        if adapter is not None:
+            sampling["adapter"] = self.upload_adapter(url, adapter)
+            say(f"adapter {sampling['adapter']} uploaded to {url}")
         answer = self.preflight(url, prompt, model_id, max_tokens, chat=chat)
         quote = self.registry.quote(model_id, max_tokens)
         say(
@@ -320,9 +334,7 @@ class ShardnetClient:
             raise ClientError("not confirmed, so nothing was paid")
         job_id = self.pay(prompt, model_id, max_tokens)
         say(f"job {job_id}: paid into escrow, handing the prompt to {url}")
-        self.hand_over(
-            url, job_id, prompt, {"temperature": temperature, "top_p": top_p, "seed": seed, "chat": chat}
-        )
+        self.hand_over(url, job_id, prompt, sampling)
         view = self.wait(url, job_id, timeout_s=timeout_s, progress=progress)
         job = self.check(job_id, view)
         output_hash = keccak(str(view["output"]).encode("utf-8"))

@@ -48,13 +48,15 @@ def request_json(
     timeout: float = 10.0,
     headers: Mapping[str, str] | None = None,
 ) -> tuple[int, Any]:
-    """Send `body` (JSON-encoded unless None) and return (HTTP status, decoded JSON body or None).
+    """Send `body` (JSON-encoded unless None or bytes) and return (HTTP status, decoded JSON body or None).
 
     A 4xx/5xx answer is returned, not raised; raises HttpUnreachable when no answer comes back.
     """
-    data = None if body is None else json.dumps(body).encode()
+    raw = isinstance(body, bytes)  # bytes are sent as they are (an uploaded file)
+    data = body if raw else (None if body is None else json.dumps(body).encode())
+    kind = "application/octet-stream" if raw else "application/json"
     request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+        url, data=data, method=method, headers={"Content-Type": kind, **(headers or {})}
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (callers give http URLs)

@@ -43,9 +43,11 @@ def handover_body(
     seed: int | None = None,
     ignore_eos: bool = False,
     chat: bool = False,
+    adapter: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON body of `POST /v1/jobs/{id}/prompt` with every sampling parameter at the value it samples with."""
-    return {
+    """The JSON body of `POST /v1/jobs/{id}/prompt` with every sampling parameter at the value it samples with;
+    `adapter` (the CID of a LoRA adapter uploaded to the coordinator) only when the job runs with one."""
+    body: dict[str, Any] = {
         "prompt": prompt,
         "temperature": float(temperature or 0.0),
         "top_p": 1.0 if top_p is None else float(top_p),
@@ -53,6 +55,9 @@ def handover_body(
         "ignore_eos": bool(ignore_eos),
         "chat": bool(chat),
     }
+    if adapter is not None:
+        body["adapter"] = adapter.lower()
+    return body
 
 
 def handover_digest(body: dict[str, Any]) -> bytes:
@@ -64,6 +69,7 @@ def handover_digest(body: dict[str, Any]) -> bytes:
         seed=body.get("seed"),
         ignore_eos=body.get("ignore_eos", False),
         chat=body.get("chat", False),
+        adapter=body.get("adapter"),
     )
     return keccak(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode("ascii"))
 

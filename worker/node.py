@@ -28,6 +28,7 @@ from shardnet.service import Lifecycle, run_service
 from shardnet.span import LayerSpan
 from shardnet.store.manifest import DEFAULT_BACKWARD_FACTOR
 from shardnet.wire.http_guard import ConnectionGuard
+from worker.adapter_sessions import AdapterEndpoint
 from worker.chain_sync import ChainSync
 from worker.config import WorkerConfig
 from worker.coordinator_check import CoordinatorCheck, JobCoordinatorCheck
@@ -232,6 +233,7 @@ class WorkerService:
         )
         # fine-tuning sessions (/v1/train/..., docs/finetune.md), backward priced as the model's manifest says
         self.training = TrainingAPI(TrainingLimits(backward_factor=node.backward_factor))
+        self.adapters = AdapterEndpoint()  # LoRA adapters of inference sessions (worker.adapter_sessions)
         self.server = WorkerServer(
             address=node.registry.account.address if node.registry.account else "",
             model_name=node.model.name,
@@ -242,7 +244,7 @@ class WorkerService:
             job_coordinator=JobCoordinatorCheck(lambda job_id: node.registry.job_record(job_id).coordinator),
             state=node.state,
             limits=node.limits,
-            extra_routes=[*_shard_routes(cfg.store_dir), *self.training.routes()],
+            extra_routes=[*_shard_routes(cfg.store_dir), *self.training.routes(), *self.adapters.routes()],
             perturb_outputs=cfg.perturb_outputs,
             on_session_closed=self.sync.wake,
             chain_id=self.sync.domain.chain_id,
@@ -251,6 +253,7 @@ class WorkerService:
             verdict_signer=self.sync.sign_verdict,
         )
         self.training.bind(self.server)
+        self.adapters.bind(self.server)
         self._runner: web.AppRunner | None = None
         self._sync_started = False
 

@@ -65,6 +65,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0: off)")
     p.add_argument("--seed", type=int, help="sampling seed, for reproducible sampled output")
     p.add_argument(
+        "--adapter",
+        metavar="FILE",
+        help="a LoRA adapter (safetensors, as `shardnet finetune --out` saves it) to run the model with; "
+        "uploaded to the coordinator and its CID signed into the prompt hand-over",
+    )
+    p.add_argument(
         "--raw",
         action="store_true",
         help="send the prompt as it is; by default the coordinator wraps it in the model's chat template "
@@ -165,6 +171,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     check_max_tokens(args.max_tokens)
     confirm = confirm_escrow(args.max_escrow, args.yes)
+    adapter = None
+    if args.adapter:
+        try:
+            adapter = Path(args.adapter).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read --adapter {args.adapter}: {exc.strerror}") from exc
     client = ShardnetClient(registry_from_args(args, needs_key=True), coordinator_url=args.coordinator)
     outcome = client.submit(
         args.prompt,
@@ -177,6 +189,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         progress=lambda message: print(message, file=sys.stderr, flush=True),
         confirm=confirm,
+        adapter=adapter,
     )
     if args.json:
         print(

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import torch
+from eth_utils import keccak
 
 from shardnet.chain.commitments import SignedCommitment
 from shardnet.peer.errors import WorkerAPIError, WorkerUnreachable, error_for_status
@@ -152,6 +153,24 @@ class WorkerClient:
                 url=self.url,
             ) from exc
         return StepResult(decode_frame(body), digest, index, hops)
+
+    async def load_adapter(self, session_id: str, part: bytes) -> str:
+        """Hand the session its LoRA adapter (safetensors of this worker's layers), before its first step;
+        returns the keccak the worker states for what it applied ("0x..."), checked here against `part`."""
+        _, body = await self._request(
+            "POST",
+            f"/v1/sessions/{session_id}/adapter",
+            data=part,
+            headers={"Content-Type": "application/octet-stream", **self._auth(session_id)},
+        )
+        stated = str(_answer(body, self.url).get("adapter", ""))
+        if stated != "0x" + keccak(part).hex():
+            raise WorkerAPIError(
+                f"worker states adapter {stated!r}, not the part it was sent: route around it",
+                status=502,
+                url=self.url,
+            )
+        return stated
 
     async def outputs(self, session_id: str) -> torch.Tensor:
         """Every output of the session so far, concatenated along the positions (for failover replay). The

@@ -20,6 +20,7 @@ from shardnet.model import load_block_from_parts
 from shardnet.span import LayerSpan
 from shardnet.wire.eip712 import Domain
 from shardnet.wire.tickets import sign_ticket
+from worker.adapter_sessions import AdapterEndpoint
 from worker.job_commitment import CommitmentSigner
 from worker.server import BlockInfo, WorkerServer
 from worker.state import WorkerState
@@ -89,6 +90,7 @@ async def serve_workers(
                              block.vocab_size, kv_bytes_per_token=1)  # fmt: skip
             address = Account.from_key(key).address
             training = TrainingAPI(limits)
+            adapters = AdapterEndpoint()  # inference sessions' LoRA adapters, as `worker run` mounts it
             server = WorkerServer(
                 address=address,
                 model_name="tiny",
@@ -97,13 +99,14 @@ async def serve_workers(
                 info=info,
                 is_coordinator=approved,
                 job_coordinator=job_coordinator,
-                extra_routes=training.routes(),
+                extra_routes=[*training.routes(), *adapters.routes()],
                 chain_id=domain.chain_id,
                 registry_address=domain.registry,
                 signer=signer_for(Account.from_key(key)) if signer_for is not None else None,
                 state=states[i] if states is not None else None,
             )
             training.bind(server)
+            adapters.bind(server)
             runner = web.AppRunner(server.app())
             await runner.setup()
             port = free_port()
