@@ -112,20 +112,30 @@ class StepBatcher:
 
     def _run_batch(self, batch: Sequence[PendingStep]) -> list[StepOutput | BaseException]:
         """On the compute thread: one batched forward of the steps, then each one's `finish`."""
-        if len(batch) == 1 or not all(isinstance(p.session.compute, BlockSession) for p in batch):
-            return [_catch(self.run_alone, p.session, p.x, p.start_pos, p.index, p.input_hash) for p in batch]
-        computes = [p.session.compute for p in batch if isinstance(p.session.compute, BlockSession)]
-        outputs = step_many(computes, [p.x for p in batch], [p.start_pos for p in batch])
-        self.batches += 1
-        self.batched_steps += len(batch)
-        self.metrics.batch_size.observe(len(batch))
-        results: list[StepOutput | BaseException] = []
-        for p, out in zip(batch, outputs, strict=True):
-            if isinstance(out, BaseException):
-                results.append(out)
-            else:
-                results.append(_catch(self.finish, p.session, out, int(p.x.shape[1]), p.index, p.input_hash))
-        return results
+        # only plain block sessions share a forward: a session with its own adapters (worker.adapter_sessions)
+        # or any other compute runs alone, so nothing of one session ever leaks into another's step
+        plain = [i for i, p in enumerate(batch) if type(p.session.compute) is BlockSession]
+        results: list[StepOutput | BaseException | None] = [None] * len(batch)
+        for i, p in enumerate(batch):
+            if i not in plain:
+                results[i] = _catch(self.run_alone, p.session, p.x, p.start_pos, p.index, p.input_hash)
+        if len(plain) == 1:
+            p = batch[plain[0]]
+            results[plain[0]] = _catch(self.run_alone, p.session, p.x, p.start_pos, p.index, p.input_hash)
+        elif plain:
+            steps = [batch[i] for i in plain]
+            computes = [p.session.compute for p in steps if isinstance(p.session.compute, BlockSession)]
+            outputs = step_many(computes, [p.x for p in steps], [p.start_pos for p in steps])
+            self.batches += 1
+            self.batched_steps += len(steps)
+            self.metrics.batch_size.observe(len(steps))
+            for i, p, out in zip(plain, steps, outputs, strict=True):
+                results[i] = (
+                    out
+                    if isinstance(out, BaseException)
+                    else _catch(self.finish, p.session, out, int(p.x.shape[1]), p.index, p.input_hash)
+                )
+        return [r if r is not None else RuntimeError("step not run") for r in results]
 
 
 def _catch(fn: Callable[..., StepOutput], *args: Any) -> StepOutput | BaseException:
