@@ -60,8 +60,6 @@ def spot_check(node: str, piece: PieceEntry, leaf: int | None = None, timeout: f
 
 def answer_challenge(rewards: StorageRewards, deal_id: int, piece_path: Path) -> TxResult:
     """As the deal's node: answer the open challenge from the piece file held locally."""
-    deal = rewards.get_deal(deal_id)
+    leaf = rewards.challenge_leaf(deal_id)
     leaves = leaf_hashes(piece_path)
-    return rewards.respond(
-        deal_id, read_segment(piece_path, deal.challenge_leaf), merkle_proof(leaves, deal.challenge_leaf)
-    )
+    return rewards.respond(deal_id, read_segment(piece_path, leaf), merkle_proof(leaves, leaf))
