@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 from aiohttp import web
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 PIECE_PATH = "/v1/pieces/{cid}"
 SEGMENT_PATH = "/v1/pieces/{cid}/segment/{index}"
 DEFAULT_MAX_PIECE_BYTES = 4 << 30
+LEAF_CACHE_PIECES = 64
+"""Pieces whose leaf hashes the segment route keeps (a 1 GiB piece's are 32 MiB)."""
 PIECES_DIR = ".pieces"
 """Markers of the uploads that are pieces (not manifests): with a reader list, only readers get these."""
 
@@ -75,7 +78,7 @@ def make_piece_routes(
             return await shard_get(request)  # its own 400
         return refused(request, cid) or await shard_get(request)
 
-    leaf_cache: dict[str, list[bytes]] = {}
+    leaf_cache: OrderedDict[str, list[bytes]] = OrderedDict()  # least recently used first
     used = [held_bytes(store.root)]  # held + in flight, counted as they arrive
 
     def full(extra: int) -> web.Response | None:
@@ -144,6 +147,9 @@ def make_piece_routes(
         if leaves is None:
             leaves = await asyncio.to_thread(leaf_hashes, path)
             leaf_cache[cid] = leaves
+            while len(leaf_cache) > LEAF_CACHE_PIECES:  # 32 bytes per KiB held: bound it
+                leaf_cache.popitem(last=False)
+        leaf_cache.move_to_end(cid)
         if not 0 <= index < len(leaves):
             return _error(f"segment {index} is outside 0..{len(leaves) - 1}", 400)
         segment = await asyncio.to_thread(read_segment, path, index)
