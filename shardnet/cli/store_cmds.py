@@ -13,6 +13,8 @@ from shardnet.cli.chain_args import add_chain_flags, registry_from_args
 from shardnet.store.local import DEFAULT_STORE
 
 if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
     from shardnet.store.private.keyfile import FileKeys
 
 _STORE_HELP = f"local store folder holding files by CID (default: {DEFAULT_STORE})"
@@ -78,6 +80,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--model-id", type=int, help="with --keyholder: the model whose shard you serve")
     p.add_argument(
         "--key-env", metavar="VAR", help="with --keyholder: environment variable holding your node's hex key"
+    )
+    p.add_argument(
+        "--sign-reads-env",
+        metavar="VAR",
+        help="environment variable holding the hex key that signs each piece read (for storage nodes started "
+        "with --reader: the owner's key or an authorised worker's)",
     )
     p.add_argument("--out", type=Path, required=True, help="folder the files are written into")
     p.add_argument(
@@ -173,10 +181,27 @@ def cmd_get(args: argparse.Namespace) -> int:
             sources=args.sources,
             timeout=args.timeout,
             on_bytes=update,
+            reader=_reader(args.sign_reads_env),
         )
     for path in written:
         print(f"restored {path}")
     return 0
+
+
+def _reader(var: str | None) -> LocalAccount | None:
+    import os
+
+    from eth_account import Account
+
+    from shardnet.errors import ConfigError
+
+    if var is None:
+        return None
+    try:
+        reader: LocalAccount = Account.from_key(os.environ[var])
+    except (KeyError, ValueError):
+        raise ConfigError(f"--sign-reads-env: ${var} must hold a hex private key (64 hex digits)") from None
+    return reader
 
 
 def _keys_from_keyholder(args: argparse.Namespace) -> FileKeys:

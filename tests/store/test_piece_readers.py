@@ -21,9 +21,10 @@ from shardnet.store.local import LocalStore
 from shardnet.store.private.access import sign_read
 from shardnet.store.private.audit import spot_check
 from shardnet.store.private.get import MissingPiecesError, gather_pieces, get_private
+from shardnet.store.private.keyfile import save_keys
 from shardnet.store.private.node import SEGMENT_PATH
 from shardnet.store.private.put import put_private
-from tests.store.storage_nodes import StorageNode, start_nodes
+from tests.store.storage_nodes import StorageNode, run_cli, start_nodes
 
 OWNER = Account.create()
 CHEATER = Account.create()  # the key of node 0: a registered storage node, not a reader
@@ -46,7 +47,9 @@ def _status(url: str, headers: dict[str, str] | None = None) -> int:
         return int(exc.code)
 
 
-def test_only_the_owner_reads_pieces_so_a_node_cannot_rebuild_its_lost_one(tmp_path: Path, nodes) -> None:
+def test_only_the_owner_reads_pieces_so_a_node_cannot_rebuild_its_lost_one(
+    tmp_path: Path, nodes, monkeypatch
+) -> None:
     src = tmp_path / "data.bin"
     src.write_bytes(os.urandom(200_000))
     manifest, keys = put_private(src, tmp_path / "owner", n=6, k=4, nodes=[n.url for n in nodes])
@@ -85,6 +88,19 @@ def test_only_the_owner_reads_pieces_so_a_node_cannot_rebuild_its_lost_one(tmp_p
         manifest_cid, keys, tmp_path / "out", tmp_path / "owner-get", sources=urls, reader=OWNER
     )
     assert written[0].read_bytes() == src.read_bytes()
+    # the same from the command line, reads signed with the key in an environment variable
+    keyfile = save_keys(keys, tmp_path / "owner.keys.json")
+    get = ["store", "get", manifest_cid, "--keys", str(keyfile)]
+    for url in urls:
+        get += ["--from", url]
+    monkeypatch.setenv("S15B_READER_KEY", OWNER.key.hex())
+    signed = ["--sign-reads-env", "S15B_READER_KEY", "--store", str(tmp_path / "cli-store")]
+    done = run_cli(*get, *signed, "--out", str(tmp_path / "cli-out"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "cli-out" / src.name).read_bytes() == src.read_bytes()
+    fresh_store = ["--store", str(tmp_path / "cli-unsigned-store")]  # no pieces held from the signed run
+    unsigned = run_cli(*get, *fresh_store, "--out", str(tmp_path / "cli-unsigned"))
+    assert unsigned.returncode != 0 and "403" in unsigned.stderr
     body = json.loads(
         urllib.request.urlopen(
             urllib.request.Request(
