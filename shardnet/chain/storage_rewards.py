@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 CONTRACT = "StorageRewards"
 DEFAULT_RESPONSE_WINDOW = 3600
 """Seconds a node has to answer a challenge on chain."""
+DEFAULT_EPOCH_SECONDS = 86_400
+"""Length of a storage epoch: one challenge and one reward per epoch."""
 
 
 @dataclass(frozen=True)
@@ -33,9 +35,12 @@ class Deal:
     node: str
     root: bytes
     leaves: int
-    challenge_leaf: int
-    deadline: int
+    start: int
+    epoch_seconds: int
+    funded: int
     epochs: int
+    open_block: int
+    deadline: int
     reward_per_epoch: int
     escrow: int
 
@@ -55,14 +60,29 @@ class StorageRewards(RegistryCore):
     def with_account(self, account: LocalAccount) -> StorageRewards:
         return StorageRewards(self.w3, self.address, account, deploy_block=self.deploy_block)
 
-    def open_deal(self, node: str, root: bytes, leaves: int, reward_per_epoch: int, escrow: int) -> int:
-        tx = self._send("openDeal", to_checksum_address(node), root, leaves, reward_per_epoch, value=escrow)
+    def open_deal(
+        self,
+        node: str,
+        root: bytes,
+        leaves: int,
+        reward_per_epoch: int,
+        escrow: int,
+        epoch_seconds: int = DEFAULT_EPOCH_SECONDS,
+    ) -> int:
+        """Escrow ``escrow`` (a whole number of epochs' rewards) for ``node``; epoch 0 begins now."""
+        tx = self._send(
+            "openDeal", to_checksum_address(node), root, leaves, reward_per_epoch, epoch_seconds, value=escrow
+        )
         return int(tx.event("DealOpened").args["dealId"])
 
     def challenge(self, deal_id: int) -> tuple[int, int]:
-        """Open this epoch's challenge; returns (leaf, deadline)."""
+        """Open the next epoch's challenge (as the owner or the node); returns (epoch, deadline)."""
         args = self._send("challenge", deal_id).event("Challenged").args
-        return int(args["leaf"]), int(args["deadline"])
+        return int(args["epoch"]), int(args["deadline"])
+
+    def challenge_leaf(self, deal_id: int) -> int:
+        """The leaf the open challenge asks for (drawn from the hash of the block that opened it)."""
+        return int(self._view("challengeLeaf", deal_id))
 
     def respond(self, deal_id: int, segment: bytes, proof: list[bytes]) -> TxResult:
         return self._send("respond", deal_id, segment, proof)
@@ -89,9 +109,12 @@ class StorageRewards(RegistryCore):
             to_checksum_address(d["node"]),
             bytes(d["root"]),
             int(d["leaves"]),
-            int(d["challengeLeaf"]),
-            int(d["deadline"]),
+            int(d["start"]),
+            int(d["epochSeconds"]),
+            int(d["funded"]),
             int(d["epochs"]),
+            int(d["openBlock"]),
+            int(d["deadline"]),
             int(d["rewardPerEpoch"]),
             int(d["escrow"]),
         )

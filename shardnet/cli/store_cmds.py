@@ -13,6 +13,8 @@ from shardnet.cli.chain_args import add_chain_flags, registry_from_args
 from shardnet.store.local import DEFAULT_STORE
 
 if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
     from shardnet.store.private.keyfile import FileKeys
 
 _STORE_HELP = f"local store folder holding files by CID (default: {DEFAULT_STORE})"
@@ -79,6 +81,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--key-env", metavar="VAR", help="with --keyholder: environment variable holding your node's hex key"
     )
+    p.add_argument(
+        "--sign-reads-env",
+        metavar="VAR",
+        help="environment variable holding the hex key that signs each piece read (for storage nodes started "
+        "with --reader: the owner's key or an authorised worker's)",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder the files are written into")
     p.add_argument(
         "--from",
@@ -110,6 +118,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=int,
         help="most bytes the store may hold, uploads in flight included, in MB; beyond it uploads get 507 "
         "(default: the disk's free space at start minus 1024 MB)",
+    )
+    p.add_argument(
+        "--reader",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="serve pieces (bytes, segments) only to reads signed by this address (the owner or a worker "
+        "it authorises; repeat for several); without it pieces are served to anyone",
     )
     p.set_defaults(func=cmd_serve)
 
@@ -165,10 +181,27 @@ def cmd_get(args: argparse.Namespace) -> int:
             sources=args.sources,
             timeout=args.timeout,
             on_bytes=update,
+            reader=_reader(args.sign_reads_env),
         )
     for path in written:
         print(f"restored {path}")
     return 0
+
+
+def _reader(var: str | None) -> LocalAccount | None:
+    import os
+
+    from eth_account import Account
+
+    from shardnet.errors import ConfigError
+
+    if var is None:
+        return None
+    try:
+        reader: LocalAccount = Account.from_key(os.environ[var])
+    except (KeyError, ValueError):
+        raise ConfigError(f"--sign-reads-env: ${var} must hold a hex private key (64 hex digits)") from None
+    return reader
 
 
 def _keys_from_keyholder(args: argparse.Namespace) -> FileKeys:
@@ -191,6 +224,8 @@ def _keys_from_keyholder(args: argparse.Namespace) -> FileKeys:
 def cmd_serve(args: argparse.Namespace) -> int:
     import shutil
 
+    from eth_utils import to_checksum_address
+
     from shardnet.errors import ConfigError
     from shardnet.store.private.node import held_bytes, run_storage_node
 
@@ -198,13 +233,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port {args.port} is not a TCP port (0..65535)")
     if args.max_piece_mb < 1 or (args.max_store_mb is not None and args.max_store_mb < 1):
         raise ConfigError("--max-piece-mb and --max-store-mb must be at least 1")
+    try:
+        readers = frozenset(to_checksum_address(a) for a in args.reader) if args.reader else None
+    except ValueError:
+        raise ConfigError(f"--reader takes 0x addresses; got {args.reader}") from None
     args.store.mkdir(parents=True, exist_ok=True)
     if args.max_store_mb is not None:
         quota = args.max_store_mb << 20
     else:  # what is held now plus the free space, leaving 1 GiB free on the disk
         quota = held_bytes(args.store) + max(0, shutil.disk_usage(args.store).free - (1 << 30))
     try:
-        run_storage_node(args.store, args.host, args.port, args.max_piece_mb << 20, quota)
+        run_storage_node(args.store, args.host, args.port, args.max_piece_mb << 20, quota, readers)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc}; pick another --port") from None
     return 0

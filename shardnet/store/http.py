@@ -132,6 +132,7 @@ def download(
     replace: bool = False,
     label: str | None = None,
     min_rate: float = MIN_RATE,
+    headers: dict[str, str] | None = None,
 ) -> Path:
     """Download ``cid`` from ``peer`` into ``store`` and return its path there.
 
@@ -139,6 +140,7 @@ def download(
     ``timeout + size / min_rate`` seconds, or it is given up with ``PeerError`` (a slow drip is not a hang).
 
     ``label`` (e.g. the file's name in the manifest) names the progress bar; it defaults to the CID.
+    ``headers`` go with the request (a signed read of a private piece, ``store.private.access``).
 
     The body is hashed while it streams into a temporary file; a body longer than ``expected_size``
     is cut off at once, and one whose size or CID does not match raises ``IntegrityError`` and leaves
@@ -148,7 +150,8 @@ def download(
     url = shard_url(peer, cid)
     started = time.monotonic()
     try:
-        response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (http(s) only, checked by caller)
+        request = urllib.request.Request(url, headers=headers or {})
+        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (http(s) only, checked by caller)
     except urllib.error.HTTPError as exc:
         raise PeerError(f"{url} answered {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:

@@ -31,6 +31,7 @@ class StorageNode:
     store: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -39,7 +40,16 @@ class StorageNode:
     def start(self) -> StorageNode:
         log = open(self.store.parent / f"node-{self.port}.log", "wb")  # noqa: SIM115 (kept for the process's life)
         self.proc = subprocess.Popen(
-            [SHARDNET, "store", "serve", "--store", str(self.store), "--port", str(self.port)],
+            [
+                SHARDNET,
+                "store",
+                "serve",
+                "--store",
+                str(self.store),
+                "--port",
+                str(self.port),
+                *self.extra_args,
+            ],
             stdout=log,
             stderr=log,
         )
@@ -59,12 +69,12 @@ class StorageNode:
             self.proc.wait(10)
 
 
-def start_nodes(root: Path, count: int) -> list[StorageNode]:
+def start_nodes(root: Path, count: int, *extra_args: str) -> list[StorageNode]:
     nodes = []
     for i in range(count):
         store = root / f"node{i}" / "store"
         store.mkdir(parents=True)
-        nodes.append(StorageNode(store))
+        nodes.append(StorageNode(store, extra_args=extra_args))
     for node in nodes:
         node.start()
     return nodes

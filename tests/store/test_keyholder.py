@@ -14,7 +14,13 @@ from shardnet.span import LayerSpan
 from shardnet.store.private.codec import DecryptError
 from shardnet.store.private.get import get_private
 from shardnet.store.private.keyfile import FileKeys
-from shardnet.store.private.keyholder import KEYS_PATH, make_keyholder_routes, request_keys
+from shardnet.store.private.keyholder import (
+    KEYS_PATH,
+    AnnouncedShards,
+    make_keyholder_routes,
+    refusal,
+    request_keys,
+)
 from shardnet.store.private.put import put_private
 from shardnet.store.private.wrap import KeyAccessError, public_key_of, sign_request, unwrap_keys, wrap_keys
 from tests.fixtures_chain import TEST_PARAMS
@@ -139,3 +145,36 @@ def test_a_worker_that_cannot_get_the_keys_releases_the_shard_it_announced(
     assert worker.get_node(accounts[4].address).registered
     assert worker.live_assignments(model_id) == []  # announced, then released
     assert worker.assignment_count() >= 1
+
+
+def test_announced_shards_are_read_from_the_last_block_read_on(deployment, registry_for, accounts) -> None:
+    """The keyholder reads ShardAnnounced incrementally, not from the deploy block on every request."""
+    worker = accounts[4]
+    model_id = int(
+        registry_for(accounts[0])
+        .register_model("private", "bafkreitiny", 4, 1)
+        .event("ModelRegistered")
+        .args["modelId"]
+    )
+    registry_for(worker).register_node("http://127.0.0.1:1", TEST_PARAMS.min_stake)
+    reader = registry_for(None)
+    ranges: list[tuple[int, int]] = []
+    real_get_logs = reader.get_logs
+
+    def recording_get_logs(start, end, names):  # the real chain read, its range recorded
+        ranges.append((start, end))
+        return real_get_logs(start, end, names)
+
+    reader.get_logs = recording_get_logs
+    shards = AnnouncedShards(reader)
+    assert refusal(reader, worker.address, model_id, shards) is not None  # no shard yet
+    first_end = ranges[-1][1]
+    shard = int(
+        registry_for(worker)
+        .announce_shard(model_id, LayerSpan(0, 4))
+        .event("ShardAnnounced")
+        .args["assignmentId"]
+    )
+    assert refusal(reader, worker.address, model_id, shards) is None
+    assert shards.assignments(model_id, worker.address.lower()) == [shard]
+    assert ranges[0][0] == reader.deploy_block and ranges[1][0] == first_end + 1  # only the new blocks

@@ -18,6 +18,7 @@ from tests.fixtures_chain import TEST_PARAMS
 from tests.fixtures_store import serve_store
 
 WINDOW = 600
+EPOCH = 10_000
 REWARD = 10**15
 
 
@@ -45,16 +46,20 @@ def test_node_holding_its_piece_is_paid_one_that_lost_it_is_not(
     shutil.copy(tmp_path / "owner" / lost.cid, loser_store / lost.cid)
 
     with reverts("StorageRewardsNodeNotEligible", node=stranger.address):  # not registered on the registry
-        rewards.open_deal(stranger.address, bytes.fromhex(kept.merkle_root), kept.leaves, REWARD, 3 * REWARD)
+        rewards.open_deal(
+            stranger.address, bytes.fromhex(kept.merkle_root), kept.leaves, REWARD, 3 * REWARD, EPOCH
+        )
     deal_kept = rewards.open_deal(
-        holder.address, bytes.fromhex(kept.merkle_root), kept.leaves, REWARD, 3 * REWARD
+        holder.address, bytes.fromhex(kept.merkle_root), kept.leaves, REWARD, 3 * REWARD, EPOCH
     )
     deal_lost = rewards.open_deal(
-        loser.address, bytes.fromhex(lost.merkle_root), lost.leaves, REWARD, 3 * REWARD
+        loser.address, bytes.fromhex(lost.merkle_root), lost.leaves, REWARD, 3 * REWARD, EPOCH
     )
 
-    leaf_kept, _ = rewards.challenge(deal_kept)
-    leaf_lost, _ = rewards.challenge(deal_lost)
+    assert rewards.challenge(deal_kept)[0] == 0
+    assert rewards.challenge(deal_lost)[0] == 0
+    anvil.mine()  # the leaf is drawn from the hash of the block that opened the challenge
+    leaf_kept, leaf_lost = rewards.challenge_leaf(deal_kept), rewards.challenge_leaf(deal_lost)
     assert 0 <= leaf_kept < kept.leaves and 0 <= leaf_lost < lost.leaves
     with reverts(
         "StorageRewardsChallengeOpen", dealId=deal_kept, deadline=rewards.get_deal(deal_kept).deadline
@@ -90,7 +95,7 @@ def test_node_holding_its_piece_is_paid_one_that_lost_it_is_not(
     assert anvil.w3.eth.get_balance(holder.address) > before
     with reverts("StorageRewardsNothingToWithdraw", account=loser.address):
         rewards.with_account(loser).withdraw()
-    rewards.close_deal(deal_kept)
+    rewards.close_deal(deal_kept)  # epoch 0 was settled, epochs 1 and 2 have not begun: both refunded
     assert rewards.claimable(owner.address) == 3 * REWARD
     # solvent: what the contract holds is exactly what it owes (the owner's claim and the open deal's escrow)
     held = anvil.w3.eth.get_balance(address)
@@ -112,3 +117,62 @@ def test_spot_checks_against_a_real_node(tmp_path: Path) -> None:
         (node_store / piece.cid).unlink()
         gone = spot_check(url, piece)
         assert not gone.passed and "does not hold" in gone.detail
+
+
+def _balances_cover_debts(anvil, rewards: StorageRewards, address: str, accounts: list[str]) -> None:
+    """Conservation of ether: the contract holds exactly what it owes (claims plus every deal's escrow)."""
+    owed = sum(rewards.claimable(a) for a in accounts)
+    escrow = sum(rewards.get_deal(i).escrow for i in range(rewards.deal_count()))
+    assert anvil.w3.eth.get_balance(address) == owed + escrow
+
+
+def test_a_node_is_paid_for_elapsed_epochs_nobody_challenged(
+    tmp_path, anvil, deployment, registry_for, accounts
+):
+    """The node opens its own overdue epochs; the owner's close refunds only epochs not yet begun."""
+    owner, node, stranger = accounts[0], accounts[4], accounts[6]
+    registry_for(node).register_node("http://127.0.0.1:1", TEST_PARAMS.min_stake)
+    address = deploy_storage_rewards(anvil.w3, owner, deployment.registry, WINDOW)
+    rewards = StorageRewards(anvil.w3, address, owner)
+    everyone = [owner.address, node.address, stranger.address]
+    f = _sealed(tmp_path)
+    piece = f.pieces[2]
+    held = tmp_path / "owner" / piece.cid
+    with reverts("StorageRewardsBadDeal", reason="escrow must be a whole number of epochs"):
+        rewards.open_deal(
+            node.address, bytes.fromhex(piece.merkle_root), piece.leaves, REWARD, REWARD + 1, EPOCH
+        )
+    deal = rewards.open_deal(
+        node.address, bytes.fromhex(piece.merkle_root), piece.leaves, REWARD, 5 * REWARD, EPOCH
+    )
+    as_node = rewards.with_account(node)
+
+    assert as_node.challenge(deal)[0] == 0  # the node itself opens epoch 0, which has begun
+    anvil.mine()
+    answer_challenge(as_node, deal, held)
+    start = rewards.get_deal(deal).start
+    with reverts("StorageRewardsEpochNotBegun", dealId=deal, epoch=1, beginsAt=start + EPOCH):
+        as_node.challenge(deal)  # epoch 1 has not begun: no paying ahead of time
+    with reverts("StorageRewardsNotYours", dealId=deal, caller=stranger.address):
+        rewards.with_account(stranger).challenge(deal)
+    _balances_cover_debts(anvil, rewards, address, everyone)
+
+    anvil.advance_time(2 * EPOCH + 10)  # epochs 1 and 2 elapse (2 has begun) and the owner challenges neither
+    rewards.close_deal(deal)  # refunds epochs 3 and 4 only; 1 and 2 stay in escrow for the node
+    d = rewards.get_deal(deal)
+    assert (d.funded, d.epochs, d.escrow) == (3, 1, 2 * REWARD)
+    assert rewards.claimable(owner.address) == 2 * REWARD
+    _balances_cover_debts(anvil, rewards, address, everyone)
+    for epoch in (1, 2):  # the node opens each overdue epoch after the close and is paid for it
+        assert as_node.challenge(deal)[0] == epoch
+        anvil.mine()
+        answer_challenge(as_node, deal, held)
+        _balances_cover_debts(anvil, rewards, address, everyone)
+    assert rewards.claimable(node.address) == 3 * REWARD
+    with reverts("StorageRewardsBadDeal", reason="every funded epoch is settled"):
+        as_node.challenge(deal)
+    rewards.close_deal(deal)  # a second close refunds nothing more
+    assert rewards.claimable(owner.address) == 2 * REWARD and rewards.get_deal(deal).escrow == 0
+    as_node.withdraw()
+    rewards.withdraw()
+    assert anvil.w3.eth.get_balance(address) == 0

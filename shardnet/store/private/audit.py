@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shardnet.store.private.access import sign_read
 from shardnet.store.private.manifest import PieceEntry
 from shardnet.store.private.merkle import leaf_hashes, merkle_proof, read_segment, verify_proof
 from shardnet.store.private.node import SEGMENT_PATH
 
 if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
     from shardnet.chain.storage_rewards import StorageRewards
     from shardnet.chain.tx import TxResult
 
@@ -33,19 +36,29 @@ class SpotCheck:
     detail: str
 
 
-def spot_check(node: str, piece: PieceEntry, leaf: int | None = None, timeout: float = 10.0) -> SpotCheck:
-    """Ask ``node`` for a (random, unless given) leaf of ``piece`` and check it against the manifest's root."""
+def spot_check(
+    node: str,
+    piece: PieceEntry,
+    leaf: int | None = None,
+    timeout: float = 10.0,
+    reader: LocalAccount | None = None,
+) -> SpotCheck:
+    """Ask ``node`` for a (random, unless given) leaf of ``piece`` and check it against the manifest's root.
+
+    With ``reader`` the request is signed by that key (nodes that serve pieces only to readers)."""
     leaf = secrets.randbelow(piece.leaves) if leaf is None else leaf
     url = node.rstrip("/") + SEGMENT_PATH.format(cid=piece.cid, index=leaf)
+    headers = {} if reader is None else sign_read(reader, node, piece.cid)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http(s) holders only)
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=timeout
+        ) as response:  # noqa: S310 (http(s) holders only)
             body = json.loads(response.read(1 << 20))
         segment = bytes.fromhex(body["segment"])
         proof = [bytes.fromhex(p) for p in body["proof"]]
     except urllib.error.HTTPError as exc:
-        return SpotCheck(
-            node, piece.cid, leaf, False, f"answered {exc.code}: the node does not hold the piece"
-        )
+        why = "the read was refused" if exc.code == 403 else "the node does not hold the piece"
+        return SpotCheck(node, piece.cid, leaf, False, f"answered {exc.code}: {why}")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return SpotCheck(node, piece.cid, leaf, False, f"no valid answer: {exc}")
     ok = verify_proof(segment, leaf, piece.leaves, proof, bytes.fromhex(piece.merkle_root))
@@ -60,8 +73,6 @@ def spot_check(node: str, piece: PieceEntry, leaf: int | None = None, timeout: f
 
 def answer_challenge(rewards: StorageRewards, deal_id: int, piece_path: Path) -> TxResult:
     """As the deal's node: answer the open challenge from the piece file held locally."""
-    deal = rewards.get_deal(deal_id)
+    leaf = rewards.challenge_leaf(deal_id)
     leaves = leaf_hashes(piece_path)
-    return rewards.respond(
-        deal_id, read_segment(piece_path, deal.challenge_leaf), merkle_proof(leaves, deal.challenge_leaf)
-    )
+    return rewards.respond(deal_id, read_segment(piece_path, leaf), merkle_proof(leaves, leaf))

@@ -20,15 +20,20 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shardnet.errors import IntegrityError, ShardnetError
 from shardnet.store.cid import cid_of_file
 from shardnet.store.fetch import ensure_file
 from shardnet.store.http import DEFAULT_TIMEOUT, PeerError, download, shard_url
 from shardnet.store.local import LocalStore
+from shardnet.store.private.access import sign_read
 from shardnet.store.private.codec import open_pieces
 from shardnet.store.private.keyfile import FileKeys
 from shardnet.store.private.manifest import PieceEntry, PrivateFile, PrivateManifest
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +50,13 @@ def load_private_manifest(
     return PrivateManifest.from_json(path.read_bytes())
 
 
-def _probe(url: str, timeout: float) -> float:
+def _signed(reader: LocalAccount | None, holder: str, cid: str) -> dict[str, str]:
+    return {} if reader is None else sign_read(reader, holder, cid)
+
+
+def _probe(url: str, timeout: float, headers: dict[str, str]) -> float:
     start = time.monotonic()
-    request = urllib.request.Request(url, method="HEAD")
+    request = urllib.request.Request(url, method="HEAD", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http(s) only)
             response.read()
@@ -56,16 +65,25 @@ def _probe(url: str, timeout: float) -> float:
     return time.monotonic() - start
 
 
-def _candidates(f: PrivateFile, extra: Sequence[str], timeout: float) -> list[tuple[float, PieceEntry, str]]:
+def _candidates(
+    f: PrivateFile, extra: Sequence[str], timeout: float, reader: LocalAccount | None
+) -> list[tuple[float, PieceEntry, str]]:
     """(answer time, piece, holder) for every piece at every holder (its own and the extra sources), fastest first."""
     pairs = [(p, h) for p in f.pieces for h in dict.fromkeys([*p.holders, *extra])]
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(pairs)))) as pool:
-        times = list(pool.map(lambda ph: _probe(shard_url(ph[1], ph[0].cid), timeout), pairs))
+        times = list(
+            pool.map(
+                lambda ph: _probe(shard_url(ph[1], ph[0].cid), timeout, _signed(reader, ph[1], ph[0].cid)),
+                pairs,
+            )
+        )
     ranked = sorted(zip(times, range(len(pairs)), pairs, strict=True))
     return [(t, p, h) for t, _, (p, h) in ranked]
 
 
-def _fetch_piece(piece: PieceEntry, holder: str, store: LocalStore, timeout: float) -> Path:
+def _fetch_piece(
+    piece: PieceEntry, holder: str, store: LocalStore, timeout: float, reader: LocalAccount | None
+) -> Path:
     return download(
         holder,
         piece.cid,
@@ -74,13 +92,20 @@ def _fetch_piece(piece: PieceEntry, holder: str, store: LocalStore, timeout: flo
         timeout=timeout,
         progress=False,
         label=f"piece {piece.index}",
+        headers=_signed(reader, holder, piece.cid),
     )
 
 
 def gather_pieces(
-    f: PrivateFile, store: LocalStore, extra: Sequence[str] = (), timeout: float = DEFAULT_TIMEOUT
+    f: PrivateFile,
+    store: LocalStore,
+    extra: Sequence[str] = (),
+    timeout: float = DEFAULT_TIMEOUT,
+    reader: LocalAccount | None = None,
 ) -> dict[int, Path]:
-    """Paths of k verified pieces of ``f`` in ``store`` (pieces already there are re-hashed and reused)."""
+    """Paths of k verified pieces of ``f`` in ``store`` (pieces already there are re-hashed and reused).
+
+    With ``reader``, every request is signed by that key, for nodes that serve pieces only to readers."""
     have: dict[int, Path] = {}
     for p in f.pieces:
         path = store.root / p.cid
@@ -89,7 +114,7 @@ def gather_pieces(
         if len(have) == f.k:
             return have
     failures: dict[int, list[str]] = {p.index: [] for p in f.pieces if p.index not in have}
-    queue = [(p, h) for t, p, h in _candidates(f, extra, timeout) if p.index not in have]
+    queue = [(p, h) for t, p, h in _candidates(f, extra, timeout, reader) if p.index not in have]
     for p in f.pieces:
         if p.index in failures and not any(q[0].index == p.index for q in queue):
             failures[p.index].append("no holder listed")
@@ -105,7 +130,7 @@ def gather_pieces(
                     break
                 p, h = queue.pop(i)
                 busy.add(p.index)
-                running[pool.submit(_fetch_piece, p, h, store, timeout)] = (p, h)
+                running[pool.submit(_fetch_piece, p, h, store, timeout, reader)] = (p, h)
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -176,6 +201,7 @@ def get_private(
     sources: Sequence[str] = (),
     timeout: float = DEFAULT_TIMEOUT,
     on_bytes: Callable[[int], None] | None = None,
+    reader: LocalAccount | None = None,
 ) -> tuple[PrivateManifest, list[Path]]:
     """Fetch, verify, rebuild and decrypt every file of ``manifest_cid`` into ``out_dir``."""
     manifest = load_private_manifest(manifest_cid, sources, store_dir, timeout)
@@ -183,6 +209,6 @@ def get_private(
     peers = [s for s in sources if s.startswith(("http://", "https://"))]
     written = []
     for f in manifest.files:
-        pieces = gather_pieces(f, store, peers, timeout)
+        pieces = gather_pieces(f, store, peers, timeout, reader)
         written.append(restore_file(f, pieces, keys.key(f.name), out_dir / f.name, on_bytes))
     return manifest, written

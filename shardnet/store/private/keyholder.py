@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -38,19 +39,41 @@ log = logging.getLogger(__name__)
 KEYS_PATH = "/v1/keys"
 
 
-def refusal(registry: Registry, address: str, model_id: int) -> str | None:
+class AnnouncedShards:
+    """The registry's ``ShardAnnounced`` events by (model, node), read from the deploy block once and then only
+    from the block after the last one read (not from the start on every request). Reorgs are not followed:
+    an assignment is still re-checked live on chain before keys go out."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.next_block = registry.deploy_block
+        self._assignments: dict[tuple[int, str], list[int]] = {}
+        self._lock = threading.Lock()
+
+    def assignments(self, model_id: int, address: str) -> list[int]:
+        """Assignment ids announced for ``model_id`` by ``address`` up to the chain's head."""
+        with self._lock:
+            head = self.registry.block_number()
+            if head >= self.next_block:
+                for event in self.registry.get_logs(self.next_block, head, ["ShardAnnounced"]):
+                    key = (int(event.args["modelId"]), str(event.args["node"]).lower())
+                    self._assignments.setdefault(key, []).append(int(event.args["assignmentId"]))
+                self.next_block = head + 1
+            return list(self._assignments.get((model_id, address.lower()), []))
+
+
+def refusal(
+    registry: Registry, address: str, model_id: int, shards: AnnouncedShards | None = None
+) -> str | None:
     """Why ``address`` may not have the keys of model ``model_id`` (None: it may)."""
     node = registry.get_node(address)
     if not node.registered:
         return f"{address} is not a registered node"
     if node.jailed:
         return f"{address} is jailed"
-    head = registry.block_number()
-    for event in registry.get_logs(registry.deploy_block, head, ["ShardAnnounced"]):
-        args = event.args
-        if int(args["modelId"]) == model_id and str(args["node"]).lower() == address.lower():
-            if registry.get_assignment(int(args["assignmentId"])).live:
-                return None
+    for assignment_id in (shards or AnnouncedShards(registry)).assignments(model_id, address):
+        if registry.get_assignment(assignment_id).live:
+            return None
     return f"{address} has no live shard of model {model_id} (no ShardAnnounced still live)"
 
 
@@ -66,6 +89,7 @@ def check_model(registry: Registry, keys: FileKeys, model_id: int) -> None:
 
 def make_keyholder_routes(registry: Registry, keys: FileKeys, model_id: int) -> list[web.RouteDef]:
     check_model(registry, keys, model_id)
+    shards = AnnouncedShards(registry)
 
     async def post_keys(request: web.Request) -> web.Response:
         try:
@@ -81,7 +105,7 @@ def make_keyholder_routes(registry: Registry, keys: FileKeys, model_id: int) -> 
         else:
             try:
                 public = public_key_of(req)
-                reason = await asyncio.to_thread(refusal, registry, req.address, model_id)
+                reason = await asyncio.to_thread(refusal, registry, req.address, model_id, shards)
             except KeyAccessError as exc:
                 reason = str(exc)
         if reason is not None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from shardnet.errors import ConfigError, ShardnetError
 from shardnet.store.local import LocalStore
+from shardnet.store.private.access import KIND_HEADER
 from shardnet.store.private.codec import seal_file
 from shardnet.store.private.keyfile import FileKeys
 from shardnet.store.private.manifest import PrivateFile, PrivateManifest
@@ -45,13 +46,15 @@ def files_of(path: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def upload_piece(node: str, cid: str, source: Path, timeout: float = 60.0) -> None:
+def upload_piece(node: str, cid: str, source: Path, timeout: float = 60.0, *, manifest: bool = False) -> None:
     """PUT the file ``source`` to ``node`` under ``cid`` (the node checks the CID before keeping it)."""
     url = node.rstrip("/") + PIECE_PATH.format(cid=cid)
     with open(source, "rb") as body:
         request = urllib.request.Request(url, data=body, method="PUT")
         request.add_header("Content-Length", str(source.stat().st_size))
         request.add_header("Content-Type", "application/octet-stream")
+        if manifest:  # readable by anyone; a piece is served only to readers where the node has a list
+            request.add_header(KIND_HEADER, "manifest")
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http(s) checked)
                 response.read()
@@ -131,5 +134,5 @@ def put_files(
     manifest = PrivateManifest(name, tuple(entries))
     cid = store.put_bytes(manifest.to_json_bytes())
     for node in nodes:
-        upload_piece(node, cid, store.root / cid)
+        upload_piece(node, cid, store.root / cid, manifest=True)
     return manifest, FileKeys(cid, keys)
