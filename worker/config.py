@@ -84,6 +84,9 @@ class WorkerConfig(ChainSettings):
         1024.0, gt=0, description="memory for all sessions' KV caches and kept outputs, in MiB (503 beyond)"
     )
     session_timeout_s: float = Field(300.0, gt=0, description="a session idle this long is closed")
+    reservation_timeout_s: float = Field(
+        30.0, gt=0, description="a session that reserved memory at open and sent no step this long is closed"
+    )
     max_body_mb: float = Field(64.0, gt=0, description="largest request body accepted, in MiB (413 beyond)")
     body_timeout_s: float = Field(
         30.0,
