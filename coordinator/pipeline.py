@@ -32,9 +32,10 @@ from coordinator.hop_sessions import (
     PipelineContext,
     close_session,
     open_session,
+    open_session_once,
 )
 from coordinator.hops import JobHops
-from coordinator.router import RouteHop
+from coordinator.router import NoRouteError, RouteHop
 from coordinator.state import StepRecord
 from coordinator.verification_runs import verify_last_step
 from coordinator.verifier import should_verify
@@ -78,27 +79,63 @@ class Pipeline:
     async def _close(self, slot: OpenSession) -> None:
         await close_session(self.ctx, self.job_hops, slot)
 
+    async def _open_now(
+        self, node: str, endpoint: str, span: LayerSpan, hop_index: int | None
+    ) -> OpenSession:
+        """Open with one request: a busy refusal is raised at once (the caller routes around the worker)."""
+        return await open_session_once(self.ctx, self.job_hops, node, endpoint, span, hop_index)
+
     async def open(self, route: list[RouteHop]) -> None:
-        """Open a session on every hop of `route` (already recorded on chain), all at once; failing hops fail over."""
+        """Open a session on every hop of `route` (already recorded on chain), all at once; failing hops fail over.
+        A hop refused as busy (the job may be paid already: another coordinator took the memory since our
+        admission, or the worker's /health was wrong) is routed around at once when another worker serves its
+        span; only when none does is the busy worker waited for (`busy_wait_s`)."""
         indexes = [await self.job_hops.index_for(hop.address, hop.span, self.reason) for hop in route]
         opened = await asyncio.gather(
             *(
-                self._open(hop.address, hop.endpoint, hop.span, i)
+                self._open_now(hop.address, hop.endpoint, hop.span, i)
                 for hop, i in zip(route, indexes, strict=True)
             ),
             return_exceptions=True,
         )
-        for hop, slot in zip(route, opened, strict=True):
+        for hop, index, slot in zip(route, indexes, opened, strict=True):
             if isinstance(slot, OpenSession):
                 self.slots.append(slot)
+            elif isinstance(slot, WorkerAPIError) and is_busy(slot):
+                self.directory.mark_busy(hop.address, str(slot))
+                self.slots.extend(await self._around_busy(hop, index))
             elif isinstance(slot, WorkerAPIError):
-                if not is_busy(slot):
-                    self.directory.mark_down(hop.address, str(slot))
+                self.directory.mark_down(hop.address, str(slot))
                 self.slots.extend(await self._replacement(hop.span, []))
             else:
                 self.slots = []
                 await asyncio.gather(*(self._close(s) for s in opened if isinstance(s, OpenSession)))
                 raise slot
+
+    async def _around_busy(self, hop: RouteHop, index: int) -> list[OpenSession]:
+        """Sessions for a hop whose worker refused its open as busy: another chain over its span when one exists,
+        else the busy worker itself, waited for (`busy_wait_s`)."""
+        try:
+            self.ctx.router.cover(self.model_id, self.num_layers, hop.span, exclude={hop.address})
+        except NoRouteError:  # nobody else serves the span
+            try:
+                return [await self._open(hop.address, hop.endpoint, hop.span, index)]
+            except WorkerAPIError:
+                return await self._replacement(hop.span, [])
+        t0 = time.perf_counter()
+        new = await self._replacement(hop.span, [], avoid={hop.address})
+        self.failovers.append(
+            {
+                "dead": hop.address,
+                "busy": True,  # refused its open as busy: routed around, not marked down
+                "span": str(hop.span),
+                "replacement": [s.node for s in new],
+                "replayed_steps": 0,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        log.info("job %d: layers %s routed around busy %s", self.job_hops.job_id, hop.span, hop.address)
+        return new
 
     async def close(self) -> None:
         """Close every session (each worker then commits to its steps)."""
@@ -174,7 +211,7 @@ class Pipeline:
         closing.add_done_callback(self._closing.discard)
         if old.shadow is not None:
             self.to_close.append(old.shadow)
-        new = await self._replacement(old.span, old.history)
+        new = await self._replacement(old.span, old.history, avoid={old.node} if is_busy(exc) else set())
         self.slots[i : i + 1] = new
         self.failovers.append(
             {
@@ -195,19 +232,29 @@ class Pipeline:
         )
 
     async def _replacement(
-        self, span: LayerSpan, history: list[tuple[int, torch.Tensor]]
+        self, span: LayerSpan, history: list[tuple[int, torch.Tensor]], avoid: set[str] | None = None
     ) -> list[OpenSession]:
-        """Open a chain of live workers covering `span` and replay `history` into it."""
+        """Open a chain of live workers covering `span` and replay `history` into it. Workers in `avoid` (busy) and
+        those refusing as busy here are routed around while another chain covers the span; when none does, the
+        cheapest chain is opened waiting for its busy workers (`busy_wait_s`)."""
         last_error: Exception | None = None
+        avoid = {a.lower() for a in avoid or ()}
         for _ in range(self.ctx.max_failovers):
-            route = self.ctx.router.cover(self.model_id, self.num_layers, span)
+            try:
+                route = self.ctx.router.cover(self.model_id, self.num_layers, span, exclude=avoid)
+                open_hop = self._open_now if avoid else self._open
+            except NoRouteError:
+                if not avoid:
+                    raise
+                route = self.ctx.router.cover(self.model_id, self.num_layers, span)  # only busy ones: wait
+                open_hop = self._open
             opened: list[OpenSession] = []
             current = route[0].address
             try:
                 for hop in route:
                     current = hop.address
                     index = await self.job_hops.index_for(hop.address, hop.span, "failover")
-                    opened.append(await self._open(hop.address, hop.endpoint, hop.span, index))
+                    opened.append(await open_hop(hop.address, hop.endpoint, hop.span, index))
                 for pos, x in history:
                     y = x
                     for slot in opened:
@@ -218,7 +265,10 @@ class Pipeline:
                 return opened
             except WorkerAPIError as exc:
                 last_error = exc
-                if not is_busy(exc):
+                if is_busy(exc):
+                    self.directory.mark_busy(current, str(exc))
+                    avoid.add(current.lower())
+                else:
                     self.directory.mark_down(current, str(exc))
                 await asyncio.gather(*(self._close(slot) for slot in opened))
         raise GenerationError(

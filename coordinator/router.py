@@ -132,13 +132,17 @@ class Router:
         """The cheapest chain of live workers over all of the model's layers; raises NoRouteError."""
         return choose_route(self.directory.snapshot(model_id), num_layers, load_penalty_s=self.load_penalty_s)
 
-    def cover(self, model_id: int, num_layers: int, span: LayerSpan) -> list[RouteHop]:
-        """The cheapest chain of live workers over exactly `span` (a replacement for a failed hop)."""
+    def cover(
+        self, model_id: int, num_layers: int, span: LayerSpan, *, exclude: Iterable[str] = ()
+    ) -> list[RouteHop]:
+        """The cheapest chain of live workers over exactly `span` (a replacement for a failed hop), none of them in
+        `exclude` (e.g. workers that just refused a session as busy)."""
         return choose_route(
             self.directory.snapshot(model_id),
             num_layers,
             start=span.start,
             end=span.end,
+            exclude=exclude,
             load_penalty_s=self.load_penalty_s,
         )
 

@@ -97,6 +97,9 @@ class WorkerConfig(ChainSettings):
         le=1024,
         description="most sessions' decode steps in one batched forward; 1 turns batching off",
     )
+    reservation_timeout_s: float = Field(
+        30.0, gt=0, description="a session that reserved memory at open and sent no step this long is closed"
+    )
     max_body_mb: float = Field(64.0, gt=0, description="largest request body accepted, in MiB (413 beyond)")
     body_timeout_s: float = Field(
         30.0,

@@ -14,6 +14,7 @@ class ServerLimits:
     max_length: int = 2048
     max_memory_bytes: int = 1 << 30
     idle_timeout_s: float = 300.0
+    unused_reservation_s: float = 30.0  # a session's reservation with no step by then is closed
     max_body_bytes: int = 64 << 20
     forward_timeout_s: float = 60.0
     body_timeout_s: float = 30.0  # a request body not fully sent by then gets 408 and frees the connection

@@ -128,5 +128,6 @@ def session_manager(limits: ServerLimits, info: BlockInfo, *, on_close: CloseHoo
         kv_bytes_per_token=info.kv_bytes_per_token,
         output_bytes_per_position=kept_bytes_per_position(info),
         idle_timeout_s=limits.idle_timeout_s,
+        unused_reservation_s=limits.unused_reservation_s,
         on_close=on_close,
     )

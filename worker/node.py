@@ -201,6 +201,7 @@ def prepare(cfg: WorkerConfig, *, reset_state: bool = False) -> PreparedNode:
         max_length=min(cfg.max_length, int(positions)),
         max_memory_bytes=int(cfg.max_cache_mb * 2**20),
         idle_timeout_s=cfg.session_timeout_s,
+        unused_reservation_s=cfg.reservation_timeout_s,
         max_body_bytes=cfg.max_body_bytes,
         forward_timeout_s=cfg.step_forward_timeout_s,
         body_timeout_s=cfg.body_timeout_s,

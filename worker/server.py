@@ -134,7 +134,7 @@ class WorkerServer:
         self._db.shutdown(wait=True)
 
     async def _expire_loop(self) -> None:
-        period = max(0.05, min(5.0, self.limits.idle_timeout_s / 4))
+        period = max(0.05, min(5.0, self.limits.idle_timeout_s / 4, self.limits.unused_reservation_s / 4))
         while True:
             await asyncio.sleep(period)
             self.sessions.expire_idle()
@@ -191,6 +191,7 @@ class WorkerServer:
             make_compute=self._new_compute_session,
             max_positions=ticket_max_positions(req.ticket),
             reserve_positions=req.max_positions,
+            expires_at=req.ticket["expires_at"],
         )
         self.metrics.sessions_open.set(len(self.sessions))
         if self.state is not None:

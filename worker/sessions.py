@@ -5,7 +5,10 @@ it enforces the overall and per-coordinator session limits, the per-session leng
 budget, closes sessions idle past the timeout, and evicts the least recently used idle session when
 full. A session opened with `max_positions` reserves its worst case (`max_positions x bytes_per_position`)
 up front: it is refused at open (503 `memory_full`, busy) rather than failing mid-generation, its steps
-within the reservation always find room, and it is never evicted to make room for another. Every session
+within the reservation always find room, and it is never evicted to make room for another. A reservation
+no step has touched within `unused_reservation_s` is closed (an approved coordinator cannot park memory it
+never uses until the idle timeout). Session ids are single use: each is remembered until its ticket
+expires (a ticket is refused after that anyway), at most `max_retired` of them. Every session
 that leaves (closed, evicted, expired, drained) goes through `on_close`, so its
 step hashes are persisted and its job can be committed.
 """
@@ -13,6 +16,7 @@ step hashes are persisted and its job can be committed.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import hmac
 import logging
 import secrets
@@ -106,6 +110,9 @@ class SessionManager:
         on_close: CloseHook,
         clock: Callable[[], float] = time.monotonic,
         output_bytes_per_position: int = 0,
+        unused_reservation_s: float = 30.0,
+        max_retired: int = 1_000_000,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_sessions = max_sessions
         self.max_per_coordinator = max_per_coordinator
@@ -118,7 +125,13 @@ class SessionManager:
         self._on_close = on_close
         self._clock = clock
         self._sessions: OrderedDict[str, Session] = OrderedDict()
-        self._retired: set[str] = set()  # ids ever used here: a ticket opens its session once
+        self.unused_reservation_s = unused_reservation_s  # a reservation with no step by then is closed
+        self.max_retired = max_retired
+        self._wall_clock = wall_clock  # tickets expire in unix time
+        # ids used here, until their ticket expires: a ticket opens its session once. The heap orders them by
+        # expiry (unix time), so forgetting the expired ones is O(log n) each and the set stays bounded.
+        self._retired: set[str] = set()
+        self._retired_by_expiry: list[tuple[float, str]] = []
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -154,10 +167,13 @@ class SessionManager:
         make_compute: Callable[[], ModelSession],
         max_positions: int = 0,
         reserve_positions: int = 0,
+        expires_at: float | None = None,
     ) -> Session:
         """Open a session, evicting the least recently used idle one if the worker is full. `max_positions` is the
         ticket's bound (no step goes beyond it); with `reserve_positions` (capped by it), reserve the worst-case
-        memory (503 `memory_full` when it does not fit now)."""
+        memory (503 `memory_full` when it does not fit now). `expires_at` (unix time) is the ticket's expiry: the id
+        is remembered (refused again) until then; without it, for the idle timeout."""
+        self._forget_expired_ids()
         if session_id in self._sessions or session_id in self._retired:
             raise SessionConflict(
                 f"session {session_id!r} was already opened on this worker: ask for a new ticket"
@@ -205,8 +221,32 @@ class SessionManager:
             reserved_bytes=reserve,
         )
         self._sessions[session_id] = session
-        self._retired.add(session_id)
+        self._retire(
+            session_id, self._wall_clock() + self.idle_timeout_s if expires_at is None else expires_at
+        )
         return session
+
+    def retired_ids(self) -> int:
+        """How many used session ids are remembered now (bounded by their tickets' expiry and `max_retired`)."""
+        return len(self._retired)
+
+    def _retire(self, session_id: str, expires_at: float) -> None:
+        self._retired.add(session_id)
+        heapq.heappush(self._retired_by_expiry, (expires_at, session_id))
+        while len(self._retired) > self.max_retired:  # the soonest to expire go first
+            _, oldest = heapq.heappop(self._retired_by_expiry)
+            self._retired.discard(oldest)
+            log.warning(
+                "forgetting used session id %s before its ticket expires (%d ids held)",
+                oldest,
+                len(self._retired),
+            )
+
+    def _forget_expired_ids(self) -> None:
+        now = self._wall_clock()
+        heap = self._retired_by_expiry
+        while heap and heap[0][0] < now:  # its ticket is refused as expired from now on
+            self._retired.discard(heapq.heappop(heap)[1])
 
     def get(self, session_id: str, token: str | None = None) -> Session:
         """The open session `session_id`, marked as just used. With `token` (what the caller sent), a
@@ -238,9 +278,18 @@ class SessionManager:
         return sessions
 
     def expire_idle(self) -> list[Session]:
-        """Close every session idle for longer than the timeout."""
+        """Close every session idle for longer than the timeout, and every reservation no step has used within
+        `unused_reservation_s` of its open."""
         now = self._clock()
-        stale = [s for s in self._sessions.values() if not s.busy and now - s.last_used > self.idle_timeout_s]
+        stale = [
+            s
+            for s in self._sessions.values()
+            if not s.busy
+            and (
+                now - s.last_used > self.idle_timeout_s
+                or (s.reserved_bytes and not s.step_hashes and now - s.opened_at > self.unused_reservation_s)
+            )
+        ]
         for session in stale:
             self._remove(session, "expired")
         return stale

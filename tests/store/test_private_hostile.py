@@ -144,3 +144,48 @@ def test_a_manifest_file_name_that_is_not_a_plain_relative_path_is_refused(tmp_p
     hostile = PrivateManifest("x", (PrivateFile.from_sealed(name, sealed, {}),)).to_json()
     with pytest.raises(ManifestError, match="relative path"):  # '.' would write over the --out folder itself
         PrivateManifest.from_json(hostile)
+
+
+def test_a_keyholder_answers_json_bombs_and_garbage_with_4xx_and_keeps_serving(
+    tmp_path: Path, deployment, registry_for, accounts
+) -> None:
+    """A key request nested 30,000 deep reached json.loads: RecursionError, 500. Size and depth are checked first."""
+    from shardnet.store.private.keyholder import KEYS_PATH, make_keyholder_routes
+    from shardnet.store.private.put import put_private
+
+    src = tmp_path / "f.bin"
+    src.write_bytes(os.urandom(10_000))
+    _, keys = put_private(src, tmp_path / "owner", n=6, k=4)
+    registered = registry_for(accounts[0]).register_model("private-bomb", keys.manifest_cid, 4, 1)
+    model_id = int(registered.event("ModelRegistered").args["modelId"])
+    bodies = [
+        b"[" * 30_000 + b"]" * 30_000,
+        b'{"a":' * 10_000 + b"1" + b"}" * 10_000,
+        b"[" * 60_000,
+        b'{"manifest": NaN}',
+        b"\xff\xfe",
+        b"",
+        b'"\\ud800"',
+        json.dumps(
+            {"manifest": keys.manifest_cid, "model_id": 10**400, "address": 1, "expires": [], "signature": {}}
+        ).encode(),
+        b"[1, 2]",
+        b'"' + b"a" * 100_000 + b'"',
+    ]
+    with serve_store(tmp_path, make_keyholder_routes(registry_for(None), keys, model_id)) as url:
+        for body in bodies:
+            req = urllib.request.Request(url + KEYS_PATH, data=body, method="POST")
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(req, timeout=10)
+            assert 400 <= refused.value.code < 500, (refused.value.code, body[:40])
+        with pytest.raises(
+            urllib.error.HTTPError
+        ) as refused:  # still serving: a stranger's request is judged
+            from shardnet.store.private.wrap import sign_request
+
+            signed = sign_request(bytes(accounts[7].key), keys.manifest_cid, model_id)
+            req = urllib.request.Request(
+                url + KEYS_PATH, data=json.dumps(signed.to_json()).encode(), method="POST"
+            )
+            urllib.request.urlopen(req, timeout=10)
+        assert refused.value.code == 403 and b"not a registered node" in refused.value.read()

@@ -179,6 +179,30 @@ def _path(rng: random.Random, targets: FuzzTargets) -> tuple[str, str]:
     )
 
 
+def _json_body(rng: random.Random, targets: FuzzTargets) -> bytes:
+    """A body for the JSON endpoints beyond sessions (/v1/verify, /v1/train/...): bombs, garbage, weird JSON, or a
+    signed ticket with fields swapped, the same shapes the session open gets."""
+    return _open_body(rng, targets) if rng.random() < 0.7 else _dumps({"job_id": _weird_scalar(rng), "x": 1})
+
+
+def _other_endpoint(rng: random.Random, targets: FuzzTargets) -> FuzzRequest:
+    """A hostile request to an endpoint added after the session API: verification and fine-tuning."""
+    sid = rng.choice([s for s, _ in targets.sessions] + ["nope", "%00", "a" * 3000, "%ud800", "0"])
+    method, path = rng.choice(
+        [
+            ("POST", "/v1/verify"),
+            ("POST", "/v1/train/sessions"),
+            ("POST", f"/v1/train/{sid}/forward"),
+            ("POST", f"/v1/train/{sid}/backward"),
+            ("DELETE", f"/v1/train/{sid}"),
+            ("GET", "/v1/verify"),
+        ]
+    )
+    headers = {"X-Start-Pos": rng.choice(_WEIRD_HEADER_VALUES)} if rng.random() < 0.3 else {}
+    body = _json_body(rng, targets) if path in ("/v1/verify", "/v1/train/sessions") else _frame(rng, targets)
+    return FuzzRequest(method, path, body, headers)
+
+
 def hostile_requests(seed: int, count: int, targets: FuzzTargets) -> Iterator[FuzzRequest]:
     """`count` hostile requests, the same for the same seed and targets."""
     rng = random.Random(seed)
@@ -201,6 +225,8 @@ def hostile_requests(seed: int, count: int, targets: FuzzTargets) -> Iterator[Fu
                 **headers,
             }
             yield FuzzRequest("POST", f"/v1/sessions/{sid}/step", _frame(rng, targets), step_headers)
+        elif rng.random() < 0.3:
+            yield _other_endpoint(rng, targets)
         else:
             method, path = _path(rng, targets)
             yield FuzzRequest(

@@ -210,3 +210,54 @@ def test_a_step_beyond_the_tickets_max_positions_is_refused() -> None:
         ).max_positions
         == 0
     )  # no bound given: only the worker's max length applies
+
+
+def test_a_reservation_no_step_uses_is_closed_after_unused_reservation_s() -> None:
+    clock, closed = _Clock(), []
+    m = _manager(clock, closed, unused_reservation_s=5.0)
+    parked = _reserve(m, "parked", 50)
+    used = _reserve(m, "used", 50, coordinator="0xB")
+    plain = _open(m, "plain", coordinator="0xC")  # no reservation: only the idle timeout closes it
+    m.check_step(used, 0, 3)
+    used.compute.step(3, 0)
+    used.step_hashes.append(b"h")
+    clock.now += 6
+    assert [s.session_id for s in m.expire_idle()] == ["parked"]
+    assert closed == [("parked", "expired")]
+    assert "used" in m and "plain" in m and "parked" not in m and not plain.closed
+    assert (
+        parked.closed and m.total_memory_bytes() == 50 * 10
+    )  # the used reservation holds, the parked one is free
+
+
+def test_used_session_ids_are_forgotten_when_their_ticket_expires_and_capped() -> None:
+    clock, closed = _Clock(), []
+    wall = _Clock()
+    m = _manager(clock, closed, max_sessions=100, max_per_coordinator=100, max_retired=3, wall_clock=wall)
+
+    def once(sid: str, expires_at: float) -> None:
+        m.open(
+            session_id=sid,
+            coordinator="0xA",
+            job_id=1,
+            codec="fp32",
+            next_hop=None,
+            make_compute=_Cache,
+            expires_at=expires_at,
+        )
+        m.close(sid)
+
+    once("a", wall.now + 10)
+    once("b", wall.now + 100)
+    with pytest.raises(SessionConflict):  # single use while its ticket is valid
+        once("a", wall.now + 10)
+    wall.now += 11  # a's ticket expired: a replay of it is refused as expired, so the id need not be kept
+    once("c", wall.now + 100)
+    assert m.retired_ids() == 2
+    for i in range(
+        10
+    ):  # a flood of long-lived tickets: the soonest to expire are forgotten first, never more than 3
+        once(f"x{i}", wall.now + 1000 + i)
+        assert m.retired_ids() <= 3
+    with pytest.raises(SessionConflict):
+        once("x9", wall.now + 1009)

@@ -5,6 +5,7 @@ the last hop keeps the top-k logits only, and the worker's RSS stays bounded ove
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import torch
 from coordinator.directory import is_busy
 from shardnet.chain.registry import Registry
 from shardnet.peer.client import WorkerClient
-from shardnet.peer.errors import MEMORY_FULL, WorkerAPIError, WorkerUnavailable
+from shardnet.peer.errors import MEMORY_FULL, SessionNotFound, WorkerAPIError, WorkerUnavailable
 from shardnet.span import LayerSpan
 from tests.worker.harness import WorkerProc, run, start_worker, ticket
 from worker.memory import OBJECT_OVERHEAD, TOP_K
@@ -28,6 +29,7 @@ SPAN = LayerSpan(0, 4)
 PROMPT = torch.tensor([[5, 17, 9, 3, 42]], dtype=torch.int64)
 CACHE_MB = 0.75  # two whole sessions' worst case (256 positions each), not the 8 sessions the worker allows
 MAX_LENGTH = 256  # the model's max_position_embeddings
+RESERVATION_TIMEOUT_S = 3.0  # a reservation with no step by then is closed (the tests here step at once)
 
 
 @dataclass
@@ -61,6 +63,8 @@ def net(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store) 
         str(CACHE_MB),
         "--max-sessions",
         "8",
+        "--reservation-timeout-s",
+        str(RESERVATION_TIMEOUT_S),
         name="memory",
     )
     try:
@@ -190,3 +194,35 @@ def test_rss_stays_bounded_over_many_sessions(net: Net) -> None:
     print("worker RSS KiB after 20 sessions:", warm, "then every 25 more:", samples)
     assert max(samples) - warm < 16 * 1024, (warm, samples)
     assert _health(net)["memory"]["used_bytes"] == 0
+
+
+def test_a_reservation_no_step_uses_is_closed_after_the_reservation_timeout(net: Net) -> None:
+    """An approved coordinator that reserves and never steps holds the memory for --reservation-timeout-s, not
+    for the 300 s idle timeout: its sessions are closed, their memory is free again and their ids refused."""
+    per_position = _health(net)["memory"]["bytes_per_position"]
+    fits = MAX_LENGTH
+    budget = int(CACHE_MB * 2**20)
+
+    async def go() -> tuple[list[str], int, int, WorkerAPIError | None, str]:
+        async with WorkerClient(net.worker.url) as w:
+            held = []
+            while len(held) < budget // (fits * per_position):
+                held.append(await _open(w, net, fits))
+            reserved = int((await w.health())["memory"]["used_bytes"])
+            await asyncio.sleep(RESERVATION_TIMEOUT_S + 2.5)  # the expiry loop runs every timeout / 4
+            after = int((await w.health())["memory"]["used_bytes"])
+            gone: WorkerAPIError | None = None
+            try:
+                await w.step(held[0], PROMPT, 0)
+            except WorkerAPIError as exc:
+                gone = exc
+            fresh = await _open(w, net, fits)  # the memory is free for whoever steps
+            await w.step(fresh, PROMPT, 0)
+            await w.close(fresh)
+            return held, reserved, after, gone, fresh
+
+    held, reserved, after, gone, fresh = run(go())
+    assert reserved == len(held) * fits * per_position > 0
+    assert after == 0, after
+    assert isinstance(gone, SessionNotFound), gone
+    assert fresh not in held

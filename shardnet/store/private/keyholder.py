@@ -30,6 +30,7 @@ from shardnet.store.private.wrap import (
     unwrap_keys,
     wrap_keys,
 )
+from shardnet.wire.json_limits import BodyRejected, loads_limited
 
 if TYPE_CHECKING:
     from shardnet.chain.registry import Registry
@@ -87,13 +88,20 @@ def check_model(registry: Registry, keys: FileKeys, model_id: int) -> None:
         )
 
 
+MAX_KEY_REQUEST_BYTES = 16 << 10  # a signed key request is a few hundred bytes
+
+
 def make_keyholder_routes(registry: Registry, keys: FileKeys, model_id: int) -> list[web.RouteDef]:
     check_model(registry, keys, model_id)
     shards = AnnouncedShards(registry)
 
     async def post_keys(request: web.Request) -> web.Response:
+        try:  # bounded size and depth first: a nested bomb must not reach the parser (RecursionError: 500)
+            body = loads_limited(await request.read(), max_bytes=MAX_KEY_REQUEST_BYTES, max_depth=4)
+        except BodyRejected as exc:
+            return web.json_response({"error": str(exc)}, status=exc.status)
         try:
-            req = KeyRequest.from_json(await request.json())
+            req = KeyRequest.from_json(body)
         except (KeyAccessError, ValueError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         now = int(time.time())
