@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +38,17 @@ if TYPE_CHECKING:
 
 #: Registry parameters of the test deployments (the devnet defaults).
 TEST_PARAMS = RegistryParams()
+
+
+#: how far the test devnets' clocks were moved ahead of the wall clock (`DevChain.advance_time`; the session's
+#: anvil is shared, so a later test's chain runs ahead by what earlier tests warped)
+_CHAIN_AHEAD_S = 0
+
+
+def ticket_expiry(ttl_s: int = 600) -> int:
+    """An `expires_at` for test tickets valid for `ttl_s` by the wall clock (worker) AND by the chain's clock
+    (the registry refuses a post of a ticket expired for longer than the dispute window)."""
+    return int(time.time()) + _CHAIN_AHEAD_S + ttl_s
 
 
 @dataclass
@@ -72,6 +84,8 @@ class DevChain:
 
     def advance_time(self, seconds: int) -> None:
         """Move the chain clock forward and mine a block with the new time."""
+        global _CHAIN_AHEAD_S
+        _CHAIN_AHEAD_S += int(seconds)
         self.rpc("evm_increaseTime", seconds)
         self.rpc("evm_mine")
 

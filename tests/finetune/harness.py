@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -20,6 +19,7 @@ from shardnet.model import load_block_from_parts
 from shardnet.span import LayerSpan
 from shardnet.wire.eip712 import Domain
 from shardnet.wire.tickets import sign_ticket
+from tests.fixtures_chain import ticket_expiry
 from worker.adapter_sessions import AdapterEndpoint
 from worker.job_commitment import CommitmentSigner
 from worker.server import BlockInfo, WorkerServer
@@ -55,7 +55,7 @@ def ticket(
         job_id=job_id,
         max_positions=max_positions,
         span=worker.span,
-        expires_at=int(time.time()) + 600,
+        expires_at=ticket_expiry(600),
         chain_id=domain.chain_id,
         registry=domain.registry,
     )

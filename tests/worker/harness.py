@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from shardnet.chain.devnet import free_port
 from shardnet.span import LayerSpan
 from shardnet.wire.eip712 import Domain
 from shardnet.wire.tickets import sign_ticket
+from tests.fixtures_chain import ticket_expiry
 from tests.service_proc import ServiceProc
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def ticket(
         job_id=job_id,
         span=span,
         max_positions=4096,
-        expires_at=int(time.time()) + 600,
+        expires_at=ticket_expiry(600),
         chain_id=domain.chain_id,
         registry=domain.registry,
     )
