@@ -21,16 +21,23 @@ __all__ = ["AdapterError", "AdapterFile", "AdapterStore", "split_model_name", "u
 
 MAX_ADAPTER_BYTES = 64 * 1024 * 1024
 MAX_ADAPTERS = 16
+MAX_BOUND_JOBS = 4096  # jobs whose adapter is remembered (the oldest forgotten first: long finished)
 
 
 class AdapterStore:
     """Uploaded adapters by CID (at most `max_count`, each at most `max_bytes`) and the adapter of each job."""
 
-    def __init__(self, max_bytes: int = MAX_ADAPTER_BYTES, max_count: int = MAX_ADAPTERS) -> None:
+    def __init__(
+        self,
+        max_bytes: int = MAX_ADAPTER_BYTES,
+        max_count: int = MAX_ADAPTERS,
+        max_jobs: int = MAX_BOUND_JOBS,
+    ) -> None:
         self.max_bytes = max_bytes
         self.max_count = max_count
+        self.max_jobs = max_jobs
         self._files: OrderedDict[str, AdapterFile] = OrderedDict()
-        self._jobs: dict[int, AdapterFile] = {}
+        self._jobs: OrderedDict[int, AdapterFile] = OrderedDict()
 
     def put(self, data: bytes) -> AdapterFile:
         """Keep an adapter file (AdapterError if it is not a LoRA adapter; OverflowError when full)."""
@@ -51,7 +58,11 @@ class AdapterStore:
         return adapter
 
     def bind(self, job_id: int, adapter: AdapterFile) -> None:
+        """Remember the job's adapter (bounded: every paying client adds one; the oldest job is forgotten)."""
         self._jobs[job_id] = adapter
+        self._jobs.move_to_end(job_id)
+        while len(self._jobs) > self.max_jobs:
+            self._jobs.popitem(last=False)
 
     def for_job(self, job_id: int) -> AdapterFile | None:
         return self._jobs.get(job_id)
