@@ -186,7 +186,7 @@ def test_cheating_worker_is_caught_refereed_excluded_left_unpaid_and_slashed(net
     )
     try:
         cheat.wait_ready(timeout=300)
-        wait_for(lambda: cheat.address.lower() in workers_view(net), 20, "the cheat in the directory")
+        wait_for(lambda: cheat.address.lower() in workers_view(net), 60, "the cheat in the directory")
         honest = [w for w in net.workers.values() if workers_view(net)[w.address.lower()]["span"] == [2, 4]]
         assert len(honest) == 2
         prompt = "catch the cheat"
