@@ -102,14 +102,22 @@ def run(args: argparse.Namespace) -> int:
                         "--batch-window-ms", str(args.batch_window_ms), "--max-batch", str(args.max_batch))  # fmt: skip
         workers = [
             net.add_worker(
-                i, model_id, s, threads=args.threads, extra=worker_flags, device=args.device, sharing=len(spans)
+                i,
+                model_id,
+                s,
+                threads=args.threads,
+                extra=worker_flags,
+                device=args.device,
+                sharing=len(spans),
             )
             for i, s in enumerate(spans)
         ]
         for w in workers:
             health = w.wait_healthy(timeout=600)
             budget = health.get("memory", {}).get("budget_bytes", 0) / 2**20
-            print(f"{w.name}: {health.get('device')} {health.get('dtype')}, sessions' budget {budget:.0f} MiB")
+            print(
+                f"{w.name}: {health.get('device')} {health.get('dtype')}, sessions' budget {budget:.0f} MiB"
+            )
         coord.wait_healthy(timeout=120)
         net.wait_for_workers(coord, len(workers), timeout=120)
         api = openai.OpenAI(base_url=coord.url + "/v1", api_key="unused", max_retries=0, timeout=1200)

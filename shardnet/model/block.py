@@ -56,7 +56,8 @@ class Block:
         self.span = span
         self.module = module  # the pruned HF model: parameters keep their HF state-dict names
         self.dtype = dtype
-        self.device = device  # weights and KV caches; inputs and outputs stay on the CPU (shardnet.model.device)
+        # weights and KV caches; inputs and outputs stay on the CPU (shardnet.model.device)
+        self.device = device
         self.num_layers = adapter.num_layers(config)
         self.is_first = span.is_first()
         self.is_last = span.is_last(self.num_layers)
@@ -66,9 +67,8 @@ class Block:
         self.vocab_size: int | None = int(vocab) if vocab is not None else None
 
     def __repr__(self) -> str:
-        return (
-            f"Block({self.config.model_type}, layers {self.span} of {self.num_layers}, {self.dtype}, {self.device})"
-        )
+        where = f"{self.dtype}, {self.device}"
+        return f"Block({self.config.model_type}, layers {self.span} of {self.num_layers}, {where})"
 
     def parameter_names(self) -> set[str]:
         """The HF state-dict names of the parameters this block holds."""
@@ -311,7 +311,10 @@ def _build(
 ) -> Block:
     module = adapter.build_span(config, span)
     load_tensors(module, paths, dtype)
-    if device.type != "cpu":  # read on the CPU (aligned, chunked casts), then moved once: the CPU copy is freed
-        module.to(device)
+    if (
+        device.type != "cpu"
+    ):  # read on the CPU (aligned, chunked casts), then moved once: the CPU copy is freed
+        as_module: nn.Module = module  # (PreTrainedModel.to is typed for dtypes only)
+        as_module.to(device)
     logger.debug("built %s layers %s from %d files on %s", config.model_type, span, len(paths), device)
     return Block(adapter, config, span, module, dtype, device)

@@ -181,7 +181,11 @@ def test_encoder_blocks_on_the_device_match_the_cpu(
     tiny = tiny_models(name)
     spans = [LayerSpan(0, 3), LayerSpan(3, 6)]
     gen = torch.Generator().manual_seed(2)
-    x = torch.randint(0, 96, (2, 7), generator=gen) if name == "bert" else torch.randn(2, 3, 16, 16, generator=gen)
+    x = (
+        torch.randint(0, 96, (2, 7), generator=gen)
+        if name == "bert"
+        else torch.randn(2, 3, 16, 16, generator=gen)
+    )
     mask = torch.ones(2, 7, dtype=torch.long) if name == "bert" else None
     if mask is not None:
         mask[1, 5:] = 0
@@ -189,7 +193,9 @@ def test_encoder_blocks_on_the_device_match_the_cpu(
     for device in (CPU, model_device):
         h = x
         for span in spans:
-            h = load_block_from_parts(tiny.parts_dir, tiny.config, span, torch.float32, device).forward(h, mask)
+            h = load_block_from_parts(tiny.parts_dir, tiny.config, span, torch.float32, device).forward(
+                h, mask
+            )
             assert h.device == CPU
         outs.append(h)
     rtol, atol = TOLERANCE[torch.float32]
@@ -215,7 +221,8 @@ def test_smollm2_on_the_device_matches_the_cpu_reference(
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     blocks = [
-        load_block_from_parts(parts_dir, config, LayerSpan(a, a + 10), dtype, model_device) for a in (0, 10, 20)
+        load_block_from_parts(parts_dir, config, LayerSpan(a, a + 10), dtype, model_device)
+        for a in (0, 10, 20)
     ]
     expected = greedy_generate(model, ids, 16)  # unsplit, CPU, float32
     got = generate_greedy(blocks, ids, 16)
@@ -227,7 +234,9 @@ def test_smollm2_on_the_device_matches_the_cpu_reference(
         assert model_device != CPU or torch.equal(got.logits, expected.logits)
     else:
         assert share > 0  # it really ran in half precision
-        assert got.tokens[:4] == expected.tokens[:4]  # all 16 agree on the CPU; the first 4 are asked of any device
+        assert (
+            got.tokens[:4] == expected.tokens[:4]
+        )  # all 16 agree on the CPU; the first 4 are asked of any device
 
 
 # ---------------------------------------------------------------------- device names and defaults (pure)
@@ -243,9 +252,7 @@ def test_smollm2_on_the_device_matches_the_cpu_reference(
         (" cuda:0 ", True, 1, CUDA0),
     ],
 )
-def test_device_names_resolve_exactly(
-    spec: str, available: bool, count: int, expected: torch.device
-) -> None:
+def test_device_names_resolve_exactly(spec: str, available: bool, count: int, expected: torch.device) -> None:
     assert resolve_device(spec, cuda_available=available, cuda_count=count) == expected
 
 
@@ -284,7 +291,13 @@ def test_auto_on_this_machine_is_what_torch_sees() -> None:
         (None, CUDA0, True, ("float32", "float16", "bfloat16"), "bfloat16"),
         (None, CUDA0, False, ("float32", "float16", "bfloat16"), "float16"),  # a GPU without bf16
         (None, CUDA0, True, ("float32",), "float32"),  # the manifest allows no half precision
-        (None, CUDA0, False, ("bfloat16",), "float16"),  # nothing fits: the default, for the manifest to refuse
+        (
+            None,
+            CUDA0,
+            False,
+            ("bfloat16",),
+            "float16",
+        ),  # nothing fits: the default, for the manifest to refuse
         ("float32", CUDA0, True, ("float32", "bfloat16"), "float32"),  # --dtype overrides
         ("bfloat16", CPU, True, ("float32",), "bfloat16"),  # as asked: the manifest check refuses it
     ],

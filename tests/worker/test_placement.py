@@ -47,7 +47,9 @@ def test_cpu_worker_loads_float32_by_default_and_gets_the_1_gib_budget(
     store, _cid, manifest = tiny_llama_store
     placed = place(_cfg(device="cpu"), manifest)
     assert placed.device == torch.device("cpu") and placed.dtype == "float32"
-    block = load_block(store, manifest.to_json(), LayerSpan(0, 2), getattr(torch, placed.dtype), placed.device)
+    block = load_block(
+        store, manifest.to_json(), LayerSpan(0, 2), getattr(torch, placed.dtype), placed.device
+    )
     assert block.device == placed.device and block.dtype == torch.float32
     assert memory_budget_bytes(_cfg(device="cpu"), placed.device) == CPU_CACHE_BYTES
     assert memory_budget_bytes(_cfg(device="cpu", max_cache_mb=16), placed.device) == 16 * 2**20
