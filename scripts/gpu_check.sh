@@ -6,10 +6,11 @@
 #   bash scripts/gpu_check.sh                        # tests, then the benchmark at 1,4,16,64 sessions
 #   GPU_CHECK_LEVELS=1,16 GPU_CHECK_TOKENS=16 bash scripts/gpu_check.sh
 #   GPU_CHECK_BENCH=0 bash scripts/gpu_check.sh      # the tests only
+#   GPU_CHECK_PYTHON=/opt/venv/bin/python bash scripts/gpu_check.sh   # a Python whose torch is a CUDA build
 # Output is also written to $GPU_CHECK_LOG (default .shardnet/gpu_check.log).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=.venv/bin/python
+PY=${GPU_CHECK_PYTHON:-.venv/bin/python}  # an interpreter whose torch is a CUDA build (setup.sh installs the CPU one)
 [ -x "$PY" ] || PY=python3
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 LOG=${GPU_CHECK_LOG:-.shardnet/gpu_check.log}
@@ -26,8 +27,9 @@ if [ "$torch_sees" != 1 ]; then
         echo "[gpu_check] nvidia-smi lists a GPU but torch does not see it:" >&2
         nvidia-smi -L >&2
         "$PY" -c 'import torch; print(f"torch {torch.__version__}, CUDA build {torch.version.cuda}")' >&2
-        echo "[gpu_check] install a CUDA build of torch matching the driver (pip install torch --index-url" \
-            "https://download.pytorch.org/whl/cu124, say) into .venv, or check CUDA_VISIBLE_DEVICES" >&2
+        echo "[gpu_check] scripts/setup.sh installs the CPU build: install a CUDA build matching the driver" \
+            "(pip install torch --index-url https://download.pytorch.org/whl/cu124, say), or point" \
+            "GPU_CHECK_PYTHON at a Python that has one, or check CUDA_VISIBLE_DEVICES" >&2
         exit 1
     fi
     echo "[gpu_check] no GPU on this machine (no nvidia-smi GPU, torch.cuda.is_available() is False):" \
