@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 # dev accounts by role (indexes into anvil's funded DEV_KEYS)
 OWNER, COORDINATOR, CLIENT = 0, 1, 2
 FIRST_WORKER = 3
+GPU_MEMORY_SHARE = 0.8  # worker --gpu-memory-fraction default, split between the workers that share one GPU
 
 
 def dev_account(index: int) -> LocalAccount:
@@ -125,8 +126,13 @@ class LocalNetwork:
         threads: int = 2,
         extra: tuple[str, ...] = (),
         port: int | None = None,
+        device: str | None = None,
+        sharing: int = 1,
     ) -> RoleProcess:
-        """Start worker number `index` (0-based) serving `span`; it stakes, fetches its shard and announces it."""
+        """Start worker number `index` (0-based) serving `span`; it stakes, fetches its shard and announces it.
+
+        `device` is its --device (default: the worker's own, auto); `sharing` workers on one GPU each get
+        that share of its free memory for their sessions (docs/gpu.md)."""
         if self.store_dir is None:
             raise ConfigError(
                 "import a model first (LocalNetwork.import_model): workers fetch their shards from it"
@@ -148,6 +154,7 @@ class LocalNetwork:
             str(self.store_dir),
             "--threads",
             str(threads),
+            *device_flags(device, sharing),
             *extra,
         ]
         return self._spawn(name, "worker.cli", FIRST_WORKER + index, args, port, threads)
@@ -192,3 +199,13 @@ class LocalNetwork:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def device_flags(device: str | None, sharing: int = 1) -> list[str]:
+    """A worker's --device flags; workers sharing a GPU split the default share of its free memory."""
+    if device is None:
+        return []
+    flags = ["--device", device]
+    if device != "cpu" and sharing > 1:
+        flags += ["--gpu-memory-fraction", f"{GPU_MEMORY_SHARE / sharing:.4f}"]
+    return flags

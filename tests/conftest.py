@@ -7,6 +7,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# workers the tests start compute on the CPU in float32 even where a GPU is present (their default, auto, would
+# pick it and bfloat16, and the end-to-end tests compare with the float32 CPU reference bitwise); the device
+# tests choose theirs with SHARDNET_TEST_DEVICE (tests/model/test_device.py, scripts/gpu_check.sh)
+os.environ.setdefault("SHARDNET_WORKER_DEVICE", "cpu")
 
 pytest_plugins = [
     "tests.fixtures_chain",  # anvil / hardhat devnets, deployed registry, funded accounts

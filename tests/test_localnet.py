@@ -18,7 +18,7 @@ from shardnet.chain.registry import JobStatus, Registry
 from shardnet.client import ShardnetClient
 from shardnet.errors import ConfigError
 from shardnet.http_json import HttpUnreachable, request_json
-from shardnet.localnet import CLIENT, dev_account, even_spans
+from shardnet.localnet import CLIENT, dev_account, device_flags, even_spans
 from shardnet.role_process import REPO
 from shardnet.span import LayerSpan
 from tests.coordinator.harness import build_tiny_chat_model
@@ -45,6 +45,26 @@ def test_localnet_refuses_a_work_dir_that_is_not_empty(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "is not empty: give an empty or new folder" in done.stderr
+
+
+def test_workers_sharing_a_gpu_split_its_memory_share() -> None:
+    assert device_flags(None, 3) == []  # the workers' own default (auto)
+    assert device_flags("cpu", 3) == ["--device", "cpu"]
+    assert device_flags("cuda", 1) == ["--device", "cuda"]
+    assert device_flags("cuda:1", 3) == ["--device", "cuda:1", "--gpu-memory-fraction", "0.2667"]
+
+
+def test_localnet_refuses_a_bad_device_before_starting_anything(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _CLI, "localnet", "--work-dir", str(tmp_path / "net"), "--device", "gpu"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "not one of auto, cpu, cuda or cuda:N" in done.stderr
+    assert not (tmp_path / "net").exists()  # nothing was started
 
 
 def _read_lines(stream: object, into: queue.Queue[str]) -> None:

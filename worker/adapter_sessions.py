@@ -117,7 +117,9 @@ class AdapterEndpoint:
                     "an adapter is loaded once, before the session's first step: open a new session"
                 )
             digest = keccak(body)
-            session.compute = AdaptedCompute(session.compute, adapters, digest)
+            device = getattr(server.block, "device", None)  # moved once, not at every step of the session
+            on_device = adapters if device is None else {k: v.to(device) for k, v in adapters.items()}
+            session.compute = AdaptedCompute(session.compute, on_device, digest)
         return web.json_response({"adapter": "0x" + digest.hex(), "tensors": len(adapters)})
 
 

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 
 from shardnet.config import ChainSettings, load_layered
 from shardnet.config import field_help as shared_field_help
+from shardnet.devices import DEVICE_CHOICES, DeviceError, check_device_spec
 from shardnet.span import LayerSpan
 
 ENV_PREFIX = "SHARDNET_WORKER_"
@@ -55,8 +56,16 @@ class WorkerConfig(ChainSettings):
         description="for a private model: the owner's keyholder URL (`shardnet keyholder run`) that wraps the "
         "file keys to this node once its shard is announced",
     )
-    dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        "float32", description="dtype of the loaded weights"
+    device: str = Field(
+        "auto",
+        description=f"where the block computes and its KV caches live: {DEVICE_CHOICES} (auto: the first GPU "
+        "when torch sees one, else the CPU); hidden states travel the same either way (docs/gpu.md)",
+    )
+    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        None,
+        description="dtype of the loaded weights; default: float32 on the CPU, on a GPU bfloat16 (float16 "
+        "where the GPU lacks bfloat16), or float32 when the model's manifest (worker_dtypes) allows no half "
+        "precision; a dtype the manifest does not allow is refused",
     )
     threads: int = Field(1, ge=1, description="torch threads for the model's compute")
 
@@ -80,8 +89,18 @@ class WorkerConfig(ChainSettings):
         16, ge=1, description="sessions one coordinator may hold at once (429 beyond)"
     )
     max_length: int = Field(2048, ge=1, description="most token positions one session may cache")
-    max_cache_mb: float = Field(
-        1024.0, gt=0, description="memory for all sessions' KV caches and kept outputs, in MiB (503 beyond)"
+    max_cache_mb: float | None = Field(
+        None,
+        gt=0,
+        description="memory for all sessions' KV caches and kept outputs, in MiB (503 beyond); default: 1024 "
+        "on the CPU, on a GPU gpu_memory_fraction of the device memory free once the weights are loaded",
+    )
+    gpu_memory_fraction: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="on a GPU without max_cache_mb: the share of its free memory (after loading the weights) "
+        "that sessions' KV caches may take; the rest is left for activations of the forward passes",
     )
     session_timeout_s: float = Field(300.0, gt=0, description="a session idle this long is closed")
     batch_window_ms: float = Field(
@@ -137,6 +156,14 @@ class WorkerConfig(ChainSettings):
         if value is not None:
             LayerSpan.parse(value)
         return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        try:
+            return check_device_spec(value)
+        except DeviceError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("peers", mode="before")
     @classmethod

@@ -13,7 +13,8 @@ for `GET /v1/sessions/{id}/outputs`:
 
 `bytes_per_position` (KV cache plus the most a position's kept output takes, one-token steps in fp32, frame
 header and Python object included) is what `/health` reports, and what a session opened with `max_positions`
-reserves up front, so a coordinator can admit a job by its worst case before paying for it.
+reserves up front, so a coordinator can admit a job by its worst case before paying for it. On a GPU worker
+the KV caches are in device memory and the budget is of that device (`worker.placement`, docs/gpu.md).
 """
 
 from __future__ import annotations

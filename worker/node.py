@@ -32,6 +32,7 @@ from worker.adapter_sessions import AdapterEndpoint
 from worker.chain_sync import ChainSync
 from worker.config import WorkerConfig
 from worker.coordinator_check import CoordinatorCheck, JobCoordinatorCheck
+from worker.placement import memory_budget_bytes, place
 from worker.server import BlockInfo, ServerLimits, WorkerServer
 from worker.span_choice import choose_best_span, default_span_length
 from worker.staking import connect, ensure_registered
@@ -163,10 +164,11 @@ def prepare(cfg: WorkerConfig, *, reset_state: bool = False) -> PreparedNode:
             manifest = fetch_files(manifest_cid, span, sources, cfg.store_dir, progress=False)
         except FetchError as exc:
             raise FetchError(fetch_hint(str(exc), model, span, cfg)) from exc
-        manifest.check_worker_dtype(
-            cfg.dtype
-        )  # before anything goes on chain: refused at announce, not slashed
-        block = load_block(cfg.store_dir, manifest.to_json(), span, getattr(torch, cfg.dtype))
+        placed = place(cfg, manifest)  # before anything goes on chain: a refused dtype or GPU costs nothing
+        block = load_block(
+            cfg.store_dir, manifest.to_json(), span, getattr(torch, placed.dtype), placed.device
+        )
+        memory_budget = memory_budget_bytes(cfg, placed.device)  # after the weights took their share
         node = ensure_registered(registry, cfg.endpoint, cfg.stake_wei)
         log.info("node %s registered at %s with a stake of %d wei", me, node.endpoint, node.stake)
     except BaseException:
@@ -193,13 +195,13 @@ def prepare(cfg: WorkerConfig, *, reset_state: bool = False) -> PreparedNode:
         is_last=block.is_last,
         hidden_size=block.hidden_size,
         vocab_size=block.vocab_size,
-        kv_bytes_per_token=kv_bytes_per_token(manifest.config, span, cfg.dtype),
+        kv_bytes_per_token=kv_bytes_per_token(manifest.config, span, placed.dtype),
     )
     limits = ServerLimits(
         max_sessions=cfg.max_sessions,
         max_per_coordinator=cfg.max_sessions_per_coordinator,
         max_length=min(cfg.max_length, int(positions)),
-        max_memory_bytes=int(cfg.max_cache_mb * 2**20),
+        max_memory_bytes=memory_budget,
         idle_timeout_s=cfg.session_timeout_s,
         unused_reservation_s=cfg.reservation_timeout_s,
         max_body_bytes=cfg.max_body_bytes,

@@ -281,6 +281,7 @@ class WorkerServer:
                 "max_length": self.limits.max_length,
                 "draining": self.draining,
                 "dtype": str(getattr(self.block, "dtype", "float32")).removeprefix("torch."),
+                "device": str(getattr(self.block, "device", "cpu")),  # memory.budget_bytes is of this device
                 "memory": memory.memory_health(self.sessions),
             }
         )

@@ -39,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-batch", type=int, default=16, help="the workers' --max-batch (default: 16)")
     parser.add_argument(
+        "--device",
+        help="the workers' --device: cpu, cuda or cuda:N (default: theirs, auto); the 3 workers share it "
+        "(scripts/gpu_check.sh passes cuda)",
+    )
+    parser.add_argument(
         "--step-timeout-s",
         type=float,
         default=120.0,
@@ -96,11 +101,23 @@ def run(args: argparse.Namespace) -> int:
         worker_flags = ("--max-sessions", room, "--max-sessions-per-coordinator", room,
                         "--batch-window-ms", str(args.batch_window_ms), "--max-batch", str(args.max_batch))  # fmt: skip
         workers = [
-            net.add_worker(i, model_id, s, threads=args.threads, extra=worker_flags)
+            net.add_worker(
+                i,
+                model_id,
+                s,
+                threads=args.threads,
+                extra=worker_flags,
+                device=args.device,
+                sharing=len(spans),
+            )
             for i, s in enumerate(spans)
         ]
         for w in workers:
-            w.wait_healthy(timeout=600)
+            health = w.wait_healthy(timeout=600)
+            budget = health.get("memory", {}).get("budget_bytes", 0) / 2**20
+            print(
+                f"{w.name}: {health.get('device')} {health.get('dtype')}, sessions' budget {budget:.0f} MiB"
+            )
         coord.wait_healthy(timeout=120)
         net.wait_for_workers(coord, len(workers), timeout=120)
         api = openai.OpenAI(base_url=coord.url + "/v1", api_key="unused", max_retries=0, timeout=1200)

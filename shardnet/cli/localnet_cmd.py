@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from shardnet.devices import check_device_spec
 from shardnet.errors import ConfigError
 
 
@@ -54,6 +55,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="model price per layer per token position, in wei (default 10**12)",
     )
     p.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads per worker (default 1)")
+    p.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="every worker's --device: auto, cpu, cuda or cuda:N (default: the workers' own, auto); workers on "
+        "one GPU split its free memory between them (docs/gpu.md)",
+    )
     p.add_argument("--rpc-port", type=int, metavar="PORT", help="anvil's port (default: any free port)")
     p.add_argument(
         "--coordinator-port", type=int, metavar="PORT", help="the coordinator's port (default: any free port)"
@@ -93,6 +100,8 @@ def cmd_localnet(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
+    if args.device is not None:
+        check_device_spec(args.device)  # a typo fails here, not in every worker's log
     source = args.model or smollm2_gguf_path()
     work_dir = _work_dir(args.work_dir)
     stop = threading.Event()
@@ -107,7 +116,10 @@ def cmd_localnet(args: argparse.Namespace) -> int:
         )
         coordinator = net.start_coordinator(port=args.coordinator_port)
         spans = even_spans(manifest.num_layers, args.workers)
-        workers = [net.add_worker(i, model_id, span, threads=args.threads) for i, span in enumerate(spans)]
+        workers = [
+            net.add_worker(i, model_id, span, threads=args.threads, device=args.device, sharing=len(spans))
+            for i, span in enumerate(spans)
+        ]
         for worker, span in zip(workers, spans, strict=True):
             health = worker.wait_healthy(args.ready_timeout_s)
             print(f"{worker.name:<11} {worker.url} layers {span} ({health.get('address', '')})", flush=True)

@@ -22,6 +22,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from shardnet.model.adapters import DecoderAdapter, ModelError
+from shardnet.model.device import to_cpu, to_device
 
 if TYPE_CHECKING:
     from transformers.cache_utils import Cache
@@ -93,7 +94,8 @@ def can_batch(session: BlockSession, x: torch.Tensor) -> bool:
 
 def decode_batch(sessions: Sequence[BlockSession], inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """One forward of `sessions`' decode steps (each `can_batch`, all of one block); returns each output
-    ([1, 1, hidden] hidden states, or [1, 1, vocab] float32 logits on the last block)."""
+    ([1, 1, hidden] hidden states, or [1, 1, vocab] float32 logits on the last block; on the CPU, the padded
+    cache, mask and forward on the block's device)."""
     block: Block = sessions[0].block
     adapter = block.adapter
     if not isinstance(adapter, DecoderAdapter):
@@ -111,8 +113,9 @@ def decode_batch(sessions: Sequence[BlockSession], inputs: Sequence[torch.Tensor
         mask = torch.zeros(count, longest + 1, dtype=torch.long)
         for row, length in enumerate(lengths):
             mask[row, longest - length :] = 1
-        position_ids = torch.tensor(lengths, dtype=torch.long).unsqueeze(1)
-        x = torch.cat(list(inputs), dim=0)
+        mask = to_device(mask, block.device)
+        position_ids = to_device(torch.tensor(lengths, dtype=torch.long).unsqueeze(1), block.device)
+        x = to_device(torch.cat(list(inputs), dim=0), block.device)
         hidden = adapter.embed(block.module, x, position_ids) if block.is_first else x.to(block.dtype)
         hidden = adapter.run_layers(block.module, hidden, block.span, padded, position_ids, mask)
         out = adapter.logits(block.module, hidden).float() if block.is_last else hidden
@@ -123,6 +126,7 @@ def decode_batch(sessions: Sequence[BlockSession], inputs: Sequence[torch.Tensor
             session.extend(
                 [k[row : row + 1] for k, _ in new_columns], [v[row : row + 1] for _, v in new_columns]
             )
+    out = to_cpu(out)
     return [out[row : row + 1] for row in range(count)]
 
 

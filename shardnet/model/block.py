@@ -27,6 +27,7 @@ from shardnet.model.adapters import (
     config_from_dict,
     get_adapter,
 )
+from shardnet.model.device import CPU, to_cpu, to_device
 from shardnet.model.export import part_file_name
 from shardnet.span import LayerSpan
 
@@ -48,12 +49,15 @@ class Block:
         span: LayerSpan,
         module: nn.Module,
         dtype: torch.dtype,
+        device: torch.device = CPU,
     ) -> None:
         self.adapter = adapter
         self.config = config
         self.span = span
         self.module = module  # the pruned HF model: parameters keep their HF state-dict names
         self.dtype = dtype
+        # weights and KV caches; inputs and outputs stay on the CPU (shardnet.model.device)
+        self.device = device
         self.num_layers = adapter.num_layers(config)
         self.is_first = span.is_first()
         self.is_last = span.is_last(self.num_layers)
@@ -63,7 +67,8 @@ class Block:
         self.vocab_size: int | None = int(vocab) if vocab is not None else None
 
     def __repr__(self) -> str:
-        return f"Block({self.config.model_type}, layers {self.span} of {self.num_layers}, {self.dtype})"
+        where = f"{self.dtype}, {self.device}"
+        return f"Block({self.config.model_type}, layers {self.span} of {self.num_layers}, {where})"
 
     def parameter_names(self) -> set[str]:
         """The HF state-dict names of the parameters this block holds."""
@@ -89,6 +94,7 @@ class Block:
 
         `attention_mask` is the HF 2D padding mask [batch, n]; every block of a chain needs the same one.
         The last block returns float32 (see the family's adapter module for what it returns).
+        Inputs and outputs are on the CPU whatever the block's device.
         """
         adapter = self.adapter
         if not isinstance(adapter, EncoderAdapter):
@@ -97,11 +103,13 @@ class Block:
             )
         self.check_input(x)
         with torch.inference_mode():
+            x = to_device(x, self.device)
+            mask = None if attention_mask is None else to_device(attention_mask, self.device)
             hidden = adapter.embed(self.module, x) if self.is_first else x.to(self.dtype)
-            hidden = adapter.run_layers(self.module, hidden, self.span, attention_mask)
+            hidden = adapter.run_layers(self.module, hidden, self.span, mask)
             if self.is_last:
-                return adapter.output(self.module, hidden).float()
-            return hidden
+                return to_cpu(adapter.output(self.module, hidden).float())
+            return to_cpu(hidden)
 
     __call__ = forward
 
@@ -139,10 +147,11 @@ def load_block(
     manifest: Mapping[str, Any],
     span: LayerSpan,
     dtype: torch.dtype = torch.float32,
+    device: torch.device = CPU,
 ) -> Block:
     """Build layers `span` of a published model from its manifest; files are at `store_dir / cid`.
 
-    The caller verifies CIDs (shardnet.store) before this reads anything.
+    The caller verifies CIDs (shardnet.store) before this reads anything. The weights end on `device`.
     """
     config = config_from_dict(manifest["config"])
     adapter = get_adapter(config.model_type)
@@ -150,7 +159,7 @@ def load_block(
     if declared is not None and int(declared) != adapter.num_layers(config):
         raise ModelError(f"manifest says {declared} layers, its config {adapter.num_layers(config)}")
     paths = span_files(manifest["files"], span, adapter.num_layers(config), Path(store_dir))
-    return _build(adapter, config, span, paths, dtype)
+    return _build(adapter, config, span, paths, dtype, device)
 
 
 def load_block_from_parts(
@@ -158,8 +167,9 @@ def load_block_from_parts(
     config: Mapping[str, Any] | PretrainedConfig,
     span: LayerSpan,
     dtype: torch.dtype = torch.float32,
+    device: torch.device = CPU,
 ) -> Block:
-    """Build layers `span` from the folder that `save_parts` wrote (files by name)."""
+    """Build layers `span` from the folder that `save_parts` wrote (files by name), weights on `device`."""
     hf_config = config_from_dict(config)
     adapter = get_adapter(hf_config.model_type)
     num_layers = adapter.num_layers(hf_config)
@@ -169,7 +179,7 @@ def load_block_from_parts(
         names.insert(0, part_file_name("embed"))
     if span.is_last(num_layers):
         names.append(part_file_name("head"))
-    return _build(adapter, hf_config, span, [Path(parts_dir) / n for n in names], dtype)
+    return _build(adapter, hf_config, span, [Path(parts_dir) / n for n in names], dtype, device)
 
 
 def span_files(
@@ -292,9 +302,19 @@ def _read_into(f: io.BufferedIOBase, out: torch.Tensor, stored: torch.dtype, wha
 
 
 def _build(
-    adapter: Adapter, config: PretrainedConfig, span: LayerSpan, paths: Sequence[Path], dtype: torch.dtype
+    adapter: Adapter,
+    config: PretrainedConfig,
+    span: LayerSpan,
+    paths: Sequence[Path],
+    dtype: torch.dtype,
+    device: torch.device = CPU,
 ) -> Block:
     module = adapter.build_span(config, span)
     load_tensors(module, paths, dtype)
-    logger.debug("built %s layers %s from %d files", config.model_type, span, len(paths))
-    return Block(adapter, config, span, module, dtype)
+    if (
+        device.type != "cpu"
+    ):  # read on the CPU (aligned, chunked casts), then moved once: the CPU copy is freed
+        as_module: nn.Module = module  # (PreTrainedModel.to is typed for dtypes only)
+        as_module.to(device)
+    logger.debug("built %s layers %s from %d files on %s", config.model_type, span, len(paths), device)
+    return Block(adapter, config, span, module, dtype, device)

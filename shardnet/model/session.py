@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from shardnet.model.adapters import DecoderAdapter, ModelError
+from shardnet.model.device import to_cpu, to_device
 
 if TYPE_CHECKING:
     from transformers.cache_utils import Cache
@@ -29,6 +30,7 @@ class BlockSession:
     `step(x, start_pos)` takes positions start_pos .. start_pos+n-1: token ids [1, n] on the first
     block, hidden states [1, n, hidden] on the others. A failed step leaves the cache in an unknown
     state, so the session refuses further steps; open a new one and replay the inputs.
+    Inputs and outputs are on the CPU; the KV cache lives on the block's device.
     """
 
     def __init__(self, block: Block, max_length: int | None) -> None:
@@ -54,13 +56,15 @@ class BlockSession:
         n = int(x.shape[1])
         try:
             with torch.inference_mode():
-                position_ids = torch.arange(start_pos, start_pos + n).unsqueeze(0)
+                position_ids = torch.arange(start_pos, start_pos + n, device=block.device).unsqueeze(0)
+                x = to_device(x, block.device)
                 if block.is_first:
                     hidden = self._adapter.embed(block.module, x, position_ids)
                 else:
                     hidden = x.to(block.dtype)
                 hidden = self._adapter.run_layers(block.module, hidden, block.span, cache, position_ids)
                 out = self._adapter.logits(block.module, hidden).float() if block.is_last else hidden
+                out = to_cpu(out)
         except Exception as exc:
             self._failed = f"{type(exc).__name__}: {exc}"
             raise
@@ -92,7 +96,8 @@ class BlockSession:
     def extend(self, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
         """Append one position computed in a batch (`shardnet.model.batched`): for each span layer,
         in order, its keys and values [1, kv_heads, 1, head_dim]. The cache then holds exactly what
-        `step` of the same position would have left (a DynamicCache appends with the same cat)."""
+        `step` of the same position would have left (a DynamicCache appends with the same cat).
+        The tensors are on the block's device, as the cache is."""
         cache = self._cache
         if cache is None:
             raise ModelError("this session is closed; open a new one with block.new_session()")

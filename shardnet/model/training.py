@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from shardnet.model.adapters import DecoderAdapter, ModelError
+from shardnet.model.device import to_cpu, to_device
 
 if TYPE_CHECKING:
     from shardnet.model.block import Block
@@ -132,7 +133,7 @@ def _prompt_hook(layer: int) -> Any:
             return None
         hidden = args[0]
         p = prompt.shape[0]
-        added = torch.cat([hidden[:, :p] + prompt.to(hidden.dtype), hidden[:, p:]], dim=1)
+        added = torch.cat([hidden[:, :p] + prompt.to(hidden.device, hidden.dtype), hidden[:, p:]], dim=1)
         return (added, *args[1:])
 
     return hook
@@ -145,7 +146,8 @@ def _lora_hook(layer: int, proj: str) -> Any:
             return None
         a, b = pair
         x: torch.Tensor = args[0]
-        delta: torch.Tensor = torch.matmul(torch.matmul(x, a.to(output.dtype).T), b.to(output.dtype).T)
+        a, b = a.to(output.device, output.dtype), b.to(output.device, output.dtype)  # no copy when already so
+        delta: torch.Tensor = torch.matmul(torch.matmul(x, a.T), b.T)
         return output + delta
 
     return hook
@@ -172,16 +174,19 @@ def active_adapters(adapters: Mapping[str, torch.Tensor]) -> Iterator[None]:
 
 def span_forward(block: Block, hidden: torch.Tensor, adapters: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """The block's layers over hidden states [batch, n, hidden], with `adapters`; autograd follows
-    whatever requires grad (call under torch.no_grad() for a plain forward)."""
+    whatever requires grad (call under torch.no_grad() for a plain forward). Inputs and the output are on
+    the CPU, the compute on the block's device (the moves are part of the autograd graph)."""
     adapter = block.adapter
     if not isinstance(adapter, DecoderAdapter):
         raise ModelError(f"training runs through decoder blocks, not a {block.kind} block")
     prepare_block(block)
     n = int(hidden.shape[1])
-    position_ids = torch.arange(n).unsqueeze(0)
-    with active_adapters(adapters):
+    position_ids = torch.arange(n, device=block.device).unsqueeze(0)
+    on_device = {name: to_device(tensor, block.device) for name, tensor in adapters.items()}
+    with active_adapters(on_device):
         cache = adapter.new_cache(block.config)  # a throwaway cache: the layers' call signature needs one
-        return adapter.run_layers(block.module, hidden.to(block.dtype), block.span, cache, position_ids)
+        hidden = to_device(hidden, block.device).to(block.dtype)
+        return to_cpu(adapter.run_layers(block.module, hidden, block.span, cache, position_ids))
 
 
 def span_backward(

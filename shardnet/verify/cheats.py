@@ -19,6 +19,7 @@ from torch import nn
 
 from shardnet.model.adapters import DecoderAdapter
 from shardnet.model.block import Block
+from shardnet.model.device import to_cpu, to_device
 from shardnet.span import LayerSpan
 from shardnet.verify.simulate import HonestHop
 
@@ -67,13 +68,15 @@ class LayersHop:
     def step(self, x: torch.Tensor, start_pos: int, step: int) -> torch.Tensor:
         block = self.block
         with torch.inference_mode():
-            position_ids = torch.arange(start_pos, start_pos + int(x.shape[1])).unsqueeze(0)
+            n = int(x.shape[1])
+            position_ids = torch.arange(start_pos, start_pos + n, device=block.device).unsqueeze(0)
+            x = to_device(x, block.device)
             hidden = (
                 self.adapter.embed(block.module, x, position_ids) if block.is_first else x.to(block.dtype)
             )
             if self.layers is not None:
                 hidden = self.adapter.run_layers(block.module, hidden, self.layers, self.cache, position_ids)
-            return self.adapter.logits(block.module, hidden).float() if block.is_last else hidden
+            return to_cpu(self.adapter.logits(block.module, hidden).float() if block.is_last else hidden)
 
     def close(self) -> None:
         self.cache = None  # type: ignore[assignment]

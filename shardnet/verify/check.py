@@ -21,6 +21,7 @@ import torch
 
 from shardnet.model.adapters import DecoderAdapter, ModelError
 from shardnet.model.block import Block
+from shardnet.model.device import to_cpu, to_device
 from shardnet.verify.fingerprint import (
     FingerprintError,
     fingerprint_distance,
@@ -79,7 +80,7 @@ class Verdict:
 
 def recompute_span(block: Block, step_inputs: Sequence[torch.Tensor]) -> torch.Tensor:
     """Run the span once over the concatenated inputs; returns [n, hidden] or, on the last hop,
-    float32 logits of every position [n, vocab]."""
+    float32 logits of every position [n, vocab] (on the CPU, computed on the block's device)."""
     adapter = block.adapter
     if not isinstance(adapter, DecoderAdapter):
         raise ModelError(f"checking by prefill needs a decoder block, got a {block.kind} block")
@@ -94,13 +95,14 @@ def recompute_span(block: Block, step_inputs: Sequence[torch.Tensor]) -> torch.T
         raise ModelError(f"the job has {n} positions, more than the model's {limit}")
     with torch.inference_mode():
         cache = adapter.new_cache(block.config)
-        position_ids = torch.arange(n).unsqueeze(0)
+        position_ids = torch.arange(n, device=block.device).unsqueeze(0)
+        x_all = to_device(x_all, block.device)
         hidden = adapter.embed(block.module, x_all, position_ids) if block.is_first else x_all.to(block.dtype)
         hidden = adapter.run_layers(block.module, hidden, block.span, cache, position_ids)
         if block.is_last:
             # positions as a batch of one-position rows: the adapter's head takes each row's last position
-            return adapter.logits(block.module, hidden.transpose(0, 1)).float()[:, 0, :]
-        return hidden[0]
+            return to_cpu(adapter.logits(block.module, hidden.transpose(0, 1)).float()[:, 0, :])
+        return to_cpu(hidden[0])
 
 
 def check_hop(

@@ -70,7 +70,7 @@ def projection_matrix(width: int, count: int) -> torch.Tensor:
 
 
 def _rows(output: torch.Tensor) -> torch.Tensor:
-    """An output [1, n, d], [n, d] or [d] as float32 rows [n, d]."""
+    """An output [1, n, d], [n, d] or [d] as float32 rows [n, d] on the CPU."""
     if output.dim() == 3:
         if output.shape[0] != 1:
             raise FingerprintError(f"fingerprints take one sequence, got batch {output.shape[0]}")
@@ -81,7 +81,8 @@ def _rows(output: torch.Tensor) -> torch.Tensor:
         raise FingerprintError(
             f"fingerprints take outputs [1, n, d] with n >= 1, d >= 2, got {list(output.shape)}"
         )
-    return output.to(torch.float32)
+    # a CPU float32 copy: fingerprints never depend on the device (or dtype) the output was computed on
+    return output.detach().to(device="cpu", dtype=torch.float32)
 
 
 @lru_cache(maxsize=16)

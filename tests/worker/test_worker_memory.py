@@ -84,7 +84,10 @@ async def _open(w: WorkerClient, net: Net, max_positions: int = 0) -> str:
 
 
 def test_health_reports_the_cache_memory_in_bytes(net: Net) -> None:
-    memory = _health(net)["memory"]
+    health = _health(net)
+    # tests/conftest.py pins test workers to the CPU (SHARDNET_WORKER_DEVICE): the budget is of host memory
+    assert health["device"] == "cpu" and health["dtype"] == "float32"
+    memory = health["memory"]
     assert memory["budget_bytes"] == int(CACHE_MB * 2**20)
     assert memory["used_bytes"] == 0 and memory["free_bytes"] == memory["budget_bytes"]
     # tiny Llama: 4 layers x 2 (k, v) x 2 kv heads x 16 dims x 4 bytes; the last hop keeps top-16 of 256 logits
