@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -51,6 +51,31 @@ def ticket(
         chain_id=domain.chain_id,
         registry=domain.registry,
     )
+
+
+#: where the tests that play the coordinator themselves say their coordinators listen (nobody does)
+NOWHERE = "http://127.0.0.1:9"
+
+
+def tiny_llama_on_chain(
+    tmp: Path,
+    anvil: Any,
+    owner_account: LocalAccount,
+    deployment: Any,
+    cid: str,
+    coordinators: Sequence[LocalAccount] = (),
+) -> tuple[Path, Registry, int]:
+    """Save the module's `deployment` in `tmp`, register the tiny Llama of `cid` (4 layers, 10**6 wei a layer token)
+    as `owner_account` and approve `coordinators` (at NOWHERE: the test plays the coordinator); returns the
+    deployment file, the owner's bindings and the model id."""
+    from shardnet.chain.registry import Registry
+
+    dep_file = deployment.save(tmp / "deployment.json")
+    owner = Registry(anvil.w3, deployment.registry, owner_account, deploy_block=deployment.deploy_block)
+    model_id = int(owner.register_model("tiny-llama", cid, 4, 10**6).event("ModelRegistered").args["modelId"])
+    for coordinator in coordinators:
+        owner.set_coordinator(coordinator.address, NOWHERE, True)
+    return dep_file, owner, model_id
 
 
 def signing_server(
