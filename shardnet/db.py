@@ -9,8 +9,9 @@ SQLite files run in WAL mode with a busy timeout, and every transaction starts w
 several processes (a worker and its CLI) can share one file without "database is locked" surprises.
 A plain `postgresql://` (or `postgres://`) URL uses psycopg2, the driver of the `postgres` extra; name
 another installed synchronous driver to use it instead (e.g. `postgresql+psycopg://` for psycopg 3).
-The table `chain_cursor` keeps, per event watcher, the last block it fully processed; `chain_identity` the
-chain (id, registry, genesis block) each role's state belongs to, checked at every start.
+The table `chain_cursor` keeps, per event watcher, the last block it fully processed, and `chain_cursor_block`
+the hashes of the newest blocks its cursor stood at (where a fork began); `chain_identity` the chain (id, registry,
+genesis block) each role's state belongs to, checked at every start.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Engine, String, create_engine, delete, event, inspect
+from sqlalchemy import BigInteger, DateTime, Engine, String, create_engine, delete, event, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -141,6 +142,53 @@ def write_cursor(session: Session, name: str, block: int) -> None:
     else:
         row.block = block
         row.updated_at = datetime.now(UTC)
+
+
+class ChainCursorBlock(Base):
+    """A block a watcher's cursor stood at, with its hash then: after a reorg (or a devnet reverted to a
+    snapshot) the newest of these the chain still has is where the watcher reads again from."""
+
+    __tablename__ = "chain_cursor_block"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    block: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    hash: Mapped[str] = mapped_column(String(66))
+
+
+def remember_cursor_block(session: Session, name: str, block: int, block_hash: str, *, keep: int) -> None:
+    """Record that watcher `name`'s cursor stood at `block` whose hash was `block_hash`; keep the newest `keep`."""
+    session.merge(ChainCursorBlock(name=name, block=block, hash=block_hash))
+    session.flush()
+    oldest_kept = session.scalars(
+        select(ChainCursorBlock.block)
+        .where(ChainCursorBlock.name == name)
+        .order_by(ChainCursorBlock.block.desc())
+        .offset(keep - 1)
+        .limit(1)
+    ).first()
+    if oldest_kept is not None:
+        session.execute(
+            delete(ChainCursorBlock).where(
+                ChainCursorBlock.name == name, ChainCursorBlock.block < oldest_kept
+            )
+        )
+
+
+def cursor_blocks(session: Session, name: str, *, up_to: int) -> list[tuple[int, str]]:
+    """The (block, hash) pairs recorded for watcher `name` at or below block `up_to`, oldest first."""
+    rows = session.execute(
+        select(ChainCursorBlock.block, ChainCursorBlock.hash)
+        .where(ChainCursorBlock.name == name, ChainCursorBlock.block <= up_to)
+        .order_by(ChainCursorBlock.block)
+    )
+    return [(int(block), str(block_hash)) for block, block_hash in rows]
+
+
+def forget_cursor_blocks_after(session: Session, name: str, block: int) -> None:
+    """Drop watcher `name`'s recorded blocks above `block` (they are no longer the chain's)."""
+    session.execute(
+        delete(ChainCursorBlock).where(ChainCursorBlock.name == name, ChainCursorBlock.block > block)
+    )
 
 
 # ---------------------------------------------------------------- which chain a database belongs to

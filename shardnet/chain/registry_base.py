@@ -196,6 +196,11 @@ class RegistryCore:
     def block_number(self) -> int:
         return int(rpc(self.w3, "eth_blockNumber", []), 16)
 
+    def block_hash(self, block: int) -> str | None:
+        """The 0x hash of block number `block` on the node's chain now; None when the chain has no such block."""
+        found = rpc(self.w3, "eth_getBlockByNumber", [hex(block), False])
+        return None if found is None else "0x" + as_bytes(found["hash"]).hex()
+
     def latest_timestamp(self) -> int:
         """The timestamp of the latest block (a devnet mines only on demand: it may lag the wall clock)."""
         return int(rpc(self.w3, "eth_getBlockByNumber", ["latest", False])["timestamp"], 16)

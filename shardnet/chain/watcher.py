@@ -4,8 +4,14 @@
 blocks, and calls `handlers[event_name](event, session)` in chain order (block, then log index). All
 handler calls of one range and the new cursor (table `chain_cursor`: the last fully processed block)
 are committed in one database transaction, the session passed to the handlers: a crash or a failing
-handler rolls everything back and the range is handled again on the next poll, never half. Handlers
-that act outside the database (sending transactions) must be idempotent by on-chain ids.
+handler rolls everything back and the range is handled again on the next poll, never half.
+
+Forks: with the cursor the watcher keeps the hash of each block its cursor stood at (the newest `fork_memory`,
+table `chain_cursor_block`). Before reading further it checks that the chain still has the cursor's block; if not
+(a reorg deeper than `confirmations`, or a devnet reverted to a snapshot: the same block numbers then hold other
+blocks), it moves the cursor back to the newest remembered block the chain still has (to the start if none) and
+reads on from there, so no event of the new branch is skipped. Events of blocks read again are handed out again:
+handlers must be idempotent by on-chain ids (those that send transactions too).
 
     watcher = EventWatcher(registry, engine, "worker", {"JobSettled": on_settled}, confirmations=1)
     threading.Thread(target=watcher.run_forever, args=(stop_event,)).start()
@@ -23,7 +29,16 @@ from sqlalchemy.orm import Session
 
 from shardnet.chain.errors import ChainError, ChainUnavailable
 from shardnet.chain.tx import DecodedEvent
-from shardnet.db import ChainCursor, read_cursor, session_scope, write_cursor
+from shardnet.db import (
+    ChainCursor,
+    ChainCursorBlock,
+    cursor_blocks,
+    forget_cursor_blocks_after,
+    read_cursor,
+    remember_cursor_block,
+    session_scope,
+    write_cursor,
+)
 from shardnet.retry import Backoff, retry_until_stopped
 
 if TYPE_CHECKING:
@@ -33,6 +48,9 @@ log = logging.getLogger(__name__)
 
 #: A handler gets the event and the session of the transaction that also stores the cursor.
 EventHandler = Callable[[DecodedEvent, Session], None]
+
+#: blocks the cursor stood at whose hashes are kept to find where a fork began (one per poll that read blocks)
+FORK_MEMORY = 1024
 
 
 class EventWatcher:
@@ -50,6 +68,7 @@ class EventWatcher:
         poll_interval: float = 0.5,
         start_block: int | None = None,
         max_backoff: float = 30.0,
+        fork_memory: int = FORK_MEMORY,
     ) -> None:
         unknown = sorted(set(handlers) - set(registry.event_names))
         if unknown:
@@ -57,8 +76,10 @@ class EventWatcher:
                 f"watcher {name!r} has handlers for events the registry does not emit: {', '.join(unknown)}; "
                 f"known events: {', '.join(registry.event_names)}"
             )
-        if confirmations < 0 or max_range < 1 or poll_interval <= 0:
-            raise ValueError("need confirmations >= 0, max_range >= 1 and poll_interval > 0")
+        if confirmations < 0 or max_range < 1 or poll_interval <= 0 or fork_memory < 1:
+            raise ValueError(
+                "need confirmations >= 0, max_range >= 1, poll_interval > 0 and fork_memory >= 1"
+            )
         self.registry = registry
         self.engine = engine
         self.name = name
@@ -68,11 +89,14 @@ class EventWatcher:
         self.poll_interval = poll_interval
         self.start_block = registry.deploy_block if start_block is None else start_block
         self.max_backoff = max_backoff
+        self.fork_memory = fork_memory
+        self.rewinds = 0  # how many times a fork moved the cursor back
         self.failures = 0  # consecutive failed polls (node unreachable or a handler raised)
         self.lag = 0  # blocks between the cursor and the confirmed head after the last poll
         self._warned_behind = False
+        tables = ChainCursor.metadata.tables
         ChainCursor.metadata.create_all(
-            engine, tables=[ChainCursor.metadata.tables[ChainCursor.__tablename__]]
+            engine, tables=[tables[ChainCursor.__tablename__], tables[ChainCursorBlock.__tablename__]]
         )
 
     def cursor(self) -> int:
@@ -87,20 +111,18 @@ class EventWatcher:
         Raises ChainUnavailable when the node cannot be reached, and whatever a handler raises (the
         range is then rolled back and stays unprocessed).
         """
-        safe_head = self.registry.block_number() - self.confirmations
+        head = self.registry.block_number()
+        safe_head = head - self.confirmations
         cursor = self.cursor()
-        if safe_head < cursor and cursor >= self.start_block and not self._warned_behind:
-            log.warning(
-                "watcher %r: the chain's confirmed head %d is behind the cursor %d; was the devnet reset? "
-                "waiting (delete its chain_cursor row to start over)",
-                self.name,
-                safe_head,
-                cursor,
-            )
-            self._warned_behind = True
+        if cursor >= self.start_block and (head < cursor or safe_head > cursor):
+            cursor = self._rewind_past_fork(cursor, head)
         first, last = cursor + 1, min(safe_head, cursor + self.max_range)
         if last < first:
             self.lag = 0
+            return 0
+        # read before the logs: a fork between the two reads shows at the next poll as a changed hash
+        last_hash = self.registry.block_hash(last)
+        if last_hash is None:  # the chain got shorter since the head was read: next poll
             return 0
         events = self.registry.get_logs(first, last, sorted(self.handlers)) if self.handlers else []
         with session_scope(self.engine) as session:
@@ -111,10 +133,56 @@ class EventWatcher:
                 log.debug("watcher %r: %s at %s", self.name, event.name, event.position)
                 self.handlers[event.name](event, session)
             write_cursor(session, self.name, last)
+            remember_cursor_block(session, self.name, last, last_hash, keep=self.fork_memory)
         self.lag = safe_head - last
         if events:
             log.info("watcher %r: handled %d events in blocks %d-%d", self.name, len(events), first, last)
         return len(events)
+
+    def _rewind_past_fork(self, cursor: int, head: int) -> int:
+        """The cursor, moved back below a fork if the chain no longer has the block it stands at (see the module
+        docstring); the remembered hashes match the chain up to the fork and not after it, so a binary search
+        finds the newest block still on the chain."""
+        with Session(self.engine) as session:
+            known = cursor_blocks(session, self.name, up_to=cursor)
+        if not known:  # a cursor from before hashes were kept: nothing to compare with
+            if head < cursor and not self._warned_behind:
+                log.warning(
+                    "watcher %r: the chain's head %d is behind the cursor %d and no block hash was kept to find "
+                    "where it forked; waiting (delete its chain_cursor row to read from the start again)",
+                    self.name,
+                    head,
+                    cursor,
+                )
+                self._warned_behind = True
+            return cursor
+
+        def on_chain(i: int) -> bool:
+            block, block_hash = known[i]
+            return block <= head and self.registry.block_hash(block) == block_hash
+
+        if on_chain(len(known) - 1):
+            return cursor
+        low, high = -1, len(known) - 1  # on_chain(low) holds (-1: none known), on_chain(high) does not
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (mid, high) if on_chain(mid) else (low, mid)
+        target = known[low][0] if low >= 0 else self.start_block - 1
+        with session_scope(self.engine) as session:
+            if read_cursor(session, self.name, for_update=True) != cursor:
+                return self.cursor()  # another process moved it meanwhile
+            write_cursor(session, self.name, target)
+            forget_cursor_blocks_after(session, self.name, target)
+        self.rewinds += 1
+        log.warning(
+            "watcher %r: the chain no longer has block %d as read (a reorg, or a devnet reverted to a snapshot): "
+            "reading again from block %d%s",
+            self.name,
+            known[-1][0],
+            target + 1,
+            "" if low >= 0 else " (the start: no remembered block is on the chain any more)",
+        )
+        return target
 
     def catch_up(self) -> int:
         """Poll until the cursor reaches the confirmed head; returns the events handled."""

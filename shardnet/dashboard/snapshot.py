@@ -165,16 +165,12 @@ class ChainSnapshot:
         return self.assignments.get_or(assignment_id, lambda: self.registry.get_assignment(assignment_id))
 
     # ------------------------------------------------------------ reading
-    def _block_hash(self, block: int) -> str | None:
-        b = rpc(self.registry.w3, "eth_getBlockByNumber", [hex(block), False])
-        return None if b is None else str(b["hash"])
-
     def _chain_changed(self, head: int) -> bool:
         """Whether the blocks already read are no longer the chain's (a reorg below them, a restarted node)."""
         if self.synced_hash is None:
             return False
         last = self.next_block - 1
-        return head < last or self._block_hash(last) != self.synced_hash
+        return head < last or self.registry.block_hash(last) != self.synced_hash
 
     def refresh(self) -> None:
         """Fold the events of the blocks not read yet (at most `max_blocks` blocks and `max_events` events), then
@@ -191,7 +187,7 @@ class ChainSnapshot:
         if to_block >= self.next_block:
             read_to = self._fold_logs(to_block)
             if read_to >= self.next_block:
-                self.synced_hash = self._block_hash(read_to)
+                self.synced_hash = self.registry.block_hash(read_to)
             self.log_ranges = [*self.log_ranges[-99:], (self.next_block, read_to)]
             self.next_block = read_to + 1
         self.head, self.head_time = head, self.block_time(head)

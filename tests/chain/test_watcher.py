@@ -21,7 +21,7 @@ from shardnet.chain.errors import ChainError
 from shardnet.chain.registry import Registry
 from shardnet.chain.tx import DecodedEvent
 from shardnet.chain.watcher import EventWatcher
-from shardnet.db import ChainCursor, make_engine
+from shardnet.db import ChainCursor, ChainCursorBlock, make_engine
 from shardnet.span import LayerSpan
 
 REPO = Path(__file__).resolve().parents[2]
@@ -252,4 +252,5 @@ def test_watcher_cursor_in_postgresql(postgres_url: str, registry: Registry) -> 
     finally:
         _TestBase.metadata.drop_all(engine)
         ChainCursor.__table__.drop(engine)
+        ChainCursorBlock.__table__.drop(engine)
         engine.dispose()

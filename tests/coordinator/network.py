@@ -4,7 +4,6 @@ and one `coordinator run`; and the helpers the tests share (reference text, bala
 
 from __future__ import annotations
 
-import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,16 +15,15 @@ import torch
 from shardnet.chain.deploy import deploy_registry
 from shardnet.chain.registry import Registry
 from shardnet.client import ShardnetClient
-from tests.coordinator.harness import (
-    EOS_ID,
-    CoordinatorProc,
-    build_tiny_chat_model,
-    http_json,
-    start_coordinator,
-    wait_for,
+from tests.coordinator.harness import EOS_ID, CoordinatorProc, http_json, start_coordinator
+from tests.coordinator.tiny_chat_net import (
+    start_span_workers,
+    stop_workers,
+    tiny_chat_on_chain,
+    wait_routable,
 )
 from tests.fixtures_chain import TEST_PARAMS
-from tests.worker.harness import WorkerProc, start_worker
+from tests.worker.harness import WorkerProc
 
 PRICE = 10**6
 SHARDNET = [str(Path(sys.executable).parent / "shardnet")]  # the installed console script
@@ -67,71 +65,51 @@ def start_network(tmp_path_factory: Any, anvil: Any, accounts: Any) -> Iterator[
     """Deploy a registry of its own, register the tiny chat model, start 4 workers and a coordinator; stop them."""
     from transformers import AutoTokenizer
 
-    from shardnet.model.importer import import_model
     from shardnet.model.reference import load_reference
 
     tmp = tmp_path_factory.mktemp("coordnet")
-    deployment = deploy_registry(anvil.w3, accounts[0], TEST_PARAMS)
-    dep_file = deployment.save(tmp / "deployment.json")
-    owner = Registry(anvil.w3, deployment.registry, accounts[0], deploy_block=deployment.deploy_block)
-    hf_dir = tmp / "hf"
-    build_tiny_chat_model(hf_dir)
-    store = tmp / "store"
-    cid, manifest = import_model(hf_dir, store, name="tiny-chat", progress=False)
-    model_id = int(owner.register_model("tiny-chat", cid, 6, PRICE).event("ModelRegistered").args["modelId"])
-
+    chain = tiny_chat_on_chain(
+        tmp, anvil, accounts[0], deploy_registry(anvil.w3, accounts[0], TEST_PARAMS), PRICE
+    )
     coord = start_coordinator(
         tmp,
         accounts[1].key.hex(),
-        dep_file,
+        chain.dep_file,
         tmp / "coord-store",
         "--verify-share",
         "0.3",
         "--load-penalty-s",
         "0.05",
     )
-    owner.set_coordinator(accounts[1].address, coord.url, True)
+    chain.owner.set_coordinator(accounts[1].address, coord.url, True)
     spans = {"a": (2, "0:2"), "b": (3, "2:4"), "b2": (4, "2:4"), "c": (5, "4:6")}
     workers: dict[str, WorkerProc] = {}
     network: Net | None = None
     try:
-        for name, (i, span) in spans.items():
-            workers[name] = start_worker(
-                tmp,
-                accounts[i],
-                dep_file,
-                "tiny-chat",
-                store,
-                "--layers",
-                span,
-                "--drain-grace-s",
-                "2",
-                name=name,
-            )
-        for w in workers.values():
-            w.wait_ready(timeout=300)
-        coord.wait_ready(timeout=300)
-        wait_for(
-            lambda: len(http_json("GET", coord.url + "/v1/workers")[1]["workers"]) == 4,
-            20,
-            "4 workers routable",
+        start_span_workers(
+            chain,
+            {name: (accounts[i], span) for name, (i, span) in spans.items()},
+            "--drain-grace-s",
+            "2",
+            into=workers,
         )
+        wait_routable(workers.values(), coord, timeout_s=20)
         client_account = accounts[9]
         reference = {
-            "model": load_reference(store, manifest.to_json()),
-            "tokenizer": AutoTokenizer.from_pretrained(hf_dir),
+            "model": load_reference(chain.store, chain.manifest.to_json()),
+            "tokenizer": AutoTokenizer.from_pretrained(chain.hf_dir),
         }
         network = Net(
             tmp,
-            dep_file,
-            owner,
+            chain.dep_file,
+            chain.owner,
             client_account,
-            ShardnetClient(owner.with_account(client_account), coordinator_url=None),
+            ShardnetClient(chain.owner.with_account(client_account), coordinator_url=None),
             coord,
             accounts[1].address,
-            model_id,
-            store,
-            hf_dir,
+            chain.model_id,
+            chain.store,
+            chain.hf_dir,
             workers,
             reference,
         )
@@ -140,11 +118,7 @@ def start_network(tmp_path_factory: Any, anvil: Any, accounts: Any) -> Iterator[
         coord.stop()
         if network is not None:
             network.coordinator.stop()  # a test may have replaced it with a restarted process
-        for w in workers.values():  # SIGTERM all first, so they drain and release in parallel
-            if w.proc is not None and w.proc.poll() is None:
-                w.signal(signal.SIGTERM)
-        for w in workers.values():
-            w.stop()
+        stop_workers(workers.values())  # the dict holds the workers a test restarted in place of the first
 
 
 def claimables(reg: Registry, addresses: list[str]) -> dict[str, int]:

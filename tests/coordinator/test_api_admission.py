@@ -15,91 +15,43 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shardnet.chain.registry import JobStatus, Registry
-from tests.coordinator.harness import (
-    CoordinatorProc,
-    build_tiny_chat_model,
-    http_json,
-    start_coordinator,
-    wait_for,
-)
-from tests.worker.harness import WorkerProc, start_worker
+from tests.coordinator.harness import http_json, start_coordinator, wait_for
+from tests.coordinator.tiny_chat_net import OneWorkerNet, admission_coordinator_flags, one_worker_network
 
 MAX_LENGTH = 64
 MAX_SESSIONS = 2
 PRICE = 10**9
 
 
-@dataclass
-class BusyNet:
-    owner: Registry
-    coordinator: CoordinatorProc
-    worker: WorkerProc
-    model_id: int
+BusyNet = OneWorkerNet
 
 
 @pytest.fixture(scope="module")
 def busy_net(tmp_path_factory, anvil, accounts, module_deployment) -> Iterator[BusyNet]:
-    from shardnet.model.importer import import_model
-
-    tmp = tmp_path_factory.mktemp("admission")
-    dep_file = module_deployment.save(tmp / "deployment.json")
-    owner = Registry(
-        anvil.w3, module_deployment.registry, accounts[0], deploy_block=module_deployment.deploy_block
-    )
-    build_tiny_chat_model(tmp / "hf")
-    store = tmp / "store"
-    cid, _ = import_model(tmp / "hf", store, name="tiny-chat", progress=False)
-    model_id = int(owner.register_model("tiny-chat", cid, 6, PRICE).event("ModelRegistered").args["modelId"])
-    coord = start_coordinator(
-        tmp,
-        accounts[1].key.hex(),
-        dep_file,
-        tmp / "coord-store",
-        "--verify-share",
-        "0",
-        "--max-concurrent-jobs",
-        "6",
-        "--api-queue-size",
-        "8",
-        "--api-queue-wait-s",
-        "20",
-    )
-    owner.set_coordinator(accounts[1].address, coord.url, True)
-    worker = start_worker(
-        tmp,
-        accounts[2],
-        dep_file,
-        "tiny-chat",
-        store,
-        "--layers",
-        "0:6",
-        "--max-length",
-        str(MAX_LENGTH),
-        "--max-sessions",
-        str(MAX_SESSIONS),
-        "--max-sessions-per-coordinator",
-        "1",
-        name="w",
-    )
-    try:
-        worker.wait_ready(timeout=300)
-        coord.wait_ready(timeout=300)
-        wait_for(
-            lambda: len(http_json("GET", coord.url + "/v1/workers")[1]["workers"]) == 1,
-            30,
-            "a routable worker",
-        )
-        yield BusyNet(owner, coord, worker, model_id)
-    finally:
-        coord.stop()
-        worker.stop()
+    with one_worker_network(
+        tmp_path_factory,
+        anvil,
+        accounts,
+        module_deployment,
+        "admission",
+        price=PRICE,
+        coordinator_args=admission_coordinator_flags(queue_wait_s=20),
+        worker_args=[
+            "--max-length",
+            str(MAX_LENGTH),
+            "--max-sessions",
+            str(MAX_SESSIONS),
+            "--max-sessions-per-coordinator",
+            "1",
+        ],
+    ) as net:
+        yield net
 
 
 def _complete(net: BusyNet, prompt: str, max_tokens: int = 6, **extra: Any) -> tuple[int, Any]:

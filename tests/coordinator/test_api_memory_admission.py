@@ -13,20 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from shardnet.chain.registry import JobStatus, Registry
-from tests.coordinator.harness import (
-    CoordinatorProc,
-    build_tiny_chat_model,
-    http_json,
-    start_coordinator,
-    wait_for,
-)
-from tests.worker.harness import WorkerProc, start_worker
+from shardnet.chain.registry import JobStatus
+from tests.coordinator.harness import http_json, wait_for
+from tests.coordinator.tiny_chat_net import OneWorkerNet, admission_coordinator_flags, one_worker_network
 
 PRICE = 10**9
 CACHE_MB = 0.75  # the tiny model costs ~1.5 KiB of KV cache a position: ~500 positions in all
@@ -34,71 +27,22 @@ PROMPT_CHARS = 30  # one token a byte
 NEW_TOKENS = 150  # a job needs ~180 positions: 2 fit at once, not 6
 
 
-@dataclass
-class MemNet:
-    owner: Registry
-    coordinator: CoordinatorProc
-    worker: WorkerProc
+MemNet = OneWorkerNet
 
 
 @pytest.fixture(scope="module")
 def mem_net(tmp_path_factory, anvil, accounts, module_deployment) -> Iterator[MemNet]:
-    from shardnet.model.importer import import_model
-
-    tmp = tmp_path_factory.mktemp("memory-admission")
-    dep_file = module_deployment.save(tmp / "deployment.json")
-    owner = Registry(
-        anvil.w3, module_deployment.registry, accounts[0], deploy_block=module_deployment.deploy_block
-    )
-    build_tiny_chat_model(tmp / "hf")
-    store = tmp / "store"
-    cid, _ = import_model(tmp / "hf", store, name="tiny-chat", progress=False)
-    owner.register_model("tiny-chat", cid, 6, PRICE)
-    coord = start_coordinator(
-        tmp,
-        accounts[1].key.hex(),
-        dep_file,
-        tmp / "coord-store",
-        "--verify-share",
-        "0",
-        "--max-concurrent-jobs",
-        "6",
-        "--api-queue-size",
-        "8",
-        "--api-queue-wait-s",
-        "60",
-        "--step-timeout-s",
-        "10",
-    )
-    owner.set_coordinator(accounts[1].address, coord.url, True)
-    worker = start_worker(
-        tmp,
-        accounts[2],
-        dep_file,
-        "tiny-chat",
-        store,
-        "--layers",
-        "0:6",
-        "--max-length",
-        "256",
-        "--max-sessions",
-        "8",
-        "--max-cache-mb",
-        str(CACHE_MB),
-        name="w",
-    )
-    try:
-        worker.wait_ready(timeout=300)
-        coord.wait_ready(timeout=300)
-        wait_for(
-            lambda: len(http_json("GET", coord.url + "/v1/workers")[1]["workers"]) == 1,
-            30,
-            "a routable worker",
-        )
-        yield MemNet(owner, coord, worker)
-    finally:
-        coord.stop()
-        worker.stop()
+    with one_worker_network(
+        tmp_path_factory,
+        anvil,
+        accounts,
+        module_deployment,
+        "memory-admission",
+        price=PRICE,
+        coordinator_args=[*admission_coordinator_flags(queue_wait_s=60), "--step-timeout-s", "10"],
+        worker_args=["--max-length", "256", "--max-sessions", "8", "--max-cache-mb", str(CACHE_MB)],
+    ) as net:
+        yield net
 
 
 def _complete(net: MemNet, prompt: str, max_tokens: int = NEW_TOKENS) -> tuple[int, Any]:

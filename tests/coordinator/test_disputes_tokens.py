@@ -10,8 +10,6 @@ registry draws the verifiers and `DisputeRunner` sends them the last hop's packa
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from eth_utils import keccak
 
 from coordinator.disputes import DisputeOutcome, DisputeRunner, hop_step_work
 from coordinator.sampling import Sampler, SamplingParams
-from shardnet.chain.commitments import SignedCommitment, sign_commitment, sign_verdict
+from shardnet.chain.commitments import sign_commitment
 from shardnet.chain.devnet import free_port
 from shardnet.chain.registry import Registry, Settlement
 from shardnet.model import load_block
@@ -38,9 +36,10 @@ from shardnet.verify.tokens import ShownTokens
 from shardnet.wire.commitment import merkle_root, step_hash
 from shardnet.wire.eip712 import Domain
 from shardnet.wire.frames import encode_frame
-from shardnet.wire.tickets import sign_ticket
 from tests.fixtures_chain import TEST_PARAMS, DevChain
-from worker.server import BlockInfo, WorkerServer
+from tests.worker.harness import signing_server
+from tests.worker.harness import ticket as worker_ticket
+from worker.server import WorkerServer
 
 SPAN = LayerSpan(0, 4)
 MAX_TOKENS = 8
@@ -48,28 +47,15 @@ STEPS = 6
 
 
 def _server(node: LocalAccount, block: Any, domain: Domain, model_id: int, views: Registry) -> WorkerServer:
-    def commit(job_id: int, span: LayerSpan, positions: int, steps: int, root: bytes) -> SignedCommitment:
-        return sign_commitment(
-            node, domain, job_id=job_id, span=span, positions=positions, steps=steps, root=root
-        )
-
-    def verdict(job_id: int, accused: str, root: bytes, index: int, leaf: bytes) -> Any:
-        return sign_verdict(
-            node, domain, job_id=job_id, accused=accused, root=root, leaf_index=index, leaf=leaf
-        )
-
-    return WorkerServer(
-        address=node.address,
-        model_name="tiny",
-        model_id=model_id,
-        block=block,
-        info=BlockInfo(SPAN, 4, True, True, block.hidden_size, block.vocab_size, 1),
+    return signing_server(
+        node,
+        block,
+        domain,
+        SPAN,
+        is_last=True,
         is_coordinator=views.is_coordinator,
+        model_id=model_id,
         job_coordinator=lambda job_id: views.job_record(job_id).coordinator,
-        chain_id=domain.chain_id,
-        registry_address=domain.registry,
-        signer=commit,
-        verdict_signer=verdict,
     )
 
 
@@ -113,17 +99,7 @@ def _dispute(
             await web.TCPSite(runner, "127.0.0.1", ports[node.address]).start()
             runners.append(runner)
         try:
-            ticket = sign_ticket(
-                coordinator,
-                worker=accused.address,
-                session_id=uuid.uuid4().hex,
-                job_id=job_id,
-                span=SPAN,
-                max_positions=64,
-                expires_at=int(time.time()) + 600,
-                chain_id=domain.chain_id,
-                registry=domain.registry,
-            )
+            ticket = worker_ticket(domain, coordinator, accused.address, SPAN, job_id, max_positions=64)
             sampler = Sampler(
                 SamplingParams(), seed=sampling_seed(domain.chain_id, domain.registry, job_id, None)
             )

@@ -8,84 +8,39 @@ were: nothing was sent on chain.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from shardnet.chain.registry import Registry
-from tests.coordinator.harness import (
-    CoordinatorProc,
-    build_tiny_chat_model,
-    http_json,
-    start_coordinator,
-    wait_for,
-)
+from tests.coordinator.harness import http_json
+from tests.coordinator.tiny_chat_net import OneWorkerNet, one_worker_network
 from tests.service_proc import REPO
-from tests.worker.harness import WorkerProc, start_worker
 
 SHARDNET = [str(Path(sys.executable).parent / "shardnet")]
 MAX_LENGTH = 64
 PRICE = 10**9
 
 
-@dataclass
-class SmallNet:
-    dep_file: Path
-    owner: Registry
-    coordinator: CoordinatorProc
-    worker: WorkerProc
-    model_id: int
-    uncovered_id: int
+SmallNet = OneWorkerNet
 
 
 @pytest.fixture(scope="module")
 def small_net(tmp_path_factory, anvil, accounts, module_deployment) -> Iterator[SmallNet]:
-    from shardnet.model.importer import import_model
-
-    tmp = tmp_path_factory.mktemp("preflight")
-    dep_file = module_deployment.save(tmp / "deployment.json")
-    owner = Registry(
-        anvil.w3, module_deployment.registry, accounts[0], deploy_block=module_deployment.deploy_block
-    )
-    build_tiny_chat_model(tmp / "hf")
-    store = tmp / "store"
-    cid, _ = import_model(tmp / "hf", store, name="tiny-chat", progress=False)
-    model_id = int(owner.register_model("tiny-chat", cid, 6, PRICE).event("ModelRegistered").args["modelId"])
-    uncovered = int(
-        owner.register_model("nobody-serves", cid, 6, PRICE).event("ModelRegistered").args["modelId"]
-    )
-    coord = start_coordinator(tmp, accounts[1].key.hex(), dep_file, store)
-    owner.set_coordinator(accounts[1].address, coord.url, True)
-    worker = start_worker(
-        tmp,
-        accounts[2],
-        dep_file,
-        "tiny-chat",
-        store,
-        "--layers",
-        "0:6",
-        "--max-length",
-        str(MAX_LENGTH),
-        name="w",
-    )
-    try:
-        worker.wait_ready(timeout=300)
-        coord.wait_ready(timeout=300)
-        wait_for(
-            lambda: len(http_json("GET", coord.url + "/v1/workers")[1]["workers"]) == 1,
-            30,
-            "a routable worker",
-        )
-        yield SmallNet(dep_file, owner, coord, worker, model_id, uncovered)
-    finally:
-        coord.stop()
-        worker.signal(signal.SIGTERM)
-        worker.stop()
+    with one_worker_network(
+        tmp_path_factory,
+        anvil,
+        accounts,
+        module_deployment,
+        "preflight",
+        price=PRICE,
+        worker_args=["--max-length", str(MAX_LENGTH)],
+        unserved_models=["nobody-serves"],
+        coordinator_reads_the_import_store=True,
+    ) as net:
+        yield net
 
 
 def _submit(net: SmallNet, key: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
 
     from shardnet.chain.registry import Registry
+    from worker.server import WorkerServer
 
 T = TypeVar("T")
 
@@ -36,6 +37,7 @@ def ticket(
     span: LayerSpan,
     job_id: int = 0,
     session_id: str | None = None,
+    max_positions: int = 4096,
 ) -> dict[str, Any]:
     """A ticket of `coordinator` for `worker` in the registry's EIP-712 `domain` (job 0: no job, never paid)."""
     return sign_ticket(
@@ -44,10 +46,78 @@ def ticket(
         session_id=session_id or uuid.uuid4().hex,
         job_id=job_id,
         span=span,
-        max_positions=4096,
+        max_positions=max_positions,
         expires_at=ticket_expiry(600),
         chain_id=domain.chain_id,
         registry=domain.registry,
+    )
+
+
+#: where the tests that play the coordinator themselves say their coordinators listen (nobody does)
+NOWHERE = "http://127.0.0.1:9"
+
+
+def tiny_llama_on_chain(
+    tmp: Path,
+    anvil: Any,
+    owner_account: LocalAccount,
+    deployment: Any,
+    cid: str,
+    coordinators: Sequence[LocalAccount] = (),
+) -> tuple[Path, Registry, int]:
+    """Save the module's `deployment` in `tmp`, register the tiny Llama of `cid` (4 layers, 10**6 wei a layer token)
+    as `owner_account` and approve `coordinators` (at NOWHERE: the test plays the coordinator); returns the
+    deployment file, the owner's bindings and the model id."""
+    from shardnet.chain.registry import Registry
+
+    dep_file = deployment.save(tmp / "deployment.json")
+    owner = Registry(anvil.w3, deployment.registry, owner_account, deploy_block=deployment.deploy_block)
+    model_id = int(owner.register_model("tiny-llama", cid, 4, 10**6).event("ModelRegistered").args["modelId"])
+    for coordinator in coordinators:
+        owner.set_coordinator(coordinator.address, NOWHERE, True)
+    return dep_file, owner, model_id
+
+
+def signing_server(
+    node: LocalAccount,
+    block: Any,
+    domain: Domain,
+    span: LayerSpan,
+    *,
+    is_last: bool,
+    is_coordinator: Callable[[str], bool],
+    num_layers: int = 4,
+    model_id: int = 1,
+    job_coordinator: Callable[[int], str | None] | None = None,
+) -> WorkerServer:
+    """A `WorkerServer` in this process serving `block` (layers `span`, starting at layer 0, of a `num_layers` model)
+    as `node`: it signs its commitments and its verdicts with `node`'s key in the registry's EIP-712 `domain`."""
+    from shardnet.chain.commitments import SignedCommitment, sign_commitment, sign_verdict
+    from shardnet.wire.eip712 import CompactSignature
+    from worker.server import BlockInfo, WorkerServer
+
+    def commit(job_id: int, span: LayerSpan, positions: int, steps: int, root: bytes) -> SignedCommitment:
+        return sign_commitment(
+            node, domain, job_id=job_id, span=span, positions=positions, steps=steps, root=root
+        )
+
+    def verdict(job_id: int, accused: str, root: bytes, index: int, leaf: bytes) -> CompactSignature:
+        return sign_verdict(
+            node, domain, job_id=job_id, accused=accused, root=root, leaf_index=index, leaf=leaf
+        )
+
+    return WorkerServer(
+        address=node.address,
+        model_name="tiny",
+        model_id=model_id,
+        block=block,
+        info=BlockInfo(span, num_layers, True, is_last, block.hidden_size, block.vocab_size, 1),
+        is_coordinator=is_coordinator,
+        job_coordinator=job_coordinator,
+        chain_id=domain.chain_id,
+        registry_address=domain.registry,
+        signer=commit,
+        verdict_signer=verdict,
     )
 
 

@@ -27,7 +27,7 @@ from shardnet.peer.errors import WorkerAPIError
 from shardnet.span import LayerSpan
 from shardnet.store.cid import cid_of_file
 from tests.worker.fuzz_requests import FuzzRequest, FuzzTargets, hostile_requests
-from tests.worker.harness import WorkerProc, run, start_worker, ticket
+from tests.worker.harness import WorkerProc, run, start_worker, ticket, tiny_llama_on_chain
 
 SPAN = LayerSpan(0, 4)
 PROMPT = torch.tensor([[5, 17, 99, 3, 42]], dtype=torch.int64)
@@ -48,16 +48,12 @@ class Net:
 @pytest.fixture(scope="module")
 def net(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store) -> Iterator[Net]:
     tmp = tmp_path_factory.mktemp("hostile")
-    dep_file = module_deployment.save(tmp / "deployment.json")
-    owner = Registry(
-        anvil.w3, module_deployment.registry, accounts[0], deploy_block=module_deployment.deploy_block
-    )
     shared_store, cid, manifest = tiny_llama_store
     store = tmp / "store"  # a copy: one test corrupts a file in it
     shutil.copytree(shared_store, store)
-    owner.register_model("tiny-llama", cid, 4, 10**6)
-    for coord in (accounts[1], accounts[4]):
-        owner.set_coordinator(coord.address, "http://127.0.0.1:9", True)
+    dep_file, owner, _ = tiny_llama_on_chain(
+        tmp, anvil, accounts[0], module_deployment, cid, [accounts[1], accounts[4]]
+    )
     worker = start_worker(
         tmp,
         accounts[2],

@@ -6,8 +6,6 @@ stake on one leaf."""
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ from aiohttp import web
 from eth_account import Account
 
 from coordinator.disputes import VerifierAnswer, hop_step_work, tally
-from shardnet.chain.commitments import SignedCommitment, sign_commitment, sign_verdict, verify_verdict
+from shardnet.chain.commitments import sign_verdict, verify_verdict
 from shardnet.chain.devnet import DEV_KEYS, free_port
 from shardnet.model import load_block
 from shardnet.peer.client import WorkerClient
@@ -25,8 +23,9 @@ from shardnet.span import LayerSpan
 from shardnet.store.manifest import Manifest
 from shardnet.verify.package import StepWork, VerificationPackage
 from shardnet.wire.eip712 import CompactSignature, Domain
-from shardnet.wire.tickets import sign_ticket
-from worker.server import BlockInfo, WorkerServer
+from tests.worker.harness import signing_server
+from tests.worker.harness import ticket as worker_ticket
+from worker.server import WorkerServer
 from worker.verification import CommittedSteps
 
 COORDINATOR = Account.from_key(DEV_KEYS[1])
@@ -36,43 +35,13 @@ DOMAIN = Domain(31337, "0x" + "ab" * 20)
 
 
 def _server(block: Any) -> WorkerServer:
-    def commit(job_id: int, span: LayerSpan, positions: int, steps: int, root: bytes) -> SignedCommitment:
-        return sign_commitment(
-            WORKER, DOMAIN, job_id=job_id, span=span, positions=positions, steps=steps, root=root
-        )
-
-    def verdict(job_id: int, accused: str, root: bytes, index: int, leaf: bytes) -> CompactSignature:
-        return sign_verdict(
-            WORKER, DOMAIN, job_id=job_id, accused=accused, root=root, leaf_index=index, leaf=leaf
-        )
-
-    info = BlockInfo(SPAN, 4, True, False, block.hidden_size, block.vocab_size, 1)
-    return WorkerServer(
-        address=WORKER.address,
-        model_name="tiny",
-        model_id=1,
-        block=block,
-        info=info,
-        is_coordinator=lambda a: a == COORDINATOR.address,
-        chain_id=DOMAIN.chain_id,
-        registry_address=DOMAIN.registry,
-        signer=commit,
-        verdict_signer=verdict,
+    return signing_server(
+        WORKER, block, DOMAIN, SPAN, is_last=False, is_coordinator=lambda a: a == COORDINATOR.address
     )
 
 
 def _ticket(job_id: int, span: LayerSpan = SPAN, worker: str = WORKER.address) -> dict[str, Any]:
-    return sign_ticket(
-        COORDINATOR,
-        worker=worker,
-        session_id=uuid.uuid4().hex,
-        job_id=job_id,
-        span=span,
-        max_positions=600,
-        expires_at=int(time.time()) + 600,
-        chain_id=DOMAIN.chain_id,
-        registry=DOMAIN.registry,
-    )
+    return worker_ticket(DOMAIN, COORDINATOR, worker, span, job_id, max_positions=600)
 
 
 def test_verify_judges_committed_work_and_refuses_what_was_not_signed(

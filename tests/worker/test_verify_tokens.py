@@ -6,8 +6,6 @@ nobody; a last hop whose logits make the second-best token the argmax is found g
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from eth_account.signers.local import LocalAccount
 
 from coordinator.disputes import hop_step_work
 from coordinator.sampling import Sampler, SamplingParams
-from shardnet.chain.commitments import SignedCommitment, sign_commitment, sign_verdict
+from shardnet.chain.commitments import SignedCommitment, sign_commitment
 from shardnet.chain.devnet import DEV_KEYS, free_port
 from shardnet.model import load_block
 from shardnet.peer.client import WorkerClient
@@ -32,10 +30,11 @@ from shardnet.verify.package import StepWork, VerificationPackage
 from shardnet.verify.sampler import sampling_seed
 from shardnet.verify.tokens import ShownTokens
 from shardnet.wire.commitment import merkle_root, step_hash
-from shardnet.wire.eip712 import CompactSignature, Domain
+from shardnet.wire.eip712 import Domain
 from shardnet.wire.frames import encode_frame
-from shardnet.wire.tickets import sign_ticket
-from worker.server import BlockInfo, WorkerServer
+from tests.worker.harness import signing_server
+from tests.worker.harness import ticket as worker_ticket
+from worker.server import WorkerServer
 
 COORDINATOR = Account.from_key(DEV_KEYS[1])
 ACCUSED = Account.from_key(DEV_KEYS[3])
@@ -46,43 +45,13 @@ STEPS = 6
 
 
 def _server(block: Any, node: LocalAccount) -> WorkerServer:
-    def commit(job_id: int, span: LayerSpan, positions: int, steps: int, root: bytes) -> SignedCommitment:
-        return sign_commitment(
-            node, DOMAIN, job_id=job_id, span=span, positions=positions, steps=steps, root=root
-        )
-
-    def verdict(job_id: int, accused: str, root: bytes, index: int, leaf: bytes) -> CompactSignature:
-        return sign_verdict(
-            node, DOMAIN, job_id=job_id, accused=accused, root=root, leaf_index=index, leaf=leaf
-        )
-
-    info = BlockInfo(SPAN, 4, True, True, block.hidden_size, block.vocab_size, 1)
-    return WorkerServer(
-        address=node.address,
-        model_name="tiny",
-        model_id=1,
-        block=block,
-        info=info,
-        is_coordinator=lambda a: a == COORDINATOR.address,
-        chain_id=DOMAIN.chain_id,
-        registry_address=DOMAIN.registry,
-        signer=commit,
-        verdict_signer=verdict,
+    return signing_server(
+        node, block, DOMAIN, SPAN, is_last=True, is_coordinator=lambda a: a == COORDINATOR.address
     )
 
 
 def _ticket(job_id: int, worker: str) -> dict[str, Any]:
-    return sign_ticket(
-        COORDINATOR,
-        worker=worker,
-        session_id=uuid.uuid4().hex,
-        job_id=job_id,
-        span=SPAN,
-        max_positions=600,
-        expires_at=int(time.time()) + 600,
-        chain_id=DOMAIN.chain_id,
-        registry=DOMAIN.registry,
-    )
+    return worker_ticket(DOMAIN, COORDINATOR, worker, SPAN, job_id, max_positions=600)
 
 
 Served = tuple[SignedCommitment, list[StepWork], list[torch.Tensor], list[int]]

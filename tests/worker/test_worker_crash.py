@@ -8,12 +8,11 @@ import time
 
 import torch
 
-from shardnet.chain.registry import Registry
 from shardnet.peer.client import WorkerClient
 from shardnet.span import LayerSpan
 from shardnet.wire.commitment import merkle_root, step_hash
 from shardnet.wire.frames import encode_frame
-from tests.worker.harness import posted_roots, run, start_worker, submit_for, ticket
+from tests.worker.harness import posted_roots, run, start_worker, submit_for, ticket, tiny_llama_on_chain
 from worker.verification import commit_step
 
 FULL = LayerSpan(0, 4)
@@ -23,14 +22,11 @@ def test_sigkill_then_restart_posts_each_commitment_once_and_misses_none(
     tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store
 ) -> None:
     tmp = tmp_path_factory.mktemp("crash")
-    dep_file = module_deployment.save(tmp / "deployment.json")
-    owner = Registry(
-        anvil.w3, module_deployment.registry, accounts[0], deploy_block=module_deployment.deploy_block
-    )
     store, cid, _manifest = tiny_llama_store
-    model_id = int(owner.register_model("tiny-llama", cid, 4, 10**6).event("ModelRegistered").args["modelId"])
+    dep_file, owner, model_id = tiny_llama_on_chain(
+        tmp, anvil, accounts[0], module_deployment, cid, [accounts[1]]
+    )
     client = owner.with_account(accounts[6])
-    owner.set_coordinator(accounts[1].address, "http://127.0.0.1:9", True)
     worker = start_worker(
         tmp, accounts[7], dep_file, "tiny-llama", store, "--layers", "0:4", "--settle-window-s", "1", name="w"
     )

@@ -25,7 +25,15 @@ from shardnet.verify.fingerprint import io_hash, leaf, make_fingerprint
 from shardnet.wire.commitment import merkle_root, step_hash
 from shardnet.wire.eip712 import Domain
 from shardnet.wire.frames import encode_frame
-from tests.worker.harness import WorkerProc, posted_roots, run, start_worker, submit_for, ticket
+from tests.worker.harness import (
+    WorkerProc,
+    posted_roots,
+    run,
+    start_worker,
+    submit_for,
+    ticket,
+    tiny_llama_on_chain,
+)
 
 A_SPAN, B_SPAN = LayerSpan(0, 2), LayerSpan(2, 4)
 PROMPT = torch.tensor([[5, 17, 99, 3, 42]], dtype=torch.int64)
@@ -52,14 +60,10 @@ class Net:
 @pytest.fixture(scope="module")
 def net(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store) -> Iterator[Net]:
     tmp = tmp_path_factory.mktemp("workers")
-    dep_file = module_deployment.save(tmp / "deployment.json")
-    owner = Registry(
-        anvil.w3, module_deployment.registry, accounts[0], deploy_block=module_deployment.deploy_block
-    )
     store, cid, manifest = tiny_llama_store
-    model_id = int(owner.register_model("tiny-llama", cid, 4, 10**6).event("ModelRegistered").args["modelId"])
-    for coord in (accounts[1], accounts[4]):
-        owner.set_coordinator(coord.address, "http://127.0.0.1:9", True)
+    dep_file, owner, model_id = tiny_llama_on_chain(
+        tmp, anvil, accounts[0], module_deployment, cid, [accounts[1], accounts[4]]
+    )
     a = start_worker(
         tmp,
         accounts[2],

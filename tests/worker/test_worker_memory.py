@@ -22,7 +22,7 @@ from shardnet.chain.registry import Registry
 from shardnet.peer.client import WorkerClient
 from shardnet.peer.errors import MEMORY_FULL, SessionNotFound, WorkerAPIError, WorkerUnavailable
 from shardnet.span import LayerSpan
-from tests.worker.harness import WorkerProc, run, start_worker, ticket
+from tests.worker.harness import WorkerProc, run, start_worker, ticket, tiny_llama_on_chain
 from worker.memory import OBJECT_OVERHEAD, TOP_K
 
 SPAN = LayerSpan(0, 4)
@@ -42,15 +42,10 @@ class Net:
 @pytest.fixture(scope="module")
 def net(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store) -> Iterator[Net]:
     tmp = tmp_path_factory.mktemp("worker-memory")
-    dep_file = module_deployment.save(tmp / "deployment.json")
-    owner = Registry(
-        anvil.w3, module_deployment.registry, accounts[0], deploy_block=module_deployment.deploy_block
-    )
     shared_store, cid, _ = tiny_llama_store
     store = tmp / "store"
     shutil.copytree(shared_store, store)
-    owner.register_model("tiny-llama", cid, 4, 10**6)
-    owner.set_coordinator(accounts[1].address, "http://127.0.0.1:9", True)
+    dep_file, owner, _ = tiny_llama_on_chain(tmp, anvil, accounts[0], module_deployment, cid, [accounts[1]])
     worker = start_worker(
         tmp,
         accounts[2],
