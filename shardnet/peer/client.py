@@ -21,8 +21,8 @@ import torch
 from eth_utils import keccak
 
 from shardnet.chain.commitments import SignedCommitment
-from shardnet.peer.errors import WorkerAPIError, WorkerUnreachable, error_for_status
 from shardnet.errors import WireError
+from shardnet.peer.errors import WorkerAPIError, WorkerUnreachable, error_for_status
 from shardnet.wire.frames import decode_frame, encode_frame
 from shardnet.wire.json_limits import BodyRejected, loads_limited
 from shardnet.wire.multi_step import StepAnswer, StepItem, decode_answers, encode_steps
@@ -185,7 +185,9 @@ class WorkerClient:
             tensor = decode_frame(answer.frame)
         except WireError as exc:
             return WorkerAPIError(
-                f"worker answered a step with a malformed frame ({exc}): route around it", status=502, url=self.url
+                f"worker answered a step with a malformed frame ({exc}): route around it",
+                status=502,
+                url=self.url,
             )
         return StepResult(tensor, answer.step_hash, answer.step_index, [answer.step_hash])
 

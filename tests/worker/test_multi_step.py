@@ -14,7 +14,7 @@ from shardnet.peer.client import StepResult, WorkerClient
 from shardnet.peer.errors import WorkerAPIError
 from shardnet.span import LayerSpan
 from shardnet.wire.frames import encode_frame
-from shardnet.wire.multi_step import StepItem, encode_steps
+from shardnet.wire.multi_step import StepItem
 from tests.worker.concurrent_sessions import batched_steps
 from tests.worker.harness import run, ticket
 from tests.worker.test_worker_batching import _prompts, _serve
@@ -59,7 +59,9 @@ async def _coalesced(url: str, domain, account, address: str, prompts: list[torc
             ]
             if step == 2:
                 items[order.index(1)] = StepItem(sids[1], items[order.index(1)].token, pos[1], b"\x00garbage")
-                items[order.index(3)] = StepItem(sids[3], items[order.index(3)].token, pos[3] + 7, items[3].frame)
+                items[order.index(3)] = StepItem(
+                    sids[3], items[order.index(3)].token, pos[3] + 7, items[3].frame
+                )
             answers = await client.steps(items)
             if step == 2:
                 broken = answers
@@ -77,7 +79,14 @@ def test_a_multi_step_request_batches_and_one_bad_step_fails_its_session_alone(
     tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store
 ) -> None:
     owner, _store, _manifest, workers = _serve(
-        tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store, [SPAN], "--batch-window-ms", "50"
+        tmp_path_factory,
+        anvil,
+        accounts,
+        module_deployment,
+        tiny_llama_store,
+        [SPAN],
+        "--batch-window-ms",
+        "50",
     )
     worker = workers[0]
     try:
