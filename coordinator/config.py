@@ -66,6 +66,13 @@ class CoordinatorConfig(ChainSettings):
         description="most steps of concurrent jobs sent to one worker in one POST /v1/steps (docs/batching.md), "
         "so its batching window fills; 1 sends every step in its own request",
     )
+    coalesce_in_flight: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="most step requests in flight to one worker; the steps that queue meanwhile leave together "
+        "in the next (1 lets groups of sessions merge into ever fuller batches)",
+    )
     max_positions_in_flight: int = Field(
         256,
         ge=1,

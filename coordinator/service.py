@@ -90,6 +90,7 @@ class CoordinatorService:
             coalescer=StepCoalescer(
                 timeout_s=config.step_timeout_s,
                 max_steps=config.coalesce_max_steps,
+                max_in_flight=config.coalesce_in_flight,
                 max_positions_in_flight=config.max_positions_in_flight,
             ),
         )

@@ -4,7 +4,8 @@ Each job's pipeline steps its hops one at a time, so without help each worker se
 request at a time and its batching window (`worker.batching`) catches few of them. Here a step toward a
 worker joins that worker's queue; whatever queued in the same turn of the event loop, or while the
 worker's requests were in flight, leaves together (at most `max_steps` steps per request, at most
-`max_in_flight` requests per worker). A lone step goes through `POST /v1/sessions/{id}/step` as before,
+`max_in_flight` requests per worker: with 1, every group of sessions that reaches a worker while it computes
+joins the next request, so groups merge into fuller batches instead of staying out of phase). A lone step goes through `POST /v1/sessions/{id}/step` as before,
 so one session alone runs exactly as without coalescing. Each step's answer is its own: one session's
 error raises in that session's pipeline alone (which fails over or fails its job), the others go on.
 
@@ -73,7 +74,7 @@ class StepCoalescer:
         *,
         timeout_s: float,
         max_steps: int = 16,
-        max_in_flight: int = 2,
+        max_in_flight: int = 1,
         max_positions_in_flight: int = 256,
         max_connections: int = 16,
     ) -> None:
@@ -105,6 +106,11 @@ class StepCoalescer:
             worker.kick_scheduled = True
             asyncio.get_running_loop().call_soon(self._kick, worker)
         return await future
+
+    def request_timeout_s(self, steps: int) -> float:
+        """How long a request of `steps` steps may take: the step timeout, plus a quarter of it per further step
+        (the worker computes them as one batch, but encodes, hashes and records each; 16 steps: 4.75x)."""
+        return self.timeout_s * (1 + (steps - 1) / 4)
 
     def http_session(self, endpoint: str) -> aiohttp.ClientSession:
         """The connection pool of every request to the worker at `endpoint` (opens, steps, closes): at most
@@ -181,7 +187,9 @@ class StepCoalescer:
             for q in batch
         ]
         try:
-            answers: list[StepResult | WorkerAPIError] = await worker.client.steps(items)
+            answers: list[StepResult | WorkerAPIError] = await worker.client.steps(
+                items, timeout_s=self.request_timeout_s(len(items))
+            )
         except WorkerAPIError as exc:
             if exc.status not in (404, 405):
                 raise

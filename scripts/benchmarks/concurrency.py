@@ -196,12 +196,12 @@ def run(args: argparse.Namespace) -> int:
             waited0, waited1 = chain_seconds(health0), chain_seconds(health1)
             waited = {k: v - waited0.get(k, 0.0) for k, v in waited1.items() if v - waited0.get(k, 0.0) > 0}
             request_time = sum(end - start for _, start, end in results) or float("nan")
-            top = sorted(waited.items(), key=lambda kv: -kv[1])[:5]
+            slowest = sorted(waited.items(), key=lambda kv: -kv[1])[:5]
             print(
                 f"  chain: {sum(waited.values()):.2f} s waited over {request_time:.1f} request-seconds = "
                 f"{100 * sum(waited.values()) / request_time:.1f}% of the requests' wall time "
                 f"(transactions {sum(v for k, v in waited.items() if k.startswith('tx ')):.2f} s); "
-                + ", ".join(f"{k} {v:.2f} s" for k, v in top)
+                + ", ".join(f"{k} {v:.2f} s" for k, v in slowest)
             )
             print(
                 "  RSS workers: "

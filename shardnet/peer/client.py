@@ -156,15 +156,19 @@ class WorkerClient:
             ) from exc
         return StepResult(decode_frame(body), digest, index, hops)
 
-    async def steps(self, items: list[StepItem]) -> list[StepResult | WorkerAPIError]:
+    async def steps(
+        self, items: list[StepItem], timeout_s: float | None = None
+    ) -> list[StepResult | WorkerAPIError]:
         """Send many sessions' steps in one `POST /v1/steps` (`shardnet.wire.multi_step`); returns each step's
         result or its own error, in order. A failure of the whole request (unreachable, timeout, a 4xx/5xx of
-        the request itself) is raised."""
+        the request itself) is raised. `timeout_s` replaces the client's timeout for this request."""
+        extra = {"timeout": aiohttp.ClientTimeout(total=timeout_s)} if timeout_s is not None else {}
         _, body = await self._request(
             "POST",
             "/v1/steps",
             data=encode_steps(items),
             headers={"Content-Type": "application/octet-stream"},
+            **extra,
         )
         try:
             answers = decode_answers(body)
