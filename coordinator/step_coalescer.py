@@ -133,8 +133,8 @@ class StepCoalescer:
             batch: list[_Queued] = []
             positions = worker.positions_in_flight
             for q in worker.queue:
-                if len(batch) >= self.max_steps:
-                    break
+                if len(batch) >= self.max_steps or any(b.session_id == q.session_id for b in batch):
+                    break  # full, or a session's next step (it goes after this one's answer)
                 if batch or positions:  # the first step of an idle worker always leaves, however long
                     if positions + q.positions > self.max_positions_in_flight:
                         break

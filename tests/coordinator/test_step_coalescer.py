@@ -46,6 +46,8 @@ async def _scenario(url: str, domain, account, address: str, prompts: list[torch
             return_exceptions=True,
         )
         stats = coalescer.stats
+        for sid in sids:  # a worker holds at most 16 sessions of one coordinator
+            await client.close(sid)
         alone = []
         lone = StepCoalescer(timeout_s=30.0)
         for p in prompts:
@@ -53,6 +55,7 @@ async def _scenario(url: str, domain, account, address: str, prompts: list[torch
                 (await client.open_session(ticket(domain, account, address, SPAN), "fp32"))["session_id"]
             )
             alone.append(await _generate(lone, client, url, sid, p, NEW_TOKENS))
+            await client.close(sid)
         assert lone.stats.largest == 1  # one session alone: the single-step endpoint, one request per step
         await lone.aclose()
         singles = StepCoalescer(timeout_s=30.0, max_steps=1)  # --coalesce-max-steps 1: a request per step
