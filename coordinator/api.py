@@ -9,18 +9,29 @@ endpoints:
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from aiohttp import web
 
 from coordinator import dashboard, jobs_api, openai_api, training_api
 from coordinator.http_common import MAX_BODY_BYTES, SERVICE
 from coordinator.preflight import preflight_routes
 from coordinator.service import CoordinatorService
+from shardnet.chain.timing import CHAIN_CLOCK
 
 
 async def health(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
+    coalescer = service.jobs.runner.ctx.coalescer
     return web.json_response(
-        {"ok": True, "coordinator": service.account.address, "workers": len(service.directory.nodes())}
+        {
+            "ok": True,
+            "coordinator": service.account.address,
+            "workers": len(service.directory.nodes()),
+            # seconds this process waited for registry reads and transactions, per function (a benchmark's share)
+            "chain_wait": CHAIN_CLOCK.snapshot(),
+            "step_coalescing": asdict(coalescer.stats) if coalescer is not None else None,
+        }
     )
 
 

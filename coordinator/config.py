@@ -59,6 +59,26 @@ class CoordinatorConfig(ChainSettings):
     step_timeout_s: float = Field(
         5.0, gt=0, description="a step to one worker that takes longer fails over to a replica"
     )
+    coalesce_max_steps: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="most steps of concurrent jobs sent to one worker in one POST /v1/steps (docs/batching.md), "
+        "so its batching window fills; 1 sends every step in its own request",
+    )
+    coalesce_in_flight: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="most step requests in flight to one worker; the steps that queue meanwhile leave together "
+        "in the next (1 lets groups of sessions merge into ever fuller batches)",
+    )
+    max_positions_in_flight: int = Field(
+        256,
+        ge=1,
+        description="most positions (prompt tokens of prefills, 1 per decode step) in flight to one worker; "
+        "more steps queue in the coordinator, where no step timeout runs",
+    )
     health_interval_s: float = Field(
         1.0, gt=0, description="seconds between /health probes of workers (down workers come back this way)"
     )

@@ -22,6 +22,7 @@ from coordinator.directory import is_busy
 from coordinator.hops import JobHops
 from coordinator.router import Router
 from coordinator.state import CoordinatorState
+from coordinator.step_coalescer import StepCoalescer
 from coordinator.verifier import Tolerance
 from shardnet.chain.registry import Registry
 from shardnet.errors import ShardnetError
@@ -64,6 +65,8 @@ class PipelineContext:
     busy_wait_s: float = 30.0  # how long a busy worker (429, 503 full) is waited for when opening a session
     #: LoRA adapters of jobs: every session of such a job gets its span's part right after the open
     adapters: AdapterStore = field(default_factory=AdapterStore)
+    #: sends the steps of concurrent jobs toward one worker together (None: each step in its own request)
+    coalescer: StepCoalescer | None = None
     _domain: Domain | None = None
 
     @property
@@ -121,7 +124,9 @@ async def open_session_once(
     hop_index: int | None,
 ) -> OpenSession:
     """Open a session with one request (a busy worker's refusal is raised to the caller)."""
-    client = WorkerClient(endpoint, timeout_s=ctx.step_timeout_s)
+    # with a coalescer, every session to a worker shares its one bounded connection pool
+    pool = ctx.coalescer.http_session(endpoint) if ctx.coalescer is not None else None
+    client = WorkerClient(endpoint, timeout_s=ctx.step_timeout_s, session=pool)
     session_id = uuid.uuid4().hex
     domain = ctx.domain
     # a verification session gets a ticket of no job (0): its worker signs no commitment and cannot post one

@@ -149,7 +149,12 @@ class Pipeline:
 
     async def step_session(self, slot: OpenSession, x: torch.Tensor, pos: int) -> StepResult:
         t0 = time.perf_counter()
-        res = await slot.client.step_full(slot.session_id, x, pos, self.codec_of(x))
+        if self.ctx.coalescer is not None:  # with other jobs' steps toward the same worker
+            res = await self.ctx.coalescer.step(
+                slot.endpoint, slot.client, slot.session_id, x, pos, self.codec_of(x)
+            )
+        else:
+            res = await slot.client.step_full(slot.session_id, x, pos, self.codec_of(x))
         self.directory.record_step(slot.node, time.perf_counter() - t0, len(slot.span))
         return res
 

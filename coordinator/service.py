@@ -30,6 +30,7 @@ from coordinator.lifecycle import JobLifecycle
 from coordinator.router import Router
 from coordinator.scheduler import JobScheduler
 from coordinator.state import CoordinatorState
+from coordinator.step_coalescer import StepCoalescer
 from coordinator.verifier import Tolerance
 from shardnet.chain.registry import Registry
 from shardnet.chain.tx import DecodedEvent
@@ -86,6 +87,12 @@ class CoordinatorService:
             verify_share=config.verify_share,
             check_share=config.check_share,
             salt=secrets.token_bytes(16),
+            coalescer=StepCoalescer(
+                timeout_s=config.step_timeout_s,
+                max_steps=config.coalesce_max_steps,
+                max_in_flight=config.coalesce_in_flight,
+                max_positions_in_flight=config.max_positions_in_flight,
+            ),
         )
         runner = JobRunner(ctx, self.lifecycle, self.commitments, settle_batch_s=config.settle_batch_s)
         self.jobs = JobScheduler(
@@ -273,6 +280,8 @@ class CoordinatorService:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.jobs.stop()
+        if self.jobs.runner.ctx.coalescer is not None:
+            await self.jobs.runner.ctx.coalescer.aclose()
         if self._runner is not None:
             await self._runner.cleanup()
         self.engine.dispose()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -83,9 +84,19 @@ class StepBatcher:
         self, session: Session, x: torch.Tensor, start_pos: int, index: int, input_hash: bytes
     ) -> StepOutput:
         """The single-sequence path (compute thread): the session's own `step`, then `finish`."""
+        t0 = time.perf_counter()
         with torch.inference_mode():
             out = session.compute.step(x, start_pos)
-        return self.finish(session, out, int(x.shape[1]), index, input_hash)
+        t1 = time.perf_counter()
+        try:
+            return self.finish(session, out, int(x.shape[1]), index, input_hash)
+        finally:
+            self._timed(t0, t1)
+
+    def _timed(self, t0: float, t1: float) -> None:
+        """Count the compute thread's seconds: forward from t0 to t1, finishing the steps from t1 to now."""
+        self.metrics.compute_seconds.labels("forward").inc(t1 - t0)
+        self.metrics.compute_seconds.labels("finish").inc(time.perf_counter() - t1)
 
     async def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
@@ -125,7 +136,9 @@ class StepBatcher:
         elif plain:
             steps = [batch[i] for i in plain]
             computes = [p.session.compute for p in steps if isinstance(p.session.compute, BlockSession)]
+            t0 = time.perf_counter()
             outputs = step_many(computes, [p.x for p in steps], [p.start_pos for p in steps])
+            t1 = time.perf_counter()
             self.batches += 1
             self.batched_steps += len(steps)
             self.metrics.batch_size.observe(len(steps))
@@ -135,6 +148,7 @@ class StepBatcher:
                     if isinstance(out, BaseException)
                     else _catch(self.finish, p.session, out, int(p.x.shape[1]), p.index, p.input_hash)
                 )
+            self._timed(t0, t1)
         return [r if r is not None else RuntimeError("step not run") for r in results]
 
 

@@ -37,6 +37,13 @@ class WorkerMetrics:
             buckets=(2, 4, 8, 16, 32, 64, 128, 256, 1024),
             registry=self.registry,
         )
+        self.compute_seconds = Counter(
+            "shardnet_worker_compute_seconds",
+            "Seconds of the compute thread by part: forward (the model), finish (encode, step hash, fingerprint, "
+            "database record of each step)",
+            ["part"],
+            registry=self.registry,
+        )
         self.request_errors = Counter(
             "shardnet_worker_request_errors",
             "Requests answered with an error, by status",

@@ -39,6 +39,7 @@ from worker.inputs import (
 from worker.job_commitment import CommitmentSigner, JobCommitments
 from worker.limits import BlockInfo, ServerLimits
 from worker.metrics import WorkerMetrics
+from worker.multi_step import MultiStepEndpoint
 from worker.sessions import ModelSession, Session
 from worker.state import WorkerState
 from worker.verification import CommittedSteps, VerdictSigner, VerifyEndpoint, commit_step
@@ -113,6 +114,7 @@ class WorkerServer:
                 web.get("/health", self.health),
                 web.get("/metrics", self.metrics_page),
                 *self._verify.routes(),
+                *MultiStepEndpoint(self).routes(),  # many sessions' steps in one request
                 *self._extra_routes,
             ]
         )

@@ -131,6 +131,9 @@ class SessionManager:
         # ids used here, until their ticket expires: a ticket opens its session once. The heap orders them by
         # expiry (unix time), so forgetting the expired ones is O(log n) each and the set stays bounded.
         self._retired: set[str] = set()
+        #: why recent sessions ended when it was not their owner's close (evicted, expired, drained, failed):
+        #: a later step of one is told so (the newest 10,000)
+        self._ended: OrderedDict[str, str] = OrderedDict()
         self._retired_by_expiry: list[tuple[float, str]] = []
 
     def __len__(self) -> int:
@@ -252,6 +255,16 @@ class SessionManager:
         """The open session `session_id`, marked as just used. With `token` (what the caller sent), a
         wrong or missing one raises `TicketRejected` (401) and leaves the session untouched."""
         session = self._sessions.get(session_id)
+        if session is None and session_id in self._ended:
+            raise SessionNotFound(
+                f"session {session_id!r} was {self._ended[session_id]}"
+                + (
+                    " (least recently used, idle and without a reservation, under memory pressure)"
+                    if self._ended[session_id] == "evicted"
+                    else ""
+                )
+                + ": open a new session, with max_positions to reserve its memory, and replay its tokens"
+            )
         if session is None:
             raise SessionNotFound(
                 f"no open session {session_id!r} on this worker (never opened, closed, or evicted after "
@@ -343,6 +356,10 @@ class SessionManager:
         self._sessions.pop(session.session_id, None)
         if session.closed:
             return
+        if reason != "closed":
+            self._ended[session.session_id] = reason
+            while len(self._ended) > 10_000:
+                self._ended.popitem(last=False)
         session.closed = True
         try:
             self._on_close(session, reason)

@@ -2,9 +2,11 @@
 
 At each concurrency level, that many chat completions (each a real paid job on anvil, `stream: true`,
 exactly --tokens greedy tokens) run at once through the coordinator; prints the aggregate generated
-tokens/s, p50/p95 per-token latency (gaps between a stream's chunks) and the workers' batch sizes, then
-single-process transformers generating the same prompts one after another in the same run, and the
-RSS (current and peak) of every process.
+tokens/s, p50/p95 per-token latency (gaps between a stream's chunks), the workers' batch sizes, the
+coordinator's coalesced requests, the workers' RSS after the level, and the share of the requests' wall
+time the coordinator spent waiting for the chain (registry transactions and reads, from its /health
+`chain_wait`); then single-process transformers generating the same prompts one after another in the
+same run, and the RSS (current and peak) of every process.
 
     .venv/bin/python scripts/bench.py concurrency [--levels 1,4,16,64] [--tokens 32] [--threads 1]
 """
@@ -12,6 +14,7 @@ RSS (current and peak) of every process.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -19,8 +22,10 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from benchmarks.network import PROMPTS, Baseline, stream
+from shardnet.cli import PROFILE_ENV
 from shardnet.localnet import LocalNetwork
 from shardnet.role_process import REPO
 from shardnet.span import LayerSpan
@@ -46,9 +51,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--step-timeout-s",
         type=float,
-        default=120.0,
-        help="the coordinator's --step-timeout-s (default: 120; at its own default of 5 s, 64 prefills queued "
-        "on one worker's compute thread time out and the worker is routed around as down)",
+        default=5.0,
+        help="the coordinator's --step-timeout-s (default: 5, the coordinator's own default: steps beyond "
+        "--max-positions-in-flight queue in the coordinator, where it does not run)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="write a cProfile of each process's main thread (the coordinator's event loop) into this folder "
+        "(SHARDNET_PROFILE_DIR) and print the coordinator's top functions at the end",
     )
     parser.add_argument(
         "--work-dir",
@@ -70,12 +82,41 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return found.get("VmRSS", 0.0), found.get("VmHWM", 0.0)
 
 
-def batch_metrics(url: str) -> tuple[int, float]:
+def coordinator_health(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/health", timeout=10) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def chain_seconds(health: dict[str, Any]) -> dict[str, float]:
+    """Seconds waited per registry function ("tx name" / "read name") from a coordinator's /health."""
+    return {
+        f"{kind} {name}": float(seconds)
+        for kind, calls in health["chain_wait"].items()
+        for name, (_count, seconds) in calls.items()
+    }
+
+
+def timed_stream(api: object, model: str, prompt: str, n: int) -> tuple[list[float], float, float]:
+    """`stream`, with the time the request ended (its stream closed: the job settled)."""
+    arrivals, t0, _text = stream(api, model, prompt, n)
+    return arrivals, t0, time.perf_counter()
+
+
+def batch_metrics(url: str) -> tuple[int, float, float, float]:
+    """(batched forwards, steps in them, compute-thread seconds in forwards, seconds finishing steps)."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
         text = resp.read().decode()
-    count = re.search(r"^shardnet_worker_batch_size_count (\S+)$", text, re.M)
-    total = re.search(r"^shardnet_worker_batch_size_sum (\S+)$", text, re.M)
-    return (int(float(count.group(1))) if count else 0), (float(total.group(1)) if total else 0.0)
+
+    def value(pattern: str) -> float:
+        found = re.search(pattern + r" (\S+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    return (
+        int(value(r"^shardnet_worker_batch_size_count")),
+        value(r"^shardnet_worker_batch_size_sum"),
+        value(r'^shardnet_worker_compute_seconds_total\{part="forward"\}'),
+        value(r'^shardnet_worker_compute_seconds_total\{part="finish"\}'),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"baseline: single-process transformers, {args.threads} threads ...", flush=True)
     base = Baseline(gguf, args.threads)
     base.run("warm up", 4)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        os.environ[PROFILE_ENV] = str(args.profile.resolve())
     with LocalNetwork.start(args.work_dir) as net:
         model_id, _cid, manifest = net.import_model(gguf, price_wei=10**9)
         room = str(top + 8)
@@ -126,10 +170,11 @@ def run(args: argparse.Namespace) -> int:
         rows = []
         for level in levels:
             before = [batch_metrics(w.url) for w in workers]
+            health0 = coordinator_health(coord.url)
             prompts = [PROMPTS[i % len(PROMPTS)] for i in range(level)]
             t0 = time.perf_counter()
             with ThreadPoolExecutor(max_workers=level) as pool:
-                futures = [pool.submit(stream, api, manifest.name, p, args.tokens) for p in prompts]
+                futures = [pool.submit(timed_stream, api, manifest.name, p, args.tokens) for p in prompts]
                 results, errors = [], []
                 for f in futures:
                     try:
@@ -143,14 +188,43 @@ def run(args: argparse.Namespace) -> int:
                 for a, b in zip(arrivals, arrivals[1:], strict=False)
             ]
             after = [batch_metrics(w.url) for w in workers]
+            health1 = coordinator_health(coord.url)
             batches = [(a[0] - b[0], a[1] - b[1]) for a, b in zip(after, before, strict=True)]
             mean_batch = [f"{s / c:.1f}" if c else "-" for c, s in batches]
+            busy = [(a[2] - b[2], a[3] - b[3]) for a, b in zip(after, before, strict=True)]
             tps = len(results) * args.tokens / wall
             rows.append((level, tps, percentile(gaps, 0.5), percentile(gaps, 0.95), len(errors), wall))
             print(
                 f"concurrency {level:3d}: {tps:7.2f} tokens/s aggregate, per-token p50 {rows[-1][2]:7.1f} ms "
                 f"p95 {rows[-1][3]:7.1f} ms, {len(errors)} errors, {wall:.1f} s; mean batch per worker "
                 f"{', '.join(mean_batch)}",
+                flush=True,
+            )
+            print(
+                "  workers' compute thread, forward / finishing steps (encode, hash, fingerprint, record): "
+                + ", ".join(f"{f:.1f} / {g:.1f} s ({100 * (f + g) / wall:.0f}% busy)" for f, g in busy)
+            )
+            c0, c1 = health0["step_coalescing"] or {}, health1["step_coalescing"] or {}
+            if c1:
+                requests, steps = c1["requests"] - c0["requests"], c1["steps"] - c0["steps"]
+                print(
+                    f"  coordinator: {steps} steps in {requests} requests to workers ({steps / max(requests, 1):.1f} per request)"
+                )
+            waited0, waited1 = chain_seconds(health0), chain_seconds(health1)
+            waited = {k: v - waited0.get(k, 0.0) for k, v in waited1.items() if v - waited0.get(k, 0.0) > 0}
+            request_time = sum(end - start for _, start, end in results) or float("nan")
+            slowest = sorted(waited.items(), key=lambda kv: -kv[1])[:5]
+            print(
+                f"  chain: {sum(waited.values()):.2f} s waited over {request_time:.1f} request-seconds = "
+                f"{100 * sum(waited.values()) / request_time:.1f}% of the requests' wall time "
+                f"(transactions {sum(v for k, v in waited.items() if k.startswith('tx ')):.2f} s); "
+                + ", ".join(f"{k} {v:.2f} s" for k, v in slowest)
+            )
+            print(
+                "  RSS workers: "
+                + ", ".join(f"{rss_mb(w.popen.pid)[0]:.0f}" for w in workers)
+                + f" MiB (peaks {', '.join(f'{rss_mb(w.popen.pid)[1]:.0f}' for w in workers)}), coordinator "
+                f"{rss_mb(coord.popen.pid)[0]:.0f} MiB",
                 flush=True,
             )
             for e in errors[:3]:
@@ -181,4 +255,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"RSS {name}: {now:.0f} MiB now, {peak:.0f} MiB peak")
         now, peak = rss_mb(os.getpid())
         print(f"RSS this process (baseline model + clients): {now:.0f} MiB now, {peak:.0f} MiB peak")
+    if args.profile is not None:
+        print_profiles(args.profile)
     return 0
+
+
+def print_profiles(folder: Path) -> None:
+    import pstats
+
+    for path in sorted(folder.glob("coordinator-*.prof")):
+        print(f"cProfile of the coordinator's main thread ({path}), top 25 by own time:")
+        pstats.Stats(str(path)).sort_stats("tottime").print_stats(25)

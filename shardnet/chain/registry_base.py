@@ -12,6 +12,7 @@ from shardnet.chain.abi import AbiEvent, AbiFunction, as_bytes, as_int
 from shardnet.chain.artifacts import ContractArtifact, load_artifact
 from shardnet.chain.errors import ChainError, ContractRevert, RevertDecoder
 from shardnet.chain.registry_types import JobStatus
+from shardnet.chain.timing import CHAIN_CLOCK
 from shardnet.chain.tx import DecodedEvent, TxResult, call_or_revert, rpc, send_transaction
 
 if TYPE_CHECKING:
@@ -100,7 +101,8 @@ class RegistryCore:
         tx = {"to": self.address, "data": fn.encode(args)}
         if self.account is not None:
             tx["from"] = self.account.address
-        raw = call_or_revert(self.w3, tx, self._decoder.decode, name)
+        with CHAIN_CLOCK.timed("read", name):
+            raw = call_or_revert(self.w3, tx, self._decoder.decode, name)
         if not raw and fn.outputs:
             raise ChainError(
                 f"{name} returned nothing: no registry contract at {self.address} on this chain. Was the devnet "
@@ -117,15 +119,16 @@ class RegistryCore:
         fn = self._function(name)
         if value and not fn.payable:
             raise ChainError(f"{name} is not payable but value={value} was given")
-        receipt = send_transaction(
-            self.w3,
-            self.account,
-            to=self.address,
-            data=fn.encode(args),
-            value=value,
-            decode=self._decoder.decode,
-            function=name,
-        )
+        with CHAIN_CLOCK.timed("tx", name):  # sent and mined
+            receipt = send_transaction(
+                self.w3,
+                self.account,
+                to=self.address,
+                data=fn.encode(args),
+                value=value,
+                decode=self._decoder.decode,
+                function=name,
+            )
         return TxResult(
             tx_hash=str(receipt["transactionHash"]),
             block_number=as_int(receipt["blockNumber"]),

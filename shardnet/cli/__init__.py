@@ -14,8 +14,12 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from shardnet.errors import ShardnetError
+
+#: set to a folder: every command (worker, coordinator, shardnet) writes a cProfile of its main thread there
+PROFILE_ENV = "SHARDNET_PROFILE_DIR"
 
 # module name -> registers its subcommands; a module that does not exist yet is skipped.
 _COMMAND_MODULES = (
@@ -70,6 +74,8 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) 
         parser.print_help()
         return 2
     try:
+        if os.environ.get(PROFILE_ENV):
+            return _profiled(parser.prog, args)
         return int(args.func(args) or 0)
     except ShardnetError as exc:
         from shardnet.chain.errors import ContractRevert
@@ -79,6 +85,17 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) 
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _profiled(prog: str, args: argparse.Namespace) -> int:
+    """Run the command under cProfile (its main thread) and write the stats to $SHARDNET_PROFILE_DIR/PROG-PID.prof."""
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        return int(profiler.runcall(args.func, args) or 0)
+    finally:
+        profiler.dump_stats(str(Path(os.environ[PROFILE_ENV]) / f"{prog}-{os.getpid()}.prof"))
 
 
 def main(argv: list[str] | None = None) -> int:

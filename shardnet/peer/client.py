@@ -21,9 +21,11 @@ import torch
 from eth_utils import keccak
 
 from shardnet.chain.commitments import SignedCommitment
+from shardnet.errors import WireError
 from shardnet.peer.errors import WorkerAPIError, WorkerUnreachable, error_for_status
 from shardnet.wire.frames import decode_frame, encode_frame
 from shardnet.wire.json_limits import BodyRejected, loads_limited
+from shardnet.wire.multi_step import StepAnswer, StepItem, decode_answers, encode_steps
 
 SESSION_TOKEN_HEADER = "X-Session-Token"
 #: JSON answers of a worker are small (an open, a close, /health, an error): refuse more, and deep nesting
@@ -153,6 +155,45 @@ class WorkerClient:
                 url=self.url,
             ) from exc
         return StepResult(decode_frame(body), digest, index, hops)
+
+    async def steps(
+        self, items: list[StepItem], timeout_s: float | None = None
+    ) -> list[StepResult | WorkerAPIError]:
+        """Send many sessions' steps in one `POST /v1/steps` (`shardnet.wire.multi_step`); returns each step's
+        result or its own error, in order. A failure of the whole request (unreachable, timeout, a 4xx/5xx of
+        the request itself) is raised. `timeout_s` replaces the client's timeout for this request."""
+        extra = {"timeout": aiohttp.ClientTimeout(total=timeout_s)} if timeout_s is not None else {}
+        _, body = await self._request(
+            "POST",
+            "/v1/steps",
+            data=encode_steps(items),
+            headers={"Content-Type": "application/octet-stream"},
+            **extra,
+        )
+        try:
+            answers = decode_answers(body)
+            if len(answers) != len(items):
+                raise WireError(f"{len(answers)} answers to {len(items)} steps")
+            return [self._step_answer(a) for a in answers]
+        except WireError as exc:
+            raise WorkerAPIError(
+                f"worker answered a multi-step request malformed ({exc}): route around it",
+                status=502,
+                url=self.url,
+            ) from exc
+
+    def _step_answer(self, answer: StepAnswer) -> StepResult | WorkerAPIError:
+        if answer.status != 200:
+            return _error_from(answer.status, answer.error, self.url)
+        try:
+            tensor = decode_frame(answer.frame)
+        except WireError as exc:
+            return WorkerAPIError(
+                f"worker answered a step with a malformed frame ({exc}): route around it",
+                status=502,
+                url=self.url,
+            )
+        return StepResult(tensor, answer.step_hash, answer.step_index, [answer.step_hash])
 
     async def load_adapter(self, session_id: str, part: bytes) -> str:
         """Hand the session its LoRA adapter (safetensors of this worker's layers), before its first step;
