@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -58,6 +58,18 @@ class CoordinatorConfig(ChainSettings):
     # -- the data plane
     step_timeout_s: float = Field(
         5.0, gt=0, description="a step to one worker that takes longer fails over to a replica"
+    )
+    data_path: Literal["relay", "push"] = Field(
+        "relay",
+        description="how a token's data travels: push (the coordinator sends a step to the first worker, each "
+        "worker forwards to the next, the last answers: each link crossed once) or relay (the coordinator "
+        "sends every hop its input and reads its output: 2 link crossings per hop); failover and "
+        "verification work in both",
+    )
+    compact_answers: bool = Field(
+        False,
+        description="push mode, greedy jobs: the last worker answers each step with its top-16 logits and "
+        "their ids (~150 bytes) instead of every logit (vocab x 4 bytes); the token is the same",
     )
     health_interval_s: float = Field(
         1.0, gt=0, description="seconds between /health probes of workers (down workers come back this way)"

@@ -62,6 +62,11 @@ class PipelineContext:
     codec: str = "fp32"
     max_failovers: int = 4
     busy_wait_s: float = 30.0  # how long a busy worker (429, 503 full) is waited for when opening a session
+    #: "relay": the coordinator sends each hop its input; "push": each worker forwards to the next
+    #: (coordinator.push_path); verification and failover work in both
+    data_path: str = "relay"
+    #: push mode, greedy jobs: the last worker answers with its top-k logits and ids, not every logit
+    compact_answers: bool = False
     #: LoRA adapters of jobs: every session of such a job gets its span's part right after the open
     adapters: AdapterStore = field(default_factory=AdapterStore)
     _domain: Domain | None = None
@@ -97,13 +102,18 @@ async def open_session(
     endpoint: str,
     span: LayerSpan,
     hop_index: int | None,
+    *,
+    next_hop: dict[str, str] | None = None,
+    answer: str = "full",
 ) -> OpenSession:
     """Open a session; a busy worker (429, 503 full) is asked again for up to `busy_wait_s`, never marked down."""
     deadline = time.monotonic() + ctx.busy_wait_s
     delay = 0.05
     while True:
         try:
-            return await open_session_once(ctx, job_hops, node, endpoint, span, hop_index)
+            return await open_session_once(
+                ctx, job_hops, node, endpoint, span, hop_index, next_hop=next_hop, answer=answer
+            )
         except WorkerAPIError as exc:
             if not is_busy(exc) or time.monotonic() + delay > deadline:
                 raise
@@ -119,8 +129,11 @@ async def open_session_once(
     endpoint: str,
     span: LayerSpan,
     hop_index: int | None,
+    *,
+    next_hop: dict[str, str] | None = None,
+    answer: str = "full",
 ) -> OpenSession:
-    """Open a session with one request (a busy worker's refusal is raised to the caller)."""
+    """Open a session with one request (`next_hop`, `answer`: push mode, `coordinator.push_path`) (a busy worker's refusal is raised to the caller)."""
     client = WorkerClient(endpoint, timeout_s=ctx.step_timeout_s)
     session_id = uuid.uuid4().hex
     domain = ctx.domain
@@ -139,7 +152,9 @@ async def open_session_once(
     )
     try:
         # the job's worst case is reserved on the worker at open: it refuses (busy) rather than running out later
-        opened = await client.open_session(ticket, ctx.codec, max_positions=job_hops.max_positions)
+        opened = await client.open_session(
+            ticket, ctx.codec, next=next_hop, max_positions=job_hops.max_positions, answer=answer
+        )
     except BaseException:
         await client.aclose()
         raise

@@ -85,6 +85,8 @@ class CoordinatorService:
             tolerance=Tolerance(config.verify_rel_error, config.verify_top_k),
             verify_share=config.verify_share,
             check_share=config.check_share,
+            data_path=config.data_path,
+            compact_answers=config.compact_answers,
             salt=secrets.token_bytes(16),
         )
         runner = JobRunner(ctx, self.lifecycle, self.commitments, settle_batch_s=config.settle_batch_s)

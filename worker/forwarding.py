@@ -29,10 +29,12 @@ async def forward_step(
             if resp.status != 200:
                 raise _downstream_error(hop.url, resp.status, body)
             downstream = _hop_hashes(resp.headers.get("X-Hop-Hashes"), resp.headers["X-Step-Hash"])
+            passed = {h: resp.headers[h] for h in ("X-Top-K", "X-Fingerprint") if h in resp.headers}
             return body, {
                 "X-Step-Hash": resp.headers["X-Step-Hash"],
                 "X-Step-Index": resp.headers.get("X-Step-Index", ""),
                 "X-Hop-Hashes": json.dumps(["0x" + digest.hex(), *downstream]),
+                **passed,  # the last worker's compact answer: its k, and the fingerprint bound in its leaf
             }
     except (TimeoutError, aiohttp.ClientError, KeyError, ValueError) as exc:
         raise NextHopFailed(

@@ -39,6 +39,7 @@ from worker.inputs import (
 from worker.job_commitment import CommitmentSigner, JobCommitments
 from worker.limits import BlockInfo, ServerLimits
 from worker.metrics import WorkerMetrics
+from worker.push_links import forwards, set_next_hop, step_answer
 from worker.sessions import ModelSession, Session
 from worker.state import WorkerState
 from worker.verification import CommittedSteps, VerdictSigner, VerifyEndpoint, commit_step
@@ -109,6 +110,7 @@ class WorkerServer:
                 web.post("/v1/sessions", self.open_session),
                 web.post("/v1/sessions/{session_id}/step", self.step),
                 web.get("/v1/sessions/{session_id}/outputs", self.outputs),
+                web.post("/v1/sessions/{session_id}/next", lambda request: set_next_hop(self, request)),
                 web.delete("/v1/sessions/{session_id}", self.close_session),
                 web.get("/health", self.health),
                 web.get("/metrics", self.metrics_page),
@@ -193,6 +195,7 @@ class WorkerServer:
             reserve_positions=req.max_positions,
             expires_at=req.ticket["expires_at"],
         )
+        session.compact = req.answer == "top_k"
         self.metrics.sessions_open.set(len(self.sessions))
         if self.state is not None:
             try:
@@ -237,9 +240,8 @@ class WorkerServer:
                     raise SessionConflict(f"session {session.session_id!r} was closed while this step waited")
                 self.sessions.check_step(session, start_pos, int(x.shape[1]))
                 frame, digest, index = await self._compute_step(session, x, start_pos, step_hash(body))
-                if session.next_hop is None:
-                    headers = {"X-Step-Hash": "0x" + digest.hex(), "X-Step-Index": str(index)}
-                    return web.Response(body=frame, headers=headers, content_type="application/octet-stream")
+                if not forwards(session, request):
+                    return step_answer(session, frame, digest, index, memory.top_k_of(self.info))
                 return await self._forward(session, frame, digest, start_pos)
         finally:
             session.busy -= 1

@@ -38,6 +38,9 @@ class StepResult:
     step_hash: bytes  # of the response body (the last hop's output in push mode)
     step_index: int
     hop_hashes: list[bytes]  # push mode: one per hop, in route order; else [step_hash]
+    #: a last worker's compact answer ("answer": "top_k"): k (tensor is [1, n, 2k]: values then ids), else 0
+    top_k: int = 0
+    fingerprint: bytes | None = None  # with a compact answer: the fingerprint bound in the step's leaf
 
 
 @dataclass(frozen=True)
@@ -79,16 +82,20 @@ class WorkerClient:
         codec: str = "fp32",
         next: dict[str, str] | None = None,
         max_positions: int = 0,
+        answer: str = "full",
     ) -> dict[str, Any]:
         """Open a session: returns `{"session_id", "span": [a, b], "max_length", "session_token"}`.
 
         The token is kept for this client's later calls on the session. `next` (push mode) is
         `{"url", "session_id", "token"}` of the session opened on the next worker (`session_token(id)`
         of that worker's client). `max_positions` > 0 reserves the session's worst-case cache memory at
-        open: a worker without room answers 503 with code `memory_full` (busy) instead of failing later."""
+        open: a worker without room answers 503 with code `memory_full` (busy) instead of failing later.
+        `answer="top_k"` (last worker only): steps are answered with the top-k logits and their ids."""
         payload: dict[str, Any] = {"ticket": ticket, "codec": codec, "next": next}
         if max_positions:
             payload["max_positions"] = max_positions
+        if answer != "full":
+            payload["answer"] = answer
         _, body = await self._request(
             "POST",
             "/v1/sessions",
@@ -123,9 +130,16 @@ class WorkerClient:
         return result.tensor, result.step_hash
 
     async def step_full(
-        self, session_id: str, tensor: torch.Tensor, start_pos: int, codec: str | None = None
+        self,
+        session_id: str,
+        tensor: torch.Tensor,
+        start_pos: int,
+        codec: str | None = None,
+        *,
+        forward: bool = True,
     ) -> StepResult:
-        """Like `step`, with the step index and, in push mode, every hop's hash."""
+        """Like `step`, with the step index and, in push mode, every hop's hash. `forward=False`: a session
+        that forwards (push mode) answers this step itself (a replay into a replacement)."""
         if codec is None:
             codec = "int64" if not tensor.dtype.is_floating_point else "fp32"
         headers, body = await self._request(
@@ -136,6 +150,7 @@ class WorkerClient:
                 "X-Start-Pos": str(start_pos),
                 "Content-Type": "application/octet-stream",
                 **self._auth(session_id),
+                **({} if forward else {"X-Forward": "0"}),
             },
         )
         try:
@@ -146,13 +161,26 @@ class WorkerClient:
                 listed = loads_limited(hops_header, max_bytes=MAX_ANSWER_JSON_BYTES, max_depth=2)
                 hops = [bytes.fromhex(h.removeprefix("0x")) for h in listed]
             index = int(headers.get("X-Step-Index") or 0)
+            top_k = int(headers.get("X-Top-K") or 0)
+            fingerprint_hex = headers.get("X-Fingerprint")
+            fingerprint = bytes.fromhex(fingerprint_hex.removeprefix("0x")) if fingerprint_hex else None
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise WorkerAPIError(
                 f"worker answered a step with malformed hash headers ({exc}): route around it",
                 status=502,
                 url=self.url,
             ) from exc
-        return StepResult(decode_frame(body), digest, index, hops)
+        return StepResult(decode_frame(body), digest, index, hops, top_k, fingerprint)
+
+    async def set_next(self, session_id: str, next: dict[str, str] | None) -> None:
+        """Push mode: forward the session's later steps to `next` (`{"url", "session_id", "token"}`), or to
+        nobody (None: the session answers its steps itself)."""
+        await self._request(
+            "POST",
+            f"/v1/sessions/{session_id}/next",
+            data=json.dumps({"next": next}).encode(),
+            headers={"Content-Type": "application/json", **self._auth(session_id)},
+        )
 
     async def load_adapter(self, session_id: str, part: bytes) -> str:
         """Hand the session its LoRA adapter (safetensors of this worker's layers), before its first step;

@@ -1,0 +1,66 @@
+"""Push mode on the worker: how a step is answered, replays that must not be forwarded, and re-linking a session.
+
+- A step is answered with the frame the worker computed, or, on the last worker of a session opened with
+  `"answer": "top_k"`, with the top-k frame it keeps anyway (`worker.memory.top_k_frame`: the k largest logits
+  of each position and their ids, ~150 bytes instead of vocab x 4). The step hash (`X-Step-Hash`) is always
+  over the full frame, and `X-Fingerprint` carries the fingerprint bound in the step's leaf, so the coordinator
+  can build the after-the-fact check's package without the full logits.
+- `X-Forward: 0` on a step: answer it here even when the session forwards (the coordinator replays a dead
+  worker's inputs into a replacement; only the failed step goes on to the next worker).
+- `POST /v1/sessions/{id}/next` `{"next": {"url", "session_id", "token"} | null}`: forward later steps to
+  another session (the replacement of a dead next worker). It needs the session's token, as a step does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from shardnet.peer.errors import BadRequest, SessionConflict
+from shardnet.wire.json_limits import BodyRejected, loads_limited
+from worker.inputs import MAX_OPEN_JSON_BYTES, MAX_OPEN_JSON_DEPTH, parse_next
+from worker.sessions import Session
+
+if TYPE_CHECKING:
+    from worker.server import WorkerServer
+
+FORWARD_HEADER = "X-Forward"
+
+
+def forwards(session: Session, request: web.Request) -> bool:
+    """Whether this step's output goes on to the next worker (push mode, unless `X-Forward: 0`)."""
+    return session.next_hop is not None and request.headers.get(FORWARD_HEADER, "1") != "0"
+
+
+def step_answer(session: Session, frame: bytes, digest: bytes, index: int, top_k: int) -> web.Response:
+    """The answer of a step this worker does not forward: its frame, or the top-k frame of a compact session."""
+    headers = {"X-Step-Hash": "0x" + digest.hex(), "X-Step-Index": str(index)}
+    body = frame
+    if session.compact:
+        body = session.output_frames[-1]  # the top-k frame kept of this step (worker.memory.kept_output)
+        headers["X-Top-K"] = str(top_k)
+        headers["X-Fingerprint"] = "0x" + session.committed[-1][1].hex()
+    return web.Response(body=body, headers=headers, content_type="application/octet-stream")
+
+
+async def set_next_hop(server: WorkerServer, request: web.Request) -> web.Response:
+    """`POST /v1/sessions/{id}/next`: where the session forwards its next steps (null: nowhere, it answers)."""
+    session = server.sessions.get(
+        request.match_info["session_id"], token=request.headers.get("X-Session-Token", "")
+    )
+    raw = await request.content.read(MAX_OPEN_JSON_BYTES + 1)
+    try:
+        data = loads_limited(raw, max_bytes=MAX_OPEN_JSON_BYTES, max_depth=MAX_OPEN_JSON_DEPTH)
+    except BodyRejected as exc:
+        raise BadRequest(f'{exc}; send {{"next": {{"url", "session_id", "token"}} or null}}') from exc
+    if not isinstance(data, dict) or set(data) != {"next"}:
+        raise BadRequest(
+            'send {"next": {"url": "http://…", "session_id": "…", "token": "…"}} or {"next": null}'
+        )
+    next_hop = parse_next(data["next"], server.info.is_last)
+    async with session.lock:  # no step of the session forwards while its next hop changes
+        if session.closed:
+            raise SessionConflict(f"session {session.session_id!r} is closed: nothing to re-link")
+        session.next_hop = next_hop
+    return web.json_response({"session_id": session.session_id, "next": next_hop.url if next_hop else None})
