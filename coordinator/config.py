@@ -37,6 +37,11 @@ class CoordinatorConfig(ChainSettings):
     # -- HTTP
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8600, ge=0, le=65535, description="TCP port to listen on (0: any free port)")
+    public_url: str | None = Field(
+        None,
+        description="the URL workers reach this coordinator at (push mode: the last worker sends each answer "
+        "to PUBLIC_URL/v1/push/answers); default: http://HOST:PORT",
+    )
     api_key: str | None = Field(
         None,
         description="if set, the OpenAI-compatible endpoints (which the coordinator pays for) require "

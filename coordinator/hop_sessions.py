@@ -20,6 +20,7 @@ from eth_account.signers.local import LocalAccount
 from coordinator.adapters import AdapterStore
 from coordinator.directory import is_busy
 from coordinator.hops import JobHops
+from coordinator.push_answers import PushAnswers
 from coordinator.router import Router
 from coordinator.state import CoordinatorState
 from coordinator.verifier import Tolerance
@@ -67,6 +68,8 @@ class PipelineContext:
     data_path: str = "relay"
     #: push mode, greedy jobs: the last worker answers with its top-k logits and ids, not every logit
     compact_answers: bool = False
+    #: push mode: where the last worker sends its answers straight to this coordinator (coordinator.push_answers)
+    push_answers: PushAnswers | None = None
     #: LoRA adapters of jobs: every session of such a job gets its span's part right after the open
     adapters: AdapterStore = field(default_factory=AdapterStore)
     _domain: Domain | None = None
@@ -105,6 +108,7 @@ async def open_session(
     *,
     next_hop: dict[str, str] | None = None,
     answer: str = "full",
+    answer_to: str | None = None,
 ) -> OpenSession:
     """Open a session; a busy worker (429, 503 full) is asked again for up to `busy_wait_s`, never marked down."""
     deadline = time.monotonic() + ctx.busy_wait_s
@@ -112,7 +116,15 @@ async def open_session(
     while True:
         try:
             return await open_session_once(
-                ctx, job_hops, node, endpoint, span, hop_index, next_hop=next_hop, answer=answer
+                ctx,
+                job_hops,
+                node,
+                endpoint,
+                span,
+                hop_index,
+                next_hop=next_hop,
+                answer=answer,
+                answer_to=answer_to,
             )
         except WorkerAPIError as exc:
             if not is_busy(exc) or time.monotonic() + delay > deadline:
@@ -132,6 +144,7 @@ async def open_session_once(
     *,
     next_hop: dict[str, str] | None = None,
     answer: str = "full",
+    answer_to: str | None = None,
 ) -> OpenSession:
     """Open a session with one request (`next_hop`, `answer`: push mode, `coordinator.push_path`) (a busy worker's refusal is raised to the caller)."""
     client = WorkerClient(endpoint, timeout_s=ctx.step_timeout_s)
@@ -153,7 +166,12 @@ async def open_session_once(
     try:
         # the job's worst case is reserved on the worker at open: it refuses (busy) rather than running out later
         opened = await client.open_session(
-            ticket, ctx.codec, next=next_hop, max_positions=job_hops.max_positions, answer=answer
+            ticket,
+            ctx.codec,
+            next=next_hop,
+            max_positions=job_hops.max_positions,
+            answer=answer,
+            answer_to=answer_to,
         )
     except BaseException:
         await client.aclose()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 
 import torch
@@ -73,10 +74,17 @@ class PushPipeline(Pipeline):
         self.ids: list[tuple[int, torch.Tensor]] = []  # the token ids sent to the first hop, per step
         self.done: dict[OpenSession, list[PushedStep]] = {}  # each session's steps, in its order
         self.finished = False
+        self._acks: set[asyncio.Future[StepResult]] = set()  # acknowledgements of directly answered steps
 
     # -- sessions
     def _answer(self, span: LayerSpan) -> str:
+        """How the session over `span` answers: the last one of a compact job with its top-k logits."""
         return "top_k" if self.compact and span.end == self.num_layers else "full"
+
+    def _answer_to(self, span: LayerSpan) -> str | None:
+        """The last session sends its answers straight to this coordinator (when it listens for them)."""
+        answers = self.ctx.push_answers
+        return answers.url if answers is not None and span.end == self.num_layers else None
 
     async def open(self, route: list[RouteHop]) -> None:
         """Open the route's sessions from the last to the first, each linked to the next. A hop refused busy or
@@ -92,7 +100,7 @@ class PushPipeline(Pipeline):
                 try:
                     slot = await open_session_once(
                         self.ctx, self.job_hops, hop.address, hop.endpoint, hop.span, index,
-                        next_hop=nxt, answer=self._answer(hop.span),
+                        next_hop=nxt, answer=self._answer(hop.span), answer_to=self._answer_to(hop.span),
                     )  # fmt: skip
                 except WorkerAPIError as exc:
                     tries += 1
@@ -112,7 +120,7 @@ class PushPipeline(Pipeline):
                             ) from exc
                         slot = await open_session(
                             self.ctx, self.job_hops, hop.address, hop.endpoint, hop.span, index,
-                            next_hop=nxt, answer=self._answer(hop.span),
+                            next_hop=nxt, answer=self._answer(hop.span), answer_to=self._answer_to(hop.span),
                         )  # fmt: skip
                     else:
                         self.failovers.append(
@@ -130,6 +138,8 @@ class PushPipeline(Pipeline):
     async def close(self) -> None:
         if not self.finished:  # an error ended the generation: record what is known of its steps
             self.records = known_records(self)
+        if self._acks:  # the chain's last acknowledgements: a session closes after its steps are done
+            await asyncio.wait(set(self._acks), timeout=self.ctx.step_timeout_s)
         await super().close()
 
     # -- stepping
@@ -158,7 +168,7 @@ class PushPipeline(Pipeline):
             head = self.slots[start]
             t0 = time.perf_counter()
             try:
-                res = await head.client.step_full(head.session_id, entry, pos, self.codec_of(entry))
+                res = await self._send(head, entry, pos)
                 chain = self.slots[start:]
                 if len(res.hop_hashes) != len(chain):
                     raise NextHopFailed(
@@ -178,6 +188,38 @@ class PushPipeline(Pipeline):
         if res.top_k:
             return sparse_logits(res.tensor, res.top_k)
         return res.tensor
+
+    async def _send(self, head: OpenSession, entry: torch.Tensor, pos: int) -> StepResult:
+        """Send a step into the chain at `head`; the answer comes straight from the last worker when it can
+        (`coordinator.push_answers`), else back through the chain. The chain's acknowledgement of a direct answer
+        arrives later, off the token's critical path (awaited at the close)."""
+        answers = self.ctx.push_answers
+        codec = self.codec_of(entry)
+        if answers is None or answers.url is None:
+            return await head.client.step_full(head.session_id, entry, pos, codec)
+        answer_id = secrets.token_hex(16)
+        answer = answers.expect(answer_id)
+        request = asyncio.ensure_future(
+            head.client.step_full(head.session_id, entry, pos, codec, answer_id=answer_id)
+        )
+        try:
+            await asyncio.wait({answer, request}, return_when=asyncio.FIRST_COMPLETED)
+            if answer.done():
+                self._acks.add(request)
+                request.add_done_callback(self._acknowledged)
+                return answer.result()
+            res = request.result()  # the chain's error, or its answer when the last worker could not reach us
+            if not res.answered_directly:
+                return res
+            return await asyncio.wait_for(answer, self.ctx.step_timeout_s)  # posted before it acknowledged
+        finally:
+            answers.forget(answer_id)
+
+    def _acknowledged(self, request: asyncio.Future[StepResult]) -> None:
+        self._acks.discard(request)
+        if not request.cancelled() and request.exception() is not None:
+            log.debug("job %d: a directly answered step's acknowledgement failed: %s",
+                      self.job_hops.job_id, request.exception())  # fmt: skip
 
     def _answered(
         self, chain: list[OpenSession], res: StepResult, source: OpenSession | None, source_at: int, dt: float
@@ -299,7 +341,7 @@ class PushPipeline(Pipeline):
                     index = await self.job_hops.index_for(hop.address, hop.span, "failover")
                     slot = await open_session(
                         self.ctx, self.job_hops, hop.address, hop.endpoint, hop.span, index,
-                        next_hop=link(opened[0]) if opened else nxt, answer=self._answer(hop.span),
+                        next_hop=link(opened[0]) if opened else nxt, answer=self._answer(hop.span), answer_to=self._answer_to(hop.span),
                     )  # fmt: skip
                     opened.insert(0, slot)
                 res: StepResult | None = None

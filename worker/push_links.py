@@ -7,23 +7,35 @@
   can build the after-the-fact check's package without the full logits.
 - `X-Forward: 0` on a step: answer it here even when the session forwards (the coordinator replays a dead
   worker's inputs into a replacement; only the failed step goes on to the next worker).
+- Direct answers: the last worker's session opened with `"answer_to": URL` (the coordinator's answer endpoint)
+  POSTs a step that came with `X-Answer-Id` straight to that URL (body: the answer; headers: the step's hashes,
+  `X-Hop-Hashes` with every hop's, accumulated on the way in `X-Upstream-Hashes`) and acknowledges the worker
+  before it with an empty body (`X-Answered: direct`). A token's data then crosses each link once: n + 1
+  traversals for n workers; the acknowledgements travel back off the token's critical path. When the POST fails
+  the answer goes back the usual way, in the response.
 - `POST /v1/sessions/{id}/next` `{"next": {"url", "session_id", "token"} | null}`: forward later steps to
   another session (the replacement of a dead next worker). It needs the session's token, as a step does.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import TYPE_CHECKING
 
+import aiohttp
 from aiohttp import web
 
 from shardnet.peer.errors import BadRequest, SessionConflict
 from shardnet.wire.json_limits import BodyRejected, loads_limited
+from worker.forwarding import ANSWER_ID_HEADER, UPSTREAM_HASHES_HEADER, forward_step, upstream_hashes
 from worker.inputs import MAX_OPEN_JSON_BYTES, MAX_OPEN_JSON_DEPTH, parse_next
 from worker.sessions import Session
 
 if TYPE_CHECKING:
     from worker.server import WorkerServer
+
+log = logging.getLogger(__name__)
 
 FORWARD_HEADER = "X-Forward"
 
@@ -33,14 +45,48 @@ def forwards(session: Session, request: web.Request) -> bool:
     return session.next_hop is not None and request.headers.get(FORWARD_HEADER, "1") != "0"
 
 
-def step_answer(session: Session, frame: bytes, digest: bytes, index: int, top_k: int) -> web.Response:
-    """The answer of a step this worker does not forward: its frame, or the top-k frame of a compact session."""
+async def step_answer(
+    server: WorkerServer, session: Session, request: web.Request, frame: bytes, digest: bytes, index: int
+) -> web.Response:
+    """The answer of a step this worker does not forward: its frame, or the top-k frame of a compact session;
+    sent straight to the coordinator when the session has `answer_to` and the step an `X-Answer-Id`."""
     headers = {"X-Step-Hash": "0x" + digest.hex(), "X-Step-Index": str(index)}
     body = frame
     if session.compact:
         body = session.output_frames[-1]  # the top-k frame kept of this step (worker.memory.kept_output)
-        headers["X-Top-K"] = str(top_k)
+        headers["X-Top-K"] = str(server.top_k)
         headers["X-Fingerprint"] = "0x" + session.committed[-1][1].hex()
+    answer_id = request.headers.get(ANSWER_ID_HEADER)
+    if session.answer_to and answer_id and server.http is not None:
+        hashes = [*upstream_hashes(request.headers.get(UPSTREAM_HASHES_HEADER)), "0x" + digest.hex()]
+        direct = {**headers, ANSWER_ID_HEADER: answer_id, "X-Hop-Hashes": json.dumps(hashes)}
+        try:
+            async with server.http.post(session.answer_to, data=body, headers=direct) as resp:
+                if resp.status == 200:
+                    return web.Response(body=b"", headers={**headers, "X-Answered": "direct"})
+                log.warning(
+                    "the coordinator refused a direct answer (%d): answering back the chain", resp.status
+                )
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            log.warning("cannot answer the coordinator directly (%s): answering back the chain", exc)
+    return web.Response(body=body, headers=headers, content_type="application/octet-stream")
+
+
+async def forward(
+    server: WorkerServer, session: Session, request: web.Request, frame: bytes, digest: bytes, start_pos: int
+) -> web.Response:
+    """Send this step's output on to the next worker; its answer (or acknowledgement) is this step's answer."""
+    assert session.next_hop is not None and server.http is not None
+    body, headers = await forward_step(
+        server.http,
+        session.next_hop,
+        frame,
+        digest,
+        start_pos,
+        session_id=session.session_id,
+        answer_id=request.headers.get(ANSWER_ID_HEADER),
+        upstream=upstream_hashes(request.headers.get(UPSTREAM_HASHES_HEADER)),
+    )
     return web.Response(body=body, headers=headers, content_type="application/octet-stream")
 
 
