@@ -155,6 +155,8 @@ async def finish_pushed(pipe: PushPipeline) -> None:
             assert fingerprint is not None and step.output_hash is not None
             work.append((frame, step.output_hash, fingerprint))
         job_hops.relayed.setdefault(slot.hop_index, []).extend(work)
+        log.info("job %d: hop %d: %d steps read back for the after-the-fact check",
+                 job_hops.job_id, slot.hop_index, len(work))  # fmt: skip
         checked[slot] = inputs
     await _shadow_checks(pipe, sent, checked)
 
