@@ -190,7 +190,14 @@ async def _shadow_checks(
                 continue
             slot.history = [(s.pos, x) for s, (x, _) in zip(steps[: k + 1], inputs[: k + 1], strict=True)]
             slot.last = StepResult(output, step.output_hash, k, [step.output_hash])
-            await verify_last_step(pipe, slot)
+            finished, pipe.step_index = (
+                pipe.step_index,
+                step.step_index,
+            )  # the step the check is recorded under
+            try:
+                await verify_last_step(pipe, slot)
+            finally:
+                pipe.step_index = finished
 
 
 def keeps_output(pipe: PushPipeline, position: int) -> bool:

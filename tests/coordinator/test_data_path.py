@@ -111,6 +111,19 @@ def paths(tmp_path_factory: Any, anvil: Any, accounts: Any) -> Iterator[PathNet]
             p.stop()
 
 
+def _verifications(net: PathNet, mode: str, job_id: int) -> list[tuple[int, int]]:
+    """(step, agree) of the job's shadow checks, from the coordinator's database."""
+    import sqlite3
+
+    db = net.coordinators[mode].log_path.parent / f"coordinator-{mode}" / "coordinator.db"
+    with sqlite3.connect(db) as con:
+        rows = con.execute(
+            "SELECT step_index, agree FROM coordinator_verifications WHERE job_id = ? AND step_index >= 0",
+            (job_id,),
+        ).fetchall()
+    return [(int(step), int(agree)) for step, agree in rows]
+
+
 def _routable(coordinator: CoordinatorProc) -> int:
     workers = http_json("GET", coordinator.url + "/v1/workers")[1]["workers"]
     return sum(1 for w in workers if w["live"] and not w["down"] and not w["excluded"])
@@ -163,6 +176,9 @@ def test_greedy_tokens_equal_transformers_and_every_hop_is_settled(paths: PathNe
     assert [h["span"] for h in hops] == [[0, 2], [2, 4], [4, 6]]
     # settled with the commitment each worker signed (a package that did not rebuild it would leave it unpaid)
     assert all(h["settled"] and h["note"] is None for h in hops), hops
+    # the sampled shadow checks ran (push mode: over the frames read back after the last token) and agreed
+    checks = _verifications(paths, mode, job["job_id"])
+    assert checks and all(agree for _, agree in checks), checks
     if mode == "push":  # every hop's packages were read back from the workers (relay mode relays them)
         log = paths.coordinators[mode].log_path.read_text()
         read_back = [f"job {job['job_id']}: hop {h['hop']}: " for h in hops]
