@@ -65,7 +65,7 @@ class CoordinatorConfig(ChainSettings):
         5.0, gt=0, description="a step to one worker that takes longer fails over to a replica"
     )
     data_path: Literal["relay", "push"] = Field(
-        "relay",
+        "push",
         description="how a token's data travels: push (the coordinator sends a step to the first worker, each "
         "worker forwards to the next, the last answers: each link crossed once) or relay (the coordinator "
         "sends every hop its input and reads its output: 2 link crossings per hop); failover and "
