@@ -38,22 +38,16 @@ from coordinator.hop_sessions import (
 from coordinator.hops import JobHops
 from coordinator.pipeline import Pipeline
 from coordinator.push_checks import PushedStep, finish_pushed, keeps_output, known_records
+from coordinator.push_failover import inputs_of, link, replacement_chain
 from coordinator.router import NoRouteError, RouteHop
 from shardnet.peer.client import StepResult
-from shardnet.peer.errors import NextHopFailed, WorkerAPIError
+from shardnet.peer.errors import NextHopFailed, WorkerAPIError, WorkerUnreachable
 from shardnet.span import LayerSpan
 from shardnet.verify.fingerprint import make_fingerprint
 
 log = logging.getLogger(__name__)
 
-
-def link(slot: OpenSession) -> dict[str, str]:
-    """`next` for the session before `slot`: where to forward its outputs."""
-    return {
-        "url": slot.endpoint.rstrip("/"),
-        "session_id": slot.session_id,
-        "token": slot.client.session_token(slot.session_id),
-    }
+HEALTH_PROBE_S = 1.0  # after a chain timed out: how long each worker's /health may take to count as alive
 
 
 def sparse_logits(top_k: torch.Tensor, k: int) -> torch.Tensor:
@@ -77,11 +71,11 @@ class PushPipeline(Pipeline):
         self._acks: set[asyncio.Future[StepResult]] = set()  # acknowledgements of directly answered steps
 
     # -- sessions
-    def _answer(self, span: LayerSpan) -> str:
+    def answer_kind(self, span: LayerSpan) -> str:
         """How the session over `span` answers: the last one of a compact job with its top-k logits."""
         return "top_k" if self.compact and span.end == self.num_layers else "full"
 
-    def _answer_to(self, span: LayerSpan) -> str | None:
+    def answer_url(self, span: LayerSpan) -> str | None:
         """The last session sends its answers straight to this coordinator (when it listens for them)."""
         answers = self.ctx.push_answers
         return answers.url if answers is not None and span.end == self.num_layers else None
@@ -100,7 +94,7 @@ class PushPipeline(Pipeline):
                 try:
                     slot = await open_session_once(
                         self.ctx, self.job_hops, hop.address, hop.endpoint, hop.span, index,
-                        next_hop=nxt, answer=self._answer(hop.span), answer_to=self._answer_to(hop.span),
+                        next_hop=nxt, answer=self.answer_kind(hop.span), answer_to=self.answer_url(hop.span),
                     )  # fmt: skip
                 except WorkerAPIError as exc:
                     tries += 1
@@ -120,7 +114,7 @@ class PushPipeline(Pipeline):
                             ) from exc
                         slot = await open_session(
                             self.ctx, self.job_hops, hop.address, hop.endpoint, hop.span, index,
-                            next_hop=nxt, answer=self._answer(hop.span), answer_to=self._answer_to(hop.span),
+                            next_hop=nxt, answer=self.answer_kind(hop.span), answer_to=self.answer_url(hop.span),
                         )  # fmt: skip
                     else:
                         self.failovers.append(
@@ -143,7 +137,7 @@ class PushPipeline(Pipeline):
         await super().close()
 
     # -- stepping
-    def _note(self, slot: OpenSession, step: PushedStep) -> int:
+    def note(self, slot: OpenSession, step: PushedStep) -> int:
         """Record a step `slot` computed (positions are what its hop is paid for); returns its index there."""
         steps = self.done.setdefault(slot, [])
         steps.append(step)
@@ -153,7 +147,7 @@ class PushPipeline(Pipeline):
 
     def _upstream_step(self, slot: OpenSession, source: OpenSession | None, source_at: int) -> int:
         pos, x = self.ids[-1]
-        return self._note(
+        return self.note(
             slot, PushedStep(self.step_index, pos, int(x.shape[1]), source, source_at, None, False)
         )
 
@@ -175,7 +169,7 @@ class PushPipeline(Pipeline):
                         f"{len(res.hop_hashes)} hop hashes for a chain of {len(chain)}", url=head.endpoint
                     )
             except WorkerAPIError as exc:
-                failed = self._failed_position(exc, start)
+                failed = await self._failed_position(exc, start)
                 outcome = await self._failover_push(failed, start, source, source_at, exc)
                 if isinstance(outcome, StepResult):
                     res, chain = outcome, []
@@ -195,12 +189,16 @@ class PushPipeline(Pipeline):
         arrives later, off the token's critical path (awaited at the close)."""
         answers = self.ctx.push_answers
         codec = self.codec_of(entry)
+        # the request waits for every worker of the chain from `head` on, each within the step timeout
+        timeout_s = self.ctx.step_timeout_s * (len(self.slots) - self.slots.index(head))
         if answers is None or answers.url is None:
-            return await head.client.step_full(head.session_id, entry, pos, codec)
+            return await head.client.step_full(head.session_id, entry, pos, codec, timeout_s=timeout_s)
         answer_id = secrets.token_hex(16)
         answer = answers.expect(answer_id)
         request = asyncio.ensure_future(
-            head.client.step_full(head.session_id, entry, pos, codec, answer_id=answer_id)
+            head.client.step_full(
+                head.session_id, entry, pos, codec, answer_id=answer_id, timeout_s=timeout_s
+            )
         )
         try:
             await asyncio.wait({answer, request}, return_when=asyncio.FIRST_COMPLETED)
@@ -232,12 +230,12 @@ class PushPipeline(Pipeline):
                 self.step_index, pos, int(x.shape[1]), source, source_at, res.hop_hashes[j], False
             )
             if j == len(chain) - 1:
-                step.fingerprint = self._fingerprint(res)
+                step.fingerprint = self.fingerprint(res)
                 keep = not res.top_k and keeps_output(self, len(self.slots) - 1)
                 step.output = res.tensor if keep else None
-            source, source_at = slot, self._note(slot, step)
+            source, source_at = slot, self.note(slot, step)
 
-    def _fingerprint(self, res: StepResult) -> asyncio.Future[bytes]:
+    def fingerprint(self, res: StepResult) -> asyncio.Future[bytes]:
         if res.fingerprint is not None:  # a compact answer: the fingerprint its worker bound in the leaf
             done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
             done.set_result(res.fingerprint)
@@ -246,13 +244,23 @@ class PushPipeline(Pipeline):
             self.ctx.fingerprint_pool, make_fingerprint, res.tensor
         )
 
-    def _failed_position(self, exc: WorkerAPIError, start: int) -> int:
-        """Which chain position failed: the one a 502 names (`failed_hop`), else the one the step was sent to."""
+    async def _failed_position(self, exc: WorkerAPIError, start: int) -> int:
+        """Which chain position failed: the one a 502 names (`failed_hop`); after a timeout of the whole chain
+        (a worker that hangs rather than dies), the first whose /health does not answer within a second; else
+        the one the step was sent to."""
         if isinstance(exc, NextHopFailed) and exc.url:
             named = exc.url.rstrip("/")
             for j in range(start + 1, len(self.slots)):
                 if self.slots[j].endpoint.rstrip("/") == named:
                     return j
+        if isinstance(exc, WorkerUnreachable) and isinstance(exc.__cause__, TimeoutError):
+            chain = self.slots[start:]
+            alive = await asyncio.gather(
+                *(asyncio.wait_for(s.client.health(), HEALTH_PROBE_S) for s in chain), return_exceptions=True
+            )
+            for j, answer in enumerate(alive):
+                if isinstance(answer, BaseException):
+                    return start + j
         return start
 
     # -- failover
@@ -273,9 +281,9 @@ class PushPipeline(Pipeline):
         for j in range(start, k):  # they did this step before the failed hop
             source_at = self._upstream_step(self.slots[j], source, source_at)
             source = self.slots[j]
-        history = await self._inputs_of(k)
+        history = await inputs_of(self, k)
         nxt = link(self.slots[k + 1]) if k + 1 < len(self.slots) else None
-        new, last = await self._replacement_push(old.span, history, nxt, avoid={old.node} if busy else set())
+        new, last = await replacement_chain(self, old.span, history, nxt, avoid={old.node} if busy else set())
         if k > 0:  # the upstream neighbour now forwards to the replacement
             try:
                 await self.slots[k - 1].client.set_next(self.slots[k - 1].session_id, link(new[0]))
@@ -296,82 +304,8 @@ class PushPipeline(Pipeline):
         assert tail.last is not None
         return tail.last.tensor, tail, len(self.done[tail]) - 1, k + len(new)
 
-    async def _inputs_of(self, k: int) -> list[tuple[int, torch.Tensor, OpenSession | None, int]]:
-        """Chain position k's inputs so far, this step's included: (pos, input, source, index at the source)."""
-        if k == 0:
-            return [(pos, x, None, i) for i, (pos, x) in enumerate(self.ids)]
-        prev = self.slots[k - 1]
-        try:
-            outputs = await prev.client.outputs(prev.session_id)
-        except WorkerAPIError as exc:
-            raise GenerationError(
-                f"job {self.job_hops.job_id}: {prev.endpoint} (layers {prev.span}) cannot hand over the outputs "
-                f"its failed next hop needs for a replay ({exc})"
-            ) from exc
-        history: list[tuple[int, torch.Tensor, OpenSession | None, int]] = []
-        offset = 0
-        for i, step in enumerate(self.done.get(prev, [])):
-            history.append((step.pos, outputs[:, offset : offset + step.n].clone(), prev, i))
-            offset += step.n
-        return history
-
-    async def _replacement_push(
-        self,
-        span: LayerSpan,
-        history: list[tuple[int, torch.Tensor, OpenSession | None, int]],
-        nxt: dict[str, str] | None,
-        avoid: set[str],
-    ) -> tuple[list[OpenSession], StepResult | None]:
-        """Open a chain over `span` linked to `nxt`, and replay `history` into it (answered, not forwarded).
-        Returns the chain and its last session's answer to the last entry (the failed step)."""
-        last_error: Exception | None = None
-        avoid = {a.lower() for a in avoid}
-        for _ in range(self.ctx.max_failovers):
-            try:
-                route = self.ctx.router.cover(self.model_id, self.num_layers, span, exclude=avoid)
-            except NoRouteError:
-                if not avoid:
-                    raise
-                route = self.ctx.router.cover(self.model_id, self.num_layers, span)
-            opened: list[OpenSession] = []
-            current = route[-1].address
-            try:
-                for hop in reversed(route):
-                    current = hop.address
-                    index = await self.job_hops.index_for(hop.address, hop.span, "failover")
-                    slot = await open_session(
-                        self.ctx, self.job_hops, hop.address, hop.endpoint, hop.span, index,
-                        next_hop=link(opened[0]) if opened else nxt, answer=self._answer(hop.span), answer_to=self._answer_to(hop.span),
-                    )  # fmt: skip
-                    opened.insert(0, slot)
-                res: StepResult | None = None
-                for n_done, (pos, x, source, source_at) in enumerate(history):
-                    y, src, at = x, source, source_at
-                    for slot in opened:
-                        current = slot.node
-                        res = await slot.client.step_full(
-                            slot.session_id, y, pos, self.codec_of(y), forward=False
-                        )
-                        replay = n_done < len(history) - 1
-                        step = PushedStep(n_done, pos, int(x.shape[1]), src, at, res.step_hash, replay)
-                        if slot.span.end == self.num_layers:
-                            step.fingerprint = self._fingerprint(res)
-                            keep = not res.top_k and not replay and keeps_output(self, len(self.slots) - 1)
-                            step.output = res.tensor if keep else None
-                        slot.last = res
-                        src, at = slot, self._note(slot, step)
-                        y = res.tensor
-                return opened, res
-            except WorkerAPIError as exc:
-                last_error = exc
-                (self.directory.mark_busy if is_busy(exc) else self.directory.mark_down)(current, str(exc))
-                if is_busy(exc):
-                    avoid.add(current.lower())
-                await asyncio.gather(*(self._close(slot) for slot in opened))
-        raise GenerationError(
-            f"job {self.job_hops.job_id}: could not fail over layers {span} after {self.ctx.max_failovers} tries "
-            f"(last error: {last_error}); start another worker for that span"
-        )
+    async def close_one(self, slot: OpenSession) -> None:
+        await self._close(slot)
 
     async def finish(self) -> None:
         """After the last token: the after-the-fact checks' packages and the sampled shadow checks."""

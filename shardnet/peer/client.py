@@ -147,10 +147,12 @@ class WorkerClient:
         *,
         forward: bool = True,
         answer_id: str | None = None,
+        timeout_s: float | None = None,
     ) -> StepResult:
         """Like `step`, with the step index and, in push mode, every hop's hash. `forward=False`: a session
         that forwards (push mode) answers this step itself (a replay into a replacement). `answer_id`: the
-        last worker sends its answer straight to the coordinator under this id (`answered_directly`)."""
+        last worker sends its answer straight to the coordinator under this id (`answered_directly`).
+        `timeout_s`: this request's limit instead of the client's (a push step waits for the whole chain)."""
         if codec is None:
             codec = "int64" if not tensor.dtype.is_floating_point else "fp32"
         headers, body = await self._request(
@@ -164,6 +166,7 @@ class WorkerClient:
                 **({} if forward else {"X-Forward": "0"}),
                 **({"X-Answer-Id": answer_id} if answer_id else {}),
             },
+            **({"timeout": aiohttp.ClientTimeout(total=timeout_s)} if timeout_s else {}),
         )
         return step_answer(headers, body, self.url)
 

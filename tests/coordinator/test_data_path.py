@@ -251,3 +251,35 @@ def test_failover_after_sigkill_gives_identical_tokens(paths: PathNet, mode: str
     paths.workers[name].wait_ready()
     for c in paths.coordinators.values():
         wait_for(lambda c=c: _routable(c) == 4, 30, "the restarted worker back in routing")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_hung_worker_is_found_and_failed_over(paths: PathNet, mode: str) -> None:
+    """A worker that stops answering (SIGSTOP, not a kill): relay times out its hop; push times out the whole chain,
+    then finds the hung worker by its /health (the workers before it answer) and replaces that one."""
+    prompt = f"a hung worker in {mode} mode"
+    n = 60
+    expected = _reference(paths, prompt, n)
+    pieces: list[str] = []
+    victim: WorkerProc | None = None
+    job_id = 0
+    try:
+        for chunk in _api(paths, mode).completions.create(
+            model="tiny-chat", prompt=prompt, max_tokens=n, temperature=0, stream=True
+        ):
+            pieces.append(chunk.choices[0].text)
+            if victim is None and len(pieces) == 5:
+                job_id = int(chunk.id.split("-")[1])
+                node = next(h["node"] for h in _job(paths, mode, job_id)["route"] if h["span"] == [2, 4])
+                victim = next(w for w in paths.workers.values() if w.address.lower() == node)
+                victim.signal(signal.SIGSTOP)
+    finally:
+        if victim is not None:
+            victim.signal(signal.SIGCONT)
+    assert victim is not None
+    assert "".join(pieces) == expected
+    route = _job(paths, mode, job_id)["route"]
+    replaced = [(h["span"], h["node"] != victim.address.lower()) for h in route if h["reason"] == "failover"]
+    assert replaced == [([2, 4], True)], route  # the hung worker's span, not the first worker's
+    for c in paths.coordinators.values():
+        wait_for(lambda c=c: _routable(c) == 4, 30, "the resumed worker back in routing")
