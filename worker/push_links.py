@@ -75,11 +75,15 @@ async def step_answer(
 async def forward(
     server: WorkerServer, session: Session, request: web.Request, frame: bytes, digest: bytes, start_pos: int
 ) -> web.Response:
-    """Send this step's output on to the next worker; its answer (or acknowledgement) is this step's answer."""
-    assert session.next_hop is not None and server.http is not None
+    """Send this step's output on to the next worker; its answer (or acknowledgement) is this step's answer.
+    Runs outside the session's lock (a re-link to nobody since the step was computed: answered here)."""
+    hop = session.next_hop
+    if hop is None or server.http is None:
+        headers = {"X-Step-Hash": "0x" + digest.hex()}
+        return web.Response(body=frame, headers=headers, content_type="application/octet-stream")
     body, headers = await forward_step(
         server.http,
-        session.next_hop,
+        hop,
         frame,
         digest,
         start_pos,
@@ -105,7 +109,7 @@ async def set_next_hop(server: WorkerServer, request: web.Request) -> web.Respon
             'send {"next": {"url": "http://…", "session_id": "…", "token": "…"}} or {"next": null}'
         )
     next_hop = parse_next(data["next"], server.info.is_last)
-    async with session.lock:  # no step of the session forwards while its next hop changes
+    async with session.lock:  # not while a step is computed; a step being forwarded keeps the hop it had
         if session.closed:
             raise SessionConflict(f"session {session.session_id!r} is closed: nothing to re-link")
         session.next_hop = next_hop

@@ -243,7 +243,9 @@ class WorkerServer:
                 frame, digest, index = await self._compute_step(session, x, start_pos, step_hash(body))
                 if not forwards(session, request):
                     return await step_answer(self, session, request, frame, digest, index)
-                return await forward(self, session, request, frame, digest, start_pos)
+            # outside the lock: a session's next step comes only after this one's answer, which needs every
+            # worker after this one to have received it; waiting for the acknowledgement holds nothing up
+            return await forward(self, session, request, frame, digest, start_pos)
         finally:
             session.busy -= 1
             session.last_used = time.monotonic()
