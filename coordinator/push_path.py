@@ -68,7 +68,10 @@ class PushPipeline(Pipeline):
         self.ids: list[tuple[int, torch.Tensor]] = []  # the token ids sent to the first hop, per step
         self.done: dict[OpenSession, list[PushedStep]] = {}  # each session's steps, in its order
         self.finished = False
-        self._acks: set[asyncio.Future[StepResult]] = set()  # acknowledgements of directly answered steps
+        self._acks: set[asyncio.Future[StepResult]] = set()
+        self.answer_key = secrets.token_hex(
+            16
+        )  # given to the last worker only: answers must carry it  # acknowledgements of directly answered steps
 
     # -- sessions
     def answer_kind(self, span: LayerSpan) -> str:
@@ -78,7 +81,9 @@ class PushPipeline(Pipeline):
     def answer_url(self, span: LayerSpan) -> str | None:
         """The last session sends its answers straight to this coordinator (when it listens for them)."""
         answers = self.ctx.push_answers
-        return answers.url if answers is not None and span.end == self.num_layers else None
+        if answers is None or span.end != self.num_layers:
+            return None
+        return answers.answer_to(self.answer_key)
 
     async def open(self, route: list[RouteHop]) -> None:
         """Open the route's sessions from the last to the first, each linked to the next. A hop refused busy or
@@ -194,7 +199,7 @@ class PushPipeline(Pipeline):
         if answers is None or answers.url is None:
             return await head.client.step_full(head.session_id, entry, pos, codec, timeout_s=timeout_s)
         answer_id = secrets.token_hex(16)
-        answer = answers.expect(answer_id)
+        answer = answers.expect(answer_id, self.answer_key)
         request = asyncio.ensure_future(
             head.client.step_full(
                 head.session_id, entry, pos, codec, answer_id=answer_id, timeout_s=timeout_s
