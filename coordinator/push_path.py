@@ -47,7 +47,7 @@ from shardnet.verify.fingerprint import make_fingerprint
 
 log = logging.getLogger(__name__)
 
-HEALTH_PROBE_S = 1.0  # after a chain timed out: how long each worker's /health may take to count as alive
+HEALTH_PROBE_S = 1.0  # after a chain timed out: the least time each worker's /health gets to count as alive
 
 
 def sparse_logits(top_k: torch.Tensor, k: int) -> torch.Tensor:
@@ -251,7 +251,7 @@ class PushPipeline(Pipeline):
 
     async def _failed_position(self, exc: WorkerAPIError, start: int) -> int:
         """Which chain position failed: the one a 502 names (`failed_hop`); after a timeout of the whole chain
-        (a worker that hangs rather than dies), the first whose /health does not answer within a second; else
+        (a worker that hangs rather than dies), the first whose /health does not answer within the step timeout; else
         the one the step was sent to."""
         if isinstance(exc, NextHopFailed) and exc.url:
             named = exc.url.rstrip("/")
@@ -260,8 +260,11 @@ class PushPipeline(Pipeline):
                     return j
         if isinstance(exc, WorkerUnreachable) and isinstance(exc.__cause__, TimeoutError):
             chain = self.slots[start:]
+            probe_s = max(
+                HEALTH_PROBE_S, self.ctx.step_timeout_s
+            )  # a loaded worker is slow, a hung one silent
             alive = await asyncio.gather(
-                *(asyncio.wait_for(s.client.health(), HEALTH_PROBE_S) for s in chain), return_exceptions=True
+                *(asyncio.wait_for(s.client.health(), probe_s) for s in chain), return_exceptions=True
             )
             for j, answer in enumerate(alive):
                 if isinstance(answer, BaseException):

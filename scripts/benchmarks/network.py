@@ -149,6 +149,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: relay,push)",
     )
     parser.add_argument(
+        "--step-timeout-s",
+        type=float,
+        default=30.0,
+        help="the coordinators' --step-timeout-s (default: 30; a loaded machine's prefill exceeds the service's 5)",
+    )
+    parser.add_argument(
         "--compact-answers",
         action="store_true",
         help="push mode: the last worker answers greedy steps with its top-16 logits (coordinator --compact-answers)",
@@ -182,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         coords = {
             mode: net.start_coordinator(
                 extra=(
-                    "--verify-share", "0", "--data-path", mode,
+                    "--verify-share", "0", "--data-path", mode, "--step-timeout-s", str(args.step_timeout_s),
                     *(("--compact-answers",) if args.compact_answers and mode == "push" else ()),
                 ),
                 key_index=COORDINATOR_KEYS[i], name=f"coordinator-{mode}",
