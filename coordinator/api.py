@@ -51,6 +51,7 @@ def make_app(service: CoordinatorService) -> web.Application:
     app.add_routes(jobs_api.ROUTES)
     openai_api.install(app, service)
     app.add_routes(preflight_routes())
+    app.add_routes(service.push_answers.routes())  # POST /v1/push/answers: push mode's direct answers
     training_api.install(app)  # POST /v1/train/jobs/{id}/route|settle: fine-tuning jobs (docs/finetune.md)
     dashboard.mount(app, service)  # GET /dashboard (and / when free): read-only, see coordinator.dashboard
     return app

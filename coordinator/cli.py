@@ -16,8 +16,8 @@ from coordinator.config import ENV_PREFIX, CoordinatorConfig, field_help, load_c
 from shardnet.cli import run_command
 from shardnet.config import add_settings_flags, flag_overrides
 
-_METAVARS = {"api_key": "KEY"}
-_SWITCHES = ("no_api_key",)
+_METAVARS = {"api_key": "KEY", "data_path": "relay|push"}
+_SWITCHES = ("no_api_key", "compact_answers")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -37,6 +37,11 @@ class CoordinatorConfig(ChainSettings):
     # -- HTTP
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8600, ge=0, le=65535, description="TCP port to listen on (0: any free port)")
+    public_url: str | None = Field(
+        None,
+        description="the URL workers reach this coordinator at (push mode: the last worker sends each answer "
+        "to PUBLIC_URL/v1/push/answers); default: http://HOST:PORT",
+    )
     api_key: str | None = Field(
         None,
         description="if set, the OpenAI-compatible endpoints (which the coordinator pays for) require "
@@ -78,6 +83,18 @@ class CoordinatorConfig(ChainSettings):
         ge=1,
         description="most positions (prompt tokens of prefills, 1 per decode step) in flight to one worker; "
         "more steps queue in the coordinator, where no step timeout runs",
+    )
+    data_path: Literal["relay", "push"] = Field(
+        "push",
+        description="how a token's data travels: push (the coordinator sends a step to the first worker, each "
+        "worker forwards to the next, the last answers: each link crossed once) or relay (the coordinator "
+        "sends every hop its input and reads its output: 2 link crossings per hop); failover and "
+        "verification work in both",
+    )
+    compact_answers: bool = Field(
+        False,
+        description="push mode, greedy jobs: the last worker answers each step with its top-16 logits and "
+        "their ids (~150 bytes) instead of every logit (vocab x 4 bytes); the token is the same",
     )
     health_interval_s: float = Field(
         1.0, gt=0, description="seconds between /health probes of workers (down workers come back this way)"

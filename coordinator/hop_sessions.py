@@ -20,6 +20,7 @@ from eth_account.signers.local import LocalAccount
 from coordinator.adapters import AdapterStore
 from coordinator.directory import is_busy
 from coordinator.hops import JobHops
+from coordinator.push_answers import PushAnswers
 from coordinator.router import Router
 from coordinator.state import CoordinatorState
 from coordinator.step_coalescer import StepCoalescer
@@ -63,6 +64,13 @@ class PipelineContext:
     codec: str = "fp32"
     max_failovers: int = 4
     busy_wait_s: float = 30.0  # how long a busy worker (429, 503 full) is waited for when opening a session
+    #: "relay": the coordinator sends each hop its input; "push": each worker forwards to the next
+    #: (coordinator.push_path); verification and failover work in both
+    data_path: str = "relay"
+    #: push mode, greedy jobs: the last worker answers with its top-k logits and ids, not every logit
+    compact_answers: bool = False
+    #: push mode: where the last worker sends its answers straight to this coordinator (coordinator.push_answers)
+    push_answers: PushAnswers | None = None
     #: LoRA adapters of jobs: every session of such a job gets its span's part right after the open
     adapters: AdapterStore = field(default_factory=AdapterStore)
     #: sends the steps of concurrent jobs toward one worker together (None: each step in its own request)
@@ -100,13 +108,27 @@ async def open_session(
     endpoint: str,
     span: LayerSpan,
     hop_index: int | None,
+    *,
+    next_hop: dict[str, str] | None = None,
+    answer: str = "full",
+    answer_to: str | None = None,
 ) -> OpenSession:
     """Open a session; a busy worker (429, 503 full) is asked again for up to `busy_wait_s`, never marked down."""
     deadline = time.monotonic() + ctx.busy_wait_s
     delay = 0.05
     while True:
         try:
-            return await open_session_once(ctx, job_hops, node, endpoint, span, hop_index)
+            return await open_session_once(
+                ctx,
+                job_hops,
+                node,
+                endpoint,
+                span,
+                hop_index,
+                next_hop=next_hop,
+                answer=answer,
+                answer_to=answer_to,
+            )
         except WorkerAPIError as exc:
             if not is_busy(exc) or time.monotonic() + delay > deadline:
                 raise
@@ -122,8 +144,12 @@ async def open_session_once(
     endpoint: str,
     span: LayerSpan,
     hop_index: int | None,
+    *,
+    next_hop: dict[str, str] | None = None,
+    answer: str = "full",
+    answer_to: str | None = None,
 ) -> OpenSession:
-    """Open a session with one request (a busy worker's refusal is raised to the caller)."""
+    """Open a session with one request (`next_hop`, `answer`: push mode, `coordinator.push_path`) (a busy worker's refusal is raised to the caller)."""
     # with a coalescer, every session to a worker shares its one bounded connection pool
     pool = ctx.coalescer.http_session(endpoint) if ctx.coalescer is not None else None
     client = WorkerClient(endpoint, timeout_s=ctx.step_timeout_s, session=pool)
@@ -144,7 +170,14 @@ async def open_session_once(
     )
     try:
         # the job's worst case is reserved on the worker at open: it refuses (busy) rather than running out later
-        opened = await client.open_session(ticket, ctx.codec, max_positions=job_hops.max_positions)
+        opened = await client.open_session(
+            ticket,
+            ctx.codec,
+            next=next_hop,
+            max_positions=job_hops.max_positions,
+            answer=answer,
+            answer_to=answer_to,
+        )
     except BaseException:
         await client.aclose()
         raise

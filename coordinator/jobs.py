@@ -35,7 +35,7 @@ from coordinator.hop_sessions import PipelineContext
 from coordinator.hops import JobHops
 from coordinator.job_checks import JobChecks, relayed_root_mismatch
 from coordinator.lifecycle import TERMINAL, IllegalTransition, JobLifecycle, JobState, mirrored_state
-from coordinator.pipeline import Pipeline
+from coordinator.push_path import make_pipeline
 from coordinator.router import RouteHop
 from coordinator.sampling import Sampler, SamplingParams
 from coordinator.settlement import HopWork, check_commitment, layer_tokens, overlapping_hops
@@ -118,12 +118,13 @@ class JobRunner:
             sampler = Sampler(
                 params, seed=sampling_seed(domain.chain_id, domain.registry, job_id, params.seed)
             )
-            pipe = Pipeline(
+            pipe = make_pipeline(
                 self.ctx,
                 job_hops,
                 model_id=model.info.model_id,
                 num_layers=model.num_layers,
                 reason="rerun" if rerun else "route",
+                greedy=params.greedy,
             )
             tokens: list[int] = []
             drawn: list[int] = []  # every token drawn in this run, a final end-of-sequence included
@@ -157,6 +158,7 @@ class JobRunner:
                 # streamed tokens this run did not make (it stopped earlier): "correct" is -1
                 gone = [(i, emitted[i], -1) for i in range(len(tokens), len(emitted))]
                 fixes = sorted(replaced.values()) + gone
+                await pipe.finish()
                 job_hops.shown(drawn, Counter(r.hop_index for r in pipe.records), params.__dict__)
                 return GenerationResult(tokens, finish, failovers + pipe.failovers, rerun, fixes)
             except CheatDetected as exc:

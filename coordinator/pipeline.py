@@ -143,6 +143,9 @@ class Pipeline:
         self.slots, self.to_close = [], []
         await asyncio.gather(*(self._close(s) for s in slots))
 
+    async def finish(self) -> None:
+        """After the last token, before the close (push mode reads back what it did not relay; here: nothing)."""
+
     # -- stepping
     def codec_of(self, x: torch.Tensor) -> str | None:
         return None if not x.dtype.is_floating_point else self.ctx.codec

@@ -27,6 +27,8 @@ from coordinator.directory import WorkerDirectory, probe_forever
 from coordinator.hop_sessions import PipelineContext
 from coordinator.jobs import JobRunner
 from coordinator.lifecycle import JobLifecycle
+from coordinator.push_answers import PATH as ANSWERS_PATH
+from coordinator.push_answers import PushAnswers
 from coordinator.router import Router
 from coordinator.scheduler import JobScheduler
 from coordinator.state import CoordinatorState
@@ -76,6 +78,7 @@ class CoordinatorService:
         self.lifecycle = JobLifecycle(self.state)
         self.commitments = CommitmentBoard()
         self.adapters = AdapterStore()  # LoRA adapters of API requests (coordinator.adapters)
+        self.push_answers = PushAnswers()  # push mode: answers straight from the last worker
         ctx = PipelineContext(
             account=account,
             adapters=self.adapters,
@@ -86,6 +89,9 @@ class CoordinatorService:
             tolerance=Tolerance(config.verify_rel_error, config.verify_top_k),
             verify_share=config.verify_share,
             check_share=config.check_share,
+            data_path=config.data_path,
+            compact_answers=config.compact_answers,
+            push_answers=self.push_answers,
             salt=secrets.token_bytes(16),
             coalescer=StepCoalescer(
                 timeout_s=config.step_timeout_s,
@@ -259,6 +265,7 @@ class CoordinatorService:
         await site.start()
         port = self._runner.addresses[0][1]
         self.endpoint = f"http://{self.config.host}:{port}"
+        self.push_answers.url = (self.config.public_url or self.endpoint).rstrip("/") + ANSWERS_PATH
         log.info("coordinator %s listening on %s", self.account.address, self.endpoint)
         self._background = [
             asyncio.ensure_future(self._watch()),

@@ -159,13 +159,21 @@ class LocalNetwork:
         ]
         return self._spawn(name, "worker.cli", FIRST_WORKER + index, args, port, threads)
 
-    def start_coordinator(self, *, extra: tuple[str, ...] = (), port: int | None = None) -> RoleProcess:
-        """Approve the coordinator's dev account on chain and start `coordinator run`."""
+    def start_coordinator(
+        self,
+        *,
+        extra: tuple[str, ...] = (),
+        port: int | None = None,
+        key_index: int = COORDINATOR,
+        name: str = "coordinator",
+    ) -> RoleProcess:
+        """Approve a coordinator's dev account (`key_index`; a second coordinator needs another) on chain and start
+        `coordinator run` with its files under `name`."""
         port = port or free_port()
-        self.owner.set_coordinator(self.address(COORDINATOR), f"http://127.0.0.1:{port}", True)
-        coordinator_dir = self.work_dir / "coordinator"
+        self.owner.set_coordinator(self.address(key_index), f"http://127.0.0.1:{port}", True)
+        coordinator_dir = self.work_dir / name
         args = ["--data-dir", str(coordinator_dir), "--store-dir", str(coordinator_dir / "store"), *extra]
-        return self._spawn("coordinator", "coordinator.cli", COORDINATOR, args, port, 1)
+        return self._spawn(name, "coordinator.cli", key_index, args, port, 1)
 
     def wait_for_workers(self, coordinator: RoleProcess, count: int, timeout: float) -> None:
         """Wait until the coordinator's /health counts `count` live workers."""

@@ -12,27 +12,44 @@ from shardnet.wire.json_limits import loads_limited
 from worker.sessions import NextHop
 
 SESSION_TOKEN_HEADER = "X-Session-Token"
+ANSWER_ID_HEADER = "X-Answer-Id"  # direct answers (worker.push_links): the coordinator's id of the step
+UPSTREAM_HASHES_HEADER = "X-Upstream-Hashes"  # the step hashes of the workers before, on the way in
 #: JSON a worker reads from the next worker (an error, a list of hop hashes): small and flat
 MAX_PEER_JSON_BYTES, MAX_PEER_JSON_DEPTH = 64 * 1024, 4
 
 
 async def forward_step(
-    http: aiohttp.ClientSession, hop: NextHop, frame: bytes, digest: bytes, start_pos: int, *, session_id: str
+    http: aiohttp.ClientSession,
+    hop: NextHop,
+    frame: bytes,
+    digest: bytes,
+    start_pos: int,
+    *,
+    session_id: str,
+    answer_id: str | None = None,
+    upstream: list[str] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """POST `frame` to the next worker's session; returns its answer's body and the headers to pass back
     (`X-Hop-Hashes` starts with this hop's `digest`). Raises `NextHopFailed` naming the failed worker."""
     url = f"{hop.url}/v1/sessions/{hop.session_id}/step"
     try:
         headers = {"X-Start-Pos": str(start_pos), SESSION_TOKEN_HEADER: hop.token}
+        if answer_id:  # a direct answer: the last worker needs the id and every hash before its own
+            headers[ANSWER_ID_HEADER] = answer_id
+            headers[UPSTREAM_HASHES_HEADER] = json.dumps([*(upstream or []), "0x" + digest.hex()])
         async with http.post(url, data=frame, headers=headers) as resp:
             body = await resp.read()
             if resp.status != 200:
                 raise _downstream_error(hop.url, resp.status, body)
             downstream = _hop_hashes(resp.headers.get("X-Hop-Hashes"), resp.headers["X-Step-Hash"])
+            passed = {
+                h: resp.headers[h] for h in ("X-Top-K", "X-Fingerprint", "X-Answered") if h in resp.headers
+            }
             return body, {
                 "X-Step-Hash": resp.headers["X-Step-Hash"],
                 "X-Step-Index": resp.headers.get("X-Step-Index", ""),
                 "X-Hop-Hashes": json.dumps(["0x" + digest.hex(), *downstream]),
+                **passed,  # the last worker's compact answer: its k, and the fingerprint bound in its leaf
             }
     except (TimeoutError, aiohttp.ClientError, KeyError, ValueError) as exc:
         raise NextHopFailed(
@@ -40,6 +57,14 @@ async def forward_step(
             f"fetch it from GET /v1/sessions/{session_id}/outputs to replay on a replacement",
             url=hop.url,
         ) from exc
+
+
+def upstream_hashes(header: str | None) -> list[str]:
+    """A step's `X-Upstream-Hashes` (the hashes of the workers before), checked; [] when absent or malformed."""
+    try:
+        return _hop_hashes(header, "")[:1024] if header else []
+    except ValueError:
+        return []
 
 
 def _hop_hashes(header: str | None, step_hash: str) -> list[str]:

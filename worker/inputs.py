@@ -24,6 +24,10 @@ class OpenRequest:
     max_positions: int = (
         0  # the most positions the session will hold: its memory is reserved at open (0: none)
     )
+    #: what the last worker answers a step with: "full" (the logits frame) or "top_k" (worker.push_links)
+    answer: str = "full"
+    #: the last worker: where it sends the answers of steps that carry X-Answer-Id (the coordinator), or None
+    answer_to: str | None = None
 
 
 #: The session-open JSON is small (a ticket is ~400 bytes) and shallow (3 levels): anything far beyond is refused.
@@ -44,9 +48,22 @@ def parse_open_request(body: bytes, *, is_last: bool) -> OpenRequest:
         ) from exc
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object with a 'ticket'")
-    unknown = sorted(set(data) - {"ticket", "codec", "next", "max_positions"})
+    allowed = {"ticket", "codec", "next", "max_positions", "answer", "answer_to"}
+    unknown = sorted(set(data) - allowed)
     if unknown:
-        raise BadRequest(f"unknown fields {unknown}; allowed: ticket, codec, next, max_positions")
+        raise BadRequest(f"unknown fields {unknown}; allowed: {', '.join(sorted(allowed))}")
+    answer_to = data.get("answer_to")
+    if answer_to is not None and (not is_last or not _is_http_url(answer_to)):
+        raise BadRequest(
+            "'answer_to' must be null or, on the worker serving the model's last layers, the http(s) URL the "
+            f"coordinator takes direct answers at, got {str(answer_to)[:100]!r}"
+        )
+    answer = data.get("answer", "full")
+    if answer not in ("full", "top_k") or (answer == "top_k" and not is_last):
+        raise BadRequest(
+            '\'answer\' must be "full" or, on the worker serving the model\'s last layers, "top_k" '
+            "(each step answered with the top logits and their ids instead of every logit)"
+        )
     max_positions = data.get("max_positions", 0)
     if (
         not isinstance(max_positions, int)
@@ -68,7 +85,18 @@ def parse_open_request(body: bytes, *, is_last: bool) -> OpenRequest:
         raise BadRequest(
             f"'codec' must name a float codec for hidden states (fp32, fp16, bf16, int8), got {codec!r}"
         ) from exc
-    return OpenRequest(ticket, codec, _parse_next(data.get("next"), is_last), max_positions)
+    next_hop = _parse_next(data.get("next"), is_last)
+    return OpenRequest(ticket, codec, next_hop, max_positions, str(answer), answer_to)
+
+
+def _is_http_url(value: object) -> bool:
+    parsed = urlparse(value) if isinstance(value, str) and len(value) <= 2048 else None
+    return parsed is not None and parsed.scheme in ("http", "https") and bool(parsed.netloc)
+
+
+def parse_next(value: object, is_last: bool) -> NextHop | None:
+    """`next` of an open request (or of `POST /v1/sessions/{id}/next`): None, or where to forward outputs."""
+    return _parse_next(value, is_last)
 
 
 def _parse_next(value: object, is_last: bool) -> NextHop | None:

@@ -26,7 +26,7 @@ from shardnet.wire.tickets import TicketError, ticket_max_positions, verify_tick
 from worker import memory
 from worker.batching import StepBatcher
 from worker.coordinator_check import CoordinatorCheck
-from worker.forwarding import SESSION_TOKEN_HEADER, forward_step
+from worker.forwarding import SESSION_TOKEN_HEADER
 from worker.http_errors import errors_as_json, read_body
 from worker.inputs import (
     MAX_OPEN_JSON_BYTES,
@@ -40,6 +40,7 @@ from worker.job_commitment import CommitmentSigner, JobCommitments
 from worker.limits import BlockInfo, ServerLimits
 from worker.metrics import WorkerMetrics
 from worker.multi_step import MultiStepEndpoint
+from worker.push_links import forward, forwards, set_next_hop, step_answer
 from worker.sessions import ModelSession, Session
 from worker.state import WorkerState
 from worker.verification import CommittedSteps, VerdictSigner, VerifyEndpoint, commit_step
@@ -94,10 +95,11 @@ class WorkerServer:
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-compute")
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-db")
         self.batcher = StepBatcher(self._compute, self._finish_step, limits=self.limits, metrics=self.metrics)
-        self._http: aiohttp.ClientSession | None = None
+        self.http: aiohttp.ClientSession | None = None  # push mode: forwards, direct answers
         self._janitor: asyncio.Task[None] | None = None
         self.sessions = memory.session_manager(self.limits, info, on_close=self._session_closed)
         self._trimmer = memory.MemoryTrimmer()
+        self.top_k = memory.top_k_of(info)  # logits a compact answer carries per position
 
     # -- application
     def app(self) -> web.Application:
@@ -110,6 +112,7 @@ class WorkerServer:
                 web.post("/v1/sessions", self.open_session),
                 web.post("/v1/sessions/{session_id}/step", self.step),
                 web.get("/v1/sessions/{session_id}/outputs", self.outputs),
+                web.post("/v1/sessions/{session_id}/next", lambda request: set_next_hop(self, request)),
                 web.delete("/v1/sessions/{session_id}", self.close_session),
                 web.get("/health", self.health),
                 web.get("/metrics", self.metrics_page),
@@ -123,15 +126,15 @@ class WorkerServer:
         return app
 
     async def _on_startup(self, _app: web.Application) -> None:
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.limits.forward_timeout_s))
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.limits.forward_timeout_s))
         self._janitor = asyncio.create_task(self._expire_loop())
 
     async def _on_cleanup(self, _app: web.Application) -> None:
         if self._janitor is not None:
             self._janitor.cancel()
         self.sessions.close_all("shutdown")
-        if self._http is not None:
-            await self._http.close()
+        if self.http is not None:
+            await self.http.close()
         self._compute.shutdown(wait=True)
         self._db.shutdown(wait=True)
 
@@ -195,6 +198,7 @@ class WorkerServer:
             reserve_positions=req.max_positions,
             expires_at=req.ticket["expires_at"],
         )
+        session.compact, session.answer_to = req.answer == "top_k", req.answer_to
         self.metrics.sessions_open.set(len(self.sessions))
         if self.state is not None:
             try:
@@ -239,10 +243,11 @@ class WorkerServer:
                     raise SessionConflict(f"session {session.session_id!r} was closed while this step waited")
                 self.sessions.check_step(session, start_pos, int(x.shape[1]))
                 frame, digest, index = await self._compute_step(session, x, start_pos, step_hash(body))
-                if session.next_hop is None:
-                    headers = {"X-Step-Hash": "0x" + digest.hex(), "X-Step-Index": str(index)}
-                    return web.Response(body=frame, headers=headers, content_type="application/octet-stream")
-                return await self._forward(session, frame, digest, start_pos)
+                if not forwards(session, request):
+                    return await step_answer(self, session, request, frame, digest, index)
+            # outside the lock: a session's next step comes only after this one's answer, which needs every
+            # worker after this one to have received it; waiting for the acknowledgement holds nothing up
+            return await forward(self, session, request, frame, digest, start_pos)
         finally:
             session.busy -= 1
             session.last_used = time.monotonic()
@@ -360,13 +365,6 @@ class WorkerServer:
             # recorded before the output leaves: a crash can never lose a step the commitment must cover
             self.state.step_recorded(session.session_id, index, step_leaf, n_tokens)
         return frame, kept, digest, step_leaf, fingerprint
-
-    async def _forward(self, session: Session, frame: bytes, digest: bytes, start_pos: int) -> web.Response:
-        assert session.next_hop is not None and self._http is not None
-        body, headers = await forward_step(
-            self._http, session.next_hop, frame, digest, start_pos, session_id=session.session_id
-        )
-        return web.Response(body=body, headers=headers, content_type="application/octet-stream")
 
     def _session_closed(self, session: Session, reason: str) -> None:
         close = getattr(session.compute, "close", None)

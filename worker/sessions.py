@@ -78,6 +78,8 @@ class Session:
     reserved_bytes: int = 0  # the worst case reserved at open (max_positions x bytes_per_position), or 0
     busy: int = 0
     closed: bool = False
+    compact: bool = False  # the last worker answers steps with the top-k frame (worker.push_links)
+    answer_to: str | None = None  # the last worker: where it sends answers of steps with X-Answer-Id
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: the session's credential, returned only to the coordinator that opened it: /step, /outputs and
     #: DELETE need it in X-Session-Token, so a leaked session id alone reads or ends nothing

@@ -2,11 +2,12 @@
 
 Prints, for greedy decoding of the same chat prompts (each run on both sides back to back, so that both see the
 same load on a shared machine), whether the outputs are equal, and:
-- median ms per decoded token and time to first token, for both, and their ratios;
+- median ms per decoded token and time to first token, for both, and their ratios, for each data path measured
+  (`--data-path relay,push`: a coordinator of each mode over the same workers, each prompt run through both);
 - the stall when a worker is SIGKILLed mid-generation (a replica serves the same span);
 - the gas of one whole job (submit, route, commitments, finalize).
 
-    .venv/bin/python scripts/bench.py network [--tokens 64] [--prompts 3] [--threads 2]
+    .venv/bin/python scripts/bench.py network [--tokens 64] [--prompts 3] [--threads 2] [--data-path relay,push]
 
 The distributed figures are measured as a client sees them: tokens streamed by the coordinator's
 OpenAI-compatible API (`stream: true`), each request a real paid job on chain.
@@ -22,9 +23,12 @@ import time
 from pathlib import Path
 
 from shardnet.http_json import request_json
-from shardnet.localnet import LocalNetwork
+from shardnet.localnet import COORDINATOR, LocalNetwork
 from shardnet.role_process import REPO
 from shardnet.span import LayerSpan
+
+#: dev accounts of the coordinators, one per data path measured (workers use 3..6, the client 2)
+COORDINATOR_KEYS = (COORDINATOR, 9)
 
 PROMPTS = [
     "Explain in a few sentences how a rainbow forms.",
@@ -138,6 +142,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, default=2, help="torch threads, per worker and baseline (default: 2)"
     )
     parser.add_argument(
+        "--data-path",
+        default="relay,push",
+        help="the coordinators' data paths, comma-separated, each measured on the same workers in one run: relay "
+        "(the coordinator relays every hop), push (workers forward; the last answers the coordinator) "
+        "(default: relay,push)",
+    )
+    parser.add_argument(
+        "--step-timeout-s",
+        type=float,
+        default=30.0,
+        help="the coordinators' --step-timeout-s (default: 30; a loaded machine's prefill exceeds the service's 5)",
+    )
+    parser.add_argument(
+        "--compact-answers",
+        action="store_true",
+        help="push mode: the last worker answers greedy steps with its top-16 logits (coordinator --compact-answers)",
+    )
+    parser.add_argument(
         "--work-dir", type=Path, default=REPO / ".shardnet" / "bench", help="scratch folder (wiped)"
     )
 
@@ -149,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
 
     gguf = smollm2_gguf_path()
     prompts = PROMPTS[: args.prompts]
+    modes = [m.strip() for m in args.data_path.split(",") if m.strip()]
+    if not modes or set(modes) - {"relay", "push"}:
+        raise SystemExit(f"--data-path takes relay, push or both (comma-separated), not {args.data_path!r}")
     shutil.rmtree(args.work_dir, ignore_errors=True)
 
     print(f"baseline: single-process transformers, {args.threads} threads ...", flush=True)
@@ -160,43 +185,58 @@ def run(args: argparse.Namespace) -> int:
     )
     with LocalNetwork.start(args.work_dir) as net:
         model_id, _cid, manifest = net.import_model(gguf, price_wei=10**9)
-        coord = net.start_coordinator(extra=("--verify-share", "0"))
+        coords = {
+            mode: net.start_coordinator(
+                extra=(
+                    "--verify-share", "0", "--data-path", mode, "--step-timeout-s", str(args.step_timeout_s),
+                    *(("--compact-answers",) if args.compact_answers and mode == "push" else ()),
+                ),
+                key_index=COORDINATOR_KEYS[i], name=f"coordinator-{mode}",
+            )
+            for i, mode in enumerate(modes)
+        }  # fmt: skip
         spans = [LayerSpan(0, 10), LayerSpan(10, 20), LayerSpan(20, 30), LayerSpan(10, 20)]
         workers = [net.add_worker(i, model_id, s, threads=args.threads) for i, s in enumerate(spans)]
         for w in workers:
             w.wait_healthy(timeout=600)
-        coord.wait_healthy(timeout=120)
-        net.wait_for_workers(coord, len(workers), timeout=120)
-        api = openai.OpenAI(base_url=coord.url + "/v1", api_key="unused", max_retries=0, timeout=600)
+        apis = {}
+        for mode, coord in coords.items():
+            coord.wait_healthy(timeout=120)
+            net.wait_for_workers(coord, len(workers), timeout=120)
+            apis[mode] = openai.OpenAI(
+                base_url=coord.url + "/v1", api_key="unused", max_retries=0, timeout=600
+            )
         name = manifest.name
-        stream(api, name, "warm up", 4)  # first request loads the tokenizer on the coordinator
+        for api in apis.values():
+            stream(api, name, "warm up", 4)  # first request loads the tokenizer on the coordinator
 
         # each prompt runs on both sides back to back, so both see the same load on a shared machine
-        steps: list[float] = []
-        ttfts: list[float] = []
+        steps: dict[str, list[float]] = {mode: [] for mode in modes}
+        ttfts: dict[str, list[float]] = {mode: [] for mode in modes}
+        same: dict[str, int] = dict.fromkeys(modes, 0)
         base_steps: list[float] = []
         base_ttft: list[float] = []
         base_texts: list[str] = []
-        same = 0
         first_block = net.devnet.web3().eth.block_number + 1
         for i, text in enumerate(prompts):
             b_steps, b_ttft, b_text = base.run(text, args.tokens)
             base_steps += b_steps
             base_ttft.append(b_ttft)
             base_texts.append(b_text)
-            arrivals, t0, out = stream(api, name, text, args.tokens)
-            same += out == base_texts[i]
-            if out != base_texts[i]:
-                print(
-                    f"prompt {i}: output differs from single-process transformers:\n  {out!r}\n  {base_texts[i]!r}"
-                )
-            ttfts.append(arrivals[0] - t0)
-            steps += [(b - a) * 1000 for a, b in zip(arrivals, arrivals[1:], strict=False)]
+            for mode, api in apis.items():
+                arrivals, t0, out = stream(api, name, text, args.tokens)
+                same[mode] += out == base_texts[i]
+                if out != base_texts[i]:
+                    print(f"prompt {i}, {mode}: output differs from single-process transformers:\n  {out!r}\n  "
+                          f"{base_texts[i]!r}")  # fmt: skip
+                ttfts[mode].append(arrivals[0] - t0)
+                steps[mode] += [(b - a) * 1000 for a, b in zip(arrivals, arrivals[1:], strict=False)]
             if i == 0:
                 time.sleep(3)  # let the workers' commitments and the finalize land
                 gas = job_gas(net, first_block)
 
-        # the stall when the worker serving layers 10:20 dies mid-generation
+        # the stall when the worker serving layers 10:20 dies mid-generation (through the last mode's coordinator)
+        kill_mode, coord, api = modes[-1], coords[modes[-1]], apis[modes[-1]]
         killed: dict[str, float] = {}
 
         def kill_mid(count: int, chunk: object) -> None:
@@ -216,27 +256,30 @@ def run(args: argparse.Namespace) -> int:
         same_after_kill = out == base_texts[0]
         after = [t for t in arrivals if t > killed.get("at", float("inf"))]
         stall = (after[0] - killed["at"]) if after else float("nan")
-        normal_gap = statistics.median(steps) / 1000
+        normal_gap = statistics.median(steps[kill_mode]) / 1000
 
-    med_base, med_net = statistics.median(base_steps), statistics.median(steps)
-    ttft_base, ttft_net = statistics.median(base_ttft), statistics.median(ttfts)
+    med_base, ttft_base = statistics.median(base_steps), statistics.median(base_ttft)
     print()
     print(
         f"SmolLM2-135M-Instruct, fp32, {args.threads} torch threads in the baseline and in each worker, "
         f"{len(prompts)} chat prompts x {args.tokens} greedy tokens (ignore_eos)"
     )
+    equal = ", ".join(f"{mode} {same[mode]}/{len(prompts)}" for mode in modes)
+    print(f"outputs equal to single-process transformers: {equal}, "
+          f"and {'also' if same_after_kill else 'NOT'} after the SIGKILL ({kill_mode})")  # fmt: skip
     print(
-        f"outputs equal to single-process transformers: {same}/{len(prompts)}, "
-        f"and {'also' if same_after_kill else 'NOT'} after the SIGKILL"
+        "| figure | single process | " + " | ".join(f"shardnet {m}, 3 workers | ratio" for m in modes) + " |"
     )
-    print("| figure | single process | shardnet, 3 workers | ratio |")
-    print("|---|---:|---:|---:|")
-    print(f"| median ms per decoded token | {med_base:.1f} | {med_net:.1f} | {med_net / med_base:.2f}x |")
+    print("|---|---:|" + "---:|---:|" * len(modes))
+    per_token = [statistics.median(steps[m]) for m in modes]
+    print(f"| median ms per decoded token | {med_base:.1f} | "
+          + " | ".join(f"{v:.1f} | {v / med_base:.2f}x" for v in per_token) + " |")  # fmt: skip
+    first = [statistics.median(ttfts[m]) for m in modes]
+    print(f"| time to first token (ms, median) | {ttft_base * 1000:.0f} | "
+          + " | ".join(f"{v * 1000:.0f} | {v / ttft_base:.2f}x" for v in first) + " |")  # fmt: skip
     print(
-        f"| time to first token (ms, median) | {ttft_base * 1000:.0f} | {ttft_net * 1000:.0f} | {ttft_net / ttft_base:.2f}x |"
-    )
-    print(
-        f"| stall after SIGKILL of a worker mid-generation (s) | - | {stall:.2f} | {stall / normal_gap:.0f}x a normal step |"
+        f"| stall after SIGKILL of a worker mid-generation ({kill_mode}, s) | - | {stall:.2f} | "
+        f"{stall / normal_gap:.0f}x a normal step |"
     )
     print()
     print("gas of one whole job (registry transactions, by function):")

@@ -13,6 +13,7 @@ or `WorkerUnreachable` (status 0) when the worker cannot be reached.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from eth_utils import keccak
 
 from shardnet.chain.commitments import SignedCommitment
-from shardnet.errors import WireError
+from shardnet.errors import ShardnetError, WireError
 from shardnet.peer.errors import WorkerAPIError, WorkerUnreachable, error_for_status
 from shardnet.wire.frames import decode_frame, encode_frame
 from shardnet.wire.json_limits import BodyRejected, loads_limited
@@ -40,6 +41,12 @@ class StepResult:
     step_hash: bytes  # of the response body (the last hop's output in push mode)
     step_index: int
     hop_hashes: list[bytes]  # push mode: one per hop, in route order; else [step_hash]
+    #: a last worker's compact answer ("answer": "top_k"): k (tensor is [1, n, 2k]: values then ids), else 0
+    top_k: int = 0
+    fingerprint: bytes | None = None  # with a compact answer: the fingerprint bound in the step's leaf
+    #: push mode: the last worker sent the answer straight to the coordinator (this is the chain's
+    #: acknowledgement: `tensor` is empty)
+    answered_directly: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,16 +88,24 @@ class WorkerClient:
         codec: str = "fp32",
         next: dict[str, str] | None = None,
         max_positions: int = 0,
+        answer: str = "full",
+        answer_to: str | None = None,
     ) -> dict[str, Any]:
         """Open a session: returns `{"session_id", "span": [a, b], "max_length", "session_token"}`.
 
         The token is kept for this client's later calls on the session. `next` (push mode) is
         `{"url", "session_id", "token"}` of the session opened on the next worker (`session_token(id)`
         of that worker's client). `max_positions` > 0 reserves the session's worst-case cache memory at
-        open: a worker without room answers 503 with code `memory_full` (busy) instead of failing later."""
+        open: a worker without room answers 503 with code `memory_full` (busy) instead of failing later.
+        `answer="top_k"` (last worker only): steps are answered with the top-k logits and their ids;
+        `answer_to` (last worker only): the URL it sends the answers of steps with an answer id to."""
         payload: dict[str, Any] = {"ticket": ticket, "codec": codec, "next": next}
         if max_positions:
             payload["max_positions"] = max_positions
+        if answer != "full":
+            payload["answer"] = answer
+        if answer_to:
+            payload["answer_to"] = answer_to
         _, body = await self._request(
             "POST",
             "/v1/sessions",
@@ -125,9 +140,20 @@ class WorkerClient:
         return result.tensor, result.step_hash
 
     async def step_full(
-        self, session_id: str, tensor: torch.Tensor, start_pos: int, codec: str | None = None
+        self,
+        session_id: str,
+        tensor: torch.Tensor,
+        start_pos: int,
+        codec: str | None = None,
+        *,
+        forward: bool = True,
+        answer_id: str | None = None,
+        timeout_s: float | None = None,
     ) -> StepResult:
-        """Like `step`, with the step index and, in push mode, every hop's hash."""
+        """Like `step`, with the step index and, in push mode, every hop's hash. `forward=False`: a session
+        that forwards (push mode) answers this step itself (a replay into a replacement). `answer_id`: the
+        last worker sends its answer straight to the coordinator under this id (`answered_directly`).
+        `timeout_s`: this request's limit instead of the client's (a push step waits for the whole chain)."""
         if codec is None:
             codec = "int64" if not tensor.dtype.is_floating_point else "fp32"
         headers, body = await self._request(
@@ -138,23 +164,22 @@ class WorkerClient:
                 "X-Start-Pos": str(start_pos),
                 "Content-Type": "application/octet-stream",
                 **self._auth(session_id),
+                **({} if forward else {"X-Forward": "0"}),
+                **({"X-Answer-Id": answer_id} if answer_id else {}),
             },
+            **({"timeout": aiohttp.ClientTimeout(total=timeout_s)} if timeout_s else {}),
         )
-        try:
-            digest = bytes.fromhex(headers["X-Step-Hash"].removeprefix("0x"))
-            hops_header = headers.get("X-Hop-Hashes")
-            hops = [digest]
-            if hops_header:
-                listed = loads_limited(hops_header, max_bytes=MAX_ANSWER_JSON_BYTES, max_depth=2)
-                hops = [bytes.fromhex(h.removeprefix("0x")) for h in listed]
-            index = int(headers.get("X-Step-Index") or 0)
-        except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            raise WorkerAPIError(
-                f"worker answered a step with malformed hash headers ({exc}): route around it",
-                status=502,
-                url=self.url,
-            ) from exc
-        return StepResult(decode_frame(body), digest, index, hops)
+        return step_answer(headers, body, self.url)
+
+    async def set_next(self, session_id: str, next: dict[str, str] | None) -> None:
+        """Push mode: forward the session's later steps to `next` (`{"url", "session_id", "token"}`), or to
+        nobody (None: the session answers its steps itself)."""
+        await self._request(
+            "POST",
+            f"/v1/sessions/{session_id}/next",
+            data=json.dumps({"next": next}).encode(),
+            headers={"Content-Type": "application/json", **self._auth(session_id)},
+        )
 
     async def steps(
         self, items: list[StepItem], timeout_s: float | None = None
@@ -262,6 +287,31 @@ class WorkerClient:
             raise WorkerUnreachable(
                 f"cannot reach worker ({type(exc).__name__}: {exc}); route around it", url=url
             ) from exc
+
+
+def step_answer(headers: Mapping[str, str], body: bytes, url: str) -> StepResult:
+    """A step's answer from its headers and body (a worker's response, or a direct answer to the coordinator).
+    Malformed headers or frames raise a 502 `WorkerAPIError` naming `url`."""
+    try:
+        digest = bytes.fromhex(headers["X-Step-Hash"].removeprefix("0x"))
+        hops_header = headers.get("X-Hop-Hashes")
+        hops = [digest]
+        if hops_header:
+            listed = loads_limited(hops_header, max_bytes=MAX_ANSWER_JSON_BYTES, max_depth=2)
+            hops = [bytes.fromhex(h.removeprefix("0x")) for h in listed]
+        index = int(headers.get("X-Step-Index") or 0)
+        top_k = int(headers.get("X-Top-K") or 0)
+        fingerprint_hex = headers.get("X-Fingerprint")
+        fingerprint = bytes.fromhex(fingerprint_hex.removeprefix("0x")) if fingerprint_hex else None
+        if headers.get("X-Answered") == "direct" and not body:
+            return StepResult(torch.empty(0), digest, index, hops, top_k, fingerprint, answered_directly=True)
+        return StepResult(decode_frame(body), digest, index, hops, top_k, fingerprint)
+    except (KeyError, ValueError, TypeError, AttributeError, ShardnetError) as exc:
+        raise WorkerAPIError(
+            f"worker answered a step with malformed hash headers or frame ({exc}): route around it",
+            status=502,
+            url=url,
+        ) from exc
 
 
 def _answer(body: bytes, url: str) -> dict[str, Any]:
