@@ -42,7 +42,9 @@ COORDINATOR_FLAGS = (
 )
 
 UNAVAILABLE = unavailable_reason()
-pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"no namespace test network here: {UNAVAILABLE}")
+pytestmark = pytest.mark.skipif(
+    UNAVAILABLE is not None, reason=f"no namespace test network here: {UNAVAILABLE}"
+)
 
 
 @dataclass
