@@ -45,8 +45,8 @@ def unavailable_reason() -> str | None:
         return "network namespaces need Linux"
     if os.geteuid() != 0:
         return "network namespaces need root (CI runs as root; run the netns tests with sudo)"
-    if shutil.which("ip") is None:
-        return "the `ip` command (iproute2) is not installed: apt-get install iproute2"
+    if shutil.which("ip") is None or shutil.which("tc") is None:
+        return "the `ip` and `tc` commands (iproute2) are not installed: apt-get install iproute2"
     probe = f"{PREFIX}{os.getpid():06x}probe"
     try:
         sh("ip", "netns", "add", probe)
