@@ -10,6 +10,9 @@ Loss is modelled as TCP turns it into time: a chunk "lost" with probability `los
 kept, as TCP keeps it).
 
     python -m tests.netns.delay_proxy --listen 10.55.7.3:8000 --target 127.0.0.1:8000 --delay-ms 5
+
+With `--delay-file PATH` the delay can be changed while it runs: the proxy reads the file (a number of ms)
+every 50 ms and applies it to chunks read from then on.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 CHUNK = 65536
 
@@ -143,7 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--rto-ms", type=float, default=200.0, help="extra wait of a lost chunk (ms)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the loss draw (default: random)")
+    parser.add_argument(
+        "--delay-file", type=Path, default=None, help="a file holding the delay in ms, re-read every 50 ms"
+    )
     return parser
+
+
+async def follow_delay_file(path: Path, link: LinkModel, interval_s: float = 0.05) -> None:
+    """Keep `link.delay_s` equal to the ms written in `path` (a missing or unreadable file changes nothing)."""
+    while True:
+        try:
+            link.delay_s = max(0.0, float(path.read_text().strip()) / 1000)
+        except (OSError, ValueError):
+            pass
+        await asyncio.sleep(interval_s)
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -153,9 +170,12 @@ async def main_async(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    follower = asyncio.ensure_future(follow_delay_file(args.delay_file, link)) if args.delay_file else None
     print(f"proxying {args.listen} -> {args.target} with {args.delay_ms} ms one-way delay", flush=True)
     async with server:
         await stop.wait()
+    if follower is not None:
+        follower.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:

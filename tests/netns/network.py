@@ -70,7 +70,7 @@ class NamespaceNetwork:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        proxies = [_start_proxy(lab, host, CHAIN_PORT, chain_delay_s, work_dir / "proxy-chain.log")]
+        proxies = [_start_proxy(lab, host, CHAIN_PORT, chain_delay_s, work_dir)]
         try:
             rpc_url = f"http://{host.ip}:{CHAIN_PORT}"
             _wait_rpc(rpc_url, anvil, 60)
@@ -115,9 +115,7 @@ class NamespaceNetwork:
         url = f"http://{host.ip}:{SERVICE_PORT}"
         if name not in self.proxied:
             self.proxied.add(name)
-            self.proxies.append(
-                _start_proxy(self.lab, host, SERVICE_PORT, delay_s, self.work_dir / f"proxy-{name}.log")
-            )
+            self.proxies.append(_start_proxy(self.lab, host, SERVICE_PORT, delay_s, self.work_dir))
         proc = spawn_role(
             name,
             module,
@@ -169,15 +167,29 @@ class NamespaceNetwork:
         ]
         return self._spawn(host, "worker.cli", key_index, args, delay_s, threads)
 
-    def start_coordinator(self, *, delay_s: float = 0.0, extra: tuple[str, ...] = ()) -> RoleProcess:
-        """Approve the coordinator's dev account with its host's address on chain and start `coordinator run`."""
-        host = self._new_host("coordinator")
+    def start_coordinator(
+        self,
+        *,
+        delay_s: float = 0.0,
+        extra: tuple[str, ...] = (),
+        name: str = "coordinator",
+        key_index: int = COORDINATOR,
+    ) -> RoleProcess:
+        """Approve dev account `key_index` as a coordinator at its host's address and start `coordinator run` there
+        (host `name`: a second coordinator takes another name and key; a restarted one keeps its host)."""
+        host = self._new_host(name)
         self.owner.set_coordinator(
-            str(dev_account(COORDINATOR).address), f"http://{host.ip}:{SERVICE_PORT}", True
+            str(dev_account(key_index).address), f"http://{host.ip}:{SERVICE_PORT}", True
         )
-        folder = self.work_dir / "coordinator"
+        folder = self.work_dir / name
         args = ["--data-dir", str(folder), "--store-dir", str(folder / "store"), *extra]
-        return self._spawn(host, "coordinator.cli", COORDINATOR, args, delay_s, 1)
+        return self._spawn(host, "coordinator.cli", key_index, args, delay_s, 1)
+
+    def set_delay(self, name: str, delay_s: float) -> None:
+        """Change the one-way delay of host `name`'s link while everything runs (its proxy applies it within 50 ms
+        to what it reads from then on)."""
+        delay_file(self.work_dir, self.hosts[name]).write_text(f"{delay_s * 1000}")
+        time.sleep(0.2)
 
     def wait_for_workers(self, coordinator: RoleProcess, count: int, timeout: float) -> None:
         """Wait until the coordinator's /health counts `count` live workers."""
@@ -223,10 +235,16 @@ class NamespaceNetwork:
         self.close()
 
 
+def delay_file(work_dir: Path, host: Host) -> Path:
+    """The file `host`'s proxy reads its one-way delay from (ms), so a test can change it while it runs."""
+    return work_dir / f"delay-{host.name}.ms"
+
+
 def _start_proxy(
-    lab: NetLab, host: Host, port: int, delay_s: float, log_path: Path
+    lab: NetLab, host: Host, port: int, delay_s: float, work_dir: Path
 ) -> subprocess.Popen[bytes]:
-    with open(log_path, "ab") as log:
+    delay_file(work_dir, host).write_text(f"{delay_s * 1000}")
+    with open(work_dir / f"proxy-{host.name}.log", "ab") as log:
         return subprocess.Popen(
             [*lab.exec_prefix(host), sys.executable, "-m", "tests.netns.delay_proxy"]
             + [
@@ -236,6 +254,8 @@ def _start_proxy(
                 f"127.0.0.1:{port}",
                 "--delay-ms",
                 str(delay_s * 1000),
+                "--delay-file",
+                str(delay_file(work_dir, host)),
             ],
             cwd=REPO,
             stdout=log,

@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -82,13 +83,15 @@ def test_link_model_refuses_nonsense() -> None:
             LinkModel(**bad)  # type: ignore[arg-type]
 
 
-def test_the_proxy_command_forwards_with_its_delay() -> None:
+def test_the_proxy_command_forwards_with_its_delay_and_follows_its_delay_file(tmp_path: Path) -> None:
+    delay_file = tmp_path / "delay.ms"
+
     async def main() -> None:
         server, port = await echo_server()
         listen = free_port()
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.netns.delay_proxy", "--listen", f"127.0.0.1:{listen}"]
-            + ["--target", f"127.0.0.1:{port}", "--delay-ms", "25"],
+            + ["--target", f"127.0.0.1:{port}", "--delay-ms", "25", "--delay-file", str(delay_file)],
             cwd=REPO,
             stdout=subprocess.PIPE,
         )
@@ -97,6 +100,10 @@ def test_the_proxy_command_forwards_with_its_delay() -> None:
             assert b"proxying" in await asyncio.to_thread(proc.stdout.readline)
             times, echoed = await round_trips(listen, [b"hello"] * 3)
             assert echoed == b"hello" * 3 and all(t >= 0.050 for t in times), times
+            delay_file.write_text("100")
+            await asyncio.sleep(0.3)
+            times, _ = await round_trips(listen, [b"hello"] * 2)
+            assert all(t >= 0.200 for t in times), times
         finally:
             proc.terminate()
             assert proc.wait(timeout=10) == 0

@@ -8,7 +8,6 @@ trip keeps it out of routes.
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from tests.netns.network import NamespaceNetwork
 
 BASE_DELAY_S = 0.005
 EXTRA_DELAY_S = 0.020
+PUSH_DELAY_S = 0.025  # every worker's and coordinator's link in the push vs relay test
 PRICE = 10**6
 COORDINATOR_FLAGS = (
     "--poll-interval-s",
@@ -170,11 +170,11 @@ def test_router_avoids_the_replica_whose_link_has_20ms_more_delay(nsnet: NsNet) 
     assert view["b2"]["rtt_s"] >= 2 * EXTRA_DELAY_S and view["b"]["rtt_s"] < 2 * EXTRA_DELAY_S
 
 
-def stream_completion(ns: NsNet, prompt: str, n: int, on_chunk: Any) -> tuple[str, int]:
-    """Stream a greedy completion of exactly `n` tokens; returns (text, job id)."""
+def stream_completion(url: str, prompt: str, n: int, on_chunk: Any) -> tuple[str, int]:
+    """Stream a greedy completion of exactly `n` tokens from the coordinator at `url`; returns (text, job id)."""
     import openai
 
-    api = openai.OpenAI(base_url=ns.coordinator.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    api = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
     text, job_id = "", 0
     for count, chunk in enumerate(
         api.completions.create(
@@ -188,8 +188,9 @@ def stream_completion(ns: NsNet, prompt: str, n: int, on_chunk: Any) -> tuple[st
         start=1,
     ):
         job_id = int(str(chunk.id).split("-")[1])
-        text += chunk.choices[0].text if chunk.choices else ""
-        on_chunk(count, job_id)
+        piece = chunk.choices[0].text if chunk.choices else ""
+        text += piece
+        on_chunk(count, job_id, piece)
     return text, job_id
 
 
@@ -197,7 +198,7 @@ def test_failover_when_a_workers_link_is_cut(nsnet: NsNet) -> None:
     prompt, n = "cut the wire", 40
     cut: dict[str, float] = {}
 
-    def cut_mid(count: int, job_id: int) -> None:
+    def cut_mid(count: int, job_id: int, _text: str) -> None:
         if count != 8 or cut:
             return
         route = request_json("GET", f"{nsnet.coordinator.url}/v1/jobs/{job_id}")[1]["route"]
@@ -207,7 +208,7 @@ def test_failover_when_a_workers_link_is_cut(nsnet: NsNet) -> None:
 
     victim = ""
     try:
-        text, job_id = stream_completion(nsnet, prompt, n, cut_mid)
+        text, job_id = stream_completion(nsnet.coordinator.url, prompt, n, cut_mid)
         [victim] = cut
         assert text == nsnet.tokenizer.decode(reference_tokens(nsnet, prompt, n), skip_special_tokens=True)
         assert nsnet.workers[victim].alive(), "the cut worker must still run: this is a network failure"
@@ -225,10 +226,26 @@ def test_failover_when_a_workers_link_is_cut(nsnet: NsNet) -> None:
     wait_for(lambda: not nsnet.workers_view()[victim]["down"], 30, f"{victim} back in routing after restore")
 
 
-def per_token_ms(ns: NsNet, prompt: str, n: int) -> float:
-    arrivals: list[float] = []
-    stream_completion(ns, prompt, n, lambda _count, _job: arrivals.append(time.perf_counter()))
-    return statistics.median((b - a) * 1000 for a, b in zip(arrivals, arrivals[1:], strict=False))
+def completion_s(url: str, prompt: str, n: int) -> float:
+    """Seconds a whole (not streamed) greedy completion of exactly `n` tokens takes, paid job and all."""
+    t0 = time.perf_counter()
+    status, body = request_json(
+        "POST",
+        url + "/v1/completions",
+        {"model": "tiny-chat", "prompt": prompt, "max_tokens": n, "temperature": 0, "ignore_eos": True},
+        timeout=120,
+    )
+    assert status == 200 and body["usage"]["completion_tokens"] == n, (status, body)
+    return time.perf_counter() - t0
+
+
+def decode_ms_per_token(url: str, prompt: str) -> float:
+    """Per-token decode time: (the quickest of two 24-token completions - the quickest of two 4-token ones) / 20.
+    The job's fixed costs (payment, prefill, settlement) cancel out, and streamed chunks, which hold back bytes
+    that are not yet whole UTF-8 characters, are not needed."""
+    short = min(completion_s(url, prompt, 4) for _ in range(2))
+    long = min(completion_s(url, prompt, 24) for _ in range(2))
+    return (long - short) * 1000 / 20
 
 
 def test_push_mode_saves_link_traversals_over_relaying(nsnet: NsNet) -> None:
@@ -239,17 +256,34 @@ def test_push_mode_saves_link_traversals_over_relaying(nsnet: NsNet) -> None:
             "the coordinator has no --data-path relay|push option in this branch yet (issue 14 item 1, "
             "engineer x14p): unskip after the merge"
         )
-    # relay: coordinator -> a -> coordinator -> b -> coordinator -> c -> coordinator, 6 link traversals a token;
-    # push: coordinator -> a -> b -> c -> coordinator, 4: push must save at least 2 link delays a token
-    figures = {}
-    for mode in ("relay", "push"):
-        nsnet.coordinator.stop()
-        nsnet.coordinator = nsnet.net.start_coordinator(
-            delay_s=BASE_DELAY_S, extra=(*COORDINATOR_FLAGS, "--data-path", mode)
+    # every link but the chain's at PUSH_DELAY_S. Relaying, a token crosses 6 links (coordinator -> a -> coordinator
+    # -> b -> coordinator -> c -> coordinator); pushing, 4 (coordinator -> a -> b -> c -> coordinator): push must
+    # save 2 link delays a token. Two coordinators, one of each mode, take turns on the same workers (same load).
+    delay_ms = PUSH_DELAY_S * 1000
+    coordinators: dict[str, RoleProcess] = {}
+    try:
+        for key_index, mode in ((7, "relay"), (8, "push")):
+            coordinators[mode] = nsnet.net.start_coordinator(
+                name=f"coord-{mode}",
+                key_index=key_index,
+                delay_s=PUSH_DELAY_S,
+                extra=(*COORDINATOR_FLAGS, "--health-interval-s", "1", "--data-path", mode),
+            )
+        for c in coordinators.values():
+            c.wait_healthy(timeout=120)
+            nsnet.net.wait_for_workers(c, 4, timeout=60)
+        for name in ("a", "b", "b2", "c"):
+            nsnet.net.set_delay(name, PUSH_DELAY_S)
+        for c in coordinators.values():
+            completion_s(c.url, "warm up", 4)
+        per_token = {mode: decode_ms_per_token(c.url, "push or relay") for mode, c in coordinators.items()}
+        saved = per_token["relay"] - per_token["push"]
+        assert saved >= 1.5 * delay_ms, (
+            f"push saved {saved:.1f} ms a token, 2 x {delay_ms:g} expected: {per_token}"
         )
-        nsnet.coordinator.wait_healthy(timeout=120)
-        nsnet.net.wait_for_workers(nsnet.coordinator, 4, timeout=60)
-        per_token_ms(nsnet, "warm up", 4)
-        figures[mode] = statistics.median(per_token_ms(nsnet, f"push or relay {i}", 16) for i in range(3))
-    saved = figures["relay"] - figures["push"]
-    assert saved >= 1.5 * BASE_DELAY_S * 1000, f"push saved {saved:.1f} ms a token (figures {figures})"
+    finally:
+        for name in ("a", "b", "c"):
+            nsnet.net.set_delay(name, BASE_DELAY_S)
+        nsnet.net.set_delay("b2", BASE_DELAY_S + EXTRA_DELAY_S)
+        for c in coordinators.values():
+            c.stop()
