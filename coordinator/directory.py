@@ -4,16 +4,22 @@ Assignments come from `ShardAnnounced` / `ShardReleased`, endpoints from `NodeRe
 `EndpointUpdated`, exclusions from `NodeSlashed` (and the coordinator's own slashes). A worker is
 routable when it has a live assignment, is not excluded, and is not down. A failed or timed-out step
 marks a worker down at once; only a successful `/health` probe brings it back. Probes also measure the
-round trip, and step timings measure compute per layer (exponential moving averages); the router reads
-both through `snapshot()`.
+round trip, and step timings measure compute per layer; the router reads both through `snapshot()`.
+
+The round trip a worker is routed by is the least of its last `RTT_WINDOW` probes (a windowed minimum, as
+TCP's min-RTT filters keep it): the link's delay is the floor under every probe, and what lies above it is the
+worker being busy for a moment (load is counted apart), a pause or a queue. A single slow probe of a close
+worker therefore never sends routes to a farther replica, and a link that got slower for good is seen once
+`RTT_WINDOW` probes have crossed it. Compute per layer is an exponential moving average of step timings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from coordinator.router import DEFAULT_COMPUTE_PER_LAYER_S, DEFAULT_RTT_S, WorkerInfo
 from shardnet.peer.errors import BUSY_CODES, TooManySessions, WorkerAPIError, WorkerUnavailable
@@ -21,7 +27,8 @@ from shardnet.span import LayerSpan
 
 log = logging.getLogger(__name__)
 
-EWMA = 0.3  # weight of a new measurement
+EWMA = 0.3  # weight of a new compute measurement
+RTT_WINDOW = 8  # probes the round trip is the minimum of
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -50,7 +57,7 @@ class _NodeStats:
     compute_per_layer_s: float = DEFAULT_COMPUTE_PER_LAYER_S
     load: int = 0
     down: bool = False
-    probed: bool = False
+    rtt_samples: deque[float] = field(default_factory=lambda: deque(maxlen=RTT_WINDOW))
 
 
 class WorkerDirectory:
@@ -96,13 +103,13 @@ class WorkerDirectory:
 
     def record_health(self, node: str, ok: bool, rtt_s: float | None = None) -> None:
         stats = self._stats.setdefault(node.lower(), _NodeStats())
-        first, stats.probed = not stats.probed, True
         if ok:
             if stats.down:
                 log.info("worker %s answers /health again: back in routing", node)
             stats.down = False
             if rtt_s is not None:
-                stats.rtt_s = rtt_s if first else (1 - EWMA) * stats.rtt_s + EWMA * rtt_s
+                stats.rtt_samples.append(rtt_s)
+                stats.rtt_s = min(stats.rtt_samples)
         else:
             self.mark_down(node, "no /health answer")
 

@@ -33,5 +33,17 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
     fi
 fi
 
+# the multi-host tests (tests/netns) build network namespaces with iproute2's `ip` and `tc`, as root; elsewhere
+# they are skipped with the reason
+if ! command -v ip >/dev/null || ! command -v tc >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "[test] installing iproute2 from Debian packages for the namespace network tests" >&2
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null) \
+            || echo "[test] could not install iproute2: the namespace network tests will be skipped" >&2
+    else
+        echo "[test] no ip/tc and not root: the namespace network tests will be skipped" >&2
+    fi
+fi
+
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 exec .venv/bin/python -m pytest -q -rs --durations=15 "$@"

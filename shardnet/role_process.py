@@ -103,11 +103,15 @@ def spawn_role(
     threads: int = 1,
     env: Mapping[str, str] | None = None,
     new_session: bool = False,
+    command_prefix: Sequence[str] = (),
+    public_url: str | None = None,
 ) -> RoleProcess:
     """Start `python -m <module> run --key-env <key_var> --host HOST --port PORT <args>`, output to `log_path`.
 
     `new_session` detaches the child from the terminal's process group (a Ctrl-C then reaches only the
-    launcher, which stops the children in order).
+    launcher, which stops the children in order). `command_prefix` runs it through another program (the
+    namespace test network: `ip netns exec NS`), and `public_url` is then where this process reaches its
+    API (default: http://HOST:PORT).
     """
     child_env = {
         **os.environ,
@@ -120,6 +124,7 @@ def spawn_role(
         **(env or {}),
     }
     cmd = [
+        *command_prefix,
         sys.executable,
         "-m",
         module,
@@ -143,4 +148,4 @@ def spawn_role(
             stdin=subprocess.DEVNULL,
             start_new_session=new_session,
         )
-    return RoleProcess(name, f"http://{host}:{port}", popen, log_path)
+    return RoleProcess(name, public_url or f"http://{host}:{port}", popen, log_path)

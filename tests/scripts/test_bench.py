@@ -37,7 +37,7 @@ def load_bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return module
 
 
-@pytest.mark.parametrize("name", ["network", "workers", "hop"])
+@pytest.mark.parametrize("name", ["network", "workers", "hop", "netns"])
 def test_every_benchmark_has_help(
     name: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
