@@ -85,11 +85,12 @@ class CoordinatorConfig(ChainSettings):
         "more steps queue in the coordinator, where no step timeout runs",
     )
     data_path: Literal["relay", "push"] = Field(
-        "push",
+        "relay",
         description="how a token's data travels: push (the coordinator sends a step to the first worker, each "
         "worker forwards to the next, the last answers: each link crossed once) or relay (the coordinator "
         "sends every hop its input and reads its output: 2 link crossings per hop); failover and "
-        "verification work in both",
+        "verification work in both; relay is the default: it coalesces concurrent jobs' steps per worker "
+        "(docs/batching.md), push does not yet",
     )
     compact_answers: bool = Field(
         False,
