@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,13 @@ from shardnet.span import LayerSpan
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the levels this many times, every other round in reverse order, and compare medians "
+        "(a shared machine's load then weighs on every level alike; default: 1)",
+    )
     parser.add_argument(
         "--levels", default="1,4,16,64", help="comma-separated concurrency levels (default: 1,4,16,64)"
     )
@@ -168,7 +176,10 @@ def run(args: argparse.Namespace) -> int:
         stream(api, manifest.name, "warm up", 4)
 
         rows = []
-        for level in levels:
+        # each round runs the levels in turn (every other round in reverse order), so that a level does not
+        # get all the quiet or all the busy minutes of a shared machine; the summary takes medians per level
+        order = [lv for r in range(args.rounds) for lv in (levels if r % 2 == 0 else levels[::-1])]
+        for level in order:
             before = [batch_metrics(w.url) for w in workers]
             health0 = coordinator_health(coord.url)
             prompts = [PROMPTS[i % len(PROMPTS)] for i in range(level)]
@@ -242,12 +253,20 @@ def run(args: argparse.Namespace) -> int:
             f"{n_base * args.tokens / base_wall:.2f} tokens/s, per-token p50 {percentile(base_steps, 0.5):.1f} ms "
             f"p95 {percentile(base_steps, 0.95):.1f} ms"
         )
-        one = next((r for r in rows if r[0] == 1), None)
-        if one is not None:
-            for level, tps, p50, _p95, _errs, _wall in rows:
+        medians = {
+            lv: (
+                statistics.median(r[1] for r in rows if r[0] == lv),
+                statistics.median(r[2] for r in rows if r[0] == lv),
+            )
+            for lv in levels
+        }
+        if 1 in medians:
+            one_tps, one_p50 = medians[1]
+            for level in levels:
+                tps, p50 = medians[level]
                 print(
-                    f"aggregate throughput at {level} concurrent sessions: {tps / one[1]:.1f}x one session "
-                    f"(p50 per-token latency {p50 / one[2]:.1f}x)"
+                    f"aggregate throughput at {level} concurrent sessions: {tps / one_tps:.1f}x one session "
+                    f"(p50 per-token latency {p50 / one_p50:.1f}x; medians of {args.rounds} round(s))"
                 )
         procs = [("coordinator", coord), *[(f"worker {s}", w) for s, w in zip(spans, workers, strict=True)]]
         for name, proc in procs:
