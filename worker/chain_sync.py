@@ -30,6 +30,7 @@ from shardnet.chain.commitments import SignedCommitment, sign_commitment, sign_v
 from shardnet.chain.errors import ChainError, ContractRevert
 from shardnet.chain.registry import JobStatus, Registry
 from shardnet.chain.tx import DecodedEvent
+from shardnet.chain.heads import HeadSubscription
 from shardnet.chain.watcher import EventHandler, EventWatcher
 from shardnet.retry import Backoff, retry_until_stopped
 from shardnet.span import LayerSpan
@@ -60,6 +61,7 @@ class ChainSync:
         settle_window_s: float = 60.0,
         domain: Domain | None = None,
         on_coordinator_set: Callable[[str, bool], None] | None = None,
+        ws_url: str | None = None,
     ) -> None:
         assert registry.account is not None, (
             "ChainSync signs and sends transactions: give the registry an account"
@@ -91,6 +93,8 @@ class ChainSync:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self.ws_url = ws_url  # new blocks pushed over it wake the follower at once (polling is the fallback)
+        self.heads: HeadSubscription | None = None
 
     @property
     def domain(self) -> Domain:
@@ -274,11 +278,15 @@ class ChainSync:
         self.sign_uncommitted()
         self._thread = threading.Thread(target=self._run, name="worker-chain", daemon=True)
         self._thread.start()
+        if self.ws_url is not None:
+            self.heads = HeadSubscription(self.ws_url, lambda _n: self._wake.set(), name="worker chain").start()
 
     def stop(self, final_round: bool = True) -> None:
         """Stop the thread; with `final_round`, catch up and post what is due one last time."""
         self._stop.set()
         self._wake.set()
+        if self.heads is not None:
+            self.heads.stop()
         if self._thread is not None:
             self._thread.join(timeout=60)
         if final_round:

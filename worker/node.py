@@ -31,6 +31,7 @@ from shardnet.wire.http_guard import ConnectionGuard
 from worker.adapter_sessions import AdapterEndpoint
 from worker.chain_sync import ChainSync
 from worker.config import WorkerConfig
+from shardnet.chain.heads import ws_url_for
 from worker.coordinator_check import CoordinatorCheck, JobCoordinatorCheck
 from worker.server import BlockInfo, ServerLimits, WorkerServer
 from worker.span_choice import choose_best_span, default_span_length
@@ -231,6 +232,7 @@ class WorkerService:
             domain=node.registry.domain(),
             # a revoked coordinator's tickets are refused at once, not when the approval cache expires
             on_coordinator_set=lambda address, _approved: coordinator_check.forget(address),
+            ws_url=ws_url_for(node.registry.rpc_url, cfg.ws_url),
         )
         # fine-tuning sessions (/v1/train/..., docs/finetune.md), backward priced as the model's manifest says
         self.training = TrainingAPI(TrainingLimits(backward_factor=node.backward_factor))
