@@ -14,6 +14,8 @@ replaces it); after that this worker collects it (`collectPosted`). At start, jo
 
 `CoordinatorSet` (a coordinator approved or revoked) goes to `on_coordinator_set(address, approved)`: the
 server drops its cached approval, so a revoked coordinator's next ticket is refused within one poll.
+`JobSubmitted` goes to `on_job_submitted(job_id, coordinator)`: the server's job check then needs no chain read.
+New blocks pushed over `ws_url` (`shardnet.chain.heads`) wake this follower at once; it polls as the fallback.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class ChainSync:
         domain: Domain | None = None,
         on_coordinator_set: Callable[[str, bool], None] | None = None,
         ws_url: str | None = None,
+        on_job_submitted: Callable[[int, str], None] | None = None,
     ) -> None:
         assert registry.account is not None, (
             "ChainSync signs and sends transactions: give the registry an account"
@@ -81,6 +84,9 @@ class ChainSync:
         self._on_coordinator_set = on_coordinator_set
         if on_coordinator_set is not None:
             handlers["CoordinatorSet"] = self._coordinator_set
+        self._on_job_submitted = on_job_submitted
+        if on_job_submitted is not None:
+            handlers["JobSubmitted"] = self._job_submitted
         self.watcher = EventWatcher(
             registry,
             state.engine,
@@ -162,6 +168,10 @@ class ChainSync:
         address, approved = str(event.args["coordinator"]), bool(event.args["approved"])
         log.info("coordinator %s %s on chain", address, "approved" if approved else "revoked")
         self._on_coordinator_set(address, approved)
+
+    def _job_submitted(self, event: DecodedEvent, _db: Session) -> None:
+        assert self._on_job_submitted is not None
+        self._on_job_submitted(int(event.args["jobId"]), str(event.args["coordinator"]))
 
     def _on_job_ended(self, event: DecodedEvent, db: Session) -> None:
         job_id = int(event.args["jobId"])
