@@ -4,6 +4,7 @@
     .venv/bin/python scripts/bench.py workers    # the worker data plane: relay vs push, compute share, /health
     .venv/bin/python scripts/bench.py hop        # one hop's data-plane cost, the model left out
     .venv/bin/python scripts/bench.py concurrency --levels 1,4,16,64   # batched sessions through the API
+    .venv/bin/python scripts/bench.py events     # chain event -> worker / coordinator handler, pushed vs polled
 
 `scripts/bench.py NAME --help` lists each one's flags.
 """
@@ -28,6 +29,7 @@ BENCHMARKS = {
     "workers": "the worker data plane: client relay vs push mode, compute share, /health during a prefill",
     "hop": "one hop's data-plane cost through a worker server whose block answers at once",
     "concurrency": "SmolLM2 over 3 batching workers, N API requests at once: tokens/s, per-token p50/p95, RSS",
+    "events": "ms from a JobSubmitted receipt to the worker's and coordinator's handlers: pushed (ws) vs polled",
 }
 
 

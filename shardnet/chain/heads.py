@@ -103,6 +103,8 @@ class HeadSubscription:
                 self._follow()
                 delay = self.first_retry_s  # it was live: the next try comes soon
             except Exception as exc:  # refused, reset, not a websocket, a node without eth_subscribe
+                if self._stop.is_set():
+                    break
                 if not warned:
                     log.warning(
                         "%s: no websocket subscription at %s (%s); polling the chain until it comes back",
