@@ -83,7 +83,9 @@ class JobScheduler:
         self.runner = runner
         self.catalog = catalog
         self._slots = asyncio.Semaphore(max_concurrent_jobs)
-        self._submitted: dict[int, JobInfo] = {}  # jobs this coordinator just paid, as their receipt showed them
+        self._submitted: dict[
+            int, JobInfo
+        ] = {}  # jobs this coordinator just paid, as their receipt showed them
         self.tasks: dict[int, asyncio.Task[Any]] = {}
 
     # -- entering

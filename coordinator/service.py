@@ -31,9 +31,9 @@ from coordinator.router import Router
 from coordinator.scheduler import JobScheduler
 from coordinator.state import CoordinatorState
 from coordinator.verifier import Tolerance
+from shardnet.chain.heads import HeadSubscription, ws_url_for
 from shardnet.chain.registry import Registry
 from shardnet.chain.tx import DecodedEvent
-from shardnet.chain.heads import HeadSubscription, ws_url_for
 from shardnet.chain.watcher import EventWatcher
 from shardnet.db import make_engine
 from shardnet.errors import ShardnetError
@@ -107,7 +107,9 @@ class CoordinatorService:
         )
         self._pending_events: list[DecodedEvent] = []
         self._stop = asyncio.Event()  # set when draining: the watcher and its retries end
-        self._chain_wake = asyncio.Event()  # set when the node pushed a new block: poll now (shardnet.chain.heads)
+        self._chain_wake = (
+            asyncio.Event()
+        )  # set when the node pushed a new block: poll now (shardnet.chain.heads)
         self.heads: HeadSubscription | None = None
         self._background: list[asyncio.Task[Any]] = []
         self._runner: Any = None  # aiohttp's AppRunner once started

@@ -30,9 +30,9 @@ from sqlalchemy.orm import Session
 
 from shardnet.chain.commitments import SignedCommitment, sign_commitment, sign_verdict
 from shardnet.chain.errors import ChainError, ContractRevert
+from shardnet.chain.heads import HeadSubscription
 from shardnet.chain.registry import JobStatus, Registry
 from shardnet.chain.tx import DecodedEvent
-from shardnet.chain.heads import HeadSubscription
 from shardnet.chain.watcher import EventHandler, EventWatcher
 from shardnet.retry import Backoff, retry_until_stopped
 from shardnet.span import LayerSpan
@@ -289,7 +289,9 @@ class ChainSync:
         self._thread = threading.Thread(target=self._run, name="worker-chain", daemon=True)
         self._thread.start()
         if self.ws_url is not None:
-            self.heads = HeadSubscription(self.ws_url, lambda _n: self._wake.set(), name="worker chain").start()
+            self.heads = HeadSubscription(
+                self.ws_url, lambda _n: self._wake.set(), name="worker chain"
+            ).start()
 
     def stop(self, final_round: bool = True) -> None:
         """Stop the thread; with `final_round`, catch up and post what is due one last time."""

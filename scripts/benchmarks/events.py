@@ -102,7 +102,10 @@ class Roles:
 
 
 def measure(devnet: Devnet, registry: Registry, model_id: int, args: argparse.Namespace, ws: bool) -> None:
-    with tempfile.TemporaryDirectory(prefix="shardnet-events-") as tmp, Roles(devnet, registry, Path(tmp), ws) as roles:
+    with (
+        tempfile.TemporaryDirectory(prefix="shardnet-events-") as tmp,
+        Roles(devnet, registry, Path(tmp), ws) as roles,
+    ):
         mined: dict[int, float] = {}
         for _ in range(args.jobs):
             time.sleep(random.expovariate(1000.0 / args.gap_ms))
@@ -112,7 +115,11 @@ def measure(devnet: Devnet, registry: Registry, model_id: int, args: argparse.Na
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(j not in s for s in roles.seen.values() for j in mined):
             time.sleep(0.05)
-        mode = "pushed (eth_subscribe newHeads over ws)" if ws else "polling only (worker 1 s, coordinator 0.2 s)"
+        mode = (
+            "pushed (eth_subscribe newHeads over ws)"
+            if ws
+            else "polling only (worker 1 s, coordinator 0.2 s)"
+        )
         for role, seen in roles.seen.items():
             delays = sorted((seen[j] - t) * 1000 for j, t in mined.items() if j in seen)
             if not delays:

@@ -125,7 +125,9 @@ class HeadSubscription:
             self._ws = ws
             if self._stop.is_set():
                 return
-            ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["newHeads"]}))
+            ws.send(
+                json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["newHeads"]})
+            )
             reply = json.loads(ws.recv(timeout=self.open_timeout_s))
             if "result" not in reply:
                 raise ValueError(f"eth_subscribe refused: {reply.get('error', reply)}")

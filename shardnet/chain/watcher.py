@@ -154,7 +154,9 @@ class EventWatcher:
         """Start a `HeadSubscription` on `ws_url` that sets `wake` on every new block (None: polling only)."""
         if ws_url is None:
             return None
-        return HeadSubscription(ws_url, lambda _number: self.wake.set(), name=f"watcher {self.name!r}").start()
+        return HeadSubscription(
+            ws_url, lambda _number: self.wake.set(), name=f"watcher {self.name!r}"
+        ).start()
 
     def _count_failure(self, failures: int, exc: BaseException) -> None:
         self.failures = failures
@@ -162,7 +164,9 @@ class EventWatcher:
             log.error("watcher %r: a handler failed; the range was rolled back", self.name, exc_info=exc)
 
 
-def wait_for_wake(wake: threading.Event, stop: threading.Event, timeout: float, slice_s: float = 0.05) -> bool:
+def wait_for_wake(
+    wake: threading.Event, stop: threading.Event, timeout: float, slice_s: float = 0.05
+) -> bool:
     """Wait until `wake` or `stop` is set or `timeout` seconds pass; True when woken (a block was announced)."""
     deadline = time.monotonic() + timeout
     while not stop.is_set():

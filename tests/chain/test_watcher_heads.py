@@ -151,7 +151,12 @@ def test_polling_only_when_the_websocket_is_off(
     anvil: DevChain, registry_for: Callable[..., Registry], accounts: list[LocalAccount], tmp_path: Path
 ) -> None:
     owner = registry_for(accounts[0])
-    with watching(owner, tmp_path, ws_url_for(anvil.rpc_url, "off"), poll_interval=0.2) as (_w, heads, _s, at):
+    with watching(owner, tmp_path, ws_url_for(anvil.rpc_url, "off"), poll_interval=0.2) as (
+        _w,
+        heads,
+        _s,
+        at,
+    ):
         assert heads is None
         block, _ = _register(owner, "polled")
         assert _wait_for(lambda: block in at, 10.0)

@@ -22,7 +22,9 @@ def test_a_job_submitted_reaches_the_coordinator_pushed_not_polled(
 ) -> None:
     owner, me, client = accounts[0], accounts[7], accounts[8]
     registry_for(owner).set_coordinator(me.address, "http://127.0.0.1:9", True)
-    model_id = int(registry_for(owner).register_model("m", "bafk", 2, 1).event("ModelRegistered").args["modelId"])
+    model_id = int(
+        registry_for(owner).register_model("m", "bafk", 2, 1).event("ModelRegistered").args["modelId"]
+    )
     cfg = load_config(
         {"data_dir": tmp_path, "store_dir": tmp_path / "store", "port": 0, "poll_interval_s": 30.0}, None, {}
     )

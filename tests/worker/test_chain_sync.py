@@ -184,7 +184,9 @@ def test_pushed_blocks_bring_events_to_the_worker_within_a_second_with_a_30_s_po
         deadline = mined + 5
         while job_check.cached(job_id) is None and time.perf_counter() < deadline:
             time.sleep(0.005)
-        assert (job_check.cached(job_id) or "").lower() == world.owner.address.lower(), "JobSubmitted not seen"
+        assert (job_check.cached(job_id) or "").lower() == world.owner.address.lower(), (
+            "JobSubmitted not seen"
+        )
         assert time.perf_counter() - mined < 1.0, "the worker saw the job at a poll, not when it was pushed"
         world.gov.set_coordinator(world.coordinator2.address, "http://127.0.0.1:9001", False)
         mined = time.perf_counter()
