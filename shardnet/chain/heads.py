@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 WS_OFF = frozenset({"", "off", "none", "poll"})
 
 #: Called with each new block's number; with None after a (re)subscription, when blocks may have been missed.
-OnHead = Callable[[int | None], None]
+OnHead = Callable[[int | None], object]
 
 
 def ws_url_for(rpc_url: str, ws_url: str | None = None) -> str | None:
