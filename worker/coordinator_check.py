@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: A job the chain does not know at a session's open is looked up once more after this many seconds.
+JOB_LOOKUP_RETRY_S = 0.5
+
 
 class CoordinatorCheck:
     """`is_coordinator(address)` on chain, cached (a yes for `ttl_s`, a no for a shorter time).
@@ -120,7 +123,17 @@ def start_job_check(
         if (why := job_refusal(job_id, signer, named)) is not None:
             raise TicketRejected(why)
         return None
-    return asyncio.get_running_loop().run_in_executor(None, check, job_id)
+    return asyncio.get_running_loop().run_in_executor(None, _look_up_twice, check, job_id)
+
+
+def _look_up_twice(check: Callable[[int], str | None], job_id: int) -> str | None:
+    """The lookup overlaps the first step's compute, so it can afford a second try: a chain node a block behind
+    the coordinator's (a job mined a moment ago) is not taken for a job that does not exist."""
+    named = check(job_id)
+    if named is None:
+        time.sleep(JOB_LOOKUP_RETRY_S)
+        named = check(job_id)
+    return named
 
 
 async def finish_job_check(session: Session, close: Callable[[str, str], object]) -> None:
