@@ -83,9 +83,8 @@ class JobScheduler:
         self.runner = runner
         self.catalog = catalog
         self._slots = asyncio.Semaphore(max_concurrent_jobs)
-        self._submitted: dict[
-            int, JobInfo
-        ] = {}  # jobs this coordinator just paid, as their receipt showed them
+        # jobs this coordinator just paid, as their receipt showed them (taken by `_run`)
+        self._submitted: dict[int, JobInfo] = {}
         self.tasks: dict[int, asyncio.Task[Any]] = {}
 
     # -- entering

@@ -162,9 +162,6 @@ class WorkerServer:
                 f"ticket is signed by {signer}, which is not an approved coordinator on chain: "
                 "ask the registry owner to approve it with setCoordinator"
             )
-        job_check = None  # job 0: a session outside any job, never paid; else judged before any output leaves
-        if job_id and self._job_coordinator is not None:
-            job_check = start_job_check(self._job_coordinator, job_id, signer)
         span = LayerSpan(*req.ticket["span"])
         if span != self.info.span:
             raise InvalidTensor(
@@ -177,6 +174,9 @@ class WorkerServer:
             raise SessionConflict(
                 f"session {session_id!r} was already opened on this worker: ask for a new ticket"
             )
+        job_check = None  # job 0: a session outside any job, never paid; else judged before any output leaves
+        if job_id and self._job_coordinator is not None:
+            job_check = start_job_check(self._job_coordinator, job_id, signer)
         session = self.sessions.open(
             session_id=session_id,
             coordinator=signer,
