@@ -307,9 +307,13 @@ class JobRunner:
         prompt: str,
         params: SamplingParams,
         on_token: OnToken | None = None,
+        *,
+        job: JobInfo | None = None,
     ) -> GenerationResult:
-        """Route, generate and settle a job whose prompt matches its on-chain inputHash. Fails it on chain on error."""
-        job: JobInfo = await asyncio.to_thread(self.registry.get_job, job_id)
+        """Route, generate and settle a job whose prompt matches its on-chain inputHash. Fails it on chain on error.
+        `job`: the job as its own submission's receipt showed it (else it is read from the chain)."""
+        if job is None or job.job_id != job_id:
+            job = await asyncio.to_thread(self.registry.get_job, job_id)
         try:
             if job.status != JobStatus.Open:
                 raise JobError(f"job {job_id} is {job.status.name} on chain, not Open; nothing to run")

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from coordinator.state import CoordinatorState, JobRow
@@ -173,7 +174,18 @@ class JobLifecycle:
     def take_prompt(
         self, job: JobInfo, prompt: str, sampling: dict[str, Any], *, source: str = "chain"
     ) -> JobRow:
-        """The prompt of `job` (its hash already checked against the chain): the job is ready to be routed."""
+        """The prompt of `job` (its hash already checked against the chain): the job is ready to be routed.
+
+        The chain's JobSubmitted (pushed within milliseconds of the block) may insert the job's row in the
+        watcher's transaction at the same moment: the loser of that race (a duplicate key, on PostgreSQL) is tried
+        once more and then finds the row (a watcher that lost rolls its range back and replays it)."""
+        try:
+            return self._take_prompt(job, prompt, sampling, source)
+        except IntegrityError:
+            log.info("job %d: its JobSubmitted was recorded meanwhile; taking the prompt again", job.job_id)
+            return self._take_prompt(job, prompt, sampling, source)
+
+    def _take_prompt(self, job: JobInfo, prompt: str, sampling: dict[str, Any], source: str) -> JobRow:
         with self._row(job.job_id) as (s, row):
             return self._move(
                 s,

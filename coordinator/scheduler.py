@@ -29,11 +29,14 @@ from coordinator.lifecycle import (
 from coordinator.sampling import SamplingParams
 from coordinator.state import JobRow
 from shardnet.chain.errors import ChainUnavailable
-from shardnet.chain.registry import JobStatus, Registry
+from shardnet.chain.registry import JobInfo, JobStatus, Registry
 from shardnet.errors import ShardnetError
 from shardnet.job_auth import AUTH_HEADER, MAX_HANDOVER_VALID_S
 
 log = logging.getLogger(__name__)
+
+#: Jobs paid through the API whose receipt is kept until they run (normally one each, for a moment).
+MAX_SUBMITTED_KEPT = 1024
 
 
 class PromptRejected(ShardnetError):
@@ -80,6 +83,8 @@ class JobScheduler:
         self.runner = runner
         self.catalog = catalog
         self._slots = asyncio.Semaphore(max_concurrent_jobs)
+        # jobs this coordinator just paid, as their receipt showed them (taken by `_run`)
+        self._submitted: dict[int, JobInfo] = {}
         self.tasks: dict[int, asyncio.Task[Any]] = {}
 
     # -- entering
@@ -135,10 +140,14 @@ class JobScheduler:
             self.account.address,
             quote,
         )  # the job names this coordinator
-        job_id = int(result.event("JobSubmitted").args["jobId"])
-        job = await asyncio.to_thread(self.registry.get_job, job_id)
+        # the receipt's JobSubmitted is the job as the chain holds it (Open, nothing posted): no read-back, and
+        # `_run` takes it from here instead of reading it again (two chain reads less before the prefill)
+        job = JobInfo.just_submitted(result.event("JobSubmitted"))
         self.lifecycle.take_prompt(job, prompt, params.__dict__, source="api")
-        return job_id
+        while len(self._submitted) >= MAX_SUBMITTED_KEPT:  # only jobs never scheduled stay: drop the oldest
+            del self._submitted[next(iter(self._submitted))]
+        self._submitted[job.job_id] = job
+        return job.job_id
 
     # -- running
     def schedule(self, job_id: int, on_token: OnToken | None = None) -> asyncio.Task[Any]:
@@ -163,7 +172,8 @@ class JobScheduler:
             except ShardnetError as exc:
                 await self.runner.fail(job_id, str(exc))
                 raise
-            return await self.runner.run(job_id, model, row.prompt, params, on_token)
+            job = self._submitted.pop(job_id, None)
+            return await self.runner.run(job_id, model, row.prompt, params, on_token, job=job)
 
     async def _settle(self, job_ids: list[int]) -> None:
         """Settle the jobs a previous run left settling, all in one settleJobs (each alone if the batch fails)."""

@@ -34,6 +34,7 @@ from coordinator.scheduler import JobScheduler
 from coordinator.state import CoordinatorState
 from coordinator.step_coalescer import StepCoalescer
 from coordinator.verifier import Tolerance
+from shardnet.chain.heads import HeadSubscription, ws_url_for
 from shardnet.chain.registry import Registry
 from shardnet.chain.tx import DecodedEvent
 from shardnet.chain.watcher import EventWatcher
@@ -119,6 +120,10 @@ class CoordinatorService:
         )
         self._pending_events: list[DecodedEvent] = []
         self._stop = asyncio.Event()  # set when draining: the watcher and its retries end
+        self._chain_wake = (
+            asyncio.Event()
+        )  # set when the node pushed a new block: poll now (shardnet.chain.heads)
+        self.heads: HeadSubscription | None = None
         self._background: list[asyncio.Task[Any]] = []
         self._runner: Any = None  # aiohttp's AppRunner once started
         self._probe_http: aiohttp.ClientSession | None = None  # the /health probes' connections (kept alive)
@@ -207,6 +212,7 @@ class CoordinatorService:
         # the watcher must outlive a flaky node or a bad event: failed polls are retried with back-off
         backoff = Backoff(first_s=self.config.poll_interval_s, max_s=max(10.0, self.config.poll_interval_s))
         while not self._stop.is_set():
+            self._chain_wake.clear()  # before the poll: a block announced during it wakes the next wait
             if (
                 await aretry_until_stopped(
                     self._poll_chain, stop=self._stop, backoff=backoff, what="watcher: poll"
@@ -222,7 +228,7 @@ class CoordinatorService:
                     log.warning("event %s: %s", event.name, exc)
             if self.watcher.lag == 0:
                 try:
-                    await asyncio.wait_for(self._stop.wait(), self.config.poll_interval_s)
+                    await asyncio.wait_for(self._chain_wake.wait(), self.config.poll_interval_s)
                 except TimeoutError:
                     pass
 
@@ -270,15 +276,27 @@ class CoordinatorService:
         self.endpoint = f"http://{self.config.host}:{port}"
         self.push_answers.url = (self.config.public_url or self.endpoint).rstrip("/") + ANSWERS_PATH
         log.info("coordinator %s listening on %s", self.account.address, self.endpoint)
+        ws_url = ws_url_for(self.registry.rpc_url, self.config.ws_url)
+        if ws_url is not None:  # new blocks pushed: events handled within milliseconds, polling the fallback
+            loop = asyncio.get_running_loop()
+            self.heads = HeadSubscription(
+                ws_url, lambda _n: loop.call_soon_threadsafe(self._chain_wake.set), name="coordinator chain"
+            ).start()
         self._background = [
             asyncio.ensure_future(self._watch()),
             asyncio.ensure_future(probe_forever(self.directory, self._health, self.config.health_interval_s)),
         ]
         await self.jobs.recover()
 
+    async def _stop_heads(self) -> None:
+        heads, self.heads = self.heads, None
+        if heads is not None:
+            await asyncio.to_thread(heads.stop)
+
     async def drain(self) -> None:
         """Stop following the chain and probing; the jobs in flight are stopped by `stop`."""
         self._stop.set()
+        await self._stop_heads()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -286,6 +304,7 @@ class CoordinatorService:
     async def stop(self) -> None:
         """Stop the jobs in flight (by the rules of `coordinator.lifecycle`), close the HTTP server and database."""
         self._stop.set()
+        await self._stop_heads()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

@@ -5,6 +5,7 @@
     .venv/bin/python scripts/bench.py hop        # one hop's data-plane cost, the model left out
     .venv/bin/python scripts/bench.py concurrency --levels 1,4,16,64   # batched sessions through the API
     .venv/bin/python scripts/bench.py netns      # single process vs loopback vs namespaces with 5 ms links (root)
+    .venv/bin/python scripts/bench.py events     # chain event -> worker / coordinator handler, pushed vs polled
 
 `scripts/bench.py NAME --help` lists each one's flags.
 """
@@ -30,6 +31,7 @@ BENCHMARKS = {
     "hop": "one hop's data-plane cost through a worker server whose block answers at once",
     "concurrency": "SmolLM2 over 3 batching workers, N API requests at once: tokens/s, per-token p50/p95, RSS",
     "netns": "SmolLM2 over 3 workers: single process vs loopback vs network namespaces with a delay on every link",
+    "events": "ms from a JobSubmitted receipt to the worker's and coordinator's handlers: pushed (ws) vs polled",
 }
 
 

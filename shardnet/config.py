@@ -57,6 +57,12 @@ class ChainSettings(BaseModel):
         None, description="for development: name of an environment variable holding the hex private key"
     )
     poll_interval_s: float = Field(1.0, gt=0, description="seconds between polls of the chain for new events")
+    ws_url: str | None = Field(
+        None,
+        description="websocket URL on which the node pushes new blocks (eth_subscribe newHeads), so events are "
+        "handled within milliseconds instead of at the next poll; default: rpc_url with ws:// (anvil serves both "
+        "on one port; for geth give its --ws port); 'off': poll only. Polling stays the fallback while it is down",
+    )
     confirmations: int = Field(
         0, ge=0, description="blocks an event must be buried under before it is handled"
     )

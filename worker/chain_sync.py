@@ -14,6 +14,8 @@ replaces it); after that this worker collects it (`collectPosted`). At start, jo
 
 `CoordinatorSet` (a coordinator approved or revoked) goes to `on_coordinator_set(address, approved)`: the
 server drops its cached approval, so a revoked coordinator's next ticket is refused within one poll.
+`JobSubmitted` goes to `on_job_submitted(job_id, coordinator)`: the server's job check then needs no chain read.
+New blocks pushed over `ws_url` (`shardnet.chain.heads`) wake this follower at once; it polls as the fallback.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from shardnet.chain.commitments import SignedCommitment, sign_commitment, sign_verdict
 from shardnet.chain.errors import ChainError, ContractRevert
+from shardnet.chain.heads import HeadSubscription
 from shardnet.chain.registry import JobStatus, Registry
 from shardnet.chain.tx import DecodedEvent
 from shardnet.chain.watcher import EventHandler, EventWatcher
@@ -60,6 +63,8 @@ class ChainSync:
         settle_window_s: float = 60.0,
         domain: Domain | None = None,
         on_coordinator_set: Callable[[str, bool], None] | None = None,
+        ws_url: str | None = None,
+        on_job_submitted: Callable[[int, str], None] | None = None,
     ) -> None:
         assert registry.account is not None, (
             "ChainSync signs and sends transactions: give the registry an account"
@@ -79,6 +84,9 @@ class ChainSync:
         self._on_coordinator_set = on_coordinator_set
         if on_coordinator_set is not None:
             handlers["CoordinatorSet"] = self._coordinator_set
+        self._on_job_submitted = on_job_submitted
+        if on_job_submitted is not None:
+            handlers["JobSubmitted"] = self._job_submitted
         self.watcher = EventWatcher(
             registry,
             state.engine,
@@ -91,6 +99,8 @@ class ChainSync:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self.ws_url = ws_url  # new blocks pushed over it wake the follower at once (polling is the fallback)
+        self.heads: HeadSubscription | None = None
 
     @property
     def domain(self) -> Domain:
@@ -158,6 +168,10 @@ class ChainSync:
         address, approved = str(event.args["coordinator"]), bool(event.args["approved"])
         log.info("coordinator %s %s on chain", address, "approved" if approved else "revoked")
         self._on_coordinator_set(address, approved)
+
+    def _job_submitted(self, event: DecodedEvent, _db: Session) -> None:
+        assert self._on_job_submitted is not None
+        self._on_job_submitted(int(event.args["jobId"]), str(event.args["coordinator"]))
 
     def _on_job_ended(self, event: DecodedEvent, db: Session) -> None:
         job_id = int(event.args["jobId"])
@@ -274,11 +288,17 @@ class ChainSync:
         self.sign_uncommitted()
         self._thread = threading.Thread(target=self._run, name="worker-chain", daemon=True)
         self._thread.start()
+        if self.ws_url is not None:
+            self.heads = HeadSubscription(
+                self.ws_url, lambda _n: self._wake.set(), name="worker chain"
+            ).start()
 
     def stop(self, final_round: bool = True) -> None:
         """Stop the thread; with `final_round`, catch up and post what is due one last time."""
         self._stop.set()
         self._wake.set()
+        if self.heads is not None:
+            self.heads.stop()
         if self._thread is not None:
             self._thread.join(timeout=60)
         if final_round:

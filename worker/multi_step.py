@@ -23,6 +23,7 @@ from shardnet.errors import WireError
 from shardnet.peer.errors import BadRequest, SessionConflict, WorkerAPIError
 from shardnet.wire.commitment import step_hash
 from shardnet.wire.multi_step import StepAnswer, StepItem, decode_steps, encode_answers
+from worker.coordinator_check import finish_job_check
 from worker.inputs import decode_step_input
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ class MultiStepEndpoint:
                 frame, digest, index = await server._compute_step(
                     session, x, item.start_pos, step_hash(item.frame)
                 )
+                await finish_job_check(session, server.sessions.close)  # before its first output leaves
                 return digest, index, frame
         finally:
             session.busy -= 1

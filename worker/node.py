@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from shardnet.chain.heads import ws_url_for
 from shardnet.chain.models import resolve_model
 from shardnet.chain.registry import AssignmentInfo, ModelInfo, Registry
 from shardnet.errors import ConfigError, ShardnetError
@@ -224,6 +225,7 @@ class WorkerService:
         self.node = node
         cfg = node.cfg
         coordinator_check = CoordinatorCheck(node.registry.is_coordinator)
+        job_check = JobCoordinatorCheck(lambda job_id: node.registry.job_record(job_id).coordinator)
         self.sync = ChainSync(
             node.registry,
             node.state,
@@ -233,6 +235,8 @@ class WorkerService:
             domain=node.registry.domain(),
             # a revoked coordinator's tickets are refused at once, not when the approval cache expires
             on_coordinator_set=lambda address, _approved: coordinator_check.forget(address),
+            ws_url=ws_url_for(node.registry.rpc_url, cfg.ws_url),
+            on_job_submitted=job_check.remember,  # pushed events: a new job's check needs no chain read
         )
         # fine-tuning sessions (/v1/train/..., docs/finetune.md), backward priced as the model's manifest says
         self.training = TrainingAPI(TrainingLimits(backward_factor=node.backward_factor))
@@ -244,7 +248,7 @@ class WorkerService:
             block=node.block,
             info=node.info,
             is_coordinator=coordinator_check,
-            job_coordinator=JobCoordinatorCheck(lambda job_id: node.registry.job_record(job_id).coordinator),
+            job_coordinator=job_check,
             state=node.state,
             limits=node.limits,
             extra_routes=[*_shard_routes(cfg.store_dir), *self.training.routes(), *self.adapters.routes()],

@@ -25,7 +25,7 @@ from shardnet.wire.frames import encode_frame
 from shardnet.wire.tickets import TicketError, ticket_max_positions, verify_ticket
 from worker import memory
 from worker.batching import StepBatcher
-from worker.coordinator_check import CoordinatorCheck
+from worker.coordinator_check import CoordinatorCheck, finish_job_check, start_job_check
 from worker.forwarding import SESSION_TOKEN_HEADER
 from worker.http_errors import errors_as_json, read_body
 from worker.inputs import (
@@ -167,14 +167,6 @@ class WorkerServer:
                 f"ticket is signed by {signer}, which is not an approved coordinator on chain: "
                 "ask the registry owner to approve it with setCoordinator"
             )
-        if job_id and self._job_coordinator is not None:  # job 0: a session outside any job, never paid
-            named = await loop.run_in_executor(None, self._job_coordinator, job_id)
-            if named is None or named.lower() != signer.lower():
-                raise TicketRejected(
-                    f"ticket for job {job_id} is signed by {signer}, but "
-                    + (f"the job names the coordinator {named}" if named else "the job is not on chain")
-                    + ": only the job's own coordinator can hand out its sessions"
-                )
         span = LayerSpan(*req.ticket["span"])
         if span != self.info.span:
             raise InvalidTensor(
@@ -187,6 +179,9 @@ class WorkerServer:
             raise SessionConflict(
                 f"session {session_id!r} was already opened on this worker: ask for a new ticket"
             )
+        job_check = None  # job 0: a session outside any job, never paid; else judged before any output leaves
+        if job_id and self._job_coordinator is not None:
+            job_check = start_job_check(self._job_coordinator, job_id, signer)
         session = self.sessions.open(
             session_id=session_id,
             coordinator=signer,
@@ -199,6 +194,7 @@ class WorkerServer:
             expires_at=req.ticket["expires_at"],
         )
         session.compact, session.answer_to = req.answer == "top_k", req.answer_to
+        session.job_check = job_check
         self.metrics.sessions_open.set(len(self.sessions))
         if self.state is not None:
             try:
@@ -243,6 +239,7 @@ class WorkerServer:
                     raise SessionConflict(f"session {session.session_id!r} was closed while this step waited")
                 self.sessions.check_step(session, start_pos, int(x.shape[1]))
                 frame, digest, index = await self._compute_step(session, x, start_pos, step_hash(body))
+                await finish_job_check(session, self.sessions.close)  # before its first output leaves
                 if not forwards(session, request):
                     return await step_answer(self, session, request, frame, digest, index)
             # outside the lock: a session's next step comes only after this one's answer, which needs every

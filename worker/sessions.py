@@ -81,6 +81,8 @@ class Session:
     compact: bool = False  # the last worker answers steps with the top-k frame (worker.push_links)
     answer_to: str | None = None  # the last worker: where it sends answers of steps with X-Answer-Id
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: the chain's answer to "does the job name this coordinator?", looked up while the first step computes
+    job_check: asyncio.Future[str | None] | None = None
     #: the session's credential, returned only to the coordinator that opened it: /step, /outputs and
     #: DELETE need it in X-Session-Token, so a leaked session id alone reads or ends nothing
     token: str = field(default_factory=lambda: secrets.token_hex(16))

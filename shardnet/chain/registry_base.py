@@ -69,6 +69,11 @@ class RegistryCore:
         )
 
     @property
+    def rpc_url(self) -> str:
+        """The JSON-RPC URL these bindings call ('' when the provider has none, e.g. an in-process one)."""
+        return str(getattr(self.w3.provider, "endpoint_uri", "") or "")
+
+    @property
     def event_names(self) -> list[str]:
         return sorted(ev.name for ev in self._events.values())
 

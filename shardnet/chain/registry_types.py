@@ -6,13 +6,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eth_utils import to_checksum_address
 
 from shardnet.chain.commitments import SignedCommitment
 from shardnet.span import LayerSpan
 from shardnet.wire.eip712 import CompactSignature
+
+if TYPE_CHECKING:
+    from shardnet.chain.tx import DecodedEvent
 
 __all__ = [
     "AssignmentInfo",
@@ -166,6 +169,21 @@ class JobInfo:
     posted_paid: int
     posted_hops: int
     submitted_block: int
+
+    @classmethod
+    def just_submitted(cls, event: DecodedEvent) -> JobInfo:
+        """The job a JobSubmitted event (e.g. of the submitter's own receipt) just opened: Open, nothing posted;
+        the same as `Registry.get_job` then, without its two reads."""
+        args = event.args
+        return cls(
+            int(args["jobId"]),
+            JobRecord.from_event(args),
+            bytes(args["inputHash"]),
+            JobStatus.Open,
+            0,
+            0,
+            event.block_number,
+        )
 
     @property
     def client(self) -> str:

@@ -1,7 +1,8 @@
 """Following registry events into handlers, with a durable cursor.
 
 `EventWatcher` polls `eth_getLogs` over capped block ranges, trails the head by `confirmations`
-blocks, and calls `handlers[event_name](event, session)` in chain order (block, then log index). All
+blocks, polls again at once when `wake` is set (by a `shardnet.chain.heads.HeadSubscription`: the node pushed
+a new block) and otherwise every `poll_interval` seconds, and calls `handlers[event_name](event, session)` in chain order (block, then log index). All
 handler calls of one range and the new cursor (table `chain_cursor`: the last fully processed block)
 are committed in one database transaction, the session passed to the handlers: a crash or a failing
 handler rolls everything back and the range is handled again on the next poll, never half.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -28,6 +30,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from shardnet.chain.errors import ChainError, ChainUnavailable
+from shardnet.chain.heads import HeadSubscription
 from shardnet.chain.tx import DecodedEvent
 from shardnet.db import (
     ChainCursor,
@@ -95,6 +98,7 @@ class EventWatcher:
         self.lag = 0  # blocks between the cursor and the confirmed head after the last poll
         self._warned_behind = False
         tables = ChainCursor.metadata.tables
+        self.wake = threading.Event()  # set when the node announced a block: poll now, not at the interval
         ChainCursor.metadata.create_all(
             engine, tables=[tables[ChainCursor.__tablename__], tables[ChainCursorBlock.__tablename__]]
         )
@@ -196,6 +200,7 @@ class EventWatcher:
         log.info("watcher %r following %s from block %d", self.name, self.registry.address, self.cursor() + 1)
         backoff = Backoff(first_s=self.poll_interval, max_s=max(self.max_backoff, self.poll_interval))
         while not stop_event.is_set():
+            self.wake.clear()  # before the poll: a block announced during it wakes the next wait
             # a failed poll (node unreachable, or a handler raised: the range was rolled back) is tried again
             handled = retry_until_stopped(
                 self.poll_once,
@@ -210,10 +215,32 @@ class EventWatcher:
                 log.info("watcher %r: recovered after %d failed polls", self.name, self.failures)
                 self.failures = 0
             if self.lag == 0:
-                stop_event.wait(self.poll_interval)
+                wait_for_wake(self.wake, stop_event, self.poll_interval)
         log.info("watcher %r stopped at block %d", self.name, self.cursor())
+
+    def follow_heads(self, ws_url: str | None) -> HeadSubscription | None:
+        """Start a `HeadSubscription` on `ws_url` that sets `wake` on every new block (None: polling only)."""
+        if ws_url is None:
+            return None
+        return HeadSubscription(
+            ws_url, lambda _number: self.wake.set(), name=f"watcher {self.name!r}"
+        ).start()
 
     def _count_failure(self, failures: int, exc: BaseException) -> None:
         self.failures = failures
         if not isinstance(exc, ChainUnavailable):
             log.error("watcher %r: a handler failed; the range was rolled back", self.name, exc_info=exc)
+
+
+def wait_for_wake(
+    wake: threading.Event, stop: threading.Event, timeout: float, slice_s: float = 0.05
+) -> bool:
+    """Wait until `wake` or `stop` is set or `timeout` seconds pass; True when woken (a block was announced)."""
+    deadline = time.monotonic() + timeout
+    while not stop.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if wake.wait(min(slice_s, left)):
+            return True
+    return False

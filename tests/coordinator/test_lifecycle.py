@@ -3,7 +3,11 @@ the chain event and the prompt meeting in either order, and what a restart does 
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,6 +95,35 @@ def test_the_prompt_may_come_before_the_chain_event_and_events_replay_harmlessly
     with session_scope(lc.state.engine) as s:
         lc.on_cancelled(s, 2)
     assert lc.state.get_job(2).status == "cancelled"
+
+
+@pytest.mark.postgres
+def test_the_prompt_and_the_chain_event_racing_to_enter_the_same_job_both_land(postgres_url: str) -> None:
+    """Pushed events reach the watcher within milliseconds, while the client hands its prompt over: on PostgreSQL
+    both transactions may find no row and insert it (SQLite's BEGIN IMMEDIATE serializes them). The prompt's
+    transaction that loses (duplicate key) is tried again and finds the row."""
+    engine = make_engine(postgres_url.replace("postgresql://", "postgresql+psycopg2://"))
+    lc = JobLifecycle(CoordinatorState(engine))
+    job_id = secrets.randbelow(2**40) + 2**40  # the server is shared by the session's tests
+    enter = lc._row
+    raced: list[int] = []
+
+    @contextmanager
+    def racing_row(job_id: int) -> Iterator[tuple[Any, Any]]:
+        with enter(job_id) as (s, row):
+            if not raced:  # between the prompt's read (no row) and its insert, the watcher enters the job
+                raced.append(job_id)
+                _submitted_event(lc, job_id)
+            yield s, row
+
+    lc._row = racing_row  # type: ignore[method-assign]
+    try:
+        lc.take_prompt(_job(job_id), "raced", {})
+        row = lc.state.get_job(job_id)
+        assert raced == [job_id]
+        assert (row.status, row.prompt, row.deadline, row.client) == ("prompt", "raced", 99, "0x" + "c1" * 20)
+    finally:
+        engine.dispose()
 
 
 def test_recovery_actions() -> None:

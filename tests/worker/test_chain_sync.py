@@ -5,12 +5,14 @@ job's deadline; a job closed on chain first is skipped with a note; what a crash
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from eth_account.signers.local import LocalAccount
 
 from shardnet.chain.deploy import Deployment
+from shardnet.chain.heads import ws_url_for
 from shardnet.chain.registry import Registry
 from shardnet.db import make_engine
 from shardnet.span import LayerSpan
@@ -18,6 +20,7 @@ from shardnet.wire.tickets import sign_ticket
 from tests.chain.registry_world import World, build_world
 from tests.fixtures_chain import TEST_PARAMS, DevChain
 from worker.chain_sync import ChainSync
+from worker.coordinator_check import JobCoordinatorCheck
 from worker.state import PAID, POSTED, SETTLED, SIGNED, SKIPPED, WorkerState
 
 SPAN = LayerSpan(0, 2)
@@ -147,3 +150,49 @@ def test_a_restart_signs_what_a_crash_left_and_posts_it_at_once(
     anvil.advance_time(TEST_PARAMS.dispute_window + 1)
     sync.sync_once()  # committed work is paid: collected once the registry's window is over
     assert _status(state)[job_id][0] == PAID and world.gov.claimable(world.node1.address) > 0
+
+
+def test_pushed_blocks_bring_events_to_the_worker_within_a_second_with_a_30_s_poll(
+    anvil: DevChain,
+    deployment: Deployment,
+    accounts: list[LocalAccount],
+    registry_for: Callable[[LocalAccount | None], Registry],
+    tmp_path: Path,
+) -> None:
+    """The worker's follower subscribes to new blocks (anvil: ws on the RPC port): a job submitted and a
+    coordinator revoked reach its callbacks at once, not at its next poll; the job's coordinator is then known
+    to the server's check without a chain read."""
+    world: World = build_world(anvil, accounts, registry_for)
+    state = WorkerState(make_engine(None, tmp_path / "worker.db"), world.node1.address)
+    job_check = JobCoordinatorCheck(lambda _job_id: "0x" + "00" * 20)  # a chain read would name nobody
+    revoked: dict[str, float] = {}
+    sync = ChainSync(
+        world.reg(world.node1),
+        state,
+        start_block=deployment.deploy_block,
+        poll_interval_s=30.0,
+        ws_url=ws_url_for(anvil.rpc_url),
+        on_job_submitted=job_check.remember,
+        on_coordinator_set=lambda address, approved: revoked.setdefault(address.lower(), time.perf_counter()),
+    )
+    sync.start()
+    try:
+        assert sync.heads is not None and sync.heads.wait_connected(10)
+        time.sleep(0.3)  # the first round (catching up from the deployment) is over
+        job_id = world.submit()
+        mined = time.perf_counter()
+        deadline = mined + 5
+        while job_check.cached(job_id) is None and time.perf_counter() < deadline:
+            time.sleep(0.005)
+        assert (job_check.cached(job_id) or "").lower() == world.owner.address.lower(), (
+            "JobSubmitted not seen"
+        )
+        assert time.perf_counter() - mined < 1.0, "the worker saw the job at a poll, not when it was pushed"
+        world.gov.set_coordinator(world.coordinator2.address, "http://127.0.0.1:9001", False)
+        mined = time.perf_counter()
+        key = world.coordinator2.address.lower()
+        while key not in revoked and time.perf_counter() < mined + 5:
+            time.sleep(0.005)
+        assert key in revoked and revoked[key] - mined < 1.0
+    finally:
+        sync.stop(final_round=False)

@@ -46,3 +46,23 @@ def test_a_lookup_in_flight_when_forget_is_called_does_not_store_its_stale_answe
     thread.join(5)
     assert results == [True]
     assert check(A) is False  # asked the chain again instead of trusting the stale yes
+
+
+def test_a_jobs_coordinator_is_remembered_from_events_and_the_cache_is_bounded() -> None:
+    from worker.coordinator_check import JobCoordinatorCheck, job_refusal
+
+    reads: list[int] = []
+
+    def lookup(job_id: int) -> str:
+        reads.append(job_id)
+        return A
+
+    check = JobCoordinatorCheck(lookup, max_cached=2)
+    check.remember(1, A)  # pushed JobSubmitted events
+    check.remember(2, A)
+    assert check(1) == A and check(2) == A and reads == []  # no chain read
+    check.remember(3, A)  # the oldest (1) is dropped
+    assert check.cached(1) is None and check(1) == A and reads == [1]
+    assert job_refusal(1, A.lower(), A) is None
+    assert "the job names the coordinator" in (job_refusal(1, "0x" + "bb" * 20, A) or "")
+    assert "the job is not on chain" in (job_refusal(1, A, None) or "")

@@ -325,18 +325,37 @@ def test_tickets_must_come_from_an_on_chain_coordinator_for_this_worker_and_span
     assert run(status(ticket(net.domain, net.coordinator, net.a.address, LayerSpan(0, 1)))) == 422
     with pytest.raises(TicketRejected, match="not an approved coordinator"):
         run(WorkerClient(net.a.url).open_session(ticket(net.domain, net.stranger, net.a.address, A_SPAN)))
-    # a job's sessions come only from the coordinator the job names (another approved one is refused)
+
+    # a job's sessions come only from the coordinator the job names (another approved one is refused); the
+    # worker does not make the open wait for the chain: an answer it does not hold yet is looked up while the
+    # first step computes, and that step's output never leaves when the job names someone else
+    async def refused_before_any_output(t: dict[str, Any]) -> str:
+        async with WorkerClient(net.a.url) as a:
+            try:
+                sid = (await a.open_session(t))["session_id"]
+            except TicketRejected as exc:
+                return f"open: {exc}"
+            try:
+                out, _ = await a.step(sid, PROMPT, 0)
+            except TicketRejected as exc:
+                with pytest.raises(SessionNotFound):  # closed: nothing more is computed or handed out
+                    await a.step(sid, PROMPT, 0)
+                return f"step: {exc}"
+            raise AssertionError(f"job {t['job_id']}'s output was handed out: {out.shape}")
+
     job_id = submit_for(net.client, net.coordinator.address, net.model_id)
+    refusal = run(
+        refused_before_any_output(ticket(net.domain, net.coordinator2, net.a.address, A_SPAN, job_id))
+    )
+    assert "the job names the coordinator" in refusal
+    assert "the job is not on chain" in run(
+        refused_before_any_output(ticket(net.domain, net.coordinator, net.a.address, A_SPAN, 10**9))
+    )
+    # the job's coordinator is now known to the worker: another coordinator is refused at the open itself
     with pytest.raises(TicketRejected, match="the job names the coordinator"):
         run(
             WorkerClient(net.a.url).open_session(
                 ticket(net.domain, net.coordinator2, net.a.address, A_SPAN, job_id)
-            )
-        )
-    with pytest.raises(TicketRejected, match="the job is not on chain"):
-        run(
-            WorkerClient(net.a.url).open_session(
-                ticket(net.domain, net.coordinator, net.a.address, A_SPAN, 10**9)
             )
         )
 
