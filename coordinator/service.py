@@ -142,8 +142,15 @@ class CoordinatorService:
             log.warning("cannot read this coordinator's endpoint from the registry (%s)", exc)
             listed = None
         base = answers_base(self.config.public_url, self.endpoint, listed)
-        if self.config.data_path == "push" and base == self.endpoint.rstrip("/") and not self.config.public_url:
-            log.info("push answers are taken at %s (set --public-url if workers reach this coordinator elsewhere)", base)
+        if (
+            self.config.data_path == "push"
+            and base == self.endpoint.rstrip("/")
+            and not self.config.public_url
+        ):
+            log.info(
+                "push answers are taken at %s (set --public-url if workers reach this coordinator elsewhere)",
+                base,
+            )
         return base
 
     def rebuild_directory(self) -> None:

@@ -67,7 +67,9 @@ async def step_answer(
                 refusal = (await resp.content.read(300)).decode(errors="replace")
                 log.warning(
                     "the coordinator at %s refused a direct answer (%d: %s): answering back the chain",
-                    session.answer_to.split("?")[0], resp.status, refusal,
+                    session.answer_to.split("?")[0],
+                    resp.status,
+                    refusal,
                 )
         except (TimeoutError, aiohttp.ClientError) as exc:
             log.warning("cannot answer the coordinator directly (%s): answering back the chain", exc)

@@ -62,9 +62,16 @@ def test_workers_are_given_a_reachable_answer_url() -> None:
 
     listed = "http://10.55.7.3:8000"
     # --public-url wins
-    assert answers_base("http://coord.example:80/", "http://127.0.0.1:8600", listed) == "http://coord.example:80"
+    assert (
+        answers_base("http://coord.example:80/", "http://127.0.0.1:8600", listed) == "http://coord.example:80"
+    )
     # a loopback or wildcard listener names the worker's own host: the registry's endpoint is where workers reach it
-    for local in ("http://127.0.0.1:8000", "http://0.0.0.0:8600", "http://localhost:8600", "http://[::1]:8600"):
+    for local in (
+        "http://127.0.0.1:8000",
+        "http://0.0.0.0:8600",
+        "http://localhost:8600",
+        "http://[::1]:8600",
+    ):
         assert answers_base(None, local, listed) == listed
     # a loopback registry endpoint (a test's placeholder) is no better than where it listens
     assert answers_base(None, "http://127.0.0.1:8000", "http://127.0.0.1:9") == "http://127.0.0.1:8000"
