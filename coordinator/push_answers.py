@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -22,6 +24,28 @@ from shardnet.peer.errors import WorkerAPIError
 PATH = "/v1/push/answers"
 ANSWER_ID_HEADER = "X-Answer-Id"
 MAX_ANSWER_BYTES = 16 * 1024 * 1024  # a step's logits frame (vocab x 4 bytes a position), with room
+
+
+def answers_base(public_url: str | None, endpoint: str, chain_endpoint: str | None) -> str:
+    """The URL workers reach this coordinator at, for direct answers: `--public-url`; else, when it listens on a
+    loopback or wildcard address (which names the worker itself on the worker's host), the endpoint the
+    registry lists for it if that one is not loopback too; else where it listens."""
+    if public_url:
+        return public_url.rstrip("/")
+    if chain_endpoint and _local(endpoint) and not _local(chain_endpoint):
+        return chain_endpoint.rstrip("/")
+    return endpoint.rstrip("/")
+
+
+def _local(url: str) -> bool:
+    """Whether `url` names no host a remote worker can reach: loopback (127/8, ::1, localhost) or wildcard."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host in ("", "localhost", "0.0.0.0", "::"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.endswith(".localhost")
 
 
 class PushAnswers:

@@ -41,7 +41,7 @@ from coordinator.push_checks import PushedStep, finish_pushed, keeps_output, kno
 from coordinator.push_failover import inputs_of, link, replacement_chain
 from coordinator.router import NoRouteError, RouteHop
 from shardnet.peer.client import StepResult
-from shardnet.peer.errors import NextHopFailed, WorkerAPIError, WorkerUnreachable
+from shardnet.peer.errors import NextHopFailed, SessionConflict, WorkerAPIError, WorkerUnreachable
 from shardnet.span import LayerSpan
 from shardnet.verify.fingerprint import make_fingerprint
 
@@ -282,7 +282,14 @@ class PushPipeline(Pipeline):
         log.warning("job %d: push step failed at %s (layers %s): %s; failing over",
                     self.job_hops.job_id, old.endpoint, old.span, exc)  # fmt: skip
         busy = is_busy(exc)
-        (self.directory.mark_busy if busy else self.directory.mark_down)(old.node, str(exc))
+        if isinstance(exc, SessionConflict):
+            # alive, but its session is ahead of the coordinator: the step went on past a worker that failed
+            # before the answer came back (its answer went back the chain and was lost there). Replaced by a fresh
+            # session, on this worker too, replaying its inputs; nobody is marked down.
+            log.info("job %d: %s (layers %s) already has this step; opening a fresh session there",
+                     self.job_hops.job_id, old.endpoint, old.span)  # fmt: skip
+        else:
+            (self.directory.mark_busy if busy else self.directory.mark_down)(old.node, str(exc))
         closing = asyncio.ensure_future(self._close(old))
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)

@@ -28,7 +28,7 @@ from coordinator.hop_sessions import PipelineContext
 from coordinator.jobs import JobRunner
 from coordinator.lifecycle import JobLifecycle
 from coordinator.push_answers import PATH as ANSWERS_PATH
-from coordinator.push_answers import PushAnswers
+from coordinator.push_answers import PushAnswers, answers_base
 from coordinator.router import Router
 from coordinator.scheduler import JobScheduler
 from coordinator.state import CoordinatorState
@@ -138,6 +138,25 @@ class CoordinatorService:
                 f"{self.registry.address}: the registry's owner must call setCoordinator({self.account.address}, "
                 f"ENDPOINT, true) (on a devnet: `shardnet devnet --coordinator {self.account.address}`)"
             )
+
+    def _answers_base(self) -> str:
+        """Where the last worker of a push chain sends its answers (`coordinator.push_answers.answers_base`)."""
+        try:
+            listed: str | None = self.registry.coordinator_endpoint(self.account.address)
+        except Exception as exc:  # a chain hiccup must not stop the start: the answers then go back the chain
+            log.warning("cannot read this coordinator's endpoint from the registry (%s)", exc)
+            listed = None
+        base = answers_base(self.config.public_url, self.endpoint, listed)
+        if (
+            self.config.data_path == "push"
+            and base == self.endpoint.rstrip("/")
+            and not self.config.public_url
+        ):
+            log.info(
+                "push answers are taken at %s (set --public-url if workers reach this coordinator elsewhere)",
+                base,
+            )
+        return base
 
     def rebuild_directory(self) -> None:
         """Load every live assignment and its node's endpoint from the chain's views."""
@@ -274,7 +293,7 @@ class CoordinatorService:
         await site.start()
         port = self._runner.addresses[0][1]
         self.endpoint = f"http://{self.config.host}:{port}"
-        self.push_answers.url = (self.config.public_url or self.endpoint).rstrip("/") + ANSWERS_PATH
+        self.push_answers.url = self._answers_base() + ANSWERS_PATH
         log.info("coordinator %s listening on %s", self.account.address, self.endpoint)
         ws_url = ws_url_for(self.registry.rpc_url, self.config.ws_url)
         if ws_url is not None:  # new blocks pushed: events handled within milliseconds, polling the fallback

@@ -64,8 +64,12 @@ async def step_answer(
             async with server.http.post(session.answer_to, data=body, headers=direct) as resp:
                 if resp.status == 200:
                     return web.Response(body=b"", headers={**headers, "X-Answered": "direct"})
+                refusal = (await resp.content.read(300)).decode(errors="replace")
                 log.warning(
-                    "the coordinator refused a direct answer (%d): answering back the chain", resp.status
+                    "the coordinator at %s refused a direct answer (%d: %s): answering back the chain",
+                    session.answer_to.split("?")[0],
+                    resp.status,
+                    refusal,
                 )
         except (TimeoutError, aiohttp.ClientError) as exc:
             log.warning("cannot answer the coordinator directly (%s): answering back the chain", exc)

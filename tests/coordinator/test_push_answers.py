@@ -55,3 +55,26 @@ def test_only_the_keyed_answer_of_a_waiting_step_is_taken() -> None:
     assert statuses == [404, 403, 403, 400, 200, 404]
     assert tensor.flatten().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert len(hashes) == 2
+
+
+def test_workers_are_given_a_reachable_answer_url() -> None:
+    from coordinator.push_answers import answers_base
+
+    listed = "http://10.55.7.3:8000"
+    # --public-url wins
+    assert (
+        answers_base("http://coord.example:80/", "http://127.0.0.1:8600", listed) == "http://coord.example:80"
+    )
+    # a loopback or wildcard listener names the worker's own host: the registry's endpoint is where workers reach it
+    for local in (
+        "http://127.0.0.1:8000",
+        "http://0.0.0.0:8600",
+        "http://localhost:8600",
+        "http://[::1]:8600",
+    ):
+        assert answers_base(None, local, listed) == listed
+    # a loopback registry endpoint (a test's placeholder) is no better than where it listens
+    assert answers_base(None, "http://127.0.0.1:8000", "http://127.0.0.1:9") == "http://127.0.0.1:8000"
+    assert answers_base(None, "http://127.0.0.1:8000", None) == "http://127.0.0.1:8000"
+    # a routable listener is kept
+    assert answers_base(None, "http://10.0.0.5:8600", listed) == "http://10.0.0.5:8600"
