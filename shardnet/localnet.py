@@ -139,24 +139,16 @@ class LocalNetwork:
             )
         port = port or free_port()
         name = f"worker{index + 1}"
-        args = [
-            "--model",
-            str(model_id),
-            "--layers",
-            str(span),
-            "--public-url",
+        args = worker_args(
+            model_id,
+            span,
             f"http://127.0.0.1:{port}",
-            "--data-dir",
-            str(self.work_dir / name),
-            "--store-dir",
-            str(self.work_dir / name / "store"),
-            "--peers",
-            str(self.store_dir),
-            "--threads",
-            str(threads),
+            self.work_dir / name,
+            self.store_dir,
+            threads,
             *device_flags(device, sharing),
             *extra,
-        ]
+        )
         return self._spawn(name, "worker.cli", FIRST_WORKER + index, args, port, threads)
 
     def start_coordinator(
@@ -207,6 +199,29 @@ class LocalNetwork:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def worker_args(
+    model_id: int, span: LayerSpan, public_url: str, data_dir: Path, peers: Path, threads: int, *extra: str
+) -> list[str]:
+    """`worker run` flags of a development worker: its data and store under `data_dir`, shards from `peers`."""
+    return [
+        "--model",
+        str(model_id),
+        "--layers",
+        str(span),
+        "--public-url",
+        public_url,
+        "--data-dir",
+        str(data_dir),
+        "--store-dir",
+        str(data_dir / "store"),
+        "--peers",
+        str(peers),
+        "--threads",
+        str(threads),
+        *extra,
+    ]
 
 
 def device_flags(device: str | None, sharing: int = 1) -> list[str]:

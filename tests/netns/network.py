@@ -25,7 +25,7 @@ from typing import Any
 from shardnet.chain.deploy import Deployment, deploy_registry
 from shardnet.chain.devnet import DEV_CHAIN_ID, DEV_KEYS, DevnetError, node_binary, rpc_request
 from shardnet.chain.registry import Registry, RegistryParams
-from shardnet.localnet import COORDINATOR, OWNER, dev_account
+from shardnet.localnet import COORDINATOR, OWNER, dev_account, worker_args
 from shardnet.role_process import REPO, RoleProcess, spawn_role
 from shardnet.span import LayerSpan
 from tests.netns.netlab import Host, NetLab
@@ -148,23 +148,15 @@ class NamespaceNetwork:
                 "import a model first (NamespaceNetwork.import_model): workers fetch their shards from it"
             )
         host = self._new_host(name)
-        args = [
-            "--model",
-            str(model_id),
-            "--layers",
-            str(span),
-            "--public-url",
+        args = worker_args(
+            model_id,
+            span,
             f"http://{host.ip}:{SERVICE_PORT}",
-            "--data-dir",
-            str(self.work_dir / name),
-            "--store-dir",
-            str(self.work_dir / name / "store"),
-            "--peers",
-            str(self.store_dir),
-            "--threads",
-            str(threads),
+            self.work_dir / name,
+            self.store_dir,
+            threads,
             *extra,
-        ]
+        )
         return self._spawn(host, "worker.cli", key_index, args, delay_s, threads)
 
     def start_coordinator(
