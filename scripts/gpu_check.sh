@@ -6,6 +6,7 @@
 #   bash scripts/gpu_check.sh                        # tests, then the benchmark at 1,4,16,64 sessions
 #   GPU_CHECK_LEVELS=1,16 GPU_CHECK_TOKENS=16 bash scripts/gpu_check.sh
 #   GPU_CHECK_BENCH=0 bash scripts/gpu_check.sh      # the tests only
+#   GPU_CHECK_BENCH_ARGS="--max-batch 64" bash scripts/gpu_check.sh   # more flags for the benchmark
 #   GPU_CHECK_PYTHON=/opt/venv/bin/python bash scripts/gpu_check.sh   # a Python whose torch is a CUDA build
 # Output is also written to $GPU_CHECK_LOG (default .shardnet/gpu_check.log).
 set -uo pipefail
@@ -52,16 +53,17 @@ EOF
 
 status=0
 echo "[gpu_check] model tests with blocks on cuda (tests/model/test_device.py, tests/worker/test_placement.py)" | tee -a "$LOG"
-SHARDNET_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider tests/model/test_device.py \
-    tests/worker/test_placement.py 2>&1 | tail -n 25 | tee -a "$LOG"
+SHARDNET_TEST_DEVICE=cuda "$PY" -m pytest -q -s -p no:cacheprovider tests/model/test_device.py \
+    tests/worker/test_placement.py 2>&1 | tee -a "$LOG" | grep -e "\[measured\]" -e passed -e failed -e Error
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 if [ "${GPU_CHECK_BENCH:-1}" != 0 ]; then
     levels=${GPU_CHECK_LEVELS:-1,4,16,64}
     tokens=${GPU_CHECK_TOKENS:-32}
-    echo "[gpu_check] throughput: SmolLM2 over 3 workers sharing cuda:0, levels $levels, $tokens tokens" | tee -a "$LOG"
+    echo "[gpu_check] throughput: SmolLM2 over 3 workers sharing cuda:0, levels $levels, $tokens tokens ${GPU_CHECK_BENCH_ARGS:-}" | tee -a "$LOG"
+    # shellcheck disable=SC2086  # GPU_CHECK_BENCH_ARGS: more flags, e.g. "--max-batch 64"
     "$PY" scripts/bench.py concurrency --device cuda --levels "$levels" --tokens "$tokens" \
-        --work-dir .shardnet/bench-gpu 2>&1 | grep -v -e Warning -e "warnings.warn(" | tee -a "$LOG"
+        --work-dir .shardnet/bench-gpu ${GPU_CHECK_BENCH_ARGS:-} 2>&1 | grep -v -e Warning -e "warnings.warn(" | tee -a "$LOG"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
     [ "$smi_sees" = 1 ] && nvidia-smi --query-gpu=memory.used,memory.total --format=csv | tee -a "$LOG"
 fi

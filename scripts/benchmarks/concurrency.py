@@ -136,8 +136,9 @@ def run(args: argparse.Namespace) -> int:
     top = max(levels)
     gguf = smollm2_gguf_path()
     shutil.rmtree(args.work_dir, ignore_errors=True)
-    print(f"baseline: single-process transformers, {args.threads} threads ...", flush=True)
-    base = Baseline(gguf, args.threads)
+    where = args.device if args.device and args.device.startswith("cuda") else "cpu"
+    print(f"baseline: single-process transformers on {where}, {args.threads} threads ...", flush=True)
+    base = Baseline(gguf, args.threads, device=where)
     base.run("warm up", 4)
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
@@ -249,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
         base_wall = time.perf_counter() - t0
         n_base = min(top, len(PROMPTS))
         print(
-            f"single-process transformers, {n_base} prompts one after another: "
+            f"single-process transformers on {where}, {n_base} prompts one after another: "
             f"{n_base * args.tokens / base_wall:.2f} tokens/s, per-token p50 {percentile(base_steps, 0.5):.1f} ms "
             f"p95 {percentile(base_steps, 0.95):.1f} ms"
         )

@@ -53,15 +53,23 @@ def chat_ids(tok: object, text: str) -> list[int]:
 class Baseline:
     """Single-process transformers, greedy, `n` tokens whatever the model says (as ignore_eos)."""
 
-    def __init__(self, gguf: Path, threads: int) -> None:
+    def __init__(self, gguf: Path, threads: int, device: str | None = None) -> None:
+        """`device` None or cpu: float32 on the CPU; cuda[:N]: the GPU, in the dtype a GPU worker defaults to
+        (bfloat16, or float16 where the GPU lacks it), so a GPU network is compared with a GPU process."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         torch.set_num_threads(threads)
+        self.device = torch.device(device or "cpu")
+        dtype = torch.float32
+        if self.device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-        ).eval()
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            .to(device=self.device, dtype=dtype)
+            .eval()
+        )
 
     def run(self, text: str, n: int) -> tuple[list[float], float, str]:
         """(ms per decoded token of every step, time to first token in s, the generated text)."""
@@ -71,13 +79,15 @@ class Baseline:
         with torch.no_grad():
             ids = chat_ids(self.tok, text)
             t0 = time.perf_counter()
-            out = self.model(input_ids=torch.tensor([ids]), use_cache=True)
+            out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
             past, nxt = out.past_key_values, int(out.logits[0, -1].argmax())
             ttft = time.perf_counter() - t0
             tokens = [nxt]
             for _ in range(n - 1):
                 t = time.perf_counter()
-                out = self.model(input_ids=torch.tensor([[nxt]]), past_key_values=past, use_cache=True)
+                out = self.model(
+                    input_ids=torch.tensor([[nxt]], device=self.device), past_key_values=past, use_cache=True
+                )
                 past, nxt = out.past_key_values, int(out.logits[0, -1].argmax())
                 steps.append((time.perf_counter() - t) * 1000)
                 tokens.append(nxt)
