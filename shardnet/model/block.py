@@ -27,7 +27,7 @@ from shardnet.model.adapters import (
     config_from_dict,
     get_adapter,
 )
-from shardnet.model.device import CPU, to_cpu, to_device
+from shardnet.model.device import CPU, prepare_cuda_attention, to_cpu, to_device
 from shardnet.model.export import part_file_name
 from shardnet.span import LayerSpan
 
@@ -316,5 +316,7 @@ def _build(
     ):  # read on the CPU (aligned, chunked casts), then moved once: the CPU copy is freed
         as_module: nn.Module = module  # (PreTrainedModel.to is typed for dtypes only)
         as_module.to(device)
+        if device.type == "cuda":
+            prepare_cuda_attention()
     logger.debug("built %s layers %s from %d files on %s", config.model_type, span, len(paths), device)
     return Block(adapter, config, span, module, dtype, device)

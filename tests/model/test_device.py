@@ -319,3 +319,17 @@ def test_preferred_dtypes_and_gpu_budget() -> None:
         device_budget_bytes(2**30, 0.0)
     with pytest.raises(DeviceError, match="--dtype"):
         choose_dtype("int8", CPU, bf16_supported=True)
+
+
+def test_cuda_attention_is_prepared_without_the_cudnn_kernel() -> None:
+    """The cuDNN SDPA kernel re-plans at every new key length (40.7 vs 5.5 ms a decode step on an H200)."""
+    from shardnet.model.device import prepare_cuda_attention
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        prepare_cuda_attention()
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled()  # the other kernels stay
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
