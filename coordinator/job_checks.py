@@ -4,8 +4,8 @@ A hop is checked when the coordinator relayed all its steps (its packages rebuil
 at least `MIN_VERIFIERS` other live workers serve its span (else the registry could not draw enough verifiers
 and no slash could follow). The accused's dtype (its /health) picks the tolerance; one that cannot be read is
 checked at the loosest calibrated tolerance, so honest drift never slashes. The last hop of the finished run
-is also checked on the tokens it made the client see (`shown_tokens`). Faults (a verifier refusing or
-timing out) mark the verifier down and are recorded; a slash excludes the node from routing for good.
+is also checked on the tokens it made the client see (`shown_tokens`). Faults (a verifier refusing,
+timing out, or outvoted by the referees) mark the verifier down and are recorded; a slash excludes the node from routing for good.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from shardnet.wire.json_limits import loads_limited
 
 log = logging.getLogger(__name__)
 
-MAX_FAULTS = 3  # refused or timed-out checks before a verifier is excluded from routing
+MAX_FAULTS = 3  # refused, timed-out or outvoted checks before a verifier is excluded from routing
 
 
 async def worker_dtype(endpoint: str | None, timeout_s: float = 5.0) -> str | None:
@@ -120,7 +120,12 @@ class JobChecks:
         self.enabled = share > 0
         directory = ctx.router.directory
         self.disputes = DisputeRunner(
-            ctx.registry, ctx.account, directory.endpoint, on_fault=self._fault, on_slashed=directory.exclude
+            ctx.registry,
+            ctx.account,
+            directory.endpoint,
+            on_fault=self._fault,
+            on_slashed=directory.exclude,
+            on_outvoted=self._fault,
         )
         self._tasks: set[asyncio.Task[list[DisputeOutcome]]] = set()
         self.faults: dict[str, int] = {}  # verifier (lower case) -> packages it refused or let time out
@@ -193,12 +198,12 @@ class JobChecks:
             return []
 
     def _fault(self, verifier: str, why: str) -> None:
-        """A drawn verifier that refused or timed out: marked down (out of routing until its /health answers);
-        after MAX_FAULTS of them, excluded from routing for good."""
+        """A drawn verifier that refused, timed out or was outvoted by the referees: marked down (out of routing
+        until its /health answers); after MAX_FAULTS of them, excluded from routing for good."""
         count = self.faults[verifier.lower()] = self.faults.get(verifier.lower(), 0) + 1
         log.warning("verifier %s did not judge a package (%s): fault %d", verifier, why, count)
         directory = self.ctx.router.directory
-        directory.mark_down(verifier, f"verification refused or timed out: {why}")
+        directory.mark_down(verifier, f"verification refused, timed out or outvoted: {why}")
         if count >= MAX_FAULTS:
             log.warning("verifier %s refused %d checks: excluded from routing", verifier, count)
             directory.exclude(verifier)
