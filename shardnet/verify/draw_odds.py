@@ -38,7 +38,9 @@ def _hyper(total: int, marked: int, picks: int, k: int) -> float:
 def draw_odds(candidates: int, colluders: int, *, first_stage: int = 2, max_drawn: int = 16) -> DrawOdds:
     """Exact odds for `candidates` equal-stake nodes besides the accused, `colluders` of them one operator's."""
     if not 0 <= colluders <= candidates or candidates < first_stage:
-        raise ValueError(f"need 0 <= colluders ({colluders}) <= candidates ({candidates}) and >= {first_stage}")
+        raise ValueError(
+            f"need 0 <= colluders ({colluders}) <= candidates ({candidates}) and >= {first_stage}"
+        )
     drawn = min(max_drawn, candidates)
     referees = drawn - first_stage
     shield = frame = escalate = passes = 0.0
@@ -76,6 +78,8 @@ def odds_table(candidates: list[int], shares: list[float]) -> list[tuple[int, in
 
 
 if __name__ == "__main__":
-    print(f"{'others on span':>14s} {'colluders':>9s} {'share':>6s} {'shield':>8s} {'frame':>8s} {'passes':>6s}")
+    print(
+        f"{'others on span':>14s} {'colluders':>9s} {'share':>6s} {'shield':>8s} {'frame':>8s} {'passes':>6s}"
+    )
     for n, c, s, o in odds_table([4, 10, 20, 100], [0.1, 0.2, 0.3, 0.4, 0.5]):
         print(f"{n:14d} {c:9d} {s:6.2f} {o.shield:8.4f} {o.frame:8.4f} {o.passes_honest:6.2f}")

@@ -289,7 +289,9 @@ def test_two_colluders_of_five_cannot_frame_an_honest_node(
     colluding = {c.address for c in colluders}
     for _attempt in range(4):
         outvoted: list[str] = []
-        servers = {accused.address: _server(s, accused, blocks[torch.float32]).app()} | _apps(s, blocks, honest)
+        servers = {accused.address: _server(s, accused, blocks[torch.float32]).app()} | _apps(
+            s, blocks, honest
+        )
         servers |= {c.address: _colluder(s, c, guilty=True) for c in colluders}
         posts: list[str] = []
         outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32", posts, outvoted)
