@@ -57,6 +57,7 @@ class CheckReport:
     correct_tokens: list[int] | None = None  # the honest re-run's tokens (a cheat was found)
     correct_text: str | None = None
     replaced: list[tuple[int, int, int]] = field(default_factory=list)
+    answer_affected: bool = False  # a slashed hop served the run whose tokens the client was given
     note: str = ""
 
     @property
@@ -74,6 +75,7 @@ class CheckReport:
             "slashed": self.slashed,
             "slash_txs": self.slash_txs,
             "replaced_count": len(self.replaced),
+            "answer_affected": self.answer_affected,
             "note": self.note,
         }
         if reveal and self.status == CHEAT_DETECTED:

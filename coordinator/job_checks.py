@@ -200,6 +200,16 @@ class JobChecks:
                 report.status = VERIFIED if all_judged else PARTLY_VERIFIED if judged else NOT_VERIFIED
                 return outcomes
             report.status = CHEAT_DETECTED
+            served_answer = {
+                node.lower() for i, (node, _span) in enumerate(job_hops.hops) if job_hops.final_steps.get(i)
+            }
+            report.answer_affected = bool(served_answer & set(report.slashed))
+            if (
+                fix is not None and not report.answer_affected
+            ):  # caught live too: the answer came from a re-run
+                report.correct_tokens, report.correct_text = list(fix.shown), fix.decode(list(fix.shown))
+                report.note = "the slashed hops served only runs the live check replaced; the answer stands"
+                return outcomes
             if fix is None:
                 report.note = "no re-run was possible here"
                 return outcomes

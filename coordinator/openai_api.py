@@ -341,7 +341,7 @@ async def _stream(
             await resp.write(f"data: {json.dumps(replaced_event(model, result))}\n\n".encode())
         if verified is not None and result is not None:
             report = await hold_stream(verified, resp.write)
-            if report is not None and report.status == CHEAT_DETECTED:  # found after the settlement: say so
+            if report is not None and report.status == CHEAT_DETECTED and report.answer_affected:  # say so
                 await resp.write(f"data: {json.dumps(report.error_event())}\n\n".encode())
         await send(None, result.finish_reason if result else "stop")
     except ConnectionError:
