@@ -65,8 +65,10 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     uint256 public constant MAX_LIVE_PER_NODE = 16;
     uint256 public constant MAX_LIVE_PER_MODEL = 64;
     uint256 public constant MAX_STRING = 256;
-    /// @notice Verifiers drawn per dispute, and the fewest a slash needs.
-    uint256 public constant MAX_VERIFIERS = 5;
+    /// @notice Verifiers drawn per dispute (in draw order: the coordinator asks the first MIN_VERIFIERS, and all of
+    /// them when any of those does not answer innocent), and the fewest a slash needs. 16 draws every other node of a
+    /// span of up to 17, so the slash's majority is then of the whole span's other stake.
+    uint256 public constant MAX_VERIFIERS = 16;
     uint256 public constant MIN_VERIFIERS = 2;
     /// @notice The dispute randomness is blockhash(closeBlock + DRAW_DELAY): unknown when the work was committed.
     uint64 public constant DRAW_DELAY = 2;

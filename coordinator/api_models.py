@@ -76,6 +76,12 @@ class _OpenAIRequest(_Sampled):
         None, description="stop sequences are not supported (the model stops at EOS or max_tokens)"
     )
     logit_bias: None = None
+    hold_until_verified: StrictBool | None = Field(
+        None,
+        description="shardnet: keep the stream's final event (or the whole answer) until the job's after-the-fact "
+        "check has finished; a cheat found then is reported with the corrected text. Default: the coordinator's "
+        "--hold-until-verified",
+    )
     # accepted and ignored: they do not change the tokens
     user: str | None = None
     stream_options: dict[str, Any] | None = None

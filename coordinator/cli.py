@@ -17,7 +17,7 @@ from shardnet.cli import run_command
 from shardnet.config import add_settings_flags, flag_overrides
 
 _METAVARS = {"api_key": "KEY", "data_path": "relay|push"}
-_SWITCHES = ("no_api_key", "compact_answers")
+_SWITCHES = ("no_api_key", "compact_answers", "hold_until_verified")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:

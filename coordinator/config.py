@@ -120,6 +120,12 @@ class CoordinatorConfig(ChainSettings):
         "(chosen from blockhash(closeBlock + 2), unknown to the workers when they commit; a cheat is caught in "
         "about this share of the jobs it corrupts); 0 disables",
     )
+    hold_until_verified: bool = Field(
+        False,
+        description="OpenAI API: keep a stream's final event and a non-streaming answer until the job's after-the-"
+        "fact check has finished (a cheat found: the stream gets a cheat_detected error event with the corrected "
+        "text, a JSON answer the corrected text); a request's own hold_until_verified overrides it",
+    )
     verify_share: float = Field(
         0.05,
         ge=0,

@@ -203,6 +203,15 @@ class WorkerDirectory:
             )
         return sorted(out, key=lambda w: (w.span.start, w.span.end, w.address))
 
+    def serving(self, model_id: int, span: LayerSpan, *, besides: set[str]) -> set[str]:
+        """Nodes with a live assignment of exactly `span`, other than `besides`, not excluded, down or not."""
+        gone = self._excluded | {b.lower() for b in besides}
+        return {
+            a.node
+            for a in self._assignments.values()
+            if a.live and a.model_id == model_id and a.span == span and a.node not in gone
+        }
+
     def replicas(self, model_id: int, span: LayerSpan, *, besides: set[str]) -> list[WorkerInfo]:
         """Routable workers serving exactly `span`, other than `besides`, cheapest first (address breaks ties)."""
         ws = [w for w in self.snapshot(model_id) if w.span == span and w.address not in besides]

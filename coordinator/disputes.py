@@ -5,17 +5,25 @@ the hop received, the hash of the frame it sent and the fingerprint of what it s
 here from the received tensor: a worker that commits another fingerprint than that of what it sent does not
 rebuild its root and is not settled). When the job is settled (its close block known):
 
-1. wait until blockhash(closeBlock + DRAW_DELAY) exists, then ask the registry whom it draws (`drawVerifiers`,
-   stake-weighted among the other nodes staked on the span);
-2. POST each drawn verifier the hop's `VerificationPackage` with a ticket of this job (POST /v1/verify; there
-   is no session, so a check looks like nothing else); each answers guilty (an EIP-712 Verdict on one leaf)
-   or innocent. A verifier that refuses or times out is a fault: recorded and marked down. The last hop's
-   package also carries the tokens the client was shown (`ShownTokens`): a token its own logits made and the
-   recomputation does not support makes it guilty; one its logits did not make flags this coordinator
-   (`DisputeOutcome.tokens_flagged`), and slashes nobody;
-3. when the verdicts on one leaf carry more than half of the drawn stake, send `slash` with the accused's own
-   signed commitment, the leaf's Merkle proof and those verdicts: its stake goes to the job's client and it
-   is excluded from routing. A minority (fewer than half the stake) can neither frame nor shield.
+1. wait until blockhash(closeBlock + DRAW_DELAY) exists, then ask the registry whom it draws (`drawVerifiers`:
+   up to MAX_VERIFIERS, stake-weighted, without replacement, among the other nodes staked on the span, in
+   draw order; unknown when the work was committed);
+2. first stage: POST the first MIN_VERIFIERS drawn the hop's `VerificationPackage` with a ticket of this job
+   (POST /v1/verify; there is no session, so a check looks like nothing else); each answers guilty (an
+   EIP-712 Verdict on one leaf) or innocent. Both innocent: the check is closed (an honest hop costs exactly
+   MIN_VERIFIERS recomputations). Any guilty verdict, any refusal or time-out (a fault: recorded and marked
+   down), any disagreement: second stage, the referees (the rest of the draw) judge the same package;
+3. when the guilty verdicts on one leaf carry more than half of the stake of ALL the drawn verifiers (what the
+   registry's `slash` counts: a refusal weighs as innocent), send `slash` with the accused's own signed
+   commitment, the leaf's Merkle proof and those verdicts: its stake goes to the job's client and it is
+   excluded from routing. The last hop's package also carries the tokens the client was shown
+   (`ShownTokens`): a token its own logits made and the recomputation does not support makes it guilty; one
+   its logits did not make flags this coordinator (`DisputeOutcome.tokens_flagged`), and slashes nobody.
+
+What a colluder holding a share s of the drawn-from stake can do (shardnet/verify/draw_odds.py, exact for
+equal stakes; docs/verification.md): shield its cheat only when both first-stage verifiers are its own
+(probability <= s**2) or it holds at least half of the drawn stake; frame an honest node only when one of
+its own is in the first stage and it holds more than half of the drawn stake.
 """
 
 from __future__ import annotations
@@ -46,7 +54,8 @@ from shardnet.wire.tickets import sign_ticket
 
 log = logging.getLogger(__name__)
 
-MIN_VERIFIERS = 2  # ShardRegistry.MIN_VERIFIERS
+MIN_VERIFIERS = 2  # ShardRegistry.MIN_VERIFIERS: the first stage of every check
+MAX_VERIFIERS = 16  # ShardRegistry.MAX_VERIFIERS: the draw, first stage and referees
 DRAW_DELAY = 2  # ShardRegistry.DRAW_DELAY
 LOOSEST_DTYPE = "bfloat16"  # the tolerance used when the accused's dtype cannot be read: never slash drift
 
@@ -85,6 +94,13 @@ class DisputeOutcome:
     slashed: bool
     tx_hash: str | None = None
     note: str = ""
+    drawn: int = 0  # verifiers the registry drew (first stage + referees)
+    escalated: bool = False  # the referees were asked (a guilty verdict, a fault or a disagreement first)
+
+    @property
+    def passes(self) -> int:
+        """Verifiers asked to recompute the hop (each one pass over all its positions)."""
+        return len(self.answers)
 
     @property
     def tokens_flagged(self) -> list[str]:
@@ -92,10 +108,17 @@ class DisputeOutcome:
         return [a.verifier for a in self.answers if a.tokens and a.tokens.get("unsupported")]
 
 
-def tally(answers: Sequence[VerifierAnswer]) -> tuple[int | None, list[VerifierAnswer]]:
-    """The leaf whose guilty verdicts carry more than half of the drawn stake, and those verdicts; (None, [])
-    when no leaf has such a majority."""
-    total = sum(a.stake for a in answers)
+def needs_referees(answers: Sequence[VerifierAnswer]) -> bool:
+    """Whether the first stage's answers escalate: anything but unanimous innocent verdicts."""
+    return not answers or any(a.guilty is not False for a in answers)
+
+
+def tally(
+    answers: Sequence[VerifierAnswer], drawn_stake: int | None = None
+) -> tuple[int | None, list[VerifierAnswer]]:
+    """The leaf whose guilty verdicts carry more than half of the drawn stake (`drawn_stake`, by default the
+    answers' stake), and those verdicts; (None, []) when no leaf has such a majority."""
+    total = sum(a.stake for a in answers) if drawn_stake is None else drawn_stake
     by_leaf: dict[int, list[VerifierAnswer]] = {}
     for a in answers:
         if a.guilty and a.leaf_index is not None and a.signature is not None:
@@ -117,6 +140,7 @@ class DisputeRunner:
         *,
         on_fault: Callable[[str, str], None] = lambda _node, _why: None,
         on_slashed: Callable[[str], None] = lambda _node: None,
+        on_outvoted: Callable[[str, str], None] = lambda _node, _why: None,
         verify_timeout_s: float = 120.0,
         draw_wait_s: float = 300.0,
         poll_s: float = 0.5,
@@ -126,6 +150,7 @@ class DisputeRunner:
         self.endpoint_of = endpoint_of
         self.on_fault = on_fault
         self.on_slashed = on_slashed
+        self.on_outvoted = on_outvoted
         self.verify_timeout_s = verify_timeout_s
         self.draw_wait_s = draw_wait_s
         self.poll_s = poll_s
@@ -168,24 +193,26 @@ class DisputeRunner:
         if len(drawn) < MIN_VERIFIERS:
             return DisputeOutcome(signed.node, [], False, note=f"{len(drawn)} verifiers drawn, too few")
         body = package.to_json()
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.verify_timeout_s)) as http:
-            answers = await asyncio.gather(
-                *(self._ask(http, address, stake, job_id, signed, body) for address, stake in drawn)
+        first, referees = drawn[:MIN_VERIFIERS], drawn[MIN_VERIFIERS:]
+        answers = await self._ask_all(first, job_id, signed, body)
+        escalated = bool(referees) and needs_referees(answers)
+        if escalated:
+            log.info(
+                "job %d: hop of %s: first stage %s; asking %d referees",
+                job_id,
+                signed.node,
+                [a.guilty for a in answers],
+                len(referees),
             )
-        for a in answers:
-            if a.fault:
-                self.on_fault(a.verifier, a.note)
-            if a.tokens and a.tokens.get("unsupported"):
-                log.warning(
-                    "job %d: verifier %s: tokens shown to the client are not supported by the last hop's "
-                    "recomputed logits (%s)",
-                    job_id,
-                    a.verifier,
-                    a.note,
-                )
-        index, group = tally(answers)
+            answers += await self._ask_all(referees, job_id, signed, body)
+        index, group = tally(answers, sum(stake for _, stake in drawn))
+        if escalated:
+            self._outvoted(job_id, answers, guilty=index is not None)
         if index is None:
-            return DisputeOutcome(signed.node, list(answers), False, note="no guilty majority")
+            note = "innocent" if not needs_referees(answers) else "no guilty majority"
+            return DisputeOutcome(
+                signed.node, answers, False, note=note, drawn=len(drawn), escalated=escalated
+            )
         evidence = SlashEvidence(
             job_id,
             record,
@@ -206,7 +233,41 @@ class DisputeRunner:
             ", ".join(a.verifier for a in group),
             result.tx_hash,
         )
-        return DisputeOutcome(signed.node, list(answers), True, result.tx_hash)
+        return DisputeOutcome(
+            signed.node, answers, True, result.tx_hash, drawn=len(drawn), escalated=escalated
+        )
+
+    def _outvoted(self, job_id: int, answers: Sequence[VerifierAnswer], *, guilty: bool) -> None:
+        """After the referees: a verdict against the outcome (guilty of a node not slashed, innocent of one slashed)
+        is reported: an honest fp32 verifier was never on the wrong side in the sweeps, a sybil framing or
+        shielding is, and its false verdict made every referee recompute the hop."""
+        for a in answers:
+            if a.guilty is not None and a.guilty != guilty:
+                verdict = "guilty" if a.guilty else "innocent"
+                self.on_outvoted(a.verifier, f"job {job_id}: said {verdict}, outvoted by the referees")
+
+    async def _ask_all(
+        self, drawn: Sequence[tuple[str, int]], job_id: int, signed: SignedCommitment, body: dict[str, object]
+    ) -> list[VerifierAnswer]:
+        """Ask these drawn verifiers at once; record faults and flagged tokens."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.verify_timeout_s)) as http:
+            answers = list(
+                await asyncio.gather(
+                    *(self._ask(http, address, stake, job_id, signed, body) for address, stake in drawn)
+                )
+            )
+        for a in answers:
+            if a.fault:
+                self.on_fault(a.verifier, a.note)
+            if a.tokens and a.tokens.get("unsupported"):
+                log.warning(
+                    "job %d: verifier %s: tokens shown to the client are not supported by the last hop's "
+                    "recomputed logits (%s)",
+                    job_id,
+                    a.verifier,
+                    a.note,
+                )
+        return answers
 
     async def _ask(
         self,

@@ -4,8 +4,8 @@ A hop is checked when the coordinator relayed all its steps (its packages rebuil
 at least `MIN_VERIFIERS` other live workers serve its span (else the registry could not draw enough verifiers
 and no slash could follow). The accused's dtype (its /health) picks the tolerance; one that cannot be read is
 checked at the loosest calibrated tolerance, so honest drift never slashes. The last hop of the finished run
-is also checked on the tokens it made the client see (`shown_tokens`). Faults (a verifier refusing or
-timing out) mark the verifier down and are recorded; a slash excludes the node from routing for good.
+is also checked on the tokens it made the client see (`shown_tokens`). Faults (a verifier refusing,
+timing out, or outvoted by the referees) mark the verifier down and are recorded; a slash excludes the node from routing for good.
 """
 
 from __future__ import annotations
@@ -16,6 +16,18 @@ import logging
 import aiohttp
 from eth_utils import keccak
 
+from coordinator.corrections import (
+    CHEAT_DETECTED,
+    CHECK_FAILED,
+    HOLD_TIMEOUT_S,
+    MAX_REPORTS,
+    NOT_VERIFIED,
+    PARTLY_VERIFIED,
+    VERIFIED,
+    CheckReport,
+    Correction,
+    replaced_tokens,
+)
 from coordinator.disputes import (
     DRAW_DELAY,
     MIN_VERIFIERS,
@@ -33,7 +45,7 @@ from shardnet.wire.json_limits import loads_limited
 
 log = logging.getLogger(__name__)
 
-MAX_FAULTS = 3  # refused or timed-out checks before a verifier is excluded from routing
+MAX_FAULTS = 3  # refused, timed-out or outvoted checks before a verifier is excluded from routing
 
 
 async def worker_dtype(endpoint: str | None, timeout_s: float = 5.0) -> str | None:
@@ -120,21 +132,103 @@ class JobChecks:
         self.enabled = share > 0
         directory = ctx.router.directory
         self.disputes = DisputeRunner(
-            ctx.registry, ctx.account, directory.endpoint, on_fault=self._fault, on_slashed=directory.exclude
+            ctx.registry,
+            ctx.account,
+            directory.endpoint,
+            on_fault=self._fault,
+            on_slashed=directory.exclude,
+            on_outvoted=self._fault,
         )
         self._tasks: set[asyncio.Task[list[DisputeOutcome]]] = set()
         self.faults: dict[str, int] = {}  # verifier (lower case) -> packages it refused or let time out
+        self.reports: dict[int, CheckReport] = {}  # job id -> its check's outcome (coordinator.corrections)
+        self._by_job: dict[int, asyncio.Task[list[DisputeOutcome]]] = {}
 
-    def start(self, job_id: int, model_id: int, job_hops: JobHops, settle_tx: str) -> None:
-        """Check the job's hops in the background (nothing to wait for: the client has its answer)."""
-        if not self.enabled:
+    def start(
+        self, job_id: int, model_id: int, job_hops: JobHops, settle_tx: str, fix: Correction | None = None
+    ) -> None:
+        """Check the job's hops in the background; `fix`: how to re-run it should a hop be slashed."""
+        report = self._report(job_id)
+        report.shown = list(fix.shown) if fix is not None else []
+        if not self.enabled or self.ctx.adapters.for_job(job_id) is not None:
+            report.status = NOT_VERIFIED  # an adapter's job: verifiers would replay without it (never framed)
+            report.note = "checks are off" if not self.enabled else "ran with a LoRA adapter verifiers lack"
+            log.info("job %d: not checked after the fact: %s", job_id, report.note)
             return
-        if self.ctx.adapters.for_job(job_id) is not None:  # verifiers would replay without it: never framed
-            log.info("job %d ran with a LoRA adapter: not checked after the fact (verifiers lack it)", job_id)
-            return
-        task = asyncio.ensure_future(self.run(job_id, model_id, job_hops, settle_tx))
+        task = asyncio.ensure_future(self._check(job_id, model_id, job_hops, settle_tx, report, fix))
         self._tasks.add(task)
+        self._by_job[job_id] = task
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _t: self._by_job.pop(job_id, None))
+
+    def _report(self, job_id: int) -> CheckReport:
+        while len(self.reports) >= MAX_REPORTS:
+            self.reports.pop(next(iter(self.reports)))
+        report = self.reports[job_id] = CheckReport(job_id)
+        return report
+
+    async def verified(self, job_id: int, timeout_s: float = HOLD_TIMEOUT_S) -> CheckReport | None:
+        """The job's report once its check has finished (or after `timeout_s`, still pending); None: no check
+        was started for it by this process."""
+        task = self._by_job.get(job_id)
+        if task is not None:
+            await asyncio.wait({task}, timeout=timeout_s)
+        return self.reports.get(job_id)
+
+    async def _check(
+        self,
+        job_id: int,
+        model_id: int,
+        job_hops: JobHops,
+        settle_tx: str,
+        report: CheckReport,
+        fix: Correction | None,
+    ) -> list[DisputeOutcome]:
+        try:
+            outcomes = await self.run(job_id, model_id, job_hops, settle_tx, report)
+            if report.status == CHECK_FAILED:
+                return outcomes
+            judged = [o for o in outcomes if o.answers]
+            report.hops_unchecked += [f"{o.node.lower()}: {o.note}" for o in outcomes if not o.answers]
+            report.hops_checked = len(judged)
+            report.verifier_passes = sum(o.passes for o in judged)
+            slashed = [o for o in judged if o.slashed]
+            report.slashed = [o.node.lower() for o in slashed]
+            report.slash_txs = [o.tx_hash for o in slashed if o.tx_hash]
+            if not slashed:
+                all_judged = len(judged) == len(job_hops.hops)
+                report.status = VERIFIED if all_judged else PARTLY_VERIFIED if judged else NOT_VERIFIED
+                return outcomes
+            report.status = CHEAT_DETECTED
+            served_answer = {
+                node.lower() for i, (node, _span) in enumerate(job_hops.hops) if job_hops.final_steps.get(i)
+            }
+            report.answer_affected = bool(served_answer & set(report.slashed))
+            if (
+                fix is not None and not report.answer_affected
+            ):  # caught live too: the answer came from a re-run
+                report.correct_tokens, report.correct_text = list(fix.shown), fix.decode(list(fix.shown))
+                report.note = "the slashed hops served only runs the live check replaced; the answer stands"
+                return outcomes
+            if fix is None:
+                report.note = "no re-run was possible here"
+                return outcomes
+            log.warning("job %d: %s slashed after the settlement: re-running it", job_id, report.slashed)
+            try:
+                correct = await fix.rerun()
+            except Exception as exc:  # noqa: BLE001 - the report says what went wrong; the slash stands
+                log.exception("job %d: the correcting re-run failed", job_id)
+                report.note = f"the correcting re-run failed: {exc}"[:300]
+                return outcomes
+            report.correct_tokens = correct
+            report.correct_text = fix.decode(correct)
+            report.replaced = replaced_tokens(fix.shown, correct)
+            log.warning("job %d: the re-run replaced %d shown tokens", job_id, len(report.replaced))
+            return outcomes
+        except Exception as exc:
+            log.exception("job %d: the after-the-fact check failed", job_id)
+            report.status, report.note = CHECK_FAILED, str(exc)[:300]
+            return []
 
     async def wait(self) -> None:
         """Wait for the checks started so far (tests, shutdown)."""
@@ -142,8 +236,10 @@ class JobChecks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def run(
-        self, job_id: int, model_id: int, job_hops: JobHops, settle_tx: str
+        self, job_id: int, model_id: int, job_hops: JobHops, settle_tx: str, report: CheckReport | None = None
     ) -> list[DisputeOutcome]:
+        """Judge the job's judgeable hops (`report`, if given, gets why the others were not judged)."""
+        unchecked = report.hops_unchecked if report is not None else []
         directory = self.ctx.router.directory
         todo = []
         for i, (node, span) in enumerate(job_hops.hops):
@@ -151,19 +247,14 @@ class JobChecks:
             why_not = unjudgeable(job_hops, i)
             if why_not:
                 log.info("job %d: hop %d (%s) not checked: %s", job_id, i, node, why_not)
+                unchecked.append(f"hop {i}: {why_not}")
                 continue
             assert signed is not None
-            if len(self.ctx.router.replicas(model_id, span, besides={node})) < MIN_VERIFIERS:
-                log.info(
-                    "job %d: hop %d (%s) not checked: fewer than %d other workers serve %s",
-                    job_id,
-                    i,
-                    node,
-                    MIN_VERIFIERS,
-                    span,
-                )
+            if len(directory.serving(model_id, span, besides={node})) < MIN_VERIFIERS:
+                unchecked.append(f"hop {i}: fewer than {MIN_VERIFIERS} other workers serve {span}")
+                log.info("job %d: hop %d (%s) not checked: %s", job_id, i, node, unchecked[-1])
                 continue
-            todo.append((i, signed, await job_hops.step_work(i), shown_tokens(job_hops, i)))
+            todo.append((i, node, span, signed, await job_hops.step_work(i), shown_tokens(job_hops, i)))
         if not todo:
             return []
         registry = self.disputes.registry
@@ -174,13 +265,21 @@ class JobChecks:
             record = await asyncio.to_thread(registry.job_record, job_id)
             if not await self.disputes.wait_for_draw(close_block):
                 log.warning("job %d: no block %d yet; its hops are not checked", job_id, close_block + 2)
+                unchecked.append(f"no block {close_block + DRAW_DELAY} to draw verifiers from")
                 return []
             block = await asyncio.to_thread(registry.w3.eth.get_block, close_block + DRAW_DELAY)
             if not job_drawn(bytes(block["hash"]), job_id, self.share):
                 log.info("job %d: not among the %.0f%% of jobs checked", job_id, 100 * self.share)
+                unchecked.append(f"not among the {100 * self.share:.0f}% of jobs checked")
                 return []
             outcomes = []
-            for i, signed, work, shown in todo:
+            for i, node, span, signed, work, shown in todo:
+                # counted now, after the draw's blocks: a replica down a moment while the job ran is back
+                if len(self.ctx.router.replicas(model_id, span, besides={node})) < MIN_VERIFIERS:
+                    why = f"fewer than {MIN_VERIFIERS} other live workers serve {span}"
+                    log.info("job %d: hop %d (%s) not checked: %s", job_id, i, node, why)
+                    unchecked.append(f"hop {i}: {why}")
+                    continue
                 dtype = await worker_dtype(directory.endpoint(signed.node))
                 outcome = await self.disputes.check_hop(
                     job_id, record, close_block, signed, work, dtype, shown
@@ -188,17 +287,19 @@ class JobChecks:
                 self._record(job_id, i, outcome)
                 outcomes.append(outcome)
             return outcomes
-        except Exception:
+        except Exception as exc:
             log.exception("job %d: the after-the-fact check failed", job_id)
+            if report is not None:
+                report.status, report.note = CHECK_FAILED, f"the check failed: {exc}"[:300]
             return []
 
     def _fault(self, verifier: str, why: str) -> None:
-        """A drawn verifier that refused or timed out: marked down (out of routing until its /health answers);
-        after MAX_FAULTS of them, excluded from routing for good."""
+        """A drawn verifier that refused, timed out or was outvoted by the referees: marked down (out of routing
+        until its /health answers); after MAX_FAULTS of them, excluded from routing for good."""
         count = self.faults[verifier.lower()] = self.faults.get(verifier.lower(), 0) + 1
         log.warning("verifier %s did not judge a package (%s): fault %d", verifier, why, count)
         directory = self.ctx.router.directory
-        directory.mark_down(verifier, f"verification refused or timed out: {why}")
+        directory.mark_down(verifier, f"verification refused, timed out or outvoted: {why}")
         if count >= MAX_FAULTS:
             log.warning("verifier %s refused %d checks: excluded from routing", verifier, count)
             directory.exclude(verifier)

@@ -24,6 +24,7 @@ import signal
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from eth_utils import keccak
@@ -31,6 +32,7 @@ from eth_utils import keccak
 from coordinator.batching import SettlementBatcher
 from coordinator.catalog import ServedModel
 from coordinator.commitments import CommitmentBoard
+from coordinator.corrections import Correction, rerun_tokens
 from coordinator.hop_sessions import PipelineContext
 from coordinator.hops import JobHops
 from coordinator.job_checks import JobChecks, relayed_root_mismatch
@@ -343,7 +345,11 @@ class JobRunner:
             text = model.decode(result.tokens)
             await self._enter_settling(job, job_hops, result, text)
             tx = await self.batcher.settle(job_id)  # with the jobs settling now, in one settleJobs
-            self.checks.start(job_id, model.info.model_id, job_hops, tx)
+            rerun = partial(rerun_tokens, self, job_id, model, prompt_ids, job.max_tokens, params)
+            fix = Correction(
+                result.tokens, rerun, model.decode
+            )  # if a hop is slashed: what the client is told
+            self.checks.start(job_id, model.info.model_id, job_hops, tx, fix)
             log.info(
                 "job %d settled: %d tokens (%s), %d failovers, %d re-runs, tx %s",
                 job_id,

@@ -6,7 +6,9 @@ POST /v1/jobs/{id}/prompt   {"prompt", "temperature"?, "top_p"?, "seed"?, "ignor
                             else 401
 GET  /v1/jobs/{id}          status (a `coordinator.lifecycle.JobState`), route, commitments (read from the
                             chain), and the output once generated if X-Shardnet-Auth is the job client's
-                            signature of `shardnet.job_auth.output_read_message(id, expires_at)`, not expired (`sign_output_read`)
+                            signature of `shardnet.job_auth.output_read_message(id, expires_at)`, not expired (`sign_output_read`);
+                            "verification": the after-the-fact check (`coordinator.corrections.CheckReport`:
+                            pending, verified, ..., cheat_detected with the corrected tokens and text for the client)
 GET  /v1/jobs?client=0x…    the jobs this coordinator knows (without outputs)
 """
 
@@ -140,7 +142,14 @@ async def get_job(request: web.Request) -> web.Response:
     row = service.state.get_job(job_id)
     if row is None:
         return error(404, f"this coordinator knows no job {job_id}; hand over its prompt first", "not_found")
-    view = job_view(service, row, reveal=_reader(request, job_id) == (row.client or "").lower())
+    reveal = _reader(request, job_id) == (row.client or "").lower()
+    view = job_view(service, row, reveal=reveal)
+    report = service.jobs.runner.checks.reports.get(job_id)
+    view["verification"] = (
+        report.to_json(reveal=reveal)
+        if report is not None
+        else {"status": "unknown", "done": JobState(row.status) in TERMINAL, "note": "no check started here"}
+    )
     posted = service.commitments.posted_by(job_id)
     view["commitments"] = [
         {

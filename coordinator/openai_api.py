@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +26,7 @@ from coordinator.adapters import split_model_name
 from coordinator.admission import Admission, Place, Refused, has_free_memory, has_free_session, memory_needed
 from coordinator.api_models import ChatCompletionRequest, CompletionRequest, validation_error
 from coordinator.catalog import ModelUnavailable
+from coordinator.corrections import CHEAT_DETECTED, CheckReport, hold_stream
 from coordinator.http_common import SERVICE, chain_error, error, json_body
 from coordinator.jobs import GenerationResult
 from coordinator.preflight import JobPlan, PreflightRefused, close_health_client, plan_job
@@ -229,6 +231,10 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
     created = int(time.time())
     name = model.info.name
 
+    hold = (
+        service.config.hold_until_verified if body.hold_until_verified is None else body.hold_until_verified
+    )
+    checks = service.jobs.runner.checks
     if not body.stream:
         try:
             result: GenerationResult | None = await task
@@ -236,6 +242,12 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
             return error(502, f"job {job_id} failed: {exc}", "server_error")
         if result is None:
             return error(409, f"job {job_id} was already handled", "server_error")
+        held: dict[str, Any] = {}
+        if hold:  # the answer waits for the check; a cheat found: the corrected tokens, and the report
+            report = await checks.verified(job_id)
+            held["shardnet_verification"] = report.to_json(reveal=True) if report else {"status": "unknown"}
+            if report is not None and report.status == CHEAT_DETECTED and report.correct_tokens is not None:
+                result = GenerationResult(report.correct_tokens, result.finish_reason)
         text = model.decode(result.tokens)
         choice: dict[str, Any] = {"index": 0, "finish_reason": result.finish_reason, "logprobs": None}
         if chat:
@@ -254,6 +266,7 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
                 "usage": usage,
                 "shardnet_job_id": job_id,
             }
+            | held
         )
 
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -274,7 +287,8 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
         await resp.write(f"data: {json.dumps(payload)}\n\n".encode())
 
     try:
-        await _stream(model, task, queue, send, resp, chat)
+        verified = partial(checks.verified, job_id) if hold else None
+        await _stream(model, task, queue, send, resp, chat, verified)
     except ConnectionError as exc:  # the client went away: normal, the paid job still runs to its settlement
         log.info(
             "job %d: the client closed its stream early (%s); the job finishes without it",
@@ -291,8 +305,10 @@ async def _stream(
     send: Callable[..., Awaitable[None]],
     resp: web.StreamResponse,
     chat: bool,
+    verified: Callable[[], Awaitable[CheckReport | None]] | None = None,
 ) -> None:
-    """Relay the job's tokens as server-sent events, then its end (or its failure) and [DONE]."""
+    """Relay the job's tokens as server-sent events, then its end (or its failure) and [DONE]. `verified`: hold
+    the end until the job's after-the-fact check is done; a cheat found then gets the cheat_detected event."""
     if chat:
         await send(None, None, first=True)
     tokens: list[int] = []
@@ -323,6 +339,10 @@ async def _stream(
             result is not None and result.replaced
         ):  # streamed before a cheat was caught: say so, never silently
             await resp.write(f"data: {json.dumps(replaced_event(model, result))}\n\n".encode())
+        if verified is not None and result is not None:
+            report = await hold_stream(verified, resp.write)
+            if report is not None and report.status == CHEAT_DETECTED and report.answer_affected:  # say so
+                await resp.write(f"data: {json.dumps(report.error_event())}\n\n".encode())
         await send(None, result.finish_reason if result else "stop")
     except ConnectionError:
         raise

@@ -7,9 +7,15 @@ one thread, at the tolerance of the dtype the workers declared (shardnet/verify/
 
 Columns: jobs; corrupted (jobs where the cheat changed something it sent); caught % (of corrupted
 jobs, the cheating hop's check failed); honest FP % (honest hops, in every job, whose check failed);
-extra compute of checking every hop of every job, as positions recomputed / positions served, as
-forward passes (one per hop checked vs one per step served), and as measured time (checking /
-serving, one thread). Example (a few minutes on one core):
+then the extra worker compute of the check AS WIRED (coordinator/disputes.py): each checked hop is
+recomputed by the first 2 drawn verifiers, and by every other drawn verifier too (referees: up to
+--span-nodes - 1 others) when the first verdict is not innocent; `vrf/hop` is the mean number of
+verifier passes per checked hop. Three measures of that extra compute, side by side:
+forward passes (verifier passes / decode steps served), positions (positions recomputed by all
+verifiers / positions served) and compute seconds (`cpu x`: the process CPU time of one verifier's
+pass times the verifiers asked / the process CPU time of serving the job's 3 hops; CPU time, so the
+shared machine's load weighs little).
+Example (a few minutes on one core):
 
     python scripts/cheat_sweep.py --models tiny --jobs 100 --steps 24 128
 
@@ -54,6 +60,8 @@ from shardnet.wire.eip712 import Domain  # noqa: E402
 from shardnet.wire.frames import encode_frame  # noqa: E402
 
 REGISTRY = "0x" + "5a" * 20
+FIRST_STAGE = 2  # coordinator.disputes.MIN_VERIFIERS
+MAX_VERIFIERS = 16  # coordinator.disputes.MAX_VERIFIERS
 
 
 @dataclass
@@ -196,6 +204,7 @@ def run_strategy(
     blocks: dict[torch.dtype, list[Block]],
     share: float,
     wired: bool = False,
+    span_nodes: int = 5,
 ) -> dict[str, float]:
     workers = blocks[strat.dtype]
     verifiers = blocks[torch.float32]
@@ -211,7 +220,9 @@ def run_strategy(
         "recomputed": 0,
         "passes_served": 0,
         "passes_checked": 0,
+        "hops_checked": 0,
     }
+    referees = min(MAX_VERIFIERS, span_nodes - 1)  # every drawn verifier judges once the check escalates
     serve_time = check_time = 0.0
     for job in range(jobs):
         prompt = model.prompt(job, gen)
@@ -234,9 +245,9 @@ def run_strategy(
             factories[strat.hop] = cheat
         # the seed of the job id the wired check signs (job + 1)
         sampling = Sampling(job_seed(31337, REGISTRY, job + 1), 0.8) if strat.sampled else Sampling()
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         trace = run_job(factories, prompt, steps, sampling)
-        t1 = time.perf_counter()
+        t1 = time.process_time()
         is_corrupt = strat.hop is not None and corrupted(made[0])
         counts["jobs"] += 1
         counts["corrupted"] += int(is_corrupt)
@@ -245,6 +256,7 @@ def run_strategy(
             counts["passes_served"] += len(hop.inputs)
             if not audited(share, job, i):
                 continue
+            c0 = time.process_time()
             if wired:
                 shown = None
                 if verifier.is_last:
@@ -261,16 +273,19 @@ def run_strategy(
                     sampling=sampling,
                     sent=hop.outputs,
                 )
-            counts["recomputed"] += verdict.positions_recomputed
-            counts["passes_checked"] += 1
+            # one verifier's pass, measured; the first stage's 2, or every drawn verifier after a guilty verdict
+            asked = FIRST_STAGE if verdict.passed else max(FIRST_STAGE, referees)
+            check_time += asked * (time.process_time() - c0)
+            counts["recomputed"] += asked * verdict.positions_recomputed
+            counts["passes_checked"] += asked
+            counts["hops_checked"] += 1
             if i == strat.hop:
                 counts["caught"] += int(is_corrupt and not verdict.passed)
             else:
                 counts["honest_hops"] += 1
                 counts["honest_flagged"] += int(not verdict.passed)
-        check_time += time.perf_counter() - t1
         serve_time += t1 - t0
-    counts["time_ratio"] = check_time / serve_time  # checking time covers only the audited hops
+    counts["time_ratio"] = check_time / serve_time  # all verifiers' passes over the audited hops / serving
     return counts
 
 
@@ -295,6 +310,13 @@ def main() -> None:
         default=1.0,
         help="probability that a hop of a job is checked (1: every hop of every job)",
     )
+    parser.add_argument(
+        "--span-nodes",
+        type=int,
+        default=5,
+        help="nodes staked on each span (the accused and the others the registry draws from): an escalated check "
+        "is judged by min(16, this - 1) verifiers",
+    )
     parser.add_argument("--only", nargs="*", help="run only strategies whose name starts with one of these")
     parser.add_argument(
         "--wired",
@@ -305,11 +327,13 @@ def main() -> None:
     torch.set_num_threads(1)
     subtle = 3 * tolerance_for("float32").distance
     print(
-        f"share of hops checked: {args.share}; subtle noise = 3 x the fp32 tolerance = {subtle:.3g} relative RMS"
+        f"share of hops checked: {args.share}; subtle noise = 3 x the fp32 tolerance = {subtle:.3g} relative RMS; "
+        f"{args.span_nodes} nodes per span: {FIRST_STAGE} verifiers per checked hop, "
+        f"{max(FIRST_STAGE, min(MAX_VERIFIERS, args.span_nodes - 1))} when escalated"
     )
     print(
         f"{'model':8s} {'steps':>5s} {'strategy':28s} {'jobs':>5s} {'corrupt':>7s} {'caught%':>7s} {'honestFP%':>9s} "
-        f"{'pos x':>6s} {'passes x':>8s} {'time x':>7s}",
+        f"{'vrf/hop':>7s} {'passes x':>8s} {'pos x':>6s} {'cpu x':>6s}",
         flush=True,
     )
     for m, name in enumerate(args.models):
@@ -320,13 +344,14 @@ def main() -> None:
             for strat in strategies(subtle):
                 if args.only and not any(strat.name.startswith(p) for p in args.only):
                     continue
-                c = run_strategy(model, strat, jobs, steps, blocks, args.share, args.wired)
+                c = run_strategy(model, strat, jobs, steps, blocks, args.share, args.wired, args.span_nodes)
                 caught = f"{100 * c['caught'] / c['corrupted']:.1f}" if c["corrupted"] else "-"
                 fp = 100 * c["honest_flagged"] / max(1, c["honest_hops"])
                 print(
                     f"{name:8s} {steps:5d} {strat.name:28s} {c['jobs']:5d} {c['corrupted']:7d} {caught:>7s} {fp:9.1f} "
-                    f"{c['recomputed'] / c['served']:6.2f} {c['passes_checked'] / c['passes_served']:8.3f} "
-                    f"{c['time_ratio']:7.3f}",
+                    f"{c['passes_checked'] / max(1, c['hops_checked']):7.2f} "
+                    f"{c['passes_checked'] / c['passes_served']:8.3f} {c['recomputed'] / c['served']:6.2f} "
+                    f"{c['time_ratio']:6.3f}",
                     flush=True,
                 )
 

@@ -12,6 +12,7 @@ numerical drift), and compares every committed step with its slice of the result
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Sequence
@@ -78,9 +79,14 @@ class Verdict:
         return max((s.distance for s in self.steps), default=0.0)
 
 
-def recompute_span(block: Block, step_inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+def recompute_span(
+    block: Block, step_inputs: Sequence[torch.Tensor], *, step_ends: bool = False
+) -> torch.Tensor:
     """Run the span once over the concatenated inputs; returns [n, hidden] or, on the last hop,
-    float32 logits of every position [n, vocab] (on the CPU, computed on the block's device)."""
+    float32 logits of every position [n, vocab] (on the CPU, computed on the block's device).
+    `step_ends`: on the last hop, the logits of each step's last position only [steps, vocab]: the only
+    rows a last hop commits to, so the head (norm + vocabulary projection, on a small model as dear as
+    its layers) skips the prompt's other positions."""
     adapter = block.adapter
     if not isinstance(adapter, DecoderAdapter):
         raise ModelError(f"checking by prefill needs a decoder block, got a {block.kind} block")
@@ -100,6 +106,9 @@ def recompute_span(block: Block, step_inputs: Sequence[torch.Tensor]) -> torch.T
         hidden = adapter.embed(block.module, x_all, position_ids) if block.is_first else x_all.to(block.dtype)
         hidden = adapter.run_layers(block.module, hidden, block.span, cache, position_ids)
         if block.is_last:
+            if step_ends:
+                ends = list(itertools.accumulate(int(x.shape[1]) for x in step_inputs))
+                hidden = hidden[:, [e - 1 for e in ends]]
             # positions as a batch of one-position rows: the adapter's head takes each row's last position
             return to_cpu(adapter.logits(block.module, hidden.transpose(0, 1)).float()[:, 0, :])
         return to_cpu(hidden[0])
@@ -124,7 +133,7 @@ def check_hop(
     emitted after step i. `sent[i]`, the output the hop sent at step i (what the next hop received, as
     decoded from the frame whose hash is in the leaf), if given, must have exactly the committed
     fingerprint: a hop cannot commit the honest fingerprint and send something else.
-    `reference` (from `recompute_span`) may be passed to reuse one recomputation. `check_tokens=False`
+    `reference` (from `recompute_span`, with or without `step_ends`) may be passed to reuse one recomputation. `check_tokens=False`
     checks a last hop on its committed logits only (a dispute over a worker's leaves: the token is the
     coordinator's pick, not the worker's work).
     """
@@ -135,12 +144,16 @@ def check_hop(
     check_tokens = check_tokens and block.is_last
     if check_tokens and (tokens is None or len(tokens) != len(step_inputs)):
         raise ValueError("the last hop is checked on its tokens: pass one emitted token per step")
-    ref = recompute_span(block, step_inputs) if reference is None else reference
+    ref = recompute_span(block, step_inputs, step_ends=True) if reference is None else reference
+    per_step = block.is_last and int(ref.shape[0]) == len(step_inputs)  # one row a step (`step_ends`)
     results: list[StepResult] = []
     offset = 0
     for i, (x, fp) in enumerate(zip(step_inputs, fingerprints, strict=True)):
         n = int(x.shape[1])
-        rows = ref[offset + n - 1 : offset + n] if block.is_last else ref[offset : offset + n]
+        if block.is_last:
+            rows = ref[i : i + 1] if per_step else ref[offset + n - 1 : offset + n]
+        else:
+            rows = ref[offset : offset + n]
         offset += n
         dist = fingerprint_distance(fp, rows)
         ok = dist <= tolerance.distance

@@ -191,16 +191,14 @@ def judge(package: VerificationPackage, domain: Domain, block: Block) -> Judgeme
         raise PackageError("shown tokens come with the last hop's package only")
     fingerprints = [s.fingerprint for s in package.steps]
     tolerance = tolerance_for(package.worker_dtype)
-    reference = recompute_span(block, inputs)
+    reference = recompute_span(block, inputs, step_ends=True)  # last hop: each step's last position only
     verdict = check_hop(block, inputs, fingerprints, tolerance, check_tokens=False, reference=reference)
     tokens: TokenFindings | None = None
     if package.shown is not None:
-        ends = [int(x.shape[1]) for x in inputs]
-        rows = [sum(ends[: i + 1]) - 1 for i in range(len(ends))]  # each step's last position
         c = package.commitment
         seed = sampling_seed(domain.chain_id, domain.registry, c.job_id, package.shown.seed)
         try:
-            tokens = check_shown_tokens(package.shown, reference[rows], fingerprints, tolerance, seed)
+            tokens = check_shown_tokens(package.shown, reference, fingerprints, tolerance, seed)
         except TokensError as exc:
             raise PackageError(str(exc)) from exc
     if verdict.passed and not (tokens and tokens.by_hop):

@@ -5,7 +5,9 @@ and the coordinator's `DisputeRunner` slashes on a guilty majority of their stak
 
 - a worker adding noise to its outputs (the --perturb-outputs cheat) is slashed; its stake goes to the client;
 - an honest bf16 worker checked by fp32 verifiers is never found guilty;
-- 2 colluding identities of 5 can neither frame an honest node nor shield their own cheat.
+- 2 colluding identities of 5 can neither frame an honest node nor shield their own cheat;
+- the check is two-staged: the first MIN_VERIFIERS (2) drawn judge; unanimous innocent closes it (an honest hop
+  costs exactly 2 verifier passes), anything else asks the referees (the rest of the draw: here all 4 others).
 """
 
 from __future__ import annotations
@@ -174,9 +176,16 @@ async def _serve_job(s: Setup, accused: LocalAccount, job_id: int) -> tuple[Sign
 
 
 def _dispute(
-    s: Setup, blocks: dict[torch.dtype, Any], accused: LocalAccount, servers: dict[str, Any], dtype: str
+    s: Setup,
+    blocks: dict[torch.dtype, Any],
+    accused: LocalAccount,
+    servers: dict[str, Any],
+    dtype: str,
+    verify_posts: list[str] | None = None,
+    outvoted: list[str] | None = None,
 ) -> tuple[DisputeOutcome, int, JobRecord]:
-    """Serve a job on the accused, settle it, mine past the draw delay and run the dispute; returns the outcome."""
+    """Serve a job on the accused, settle it, mine past the draw delay and run the dispute; returns the outcome.
+    `verify_posts` gets the address of every server that received a POST /v1/verify (one recomputation each)."""
     client_reg = s.registry_for(s.client)
     quote = s.owner.quote(s.model_id, MAX_TOKENS)
     job_id = int(
@@ -188,6 +197,8 @@ def _dispute(
     async def go() -> DisputeOutcome:
         runners = []
         for address, app in servers.items():
+            if verify_posts is not None and not app.frozen:
+                app.middlewares.append(_counter(address, verify_posts))
             runner = web.AppRunner(app)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", s.ports[address]).start()
@@ -204,6 +215,7 @@ def _dispute(
                 s.coordinator,
                 lambda a: f"http://127.0.0.1:{s.ports[a]}",
                 on_fault=lambda node, why: faults.append(node),
+                on_outvoted=lambda node, why: (outvoted if outvoted is not None else []).append(node),
                 verify_timeout_s=60,
             )
             return await runner.check_hop(job_id, record, close, signed, work, dtype)
@@ -215,6 +227,16 @@ def _dispute(
     outcome = asyncio.run(go())
     assert sorted(faults) == sorted(a.verifier for a in outcome.answers if a.fault)
     return outcome, job_id, s.owner.job_record(job_id)
+
+
+def _counter(address: str, posts: list[str]) -> Any:
+    @web.middleware
+    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method == "POST" and request.path == "/v1/verify":
+            posts.append(address)
+        return await handler(request)
+
+    return count
 
 
 def _apps(s: Setup, blocks: dict[torch.dtype, Any], honest: list[LocalAccount]) -> dict[str, Any]:
@@ -231,6 +253,7 @@ def test_a_cheating_worker_is_slashed_and_its_stake_goes_to_the_client(
     outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32")
     assert outcome.slashed, outcome
     assert sorted(a.guilty for a in outcome.answers) == [True] * 4
+    assert outcome.escalated and outcome.drawn == 4  # the first two said guilty: the referees were asked
     assert s.owner.get_node(accused.address).jailed and s.owner.is_slashed(job_id, accused.address)
     taken = MIN_STAKE * s.owner.slash_bps() // 10_000
     [event] = s.owner.get_logs(0, s.owner.block_number(), ["NodeSlashed"])
@@ -246,21 +269,43 @@ def test_an_honest_bf16_worker_is_never_slashed(setup: Setup, blocks: dict[torch
     s = setup
     accused, others = s.nodes[0], s.nodes[1:]
     servers = {accused.address: _server(s, accused, blocks[torch.bfloat16]).app()} | _apps(s, blocks, others)
-    outcome, job_id, _ = _dispute(s, blocks, accused, servers, "bfloat16")
-    assert not outcome.slashed and [a.guilty for a in outcome.answers] == [False] * 4, outcome
+    posts: list[str] = []
+    outcome, job_id, _ = _dispute(s, blocks, accused, servers, "bfloat16", posts)
+    assert not outcome.slashed and [a.guilty for a in outcome.answers] == [False] * 2, outcome
     assert not s.owner.get_node(accused.address).jailed
+    # an honest hop costs exactly 2 verifier passes: the first two of the draw, nobody else was asked
+    assert outcome.drawn == 4 and not outcome.escalated and outcome.passes == 2
+    assert sorted(posts) == sorted(a.verifier for a in outcome.answers) and len(set(posts)) == 2
 
 
 def test_two_colluders_of_five_cannot_frame_an_honest_node(
     setup: Setup, blocks: dict[torch.dtype, Any]
 ) -> None:
+    """The colluders say guilty whenever drawn. A colluder in the first stage escalates the check to all 4 others,
+    where the two colluders hold exactly half of the drawn stake: not more than half, no slash. Jobs are run
+    until one draws a colluder first (5 in 6 do), so the escalated path is the one tested."""
     s = setup
     accused, colluders, honest = s.nodes[0], s.nodes[1:3], s.nodes[3:]
-    servers = {accused.address: _server(s, accused, blocks[torch.float32]).app()} | _apps(s, blocks, honest)
-    servers |= {c.address: _colluder(s, c, guilty=True) for c in colluders}
-    outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32")
-    assert sorted(bool(a.guilty) for a in outcome.answers) == [False, False, True, True]
-    assert not outcome.slashed and not s.owner.get_node(accused.address).jailed
+    colluding = {c.address for c in colluders}
+    for _attempt in range(4):
+        outvoted: list[str] = []
+        servers = {accused.address: _server(s, accused, blocks[torch.float32]).app()} | _apps(
+            s, blocks, honest
+        )
+        servers |= {c.address: _colluder(s, c, guilty=True) for c in colluders}
+        posts: list[str] = []
+        outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32", posts, outvoted)
+        assert not outcome.slashed and not s.owner.get_node(accused.address).jailed, outcome
+        first = {a.verifier for a in outcome.answers[:2]}
+        if not first & colluding:  # two honest verifiers first: innocent, closed at 2 passes
+            assert [a.guilty for a in outcome.answers] == [False, False] and len(posts) == 2
+            continue
+        assert outcome.escalated and len(posts) == 4
+        assert sorted(bool(a.guilty) for a in outcome.answers) == [False, False, True, True]
+        assert {a.verifier for a in outcome.answers if a.guilty} == colluding == set(outvoted)
+        break
+    else:
+        pytest.fail("4 jobs in a row drew two honest verifiers first (chance 1 in 1296)")
 
 
 def test_a_cheat_and_its_sybil_cannot_shield_the_cheat(setup: Setup, blocks: dict[torch.dtype, Any]) -> None:
@@ -268,9 +313,12 @@ def test_a_cheat_and_its_sybil_cannot_shield_the_cheat(setup: Setup, blocks: dic
     accused, sybil, honest = s.nodes[0], s.nodes[1], s.nodes[2:]
     servers = {accused.address: _server(s, accused, blocks[torch.float32], perturb=0.05).app()}
     servers |= _apps(s, blocks, honest) | {sybil.address: _colluder(s, sybil, guilty=False)}
-    outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32")
+    outvoted: list[str] = []
+    outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32", outvoted=outvoted)
     assert outcome.slashed and s.owner.get_node(accused.address).jailed
     assert sorted(bool(a.guilty) for a in outcome.answers) == [False, True, True, True]
+    assert outcome.escalated  # an honest verifier is always among the first two: its guilty verdict escalates
+    assert outvoted == [sybil.address]  # reported: the coordinator counts it as a fault
 
 
 def test_the_share_of_jobs_checked_is_drawn_from_the_close_randomness() -> None:

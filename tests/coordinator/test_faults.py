@@ -234,6 +234,17 @@ def test_cheating_worker_is_caught_refereed_excluded_left_unpaid_and_slashed(net
         wait_for(lambda: bool(slashes()), 120, "the cheat slashed on chain by the drawn verifiers' verdicts")
         [slashed] = slashes()
         assert slashed.args["node"] == cheat.address and slashed.args["client"] == net.client_account.address
+
+        def report() -> Any:
+            view = http_json("GET", f"{net.coordinator.url}/v1/jobs/{job_id}")[1]["verification"]
+            return view if view["done"] else None
+
+        # the status endpoint reports the cheat; the answer came from the live re-run, so nothing is re-run
+        verification = wait_for(report, 60, "the check's report")
+        assert verification["status"] == "cheat_detected" and verification["slashed"] == [
+            cheat.address.lower()
+        ]
+        assert verification["answer_affected"] is False and verification["replaced_count"] == 0
         node = net.owner.get_node(cheat.address)
         assert node.jailed and node.stake < stake_before
         assert int(slashed.args["guiltyStake"]) == int(slashed.args["drawnStake"])  # both honest replicas

@@ -75,6 +75,10 @@ def test_one_pass_recomputes_what_the_steps_computed(chains: dict[torch.dtype, l
     last_rows = logits[[7, 8, 9, 10, 11, 12]]
     assert torch.allclose(last_rows, torch.cat([o[0] for o in trace.hops[2].outputs]), rtol=1e-4, atol=1e-4)
     assert trace.tokens == torch.argmax(last_rows, dim=1).tolist()
+    # the head on each step's last position only: the same rows (what a verifier computes)
+    ends = recompute_span(blocks[2], trace.hops[2].inputs, step_ends=True)
+    assert ends.shape == last_rows.shape
+    assert torch.allclose(ends, last_rows, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,30 @@
+"""The client's view of an after-the-fact check (coordinator/corrections.py): which shown tokens a correcting
+re-run replaced, and what the status endpoint shows to the job's client and to anyone else."""
+
+from __future__ import annotations
+
+from coordinator.corrections import CHEAT_DETECTED, VERIFIED, CheckReport, replaced_tokens
+
+
+def test_replaced_tokens_name_every_index_the_correct_run_differs_at() -> None:
+    assert replaced_tokens([1, 2, 3], [1, 2, 3]) == []
+    assert replaced_tokens([1, 2, 3], [1, 5, 3]) == [(1, 2, 5)]
+    assert replaced_tokens([1, 2, 3, 4], [1, 2]) == [(2, 3, -1), (3, 4, -1)]  # the honest run stopped earlier
+    assert replaced_tokens([1], [7, 8]) == [(0, 1, 7), (1, -1, 8)]  # it went on: shown -1, not given
+
+
+def test_the_correction_is_for_the_jobs_client_only() -> None:
+    report = CheckReport(7, CHEAT_DETECTED, hops_checked=1, verifier_passes=4, slashed=["0xabc"])
+    report.shown, report.correct_tokens, report.correct_text = [1, 2], [1, 5], "a e"
+    report.replaced, report.answer_affected = replaced_tokens([1, 2], [1, 5]), True
+    client = report.to_json(reveal=True)
+    other = report.to_json(reveal=False)
+    assert client["replaced"] == [{"index": 1, "shown": 2, "correct": 5}] and client["correct_text"] == "a e"
+    assert "replaced" not in other and "correct_text" not in other and "correct_tokens" not in other
+    assert (
+        other["status"] == CHEAT_DETECTED and other["replaced_count"] == 1 and other["slashed"] == ["0xabc"]
+    )
+    event = report.error_event()["error"]
+    assert event["type"] == "cheat_detected" and event["text"] == "a e"
+    assert event["replaced"] == [{"index": 1, "streamed": 2, "correct": 5}]
+    assert CheckReport(8, VERIFIED).to_json(reveal=True).keys() == other.keys()  # no correction to show
