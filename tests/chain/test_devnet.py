@@ -57,6 +57,20 @@ def test_anvil_starts_answers_and_stops_without_orphans(accounts: list[LocalAcco
 
 
 @pytest.mark.hardhat
+def test_anvil_keeps_its_evicted_states_in_its_own_folder_removed_at_stop() -> None:
+    """anvil's default (~/.foundry/anvil/tmp) kept every killed node's states: 72 GB on one machine."""
+    net = Devnet.start("anvil")
+    try:
+        cache = net.cache_dir
+        assert cache is not None and cache.is_dir()
+        with open(f"/proc/{net.process.pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+        assert args[args.index(b"--cache-path") + 1] == str(cache).encode()
+    finally:
+        net.stop()
+    assert not cache.exists()
+
+
 def test_hardhat_node_stops_with_its_whole_process_group() -> None:
     net = Devnet.start("hardhat")
     try:
