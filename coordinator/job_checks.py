@@ -5,7 +5,8 @@ at least `MIN_VERIFIERS` other live workers serve its span (else the registry co
 and no slash could follow). The accused's dtype (its /health) picks the tolerance; one that cannot be read is
 checked at the loosest calibrated tolerance, so honest drift never slashes. The last hop of the finished run
 is also checked on the tokens it made the client see (`shown_tokens`). Faults (a verifier refusing or
-timing out) mark the verifier down and are recorded; a slash excludes the node from routing for good.
+timing out) mark the verifier down and are recorded; a slash excludes the node from routing for good. Then the
+job's drawn verifiers that signed a verdict are paid from its held verification share (`verifier_pay`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from coordinator.disputes import (
 )
 from coordinator.hop_sessions import PipelineContext
 from coordinator.hops import JobHops
+from coordinator.verifier_pay import hop_verdicts, pay_verifiers
 from shardnet.chain.tx import wait_for_receipt
 from shardnet.verify.tokens import ShownTokens
 from shardnet.wire.commitment import merkle_root
@@ -178,8 +180,10 @@ class JobChecks:
             block = await asyncio.to_thread(registry.w3.eth.get_block, close_block + DRAW_DELAY)
             if not job_drawn(bytes(block["hash"]), job_id, self.share):
                 log.info("job %d: not among the %.0f%% of jobs checked", job_id, 100 * self.share)
+                await pay_verifiers(registry, job_id, record, close_block, [])  # the share back to the client
                 return []
             outcomes = []
+            paid = []
             for i, signed, work, shown in todo:
                 dtype = await worker_dtype(directory.endpoint(signed.node))
                 outcome = await self.disputes.check_hop(
@@ -187,6 +191,9 @@ class JobChecks:
                 )
                 self._record(job_id, i, outcome)
                 outcomes.append(outcome)
+                leaves = [w.leaf() for w in work]
+                paid.append(hop_verdicts(signed, outcome.answers, len(outcome.answers), leaves))
+            await pay_verifiers(registry, job_id, record, close_block, paid)
             return outcomes
         except Exception:
             log.exception("job %d: the after-the-fact check failed", job_id)
