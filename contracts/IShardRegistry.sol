@@ -13,7 +13,9 @@ pragma solidity ^0.8.24;
 ///   EIP-712 {Commitment} for the job, at `positions x (end - start) x price`, settled by the coordinator the client named in {submitJob} or posted
 ///   by the node itself with that coordinator's signed {Ticket} (bounded by its `maxPositions`; the coordinator's
 ///   settlement of the same hop replaces the post within `disputeWindow`); (b) the coordinator fee on (a) and the
-///   protocol fee. The rest goes back to the client. A client cancels after the deadline; anyone may close the
+///   protocol fee; (c) once settled, the verdicts of the verifiers the contract draws for its hops, `verifyBps` of
+///   the hop's pay each, from the verification share the settlement held ({payVerifiers}). The rest goes back to
+///   the client. A client cancels after the deadline; anyone may close the
 ///   job of a revoked coordinator after the deadline. Posted work is voided only by the coordinator's settlement of the same hop.
 /// - A node's stake is taken only by {slash}, with the node's own signature over the commitment, a Merkle proof
 ///   of the disputed leaf, and signed verdicts of more than half of the stake of verifiers the contract drew at
