@@ -27,7 +27,7 @@ from coordinator.disputes import (
 )
 from coordinator.hop_sessions import PipelineContext
 from coordinator.hops import JobHops
-from coordinator.verifier_pay import hop_verdicts, pay_verifiers
+from coordinator.verifier_pay import hop_verdicts, pay_verifiers, return_share
 from shardnet.chain.tx import wait_for_receipt
 from shardnet.verify.tokens import ShownTokens
 from shardnet.wire.commitment import merkle_root
@@ -129,12 +129,15 @@ class JobChecks:
 
     def start(self, job_id: int, model_id: int, job_hops: JobHops, settle_tx: str) -> None:
         """Check the job's hops in the background (nothing to wait for: the client has its answer)."""
-        if not self.enabled:
-            return
-        if self.ctx.adapters.for_job(job_id) is not None:  # verifiers would replay without it: never framed
+        checked = self.enabled
+        if checked and self.ctx.adapters.for_job(job_id) is not None:  # verifiers would replay without it
             log.info("job %d ran with a LoRA adapter: not checked after the fact (verifiers lack it)", job_id)
-            return
-        task = asyncio.ensure_future(self.run(job_id, model_id, job_hops, settle_tx))
+            checked = False
+        task = asyncio.ensure_future(
+            self.run(job_id, model_id, job_hops, settle_tx)
+            if checked
+            else return_share(self.ctx.registry, job_id, settle_tx)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -167,7 +170,7 @@ class JobChecks:
                 continue
             todo.append((i, signed, await job_hops.step_work(i), shown_tokens(job_hops, i)))
         if not todo:
-            return []
+            return await return_share(self.disputes.registry, job_id, settle_tx)
         registry = self.disputes.registry
         try:
             receipt = await asyncio.to_thread(wait_for_receipt, registry.w3, settle_tx)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from shardnet.chain.commitments import INNOCENT_LEAF, INNOCENT_LEAF_INDEX, SignedCommitment, verify_verdict
 from shardnet.chain.errors import ChainError
 from shardnet.chain.registry import HopVerdicts, JobRecord, PaidVerdict, Registry, VerificationPayment
+from shardnet.chain.tx import wait_for_receipt
 from shardnet.wire.eip712 import CompactSignature, Domain
 
 log = logging.getLogger(__name__)
@@ -101,3 +102,18 @@ async def pay_verifiers(
         result.tx_hash,
     )
     return result.tx_hash
+
+
+async def return_share(registry: Registry, job_id: int, settle_tx: str) -> list[Any]:
+    """A job nobody checks (checks off, a LoRA job, no hop checkable): its whole verification share goes back to the
+    client at once (`payVerifiers` with no hop needs no draw). Returns [] (no dispute outcome)."""
+    try:
+        receipt = await asyncio.to_thread(wait_for_receipt, registry.w3, settle_tx)
+        raw = receipt["blockNumber"]  # a raw JSON-RPC receipt: hex
+        close_block = int(raw, 16) if isinstance(raw, str) else int(raw)
+        record = await asyncio.to_thread(registry.job_record, job_id)
+    except ChainError as exc:
+        log.warning("job %d: its verification share stays held (anyone refunds it later): %s", job_id, exc)
+        return []
+    await pay_verifiers(registry, job_id, record, close_block, [])
+    return []
