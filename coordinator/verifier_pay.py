@@ -75,6 +75,40 @@ def hop_verdicts(
     return HopVerdicts(signed, picks, verdicts)
 
 
+def drawn_only(
+    registry: Registry, domain: Domain, job_id: int, record: JobRecord, close_block: int, hop: HopVerdicts
+) -> HopVerdicts:
+    """`hop` with only the verdicts the registry pays: each signed by a distinct one of the first `picks` verifiers
+    it draws for the hop (one more would revert the whole payment, and every honest verifier's pay with it)."""
+    c = hop.commitment
+    drawn = [
+        a.lower() for a, _ in registry.draw_verifiers(job_id, record, close_block, c.node, c.span, c.root)
+    ]
+    allowed = set(drawn[: hop.picks])
+    kept = []
+    for v in hop.verdicts:
+        try:
+            signer = verify_verdict(
+                v.signature,
+                domain,
+                job_id=job_id,
+                accused=c.node,
+                root=c.root,
+                leaf_index=v.leaf_index,
+                leaf=v.leaf,
+            ).lower()
+        except ValueError:
+            signer = ""
+        if signer in allowed:
+            allowed.discard(signer)
+            kept.append(v)
+        else:
+            log.warning(
+                "job %d: a verdict on %s's hop by %s is not payable (not drawn there)", job_id, c.node, signer
+            )
+    return HopVerdicts(c, hop.picks, kept)
+
+
 async def pay_verifiers(
     registry: Registry, job_id: int, record: JobRecord, close_block: int, hops: Sequence[HopVerdicts]
 ) -> str | None:
@@ -85,9 +119,13 @@ async def pay_verifiers(
         _held, unspent = await asyncio.to_thread(registry.verification_state, job_id)
         if not unspent:
             return None
-        payment = VerificationPayment(
-            job_id, record, close_block, [h for h in hops if h.picks >= MIN_VERIFIERS]
-        )
+        domain = await asyncio.to_thread(registry.domain)
+        payable = [
+            await asyncio.to_thread(drawn_only, registry, domain, job_id, record, close_block, h)
+            for h in hops
+            if h.picks >= MIN_VERIFIERS
+        ]
+        payment = VerificationPayment(job_id, record, close_block, payable)
         result = await asyncio.to_thread(registry.pay_verifiers, [payment])
     except ChainError as exc:
         log.warning("job %d: paying its verifiers failed: %s", job_id, exc)

@@ -7,7 +7,7 @@ the hop's pay; one that stayed silent or did not sign is paid nothing; the clien
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,13 @@ from eth_utils import keccak
 
 from coordinator.disputes import DisputeOutcome, DisputeRunner
 from coordinator.verifier_pay import hop_verdicts, pay_verifiers
+from shardnet.chain.commitments import INNOCENT_LEAF, INNOCENT_LEAF_INDEX, sign_innocent_verdict
 from shardnet.chain.deploy import Deployment, deploy_registry
-from shardnet.chain.registry import Settlement
+from shardnet.chain.registry import HopVerdicts, PaidVerdict, Registry, Settlement
 from shardnet.model import load_block
+from shardnet.span import LayerSpan
 from shardnet.store.manifest import Manifest
+from tests.chain.registry_world import build_world
 from tests.coordinator.test_disputes import (
     MAX_TOKENS,
     PRICE,
@@ -135,3 +138,37 @@ def test_guilty_verdicts_are_paid_too(setup: Setup, blocks: dict[torch.dtype, An
     for n in others:
         assert s.owner.claimable(n.address) - before[n.address] == pay
     assert s.owner.balance() == s.owner.liabilities()
+
+
+def test_a_verdict_the_registry_would_refuse_is_dropped_not_the_whole_payment(
+    anvil: DevChain, accounts: list[LocalAccount], registry_for: Callable[[LocalAccount | None], Registry]
+) -> None:
+    world = build_world(anvil, accounts, registry_for)
+    for v in (accounts[4], accounts[7]):
+        world.reg(v).register_node("http://127.0.0.1:8400", 2 * world.gov.min_stake())
+        world.reg(v).announce_shard(world.model_id, LayerSpan(0, 4))
+    job_id = world.submit()
+    settlement = Settlement(job_id, world.record(job_id), keccak(text="out"), world.route(job_id))
+    close = world.gov.settle_jobs([settlement]).block_number
+    world.chain.mine(3)
+    c = settlement.sorted_hops()[0]
+    keys = {a.address: a for a in (*accounts[:9], world.node3)}
+    first, second, third = (
+        a for a, _ in world.gov.draw_verifiers(job_id, settlement.job, close, c.node, c.span, c.root)
+    )
+
+    def innocent(who: LocalAccount) -> PaidVerdict:
+        sig = sign_innocent_verdict(who, world.domain, job_id=job_id, accused=c.node, root=c.root)
+        return PaidVerdict(INNOCENT_LEAF_INDEX, INNOCENT_LEAF, sig)
+
+    # an outsider, a verifier drawn only in a larger draw, and one verdict twice: each would revert the payment
+    verdicts = [innocent(keys[first]), innocent(world.outsider), innocent(keys[third]), innocent(keys[first])]
+    verdicts.append(innocent(keys[second]))
+    tx = asyncio.run(pay_verifiers(world.gov, job_id, settlement.job, close, [HopVerdicts(c, 2, verdicts)]))
+    assert tx is not None
+    [event] = [
+        e for e in world.gov.get_logs(0, world.gov.block_number(), ["VerificationPaid"]) if e.tx_hash == tx
+    ]
+    assert event.args["verdicts"] == 2 and event.args["paid"] == 2 * (
+        world.pay_of() * VERIFY_PARAMS.verify_bps // BPS
+    )
