@@ -331,8 +331,9 @@ interface IShardRegistry is IShardRegistryTypes {
     function slash(SlashEvidence calldata evidence) external;
     /// @notice The jobs' coordinator pays the verification of settled jobs (at most MAX_PAY_BATCH) from the share
     /// each settlement held: every verdict signed by a verifier the contract draws for that hop (as {drawVerifiers},
-    /// `picks` of them) earns `verifyBps` of the hop's pay, once per (job, hop, verifier); hops as settled (signed by
-    /// their nodes, in layer order, disjoint). What the verdicts do not take goes back to the client at once; each
+    /// `picks` of them) earns `verifyBps` of the hop's pay, once per (job, hop, verifier), while the job's share lasts
+    /// (it holds HELD_VERDICTS verdicts' pay of every layer's work; in calldata order, the last may get less); hops as
+    /// settled (signed by their nodes, in layer order, disjoint). What the verdicts do not take goes back to the client at once; each
     /// job's share is spent once. Only while the draw's randomness is readable (256 blocks). Emits {VerificationPaid}.
     function payVerifiers(VerificationPayment[] calldata payments) external;
     /// @notice Anyone returns a settled job's unspent verification share to its client once no draw can reach the job
@@ -354,7 +355,7 @@ interface IShardRegistry is IShardRegistryTypes {
     /// @notice The largest `maxTokens` {submitJob} accepts: it caps what one job can escrow.
     function maxJobTokens() external view returns (uint32);
     /// @notice Each paid verdict's pay, in basis points of the checked hop's pay; a job's quote and settlement hold
-    /// MAX_VERIFIERS x this share of its largest possible pay for its verification.
+    /// HELD_VERDICTS x this share of its largest possible pay for its verification.
     function verifyBps() external view returns (uint16);
     /// @notice Whether a job's settlement held a verification share (`held`) and whether it is still unspent (`open`).
     function verificationState(uint256 jobId) external view returns (bool held, bool open);
@@ -380,7 +381,7 @@ interface IShardRegistry is IShardRegistryTypes {
     /// @notice The hash the registry keeps of an open job (low 16 bits replaced by flags): keccak256(abi.encode(jobId, job)).
     function jobRecordHash(uint256 jobId, JobRecord calldata job) external pure returns (bytes32);
     /// @notice The least escrow a job must carry: base = numLayers * (maxTokens + maxPromptTokens) * price, plus the
-    /// coordinator and protocol fees on base, plus MAX_VERIFIERS x verifyBps of base for its verification.
+    /// coordinator and protocol fees on base, plus HELD_VERDICTS x verifyBps of base for its verification.
     function quote(uint256 modelId, uint32 maxTokens) external view returns (uint256);
     /// @notice Verifiers the contract draws for a dispute about `node`'s commitment `root` over [start, end) of a
     /// closed job (see {slash}), with their weight (stake + unbonding stake, as of the close).

@@ -140,10 +140,8 @@ contract ShardDisputes is ShardRegistryBase {
             if (p.job.coordinator != msg.sender) revert ShardRegistryNotJobCoordinator(p.jobId, msg.sender);
             uint256 slot = _heldShare(p.jobId, p.job, p.closeBlock);
             uint256 share = _verificationShare(p.job);
-            (uint256 paid, uint256 verdicts) = _payHopVerdicts(p, domainSeparator);
-            // cannot underflow: each verdict earns verifyBps of its hop's pay, hops are disjoint spans of the model
-            // with positions in bounds, at most MAX_VERIFIERS verdicts a hop: paid <= share
-            _jobs[p.jobId] = slot | _VERIFY_SPENT;
+            (uint256 paid, uint256 verdicts) = _payHopVerdicts(p, domainSeparator, share);
+            _jobs[p.jobId] = slot | _VERIFY_SPENT; // paid <= share: every verdict's pay is capped by what is left
             _credit(p.job.client, share - paid);
             emit VerificationPaid(p.jobId, paid, share - paid, verdicts);
         }
@@ -167,8 +165,10 @@ contract ShardDisputes is ShardRegistryBase {
         if (slot & (_VERIFY_HELD | _VERIFY_SPENT) != _VERIFY_HELD) revert ShardRegistryNoVerificationHeld(jobId);
     }
 
-    /// @dev Credits every drawn verifier's verdict on each hop of `p`; returns what was paid and how many verdicts.
-    function _payHopVerdicts(VerificationPayment calldata p, bytes32 domainSeparator)
+    /// @dev Credits every drawn verifier's verdict on each hop of `p`, `verifyBps` of the hop's pay each while the
+    /// job's `share` lasts (in calldata order: the last may get less, or nothing); returns what was paid and how many
+    /// verdicts were checked.
+    function _payHopVerdicts(VerificationPayment calldata p, bytes32 domainSeparator, uint256 share)
         private
         returns (uint256 paid, uint256 verdicts)
     {
@@ -191,8 +191,11 @@ contract ShardDisputes is ShardRegistryBase {
                 h.verdicts
             );
             uint256 pay = (_hopPay(p.job, c) * _verifyBps) / _BPS;
-            for (uint256 j = 0; j < signers.length; ++j) _credit(signers[j], pay);
-            paid += pay * signers.length;
+            for (uint256 j = 0; j < signers.length; ++j) {
+                uint256 due = _take(pay, share - paid); // paid <= share throughout
+                _credit(signers[j], due);
+                paid += due;
+            }
             verdicts += signers.length;
         }
     }

@@ -32,7 +32,7 @@ contract ShardRegistry is IShardRegistry, ShardRegistryBase, ReentrancyGuardTran
     /// @param disputeWindow_ seconds a node's stake stays bonded after its last paid hop; 1 s to 90 days.
     /// @param protocolFeeBps_ protocol fee in basis points of node pay; at most 1000.
     /// @param maxJobTokens_ largest `maxTokens` a job may ask for (caps its escrow); 1 to 1,000,000.
-    /// @param verifyBps_ each paid verdict's pay in basis points of the checked hop's pay; at most 10000 / MAX_VERIFIERS.
+    /// @param verifyBps_ each paid verdict's pay in basis points of the checked hop's pay; at most 10000 / HELD_VERDICTS.
     constructor(
         uint256 minStake_,
         uint64 unbondingPeriod_,
@@ -534,7 +534,7 @@ contract ShardRegistry is IShardRegistry, ShardRegistryBase, ReentrancyGuardTran
     function _quote(ModelRecord memory model, uint32 maxTokens) private view returns (uint256) {
         uint256 base = uint256(model.numLayers) * (uint256(maxTokens) + _maxPromptTokens) * model.price;
         return base + (base * _coordinatorFeeBps) / _BPS + (base * _protocolFeeBps) / _BPS
-            + (base * _verifyBps * MAX_VERIFIERS) / _BPS;
+            + (base * _verifyBps * HELD_VERDICTS) / _BPS;
     }
 
     /// @inheritdoc IShardRegistry

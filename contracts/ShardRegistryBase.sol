@@ -53,6 +53,9 @@ abstract contract ShardRegistryBase is IShardRegistryTypes, Ownable2Step, EIP712
     /// @notice Verifiers drawn per dispute, and the fewest a slash needs.
     uint256 public constant MAX_VERIFIERS = 5;
     uint256 public constant MIN_VERIFIERS = 2;
+    /// @notice A job's verification share holds this many verdicts' pay for each of its layers' work (over the job:
+    /// a hop whose check escalated may use what the other hops did not); `payVerifiers` pays verdicts while it lasts.
+    uint256 public constant HELD_VERDICTS = 4;
     /// @notice Jobs one {payVerifiers} call may carry.
     uint256 public constant MAX_PAY_BATCH = 64;
     /// @notice leafIndex of an innocent {Verdict} (its leaf is 0): "every leaf of the hop is right".
@@ -124,7 +127,7 @@ abstract contract ShardRegistryBase is IShardRegistryTypes, Ownable2Step, EIP712
     /// @param disputeWindow_ seconds a node's stake stays bonded after its last paid hop; 1 s to 90 days.
     /// @param protocolFeeBps_ protocol fee in basis points of node pay; at most 1000.
     /// @param maxJobTokens_ largest `maxTokens` a job may ask for (caps its escrow); 1 to 1,000,000.
-    /// @param verifyBps_ each paid verdict's pay in basis points of the checked hop's pay; at most 10000 / MAX_VERIFIERS.
+    /// @param verifyBps_ each paid verdict's pay in basis points of the checked hop's pay; at most 10000 / HELD_VERDICTS.
     constructor(
         uint256 minStake_,
         uint64 unbondingPeriod_,
@@ -158,7 +161,7 @@ abstract contract ShardRegistryBase is IShardRegistryTypes, Ownable2Step, EIP712
         _disputeWindow = disputeWindow_;
         _protocolFeeBps = protocolFeeBps_;
         _maxJobTokens = maxJobTokens_;
-        if (verifyBps_ > _BPS / MAX_VERIFIERS) revert ShardRegistryInvalidParameter("verifyBps");
+        if (verifyBps_ > _BPS / HELD_VERDICTS) revert ShardRegistryInvalidParameter("verifyBps");
         _verifyBps = verifyBps_;
     }
 
@@ -241,12 +244,12 @@ abstract contract ShardRegistryBase is IShardRegistryTypes, Ownable2Step, EIP712
         if (slot & ~_LOW != _closedHash(open, closeBlock)) revert ShardRegistryJobRecordMismatch(jobId);
     }
 
-    /// @dev MAX_VERIFIERS x verifyBps of the largest pay the job's record allows (what {_quote} charged for it).
+    /// @dev HELD_VERDICTS x verifyBps of the largest pay the job's record allows (what {_quote} charged for it).
     function _verificationShare(JobRecord calldata job) internal view returns (uint256) {
         // cannot overflow: numLayers < 2**32, maxTokens + maxPromptTokens < 2**33, price < 2**80, verifyBps <= 2000
         unchecked {
             uint256 base = uint256(job.numLayers) * (uint256(job.maxTokens) + _maxPromptTokens) * job.price;
-            return (base * _verifyBps * MAX_VERIFIERS) / _BPS;
+            return (base * _verifyBps * HELD_VERDICTS) / _BPS;
         }
     }
 

@@ -65,7 +65,7 @@ class RegistryParams:
     dispute_window: int = 60
     protocol_fee_bps: int = 0
     max_job_tokens: int = 4096
-    #: each paid verdict earns this share of the checked hop's pay (basis points); quotes hold MAX_VERIFIERS x it
+    #: each paid verdict earns this share of the checked hop's pay (basis points); quotes hold HELD_VERDICTS x it
     verify_bps: int = 1000
 
     def as_args(self) -> list[int]:

@@ -1,6 +1,6 @@
 """Registry bindings of disputes and paid verification: the verifier draw, slash status and paying verifiers.
 
-A settled job's settlement holds a verification share of its escrow (`verifyBps` x MAX_VERIFIERS of its largest
+A settled job's settlement holds a verification share of its escrow (`verifyBps` x HELD_VERDICTS of its largest
 possible pay); its coordinator pays every drawn verifier's signed verdict from it with `pay_verifiers` (the rest goes
 back to the client at once), or anyone returns it to the client with `refund_verification` once no draw can reach
 the job any more (DRAW_DELAY + 256 blocks after its close).
@@ -56,10 +56,10 @@ class VerificationBindings(RegistryCore):
         return self._immutable("verifyBps")
 
     def verification_share(self, job: JobRecord) -> int:
-        """The verification share a settlement of `job` holds: MAX_VERIFIERS x verifyBps of its largest pay."""
+        """The verification share a settlement of `job` holds: HELD_VERDICTS x verifyBps of its largest pay."""
         positions = job.max_tokens + self._immutable("maxPromptTokens")
         base = job.num_layers * positions * job.price
-        return base * self.verify_bps() * self._immutable("MAX_VERIFIERS") // 10_000
+        return base * self.verify_bps() * self._immutable("HELD_VERDICTS") // 10_000
 
     def verification_held(self) -> int:
         """Verification shares held by settlements and not yet paid or refunded (the registry keeps no total, to

@@ -148,8 +148,8 @@ def _add_param_flags(p: argparse.ArgumentParser) -> None:
         "--verify-bps",
         type=int,
         default=1000,
-        help="each drawn verifier's pay for a checked hop, basis points of the hop's pay, 0 to 2000; a job's "
-        "quote holds 5x this of its largest pay for verification and refunds what is not paid (default 1000)",
+        help="each drawn verifier's pay for a checked hop, basis points of the hop's pay, 0 to 2500; a job's "
+        "quote holds 4x this of its largest pay for verification and refunds what is not paid (default 1000)",
     )
 
 
@@ -163,7 +163,7 @@ _PARAM_RANGES = (
     ("--slash-bps", "slash_bps", 0, _BPS),
     ("--max-prompt-tokens", "max_prompt_tokens", 1, 2**32 - 1),
     ("--max-job-tokens", "max_job_tokens", 1, 1_000_000),
-    ("--verify-bps", "verify_bps", 0, _BPS // 5),
+    ("--verify-bps", "verify_bps", 0, _BPS // 4),
 )
 
 

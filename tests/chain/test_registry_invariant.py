@@ -46,7 +46,8 @@ PRICE = 7
 MAX_TOKENS = 4
 POSITIONS = MAX_TOKENS + P.max_prompt_tokens
 UNIT = P.min_stake // 4  # stake amounts move in quarters of minStake
-SHARE = LAYERS * POSITIONS * PRICE * P.verify_bps * 5 // BPS  # a job's verification share (MAX_VERIFIERS = 5)
+HELD_VERDICTS = 4  # ShardRegistry.HELD_VERDICTS (checked against the contract below)
+SHARE = LAYERS * POSITIONS * PRICE * P.verify_bps * HELD_VERDICTS // BPS  # a job's verification share
 DRAW_REACH = 2 + 256  # blocks after its close a job's verifiers can be paid
 
 
@@ -143,6 +144,7 @@ def make_machine(
     regs = {a.address: registry_for(a) for a in accounts[:7]}
     keys = {a.address: a for a in accounts[:7]}
     gov = regs[coordinator.address]
+    assert gov.constant("HELD_VERDICTS") == HELD_VERDICTS
     domain = gov.domain()
     addresses = [a.address for a in nodes]
 

@@ -41,7 +41,6 @@ from tests.chain.registry_world import (
 from tests.fixtures_chain import VERIFY_PARAMS, DevChain
 
 BPS = 10_000
-MAX_VERIFIERS = 5
 DRAW_REACH = 2 + 256  # DRAW_DELAY + the blocks blockhash() reaches back
 
 
@@ -61,9 +60,9 @@ def world(anvil: object, accounts: list[LocalAccount], registry_for: Callable[..
     return w
 
 
-def share_of(max_tokens: int = MAX_TOKENS) -> int:
+def share_of(world: World, max_tokens: int = MAX_TOKENS) -> int:
     base = NUM_LAYERS * (max_tokens + VERIFY_PARAMS.max_prompt_tokens) * PRICE
-    return base * VERIFY_PARAMS.verify_bps * MAX_VERIFIERS // BPS
+    return base * VERIFY_PARAMS.verify_bps * world.gov.constant("HELD_VERDICTS") // BPS
 
 
 def verdict_pay(world: World) -> int:
@@ -79,7 +78,7 @@ def closed_job(world: World) -> tuple[int, Settlement, int]:
 
 
 def signers(world: World, accounts: list[LocalAccount]) -> dict[str, LocalAccount]:
-    return {a.address: a for a in (*accounts[:8], world.node3)}
+    return {a.address: a for a in (*accounts[:10], world.node3)}
 
 
 def innocent(world: World, who: LocalAccount, job_id: int, c: SignedCommitment) -> PaidVerdict:
@@ -113,12 +112,14 @@ def drawn(world: World, job_id: int, s: Settlement, close_block: int, hop: int, 
 def test_the_quote_and_the_settlement_hold_the_verification_share(world: World) -> None:
     base = NUM_LAYERS * (MAX_TOKENS + VERIFY_PARAMS.max_prompt_tokens) * PRICE
     fee = base * VERIFY_PARAMS.coordinator_fee_bps // BPS
-    assert world.quote() == base + fee + share_of()
+    assert world.quote() == base + fee + share_of(world)
     job_id, settlement, _ = closed_job(world)
     assert world.gov.verification_state(job_id) == (True, True)
-    assert world.gov.verification_held() == share_of()
+    assert world.gov.verification_held() == share_of(world)
     paid = 2 * world.pay_of()
-    refund = world.record(job_id).escrow - paid - paid * VERIFY_PARAMS.coordinator_fee_bps // BPS - share_of()
+    refund = (
+        world.record(job_id).escrow - paid - paid * VERIFY_PARAMS.coordinator_fee_bps // BPS - share_of(world)
+    )
     assert world.gov.claimable(world.client.address) == refund
     assert_solvent(world.gov)
     # a failed job checks nothing: it holds no share
@@ -157,10 +158,10 @@ def test_drawn_verifiers_are_paid_once_per_verdict_and_the_rest_goes_back(
     event = world.gov.pay_verifiers([payment]).event("VerificationPaid").args
     pay = verdict_pay(world)
     assert (event["jobId"], event["paid"], event["verdicts"]) == (job_id, 4 * pay, 4)
-    assert event["refund"] == share_of() - 4 * pay
+    assert event["refund"] == share_of(world) - 4 * pay
     for a in {*first, *second}:
         assert world.gov.claimable(a) - before[a] == pay * ((a in first) + (a in second))
-    assert world.gov.claimable(world.client.address) - client_before == share_of() - 4 * pay
+    assert world.gov.claimable(world.client.address) - client_before == share_of(world) - 4 * pay
     assert world.gov.verification_state(job_id) == (True, False)
     assert world.gov.verification_held() == 0
     assert_solvent(world.gov)
@@ -178,13 +179,13 @@ def test_a_larger_draw_pays_the_verifiers_it_adds(world: World, accounts: list[L
     job_id, s, close_block = closed_job(world)
     keys = signers(world, accounts)
     c = s.sorted_hops()[0]
-    everyone = drawn(world, job_id, s, close_block, 0, MAX_VERIFIERS)
+    everyone = drawn(world, job_id, s, close_block, 0, world.gov.constant("MAX_VERIFIERS"))
     assert len(everyone) == 3 and everyone[:2] == drawn(world, job_id, s, close_block, 0, 2)
     third = [innocent(world, keys[everyone[2]], job_id, c)]
     with reverts("ShardRegistryVerdictNotFromDrawnVerifier", index=0, signer=everyone[2]):
         world.gov.pay_verifiers([VerificationPayment(job_id, s.job, close_block, [HopVerdicts(c, 2, third)])])
     result = world.gov.pay_verifiers(
-        [VerificationPayment(job_id, s.job, close_block, [HopVerdicts(c, 5, third)])]
+        [VerificationPayment(job_id, s.job, close_block, [HopVerdicts(c, 3, third)])]
     )
     assert result.event("VerificationPaid").args["paid"] == verdict_pay(world)
 
@@ -251,12 +252,45 @@ def test_every_array_is_bounded(world: World, accounts: list[LocalAccount]) -> N
         world.gov.pay_verifiers([payment] * 65)
     with reverts("ShardRegistryTooManyVerdicts", jobId=job_id, count=3, maximum=2):
         world.gov.pay_verifiers([replace(payment, hops=[HopVerdicts(hop0, 2, some)])])
-    for picks in (1, 6):
+    for picks in (1, world.gov.constant("MAX_VERIFIERS") + 1):
         with reverts("ShardRegistryInvalidDrawSize", jobId=job_id, picks=picks):
             world.gov.pay_verifiers([replace(payment, hops=[HopVerdicts(hop0, picks, some[:1])])])
     too_many = [HopVerdicts(hop0, 2, [])] * 17
     with reverts("ShardRegistryTooManyHops", jobId=job_id, count=17, maximum=16):
         world.gov.pay_verifiers([replace(payment, hops=too_many)])
+
+
+def test_verdicts_are_paid_while_the_share_lasts(world: World, accounts: list[LocalAccount]) -> None:
+    for v in (accounts[8], accounts[9]):  # five candidates on every hop: ten verdicts on a job of full hops
+        world.reg(v).register_node("http://127.0.0.1:8400", MIN_STAKE)
+        world.reg(v).announce_shard(world.model_id, LayerSpan(0, 4))
+    job_id = world.submit()
+    full = MAX_TOKENS + VERIFY_PARAMS.max_prompt_tokens  # the largest positions: the hops take the whole base
+    hops = [
+        world.commit(world.node1, job_id, LayerSpan(0, 2), full),
+        world.commit(world.node2, job_id, LayerSpan(2, 4), full),
+    ]
+    s = Settlement(job_id, world.record(job_id), OUTPUT, hops)
+    close_block = world.gov.settle_jobs([s]).block_number
+    world.chain.mine(3)
+    keys = signers(world, accounts)
+    paid_hops = [
+        HopVerdicts(
+            c, 5, [innocent(world, keys[a], job_id, c) for a in drawn(world, job_id, s, close_block, i, 5)]
+        )
+        for i, c in enumerate(s.sorted_hops())
+    ]
+    assert [len(h.verdicts) for h in paid_hops] == [5, 5]
+    before = {a: world.gov.claimable(a) for a in keys}
+    payment = VerificationPayment(job_id, s.job, close_block, paid_hops)
+    event = world.gov.pay_verifiers([payment]).event("VerificationPaid")
+    pay = full * 2 * PRICE * VERIFY_PARAMS.verify_bps // BPS  # each verdict's pay on a full hop
+    share = share_of(world)
+    assert 10 * pay > share  # ten verdicts are worth more than the share: the last ones get what is left
+    assert (event.args["paid"], event.args["refund"], event.args["verdicts"]) == (share, 0, 10)
+    gains = sorted(world.gov.claimable(a) - before[a] for a in keys)
+    assert sum(gains) == share and max(gains) <= 2 * pay
+    assert_solvent(world.gov)
 
 
 def test_an_unspent_share_goes_back_to_the_client_once_no_draw_can_reach_the_job(world: World) -> None:
@@ -267,8 +301,8 @@ def test_an_unspent_share_goes_back_to_the_client_once_no_draw_can_reach_the_job
     before = world.gov.claimable(world.client.address)
     world.chain.mine(DRAW_REACH)
     event = anyone.refund_verification(job_id, s.job, close_block).event("VerificationPaid").args
-    assert (event["paid"], event["refund"], event["verdicts"]) == (0, share_of(), 0)
-    assert world.gov.claimable(world.client.address) - before == share_of()
+    assert (event["paid"], event["refund"], event["verdicts"]) == (0, share_of(world), 0)
+    assert world.gov.claimable(world.client.address) - before == share_of(world)
     assert world.gov.verification_held() == 0 and world.gov.job_state(job_id)[0] == JobStatus.Settled
     assert_solvent(world.gov)
     # a coordinator that pays with no hop gives the client its share back at once
@@ -278,7 +312,7 @@ def test_an_unspent_share_goes_back_to_the_client_once_no_draw_can_reach_the_job
         .event("VerificationPaid")
         .args
     )
-    assert (event["paid"], event["refund"]) == (0, share_of())
+    assert (event["paid"], event["refund"]) == (0, share_of(world))
 
 
 def test_an_innocent_verdict_never_backs_a_slash(world: World, accounts: list[LocalAccount]) -> None:
