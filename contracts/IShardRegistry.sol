@@ -13,7 +13,9 @@ pragma solidity ^0.8.24;
 ///   EIP-712 {Commitment} for the job, at `positions x (end - start) x price`, settled by the coordinator the client named in {submitJob} or posted
 ///   by the node itself with that coordinator's signed {Ticket} (bounded by its `maxPositions`; the coordinator's
 ///   settlement of the same hop replaces the post within `disputeWindow`); (b) the coordinator fee on (a) and the
-///   protocol fee. The rest goes back to the client. A client cancels after the deadline; anyone may close the
+///   protocol fee; (c) once settled, the verdicts of the verifiers the contract draws for its hops, `verifyBps` of
+///   the hop's pay each, from the verification share the settlement held ({payVerifiers}). The rest goes back to
+///   the client. A client cancels after the deadline; anyone may close the
 ///   job of a revoked coordinator after the deadline. Posted work is voided only by the coordinator's settlement of the same hop.
 /// - A node's stake is taken only by {slash}, with the node's own signature over the commitment, a Merkle proof
 ///   of the disputed leaf, and signed verdicts of more than half of the stake of verifiers the contract drew at
@@ -23,9 +25,13 @@ pragma solidity ^0.8.24;
 /// Bounds: at most `MAX_HOPS` hops per job, `MAX_LIVE_PER_NODE` live assignments per node, `MAX_LIVE_PER_MODEL`
 /// per model, `MAX_STRING` bytes per string; closing a job is O(hops) <= O(MAX_HOPS).
 /// Invariant: address(this).balance == totalStaked + totalUnbonding + protocolFees + pendingPosted + the sum of every
-/// open job's escrow not reserved by posted commitments + the sum of every account's claimable balance. (The last two are not
-/// kept as totals: that would cost every job two more storage writes; tests sum them from events and views.)
-interface IShardRegistry {
+/// open job's escrow not reserved by posted commitments + the sum of every settled job's verification share still held
+/// ({verificationState}; its amount follows from the job's record, see {quote}) + the sum of every account's claimable
+/// balance. (The last three are not kept as totals: that would cost every job more storage writes; tests sum them from
+/// events and views.)
+/// @dev The types, events and errors of {IShardRegistry}, apart so that {ShardDisputes} (which implements only some of
+/// its functions, run by DELEGATECALL from the registry) shares them.
+interface IShardRegistryTypes {
     // ---------------------------------------------------------------- types
     enum JobStatus {
         None,
@@ -130,6 +136,32 @@ interface IShardRegistry {
         VerdictSignature[] verdicts;
     }
 
+    /// @notice A drawn verifier's signed {Verdict} on a hop, shown to be paid for it: guilty on leaf `leafIndex` =
+    /// `leaf`, or innocent (leafIndex type(uint32).max, leaf 0: "I recomputed the hop and every leaf is right").
+    struct PaidVerdict {
+        uint32 leafIndex;
+        bytes32 leaf;
+        bytes32 r;
+        bytes32 vs;
+    }
+
+    /// @notice One checked hop of a {VerificationPayment}: the hop's signed commitment as settled, the size of the draw
+    /// its verifiers were asked from (`picks`, MIN_VERIFIERS to MAX_VERIFIERS: the first k of a larger draw are the draw
+    /// of k), and the verdicts of those that answered.
+    struct HopVerdicts {
+        SignedCommitment commitment;
+        uint8 picks;
+        PaidVerdict[] verdicts;
+    }
+
+    /// @notice A settled job's verification, paid from the share its settlement held: hops in layer order, disjoint.
+    struct VerificationPayment {
+        uint256 jobId;
+        JobRecord job;
+        uint64 closeBlock;      // block of the job's settlement (from {JobSettled})
+        HopVerdicts[] hops;
+    }
+
     // ---------------------------------------------------------------- events
     event CoordinatorSet(address indexed coordinator, string endpoint, bool approved, uint64 activeFrom);
     event NodeRegistered(address indexed node, string endpoint, uint256 stake);
@@ -154,6 +186,9 @@ interface IShardRegistry {
     event JobCancelled(uint256 indexed jobId, address indexed by, uint256 refund);
     event JobFailed(uint256 indexed jobId, string reason, uint256 refund);
     event NodeSlashed(address indexed node, uint256 indexed jobId, address indexed client, uint256 amount, bytes32 root, uint32 leafIndex, uint256 guiltyStake, uint256 drawnStake);
+    /// @dev A settled job's held verification share is spent: `paid` to the drawn verifiers that answered (`verdicts`
+    /// of them), `refund` credited back to the client.
+    event VerificationPaid(uint256 indexed jobId, uint256 paid, uint256 refund, uint256 verdicts);
     event Claimed(address indexed account, uint256 amount);
     event FeesWithdrawn(address indexed to, uint256 amount);
 
@@ -210,10 +245,24 @@ interface IShardRegistry {
     error ShardRegistryNotEnoughVerifiers(uint256 drawn, uint256 required);
     error ShardRegistryVerdictNotFromDrawnVerifier(uint256 index, address signer);
     error ShardRegistryNoMajority(uint256 guiltyStake, uint256 drawnStake);
+    /// @notice More verdicts on one hop than verifiers drawn for it.
+    error ShardRegistryTooManyVerdicts(uint256 jobId, uint256 count, uint256 maximum);
+    /// @notice A hop's draw size is outside MIN_VERIFIERS..MAX_VERIFIERS.
+    error ShardRegistryInvalidDrawSize(uint256 jobId, uint256 picks);
+    /// @notice The job's settlement held no verification share, or it was paid or refunded already.
+    error ShardRegistryNoVerificationHeld(uint256 jobId);
+    /// @notice The held verification share can still be paid to verifiers until block `untilBlock`.
+    error ShardRegistryVerificationOpen(uint256 jobId, uint256 untilBlock);
+    /// @notice A batch argument longer than the contract accepts.
+    error ShardRegistryBatchTooLarge(uint256 count, uint256 maximum);
     error ShardRegistryInvalidRecipient(address to);
     error ShardRegistryNothingToClaim(address account);
     error ShardRegistryTransferFailed(address to, uint256 amount);
 
+}
+
+/// @notice The registry's functions (see the title above {IShardRegistryTypes}).
+interface IShardRegistry is IShardRegistryTypes {
     // ---------------------------------------------------------------- governance
     /// @notice The owner approves a coordinator (it may be named by new jobs `approvalDelay` seconds later) or
     /// revokes it (at once: it can no longer settle; its open jobs can be closed by anyone after their deadline).
@@ -280,6 +329,16 @@ interface IShardRegistry {
     /// the job's client and the node is jailed forever (its assignments released). Once per (job, node).
     /// Emits {NodeSlashed}.
     function slash(SlashEvidence calldata evidence) external;
+    /// @notice The jobs' coordinator pays the verification of settled jobs (at most MAX_PAY_BATCH) from the share
+    /// each settlement held: every verdict signed by a verifier the contract draws for that hop (as {drawVerifiers},
+    /// `picks` of them) earns `verifyBps` of the hop's pay, once per (job, hop, verifier), while the job's share lasts
+    /// (it holds HELD_VERDICTS verdicts' pay of every layer's work; in calldata order, the last may get less); hops as
+    /// settled (signed by their nodes, in layer order, disjoint). What the verdicts do not take goes back to the client at once; each
+    /// job's share is spent once. Only while the draw's randomness is readable (256 blocks). Emits {VerificationPaid}.
+    function payVerifiers(VerificationPayment[] calldata payments) external;
+    /// @notice Anyone returns a settled job's unspent verification share to its client once no draw can reach the job
+    /// (closeBlock + DRAW_DELAY + 256 blocks). Emits {VerificationPaid} with nothing paid.
+    function refundVerification(uint256 jobId, JobRecord calldata job, uint64 closeBlock) external;
     /// @notice Pay out the sender's claimable balance. Emits {Claimed}.
     function claim() external;
 
@@ -295,6 +354,11 @@ interface IShardRegistry {
     function protocolFeeBps() external view returns (uint16);
     /// @notice The largest `maxTokens` {submitJob} accepts: it caps what one job can escrow.
     function maxJobTokens() external view returns (uint32);
+    /// @notice Each paid verdict's pay, in basis points of the checked hop's pay; a job's quote and settlement hold
+    /// HELD_VERDICTS x this share of its largest possible pay for its verification.
+    function verifyBps() external view returns (uint16);
+    /// @notice Whether a job's settlement held a verification share (`held`) and whether it is still unspent (`open`).
+    function verificationState(uint256 jobId) external view returns (bool held, bool open);
     /// @notice Whether `account` is approved and its approval delay is over.
     function isCoordinator(address account) external view returns (bool);
     /// @notice The recorded endpoint and when the approval takes effect (0: not approved).
@@ -316,8 +380,8 @@ interface IShardRegistry {
     function jobCount() external view returns (uint256);
     /// @notice The hash the registry keeps of an open job (low 16 bits replaced by flags): keccak256(abi.encode(jobId, job)).
     function jobRecordHash(uint256 jobId, JobRecord calldata job) external pure returns (bytes32);
-    /// @notice The least escrow a job must carry: numLayers * (maxTokens + maxPromptTokens) * price, plus the coordinator
-    /// and protocol fees on that.
+    /// @notice The least escrow a job must carry: base = numLayers * (maxTokens + maxPromptTokens) * price, plus the
+    /// coordinator and protocol fees on base, plus HELD_VERDICTS x verifyBps of base for its verification.
     function quote(uint256 modelId, uint32 maxTokens) external view returns (uint256);
     /// @notice Verifiers the contract draws for a dispute about `node`'s commitment `root` over [start, end) of a
     /// closed job (see {slash}), with their weight (stake + unbonding stake, as of the close).

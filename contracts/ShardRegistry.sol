@@ -1,128 +1,26 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity ^0.8.28;
 
-import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
-import {Ownable2Step} from "@openzeppelin/contracts/access/Ownable2Step.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
-import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
-import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 
 import {IShardRegistry} from "./IShardRegistry.sol";
-import {ShardEvidence} from "./ShardEvidence.sol";
+import {ShardDisputes} from "./ShardDisputes.sol";
+import {ShardRegistryBase} from "./ShardRegistryBase.sol";
+import {AssignmentRecord} from "./ShardEvidence.sol";
 
 /// @title ShardRegistry (protocol v2)
 /// @notice See {IShardRegistry} and docs/PROTOCOL.md.
 /// @dev Ids of models, assignments and jobs start at 1. A job is stored as one slot: the hash of its
-/// {JobRecord} (high 240 bits), a flag "has posted commitments" (bit 8) and its status (low 8 bits); once
-/// closed, the hash also covers the closing block. Ether leaves only through {claim}.
-/// Invariant: see {IShardRegistry} (balance == stakes + unbonding + open escrow + claimable + protocol fees).
-contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient, EIP712 {
-    /// @dev The hot per-address slot: read and written once per paid hop.
-    struct Account {
-        uint88 claimable;
-        uint88 stake;
-        uint40 bondedUntil; // nodes: stake stays slashable until then
-        uint32 activeFrom; // coordinators: when the approval takes effect
-        uint8 flags;
-    }
-
-    struct NodeExtra {
-        uint128 unbonding;
-        uint64 unbondingUntil;
-        uint32 released; // assignments released since the draw reach last passed without a release: they hold
-        uint32 releasedUntil; // model slots until block releasedUntil, so they count against MAX_LIVE_PER_NODE
-        string endpoint;
-    }
-
-
-    struct ModelRecord {
-        uint16 numLayers;
-        uint80 price;
-        address owner;
-    }
-
-    struct AssignmentRecord {
-        address node; // slot 0
-        uint16 start;
-        uint16 end;
-        bool live;
-        uint56 modelId;
-        uint32 nodeIndex; // slot 1: positions in the live lists
-        uint32 modelIndex;
-        uint64 announcedAt; // block: an assignment announced after a job closed is not drawn for its disputes
-        uint64 releasedAt; // block (0: live): one released after a job closed is still drawn for its disputes
-    }
-
-    /// @dev Per job with posted commitments: the escrow they reserved (pending or paid), how many, whose job.
-    struct Posted {
-        uint88 paid;
-        uint8 count;
-        address client;
-    }
-
-
-    uint256 public constant MAX_HOPS = 16;
-    uint256 public constant MAX_LIVE_PER_NODE = 16;
-    uint256 public constant MAX_LIVE_PER_MODEL = 64;
-    uint256 public constant MAX_STRING = 256;
-    /// @notice Verifiers drawn per dispute (in draw order: the coordinator asks the first MIN_VERIFIERS, and all of
-    /// them when any of those does not answer innocent), and the fewest a slash needs. 16 draws every other node of a
-    /// span of up to 17, so the slash's majority is then of the whole span's other stake.
-    uint256 public constant MAX_VERIFIERS = 16;
-    uint256 public constant MIN_VERIFIERS = 2;
-    /// @notice The dispute randomness is blockhash(closeBlock + DRAW_DELAY): unknown when the work was committed.
-    uint64 public constant DRAW_DELAY = 2;
-    /// @dev blockhash reaches 256 blocks back: a job closed more than this many blocks ago can no longer be disputed,
-    /// so an assignment released that long ago is in no draw any more and leaves its model's list.
-    uint256 private constant _DRAW_REACH = DRAW_DELAY + 256;
-
-    uint8 private constant _REGISTERED = 1;
-    uint8 private constant _JAILED = 2;
-    uint8 private constant _COORDINATOR = 4;
-    uint8 private constant _TOUCHED = 8; // keeps the slot non-zero, so later credits cost 2,900 gas, not 20,000
-    uint256 private constant _LOW = 0xFFFF;
-    uint256 private constant _HAS_POSTS = 0x100;
-    // states of a posted commitment (bits 192-199 of its record; amount in bits 0-127, payableAt in 128-191)
-    uint256 private constant _POST_PENDING = 1;
-    uint256 private constant _POST_PAID = 2;
-    uint256 private constant _POST_VOIDED = 3;
-    uint16 private constant _BPS = 10_000;
-
-    uint256 private immutable _minStake;
-    uint64 private immutable _unbondingPeriod;
-    uint64 private immutable _jobTimeout;
-    uint16 private immutable _coordinatorFeeBps;
-    uint16 private immutable _slashBps;
-    uint32 private immutable _maxPromptTokens;
-    uint64 private immutable _approvalDelay;
-    uint64 private immutable _disputeWindow;
-    uint16 private immutable _protocolFeeBps;
-    uint32 private immutable _maxJobTokens;
-
-    mapping(address => Account) private _accounts;
-    mapping(address => NodeExtra) private _nodeExtra;
-    mapping(address => string) private _coordinatorEndpoints;
-    mapping(address => uint256[]) private _nodeLive;
-    /// @dev Per node, checkpoints of stake + unbonding stake (block << 208 | weight, blocks ascending): a draw weighs
-    /// each candidate as of the job's close.
-    mapping(address => uint256[]) private _weights;
-
-    mapping(uint256 => ModelRecord) private _models; // modelId => record (numLayers 0: no such model)
-    uint256 private _modelCount;
-    mapping(uint256 => string[2]) private _modelText; // name, manifestCid
-    AssignmentRecord[] private _assignments; // assignmentId = index + 1
-    mapping(uint256 => uint256[]) private _modelLive; // live assignments and those released within _DRAW_REACH
-
-    mapping(uint256 => uint256) private _jobs;
-    mapping(uint256 => Posted) private _posted;
-    mapping(bytes32 => uint256) private _postedHop; // keccak(jobId, node, start, end) => amount | payableAt | state
-    mapping(bytes32 => bool) private _slashed;
-
-    uint256 private _jobCount;
-    uint128 private _totalStaked;
-    uint128 private _totalUnbonding;
-    uint256 private _protocolFees;
-    uint256 private _pendingPosted;
+/// {JobRecord} (high 240 bits), flags (bit 8: has posted commitments; once settled, bit 9: its verification share
+/// is held, bit 10: spent) and its status (low 8 bits); once closed, the hash also covers the closing block. Ether
+/// leaves only through {claim}. State and shared helpers: {ShardRegistryBase}; posted commitments, slashing and
+/// paid verification run in {ShardDisputes}, which this contract deploys and reaches by DELEGATECALL (room under
+/// the EIP-170 code size limit).
+/// Invariant: see {IShardRegistry} (balance == stakes + unbonding + open escrow + held verification + claimable +
+/// protocol fees).
+contract ShardRegistry is IShardRegistry, ShardRegistryBase, ReentrancyGuardTransient {
+    /// @notice The {ShardDisputes} this registry deployed and forwards to.
+    address public immutable disputes;
 
     /// @param minStake_ least stake (wei) of a node; > 0 and below 2**96.
     /// @param unbondingPeriod_ seconds between {requestUnstake} and {withdrawStake}; at most 365 days.
@@ -134,6 +32,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
     /// @param disputeWindow_ seconds a node's stake stays bonded after its last paid hop; 1 s to 90 days.
     /// @param protocolFeeBps_ protocol fee in basis points of node pay; at most 1000.
     /// @param maxJobTokens_ largest `maxTokens` a job may ask for (caps its escrow); 1 to 1,000,000.
+    /// @param verifyBps_ each paid verdict's pay in basis points of the checked hop's pay; at most 10000 / HELD_VERDICTS.
     constructor(
         uint256 minStake_,
         uint64 unbondingPeriod_,
@@ -144,28 +43,20 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         uint64 approvalDelay_,
         uint64 disputeWindow_,
         uint16 protocolFeeBps_,
-        uint32 maxJobTokens_
-    ) Ownable(msg.sender) EIP712("ShardRegistry", "2") {
-        if (minStake_ == 0 || minStake_ > type(uint88).max) revert ShardRegistryInvalidParameter("minStake");
-        if (unbondingPeriod_ > 365 days) revert ShardRegistryInvalidParameter("unbondingPeriod");
-        if (jobTimeout_ == 0 || jobTimeout_ > 30 days) revert ShardRegistryInvalidParameter("jobTimeout");
-        if (coordinatorFeeBps_ > _BPS) revert ShardRegistryInvalidParameter("coordinatorFeeBps");
-        if (slashBps_ == 0 || slashBps_ > _BPS) revert ShardRegistryInvalidParameter("slashBps");
-        if (maxPromptTokens_ > 1_000_000) revert ShardRegistryInvalidParameter("maxPromptTokens");
-        if (approvalDelay_ > 30 days) revert ShardRegistryInvalidParameter("approvalDelay");
-        if (disputeWindow_ == 0 || disputeWindow_ > 90 days) revert ShardRegistryInvalidParameter("disputeWindow");
-        if (protocolFeeBps_ > 1000) revert ShardRegistryInvalidParameter("protocolFeeBps");
-        if (maxJobTokens_ == 0 || maxJobTokens_ > 1_000_000) revert ShardRegistryInvalidParameter("maxJobTokens");
-        _minStake = minStake_;
-        _unbondingPeriod = unbondingPeriod_;
-        _jobTimeout = jobTimeout_;
-        _coordinatorFeeBps = coordinatorFeeBps_;
-        _slashBps = slashBps_;
-        _maxPromptTokens = maxPromptTokens_;
-        _approvalDelay = approvalDelay_;
-        _disputeWindow = disputeWindow_;
-        _protocolFeeBps = protocolFeeBps_;
-        _maxJobTokens = maxJobTokens_;
+        uint32 maxJobTokens_,
+        uint16 verifyBps_
+    )
+        ShardRegistryBase(
+            minStake_, unbondingPeriod_, jobTimeout_, coordinatorFeeBps_, slashBps_, maxPromptTokens_, approvalDelay_,
+            disputeWindow_, protocolFeeBps_, maxJobTokens_, verifyBps_
+        )
+    {
+        disputes = address(
+            new ShardDisputes(
+                minStake_, unbondingPeriod_, jobTimeout_, coordinatorFeeBps_, slashBps_, maxPromptTokens_, approvalDelay_,
+                disputeWindow_, protocolFeeBps_, maxJobTokens_, verifyBps_
+            )
+        );
     }
 
     // ---------------------------------------------------------------- governance
@@ -395,7 +286,16 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
                 fees += fee;
                 protocol += cut;
             }
-            _close(s.jobId, slot, JobStatus.Settled);
+            // the verification share of the largest job the record allows: what its verdicts can earn at most
+            uint256 flags = uint8(JobStatus.Settled);
+            uint256 share = _verificationShare(s.job);
+            if (share != 0 && share <= remaining) {
+                unchecked {
+                    remaining -= share;
+                }
+                flags |= _VERIFY_HELD;
+            }
+            _jobs[s.jobId] = _closedHash(slot, block.number) | flags;
             _credit(s.job.client, remaining);
             emit JobSettled(s.jobId, s.outputHash, paid, fee, remaining, paidHops);
         }
@@ -403,78 +303,51 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         if (protocol != 0) _protocolFees += protocol;
     }
 
-    /// @inheritdoc IShardRegistry
-    function postCommitment(
-        uint256 jobId,
-        JobRecord calldata job,
-        SignedCommitment calldata c,
-        TicketProof calldata ticket
-    ) external {
-        if (c.node != msg.sender) revert ShardRegistryNotHopNode(jobId, msg.sender);
-        uint256 slot = _openJob(jobId, job);
-        if (block.timestamp > job.deadline) revert ShardRegistryPostWindowClosed(jobId, job.deadline);
-        if (block.timestamp > uint256(ticket.expiresAt) + _disputeWindow) {
-            revert ShardRegistryTicketExpired(jobId, ticket.expiresAt);
-        }
-        bytes32 ticketDigest = _hashTypedDataV4(
-            ShardEvidence.ticketHash(
-                msg.sender, ticket.sessionId, jobId, c.start, c.end, ticket.maxPositions, ticket.expiresAt
-            )
-        );
-        (address signer, , ) = ECDSA.tryRecover(ticketDigest, ticket.r, ticket.vs);
-        if (signer != job.coordinator) revert ShardRegistryBadTicket(jobId, msg.sender);
-        if (c.positions > ticket.maxPositions) {
-            revert ShardRegistryPositionsTooHigh(jobId, 0, c.positions, ticket.maxPositions);
-        }
-        _checkHop(jobId, job, c, 0);
-        _reservePosted(jobId, job, c, slot);
-    }
 
-    /// @dev Reserves a node's own posted commitment's pay from the escrow, provisionally for `disputeWindow`
-    /// seconds (the job's coordinator's settlement of the same hop replaces it until then), and marks the job as
-    /// having posts. Posts of different nodes may overlap (a failover's replacement serves the same layers): each
-    /// needs its own ticket from the job's coordinator.
-    function _reservePosted(uint256 jobId, JobRecord calldata job, SignedCommitment calldata c, uint256 slot) private {
-        bytes32 key = keccak256(abi.encode(jobId, c.node, c.start, c.end));
-        if (_postedHop[key] != 0) revert ShardRegistryAlreadyCommitted(jobId, c.node);
-        Posted storage posted = _posted[jobId];
-        uint256 count = posted.count;
-        if (count >= MAX_HOPS) revert ShardRegistryTooManyHops(jobId, count + 1, MAX_HOPS);
-        Account storage account = _accounts[c.node];
-        if (account.flags & _JAILED != 0) revert ShardRegistryNodeJailed(c.node);
-        if (account.stake < _minStake) revert ShardRegistryInsufficientStake(account.stake, _minStake);
-        uint256 pay = _take(_hopPay(job, c), job.escrow - posted.paid);
-        uint64 payableAt = uint64(block.timestamp + _disputeWindow);
-        _postedHop[key] = pay | (uint256(payableAt) << 128) | (_POST_PENDING << 192);
-        posted.paid += uint88(pay); // cannot overflow: at most the escrow (< 2**88)
-        posted.count = uint8(count + 1);
-        posted.client = job.client;
-        _pendingPosted += pay;
-        _jobs[jobId] = slot | _HAS_POSTS;
-        account.bondedUntil = uint40(block.timestamp + _disputeWindow);
-        emit CommitmentPosted(jobId, c.node, c.start, c.end, c.positions, c.steps, c.root, pay, payableAt);
+
+
+    /// @inheritdoc IShardRegistry
+    /// @dev Runs in {ShardDisputes} (DELEGATECALL).
+    function postCommitment(uint256, JobRecord calldata, SignedCommitment calldata, TicketProof calldata) external {
+        _forward();
     }
 
     /// @inheritdoc IShardRegistry
-    function collectPosted(uint256 jobId, address node, uint32 start, uint32 end) external {
-        bytes32 key = keccak256(abi.encode(jobId, node, start, end));
-        uint256 record = _postedHop[key];
-        if (record >> 192 != _POST_PENDING) revert ShardRegistryNothingToCollect(jobId, node);
-        uint64 payableAt = uint64(record >> 128);
-        if (block.timestamp < payableAt) revert ShardRegistryPostProvisional(jobId, node, payableAt);
-        uint256 amount = uint128(record);
-        _postedHop[key] = (record & ((1 << 192) - 1)) | (_POST_PAID << 192);
-        _pendingPosted -= amount;
-        // committed work is paid even if the node left since; a node jailed since (slashed) forfeits it to the client
-        address to = node;
-        Account storage account = _accounts[node];
-        if (account.flags & _JAILED != 0) {
-            to = _posted[jobId].client;
-        } else {
-            account.bondedUntil = uint40(block.timestamp + _disputeWindow);
+    /// @dev Runs in {ShardDisputes} (DELEGATECALL).
+    function collectPosted(uint256, address, uint32, uint32) external {
+        _forward();
+    }
+
+    /// @inheritdoc IShardRegistry
+    /// @dev Runs in {ShardDisputes} (DELEGATECALL).
+    function slash(SlashEvidence calldata) external {
+        _forward();
+    }
+
+    /// @inheritdoc IShardRegistry
+    /// @dev Runs in {ShardDisputes} (DELEGATECALL).
+    function payVerifiers(VerificationPayment[] calldata) external {
+        _forward();
+    }
+
+    /// @inheritdoc IShardRegistry
+    /// @dev Runs in {ShardDisputes} (DELEGATECALL).
+    function refundVerification(uint256, JobRecord calldata, uint64) external {
+        _forward();
+    }
+
+    /// @dev Runs this call's calldata in {ShardDisputes} on this contract's storage and returns or reverts with its
+    /// return data (its custom errors are this interface's).
+    function _forward() private {
+        address target = disputes;
+        assembly ("memory-safe") {
+            let m := mload(0x40)
+            calldatacopy(m, 0, calldatasize())
+            let ok := delegatecall(gas(), target, m, calldatasize(), 0, 0)
+            returndatacopy(m, 0, returndatasize())
+            if iszero(ok) { revert(m, returndatasize()) }
+            return(m, returndatasize())
         }
-        _credit(to, amount);
-        emit PostedCommitmentPaid(jobId, node, start, end, to, amount);
     }
 
     /// @inheritdoc IShardRegistry
@@ -497,26 +370,8 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
 
     // ---------------------------------------------------------------- slashing and payouts
 
-    /// @inheritdoc IShardRegistry
-    function slash(SlashEvidence calldata e) external {
-        SignedCommitment calldata c = e.commitment;
-        bytes32 key = keccak256(abi.encode(e.jobId, c.node));
-        if (_slashed[key]) revert ShardRegistryAlreadySlashed(e.jobId, c.node);
-        _checkClosed(e.jobId, e.job, e.closeBlock);
-        _checkSignature(e.jobId, c, 0);
-        if (!ShardEvidence.verifyMerkle(e.leaf, e.proof, c.root, e.leafIndex, c.steps)) {
-            revert ShardRegistryBadMerkleProof(e.jobId, e.leafIndex);
-        }
-        (address[] memory drawn, uint256[] memory stakes) =
-            _draw(e.jobId, e.job.modelId, e.closeBlock, c.node, c.start, c.end, c.root);
-        if (drawn.length < MIN_VERIFIERS) revert ShardRegistryNotEnoughVerifiers(drawn.length, MIN_VERIFIERS);
-        (uint256 guilty, uint256 total) = _countVerdicts(e, drawn, stakes);
-        if (guilty * 2 <= total) revert ShardRegistryNoMajority(guilty, total);
-        _slashed[key] = true;
-        uint256 amount = _takeStake(c.node);
-        _credit(e.job.client, amount);
-        emit NodeSlashed(c.node, e.jobId, e.job.client, amount, c.root, e.leafIndex, guilty, total);
-    }
+
+
 
     /// @inheritdoc IShardRegistry
     /// @dev Checks, effects, event, then the transfer; reverts with {ShardRegistryTransferFailed} if the
@@ -571,6 +426,16 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
 
     function maxJobTokens() external view returns (uint32) {
         return _maxJobTokens;
+    }
+
+    function verifyBps() external view returns (uint16) {
+        return _verifyBps;
+    }
+
+    /// @inheritdoc IShardRegistry
+    function verificationState(uint256 jobId) external view returns (bool, bool) {
+        uint256 slot = _jobs[jobId];
+        return (slot & _VERIFY_HELD != 0, slot & (_VERIFY_HELD | _VERIFY_SPENT) == _VERIFY_HELD);
     }
 
     /// @inheritdoc IShardRegistry
@@ -668,7 +533,8 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
 
     function _quote(ModelRecord memory model, uint32 maxTokens) private view returns (uint256) {
         uint256 base = uint256(model.numLayers) * (uint256(maxTokens) + _maxPromptTokens) * model.price;
-        return base + (base * _coordinatorFeeBps) / _BPS + (base * _protocolFeeBps) / _BPS;
+        return base + (base * _coordinatorFeeBps) / _BPS + (base * _protocolFeeBps) / _BPS
+            + (base * _verifyBps * HELD_VERDICTS) / _BPS;
     }
 
     /// @inheritdoc IShardRegistry
@@ -682,7 +548,7 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         bytes32 root
     ) external view returns (address[] memory, uint256[] memory) {
         _checkClosed(jobId, job, closeBlock);
-        return _draw(jobId, job.modelId, closeBlock, node, start, end, root);
+        return _draw(jobId, job.modelId, closeBlock, node, start, end, root, MAX_VERIFIERS);
     }
 
     function isSlashed(uint256 jobId, address node) external view returns (bool) {
@@ -817,88 +683,17 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         return true;
     }
 
-    /// @dev Reverts unless the hop's span lies in the model, its positions are in bounds, and the node signed it.
-    function _checkHop(uint256 jobId, JobRecord calldata job, SignedCommitment calldata c, uint256 i) private view {
-        if (c.start >= c.end || c.end > job.numLayers) revert ShardRegistryInvalidHopSpan(jobId, i, c.start, c.end);
-        uint256 maximum = uint256(job.maxTokens) + _maxPromptTokens;
-        if (c.positions > maximum) revert ShardRegistryPositionsTooHigh(jobId, i, c.positions, maximum);
-        _checkSignature(jobId, c, i);
-    }
 
-    function _checkSignature(uint256 jobId, SignedCommitment calldata c, uint256 i) private view {
-        address node = c.node;
-        if (node == address(0) || _commitmentSigner(_domainSeparatorV4(), jobId, c) != node) {
-            revert ShardRegistryBadCommitmentSignature(jobId, i, node);
-        }
-    }
 
-    /// @dev The signer of an EIP-712 {Commitment} (address(0) if none), hashed straight from calldata: the struct
-    /// hash covers (typehash, jobId, start, end, positions, steps, root), the five words after `node` in `c`. A
-    /// field with dirty high bits hashes differently, so it can only fail the check. (r, vs) is EIP-2098; `s` must
-    /// be in the lower half order (no malleable twin).
-    function _commitmentSigner(bytes32 domainSeparator, uint256 jobId, SignedCommitment calldata c)
-        private
-        view
-        returns (address signer)
-    {
-        bytes32 typehash = ShardEvidence.COMMITMENT_TYPEHASH;
-        bytes32 digest;
-        bytes32 r;
-        bytes32 vs;
-        assembly ("memory-safe") {
-            let m := mload(0x40)
-            mstore(m, typehash)
-            mstore(add(m, 0x20), jobId)
-            calldatacopy(add(m, 0x40), add(c, 0x20), 0xa0)
-            let structHash := keccak256(m, 0xe0)
-            mstore(m, 0x1901)
-            mstore(add(m, 0x20), domainSeparator)
-            mstore(add(m, 0x40), structHash)
-            digest := keccak256(add(m, 0x1e), 0x42)
-            r := calldataload(add(c, 0xc0))
-            vs := calldataload(add(c, 0xe0))
-        }
-        uint256 s = uint256(vs) & ((1 << 255) - 1);
-        if (s > 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0) return address(0);
-        uint8 v = uint8((uint256(vs) >> 255) + 27);
-        signer = ecrecover(digest, v, r, bytes32(s));
-    }
 
-    function _hopPay(JobRecord calldata job, SignedCommitment calldata c) private pure returns (uint256) {
-        return uint256(c.positions) * (c.end - c.start) * job.price;
-    }
 
-    function _openJob(uint256 jobId, JobRecord calldata job) private view returns (uint256 slot) {
-        slot = _jobs[jobId];
-        if (slot == 0) revert ShardRegistryUnknownJob(jobId);
-        if (uint8(slot) != uint8(JobStatus.Open)) revert ShardRegistryInvalidJobStatus(jobId, JobStatus(uint8(slot)));
-        if (slot & ~_LOW != uint256(keccak256(abi.encode(jobId, job))) & ~_LOW) revert ShardRegistryJobRecordMismatch(jobId);
-    }
 
     /// @dev Marks the job closed in this block: the stored hash then also covers the block number.
     function _close(uint256 jobId, uint256 slot, JobStatus status) private {
         _jobs[jobId] = _closedHash(slot, block.number) | uint8(status);
     }
 
-    /// @dev keccak256(abi.encode(slot & ~_LOW, closeBlock)) & ~_LOW, hashed in scratch space.
-    function _closedHash(uint256 slot, uint256 closeBlock) private pure returns (uint256 h) {
-        uint256 open = slot & ~_LOW;
-        assembly ("memory-safe") {
-            mstore(0, open)
-            mstore(0x20, closeBlock)
-            h := keccak256(0, 0x40)
-        }
-        h &= ~_LOW;
-    }
 
-    function _checkClosed(uint256 jobId, JobRecord calldata job, uint64 closeBlock) private view {
-        uint256 slot = _jobs[jobId];
-        if (slot == 0) revert ShardRegistryUnknownJob(jobId);
-        uint8 status = uint8(slot);
-        if (status == uint8(JobStatus.Open)) revert ShardRegistryJobNotClosed(jobId);
-        uint256 open = uint256(keccak256(abi.encode(jobId, job)));
-        if (slot & ~_LOW != _closedHash(open, closeBlock)) revert ShardRegistryJobRecordMismatch(jobId);
-    }
 
     function _closeWithRefund(uint256 jobId, JobRecord calldata job, JobStatus status) private returns (uint256 refund) {
         uint256 slot = _openJob(jobId, job);
@@ -908,64 +703,14 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         _credit(job.client, refund);
     }
 
+    // ---------------------------------------------------------------- internal: paid verification
+
+
+
+
     // ---------------------------------------------------------------- internal: slashing
 
-    /// @dev The candidates: distinct nodes other than `accused` that held, at the end of block `closeBlock`, an
-    /// assignment of the model covering [start, end) (announced by then, not released by then), weighted by their
-    /// stake + unbonding stake at that block; drawn from blockhash(closeBlock + DRAW_DELAY). Nothing done once the
-    /// randomness is public (stake moves, releases, jails, new nodes) adds, removes or reweighs a candidate.
-    function _draw(
-        uint256 jobId,
-        uint64 modelId,
-        uint64 closeBlock,
-        address accused,
-        uint32 start,
-        uint32 end,
-        bytes32 root
-    ) private view returns (address[] memory, uint256[] memory) {
-        uint256 at = uint256(closeBlock) + DRAW_DELAY;
-        bytes32 randomness = at < block.number ? blockhash(at) : bytes32(0);
-        if (randomness == bytes32(0)) revert ShardRegistryRandomnessUnavailable(at);
-        uint256[] storage live = _modelLive[modelId];
-        address[] memory candidates = new address[](live.length);
-        uint256[] memory stakes = new uint256[](live.length);
-        uint256 count = 0;
-        for (uint256 i = 0; i < live.length; ++i) {
-            AssignmentRecord storage a = _assignments[live[i] - 1];
-            // only what was bonded when the job closed: the randomness is public two blocks later
-            if (a.node == accused || a.start > start || a.end < end || a.announcedAt > closeBlock) continue;
-            if (!a.live && a.releasedAt <= closeBlock) continue; // released before the close
-            uint256 weight = _weightAt(a.node, closeBlock);
-            if (weight == 0 || _uncountedIndex(candidates, a.node, 0) < count) continue; // a node counts once
-            candidates[count] = a.node;
-            stakes[count] = weight;
-            ++count;
-        }
-        bytes32 seed = keccak256(abi.encode(randomness, jobId, accused, root));
-        return ShardEvidence.draw(candidates, stakes, count, MAX_VERIFIERS, seed);
-    }
 
-    /// @dev Checkpoints a node's stake + unbonding stake (its weight in draws of jobs closed from this block on).
-    function _recordWeight(address node, uint256 weight) private {
-        uint256[] storage history = _weights[node];
-        uint256 entry = (block.number << 208) | weight; // weight < 2**89, block numbers < 2**48
-        uint256 n = history.length;
-        if (n != 0 && history[n - 1] >> 208 == block.number) history[n - 1] = entry;
-        else history.push(entry);
-    }
-
-    /// @dev A node's stake + unbonding stake at the end of block `at` (0 before it registered): a binary search.
-    function _weightAt(address node, uint256 at) private view returns (uint256) {
-        uint256[] storage history = _weights[node];
-        uint256 low = 0;
-        uint256 high = history.length;
-        while (low < high) {
-            uint256 mid = (low + high) / 2;
-            if (history[mid] >> 208 > at) high = mid;
-            else low = mid + 1;
-        }
-        return low == 0 ? 0 : uint208(history[low - 1]);
-    }
 
     /// @dev Drops from a model's list the assignments released more than _DRAW_REACH blocks ago.
     function _prune(uint256[] storage byModel) private {
@@ -983,65 +728,6 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         }
     }
 
-    /// @dev Stake of the drawn verifiers that signed the verdict (each counted once) and of all drawn verifiers.
-    function _countVerdicts(SlashEvidence calldata e, address[] memory drawn, uint256[] memory stakes)
-        private
-        view
-        returns (uint256 guilty, uint256 total)
-    {
-        total = _sum(stakes);
-        bytes32 digest = _hashTypedDataV4(
-            ShardEvidence.verdictHash(e.jobId, e.commitment.node, e.commitment.root, e.leafIndex, e.leaf)
-        );
-        uint256 counted = 0; // bit j: drawn[j] already counted
-        for (uint256 i = 0; i < e.verdicts.length && i < MAX_VERIFIERS; ++i) {
-            uint256 j = _drawnSigner(digest, e.verdicts[i], drawn, counted, i);
-            counted |= 1 << j;
-            guilty += stakes[j];
-        }
-    }
-
-    /// @dev The index in `drawn` of verdict `i`'s signer, not counted before; reverts for anyone else.
-    function _drawnSigner(
-        bytes32 digest,
-        VerdictSignature calldata verdict,
-        address[] memory drawn,
-        uint256 counted,
-        uint256 i
-    ) private pure returns (uint256 j) {
-        (address signer, , ) = ECDSA.tryRecover(digest, verdict.r, verdict.vs);
-        j = _uncountedIndex(drawn, signer, counted);
-        if (j == drawn.length || signer == address(0)) revert ShardRegistryVerdictNotFromDrawnVerifier(i, signer);
-    }
-
-    function _sum(uint256[] memory values) private pure returns (uint256 total) {
-        for (uint256 k = 0; k < values.length; ++k) total += values[k];
-    }
-
-    /// @dev The index of `signer` among `drawn` not yet marked in `counted`, or drawn.length.
-    function _uncountedIndex(address[] memory drawn, address signer, uint256 counted) private pure returns (uint256 j) {
-        while (j < drawn.length && (drawn[j] != signer || counted & (1 << j) != 0)) ++j;
-    }
-
-    /// @dev Takes `slashBps` of the node's stake and unbonding stake, jails it for good, releases its assignments.
-    function _takeStake(address node) private returns (uint256 amount) {
-        Account storage account = _accounts[node];
-        NodeExtra storage extra = _nodeExtra[node];
-        uint256 fromStake = (uint256(account.stake) * _slashBps) / _BPS;
-        uint256 fromUnbonding = (uint256(extra.unbonding) * _slashBps) / _BPS;
-        account.stake -= uint88(fromStake);
-        extra.unbonding -= uint128(fromUnbonding);
-        account.flags |= _JAILED;
-        _recordWeight(node, uint256(account.stake) + extra.unbonding);
-        _totalStaked -= uint128(fromStake);
-        _totalUnbonding -= uint128(fromUnbonding);
-        uint256[] storage live = _nodeLive[node];
-        while (live.length != 0) {
-            uint256 id = live[live.length - 1];
-            _release(id, _assignments[id - 1]);
-        }
-        amount = fromStake + fromUnbonding;
-    }
 
     // ---------------------------------------------------------------- internal: helpers
 
@@ -1070,44 +756,6 @@ contract ShardRegistry is IShardRegistry, Ownable2Step, ReentrancyGuardTransient
         return stake;
     }
 
-    function _take(uint256 wanted, uint256 available) private pure returns (uint256) {
-        return wanted < available ? wanted : available;
-    }
 
-    /// @dev Adds to a claimable balance.
-    function _credit(address account, uint256 amount) private {
-        if (amount == 0) return;
-        uint256 slot;
-        uint256 word;
-        assembly ("memory-safe") {
-            mstore(0, account)
-            mstore(0x20, _accounts.slot)
-            slot := keccak256(0, 0x40)
-            word := sload(slot)
-        }
-        uint256 mask88 = (1 << 88) - 1;
-        uint256 claimableNow = (word & mask88) + amount;
-        if (claimableNow > mask88) revert ShardRegistryAmountTooLarge(claimableNow, mask88);
-        // same layout as in {_payHop}; the TOUCHED flag keeps the slot non-zero after a claim
-        word = (word & ~mask88) | claimableNow | (uint256(_TOUCHED) << 248);
-        assembly ("memory-safe") {
-            sstore(slot, word)
-        }
-    }
 
-    /// @dev Marks an assignment released (in this block) and swap-and-pops it out of its node's live list; it stays in
-    /// its model's list, drawn for the disputes of jobs closed before, until {_prune} drops it.
-    function _release(uint256 assignmentId, AssignmentRecord storage a) private {
-        a.live = false;
-        a.releasedAt = uint64(block.number);
-        NodeExtra storage extra = _nodeExtra[a.node];
-        extra.released = block.number < extra.releasedUntil ? extra.released + 1 : 1;
-        extra.releasedUntil = uint32(block.number + _DRAW_REACH);
-        uint256[] storage byNode = _nodeLive[a.node];
-        uint256 movedId = byNode[byNode.length - 1];
-        byNode[a.nodeIndex] = movedId;
-        _assignments[movedId - 1].nodeIndex = a.nodeIndex;
-        byNode.pop();
-        emit ShardReleased(assignmentId, a.node, a.modelId);
-    }
 }

@@ -41,6 +41,7 @@ import torch
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
+from coordinator.verifier_pay import innocent_signature
 from shardnet.chain.commitments import SignedCommitment, verify_verdict
 from shardnet.chain.registry import JobRecord, Registry, SlashEvidence
 from shardnet.verify.fingerprint import make_fingerprint
@@ -313,8 +314,9 @@ class DisputeRunner:
         raw_tokens = data.get("tokens")
         tokens = raw_tokens if isinstance(raw_tokens, dict) else None
         if not data.get("guilty"):
+            innocent = innocent_signature(data, domain, job_id, signed, verifier)  # what payVerifiers pays
             return VerifierAnswer(
-                verifier, stake, False, note=str(data.get("reason", ""))[:300], tokens=tokens
+                verifier, stake, False, None, innocent, str(data.get("reason", ""))[:300], tokens=tokens
             )
         try:
             index = int(data["leaf_index"])

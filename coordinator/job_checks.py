@@ -5,7 +5,9 @@ at least `MIN_VERIFIERS` other live workers serve its span (else the registry co
 and no slash could follow). The accused's dtype (its /health) picks the tolerance; one that cannot be read is
 checked at the loosest calibrated tolerance, so honest drift never slashes. The last hop of the finished run
 is also checked on the tokens it made the client see (`shown_tokens`). Faults (a verifier refusing,
-timing out, or outvoted by the referees) mark the verifier down and are recorded; a slash excludes the node from routing for good.
+timing out, or outvoted by the referees) mark the verifier down and are recorded; a slash excludes the node from
+routing for good. Then the job's drawn verifiers that signed a verdict are paid from its held verification share
+(`verifier_pay`); a job nobody checks gets its share back at once.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from coordinator.disputes import (
 )
 from coordinator.hop_sessions import PipelineContext
 from coordinator.hops import JobHops
+from coordinator.verifier_pay import hop_verdicts, pay_verifiers, return_share
 from shardnet.chain.tx import wait_for_receipt
 from shardnet.verify.tokens import ShownTokens
 from shardnet.wire.commitment import merkle_root
@@ -154,6 +157,9 @@ class JobChecks:
             report.status = NOT_VERIFIED  # an adapter's job: verifiers would replay without it (never framed)
             report.note = "checks are off" if not self.enabled else "ran with a LoRA adapter verifiers lack"
             log.info("job %d: not checked after the fact: %s", job_id, report.note)
+            refund = asyncio.ensure_future(return_share(self.ctx.registry, job_id, settle_tx))
+            self._tasks.add(refund)
+            refund.add_done_callback(self._tasks.discard)
             return
         task = asyncio.ensure_future(self._check(job_id, model_id, job_hops, settle_tx, report, fix))
         self._tasks.add(task)
@@ -256,7 +262,7 @@ class JobChecks:
                 continue
             todo.append((i, node, span, signed, await job_hops.step_work(i), shown_tokens(job_hops, i)))
         if not todo:
-            return []
+            return await return_share(self.disputes.registry, job_id, settle_tx)
         registry = self.disputes.registry
         try:
             receipt = await asyncio.to_thread(wait_for_receipt, registry.w3, settle_tx)
@@ -271,8 +277,10 @@ class JobChecks:
             if not job_drawn(bytes(block["hash"]), job_id, self.share):
                 log.info("job %d: not among the %.0f%% of jobs checked", job_id, 100 * self.share)
                 unchecked.append(f"not among the {100 * self.share:.0f}% of jobs checked")
+                await pay_verifiers(registry, job_id, record, close_block, [])  # the share back to the client
                 return []
             outcomes = []
+            paid = []
             for i, node, span, signed, work, shown in todo:
                 # counted now, after the draw's blocks: a replica down a moment while the job ran is back
                 if len(self.ctx.router.replicas(model_id, span, besides={node})) < MIN_VERIFIERS:
@@ -286,6 +294,9 @@ class JobChecks:
                 )
                 self._record(job_id, i, outcome)
                 outcomes.append(outcome)
+                leaves = [w.leaf() for w in work]
+                paid.append(hop_verdicts(signed, outcome.answers, len(outcome.answers), leaves))
+            await pay_verifiers(registry, job_id, record, close_block, paid)
             return outcomes
         except Exception as exc:
             log.exception("job %d: the after-the-fact check failed", job_id)

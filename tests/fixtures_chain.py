@@ -36,8 +36,11 @@ if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
     from web3 import Web3
 
-#: Registry parameters of the test deployments (the devnet defaults).
-TEST_PARAMS = RegistryParams()
+#: Registry parameters of the test deployments: the devnet defaults, without the verification share (the settlement
+#: tests check every job's refund to the wei as escrow - pay - fees); tests/chain/test_registry_verification.py and
+#: tests/coordinator/test_verifier_pay.py deploy with it (VERIFY_PARAMS).
+TEST_PARAMS = RegistryParams(verify_bps=0)
+VERIFY_PARAMS = RegistryParams()
 
 
 #: how far the test devnets' clocks were moved ahead of the wall clock (`DevChain.advance_time`; the session's

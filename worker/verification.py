@@ -8,7 +8,8 @@ oldest evicted first).
 POST /v1/verify checks a hop of a closed job that another node served, after the fact: the body is
 `{"ticket": <the job's coordinator's ticket for this worker, its span and the job>, "package": {...}}`. The
 worker judges the package in one prefill-style pass on its compute thread and answers
-`{"guilty": bool, "leaf_index", "leaf", "signature" (an EIP-712 Verdict when guilty), "reason", "tokens"
+`{"guilty": bool, "leaf_index", "leaf", "signature" (an EIP-712 Verdict: on the wrong leaf when guilty, on leaf
+index 2**32 - 1 with leaf 0 when innocent; the registry pays either), "reason", "tokens"
 (last hop: the shown tokens' check, `shardnet.verify.tokens`), ...}`; a
 package that is not what its accused signed is refused (422) without a verdict. There is no session: a
 check of committed work looks like nothing else a worker does, and cannot be told apart by its job.
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from shardnet.chain.commitments import INNOCENT_LEAF, INNOCENT_LEAF_INDEX
 from shardnet.peer.errors import BadRequest, TicketRejected, WorkerAPIError
 from shardnet.span import LayerSpan
 from shardnet.verify.fingerprint import io_hash, leaf, make_fingerprint
@@ -39,7 +41,7 @@ from worker.inputs import check_job_id
 if TYPE_CHECKING:
     from worker.server import WorkerServer
 
-#: Signs a guilty verdict: (job_id, accused, root, leaf_index, leaf) -> EIP-2098 signature.
+#: Signs a verdict: (job_id, accused, root, leaf_index, leaf) -> EIP-2098 signature (innocent: INNOCENT_LEAF_INDEX).
 VerdictSigner = Callable[[int, str, bytes, int, bytes], CompactSignature]
 
 KEPT_JOBS = 1024  # jobs whose committed steps are kept for disputes
@@ -140,14 +142,14 @@ class VerifyEndpoint:
             found.tokens is not None
         ):  # the last hop's shown tokens: which the logits do not support, and whose
             answer["tokens"] = found.tokens.to_json()
+        # guilty: a Verdict on the wrong leaf; innocent: one on INNOCENT_LEAF_INDEX (leaf 0). Both are signed: the
+        # coordinator shows either to the registry, which pays each drawn verifier's verdict (payVerifiers)
+        leaf_index, leaf_bytes = INNOCENT_LEAF_INDEX, INNOCENT_LEAF
         if found.guilty:
             assert found.leaf_index is not None and found.leaf is not None
-            signature = self.signer(c.job_id, c.node, c.root, found.leaf_index, found.leaf)
-            answer |= {
-                "leaf_index": found.leaf_index,
-                "leaf": "0x" + found.leaf.hex(),
-                "signature": signature.hex(),
-            }
+            leaf_index, leaf_bytes = found.leaf_index, found.leaf
+        signature = self.signer(c.job_id, c.node, c.root, leaf_index, leaf_bytes)
+        answer |= {"leaf_index": leaf_index, "leaf": "0x" + leaf_bytes.hex(), "signature": signature.hex()}
         self.server.metrics.tokens_processed.inc(found.verdict.positions_recomputed)
         return web.json_response(answer)
 

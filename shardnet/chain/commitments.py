@@ -28,6 +28,9 @@ __all__ = [
     "SignedCommitment",
     "commitment_message",
     "sign_commitment",
+    "INNOCENT_LEAF",
+    "INNOCENT_LEAF_INDEX",
+    "sign_innocent_verdict",
     "sign_verdict",
     "verdict_message",
     "verify_commitment",
@@ -190,4 +193,26 @@ def verify_verdict(
     """The address that signed the verdict (raises ``ValueError`` if it does not recover)."""
     return recover_struct(
         domain, "Verdict", verdict_message(job_id, accused, root, leaf_index, leaf), signature
+    )
+
+
+#: An innocent verdict is a ``Verdict`` on this leaf index (ShardRegistry.INNOCENT_LEAF_INDEX, 2**32 - 1) with an
+#: all-zero leaf: "I recomputed the hop and every leaf is right". No hop has that many leaves, so it can never
+#: back a slash; the registry pays it like a guilty one (``payVerifiers``).
+INNOCENT_LEAF_INDEX = 2**32 - 1
+INNOCENT_LEAF = bytes(32)
+
+
+def sign_innocent_verdict(
+    account: LocalAccount, domain: Domain, *, job_id: int, accused: str, root: bytes
+) -> CompactSignature:
+    """A drawn verifier's signature that ``accused``'s hop under ``root`` is right (what it is paid for)."""
+    return sign_verdict(
+        account,
+        domain,
+        job_id=job_id,
+        accused=accused,
+        root=root,
+        leaf_index=INNOCENT_LEAF_INDEX,
+        leaf=INNOCENT_LEAF,
     )

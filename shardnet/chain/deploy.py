@@ -106,7 +106,7 @@ def deploy_registry(
         raise ChainError(
             f"the {art.name} constructor takes {len(inputs)} arguments, shardnet passes {len(args)} "
             "(minStake, unbondingPeriod, jobTimeout, coordinatorFeeBps, slashBps, maxPromptTokens, approvalDelay, "
-            "disputeWindow, protocolFeeBps, maxJobTokens): "
+            "disputeWindow, protocolFeeBps, maxJobTokens, verifyBps): "
             "the artifact and this version of shardnet disagree; run `shardnet compile`"
         )
     data = art.bytecode + abi_encode([_canonical_type(p) for p in inputs], args).hex()

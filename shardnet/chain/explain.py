@@ -35,6 +35,20 @@ SENTENCES: dict[str, str] = {
     "NodeJailed": "{node} was slashed and is jailed",
     "NotCoordinator": "{account} is not an approved coordinator of this registry",
     "Unauthorized": "{account} may not do this (only the registry's owner may)",
+    "VerdictNotFromDrawnVerifier": "verdict {index} is signed by {signer}, not by a verifier the registry drew for "
+    "that hop (or by one of them twice): send only the verdicts of `drawVerifiers`' first `picks` addresses",
+    "TooManyVerdicts": "job {jobId}: {count} verdicts on one hop, more than the {maximum} verifiers drawn for it",
+    "InvalidDrawSize": "job {jobId}: a hop's draw size {picks} is outside MIN_VERIFIERS..MAX_VERIFIERS",
+    "NoVerificationHeld": "job {jobId} has no verification share left: its settlement held none (failed, cancelled, "
+    "or too little escrow), or it was paid or refunded already",
+    "VerificationOpen": "job {jobId}'s verification share can still be paid to its verifiers: anyone may refund it "
+    "to the client after block {untilBlock}",
+    "BatchTooLarge": "{count} items in one call, more than the registry's {maximum}: split the batch",
+    "RandomnessUnavailable": "the draw's randomness (blockhash of block {blockNumber}) cannot be read: wait for that "
+    "block, or it is more than 256 blocks old and the job can no longer be disputed or its verifiers paid",
+    "HopsNotSorted": "job {jobId}: hop {hopIndex} overlaps or precedes the one before it: hops go in layer order, "
+    "with disjoint spans",
+    "BadCommitmentSignature": "job {jobId}: hop {hopIndex}'s commitment is not signed by its node {node}",
 }
 
 

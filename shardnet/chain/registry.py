@@ -21,19 +21,23 @@ from eth_utils import to_checksum_address
 from shardnet.chain.abi import as_bytes
 from shardnet.chain.commitments import SignedCommitment
 from shardnet.chain.errors import ChainError, ContractRevert
-from shardnet.chain.registry_base import LOG_RANGE, RegistryCore
+from shardnet.chain.registry_base import LOG_RANGE
 from shardnet.chain.registry_types import (
     AssignmentInfo,
+    HopVerdicts,
     JobInfo,
     JobRecord,
     JobStatus,
     ModelInfo,
     NodeInfo,
+    PaidVerdict,
     RegistryParams,
     Settlement,
     SlashEvidence,
+    VerificationPayment,
     to_bytes32,
 )
+from shardnet.chain.registry_verify import VerificationBindings
 from shardnet.chain.tx import DecodedEvent, TxResult, rpc
 from shardnet.span import LayerSpan
 from shardnet.wire.eip712 import Domain
@@ -45,23 +49,26 @@ __all__ = [
     "LOG_RANGE",
     "AssignmentInfo",
     "DecodedEvent",
+    "HopVerdicts",
     "JobInfo",
     "JobRecord",
     "JobStatus",
     "ModelInfo",
     "NodeInfo",
+    "PaidVerdict",
     "Registry",
     "RegistryParams",
     "Settlement",
     "SlashEvidence",
     "TxResult",
+    "VerificationPayment",
     "to_bytes32",
 ]
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 
 
-class Registry(RegistryCore):
+class Registry(VerificationBindings):
     """Bindings of one deployed ShardRegistry. Without an `account`, only views work."""
 
     # ------------------------------------------------------------ governance
@@ -229,6 +236,7 @@ class Registry(RegistryCore):
             self.dispute_window(),
             self.protocol_fee_bps(),
             self.max_job_tokens(),
+            self.verify_bps(),
         )
 
     def is_coordinator(self, account: str) -> bool:
@@ -323,25 +331,6 @@ class Registry(RegistryCore):
         args = self._function("settleJobs").decode_input(as_bytes(tx["input"]))
         return [Settlement.from_abi(s) for s in args["settlements"]]
 
-    def draw_verifiers(
-        self, job_id: int, job: JobRecord, close_block: int, node: str, span: LayerSpan, root: bytes
-    ) -> list[tuple[str, int]]:
-        """The verifiers (address, stake) the contract draws for a dispute over `node`'s commitment `root`."""
-        verifiers, stakes = self._view(
-            "drawVerifiers",
-            job_id,
-            job.as_tuple(),
-            close_block,
-            to_checksum_address(node),
-            span.start,
-            span.end,
-            to_bytes32(root),
-        )
-        return [(str(v), int(s)) for v, s in zip(verifiers, stakes, strict=True)]
-
-    def is_slashed(self, job_id: int, node: str) -> bool:
-        return bool(self._view("isSlashed", job_id, to_checksum_address(node)))
-
     def quote(self, model_id: int, max_tokens: int) -> int:
         return int(self._view("quote", model_id, max_tokens))
 
@@ -379,7 +368,7 @@ class Registry(RegistryCore):
 
     def liabilities(self) -> int:
         """Every wei the registry owes: stakes + unbonding + open escrow + claimable balances + protocol fees +
-        provisional posted pay. Its
+        provisional posted pay + held verification shares. Its
         balance must equal this (the conservation invariant)."""
         return (
             self.total_staked()
@@ -388,6 +377,7 @@ class Registry(RegistryCore):
             + self.total_claimable()
             + self.protocol_fees()
             + self.pending_posted()
+            + self.verification_held()
         )
 
     def protocol_fees(self) -> int:

@@ -25,8 +25,11 @@ __all__ = [
     "ModelInfo",
     "NodeInfo",
     "RegistryParams",
+    "HopVerdicts",
+    "PaidVerdict",
     "Settlement",
     "SlashEvidence",
+    "VerificationPayment",
     "to_bytes32",
 ]
 
@@ -62,6 +65,8 @@ class RegistryParams:
     dispute_window: int = 60
     protocol_fee_bps: int = 0
     max_job_tokens: int = 4096
+    #: each paid verdict earns this share of the checked hop's pay (basis points); quotes hold HELD_VERDICTS x it
+    verify_bps: int = 1000
 
     def as_args(self) -> list[int]:
         return [getattr(self, f.name) for f in fields(self)]
@@ -271,6 +276,46 @@ class SlashEvidence:
             [to_bytes32(p) for p in self.proof],
             [(v.r, v.vs) for v in self.verdicts],
         )
+
+
+@dataclass(frozen=True)
+class PaidVerdict:
+    """IShardRegistry.PaidVerdict: a drawn verifier's signed Verdict on a hop (innocent: leaf index 2**32 - 1,
+    leaf 0; see shardnet.chain.commitments.INNOCENT_LEAF_INDEX)."""
+
+    leaf_index: int
+    leaf: bytes
+    signature: CompactSignature
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return self.leaf_index, to_bytes32(self.leaf), self.signature.r, self.signature.vs
+
+
+@dataclass(frozen=True)
+class HopVerdicts:
+    """IShardRegistry.HopVerdicts: one checked hop, the size of the draw its verifiers came from, their verdicts."""
+
+    commitment: SignedCommitment
+    picks: int
+    verdicts: Sequence[PaidVerdict]
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return self.commitment.as_tuple(), self.picks, [v.as_tuple() for v in self.verdicts]
+
+
+@dataclass(frozen=True)
+class VerificationPayment:
+    """IShardRegistry.VerificationPayment: a settled job's checked hops, paid from its held verification share
+    (hops are sorted the registry's way: layer order)."""
+
+    job_id: int
+    job: JobRecord
+    close_block: int
+    hops: Sequence[HopVerdicts]
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        hops = sorted(self.hops, key=lambda h: SignedCommitment.sort_key(h.commitment))
+        return self.job_id, self.job.as_tuple(), self.close_block, [h.as_tuple() for h in hops]
 
 
 def to_bytes32(value: bytes | str) -> bytes:

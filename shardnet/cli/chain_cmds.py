@@ -144,6 +144,13 @@ def _add_param_flags(p: argparse.ArgumentParser) -> None:
         default=4096,
         help="largest --max-tokens a job may ask for, 1 to 1000000; caps one job's escrow (default 4096)",
     )
+    p.add_argument(
+        "--verify-bps",
+        type=int,
+        default=1000,
+        help="each drawn verifier's pay for a checked hop, basis points of the hop's pay, 0 to 2500; a job's "
+        "quote holds 4x this of its largest pay for verification and refunds what is not paid (default 1000)",
+    )
 
 
 _BPS = 10_000
@@ -156,6 +163,7 @@ _PARAM_RANGES = (
     ("--slash-bps", "slash_bps", 0, _BPS),
     ("--max-prompt-tokens", "max_prompt_tokens", 1, 2**32 - 1),
     ("--max-job-tokens", "max_job_tokens", 1, 1_000_000),
+    ("--verify-bps", "verify_bps", 0, _BPS // 4),
 )
 
 
@@ -187,6 +195,7 @@ def _params(args: argparse.Namespace) -> RegistryParams:
         args.slash_bps,
         args.max_prompt_tokens,
         max_job_tokens=args.max_job_tokens,
+        verify_bps=args.verify_bps,
     )
 
 

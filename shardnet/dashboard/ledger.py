@@ -12,7 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from shardnet.chain.registry_types import Settlement
+from shardnet.chain.registry_types import JobRecord, Settlement
 from shardnet.chain.tx import DecodedEvent
 
 #: Jobs kept in the recent-jobs window (older ones still count in the totals, earnings and chart)
@@ -34,6 +34,8 @@ class ChainFacts(Protocol):
     def settlements(self, tx_hash: str) -> list[Settlement]: ...
 
     def posted_paid(self, job_id: int) -> int: ...
+
+    def verification_held(self, job_id: int, record: JobRecord) -> int: ...
 
 
 @dataclass
@@ -244,8 +246,12 @@ class Ledger:
         )
         if escrow is not None:
             posted = job.posted_paid if job is not None else self.facts.posted_paid(job_id)
+            # the settlement also held the job's verification share (paid to verifiers or refunded later)
+            record = settlement.job if settlement is not None else None
+            held = self.facts.verification_held(job_id, record) if record is not None else 0
             cut = max(
-                escrow - posted - int(a["paidToNodes"]) - int(a["coordinatorFee"]) - int(a["refund"]), 0
+                escrow - posted - int(a["paidToNodes"]) - int(a["coordinatorFee"]) - int(a["refund"]) - held,
+                0,
             )
         for hop in hops:
             self.touched_nodes.add(hop.node.lower())  # its claimable balance changed
@@ -294,6 +300,10 @@ class Ledger:
             for h in out:
                 h.paid_wei = None
         return out
+
+    def _on_VerificationPaid(self, event: DecodedEvent, a: dict[str, Any]) -> None:
+        # a settled job's held verification share: what its verifiers did not take went back to the client
+        self.totals.refunded_wei += int(a["refund"])
 
     def _on_JobFailed(self, event: DecodedEvent, a: dict[str, Any]) -> None:
         self.totals.failed += 1

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from shardnet.chain.errors import ChainError, ChainUnavailable, ContractRevert, RpcError
-from shardnet.chain.registry import AssignmentInfo, ModelInfo, NodeInfo, Registry, Settlement
+from shardnet.chain.registry import AssignmentInfo, JobRecord, ModelInfo, NodeInfo, Registry, Settlement
 from shardnet.chain.registry_base import LOG_RANGE
 from shardnet.chain.tx import rpc
 from shardnet.dashboard.coverage import replicas_per_layer, uncovered_ranges
@@ -160,6 +160,11 @@ class ChainSnapshot:
 
     def posted_paid(self, job_id: int) -> int:
         return self.registry.job_state(job_id)[1]
+
+    def verification_held(self, job_id: int, record: JobRecord) -> int:
+        """The verification share the job's settlement held (0 when it held none)."""
+        held, _unspent = self.registry.verification_state(job_id)
+        return self.registry.verification_share(record) if held else 0
 
     def _assignment(self, assignment_id: int) -> AssignmentInfo:
         return self.assignments.get_or(assignment_id, lambda: self.registry.get_assignment(assignment_id))

@@ -108,7 +108,7 @@ def test_core_flow_on_anvil(
 
 
 def test_params_and_views_are_typed(registry: Registry, accounts: list[LocalAccount]) -> None:
-    assert registry.params() == RegistryParams(10**18, 60, 600, 500, 5000, 512, 0, 60, 0, 4096)
+    assert registry.params() == RegistryParams(10**18, 60, 600, 500, 5000, 512, 0, 60, 0, 4096, 0)
     assert registry.owner() == accounts[0].address
     assert registry.model_count() == 0 and registry.job_count() == 0
     node = registry.get_node(accounts[5].address)

@@ -36,10 +36,12 @@ def test_gas_report_measures_every_state_changing_function(tmp_path: Path) -> No
     rows = {
         line.split("|")[1].strip().strip("`"): line for line in table.splitlines() if line.startswith("| `")
     }
-    assert writes | {"deployment", "settleJobs (16 jobs)"} == set(rows)
+    assert writes | {"deployment", "settleJobs (16 jobs)", "payVerifiers (16 jobs)"} == set(rows)
     for name, line in rows.items():
         calls, low, mean, high = (int(cell.strip().replace(",", "")) for cell in line.split("|")[3:7])
-        assert calls >= 1 and 21_000 < low <= mean <= high < 6_000_000, name
+        # the deployment creates two contracts (the registry and its ShardDisputes, reached by DELEGATECALL)
+        limit = 10_000_000 if name == "deployment" else 6_000_000
+        assert calls >= 1 and 21_000 < low <= mean <= high < limit, name
     whole = re.search(r"^whole 3-worker job: (\d+) gas$", table, re.MULTILINE)
     batch = re.search(r"^16 jobs settled in one transaction: (\d+) gas per job$", table, re.MULTILINE)
     assert whole and batch, "the headline lines are missing"

@@ -5,7 +5,10 @@ equal the stakes + unbonding stakes + open escrow not yet paid out + claimable b
 those sums must equal the model's. Settlements carry real EIP-712 signed commitments of random hops (some of nodes
 that unstaked since, some already posted by the node itself); every payout is predicted by the model, including the
 cap at the escrow. Every claim must pay exactly what the model says the account is owed. Each example starts from
-the same EVM snapshot. (Slashing needs drawn verifiers and is covered by test_registry_attacks.py.)
+the same EVM snapshot. Settlements hold each job's verification share (the registry deploys with the devnet's
+`verifyBps`), which goes back to the client when its coordinator pays no verdict or, after the draw's reach, on
+anyone's refundVerification. (Slashing and paying drawn verifiers need drawn verifiers' signatures: covered by
+test_registry_attacks.py and test_registry_verification.py.)
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import pytest
 from eth_account.signers.local import LocalAccount
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
@@ -27,20 +31,30 @@ from hypothesis.stateful import (
 )
 
 from shardnet.chain.commitments import sign_commitment
+from shardnet.chain.deploy import Deployment, deploy_registry
 from shardnet.chain.errors import ContractRevert
-from shardnet.chain.registry import JobStatus, Registry, Settlement
+from shardnet.chain.registry import JobStatus, Registry, Settlement, VerificationPayment
 from shardnet.span import LayerSpan
 from shardnet.wire.tickets import sign_ticket, ticket_proof
 from tests.chain.registry_world import INPUT, OUTPUT
-from tests.fixtures_chain import TEST_PARAMS, DevChain
+from tests.fixtures_chain import VERIFY_PARAMS, DevChain
 
-P = TEST_PARAMS
+P = VERIFY_PARAMS
 BPS = 10_000
 LAYERS = 3
 PRICE = 7
 MAX_TOKENS = 4
 POSITIONS = MAX_TOKENS + P.max_prompt_tokens
 UNIT = P.min_stake // 4  # stake amounts move in quarters of minStake
+HELD_VERDICTS = 4  # ShardRegistry.HELD_VERDICTS (checked against the contract below)
+SHARE = LAYERS * POSITIONS * PRICE * P.verify_bps * HELD_VERDICTS // BPS  # a job's verification share
+DRAW_REACH = 2 + 256  # blocks after its close a job's verifiers can be paid
+
+
+@pytest.fixture(scope="module")
+def module_deployment(anvil: DevChain, accounts: list[LocalAccount]) -> Deployment:
+    """This module's registry holds a verification share of every settled job (the devnet default)."""
+    return deploy_registry(anvil.w3, accounts[0], P)
 
 
 @contextmanager
@@ -79,6 +93,8 @@ class JobModel:
     posted_paid: int = 0
     # (node, start, end) -> [reserved pay, payableAt, state (1 provisional, 2 paid, 3 voided)]
     posted: dict[tuple[str, int, int], list[int]] = field(default_factory=dict)
+    held: int = 0  # verification share held by its settlement, not yet spent
+    close_block: int = 0
 
     @property
     def remaining(self) -> int:
@@ -105,7 +121,7 @@ class RegistryModel:
     def claimable(self, address: str) -> int:
         return self.owed.get(address, 0) - self.received.get(address, 0)
 
-    def sums(self) -> tuple[int, int, int, int, int, int]:
+    def sums(self) -> tuple[int, int, int, int, int, int, int]:
         return (
             sum(n.stake for n in self.nodes.values()),
             sum(n.unbonding for n in self.nodes.values()),
@@ -113,6 +129,7 @@ class RegistryModel:
             sum(self.claimable(a) for a in self.owed),
             self.fees,
             self.pending,
+            sum(j.held for j in self.jobs.values()),
         )
 
 
@@ -127,6 +144,7 @@ def make_machine(
     regs = {a.address: registry_for(a) for a in accounts[:7]}
     keys = {a.address: a for a in accounts[:7]}
     gov = regs[coordinator.address]
+    assert gov.constant("HELD_VERDICTS") == HELD_VERDICTS
     domain = gov.domain()
     addresses = [a.address for a in nodes]
 
@@ -332,14 +350,19 @@ def make_machine(
                 cut = min(paid * P.protocol_fee_bps // BPS, remaining)
                 remaining -= cut
                 args = events[j].args
+                held = SHARE if SHARE <= remaining else 0
                 assert (args["paidToNodes"], args["coordinatorFee"], args["refund"], args["paidHops"]) == (
                     paid,
                     fee,
-                    remaining,
+                    remaining - held,
                     mask,
                 )
                 fees += fee
                 self.m.fees += cut
+                if SHARE <= remaining:  # the settlement holds the verification share
+                    remaining -= SHARE
+                    job.held, job.close_block = SHARE, result.block_number
+                assert gov.verification_state(j) == (job.held > 0, job.held > 0)
                 self.m.credit(job.client, remaining)
                 job.status = JobStatus.Settled
             self.m.credit(coordinator.address, fees)
@@ -442,6 +465,33 @@ def make_machine(
             self.m.credit(job.client, job.remaining)
             job.status = JobStatus.Cancelled
 
+        def held_jobs(self) -> list[int]:
+            return [j for j, job in self.m.jobs.items() if job.held]
+
+        @precondition(lambda self: bool(self.held_jobs()))
+        @rule(data=st.data())
+        def spend_verification_share(self, data: st.DataObject) -> None:
+            """Its coordinator pays no verdict (the share goes back at once), or, once no draw reaches the job, anyone
+            refunds it; a spent share cannot be spent again."""
+            job_id = data.draw(st.sampled_from(self.held_jobs()))
+            job = self.m.jobs[job_id]
+            record = gov.job_record(job_id)
+            chain.mine(3)
+            if chain.block_number() < job.close_block + DRAW_REACH and data.draw(st.booleans()):
+                paid = gov.pay_verifiers([VerificationPayment(job_id, record, job.close_block, [])])
+            else:
+                if chain.block_number() <= job.close_block + DRAW_REACH:
+                    with reverts_with("ShardRegistryVerificationOpen"):
+                        regs[job.client].refund_verification(job_id, record, job.close_block)
+                    chain.mine(job.close_block + DRAW_REACH + 1 - chain.block_number())
+                paid = regs[job.client].refund_verification(job_id, record, job.close_block)
+            args = paid.event("VerificationPaid").args
+            assert (args["paid"], args["refund"], args["verdicts"]) == (0, job.held, 0)
+            self.m.credit(job.client, job.held)
+            job.held = 0
+            with reverts_with("ShardRegistryNoVerificationHeld"):
+                gov.pay_verifiers([VerificationPayment(job_id, record, job.close_block, [])])
+
         @rule(seconds=st.sampled_from([1, P.unbonding_period]))
         def wait(self, seconds: int) -> None:
             chain.advance_time(seconds)
@@ -471,6 +521,7 @@ def make_machine(
                 sum(gov.claimable(a.address) for a in accounts[:7]),
                 gov.protocol_fees(),
                 gov.pending_posted(),
+                gov.verification_held(),
             )
             assert gov.balance() == sum(sums)
             assert sums == self.m.sums()

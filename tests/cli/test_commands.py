@@ -32,6 +32,7 @@ _UNREACHABLE = (
         (["--max-prompt-tokens", str(2**32)], "--max-prompt-tokens must be between 1 and 4294967295"),
         (["--max-job-tokens", "0"], "--max-job-tokens must be between 1 and 1000000"),
         (["--max-job-tokens", "1000001"], "--max-job-tokens must be between 1 and 1000000"),
+        (["--verify-bps", "2501"], "--verify-bps must be between 0 and 2500"),
         (["--min-stake", "0"], "--min-stake must be a positive amount of ether"),
         (["--min-stake", "1e-30"], "--min-stake must be a positive amount of ether"),
         (["--min-stake", "NaN"], "--min-stake must be a positive amount of ether"),

@@ -17,7 +17,7 @@ from web3 import HTTPProvider, Web3
 
 from shardnet.chain.deploy import deploy_registry
 from shardnet.chain.devnet import free_port
-from shardnet.chain.registry import Registry
+from shardnet.chain.registry import Registry, VerificationPayment
 from shardnet.dashboard.snapshot import MAX_IDLE_MODELS, MAX_MODELS, ChainSnapshot
 from shardnet.dashboard.web import EncodedSnapshot, SnapshotSource, chain_source
 from shardnet.span import LayerSpan
@@ -125,6 +125,33 @@ def test_totals_account_for_every_wei_escrowed_with_a_protocol_fee(
     open_escrow = world.gov.open_escrow()
     assert open_escrow == world.quote() and still_open
     accounted = int(totals["paid_wei"]) + protocol + int(totals["refunded_wei"]) + open_escrow
+    assert int(totals["escrowed_wei"]) == accounted
+
+
+def test_totals_account_for_the_verification_share_settlements_hold(
+    isolated_anvil: DevChain, accounts: list[LocalAccount]
+) -> None:
+    anvil = isolated_anvil
+    params = replace(TEST_PARAMS, protocol_fee_bps=1000, verify_bps=1000)
+    deployment = deploy_registry(anvil.w3, accounts[0], params)
+
+    def registry_for(account: LocalAccount | None) -> Registry:
+        return Registry(anvil.w3, deployment.registry, account, deploy_block=deployment.deploy_block)
+
+    world = build_world(anvil, accounts, registry_for)
+    snapshot = ChainSnapshot(world.registry_for(None), min_interval_s=0)
+    held_job, refunded_job = world.submit(), world.submit()
+    world.settle(held_job)
+    close = world.settle(refunded_job).block_number
+    world.chain.mine(3)
+    # its coordinator pays nobody for the second job: the whole share goes back to the client
+    world.gov.pay_verifiers([VerificationPayment(refunded_job, world.record(refunded_job), close, [])])
+    totals = snapshot.current()["totals"]
+    protocol = world.gov.protocol_fees()
+    assert protocol > 0 and totals["protocol_fees_wei"] == str(protocol)
+    held = world.gov.verification_held()
+    assert held == world.gov.verification_share(world.record(held_job)) > 0
+    accounted = int(totals["paid_wei"]) + protocol + int(totals["refunded_wei"]) + held
     assert int(totals["escrowed_wei"]) == accounted
 
 

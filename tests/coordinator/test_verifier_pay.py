@@ -1,0 +1,174 @@
+"""Paid verification end to end on a real anvil registry (issue 10 item 5): five real worker servers staked on one
+span, a real job served and settled, the registry's drawn verifiers judge the hop on POST /v1/verify and sign their
+verdicts (innocent ones too), and the coordinator's `verifier_pay` has the registry pay them from the job's held
+verification share: each drawn verifier that signed a verdict sees its claimable balance rise by `verifyBps` of
+the hop's pay; one that stayed silent or did not sign is paid nothing; the client gets the rest back at once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from aiohttp import web
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
+
+from coordinator.disputes import DisputeOutcome, DisputeRunner
+from coordinator.verifier_pay import hop_verdicts, pay_verifiers
+from shardnet.chain.commitments import INNOCENT_LEAF, INNOCENT_LEAF_INDEX, sign_innocent_verdict
+from shardnet.chain.deploy import Deployment, deploy_registry
+from shardnet.chain.registry import HopVerdicts, PaidVerdict, Registry, Settlement
+from shardnet.model import load_block
+from shardnet.span import LayerSpan
+from shardnet.store.manifest import Manifest
+from tests.chain.registry_world import build_world
+from tests.coordinator.test_disputes import (
+    MAX_TOKENS,
+    PRICE,
+    SPAN,
+    Setup,
+    _colluder,
+    _serve_job,
+    _server,
+)
+from tests.coordinator.test_disputes import setup as setup  # noqa: F401  (the fixture, on this module's registry)
+from tests.fixtures_chain import VERIFY_PARAMS, DevChain
+
+BPS = 10_000
+
+
+@pytest.fixture(scope="module")
+def module_deployment(anvil: DevChain, accounts: list[LocalAccount]) -> Deployment:
+    """A registry whose settlements hold the verification share (the devnet default)."""
+    return deploy_registry(anvil.w3, accounts[0], VERIFY_PARAMS)
+
+
+@pytest.fixture(scope="module")
+def blocks(tiny_llama_store: tuple[Path, str, Manifest]) -> Iterator[dict[torch.dtype, Any]]:
+    store, _cid, manifest = tiny_llama_store
+    yield {torch.float32: load_block(store, manifest.to_json(), SPAN, torch.float32)}
+
+
+def _checked_and_paid(
+    s: Setup, accused: LocalAccount, servers: dict[str, web.Application]
+) -> tuple[DisputeOutcome, dict[str, Any], int]:
+    """Serve a job on the accused, settle it, have the drawn verifiers judge it, pay them; returns the outcome, the
+    VerificationPaid event's args and the hop's pay."""
+    quote = s.owner.quote(s.model_id, MAX_TOKENS)
+    submitted = s.registry_for(s.client).submit_job(
+        s.model_id, keccak(text="prompt"), MAX_TOKENS, s.coordinator.address, quote
+    )
+    job_id = int(submitted.event("JobSubmitted").args["jobId"])
+
+    async def go() -> tuple[DisputeOutcome, str | None, int]:
+        runners = []
+        for address, app in servers.items():
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", s.ports[address]).start()
+            runners.append(runner)
+        try:
+            signed, work = await _serve_job(s, accused, job_id)
+            record = s.owner.job_record(job_id)
+            close = s.owner.settle_jobs(
+                [Settlement(job_id, record, keccak(text="out"), [signed])]
+            ).block_number
+            s.chain.mine(3)
+            runner = DisputeRunner(
+                s.owner, s.coordinator, lambda a: f"http://127.0.0.1:{s.ports[a]}", verify_timeout_s=60
+            )
+            outcome = await runner.check_hop(job_id, record, close, signed, work, "float32")
+            hop = hop_verdicts(signed, outcome.answers, len(outcome.answers), [w.leaf() for w in work])
+            tx = await pay_verifiers(s.owner, job_id, record, close, [hop])
+            return outcome, tx, signed.positions * (SPAN.end - SPAN.start) * PRICE
+        finally:
+            for runner in runners:
+                await runner.cleanup()
+
+    outcome, tx, hop_pay = asyncio.run(go())
+    assert tx is not None
+    [event] = [
+        e for e in s.owner.get_logs(0, s.owner.block_number(), ["VerificationPaid"]) if e.tx_hash == tx
+    ]
+    assert event.args["jobId"] == job_id
+    return outcome, dict(event.args), hop_pay
+
+
+def test_drawn_verifiers_that_answer_are_paid_and_the_silent_are_not(
+    setup: Setup, blocks: dict[torch.dtype, Any]
+) -> None:  # noqa: F811
+    s = setup
+    accused, silent, unsigned, honest = s.nodes[0], s.nodes[1], s.nodes[2], s.nodes[3:]
+    servers = {n.address: _server(s, n, blocks[torch.float32]).app() for n in (accused, *honest)}
+    servers[unsigned.address] = _colluder(s, unsigned, guilty=False)  # innocent, with no signed verdict
+    before = {n.address: s.owner.claimable(n.address) for n in s.nodes[1:]}
+    client_before = s.owner.claimable(s.client.address)
+    outcome, paid, hop_pay = _checked_and_paid(s, accused, servers)
+    assert not outcome.slashed and len(outcome.answers) == 4
+    pay = hop_pay * VERIFY_PARAMS.verify_bps // BPS
+    assert pay > 0 and (paid["verdicts"], paid["paid"]) == (2, 2 * pay)
+    for n in honest:
+        assert s.owner.claimable(n.address) - before[n.address] == pay, n.address
+    for n in (silent, unsigned):
+        assert s.owner.claimable(n.address) == before[n.address], n.address
+    share = s.owner.verification_share(s.owner.job_record(paid["jobId"]))
+    assert paid["refund"] == share - 2 * pay
+    settled_refund = s.owner.get_logs(0, s.owner.block_number(), ["JobSettled"])[-1].args["refund"]
+    assert s.owner.claimable(s.client.address) - client_before == settled_refund + share - 2 * pay
+    assert s.owner.verification_state(paid["jobId"]) == (True, False)
+    assert s.owner.balance() == s.owner.liabilities()
+    # a paid verifier takes it out with the worker's existing claim
+    assert s.registry_for(honest[0]).claim().event("Claimed").args["amount"] >= pay
+
+
+def test_guilty_verdicts_are_paid_too(setup: Setup, blocks: dict[torch.dtype, Any]) -> None:  # noqa: F811
+    s = setup
+    accused, others = s.nodes[0], s.nodes[1:]
+    servers = {accused.address: _server(s, accused, blocks[torch.float32], perturb=0.05).app()}
+    servers |= {n.address: _server(s, n, blocks[torch.float32]).app() for n in others}
+    before = {n.address: s.owner.claimable(n.address) for n in others}
+    outcome, paid, hop_pay = _checked_and_paid(s, accused, servers)
+    assert outcome.slashed and all(a.guilty for a in outcome.answers)
+    pay = hop_pay * VERIFY_PARAMS.verify_bps // BPS
+    assert (paid["verdicts"], paid["paid"]) == (4, 4 * pay)
+    for n in others:
+        assert s.owner.claimable(n.address) - before[n.address] == pay
+    assert s.owner.balance() == s.owner.liabilities()
+
+
+def test_a_verdict_the_registry_would_refuse_is_dropped_not_the_whole_payment(
+    anvil: DevChain, accounts: list[LocalAccount], registry_for: Callable[[LocalAccount | None], Registry]
+) -> None:
+    world = build_world(anvil, accounts, registry_for)
+    for v in (accounts[4], accounts[7]):
+        world.reg(v).register_node("http://127.0.0.1:8400", 2 * world.gov.min_stake())
+        world.reg(v).announce_shard(world.model_id, LayerSpan(0, 4))
+    job_id = world.submit()
+    settlement = Settlement(job_id, world.record(job_id), keccak(text="out"), world.route(job_id))
+    close = world.gov.settle_jobs([settlement]).block_number
+    world.chain.mine(3)
+    c = settlement.sorted_hops()[0]
+    keys = {a.address: a for a in (*accounts[:9], world.node3)}
+    first, second, third = (
+        a for a, _ in world.gov.draw_verifiers(job_id, settlement.job, close, c.node, c.span, c.root)
+    )
+
+    def innocent(who: LocalAccount) -> PaidVerdict:
+        sig = sign_innocent_verdict(who, world.domain, job_id=job_id, accused=c.node, root=c.root)
+        return PaidVerdict(INNOCENT_LEAF_INDEX, INNOCENT_LEAF, sig)
+
+    # an outsider, a verifier drawn only in a larger draw, and one verdict twice: each would revert the payment
+    verdicts = [innocent(keys[first]), innocent(world.outsider), innocent(keys[third]), innocent(keys[first])]
+    verdicts.append(innocent(keys[second]))
+    tx = asyncio.run(pay_verifiers(world.gov, job_id, settlement.job, close, [HopVerdicts(c, 2, verdicts)]))
+    assert tx is not None
+    [event] = [
+        e for e in world.gov.get_logs(0, world.gov.block_number(), ["VerificationPaid"]) if e.tx_hash == tx
+    ]
+    assert event.args["verdicts"] == 2 and event.args["paid"] == 2 * (
+        world.pay_of() * VERIFY_PARAMS.verify_bps // BPS
+    )
