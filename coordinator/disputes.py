@@ -49,13 +49,14 @@ from shardnet.verify.tokens import ShownTokens
 from shardnet.wire.commitment import merkle_proof, merkle_root
 from shardnet.wire.eip712 import CompactSignature, Domain
 from shardnet.wire.frames import encode_frame
-from shardnet.wire.json_limits import loads_limited
+from shardnet.wire.json_limits import BodyTooLarge, loads_limited, read_answer_limited
 from shardnet.wire.tickets import sign_ticket
 
 log = logging.getLogger(__name__)
 
 MIN_VERIFIERS = 2  # ShardRegistry.MIN_VERIFIERS: the first stage of every check
 MAX_VERIFIERS = 16  # ShardRegistry.MAX_VERIFIERS: the draw, first stage and referees
+MAX_VERDICT_BYTES = 64 * 1024  # a verifier's answer is read no further
 DRAW_DELAY = 2  # ShardRegistry.DRAW_DELAY
 LOOSEST_DTYPE = "bfloat16"  # the tolerance used when the accused's dtype cannot be read: never slash drift
 
@@ -194,7 +195,7 @@ class DisputeRunner:
             return DisputeOutcome(signed.node, [], False, note=f"{len(drawn)} verifiers drawn, too few")
         body = package.to_json()
         first, referees = drawn[:MIN_VERIFIERS], drawn[MIN_VERIFIERS:]
-        answers = await self._ask_all(first, job_id, signed, body)
+        answers = await self._ask_all(first, job_id, signed, body, leaves)
         escalated = bool(referees) and needs_referees(answers)
         if escalated:
             log.info(
@@ -204,7 +205,7 @@ class DisputeRunner:
                 [a.guilty for a in answers],
                 len(referees),
             )
-            answers += await self._ask_all(referees, job_id, signed, body)
+            answers += await self._ask_all(referees, job_id, signed, body, leaves)
         index, group = tally(answers, sum(stake for _, stake in drawn))
         if escalated:
             self._outvoted(job_id, answers, guilty=index is not None)
@@ -240,20 +241,33 @@ class DisputeRunner:
     def _outvoted(self, job_id: int, answers: Sequence[VerifierAnswer], *, guilty: bool) -> None:
         """After the referees: a verdict against the outcome (guilty of a node not slashed, innocent of one slashed)
         is reported: an honest fp32 verifier was never on the wrong side in the sweeps, a sybil framing or
-        shielding is, and its false verdict made every referee recompute the hop."""
+        shielding is, and its false verdict made every referee recompute the hop. Guilty verdicts kept from a
+        slash by refusals (innocent verdicts carry less stake than guilty ones) were not outvoted: reporting
+        them would let a shield that refuses push honest verifiers out of routing. A tie still reports them."""
+        innocent = sum(a.stake for a in answers if a.guilty is False)
+        if not guilty and innocent < sum(a.stake for a in answers if a.guilty):
+            return
         for a in answers:
             if a.guilty is not None and a.guilty != guilty:
                 verdict = "guilty" if a.guilty else "innocent"
                 self.on_outvoted(a.verifier, f"job {job_id}: said {verdict}, outvoted by the referees")
 
     async def _ask_all(
-        self, drawn: Sequence[tuple[str, int]], job_id: int, signed: SignedCommitment, body: dict[str, object]
+        self,
+        drawn: Sequence[tuple[str, int]],
+        job_id: int,
+        signed: SignedCommitment,
+        body: dict[str, object],
+        leaves: Sequence[bytes],
     ) -> list[VerifierAnswer]:
         """Ask these drawn verifiers at once; record faults and flagged tokens."""
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.verify_timeout_s)) as http:
             answers = list(
                 await asyncio.gather(
-                    *(self._ask(http, address, stake, job_id, signed, body) for address, stake in drawn)
+                    *(
+                        self._ask(http, address, stake, job_id, signed, body, leaves)
+                        for address, stake in drawn
+                    )
                 )
             )
         for a in answers:
@@ -277,6 +291,7 @@ class DisputeRunner:
         job_id: int,
         signed: SignedCommitment,
         package: dict[str, object],
+        leaves: Sequence[bytes],
     ) -> VerifierAnswer:
         endpoint = self.endpoint_of(verifier)
         if not endpoint:
@@ -297,18 +312,21 @@ class DisputeRunner:
             async with http.post(
                 endpoint.rstrip("/") + "/v1/verify", json={"ticket": ticket, "package": package}
             ) as resp:
-                raw = await resp.read()
+                raw = await read_answer_limited(resp, MAX_VERDICT_BYTES)
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             return VerifierAnswer(verifier, stake, None, note=f"no answer: {exc!r}", fault=True)
+        except BodyTooLarge as exc:
+            return VerifierAnswer(verifier, stake, None, note=str(exc), fault=True)
         try:
             data = loads_limited(raw, max_bytes=64 * 1024, max_depth=4)
         except ValueError:
-            data = {}
-        if status != 200 or not isinstance(data, dict):
+            data = None  # not JSON: no verdict (a 200 with it is a refusal, not an innocent verdict)
+        if status != 200 or not isinstance(data, dict) or not isinstance(data.get("guilty"), bool):
             # 401/422: it cannot check this hop (another span, say); anything else is a refusal
             cannot = status in (401, 422)
             why = str(data.get("error", "")) if isinstance(data, dict) else ""
+            why = why if status != 200 else "answered without a verdict (JSON with a boolean 'guilty')"
             return VerifierAnswer(verifier, stake, None, note=f"HTTP {status} {why}"[:300], fault=not cannot)
         raw_tokens = data.get("tokens")
         tokens = raw_tokens if isinstance(raw_tokens, dict) else None
@@ -331,6 +349,9 @@ class DisputeRunner:
             )
         except (KeyError, TypeError, ValueError) as exc:
             return VerifierAnswer(verifier, stake, None, note=f"malformed verdict ({exc})", fault=True)
+        if not 0 <= index < len(leaves) or leaf != leaves[index]:  # the registry's slash would revert on it
+            note = f"a verdict on leaf {index} that is not the leaf the accused committed there"
+            return VerifierAnswer(verifier, stake, None, note=note, fault=True)
         if signer.lower() != verifier.lower():
             return VerifierAnswer(verifier, stake, None, note=f"verdict signed by {signer}", fault=True)
         return VerifierAnswer(
