@@ -87,16 +87,23 @@ class CheckReport:
     def error_event(self) -> dict[str, Any]:
         """The OpenAI stream's error event for a cheat found after the tokens were streamed."""
         first = self.replaced[0][0] if self.replaced else None
-        where = (
-            f"{len(self.replaced)} streamed tokens from token {first} on were wrong"
-            if self.replaced
-            else ("the honest re-run gave the same tokens")
-        )
+        if self.correct_tokens is None:  # no re-run, or it failed: nothing says which tokens were right
+            where = (
+                f"no correct completion could be made ({self.note}); treat the streamed text as wrong and "
+                "send the request again"
+            )
+        elif self.replaced:
+            where = (
+                f"the job was re-run on honest workers: {len(self.replaced)} streamed tokens from token "
+                f"{first} on were wrong; the correct completion is in 'text' (the replaced tokens in "
+                "'replaced'; correct -1: not part of the answer)"
+            )
+        else:
+            where = "the job was re-run on honest workers and gave the same tokens; the streamed text stands"
         return {
             "error": {
                 "message": f"after the job was settled, drawn verifiers found that {', '.join(self.slashed)} "
-                f"sent wrong outputs (slashed); the job was re-run on honest workers: {where}; the correct "
-                "completion is in 'text' (the replaced tokens in 'replaced'; correct -1: not part of the answer)",
+                f"sent wrong outputs (slashed); {where}",
                 "type": "cheat_detected",
                 "replaced": [{"index": i, "streamed": a, "correct": b} for i, a, b in self.replaced],
                 "text": self.correct_text,

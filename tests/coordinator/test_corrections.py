@@ -28,3 +28,15 @@ def test_the_correction_is_for_the_jobs_client_only() -> None:
     assert event["type"] == "cheat_detected" and event["text"] == "a e"
     assert event["replaced"] == [{"index": 1, "streamed": 2, "correct": 5}]
     assert CheckReport(8, VERIFIED).to_json(reveal=True).keys() == other.keys()  # no correction to show
+
+
+def test_a_failed_correcting_rerun_is_not_reported_as_the_same_tokens() -> None:
+    """The re-run after a slash failed: the stream's event must not say the streamed tokens were right."""
+    report = CheckReport(9, CHEAT_DETECTED, hops_checked=1, slashed=["0xabc"], answer_affected=True)
+    report.shown, report.note = [1, 2], "the correcting re-run failed: no route for layers 2:4"
+    event = report.error_event()["error"]
+    assert "same tokens" not in event["message"] and "stands" not in event["message"]
+    assert "no route for layers 2:4" in event["message"] and "send the request again" in event["message"]
+    assert event["text"] is None and event["replaced"] == []
+    report.correct_tokens, report.correct_text = [1, 2], "a b"  # a re-run that agreed with what was streamed
+    assert "the streamed text stands" in report.error_event()["error"]["message"]
