@@ -41,7 +41,7 @@ from coordinator.hops import JobHops
 from shardnet.chain.tx import wait_for_receipt
 from shardnet.verify.tokens import ShownTokens
 from shardnet.wire.commitment import merkle_root
-from shardnet.wire.json_limits import loads_limited
+from shardnet.wire.json_limits import loads_limited, read_answer_limited
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ MAX_FAULTS = 3  # refused, timed-out or outvoted checks before a verifier is exc
 
 
 async def worker_dtype(endpoint: str | None, timeout_s: float = 5.0) -> str | None:
-    """The dtype a worker's /health reports, or None when it cannot be read."""
+    """The dtype a worker's /health reports, or None when it cannot be read (the accused's answer is read no
+    further than 64 KiB: an endless one costs nothing more)."""
     if not endpoint:
         return None
     try:
@@ -57,7 +58,7 @@ async def worker_dtype(endpoint: str | None, timeout_s: float = 5.0) -> str | No
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http,
             http.get(endpoint.rstrip("/") + "/health") as resp,
         ):
-            data = loads_limited(await resp.read(), max_bytes=64 * 1024, max_depth=4)
+            data = loads_limited(await read_answer_limited(resp, 64 * 1024), max_bytes=64 * 1024, max_depth=4)
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return None
     dtype = data.get("dtype") if isinstance(data, dict) else None
