@@ -112,6 +112,15 @@ class CheckReport:
         }
 
 
+def held_tokens(report: CheckReport | None, tokens: list[int]) -> list[int] | None:
+    """The tokens a held (non-streaming) answer carries: the honest re-run's when a cheat touched the answer, the
+    job's own otherwise; None when a cheat touched it and no correct tokens exist (no re-run, or it failed):
+    answer `report.error_event()` then, never the wrong text an OpenAI client would take as the answer."""
+    if report is None or report.status != CHEAT_DETECTED or not report.answer_affected:
+        return tokens
+    return report.correct_tokens
+
+
 class _Result(Protocol):
     tokens: list[int]
 

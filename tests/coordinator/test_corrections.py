@@ -40,3 +40,18 @@ def test_a_failed_correcting_rerun_is_not_reported_as_the_same_tokens() -> None:
     assert event["text"] is None and event["replaced"] == []
     report.correct_tokens, report.correct_text = [1, 2], "a b"  # a re-run that agreed with what was streamed
     assert "the streamed text stands" in report.error_event()["error"]["message"]
+
+
+def test_a_held_json_answer_never_carries_text_a_cheat_touched() -> None:
+    """The tokens a held non-streaming answer gives: the re-run's after a cheat; none (an error instead) when the
+    re-run failed, so an OpenAI client that ignores `shardnet_verification` never takes wrong text as the answer."""
+    from coordinator.corrections import held_tokens
+
+    shown = [1, 2, 3]
+    assert held_tokens(None, shown) == shown and held_tokens(CheckReport(1, VERIFIED), shown) == shown
+    caught = CheckReport(2, CHEAT_DETECTED, slashed=["0xabc"], answer_affected=True)
+    assert held_tokens(caught, shown) is None  # the correcting re-run failed
+    caught.correct_tokens = [1, 5]
+    assert held_tokens(caught, shown) == [1, 5]
+    elsewhere = CheckReport(3, CHEAT_DETECTED, slashed=["0xabc"], answer_affected=False)
+    assert held_tokens(elsewhere, shown) == shown  # the slashed hop served only a replaced run
