@@ -53,7 +53,6 @@ class CheckReport:
     verifier_passes: int = 0  # recomputations of hops by drawn verifiers (2 per innocent hop)
     slashed: list[str] = field(default_factory=list)  # nodes slashed for this job
     slash_txs: list[str] = field(default_factory=list)
-    shown: list[int] = field(default_factory=list)  # the tokens the client was given
     correct_tokens: list[int] | None = None  # the honest re-run's tokens (a cheat was found)
     correct_text: str | None = None
     replaced: list[tuple[int, int, int]] = field(default_factory=list)

@@ -149,8 +149,7 @@ class JobChecks:
         self, job_id: int, model_id: int, job_hops: JobHops, settle_tx: str, fix: Correction | None = None
     ) -> None:
         """Check the job's hops in the background; `fix`: how to re-run it should a hop be slashed."""
-        report = self._report(job_id)
-        report.shown = list(fix.shown) if fix is not None else []
+        report = self._report(job_id)  # small: the shown tokens stay in `fix`, held only while the check runs
         if not self.enabled or self.ctx.adapters.for_job(job_id) is not None:
             report.status = NOT_VERIFIED  # an adapter's job: verifiers would replay without it (never framed)
             report.note = "checks are off" if not self.enabled else "ran with a LoRA adapter verifiers lack"
