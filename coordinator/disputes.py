@@ -130,6 +130,18 @@ def tally(
     return (index, group) if 2 * sum(a.stake for a in group) > total else (None, [])
 
 
+def first_stage(
+    drawn: Sequence[tuple[str, int]], excluded: Callable[[str], bool]
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """The first stage: the first MIN_VERIFIERS of the draw, in its order, that this coordinator has not excluded
+    (a sybil out after MAX_FAULTS false verdicts or refusals would otherwise make every referee recompute each
+    hop it is drawn first for); the rest of the draw: the referees (an excluded verifier is still asked there,
+    and its stake counts: the registry divides by the whole draw)."""
+    eligible = [d for d in drawn if not excluded(d[0])]
+    first = (eligible if len(eligible) >= MIN_VERIFIERS else list(drawn))[:MIN_VERIFIERS]
+    return first, [d for d in drawn if d not in first]
+
+
 class DisputeRunner:
     """Runs the after-the-fact checks of one coordinator's settled jobs (see the module docstring)."""
 
@@ -142,6 +154,7 @@ class DisputeRunner:
         on_fault: Callable[[str, str], None] = lambda _node, _why: None,
         on_slashed: Callable[[str], None] = lambda _node: None,
         on_outvoted: Callable[[str, str], None] = lambda _node, _why: None,
+        excluded: Callable[[str], bool] = lambda _node: False,
         verify_timeout_s: float = 120.0,
         draw_wait_s: float = 300.0,
         poll_s: float = 0.5,
@@ -152,6 +165,7 @@ class DisputeRunner:
         self.on_fault = on_fault
         self.on_slashed = on_slashed
         self.on_outvoted = on_outvoted
+        self.excluded = excluded
         self.verify_timeout_s = verify_timeout_s
         self.draw_wait_s = draw_wait_s
         self.poll_s = poll_s
@@ -194,7 +208,7 @@ class DisputeRunner:
         if len(drawn) < MIN_VERIFIERS:
             return DisputeOutcome(signed.node, [], False, note=f"{len(drawn)} verifiers drawn, too few")
         body = package.to_json()
-        first, referees = drawn[:MIN_VERIFIERS], drawn[MIN_VERIFIERS:]
+        first, referees = first_stage(drawn, self.excluded)
         answers = await self._ask_all(first, job_id, signed, body, leaves)
         escalated = bool(referees) and needs_referees(answers)
         if escalated:

@@ -139,6 +139,7 @@ class JobChecks:
             on_fault=self._fault,
             on_slashed=directory.exclude,
             on_outvoted=self._fault,
+            excluded=directory.is_excluded,
         )
         self._tasks: set[asyncio.Task[list[DisputeOutcome]]] = set()
         self.faults: dict[str, int] = {}  # verifier (lower case) -> packages it refused or let time out

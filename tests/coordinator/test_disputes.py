@@ -203,6 +203,7 @@ def _dispute(
     dtype: str,
     verify_posts: list[str] | None = None,
     outvoted: list[str] | None = None,
+    excluded: set[str] | None = None,
 ) -> tuple[DisputeOutcome, int, JobRecord]:
     """Serve a job on the accused, settle it, mine past the draw delay and run the dispute; returns the outcome.
     `verify_posts` gets the address of every server that received a POST /v1/verify (one recomputation each)."""
@@ -236,6 +237,7 @@ def _dispute(
                 lambda a: f"http://127.0.0.1:{s.ports[a]}",
                 on_fault=lambda node, why: faults.append(node),
                 on_outvoted=lambda node, why: (outvoted if outvoted is not None else []).append(node),
+                excluded=lambda a: a in (excluded or set()),
                 verify_timeout_s=60,
             )
             return await runner.check_hop(job_id, record, close, signed, work, dtype)
@@ -453,3 +455,23 @@ def test_an_answer_without_a_verdict_is_a_fault_not_an_innocent_verdict(
     [muted] = [a for a in outcome.answers if a.verifier == mute.address]
     assert muted.fault and muted.guilty is None and "without a verdict" in muted.note, muted
     assert outcome.slashed, outcome
+
+
+def test_a_verifier_this_coordinator_excluded_is_never_in_the_first_stage(
+    setup: Setup, blocks: dict[torch.dtype, Any]
+) -> None:
+    """A framer out of routing (MAX_FAULTS) is still drawn by the registry; were it asked first, each hop it is drawn
+    first for would cost every referee a pass. It is skipped in the first stage: the next two of the draw judge,
+    an honest hop costs 2 passes, and the framer is not asked (8 jobs: it is drawn first in half of them; in
+    none of 8 with a chance of 1 in 256)."""
+    s = setup
+    accused, framer, honest = s.nodes[0], s.nodes[1], s.nodes[2:]
+    for _job in range(8):
+        servers = {accused.address: _server(s, accused, blocks[torch.float32]).app()}
+        servers |= _apps(s, blocks, honest) | {framer.address: _colluder(s, framer, guilty=True)}
+        posts: list[str] = []
+        outcome, job_id, _ = _dispute(
+            s, blocks, accused, servers, "float32", posts, excluded={framer.address}
+        )
+        assert not outcome.slashed and not outcome.escalated and outcome.passes == 2, outcome
+        assert framer.address not in posts and len(posts) == 2, posts
