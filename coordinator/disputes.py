@@ -133,10 +133,8 @@ def tally(
 def first_stage(
     drawn: Sequence[tuple[str, int]], excluded: Callable[[str], bool]
 ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    """The first stage: the first MIN_VERIFIERS of the draw, in its order, that this coordinator has not excluded
-    (a sybil out after MAX_FAULTS false verdicts or refusals would otherwise make every referee recompute each
-    hop it is drawn first for); the rest of the draw: the referees (an excluded verifier is still asked there,
-    and its stake counts: the registry divides by the whole draw)."""
+    """The first MIN_VERIFIERS of the draw that `excluded` does not name (a framer with MAX_FAULTS made every
+    referee recompute each hop it was drawn first for), and the rest of the draw: the referees."""
     eligible = [d for d in drawn if not excluded(d[0])]
     first = (eligible if len(eligible) >= MIN_VERIFIERS else list(drawn))[:MIN_VERIFIERS]
     return first, [d for d in drawn if d not in first]

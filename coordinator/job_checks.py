@@ -139,7 +139,7 @@ class JobChecks:
             on_fault=self._fault,
             on_slashed=directory.exclude,
             on_outvoted=self._fault,
-            excluded=directory.is_excluded,
+            excluded=self._faulty,  # not directory.is_excluded: live-check sybils can exclude honest nodes
         )
         self._tasks: set[asyncio.Task[list[DisputeOutcome]]] = set()
         self.faults: dict[str, int] = {}  # verifier (lower case) -> packages it refused or let time out
@@ -293,6 +293,12 @@ class JobChecks:
             if report is not None:
                 report.status, report.note = CHECK_FAILED, f"the check failed: {exc}"[:300]
             return []
+
+    def _faulty(self, verifier: str) -> bool:
+        """Whether a verifier reached MAX_FAULTS here (then it is never in a check's first stage). Only its own
+        refusals, time-outs and outvoted verdicts count: an honest verifier gets there only if it cannot keep up,
+        or against half of the drawn stake, so colluders below half cannot empty the first stage of honest ones."""
+        return self.faults.get(verifier.lower(), 0) >= MAX_FAULTS
 
     def _fault(self, verifier: str, why: str) -> None:
         """A drawn verifier that refused, timed out or was outvoted by the referees: marked down (out of routing
