@@ -221,10 +221,12 @@ class DisputeRunner:
         index, group = tally(answers, sum(stake for _, stake in drawn))
         if escalated:
             self._outvoted(job_id, answers, guilty=index is not None)
-        if index is None:
+        if index is None or await asyncio.to_thread(self.registry.is_slashed, job_id, signed.node):
+            # already slashed: for another of its hops of this job (a node may hold two spans of a route)
             note = "innocent" if not needs_referees(answers) else "no guilty majority"
+            note = note if index is None else "already slashed for this job"
             return DisputeOutcome(
-                signed.node, answers, False, note=note, drawn=len(drawn), escalated=escalated
+                signed.node, answers, index is not None, note=note, drawn=len(drawn), escalated=escalated
             )
         evidence = SlashEvidence(
             job_id,

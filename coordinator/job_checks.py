@@ -194,7 +194,7 @@ class JobChecks:
             report.hops_checked = len(judged)
             report.verifier_passes = sum(o.passes for o in judged)
             slashed = [o for o in judged if o.slashed]
-            report.slashed = [o.node.lower() for o in slashed]
+            report.slashed = list(dict.fromkeys(o.node.lower() for o in slashed))  # a node slashed once a job
             report.slash_txs = [o.tx_hash for o in slashed if o.tx_hash]
             if not slashed:
                 all_judged = len(judged) == len(job_hops.hops)

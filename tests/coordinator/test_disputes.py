@@ -204,6 +204,7 @@ def _dispute(
     verify_posts: list[str] | None = None,
     outvoted: list[str] | None = None,
     excluded: set[str] | None = None,
+    repeat: int = 1,
 ) -> tuple[DisputeOutcome, int, JobRecord]:
     """Serve a job on the accused, settle it, mine past the draw delay and run the dispute; returns the outcome.
     `verify_posts` gets the address of every server that received a POST /v1/verify (one recomputation each)."""
@@ -240,6 +241,8 @@ def _dispute(
                 excluded=lambda a: a in (excluded or set()),
                 verify_timeout_s=60,
             )
+            for _ in range(repeat - 1):  # the same hop judged again: as a second hop of one node in the job
+                await runner.check_hop(job_id, record, close, signed, work, dtype)
             return await runner.check_hop(job_id, record, close, signed, work, dtype)
         finally:
             for runner in runners:
@@ -475,3 +478,17 @@ def test_a_verifier_this_coordinator_excluded_is_never_in_the_first_stage(
         )
         assert not outcome.slashed and not outcome.escalated and outcome.passes == 2, outcome
         assert framer.address not in posts and len(posts) == 2, posts
+
+
+def test_a_node_guilty_on_two_hops_of_one_job_is_slashed_once_and_the_check_goes_on(
+    setup: Setup, blocks: dict[torch.dtype, Any]
+) -> None:
+    """A node may hold two spans of one route: its second guilty hop's slash would revert (AlreadySlashed), which
+    failed the whole job's check (no correction for the client). The second hop is found slashed already."""
+    s = setup
+    accused, others = s.nodes[0], s.nodes[1:]
+    servers = {accused.address: _server(s, accused, blocks[torch.float32], perturb=0.05).app()}
+    servers |= _apps(s, blocks, others)
+    outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32", repeat=2)
+    assert outcome.slashed and outcome.tx_hash is None and "already slashed" in outcome.note, outcome
+    assert len(s.owner.get_logs(0, s.owner.block_number(), ["NodeSlashed"])) == 1
