@@ -53,7 +53,6 @@ class CheckReport:
     verifier_passes: int = 0  # recomputations of hops by drawn verifiers (2 per innocent hop)
     slashed: list[str] = field(default_factory=list)  # nodes slashed for this job
     slash_txs: list[str] = field(default_factory=list)
-    shown: list[int] = field(default_factory=list)  # the tokens the client was given
     correct_tokens: list[int] | None = None  # the honest re-run's tokens (a cheat was found)
     correct_text: str | None = None
     replaced: list[tuple[int, int, int]] = field(default_factory=list)
@@ -87,22 +86,38 @@ class CheckReport:
     def error_event(self) -> dict[str, Any]:
         """The OpenAI stream's error event for a cheat found after the tokens were streamed."""
         first = self.replaced[0][0] if self.replaced else None
-        where = (
-            f"{len(self.replaced)} streamed tokens from token {first} on were wrong"
-            if self.replaced
-            else ("the honest re-run gave the same tokens")
-        )
+        if self.correct_tokens is None:  # no re-run, or it failed: nothing says which tokens were right
+            where = (
+                f"no correct completion could be made ({self.note}); treat the streamed text as wrong and "
+                "send the request again"
+            )
+        elif self.replaced:
+            where = (
+                f"the job was re-run on honest workers: {len(self.replaced)} streamed tokens from token "
+                f"{first} on were wrong; the correct completion is in 'text' (the replaced tokens in "
+                "'replaced'; correct -1: not part of the answer)"
+            )
+        else:
+            where = "the job was re-run on honest workers and gave the same tokens; the streamed text stands"
         return {
             "error": {
                 "message": f"after the job was settled, drawn verifiers found that {', '.join(self.slashed)} "
-                f"sent wrong outputs (slashed); the job was re-run on honest workers: {where}; the correct "
-                "completion is in 'text' (the replaced tokens in 'replaced'; correct -1: not part of the answer)",
+                f"sent wrong outputs (slashed); {where}",
                 "type": "cheat_detected",
                 "replaced": [{"index": i, "streamed": a, "correct": b} for i, a, b in self.replaced],
                 "text": self.correct_text,
                 "slashed": self.slashed,
             }
         }
+
+
+def held_tokens(report: CheckReport | None, tokens: list[int]) -> list[int] | None:
+    """The tokens a held (non-streaming) answer carries: the honest re-run's when a cheat touched the answer, the
+    job's own otherwise; None when a cheat touched it and no correct tokens exist (no re-run, or it failed):
+    answer `report.error_event()` then, never the wrong text an OpenAI client would take as the answer."""
+    if report is None or report.status != CHEAT_DETECTED or not report.answer_affected:
+        return tokens
+    return report.correct_tokens
 
 
 class _Result(Protocol):

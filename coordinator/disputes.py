@@ -29,7 +29,6 @@ its own is in the first stage and it holds more than half of the drawn stake.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -39,7 +38,6 @@ from dataclasses import dataclass
 import aiohttp
 import torch
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak
 
 from coordinator.verifier_pay import innocent_signature
 from shardnet.chain.commitments import SignedCommitment, verify_verdict
@@ -50,13 +48,14 @@ from shardnet.verify.tokens import ShownTokens
 from shardnet.wire.commitment import merkle_proof, merkle_root
 from shardnet.wire.eip712 import CompactSignature, Domain
 from shardnet.wire.frames import encode_frame
-from shardnet.wire.json_limits import loads_limited
+from shardnet.wire.json_limits import BodyTooLarge, loads_limited, read_answer_limited
 from shardnet.wire.tickets import sign_ticket
 
 log = logging.getLogger(__name__)
 
 MIN_VERIFIERS = 2  # ShardRegistry.MIN_VERIFIERS: the first stage of every check
 MAX_VERIFIERS = 16  # ShardRegistry.MAX_VERIFIERS: the draw, first stage and referees
+MAX_VERDICT_BYTES = 64 * 1024  # a verifier's answer is read no further
 DRAW_DELAY = 2  # ShardRegistry.DRAW_DELAY
 LOOSEST_DTYPE = "bfloat16"  # the tolerance used when the accused's dtype cannot be read: never slash drift
 
@@ -97,6 +96,7 @@ class DisputeOutcome:
     note: str = ""
     drawn: int = 0  # verifiers the registry drew (first stage + referees)
     escalated: bool = False  # the referees were asked (a guilty verdict, a fault or a disagreement first)
+    picks: int = 0  # the draw's first `picks` hold every verifier asked (payVerifiers redraws that many)
 
     @property
     def passes(self) -> int:
@@ -130,6 +130,16 @@ def tally(
     return (index, group) if 2 * sum(a.stake for a in group) > total else (None, [])
 
 
+def first_stage(
+    drawn: Sequence[tuple[str, int]], excluded: Callable[[str], bool]
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """The first MIN_VERIFIERS of the draw that `excluded` does not name (a framer with MAX_FAULTS made every
+    referee recompute each hop it was drawn first for), and the rest of the draw: the referees."""
+    eligible = [d for d in drawn if not excluded(d[0])]
+    first = (eligible if len(eligible) >= MIN_VERIFIERS else list(drawn))[:MIN_VERIFIERS]
+    return first, [d for d in drawn if d not in first]
+
+
 class DisputeRunner:
     """Runs the after-the-fact checks of one coordinator's settled jobs (see the module docstring)."""
 
@@ -142,6 +152,7 @@ class DisputeRunner:
         on_fault: Callable[[str, str], None] = lambda _node, _why: None,
         on_slashed: Callable[[str], None] = lambda _node: None,
         on_outvoted: Callable[[str, str], None] = lambda _node, _why: None,
+        excluded: Callable[[str], bool] = lambda _node: False,
         verify_timeout_s: float = 120.0,
         draw_wait_s: float = 300.0,
         poll_s: float = 0.5,
@@ -152,6 +163,7 @@ class DisputeRunner:
         self.on_fault = on_fault
         self.on_slashed = on_slashed
         self.on_outvoted = on_outvoted
+        self.excluded = excluded
         self.verify_timeout_s = verify_timeout_s
         self.draw_wait_s = draw_wait_s
         self.poll_s = poll_s
@@ -194,8 +206,8 @@ class DisputeRunner:
         if len(drawn) < MIN_VERIFIERS:
             return DisputeOutcome(signed.node, [], False, note=f"{len(drawn)} verifiers drawn, too few")
         body = package.to_json()
-        first, referees = drawn[:MIN_VERIFIERS], drawn[MIN_VERIFIERS:]
-        answers = await self._ask_all(first, job_id, signed, body)
+        first, referees = first_stage(drawn, self.excluded)
+        answers = await self._ask_all(first, job_id, signed, body, leaves)
         escalated = bool(referees) and needs_referees(answers)
         if escalated:
             log.info(
@@ -205,14 +217,24 @@ class DisputeRunner:
                 [a.guilty for a in answers],
                 len(referees),
             )
-            answers += await self._ask_all(referees, job_id, signed, body)
+            answers += await self._ask_all(referees, job_id, signed, body, leaves)
         index, group = tally(answers, sum(stake for _, stake in drawn))
+        asked = {a.verifier for a in answers}
+        picks = max(i + 1 for i, (address, _) in enumerate(drawn) if address in asked)
         if escalated:
             self._outvoted(job_id, answers, guilty=index is not None)
-        if index is None:
+        if index is None or await asyncio.to_thread(self.registry.is_slashed, job_id, signed.node):
+            # already slashed: for another of its hops of this job (a node may hold two spans of a route)
             note = "innocent" if not needs_referees(answers) else "no guilty majority"
+            note = note if index is None else "already slashed for this job"
             return DisputeOutcome(
-                signed.node, answers, False, note=note, drawn=len(drawn), escalated=escalated
+                signed.node,
+                answers,
+                index is not None,
+                note=note,
+                drawn=len(drawn),
+                escalated=escalated,
+                picks=picks,
             )
         evidence = SlashEvidence(
             job_id,
@@ -235,26 +257,39 @@ class DisputeRunner:
             result.tx_hash,
         )
         return DisputeOutcome(
-            signed.node, answers, True, result.tx_hash, drawn=len(drawn), escalated=escalated
+            signed.node, answers, True, result.tx_hash, drawn=len(drawn), escalated=escalated, picks=picks
         )
 
     def _outvoted(self, job_id: int, answers: Sequence[VerifierAnswer], *, guilty: bool) -> None:
         """After the referees: a verdict against the outcome (guilty of a node not slashed, innocent of one slashed)
         is reported: an honest fp32 verifier was never on the wrong side in the sweeps, a sybil framing or
-        shielding is, and its false verdict made every referee recompute the hop."""
+        shielding is, and its false verdict made every referee recompute the hop. Guilty verdicts kept from a
+        slash by refusals (innocent verdicts carry less stake than guilty ones) were not outvoted: reporting
+        them would let a shield that refuses push honest verifiers out of routing. A tie still reports them."""
+        innocent = sum(a.stake for a in answers if a.guilty is False)
+        if not guilty and innocent < sum(a.stake for a in answers if a.guilty):
+            return
         for a in answers:
             if a.guilty is not None and a.guilty != guilty:
                 verdict = "guilty" if a.guilty else "innocent"
                 self.on_outvoted(a.verifier, f"job {job_id}: said {verdict}, outvoted by the referees")
 
     async def _ask_all(
-        self, drawn: Sequence[tuple[str, int]], job_id: int, signed: SignedCommitment, body: dict[str, object]
+        self,
+        drawn: Sequence[tuple[str, int]],
+        job_id: int,
+        signed: SignedCommitment,
+        body: dict[str, object],
+        leaves: Sequence[bytes],
     ) -> list[VerifierAnswer]:
         """Ask these drawn verifiers at once; record faults and flagged tokens."""
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.verify_timeout_s)) as http:
             answers = list(
                 await asyncio.gather(
-                    *(self._ask(http, address, stake, job_id, signed, body) for address, stake in drawn)
+                    *(
+                        self._ask(http, address, stake, job_id, signed, body, leaves)
+                        for address, stake in drawn
+                    )
                 )
             )
         for a in answers:
@@ -278,6 +313,7 @@ class DisputeRunner:
         job_id: int,
         signed: SignedCommitment,
         package: dict[str, object],
+        leaves: Sequence[bytes],
     ) -> VerifierAnswer:
         endpoint = self.endpoint_of(verifier)
         if not endpoint:
@@ -298,18 +334,21 @@ class DisputeRunner:
             async with http.post(
                 endpoint.rstrip("/") + "/v1/verify", json={"ticket": ticket, "package": package}
             ) as resp:
-                raw = await resp.read()
+                raw = await read_answer_limited(resp, MAX_VERDICT_BYTES)
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             return VerifierAnswer(verifier, stake, None, note=f"no answer: {exc!r}", fault=True)
+        except BodyTooLarge as exc:
+            return VerifierAnswer(verifier, stake, None, note=str(exc), fault=True)
         try:
             data = loads_limited(raw, max_bytes=64 * 1024, max_depth=4)
         except ValueError:
-            data = {}
-        if status != 200 or not isinstance(data, dict):
+            data = None  # not JSON: no verdict (a 200 with it is a refusal, not an innocent verdict)
+        if status != 200 or not isinstance(data, dict) or not isinstance(data.get("guilty"), bool):
             # 401/422: it cannot check this hop (another span, say); anything else is a refusal
             cannot = status in (401, 422)
             why = str(data.get("error", "")) if isinstance(data, dict) else ""
+            why = why if status != 200 else "answered without a verdict (JSON with a boolean 'guilty')"
             return VerifierAnswer(verifier, stake, None, note=f"HTTP {status} {why}"[:300], fault=not cannot)
         raw_tokens = data.get("tokens")
         tokens = raw_tokens if isinstance(raw_tokens, dict) else None
@@ -333,32 +372,11 @@ class DisputeRunner:
             )
         except (KeyError, TypeError, ValueError) as exc:
             return VerifierAnswer(verifier, stake, None, note=f"malformed verdict ({exc})", fault=True)
+        if not 0 <= index < len(leaves) or leaf != leaves[index]:  # the registry's slash would revert on it
+            note = f"a verdict on leaf {index} that is not the leaf the accused committed there"
+            return VerifierAnswer(verifier, stake, None, note=note, fault=True)
         if signer.lower() != verifier.lower():
             return VerifierAnswer(verifier, stake, None, note=f"verdict signed by {signer}", fault=True)
         return VerifierAnswer(
             verifier, stake, True, index, signature, str(data.get("reason", ""))[:300], tokens=tokens
         )
-
-
-def outcome_record(job_id: int, hop_index: int, outcome: DisputeOutcome) -> dict[str, object]:
-    """The JSON-able record of a slash (what the coordinator's database keeps beside the transaction)."""
-    return {
-        "format": "shardnet-dispute/1",
-        "job_id": job_id,
-        "hop_index": hop_index,
-        "node": outcome.node.lower(),
-        "verdicts": [
-            {
-                "verifier": a.verifier.lower(),
-                "guilty": a.guilty,
-                "leaf_index": a.leaf_index,
-                "note": a.note,
-                "tokens": a.tokens,
-            }
-            for a in outcome.answers
-        ],
-    }
-
-
-def record_hash(record: dict[str, object]) -> bytes:
-    return keccak(json.dumps(record, sort_keys=True, separators=(",", ":")).encode())

@@ -30,13 +30,12 @@ from coordinator.corrections import (
     Correction,
     replaced_tokens,
 )
+from coordinator.dispute_records import outcome_record, record_hash
 from coordinator.disputes import (
     DRAW_DELAY,
     MIN_VERIFIERS,
     DisputeOutcome,
     DisputeRunner,
-    outcome_record,
-    record_hash,
 )
 from coordinator.hop_sessions import PipelineContext
 from coordinator.hops import JobHops
@@ -44,7 +43,7 @@ from coordinator.verifier_pay import hop_verdicts, pay_verifiers, return_share
 from shardnet.chain.tx import wait_for_receipt
 from shardnet.verify.tokens import ShownTokens
 from shardnet.wire.commitment import merkle_root
-from shardnet.wire.json_limits import loads_limited
+from shardnet.wire.json_limits import loads_limited, read_answer_limited
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,8 @@ MAX_FAULTS = 3  # refused, timed-out or outvoted checks before a verifier is exc
 
 
 async def worker_dtype(endpoint: str | None, timeout_s: float = 5.0) -> str | None:
-    """The dtype a worker's /health reports, or None when it cannot be read."""
+    """The dtype a worker's /health reports, or None when it cannot be read (the accused's answer is read no
+    further than 64 KiB: an endless one costs nothing more)."""
     if not endpoint:
         return None
     try:
@@ -60,7 +60,7 @@ async def worker_dtype(endpoint: str | None, timeout_s: float = 5.0) -> str | No
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http,
             http.get(endpoint.rstrip("/") + "/health") as resp,
         ):
-            data = loads_limited(await resp.read(), max_bytes=64 * 1024, max_depth=4)
+            data = loads_limited(await read_answer_limited(resp, 64 * 1024), max_bytes=64 * 1024, max_depth=4)
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return None
     dtype = data.get("dtype") if isinstance(data, dict) else None
@@ -141,6 +141,7 @@ class JobChecks:
             on_fault=self._fault,
             on_slashed=directory.exclude,
             on_outvoted=self._fault,
+            excluded=self._faulty,  # not directory.is_excluded: live-check sybils can exclude honest nodes
         )
         self._tasks: set[asyncio.Task[list[DisputeOutcome]]] = set()
         self.faults: dict[str, int] = {}  # verifier (lower case) -> packages it refused or let time out
@@ -151,8 +152,7 @@ class JobChecks:
         self, job_id: int, model_id: int, job_hops: JobHops, settle_tx: str, fix: Correction | None = None
     ) -> None:
         """Check the job's hops in the background; `fix`: how to re-run it should a hop be slashed."""
-        report = self._report(job_id)
-        report.shown = list(fix.shown) if fix is not None else []
+        report = self._report(job_id)  # small: the shown tokens stay in `fix`, held only while the check runs
         if not self.enabled or self.ctx.adapters.for_job(job_id) is not None:
             report.status = NOT_VERIFIED  # an adapter's job: verifiers would replay without it (never framed)
             report.note = "checks are off" if not self.enabled else "ran with a LoRA adapter verifiers lack"
@@ -199,7 +199,7 @@ class JobChecks:
             report.hops_checked = len(judged)
             report.verifier_passes = sum(o.passes for o in judged)
             slashed = [o for o in judged if o.slashed]
-            report.slashed = [o.node.lower() for o in slashed]
+            report.slashed = list(dict.fromkeys(o.node.lower() for o in slashed))  # a node slashed once a job
             report.slash_txs = [o.tx_hash for o in slashed if o.tx_hash]
             if not slashed:
                 all_judged = len(judged) == len(job_hops.hops)
@@ -295,7 +295,7 @@ class JobChecks:
                 self._record(job_id, i, outcome)
                 outcomes.append(outcome)
                 leaves = [w.leaf() for w in work]
-                paid.append(hop_verdicts(signed, outcome.answers, len(outcome.answers), leaves))
+                paid.append(hop_verdicts(signed, outcome.answers, outcome.picks, leaves))
             await pay_verifiers(registry, job_id, record, close_block, paid)
             return outcomes
         except Exception as exc:
@@ -303,6 +303,12 @@ class JobChecks:
             if report is not None:
                 report.status, report.note = CHECK_FAILED, f"the check failed: {exc}"[:300]
             return []
+
+    def _faulty(self, verifier: str) -> bool:
+        """Whether a verifier reached MAX_FAULTS here (then it is never in a check's first stage). Only its own
+        refusals, time-outs and outvoted verdicts count: an honest verifier gets there only if it cannot keep up,
+        or against half of the drawn stake, so colluders below half cannot empty the first stage of honest ones."""
+        return self.faults.get(verifier.lower(), 0) >= MAX_FAULTS
 
     def _fault(self, verifier: str, why: str) -> None:
         """A drawn verifier that refused, timed out or was outvoted by the referees: marked down (out of routing

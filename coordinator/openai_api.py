@@ -26,7 +26,7 @@ from coordinator.adapters import split_model_name
 from coordinator.admission import Admission, Place, Refused, has_free_memory, has_free_session, memory_needed
 from coordinator.api_models import ChatCompletionRequest, CompletionRequest, validation_error
 from coordinator.catalog import ModelUnavailable
-from coordinator.corrections import CHEAT_DETECTED, CheckReport, hold_stream
+from coordinator.corrections import CHEAT_DETECTED, CheckReport, held_tokens, hold_stream
 from coordinator.http_common import SERVICE, chain_error, error, json_body
 from coordinator.jobs import GenerationResult
 from coordinator.preflight import JobPlan, PreflightRefused, close_health_client, plan_job
@@ -246,8 +246,11 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
         if hold:  # the answer waits for the check; a cheat found: the corrected tokens, and the report
             report = await checks.verified(job_id)
             held["shardnet_verification"] = report.to_json(reveal=True) if report else {"status": "unknown"}
-            if report is not None and report.status == CHEAT_DETECTED and report.correct_tokens is not None:
-                result = GenerationResult(report.correct_tokens, result.finish_reason)
+            tokens = held_tokens(report, result.tokens)
+            if tokens is None and report is not None:  # wrong text and nothing to correct it with: an error
+                return web.json_response(report.error_event() | held, status=502)
+            if tokens is not None and tokens is not result.tokens:
+                result = GenerationResult(tokens, result.finish_reason)
         text = model.decode(result.tokens)
         choice: dict[str, Any] = {"index": 0, "finish_reason": result.finish_reason, "logprobs": None}
         if chat:

@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import numpy as np
 from aiohttp import web
 
@@ -157,6 +158,19 @@ async def read_body_limited(request: web.Request, max_bytes: int, timeout_s: flo
         raise BodyTimeout(
             f"the request body did not arrive within {timeout_s:g} s: send it at once, or send less"
         ) from None
+
+
+async def read_answer_limited(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """A peer's answer body, read no further than `max_bytes` (an endless or huge answer from a stranger costs
+    the reader `max_bytes` of memory, not all it sends); raises BodyTooLarge past that."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await resp.content.read(min(65536, max_bytes + 1 - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            raise BodyTooLarge(f"the answer is larger than the {max_bytes} bytes read from it")
+    return b"".join(chunks)
 
 
 async def read_json(

@@ -146,6 +146,26 @@ def _colluder(s: Setup, node: LocalAccount, guilty: bool) -> web.Application:
     return app
 
 
+def _poisoner(s: Setup, node: LocalAccount) -> web.Application:
+    """A sybil's /v1/verify that says guilty with a verdict the registry refuses: signed over a leaf that is not the
+    package's leaf at the index it names (a slash carrying it would revert for every verdict with it)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        data = await request.json()
+        c = VerificationPackage.from_json(data["package"], max_steps=1000).commitment
+        leaf = keccak(text="not the leaf it committed")  # on leaf 0: the one honest verifiers name here
+        sig = sign_verdict(
+            node, s.domain, job_id=c.job_id, accused=c.node, root=c.root, leaf_index=0, leaf=leaf
+        )
+        return web.json_response(
+            {"guilty": True, "leaf_index": 0, "leaf": "0x" + leaf.hex(), "signature": sig.hex()}
+        )
+
+    app = web.Application(client_max_size=64 << 20)
+    app.add_routes([web.post("/v1/verify", handle)])
+    return app
+
+
 async def _serve_job(s: Setup, accused: LocalAccount, job_id: int) -> tuple[SignedCommitment, list[StepWork]]:
     """Run a prompt and 6 decode steps through the accused's session of the job, as the coordinator relays them."""
     url = f"http://127.0.0.1:{s.ports[accused.address]}"
@@ -183,6 +203,8 @@ def _dispute(
     dtype: str,
     verify_posts: list[str] | None = None,
     outvoted: list[str] | None = None,
+    excluded: set[str] | None = None,
+    repeat: int = 1,
 ) -> tuple[DisputeOutcome, int, JobRecord]:
     """Serve a job on the accused, settle it, mine past the draw delay and run the dispute; returns the outcome.
     `verify_posts` gets the address of every server that received a POST /v1/verify (one recomputation each)."""
@@ -216,8 +238,11 @@ def _dispute(
                 lambda a: f"http://127.0.0.1:{s.ports[a]}",
                 on_fault=lambda node, why: faults.append(node),
                 on_outvoted=lambda node, why: (outvoted if outvoted is not None else []).append(node),
+                excluded=lambda a: a in (excluded or set()),
                 verify_timeout_s=60,
             )
+            for _ in range(repeat - 1):  # the same hop judged again: as a second hop of one node in the job
+                await runner.check_hop(job_id, record, close, signed, work, dtype)
             return await runner.check_hop(job_id, record, close, signed, work, dtype)
         finally:
             for runner in runners:
@@ -346,3 +371,124 @@ def test_a_verifier_that_does_not_answer_is_a_fault_and_cannot_shield(
     [fault] = [a for a in outcome.answers if a.fault]
     assert fault.verifier == silent.address and fault.guilty is None
     assert outcome.slashed and s.owner.get_node(accused.address).jailed  # 3 of 4 drawn stake: a majority
+
+
+def test_a_sybil_verdict_on_a_leaf_not_committed_cannot_make_the_slash_revert(
+    setup: Setup, blocks: dict[torch.dtype, Any]
+) -> None:
+    """One sybil of 4 drawn (all are: the cheat escalates) says guilty over a leaf the accused never committed
+    to: counted, its signature would make the registry's slash revert and the cheat go unpunished. It is a
+    fault instead, and the honest verdicts (3 of 4 drawn stake) slash."""
+    s = setup
+    accused, sybil, honest = s.nodes[0], s.nodes[1], s.nodes[2:]
+    servers = {accused.address: _server(s, accused, blocks[torch.float32], perturb=0.05).app()}
+    servers |= _apps(s, blocks, honest) | {sybil.address: _poisoner(s, sybil)}
+    outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32")
+    [poisoned] = [a for a in outcome.answers if a.verifier == sybil.address]
+    assert poisoned.fault and poisoned.guilty is None and "leaf" in poisoned.note, poisoned
+    assert outcome.slashed and s.owner.get_node(accused.address).jailed, outcome
+
+
+def test_guilty_verdicts_kept_from_a_slash_by_refusals_are_not_outvoted(
+    setup: Setup, blocks: dict[torch.dtype, Any]
+) -> None:
+    """A cheat's 2 sybils of the 4 others: one says innocent, one refuses (503). The 2 honest guilty verdicts hold
+    half of the drawn stake: no slash (the documented shield at s = 1/2). They were not outvoted (1 innocent
+    against 2 guilty), so they are no faults: a shield must not also push honest verifiers out of routing. The
+    refusal is a fault."""
+    s = setup
+    accused, (liar, refuser), honest = s.nodes[0], s.nodes[1:3], s.nodes[3:]
+    servers = {accused.address: _server(s, accused, blocks[torch.float32], perturb=0.05).app()}
+    servers |= _apps(s, blocks, honest) | {liar.address: _colluder(s, liar, guilty=False)}
+    servers[refuser.address] = web.Application()
+    servers[refuser.address].add_routes([web.post("/v1/verify", lambda _r: _refuse())])
+    outvoted: list[str] = []
+    outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32", outvoted=outvoted)
+    assert not outcome.slashed and outcome.escalated, outcome
+    assert sorted(str(a.guilty) for a in outcome.answers) == ["False", "None", "True", "True"]
+    assert [a.verifier for a in outcome.answers if a.fault] == [refuser.address]
+    assert outvoted == [], outvoted
+
+
+async def _refuse() -> web.Response:
+    return web.json_response({"error": "busy"}, status=503)
+
+
+def test_a_verifier_answer_is_read_no_further_than_its_limit(
+    setup: Setup, blocks: dict[torch.dtype, Any]
+) -> None:
+    """A sybil answering 8 MiB (or without end) costs the coordinator 64 KiB of reading: a fault, and the
+    honest verdicts slash."""
+    s = setup
+    accused, flooder, honest = s.nodes[0], s.nodes[1], s.nodes[2:]
+
+    async def flood(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for _ in range(128):
+            await resp.write(b" " * 65536)
+        return resp
+
+    servers = {accused.address: _server(s, accused, blocks[torch.float32], perturb=0.05).app()}
+    servers |= _apps(s, blocks, honest)
+    servers[flooder.address] = web.Application()
+    servers[flooder.address].add_routes([web.post("/v1/verify", flood)])
+    outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32")
+    [flooded] = [a for a in outcome.answers if a.verifier == flooder.address]
+    assert flooded.fault and "larger than the 65536 bytes" in flooded.note, flooded
+    assert outcome.slashed, outcome
+
+
+def test_an_answer_without_a_verdict_is_a_fault_not_an_innocent_verdict(
+    setup: Setup, blocks: dict[torch.dtype, Any]
+) -> None:
+    s = setup
+    accused, mute, honest = s.nodes[0], s.nodes[1], s.nodes[2:]
+
+    async def no_verdict(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(text="ok")
+
+    servers = {accused.address: _server(s, accused, blocks[torch.float32], perturb=0.05).app()}
+    servers |= _apps(s, blocks, honest)
+    servers[mute.address] = web.Application()
+    servers[mute.address].add_routes([web.post("/v1/verify", no_verdict)])
+    outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32")
+    [muted] = [a for a in outcome.answers if a.verifier == mute.address]
+    assert muted.fault and muted.guilty is None and "without a verdict" in muted.note, muted
+    assert outcome.slashed, outcome
+
+
+def test_a_verifier_this_coordinator_excluded_is_never_in_the_first_stage(
+    setup: Setup, blocks: dict[torch.dtype, Any]
+) -> None:
+    """A framer out of routing (MAX_FAULTS) is still drawn by the registry; were it asked first, each hop it is drawn
+    first for would cost every referee a pass. It is skipped in the first stage: the next two of the draw judge,
+    an honest hop costs 2 passes, and the framer is not asked (8 jobs: it is drawn first in half of them; in
+    none of 8 with a chance of 1 in 256)."""
+    s = setup
+    accused, framer, honest = s.nodes[0], s.nodes[1], s.nodes[2:]
+    for _job in range(8):
+        servers = {accused.address: _server(s, accused, blocks[torch.float32]).app()}
+        servers |= _apps(s, blocks, honest) | {framer.address: _colluder(s, framer, guilty=True)}
+        posts: list[str] = []
+        outcome, job_id, _ = _dispute(
+            s, blocks, accused, servers, "float32", posts, excluded={framer.address}
+        )
+        assert not outcome.slashed and not outcome.escalated and outcome.passes == 2, outcome
+        assert framer.address not in posts and len(posts) == 2, posts
+
+
+def test_a_node_guilty_on_two_hops_of_one_job_is_slashed_once_and_the_check_goes_on(
+    setup: Setup, blocks: dict[torch.dtype, Any]
+) -> None:
+    """A node may hold two spans of one route: its second guilty hop's slash would revert (AlreadySlashed), which
+    failed the whole job's check (no correction for the client). The second hop is found slashed already."""
+    s = setup
+    accused, others = s.nodes[0], s.nodes[1:]
+    servers = {accused.address: _server(s, accused, blocks[torch.float32], perturb=0.05).app()}
+    servers |= _apps(s, blocks, others)
+    outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32", repeat=2)
+    assert outcome.slashed and outcome.tx_hash is None and "already slashed" in outcome.note, outcome
+    assert len(s.owner.get_logs(0, s.owner.block_number(), ["NodeSlashed"])) == 1

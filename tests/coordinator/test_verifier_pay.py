@@ -54,10 +54,14 @@ def blocks(tiny_llama_store: tuple[Path, str, Manifest]) -> Iterator[dict[torch.
 
 
 def _checked_and_paid(
-    s: Setup, accused: LocalAccount, servers: dict[str, web.Application]
+    s: Setup,
+    accused: LocalAccount,
+    servers: dict[str, web.Application],
+    skip: Callable[[list[str]], set[str]] = lambda _drawn: set(),
 ) -> tuple[DisputeOutcome, dict[str, Any], int]:
     """Serve a job on the accused, settle it, have the drawn verifiers judge it, pay them; returns the outcome, the
-    VerificationPaid event's args and the hop's pay."""
+    VerificationPaid event's args and the hop's pay. `skip(draw)`: the drawn verifiers this coordinator leaves out
+    of the first stage (as if out of routing after 3 faults; still asked as referees), to choose who judges first."""
     quote = s.owner.quote(s.model_id, MAX_TOKENS)
     submitted = s.registry_for(s.client).submit_job(
         s.model_id, keccak(text="prompt"), MAX_TOKENS, s.coordinator.address, quote
@@ -78,11 +82,18 @@ def _checked_and_paid(
                 [Settlement(job_id, record, keccak(text="out"), [signed])]
             ).block_number
             s.chain.mine(3)
+            drawn = s.owner.draw_verifiers(job_id, record, close, signed.node, signed.span, signed.root)
+            skipped = skip([address for address, _ in drawn])
             runner = DisputeRunner(
-                s.owner, s.coordinator, lambda a: f"http://127.0.0.1:{s.ports[a]}", verify_timeout_s=60
+                s.owner,
+                s.coordinator,
+                lambda a: f"http://127.0.0.1:{s.ports[a]}",
+                excluded=lambda a: a in skipped,
+                verify_timeout_s=60,
             )
             outcome = await runner.check_hop(job_id, record, close, signed, work, "float32")
-            hop = hop_verdicts(signed, outcome.answers, len(outcome.answers), [w.leaf() for w in work])
+            assert outcome.escalated or not skipped & {a.verifier for a in outcome.answers}  # referees only
+            hop = hop_verdicts(signed, outcome.answers, outcome.picks, [w.leaf() for w in work])
             tx = await pay_verifiers(s.owner, job_id, record, close, [hop])
             return outcome, tx, signed.positions * (SPAN.end - SPAN.start) * PRICE
         finally:
@@ -107,8 +118,17 @@ def test_drawn_verifiers_that_answer_are_paid_and_the_silent_are_not(
     servers[unsigned.address] = _colluder(s, unsigned, guilty=False)  # innocent, with no signed verdict
     before = {n.address: s.owner.claimable(n.address) for n in s.nodes[1:]}
     client_before = s.owner.claimable(s.client.address)
-    outcome, paid, hop_pay = _checked_and_paid(s, accused, servers)
-    assert not outcome.slashed and len(outcome.answers) == 4
+
+    # the silent one judges first (the draw is random): its refusal makes every referee judge too
+    def first_silent(drawn: list[str]) -> set[str]:
+        return {
+            a
+            for a in drawn
+            if a not in (silent.address, drawn[0] if drawn[0] != silent.address else drawn[1])
+        }
+
+    outcome, paid, hop_pay = _checked_and_paid(s, accused, servers, first_silent)
+    assert not outcome.slashed and outcome.escalated and len(outcome.answers) == 4
     pay = hop_pay * VERIFY_PARAMS.verify_bps // BPS
     assert pay > 0 and (paid["verdicts"], paid["paid"]) == (2, 2 * pay)
     for n in honest:
@@ -172,3 +192,18 @@ def test_a_verdict_the_registry_would_refuse_is_dropped_not_the_whole_payment(
     assert event.args["verdicts"] == 2 and event.args["paid"] == 2 * (
         world.pay_of() * VERIFY_PARAMS.verify_bps // BPS
     )
+
+
+def test_a_first_stage_that_skipped_an_excluded_verifier_pays_both_verifiers_it_asked(
+    setup: Setup, blocks: dict[torch.dtype, Any]
+) -> None:  # noqa: F811
+    """With the draw's first verifier skipped, the first stage is the draw's 2nd and 3rd: the payment redraws 3
+    (`DisputeOutcome.picks`), not 2 (the answers' count), or the 3rd's verdict is dropped unpaid."""
+    s = setup
+    accused, honest = s.nodes[0], s.nodes[1:]
+    servers = {n.address: _server(s, n, blocks[torch.float32]).app() for n in (accused, *honest)}
+    outcome, paid, hop_pay = _checked_and_paid(s, accused, servers, lambda drawn: {drawn[0]})
+    assert not outcome.slashed and not outcome.escalated and len(outcome.answers) == 2
+    assert outcome.picks == 3
+    pay = hop_pay * VERIFY_PARAMS.verify_bps // BPS
+    assert (paid["verdicts"], paid["paid"]) == (2, 2 * pay)
