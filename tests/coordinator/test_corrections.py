@@ -3,6 +3,8 @@ re-run replaced, and what the status endpoint shows to the job's client and to a
 
 from __future__ import annotations
 
+import asyncio
+
 from coordinator.corrections import CHEAT_DETECTED, VERIFIED, CheckReport, replaced_tokens
 
 
@@ -75,7 +77,11 @@ def test_a_finished_report_keeps_no_copy_of_the_jobs_tokens() -> None:
     async def rerun() -> list[int]:
         return shown
 
-    checks.start(5, 0, JobHops(5, [], 64), "0x", Correction(shown, rerun, lambda t: ""))
+    async def start() -> None:  # start() runs on the coordinator's loop (it schedules the share's refund)
+        checks.start(5, 0, JobHops(5, [], 64), "0x", Correction(shown, rerun, lambda t: ""))
+        await checks.wait()  # the refund fails here (no registry): wait() swallows it
+
+    asyncio.run(start())
     report = checks.reports[5]
     assert report.status == "not_verified" and report.done
     held = [v for v in vars(report).values() if isinstance(v, list) and len(v) >= len(shown)]
