@@ -2,8 +2,9 @@
 
 A decode step (one new position) waits up to `window_s` for others; those that gathered (at most
 `max_batch`) run as one batched forward of the block (`shardnet.model.batched.step_many`), each session
-keeping its own KV cache, and each result is then encoded, hashed, committed and recorded per session by
-`finish`, exactly as a step run alone. Steps that arrive while a batch computes form the next batch,
+keeping its own KV cache, and each result is then encoded, hashed and committed per session by `finish`,
+exactly as a step run alone; the batch's step records are then stored by `record` in one transaction, before
+any of its outputs leaves. Steps that arrive while a batch computes form the next batch,
 which leaves as soon as the compute thread is free (they have waited already). Prefills, and every step
 when `max_batch` is 1, go straight to the compute thread. One session's failure is its own: the others'
 results stand. See docs/batching.md.
@@ -32,8 +33,10 @@ log = logging.getLogger(__name__)
 
 #: (frame sent, what the session keeps of it, step hash, Merkle leaf, fingerprint) of one step
 StepOutput = tuple[bytes, bytes, bytes, bytes, bytes]
-#: encode, hash, commit and record one computed step: (session, output, n_tokens, index, input hash)
+#: encode, hash and commit one computed step: (session, output, n_tokens, index, input hash)
 FinishStep = Callable[[Session, torch.Tensor, int, int, bytes], StepOutput]
+#: store the records (session id, step index, leaf, positions) of finished steps, all or none
+RecordSteps = Callable[[list[tuple[str, int, bytes, int]]], None]
 
 
 @dataclass
@@ -50,11 +53,18 @@ class StepBatcher:
     """Runs every inference step of a worker on `executor` (its single compute thread)."""
 
     def __init__(
-        self, executor: Executor, finish: FinishStep, *, limits: ServerLimits, metrics: WorkerMetrics
+        self,
+        executor: Executor,
+        finish: FinishStep,
+        *,
+        limits: ServerLimits,
+        metrics: WorkerMetrics,
+        record: RecordSteps | None = None,
     ) -> None:
         self.executor = executor
         self.metrics = metrics
         self.finish = finish
+        self.record = record
         self.window_s = limits.batch_window_s
         self.max_batch = limits.max_batch
         self.batches = 0  # batched forwards run (2+ sessions)
@@ -83,13 +93,16 @@ class StepBatcher:
     def run_alone(
         self, session: Session, x: torch.Tensor, start_pos: int, index: int, input_hash: bytes
     ) -> StepOutput:
-        """The single-sequence path (compute thread): the session's own `step`, then `finish`."""
+        """The single-sequence path (compute thread): the session's own `step`, then `finish` and `record`."""
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = session.compute.step(x, start_pos)
         t1 = time.perf_counter()
         try:
-            return self.finish(session, out, int(x.shape[1]), index, input_hash)
+            result = self.finish(session, out, int(x.shape[1]), index, input_hash)
+            if self.record is not None:
+                self.record([(session.session_id, index, result[3], int(x.shape[1]))])
+            return result
         finally:
             self._timed(t0, t1)
 
@@ -142,14 +155,39 @@ class StepBatcher:
             self.batches += 1
             self.batched_steps += len(steps)
             self.metrics.batch_size.observe(len(steps))
+            finished: list[int] = []
             for i, p, out in zip(plain, steps, outputs, strict=True):
                 results[i] = (
                     out
                     if isinstance(out, BaseException)
                     else _catch(self.finish, p.session, out, int(p.x.shape[1]), p.index, p.input_hash)
                 )
+                if not isinstance(results[i], BaseException):
+                    finished.append(i)
+            self._record_all(batch, results, finished)
             self._timed(t0, t1)
         return [r if r is not None else RuntimeError("step not run") for r in results]
+
+    def _record_all(
+        self,
+        batch: Sequence[PendingStep],
+        results: list[StepOutput | BaseException | None],
+        finished: list[int],
+    ) -> None:
+        """Store the finished steps' records in one transaction; if that fails, each of them fails."""
+        if self.record is None or not finished:
+            return
+        rows = []
+        for i in finished:
+            result = results[i]
+            assert result is not None and not isinstance(result, BaseException)
+            p = batch[i]
+            rows.append((p.session.session_id, p.index, result[3], int(p.x.shape[1])))
+        try:
+            self.record(rows)
+        except Exception as exc:  # not recorded: none of these outputs may leave
+            for i in finished:
+                results[i] = exc
 
 
 def _catch(fn: Callable[..., StepOutput], *args: Any) -> StepOutput | BaseException:

@@ -94,7 +94,13 @@ class WorkerServer:
         self._extra_routes = list(extra_routes)
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-compute")
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-db")
-        self.batcher = StepBatcher(self._compute, self._finish_step, limits=self.limits, metrics=self.metrics)
+        self.batcher = StepBatcher(
+            self._compute,
+            self._finish_step,
+            limits=self.limits,
+            metrics=self.metrics,
+            record=self.state.steps_recorded if self.state is not None else None,
+        )
         self.http: aiohttp.ClientSession | None = None  # push mode: forwards, direct answers
         self._janitor: asyncio.Task[None] | None = None
         self.sessions = memory.session_manager(self.limits, info, on_close=self._session_closed)
@@ -350,17 +356,15 @@ class WorkerServer:
     def _finish_step(
         self, session: Session, out: torch.Tensor, n_tokens: int, index: int, input_hash: bytes
     ) -> tuple[bytes, bytes, bytes, bytes, bytes]:
-        """Encode, hash, record a computed step on the compute thread (no keccak or SQLite on the event loop);
-        returns the frame sent, what the session keeps of it (`worker.memory.kept_output`), hash, leaf, fingerprint."""
+        """Encode, hash, commit a computed step on the compute thread (no keccak on the event loop; the batcher
+        then records it, before its output leaves); returns the frame sent, what the session keeps of it
+        (`worker.memory.kept_output`), hash, leaf, fingerprint."""
         with torch.inference_mode():
             if self.perturb_outputs > 0:
                 out = out + self.perturb_outputs * out.float().std() * torch.randn_like(out)
             frame = encode_frame(out.float(), memory.LOGITS_CODEC if self.info.is_last else session.codec)
             kept = memory.kept_output(out, frame, is_last=self.info.is_last)
         digest, step_leaf, fingerprint = commit_step(input_hash, frame)
-        if self.state is not None:
-            # recorded before the output leaves: a crash can never lose a step the commitment must cover
-            self.state.step_recorded(session.session_id, index, step_leaf, n_tokens)
         return frame, kept, digest, step_leaf, fingerprint
 
     def _session_closed(self, session: Session, reason: str) -> None:
