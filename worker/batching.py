@@ -2,9 +2,10 @@
 
 A decode step (one new position) waits up to `window_s` for others; those that gathered (at most
 `max_batch`) run as one batched forward of the block (`shardnet.model.batched.step_many`), each session
-keeping its own KV cache, and each result is then encoded, hashed and committed per session by `finish`,
-exactly as a step run alone; the batch's step records are then stored by `record` in one transaction, before
-any of its outputs leaves. Steps that arrive while a batch computes form the next batch,
+keeping its own KV cache; the results are then encoded, hashed and committed per session by the
+`StepFinisher` (`worker.finishing`: the fingerprints of the whole batch in one pass, the same bytes as a
+step run alone), and the batch's step records stored by `record` in one transaction, before any of its
+outputs leaves. Steps that arrive while a batch computes form the next batch,
 which leaves as soon as the compute thread is free (they have waited already). Prefills, and every step
 when `max_batch` is 1, go straight to the compute thread. One session's failure is its own: the others'
 results stand. See docs/batching.md.
@@ -25,16 +26,13 @@ import torch
 from shardnet.model.batched import step_many
 from shardnet.model.session import BlockSession
 from shardnet.peer.errors import WorkerUnavailable
+from worker.finishing import StepFinisher, StepOutput
 from worker.limits import ServerLimits
 from worker.metrics import WorkerMetrics
 from worker.sessions import Session
 
 log = logging.getLogger(__name__)
 
-#: (frame sent, what the session keeps of it, step hash, Merkle leaf, fingerprint) of one step
-StepOutput = tuple[bytes, bytes, bytes, bytes, bytes]
-#: encode, hash and commit one computed step: (session, output, n_tokens, index, input hash)
-FinishStep = Callable[[Session, torch.Tensor, int, int, bytes], StepOutput]
 #: store the records (session id, step index, leaf, positions) of finished steps, all or none
 RecordSteps = Callable[[list[tuple[str, int, bytes, int]]], None]
 
@@ -55,7 +53,7 @@ class StepBatcher:
     def __init__(
         self,
         executor: Executor,
-        finish: FinishStep,
+        finisher: StepFinisher,
         *,
         limits: ServerLimits,
         metrics: WorkerMetrics,
@@ -63,7 +61,7 @@ class StepBatcher:
     ) -> None:
         self.executor = executor
         self.metrics = metrics
-        self.finish = finish
+        self.finisher = finisher
         self.record = record
         self.window_s = limits.batch_window_s
         self.max_batch = limits.max_batch
@@ -99,7 +97,7 @@ class StepBatcher:
             out = session.compute.step(x, start_pos)
         t1 = time.perf_counter()
         try:
-            result = self.finish(session, out, int(x.shape[1]), index, input_hash)
+            result = self.finisher.finish(session, out, int(x.shape[1]), index, input_hash)
             if self.record is not None:
                 self.record([(session.session_id, index, result[3], int(x.shape[1]))])
             return result
@@ -155,16 +153,25 @@ class StepBatcher:
             self.batches += 1
             self.batched_steps += len(steps)
             self.metrics.batch_size.observe(len(steps))
-            finished: list[int] = []
-            for i, p, out in zip(plain, steps, outputs, strict=True):
-                results[i] = (
-                    out
-                    if isinstance(out, BaseException)
-                    else _catch(self.finish, p.session, out, int(p.x.shape[1]), p.index, p.input_hash)
+            computed = [
+                (i, p, out)
+                for i, p, out in zip(plain, steps, outputs, strict=True)
+                if not isinstance(out, BaseException)
+            ]
+            for i, _p, out in zip(plain, steps, outputs, strict=True):
+                if isinstance(out, BaseException):
+                    results[i] = out
+            try:
+                finished = self.finisher.finish_many(
+                    [(p.session, out, int(p.x.shape[1]), p.index, p.input_hash) for _, p, out in computed]
                 )
-                if not isinstance(results[i], BaseException):
-                    finished.append(i)
-            self._record_all(batch, results, finished)
+            except Exception as exc:  # noqa: BLE001 - not finished: every one of them fails
+                finished = [exc] * len(computed)
+            for (i, _p, _out), result in zip(computed, finished, strict=True):
+                results[i] = result
+            self._record_all(
+                batch, results, [i for i, _p, _out in computed if not isinstance(results[i], BaseException)]
+            )
             self._timed(t0, t1)
         return [r if r is not None else RuntimeError("step not run") for r in results]
 
