@@ -79,7 +79,7 @@ class CoordinatorConfig(ChainSettings):
         "in the next (1 lets groups of sessions merge into ever fuller batches)",
     )
     coalesce_gather_ms: float = Field(
-        50.0,
+        200.0,
         ge=0,
         le=1000,
         description="how long an idle worker's queued steps may wait for its other live sessions' steps still on "
