@@ -6,8 +6,9 @@ keeping its own KV cache; the results are then encoded, hashed and committed per
 `StepFinisher` (`worker.finishing`: the fingerprints of the whole batch in one pass, the same bytes as a
 step run alone), and the batch's step records stored by `record` in one transaction, before any of its
 outputs leaves. Steps that arrive while a batch computes form the next batch,
-which leaves as soon as the compute thread is free (they have waited already). Prefills, and every step
-when `max_batch` is 1, go straight to the compute thread. One session's failure is its own: the others'
+which leaves as soon as the compute thread is free (they have waited already). Prefills, every step
+when `max_batch` is 1, and the decode step of a session alone (no other stepped within `ACTIVE_S`) go
+straight to the compute thread. One session's failure is its own: the others'
 results stand. See docs/batching.md.
 """
 
@@ -32,6 +33,8 @@ from worker.metrics import WorkerMetrics
 from worker.sessions import Session
 
 log = logging.getLogger(__name__)
+
+ACTIVE_S = 1.0  # a session that stepped within this long may step again soon: batch with it
 
 #: store the records (session id, step index, leaf, positions) of finished steps, all or none
 RecordSteps = Callable[[list[tuple[str, int, bytes, int]]], None]
@@ -68,6 +71,7 @@ class StepBatcher:
         self.batches = 0  # batched forwards run (2+ sessions)
         self.batched_steps = 0  # steps that ran in them
         self._pending: list[PendingStep] = []
+        self._stepped: dict[str, float] = {}  # session id -> when it last stepped (sessions active now)
         self._full = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
 
@@ -76,7 +80,8 @@ class StepBatcher:
     ) -> StepOutput:
         """Compute one step of `session` and return its frame, step hash, leaf and fingerprint."""
         loop = asyncio.get_running_loop()
-        if self.max_batch <= 1 or int(x.shape[1]) != 1:
+        lone = self._lone(session.session_id)
+        if self.max_batch <= 1 or int(x.shape[1]) != 1 or (lone and not self._pending):
             return await loop.run_in_executor(
                 self.executor, self.run_alone, session, x, start_pos, index, input_hash
             )
@@ -87,6 +92,17 @@ class StepBatcher:
         elif len(self._pending) >= self.max_batch:
             self._full.set()
         return await future
+
+    def _lone(self, session_id: str) -> bool:
+        """Note that `session_id` steps now; True when no other session stepped within `ACTIVE_S`: nothing
+        is there to batch it with, so its step does not wait out the batching window (2 ms per hop and token
+        for one session alone)."""
+        now = time.monotonic()
+        self._stepped[session_id] = now
+        stale = [s for s, at in self._stepped.items() if now - at > ACTIVE_S]
+        for s in stale:
+            del self._stepped[s]
+        return len(self._stepped) == 1
 
     def run_alone(
         self, session: Session, x: torch.Tensor, start_pos: int, index: int, input_hash: bytes
