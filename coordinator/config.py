@@ -78,6 +78,14 @@ class CoordinatorConfig(ChainSettings):
         description="most step requests in flight to one worker; the steps that queue meanwhile leave together "
         "in the next (1 lets groups of sessions merge into ever fuller batches)",
     )
+    coalesce_gather_ms: float = Field(
+        200.0,
+        ge=0,
+        le=1000,
+        description="how long an idle worker's queued steps may wait for its other live sessions' steps still on "
+        "their way (in flight to the hop before), so concurrent jobs move in lock step and each forward batches all "
+        "of them (docs/batching.md); 0 sends whatever queued at once",
+    )
     max_positions_in_flight: int = Field(
         256,
         ge=1,

@@ -141,6 +141,8 @@ class Pipeline:
         """Close every session (each worker then commits to its steps)."""
         slots = self.slots + [s.shadow for s in self.slots if s.shadow] + self.to_close
         self.slots, self.to_close = [], []
+        if self.ctx.coalescer is not None:  # no worker waits for this generation's steps any more
+            self.ctx.coalescer.release(self)
         await asyncio.gather(*(self._close(s) for s in slots))
 
     async def finish(self) -> None:
@@ -150,11 +152,22 @@ class Pipeline:
     def codec_of(self, x: torch.Tensor) -> str | None:
         return None if not x.dtype.is_floating_point else self.ctx.codec
 
-    async def step_session(self, slot: OpenSession, x: torch.Tensor, pos: int) -> StepResult:
+    async def step_session(
+        self, slot: OpenSession, x: torch.Tensor, pos: int, *, next_slot: OpenSession | None = None
+    ) -> StepResult:
+        """One step of `slot`. `next_slot`: the hop this generation steps next (a step of the route, not a replay
+        or a check): the coalescer may hold that worker's other steps for this one (gathering)."""
         t0 = time.perf_counter()
         if self.ctx.coalescer is not None:  # with other jobs' steps toward the same worker
             res = await self.ctx.coalescer.step(
-                slot.endpoint, slot.client, slot.session_id, x, pos, self.codec_of(x)
+                slot.endpoint,
+                slot.client,
+                slot.session_id,
+                x,
+                pos,
+                self.codec_of(x),
+                flow=self if next_slot is not None else None,
+                next_endpoint=next_slot.endpoint if next_slot is not None else None,
             )
         else:
             res = await slot.client.step_full(slot.session_id, x, pos, self.codec_of(x))
@@ -181,7 +194,7 @@ class Pipeline:
         while i < len(self.slots):
             slot = self.slots[i]
             try:
-                res = await self.step_session(slot, x, pos)
+                res = await self.step_session(slot, x, pos, next_slot=self.slots[(i + 1) % len(self.slots)])
             except WorkerAPIError as exc:
                 await self._failover(i, exc)
                 continue

@@ -99,6 +99,7 @@ class CoordinatorService:
                 max_steps=config.coalesce_max_steps,
                 max_in_flight=config.coalesce_in_flight,
                 max_positions_in_flight=config.max_positions_in_flight,
+                gather_s=config.coalesce_gather_ms / 1000,
             ),
         )
         runner = JobRunner(ctx, self.lifecycle, self.commitments, settle_batch_s=config.settle_batch_s)

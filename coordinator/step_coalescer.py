@@ -12,13 +12,24 @@ error raises in that session's pipeline alone (which fails over or fails its job
 Queueing here is also the admission of work to a worker: at most `max_positions_in_flight` positions
 (a prefill counts its prompt, a decode step 1) are in flight to one worker, so 64 prefills arriving at
 once queue here, where no step timeout runs, instead of timing out one after another in the worker's
-compute queue. The step timeout measures only a request actually sent. See docs/batching.md.
+compute queue. The step timeout measures only a request actually sent.
+
+Gathering (`gather_s` > 0): each step names its flow (the job's generation) and the worker its flow goes to
+next (the next hop; after the last hop, the first one, for the next token). An idle worker that awaits a
+flow whose step is in flight to another worker (sent, so it arrives within about one forward) holds its
+queue for it, at most `gather_s` after the oldest queued step (only sent steps are awaited: two idle
+workers never hold their queues for each other). Groups of sessions one
+hop apart then merge, and concurrent jobs move in lock step: each worker batches all of them in one
+forward instead of paying a forward per group out of phase. A flow is no longer expected once it is queued
+at that worker, when its generation ends (`release`), or after `EXPECTED_S`; one job alone never waits.
+See docs/batching.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -31,6 +42,8 @@ from shardnet.wire.multi_step import StepItem
 
 log = logging.getLogger(__name__)
 
+EXPECTED_S = 2.0  # a flow announced to a worker this long ago and not arrived is no longer waited for
+
 
 @dataclass
 class _Queued:
@@ -40,6 +53,9 @@ class _Queued:
     start_pos: int
     codec: str
     future: asyncio.Future[StepResult]
+    flow: object = None
+    next_endpoint: str | None = None
+    queued_at: float = field(default_factory=time.monotonic)
 
     @property
     def positions(self) -> int:
@@ -57,6 +73,8 @@ class _Worker:
     positions_in_flight: int = 0
     kick_scheduled: bool = False
     multi: bool = True  # False once the worker answered 404/405 to POST /v1/steps (an older worker)
+    expected: dict[object, float] = field(default_factory=dict)  # flows on their way here -> since when
+    gather_timer: asyncio.TimerHandle | None = None
 
 
 @dataclass
@@ -64,6 +82,7 @@ class CoalescerStats:
     requests: int = 0  # requests sent (single and multi)
     steps: int = 0  # steps sent in them
     largest: int = 0  # most steps in one request
+    gathered: int = 0  # times an idle worker's queue was held for flows on their way (gathering)
 
 
 class StepCoalescer:
@@ -77,12 +96,14 @@ class StepCoalescer:
         max_in_flight: int = 1,
         max_positions_in_flight: int = 256,
         max_connections: int = 16,
+        gather_s: float = 0.0,
     ) -> None:
         self.timeout_s = timeout_s
         self.max_steps = max_steps
         self.max_in_flight = max_in_flight
         self.max_positions_in_flight = max_positions_in_flight
         self.max_connections = max_connections
+        self.gather_s = gather_s
         self.stats = CoalescerStats()
         self._workers: dict[str, _Worker] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -95,17 +116,59 @@ class StepCoalescer:
         x: torch.Tensor,
         start_pos: int,
         codec: str | None,
+        *,
+        flow: object = None,
+        next_endpoint: str | None = None,
     ) -> StepResult:
-        """Step `session_id` (opened through `client`) on the worker at `endpoint`; raises its own error."""
+        """Step `session_id` (opened through `client`) on the worker at `endpoint`; raises its own error.
+        `flow`: what the step belongs to (a job's generation; None: a step now and then, e.g. of a check), whose
+        next step goes to `next_endpoint` (None: none foreseen): steps there may wait for it (gathering)."""
         worker = self._worker(endpoint)
         future: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()
         if codec is None:
             codec = "fp32" if x.dtype.is_floating_point else "int64"
-        worker.queue.append(_Queued(client, session_id, x, start_pos, codec, future))
-        if not worker.kick_scheduled:  # steps queued in this turn of the loop leave together
+        queued = _Queued(client, session_id, x, start_pos, codec, future, flow, next_endpoint)
+        if flow is not None:
+            worker.expected.pop(flow, None)  # arrived
+        worker.queue.append(queued)
+        self._schedule_kick(worker)  # steps queued in this turn of the loop leave together
+        return await future
+
+    def release(self, flow: object) -> None:
+        """The flow ends (its generation is over): no worker waits for it any more."""
+        for worker in self._workers.values():
+            if worker.expected.pop(flow, None) is not None and worker.queue:
+                self._schedule_kick(worker)
+
+    def _schedule_kick(self, worker: _Worker) -> None:
+        if not worker.kick_scheduled:
             worker.kick_scheduled = True
             asyncio.get_running_loop().call_soon(self._kick, worker)
-        return await future
+
+    def _hold_for_gathering(self, worker: _Worker) -> bool:
+        """True while an idle worker's queue should wait for flows on their way to it (and a kick is then
+        scheduled for when the oldest queued step has waited `gather_s`)."""
+        if self.gather_s <= 0 or worker.in_flight or not worker.queue:
+            return False
+        now = time.monotonic()
+        deadline = worker.queue[0].queued_at + self.gather_s
+        if now >= deadline:
+            return False
+        for flow, since in list(worker.expected.items()):
+            if now - since > EXPECTED_S:
+                del worker.expected[flow]
+        if not worker.expected or len(worker.queue) >= self.max_steps:
+            return False
+        if worker.gather_timer is None:
+            self.stats.gathered += 1
+            worker.gather_timer = asyncio.get_running_loop().call_later(
+                deadline - now, self._gather_expired, worker
+            )
+        return True
+
+    def _gather_expired(self, worker: _Worker) -> None:
+        worker.gather_timer = None
+        self._kick(worker)
 
     def request_timeout_s(self, steps: int) -> float:
         """How long a request of `steps` steps may take: the step timeout, plus a quarter of it per further step
@@ -129,6 +192,11 @@ class StepCoalescer:
 
     def _kick(self, worker: _Worker) -> None:
         worker.kick_scheduled = False
+        if self._hold_for_gathering(worker):
+            return
+        if worker.gather_timer is not None:
+            worker.gather_timer.cancel()
+            worker.gather_timer = None
         while worker.queue and worker.in_flight < self.max_in_flight:
             batch: list[_Queued] = []
             positions = worker.positions_in_flight
@@ -143,6 +211,11 @@ class StepCoalescer:
             if not batch:
                 return  # the worker has enough positions in flight: the rest wait for an answer
             worker.queue = worker.queue[len(batch) :]
+            if self.gather_s > 0:  # their next workers may wait for them
+                now = time.monotonic()
+                for q in batch:
+                    if q.flow is not None and q.next_endpoint is not None:
+                        self._worker(q.next_endpoint).expected[q.flow] = now
             sent = sum(q.positions for q in batch)
             worker.in_flight += 1
             worker.positions_in_flight += sent
@@ -161,9 +234,8 @@ class StepCoalescer:
         finally:
             worker.in_flight -= 1
             worker.positions_in_flight -= positions
-            if worker.queue and not worker.kick_scheduled:
-                worker.kick_scheduled = True
-                asyncio.get_running_loop().call_soon(self._kick, worker)
+            if worker.queue:
+                self._schedule_kick(worker)
         for q, result in zip(batch, results, strict=True):
             if q.future.done():  # its caller was cancelled meanwhile
                 continue
@@ -204,5 +276,7 @@ class StepCoalescer:
 
     async def aclose(self) -> None:
         for worker in self._workers.values():
+            if worker.gather_timer is not None:
+                worker.gather_timer.cancel()
             await worker.http.close()
         self._workers.clear()

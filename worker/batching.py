@@ -2,10 +2,13 @@
 
 A decode step (one new position) waits up to `window_s` for others; those that gathered (at most
 `max_batch`) run as one batched forward of the block (`shardnet.model.batched.step_many`), each session
-keeping its own KV cache, and each result is then encoded, hashed, committed and recorded per session by
-`finish`, exactly as a step run alone. Steps that arrive while a batch computes form the next batch,
-which leaves as soon as the compute thread is free (they have waited already). Prefills, and every step
-when `max_batch` is 1, go straight to the compute thread. One session's failure is its own: the others'
+keeping its own KV cache; the results are then encoded, hashed and committed per session by the
+`StepFinisher` (`worker.finishing`: the fingerprints of the whole batch in one pass, the same bytes as a
+step run alone), and the batch's step records stored by `record` in one transaction, before any of its
+outputs leaves. Steps that arrive while a batch computes form the next batch,
+which leaves as soon as the compute thread is free (they have waited already). Prefills, every step
+when `max_batch` is 1, and the decode step of a session alone (no other stepped within `ACTIVE_S`) go
+straight to the compute thread. One session's failure is its own: the others'
 results stand. See docs/batching.md.
 """
 
@@ -24,16 +27,17 @@ import torch
 from shardnet.model.batched import step_many
 from shardnet.model.session import BlockSession
 from shardnet.peer.errors import WorkerUnavailable
+from worker.finishing import StepFinisher, StepOutput
 from worker.limits import ServerLimits
 from worker.metrics import WorkerMetrics
 from worker.sessions import Session
 
 log = logging.getLogger(__name__)
 
-#: (frame sent, what the session keeps of it, step hash, Merkle leaf, fingerprint) of one step
-StepOutput = tuple[bytes, bytes, bytes, bytes, bytes]
-#: encode, hash, commit and record one computed step: (session, output, n_tokens, index, input hash)
-FinishStep = Callable[[Session, torch.Tensor, int, int, bytes], StepOutput]
+ACTIVE_S = 1.0  # a session that stepped within this long may step again soon: batch with it
+
+#: store the records (session id, step index, leaf, positions) of finished steps, all or none
+RecordSteps = Callable[[list[tuple[str, int, bytes, int]]], None]
 
 
 @dataclass
@@ -50,16 +54,24 @@ class StepBatcher:
     """Runs every inference step of a worker on `executor` (its single compute thread)."""
 
     def __init__(
-        self, executor: Executor, finish: FinishStep, *, limits: ServerLimits, metrics: WorkerMetrics
+        self,
+        executor: Executor,
+        finisher: StepFinisher,
+        *,
+        limits: ServerLimits,
+        metrics: WorkerMetrics,
+        record: RecordSteps | None = None,
     ) -> None:
         self.executor = executor
         self.metrics = metrics
-        self.finish = finish
+        self.finisher = finisher
+        self.record = record
         self.window_s = limits.batch_window_s
         self.max_batch = limits.max_batch
         self.batches = 0  # batched forwards run (2+ sessions)
         self.batched_steps = 0  # steps that ran in them
         self._pending: list[PendingStep] = []
+        self._stepped: dict[str, float] = {}  # session id -> when it last stepped (sessions active now)
         self._full = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
 
@@ -68,7 +80,8 @@ class StepBatcher:
     ) -> StepOutput:
         """Compute one step of `session` and return its frame, step hash, leaf and fingerprint."""
         loop = asyncio.get_running_loop()
-        if self.max_batch <= 1 or int(x.shape[1]) != 1:
+        lone = self._lone(session.session_id)
+        if self.max_batch <= 1 or int(x.shape[1]) != 1 or (lone and not self._pending):
             return await loop.run_in_executor(
                 self.executor, self.run_alone, session, x, start_pos, index, input_hash
             )
@@ -80,16 +93,30 @@ class StepBatcher:
             self._full.set()
         return await future
 
+    def _lone(self, session_id: str) -> bool:
+        """Note that `session_id` steps now; True when no other session stepped within `ACTIVE_S`: nothing
+        is there to batch it with, so its step does not wait out the batching window (2 ms per hop and token
+        for one session alone)."""
+        now = time.monotonic()
+        self._stepped[session_id] = now
+        stale = [s for s, at in self._stepped.items() if now - at > ACTIVE_S]
+        for s in stale:
+            del self._stepped[s]
+        return len(self._stepped) == 1
+
     def run_alone(
         self, session: Session, x: torch.Tensor, start_pos: int, index: int, input_hash: bytes
     ) -> StepOutput:
-        """The single-sequence path (compute thread): the session's own `step`, then `finish`."""
+        """The single-sequence path (compute thread): the session's own `step`, then `finish` and `record`."""
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = session.compute.step(x, start_pos)
         t1 = time.perf_counter()
         try:
-            return self.finish(session, out, int(x.shape[1]), index, input_hash)
+            result = self.finisher.finish(session, out, int(x.shape[1]), index, input_hash)
+            if self.record is not None:
+                self.record([(session.session_id, index, result[3], int(x.shape[1]))])
+            return result
         finally:
             self._timed(t0, t1)
 
@@ -142,14 +169,48 @@ class StepBatcher:
             self.batches += 1
             self.batched_steps += len(steps)
             self.metrics.batch_size.observe(len(steps))
-            for i, p, out in zip(plain, steps, outputs, strict=True):
-                results[i] = (
-                    out
-                    if isinstance(out, BaseException)
-                    else _catch(self.finish, p.session, out, int(p.x.shape[1]), p.index, p.input_hash)
+            computed = [
+                (i, p, out)
+                for i, p, out in zip(plain, steps, outputs, strict=True)
+                if not isinstance(out, BaseException)
+            ]
+            for i, _p, out in zip(plain, steps, outputs, strict=True):
+                if isinstance(out, BaseException):
+                    results[i] = out
+            try:
+                finished = self.finisher.finish_many(
+                    [(p.session, out, int(p.x.shape[1]), p.index, p.input_hash) for _, p, out in computed]
                 )
+            except Exception as exc:  # noqa: BLE001 - not finished: every one of them fails
+                finished = [exc] * len(computed)
+            for (i, _p, _out), result in zip(computed, finished, strict=True):
+                results[i] = result
+            self._record_all(
+                batch, results, [i for i, _p, _out in computed if not isinstance(results[i], BaseException)]
+            )
             self._timed(t0, t1)
         return [r if r is not None else RuntimeError("step not run") for r in results]
+
+    def _record_all(
+        self,
+        batch: Sequence[PendingStep],
+        results: list[StepOutput | BaseException | None],
+        finished: list[int],
+    ) -> None:
+        """Store the finished steps' records in one transaction; if that fails, each of them fails."""
+        if self.record is None or not finished:
+            return
+        rows = []
+        for i in finished:
+            result = results[i]
+            assert result is not None and not isinstance(result, BaseException)
+            p = batch[i]
+            rows.append((p.session.session_id, p.index, result[3], int(p.x.shape[1])))
+        try:
+            self.record(rows)
+        except Exception as exc:  # not recorded: none of these outputs may leave
+            for i in finished:
+                results[i] = exc
 
 
 def _catch(fn: Callable[..., StepOutput], *args: Any) -> StepOutput | BaseException:

@@ -21,11 +21,11 @@ from shardnet.model.adapters import ModelError
 from shardnet.peer.errors import DRAINING, InvalidTensor, SessionConflict, TicketRejected, WorkerUnavailable
 from shardnet.span import LayerSpan
 from shardnet.wire.commitment import merkle_root, step_hash
-from shardnet.wire.frames import encode_frame
 from shardnet.wire.tickets import TicketError, ticket_max_positions, verify_ticket
 from worker import memory
 from worker.batching import StepBatcher
 from worker.coordinator_check import CoordinatorCheck, finish_job_check, start_job_check
+from worker.finishing import StepFinisher
 from worker.forwarding import SESSION_TOKEN_HEADER
 from worker.http_errors import errors_as_json, read_body
 from worker.inputs import (
@@ -43,7 +43,7 @@ from worker.multi_step import MultiStepEndpoint
 from worker.push_links import forward, forwards, set_next_hop, step_answer
 from worker.sessions import ModelSession, Session
 from worker.state import WorkerState
-from worker.verification import CommittedSteps, VerdictSigner, VerifyEndpoint, commit_step
+from worker.verification import CommittedSteps, VerdictSigner, VerifyEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,13 @@ class WorkerServer:
         self._extra_routes = list(extra_routes)
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-compute")
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-db")
-        self.batcher = StepBatcher(self._compute, self._finish_step, limits=self.limits, metrics=self.metrics)
+        self.batcher = StepBatcher(
+            self._compute,
+            StepFinisher(info, perturb_outputs),
+            limits=self.limits,
+            metrics=self.metrics,
+            record=self.state.steps_recorded if self.state is not None else None,
+        )
         self.http: aiohttp.ClientSession | None = None  # push mode: forwards, direct answers
         self._janitor: asyncio.Task[None] | None = None
         self.sessions = memory.session_manager(self.limits, info, on_close=self._session_closed)
@@ -346,22 +352,6 @@ class WorkerServer:
         session.output_frames.append(kept)
         session.output_bytes += len(kept) + memory.OBJECT_OVERHEAD
         return frame, digest, index
-
-    def _finish_step(
-        self, session: Session, out: torch.Tensor, n_tokens: int, index: int, input_hash: bytes
-    ) -> tuple[bytes, bytes, bytes, bytes, bytes]:
-        """Encode, hash, record a computed step on the compute thread (no keccak or SQLite on the event loop);
-        returns the frame sent, what the session keeps of it (`worker.memory.kept_output`), hash, leaf, fingerprint."""
-        with torch.inference_mode():
-            if self.perturb_outputs > 0:
-                out = out + self.perturb_outputs * out.float().std() * torch.randn_like(out)
-            frame = encode_frame(out.float(), memory.LOGITS_CODEC if self.info.is_last else session.codec)
-            kept = memory.kept_output(out, frame, is_last=self.info.is_last)
-        digest, step_leaf, fingerprint = commit_step(input_hash, frame)
-        if self.state is not None:
-            # recorded before the output leaves: a crash can never lose a step the commitment must cover
-            self.state.step_recorded(session.session_id, index, step_leaf, n_tokens)
-        return frame, kept, digest, step_leaf, fingerprint
 
     def _session_closed(self, session: Session, reason: str) -> None:
         close = getattr(session.compute, "close", None)

@@ -162,16 +162,26 @@ class WorkerState:
     def step_recorded(self, session_id: str, step_index: int, step_hash: bytes, positions: int = 1) -> None:
         """Durably record one step's hash and how many positions it computed (called for every step, before its
         output leaves: kept cheap, one INSERT in its own transaction without the ORM; once per step index)."""
+        self.steps_recorded([(session_id, step_index, step_hash, positions)])
+
+    def steps_recorded(self, steps: Sequence[tuple[str, int, bytes, int]]) -> None:
+        """`step_recorded` for (session id, step index, hash, positions) of many steps (a batch) in one
+        transaction: all or none are stored."""
+        if not steps:
+            return
         with self.engine.begin() as conn:
             conn.execute(
                 self._insert_step,
-                {
-                    "worker": self.worker,
-                    "session_id": session_id,
-                    "step_index": step_index,
-                    "step_hash": "0x" + step_hash.hex(),
-                    "positions": positions,
-                },
+                [
+                    {
+                        "worker": self.worker,
+                        "session_id": session_id,
+                        "step_index": step_index,
+                        "step_hash": "0x" + step_hash.hex(),
+                        "positions": positions,
+                    }
+                    for session_id, step_index, step_hash, positions in steps
+                ],
             )
 
     def session_closed(self, session_id: str, reason: str, steps: int, commitment: bytes | None) -> None:

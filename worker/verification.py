@@ -28,7 +28,7 @@ from aiohttp import web
 from shardnet.chain.commitments import INNOCENT_LEAF, INNOCENT_LEAF_INDEX
 from shardnet.peer.errors import BadRequest, TicketRejected, WorkerAPIError
 from shardnet.span import LayerSpan
-from shardnet.verify.fingerprint import io_hash, leaf, make_fingerprint
+from shardnet.verify.fingerprint import io_hash, leaf, make_fingerprint, make_fingerprints
 from shardnet.verify.package import PackageError, VerificationPackage, judge
 from shardnet.wire.commitment import step_hash
 from shardnet.wire.eip712 import CompactSignature, Domain
@@ -54,6 +54,16 @@ def commit_step(input_hash: bytes, frame: bytes) -> tuple[bytes, bytes, bytes]:
     digest = step_hash(frame)
     fingerprint = make_fingerprint(decode_frame(frame))
     return digest, leaf(io_hash(input_hash, digest), fingerprint), fingerprint
+
+
+def commit_steps(steps: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes, bytes]]:
+    """`commit_step` of each (input hash, frame sent), bit for bit, the fingerprints taken in one pass."""
+    digests = [step_hash(frame) for _, frame in steps]
+    fingerprints = make_fingerprints([decode_frame(frame) for _, frame in steps])
+    return [
+        (digest, leaf(io_hash(input_hash, digest), fingerprint), fingerprint)
+        for (input_hash, _), digest, fingerprint in zip(steps, digests, fingerprints, strict=True)
+    ]
 
 
 class CommittedSteps:

@@ -50,6 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-window-ms", type=float, default=2.0, help="the workers' --batch-window-ms (default: 2)"
     )
+    parser.add_argument(
+        "--gather-ms",
+        type=float,
+        default=None,
+        help="the coordinator's --coalesce-gather-ms: how long a worker's queued steps wait for its other live "
+        "sessions (lock step; default: the coordinator's own)",
+    )
     parser.add_argument("--max-batch", type=int, default=16, help="the workers' --max-batch (default: 16)")
     parser.add_argument(
         "--device",
@@ -148,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
         room = str(top + 8)
         coord = net.start_coordinator(
             extra=("--verify-share", "0", "--max-concurrent-jobs", room, "--api-queue-size", room,
-                   "--api-queue-wait-s", "600", "--step-timeout-s", str(args.step_timeout_s))
+                   "--api-queue-wait-s", "600", "--step-timeout-s", str(args.step_timeout_s),
+                   *(("--coalesce-gather-ms", str(args.gather_ms)) if args.gather_ms is not None else ()))
         )  # fmt: skip
         spans = [LayerSpan(0, 10), LayerSpan(10, 20), LayerSpan(20, 30)]
         worker_flags = ("--max-sessions", room, "--max-sessions-per-coordinator", room,
@@ -220,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
             if c1:
                 requests, steps = c1["requests"] - c0["requests"], c1["steps"] - c0["steps"]
                 print(
-                    f"  coordinator: {steps} steps in {requests} requests to workers ({steps / max(requests, 1):.1f} per request)"
+                    f"  coordinator: {steps} steps in {requests} requests to workers ({steps / max(requests, 1):.1f} per request), "
+                    f"{c1.get('gathered', 0) - c0.get('gathered', 0)} held back gathering"
                 )
             waited0, waited1 = chain_seconds(health0), chain_seconds(health1)
             waited = {k: v - waited0.get(k, 0.0) for k, v in waited1.items() if v - waited0.get(k, 0.0) > 0}

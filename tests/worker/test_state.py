@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from eth_account import Account
+from sqlalchemy.exc import IntegrityError
 
 from shardnet.chain.commitments import sign_commitment
 from shardnet.db import make_engine
@@ -86,6 +87,21 @@ def test_a_jobs_commitment_covers_all_its_sessions_in_order_with_their_positions
     _sign(st, 7)  # a commitment posted on chain is never replaced by a later signature
     row = st.job(7)
     assert row is not None and (row.commit_status, row.commit_tx, row.steps) == (POSTED, "0xabc", 3)
+
+
+def test_a_batch_of_step_records_is_stored_in_one_transaction_all_or_none(
+    new_state: Callable[[], WorkerState],
+) -> None:
+    st = new_state()
+    st.session_opened("a", 7, "0xC", 0, 2)
+    st.session_opened("b", 7, "0xC", 0, 2)
+    st.steps_recorded([("a", 0, _h(0), 5), ("b", 0, _h(1), 3)])  # two sessions' prefills, one batch
+    st.steps_recorded([("a", 1, _h(2), 1), ("b", 1, _h(3), 1)])
+    with pytest.raises(IntegrityError):  # step 1 of "b" again: the whole batch is refused
+        st.steps_recorded([("a", 2, _h(4), 1), ("b", 1, _h(5), 1)])
+    work = st.job_work(7)
+    assert work is not None
+    assert (work.step_hashes, work.positions) == ([_h(0), _h(2), _h(1), _h(3)], 10)
 
 
 def test_commitments_are_due_after_they_were_handed_out(new_state: Callable[[], WorkerState]) -> None:
