@@ -96,7 +96,8 @@ library ShardEvidence {
     /// held, at the end of block `q.closeBlock`, an assignment (of `live`, the model's list) covering [start, end)
     /// (announced by then, not released by then), weighted by their stake + unbonding stake at that block (`weights`
     /// checkpoints); up to `q.picks` drawn without replacement from blockhash(closeBlock + DRAW_DELAY). Nothing done
-    /// once the randomness is public (stake moves, releases, jails, new nodes) adds, removes or reweighs a candidate.
+    /// once the randomness is public (stake moves, releases, jails, new nodes, the
+    /// registry's pruning of its lists) adds, removes, reweighs or reorders a candidate.
     /// The first k of a draw of n >= k picks are the draw of k picks (each pick depends only on the seed, its rank and
     /// the stakes not drawn before it).
     function drawVerifiers(

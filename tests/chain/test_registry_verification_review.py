@@ -1,8 +1,12 @@
-"""Attack review of the verifier draw (issue 10 items 4 and 5) on a real anvil: once a job's randomness is public,
-nothing anyone does may change who is drawn for its disputes or its paid verdicts, nor in what order (the first
-`picks` of the draw are the ones `payVerifiers` pays and the first two are the ones the coordinator asks).
+"""Attack review of paid verification and of the registry's split into two contracts (issue 10 items 4 and 5), on a
+real anvil.
 
-The attack this guards against: a model's list of assignments keeps released ones for the draw's reach, and an
+- ShardDisputes runs by DELEGATECALL on the registry's storage: both must lay it out the same (read from the
+  compiler's storage layout in the committed artifacts), and ShardDisputes called directly holds and moves nothing.
+- A verification share is spent once: the same job twice in one batch pays nothing twice.
+- Once a job's randomness is public, nothing anyone does may change who is drawn for its disputes or its paid
+  verdicts, nor in what order (the first `picks` of the draw are the ones `payVerifiers` pays and the first two
+  are the ones the coordinator asks). The attack this guards against: a model's list of assignments keeps released ones for the draw's reach, and an
 announce on the model drops those older than that. Dropping one by moving the list's last entry into its place
 reordered the candidates, so the same seed drew other verifiers: anyone could re-roll a public draw with one
 `announceShard` (or break an honest coordinator's slash or payment, whose verifiers were drawn before it).
@@ -10,6 +14,7 @@ reordered the candidates, so the same seed drew other verifiers: anyone could re
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
@@ -17,9 +22,10 @@ from eth_account.signers.local import LocalAccount
 
 from shardnet.chain.commitments import INNOCENT_LEAF, INNOCENT_LEAF_INDEX, sign_verdict
 from shardnet.chain.deploy import Deployment, deploy_registry
+from shardnet.chain.artifacts import artifact_path
 from shardnet.chain.registry import HopVerdicts, PaidVerdict, Registry, Settlement, VerificationPayment
 from shardnet.span import LayerSpan
-from tests.chain.registry_world import MIN_STAKE, OUTPUT, World, assert_solvent, build_world
+from tests.chain.registry_world import MIN_STAKE, OUTPUT, World, assert_solvent, build_world, reverts
 from tests.fixtures_chain import VERIFY_PARAMS, DevChain
 
 DRAW_REACH = 2 + 256  # DRAW_DELAY + the blocks blockhash() reaches back
@@ -89,4 +95,49 @@ def test_pruning_a_model_list_does_not_reorder_a_public_draw(world: World, accou
     # so the verdicts of the verifiers drawn before are still the drawn verifiers' verdicts
     paid = world.gov.pay_verifiers([VerificationPayment(job_id, s.job, close_block, [HopVerdicts(hop, 2, verdicts)])])
     assert paid.event("VerificationPaid").args["verdicts"] == 2
+    assert_solvent(world.gov)
+
+
+def storage_of(contract: str) -> list[tuple[str, str, int, str]]:
+    layout = json.loads(artifact_path(contract).read_text())["storageLayout"]
+    return [(e["label"], e["slot"], e["offset"], e["type"]) for e in layout]
+
+
+def test_the_registry_and_its_disputes_contract_lay_out_storage_alike() -> None:
+    registry, disputes = storage_of("ShardRegistry"), storage_of("ShardDisputes")
+    assert len(registry) > 20 and ("_jobs", "14", 0, "mapping(uint256 => uint256)") in registry
+    # every variable of either is declared in the shared base (or its OpenZeppelin parents): same slots, same types
+    assert registry == disputes
+
+
+def test_the_disputes_contract_called_directly_acts_on_nothing(world: World) -> None:
+    job_id = world.submit()
+    s = Settlement(job_id, world.record(job_id), OUTPUT, world.route(job_id))
+    close_block = world.gov.settle_jobs([s]).block_number
+    world.chain.mine(DRAW_REACH + 1)
+    address = str(world.gov._view("disputes"))
+    assert address != world.gov.address and world.balance_of(address) == 0
+    direct = Registry(world.chain.w3, address, world.outsider)  # same selectors and errors as the registry's
+    with reverts("ShardRegistryUnknownJob", jobId=job_id):
+        direct.refund_verification(job_id, s.job, close_block)
+    with reverts("ShardRegistryUnknownJob", jobId=job_id):  # even sent by the job's own coordinator
+        Registry(world.chain.w3, address, world.owner).pay_verifiers(
+            [VerificationPayment(job_id, s.job, close_block, [])]
+        )
+    assert world.gov.verification_state(job_id) == (True, True)  # the registry's share is untouched
+    assert world.balance_of(address) == 0
+
+
+def test_a_job_twice_in_one_batch_is_paid_once(world: World) -> None:
+    job_id = world.submit()
+    s = Settlement(job_id, world.record(job_id), OUTPUT, world.route(job_id))
+    close_block = world.gov.settle_jobs([s]).block_number
+    world.chain.mine(3)
+    payment = VerificationPayment(job_id, s.job, close_block, [])
+    before = world.gov.claimable(world.client.address)
+    with reverts("ShardRegistryNoVerificationHeld", jobId=job_id):
+        world.gov.pay_verifiers([payment, payment])
+    assert world.gov.claimable(world.client.address) == before
+    world.gov.pay_verifiers([payment])
+    assert world.gov.verification_state(job_id) == (True, False)
     assert_solvent(world.gov)
