@@ -20,9 +20,9 @@ from collections.abc import Callable
 import pytest
 from eth_account.signers.local import LocalAccount
 
+from shardnet.chain.artifacts import artifact_path
 from shardnet.chain.commitments import INNOCENT_LEAF, INNOCENT_LEAF_INDEX, sign_verdict
 from shardnet.chain.deploy import Deployment, deploy_registry
-from shardnet.chain.artifacts import artifact_path
 from shardnet.chain.registry import HopVerdicts, PaidVerdict, Registry, Settlement, VerificationPayment
 from shardnet.span import LayerSpan
 from tests.chain.registry_world import MIN_STAKE, OUTPUT, World, assert_solvent, build_world, reverts
@@ -57,7 +57,9 @@ def draws(world: World, settled: list[tuple[int, Settlement, int]]) -> list[list
     return out
 
 
-def test_pruning_a_model_list_does_not_reorder_a_public_draw(world: World, accounts: list[LocalAccount]) -> None:
+def test_pruning_a_model_list_does_not_reorder_a_public_draw(
+    world: World, accounts: list[LocalAccount]
+) -> None:
     # node2's assignment (second in the model's list) is released and ages past the draw's reach
     world.reg(world.node2).release_shard(world.shard2)
     world.chain.mine(DRAW_REACH + 1)
@@ -93,7 +95,9 @@ def test_pruning_a_model_list_does_not_reorder_a_public_draw(world: World, accou
     world.reg(world.node1).announce_shard(world.model_id, LayerSpan(0, 1))
     assert draws(world, settled) == before
     # so the verdicts of the verifiers drawn before are still the drawn verifiers' verdicts
-    paid = world.gov.pay_verifiers([VerificationPayment(job_id, s.job, close_block, [HopVerdicts(hop, 2, verdicts)])])
+    paid = world.gov.pay_verifiers(
+        [VerificationPayment(job_id, s.job, close_block, [HopVerdicts(hop, 2, verdicts)])]
+    )
     assert paid.event("VerificationPaid").args["verdicts"] == 2
     assert_solvent(world.gov)
 
