@@ -23,6 +23,7 @@ from eth_account.signers.local import LocalAccount
 from shardnet.chain.artifacts import artifact_path
 from shardnet.chain.commitments import INNOCENT_LEAF, INNOCENT_LEAF_INDEX, sign_verdict
 from shardnet.chain.deploy import Deployment, deploy_registry
+from shardnet.chain.explain import SENTENCES
 from shardnet.chain.registry import HopVerdicts, PaidVerdict, Registry, Settlement, VerificationPayment
 from shardnet.span import LayerSpan
 from tests.chain.registry_world import MIN_STAKE, OUTPUT, World, assert_solvent, build_world, reverts
@@ -145,3 +146,14 @@ def test_a_job_twice_in_one_batch_is_paid_once(world: World) -> None:
     world.gov.pay_verifiers([payment])
     assert world.gov.verification_state(job_id) == (True, False)
     assert_solvent(world.gov)
+
+
+def test_every_registry_error_reads_as_a_sentence() -> None:
+    """Each custom error the registry (or ShardDisputes through it) can revert with has a sentence that fills in."""
+    abi = json.loads(artifact_path("ShardRegistry").read_text())["abi"]
+    errors = [e for e in abi if e["type"] == "error" and e["name"].startswith("ShardRegistry")]
+    assert len(errors) > 50
+    for e in errors:
+        name = e["name"].removeprefix("ShardRegistry")
+        assert name in SENTENCES, f"{e['name']} has no sentence in shardnet/chain/explain.py"
+        SENTENCES[name].format(**{i["name"]: 1 for i in e["inputs"]})  # every field is one of its arguments
