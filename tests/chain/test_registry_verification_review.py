@@ -157,3 +157,63 @@ def test_every_registry_error_reads_as_a_sentence() -> None:
         name = e["name"].removeprefix("ShardRegistry")
         assert name in SENTENCES, f"{e['name']} has no sentence in shardnet/chain/explain.py"
         SENTENCES[name].format(**{i["name"]: 1 for i in e["inputs"]})  # every field is one of its arguments
+
+
+def innocent_of(world: World, who: LocalAccount, job_id: int, accused: str, root: bytes) -> PaidVerdict:
+    sig = sign_verdict(
+        who,
+        world.domain,
+        job_id=job_id,
+        accused=accused,
+        root=root,
+        leaf_index=INNOCENT_LEAF_INDEX,
+        leaf=INNOCENT_LEAF,
+    )
+    return PaidVerdict(INNOCENT_LEAF_INDEX, INNOCENT_LEAF, sig)
+
+
+def test_pay_and_refund_windows_neither_overlap_nor_leave_a_gap(
+    world: World, accounts: list[LocalAccount]
+) -> None:
+    keys = {a.address: a for a in accounts[:10]}
+    settled = []
+    for _ in range(2):
+        job_id = world.submit()
+        s = Settlement(job_id, world.record(job_id), OUTPUT, world.route(job_id))
+        settled.append((job_id, s, world.gov.settle_jobs([s]).block_number))
+    world.chain.mine(3)
+    (first, s1, close1), (second, s2, close2) = settled
+    hop1, hop2 = s1.sorted_hops()[0], s2.sorted_hops()[0]
+    drawn1 = draws(world, [settled[0]])[0]
+    drawn2 = draws(world, [settled[1]])[0]
+    verdict1 = innocent_of(world, keys[drawn1[0]], first, hop1.node, hop1.root)
+    verdict2 = innocent_of(world, keys[drawn2[0]], second, hop2.node, hop2.root)
+    # the last block a draw reaches (closeBlock + DRAW_DELAY + 256): the coordinator pays, nobody refunds
+    world.chain.mine(close1 + DRAW_REACH - 1 - world.chain.block_number())
+    paid = world.gov.pay_verifiers(
+        [VerificationPayment(first, s1.job, close1, [HopVerdicts(hop1, 2, [verdict1])])]
+    )
+    assert paid.block_number == close1 + DRAW_REACH and paid.event("VerificationPaid").args["verdicts"] == 1
+    # one block later: no verdict can be paid (the draw is out of reach), anyone refunds
+    world.chain.mine(close2 + DRAW_REACH - world.chain.block_number())
+    with reverts("ShardRegistryRandomnessUnavailable", blockNumber=close2 + 2):
+        world.gov.pay_verifiers(
+            [VerificationPayment(second, s2.job, close2, [HopVerdicts(hop2, 2, [verdict2])])]
+        )
+    refund = world.reg(world.outsider).refund_verification(second, s2.job, close2)
+    assert refund.block_number == close2 + DRAW_REACH + 1
+    assert world.gov.verification_state(second) == (True, False)
+    assert_solvent(world.gov)
+
+
+def test_the_accused_cannot_be_paid_for_a_verdict_on_its_own_hop(world: World) -> None:
+    job_id = world.submit()
+    s = Settlement(job_id, world.record(job_id), OUTPUT, world.route(job_id))
+    close_block = world.gov.settle_jobs([s]).block_number
+    world.chain.mine(3)
+    hop = s.sorted_hops()[0]  # node1's
+    own = innocent_of(world, world.node1, job_id, hop.node, hop.root)
+    with reverts("ShardRegistryVerdictNotFromDrawnVerifier", index=0, signer=world.node1.address):
+        world.gov.pay_verifiers(
+            [VerificationPayment(job_id, s.job, close_block, [HopVerdicts(hop, 16, [own])])]
+        )
