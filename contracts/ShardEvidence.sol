@@ -12,8 +12,7 @@ struct AssignmentRecord {
     uint16 end;
     bool live;
     uint56 modelId;
-    uint32 nodeIndex; // slot 1: positions in the live lists
-    uint32 modelIndex;
+    uint32 nodeIndex; // slot 1: position in its node's live list (a model's list is scanned, never indexed)
     uint64 announcedAt; // block: an assignment announced after a job closed is not drawn for its disputes
     uint64 releasedAt; // block (0: live): one released after a job closed is still drawn for its disputes
 }

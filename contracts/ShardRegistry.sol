@@ -209,7 +209,6 @@ contract ShardRegistry is IShardRegistry, ShardRegistryBase, ReentrancyGuardTran
                 true,
                 uint56(modelId),
                 uint32(byNode.length),
-                uint32(byModel.length),
                 uint64(block.number),
                 0
             )
@@ -723,10 +722,7 @@ contract ShardRegistry is IShardRegistry, ShardRegistryBase, ReentrancyGuardTran
             uint256 id = byModel[i];
             AssignmentRecord storage a = _assignments[id - 1];
             if (!a.live && block.number >= a.releasedAt + _DRAW_REACH) continue;
-            if (kept != i) {
-                byModel[kept] = id;
-                a.modelIndex = uint32(kept);
-            }
+            if (kept != i) byModel[kept] = id;
             ++kept;
         }
         while (byModel.length > kept) byModel.pop();
