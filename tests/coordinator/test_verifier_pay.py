@@ -108,21 +108,27 @@ def test_drawn_verifiers_that_answer_are_paid_and_the_silent_are_not(
     before = {n.address: s.owner.claimable(n.address) for n in s.nodes[1:]}
     client_before = s.owner.claimable(s.client.address)
     outcome, paid, hop_pay = _checked_and_paid(s, accused, servers)
-    assert not outcome.slashed and len(outcome.answers) == 4
+    # who is asked depends on the draw (the job's blockhash): the first two drawn judge; a silent one among them
+    # escalates to all four, two innocent answers (signed or not) close it
+    first = {a.verifier for a in outcome.answers[:2]}
+    escalated = silent.address in first
+    assert not outcome.slashed and outcome.escalated == escalated
+    assert len(outcome.answers) == (4 if escalated else 2)
+    paid_verifiers = [n for n in honest if escalated or n.address in first]
     pay = hop_pay * VERIFY_PARAMS.verify_bps // BPS
-    assert pay > 0 and (paid["verdicts"], paid["paid"]) == (2, 2 * pay)
-    for n in honest:
-        assert s.owner.claimable(n.address) - before[n.address] == pay, n.address
-    for n in (silent, unsigned):
-        assert s.owner.claimable(n.address) == before[n.address], n.address
+    count = len(paid_verifiers)
+    assert pay > 0 and count >= 1 and (paid["verdicts"], paid["paid"]) == (count, count * pay)
+    for n in s.nodes[1:]:
+        earned = pay if n in paid_verifiers else 0
+        assert s.owner.claimable(n.address) - before[n.address] == earned, n.address
     share = s.owner.verification_share(s.owner.job_record(paid["jobId"]))
-    assert paid["refund"] == share - 2 * pay
+    assert paid["refund"] == share - count * pay
     settled_refund = s.owner.get_logs(0, s.owner.block_number(), ["JobSettled"])[-1].args["refund"]
-    assert s.owner.claimable(s.client.address) - client_before == settled_refund + share - 2 * pay
+    assert s.owner.claimable(s.client.address) - client_before == settled_refund + share - count * pay
     assert s.owner.verification_state(paid["jobId"]) == (True, False)
     assert s.owner.balance() == s.owner.liabilities()
     # a paid verifier takes it out with the worker's existing claim
-    assert s.registry_for(honest[0]).claim().event("Claimed").args["amount"] >= pay
+    assert s.registry_for(paid_verifiers[0]).claim().event("Claimed").args["amount"] >= pay
 
 
 def test_guilty_verdicts_are_paid_too(setup: Setup, blocks: dict[torch.dtype, Any]) -> None:  # noqa: F811
