@@ -12,8 +12,7 @@ struct AssignmentRecord {
     uint16 end;
     bool live;
     uint56 modelId;
-    uint32 nodeIndex; // slot 1: positions in the live lists
-    uint32 modelIndex;
+    uint32 nodeIndex; // slot 1: position in its node's live list (a model's list is scanned, never indexed)
     uint64 announcedAt; // block: an assignment announced after a job closed is not drawn for its disputes
     uint64 releasedAt; // block (0: live): one released after a job closed is still drawn for its disputes
 }
@@ -96,7 +95,8 @@ library ShardEvidence {
     /// held, at the end of block `q.closeBlock`, an assignment (of `live`, the model's list) covering [start, end)
     /// (announced by then, not released by then), weighted by their stake + unbonding stake at that block (`weights`
     /// checkpoints); up to `q.picks` drawn without replacement from blockhash(closeBlock + DRAW_DELAY). Nothing done
-    /// once the randomness is public (stake moves, releases, jails, new nodes) adds, removes or reweighs a candidate.
+    /// once the randomness is public (stake moves, releases, jails, new nodes, the
+    /// registry's pruning of its lists) adds, removes, reweighs or reorders a candidate.
     /// The first k of a draw of n >= k picks are the draw of k picks (each pick depends only on the seed, its rank and
     /// the stakes not drawn before it).
     function drawVerifiers(

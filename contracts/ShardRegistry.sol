@@ -209,7 +209,6 @@ contract ShardRegistry is IShardRegistry, ShardRegistryBase, ReentrancyGuardTran
                 true,
                 uint56(modelId),
                 uint32(byNode.length),
-                uint32(byModel.length),
                 uint64(block.number),
                 0
             )
@@ -712,20 +711,21 @@ contract ShardRegistry is IShardRegistry, ShardRegistryBase, ReentrancyGuardTran
 
 
 
-    /// @dev Drops from a model's list the assignments released more than _DRAW_REACH blocks ago.
+    /// @dev Drops from a model's list the assignments released more than _DRAW_REACH blocks ago, keeping the order
+    /// of the rest (ascending ids): a draw walks its candidates in list order, so moving one (swap-and-pop) would
+    /// redraw the disputes of jobs whose randomness is already public. None of those is dropped: a job within
+    /// reach closed less than _DRAW_REACH blocks ago, so its candidates were live or released after its close.
     function _prune(uint256[] storage byModel) private {
-        uint256 i = 0;
-        while (i < byModel.length) {
-            AssignmentRecord storage a = _assignments[byModel[i] - 1];
-            if (a.live || block.number < a.releasedAt + _DRAW_REACH) {
-                ++i;
-                continue;
-            }
-            uint256 movedId = byModel[byModel.length - 1];
-            byModel[i] = movedId;
-            _assignments[movedId - 1].modelIndex = uint32(i);
-            byModel.pop();
+        uint256 n = byModel.length;
+        uint256 kept = 0;
+        for (uint256 i = 0; i < n; ++i) {
+            uint256 id = byModel[i];
+            AssignmentRecord storage a = _assignments[id - 1];
+            if (!a.live && block.number >= a.releasedAt + _DRAW_REACH) continue;
+            if (kept != i) byModel[kept] = id;
+            ++kept;
         }
+        while (byModel.length > kept) byModel.pop();
     }
 
 

@@ -41,7 +41,9 @@ SETTINGS: dict[str, Any] = {
     "optimizer": {"enabled": True, "runs": 200},
     "viaIR": True,
 }
-_OUTPUT_SELECTION = {"*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"]}}
+_OUTPUT_SELECTION = {
+    "*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object", "storageLayout"]}
+}
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -216,8 +218,25 @@ def build_artifacts(repo_root: str | os.PathLike[str] | None = None) -> dict[str
                 "compiler": output["compilerVersion"],
                 "settings": copy.deepcopy(SETTINGS),
                 "sourceSha256": hashes,
+                "storageLayout": storage_slots(data.get("storageLayout", {})),
             }
     return artifacts
+
+
+def storage_slots(layout: dict[str, Any]) -> list[dict[str, Any]]:
+    """solc's storage layout of a contract, one entry per state variable (where it was declared, its name, slot,
+    offset in the slot and type label): what a contract reached by DELEGATECALL must share with its caller."""
+    types = layout.get("types") or {}
+    return [
+        {
+            "contract": entry["contract"],
+            "label": entry["label"],
+            "slot": entry["slot"],
+            "offset": entry["offset"],
+            "type": types.get(entry["type"], {}).get("label", entry["type"]),
+        }
+        for entry in layout.get("storage", [])
+    ]
 
 
 def _dump(artifact: dict[str, Any]) -> str:

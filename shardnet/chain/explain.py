@@ -49,6 +49,45 @@ SENTENCES: dict[str, str] = {
     "HopsNotSorted": "job {jobId}: hop {hopIndex} overlaps or precedes the one before it: hops go in layer order, "
     "with disjoint spans",
     "BadCommitmentSignature": "job {jobId}: hop {hopIndex}'s commitment is not signed by its node {node}",
+    "InvalidParameter": "the deployment parameter {name} is out of range: `shardnet deploy --help` gives "
+    "each one's bounds",
+    "AmountTooLarge": "{amount} wei is more than the registry can hold in one place ({maximum} wei): use less",
+    "StringTooLong": "the {field} is {length} bytes, more than the {maximum} allowed: shorten it",
+    "InvalidModel": "the model cannot be registered: {reason}",
+    "InvalidSpan": "layers [{start}, {end}) are not a span of this model's {numLayers} layers: give 0 <= start < end "
+    "<= {numLayers}",
+    "TooManyAssignments": "{node} already holds {count} shard assignments (released ones count while a dispute can "
+    "still reach them): release one, or wait about 258 blocks after the last release",
+    "ModelFull": "model {modelId} has {count} shard assignments, the most it may: serve another model or wait for "
+    "released ones to age out",
+    "UnknownAssignment": "no shard assignment {assignmentId} exists: `shardnet chain status` lists them",
+    "NotAssignmentOwner": "assignment {assignmentId} belongs to another node, not {account}: use that node's key",
+    "AssignmentNotLive": "assignment {assignmentId} is released already",
+    "InvalidHopSpan": "job {jobId}: hop {hopIndex}'s layers [{start}, {end}) are empty or beyond the model's layers",
+    "JobRecordMismatch": "the job record sent for job {jobId} is not the one the registry stored (or the closing "
+    "block is wrong): read it again from the JobSubmitted event and the settlement's block",
+    "NotJobCoordinator": "{account} is not the coordinator job {jobId} named: only that coordinator may do this",
+    "TooManyHops": "job {jobId}: {count} hops or posts, more than the {maximum} a job may have",
+    "PositionsTooHigh": "job {jobId}: hop {hopIndex} bills {positions} positions, more than the {maximum} its record "
+    "or ticket allows",
+    "BadTicket": "job {jobId}: {worker}'s ticket is not signed by the job's coordinator for this hop",
+    "NotHopNode": "job {jobId}: {account} may post only a commitment it signed itself as the hop's node",
+    "AlreadyCommitted": "job {jobId}: {node} posted this hop already",
+    "PostWindowClosed": "job {jobId}'s deadline ({deadline}) has passed: its hops can no longer be posted",
+    "TicketExpired": "job {jobId}: the ticket expired at {expiresAt} and the dispute window after it has passed",
+    "NothingToCollect": "job {jobId}: {node} has no provisional post of this hop to collect (never posted, paid, or "
+    "replaced by the settlement)",
+    "PostProvisional": "job {jobId}: {node}'s post is provisional until {payableAt} (unix time): collect it then",
+    "JobNotClosed": "job {jobId} is still open: its hops can be disputed once it is settled, failed or cancelled",
+    "AlreadySlashed": "{node} was slashed for job {jobId} already",
+    "BadMerkleProof": "job {jobId}: the proof does not show leaf {leafIndex} under the commitment's root (an "
+    "innocent verdict's index never does)",
+    "NotEnoughVerifiers": "only {drawn} verifiers could be drawn for this hop, fewer than the {required} a slash "
+    "needs: more nodes must stake on its layers",
+    "NoMajority": "the guilty verdicts weigh {guiltyStake} of the {drawnStake} drawn stake, not more than half: "
+    "gather the other drawn verifiers' verdicts",
+    "InvalidRecipient": "{to} cannot receive the fees: give another address",
+    "TransferFailed": "sending {amount} wei to {to} failed (a contract refusing ether?): the balance stays claimable",
 }
 
 

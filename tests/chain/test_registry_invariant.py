@@ -6,13 +6,17 @@ those sums must equal the model's. Settlements carry real EIP-712 signed commitm
 that unstaked since, some already posted by the node itself); every payout is predicted by the model, including the
 cap at the escrow. Every claim must pay exactly what the model says the account is owed. Each example starts from
 the same EVM snapshot. Settlements hold each job's verification share (the registry deploys with the devnet's
-`verifyBps`), which goes back to the client when its coordinator pays no verdict or, after the draw's reach, on
-anyone's refundVerification. (Slashing and paying drawn verifiers need drawn verifiers' signatures: covered by
-test_registry_attacks.py and test_registry_verification.py.)
+`verifyBps`): its coordinator pays the verdicts of the registry's drawn verifiers on random hops (real EIP-712
+signatures of the nodes' keys, innocent or guilty, any draw size), and the rest goes back to the client; or it pays
+none (all back at once); or, after the draw's reach, anyone refunds it. Slashes (every drawn verifier signs a
+guilty verdict on a proven leaf of a random commitment of the accused) take stake and unbonding stake, jail the
+node and release its assignments, interleaved with everything else: a jailed node's posts pay the client, its
+settled hops pay nobody, and it can still unbond and withdraw what the slash left.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,11 +34,20 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from shardnet.chain.commitments import sign_commitment
+from shardnet.chain.commitments import INNOCENT_LEAF, INNOCENT_LEAF_INDEX, sign_commitment, sign_verdict
 from shardnet.chain.deploy import Deployment, deploy_registry
 from shardnet.chain.errors import ContractRevert
-from shardnet.chain.registry import JobStatus, Registry, Settlement, VerificationPayment
+from shardnet.chain.registry import (
+    HopVerdicts,
+    JobStatus,
+    PaidVerdict,
+    Registry,
+    Settlement,
+    SlashEvidence,
+    VerificationPayment,
+)
 from shardnet.span import LayerSpan
+from shardnet.wire.commitment import merkle_proof, merkle_root, step_hash
 from shardnet.wire.tickets import sign_ticket, ticket_proof
 from tests.chain.registry_world import INPUT, OUTPUT
 from tests.fixtures_chain import VERIFY_PARAMS, DevChain
@@ -78,10 +91,11 @@ class NodeModel:
     released: int = 0  # releases that still hold model slots (count against the per-node cap) ...
     released_until: int = 0  # ... until this block (the last release + DRAW_DELAY + 256)
     registered: bool = False
+    jailed: bool = False
 
     @property
     def payable(self) -> bool:
-        return self.registered and self.stake >= P.min_stake
+        return self.registered and not self.jailed and self.stake >= P.min_stake
 
 
 @dataclass
@@ -94,7 +108,7 @@ class JobModel:
     # (node, start, end) -> [reserved pay, payableAt, state (1 provisional, 2 paid, 3 voided)]
     posted: dict[tuple[str, int, int], list[int]] = field(default_factory=dict)
     held: int = 0  # verification share held by its settlement, not yet spent
-    close_block: int = 0
+    close_block: int = 0  # once closed (settled, failed or cancelled)
 
     @property
     def remaining(self) -> int:
@@ -111,6 +125,7 @@ class RegistryModel:
         self.received: dict[str, int] = {}  # paid out by claim, ever
         self.fees = 0
         self.pending = 0  # reserved by provisional posts
+        self.slashed: set[tuple[int, str]] = set()  # (jobId, node)
 
     def node(self, address: str) -> NodeModel:
         return self.nodes.setdefault(address, NodeModel())
@@ -139,12 +154,14 @@ def make_machine(
     registry_for: Callable[..., Registry],
     model_id: int,
     snapshot: list[str],
+    seen: Counter[str],
 ) -> type[RuleBasedStateMachine]:
     coordinator, nodes, clients = accounts[0], accounts[1:5], accounts[5:7]
     regs = {a.address: registry_for(a) for a in accounts[:7]}
     keys = {a.address: a for a in accounts[:7]}
     gov = regs[coordinator.address]
     assert gov.constant("HELD_VERDICTS") == HELD_VERDICTS
+    MAX_VERIFIERS = gov.constant("MAX_VERIFIERS")
     domain = gov.domain()
     addresses = [a.address for a in nodes]
 
@@ -193,6 +210,10 @@ def make_machine(
         @rule(data=st.data(), extra=st.integers(0, 3))
         def register(self, data: st.DataObject, extra: int) -> None:
             addr, n = self.pick(data, lambda n: not n.registered)
+            if n.jailed:  # left with nothing after a slash: a jail is never forgotten
+                with reverts_with("ShardRegistryNodeJailed"):
+                    regs[addr].register_node("http://127.0.0.1:8100", P.min_stake + extra * UNIT)
+                return
             regs[addr].register_node("http://127.0.0.1:8100", P.min_stake + extra * UNIT)
             n.registered, n.stake = True, n.stake + P.min_stake + extra * UNIT
 
@@ -335,7 +356,7 @@ def make_machine(
                     elif post is not None:
                         continue
                     # a node that posted this hop is paid even if it unstaked since (it stays bonded by its post)
-                    if not self.m.node(n).payable and not voided:
+                    if not self.m.node(n).payable and (not voided or self.m.node(n).jailed):
                         continue
                     pay = min(pos * (e - s) * PRICE, remaining)
                     remaining -= pay
@@ -359,13 +380,17 @@ def make_machine(
                 )
                 fees += fee
                 self.m.fees += cut
+                job.close_block = result.block_number
                 if SHARE <= remaining:  # the settlement holds the verification share
                     remaining -= SHARE
-                    job.held, job.close_block = SHARE, result.block_number
+                    job.held = SHARE
                 assert gov.verification_state(j) == (job.held > 0, job.held > 0)
                 self.m.credit(job.client, remaining)
                 job.status = JobStatus.Settled
             self.m.credit(coordinator.address, fees)
+            held = [j for j in ids if self.m.jobs[j].held]
+            if held and data.draw(st.booleans()):  # its checks ran: pay their verdicts at once
+                self.pay_drawn(data, data.draw(st.sampled_from(held)))
 
         @precondition(lambda self: bool(self.open_jobs()) and self.any_node(lambda n: n.payable))
         @rule(data=st.data())
@@ -433,7 +458,8 @@ def make_machine(
             chain.advance_time(max(0, post[1] - chain.timestamp()) + 1)
             result = regs[addr].collect_posted(job_id, addr, LayerSpan(start, end))
             at = int(gov.w3.eth.get_block(result.block_number)["timestamp"])
-            to = addr  # committed work is paid even to a node that left since (the fuzzer jails no one)
+            # committed work is paid even to a node that left since; a node jailed since forfeits it to the client
+            to = self.m.jobs[job_id].client if self.m.node(addr).jailed else addr
             assert (
                 result.event("PostedCommitmentPaid").args["to"],
                 result.event("PostedCommitmentPaid").args["amount"],
@@ -450,8 +476,9 @@ def make_machine(
         def fail(self, data: st.DataObject) -> None:
             job_id = data.draw(st.sampled_from(self.open_jobs()))
             job = self.m.jobs[job_id]
-            ev = gov.fail_job(job_id, gov.job_record(job_id), "random").event("JobFailed")
-            assert ev.args["refund"] == job.remaining
+            result = gov.fail_job(job_id, gov.job_record(job_id), "random")
+            assert result.event("JobFailed").args["refund"] == job.remaining
+            job.close_block = result.block_number
             self.m.credit(job.client, job.remaining)
             job.status = JobStatus.Failed
 
@@ -461,7 +488,9 @@ def make_machine(
             job_id = data.draw(st.sampled_from(self.open_jobs()))
             job = self.m.jobs[job_id]
             chain.advance_time(P.job_timeout + 1)
-            assert regs[job.client].cancel_job(job_id).event("JobCancelled").args["refund"] == job.remaining
+            result = regs[job.client].cancel_job(job_id)
+            assert result.event("JobCancelled").args["refund"] == job.remaining
+            job.close_block = result.block_number
             self.m.credit(job.client, job.remaining)
             job.status = JobStatus.Cancelled
 
@@ -491,6 +520,122 @@ def make_machine(
             job.held = 0
             with reverts_with("ShardRegistryNoVerificationHeld"):
                 gov.pay_verifiers([VerificationPayment(job_id, record, job.close_block, [])])
+
+        def reachable(self, held_only: bool) -> list[int]:
+            """Closed jobs whose draw a transaction sent now still reads (blockhash reaches 256 blocks back)."""
+            now = chain.block_number()
+            return [
+                j
+                for j, job in self.m.jobs.items()
+                if job.status != JobStatus.Open
+                and (job.held or not held_only)
+                and now + 4 < job.close_block + DRAW_REACH
+            ]
+
+        def await_randomness(self, job: JobModel) -> None:
+            if chain.block_number() < job.close_block + 3:  # blockhash(closeBlock + DRAW_DELAY) public
+                chain.mine(job.close_block + 3 - chain.block_number())
+
+        @precondition(lambda self: bool(self.reachable(held_only=True)))
+        @rule(data=st.data())
+        def pay_verdicts(self, data: st.DataObject) -> None:
+            self.pay_drawn(data, data.draw(st.sampled_from(self.reachable(held_only=True))))
+
+        def pay_drawn(self, data: st.DataObject, job_id: int) -> None:
+            """Its coordinator pays drawn verifiers' verdicts (of any draw size, in any order) on random hops signed by
+            the nodes; each gets verifyBps of its hop's pay while the share lasts, the client the rest."""
+            job, record = self.m.jobs[job_id], gov.job_record(job_id)
+            self.await_randomness(job)
+            hops, credits, paid, count = [], [], 0, 0
+            for n, s, e, pos in self.hops(data):
+                root = bytes([data.draw(st.integers(0, 255))]) * 32
+                span = LayerSpan(s, e)
+                c = sign_commitment(
+                    keys[n], domain, job_id=job_id, span=span, positions=pos, steps=4, root=root
+                )
+                picks = data.draw(st.integers(2, MAX_VERIFIERS))
+                drawn = [a for a, _ in gov.draw_verifiers(job_id, record, job.close_block, n, span, root)][
+                    :picks
+                ]
+                signers = data.draw(st.permutations(drawn))[: data.draw(st.integers(0, len(drawn)))]
+                verdicts = []
+                for v in signers:
+                    index = data.draw(st.sampled_from([INNOCENT_LEAF_INDEX, 0, 3]))
+                    leaf = INNOCENT_LEAF if index == INNOCENT_LEAF_INDEX else step_hash(b"another leaf")
+                    sig = sign_verdict(
+                        keys[v], domain, job_id=job_id, accused=n, root=root, leaf_index=index, leaf=leaf
+                    )
+                    verdicts.append(PaidVerdict(index, leaf, sig))
+                    due = min(pos * (e - s) * PRICE * P.verify_bps // BPS, SHARE - paid)
+                    credits.append((v, due))
+                    paid += due
+                count += len(signers)
+                hops.append(HopVerdicts(c, picks, verdicts))
+            result = gov.pay_verifiers([VerificationPayment(job_id, record, job.close_block, hops)])
+            args = result.event("VerificationPaid").args
+            assert (args["paid"], args["refund"], args["verdicts"]) == (paid, SHARE - paid, count)
+            seen["payments"] += 1
+            seen["verdicts"] += count
+            seen["verdicts paid"] += sum(1 for _, due in credits if due)
+            seen["shares spent to the last wei"] += paid == SHARE
+            for v, due in credits:
+                self.m.credit(v, due)
+            self.m.credit(job.client, SHARE - paid)
+            job.held = 0
+
+        @precondition(lambda self: bool(self.reachable(held_only=False)))
+        @rule(data=st.data())
+        def slash(self, data: st.DataObject) -> None:
+            """Anyone slashes a node's commitment on a closed job with every drawn verifier's guilty verdict: slashBps
+            of its stake and unbonding stake go to the job's client, it is jailed and its assignments released."""
+            job_id = data.draw(st.sampled_from(self.reachable(held_only=False)))
+            job, record = self.m.jobs[job_id], gov.job_record(job_id)
+            accused = data.draw(st.sampled_from(addresses))
+            span = LayerSpan(*self.span(data))
+            leaves = [step_hash(f"{job_id}/{accused}/{i}".encode()) for i in range(4)]
+            root = merkle_root(leaves)
+            c = sign_commitment(
+                keys[accused], domain, job_id=job_id, span=span, positions=1, steps=4, root=root
+            )
+            self.await_randomness(job)
+            drawn = gov.draw_verifiers(job_id, record, job.close_block, accused, span, root)
+            index = data.draw(st.integers(0, 3))
+            signatures = [
+                sign_verdict(
+                    keys[v],
+                    domain,
+                    job_id=job_id,
+                    accused=accused,
+                    root=root,
+                    leaf_index=index,
+                    leaf=leaves[index],
+                )
+                for v, _ in drawn
+            ]
+            proof = merkle_proof(leaves, index)
+            evidence = SlashEvidence(
+                job_id, record, job.close_block, c, index, leaves[index], proof, signatures
+            )
+            anyone = regs[data.draw(st.sampled_from(sorted(regs)))]
+            if (job_id, accused) in self.m.slashed or len(drawn) < 2:
+                with reverts_with("ShardRegistryAlreadySlashed", "ShardRegistryNotEnoughVerifiers"):
+                    anyone.slash(evidence)
+                return
+            result = anyone.slash(evidence)
+            n = self.m.node(accused)
+            from_stake, from_unbonding = n.stake * P.slash_bps // BPS, n.unbonding * P.slash_bps // BPS
+            assert result.event("NodeSlashed").args["amount"] == from_stake + from_unbonding
+            n.stake -= from_stake
+            n.unbonding -= from_unbonding
+            n.jailed = True
+            for _ in n.live:
+                n.released = n.released + 1 if result.block_number < n.released_until else 1
+                n.released_until = result.block_number + DRAW_REACH
+            n.live = {}
+            self.m.credit(job.client, from_stake + from_unbonding)
+            self.m.slashed.add((job_id, accused))
+            seen["slashes"] += 1
+            seen["slashes taking stake"] += from_stake + from_unbonding > 0
 
         @rule(seconds=st.sampled_from([1, P.unbonding_period]))
         def wait(self, seconds: int) -> None:
@@ -544,7 +689,8 @@ def test_random_operation_sequences_keep_the_books(
         gov.register_model("rand", "bafkreirand", LAYERS, PRICE).event("ModelRegistered").args["modelId"]
     )
     snapshot = [anvil.snapshot()]
-    machine = make_machine(anvil, accounts, registry_for, model_id, snapshot)
+    seen: Counter[str] = Counter()
+    machine = make_machine(anvil, accounts, registry_for, model_id, snapshot, seen)
     run_state_machine_as_test(
         machine,
         # No shrinking: on this chain it takes minutes; the failing sequence (<= 40 steps) is printed as found.
@@ -556,3 +702,5 @@ def test_random_operation_sequences_keep_the_books(
             phases=[Phase.explicit, Phase.reuse, Phase.generate],
         ),
     )
+    # the paid-verification and slash rules ran with effect, not only their refusals
+    assert all(seen[k] for k in ("verdicts paid", "slashes taking stake")), seen
