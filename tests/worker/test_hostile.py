@@ -76,7 +76,8 @@ def net(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store) 
         worker.wait_ready()
         yield Net(owner, accounts[1], accounts[4], worker, store, shared_store, manifest)
     finally:
-        worker.stop()
+        # the hostile clients leave sessions open, which a draining worker waits up to 30 s for: no need here
+        worker.stop(timeout=3)
 
 
 def reference_tokens(net: Net, n: int) -> list[int]:
