@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from shardnet import trace
 from shardnet.peer.client import StepResult, step_answer
 from shardnet.peer.errors import WorkerAPIError
 
@@ -73,6 +74,7 @@ class PushAnswers:
         return [web.post(PATH, self.handle)]
 
     async def handle(self, request: web.Request) -> web.Response:
+        trace.mark("answered")
         waiting = self._waiting.get(request.headers.get(ANSWER_ID_HEADER, ""))
         if waiting is None or waiting[0].done():
             return web.json_response(

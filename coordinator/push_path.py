@@ -40,6 +40,7 @@ from coordinator.pipeline import Pipeline
 from coordinator.push_checks import PushedStep, finish_pushed, keeps_output, known_records
 from coordinator.push_failover import inputs_of, link, replacement_chain
 from coordinator.router import NoRouteError, RouteHop
+from shardnet import trace
 from shardnet.peer.client import StepResult
 from shardnet.peer.errors import NextHopFailed, SessionConflict, WorkerAPIError, WorkerUnreachable
 from shardnet.span import LayerSpan
@@ -183,6 +184,7 @@ class PushPipeline(Pipeline):
                 continue
             self._answered(chain, res, source, source_at, time.perf_counter() - t0)
             break
+        trace.mark("token")
         self.step_index += 1
         if res.top_k:
             return sparse_logits(res.tensor, res.top_k)
@@ -192,6 +194,7 @@ class PushPipeline(Pipeline):
         """Send a step into the chain at `head`; the answer comes straight from the last worker when it can
         (`coordinator.push_answers`), else back through the chain. The chain's acknowledgement of a direct answer
         arrives later, off the token's critical path (awaited at the close)."""
+        trace.mark("step")
         answers = self.ctx.push_answers
         codec = self.codec_of(entry)
         # the request waits for every worker of the chain from `head` on, each within the step timeout

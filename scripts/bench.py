@@ -6,6 +6,7 @@
     .venv/bin/python scripts/bench.py concurrency --levels 1,4,16,64   # batched sessions through the API
     .venv/bin/python scripts/bench.py netns      # single process vs loopback vs namespaces with 5 ms links (root)
     .venv/bin/python scripts/bench.py events     # chain event -> worker / coordinator handler, pushed vs polled
+    .venv/bin/python scripts/bench.py waterfall  # a token's path on loopback cut at every mark: where its time goes
 
 `scripts/bench.py NAME --help` lists each one's flags.
 """
@@ -32,6 +33,7 @@ BENCHMARKS = {
     "concurrency": "SmolLM2 over 3 batching workers, N API requests at once: tokens/s, per-token p50/p95, RSS",
     "netns": "SmolLM2 over 3 workers: single process vs loopback vs network namespaces with a delay on every link",
     "events": "ms from a JobSubmitted receipt to the worker's and coordinator's handlers: pushed (ws) vs polled",
+    "waterfall": "a token's path over 3 workers on loopback (push mode), cut at every traced mark: median ms each",
 }
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from shardnet import trace
 from shardnet.model.batched import step_many
 from shardnet.model.session import BlockSession
 from shardnet.peer.errors import WorkerUnavailable
@@ -108,10 +109,12 @@ class StepBatcher:
         self, session: Session, x: torch.Tensor, start_pos: int, index: int, input_hash: bytes
     ) -> StepOutput:
         """The single-sequence path (compute thread): the session's own `step`, then `finish` and `record`."""
+        trace.mark("compute")
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = session.compute.step(x, start_pos)
         t1 = time.perf_counter()
+        trace.mark("computed")
         try:
             result = self.finisher.finish(session, out, int(x.shape[1]), index, input_hash)
             if self.record is not None:
@@ -119,6 +122,7 @@ class StepBatcher:
             return result
         finally:
             self._timed(t0, t1)
+            trace.mark("finished")
 
     def _timed(self, t0: float, t1: float) -> None:
         """Count the compute thread's seconds: forward from t0 to t1, finishing the steps from t1 to now."""

@@ -7,6 +7,7 @@ import json
 
 import aiohttp
 
+from shardnet import trace
 from shardnet.peer.errors import NextHopFailed, WorkerAPIError
 from shardnet.wire.json_limits import loads_limited
 from worker.sessions import NextHop
@@ -37,6 +38,7 @@ async def forward_step(
         if answer_id:  # a direct answer: the last worker needs the id and every hash before its own
             headers[ANSWER_ID_HEADER] = answer_id
             headers[UPSTREAM_HASHES_HEADER] = json.dumps([*(upstream or []), "0x" + digest.hex()])
+        trace.mark("send")
         async with http.post(url, data=frame, headers=headers) as resp:
             body = await resp.read()
             if resp.status != 200:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
+from shardnet import trace
 from shardnet.peer.errors import BadRequest, SessionConflict
 from shardnet.wire.json_limits import BodyRejected, loads_limited
 from worker.forwarding import ANSWER_ID_HEADER, UPSTREAM_HASHES_HEADER, forward_step, upstream_hashes
@@ -60,6 +61,7 @@ async def step_answer(
     if session.answer_to and answer_id and server.http is not None:
         hashes = [*upstream_hashes(request.headers.get(UPSTREAM_HASHES_HEADER)), "0x" + digest.hex()]
         direct = {**headers, ANSWER_ID_HEADER: answer_id, "X-Hop-Hashes": json.dumps(hashes)}
+        trace.mark("answer")
         try:
             async with server.http.post(session.answer_to, data=body, headers=direct) as resp:
                 if resp.status == 200:

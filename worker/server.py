@@ -17,6 +17,7 @@ import aiohttp
 import torch
 from aiohttp import web
 
+from shardnet import trace
 from shardnet.model.adapters import ModelError
 from shardnet.peer.errors import DRAINING, InvalidTensor, SessionConflict, TicketRejected, WorkerUnavailable
 from shardnet.span import LayerSpan
@@ -228,6 +229,7 @@ class WorkerServer:
         )
 
     async def step(self, request: web.Request) -> web.Response:
+        trace.mark("recv")
         session = self._session(request)
         session.busy += 1
         try:

@@ -59,6 +59,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-batch", type=int, default=16, help="the workers' --max-batch (default: 16)")
     parser.add_argument(
+        "--coalesce-max-steps",
+        type=int,
+        default=None,
+        help="the coordinator's --coalesce-max-steps: most steps in one request to a worker (default: its own)",
+    )
+    parser.add_argument(
+        "--coalesce-in-flight",
+        type=int,
+        default=None,
+        help="the coordinator's --coalesce-in-flight: most requests in flight to one worker (default: its own)",
+    )
+    parser.add_argument(
         "--device",
         help="the workers' --device: cpu, cuda or cuda:N (default: theirs, auto); the 3 workers share it "
         "(scripts/gpu_check.sh passes cuda)",
@@ -156,7 +168,9 @@ def run(args: argparse.Namespace) -> int:
         coord = net.start_coordinator(
             extra=("--verify-share", "0", "--max-concurrent-jobs", room, "--api-queue-size", room,
                    "--api-queue-wait-s", "600", "--step-timeout-s", str(args.step_timeout_s),
-                   *(("--coalesce-gather-ms", str(args.gather_ms)) if args.gather_ms is not None else ()))
+                   *(("--coalesce-gather-ms", str(args.gather_ms)) if args.gather_ms is not None else ()),
+                   *(("--coalesce-max-steps", str(args.coalesce_max_steps)) if args.coalesce_max_steps else ()),
+                   *(("--coalesce-in-flight", str(args.coalesce_in_flight)) if args.coalesce_in_flight else ()))
         )  # fmt: skip
         spans = [LayerSpan(0, 10), LayerSpan(10, 20), LayerSpan(20, 30)]
         worker_flags = ("--max-sessions", room, "--max-sessions-per-coordinator", room,

@@ -19,7 +19,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-from benchmarks.network import PROMPTS, Baseline, stream
+from benchmarks.network import PROMPTS, Baseline, add_thread_arguments, stream
 from shardnet.localnet import LocalNetwork
 from shardnet.role_process import REPO, RoleProcess
 from shardnet.span import LayerSpan
@@ -30,9 +30,7 @@ SPANS = [LayerSpan(0, 10), LayerSpan(10, 20), LayerSpan(20, 30)]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=int, default=64, help="tokens decoded per prompt (default: 64)")
     parser.add_argument("--prompts", type=int, default=3, help="number of prompts, at most 5 (default: 3)")
-    parser.add_argument(
-        "--threads", type=int, default=2, help="torch threads, per worker and baseline (default: 2)"
-    )
+    add_thread_arguments(parser)
     parser.add_argument(
         "--delay-ms",
         type=float,
@@ -106,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
             "loopback": loop.start_coordinator(extra=coord_extra),
             "netns": ns.start_coordinator(delay_s=delay_s, extra=coord_extra),
         }
-        workers = start_workers(loop, loop_model, args.threads) + start_workers(
-            ns, ns_model, args.threads, delay_s=delay_s
+        workers = start_workers(loop, loop_model, args.worker_threads) + start_workers(
+            ns, ns_model, args.worker_threads, delay_s=delay_s
         )
         for w in workers:
             w.wait_healthy(timeout=600)
@@ -137,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     bound = med["single"] + crossings * args.delay_ms + 3
     print()
     print(
-        f"SmolLM2-135M-Instruct, fp32, {args.threads} torch threads in the baseline and in each worker, "
+        f"SmolLM2-135M-Instruct, fp32, {args.threads} torch threads in the baseline, {args.worker_threads} in each "
+        "worker, "
         f"{len(prompts)} chat prompts x {args.tokens} greedy tokens (ignore_eos); data path: "
         f"{args.data_path or 'coordinator default'}"
     )

@@ -7,7 +7,7 @@ same load on a shared machine), whether the outputs are equal, and:
 - the stall when a worker is SIGKILLed mid-generation (a replica serves the same span);
 - the gas of one whole job (submit, route, commitments, finalize).
 
-    .venv/bin/python scripts/bench.py network [--tokens 64] [--prompts 3] [--threads 2] [--data-path relay,push]
+    .venv/bin/python scripts/bench.py network [--tokens 64] [--prompts 3] [--threads N] [--worker-threads N] [--data-path relay,push]
 
 The distributed figures are measured as a client sees them: tokens streamed by the coordinator's
 OpenAI-compatible API (`stream: true`), each request a real paid job on chain.
@@ -16,6 +16,7 @@ OpenAI-compatible API (`stream: true`), each request a real paid job on chain.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import statistics
@@ -145,12 +146,29 @@ def job_gas(net: LocalNetwork, from_block: int) -> dict[str, int]:
     return gas
 
 
+def add_thread_arguments(parser: argparse.ArgumentParser, workers: int = 3) -> None:
+    """`--threads` (the single process: every core) and `--worker-threads` (each of `workers` workers: the cores
+    shared out, at least 1, as `scripts/demo.py` does), so that neither side oversubscribes the machine."""
+    cores = os.cpu_count() or 1
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=cores,
+        help=f"torch threads of the single-process baseline (default: the machine's cores, here {cores})",
+    )
+    parser.add_argument(
+        "--worker-threads",
+        type=int,
+        default=max(1, cores // workers),
+        help=f"torch threads of each worker (default: the cores / {workers} workers, at least 1; here "
+        f"{max(1, cores // workers)}); {workers} workers of 2 threads on 2 cores run each token ~20%% slower",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=int, default=64, help="tokens decoded per prompt (default: 64)")
     parser.add_argument("--prompts", type=int, default=3, help="number of prompts, at most 5 (default: 3)")
-    parser.add_argument(
-        "--threads", type=int, default=2, help="torch threads, per worker and baseline (default: 2)"
-    )
+    add_thread_arguments(parser)
     parser.add_argument(
         "--data-path",
         default="relay,push",
@@ -206,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
             for i, mode in enumerate(modes)
         }  # fmt: skip
         spans = [LayerSpan(0, 10), LayerSpan(10, 20), LayerSpan(20, 30), LayerSpan(10, 20)]
-        workers = [net.add_worker(i, model_id, s, threads=args.threads) for i, s in enumerate(spans)]
+        workers = [net.add_worker(i, model_id, s, threads=args.worker_threads) for i, s in enumerate(spans)]
         for w in workers:
             w.wait_healthy(timeout=600)
         apis = {}
@@ -271,7 +289,8 @@ def run(args: argparse.Namespace) -> int:
     med_base, ttft_base = statistics.median(base_steps), statistics.median(base_ttft)
     print()
     print(
-        f"SmolLM2-135M-Instruct, fp32, {args.threads} torch threads in the baseline and in each worker, "
+        f"SmolLM2-135M-Instruct, fp32, {args.threads} torch threads in the baseline, {args.worker_threads} in each "
+        "worker, "
         f"{len(prompts)} chat prompts x {args.tokens} greedy tokens (ignore_eos)"
     )
     equal = ", ".join(f"{mode} {same[mode]}/{len(prompts)}" for mode in modes)

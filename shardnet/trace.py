@@ -1,0 +1,33 @@
+"""A timeline of every step for latency work: with `SHARDNET_TRACE=<file>` in its environment, a worker or a
+coordinator appends one line `<unix time> <pid> <event>` to that file at each mark on a step's path (the
+workers and the coordinator of one machine share the file: a line is one append). Off (the default) a mark is
+one test of a module global. `scripts/bench.py waterfall` reads it back into the median time of each segment
+of a token's path.
+
+Marks: a worker's `recv` (a step's request reached its handler), `compute` / `computed` (its model forward),
+`finished` (encoded, hashed, fingerprinted and recorded: the output may leave), `send` (forwarded to the next
+worker) or `answer` (the last worker answers the coordinator directly); the coordinator's `step` (sent into
+the chain), `answered` (the direct answer arrived) and `token` (the forward returned: the token is sampled).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TextIO
+
+ENV = "SHARDNET_TRACE"
+
+
+def _open() -> TextIO | None:
+    path = os.environ.get(ENV)
+    return open(path, "a", buffering=1, encoding="ascii") if path else None  # noqa: SIM115 - open for the process
+
+
+_FILE = _open()
+
+
+def mark(event: str) -> None:
+    """Append `event` with the time and this process's id, when tracing is on."""
+    if _FILE is not None:
+        _FILE.write(f"{time.time():.6f} {os.getpid()} {event}\n")
