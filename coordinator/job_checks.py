@@ -7,7 +7,9 @@ checked at the loosest calibrated tolerance, so honest drift never slashes. The 
 is also checked on the tokens it made the client see (`shown_tokens`). Faults (a verifier refusing,
 timing out, or outvoted by the referees) mark the verifier down and are recorded; a slash excludes the node from
 routing for good. Then the job's drawn verifiers that signed a verdict are paid from its held verification share
-(`verifier_pay`); a job nobody checks gets its share back at once.
+(`verifier_pay`); a job nobody checks gets its share back at once. A hop whose check fails (an exception: a chain
+read, an answer handled badly) is reported unchecked with why; the other hops are still judged and their verdicts
+paid, so nobody who can make one hop's check fail shields the others.
 """
 
 from __future__ import annotations
@@ -288,14 +290,22 @@ class JobChecks:
                     log.info("job %d: hop %d (%s) not checked: %s", job_id, i, node, why)
                     unchecked.append(f"hop {i}: {why}")
                     continue
-                dtype = await worker_dtype(directory.endpoint(signed.node))
-                outcome = await self.disputes.check_hop(
-                    job_id, record, close_block, signed, work, dtype, shown
-                )
-                self._record(job_id, i, outcome)
+                try:  # one hop's failure is its own: the other hops are still judged, the verdicts still paid
+                    dtype = await worker_dtype(directory.endpoint(signed.node))
+                    outcome = await self.disputes.check_hop(
+                        job_id, record, close_block, signed, work, dtype, shown
+                    )
+                except Exception as exc:  # noqa: BLE001 - reported as this hop's, the check goes on
+                    log.exception("job %d: the check of hop %d (%s) failed", job_id, i, node)
+                    unchecked.append(f"hop {i}: its check failed: {exc}"[:300])
+                    continue
                 outcomes.append(outcome)
                 leaves = [w.leaf() for w in work]
                 paid.append(hop_verdicts(signed, outcome.answers, outcome.picks, leaves))
+                try:
+                    self._record(job_id, i, outcome)
+                except Exception:  # noqa: BLE001 - the outcome stands (reported and paid), only its record is lost
+                    log.exception("job %d: the outcome of hop %d (%s) could not be recorded", job_id, i, node)
             await pay_verifiers(registry, job_id, record, close_block, paid)
             return outcomes
         except Exception as exc:
