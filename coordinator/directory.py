@@ -70,6 +70,8 @@ class WorkerDirectory:
         self._excluded: set[str] = set()
         self._tick = 0  # counts session opens of watched jobs
         self._opened: dict[int, dict[str, int]] = {}  # watched job -> node -> tick its first session opened
+        #: out of routing for now, not for good (`coordinator.job_checks`: a verifier with recent faults)
+        self.benched: Callable[[str], bool] = lambda _node: False
 
     # -- facts from the chain
     def set_endpoint(self, node: str, endpoint: str) -> None:
@@ -189,10 +191,10 @@ class WorkerDirectory:
         return out
 
     def snapshot(self, model_id: int) -> list[WorkerInfo]:
-        """Routable workers of `model_id`: live assignment, known endpoint, not down, not excluded."""
+        """Routable workers of `model_id`: live assignment, known endpoint, not down, not excluded nor benched."""
         out = []
         for a in self._assignments.values():
-            if not a.live or a.model_id != model_id or a.node in self._excluded:
+            if not a.live or a.model_id != model_id or a.node in self._excluded or self.benched(a.node):
                 continue
             endpoint = self._endpoints.get(a.node)
             stats = self._stats.get(a.node, _NodeStats())
