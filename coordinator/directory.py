@@ -183,6 +183,7 @@ class WorkerDirectory:
                     "live": a.live,
                     "down": stats.down,
                     "excluded": a.node in self._excluded,
+                    "benched": self.benched(a.node),  # out of routing for now: recent verifier faults
                     "load": stats.load,
                     "rtt_s": stats.rtt_s,
                     "compute_per_layer_s": stats.compute_per_layer_s,
