@@ -370,9 +370,7 @@ class DisputeRunner:
                 session_id="v" + uuid.uuid4().hex,
                 job_id=job_id,
                 span=signed.span,
-                max_positions=max(
-                    1, signed.positions
-                ),  # the check recomputes the positions the hop committed to
+                max_positions=max(1, signed.positions),  # the positions the hop committed to
                 expires_at=int(time.time()) + 3600,
                 chain_id=domain.chain_id,
                 registry=domain.registry,

@@ -52,13 +52,9 @@ from shardnet.wire.json_limits import loads_limited, read_answer_limited
 
 log = logging.getLogger(__name__)
 
-MAX_FAULTS = (
-    3  # refused, timed-out or outvoted checks within FAULT_WINDOW_S before a verifier is out of routing
-)
+MAX_FAULTS = 3  # refused, timed-out or outvoted checks within FAULT_WINDOW_S: out of routing, first stages
 FAULT_WINDOW_S = 24 * 3600.0  # a fault counts this long: a restart or a slow moment months ago is forgotten
-MAX_TRACKED = (
-    4096  # verifiers whose recent faults are kept (the one that faulted least recently is forgotten first)
-)
+MAX_TRACKED = 4096  # verifiers whose recent faults are kept (the least recently faulted forgotten first)
 
 
 async def worker_dtype(endpoint: str | None, timeout_s: float = 5.0) -> str | None:
