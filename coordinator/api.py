@@ -2,7 +2,7 @@
 (`coordinator.openai_api`), fine-tuning routes and settlements (`coordinator.training_api`), and two service
 endpoints:
 
-    GET  /v1/workers            the live workers as routing sees them (down, excluded, load, measurements)
+    GET  /v1/workers            the live workers as routing sees them (down, excluded, benched, load, measurements)
     GET  /health
     GET  /dashboard             the network dashboard (`coordinator.dashboard`), and / redirecting to it
 """

@@ -66,7 +66,7 @@ class CoordinatorDashboard:
                     "rtt_s": w["rtt_s"],
                     "step_s": float(str(w["compute_per_layer_s"])) * layers if measured else None,
                 }
-                a["serving"] = a["chain_ok"] and not w["down"] and not w["excluded"]
+                a["serving"] = a["chain_ok"] and not w["down"] and not w["excluded"] and not w["benched"]
             add_coverage(model)
         doc["source"] = "coordinator"
         doc["coordinator"] = {"address": self.service.account.address, "jobs": jobs}

@@ -70,6 +70,8 @@ class WorkerDirectory:
         self._excluded: set[str] = set()
         self._tick = 0  # counts session opens of watched jobs
         self._opened: dict[int, dict[str, int]] = {}  # watched job -> node -> tick its first session opened
+        #: out of routing for now, not for good (`coordinator.job_checks`: a verifier with recent faults)
+        self.benched: Callable[[str], bool] = lambda _node: False
 
     # -- facts from the chain
     def set_endpoint(self, node: str, endpoint: str) -> None:
@@ -181,6 +183,7 @@ class WorkerDirectory:
                     "live": a.live,
                     "down": stats.down,
                     "excluded": a.node in self._excluded,
+                    "benched": self.benched(a.node),  # out of routing for now: recent verifier faults
                     "load": stats.load,
                     "rtt_s": stats.rtt_s,
                     "compute_per_layer_s": stats.compute_per_layer_s,
@@ -189,10 +192,10 @@ class WorkerDirectory:
         return out
 
     def snapshot(self, model_id: int) -> list[WorkerInfo]:
-        """Routable workers of `model_id`: live assignment, known endpoint, not down, not excluded."""
+        """Routable workers of `model_id`: live assignment, known endpoint, not down, not excluded nor benched."""
         out = []
         for a in self._assignments.values():
-            if not a.live or a.model_id != model_id or a.node in self._excluded:
+            if not a.live or a.model_id != model_id or a.node in self._excluded or self.benched(a.node):
                 continue
             endpoint = self._endpoints.get(a.node)
             stats = self._stats.get(a.node, _NodeStats())
@@ -211,6 +214,12 @@ class WorkerDirectory:
             for a in self._assignments.values()
             if a.live and a.model_id == model_id and a.span == span and a.node not in gone
         }
+
+    def serves_only(self, node: str, model_id: int, span: LayerSpan) -> bool:
+        """Whether `node`'s only live assignment is `span` of `model_id` (a worker serves one span: it can then check
+        any hop of that span, and a 401 or 422 to a valid check of one is a refusal, `coordinator.disputes`)."""
+        held = {(a.model_id, a.span) for a in self._assignments.values() if a.live and a.node == node.lower()}
+        return held == {(model_id, span)}
 
     def replicas(self, model_id: int, span: LayerSpan, *, besides: set[str]) -> list[WorkerInfo]:
         """Routable workers serving exactly `span`, other than `besides`, cheapest first (address breaks ties)."""

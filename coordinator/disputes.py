@@ -12,7 +12,9 @@ rebuild its root and is not settled). When the job is settled (its close block k
    (POST /v1/verify; there is no session, so a check looks like nothing else); each answers guilty (an
    EIP-712 Verdict on one leaf) or innocent. Both innocent: the check is closed (an honest hop costs exactly
    MIN_VERIFIERS recomputations). Any guilty verdict, any refusal or time-out (a fault: recorded and marked
-   down), any disagreement: second stage, the referees (the rest of the draw) judge the same package;
+   down; a 401 or 422 to a request the coordinator checked first, `request_error`, from a verifier serving
+   exactly the span is a refusal too), any disagreement: second stage, the referees (the rest of the draw)
+   judge the same package;
 3. when the guilty verdicts on one leaf carry more than half of the stake of ALL the drawn verifiers (what the
    registry's `slash` counts: a refusal weighs as innocent), send `slash` with the accused's own signed
    commitment, the leaf's Merkle proof and those verdicts: its stake goes to the job's client and it is
@@ -40,16 +42,18 @@ import torch
 from eth_account.signers.local import LocalAccount
 
 from coordinator.verifier_pay import innocent_signature
-from shardnet.chain.commitments import SignedCommitment, verify_verdict
+from shardnet.chain.commitments import SignedCommitment, verify_commitment, verify_verdict
 from shardnet.chain.registry import JobRecord, Registry, SlashEvidence
+from shardnet.errors import ShardnetError
+from shardnet.span import LayerSpan
 from shardnet.verify.fingerprint import make_fingerprint
-from shardnet.verify.package import StepWork, VerificationPackage
+from shardnet.verify.package import PackageError, StepWork, VerificationPackage
 from shardnet.verify.tokens import ShownTokens
 from shardnet.wire.commitment import merkle_proof, merkle_root
 from shardnet.wire.eip712 import CompactSignature, Domain
-from shardnet.wire.frames import encode_frame
+from shardnet.wire.frames import encode_frame, read_header
 from shardnet.wire.json_limits import BodyTooLarge, loads_limited, read_answer_limited
-from shardnet.wire.tickets import sign_ticket
+from shardnet.wire.tickets import TicketError, sign_ticket, verify_ticket
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +157,7 @@ class DisputeRunner:
         on_slashed: Callable[[str], None] = lambda _node: None,
         on_outvoted: Callable[[str, str], None] = lambda _node, _why: None,
         excluded: Callable[[str], bool] = lambda _node: False,
+        serves: Callable[[str, int, LayerSpan], bool] = lambda _node, _model, _span: False,
         verify_timeout_s: float = 120.0,
         draw_wait_s: float = 300.0,
         poll_s: float = 0.5,
@@ -164,6 +169,7 @@ class DisputeRunner:
         self.on_slashed = on_slashed
         self.on_outvoted = on_outvoted
         self.excluded = excluded
+        self.serves = serves
         self.verify_timeout_s = verify_timeout_s
         self.draw_wait_s = draw_wait_s
         self.poll_s = poll_s
@@ -200,14 +206,23 @@ class DisputeRunner:
         leaves = package.leaves()
         if len(leaves) != signed.steps or merkle_root(leaves) != signed.root:
             return DisputeOutcome(signed.node, [], False, note="the relayed steps do not rebuild its root")
+        body = package.to_json()
+        invalid = await asyncio.to_thread(self.request_error, job_id, record, package, body)
+        if invalid:  # a verifier would refuse it (401/422), rightly: nobody is asked, nobody faulted
+            log.error(
+                "job %d: the hop of %s is not checked: this coordinator's request is not valid: %s",
+                job_id,
+                signed.node,
+                invalid,
+            )
+            return DisputeOutcome(signed.node, [], False, note=f"not asked: {invalid}"[:300])
         drawn = await asyncio.to_thread(
             self.registry.draw_verifiers, job_id, record, close_block, signed.node, signed.span, signed.root
         )
         if len(drawn) < MIN_VERIFIERS:
             return DisputeOutcome(signed.node, [], False, note=f"{len(drawn)} verifiers drawn, too few")
-        body = package.to_json()
         first, referees = first_stage(drawn, self.excluded)
-        answers = await self._ask_all(first, job_id, signed, body, leaves)
+        answers = await self._ask_all(first, job_id, record.model_id, signed, body, leaves)
         escalated = bool(referees) and needs_referees(answers)
         if escalated:
             log.info(
@@ -217,7 +232,7 @@ class DisputeRunner:
                 [a.guilty for a in answers],
                 len(referees),
             )
-            answers += await self._ask_all(referees, job_id, signed, body, leaves)
+            answers += await self._ask_all(referees, job_id, record.model_id, signed, body, leaves)
         index, group = tally(answers, sum(stake for _, stake in drawn))
         asked = {a.verifier for a in answers}
         picks = max(i + 1 for i, (address, _) in enumerate(drawn) if address in asked)
@@ -260,6 +275,33 @@ class DisputeRunner:
             signed.node, answers, True, result.tx_hash, drawn=len(drawn), escalated=escalated, picks=picks
         )
 
+    def request_error(
+        self, job_id: int, record: JobRecord, package: VerificationPackage, body: dict[str, object]
+    ) -> str | None:
+        """Why a verifier serving the hop's span would rightly refuse this check (401 or 422; None: it would not):
+        the coordinator checks its own request before sending it, so that a 401 or 422 to it is the verifier's
+        refusal, never the coordinator's mistake (`_ask`). Reads the chain (approval) and every frame's header."""
+        c = package.commitment
+        if record.coordinator.lower() != self.account.address.lower():
+            return f"job {job_id} names the coordinator {record.coordinator}, not this one"
+        try:
+            if not self.registry.is_coordinator(self.account.address):
+                return f"this coordinator ({self.account.address}) is not approved on chain"
+        except ShardnetError as exc:
+            return f"this coordinator's approval could not be read ({exc})"
+        if not verify_commitment(c, self.domain, job_id=job_id):
+            return f"the commitment is not signed by {c.node} for job {job_id} in this registry's domain"
+        try:
+            VerificationPackage.from_json(body, max_steps=max(1, len(package.steps)))
+            positions = sum(read_header(s.input_frame)[2][1] for s in package.steps)
+        except (PackageError, ValueError, IndexError) as exc:
+            return f"the package does not parse ({exc})"
+        if positions != c.positions:
+            return f"the inputs hold {positions} positions, the commitment {c.positions}"
+        if package.shown is not None and c.span.end != record.num_layers:
+            return f"shown tokens on a hop of layers {c.span}, not the last hop of {record.num_layers} layers"
+        return None
+
     def _outvoted(self, job_id: int, answers: Sequence[VerifierAnswer], *, guilty: bool) -> None:
         """After the referees: a verdict against the outcome (guilty of a node not slashed, innocent of one slashed)
         is reported: an honest fp32 verifier was never on the wrong side in the sweeps, a sybil framing or
@@ -278,6 +320,7 @@ class DisputeRunner:
         self,
         drawn: Sequence[tuple[str, int]],
         job_id: int,
+        model_id: int,
         signed: SignedCommitment,
         body: dict[str, object],
         leaves: Sequence[bytes],
@@ -287,7 +330,7 @@ class DisputeRunner:
             answers = list(
                 await asyncio.gather(
                     *(
-                        self._ask(http, address, stake, job_id, signed, body, leaves)
+                        self._ask(http, address, stake, job_id, model_id, signed, body, leaves)
                         for address, stake in drawn
                     )
                 )
@@ -311,6 +354,7 @@ class DisputeRunner:
         verifier: str,
         stake: int,
         job_id: int,
+        model_id: int,
         signed: SignedCommitment,
         package: dict[str, object],
         leaves: Sequence[bytes],
@@ -319,17 +363,28 @@ class DisputeRunner:
         if not endpoint:
             return VerifierAnswer(verifier, stake, None, note="no endpoint known", fault=True)
         domain = self.domain
-        ticket = sign_ticket(
-            self.account,
-            worker=verifier,
-            session_id="v" + uuid.uuid4().hex,
-            job_id=job_id,
-            span=signed.span,
-            max_positions=max(1, signed.positions),  # the check recomputes the positions the hop committed to
-            expires_at=int(time.time()) + 3600,
-            chain_id=domain.chain_id,
-            registry=domain.registry,
-        )
+        try:
+            ticket = sign_ticket(
+                self.account,
+                worker=verifier,
+                session_id="v" + uuid.uuid4().hex,
+                job_id=job_id,
+                span=signed.span,
+                max_positions=max(1, signed.positions),  # the positions the hop committed to
+                expires_at=int(time.time()) + 3600,
+                chain_id=domain.chain_id,
+                registry=domain.registry,
+            )
+            verify_ticket(
+                ticket,
+                worker=verifier,
+                chain_id=domain.chain_id,
+                registry=domain.registry,
+                expected_signer=self.account.address,
+            )
+        except TicketError as exc:  # this coordinator's mistake, not the verifier's: not asked, no fault
+            log.error("job %d: no valid ticket for verifier %s: %s", job_id, verifier, exc)
+            return VerifierAnswer(verifier, stake, None, note=f"not asked: no valid ticket ({exc})"[:300])
         try:
             async with http.post(
                 endpoint.rstrip("/") + "/v1/verify", json={"ticket": ticket, "package": package}
@@ -345,10 +400,13 @@ class DisputeRunner:
         except ValueError:
             data = None  # not JSON: no verdict (a 200 with it is a refusal, not an innocent verdict)
         if status != 200 or not isinstance(data, dict) or not isinstance(data.get("guilty"), bool):
-            # 401/422: it cannot check this hop (another span, say); anything else is a refusal
-            cannot = status in (401, 422)
+            # 401/422 to this valid request (`request_error`, the ticket above): a refusal when the chain shows the
+            # verifier serving exactly this span; it cannot check this hop when it serves another (it re-announced
+            # since the job closed, or holds a wider span: the registry draws both). Anything else is a refusal.
+            cannot = status in (401, 422) and not self.serves(verifier, model_id, signed.span)
             why = str(data.get("error", "")) if isinstance(data, dict) else ""
             why = why if status != 200 else "answered without a verdict (JSON with a boolean 'guilty')"
+            why += " (it serves another span now: it cannot check this hop)" if cannot else ""
             return VerifierAnswer(verifier, stake, None, note=f"HTTP {status} {why}"[:300], fault=not cannot)
         raw_tokens = data.get("tokens")
         tokens = raw_tokens if isinstance(raw_tokens, dict) else None

@@ -7,13 +7,18 @@ checked at the loosest calibrated tolerance, so honest drift never slashes. The 
 is also checked on the tokens it made the client see (`shown_tokens`). Faults (a verifier refusing,
 timing out, or outvoted by the referees) mark the verifier down and are recorded; a slash excludes the node from
 routing for good. Then the job's drawn verifiers that signed a verdict are paid from its held verification share
-(`verifier_pay`); a job nobody checks gets its share back at once.
+(`verifier_pay`); a job nobody checks gets its share back at once. A hop whose check fails (an exception: a chain
+read, an answer handled badly) is reported unchecked with why; the other hops are still judged and their verdicts
+paid, so nobody who can make one hop's check fail shields the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 
 import aiohttp
 from eth_utils import keccak
@@ -47,7 +52,9 @@ from shardnet.wire.json_limits import loads_limited, read_answer_limited
 
 log = logging.getLogger(__name__)
 
-MAX_FAULTS = 3  # refused, timed-out or outvoted checks before a verifier is excluded from routing
+MAX_FAULTS = 3  # refused, timed-out or outvoted checks within FAULT_WINDOW_S: out of routing, first stages
+FAULT_WINDOW_S = 24 * 3600.0  # a fault counts this long: a restart or a slow moment months ago is forgotten
+MAX_TRACKED = 4096  # verifiers whose recent faults are kept (the least recently faulted forgotten first)
 
 
 async def worker_dtype(endpoint: str | None, timeout_s: float = 5.0) -> str | None:
@@ -129,8 +136,11 @@ def job_drawn(randomness: bytes, job_id: int, share: float) -> bool:
 class JobChecks:
     """Starts the after-the-fact check of a `share` of the settled jobs (0 turns them off)."""
 
-    def __init__(self, ctx: PipelineContext, *, share: float = 1.0) -> None:
+    def __init__(
+        self, ctx: PipelineContext, *, share: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.ctx = ctx
+        self.clock = clock
         self.share = share
         self.enabled = share > 0
         directory = ctx.router.directory
@@ -142,9 +152,12 @@ class JobChecks:
             on_slashed=directory.exclude,
             on_outvoted=self._fault,
             excluded=self._faulty,  # not directory.is_excluded: live-check sybils can exclude honest nodes
+            serves=directory.serves_only,  # then a 401/422 to a valid check is a refusal
         )
         self._tasks: set[asyncio.Task[list[DisputeOutcome]]] = set()
-        self.faults: dict[str, int] = {}  # verifier (lower case) -> packages it refused or let time out
+        # verifier (lower case) -> when its last (at most MAX_FAULTS) faults were, the least recently faulted first
+        self.faults: OrderedDict[str, list[float]] = OrderedDict()
+        directory.benched = self._faulty  # out of routing while its recent faults last, not for good
         self.reports: dict[int, CheckReport] = {}  # job id -> its check's outcome (coordinator.corrections)
         self._by_job: dict[int, asyncio.Task[list[DisputeOutcome]]] = {}
 
@@ -288,14 +301,22 @@ class JobChecks:
                     log.info("job %d: hop %d (%s) not checked: %s", job_id, i, node, why)
                     unchecked.append(f"hop {i}: {why}")
                     continue
-                dtype = await worker_dtype(directory.endpoint(signed.node))
-                outcome = await self.disputes.check_hop(
-                    job_id, record, close_block, signed, work, dtype, shown
-                )
-                self._record(job_id, i, outcome)
+                try:  # one hop's failure is its own: the other hops are still judged, the verdicts still paid
+                    dtype = await worker_dtype(directory.endpoint(signed.node))
+                    outcome = await self.disputes.check_hop(
+                        job_id, record, close_block, signed, work, dtype, shown
+                    )
+                except Exception as exc:  # noqa: BLE001 - reported as this hop's, the check goes on
+                    log.exception("job %d: the check of hop %d (%s) failed", job_id, i, node)
+                    unchecked.append(f"hop {i}: its check failed: {exc}"[:300])
+                    continue
                 outcomes.append(outcome)
                 leaves = [w.leaf() for w in work]
                 paid.append(hop_verdicts(signed, outcome.answers, outcome.picks, leaves))
+                try:
+                    self._record(job_id, i, outcome)
+                except Exception:  # noqa: BLE001 - the outcome stands (reported and paid), only its record is lost
+                    log.exception("job %d: the outcome of hop %d (%s) could not be recorded", job_id, i, node)
             await pay_verifiers(registry, job_id, record, close_block, paid)
             return outcomes
         except Exception as exc:
@@ -304,22 +325,40 @@ class JobChecks:
                 report.status, report.note = CHECK_FAILED, f"the check failed: {exc}"[:300]
             return []
 
+    def fault_count(self, verifier: str) -> int:
+        """The verifier's faults here within the last FAULT_WINDOW_S (at most MAX_FAULTS)."""
+        now = self.clock()
+        return sum(now - t < FAULT_WINDOW_S for t in self.faults.get(verifier.lower(), []))
+
     def _faulty(self, verifier: str) -> bool:
-        """Whether a verifier reached MAX_FAULTS here (then it is never in a check's first stage). Only its own
-        refusals, time-outs and outvoted verdicts count: an honest verifier gets there only if it cannot keep up,
-        or against half of the drawn stake, so colluders below half cannot empty the first stage of honest ones."""
-        return self.faults.get(verifier.lower(), 0) >= MAX_FAULTS
+        """Whether a verifier reached MAX_FAULTS here within FAULT_WINDOW_S (then it is never in a check's first
+        stage, nor routed to). Only its own refusals, time-outs and outvoted verdicts count: an honest verifier
+        gets there only if it cannot keep up, or against half of the drawn stake, so colluders below half cannot
+        empty the first stage of honest ones. Expiry and the MAX_TRACKED bound only ever forget faults: they can
+        let a framer back into the first stage after a window, never push an honest verifier out of it."""
+        return self.fault_count(verifier) >= MAX_FAULTS
 
     def _fault(self, verifier: str, why: str) -> None:
         """A drawn verifier that refused, timed out or was outvoted by the referees: marked down (out of routing
-        until its /health answers); after MAX_FAULTS of them, excluded from routing for good."""
-        count = self.faults[verifier.lower()] = self.faults.get(verifier.lower(), 0) + 1
-        log.warning("verifier %s did not judge a package (%s): fault %d", verifier, why, count)
+        until its /health answers); with MAX_FAULTS of them within FAULT_WINDOW_S, out of routing and of first
+        stages until the oldest of them expires."""
+        key, now = verifier.lower(), self.clock()
+        recent = [t for t in self.faults.pop(key, []) if now - t < FAULT_WINDOW_S]
+        self.faults[key] = times = (recent + [now])[-MAX_FAULTS:]  # moved to the end: the latest to fault
+        while self.faults and (
+            len(self.faults) > MAX_TRACKED or now - next(iter(self.faults.values()))[-1] >= FAULT_WINDOW_S
+        ):
+            self.faults.popitem(last=False)  # all of its faults expired, or too many verifiers tracked
+        log.warning("verifier %s did not judge a package (%s): fault %d", verifier, why, len(times))
         directory = self.ctx.router.directory
         directory.mark_down(verifier, f"verification refused, timed out or outvoted: {why}")
-        if count >= MAX_FAULTS:
-            log.warning("verifier %s refused %d checks: excluded from routing", verifier, count)
-            directory.exclude(verifier)
+        if len(times) >= MAX_FAULTS:
+            log.warning(
+                "verifier %s: %d faults within %.0f h: out of routing until the oldest expires",
+                verifier,
+                len(times),
+                FAULT_WINDOW_S / 3600,
+            )
 
     def _record(self, job_id: int, hop_index: int, outcome: DisputeOutcome) -> None:
         state = self.ctx.state

@@ -36,5 +36,5 @@ def no_honest_worker_slashed(request: pytest.FixtureRequest) -> Iterator[None]:
         view = workers_view(net)
     except Exception:  # noqa: BLE001 - a test that left the coordinator down has no router to ask
         return
-    excluded = sorted(a for a in honest if view.get(a, {}).get("excluded"))
+    excluded = sorted(a for a in honest if view.get(a, {}).get("excluded") or view.get(a, {}).get("benched"))
     assert not excluded, f"honest workers excluded from routing during {request.node.name}: {excluded}"

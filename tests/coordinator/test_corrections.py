@@ -68,7 +68,12 @@ def test_a_finished_report_keeps_no_copy_of_the_jobs_tokens() -> None:
     from coordinator.hops import JobHops
     from coordinator.job_checks import JobChecks
 
-    directory = SimpleNamespace(endpoint=lambda _a: None, exclude=lambda _a: None, mark_down=lambda *_a: None)
+    directory = SimpleNamespace(
+        endpoint=lambda _a: None,
+        exclude=lambda _a: None,
+        mark_down=lambda *_a: None,
+        serves_only=lambda *_a: False,
+    )
     ctx = SimpleNamespace(router=SimpleNamespace(directory=directory), registry=None, account=None)
     ctx.adapters = SimpleNamespace(for_job=lambda _j: None)
     checks = JobChecks(ctx, share=0)  # type: ignore[arg-type]

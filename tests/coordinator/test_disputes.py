@@ -26,6 +26,7 @@ from aiohttp import web
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
+from coordinator.directory import WorkerDirectory
 from coordinator.disputes import DisputeOutcome, DisputeRunner, hop_step_work
 from shardnet.chain.commitments import SignedCommitment, sign_commitment, sign_verdict
 from shardnet.chain.devnet import free_port
@@ -86,9 +87,11 @@ def setup(
     yield Setup(anvil, owner, accounts[0], owner.domain(), model_id, nodes, accounts[9], ports, registry_for)
 
 
-def _server(s: Setup, node: LocalAccount, block: Any, perturb: float = 0.0) -> WorkerServer:
+def _server(
+    s: Setup, node: LocalAccount, block: Any, perturb: float = 0.0, span: LayerSpan = SPAN
+) -> WorkerServer:
     info = BlockInfo(
-        span=SPAN,
+        span=span,
         num_layers=4,
         is_first=True,
         is_last=False,
@@ -205,9 +208,12 @@ def _dispute(
     outvoted: list[str] | None = None,
     excluded: set[str] | None = None,
     repeat: int = 1,
+    after_close: Callable[[], Any] = lambda: None,
 ) -> tuple[DisputeOutcome, int, JobRecord]:
     """Serve a job on the accused, settle it, mine past the draw delay and run the dispute; returns the outcome.
-    `verify_posts` gets the address of every server that received a POST /v1/verify (one recomputation each)."""
+    `verify_posts` gets the address of every server that received a POST /v1/verify (one recomputation each);
+    `after_close` runs once the job is settled. A verifier's 401/422 is a refusal when the chain's live assignments
+    show it serving SPAN alone (`WorkerDirectory.serves_only`, as `JobChecks` wires it)."""
     client_reg = s.registry_for(s.client)
     quote = s.owner.quote(s.model_id, MAX_TOKENS)
     job_id = int(
@@ -231,6 +237,7 @@ def _dispute(
             close = s.owner.settle_jobs(
                 [Settlement(job_id, record, keccak(text="out"), [signed])]
             ).block_number
+            after_close()
             s.chain.mine(3)
             runner = DisputeRunner(
                 s.owner,
@@ -239,6 +246,7 @@ def _dispute(
                 on_fault=lambda node, why: faults.append(node),
                 on_outvoted=lambda node, why: (outvoted if outvoted is not None else []).append(node),
                 excluded=lambda a: a in (excluded or set()),
+                serves=lambda node, model_id, span: _directory(s).serves_only(node, model_id, span),
                 verify_timeout_s=60,
             )
             for _ in range(repeat - 1):  # the same hop judged again: as a second hop of one node in the job
@@ -252,6 +260,15 @@ def _dispute(
     outcome = asyncio.run(go())
     assert sorted(faults) == sorted(a.verifier for a in outcome.answers if a.fault)
     return outcome, job_id, s.owner.job_record(job_id)
+
+
+def _directory(s: Setup) -> WorkerDirectory:
+    """The coordinator's directory as the chain's live assignments of the model make it now."""
+    directory = WorkerDirectory()
+    for aid in s.owner.live_assignments(s.model_id):
+        a = s.owner.get_assignment(aid)
+        directory.announce(aid, a.node, a.model_id, a.span)
+    return directory
 
 
 def _counter(address: str, posts: list[str]) -> Any:
@@ -492,3 +509,75 @@ def test_a_node_guilty_on_two_hops_of_one_job_is_slashed_once_and_the_check_goes
     outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32", repeat=2)
     assert outcome.slashed and outcome.tx_hash is None and "already slashed" in outcome.note, outcome
     assert len(s.owner.get_logs(0, s.owner.block_number(), ["NodeSlashed"])) == 1
+
+
+@pytest.mark.parametrize("status", [401, 422])
+def test_a_verifier_refusing_a_valid_check_with_401_or_422_is_a_fault(
+    setup: Setup, blocks: dict[torch.dtype, Any], status: int
+) -> None:
+    """The coordinator signed the ticket for exactly this verifier, span and job, and the package is what the
+    accused signed (`DisputeRunner.request_error`): a verifier the chain shows serving the span alone that answers
+    401 or 422 refuses to work. It was free ("cannot check this hop"): now it is a fault like any refusal, and the
+    honest verdicts (3 of 4 drawn stake) slash."""
+    s = setup
+    accused, refuser, honest = s.nodes[0], s.nodes[1], s.nodes[2:]
+
+    async def refuse(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"error": "not today"}, status=status)
+
+    servers = {accused.address: _server(s, accused, blocks[torch.float32], perturb=0.05).app()}
+    servers |= _apps(s, blocks, honest)
+    servers[refuser.address] = web.Application()
+    servers[refuser.address].add_routes([web.post("/v1/verify", refuse)])
+    outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32")
+    [refused] = [a for a in outcome.answers if a.verifier == refuser.address]
+    assert refused.fault and refused.guilty is None and f"HTTP {status}" in refused.note, refused
+    assert outcome.slashed, outcome
+
+
+def test_a_verifier_that_moved_to_another_span_since_the_close_is_not_faulted(
+    setup: Setup, blocks: dict[torch.dtype, Any]
+) -> None:
+    """A verifier bonded on the span when the job closed is drawn even if it re-announced since (the registry
+    draws what was bonded at the close): its worker now serves other layers and answers 401 (the ticket names
+    layers it does not serve). It cannot check the hop; that is no refusal, and no fault."""
+    s = setup
+    accused, mover, honest = s.nodes[0], s.nodes[1], s.nodes[2:]
+    servers = {accused.address: _server(s, accused, blocks[torch.float32], perturb=0.05).app()}
+    servers |= _apps(s, blocks, honest)
+    servers[mover.address] = _server(s, mover, blocks[torch.float32], span=LayerSpan(2, 4)).app()
+
+    def reannounce() -> None:
+        moved = s.registry_for(mover)
+        [old] = [
+            a for a in s.owner.live_assignments(s.model_id) if s.owner.get_assignment(a).node == mover.address
+        ]
+        moved.release_shard(old)
+        moved.announce_shard(s.model_id, LayerSpan(2, 4))
+
+    outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32", after_close=reannounce)
+    [moved] = [a for a in outcome.answers if a.verifier == mover.address]
+    assert not moved.fault and moved.guilty is None and "HTTP 401" in moved.note, moved
+    assert "cannot check this hop" in moved.note, moved
+    assert outcome.slashed, outcome
+
+
+def test_a_check_this_coordinator_cannot_validly_ask_is_sent_to_nobody(
+    setup: Setup, blocks: dict[torch.dtype, Any]
+) -> None:
+    """The coordinator's approval was revoked after the job closed: every verifier would rightly answer 401 (its
+    ticket's signer is no approved coordinator). The coordinator checks its own request first: the error is its
+    own, logged, nobody is asked and nobody faulted."""
+    s = setup
+    accused, others = s.nodes[0], s.nodes[1:]
+    servers = {accused.address: _server(s, accused, blocks[torch.float32], perturb=0.05).app()}
+    servers |= _apps(s, blocks, others)
+    posts: list[str] = []
+
+    def revoke() -> None:
+        s.owner.set_coordinator(s.coordinator.address, "http://127.0.0.1:9", False)
+
+    outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32", posts, after_close=revoke)
+    assert outcome.answers == [] and not outcome.slashed and posts == [], (outcome, posts)
+    assert outcome.note.startswith("not asked") and "not approved" in outcome.note, outcome
