@@ -20,6 +20,19 @@ class ServerLimits:
     body_timeout_s: float = 30.0  # a request body not fully sent by then gets 408 and frees the connection
     batch_window_s: float = 0.002  # a decode step waits this long for others to batch with (worker.batching)
     max_batch: int = 16  # most decode steps in one batched forward; 1 turns batching off
+    # most positions of a hop this worker checks (POST /v1/verify): what the registry lets a job hold, not the
+    # sessions' max_length, so that no honest verifier has to refuse a check (a refusal is a fault); None: max_length
+    max_verify_positions: int | None = None
+
+    @property
+    def verify_positions(self) -> int:
+        return max(self.max_length, self.max_verify_positions or 0)
+
+
+def verify_positions(model_positions: int, max_job_tokens: int, max_prompt_tokens: int) -> int:
+    """The most positions a hop of any job the registry accepts can hold on this model: its largest prompt and
+    largest output, within the model's context (what a staked worker must be able to check)."""
+    return max(1, min(model_positions, max_job_tokens + max_prompt_tokens))
 
 
 @dataclass(frozen=True)

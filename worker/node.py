@@ -33,6 +33,7 @@ from worker.adapter_sessions import AdapterEndpoint
 from worker.chain_sync import ChainSync
 from worker.config import WorkerConfig
 from worker.coordinator_check import CoordinatorCheck, JobCoordinatorCheck
+from worker.limits import verify_positions
 from worker.placement import memory_budget_bytes, place
 from worker.server import BlockInfo, ServerLimits, WorkerServer
 from worker.span_choice import choose_best_span, default_span_length
@@ -202,6 +203,9 @@ def prepare(cfg: WorkerConfig, *, reset_state: bool = False) -> PreparedNode:
         max_sessions=cfg.max_sessions,
         max_per_coordinator=cfg.max_sessions_per_coordinator,
         max_length=min(cfg.max_length, int(positions)),
+        max_verify_positions=verify_positions(
+            int(positions), registry.max_job_tokens(), registry.max_prompt_tokens()
+        ),
         max_memory_bytes=memory_budget,
         idle_timeout_s=cfg.session_timeout_s,
         unused_reservation_s=cfg.reservation_timeout_s,

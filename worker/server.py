@@ -291,6 +291,7 @@ class WorkerServer:
                 "sessions": len(self.sessions),
                 "max_sessions": self.limits.max_sessions,
                 "max_length": self.limits.max_length,
+                "max_verify_positions": self.limits.verify_positions,  # a check (POST /v1/verify) holds this many
                 "draining": self.draining,
                 "dtype": str(getattr(self.block, "dtype", "float32")).removeprefix("torch."),
                 "device": str(getattr(self.block, "device", "cpu")),  # memory.budget_bytes is of this device

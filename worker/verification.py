@@ -108,8 +108,9 @@ class VerifyEndpoint:
         self.signer = signer
         limits = server.limits
         width = max(server.info.hidden_size, 1)
-        # every position's input as fp32 in base64, plus per-step overhead: a whole job of max_length positions
-        self.max_bytes = limits.max_length * (width * 6 + 256) + 64 * 1024
+        # every position's input as fp32 in base64, plus per-step overhead: a whole job of the most positions a
+        # check may hold (what the registry lets a job hold: ServerLimits.verify_positions)
+        self.max_bytes = limits.verify_positions * (width * 6 + 256) + 64 * 1024
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/v1/verify", self.handle)]
@@ -123,7 +124,7 @@ class VerifyEndpoint:
             if not isinstance(data, dict) or not isinstance(data.get("ticket"), dict):
                 raise BadRequest('send {"ticket": {...}, "package": {...}}')
             package = VerificationPackage.from_json(
-                data.get("package"), max_steps=self.server.limits.max_length
+                data.get("package"), max_steps=self.server.limits.verify_positions
             )
         except BodyRejected as exc:
             raise WorkerAPIError(str(exc), status=exc.status) from exc

@@ -102,3 +102,13 @@ def test_preflight_answers_503_while_the_workers_memory_is_taken_and_200_after(m
         assert all(f.result()[0] == 200 for f in running)
     status, answer = http_json("POST", url + "/v1/jobs/preflight", body)
     assert status == 200 and answer["max_tokens"] == NEW_TOKENS, answer
+
+
+def test_a_worker_checks_every_hop_the_registry_lets_a_job_hold(mem_net: MemNet) -> None:
+    """`worker run` bounds its checks (POST /v1/verify) by the registry's largest job within the model's context,
+    not by its sessions' max_length: a drawn verifier never has to refuse a valid check (a refusal is a fault)."""
+    health = http_json("GET", mem_net.worker.url + "/health")[1]
+    registry = mem_net.owner
+    largest = registry.max_job_tokens() + registry.max_prompt_tokens()
+    context = 512  # the tiny chat model's max_position_embeddings (tests/coordinator/harness.py)
+    assert health["max_length"] <= health["max_verify_positions"] == min(largest, context), (health, largest)

@@ -39,7 +39,8 @@ from shardnet.verify.package import StepWork, VerificationPackage
 from shardnet.wire.eip712 import Domain
 from shardnet.wire.tickets import sign_ticket
 from tests.fixtures_chain import TEST_PARAMS, DevChain
-from worker.server import BlockInfo, WorkerServer
+from worker.limits import verify_positions
+from worker.server import BlockInfo, ServerLimits, WorkerServer
 
 SPAN = LayerSpan(0, 2)
 PRICE = 1_000
@@ -88,7 +89,12 @@ def setup(
 
 
 def _server(
-    s: Setup, node: LocalAccount, block: Any, perturb: float = 0.0, span: LayerSpan = SPAN
+    s: Setup,
+    node: LocalAccount,
+    block: Any,
+    perturb: float = 0.0,
+    span: LayerSpan = SPAN,
+    limits: ServerLimits | None = None,
 ) -> WorkerServer:
     info = BlockInfo(
         span=span,
@@ -124,6 +130,7 @@ def _server(
         signer=commit,
         verdict_signer=verdict,
         perturb_outputs=perturb,
+        limits=limits,
     )
 
 
@@ -581,3 +588,37 @@ def test_a_check_this_coordinator_cannot_validly_ask_is_sent_to_nobody(
     outcome, job_id, _ = _dispute(s, blocks, accused, servers, "float32", posts, after_close=revoke)
     assert outcome.answers == [] and not outcome.slashed and posts == [], (outcome, posts)
     assert outcome.note.startswith("not asked") and "not approved" in outcome.note, outcome
+
+
+@pytest.mark.parametrize("bound_by_registry", [True, False])
+def test_a_verifier_with_a_small_max_length_checks_every_hop_the_registry_allows(
+    setup: Setup, blocks: dict[torch.dtype, Any], bound_by_registry: bool
+) -> None:
+    """A worker whose sessions hold at most 4 positions (--max-length 4) is still drawn for a hop of 7 steps and 12
+    positions: its checks are bounded by what the registry lets a job hold (as `worker run` sets them), not by its
+    sessions' limit, so it judges the hop and is never in the position of refusing (a 400 is a fault: otherwise a
+    lazy verifier could claim small limits whenever it is drawn). Without that bound it refuses with a 400 and is
+    faulted; the 3 others slash either way."""
+    s = setup
+    accused, small, honest = s.nodes[0], s.nodes[1], s.nodes[2:]
+    views = s.registry_for(None)
+    bound = verify_positions(2048, views.max_job_tokens(), views.max_prompt_tokens())
+    limits = ServerLimits(max_length=4, max_verify_positions=bound if bound_by_registry else None)
+    servers = {accused.address: _server(s, accused, blocks[torch.float32], perturb=0.05).app()}
+    servers |= _apps(s, blocks, honest)
+    servers[small.address] = _server(s, small, blocks[torch.float32], limits=limits).app()
+    outcome, _job_id, _ = _dispute(s, blocks, accused, servers, "float32")
+    [answer] = [a for a in outcome.answers if a.verifier == small.address]
+    if bound_by_registry:
+        assert answer.guilty is True and not answer.fault, answer
+    else:
+        assert answer.fault and answer.guilty is None and "HTTP 400" in answer.note, answer
+    assert outcome.slashed and s.owner.get_node(accused.address).jailed, outcome
+
+
+def test_a_workers_checks_hold_the_registrys_largest_job_within_the_models_context() -> None:
+    assert verify_positions(8192, 1024, 512) == 1536
+    assert verify_positions(1024, 4096, 512) == 1024  # no job outgrows the model's context
+    assert ServerLimits(max_length=4, max_verify_positions=1536).verify_positions == 1536
+    assert ServerLimits(max_length=2048, max_verify_positions=1536).verify_positions == 2048
+    assert ServerLimits(max_length=4).verify_positions == 4
