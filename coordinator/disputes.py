@@ -6,15 +6,15 @@ here from the received tensor: a worker that commits another fingerprint than th
 rebuild its root and is not settled). When the job is settled (its close block known):
 
 1. wait until blockhash(closeBlock + DRAW_DELAY) exists, then ask the registry whom it draws (`drawVerifiers`:
-   up to MAX_VERIFIERS, stake-weighted, without replacement, among the other nodes staked on the span, in
-   draw order; unknown when the work was committed);
+   up to MAX_VERIFIERS, stake-weighted, without replacement, among the other nodes staked on a span covering
+   the hop's, in draw order; unknown when the work was committed);
 2. first stage: POST the first MIN_VERIFIERS drawn the hop's `VerificationPackage` with a ticket of this job
    (POST /v1/verify; there is no session, so a check looks like nothing else); each answers guilty (an
    EIP-712 Verdict on one leaf) or innocent. Both innocent: the check is closed (an honest hop costs exactly
    MIN_VERIFIERS recomputations). Any guilty verdict, any refusal or time-out (a fault: recorded and marked
-   down; a 401 or 422 to a request the coordinator checked first, `request_error`, from a verifier serving
-   exactly the span is a refusal too), any disagreement: second stage, the referees (the rest of the draw)
-   judge the same package;
+   down; a 401 or 422 to a request the coordinator checked first, `request_error`, from a verifier serving a
+   span covering the hop's is a refusal too), any disagreement: second stage, the referees (the rest of the
+   draw) judge the same package;
 3. when the guilty verdicts on one leaf carry more than half of the stake of ALL the drawn verifiers (what the
    registry's `slash` counts: a refusal weighs as innocent), send `slash` with the accused's own signed
    commitment, the leaf's Merkle proof and those verdicts: its stake goes to the job's client and it is
@@ -157,7 +157,7 @@ class DisputeRunner:
         on_slashed: Callable[[str], None] = lambda _node: None,
         on_outvoted: Callable[[str, str], None] = lambda _node, _why: None,
         excluded: Callable[[str], bool] = lambda _node: False,
-        serves: Callable[[str, int, LayerSpan], bool] = lambda _node, _model, _span: False,
+        can_check: Callable[[str, int, LayerSpan], bool] = lambda _node, _model, _span: False,
         verify_timeout_s: float = 120.0,
         draw_wait_s: float = 300.0,
         poll_s: float = 0.5,
@@ -169,7 +169,7 @@ class DisputeRunner:
         self.on_slashed = on_slashed
         self.on_outvoted = on_outvoted
         self.excluded = excluded
-        self.serves = serves
+        self.can_check = can_check
         self.verify_timeout_s = verify_timeout_s
         self.draw_wait_s = draw_wait_s
         self.poll_s = poll_s
@@ -401,9 +401,10 @@ class DisputeRunner:
             data = None  # not JSON: no verdict (a 200 with it is a refusal, not an innocent verdict)
         if status != 200 or not isinstance(data, dict) or not isinstance(data.get("guilty"), bool):
             # 401/422 to this valid request (`request_error`, the ticket above): a refusal when the chain shows the
-            # verifier serving exactly this span; it cannot check this hop when it serves another (it re-announced
-            # since the job closed, or holds a wider span: the registry draws both). Anything else is a refusal.
-            cannot = status in (401, 422) and not self.serves(verifier, model_id, signed.span)
+            # verifier serving a span that covers this one (exactly it or wider: a worker checks any hop within its
+            # span); it cannot check this hop when it serves another (it re-announced since the job closed: the
+            # registry draws what was bonded at the close). Anything else is a refusal.
+            cannot = status in (401, 422) and not self.can_check(verifier, model_id, signed.span)
             why = str(data.get("error", "")) if isinstance(data, dict) else ""
             why = why if status != 200 else "answered without a verdict (JSON with a boolean 'guilty')"
             why += " (it serves another span now: it cannot check this hop)" if cannot else ""

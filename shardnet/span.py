@@ -45,6 +45,10 @@ class LayerSpan:
     def is_last(self, num_layers: int) -> bool:
         return self.end == num_layers
 
+    def covers(self, other: LayerSpan) -> bool:
+        """Whether every layer of `other` is one of this span's (a block of this span holds `other`'s layers)."""
+        return self.start <= other.start and other.end <= self.end
+
     def check_within(self, num_layers: int) -> None:
         if self.end > num_layers:
             raise ValueError(f"layer span {self} exceeds the model's {num_layers} layers")

@@ -6,8 +6,9 @@ it bit for bit. A closed job's input hashes and fingerprints are kept for the di
 oldest evicted first).
 
 POST /v1/verify checks a hop of a closed job that another node served, after the fact: the body is
-`{"ticket": <the job's coordinator's ticket for this worker, its span and the job>, "package": {...}}`. The
-worker judges the package in one prefill-style pass on its compute thread and answers
+`{"ticket": <the job's coordinator's ticket for this worker, the hop's span and the job>, "package": {...}}`. The
+hop's span lies within the worker's (the registry draws every node whose span covers the hop's): the worker runs
+just the hop's layers (`Block.view`), judging the package in one prefill-style pass on its compute thread, and answers
 `{"guilty": bool, "leaf_index", "leaf", "signature" (an EIP-712 Verdict: on the wrong leaf when guilty, on leaf
 index 2**32 - 1 with leaf 0 when innocent; the registry pays either), "reason", "tokens"
 (last hop: the shown tokens' check, `shardnet.verify.tokens`), ...}`; a
@@ -165,7 +166,8 @@ class VerifyEndpoint:
         return web.json_response(answer)
 
     async def _check_ticket(self, ticket: dict[str, Any], package: VerificationPackage) -> None:
-        """The ticket must be this worker's, for its span and the package's job, signed by the job's coordinator."""
+        """The ticket must be this worker's, for the package's job and span (within the worker's), signed by the job's
+        coordinator."""
         server = self.server
         raw_job = ticket.get("job_id")
         if isinstance(raw_job, int) and not isinstance(raw_job, bool):
@@ -180,9 +182,14 @@ class VerifyEndpoint:
             raise TicketRejected(
                 f"the ticket is for job {ticket['job_id']}, the package for job {package.commitment.job_id}"
             )
-        if LayerSpan(*ticket["span"]) != server.info.span:
+        span = LayerSpan(*ticket["span"])
+        if not server.info.span.covers(span):  # a hop within this worker's span: it holds those layers
             raise TicketRejected(
-                f"the ticket names layers {ticket['span']}, this worker serves {server.info.span}"
+                f"the ticket names layers {span}, this worker serves {server.info.span}, which does not hold them"
+            )
+        if span != package.commitment.span:
+            raise TicketRejected(
+                f"the ticket names layers {span}, the package is for layers {package.commitment.span}"
             )
         loop = asyncio.get_running_loop()
         if not await loop.run_in_executor(None, server._is_coordinator, signer):

@@ -70,6 +70,17 @@ class Block:
         where = f"{self.dtype}, {self.device}"
         return f"Block({self.config.model_type}, layers {self.span} of {self.num_layers}, {where})"
 
+    def view(self, span: LayerSpan) -> Block:
+        """This block run as layers `span` only, a span within its own: the same modules and weights, first or last
+        as `span` is (it embeds token ids only when `span` starts at layer 0, applies the head only when it ends at
+        the model's last layer, and otherwise takes and gives hidden states). A verifier checks a hop of a narrower
+        span with it (`shardnet.verify.package.judge`). `span` == this block's span: this block itself."""
+        if span == self.span:
+            return self
+        if not self.span.covers(span):
+            raise ModelError(f"layers {span} are not within this block's {self.span}")
+        return Block(self.adapter, self.config, span, self.module, self.dtype, self.device)
+
     def parameter_names(self) -> set[str]:
         """The HF state-dict names of the parameters this block holds."""
         return {name for name, _ in self.module.named_parameters()}

@@ -11,7 +11,8 @@ the fingerprint it committed, plus its signed commitment. The verifier (`judge`)
 1. checks the commitment's signature (the accused's own, in the registry's domain), that the leaves rebuilt
    from the package give its root, and that the positions add up: so the inputs are exactly those the
    accused signed to have received, and nobody can frame it with other inputs or fingerprints;
-2. recomputes the span once over all positions (`check_hop`) and compares every committed fingerprint at
+2. recomputes the span once over all positions (`check_hop`; a verifier whose block holds more layers than the
+   hop runs just the hop's, `Block.view`) and compares every committed fingerprint at
    the calibrated tolerance of the accused's dtype;
 3. on the last hop, when the package carries the tokens the client was shown (`ShownTokens`), checks each
    against the recomputed logits (`shardnet.verify.tokens`): a token the hop's own committed logits made
@@ -161,12 +162,14 @@ class Judgement:
 
 
 def check_package(package: VerificationPackage, domain: Domain, block: Block) -> None:
-    """Raise PackageError unless the package is exactly what its accused signed, for this block's span."""
+    """Raise PackageError unless the package is exactly what its accused signed, for a span within this block's."""
     c = package.commitment
     if not verify_commitment(c, domain):
         raise PackageError(f"the commitment is not signed by {c.node} in this registry's domain")
-    if c.span != block.span:
-        raise PackageError(f"the package is for layers {c.span}; this verifier serves {block.span}")
+    if not block.span.covers(c.span):
+        raise PackageError(
+            f"the package is for layers {c.span}; this verifier serves {block.span}, which does not hold them"
+        )
     if len(package.steps) != c.steps:
         raise PackageError(f"the commitment covers {c.steps} steps, the package {len(package.steps)}")
     if merkle_root(package.leaves()) != c.root:
@@ -176,8 +179,11 @@ def check_package(package: VerificationPackage, domain: Domain, block: Block) ->
 
 
 def judge(package: VerificationPackage, domain: Domain, block: Block) -> Judgement:
-    """Check the package (`check_package`), recompute the hop in one pass and find it guilty or innocent."""
+    """Check the package (`check_package`), recompute the hop in one pass and find it guilty or innocent.
+
+    `block` may hold more layers than the hop: it runs just the hop's (`Block.view`), first or last as the hop is."""
     check_package(package, domain, block)
+    block = block.view(package.commitment.span)
     try:
         inputs = [decode_frame(s.input_frame) for s in package.steps]
     except Exception as exc:  # the accused signed these bytes: still, a malformed frame is not judgeable

@@ -72,7 +72,7 @@ def test_a_finished_report_keeps_no_copy_of_the_jobs_tokens() -> None:
         endpoint=lambda _a: None,
         exclude=lambda _a: None,
         mark_down=lambda *_a: None,
-        serves_only=lambda *_a: False,
+        can_check=lambda *_a: False,
     )
     ctx = SimpleNamespace(router=SimpleNamespace(directory=directory), registry=None, account=None)
     ctx.adapters = SimpleNamespace(for_job=lambda _j: None)

@@ -99,8 +99,8 @@ def _server(
     info = BlockInfo(
         span=span,
         num_layers=4,
-        is_first=True,
-        is_last=False,
+        is_first=span.is_first(),
+        is_last=span.is_last(4),
         hidden_size=block.hidden_size,
         vocab_size=block.vocab_size,
         kv_bytes_per_token=1,
@@ -220,7 +220,7 @@ def _dispute(
     """Serve a job on the accused, settle it, mine past the draw delay and run the dispute; returns the outcome.
     `verify_posts` gets the address of every server that received a POST /v1/verify (one recomputation each);
     `after_close` runs once the job is settled. A verifier's 401/422 is a refusal when the chain's live assignments
-    show it serving SPAN alone (`WorkerDirectory.serves_only`, as `JobChecks` wires it)."""
+    show it serving SPAN alone (`WorkerDirectory.can_check`, as `JobChecks` wires it)."""
     client_reg = s.registry_for(s.client)
     quote = s.owner.quote(s.model_id, MAX_TOKENS)
     job_id = int(
@@ -253,7 +253,7 @@ def _dispute(
                 on_fault=lambda node, why: faults.append(node),
                 on_outvoted=lambda node, why: (outvoted if outvoted is not None else []).append(node),
                 excluded=lambda a: a in (excluded or set()),
-                serves=lambda node, model_id, span: _directory(s).serves_only(node, model_id, span),
+                can_check=lambda node, model_id, span: _directory(s).can_check(node, model_id, span),
                 verify_timeout_s=60,
             )
             for _ in range(repeat - 1):  # the same hop judged again: as a second hop of one node in the job
@@ -568,6 +568,95 @@ def test_a_verifier_that_moved_to_another_span_since_the_close_is_not_faulted(
     assert not moved.fault and moved.guilty is None and "HTTP 401" in moved.note, moved
     assert "cannot check this hop" in moved.note, moved
     assert outcome.slashed, outcome
+
+
+WIDE = LayerSpan(0, 4)  # covers SPAN: the registry draws a node bonded on it for SPAN's hops
+
+
+@pytest.fixture(scope="module")
+def wide_block(tiny_llama_store: tuple[Path, str, Manifest]) -> Any:
+    store, _cid, manifest = tiny_llama_store
+    return load_block(store, manifest.to_json(), WIDE, torch.float32)
+
+
+def _widen(s: Setup, node: LocalAccount) -> None:
+    """Re-bond `node` on WIDE (0:4) instead of SPAN, before the job: it is drawn for the job's 0:2 hop."""
+    reg = s.registry_for(node)
+    [old] = [
+        a for a in s.owner.live_assignments(s.model_id) if s.owner.get_assignment(a).node == node.address
+    ]
+    reg.release_shard(old)
+    reg.announce_shard(s.model_id, WIDE)
+
+
+@pytest.mark.parametrize("cheat", [True, False])
+def test_a_verifier_with_a_wider_span_judges_the_hop(
+    setup: Setup, blocks: dict[torch.dtype, Any], wide_block: Any, cheat: bool
+) -> None:
+    """A node bonded on layers 0:4 is drawn for a hop of 0:2 (the registry draws every node whose span covers the
+    hop's). Its worker holds those layers: it runs just them (`Block.view`) and judges the hop, guilty for a
+    perturbed accused, innocent for an honest one. It was "cannot check" (a 401: its worker checked only packages
+    of exactly its span), and its stake weighed as innocent in every slash. Two of the three others are kept out
+    of the first stage, so that the wide verifier is in it."""
+    s = setup
+    accused, wide, honest = s.nodes[0], s.nodes[1], s.nodes[2:]
+    _widen(s, wide)
+    servers = {
+        accused.address: _server(s, accused, blocks[torch.float32], perturb=0.05 if cheat else 0.0).app()
+    }
+    servers |= _apps(s, blocks, honest)
+    servers[wide.address] = _server(s, wide, wide_block, span=WIDE).app()
+    first = {honest[0].address, honest[1].address}
+    outcome, _job_id, _ = _dispute(s, blocks, accused, servers, "float32", excluded=first)
+    [answer] = [a for a in outcome.answers if a.verifier == wide.address]
+    assert answer.guilty is cheat and not answer.fault, answer
+    assert wide.address in {a.verifier for a in outcome.answers[:2]}  # it was in the first stage
+    if cheat:
+        assert outcome.slashed and outcome.escalated and [a.guilty for a in outcome.answers] == [True] * 4
+        assert s.owner.get_node(accused.address).jailed, outcome
+    else:
+        assert not outcome.slashed and not outcome.escalated, outcome
+        assert [a.guilty for a in outcome.answers] == [False] * 2, outcome
+        assert not s.owner.get_node(accused.address).jailed, outcome
+
+
+@pytest.mark.parametrize("status", [401, 422])
+def test_a_verifier_with_a_wider_span_refusing_a_valid_check_is_a_fault(
+    setup: Setup, blocks: dict[torch.dtype, Any], status: int
+) -> None:
+    """A node bonded on 0:4, drawn for a hop of 0:2, can check it: a 401 or 422 from it to a valid check is a
+    refusal, a fault like any (`WorkerDirectory.can_check`), not "cannot check"."""
+    s = setup
+    accused, refuser, honest = s.nodes[0], s.nodes[1], s.nodes[2:]
+    _widen(s, refuser)
+
+    async def refuse(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response(
+            {"error": "the ticket names layers 0:2, this worker serves 0:4"}, status=status
+        )
+
+    servers = {accused.address: _server(s, accused, blocks[torch.float32], perturb=0.05).app()}
+    servers |= _apps(s, blocks, honest)
+    servers[refuser.address] = web.Application()
+    servers[refuser.address].add_routes([web.post("/v1/verify", refuse)])
+    outcome, _job_id, _ = _dispute(s, blocks, accused, servers, "float32")
+    [refused] = [a for a in outcome.answers if a.verifier == refuser.address]
+    assert refused.fault and refused.guilty is None and f"HTTP {status}" in refused.note, refused
+    assert "cannot check" not in refused.note, refused
+    assert outcome.slashed, outcome
+
+
+def test_a_verifier_can_check_a_hop_within_its_only_live_span() -> None:
+    directory = WorkerDirectory()
+    directory.announce(1, "0x" + "a1" * 20, 7, LayerSpan(0, 4))
+    directory.announce(2, "0x" + "b2" * 20, 7, LayerSpan(0, 2))
+    directory.announce(3, "0x" + "b2" * 20, 7, LayerSpan(2, 4))  # two spans: which one its endpoint serves?
+    wide = "0x" + "A1" * 20
+    assert all(directory.can_check(wide, 7, LayerSpan(*span)) for span in [(0, 4), (0, 2), (1, 3), (3, 4)])
+    assert not directory.can_check(wide, 7, LayerSpan(3, 5)) and not directory.can_check(wide, 8, SPAN)
+    assert not directory.can_check("0x" + "b2" * 20, 7, SPAN)
+    assert not directory.can_check("0x" + "c3" * 20, 7, SPAN)
 
 
 def test_a_check_this_coordinator_cannot_validly_ask_is_sent_to_nobody(

@@ -1,6 +1,6 @@
 """POST /v1/verify on a real worker server (tiny Llama, layers 0:2, in process): innocent work is found innocent,
 a package that is not what the accused signed gets no verdict (422), a ticket that is not the job's, the
-worker's and its span's is refused (401); the dispute store is bounded; and `tally` needs more than half the
+worker's and the package's span (within the worker's) is refused (401); the dispute store is bounded; and `tally` needs more than half the
 stake on one leaf."""
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ def test_verify_judges_committed_work_and_refuses_what_was_not_signed(
                     (_ticket(7), forged.to_json()),
                     (_ticket(8), honest),  # another job's ticket
                     (_ticket(7, LayerSpan(2, 4)), honest),  # another span
+                    (_ticket(7, LayerSpan(0, 1)), honest),  # within the worker's span, not the package's
                     (_ticket(7, worker=COORDINATOR.address), honest),  # another worker's ticket
                 ):
                     async with http.post(
@@ -96,8 +97,9 @@ def test_verify_judges_committed_work_and_refuses_what_was_not_signed(
     assert answers[0][0] == 200 and answers[0][1]["guilty"] is False, answers[0]
     assert answers[0][1]["positions"] == 5 + 1 + 1  # one pass over every committed position
     assert answers[1][0] == 422 and "root" in answers[1][1]["error"]
-    assert [status for status, _ in answers[2:5]] == [401, 401, 401]
-    assert answers[5][0] == 413
+    assert [status for status, _ in answers[2:6]] == [401, 401, 401, 401]
+    assert "the package is for layers 0:2" in answers[4][1]["error"]
+    assert answers[6][0] == 413
 
 
 def test_the_dispute_store_is_bounded_in_jobs_and_time() -> None:
