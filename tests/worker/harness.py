@@ -56,6 +56,12 @@ def ticket(
 #: where the tests that play the coordinator themselves say their coordinators listen (nobody does)
 NOWHERE = "http://127.0.0.1:9"
 
+#: the test workers' --drain-grace-s (the worker's default is 30 s): on SIGTERM a worker waits this long for its
+#: open sessions to close, then closes the rest itself. Tests that stop a worker leave sessions open that
+#: nobody will close, so the default made every such stop a 30 s wait on the clock; a test of the drain
+#: itself passes its own --drain-grace-s (a later flag wins)
+TEST_DRAIN_GRACE_S = 2.0
+
 
 def tiny_llama_on_chain(
     tmp: Path,
@@ -172,6 +178,8 @@ def start_worker(
             str(tmp / name),
             "--poll-interval-s",
             "0.2",
+            "--drain-grace-s",
+            str(TEST_DRAIN_GRACE_S),
             *extra,
         ],
         log_path=tmp / f"{name}.log",

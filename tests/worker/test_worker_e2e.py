@@ -108,6 +108,8 @@ def net(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store) 
             a.url,
             "--max-body-mb",
             "0.01",
+            "--drain-grace-s",  # test_sigterm_drains_...: its session in flight steps and closes while it drains
+            "30",
             *SETTLE_WINDOW,
             name="b",
         )
