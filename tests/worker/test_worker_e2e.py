@@ -258,7 +258,13 @@ def test_a_job_settled_with_the_handed_commitments_is_never_posted(net: Net) -> 
     )
     assert int(result.event("JobSettled").args["paidHops"]) == 0b11
     assert all(net.owner.claimable(n) > before[n] for n in before)
-    time.sleep(5)  # past the window: the workers saw JobSettled with their hops paid and post nothing
+    # the workers see JobSettled with their hops paid (which only a commitment not yet posted can be) and
+    # mark them settled: from then on nothing is due, so nothing is ever posted (no need to wait out the window)
+    paid = f"job {job_id}: paid in the coordinator's settlement"
+    deadline = time.monotonic() + 30
+    while not all(paid in w.log() for w in (net.a, net.b)):
+        assert time.monotonic() < deadline, f"the workers never logged {paid!r}"
+        time.sleep(0.1)
     assert posted_roots(net.owner, job_id) == {}
 
 
