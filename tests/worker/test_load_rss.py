@@ -108,7 +108,7 @@ def _check(tmp_path_factory, anvil, accounts, module_deployment, store, seconds:
 def test_64_concurrent_sessions_keep_worker_rss_bounded(
     tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store
 ) -> None:
-    _check(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store, 40.0)
+    _check(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store, 20.0)
 
 
 @pytest.mark.soak
