@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -152,6 +153,17 @@ class WorkerProc(ServiceProc):
 
     def extra_args(self) -> list[str]:
         return ["--threads", "1"]
+
+
+def stop_workers(workers: Iterable[WorkerProc | None]) -> None:
+    """Stop `workers` together: SIGTERM every running one first, so that they drain, release and exit in parallel
+    (stopped one by one, their drains and exits add up), then make sure each is gone."""
+    running = [w for w in workers if w is not None]
+    for w in running:
+        if w.proc is not None and w.proc.poll() is None:
+            w.signal(signal.SIGTERM)
+    for w in running:
+        w.stop()
 
 
 def start_worker(

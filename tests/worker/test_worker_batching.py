@@ -10,7 +10,7 @@ from shardnet.chain.registry import Registry
 from shardnet.model.reference import greedy_generate, load_reference
 from shardnet.span import LayerSpan
 from tests.worker.concurrent_sessions import batched_steps, generate_in_chain, generate_many
-from tests.worker.harness import run, start_worker
+from tests.worker.harness import run, start_worker, stop_workers
 
 PROMPT_LENGTHS = [1, 3, 9, 4, 12, 2, 7, 5]
 NEW_TOKENS = [6, 9, 4, 8, 5, 10, 3, 7]
@@ -75,8 +75,7 @@ def test_eight_concurrent_sessions_batch_and_each_equals_its_prompt_alone(
         lone = run(generate_in_chain(workers, spans, domain, accounts[1], prompts[2], NEW_TOKENS[2]))
         assert [run(batched_steps(w.url)) for w in workers] == batches
     finally:
-        for w in workers:
-            w.stop()
+        stop_workers(workers)
     torch.set_num_threads(1)
     reference = load_reference(store, manifest.to_json())
     worst = _check_against_alone(results, reference, prompts, NEW_TOKENS, atol=1e-4)

@@ -30,6 +30,7 @@ from tests.worker.harness import (
     posted_roots,
     run,
     start_worker,
+    stop_workers,
     submit_for,
     ticket,
     tiny_llama_on_chain,
@@ -131,9 +132,7 @@ def net(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store) 
             owner.domain(),
         )
     finally:
-        for w in (a, b, cheat):
-            if w is not None:
-                w.stop()
+        stop_workers([a, b, cheat])
 
 
 def _reference(net: Net, n: int) -> Any:

@@ -19,7 +19,7 @@ from shardnet.span import LayerSpan
 from shardnet.store.manifest import Manifest
 from shardnet.wire.eip712 import Domain
 from tests.worker.concurrent_sessions import batched_steps, generate_many
-from tests.worker.harness import WorkerProc, run, ticket
+from tests.worker.harness import WorkerProc, run, stop_workers, ticket
 from tests.worker.test_worker_batching import NEW_TOKENS as BATCH_NEW_TOKENS
 from tests.worker.test_worker_batching import PROMPT_LENGTHS, _check_against_alone, _prompts, _serve
 
@@ -51,8 +51,7 @@ def smol(tmp_path_factory, anvil, accounts, module_deployment, smollm2_store) ->
             w.wait_ready(timeout=240)
         yield SmolNet(owner.domain(), accounts[1], store, manifest, workers, time.monotonic() - t0)
     finally:
-        for w in workers:
-            w.stop()
+        stop_workers(workers)
 
 
 @pytest.fixture(scope="module")
