@@ -72,7 +72,7 @@ class ServiceProc:
         self.signal(signal.SIGKILL)
         self.wait(timeout=10)
 
-    def stop(self) -> None:
-        """Make sure the process is gone (SIGTERM, then SIGKILL)."""
+    def stop(self, timeout: float = 30.0) -> None:
+        """Make sure the process is gone (SIGTERM, then SIGKILL after `timeout` s)."""
         if self.proc is not None:
-            self._process().stop()
+            self._process().stop(timeout=timeout)

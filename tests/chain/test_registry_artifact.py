@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import solcx
 
 from shardnet.chain.compile import SETTINGS, SOLC_VERSION, artifact_is_stale, main, solc_binary, source_hashes
 
@@ -27,6 +31,26 @@ def copy_checkout(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def compile_once() -> Iterator[None]:
+    """solc's output is a function of its standard-JSON input, and the checkout and its copy (`copy_checkout`) give
+    the same input (same source names and texts): the module's `--check` runs share one compilation (each is
+    ~20 s with solcjs). Each run still builds its artifacts from that output and compares them with its own
+    committed files."""
+    real = solcx.compile_standard
+    outputs: dict[str, Any] = {}
+
+    def compile_standard(input_data: dict[str, Any], **kwargs: Any) -> Any:
+        key = json.dumps(input_data, sort_keys=True)
+        if key not in outputs:
+            outputs[key] = real(input_data, **kwargs)
+        return copy.deepcopy(outputs[key])
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(solcx, "compile_standard", compile_standard)
+        yield
+
+
 def test_committed_artifact_records_current_sources() -> None:
     assert artifact_is_stale() == [], "run `python -m shardnet.chain.compile` and commit the artifact"
     artifact = json.loads(ARTIFACT.read_text())
@@ -40,13 +64,15 @@ def test_committed_artifact_records_current_sources() -> None:
     assert ARTIFACT.read_text() == json.dumps(artifact, sort_keys=True, indent=2) + "\n"
 
 
-def test_recompiling_gives_the_committed_artifact() -> None:
+def test_recompiling_gives_the_committed_artifact(compile_once: None) -> None:
     assert main(["--check"]) == 0, (
         "the committed artifact differs from a fresh compilation: recompile and commit"
     )
 
 
-def test_stale_artifacts_are_detected(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_stale_artifacts_are_detected(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, compile_once: None
+) -> None:
     root = copy_checkout(tmp_path)
     art = root / "shardnet" / "chain" / "artifacts" / "ShardRegistry.json"
     data = json.loads(art.read_text())

@@ -216,7 +216,7 @@ def _rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-def soak(net: BusyNet, sessions: int, seconds: float) -> dict[str, Any]:
+def soak(net: BusyNet, sessions: int, seconds: float, rss_growth_mib: int = 300) -> dict[str, Any]:
     """`sessions` clients send requests back to back for `seconds`; each answer is the prompt's tokens run alone
     or a 429/503 refusal that paid nothing; RSS of both processes sampled and bounded."""
     prompts = [f"soak {i}" for i in range(4)]
@@ -268,12 +268,13 @@ def soak(net: BusyNet, sessions: int, seconds: float) -> dict[str, Any]:
     _no_failed_jobs(net)
     assert " is down " not in net.coordinator.log()
     for k in pids:  # bounded: no growth per request (the tiny model's processes stay well under these)
-        assert peak[k] < rss_before[k] + 300 * 1024, figures
+        assert peak[k] < rss_before[k] + rss_growth_mib * 1024, figures
     return figures
 
 
 def test_short_soak_sixteen_sessions(busy_net: BusyNet) -> None:
-    soak(busy_net, 16, 20)
+    # the in-suite run (the soak below runs 64 sessions for 3 minutes): half the 20 s it had, half the growth allowed
+    soak(busy_net, 16, 10, rss_growth_mib=150)
 
 
 @pytest.mark.soak

@@ -11,7 +11,7 @@ import torch
 from coordinator.step_coalescer import StepCoalescer
 from shardnet.peer.client import WorkerClient
 from shardnet.span import LayerSpan
-from tests.worker.harness import run, ticket
+from tests.worker.harness import run, stop_workers, ticket
 from tests.worker.test_worker_batching import _prompts, _serve
 
 SPANS = [LayerSpan(0, 2), LayerSpan(2, 4)]  # the tiny Llama over two workers
@@ -120,8 +120,7 @@ def test_groups_one_hop_apart_merge_into_one_batch_with_the_tokens_of_each_job_a
             )
         )
     finally:
-        for w in workers:
-            w.stop()
+        stop_workers(workers)
     assert together == alone  # every job's tokens, one by one, as stepped alone
     assert stats.gathered > 0, stats  # a worker held its queue for the group one hop behind
     assert stats.largest == 2 * GROUP, stats  # the two groups merged: all 8 jobs' steps in one request

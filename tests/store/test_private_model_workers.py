@@ -21,7 +21,7 @@ from shardnet.span import LayerSpan
 from shardnet.store.private.keyfile import save_keys
 from shardnet.store.private.model import seal_model
 from tests.store.storage_nodes import SHARDNET, StorageNode
-from tests.worker.harness import run, start_worker, ticket
+from tests.worker.harness import run, start_worker, stop_workers, ticket
 
 SPANS = [LayerSpan(0, 10), LayerSpan(10, 20), LayerSpan(20, 30)]
 PROMPT = torch.tensor([[1, 9690, 198, 2683, 314, 253, 5356, 30, 2, 198]], dtype=torch.int64)
@@ -122,8 +122,7 @@ def test_private_smollm2_over_three_workers_equals_the_public_model(
         tokens = run(generate())
         logs = [w.log() for w in workers]
     finally:
-        for w in workers:
-            w.stop()
+        stop_workers(workers)
         keyholder.kill()
         keyholder.wait(10)
         node.kill()

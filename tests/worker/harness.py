@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -55,6 +56,12 @@ def ticket(
 
 #: where the tests that play the coordinator themselves say their coordinators listen (nobody does)
 NOWHERE = "http://127.0.0.1:9"
+
+#: the test workers' --drain-grace-s (the worker's default is 30 s): on SIGTERM a worker waits this long for its
+#: open sessions to close, then closes the rest itself. Tests that stop a worker leave sessions open that
+#: nobody will close, so the default made every such stop a 30 s wait on the clock; a test of the drain
+#: itself passes its own --drain-grace-s (a later flag wins)
+TEST_DRAIN_GRACE_S = 2.0
 
 
 def tiny_llama_on_chain(
@@ -148,6 +155,17 @@ class WorkerProc(ServiceProc):
         return ["--threads", "1"]
 
 
+def stop_workers(workers: Iterable[WorkerProc | None]) -> None:
+    """Stop `workers` together: SIGTERM every running one first, so that they drain, release and exit in parallel
+    (stopped one by one, their drains and exits add up), then make sure each is gone."""
+    running = [w for w in workers if w is not None]
+    for w in running:
+        if w.proc is not None and w.proc.poll() is None:
+            w.signal(signal.SIGTERM)
+    for w in running:
+        w.stop()
+
+
 def start_worker(
     tmp: Path,
     account: LocalAccount,
@@ -172,6 +190,8 @@ def start_worker(
             str(tmp / name),
             "--poll-interval-s",
             "0.2",
+            "--drain-grace-s",
+            str(TEST_DRAIN_GRACE_S),
             *extra,
         ],
         log_path=tmp / f"{name}.log",

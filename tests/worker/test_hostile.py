@@ -331,11 +331,12 @@ async def _fuzz(net: Net, seed: int, count: int) -> Counter[int]:
     return statuses
 
 
-def test_ten_thousand_hostile_requests_get_no_5xx_and_a_normal_session_is_served_after(net: Net) -> None:
+def test_five_thousand_hostile_requests_get_no_5xx_and_a_normal_session_is_served_after(net: Net) -> None:
+    """The in-suite fuzz run (the soak below sends 100,000)."""
     t0 = time.monotonic()
-    statuses = run(_fuzz(net, seed=11, count=10_000))
+    statuses = run(_fuzz(net, seed=11, count=5_000))
     elapsed = time.monotonic() - t0
-    assert sum(statuses.values()) >= 10_000 and statuses[0] < 200, statuses  # nearly all answered
+    assert sum(statuses.values()) >= 5_000 and statuses[0] < 100, statuses  # nearly all answered
     assert {400, 401, 404, 409, 413, 422} <= set(statuses), statuses  # the generator reaches every check
     assert "internal error" not in net.worker.log()
     assert_still_serving(net)

@@ -16,7 +16,7 @@ import torch
 from coordinator.step_coalescer import StepCoalescer
 from shardnet.peer.client import WorkerClient
 from shardnet.span import LayerSpan
-from tests.worker.harness import WorkerProc, run, ticket
+from tests.worker.harness import WorkerProc, run, stop_workers, ticket
 from tests.worker.test_worker_batching import _serve
 
 SPANS = [LayerSpan(0, 2), LayerSpan(2, 4)]
@@ -75,7 +75,9 @@ async def _load(
     return done[0], done[1], samples
 
 
-def _check(tmp_path_factory, anvil, accounts, module_deployment, store, seconds: float) -> None:  # type: ignore[no-untyped-def]
+def _check(
+    tmp_path_factory, anvil, accounts, module_deployment, store, seconds: float, growth_mib: float
+) -> None:  # type: ignore[no-untyped-def]
     owner, _store, _manifest, workers = _serve(
         tmp_path_factory, anvil, accounts, module_deployment, store, SPANS, *FLAGS
     )
@@ -86,8 +88,7 @@ def _check(tmp_path_factory, anvil, accounts, module_deployment, store, seconds:
         generations, tokens, samples = run(_load(workers, owner.domain(), accounts[1], seconds))
         errors = [w.log_path.read_text().count("Traceback") for w in workers]
     finally:
-        for w in workers:
-            w.stop()
+        stop_workers(workers)
     assert generations >= SESSIONS and tokens > 0 and len(samples) >= 10, (generations, tokens, len(samples))
     warm = samples[len(samples) // 4]  # after the first quarter: every session has run at least once
     peak = [max(s[i] for s in samples) for i in range(len(workers))]
@@ -99,7 +100,7 @@ def _check(tmp_path_factory, anvil, accounts, module_deployment, store, seconds:
     assert errors == [0, 0], errors
     for i in range(len(workers)):
         assert peak[i] - before[i] < 256, (before, peak)  # 64 sessions of tiny caches: far below this
-        assert late[i] - warm[i] < 48, (
+        assert late[i] - warm[i] < growth_mib, (
             warm,
             late,
         )  # no growth once warm (a leak of every session shows here)
@@ -108,11 +109,12 @@ def _check(tmp_path_factory, anvil, accounts, module_deployment, store, seconds:
 def test_64_concurrent_sessions_keep_worker_rss_bounded(
     tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store
 ) -> None:
-    _check(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store, 40.0)
+    # half the 40 s this run had, so half the growth allowed: a leak of the same size a generation still fails it
+    _check(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store, 20.0, growth_mib=24)
 
 
 @pytest.mark.soak
 def test_64_concurrent_sessions_for_3_minutes_keep_worker_rss_bounded(
     tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store
 ) -> None:
-    _check(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store, 180.0)
+    _check(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store, 180.0, growth_mib=48)

@@ -30,6 +30,7 @@ from tests.worker.harness import (
     posted_roots,
     run,
     start_worker,
+    stop_workers,
     submit_for,
     ticket,
     tiny_llama_on_chain,
@@ -108,6 +109,8 @@ def net(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store) 
             a.url,
             "--max-body-mb",
             "0.01",
+            "--drain-grace-s",  # test_sigterm_drains_...: its session in flight steps and closes while it drains
+            "30",
             *SETTLE_WINDOW,
             name="b",
         )
@@ -129,9 +132,7 @@ def net(tmp_path_factory, anvil, accounts, module_deployment, tiny_llama_store) 
             owner.domain(),
         )
     finally:
-        for w in (a, b, cheat):
-            if w is not None:
-                w.stop()
+        stop_workers([a, b, cheat])
 
 
 def _reference(net: Net, n: int) -> Any:
@@ -256,7 +257,13 @@ def test_a_job_settled_with_the_handed_commitments_is_never_posted(net: Net) -> 
     )
     assert int(result.event("JobSettled").args["paidHops"]) == 0b11
     assert all(net.owner.claimable(n) > before[n] for n in before)
-    time.sleep(5)  # past the window: the workers saw JobSettled with their hops paid and post nothing
+    # the workers see JobSettled with their hops paid (which only a commitment not yet posted can be) and
+    # mark them settled: from then on nothing is due, so nothing is ever posted (no need to wait out the window)
+    paid = f"job {job_id}: paid in the coordinator's settlement"
+    deadline = time.monotonic() + 30
+    while not all(paid in w.log() for w in (net.a, net.b)):
+        assert time.monotonic() < deadline, f"the workers never logged {paid!r}"
+        time.sleep(0.1)
     assert posted_roots(net.owner, job_id) == {}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,8 +208,12 @@ def test_a_reservation_no_step_uses_is_closed_after_the_reservation_timeout(net:
             while len(held) < budget // (fits * per_position):
                 held.append(await _open(w, net, fits))
             reserved = int((await w.health())["memory"]["used_bytes"])
-            await asyncio.sleep(RESERVATION_TIMEOUT_S + 2.5)  # the expiry loop runs every timeout / 4
-            after = int((await w.health())["memory"]["used_bytes"])
+            # the expiry loop runs every timeout / 4: the reservations go within 1.25 x the timeout
+            deadline = time.monotonic() + RESERVATION_TIMEOUT_S + 2.5
+            after = reserved
+            while after and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                after = int((await w.health())["memory"]["used_bytes"])
             gone: WorkerAPIError | None = None
             try:
                 await w.step(held[0], PROMPT, 0)
