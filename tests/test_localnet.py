@@ -105,6 +105,8 @@ def test_localnet_command_serves_a_paid_job_and_ctrl_c_stops_everything(tmp_path
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # started as a shell starts a background job (`&`, nohup): SIGINT ignored; Ctrl-C must still stop it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     lines: queue.Queue[str] = queue.Queue()
     reader = threading.Thread(target=_read_lines, args=(launcher.stdout, lines), daemon=True)

@@ -90,6 +90,9 @@ def _stop_on_sigterm(stop: threading.Event) -> None:
         stop.set()
 
     signal.signal(signal.SIGTERM, handler)
+    # a shell starts a background job (`shardnet localnet &`, nohup) with SIGINT ignored: `kill -INT` then did
+    # nothing and the network outlived whoever stopped it; SIGINT is a KeyboardInterrupt again, always
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def cmd_localnet(args: argparse.Namespace) -> int:
