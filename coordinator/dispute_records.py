@@ -7,7 +7,7 @@ import json
 
 from eth_utils import keccak
 
-from coordinator.disputes import DisputeOutcome
+from coordinator.dispute_answers import DisputeOutcome
 
 
 def outcome_record(job_id: int, hop_index: int, outcome: DisputeOutcome) -> dict[str, object]:

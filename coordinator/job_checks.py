@@ -35,13 +35,9 @@ from coordinator.corrections import (
     Correction,
     replaced_tokens,
 )
+from coordinator.dispute_answers import MIN_VERIFIERS, DisputeOutcome
 from coordinator.dispute_records import outcome_record, record_hash
-from coordinator.disputes import (
-    DRAW_DELAY,
-    MIN_VERIFIERS,
-    DisputeOutcome,
-    DisputeRunner,
-)
+from coordinator.disputes import DRAW_DELAY, DisputeRunner
 from coordinator.hop_sessions import PipelineContext
 from coordinator.hops import JobHops
 from coordinator.verifier_pay import hop_verdicts, pay_verifiers, return_share

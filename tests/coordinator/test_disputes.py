@@ -27,7 +27,8 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
 from coordinator.directory import WorkerDirectory
-from coordinator.disputes import DisputeOutcome, DisputeRunner, hop_step_work
+from coordinator.dispute_answers import DisputeOutcome
+from coordinator.disputes import DisputeRunner, hop_step_work
 from shardnet.chain.commitments import SignedCommitment, sign_commitment, sign_verdict
 from shardnet.chain.devnet import free_port
 from shardnet.chain.registry import JobRecord, Registry, Settlement

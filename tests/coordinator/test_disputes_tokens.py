@@ -20,7 +20,8 @@ from aiohttp import web
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
-from coordinator.disputes import DisputeOutcome, DisputeRunner, hop_step_work
+from coordinator.dispute_answers import DisputeOutcome
+from coordinator.disputes import DisputeRunner, hop_step_work
 from coordinator.sampling import Sampler, SamplingParams
 from shardnet.chain.commitments import sign_commitment
 from shardnet.chain.devnet import free_port

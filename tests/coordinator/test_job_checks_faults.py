@@ -11,7 +11,7 @@ import pytest
 
 from coordinator import job_checks
 from coordinator.directory import WorkerDirectory
-from coordinator.disputes import first_stage
+from coordinator.dispute_answers import first_stage
 from coordinator.job_checks import FAULT_WINDOW_S, MAX_FAULTS, JobChecks
 from shardnet.span import LayerSpan
 

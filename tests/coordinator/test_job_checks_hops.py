@@ -17,7 +17,7 @@ from eth_account import Account
 from coordinator import job_checks
 from coordinator.corrections import CHECK_FAILED, PARTLY_VERIFIED, CheckReport
 from coordinator.directory import WorkerDirectory
-from coordinator.disputes import DisputeOutcome, VerifierAnswer
+from coordinator.dispute_answers import DisputeOutcome, VerifierAnswer
 from coordinator.hops import JobHops
 from coordinator.job_checks import JobChecks
 from shardnet.chain.commitments import SignedCommitment, sign_commitment, sign_innocent_verdict

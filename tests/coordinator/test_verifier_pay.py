@@ -17,7 +17,8 @@ from aiohttp import web
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
-from coordinator.disputes import DisputeOutcome, DisputeRunner
+from coordinator.dispute_answers import DisputeOutcome
+from coordinator.disputes import DisputeRunner
 from coordinator.verifier_pay import hop_verdicts, pay_verifiers
 from shardnet.chain.commitments import INNOCENT_LEAF, INNOCENT_LEAF_INDEX, sign_innocent_verdict
 from shardnet.chain.deploy import Deployment, deploy_registry

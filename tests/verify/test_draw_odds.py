@@ -7,7 +7,8 @@ from itertools import permutations
 
 import pytest
 
-from coordinator.disputes import MAX_VERIFIERS, MIN_VERIFIERS, VerifierAnswer, needs_referees, tally
+from coordinator.dispute_answers import MIN_VERIFIERS, VerifierAnswer, needs_referees, tally
+from coordinator.disputes import MAX_VERIFIERS
 from shardnet.verify.draw_odds import draw_odds
 from shardnet.wire.eip712 import CompactSignature
 

@@ -14,7 +14,8 @@ import torch
 from aiohttp import web
 from eth_account import Account
 
-from coordinator.disputes import VerifierAnswer, hop_step_work, tally
+from coordinator.dispute_answers import VerifierAnswer, tally
+from coordinator.disputes import hop_step_work
 from shardnet.chain.commitments import sign_verdict, verify_verdict
 from shardnet.chain.devnet import DEV_KEYS, free_port
 from shardnet.model import load_block
