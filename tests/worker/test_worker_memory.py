@@ -169,9 +169,12 @@ def _rss_kib(pid: int) -> int:
 
 def test_rss_stays_bounded_over_many_sessions(net: Net) -> None:
     """Sessions of 60 positions (a prefill of 40, then 20 one-token steps), opened, stepped and closed back to
-    back: the RSS after the first 20 (warm) and after each 25 more stays within 16 MiB (each session's cache and
-    kept outputs are freed at its close, and malloc_trim hands the freed heap back)."""
+    back: the RSS after the first 20 (warm) and after each 25 more grows by less than half of what keeping the
+    100 sessions' caches and outputs would take (each session's cache and kept outputs are freed at its close,
+    and malloc_trim hands the freed heap back; measured: 0.2-0.8 MiB against a bound of 3.6 MiB). A fixed 16 MiB
+    bound let a leak of every session's whole cache pass."""
     pid = net.worker.proc.pid  # type: ignore[union-attr]
+    leak_kib = 100 * 60 * _health(net)["memory"]["bytes_per_position"] / 1024  # 100 sessions kept whole
 
     async def sessions(n: int) -> None:
         async with WorkerClient(net.worker.url) as w:
@@ -190,8 +193,8 @@ def test_rss_stays_bounded_over_many_sessions(net: Net) -> None:
     for _ in range(4):
         run(sessions(25))
         samples.append(_rss_kib(pid))
-    print("worker RSS KiB after 20 sessions:", warm, "then every 25 more:", samples)
-    assert max(samples) - warm < 16 * 1024, (warm, samples)
+    print("worker RSS KiB after 20 sessions:", warm, "then every 25 more:", samples, "bound", leak_kib / 2)
+    assert max(samples) - warm < leak_kib / 2, (warm, samples, leak_kib)
     assert _health(net)["memory"]["used_bytes"] == 0
 
 
