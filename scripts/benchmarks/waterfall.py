@@ -63,9 +63,9 @@ def tokens_of(lines: list[str]) -> list[list[tuple[float, str]]]:
             current.append(mark)
     named = []
     for token in tokens:
-        if not token or token[-1][2] != "token" and not any(e == "token" for _, _, e in token):
+        end = next((i for i, (_, pid, e) in enumerate(token) if pid == coordinator and e == "token"), None)
+        if end is None:  # the trace ended before this token came back
             continue
-        end = next(i for i, (_, pid, e) in enumerate(token) if pid == coordinator and e == "token")
         token = token[: end + 1]
         workers: list[int] = []
         for _, pid, event in token:
