@@ -5,7 +5,8 @@ one test of a module global. `scripts/bench.py waterfall` reads it back into the
 of a token's path.
 
 Marks: a worker's `recv` (a step's request reached its handler), `compute` / `computed` (its model forward),
-`finished` (encoded, hashed, fingerprinted and recorded: the output may leave), `send` (forwarded to the next
+`finished` (encoded, hashed, fingerprinted and recorded: the output may leave), for a batched forward of
+several sessions `batch <n>` / `batched` / `batch_finished` (the same three points for the whole batch), `send` (forwarded to the next
 worker) or `answer` (the last worker answers the coordinator directly); the coordinator's `step` (sent into
 the chain), `answered` (the direct answer arrived) and `token` (the forward returned: the token is sampled).
 """

@@ -167,9 +167,11 @@ class StepBatcher:
         elif plain:
             steps = [batch[i] for i in plain]
             computes = [p.session.compute for p in steps if isinstance(p.session.compute, BlockSession)]
+            trace.mark(f"batch {len(steps)}")
             t0 = time.perf_counter()
             outputs = step_many(computes, [p.x for p in steps], [p.start_pos for p in steps])
             t1 = time.perf_counter()
+            trace.mark("batched")
             self.batches += 1
             self.batched_steps += len(steps)
             self.metrics.batch_size.observe(len(steps))
@@ -193,6 +195,7 @@ class StepBatcher:
                 batch, results, [i for i, _p, _out in computed if not isinstance(results[i], BaseException)]
             )
             self._timed(t0, t1)
+            trace.mark("batch_finished")
         return [r if r is not None else RuntimeError("step not run") for r in results]
 
     def _record_all(
