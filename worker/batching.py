@@ -1,15 +1,16 @@
-"""Steps reach the worker's one compute thread here; decode steps of concurrent sessions run batched.
+"""Steps reach the worker's one compute thread here; steps of concurrent sessions run batched.
 
-A decode step (one new position) waits up to `window_s` for others; those that gathered (at most
-`max_batch`) run as one batched forward of the block (`shardnet.model.batched.step_many`), each session
-keeping its own KV cache; the results are then encoded, hashed and committed per session by the
+A decode step (one new position), or the first step of a short prompt, waits up to `window_s` for others;
+those that gathered (at most `max_batch`) run as batched forwards of the block
+(`shardnet.model.batched.step_many`: the decode steps in one, the prompts in groups of similar length), each
+session keeping its own KV cache; the results are then encoded, hashed and committed per session by the
 `StepFinisher` (`worker.finishing`: the fingerprints of the whole batch in one pass, the same bytes as a
 step run alone), and the batch's step records stored by `record` in one transaction, before any of its
-outputs leaves. Steps that arrive while a batch computes form the next batch,
-which leaves as soon as the compute thread is free (they have waited already). Prefills, every step
-when `max_batch` is 1, and the decode step of a session alone (no other stepped within `ACTIVE_S`) go
-straight to the compute thread. One session's failure is its own: the others'
-results stand. See docs/batching.md.
+outputs leaves. Steps that arrive while a batch computes form the next batch, which leaves as soon as the
+compute thread is free (they have waited already). Long prompts, steps of several positions on a session
+that holds some, every step when `max_batch` is 1, and the step of a session alone (no other stepped within
+`ACTIVE_S`) go straight to the compute thread. One session's failure is its own: the others' results stand.
+See docs/batching.md.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 
 from shardnet import trace
-from shardnet.model.batched import step_many
+from shardnet.model.batched import PREFILL_MAX_POSITIONS, step_many
 from shardnet.model.session import BlockSession
 from shardnet.peer.errors import WorkerUnavailable
 from worker.finishing import StepFinisher, StepOutput
@@ -82,7 +83,7 @@ class StepBatcher:
         """Compute one step of `session` and return its frame, step hash, leaf and fingerprint."""
         loop = asyncio.get_running_loop()
         lone = self._lone(session.session_id)
-        if self.max_batch <= 1 or int(x.shape[1]) != 1 or (lone and not self._pending):
+        if self.max_batch <= 1 or not _may_batch(x, start_pos) or (lone and not self._pending):
             return await loop.run_in_executor(
                 self.executor, self.run_alone, session, x, start_pos, index, input_hash
             )
@@ -218,6 +219,12 @@ class StepBatcher:
         except Exception as exc:  # not recorded: none of these outputs may leave
             for i in finished:
                 results[i] = exc
+
+
+def _may_batch(x: torch.Tensor, start_pos: int) -> bool:
+    """A decode step (one position), or a short prompt's first step (a prefill that may share a forward)."""
+    n = int(x.shape[1])
+    return n == 1 or (start_pos == 0 and n <= PREFILL_MAX_POSITIONS)
 
 
 def _catch(fn: Callable[..., StepOutput], *args: Any) -> StepOutput | BaseException:

@@ -7,9 +7,14 @@ the one new key/value column of each row is appended to its session's own cache 
 so a session leaves a batch exactly as it would leave a step of its own, bar the last bits of floats
 that the batched matrix products may round differently.
 
-Only decode steps batch: one new position on a session that has cached at least one, on full-attention
-layers (sliding-window caches keep a window, not every position). A lone step, a prefill, or a batch
-whose forward raises runs through `BlockSession.step`, the exact single-sequence path.
+Decode steps batch: one new position on a session that has cached at least one, on full-attention layers
+(sliding-window caches keep a window, not every position). So do short prefills: the first step of fresh
+sessions (at most `PREFILL_MAX_POSITIONS` positions each) run as one forward, right-padded to the longest
+(a causal layer never lets a position see the padding after it), grouped by length so that the padding stays
+under a quarter of the prompts' positions (or 32 positions) and at most `PREFILL_BATCH_POSITIONS` positions run
+at once (`prefill_batch`).
+A lone step, a long prefill, a step that continues a session with several positions, or a batch whose
+forward raises runs through `BlockSession.step`, the exact single-sequence path.
 """
 
 from __future__ import annotations
@@ -34,6 +39,13 @@ logger = logging.getLogger(__name__)
 
 StepResult = torch.Tensor | Exception
 
+PREFILL_MAX_POSITIONS = 256  # a longer prompt is prefilled alone: it fills a forward by itself
+PREFILL_BATCH_POSITIONS = 1024  # most positions (padding included) of one batched prefill
+PREFILL_PADDING = 1.25  # a batched prefill's positions, padding included, at most this times its prompts'
+PREFILL_SLACK = (
+    32  # ... or its padding at most this many positions (short prompts batch whatever their lengths)
+)
+
 
 def step_many(
     sessions: Sequence[BlockSession], inputs: Sequence[torch.Tensor], start_positions: Sequence[int]
@@ -47,6 +59,7 @@ def step_many(
         raise ValueError("step_many takes one input and one start position per session")
     results: list[StepResult | None] = [None] * len(sessions)
     batchable: list[int] = []
+    fresh: list[int] = []
     alone: list[int] = []
     for i, (session, x, pos) in enumerate(zip(sessions, inputs, start_positions, strict=True)):
         try:
@@ -54,21 +67,29 @@ def step_many(
         except ModelError as exc:
             results[i] = exc
             continue
-        (batchable if len(sessions) > 1 and can_batch(session, x) else alone).append(i)
-    if len(batchable) == 1 or len({id(sessions[i].block) for i in batchable}) > 1:
-        alone, batchable = sorted(alone + batchable), []
-    if batchable:
-        try:
-            outputs = decode_batch([sessions[i] for i in batchable], [inputs[i] for i in batchable])
-        except Exception:  # nothing was written to the sessions' caches: run each alone instead
-            logger.exception(
-                "a batched decode of %d sessions failed; running them one by one", len(batchable)
-            )
-            alone = sorted(alone + batchable)
+        if len(sessions) > 1 and can_batch(session, x):
+            batchable.append(i)
+        elif len(sessions) > 1 and can_prefill_together(session, x):
+            fresh.append(i)
         else:
-            for i, out in zip(batchable, outputs, strict=True):
+            alone.append(i)
+    groups = ([batchable] if batchable else []) + prefill_groups(
+        fresh, [int(inputs[i].shape[1]) for i in fresh]
+    )
+    for group in groups:
+        if len(group) == 1 or len({id(sessions[i].block) for i in group}) > 1:
+            alone += group
+            continue
+        run = decode_batch if group is batchable else prefill_batch
+        try:
+            outputs = run([sessions[i] for i in group], [inputs[i] for i in group])
+        except Exception:  # nothing was written to the sessions' caches: run each alone instead
+            logger.exception("a batched step of %d sessions failed; running them one by one", len(group))
+            alone += group
+        else:
+            for i, out in zip(group, outputs, strict=True):
                 results[i] = out
-    for i in alone:
+    for i in sorted(alone):
         try:
             results[i] = sessions[i].step(inputs[i], start_positions[i])
         except Exception as exc:
@@ -90,6 +111,85 @@ def can_batch(session: BlockSession, x: torch.Tensor) -> bool:
         type(layers[i]) is DynamicLayer and layers[i].get_seq_length() == session.length
         for i in range(span.start, span.end)
     )
+
+
+def can_prefill_together(session: BlockSession, x: torch.Tensor) -> bool:
+    """Whether this (checked) step may join a batched prefill: the first step of a fresh session, at most
+    `PREFILL_MAX_POSITIONS` positions, every span layer's cache a plain full-attention DynamicLayer."""
+    cache = session.cache
+    if cache is None or session.length != 0 or not 1 <= int(x.shape[1]) <= PREFILL_MAX_POSITIONS:
+        return False
+    span = session.block.span
+    layers = getattr(cache, "layers", None)
+    if layers is None or len(layers) < span.end:
+        return False
+    return all(
+        type(layers[i]) is DynamicLayer and layers[i].get_seq_length() == 0
+        for i in range(span.start, span.end)
+    )
+
+
+def prefill_groups(indices: Sequence[int], lengths: Sequence[int]) -> list[list[int]]:
+    """`indices` (prompts of `lengths`) in groups of similar length that prefill together: by length, each group
+    at most `PREFILL_BATCH_POSITIONS` positions padded to its longest, padded to at most `PREFILL_PADDING`
+    times its prompts' positions or by at most `PREFILL_SLACK` positions (a group of one runs alone)."""
+    groups: list[list[int]] = []
+    group: list[int] = []
+    real = 0
+    for i, n in sorted(zip(indices, lengths, strict=True), key=lambda p: p[1]):
+        padded = (len(group) + 1) * n  # sorted: n is the longest so far
+        too_padded = padded > PREFILL_PADDING * (real + n) and padded - (real + n) > PREFILL_SLACK
+        if group and (padded > PREFILL_BATCH_POSITIONS or too_padded):
+            groups.append(group)
+            group, real = [], 0
+        group.append(i)
+        real += n
+    if group:
+        groups.append(group)
+    return groups
+
+
+def prefill_batch(sessions: Sequence[BlockSession], inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """One forward of fresh sessions' prompts (each `can_prefill_together`, all of one block), right-padded to the
+    longest; returns each output as its own step would ([1, n, hidden] hidden states, or the [1, 1, vocab]
+    float32 logits of its last position on the last block) and leaves each session's cache holding its own
+    positions only."""
+    block: Block = sessions[0].block
+    adapter = block.adapter
+    if not isinstance(adapter, DecoderAdapter):
+        raise ModelError(f"a {block.kind} block has no KV-cache sessions")
+    lengths = [int(x.shape[1]) for x in inputs]
+    longest = max(lengths)
+    count = len(sessions)
+    with torch.inference_mode():
+        cache = adapter.new_cache(block.config)
+        position_ids = to_device(torch.arange(longest).unsqueeze(0).expand(count, -1), block.device)
+        if block.is_first:
+            ids = inputs[0].new_zeros(count, longest)  # padding: token 0, after each prompt (never seen)
+            for row, x in enumerate(inputs):
+                ids[row, : lengths[row]] = x[0]
+            hidden = adapter.embed(block.module, to_device(ids, block.device), position_ids)
+        else:
+            hidden = torch.zeros(count, longest, int(inputs[0].shape[-1]), dtype=block.dtype)
+            for row, x in enumerate(inputs):
+                hidden[row, : lengths[row]] = x[0].to(block.dtype)
+            hidden = to_device(hidden, block.device)
+        hidden = adapter.run_layers(block.module, hidden, block.span, cache, position_ids)
+        if block.is_last:
+            last = torch.stack([hidden[row, n - 1] for row, n in enumerate(lengths)]).unsqueeze(1)
+            outputs = list(to_cpu(adapter.logits(block.module, last).float()).split(1))
+        else:
+            out = to_cpu(hidden)
+            outputs = [out[row : row + 1, :n] for row, n in enumerate(lengths)]
+        layers = [_dynamic_layer(cache, i) for i in range(block.span.start, block.span.end)]
+        for row, (session, n) in enumerate(zip(sessions, lengths, strict=True)):
+            keys, values = [], []
+            for layer in layers:
+                assert layer.keys is not None and layer.values is not None
+                keys.append(layer.keys[row : row + 1, :, :n, :])
+                values.append(layer.values[row : row + 1, :, :n, :])
+            session.extend(keys, values)
+    return [o.contiguous() for o in outputs]
 
 
 def decode_batch(sessions: Sequence[BlockSession], inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:

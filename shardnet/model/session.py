@@ -94,10 +94,10 @@ class BlockSession:
         return cache
 
     def extend(self, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
-        """Append one position computed in a batch (`shardnet.model.batched`): for each span layer,
-        in order, its keys and values [1, kv_heads, 1, head_dim]. The cache then holds exactly what
-        `step` of the same position would have left (a DynamicCache appends with the same cat).
-        The tensors are on the block's device, as the cache is."""
+        """Append positions computed in a batch (`shardnet.model.batched`): for each span layer, in order,
+        its keys and values [1, kv_heads, n, head_dim] (n: 1 for a decode step, the prompt for a prefill).
+        The cache then holds what `step` of the same positions would have left (a DynamicCache appends
+        with the same cat, which copies). The tensors are on the block's device, as the cache is."""
         cache = self._cache
         if cache is None:
             raise ModelError("this session is closed; open a new one with block.new_session()")
@@ -105,7 +105,7 @@ class BlockSession:
             range(self.block.span.start, self.block.span.end), keys, values, strict=True
         ):
             cache.update(k, v, layer_idx)
-        self.length += 1
+        self.length += int(keys[0].shape[-2]) if keys else 0
 
     @property
     def cache(self) -> Cache | None:

@@ -123,3 +123,89 @@ def test_one_bad_step_fails_alone_and_the_batch_goes_on(tiny_models: Callable[[s
     assert sessions[3].length == positions[3] - 1  # and it can still go on from the right position
     again = sessions[3].step(inputs[3], positions[3] - 1)
     assert torch.allclose(again, refs[3].step(inputs[3], positions[3] - 1), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_fresh_sessions_prefill_together_as_each_alone(
+    name: str, tiny_models: Callable[[str], TinyModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ragged prompts' first steps run as one right-padded forward per block: each output, and each session's
+    cache (the next step from it), equals the same prompt run alone; the padding never reaches a prompt."""
+    tiny = tiny_models(name)
+    blocks = _blocks(tiny)
+    prompts = [torch.cat([p, p, p], dim=1) for p in _prompts(tiny.model.config.vocab_size)][
+        :5
+    ]  # 3..36 tokens
+    groups: list[int] = []
+    real_prefill_batch = batched.prefill_batch
+
+    def counted(sessions: Sequence[BlockSession], inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        groups.append(len(sessions))  # a spy: the real batched prefill runs
+        return real_prefill_batch(sessions, inputs)
+
+    monkeypatch.setattr(batched, "prefill_batch", counted)
+    monkeypatch.setattr(batched, "PREFILL_PADDING", 100.0)  # every prompt in one group
+    together = [[b.new_session() for b in blocks] for _ in prompts]
+    alone = [[b.new_session() for b in blocks] for _ in prompts]
+    hidden: list[torch.Tensor] = list(prompts)
+    for depth in range(len(blocks)):
+        outs = step_many([c[depth] for c in together], hidden, [0] * len(prompts))
+        refs = [c[depth].step(x, 0) for c, x in zip(alone, hidden, strict=True)]
+        for out, ref in zip(outs, refs, strict=True):
+            assert isinstance(out, torch.Tensor)
+            assert out.shape == ref.shape
+            assert torch.allclose(out, ref, atol=1e-4), float((out - ref).abs().max())
+        hidden = [o for o in outs if isinstance(o, torch.Tensor)]
+    # a block whose span has sliding-window layers (mistral; some of the tiny qwen2's) prefills each prompt alone
+    plain = [batched.can_prefill_together(b.new_session(), prompts[0]) for b in blocks]
+    assert groups == [len(prompts)] * sum(plain)
+    if name != "mistral":
+        assert plain[0]
+    # the caches hold each prompt's positions only: the next (decode) step is the same as alone
+    for c, a, p in zip(together, alone, prompts, strict=True):
+        x: torch.Tensor = torch.tensor([[7]])
+        y: torch.Tensor = x
+        for s, r in zip(c, a, strict=True):
+            assert s.length == r.length == p.shape[1]
+            x, y = s.step(x, s.length), r.step(y, r.length)
+        assert torch.allclose(x, y, atol=1e-4)
+        assert int(torch.argmax(x[0, -1])) == int(torch.argmax(y[0, -1]))
+
+
+def test_prefill_groups_bound_padding_and_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    lengths = [10, 300, 12, 11, 40, 9, 38]
+    groups = batched.prefill_groups(list(range(len(lengths))), lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        padded, real = len(g) * max(lengths[i] for i in g), sum(lengths[i] for i in g)
+        assert padded <= batched.PREFILL_BATCH_POSITIONS or len(g) == 1
+        assert padded <= batched.PREFILL_PADDING * real or padded - real <= batched.PREFILL_SLACK
+    assert [sorted(lengths[i] for i in g) for g in groups] == [[9, 10, 11, 12], [38, 40], [300]]
+    short = [6, 1, 4, 2, 5, 3]  # padded by 15 positions: within the slack, one forward
+    assert [sorted(g) for g in batched.prefill_groups(list(range(6)), short)] == [[0, 1, 2, 3, 4, 5]]
+    monkeypatch.setattr(batched, "PREFILL_SLACK", 0)
+    assert len(batched.prefill_groups(list(range(6)), short)) > 1
+    monkeypatch.setattr(batched, "PREFILL_BATCH_POSITIONS", 24)
+    assert [len(g) for g in batched.prefill_groups([0, 1, 2, 3], [8, 8, 8, 8])] == [3, 1]
+
+
+def test_a_long_or_continuing_prefill_runs_alone(
+    tiny_models: Callable[[str], TinyModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny = tiny_models("llama")
+    block = load_block_from_parts(tiny.parts_dir, tiny.config, LayerSpan(0, 6))
+    calls: list[int] = []
+    monkeypatch.setattr(batched, "prefill_batch", lambda s, x: calls.append(len(s)) or [])
+    monkeypatch.setattr(batched, "PREFILL_MAX_POSITIONS", 8)
+    a, b, c = block.new_session(), block.new_session(), block.new_session()
+    c.step(torch.tensor([[1, 2]]), 0)
+    outs = step_many(
+        [a, b, c],
+        [torch.arange(9).unsqueeze(0), torch.arange(3).unsqueeze(0), torch.tensor([[3, 4]])],
+        [0, 0, 2],
+    )
+    assert (
+        calls == []
+    )  # 9 > 8 positions, a single short fresh prompt, and a session already holding 2 run alone
+    assert all(isinstance(o, torch.Tensor) for o in outs)
+    assert (a.length, b.length, c.length) == (9, 3, 4)
