@@ -13,6 +13,7 @@ import asyncio
 import logging
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
@@ -49,6 +50,13 @@ log = logging.getLogger(__name__)
 
 #: API users may sit behind one proxy address and stream many answers at once: a generous cap
 COORDINATOR_MAX_CONNECTIONS_PER_IP = 256
+
+
+def io_threads(max_concurrent_jobs: int) -> int:
+    """Threads for chain calls: two per job running at once (its submission or settlement and a read) and 8 for the
+    watcher, the health probes and the API's own reads; at most 64."""
+    return min(64, 2 * max_concurrent_jobs + 8)
+
 
 WATCHED = (
     "JobSubmitted",
@@ -271,6 +279,13 @@ class CoordinatorService:
     async def start(self) -> None:
         """Check the account, rebuild the directory, catch up with the chain, listen, recover jobs."""
         from aiohttp import web
+
+        # every chain call runs in a thread (`asyncio.to_thread`): Python's default pool has cores + 4 threads (6 on
+        # 2 cores), and 16 jobs starting at once queued their quotes, submissions (each waits for its receipt) and
+        # reads behind each other there, before any prefill
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(io_threads(self.config.max_concurrent_jobs), thread_name_prefix="chain-io")
+        )
 
         from coordinator.api import make_app
 

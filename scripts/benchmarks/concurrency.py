@@ -262,6 +262,14 @@ def run(args: argparse.Namespace) -> int:
                 f"{rss_mb(coord.popen.pid)[0]:.0f} MiB",
                 flush=True,
             )
+            firsts = [(arrivals[0] - start) * 1000 for arrivals, start, _ in results if arrivals]
+            tails = [(end - arrivals[-1]) * 1000 for arrivals, _, end in results if arrivals]
+            print(
+                f"  first token after the request: p50 {percentile(firsts, 0.5):.0f} ms, max "
+                f"{max(firsts, default=float('nan')):.0f} ms; last token to the stream's end (settlement): p50 "
+                f"{percentile(tails, 0.5):.0f} ms, max {max(tails, default=float('nan')):.0f} ms",
+                flush=True,
+            )
             for e in errors[:3]:
                 print(f"  error: {e}")
 
