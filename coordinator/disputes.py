@@ -44,19 +44,20 @@ from coordinator.dispute_answers import (
     MIN_VERIFIERS,
     DisputeOutcome,
     VerifierAnswer,
+    answer_signer,
     first_stage,
     needs_referees,
     tally,
 )
 from coordinator.verifier_pay import innocent_signature
-from shardnet.chain.commitments import SignedCommitment, verify_commitment, verify_verdict
+from shardnet.chain.commitments import SignedCommitment, verify_commitment
 from shardnet.chain.registry import JobRecord, Registry, SlashEvidence
 from shardnet.errors import ShardnetError
 from shardnet.verify.fingerprint import make_fingerprint
 from shardnet.verify.package import PackageError, StepWork, VerificationPackage
 from shardnet.verify.tokens import ShownTokens
 from shardnet.wire.commitment import merkle_proof, merkle_root
-from shardnet.wire.eip712 import CompactSignature, Domain
+from shardnet.wire.eip712 import Domain
 from shardnet.wire.frames import encode_frame, read_header
 from shardnet.wire.json_limits import BodyTooLarge, loads_limited, read_answer_limited
 from shardnet.wire.tickets import TicketError, sign_ticket, verify_ticket
@@ -350,16 +351,7 @@ class DisputeRunner:
         try:
             index = int(data["leaf_index"])
             leaf = bytes.fromhex(str(data["leaf"]).removeprefix("0x"))
-            signature = CompactSignature.from_hex(str(data["signature"]))
-            signer = verify_verdict(
-                signature,
-                domain,
-                job_id=job_id,
-                accused=signed.node,
-                root=signed.root,
-                leaf_index=index,
-                leaf=leaf,
-            )
+            signature, signer = answer_signer(data, domain, job_id, signed, index, leaf)
         except (KeyError, TypeError, ValueError) as exc:
             return VerifierAnswer(verifier, stake, None, note=f"malformed verdict ({exc})", fault=True)
         if not 0 <= index < len(leaves) or leaf != leaves[index]:  # the registry's slash would revert on it
