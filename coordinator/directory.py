@@ -215,15 +215,6 @@ class WorkerDirectory:
             if a.live and a.model_id == model_id and a.span == span and a.node not in gone
         }
 
-    def can_check(self, node: str, model_id: int, span: LayerSpan) -> bool:
-        """Whether `node`'s only live assignment is of `model_id` and covers `span` (a worker serves one span: it can
-        then check any hop within it, and a 401 or 422 to a valid check of one is a refusal, `coordinator.disputes`)."""
-        held = {(a.model_id, a.span) for a in self._assignments.values() if a.live and a.node == node.lower()}
-        if len(held) != 1:
-            return False
-        [(held_model, held_span)] = held
-        return held_model == model_id and held_span.covers(span)
-
     def replicas(self, model_id: int, span: LayerSpan, *, besides: set[str]) -> list[WorkerInfo]:
         """Routable workers serving exactly `span`, other than `besides`, cheapest first (address breaks ties)."""
         ws = [w for w in self.snapshot(model_id) if w.span == span and w.address not in besides]

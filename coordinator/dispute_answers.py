@@ -3,10 +3,12 @@ referees are asked, and the leaf a slash can be sent on (`coordinator.disputes` 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from shardnet.wire.eip712 import CompactSignature
+from shardnet.chain.commitments import SignedCommitment, verify_verdict
+from shardnet.wire.eip712 import CompactSignature, Domain
 
 MIN_VERIFIERS = 2  # ShardRegistry.MIN_VERIFIERS: the first stage of every check
 
@@ -47,6 +49,32 @@ class DisputeOutcome:
     def tokens_flagged(self) -> list[str]:
         """The verifiers that found tokens shown to the client that the recomputed logits do not support."""
         return [a.verifier for a in self.answers if a.tokens and a.tokens.get("unsupported")]
+
+
+def answer_signer(
+    data: Mapping[str, Any],
+    domain: Domain,
+    job_id: int,
+    signed: SignedCommitment,
+    leaf_index: int,
+    leaf: bytes,
+) -> tuple[CompactSignature, str]:
+    """The signature in a verifier's /v1/verify answer (`data["signature"]`) and the address that signed it: whose
+    EIP-712 Verdict it is on leaf `leaf_index` (= `leaf`) of `signed`'s hop, as the registry's `slash` and
+    `payVerifiers` recover it (a guilty verdict on the wrong leaf; an innocent one on INNOCENT_LEAF_INDEX). The
+    callers compare it with the verifier asked. Raises KeyError (no signature), TypeError or ValueError (not one
+    that recovers)."""
+    signature = CompactSignature.from_hex(str(data["signature"]))
+    signer = verify_verdict(
+        signature,
+        domain,
+        job_id=job_id,
+        accused=signed.node,
+        root=signed.root,
+        leaf_index=leaf_index,
+        leaf=leaf,
+    )
+    return signature, signer
 
 
 def needs_referees(answers: Sequence[VerifierAnswer]) -> bool:

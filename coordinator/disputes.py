@@ -12,9 +12,9 @@ rebuild its root and is not settled). When the job is settled (its close block k
    (POST /v1/verify; there is no session, so a check looks like nothing else); each answers guilty (an
    EIP-712 Verdict on one leaf) or innocent. Both innocent: the check is closed (an honest hop costs exactly
    MIN_VERIFIERS recomputations). Any guilty verdict, any refusal or time-out (a fault: recorded and marked
-   down; a 401 or 422 to a request the coordinator checked first, `request_error`, from a verifier serving a
-   span covering the hop's is a refusal too), any disagreement: second stage, the referees (the rest of the
-   draw) judge the same package;
+   down; a 401 or 422 to a request the coordinator checked first, `request_error`, is a refusal too: the
+   registry drew the verifier for a span covering the hop's that it held at the close, whatever it holds or
+   serves now), any disagreement: second stage, the referees (the rest of the draw) judge the same package;
 3. when the guilty verdicts on one leaf carry more than half of the stake of ALL the drawn verifiers (what the
    registry's `slash` counts: a refusal weighs as innocent), send `slash` with the accused's own signed
    commitment, the leaf's Merkle proof and those verdicts: its stake goes to the job's client and it is
@@ -44,20 +44,20 @@ from coordinator.dispute_answers import (
     MIN_VERIFIERS,
     DisputeOutcome,
     VerifierAnswer,
+    answer_signer,
     first_stage,
     needs_referees,
     tally,
 )
 from coordinator.verifier_pay import innocent_signature
-from shardnet.chain.commitments import SignedCommitment, verify_commitment, verify_verdict
+from shardnet.chain.commitments import SignedCommitment, verify_commitment
 from shardnet.chain.registry import JobRecord, Registry, SlashEvidence
 from shardnet.errors import ShardnetError
-from shardnet.span import LayerSpan
 from shardnet.verify.fingerprint import make_fingerprint
 from shardnet.verify.package import PackageError, StepWork, VerificationPackage
 from shardnet.verify.tokens import ShownTokens
 from shardnet.wire.commitment import merkle_proof, merkle_root
-from shardnet.wire.eip712 import CompactSignature, Domain
+from shardnet.wire.eip712 import Domain
 from shardnet.wire.frames import encode_frame, read_header
 from shardnet.wire.json_limits import BodyTooLarge, loads_limited, read_answer_limited
 from shardnet.wire.tickets import TicketError, sign_ticket, verify_ticket
@@ -94,7 +94,6 @@ class DisputeRunner:
         on_slashed: Callable[[str], None] = lambda _node: None,
         on_outvoted: Callable[[str, str], None] = lambda _node, _why: None,
         excluded: Callable[[str], bool] = lambda _node: False,
-        can_check: Callable[[str, int, LayerSpan], bool] = lambda _node, _model, _span: False,
         verify_timeout_s: float = 120.0,
         draw_wait_s: float = 300.0,
         poll_s: float = 0.5,
@@ -106,7 +105,6 @@ class DisputeRunner:
         self.on_slashed = on_slashed
         self.on_outvoted = on_outvoted
         self.excluded = excluded
-        self.can_check = can_check
         self.verify_timeout_s = verify_timeout_s
         self.draw_wait_s = draw_wait_s
         self.poll_s = poll_s
@@ -159,7 +157,7 @@ class DisputeRunner:
         if len(drawn) < MIN_VERIFIERS:
             return DisputeOutcome(signed.node, [], False, note=f"{len(drawn)} verifiers drawn, too few")
         first, referees = first_stage(drawn, self.excluded)
-        answers = await self._ask_all(first, job_id, record.model_id, signed, body, leaves)
+        answers = await self._ask_all(first, job_id, signed, body, leaves)
         escalated = bool(referees) and needs_referees(answers)
         if escalated:
             log.info(
@@ -169,7 +167,7 @@ class DisputeRunner:
                 [a.guilty for a in answers],
                 len(referees),
             )
-            answers += await self._ask_all(referees, job_id, record.model_id, signed, body, leaves)
+            answers += await self._ask_all(referees, job_id, signed, body, leaves)
         index, group = tally(answers, sum(stake for _, stake in drawn))
         asked = {a.verifier for a in answers}
         picks = max(i + 1 for i, (address, _) in enumerate(drawn) if address in asked)
@@ -257,7 +255,6 @@ class DisputeRunner:
         self,
         drawn: Sequence[tuple[str, int]],
         job_id: int,
-        model_id: int,
         signed: SignedCommitment,
         body: dict[str, object],
         leaves: Sequence[bytes],
@@ -267,7 +264,7 @@ class DisputeRunner:
             answers = list(
                 await asyncio.gather(
                     *(
-                        self._ask(http, address, stake, job_id, model_id, signed, body, leaves)
+                        self._ask(http, address, stake, job_id, signed, body, leaves)
                         for address, stake in drawn
                     )
                 )
@@ -291,7 +288,6 @@ class DisputeRunner:
         verifier: str,
         stake: int,
         job_id: int,
-        model_id: int,
         signed: SignedCommitment,
         package: dict[str, object],
         leaves: Sequence[bytes],
@@ -337,15 +333,14 @@ class DisputeRunner:
         except ValueError:
             data = None  # not JSON: no verdict (a 200 with it is a refusal, not an innocent verdict)
         if status != 200 or not isinstance(data, dict) or not isinstance(data.get("guilty"), bool):
-            # 401/422 to this valid request (`request_error`, the ticket above): a refusal when the chain shows the
-            # verifier serving a span that covers this one (exactly it or wider: a worker checks any hop within its
-            # span); it cannot check this hop when it serves another (it re-announced since the job closed: the
-            # registry draws what was bonded at the close). Anything else is a refusal.
-            cannot = status in (401, 422) and not self.can_check(verifier, model_id, signed.span)
+            # Any answer without a verdict is a refusal and a fault, a 401 or 422 to this valid request
+            # (`request_error`, the ticket above) too, however the verifier holds its spans now: the registry
+            # drew it because it held an assignment covering the hop when the job closed, so the check is its
+            # to do. No "cannot check": which span its one endpoint serves, and what it released or announced
+            # once the draw was public, are its own choices (docs/verification.md, "401 and 422").
             why = str(data.get("error", "")) if isinstance(data, dict) else ""
             why = why if status != 200 else "answered without a verdict (JSON with a boolean 'guilty')"
-            why += " (it serves another span now: it cannot check this hop)" if cannot else ""
-            return VerifierAnswer(verifier, stake, None, note=f"HTTP {status} {why}"[:300], fault=not cannot)
+            return VerifierAnswer(verifier, stake, None, note=f"HTTP {status} {why}"[:300], fault=True)
         raw_tokens = data.get("tokens")
         tokens = raw_tokens if isinstance(raw_tokens, dict) else None
         if not data.get("guilty"):
@@ -356,16 +351,7 @@ class DisputeRunner:
         try:
             index = int(data["leaf_index"])
             leaf = bytes.fromhex(str(data["leaf"]).removeprefix("0x"))
-            signature = CompactSignature.from_hex(str(data["signature"]))
-            signer = verify_verdict(
-                signature,
-                domain,
-                job_id=job_id,
-                accused=signed.node,
-                root=signed.root,
-                leaf_index=index,
-                leaf=leaf,
-            )
+            signature, signer = answer_signer(data, domain, job_id, signed, index, leaf)
         except (KeyError, TypeError, ValueError) as exc:
             return VerifierAnswer(verifier, stake, None, note=f"malformed verdict ({exc})", fault=True)
         if not 0 <= index < len(leaves) or leaf != leaves[index]:  # the registry's slash would revert on it

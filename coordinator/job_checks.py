@@ -148,7 +148,6 @@ class JobChecks:
             on_slashed=directory.exclude,
             on_outvoted=self._fault,
             excluded=self._faulty,  # not directory.is_excluded: live-check sybils can exclude honest nodes
-            can_check=directory.can_check,  # then a 401/422 to a valid check is a refusal
         )
         self._tasks: set[asyncio.Task[list[DisputeOutcome]]] = set()
         # verifier (lower case) -> when its last (at most MAX_FAULTS) faults were, the least recently faulted first

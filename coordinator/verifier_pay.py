@@ -14,6 +14,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from coordinator.dispute_answers import answer_signer
 from shardnet.chain.commitments import INNOCENT_LEAF, INNOCENT_LEAF_INDEX, SignedCommitment, verify_verdict
 from shardnet.chain.errors import ChainError
 from shardnet.chain.registry import HopVerdicts, JobRecord, PaidVerdict, Registry, VerificationPayment
@@ -44,16 +45,7 @@ def innocent_signature(
     if data.get("leaf_index") != INNOCENT_LEAF_INDEX or not isinstance(data.get("signature"), str):
         return None
     try:
-        signature = CompactSignature.from_hex(str(data["signature"]))
-        signer = verify_verdict(
-            signature,
-            domain,
-            job_id=job_id,
-            accused=signed.node,
-            root=signed.root,
-            leaf_index=INNOCENT_LEAF_INDEX,
-            leaf=INNOCENT_LEAF,
-        )
+        signature, signer = answer_signer(data, domain, job_id, signed, INNOCENT_LEAF_INDEX, INNOCENT_LEAF)
     except ValueError:
         return None
     return signature if signer.lower() == verifier.lower() else None

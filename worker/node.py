@@ -2,8 +2,8 @@
 
 Start: connect with the worker's key, close sessions a crash left open, resolve the model, register and
 stake if needed, pick the span (flag, this worker's live assignment, or `choose_best_span`), fetch and
-verify the span's files by CID, load the block, announce the assignment (or reuse the live one), follow
-the chain and serve (`WorkerService`, run by `shardnet.service.run_service`). SIGTERM/SIGINT: refuse new
+verify the span's files by CID, load the block, release the node's other live assignments (of any model:
+`release_stale`), announce the assignment (or reuse the live one), follow the chain and serve (`WorkerService`, run by `shardnet.service.run_service`). SIGTERM/SIGINT: refuse new
 sessions (503), let open ones finish for the grace period, post the commitments that are due, release the
 assignment, exit 0.
 """
@@ -122,6 +122,36 @@ class PreparedNode:
     backward_factor: int = DEFAULT_BACKWARD_FACTOR  # the manifest's price of a fine-tuning backward position
 
 
+def release_stale(
+    registry: Registry, me: str, model_id: int, span: LayerSpan, live: list[AssignmentInfo]
+) -> AssignmentInfo | None:
+    """Release every live assignment of node `me` but one of `span` of `model_id` (`live`: that model's), of any
+    model; returns the one kept, if any. A worker serves one span of one model at its node's one endpoint: any other
+    live assignment is announced and not served (a run on other layers or another model that died before its
+    release at shutdown), and the registry draws the node to check every hop such a span covers, where a 401 or 422
+    is a fault (`coordinator.disputes`). Other models' lists are read only when the node's count says it holds
+    assignments there."""
+    mine = [a for a in live if a.node == me]
+    kept = next((a for a in mine if a.span == span), None)
+    stale = [a for a in mine if a is not kept]
+    if registry.get_node(me).live_assignments > len(mine):
+        for other in range(1, registry.model_count() + 1):
+            if other != model_id:
+                held = (registry.get_assignment(i) for i in registry.live_assignments(other))
+                stale += [a for a in held if a.node == me]
+    for a in stale:
+        log.info(
+            "releasing assignment %d (model %d, layers %s): now serving model %d, layers %s",
+            a.assignment_id,
+            a.model_id,
+            a.span,
+            model_id,
+            span,
+        )
+        registry.release_shard(a.assignment_id)
+    return kept
+
+
 def prepare(cfg: WorkerConfig, *, reset_state: bool = False) -> PreparedNode:
     """Everything before serving (blocking calls: chain, downloads, model loading). `reset_state` clears a
     database that belongs to another chain (else it is refused)."""
@@ -176,11 +206,7 @@ def prepare(cfg: WorkerConfig, *, reset_state: bool = False) -> PreparedNode:
     except BaseException:
         sock.close()
         raise
-    mine = [a for a in live if a.node == me]
-    for stale in (a for a in mine if a.span != span):
-        log.info("releasing assignment %d (layers %s): now serving %s", stale.assignment_id, stale.span, span)
-        registry.release_shard(stale.assignment_id)
-    reuse = next((a for a in mine if a.span == span), None)
+    reuse = release_stale(registry, me, model.model_id, span, live)
     if reuse is not None:
         assignment_id = reuse.assignment_id
         log.info("reusing live assignment %d", assignment_id)

@@ -72,7 +72,6 @@ def test_a_finished_report_keeps_no_copy_of_the_jobs_tokens() -> None:
         endpoint=lambda _a: None,
         exclude=lambda _a: None,
         mark_down=lambda *_a: None,
-        can_check=lambda *_a: False,
     )
     ctx = SimpleNamespace(router=SimpleNamespace(directory=directory), registry=None, account=None)
     ctx.adapters = SimpleNamespace(for_job=lambda _j: None)
