@@ -177,7 +177,8 @@ def prefill_batch(sessions: Sequence[BlockSession], inputs: Sequence[torch.Tenso
         hidden = adapter.run_layers(block.module, hidden, block.span, cache, position_ids)
         if block.is_last:
             last = torch.stack([hidden[row, n - 1] for row, n in enumerate(lengths)]).unsqueeze(1)
-            outputs = list(to_cpu(adapter.logits(block.module, last).float()).split(1))
+            logits = to_cpu(adapter.logits(block.module, last).float())
+            outputs = [logits[row : row + 1] for row in range(count)]
         else:
             out = to_cpu(hidden)
             outputs = [out[row : row + 1, :n] for row, n in enumerate(lengths)]
