@@ -558,3 +558,12 @@ def test_sigterm_drains_then_releases_the_assignment_and_exits_0(net: Net) -> No
         [(net.a.address, 0, 2), (net.cheat.address, 0, 2)]
     )
     assert "released assignment" in net.b.log()
+
+
+def test_a_stopped_worker_exits_within_a_second_of_saying_so(net: Net) -> None:
+    """SIGTERM with nothing in flight: the worker logs 'worker stopped' and is gone well within a second (the
+    interpreter's teardown garbage-collected torch's and web3's heap for 1.5-1.6 s after that line, measured
+    on a loaded 2-core machine; 0.2-0.4 s without it)."""
+    said, exited = net.cheat.stop_timed("worker stopped")
+    assert net.cheat.wait(timeout=1) == 0
+    assert exited - said < 1.0, f"exited {exited - said:.2f} s after 'worker stopped'"
