@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from pathlib import Path
+from signal import SIGTERM  # in the class body `signal` is the method below
 from typing import Any, ClassVar
 
 from shardnet.role_process import REPO, RoleProcess, spawn_role
@@ -76,3 +78,20 @@ class ServiceProc:
         """Make sure the process is gone (SIGTERM, then SIGKILL after `timeout` s)."""
         if self.proc is not None:
             self._process().stop(timeout=timeout)
+
+    def stop_timed(self, marker: str, sig: int = SIGTERM, timeout: float = 60.0) -> tuple[float, float]:
+        """Send `sig` and wait for the exit; returns the seconds from the signal until `marker` appeared in the
+        log (polled every 10 ms; the exit's time when the line came with it) and until the process exited."""
+        process = self._process()
+        start = len(process.log())
+        sent = time.monotonic()
+        process.send_signal(sig)
+        said: float | None = None
+        while process.popen.poll() is None:
+            if said is None and marker in process.log()[start:]:
+                said = time.monotonic() - sent
+            assert time.monotonic() - sent < timeout, f"{self.role} still running {timeout:.0f} s after {sig}"
+            time.sleep(0.01)
+        exited = time.monotonic() - sent
+        assert marker in process.log()[start:], f"{self.role} exited without logging {marker!r}"
+        return (exited if said is None else said), exited

@@ -341,6 +341,9 @@ class WorkerService:
             await self._runner.cleanup()  # closes what is left and flushes the database writes
         if self._sync_started:
             await asyncio.to_thread(self.sync.stop, True)
+        # close the database's connections: SQLite folds its write-ahead log into the file on the last close
+        # (the interpreter's teardown does not collect the pool: shardnet.cli.freeze_heap_at_exit)
+        self.node.state.engine.dispose()
 
 
 def _shard_routes(store_dir: Path) -> Any:

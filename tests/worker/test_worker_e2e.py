@@ -558,3 +558,16 @@ def test_sigterm_drains_then_releases_the_assignment_and_exits_0(net: Net) -> No
         [(net.a.address, 0, 2), (net.cheat.address, 0, 2)]
     )
     assert "released assignment" in net.b.log()
+
+
+def test_a_stopped_worker_exits_within_a_second_of_saying_so_and_closes_its_database(net: Net) -> None:
+    """SIGTERM with nothing in flight: the worker logs 'worker stopped' and is gone well within a second (the
+    interpreter's teardown garbage-collected torch's and web3's heap for 1.5-1.6 s after that line, measured
+    on a loaded 2-core machine; 0.2-0.4 s without it), and its SQLite database was closed: no write-ahead log
+    is left beside it."""
+    said, exited = net.cheat.stop_timed("worker stopped")
+    assert net.cheat.wait(timeout=1) == 0
+    assert exited - said < 1.0, f"exited {exited - said:.2f} s after 'worker stopped'"
+    data_dir = Path(net.cheat.args[net.cheat.args.index("--data-dir") + 1])
+    assert (data_dir / "worker.db").exists()
+    assert not (data_dir / "worker.db-wal").exists()
