@@ -140,3 +140,26 @@ def test_sigterm_drains_and_stops() -> None:
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert service.calls == ["start", "drain", "stop"]
+
+
+def test_what_starting_loaded_is_out_of_the_collectors_reach_once_ready() -> None:
+    import gc
+
+    service = Recorder()
+    gc.unfreeze()
+
+    async def main() -> int:
+        lifecycle = Lifecycle("t")
+        runner = asyncio.ensure_future(run_service(service, lifecycle, signals=()))
+        await asyncio.wait_for(lifecycle.ready.wait(), 5)
+        frozen = (
+            gc.get_freeze_count()
+        )  # a full collection no longer walks these (0.2-0.4 s with torch loaded)
+        lifecycle.request_stop()
+        await asyncio.wait_for(runner, 5)
+        return frozen
+
+    try:
+        assert asyncio.run(main()) > 1000
+    finally:
+        gc.unfreeze()

@@ -168,7 +168,7 @@ class StepBatcher:
         elif plain:
             steps = [batch[i] for i in plain]
             computes = [p.session.compute for p in steps if isinstance(p.session.compute, BlockSession)]
-            trace.mark(f"batch {len(steps)}")
+            trace.mark(f"batch:{len(steps)}")
             t0 = time.perf_counter()
             outputs = step_many(computes, [p.x for p in steps], [p.start_pos for p in steps])
             t1 = time.perf_counter()

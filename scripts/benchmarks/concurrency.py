@@ -14,6 +14,7 @@ same run, and the RSS (current and peak) of every process.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -206,16 +207,26 @@ def run(args: argparse.Namespace) -> int:
             before = [batch_metrics(w.url) for w in workers]
             health0 = coordinator_health(coord.url)
             prompts = [PROMPTS[i % len(PROMPTS)] for i in range(level)]
+            # no garbage collection in the clients while a level runs (as timeit): with torch loaded here, each
+            # full collection took 0.1-0.4 s, 35-48 of them in a 16-session level, stalling every client thread
+            # and taking CPU from the roles measured; what the level left is collected after it
+            gc.freeze()
+            gc.disable()
             t0 = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=level) as pool:
-                futures = [pool.submit(timed_stream, api, manifest.name, p, args.tokens) for p in prompts]
-                results, errors = [], []
-                for f in futures:
-                    try:
-                        results.append(f.result())
-                    except Exception as exc:  # counted and shown: a level must run without errors
-                        errors.append(f"{type(exc).__name__}: {exc}")
-            wall = time.perf_counter() - t0
+            try:
+                with ThreadPoolExecutor(max_workers=level) as pool:
+                    futures = [pool.submit(timed_stream, api, manifest.name, p, args.tokens) for p in prompts]
+                    results, errors = [], []
+                    for f in futures:
+                        try:
+                            results.append(f.result())
+                        except Exception as exc:  # counted and shown: a level must run without errors
+                            errors.append(f"{type(exc).__name__}: {exc}")
+                wall = time.perf_counter() - t0
+            finally:
+                gc.enable()
+                gc.unfreeze()
+                gc.collect()
             gaps = [
                 (b - a) * 1000
                 for arrivals, _, _ in results

@@ -16,6 +16,7 @@ OpenAI-compatible API (`stream: true`), each request a real paid job on chain.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import shutil
 import signal
@@ -71,6 +72,11 @@ class Baseline:
             .to(device=self.device, dtype=dtype)
             .eval()
         )
+        # this process also runs the benchmark's clients: with torch and transformers loaded, a full garbage
+        # collection walks ~0.5 M objects (0.15-0.4 s); the OpenAI client's objects per streamed chunk set off 35 of
+        # them in one 16-session level (~10 s of this 2-core machine's CPU, stalling every client thread). Frozen,
+        # the loaded heap is never walked again (the roles do the same once started: shardnet.service)
+        gc.freeze()
 
     def run(self, text: str, n: int) -> tuple[list[float], float, str]:
         """(ms per decoded token of every step, time to first token in s, the generated text)."""

@@ -85,6 +85,7 @@ def test_a_traced_process_appends_its_marks_and_an_untraced_one_nothing(tmp_path
             timeout=60,
         )
     lines = [line.split() for line in trace_file.read_text().splitlines()]
+    lines = [line for line in lines if not line[2].startswith("gc2:")]  # the interpreter's exit collects
     assert [event for _, _, event in lines] == ["recv", "computed"] * 2
     assert len({pid for _, pid, _ in lines}) == 2 and all(float(t) > 1.7e9 for t, _, _ in lines)
 
