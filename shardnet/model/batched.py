@@ -100,31 +100,27 @@ def step_many(
 def can_batch(session: BlockSession, x: torch.Tensor) -> bool:
     """Whether this (checked) step may join a batched decode: one new position after at least one,
     every span layer's cache a plain full-attention DynamicLayer."""
-    cache = session.cache
-    if cache is None or int(x.shape[1]) != 1 or session.length < 1:
-        return False
-    span = session.block.span
-    layers = getattr(cache, "layers", None)
-    if layers is None or len(layers) < span.end:
-        return False
-    return all(
-        type(layers[i]) is DynamicLayer and layers[i].get_seq_length() == session.length
-        for i in range(span.start, span.end)
-    )
+    return int(x.shape[1]) == 1 and session.length >= 1 and _plain_layers_hold(session)
 
 
 def can_prefill_together(session: BlockSession, x: torch.Tensor) -> bool:
     """Whether this (checked) step may join a batched prefill: the first step of a fresh session, at most
     `PREFILL_MAX_POSITIONS` positions, every span layer's cache a plain full-attention DynamicLayer."""
+    return (
+        session.length == 0 and 1 <= int(x.shape[1]) <= PREFILL_MAX_POSITIONS and _plain_layers_hold(session)
+    )
+
+
+def _plain_layers_hold(session: BlockSession) -> bool:
+    """Whether every span layer of the session's cache is a plain full-attention DynamicLayer holding exactly
+    the session's positions (sliding-window layers keep a window, not every position: they never batch)."""
     cache = session.cache
-    if cache is None or session.length != 0 or not 1 <= int(x.shape[1]) <= PREFILL_MAX_POSITIONS:
-        return False
     span = session.block.span
     layers = getattr(cache, "layers", None)
-    if layers is None or len(layers) < span.end:
+    if cache is None or layers is None or len(layers) < span.end:
         return False
     return all(
-        type(layers[i]) is DynamicLayer and layers[i].get_seq_length() == 0
+        type(layers[i]) is DynamicLayer and layers[i].get_seq_length() == session.length
         for i in range(span.start, span.end)
     )
 
