@@ -61,18 +61,22 @@ def step_many(
     batchable: list[int] = []
     fresh: list[int] = []
     alone: list[int] = []
+    seen: set[int] = set()  # a session given twice: its later steps run alone, after, as one after the other
     for i, (session, x, pos) in enumerate(zip(sessions, inputs, start_positions, strict=True)):
         try:
             session.check_step(x, pos)
         except ModelError as exc:
             results[i] = exc
             continue
-        if len(sessions) > 1 and can_batch(session, x):
+        if id(session) in seen:
+            alone.append(i)
+        elif len(sessions) > 1 and can_batch(session, x):
             batchable.append(i)
         elif len(sessions) > 1 and can_prefill_together(session, x):
             fresh.append(i)
         else:
             alone.append(i)
+        seen.add(id(session))
     groups = ([batchable] if batchable else []) + prefill_groups(
         fresh, [int(inputs[i].shape[1]) for i in fresh]
     )

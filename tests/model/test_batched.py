@@ -253,3 +253,28 @@ def test_a_session_whose_cache_append_fails_fails_alone(
         assert torch.allclose(
             sessions[i].step(after, sessions[i].length), refs[i].step(after, refs[i].length), atol=1e-4
         )
+
+
+@pytest.mark.parametrize("kind", ["prefill", "decode"])
+def test_a_session_given_twice_steps_once_then_refuses_the_repeat(
+    kind: str, tiny_models: Callable[[str], TinyModel]
+) -> None:
+    """`step_many` with one session twice is that session's two steps one after the other: the first runs,
+    the repeat of the same position is refused; neither may join one batch (both would be appended, each
+    computed at the same positions)."""
+    tiny = tiny_models("llama")
+    block = load_block_from_parts(tiny.parts_dir, tiny.config, LayerSpan(0, 4))
+    prompt = _prompts(tiny.model.config.vocab_size)[2]
+    session, other, ref = block.new_session(), block.new_session(), block.new_session()
+    if kind == "decode":
+        for s in (session, other, ref):
+            s.step(prompt, 0)
+    x = prompt if kind == "prefill" else torch.tensor([[3]])
+    pos = session.length
+    outs = step_many([session, session, other], [x, x, x], [pos, pos, pos])
+    expected = ref.step(x, pos)
+    assert isinstance(outs[0], torch.Tensor) and torch.allclose(outs[0], expected, atol=1e-4)
+    assert isinstance(outs[1], ModelError) and "send the inputs from position" in str(outs[1])
+    assert session.length == ref.length
+    after = torch.tensor([[7]])
+    assert torch.allclose(session.step(after, session.length), ref.step(after, ref.length), atol=1e-4)
