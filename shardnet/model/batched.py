@@ -61,18 +61,22 @@ def step_many(
     batchable: list[int] = []
     fresh: list[int] = []
     alone: list[int] = []
+    seen: set[int] = set()  # a session given twice: its later steps run alone, after, as one after the other
     for i, (session, x, pos) in enumerate(zip(sessions, inputs, start_positions, strict=True)):
         try:
             session.check_step(x, pos)
         except ModelError as exc:
             results[i] = exc
             continue
-        if len(sessions) > 1 and can_batch(session, x):
+        if id(session) in seen:
+            alone.append(i)
+        elif len(sessions) > 1 and can_batch(session, x):
             batchable.append(i)
         elif len(sessions) > 1 and can_prefill_together(session, x):
             fresh.append(i)
         else:
             alone.append(i)
+        seen.add(id(session))
     groups = ([batchable] if batchable else []) + prefill_groups(
         fresh, [int(inputs[i].shape[1]) for i in fresh]
     )
@@ -145,7 +149,7 @@ def prefill_groups(indices: Sequence[int], lengths: Sequence[int]) -> list[list[
     return groups
 
 
-def prefill_batch(sessions: Sequence[BlockSession], inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def prefill_batch(sessions: Sequence[BlockSession], inputs: Sequence[torch.Tensor]) -> list[StepResult]:
     """One forward of fresh sessions' prompts (each `can_prefill_together`, all of one block), right-padded to the
     longest; returns each output as its own step would ([1, n, hidden] hidden states, or the [1, 1, vocab]
     float32 logits of its last position on the last block) and leaves each session's cache holding its own
@@ -178,18 +182,20 @@ def prefill_batch(sessions: Sequence[BlockSession], inputs: Sequence[torch.Tenso
         else:
             out = to_cpu(hidden)
             outputs = [out[row : row + 1, :n] for row, n in enumerate(lengths)]
+        outputs = [o.contiguous() for o in outputs]
         layers = [_dynamic_layer(cache, i) for i in range(block.span.start, block.span.end)]
-        for row, (session, n) in enumerate(zip(sessions, lengths, strict=True)):
+        columns = []
+        for row, n in enumerate(lengths):
             keys, values = [], []
             for layer in layers:
                 assert layer.keys is not None and layer.values is not None
                 keys.append(layer.keys[row : row + 1, :, :n, :])
                 values.append(layer.values[row : row + 1, :, :n, :])
-            session.extend(keys, values)
-    return [o.contiguous() for o in outputs]
+            columns.append((keys, values))
+        return _scatter(sessions, columns, outputs)
 
 
-def decode_batch(sessions: Sequence[BlockSession], inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def decode_batch(sessions: Sequence[BlockSession], inputs: Sequence[torch.Tensor]) -> list[StepResult]:
     """One forward of `sessions`' decode steps (each `can_batch`, all of one block); returns each output
     ([1, 1, hidden] hidden states, or [1, 1, vocab] float32 logits on the last block; on the CPU, the padded
     cache, mask and forward on the block's device)."""
@@ -216,15 +222,34 @@ def decode_batch(sessions: Sequence[BlockSession], inputs: Sequence[torch.Tensor
         hidden = adapter.embed(block.module, x, position_ids) if block.is_first else x.to(block.dtype)
         hidden = adapter.run_layers(block.module, hidden, block.span, padded, position_ids, mask)
         out = adapter.logits(block.module, hidden).float() if block.is_last else hidden
+        out = to_cpu(out)
         new_columns = [
             _last_column(_dynamic_layer(padded, i)) for i in range(block.span.start, block.span.end)
         ]
-        for row, session in enumerate(sessions):
-            session.extend(
-                [k[row : row + 1] for k, _ in new_columns], [v[row : row + 1] for _, v in new_columns]
-            )
-    out = to_cpu(out)
-    return [out[row : row + 1] for row in range(count)]
+        columns = [
+            ([k[row : row + 1] for k, _ in new_columns], [v[row : row + 1] for _, v in new_columns])
+            for row in range(count)
+        ]
+        return _scatter(sessions, columns, [out[row : row + 1] for row in range(count)])
+
+
+def _scatter(
+    sessions: Sequence[BlockSession],
+    columns: Sequence[tuple[list[torch.Tensor], list[torch.Tensor]]],
+    outputs: Sequence[torch.Tensor],
+) -> list[StepResult]:
+    """Append each row's keys and values to its session (`BlockSession.extend`), once the whole batch has
+    computed: a session whose append raises (out of memory) gets that error (its session refuses further
+    steps), the others keep their results (they are not rerun: their caches hold the step already)."""
+    results: list[StepResult] = []
+    for session, (keys, values), out in zip(sessions, columns, outputs, strict=True):
+        try:
+            session.extend(keys, values)
+        except Exception as exc:
+            results.append(exc)
+        else:
+            results.append(out)
+    return results
 
 
 def _gather(

@@ -101,10 +101,14 @@ class BlockSession:
         cache = self._cache
         if cache is None:
             raise ModelError("this session is closed; open a new one with block.new_session()")
-        for layer_idx, k, v in zip(
-            range(self.block.span.start, self.block.span.end), keys, values, strict=True
-        ):
-            cache.update(k, v, layer_idx)
+        try:
+            for layer_idx, k, v in zip(
+                range(self.block.span.start, self.block.span.end), keys, values, strict=True
+            ):
+                cache.update(k, v, layer_idx)
+        except Exception as exc:  # some layers may hold the new positions, others not: unusable
+            self._failed = f"{type(exc).__name__}: {exc}"
+            raise
         self.length += int(keys[0].shape[-2]) if keys else 0
 
     @property

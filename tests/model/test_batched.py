@@ -209,3 +209,72 @@ def test_a_long_or_continuing_prefill_runs_alone(
     )  # 9 > 8 positions, a single short fresh prompt, and a session already holding 2 run alone
     assert all(isinstance(o, torch.Tensor) for o in outs)
     assert (a.length, b.length, c.length) == (9, 3, 4)
+
+
+@pytest.mark.parametrize("kind", ["prefill", "decode"])
+def test_a_session_whose_cache_append_fails_fails_alone(
+    kind: str, tiny_models: Callable[[str], TinyModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch computed, then appending one session's keys and values raises midway (out of memory): that
+    session alone fails and refuses further steps (its layers hold different lengths); the sessions appended
+    before it keep their results and go on (they are not rerun from a cache that already holds the step)."""
+    tiny = tiny_models("llama")
+    block = load_block_from_parts(tiny.parts_dir, tiny.config, LayerSpan(0, 4))
+    prompts = _prompts(tiny.model.config.vocab_size)[2:5]  # 9, 4 and 12 tokens
+    sessions = [block.new_session() for _ in prompts]
+    refs = [block.new_session() for _ in prompts]
+    if kind == "decode":
+        for s, r, p in zip(sessions, refs, prompts, strict=True):
+            s.step(p, 0)
+            r.step(p, 0)
+    inputs = list(prompts) if kind == "prefill" else [torch.tensor([[t]]) for t in (3, 4, 5)]
+    positions = [s.length for s in sessions]
+    cache = sessions[1].cache
+    assert cache is not None
+    real_update = cache.update
+    calls: list[int] = []
+
+    def fails_once_on_the_second_layer(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("out of memory appending the second layer")
+        return real_update(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cache, "update", fails_once_on_the_second_layer)
+    outs = step_many(sessions, inputs, positions)
+    assert isinstance(outs[1], MemoryError), outs[1]
+    with pytest.raises(ModelError, match="an earlier step failed"):
+        sessions[1].step(inputs[1], positions[1])
+    for i in (0, 2):
+        out = outs[i]
+        assert isinstance(out, torch.Tensor), out
+        assert torch.allclose(out, refs[i].step(inputs[i], positions[i]), atol=1e-4)
+        after = torch.tensor([[7]])
+        assert torch.allclose(
+            sessions[i].step(after, sessions[i].length), refs[i].step(after, refs[i].length), atol=1e-4
+        )
+
+
+@pytest.mark.parametrize("kind", ["prefill", "decode"])
+def test_a_session_given_twice_steps_once_then_refuses_the_repeat(
+    kind: str, tiny_models: Callable[[str], TinyModel]
+) -> None:
+    """`step_many` with one session twice is that session's two steps one after the other: the first runs,
+    the repeat of the same position is refused; neither may join one batch (both would be appended, each
+    computed at the same positions)."""
+    tiny = tiny_models("llama")
+    block = load_block_from_parts(tiny.parts_dir, tiny.config, LayerSpan(0, 4))
+    prompt = _prompts(tiny.model.config.vocab_size)[2]
+    session, other, ref = block.new_session(), block.new_session(), block.new_session()
+    if kind == "decode":
+        for s in (session, other, ref):
+            s.step(prompt, 0)
+    x = prompt if kind == "prefill" else torch.tensor([[3]])
+    pos = session.length
+    outs = step_many([session, session, other], [x, x, x], [pos, pos, pos])
+    expected = ref.step(x, pos)
+    assert isinstance(outs[0], torch.Tensor) and torch.allclose(outs[0], expected, atol=1e-4)
+    assert isinstance(outs[1], ModelError) and "send the inputs from position" in str(outs[1])
+    assert session.length == ref.length
+    after = torch.tensor([[7]])
+    assert torch.allclose(session.step(after, session.length), ref.step(after, ref.length), atol=1e-4)
