@@ -225,9 +225,10 @@ def _closed_by_peer(s: socket.socket, deadline: float) -> bool:
 def test_a_hundred_half_open_sockets_are_closed_in_bounded_time_and_service_goes_on(net: Net) -> None:
     socks = [_half_open(net.worker.port, i % 3) for i in range(100)]
     try:
-        # beyond the per-IP cap the worker answers 429 and closes at once
+        # beyond the per-IP cap the worker answers 429 and closes at once: well within a second each, where a held
+        # socket waits for the header timeout (50 ms each missed 2 of 66 once, in a full CI run on 2 loaded cores)
         t0 = time.monotonic()
-        refused = sum(_closed_by_peer(s, time.monotonic() + 0.05) for s in socks[MAX_PER_IP + 10 :])
+        refused = sum(_closed_by_peer(s, time.monotonic() + 0.5) for s in socks[MAX_PER_IP + 10 :])
         assert refused == len(socks) - MAX_PER_IP - 10, "connections beyond the per-IP cap were kept"
         # the rest are closed once the header or body timeout passes
         deadline = t0 + BODY_TIMEOUT_S + HEADER_TIMEOUT_S + 5.0  # 408, then a bounded drain of the body
