@@ -6,8 +6,8 @@ of a token's path.
 
 Marks: a worker's `recv` (a step's request reached its handler), `compute` / `computed` (its model forward),
 `finished` (encoded, hashed, fingerprinted and recorded: the output may leave), for a batched forward of
-several sessions `batch:<n>` / `batched` / `batch_finished` (the same three points for the whole batch), `send` (forwarded to the next
-worker) or `answer` (the last worker answers the coordinator directly); the coordinator's `step` (sent into
+several sessions `batch:<n>` / `batched` / `batch_finished` (the same three points for the whole batch),
+`send` (forwarded to the next worker) or `answer` (the last worker answers the coordinator directly); the coordinator's `step` (sent into
 the chain), `answered` (the direct answer arrived) and `token` (the forward returned: the token is sampled);
 in every traced process, `gc2:start` / `gc2:stop` around each full garbage collection. A mark has no spaces.
 """
@@ -40,9 +40,8 @@ def _collections(phase: str, info: dict[str, int]) -> None:
         mark(f"gc2:{phase}")
 
 
-if (
-    _FILE is not None
-):  # full garbage collections walk the whole heap (~0.2 s with torch loaded): on the timeline too
+# full garbage collections walk the whole heap (~0.2 s with torch loaded): on the timeline too
+if _FILE is not None:
     import gc
 
     gc.callbacks.append(_collections)

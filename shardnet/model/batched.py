@@ -41,10 +41,10 @@ StepResult = torch.Tensor | Exception
 
 PREFILL_MAX_POSITIONS = 256  # a longer prompt is prefilled alone: it fills a forward by itself
 PREFILL_BATCH_POSITIONS = 1024  # most positions (padding included) of one batched prefill
-PREFILL_PADDING = 1.25  # a batched prefill's positions, padding included, at most this times its prompts'
-PREFILL_SLACK = (
-    32  # ... or its padding at most this many positions (short prompts batch whatever their lengths)
-)
+#: a batched prefill's positions, padding included, are at most PREFILL_PADDING times its prompts', or its padding
+#: at most PREFILL_SLACK positions (short prompts batch whatever their lengths)
+PREFILL_PADDING = 1.25
+PREFILL_SLACK = 32
 
 
 def step_many(

@@ -30,6 +30,20 @@ def _prompts(vocab: int) -> list[torch.Tensor]:
     return [torch.randint(0, vocab, (1, n), generator=gen) for n in PROMPT_LENGTHS]
 
 
+def _spy(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """The sizes of the batches `batched.<name>` (decode_batch or prefill_batch) runs from now on; the real one
+    runs."""
+    sizes: list[int] = []
+    real = getattr(batched, name)
+
+    def counted(sessions: Sequence[BlockSession], inputs: Sequence[torch.Tensor]) -> list[batched.StepResult]:
+        sizes.append(len(sessions))
+        return list(real(sessions, inputs))
+
+    monkeypatch.setattr(batched, name, counted)
+    return sizes
+
+
 def _run_together(
     blocks: Sequence[Block], prompts: Sequence[torch.Tensor], wanted: Sequence[int]
 ) -> tuple[list[list[int]], list[list[torch.Tensor]]]:
@@ -61,14 +75,7 @@ def test_batched_sessions_decode_the_same_tokens_as_each_alone(
     tiny = tiny_models(name)
     blocks = _blocks(tiny)
     prompts = _prompts(tiny.model.config.vocab_size)
-    batch_sizes: list[int] = []
-    real_decode_batch = batched.decode_batch
-
-    def counted(sessions: Sequence[BlockSession], inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        batch_sizes.append(len(sessions))  # a spy: the real batched forward runs
-        return real_decode_batch(sessions, inputs)
-
-    monkeypatch.setattr(batched, "decode_batch", counted)
+    batch_sizes = _spy(monkeypatch, "decode_batch")
     got_tokens, got_logits = _run_together(blocks, prompts, NEW_TOKENS)
     if name == "mistral":  # sliding-window layers keep a window, not every position: each runs alone
         assert batch_sizes == []
@@ -133,17 +140,9 @@ def test_fresh_sessions_prefill_together_as_each_alone(
     cache (the next step from it), equals the same prompt run alone; the padding never reaches a prompt."""
     tiny = tiny_models(name)
     blocks = _blocks(tiny)
-    prompts = [torch.cat([p, p, p], dim=1) for p in _prompts(tiny.model.config.vocab_size)][
-        :5
-    ]  # 3..36 tokens
-    groups: list[int] = []
-    real_prefill_batch = batched.prefill_batch
-
-    def counted(sessions: Sequence[BlockSession], inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        groups.append(len(sessions))  # a spy: the real batched prefill runs
-        return real_prefill_batch(sessions, inputs)
-
-    monkeypatch.setattr(batched, "prefill_batch", counted)
+    tripled = [torch.cat([p, p, p], dim=1) for p in _prompts(tiny.model.config.vocab_size)]
+    prompts = tripled[:5]  # 3..36 tokens
+    groups = _spy(monkeypatch, "prefill_batch")
     monkeypatch.setattr(batched, "PREFILL_PADDING", 100.0)  # every prompt in one group
     together = [[b.new_session() for b in blocks] for _ in prompts]
     alone = [[b.new_session() for b in blocks] for _ in prompts]
