@@ -3,6 +3,7 @@ real `worker run` processes and a real `coordinator run` process on 127.0.0.1 ag
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from aiohttp import web
 
 from shardnet.chain.devnet import free_port
 from shardnet.http_json import request_json
@@ -115,3 +117,11 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+async def serve_on_kernel_port(runner: web.AppRunner) -> int:
+    """Starts an app runner on 127.0.0.1, on a port the kernel picks as it binds; returns the port. A port chosen
+    earlier with free_port can meanwhile become the local port of an outgoing connection (a CI run failed so)."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    return int(sock.getsockname()[1])

@@ -38,6 +38,7 @@ from shardnet.store.manifest import Manifest
 from shardnet.verify.package import StepWork, VerificationPackage
 from shardnet.wire.eip712 import Domain
 from shardnet.wire.tickets import sign_ticket
+from tests.coordinator.harness import serve_on_kernel_port
 from tests.fixtures_chain import TEST_PARAMS, DevChain
 from worker.limits import verify_positions
 from worker.server import BlockInfo, ServerLimits, WorkerServer
@@ -235,7 +236,7 @@ def _dispute(
                 app.middlewares.append(_counter(address, verify_posts))
             runner = web.AppRunner(app)
             await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", s.ports[address]).start()
+            s.ports[address] = await serve_on_kernel_port(runner)  # the URLs below read s.ports
             runners.append(runner)
         try:
             signed, work = await _serve_job(s, accused, job_id)

@@ -37,6 +37,7 @@ from shardnet.verify.tokens import ShownTokens
 from shardnet.wire.commitment import merkle_root, step_hash
 from shardnet.wire.eip712 import Domain
 from shardnet.wire.frames import encode_frame
+from tests.coordinator.harness import serve_on_kernel_port
 from tests.fixtures_chain import TEST_PARAMS, DevChain
 from tests.worker.harness import signing_server
 from tests.worker.harness import ticket as worker_ticket
@@ -97,7 +98,7 @@ def _dispute(
         for node in nodes:
             runner = web.AppRunner(_server(node, block, domain, model_id, views).app())
             await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", ports[node.address]).start()
+            ports[node.address] = await serve_on_kernel_port(runner)  # the URLs below read ports
             runners.append(runner)
         try:
             ticket = worker_ticket(domain, coordinator, accused.address, SPAN, job_id, max_positions=64)

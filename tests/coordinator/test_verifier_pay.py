@@ -27,6 +27,7 @@ from shardnet.model import load_block
 from shardnet.span import LayerSpan
 from shardnet.store.manifest import Manifest
 from tests.chain.registry_world import build_world
+from tests.coordinator.harness import serve_on_kernel_port
 from tests.coordinator.test_disputes import (
     MAX_TOKENS,
     PRICE,
@@ -74,7 +75,7 @@ def _checked_and_paid(
         for address, app in servers.items():
             runner = web.AppRunner(app)
             await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", s.ports[address]).start()
+            s.ports[address] = await serve_on_kernel_port(runner)  # the URLs below read s.ports
             runners.append(runner)
         try:
             signed, work = await _serve_job(s, accused, job_id)
