@@ -56,6 +56,8 @@ MAX_RERUNS = 3
 DIE_BEFORE_FINALIZE_ENV = "SHARDNET_TEST_DIE_BEFORE_FINALIZE"
 
 OnToken = Callable[[int], Awaitable[None]]
+#: Called once a job's output is saved for its settlement (a restart finishes it): the answer can go out.
+OnGenerated = Callable[["GenerationResult"], None]
 
 
 class JobError(ShardnetError):
@@ -311,9 +313,12 @@ class JobRunner:
         on_token: OnToken | None = None,
         *,
         job: JobInfo | None = None,
+        on_generated: OnGenerated | None = None,
     ) -> GenerationResult:
         """Route, generate and settle a job whose prompt matches its on-chain inputHash. Fails it on chain on error.
-        `job`: the job as its own submission's receipt showed it (else it is read from the chain)."""
+        `job`: the job as its own submission's receipt showed it (else it is read from the chain).
+        `on_generated`: told the result as soon as it is saved for settlement, before settleJobs (which waits up
+        to `settle_batch_s` for other jobs to share its transaction): a client need not wait for it."""
         if job is None or job.job_id != job_id:
             job = await asyncio.to_thread(self.registry.get_job, job_id)
         try:
@@ -344,6 +349,11 @@ class JobRunner:
             )
             text = model.decode(result.tokens)
             await self._enter_settling(job, job_hops, result, text)
+            if on_generated is not None:
+                try:
+                    on_generated(result)
+                except Exception:  # the listener's fault (a client gone); the job settles regardless
+                    log.exception("job %d: the listener of its output failed", job_id)
             tx = await self.batcher.settle(job_id)  # with the jobs settling now, in one settleJobs
             rerun = partial(rerun_tokens, self, job_id, model, prompt_ids, job.max_tokens, params)
             fix = Correction(

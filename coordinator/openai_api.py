@@ -222,7 +222,13 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
     async def on_token(token: int) -> None:
         queue.put_nowait(token)
 
-    task = service.jobs.schedule(job_id, on_token if body.stream else None)
+    generated: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
+
+    def on_generated(result: GenerationResult) -> None:
+        if not generated.done():
+            generated.set_result(result)
+
+    task = service.jobs.schedule(job_id, on_token if body.stream else None, on_generated)
     task.add_done_callback(lambda _: _release(place))  # the job is over: its sessions are closed
     task.add_done_callback(lambda _: service.directory.forget_job(job_id))
 
@@ -235,9 +241,16 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
         service.config.hold_until_verified if body.hold_until_verified is None else body.hold_until_verified
     )
     checks = service.jobs.runner.checks
+    # The answer goes out once the output is saved for settlement: settleJobs follows (batched with other jobs',
+    # finished by a restart if this process dies), the client need not wait for it. A hold waits for the check,
+    # which starts after the settlement.
+    answer = task if hold else asyncio.ensure_future(_generated(task, generated))
+    answer.add_done_callback(
+        lambda f: f.cancelled() or f.exception()
+    )  # a client gone: its error is logged by the job
     if not body.stream:
         try:
-            result: GenerationResult | None = await task
+            result: GenerationResult | None = await answer
         except ShardnetError as exc:
             return error(502, f"job {job_id} failed: {exc}", "server_error")
         if result is None:
@@ -291,7 +304,7 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
 
     try:
         verified = partial(checks.verified, job_id) if hold else None
-        await _stream(model, task, queue, send, resp, chat, verified)
+        await _stream(model, answer, queue, send, resp, chat, verified)
     except ConnectionError as exc:  # the client went away: normal, the paid job still runs to its settlement
         log.info(
             "job %d: the client closed its stream early (%s); the job finishes without it",
@@ -299,6 +312,18 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
             type(exc).__name__,
         )
     return resp
+
+
+async def _generated(
+    task: asyncio.Task[Any], generated: asyncio.Future[GenerationResult]
+) -> GenerationResult | None:
+    """The job's result as soon as it is saved for settlement; the task's own end (its error, or None: the job
+    was handled already) if that comes first."""
+    await asyncio.wait({task, generated}, return_when=asyncio.FIRST_COMPLETED)
+    if generated.done():
+        return generated.result()
+    result: GenerationResult | None = task.result()
+    return result
 
 
 async def _stream(

@@ -17,7 +17,7 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
 from coordinator.catalog import ModelCatalog
-from coordinator.jobs import JobRunner, OnToken
+from coordinator.jobs import JobRunner, OnGenerated, OnToken
 from coordinator.lifecycle import (
     IllegalTransition,
     JobLifecycle,
@@ -150,18 +150,21 @@ class JobScheduler:
         return job.job_id
 
     # -- running
-    def schedule(self, job_id: int, on_token: OnToken | None = None) -> asyncio.Task[Any]:
-        """Run the job (once: a job already running returns its task)."""
+    def schedule(
+        self, job_id: int, on_token: OnToken | None = None, on_generated: OnGenerated | None = None
+    ) -> asyncio.Task[Any]:
+        """Run the job (once: a job already running returns its task, and the callbacks given now are not used;
+        see `JobRunner.run` for them)."""
         for done in [j for j, t in self.tasks.items() if t.done()]:
             del self.tasks[done]
         task = self.tasks.get(job_id)
         if task is None:
-            task = asyncio.ensure_future(self._run(job_id, on_token))
+            task = asyncio.ensure_future(self._run(job_id, on_token, on_generated))
             task.add_done_callback(_consume)
             self.tasks[job_id] = task
         return task
 
-    async def _run(self, job_id: int, on_token: OnToken | None) -> Any:
+    async def _run(self, job_id: int, on_token: OnToken | None, on_generated: OnGenerated | None) -> Any:
         async with self._slots:
             row = self.lifecycle.state.get_job(job_id)
             if row is None or row.status != JobState.PROMPT or row.prompt is None:
@@ -173,7 +176,9 @@ class JobScheduler:
                 await self.runner.fail(job_id, str(exc))
                 raise
             job = self._submitted.pop(job_id, None)
-            return await self.runner.run(job_id, model, row.prompt, params, on_token, job=job)
+            return await self.runner.run(
+                job_id, model, row.prompt, params, on_token, job=job, on_generated=on_generated
+            )
 
     async def _settle(self, job_ids: list[int]) -> None:
         """Settle the jobs a previous run left settling, all in one settleJobs (each alone if the batch fails)."""

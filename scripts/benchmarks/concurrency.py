@@ -125,7 +125,7 @@ def chain_seconds(health: dict[str, Any]) -> dict[str, float]:
 
 
 def timed_stream(api: object, model: str, prompt: str, n: int) -> tuple[list[float], float, float]:
-    """`stream`, with the time the request ended (its stream closed: the job settled)."""
+    """`stream`, with the time the request ended (its stream closed: the output saved, settleJobs to follow)."""
     arrivals, t0, _text = stream(api, model, prompt, n)
     return arrivals, t0, time.perf_counter()
 
@@ -277,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
             tails = [(end - arrivals[-1]) * 1000 for arrivals, _, end in results if arrivals]
             print(
                 f"  first token after the request: p50 {percentile(firsts, 0.5):.0f} ms, max "
-                f"{max(firsts, default=float('nan')):.0f} ms; last token to the stream's end (settlement): p50 "
+                f"{max(firsts, default=float('nan')):.0f} ms; last token to the stream's end: p50 "
                 f"{percentile(tails, 0.5):.0f} ms, max {max(tails, default=float('nan')):.0f} ms",
                 flush=True,
             )

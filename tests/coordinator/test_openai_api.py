@@ -3,9 +3,11 @@ streamed or not, seeded sampling, and concurrent requests spread over replicas."
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from tests.coordinator.harness import http_json
+from shardnet.chain.registry import JobStatus
+from tests.coordinator.harness import http_json, start_coordinator, wait_for
 from tests.coordinator.network import Net, reference_text
 
 
@@ -85,3 +87,59 @@ def test_concurrent_jobs_spread_over_replicas(net: Net) -> None:
         return next(h["node"] for h in route if h["span"] == [2, 4])
 
     assert middle(results["first_job"]) != middle(results["second_job"])
+
+
+def test_the_answer_does_not_wait_for_the_settlement(net: Net, accounts: Any) -> None:
+    """A coordinator whose settleJobs waits 5 s for other jobs to share it: the client has every token and the
+    stream's end while the job is still settling (its output saved, so a restart would finish it), for the
+    streamed and the whole answer alike; the settlements follow on chain without the client."""
+    import openai
+
+    coord = start_coordinator(
+        net.tmp,
+        accounts[6].key.hex(),
+        net.dep_file,
+        net.store,
+        "--verify-share",
+        "0",
+        "--settle-batch-s",
+        "5",
+        name="coordinator-late-settle",
+    )
+    try:
+        net.owner.set_coordinator(accounts[6].address, coord.url, True)
+        coord.wait_ready(timeout=300)
+        wait_for(
+            lambda: len(http_json("GET", coord.url + "/v1/workers")[1]["workers"]) >= len(net.workers),
+            30,
+            "the workers routable from the second coordinator",
+        )
+
+        def status(job_id: int) -> str:
+            return http_json("GET", f"{coord.url}/v1/jobs/{job_id}")[1]["status"]
+
+        api = openai.OpenAI(base_url=coord.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        prompt = "The sky is"
+        _, expected = reference_text(net, prompt, 10)
+        chunks = list(
+            api.completions.create(
+                model="tiny-chat", prompt=prompt, max_tokens=10, temperature=0, stream=True
+            )
+        )
+        streamed_job = int(chunks[0].id.split("-")[1])  # cmpl-<job id>-<nonce>
+        assert status(streamed_job) == "settling"
+        assert "".join(c.choices[0].text for c in chunks) == expected
+        assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+        started = time.monotonic()
+        whole = api.completions.create(model="tiny-chat", prompt=prompt, max_tokens=10, temperature=0)
+        answered = time.monotonic() - started
+        whole_job = int(whole.model_extra["shardnet_job_id"])
+        assert status(whole_job) == "settling" and whole.choices[0].text == expected
+
+        for job_id in (streamed_job, whole_job):
+            wait_for(lambda j=job_id: status(j) == "finalized", 30, f"job {job_id} settled after its answer")
+            assert net.owner.get_job(job_id).status == JobStatus.Settled
+        assert answered < 5  # the answer did not sit through the settlement window
+    finally:
+        coord.stop()
