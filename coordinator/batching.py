@@ -3,7 +3,8 @@
 A settlement of many jobs costs far less gas per job than one each (the registry checks every signature in one
 transaction; see docs/gas.md). `SettlementBatcher.settle(job_id)` waits for the batch its job joined and returns
 the transaction hash; if a batch of several reverts, each of its jobs is settled alone, so one bad job cannot
-stall the others.
+stall the others. The verifiers' payments of checked jobs (`payVerifiers`) are batched the same way
+(`coordinator.verifier_pay.VerifierPayer`, `what="payVerifiers"`).
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ SettleMany = Callable[[list[int]], Awaitable[dict[int, str]]]
 class SettlementBatcher:
     """Collects settling jobs for `window_s` (at most `max_jobs`), then settles them in one transaction."""
 
-    def __init__(self, settle_many: SettleMany, *, window_s: float, max_jobs: int = 16) -> None:
+    def __init__(
+        self, settle_many: SettleMany, *, window_s: float, max_jobs: int = 16, what: str = "settleJobs"
+    ) -> None:
         self._settle_many = settle_many
         self.window_s = window_s
         self.max_jobs = max_jobs
+        self.what = what  # the transaction's name, for the log
         self._pending: dict[int, asyncio.Future[str]] = {}
         self._timer: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
@@ -62,10 +66,10 @@ class SettlementBatcher:
                 for job_id, future in batch.items():
                     if not future.done():
                         future.set_result(txs[job_id])
-                log.info("settled %d jobs in one settleJobs (tx %s)", len(batch), next(iter(txs.values())))
+                log.info("%d jobs in one %s (tx %s)", len(batch), self.what, next(iter(txs.values())))
                 return
             except Exception as exc:  # noqa: BLE001 - each job is tried alone below, and errors reach its caller
-                log.warning("a settlement of %d jobs failed (%s); settling each alone", len(batch), exc)
+                log.warning("a %s of %d jobs failed (%s); sending each job alone", self.what, len(batch), exc)
         for job_id, future in batch.items():
             if future.done():
                 continue

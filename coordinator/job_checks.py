@@ -40,7 +40,7 @@ from coordinator.dispute_records import outcome_record, record_hash
 from coordinator.disputes import DRAW_DELAY, DisputeRunner
 from coordinator.hop_sessions import PipelineContext
 from coordinator.hops import JobHops
-from coordinator.verifier_pay import hop_verdicts, pay_verifiers, return_share
+from coordinator.verifier_pay import VerifierPayer, hop_verdicts
 from shardnet.chain.tx import wait_for_receipt
 from shardnet.verify.tokens import ShownTokens
 from shardnet.wire.commitment import merkle_root
@@ -133,9 +133,16 @@ class JobChecks:
     """Starts the after-the-fact check of a `share` of the settled jobs (0 turns them off)."""
 
     def __init__(
-        self, ctx: PipelineContext, *, share: float = 1.0, clock: Callable[[], float] = time.monotonic
+        self,
+        ctx: PipelineContext,
+        *,
+        share: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        pay_batch_s: float = 0.0,
     ) -> None:
+        """`pay_batch_s`: the verifiers' payments of jobs checked within this many seconds go in one payVerifiers."""
         self.ctx = ctx
+        self.payer = VerifierPayer(ctx.registry, pay_batch_s)
         self.clock = clock
         self.share = share
         self.enabled = share > 0
@@ -165,7 +172,7 @@ class JobChecks:
             report.status = NOT_VERIFIED  # an adapter's job: verifiers would replay without it (never framed)
             report.note = "checks are off" if not self.enabled else "ran with a LoRA adapter verifiers lack"
             log.info("job %d: not checked after the fact: %s", job_id, report.note)
-            refund = asyncio.ensure_future(return_share(self.ctx.registry, job_id, settle_tx))
+            refund = asyncio.ensure_future(self.payer.return_share(job_id, settle_tx))
             self._tasks.add(refund)
             refund.add_done_callback(self._tasks.discard)
             return
@@ -270,7 +277,7 @@ class JobChecks:
                 continue
             todo.append((i, node, span, signed, await job_hops.step_work(i), shown_tokens(job_hops, i)))
         if not todo:
-            return await return_share(self.disputes.registry, job_id, settle_tx)
+            return await self.payer.return_share(job_id, settle_tx)
         registry = self.disputes.registry
         try:
             receipt = await asyncio.to_thread(wait_for_receipt, registry.w3, settle_tx)
@@ -285,7 +292,7 @@ class JobChecks:
             if not job_drawn(bytes(block["hash"]), job_id, self.share):
                 log.info("job %d: not among the %.0f%% of jobs checked", job_id, 100 * self.share)
                 unchecked.append(f"not among the {100 * self.share:.0f}% of jobs checked")
-                await pay_verifiers(registry, job_id, record, close_block, [])  # the share back to the client
+                await self.payer.pay(job_id, record, close_block, [])  # the share back to the client
                 return []
             outcomes = []
             paid = []
@@ -312,7 +319,7 @@ class JobChecks:
                     self._record(job_id, i, outcome)
                 except Exception:  # noqa: BLE001 - the outcome stands (reported and paid), only its record is lost
                     log.exception("job %d: the outcome of hop %d (%s) could not be recorded", job_id, i, node)
-            await pay_verifiers(registry, job_id, record, close_block, paid)
+            await self.payer.pay(job_id, record, close_block, paid)
             return outcomes
         except Exception as exc:
             log.exception("job %d: the after-the-fact check failed", job_id)

@@ -96,7 +96,8 @@ class JobRunner:
         self.lifecycle = lifecycle
         self.commitments = commitments
         self.batcher = SettlementBatcher(self.finish_settlements, window_s=settle_batch_s)
-        self.checks = JobChecks(ctx, share=ctx.check_share)  # settled jobs' hops, judged by drawn verifiers
+        # settled jobs' hops, judged by drawn verifiers; their pay batched like the settlements
+        self.checks = JobChecks(ctx, share=ctx.check_share, pay_batch_s=settle_batch_s)
 
     # -- generating
     async def generate(

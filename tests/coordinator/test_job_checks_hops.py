@@ -81,7 +81,7 @@ def _checks(monkeypatch: pytest.MonkeyPatch, receipt: Any = None) -> tuple[JobCh
     checks = JobChecks(ctx, share=1.0)  # type: ignore[arg-type]
     paid: list[Any] = [None]
 
-    async def pay(_registry: Any, _job: int, _record: Any, _close: int, hops: list[HopVerdicts]) -> None:
+    async def pay(_job: int, _record: Any, _close: int, hops: list[HopVerdicts]) -> None:
         paid[0] = hops
 
     async def no_dtype(_endpoint: str | None) -> str:
@@ -113,7 +113,7 @@ def _checks(monkeypatch: pytest.MonkeyPatch, receipt: Any = None) -> tuple[JobCh
             raise ConnectionError("the chain node is gone")
         return receipt
 
-    monkeypatch.setattr(job_checks, "pay_verifiers", pay)
+    monkeypatch.setattr(checks.payer, "pay", pay)
     monkeypatch.setattr(job_checks, "worker_dtype", no_dtype)
     monkeypatch.setattr(job_checks, "wait_for_receipt", wait_for_receipt)
     monkeypatch.setattr(checks.disputes, "wait_for_draw", drawn)

@@ -19,7 +19,7 @@ from eth_utils import keccak
 
 from coordinator.dispute_answers import DisputeOutcome
 from coordinator.disputes import DisputeRunner
-from coordinator.verifier_pay import hop_verdicts, pay_verifiers
+from coordinator.verifier_pay import VerifierPayer, hop_verdicts, pay_verifiers
 from shardnet.chain.commitments import INNOCENT_LEAF, INNOCENT_LEAF_INDEX, sign_innocent_verdict
 from shardnet.chain.deploy import Deployment, deploy_registry
 from shardnet.chain.registry import HopVerdicts, PaidVerdict, Registry, Settlement
@@ -210,3 +210,73 @@ def test_a_first_stage_that_skipped_an_excluded_verifier_pays_both_verifiers_it_
     assert outcome.picks == 3
     pay = hop_pay * VERIFY_PARAMS.verify_bps // BPS
     assert (paid["verdicts"], paid["paid"]) == (2, 2 * pay)
+
+
+def test_payments_ready_together_share_one_transaction_and_a_bad_one_does_not_stall_the_others(
+    anvil: DevChain, accounts: list[LocalAccount], registry_for: Callable[[LocalAccount | None], Registry]
+) -> None:
+    """`VerifierPayer` with a window: a checked job's verdicts and an unchecked job's share go in one payVerifiers,
+    each paid as alone; next, a payment the registry refuses (a wrong close block) sinks that batch, and the good
+    payment beside it is sent alone and paid, the bad one stays held (anyone refunds it later)."""
+    world = build_world(anvil, accounts, registry_for)
+    for v in (accounts[4], accounts[7]):
+        world.reg(v).register_node("http://127.0.0.1:8400", 2 * world.gov.min_stake())
+        world.reg(v).announce_shard(world.model_id, LayerSpan(0, 4))
+    jobs = [world.submit() for _ in range(4)]
+    settlements = [Settlement(j, world.record(j), keccak(text="out"), world.route(j)) for j in jobs]
+    close = world.gov.settle_jobs(settlements).block_number
+    world.chain.mine(3)
+    keys = {a.address: a for a in (*accounts[:9], world.node3)}
+    c = settlements[0].sorted_hops()[0]
+    first, second = (
+        a for a, _ in world.gov.draw_verifiers(jobs[0], settlements[0].job, close, c.node, c.span, c.root)[:2]
+    )
+    verdicts = [
+        PaidVerdict(
+            INNOCENT_LEAF_INDEX,
+            INNOCENT_LEAF,
+            sign_innocent_verdict(keys[who], world.domain, job_id=jobs[0], accused=c.node, root=c.root),
+        )
+        for who in (first, second)
+    ]
+    client = world.client.address
+    client_before = world.gov.claimable(client)
+    payer = VerifierPayer(world.gov, window_s=2)
+
+    async def pay_together() -> list[str | None]:
+        return list(
+            await asyncio.gather(
+                payer.pay(jobs[0], settlements[0].job, close, [HopVerdicts(c, 2, verdicts)]),
+                payer.pay(jobs[1], settlements[1].job, close, []),
+            )
+        )
+
+    tx0, tx1 = asyncio.run(pay_together())
+    assert tx0 is not None and tx0 == tx1
+    events = {
+        int(e.args["jobId"]): e.args
+        for e in world.gov.get_logs(0, world.gov.block_number(), ["VerificationPaid"])
+        if e.tx_hash == tx0
+    }
+    pay = world.pay_of() * VERIFY_PARAMS.verify_bps // BPS
+    share = world.gov.verification_share(settlements[0].job)
+    assert (events[jobs[0]]["verdicts"], events[jobs[0]]["paid"]) == (2, 2 * pay)
+    assert (events[jobs[1]]["verdicts"], events[jobs[1]]["paid"], events[jobs[1]]["refund"]) == (0, 0, share)
+    assert world.gov.claimable(client) - client_before == 2 * share - 2 * pay
+
+    async def pay_beside_a_bad_one() -> list[str | None]:
+        return list(
+            await asyncio.gather(
+                payer.pay(jobs[2], settlements[2].job, close + 1, []),  # not the block it closed in: reverts
+                payer.pay(jobs[3], settlements[3].job, close, []),
+            )
+        )
+
+    bad, good = asyncio.run(pay_beside_a_bad_one())
+    assert bad is None and good is not None
+    assert world.gov.verification_state(jobs[3]) == (True, False)  # paid: its share spent
+    assert world.gov.verification_state(jobs[2]) == (
+        True,
+        True,
+    )  # still held: refundable after the draw's reach
+    assert world.gov.balance() == world.gov.liabilities()
