@@ -33,7 +33,7 @@ class SettlementBatcher:
         self._running: set[asyncio.Task[None]] = set()
 
     async def settle(self, job_id: int) -> str:
-        """Settle `job_id` with whatever else is settling now; returns the settleJobs transaction hash."""
+        """Send `job_id` with whatever else is waiting now; returns the transaction's hash."""
         future = self._pending.get(job_id)
         if future is None:
             future = asyncio.get_running_loop().create_future()

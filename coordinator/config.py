@@ -116,7 +116,8 @@ class CoordinatorConfig(ChainSettings):
         0.5,
         ge=0,
         description="jobs done within this many seconds of each other are settled in one settleJobs "
-        "transaction (at most 16; less gas per job); 0 settles each job at once",
+        "transaction (at most 16; less gas per job), and their verifiers paid in one payVerifiers; 0 sends each "
+        "job's at once",
     )
 
     # -- verification

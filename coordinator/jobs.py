@@ -58,6 +58,8 @@ DIE_BEFORE_FINALIZE_ENV = "SHARDNET_TEST_DIE_BEFORE_FINALIZE"
 OnToken = Callable[[int], Awaitable[None]]
 #: Called once a job's output is saved for its settlement (a restart finishes it): the answer can go out.
 OnGenerated = Callable[["GenerationResult"], None]
+#: seconds before each new try of a failed settleJobs of a job whose answer may be out
+SETTLE_RETRIES_S = (2.0, 8.0, 30.0)
 
 
 class JobError(ShardnetError):
@@ -304,6 +306,20 @@ class JobRunner:
         self.lifecycle.advance(job_id, JobState.FINALIZED, tx_finalize=result.tx_hash)
         self.commitments.forget(job_id)
 
+    async def _settle(self, job_id: int) -> str:
+        """settleJobs of a job whose output is saved, with the jobs settling now; its client may have the answer
+        already, so a failure (a chain node's hiccup) is tried again after each of SETTLE_RETRIES_S before it is
+        raised (and the job failed): its workers did the work."""
+        for delay in (*SETTLE_RETRIES_S, None):
+            try:
+                return await self.batcher.settle(job_id)
+            except Exception as exc:
+                if delay is None:
+                    raise
+                log.warning("job %d: its settlement failed (%s); trying again in %.0f s", job_id, exc, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
     # -- the whole job
     async def run(
         self,
@@ -355,7 +371,7 @@ class JobRunner:
                     on_generated(result)
                 except Exception:  # the listener's fault (a client gone); the job settles regardless
                     log.exception("job %d: the listener of its output failed", job_id)
-            tx = await self.batcher.settle(job_id)  # with the jobs settling now, in one settleJobs
+            tx = await self._settle(job_id)
             rerun = partial(rerun_tokens, self, job_id, model, prompt_ids, job.max_tokens, params)
             fix = Correction(
                 result.tokens, rerun, model.decode

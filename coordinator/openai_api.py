@@ -225,6 +225,7 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
     generated: asyncio.Future[GenerationResult] = asyncio.get_running_loop().create_future()
 
     def on_generated(result: GenerationResult) -> None:
+        _release(place)  # its sessions are closed: the next request need not wait for this one's settlement
         if not generated.done():
             generated.set_result(result)
 
@@ -244,7 +245,7 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
     # The answer goes out once the output is saved for settlement: settleJobs follows (batched with other jobs',
     # finished by a restart if this process dies), the client need not wait for it. A hold waits for the check,
     # which starts after the settlement.
-    answer = task if hold else asyncio.ensure_future(_generated(task, generated))
+    answer = asyncio.ensure_future(_generated(task, None if hold else generated))
     answer.add_done_callback(
         lambda f: f.cancelled() or f.exception()
     )  # a client gone: its error is logged by the job
@@ -315,12 +316,15 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
 
 
 async def _generated(
-    task: asyncio.Task[Any], generated: asyncio.Future[GenerationResult]
+    task: asyncio.Task[Any], generated: asyncio.Future[GenerationResult] | None
 ) -> GenerationResult | None:
-    """The job's result as soon as it is saved for settlement; the task's own end (its error, or None: the job
-    was handled already) if that comes first."""
-    await asyncio.wait({task, generated}, return_when=asyncio.FIRST_COMPLETED)
-    if generated.done():
+    """The job's result as soon as it is saved for settlement (`generated`; None: when the whole task is done);
+    the task's own end (its error, or None: the job was handled already) if that comes first. A request cancelled
+    while it waits leaves the job running (asyncio.wait cancels nothing)."""
+    await asyncio.wait(
+        {task} if generated is None else {task, generated}, return_when=asyncio.FIRST_COMPLETED
+    )
+    if generated is not None and generated.done():
         return generated.result()
     result: GenerationResult | None = task.result()
     return result

@@ -165,20 +165,41 @@ class JobScheduler:
         return task
 
     async def _run(self, job_id: int, on_token: OnToken | None, on_generated: OnGenerated | None) -> Any:
-        async with self._slots:
-            row = self.lifecycle.state.get_job(job_id)
-            if row is None or row.status != JobState.PROMPT or row.prompt is None:
-                return None
-            params = SamplingParams(**json.loads(row.sampling or "{}"))
-            try:
-                model = await asyncio.to_thread(self.catalog.get, int(row.model_id or 0))
-            except ShardnetError as exc:
-                await self.runner.fail(job_id, str(exc))
-                raise
-            job = self._submitted.pop(job_id, None)
-            return await self.runner.run(
-                job_id, model, row.prompt, params, on_token, job=job, on_generated=on_generated
-            )
+        # the slot is the job's generation: it is free once the output is saved for settlement, which then waits
+        # up to settle_batch_s for other jobs without holding a slot
+        await self._slots.acquire()
+        held = True
+
+        def free_slot() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self._slots.release()
+
+        def generated(result: Any) -> None:
+            free_slot()
+            if on_generated is not None:
+                on_generated(result)
+
+        try:
+            return await self._run_in_slot(job_id, on_token, generated)
+        finally:
+            free_slot()
+
+    async def _run_in_slot(self, job_id: int, on_token: OnToken | None, on_generated: OnGenerated) -> Any:
+        row = self.lifecycle.state.get_job(job_id)
+        if row is None or row.status != JobState.PROMPT or row.prompt is None:
+            return None
+        params = SamplingParams(**json.loads(row.sampling or "{}"))
+        try:
+            model = await asyncio.to_thread(self.catalog.get, int(row.model_id or 0))
+        except ShardnetError as exc:
+            await self.runner.fail(job_id, str(exc))
+            raise
+        job = self._submitted.pop(job_id, None)
+        return await self.runner.run(
+            job_id, model, row.prompt, params, on_token, job=job, on_generated=on_generated
+        )
 
     async def _settle(self, job_ids: list[int]) -> None:
         """Settle the jobs a previous run left settling, all in one settleJobs (each alone if the batch fails)."""
