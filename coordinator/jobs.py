@@ -6,8 +6,8 @@
       -> settleJobs([keccak(output), exactly the commitments held]), with the other jobs settling within
          `settle_batch_s` (coordinator.batching)
 
-Each step moves the job through `coordinator.lifecycle` first, so a restart can finish what was started:
-`finish_settlement` is the same code for a job settled now and one a killed coordinator left settling.
+Each step moves the job through `coordinator.lifecycle` first, so a restart can finish what was started (the
+settling part: `coordinator.settling`).
 A generation that loses a routed worker to a proven cheat is run again from the start, on a route
 without it (the seeded sampler makes the re-run produce what an honest run produces); tokens already
 streamed to an API client are not sent twice. Anything that stops a job for good fails it on chain
@@ -17,49 +17,37 @@ streamed to an API client are not sent twice. Anything that stops a job for good
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
-import signal
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 
 import torch
-from eth_utils import keccak
 
-from coordinator.batching import SettlementBatcher
 from coordinator.catalog import ServedModel
 from coordinator.commitments import CommitmentBoard
 from coordinator.corrections import Correction, rerun_tokens
 from coordinator.hop_sessions import PipelineContext
 from coordinator.hops import JobHops
-from coordinator.job_checks import JobChecks, relayed_root_mismatch
-from coordinator.lifecycle import TERMINAL, IllegalTransition, JobLifecycle, JobState, mirrored_state
+from coordinator.job_checks import JobChecks
+from coordinator.lifecycle import TERMINAL, JobLifecycle, JobState, mirrored_state
 from coordinator.push_path import make_pipeline
 from coordinator.router import RouteHop
 from coordinator.sampling import Sampler, SamplingParams
-from coordinator.settlement import HopWork, check_commitment, layer_tokens, overlapping_hops
-from coordinator.state import HopRow
+from coordinator.settling import JobSettler
 from coordinator.verification_runs import CheatDetected
-from shardnet.chain.commitments import SignedCommitment
-from shardnet.chain.registry import JobInfo, JobStatus, Settlement, TxResult
+from shardnet.chain.registry import JobInfo, JobStatus
 from shardnet.errors import ShardnetError
 from shardnet.verify.sampler import sampling_seed
 
 log = logging.getLogger(__name__)
 
 MAX_RERUNS = 3
-#: Test hook (tests/coordinator): set to 1 and the coordinator SIGKILLs itself right before sending settleJobs,
-#: so a test can check that a restart finishes the settlement. Never set it in production.
-DIE_BEFORE_FINALIZE_ENV = "SHARDNET_TEST_DIE_BEFORE_FINALIZE"
 
 OnToken = Callable[[int], Awaitable[None]]
 #: Called once a job's output is saved for its settlement (a restart finishes it): the answer can go out.
 OnGenerated = Callable[["GenerationResult"], None]
-#: seconds before each new try of a failed settleJobs of a job whose answer may be out
-SETTLE_RETRIES_S = (2.0, 8.0, 30.0)
 
 
 class JobError(ShardnetError):
@@ -74,11 +62,6 @@ class GenerationResult:
     reruns: int = 0
     #: tokens already streamed that a re-run after a caught cheat replaced: (index, streamed, correct)
     replaced: list[tuple[int, int, int]] = field(default_factory=list)
-
-
-def output_hash(text: str) -> bytes:
-    """keccak256 of the output text's UTF-8 bytes: what goes on chain."""
-    return keccak(text.encode("utf-8"))
 
 
 class JobRunner:
@@ -97,7 +80,7 @@ class JobRunner:
         self.router = ctx.router
         self.lifecycle = lifecycle
         self.commitments = commitments
-        self.batcher = SettlementBatcher(self.finish_settlements, window_s=settle_batch_s)
+        self.settler = JobSettler(ctx, lifecycle, commitments, settle_batch_s=settle_batch_s)
         # settled jobs' hops, judged by drawn verifiers; their pay batched like the settlements
         self.checks = JobChecks(ctx, share=ctx.check_share, pay_batch_s=settle_batch_s)
 
@@ -178,148 +161,6 @@ class JobRunner:
         raise JobError(f"job {job_id}: gave up after {MAX_RERUNS} re-runs caused by cheating workers")
 
     # -- settling
-    async def _enter_settling(
-        self, job: JobInfo, job_hops: JobHops, result: GenerationResult, text: str
-    ) -> None:
-        """Save what settleJobs will send (output hash, each hop's checked signed commitment), then move to settling."""
-        max_prompt = int(await asyncio.to_thread(self.registry.max_prompt_tokens))
-        domain = self.ctx.domain
-        work = [HopWork(span, job_hops.positions[i]) for i, (_, span) in enumerate(job_hops.hops)]
-        tokens = layer_tokens(work, max_tokens=job.max_tokens, max_prompt_tokens=max_prompt)
-        directory = self.router.directory
-        overlapping = overlapping_hops(
-            work,
-            [
-                i
-                for i, (n, _) in enumerate(job_hops.hops)
-                if i in job_hops.commitments and not directory.is_excluded(n)
-            ],
-        )
-        for i, (node, span) in enumerate(job_hops.hops):
-            signed = job_hops.commitments.get(i)
-            if directory.is_excluded(node):  # a cheat is paid nothing, even for the work it committed to
-                note: str | None = "caught sending wrong outputs: left out of the settlement"
-            elif (
-                i in overlapping
-            ):  # the registry pays no layer twice: a failover's overlapping hop posts its own
-                note = "its layers overlap a settled hop's: left out of the settlement (it may post its own)"
-            elif signed is None:
-                note = "no signed commitment in its close answer (it may post its own)"
-            elif await relayed_root_mismatch(job_hops, i):
-                note = "its signed root is not that of the steps it received and sent: not paid"
-            else:
-                note = check_commitment(
-                    signed,
-                    job_id=job.job_id,
-                    node=node,
-                    span=span,
-                    domain=domain,
-                    max_positions=job.max_tokens + max_prompt,
-                    seen_positions=job_hops.positions[i],
-                )
-            if note is not None and job_hops.positions[i] > 0:
-                log.warning(
-                    "job %d: hop %d (%s, layers %s) is not settled: %s", job.job_id, i, node, span, note
-                )
-            self.ctx.state.save_hop(
-                job.job_id,
-                i,
-                node=node.lower(),
-                endpoint=directory.endpoint(node) or "",
-                span_start=span.start,
-                span_end=span.end,
-                positions=job_hops.positions[i],
-                layer_tokens=0 if note else tokens[i],
-                commitment="0x" + signed.root.hex() if signed else None,
-                signed_commitment=json.dumps(signed.to_json()) if signed else None,
-                settle_note=note,
-                reason=job_hops.reasons[i],
-            )
-        self.lifecycle.advance(
-            job.job_id,
-            JobState.SETTLING,
-            output=text,
-            output_tokens=json.dumps(result.tokens),
-            output_hash="0x" + output_hash(text).hex(),
-            finish_reason=result.finish_reason,
-        )
-
-    async def finish_settlement(self, job_id: int) -> str:
-        """settleJobs with exactly the checked signed commitments `_enter_settling` saved; returns the tx hash.
-
-        The same for a job settled now and for one a previous run left settling (it reads only the database
-        and the chain), so a coordinator killed here pays the workers at its next start.
-        """
-        return (await self.finish_settlements([job_id]))[job_id]
-
-    async def finish_settlements(self, job_ids: list[int]) -> dict[int, str]:
-        """Settle several settling jobs in one settleJobs transaction (a restart settles what it finds at once);
-        returns the transaction hash per job."""
-        batch: list[tuple[Settlement, list[tuple[HopRow, SignedCommitment]]]] = []
-        for job_id in job_ids:
-            row = self.lifecycle.state.get_job(job_id)
-            if row is None or row.status != JobState.SETTLING or row.output_hash is None:
-                raise IllegalTransition(f"job {job_id} is not settling; nothing to settle")
-            held = [
-                (h, SignedCommitment.from_json(json.loads(h.signed_commitment)))
-                for h in self.lifecycle.state.hops(job_id)
-                if h.signed_commitment and not h.settle_note
-            ]
-            record = await asyncio.to_thread(self.registry.job_record, job_id)
-            batch.append(
-                (Settlement(job_id, record, bytes.fromhex(row.output_hash[2:]), [c for _, c in held]), held)
-            )
-        if os.environ.get(DIE_BEFORE_FINALIZE_ENV) == "1":
-            log.error(
-                "test hook %s: dying before settleJobs of job %s",
-                DIE_BEFORE_FINALIZE_ENV,
-                ", ".join(map(str, job_ids)),
-            )
-            os.kill(os.getpid(), signal.SIGKILL)
-        result = await asyncio.to_thread(self.registry.settle_jobs, [s for s, _ in batch])
-        for settlement, held in batch:
-            await self._settled(settlement, held, result)
-        return {job_id: result.tx_hash for job_id in job_ids}
-
-    async def _settled(
-        self, settlement: Settlement, held: list[tuple[HopRow, SignedCommitment]], result: TxResult
-    ) -> None:
-        """Record what a mined settleJobs did with one job: which hops were paid, and the job finalized."""
-        job_id = settlement.job_id
-        settled = [e for e in result.events if e.name == "JobSettled" and int(e.args["jobId"]) == job_id]
-        if not settled:  # the registry skips a job already closed: take the chain's verdict
-            status, _, _ = await asyncio.to_thread(self.registry.job_state, job_id)
-            self.lifecycle.advance(job_id, mirrored_state(status))
-            self.lifecycle.confirmed(job_id)
-            return
-        paid_bits = int(settled[0].args["paidHops"])
-        order = {c.node.lower(): i for i, c in enumerate(settlement.sorted_hops())}
-        for h, c in held:
-            paid = paid_bits >> order[c.node.lower()] & 1
-            self.ctx.state.save_hop(
-                job_id,
-                h.hop_index,
-                settle_note=None
-                if paid
-                else "settled but not paid by the registry (posted already, stake, jail or escrow)",
-            )
-        self.lifecycle.advance(job_id, JobState.FINALIZED, tx_finalize=result.tx_hash)
-        self.commitments.forget(job_id)
-
-    async def _settle(self, job_id: int) -> str:
-        """settleJobs of a job whose output is saved, with the jobs settling now; its client may have the answer
-        already, so a failure (a chain node's hiccup) is tried again after each of SETTLE_RETRIES_S before it is
-        raised (and the job failed): its workers did the work."""
-        for delay in (*SETTLE_RETRIES_S, None):
-            try:
-                return await self.batcher.settle(job_id)
-            except Exception as exc:
-                if delay is None:
-                    raise
-                log.warning("job %d: its settlement failed (%s); trying again in %.0f s", job_id, exc, delay)
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
-
     # -- the whole job
     async def run(
         self,
@@ -365,13 +206,13 @@ class JobRunner:
                 job_id, model, job_hops, prompt_ids, job.max_tokens, params, on_token, route
             )
             text = model.decode(result.tokens)
-            await self._enter_settling(job, job_hops, result, text)
+            await self.settler.enter(job, job_hops, result.tokens, result.finish_reason, text)
             if on_generated is not None:
                 try:
                     on_generated(result)
                 except Exception:  # the listener's fault (a client gone); the job settles regardless
                     log.exception("job %d: the listener of its output failed", job_id)
-            tx = await self._settle(job_id)
+            tx = await self.settler.settle(job_id)
             rerun = partial(rerun_tokens, self, job_id, model, prompt_ids, job.max_tokens, params)
             fix = Correction(
                 result.tokens, rerun, model.decode

@@ -205,7 +205,7 @@ class JobScheduler:
         """Settle the jobs a previous run left settling, all in one settleJobs (each alone if the batch fails)."""
         async with self._slots:
             try:
-                txs = await self.runner.finish_settlements(job_ids)
+                txs = await self.runner.settler.finish_settlements(job_ids)
                 log.info("jobs %s: settlement finished after the restart, tx %s", job_ids, set(txs.values()))
                 return
             except ShardnetError as exc:

@@ -104,7 +104,7 @@ def test_coordinator_killed_while_settling_finishes_the_settlement_after_restart
     """Every worker handed its signed commitment, then the coordinator dies right before settleJobs (a test hook
     SIGKILLs it there): the restarted coordinator settles the job from its saved state and the commitments it holds,
     so the workers are paid, not refunded."""
-    from coordinator.jobs import DIE_BEFORE_FINALIZE_ENV
+    from coordinator.settling import DIE_BEFORE_FINALIZE_ENV
 
     base = net.coordinator
     base.stop()

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from coordinator import jobs
-from coordinator.jobs import GenerationResult, JobRunner
+from coordinator import settling
+from coordinator.jobs import GenerationResult
 from coordinator.lifecycle import JobState
 from coordinator.scheduler import JobScheduler
+from coordinator.settling import JobSettler
 
 
 class _Runner:
@@ -86,17 +87,17 @@ class _Batcher:
 
 @pytest.mark.parametrize("failures", [0, 1, 3])
 def test_a_failed_settlement_is_tried_again(monkeypatch: pytest.MonkeyPatch, failures: int) -> None:
-    monkeypatch.setattr(jobs, "SETTLE_RETRIES_S", (0.01, 0.01, 0.01))
-    runner = object.__new__(JobRunner)
-    runner.batcher = _Batcher(failures)  # type: ignore[assignment]
-    assert asyncio.run(runner._settle(7)) == "0xtx7"
-    assert runner.batcher.calls == failures + 1
+    monkeypatch.setattr(settling, "SETTLE_RETRIES_S", (0.01, 0.01, 0.01))
+    settler = object.__new__(JobSettler)
+    settler.batcher = _Batcher(failures)  # type: ignore[assignment]
+    assert asyncio.run(settler.settle(7)) == "0xtx7"
+    assert settler.batcher.calls == failures + 1
 
 
 def test_a_settlement_that_keeps_failing_is_raised(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jobs, "SETTLE_RETRIES_S", (0.0,))
-    runner = object.__new__(JobRunner)
-    runner.batcher = _Batcher(99)  # type: ignore[assignment]
+    monkeypatch.setattr(settling, "SETTLE_RETRIES_S", (0.0,))
+    settler = object.__new__(JobSettler)
+    settler.batcher = _Batcher(99)  # type: ignore[assignment]
     with pytest.raises(ConnectionError):
-        asyncio.run(runner._settle(7))
-    assert runner.batcher.calls == 2
+        asyncio.run(settler.settle(7))
+    assert settler.batcher.calls == 2

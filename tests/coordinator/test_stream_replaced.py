@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from coordinator.jobs import GenerationResult
-from coordinator.openai_api import _stream
+from coordinator.openai_stream import stream_tokens
 
 
 class _Model:
@@ -42,7 +42,7 @@ def _events(streamed: list[int], result: GenerationResult) -> list[Any]:
         async def send(delta: str | None, finish: str | None, first: bool = False) -> None:
             await resp.write(f"data: {json.dumps({'delta': delta, 'finish': finish})}\n\n".encode())
 
-        await _stream(_Model(), asyncio.ensure_future(job()), queue, send, resp, chat=False)  # type: ignore[arg-type]
+        await stream_tokens(_Model(), asyncio.ensure_future(job()), queue, send, resp, chat=False)  # type: ignore[arg-type]
         return resp.body
 
     body = asyncio.run(go()).decode()
