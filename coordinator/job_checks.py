@@ -167,20 +167,30 @@ class JobChecks:
         self, job_id: int, model_id: int, job_hops: JobHops, settle_tx: str, fix: Correction | None = None
     ) -> None:
         """Check the job's hops in the background; `fix`: how to re-run it should a hop be slashed."""
-        report = self._report(job_id)  # small: the shown tokens stay in `fix`, held only while the check runs
         if not self.enabled or self.ctx.adapters.for_job(job_id) is not None:
-            report.status = NOT_VERIFIED  # an adapter's job: verifiers would replay without it (never framed)
-            report.note = "checks are off" if not self.enabled else "ran with a LoRA adapter verifiers lack"
-            log.info("job %d: not checked after the fact: %s", job_id, report.note)
-            refund = asyncio.ensure_future(self.payer.return_share(job_id, settle_tx))
-            self._tasks.add(refund)
-            refund.add_done_callback(self._tasks.discard)
+            # an adapter's job: verifiers would replay without it (never framed)
+            self.unchecked(
+                job_id,
+                settle_tx,
+                "checks are off" if not self.enabled else "ran with a LoRA adapter verifiers lack",
+            )
             return
+        report = self._report(job_id)  # small: the shown tokens stay in `fix`, held only while the check runs
         task = asyncio.ensure_future(self._check(job_id, model_id, job_hops, settle_tx, report, fix))
         self._tasks.add(task)
         self._by_job[job_id] = task
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda _t: self._by_job.pop(job_id, None))
+
+    def unchecked(self, job_id: int, settle_tx: str, why: str) -> None:
+        """A settled job nobody checks (`why`): reported so, and its verification share goes back to the client at
+        once (in the background), not after the draw's reach."""
+        report = self._report(job_id)
+        report.status, report.note = NOT_VERIFIED, why
+        log.info("job %d: not checked after the fact: %s", job_id, why)
+        refund = asyncio.ensure_future(self.payer.return_share(job_id, settle_tx))
+        self._tasks.add(refund)
+        refund.add_done_callback(self._tasks.discard)
 
     def _report(self, job_id: int) -> CheckReport:
         while len(self.reports) >= MAX_REPORTS:

@@ -207,6 +207,11 @@ class JobScheduler:
             try:
                 txs = await self.runner.settler.finish_settlements(job_ids)
                 log.info("jobs %s: settlement finished after the restart, tx %s", job_ids, set(txs.values()))
+                # what the hops sent died with the old process: nothing to check, the share goes back now
+                for job_id, tx in txs.items():
+                    self.runner.checks.unchecked(
+                        job_id, tx, "settled after a restart: its hops' steps were lost"
+                    )
                 return
             except ShardnetError as exc:
                 if len(job_ids) == 1:

@@ -101,3 +101,21 @@ def test_a_settlement_that_keeps_failing_is_raised(monkeypatch: pytest.MonkeyPat
     with pytest.raises(ConnectionError):
         asyncio.run(settler.settle(7))
     assert settler.batcher.calls == 2
+
+
+def test_jobs_settled_after_a_restart_return_their_verification_share() -> None:
+    """The restart path (`JobScheduler._settle`): each job its settleJobs settled is handed to the checks as
+    unchecked, with its own transaction, so its verification share goes back to the client at once."""
+    unchecked: list[tuple[int, str, str]] = []
+
+    async def finish_settlements(job_ids: list[int]) -> dict[int, str]:
+        return {j: f"0xtx{j}" for j in job_ids}
+
+    runner = SimpleNamespace(
+        settler=SimpleNamespace(finish_settlements=finish_settlements),
+        checks=SimpleNamespace(unchecked=lambda *args: unchecked.append(args)),
+    )
+    scheduler = _scheduler(runner)  # type: ignore[arg-type]
+    asyncio.run(scheduler._settle([4, 5]))
+    assert [(j, tx) for j, tx, _why in unchecked] == [(4, "0xtx4"), (5, "0xtx5")]
+    assert all("restart" in why for _j, _tx, why in unchecked)

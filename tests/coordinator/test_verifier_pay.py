@@ -280,3 +280,26 @@ def test_payments_ready_together_share_one_transaction_and_a_bad_one_does_not_st
         True,
     )  # still held: refundable after the draw's reach
     assert world.gov.balance() == world.gov.liabilities()
+
+
+def test_a_settled_job_nobody_checks_gets_its_share_back_at_once(
+    anvil: DevChain, accounts: list[LocalAccount], registry_for: Callable[[LocalAccount | None], Registry]
+) -> None:
+    """`VerifierPayer.return_share` (checks off, a LoRA job, a job settled by a restarted coordinator): the whole
+    verification share is credited to the client from the settlement's transaction alone, long before the draw's
+    reach would let anyone refund it; a second call finds nothing held and sends nothing."""
+    world = build_world(anvil, accounts, registry_for)
+    job_id = world.submit()
+    settlement = Settlement(job_id, world.record(job_id), keccak(text="out"), world.route(job_id))
+    settled = world.gov.settle_jobs([settlement])
+    share = world.gov.verification_share(settlement.job)
+    assert share > 0 and world.gov.verification_state(job_id) == (True, True)
+    client_before = world.gov.claimable(world.client.address)
+    payer = VerifierPayer(world.gov, window_s=0.5)
+    assert asyncio.run(payer.return_share(job_id, settled.tx_hash)) == []
+    assert world.gov.verification_state(job_id) == (True, False)
+    assert world.gov.claimable(world.client.address) - client_before == share
+    blocks = world.gov.block_number()
+    assert asyncio.run(payer.return_share(job_id, settled.tx_hash)) == []
+    assert world.gov.block_number() == blocks  # nothing held: no transaction
+    assert world.gov.balance() == world.gov.liabilities()
