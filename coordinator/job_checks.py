@@ -18,7 +18,8 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import aiohttp
 from eth_utils import keccak
@@ -156,7 +157,7 @@ class JobChecks:
             on_outvoted=self._fault,
             excluded=self._faulty,  # not directory.is_excluded: live-check sybils can exclude honest nodes
         )
-        self._tasks: set[asyncio.Task[list[DisputeOutcome]]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         # verifier (lower case) -> when its last (at most MAX_FAULTS) faults were, the least recently faulted first
         self.faults: OrderedDict[str, list[float]] = OrderedDict()
         directory.benched = self._faulty  # out of routing while its recent faults last, not for good
@@ -188,9 +189,13 @@ class JobChecks:
         report = self._report(job_id)
         report.status, report.note = NOT_VERIFIED, why
         log.info("job %d: not checked after the fact: %s", job_id, why)
-        refund = asyncio.ensure_future(self.payer.return_share(job_id, settle_tx))
-        self._tasks.add(refund)
-        refund.add_done_callback(self._tasks.discard)
+        self._in_background(self.payer.return_share(job_id, settle_tx))
+
+    def _in_background(self, payment: Coroutine[Any, Any, Any]) -> None:
+        """A payment sent while the check's report is already final (a held answer need not wait for its batch)."""
+        task = asyncio.ensure_future(payment)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _report(self, job_id: int) -> CheckReport:
         while len(self.reports) >= MAX_REPORTS:
@@ -302,7 +307,7 @@ class JobChecks:
             if not job_drawn(bytes(block["hash"]), job_id, self.share):
                 log.info("job %d: not among the %.0f%% of jobs checked", job_id, 100 * self.share)
                 unchecked.append(f"not among the {100 * self.share:.0f}% of jobs checked")
-                await self.payer.pay(job_id, record, close_block, [])  # the share back to the client
+                self._in_background(self.payer.pay(job_id, record, close_block, []))  # the share back
                 return []
             outcomes = []
             paid = []
@@ -329,7 +334,7 @@ class JobChecks:
                     self._record(job_id, i, outcome)
                 except Exception:  # noqa: BLE001 - the outcome stands (reported and paid), only its record is lost
                     log.exception("job %d: the outcome of hop %d (%s) could not be recorded", job_id, i, node)
-            await self.payer.pay(job_id, record, close_block, paid)
+            self._in_background(self.payer.pay(job_id, record, close_block, paid))
             return outcomes
         except Exception as exc:
             log.exception("job %d: the after-the-fact check failed", job_id)
