@@ -18,9 +18,9 @@ from eth_utils import keccak
 
 from coordinator.batching import SettlementBatcher
 from coordinator.commitments import CommitmentBoard
+from coordinator.hop_facts import relayed_root_mismatch
 from coordinator.hop_sessions import PipelineContext
 from coordinator.hops import JobHops
-from coordinator.job_checks import relayed_root_mismatch
 from coordinator.lifecycle import IllegalTransition, JobLifecycle, JobState, mirrored_state
 from coordinator.settlement import HopWork, check_commitment, layer_tokens, overlapping_hops
 from coordinator.state import HopRow

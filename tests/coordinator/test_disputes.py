@@ -361,7 +361,7 @@ def test_a_cheat_and_its_sybil_cannot_shield_the_cheat(setup: Setup, blocks: dic
 
 
 def test_the_share_of_jobs_checked_is_drawn_from_the_close_randomness() -> None:
-    from coordinator.job_checks import job_drawn
+    from coordinator.hop_facts import job_drawn
 
     randomness = keccak(text="blockhash(closeBlock + 2)")
     assert all(job_drawn(randomness, j, 1.0) for j in range(50))

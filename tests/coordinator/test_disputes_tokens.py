@@ -181,8 +181,8 @@ def test_the_last_hop_is_judged_on_the_tokens_the_client_saw(
 
 def test_only_a_last_hop_of_the_finished_run_is_checked_on_the_tokens() -> None:
     """`JobHops.shown` (what `JobRunner.generate` records) -> `shown_tokens` (what `JobChecks` sends)."""
+    from coordinator.hop_facts import shown_tokens
     from coordinator.hops import JobHops
-    from coordinator.job_checks import shown_tokens
 
     hops = JobHops(5, [("0xa", LayerSpan(0, 2)), ("0xb", LayerSpan(2, 4)), ("0xc", LayerSpan(2, 4))], 64)
     for hop, steps in ((0, 4), (1, 2), (2, 4)):  # 0xb failed over to 0xc after 2 steps (0xc replayed them)

@@ -8,7 +8,7 @@ import time
 
 from aiohttp import web
 
-from coordinator.job_checks import worker_dtype
+from coordinator.hop_facts import worker_dtype
 from shardnet.chain.devnet import free_port
 
 

@@ -10,8 +10,8 @@ import asyncio
 
 from eth_account import Account
 
+from coordinator.hop_facts import unjudgeable
 from coordinator.hops import JobHops
-from coordinator.job_checks import unjudgeable
 from shardnet.chain.commitments import sign_commitment
 from shardnet.span import LayerSpan
 from shardnet.wire.eip712 import Domain
