@@ -211,7 +211,8 @@ class JobChecks:
                 continue
             todo.append((i, node, span, signed, await job_hops.step_work(i), shown_tokens(job_hops, i)))
         if not todo:
-            return await self.payer.return_share(job_id, settle_tx)
+            self._in_background(self.payer.return_share(job_id, settle_tx))
+            return []
         registry = self.disputes.registry
         try:
             receipt = await asyncio.to_thread(wait_for_receipt, registry.w3, settle_tx)

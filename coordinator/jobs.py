@@ -160,7 +160,6 @@ class JobRunner:
                 self.ctx.state.add_steps(job_id, pipe.records)
         raise JobError(f"job {job_id}: gave up after {MAX_RERUNS} re-runs caused by cheating workers")
 
-    # -- settling
     # -- the whole job
     async def run(
         self,

@@ -246,9 +246,8 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
     # finished by a restart if this process dies), the client need not wait for it. A hold waits for the check,
     # which starts after the settlement.
     answer = asyncio.ensure_future(answer_of(task, None if hold else generated))
-    answer.add_done_callback(
-        lambda f: f.cancelled() or f.exception()
-    )  # a client gone: its error is logged by the job
+    # a client gone: its error is logged by the job
+    answer.add_done_callback(lambda f: f.cancelled() or f.exception())
     if not body.stream:
         try:
             result: GenerationResult | None = await answer

@@ -116,17 +116,14 @@ class VerifierPayer:
         self._batcher = SettlementBatcher(
             self._send, window_s=window_s, max_jobs=MAX_PAY_BATCH, what="payVerifiers"
         )
-        self._ready: dict[
-            int, VerificationPayment
-        ] = {}  # job id -> its payment, while it waits for its batch
-        self._paid: dict[
-            int, Mapping[str, Any]
-        ] = {}  # job id -> its VerificationPaid event, until its caller reads it
+        # job id -> its payment, while it waits for its batch
+        self._ready: dict[int, VerificationPayment] = {}
+        # job id -> its VerificationPaid event, until its caller reads it
+        self._paid: dict[int, Mapping[str, Any]] = {}
 
     async def _send(self, job_ids: list[int]) -> dict[int, str]:
-        payments = [
-            self._ready[j] for j in job_ids if j in self._ready
-        ]  # not those whose caller was cancelled
+        # not those whose caller was cancelled
+        payments = [self._ready[j] for j in job_ids if j in self._ready]
         if not payments:
             return dict.fromkeys(job_ids, "")
         result = await asyncio.to_thread(self.registry.pay_verifiers, payments)
@@ -197,10 +194,3 @@ class VerifierPayer:
             return []
         await self.pay(job_id, record, close_block, [])
         return []
-
-
-async def pay_verifiers(
-    registry: Registry, job_id: int, record: JobRecord, close_block: int, hops: Sequence[HopVerdicts]
-) -> str | None:
-    """`VerifierPayer.pay` of one job, sent at once."""
-    return await VerifierPayer(registry).pay(job_id, record, close_block, hops)

@@ -19,7 +19,7 @@ from eth_utils import keccak
 
 from coordinator.dispute_answers import DisputeOutcome
 from coordinator.disputes import DisputeRunner
-from coordinator.verifier_pay import VerifierPayer, hop_verdicts, pay_verifiers
+from coordinator.verifier_pay import VerifierPayer, hop_verdicts
 from shardnet.chain.commitments import INNOCENT_LEAF, INNOCENT_LEAF_INDEX, sign_innocent_verdict
 from shardnet.chain.deploy import Deployment, deploy_registry
 from shardnet.chain.registry import HopVerdicts, PaidVerdict, Registry, Settlement
@@ -96,7 +96,7 @@ def _checked_and_paid(
             outcome = await runner.check_hop(job_id, record, close, signed, work, "float32")
             assert outcome.escalated or not skipped & {a.verifier for a in outcome.answers}  # referees only
             hop = hop_verdicts(signed, outcome.answers, outcome.picks, [w.leaf() for w in work])
-            tx = await pay_verifiers(s.owner, job_id, record, close, [hop])
+            tx = await VerifierPayer(s.owner).pay(job_id, record, close, [hop])
             return outcome, tx, signed.positions * (SPAN.end - SPAN.start) * PRICE
         finally:
             for runner in runners:
@@ -187,7 +187,9 @@ def test_a_verdict_the_registry_would_refuse_is_dropped_not_the_whole_payment(
     # an outsider, a verifier drawn only in a larger draw, and one verdict twice: each would revert the payment
     verdicts = [innocent(keys[first]), innocent(world.outsider), innocent(keys[third]), innocent(keys[first])]
     verdicts.append(innocent(keys[second]))
-    tx = asyncio.run(pay_verifiers(world.gov, job_id, settlement.job, close, [HopVerdicts(c, 2, verdicts)]))
+    tx = asyncio.run(
+        VerifierPayer(world.gov).pay(job_id, settlement.job, close, [HopVerdicts(c, 2, verdicts)])
+    )
     assert tx is not None
     [event] = [
         e for e in world.gov.get_logs(0, world.gov.block_number(), ["VerificationPaid"]) if e.tx_hash == tx
