@@ -131,3 +131,16 @@ def workers_view(net: Net) -> dict[str, dict[str, Any]]:
 
 def job_status(net: Net, job_id: int) -> str:
     return http_json("GET", f"{net.coordinator.url}/v1/jobs/{job_id}")[1]["status"]
+
+
+def second_coordinator(net: Net, account: Any, *flags: str, name: str) -> CoordinatorProc:
+    """Another `coordinator run` on the network's registry and store, as `account`: started with `flags`, approved
+    on chain and ready (stopped again if either fails); the caller stops it."""
+    coord = start_coordinator(net.tmp, account.key.hex(), net.dep_file, net.store, *flags, name=name)
+    try:
+        net.owner.set_coordinator(account.address, coord.url, True)
+        coord.wait_ready(timeout=300)
+    except BaseException:
+        coord.stop()
+        raise
+    return coord

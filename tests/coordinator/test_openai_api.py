@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 from shardnet.chain.registry import JobStatus
-from tests.coordinator.harness import http_json, start_coordinator, wait_for
-from tests.coordinator.network import Net, reference_text
+from tests.coordinator.harness import http_json, wait_for
+from tests.coordinator.network import Net, reference_text, second_coordinator
 
 
 def test_openai_api(net: Net) -> None:
@@ -95,20 +95,10 @@ def test_the_answer_does_not_wait_for_the_settlement(net: Net, accounts: Any) ->
     streamed and the whole answer alike; the settlements follow on chain without the client."""
     import openai
 
-    coord = start_coordinator(
-        net.tmp,
-        accounts[6].key.hex(),
-        net.dep_file,
-        net.store,
-        "--verify-share",
-        "0",
-        "--settle-batch-s",
-        "5",
-        name="coordinator-late-settle",
+    coord = second_coordinator(
+        net, accounts[6], "--verify-share", "0", "--settle-batch-s", "5", name="coordinator-late-settle"
     )
     try:
-        net.owner.set_coordinator(accounts[6].address, coord.url, True)
-        coord.wait_ready(timeout=300)
         wait_for(
             lambda: len(http_json("GET", coord.url + "/v1/workers")[1]["workers"]) >= len(net.workers),
             30,

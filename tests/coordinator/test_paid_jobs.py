@@ -21,8 +21,16 @@ from shardnet.chain.registry import JobStatus
 from shardnet.client import ShardnetClient
 from shardnet.http_json import request_json
 from shardnet.job_auth import AUTH_HEADER, handover_body, sign_prompt_handover
-from tests.coordinator.harness import http_json, start_coordinator, wait_for
-from tests.coordinator.network import PRICE, SHARDNET, Net, claimables, job_status, reference_text
+from tests.coordinator.harness import http_json, wait_for
+from tests.coordinator.network import (
+    PRICE,
+    SHARDNET,
+    Net,
+    claimables,
+    job_status,
+    reference_text,
+    second_coordinator,
+)
 from tests.service_proc import REPO
 
 
@@ -282,20 +290,10 @@ def test_coordinator_on_postgresql(net: Net, accounts, postgres_url: str) -> Non
     import psycopg2
 
     sqlalchemy_url = postgres_url.replace("postgresql://", "postgresql+psycopg2://")  # the installed driver
-    coord = start_coordinator(
-        net.tmp,
-        accounts[6].key.hex(),
-        net.dep_file,
-        net.store,
-        "--db-url",
-        sqlalchemy_url,
-        "--verify-share",
-        "0",
-        name="coordinator-pg",
+    coord = second_coordinator(
+        net, accounts[6], "--db-url", sqlalchemy_url, "--verify-share", "0", name="coordinator-pg"
     )
     try:
-        net.owner.set_coordinator(accounts[6].address, coord.url, True)
-        coord.wait_ready(timeout=300)
         client = ShardnetClient(net.owner.with_account(net.client_account), coordinator_url=coord.url)
         outcome = client.submit("on postgres", model="tiny-chat", max_tokens=6)
         assert outcome.text == reference_text(net, "on postgres", 6)[1]
